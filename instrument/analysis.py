@@ -1,0 +1,255 @@
+"""``monitored_analysis``: one analysis job per call or with-block.
+
+Records ``analyses_total{module, analysis_type, status}``, one duration sample, the
+active-jobs gauge (inc on entry, dec on exit), errors by class, and optional quality scores.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Awaitable, Callable
+from time import perf_counter
+from typing import Any
+
+from ._wrapping import Probe, bind_arguments
+from .instrumentation import Binding, Instrumentation, Policy, _check_label, check_number
+
+__all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
+
+logger = logging.getLogger("instrument")
+
+ProjectArg = str | Callable[[dict[str, Any]], str] | None
+
+
+class _AnalysisBinding(Binding):
+    """Label children of one analysis, bound once per Instrumentation."""
+
+    def __init__(self, inst: Instrumentation, monitor: AnalysisMonitor) -> None:
+        super().__init__(inst)
+        m = inst.metrics
+        module, analysis_type = monitor.module, monitor.analysis_type
+        self.module = module
+        self.active_inc = m.active_jobs.labels(monitor.job_type).inc
+        self.active_dec = m.active_jobs.labels(monitor.job_type).dec
+        self.observe = m.analysis_duration.labels(module, analysis_type).observe
+        self.success_inc = m.analyses.labels(module, analysis_type, "success").inc
+        self.error_inc = m.analyses.labels(module, analysis_type, "error").inc
+        self.cancel_inc = m.analyses.labels(module, analysis_type, "cancelled").inc
+        self._errors = m.analysis_errors
+        self._error_children: dict[str, Callable[[], None]] = {}
+        self._analysis_type = analysis_type
+        self._quality = m.code_quality_score
+
+    def count_error(self, exc: BaseException) -> None:
+        name = type(exc).__name__
+        inc = self._error_children.get(name)
+        if inc is None:
+            child = self._errors.labels(self.module, self._analysis_type, name)
+            inc = self._error_children[name] = child.inc
+        inc()
+
+    def set_quality(self, project: str, score: float) -> None:
+        self._quality.labels(project, self.module).set(score)
+
+
+class AnalysisJob(Probe):
+    """One analysis in flight; in a with-block, the handle ``as job`` gives you."""
+
+    __slots__ = ("_b", "_t0", "_monitor", "_arguments")
+
+    def __init__(
+        self,
+        binding: _AnalysisBinding | None,
+        monitor: AnalysisMonitor,
+        arguments: dict[str, Any] | None,
+    ) -> None:
+        self._b = binding
+        self._monitor = monitor
+        self._arguments = arguments
+        if binding is not None:
+            binding.active_inc()
+        self._t0 = perf_counter()
+
+    def record_quality(self, score: float, *, project: str | None = None) -> None:
+        """Record a code quality score for this job's project (or ``project``) and module."""
+        value = check_number("score", score)
+        if project is not None:
+            _check_label("project", project)
+        b = self._b
+        if b is None:
+            return
+        name = project if project is not None else self._monitor.project_for(self._arguments)
+        if name is not None:
+            b.set_quality(name, value)
+
+    def success(self, result: Any) -> Any:
+        b = self._b
+        if b is not None:
+            b.observe(perf_counter() - self._t0)
+            b.success_inc()
+            b.active_dec()
+            if self._monitor.quality is not None:
+                self._record_result_quality(result)
+        return result
+
+    def _record_result_quality(self, result: Any) -> None:
+        quality = self._monitor.quality
+        assert quality is not None
+        try:
+            score = check_number("quality score", quality(result))
+        except Exception as exc:
+            logger.warning(
+                "instrument: quality callable of %s/%s failed (%s: %s); no score recorded",
+                self._monitor.module,
+                self._monitor.analysis_type,
+                type(exc).__name__,
+                exc,
+            )
+            return
+        project = self._monitor.project_for(self._arguments)
+        if project is not None and self._b is not None:
+            self._b.set_quality(project, score)
+
+    def error(self, exc: BaseException) -> None:
+        b = self._b
+        if b is not None:
+            b.observe(perf_counter() - self._t0)
+            b.error_inc()
+            b.count_error(exc)
+            b.active_dec()
+
+    def cancel(self) -> None:
+        b = self._b
+        if b is not None:
+            b.observe(perf_counter() - self._t0)
+            b.cancel_inc()
+            b.active_dec()
+
+    def deliver(self) -> None:
+        if self._b is not None:
+            self._b.after_call()
+
+    def deliver_async(self) -> Awaitable[None] | None:
+        if self._b is not None:
+            waiter: Awaitable[None] | None = self._b.after_call_async()
+            return waiter
+        return None
+
+
+class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
+    """What ``monitored_analysis(...)`` returns: a decorator and a (async) with-block."""
+
+    def __init__(
+        self,
+        inst: Instrumentation | None,
+        module: str,
+        analysis_type: str,
+        *,
+        job_type: str | None = None,
+        project: ProjectArg = None,
+        quality: Callable[[Any], float] | None = None,
+    ) -> None:
+        if callable(module) and not isinstance(module, str):
+            raise TypeError(
+                "monitored_analysis needs arguments: use @monitored_analysis(module, "
+                "analysis_type), not @monitored_analysis"
+            )
+        _check_label("module", module)
+        _check_label("analysis_type", analysis_type)
+        _check_label("job_type", job_type, optional=True)
+        if project is not None and not (isinstance(project, str) or callable(project)):
+            raise TypeError(
+                "project must be a string or a callable taking the call's bound arguments "
+                f"(a dict) and returning the project name; got {type(project).__name__}"
+            )
+        if isinstance(project, str) and not project:
+            raise TypeError("project must be a non-empty string")
+        if quality is not None and not callable(quality):
+            raise TypeError(
+                "quality must be a callable taking the function's result and returning a "
+                f"number, e.g. lambda r: r.score; got {type(quality).__name__}"
+            )
+        super().__init__(inst)
+        self.module = module
+        self.analysis_type = analysis_type
+        self.job_type = job_type or module
+        self.project = project
+        self.quality = quality
+        self._signature: inspect.Signature | None = None
+        self._null = AnalysisJob(None, self, None)
+
+    def __repr__(self) -> str:
+        return f"monitored_analysis({self.module!r}, {self.analysis_type!r})"
+
+    def bind(self, inst: Instrumentation) -> _AnalysisBinding:
+        return _AnalysisBinding(inst, self)
+
+    def prepare(self, func: Callable[..., Any]) -> None:
+        if callable(self.project):
+            try:
+                self._signature = inspect.signature(func)
+            except (TypeError, ValueError):
+                self._signature = None
+
+    def null_probe(self) -> AnalysisJob:
+        return self._null
+
+    def start(
+        self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AnalysisJob:
+        b = self._binding
+        if b is None or b.inst.retired:
+            b = self.binding()
+        if not b.enabled:
+            return self._null
+        arguments = None
+        if wrapped is not None and self._signature is not None and self.quality is not None:
+            arguments = bind_arguments(self._signature, wrapped, args, kwargs)
+        return AnalysisJob(b, self, arguments)
+
+    def project_for(self, arguments: dict[str, Any] | None) -> str | None:
+        """The project label for a job: the given string, the callable's answer, or module."""
+        project = self.project
+        if project is None:
+            return self.module
+        if isinstance(project, str):
+            return project
+        try:
+            name = project(arguments or {})
+        except Exception as exc:
+            logger.warning(
+                "instrument: project callable of %s/%s failed (%s: %s); no score recorded",
+                self.module,
+                self.analysis_type,
+                type(exc).__name__,
+                exc,
+            )
+            return None
+        if not isinstance(name, str) or not name:
+            logger.warning(
+                "instrument: project callable of %s/%s returned %r, not a non-empty string",
+                self.module,
+                self.analysis_type,
+                name,
+            )
+            return None
+        return name
+
+
+def monitored_analysis(
+    module: str,
+    analysis_type: str,
+    *,
+    job_type: str | None = None,
+    project: ProjectArg = None,
+    quality: Callable[[Any], float] | None = None,
+) -> AnalysisMonitor:
+    """Monitor each call (or with-block) as one analysis, on the default instrumentation.
+
+    >>> @monitored_analysis("static_analysis", "codebase", quality=lambda r: r.score)
+    ... def analyze_codebase(path): ...
+    """
+    return AnalysisMonitor(
+        None, module, analysis_type, job_type=job_type, project=project, quality=quality
+    )

@@ -1,0 +1,117 @@
+"""Every setting of :class:`~instrument.Instrumentation`: keyword, environment variable, default.
+
+Only :func:`instrument.configure` and the implicit default instrumentation read the
+environment; explicit keywords always win. The README's configuration table is this list.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["SETTINGS", "Setting", "from_environment"]
+
+
+def _flag(value: str) -> bool:
+    lowered = value.strip().lower()
+    if lowered in {"1", "true", "yes", "on"}:
+        return True
+    if lowered in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError(f"expected 1/0, true/false, yes/no or on/off, got {value!r}")
+
+
+def _disabled(value: str) -> bool:
+    return not _flag(value)
+
+
+def _grouping_key(value: str) -> dict[str, str]:
+    pairs: dict[str, str] = {}
+    for part in filter(None, (p.strip() for p in value.split(","))):
+        key, sep, val = part.partition("=")
+        if not sep or not key.strip():
+            raise ValueError(f"expected label=value pairs separated by commas, got {value!r}")
+        pairs[key.strip()] = val.strip()
+    return pairs
+
+
+def _instance(value: str) -> bool | str:
+    try:
+        return _flag(value)
+    except ValueError:
+        return value
+
+
+@dataclass(frozen=True)
+class Setting:
+    keyword: str
+    env: str | None
+    default: str
+    meaning: str
+    parse: Callable[[str], Any] = str
+
+
+SETTINGS: tuple[Setting, ...] = (
+    Setting("registry", None, "a new CollectorRegistry",
+            "The registry holding every metric; pass prometheus_client.REGISTRY to share the global one."),
+    Setting("namespace", "INSTRUMENT_NAMESPACE", "codomyrmex", "Prefix of every metric name."),
+    Setting("buckets", None, "see metrics.py",
+            "Histogram buckets: a sequence for analysis durations, or a mapping of metric name "
+            "(e.g. 'ai_call_duration_seconds') to buckets."),
+    Setting("enabled", "INSTRUMENT_DISABLED", "True",
+            "False (or INSTRUMENT_DISABLED=1) turns all recording and pushing off.", _disabled),
+    Setting("pushgateway", "INSTRUMENT_PUSHGATEWAY_URL", "None",
+            "Pushgateway base URL, e.g. http://127.0.0.1:9091 (user:pass@ in it becomes basic auth)."),
+    Setting("job", "INSTRUMENT_JOB", "codomyrmex", "The Pushgateway job the metrics are pushed under."),
+    Setting("grouping_key", "INSTRUMENT_GROUPING_KEY", "{}",
+            "Extra grouping labels, e.g. {'team': 'x'}; env form team=x,region=y.", _grouping_key),
+    Setting("instance", "INSTRUMENT_INSTANCE", "False",
+            "Add an instance grouping label: True for host-pid, or a string of your own, so "
+            "several processes do not overwrite each other's group.", _instance),
+    Setting("delete_on_exit", "INSTRUMENT_DELETE_ON_EXIT", "False",
+            "Delete this process's group from the Pushgateway at a clean exit.", _flag),
+    Setting("push_mode", "INSTRUMENT_PUSH_MODE", "coalesce with a target, else off",
+            "each: push after every call and wait; coalesce: a background flusher pushes at most "
+            "once per push_interval; off: never push (pull mode)."),
+    Setting("push_interval", "INSTRUMENT_PUSH_INTERVAL", "1.0",
+            "Seconds between coalesced pushes.", float),
+    Setting("push_method", "INSTRUMENT_PUSH_METHOD", "put",
+            "put replaces the whole group; post replaces only the pushed metric names."),
+    Setting("push_timeout", "INSTRUMENT_PUSH_TIMEOUT", "5.0",
+            "Seconds a push may take in all (connect included).", float),
+    Setting("textfile", "INSTRUMENT_TEXTFILE", "None",
+            "Also (or only) write the metrics atomically to this file for node_exporter's "
+            "textfile collector."),
+    Setting("basic_auth", None, "None",
+            "(username, password) for the Pushgateway; env INSTRUMENT_PUSHGATEWAY_USERNAME and "
+            "INSTRUMENT_PUSHGATEWAY_PASSWORD."),
+    Setting("bearer_token", "INSTRUMENT_PUSHGATEWAY_TOKEN", "None",
+            "Bearer token for the Pushgateway."),
+    Setting("tls_verify", "INSTRUMENT_TLS_VERIFY", "True",
+            "Verify the Pushgateway's TLS certificate.", _flag),
+    Setting("ca_file", "INSTRUMENT_CA_FILE", "None", "CA bundle used to verify the Pushgateway."),
+    Setting("max_models", "INSTRUMENT_MAX_MODELS", "50",
+            "Distinct model label values kept per provider; more are reported as 'other'.", int),
+    Setting("prices", "INSTRUMENT_AI_PRICES", "None",
+            "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path."),
+)  # fmt: skip
+
+def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
+    """Keyword arguments for Instrumentation read from ``environ`` (default: os.environ)."""
+    env = os.environ if environ is None else environ
+    found: dict[str, Any] = {}
+    for setting in SETTINGS:
+        if setting.env is None or setting.env not in env:
+            continue
+        raw = env[setting.env]
+        try:
+            found[setting.keyword] = setting.parse(raw)
+        except ValueError as exc:
+            raise ValueError(f"{setting.env}={raw!r} is not valid: {exc}") from None
+    user = env.get("INSTRUMENT_PUSHGATEWAY_USERNAME")
+    if user is not None:
+        found["basic_auth"] = (user, env.get("INSTRUMENT_PUSHGATEWAY_PASSWORD", ""))
+    return found
+
