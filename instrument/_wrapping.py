@@ -49,6 +49,10 @@ class Probe:
     def cancel(self) -> None:
         """The job was cancelled, interrupted, or a generator was closed early."""
 
+    def item(self, value: Any) -> None:
+        """A generator job yielded ``value``; called only when the policy sets
+        ``Instrumenter.observes_items`` (it costs a call per item)."""
+
     def deliver(self) -> None:
         """After the job ended, in sync code: hand the new state to delivery."""
 
@@ -79,6 +83,33 @@ def _probe_end(probe: Probe, exc: BaseException | None) -> None:
             probe.error(exc)
     except Exception:
         _guard("recording an exception")
+
+
+def _probe_item(probe: Probe, value: Any) -> None:
+    try:
+        probe.item(value)
+    except Exception:
+        _guard("recording an item")
+
+
+def _observe(gen: Generator[Any, Any, Any], probe: Probe) -> Generator[Any, Any, Any]:
+    """Delegate to ``gen`` like ``yield from``, telling the probe about each item."""
+    send: Any = None
+    thrown: BaseException | None = None
+    while True:
+        try:
+            item = gen.throw(thrown) if thrown is not None else gen.send(send)
+        except StopIteration as stop:
+            return stop.value
+        thrown = None
+        _probe_item(probe, item)
+        try:
+            send = yield item
+        except GeneratorExit:
+            gen.close()
+            raise
+        except BaseException as exc:
+            thrown = exc
 
 
 def _deliver(probe: Probe) -> None:
@@ -135,6 +166,8 @@ class Instrumenter(Generic[P]):
     """
 
     _entered: contextvars.ContextVar[tuple[P, Any] | None]
+    #: Call ``Probe.item`` for each value a wrapped generator yields.
+    observes_items = False
 
     def null_probe(self) -> P:
         """A probe that records nothing: used when disabled or when start() failed."""
@@ -218,6 +251,7 @@ class Instrumenter(Generic[P]):
 
     def _generator_wrapper(self) -> Callable[..., Any]:
         start = self.start
+        observed = self.observes_items
 
         def run(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -230,7 +264,7 @@ class Instrumenter(Generic[P]):
                 _guard("starting a job")
                 return (yield from gen)
             try:
-                value = yield from gen
+                value = yield from (_observe(gen, probe) if observed else gen)
             except BaseException as exc:
                 _probe_end(probe, exc)
                 _deliver(probe)
@@ -248,6 +282,7 @@ class Instrumenter(Generic[P]):
 
     def _async_generator_wrapper(self) -> Callable[..., Any]:
         start = self.start
+        observed = self.observes_items
 
         async def run(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -270,6 +305,8 @@ class Instrumenter(Generic[P]):
                     except StopAsyncIteration:
                         break
                     thrown = None
+                    if observed and probe is not None:
+                        _probe_item(probe, item)
                     try:
                         sent = yield item
                     except GeneratorExit:
