@@ -27,6 +27,8 @@ class _AnalysisBinding(Binding):
 
     def __init__(self, inst: Instrumentation, monitor: AnalysisMonitor) -> None:
         super().__init__(inst)
+        if not self.enabled:
+            return  # create no series at all
         m = inst.metrics
         module, analysis_type = monitor.module, monitor.analysis_type
         self.module = module
@@ -144,7 +146,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         self,
         inst: Instrumentation | None,
         module: str,
-        analysis_type: str,
+        analysis_type: str | None,
         *,
         job_type: str | None = None,
         project: ProjectArg = None,
@@ -171,6 +173,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
                 f"number, e.g. lambda r: r.score; got {type(quality).__name__}"
             )
         super().__init__(inst)
+        assert analysis_type is not None
         self.module = module
         self.analysis_type = analysis_type
         self.job_type = job_type or module
@@ -186,6 +189,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         return _AnalysisBinding(inst, self)
 
     def prepare(self, func: Callable[..., Any]) -> None:
+        super().prepare(func)
         if callable(self.project):
             try:
                 self._signature = inspect.signature(func)
@@ -239,7 +243,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
 
 def monitored_analysis(
     module: str,
-    analysis_type: str,
+    analysis_type: str = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
     *,
     job_type: str | None = None,
     project: ProjectArg = None,

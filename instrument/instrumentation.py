@@ -156,7 +156,7 @@ class Instrumentation:
     def monitored_analysis(
         self,
         module: str,
-        analysis_type: str,
+        analysis_type: str = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
         *,
         job_type: str | None = None,
         project: str | Callable[[dict[str, Any]], str] | None = None,
@@ -332,6 +332,11 @@ class Policy(Instrumenter[P], Generic[P, B]):
 
     def bind(self, inst: Instrumentation) -> B:
         raise NotImplementedError
+
+    def prepare(self, func: Callable[..., Any]) -> None:
+        # Bound to a given Instrumentation: bind the label children now, at decoration time.
+        if self._inst is not None:
+            self.binding()
 
     def binding(self) -> B:
         """The current binding. Hot paths inline the check: ``b is None or b.inst.retired``."""

@@ -1,0 +1,354 @@
+"""``instrument demo``: a small real pipeline on an embedded default, then a summary.
+
+It analyses a directory of Python files with decorated functions (sync, async and a
+generator), runs ad-hoc with-blocks, calls a local OpenAI-compatible server through
+``track_ai_call`` (streamed and not), and prints what the registry recorded.
+"""
+
+from __future__ import annotations
+
+import argparse
+import ast
+import asyncio
+import math
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TextIO
+
+from prometheus_client import CollectorRegistry
+
+from .cli import CommandError
+from .instrumentation import Instrumentation
+from .push import mask_url
+
+__all__ = ["histogram_quantile", "run_demo"]
+
+# The demo's analyses take microseconds to milliseconds: finer buckets than the
+# production default (0.1 s and up) make its p50/p95 readable.
+DEMO_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
+
+
+@dataclass
+class FileReport:
+    path: Path
+    functions: int
+    documented: int
+    longest_function: int
+    score: float
+
+
+def _score(tree: ast.Module) -> tuple[int, int, int, float]:
+    functions = [
+        node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef | ast.AsyncFunctionDef)
+    ]
+    documented = sum(1 for f in functions if ast.get_docstring(f))
+    lengths = [(f.end_lineno or f.lineno) - f.lineno + 1 for f in functions]
+    longest = max(lengths, default=0)
+    coverage = documented / len(functions) if functions else 1.0
+    # Docstring coverage, less a penalty for very long functions: a toy score out of 100.
+    score = 100 * coverage - max(0, longest - 60) * 0.5
+    return len(functions), documented, longest, round(max(0.0, min(100.0, score)), 1)
+
+
+def _branches(tree: ast.Module) -> int:
+    kinds = (ast.If, ast.For, ast.While, ast.Try, ast.With, ast.BoolOp, ast.IfExp, ast.Match)
+    return sum(isinstance(node, kinds) for node in ast.walk(tree))
+
+
+class _Progress:
+    """A progress bar: rich's when the cli extra is installed, else a plain counter."""
+
+    def __init__(self, total: int, enabled: bool, out: TextIO) -> None:
+        self.total, self.done, self.out = total, 0, out
+        self._rich: Any = None
+        self._plain = enabled and out.isatty()
+        if enabled:
+            try:
+                from rich.progress import Progress
+
+                self._rich = Progress(transient=True)
+                self._task = self._rich.add_task("analysing", total=total)
+                self._rich.start()
+                self._plain = False
+            except ImportError:
+                pass
+
+    def advance(self, what: str) -> None:
+        self.done += 1
+        if self._rich is not None:
+            self._rich.update(self._task, advance=1, description=what[:40])
+        elif self._plain:
+            self.out.write(f"\r  analysing {self.done}/{self.total} files")
+            self.out.flush()
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+        elif self._plain:
+            self.out.write("\r" + " " * 60 + "\r")
+
+
+def _pipeline(inst: Instrumentation, root: Path, progress_enabled: bool, out: TextIO) -> None:
+    @inst.monitored_analysis("discovery", "walk")
+    def python_files(directory: Path) -> Iterator[Path]:
+        yield from sorted(p for p in directory.rglob("*.py") if "__pycache__" not in p.parts)
+
+    @inst.monitored_analysis(
+        "static_analysis",
+        "file",
+        project=lambda a: a["path"].parent.name or "root",
+        quality=lambda report: report.score,
+    )
+    def analyze_file(path: Path, source: str) -> FileReport:
+        tree = ast.parse(source, filename=str(path))
+        functions, documented, longest, score = _score(tree)
+        return FileReport(path, functions, documented, longest, score)
+
+    @inst.monitored_analysis("static_analysis", "complexity")
+    async def complexity(path: Path, source: str) -> int:
+        await asyncio.sleep(0)  # stands in for awaiting a worker or a service
+        return _branches(ast.parse(source))
+
+    files = list(python_files(root))
+    sources = {path: path.read_text(encoding="utf-8", errors="replace") for path in files}
+    # One deliberately broken file, so the error path shows up in the numbers.
+    broken = root / "broken_example.py"
+    sources[broken] = "def broken(:\n    pass\n"
+    progress = _Progress(len(sources), progress_enabled, out)
+    reports = []
+    try:
+        for path, source in sources.items():
+            try:
+                reports.append(analyze_file(path, source))
+            except SyntaxError:
+                pass
+            progress.advance(path.name)
+    finally:
+        progress.close()
+
+    async def complexities() -> list[int | BaseException]:
+        valid = [(p, s) for p, s in sources.items() if p != broken]
+        return await asyncio.gather(*(complexity(p, s) for p, s in valid), return_exceptions=True)
+
+    asyncio.run(complexities())
+
+    with inst.monitored_analysis("indexer", "reindex", project=root.name or "root") as job:
+        mean = sum(r.score for r in reports) / len(reports) if reports else 0.0
+        job.record_quality(round(mean, 1))
+    inst.record_quality_score(root.name or "root", "overall", round(mean, 1))
+
+
+def _ai_calls(inst: Instrumentation) -> bool:
+    """Simulated LLM calls against the local OpenAI-compatible server; False if unavailable."""
+    try:
+        from .llm_server import run_demo_calls
+    except ImportError:
+        return False
+    run_demo_calls(inst)
+    return True
+
+
+# -- reading the registry back ----------------------------------------------------------------
+
+
+def _samples(registry: CollectorRegistry, name: str) -> list[tuple[dict[str, str], float]]:
+    return [
+        (dict(s.labels), s.value)
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == name
+    ]
+
+
+def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
+    """Prometheus' histogram_quantile over cumulative ``(upper_bound, count)`` pairs."""
+    buckets = sorted(buckets)
+    if not buckets or buckets[-1][1] == 0:
+        return math.nan
+    rank = q * buckets[-1][1]
+    lower, below = 0.0, 0.0
+    for bound, count in buckets:
+        if count >= rank:
+            if math.isinf(bound):
+                return lower
+            width = count - below
+            return lower + (bound - lower) * ((rank - below) / width if width else 0)
+        lower, below = bound, count
+    return lower
+
+
+def _quantiles(
+    registry: CollectorRegistry, metric: str, keys: tuple[str, ...]
+) -> dict[tuple[str, ...], tuple[float, float]]:
+    grouped: dict[tuple[str, ...], list[tuple[float, float]]] = {}
+    for labels, value in _samples(registry, f"{metric}_bucket"):
+        key = tuple(labels[k] for k in keys)
+        grouped.setdefault(key, []).append((float(labels["le"]), value))
+    return {
+        key: (histogram_quantile(0.5, b), histogram_quantile(0.95, b)) for key, b in grouped.items()
+    }
+
+
+def _ms(seconds: float) -> str:
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.2f} ms"
+
+
+def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) -> None:
+    if not rows:
+        return
+    try:
+        from rich.console import Console
+        from rich.table import Table
+
+        table = Table(title=title, title_justify="left")
+        for column in header:
+            table.add_column(column)
+        for row in rows:
+            table.add_row(*row)
+        Console(file=out).print(table)
+        return
+    except ImportError:
+        pass
+    widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
+    out.write(f"\n{title}\n")
+    for row in [header, ["-" * w for w in widths], *rows]:
+        out.write("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "\n")
+
+
+def summarize(inst: Instrumentation, out: TextIO) -> None:
+    """Print what the registry holds, read back the way Prometheus would."""
+    reg, ns = inst.registry, inst.namespace
+    counts: dict[tuple[str, str], dict[str, float]] = {}
+    for labels, value in _samples(reg, f"{ns}_analyses_total"):
+        key = (labels["module"], labels["analysis_type"])
+        counts.setdefault(key, {})[labels["status"]] = value
+    quantiles = _quantiles(reg, f"{ns}_analysis_duration_seconds", ("module", "analysis_type"))
+    sums = {
+        (lab["module"], lab["analysis_type"]): v
+        for lab, v in _samples(reg, f"{ns}_analysis_duration_seconds_sum")
+    }
+    rows = []
+    for key, by_status in sorted(counts.items()):
+        total = sum(by_status.values())
+        errors = by_status.get("error", 0)
+        p50, p95 = quantiles.get(key, (math.nan, math.nan))
+        ratio = f"{errors / total:.1%}" if total else "-"
+        mean = sums.get(key, math.nan) / total if total else math.nan
+        rows.append([*key, f"{total:.0f}", f"{errors:.0f}", ratio, _ms(mean), _ms(p50), _ms(p95)])
+    _table(
+        "Analyses",
+        ["module", "analysis_type", "calls", "errors", "error ratio", "mean", "p50", "p95"],
+        rows,
+        out,
+    )
+    active = [[lab["job_type"], f"{v:.0f}"] for lab, v in _samples(reg, f"{ns}_active_jobs")]
+    _table("Active jobs (back to 0 once every job ended)", ["job_type", "active"], active, out)
+    scores = sorted(
+        [lab["project"], lab["module"], f"{v:.1f}"]
+        for lab, v in _samples(reg, f"{ns}_code_quality_score")
+    )
+    if len(scores) > 12:
+        scores = scores[:12] + [["...", f"({len(scores) - 12} more)", ""]]
+    _table("Quality scores", ["project", "module", "score"], scores, out)
+
+    calls: dict[tuple[str, str], dict[str, float]] = {}
+    for labels, value in _samples(reg, f"{ns}_ai_api_calls_total"):
+        calls.setdefault((labels["provider"], labels["model"]), {})[labels["status"]] = value
+    tokens: dict[tuple[str, str], dict[str, float]] = {}
+    for labels, value in _samples(reg, f"{ns}_ai_tokens_used_total"):
+        tokens.setdefault((labels["provider"], labels["model"]), {})[labels["token_type"]] = value
+    latency = _quantiles(reg, f"{ns}_ai_call_duration_seconds", ("provider", "model"))
+    ttft = _quantiles(reg, f"{ns}_ai_time_to_first_token_seconds", ("provider", "model"))
+    ai_rows = []
+    for key, by_status in sorted(calls.items()):
+        total = sum(by_status.values())
+        used = tokens.get(key, {})
+        ai_rows.append(
+            [
+                *key,
+                f"{total:.0f}",
+                f"{by_status.get('error', 0):.0f}",
+                f"{used.get('input', 0):.0f}",
+                f"{used.get('output', 0):.0f}",
+                _ms(latency.get(key, (math.nan, math.nan))[1]),
+                _ms(ttft.get(key, (math.nan, math.nan))[1]),
+            ]
+        )
+    _table(
+        "LLM calls",
+        ["provider", "model", "calls", "errors", "input tok", "output tok", "p95", "p95 TTFT"],
+        ai_rows,
+        out,
+    )
+
+
+def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+    root = Path(args.path) if args.path else Path(__file__).resolve().parent
+    if not root.is_dir():
+        raise CommandError(f"{root} is not a directory; give a directory of Python files")
+    try:
+        inst = Instrumentation(
+            pushgateway=args.pushgateway,
+            job="instrument-demo",
+            push_mode="coalesce" if args.pushgateway else "off",
+            buckets=DEMO_BUCKETS,
+        )
+    except (TypeError, ValueError) as exc:
+        raise CommandError(str(exc)) from None
+    started = time.perf_counter()
+    _pipeline(inst, root, not args.quiet, out)
+    with_ai = _ai_calls(inst)
+    elapsed = time.perf_counter() - started
+    out.write(f"instrument demo: analysed {root} in {elapsed:.2f} s\n")
+    summarize(inst, out)
+    if not with_ai:
+        out.write("\n(LLM calls skipped: instrument.llm_server is not available)\n")
+    status = 0
+    if args.pushgateway:
+        if inst.flush(timeout=5.0):
+            out.write(f"\nPushed to {mask_url(args.pushgateway)} (job instrument-demo).\n")
+        else:
+            inst.close()
+            raise CommandError(
+                f"could not push to the Pushgateway at {mask_url(args.pushgateway)}: is it "
+                "running and reachable? (the run's numbers are shown above)"
+            )
+    if args.grafana_url:
+        _apply_dashboard(inst, args.grafana_url, out)
+    if args.serve is not None:
+        _serve(inst, args.serve, out)
+    else:
+        out.write(
+            "\nSee the raw metrics: instrument demo --serve 9464, then curl "
+            "http://127.0.0.1:9464/metrics\n"
+        )
+    inst.close()
+    return status
+
+
+def _apply_dashboard(inst: Instrumentation, url: str, out: TextIO) -> None:
+    try:
+        from .cli import apply_dashboard_command
+    except ImportError:
+        raise CommandError("the Grafana module is not available in this build") from None
+    apply: Callable[[Instrumentation, str, TextIO], None] = apply_dashboard_command
+    apply(inst, url, out)
+
+
+def _serve(inst: Instrumentation, port: int, out: TextIO) -> None:
+    try:
+        server = inst.start_http_server(port)
+    except OSError as exc:
+        raise CommandError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
+    out.write(f"\nServing http://127.0.0.1:{port}/metrics -- press Ctrl-C to stop.\n")
+    out.flush()
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.shutdown()

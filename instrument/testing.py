@@ -1,0 +1,119 @@
+"""Helpers for your own tests: an isolated instrumentation, a pytest fixture, assertions.
+
+>>> def test_pipeline(instrumentation):           # the fixture this plugin registers
+...     run_pipeline()                              # uses @monitored_analysis(...)
+...     assert_analyses(instrumentation, "static_analysis", "codebase", success=2, error=1)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from . import instrumentation as _instrumentation
+from .instrumentation import Instrumentation
+
+__all__ = [
+    "assert_analyses",
+    "assert_sample",
+    "isolated_instrumentation",
+    "sample_value",
+]
+
+
+@contextmanager
+def isolated_instrumentation(*, as_default: bool = True, **kwargs: Any) -> Iterator[Instrumentation]:
+    """An Instrumentation on a fresh registry that pushes nowhere unless told to.
+
+    With ``as_default`` it is also the default, so module-level decorators report to it;
+    the previous default is restored afterwards.
+    """
+    kwargs.setdefault("registry", CollectorRegistry())
+    inst = Instrumentation(**kwargs)
+    saved = _instrumentation._default
+    if as_default:
+        _instrumentation._default = inst
+        if saved is not None:
+            saved.retired = True
+    try:
+        yield inst
+    finally:
+        inst.close()
+        if as_default:
+            inst.retired = True
+            _instrumentation._default = saved
+            if saved is not None:
+                saved.retired = False
+
+
+def _registry(source: Instrumentation | CollectorRegistry) -> CollectorRegistry:
+    return source.registry if isinstance(source, Instrumentation) else source
+
+
+def _namespace(source: Instrumentation | CollectorRegistry, name: str) -> str:
+    if isinstance(source, Instrumentation) and not name.startswith(source.namespace + "_"):
+        return f"{source.namespace}_{name}"
+    return name
+
+
+def sample_value(
+    source: Instrumentation | CollectorRegistry, name: str, labels: Mapping[str, str] | None = None
+) -> float | None:
+    """A sample's value, or None. With an Instrumentation the namespace may be left out."""
+    return _registry(source).get_sample_value(_namespace(source, name), dict(labels or {}))
+
+
+def assert_sample(
+    source: Instrumentation | CollectorRegistry,
+    name: str,
+    labels: Mapping[str, str] | None,
+    expected: float,
+) -> None:
+    """Assert a sample's value; the failure lists the samples that do exist under that name."""
+    full = _namespace(source, name)
+    actual = sample_value(source, full, labels)
+    if actual == expected:
+        return
+    registry = _registry(source)
+    present = [
+        f"  {s.name}{dict(s.labels)} = {s.value}"
+        for family in registry.collect()
+        for s in family.samples
+        if s.name == full
+    ]
+    listing = "\n".join(present) if present else "  (no samples with that name)"
+    raise AssertionError(
+        f"expected {full}{dict(labels or {})} == {expected}, found {actual}\n"
+        f"samples named {full}:\n{listing}"
+    )
+
+
+def assert_analyses(
+    source: Instrumentation | CollectorRegistry,
+    module: str,
+    analysis_type: str,
+    *,
+    success: int | None = None,
+    error: int | None = None,
+    cancelled: int | None = None,
+) -> None:
+    """Assert how many analyses ended in each status, e.g. ``success=2, error=1``."""
+    expected = {"success": success, "error": error, "cancelled": cancelled}
+    for status, count in expected.items():
+        if count is None:
+            continue
+        labels = {"module": module, "analysis_type": analysis_type, "status": status}
+        value = sample_value(source, _namespace(source, "analyses_total"), labels)
+        if (value or 0) != count:
+            assert_sample(source, "analyses_total", labels, count)
+
+
+@pytest.fixture
+def instrumentation() -> Iterator[Instrumentation]:
+    """A fresh default Instrumentation for one test (registered by the pytest plugin)."""
+    with isolated_instrumentation() as inst:
+        yield inst

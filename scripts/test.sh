@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# Set up everything the tests need on a fresh machine, then run lint, types and the suite.
+# Installs Debian's prometheus-pushgateway and prometheus when missing (the tests start
+# them on free loopback ports themselves) and the package with its test extras into .venv.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+need=()
+command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
+command -v prometheus >/dev/null || need+=(prometheus)
+command -v promtool >/dev/null || need+=(prometheus)
+if ((${#need[@]})); then
+  sudo=""
+  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  echo "== installing ${need[*]} (apt-get)"
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
+fi
+
+python=${PYTHON:-python3}
+if [[ ! -x .venv/bin/python ]]; then
+  echo "== creating .venv"
+  "$python" -m venv .venv
+fi
+echo "== installing the package with its test extras"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cli,yaml,bench]"
+
+export PATH="$PWD/.venv/bin:$PATH"
+echo "== ruff"
+ruff check instrument tests benchmarks
+ruff format --check instrument tests benchmarks
+echo "== mypy --strict"
+mypy --strict instrument
+echo "== pytest"
+python -m pytest --cov=instrument --cov-branch --cov-report=term --cov-fail-under=90 "$@"
+echo "== benchmarks (quick smoke run)"
+python -m benchmarks --quick --output .benchmarks-quick.json
