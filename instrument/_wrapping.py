@@ -149,7 +149,7 @@ def bind_arguments(
         return {}
 
 
-class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[misc]
+class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     """The proxy a decorator returns. Unlike wrapt's default, it pickles by reference,
     so a decorated module-level function can go to a process pool."""
 
@@ -200,14 +200,17 @@ class Instrumenter(Generic[P]):
             wrapper = self._async_wrapper()
         else:
             wrapper = self._sync_wrapper()
-        proxy: F = _InstrumentedFunction(func, wrapper)
+        proxy: F = _InstrumentedFunction(func, wrapper)  # type: ignore[assignment]
         return proxy
 
     def _sync_wrapper(self) -> Callable[..., Any]:
         start = self.start
 
         def call_sync(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> Any:
             try:
                 probe = start(wrapped, args, kwargs)
@@ -230,7 +233,10 @@ class Instrumenter(Generic[P]):
         start = self.start
 
         async def call_async(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> Any:
             try:
                 probe = start(wrapped, args, kwargs)
@@ -274,7 +280,10 @@ class Instrumenter(Generic[P]):
             return value
 
         def call_generator(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> Generator[Any, Any, Any]:
             return run(wrapped, args, kwargs)
 
@@ -324,7 +333,10 @@ class Instrumenter(Generic[P]):
                 await _adeliver(probe)
 
         def call_async_generator(
-            wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+            wrapped: Callable[..., Any],
+            instance: Any,
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
         ) -> AsyncGenerator[Any, Any]:
             return run(wrapped, args, kwargs)
 
@@ -390,4 +402,3 @@ def wraps_signature(func: Callable[..., Any]) -> inspect.Signature | None:
         return inspect.signature(func, follow_wrapped=False)
     except (TypeError, ValueError):
         return None
-

@@ -58,7 +58,7 @@ class _AnalysisBinding(Binding):
 class AnalysisJob(Probe):
     """One analysis in flight; in a with-block, the handle ``as job`` gives you."""
 
-    __slots__ = ("_b", "_t0", "_monitor", "_arguments")
+    __slots__ = ("_arguments", "_b", "_monitor", "_t0")
 
     def __init__(
         self,
@@ -243,7 +243,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
 
 def monitored_analysis(
     module: str,
-    analysis_type: str = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
+    analysis_type: str | None = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
     *,
     job_type: str | None = None,
     project: ProjectArg = None,

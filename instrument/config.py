@@ -55,7 +55,8 @@ class Setting:
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("registry", None, "a new CollectorRegistry",
-            "The registry holding every metric; pass prometheus_client.REGISTRY to share the global one."),
+            "The registry holding every metric; pass prometheus_client.REGISTRY to share "
+            "the global one."),
     Setting("namespace", "INSTRUMENT_NAMESPACE", "codomyrmex", "Prefix of every metric name."),
     Setting("buckets", None, "see metrics.py",
             "Histogram buckets: a sequence for analysis durations, or a mapping of metric name "
@@ -63,8 +64,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("enabled", "INSTRUMENT_DISABLED", "True",
             "False (or INSTRUMENT_DISABLED=1) turns all recording and pushing off.", _disabled),
     Setting("pushgateway", "INSTRUMENT_PUSHGATEWAY_URL", "None",
-            "Pushgateway base URL, e.g. http://127.0.0.1:9091 (user:pass@ in it becomes basic auth)."),
-    Setting("job", "INSTRUMENT_JOB", "codomyrmex", "The Pushgateway job the metrics are pushed under."),
+            "Pushgateway base URL, e.g. http://127.0.0.1:9091 (user:pass@ in it becomes "
+            "basic auth)."),
+    Setting("job", "INSTRUMENT_JOB", "codomyrmex",
+            "The Pushgateway job the metrics are pushed under."),
     Setting("grouping_key", "INSTRUMENT_GROUPING_KEY", "{}",
             "Extra grouping labels, e.g. {'team': 'x'}; env form team=x,region=y.", _grouping_key),
     Setting("instance", "INSTRUMENT_INSTANCE", "False",
@@ -98,6 +101,7 @@ SETTINGS: tuple[Setting, ...] = (
             "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path."),
 )  # fmt: skip
 
+
 def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
     """Keyword arguments for Instrumentation read from ``environ`` (default: os.environ)."""
     env = os.environ if environ is None else environ
@@ -114,4 +118,3 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
     if user is not None:
         found["basic_auth"] = (user, env.get("INSTRUMENT_PUSHGATEWAY_PASSWORD", ""))
     return found
-

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import ast
 import asyncio
+import contextlib
 import math
 import sys
 import time
@@ -121,10 +122,8 @@ def _pipeline(inst: Instrumentation, root: Path, progress_enabled: bool, out: Te
     reports = []
     try:
         for path, source in sources.items():
-            try:
+            with contextlib.suppress(SyntaxError):
                 reports.append(analyze_file(path, source))
-            except SyntaxError:
-                pass
             progress.advance(path.name)
     finally:
         progress.close()
@@ -215,7 +214,9 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     out.write(f"\n{title}\n")
     for row in [header, ["-" * w for w in widths], *rows]:
-        out.write("  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "\n")
+        out.write(
+            "  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "\n"
+        )
 
 
 def summarize(inst: Instrumentation, out: TextIO) -> None:
@@ -251,7 +252,7 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
         for lab, v in _samples(reg, f"{ns}_code_quality_score")
     )
     if len(scores) > 12:
-        scores = scores[:12] + [["...", f"({len(scores) - 12} more)", ""]]
+        scores = [*scores[:12], ["...", f"({len(scores) - 12} more)", ""]]
     _table("Quality scores", ["project", "module", "score"], scores, out)
 
     calls: dict[tuple[str, str], dict[str, float]] = {}

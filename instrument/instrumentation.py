@@ -147,7 +147,7 @@ class Instrumentation:
             from prometheus_client import multiprocess
 
             collected = CollectorRegistry()
-            multiprocess.MultiProcessCollector(collected)
+            multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
             self._collect_registry = collected
         return self._collect_registry
 
@@ -156,7 +156,7 @@ class Instrumentation:
     def monitored_analysis(
         self,
         module: str,
-        analysis_type: str = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
+        analysis_type: str | None = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
         *,
         job_type: str | None = None,
         project: str | Callable[[dict[str, Any]], str] | None = None,
@@ -169,7 +169,9 @@ class Instrumentation:
             self, module, analysis_type, job_type=job_type, project=project, quality=quality
         )
 
-    def track_ai_call(self, provider: str, model: str | None = None, **options: Any) -> AICallTracker:
+    def track_ai_call(
+        self, provider: str, model: str | None = None, **options: Any
+    ) -> AICallTracker:
         """Decorate an LLM client call (or open a with-block) to record calls, latency, tokens."""
         from .ai import AICallTracker
 

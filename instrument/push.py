@@ -21,7 +21,7 @@ import time
 import urllib.error
 import urllib.request
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import quote_plus, urlsplit, urlunsplit
 
@@ -50,12 +50,15 @@ _EXIT_FLUSH_TIMEOUT = 5.0
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log."""
-    parts = urlsplit(url)
-    if "@" not in parts.netloc:
+    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises."""
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    authority, slash, path = rest.partition("/")
+    if "@" not in authority:
         return url
-    host = parts.netloc.rpartition("@")[2]
-    return urlunsplit(parts._replace(netloc=f"***@{host}"))
+    host = authority.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host}{slash}{path}"
 
 
 def _escape(label: str, value: str) -> str:
@@ -200,15 +203,14 @@ class PushTarget:
                 data=body,
                 headers=headers,
                 ssl=self._ssl if self._ssl is not None else True,
-                timeout=aiohttp.ClientTimeout(
-                    total=self.timeout, connect=min(self.timeout, 3.0)
-                ),
+                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=min(self.timeout, 3.0)),
             ) as resp:
                 await resp.read()
                 if resp.status >= 400:
                     raise PushFailed(f"HTTP {resp.status} {resp.reason}")
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            raise PushFailed(f"{type(exc).__name__}: {exc}".replace(self.url, mask_url(self.url)))
+            reason = f"{type(exc).__name__}: {exc}".replace(self.url, mask_url(self.url))
+            raise PushFailed(reason) from None
 
 
 class PushFailed(Exception):
@@ -239,7 +241,9 @@ class Delivery:
         if mode not in PUSH_MODES:
             raise ValueError(f"push_mode must be one of {', '.join(PUSH_MODES)}; got {mode!r}")
         if not interval > 0:
-            raise ValueError(f"push_interval must be a positive number of seconds, got {interval!r}")
+            raise ValueError(
+                f"push_interval must be a positive number of seconds, got {interval!r}"
+            )
         if mode != "off" and gateway is None and not textfile:
             raise ValueError(
                 f"push_mode={mode!r} needs a target: pass pushgateway=URL or textfile=PATH"
@@ -273,7 +277,8 @@ class Delivery:
         self._failures = 0
         self._outage = False
         self._next_attempt = 0.0
-        self._sessions: dict[int, tuple[aiohttp.ClientSession, asyncio.Lock]] = {}
+        # Sessions of a parent process belong to its loops: a forked child starts without.
+        self._sessions: dict[int, _LoopSession] = {}
         if self.gateway is not None and self._instance:
             label = _instance_label() if self._instance is True else str(self._instance)
             self.gateway.grouping_key["instance"] = label
@@ -431,8 +436,9 @@ class Delivery:
         if self._is_worker() or (self.gateway is None and not self.textfile):
             return False
         try:
-            session, lock = self._session()
-            async with lock:
+            entry = await self._session()
+            session = entry.session
+            async with entry.lock:
                 registry = self._collect()
                 self._dirty = False
                 self.metrics.pushes.inc()
@@ -451,17 +457,11 @@ class Delivery:
             logger.exception("instrument: unexpected error while pushing")
             return False
 
-    def _session(self) -> tuple[aiohttp.ClientSession, asyncio.Lock]:
-        import aiohttp
-
+    async def _session(self) -> _LoopSession:
         loop = asyncio.get_running_loop()
-        key = id(loop)
-        entry = self._sessions.get(key)
-        if entry is None or entry[0].closed:
-            entry = (aiohttp.ClientSession(), asyncio.Lock())
-            self._sessions[key] = entry
-            # The session belongs to this loop: close its connections when the loop goes.
-            weakref.finalize(loop, _close_session_sync, self._sessions, key)
+        entry = self._sessions.get(id(loop))
+        if entry is None or entry.session.closed:
+            entry = await _LoopSession.open(loop, self._sessions)
         return entry
 
     def flush(self, timeout: float = 5.0) -> bool:
@@ -511,8 +511,8 @@ class Delivery:
         if self._delete_on_exit and not self._is_worker():
             self.delete()
         self._closed = True
-        for key in list(self._sessions):
-            _close_session_sync(self._sessions, key)
+        for entry in list(self._sessions.values()):
+            entry.close_from_outside()
 
     async def aclose(self) -> None:
         if self._closed:
@@ -525,31 +525,88 @@ class Delivery:
         if self._delete_on_exit and not self._is_worker():
             await asyncio.to_thread(self.delete)
         self._closed = True
-        loop_key = id(asyncio.get_running_loop())
-        entry = self._sessions.pop(loop_key, None)
-        if entry is not None:
-            await entry[0].close()
-        for key in list(self._sessions):
-            _close_session_sync(self._sessions, key)
+        current = self._sessions.get(id(asyncio.get_running_loop()))
+        if current is not None:
+            await current.close()
+        for entry in list(self._sessions.values()):
+            entry.close_from_outside()
 
 
-def _close_session_sync(
-    sessions: dict[int, tuple[aiohttp.ClientSession, asyncio.Lock]], key: int
-) -> None:
-    entry = sessions.pop(key, None)
-    if entry is None or entry[0].closed:
-        return
-    connector = entry[0].connector
+class _LoopSession:
+    """The one aiohttp session of one event loop, closed inside that loop when it shuts down.
+
+    ``asyncio.run()`` closes every open async generator before closing its loop
+    (``loop.shutdown_asyncgens()``); a parked generator per session turns that into a
+    proper ``await session.close()``, so no "Unclosed client session" is left behind.
+    """
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        session: aiohttp.ClientSession,
+        registry: dict[int, _LoopSession],
+    ) -> None:
+        self.loop = loop
+        self.session = session
+        self.lock = asyncio.Lock()
+        self._registry = registry
+        self._keeper: Any = None
+
+    @classmethod
+    async def open(
+        cls, loop: asyncio.AbstractEventLoop, registry: dict[int, _LoopSession]
+    ) -> _LoopSession:
+        import aiohttp
+
+        entry = cls(loop, aiohttp.ClientSession(), registry)
+        registry[id(loop)] = entry
+        entry._keeper = entry._keep()
+        await entry._keeper.__anext__()  # parks it; the loop now tracks it
+        return entry
+
+    async def _keep(self) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await self.close()
+
+    async def close(self) -> None:
+        if self._registry.get(id(self.loop)) is self:
+            del self._registry[id(self.loop)]
+        if not self.session.closed:
+            await self.session.close()
+
+    def close_from_outside(self) -> None:
+        """Close from sync code, whatever state the session's loop is in."""
+        if self._registry.get(id(self.loop)) is self:
+            del self._registry[id(self.loop)]
+        if self.session.closed:
+            return
+        loop = self.loop
+        try:
+            if loop.is_closed():
+                self.session.detach()  # its sockets went with the loop
+            elif not loop.is_running():
+                loop.run_until_complete(self.session.close())
+            elif _running_loop() is loop:
+                loop.create_task(self.session.close())
+            else:
+                asyncio.run_coroutine_threadsafe(self.session.close(), loop).result(2.0)
+        except Exception:
+            logger.debug("instrument: closing an aiohttp session failed", exc_info=True)
+            self.session.detach()
+
+
+def _running_loop() -> asyncio.AbstractEventLoop | None:
     try:
-        if connector is not None:
-            connector.close()
-    except Exception:  # the loop may already be closed; the sockets go with it
-        logger.debug("instrument: closing an aiohttp connector failed", exc_info=True)
+        return asyncio.get_running_loop()
+    except RuntimeError:
+        return None
 
 
 def _multiprocess_enabled() -> bool:
     return bool(
-        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
     )
 
 

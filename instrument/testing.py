@@ -26,7 +26,9 @@ __all__ = [
 
 
 @contextmanager
-def isolated_instrumentation(*, as_default: bool = True, **kwargs: Any) -> Iterator[Instrumentation]:
+def isolated_instrumentation(
+    *, as_default: bool = True, **kwargs: Any
+) -> Iterator[Instrumentation]:
     """An Instrumentation on a fresh registry that pushes nowhere unless told to.
 
     With ``as_default`` it is also the default, so module-level decorators report to it;

@@ -206,3 +206,96 @@ class Prometheus:
             if result or time.monotonic() > deadline:
                 return result
             time.sleep(0.25)
+
+
+class GatewayStandIn:
+    """A Pushgateway stand-in on loopback whose behaviour a test switches at will.
+
+    Modes: ``ok`` (records each body), ``slow`` (hangs ``hang`` seconds, then 200),
+    ``error`` (500), ``reset`` (closes the connection), ``garbage`` (a non-HTTP answer).
+    """
+
+    def __init__(self, mode: str = "ok", hang: float = 3.0) -> None:
+        import threading
+
+        self.mode = mode
+        self.hang = hang
+        self.bodies: list[bytes] = []
+        self.requests: list[tuple[str, str, dict[str, str]]] = []
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self._sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._sock.bind(("127.0.0.1", self.port))
+        self._sock.listen(64)
+        self._closed = False
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    def _serve(self) -> None:
+        import threading
+
+        while not self._closed:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._handle, args=(conn,), daemon=True).start()
+
+    def _handle(self, conn: socket.socket) -> None:
+        with conn:
+            conn.settimeout(10)
+            try:
+                data = b""
+                while b"\r\n\r\n" not in data:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        return
+                    data += chunk
+                head, _, body = data.partition(b"\r\n\r\n")
+                lines = head.decode("latin-1").split("\r\n")
+                method, path, _ = lines[0].split(" ", 2)
+                headers = {}
+                for line in lines[1:]:
+                    key, _, value = line.partition(":")
+                    headers[key.strip().lower()] = value.strip()
+                length = int(headers.get("content-length", "0"))
+                while len(body) < length:
+                    chunk = conn.recv(65536)
+                    if not chunk:
+                        break
+                    body += chunk
+                self.requests.append((method, path, headers))
+                mode = self.mode
+                if mode == "slow":
+                    time.sleep(self.hang)
+                if mode == "reset":
+                    conn.setsockopt(
+                        socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
+                    )
+                    return
+                if mode == "garbage":
+                    conn.sendall(b"\x00\xffnot http at all\r\n\r\n")
+                    return
+                status = b"500 Internal Server Error" if mode == "error" else b"200 OK"
+                if mode in ("ok", "slow"):
+                    self.bodies.append(body)
+                conn.sendall(
+                    b"HTTP/1.1 " + status + b"\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                )
+            except OSError:
+                return
+
+    def last_value(self, name: str, **labels: str) -> float | None:
+        """A sample's value in the last body received in ``ok``/``slow`` mode."""
+        if not self.bodies:
+            return None
+        for family in text_string_to_metric_families(self.bodies[-1].decode()):
+            for sample in family.samples:
+                if sample.name == name and labels.items() <= dict(sample.labels).items():
+                    return float(sample.value)
+        return None
+
+    def close(self) -> None:
+        self._closed = True
+        self._sock.close()

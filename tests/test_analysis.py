@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import inspect
 import logging
 import pickle
@@ -290,7 +291,9 @@ def test_methods_classmethods_staticmethods(
 # -- outcomes ------------------------------------------------------------------------------------
 
 
-def test_exception_is_reraised_unchanged(inst: Instrumentation, registry: CollectorRegistry) -> None:
+def test_exception_is_reraised_unchanged(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
     error = ValueError("bad input")
 
     @inst.monitored_analysis("m", "t")
@@ -360,10 +363,8 @@ def test_fifty_overlapping_threads(inst: Instrumentation, registry: CollectorReg
         return i
 
     def call(i: int) -> None:
-        try:
+        with contextlib.suppress(ValueError):
             analyze(i)
-        except ValueError:
-            pass
 
     with ThreadPoolExecutor(50) as pool:
         list(pool.map(call, range(50)))
@@ -407,9 +408,12 @@ def test_with_block(inst: Instrumentation, registry: CollectorRegistry, clock: F
     assert count(registry, "error") == 1
     assert errors(registry, "OSError") == 1
     assert duration(registry, "sum") == pytest.approx(0.5)
-    assert registry.get_sample_value(
-        "codomyrmex_code_quality_score", {"project": "proj", "module": "m"}
-    ) == 91.5
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "proj", "module": "m"}
+        )
+        == 91.5
+    )
     assert active(registry) == 0
 
 
@@ -418,9 +422,12 @@ async def test_async_with_block(inst: Instrumentation, registry: CollectorRegist
         job.record_quality(80, project="repo")
         assert active(registry, "indexer") == 1
     assert count(registry, "success", "indexer", "reindex") == 1
-    assert registry.get_sample_value(
-        "codomyrmex_code_quality_score", {"project": "repo", "module": "indexer"}
-    ) == 80
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "repo", "module": "indexer"}
+        )
+        == 80
+    )
     assert active(registry, "indexer") == 0
 
 
@@ -489,9 +496,12 @@ def test_quality_and_project_callables(inst: Instrumentation, registry: Collecto
     analyze_codebase("/src/alpha")
     analyze_codebase(codebase_path="/src/beta")
     for project in ("alpha", "beta"):
-        assert registry.get_sample_value(
-            "codomyrmex_code_quality_score", {"project": project, "module": "static_analysis"}
-        ) == 87.5
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_code_quality_score", {"project": project, "module": "static_analysis"}
+            )
+            == 87.5
+        )
 
 
 def test_project_callable_sees_self_of_methods(
@@ -505,9 +515,12 @@ def test_project_callable_sees_self_of_methods(
             return names
 
     Repo().files(["a", "b", "c"])
-    assert registry.get_sample_value(
-        "codomyrmex_code_quality_score", {"project": "gamma", "module": "m"}
-    ) == 3
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "gamma", "module": "m"}
+        )
+        == 3
+    )
 
 
 @pytest.mark.parametrize(
@@ -528,9 +541,10 @@ def test_bad_quality_callable_is_logged_and_skipped(
     with caplog.at_level(logging.WARNING, logger="instrument"):
         assert analyze() == "result"
     assert count(registry, "success") == 1
-    assert registry.get_sample_value(
-        "codomyrmex_code_quality_score", {"project": "m", "module": "m"}
-    ) is None
+    assert (
+        registry.get_sample_value("codomyrmex_code_quality_score", {"project": "m", "module": "m"})
+        is None
+    )
     assert "quality callable of m/t failed" in caplog.text
 
 
@@ -584,9 +598,12 @@ def test_module_level_decorator_follows_configure(monkeypatch: pytest.MonkeyPatc
     assert first.registry.get_sample_value("envns_analyses_total", labels) == 1
     assert second.registry.get_sample_value("explicit_analyses_total", labels) == 2
     instrument.record_quality_score("p", "m", 5)
-    assert second.registry.get_sample_value(
-        "explicit_code_quality_score", {"project": "p", "module": "m"}
-    ) == 5
+    assert (
+        second.registry.get_sample_value(
+            "explicit_code_quality_score", {"project": "p", "module": "m"}
+        )
+        == 5
+    )
 
 
 @pytest.mark.usefixtures("restore_default")
@@ -602,9 +619,12 @@ def test_disabled_records_nothing(monkeypatch: pytest.MonkeyPatch) -> None:
     with monitored_analysis("m", "t") as job:
         job.record_quality(3)
     assert analyze(1) == 2
-    assert inst.registry.get_sample_value(
-        "codomyrmex_analyses_total", {"module": "m", "analysis_type": "t", "status": "success"}
-    ) is None
+    assert (
+        inst.registry.get_sample_value(
+            "codomyrmex_analyses_total", {"module": "m", "analysis_type": "t", "status": "success"}
+        )
+        is None
+    )
 
 
 def test_two_instrumentations_share_a_registry_without_duplicates() -> None:
@@ -616,9 +636,12 @@ def test_two_instrumentations_share_a_registry_without_duplicates() -> None:
     assert count(shared, "success") == 2
     other = Instrumentation(registry=shared, namespace="other")
     other.record_analysis("m", "t", 0.1)
-    assert shared.get_sample_value(
-        "other_analyses_total", {"module": "m", "analysis_type": "t", "status": "success"}
-    ) == 1
+    assert (
+        shared.get_sample_value(
+            "other_analyses_total", {"module": "m", "analysis_type": "t", "status": "success"}
+        )
+        == 1
+    )
     with pytest.raises(ValueError, match="already registered on this registry with buckets"):
         Instrumentation(registry=shared, buckets=[1, 2, 3])
 
@@ -628,21 +651,24 @@ def test_global_registry_works_twice() -> None:
     second = Instrumentation(registry=REGISTRY, namespace="globaltest")
     first.record_quality_score("p", "m", 1)
     second.record_quality_score("p", "m", 2)
-    assert REGISTRY.get_sample_value(
-        "globaltest_code_quality_score", {"project": "p", "module": "m"}
-    ) == 2
+    assert (
+        REGISTRY.get_sample_value("globaltest_code_quality_score", {"project": "p", "module": "m"})
+        == 2
+    )
 
 
 def test_custom_namespace_and_buckets(registry: CollectorRegistry) -> None:
     inst = Instrumentation(registry=registry, namespace="acme", buckets=[0.5, 2])
     inst.record_analysis("m", "t", 1.0)
     labels = {"module": "m", "analysis_type": "t"}
-    assert registry.get_sample_value(
-        "acme_analysis_duration_seconds_bucket", {**labels, "le": "0.5"}
-    ) == 0
-    assert registry.get_sample_value(
-        "acme_analysis_duration_seconds_bucket", {**labels, "le": "2.0"}
-    ) == 1
+    assert (
+        registry.get_sample_value("acme_analysis_duration_seconds_bucket", {**labels, "le": "0.5"})
+        == 0
+    )
+    assert (
+        registry.get_sample_value("acme_analysis_duration_seconds_bucket", {**labels, "le": "2.0"})
+        == 1
+    )
 
 
 # -- the original class's methods ---------------------------------------------------------------------
@@ -658,16 +684,25 @@ def test_original_methods(inst: Instrumentation, registry: CollectorRegistry) ->
     assert count(registry, "error") == 1
     assert duration(registry, "sum") == 2.0
     calls = "codomyrmex_ai_api_calls_total"
-    assert registry.get_sample_value(
-        calls, {"provider": "openai", "model": "gpt-4o", "status": "success"}
-    ) == 1
-    assert registry.get_sample_value(
-        calls, {"provider": "openai", "model": "gpt-4o", "status": "error"}
-    ) == 1
+    assert (
+        registry.get_sample_value(
+            calls, {"provider": "openai", "model": "gpt-4o", "status": "success"}
+        )
+        == 1
+    )
+    assert (
+        registry.get_sample_value(
+            calls, {"provider": "openai", "model": "gpt-4o", "status": "error"}
+        )
+        == 1
+    )
     tokens = "codomyrmex_ai_tokens_used_total"
-    assert registry.get_sample_value(
-        tokens, {"provider": "openai", "model": "gpt-4o", "token_type": "input"}
-    ) == 10
+    assert (
+        registry.get_sample_value(
+            tokens, {"provider": "openai", "model": "gpt-4o", "token_type": "input"}
+        )
+        == 10
+    )
     assert active(registry, "static_analysis") == 0
 
 
@@ -678,10 +713,16 @@ def test_prometheus_integration_shim() -> None:
     monitoring.record_analysis("static_analysis", "codebase", 1.5, success=True)
     monitoring.record_quality_score("proj", "overall", 77)
     monitoring.record_ai_api_call("anthropic", "claude", True, 3, 4)
-    assert monitoring.analysis_counter.labels("static_analysis", "codebase", "success")._value.get() == 1
-    assert monitoring.registry.get_sample_value(
-        "codomyrmex_code_quality_score", {"project": "proj", "module": "overall"}
-    ) == 77
+    assert (
+        monitoring.analysis_counter.labels("static_analysis", "codebase", "success")._value.get()
+        == 1
+    )
+    assert (
+        monitoring.registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "proj", "module": "overall"}
+        )
+        == 77
+    )
     assert monitoring.pushgateway_url == "http://pushgateway:9091"
     assert monitoring.push_mode == "off"  # pushes only when asked, as the original did
 
@@ -718,7 +759,9 @@ def test_bare_decorator_is_rejected() -> None:
         (("m", "t"), {"colour": "red"}, "unexpected keyword argument 'colour'"),
     ],
 )
-def test_bad_decorator_arguments(args: tuple[Any, ...], kwargs: dict[str, Any], message: str) -> None:
+def test_bad_decorator_arguments(
+    args: tuple[Any, ...], kwargs: dict[str, Any], message: str
+) -> None:
     with pytest.raises(TypeError, match=message):
         monitored_analysis(*args, **kwargs)
     with pytest.raises(TypeError, match=message):
@@ -767,4 +810,3 @@ def test_bad_environment_says_which_variable(
     monkeypatch.setenv("INSTRUMENT_PUSH_INTERVAL", "soon")
     with pytest.raises(ValueError, match="INSTRUMENT_PUSH_INTERVAL='soon' is not valid"):
         configure()
-

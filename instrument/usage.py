@@ -1,0 +1,248 @@
+"""Token usage read from LLM responses by their shape, with no SDK imported.
+
+Four shapes are known, as SDK objects (attributes) or plain dicts (keys) alike:
+
+- OpenAI Chat Completions: ``usage.prompt_tokens`` / ``completion_tokens``, with
+  ``prompt_tokens_details.cached_tokens`` and ``completion_tokens_details.reasoning_tokens``.
+- OpenAI Responses: ``usage.input_tokens`` / ``output_tokens``, with
+  ``input_tokens_details.cached_tokens`` and ``output_tokens_details.reasoning_tokens``.
+- Anthropic Messages: ``usage.input_tokens`` excludes the cache, so the input is
+  ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``.
+- Gemini: ``usage_metadata.prompt_token_count`` (cache included), output
+  ``candidates_token_count + thoughts_token_count``; REST's camelCase keys too.
+
+The shape picks the reader, never the provider name, so an OpenAI-compatible endpoint
+tracked under another provider still counts. Counts follow the OpenTelemetry GenAI
+conventions: input includes cached input and output includes reasoning, so adding input
+and output never counts a token twice. A missing or malformed count is skipped (logged at
+debug level), never guessed and never raised.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+__all__ = ["USAGE_FIELDS", "Usage", "extract_usage", "response_model", "usage_from"]
+
+logger = logging.getLogger("instrument")
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call. ``input_tokens`` includes ``cache_read`` and
+    ``cache_creation``; ``output_tokens`` includes ``reasoning``."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read: int = 0
+    cache_creation: int = 0
+    reasoning: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read + other.cache_read,
+            self.cache_creation + other.cache_creation,
+            self.reasoning + other.reasoning,
+        )
+
+    def latest(self, other: Usage) -> Usage:
+        """Merge two usage reports of one stream.
+
+        Every provider streams running totals (OpenAI and OpenAI Responses once at the end,
+        Anthropic in message_start then message_delta, Gemini on each chunk), so the larger
+        count of each field is the later one and reports are never added up; a field one
+        chunk leaves out (Anthropic's message_delta carries only output) keeps its value.
+        """
+        return Usage(
+            max(self.input_tokens, other.input_tokens),
+            max(self.output_tokens, other.output_tokens),
+            max(self.cache_read, other.cache_read),
+            max(self.cache_creation, other.cache_creation),
+            max(self.reasoning, other.reasoning),
+        )
+
+
+USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+
+
+def _get(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a mapping, ``obj.name`` otherwise; None when absent."""
+    if isinstance(obj, Mapping):
+        return obj.get(name)
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of a foreign object may raise anything
+        return None
+
+
+def _count(container: Any, *names: str) -> int | None:
+    """The first of ``names`` present in ``container`` as a token count, or None.
+
+    None (not reported) is silent; a negative number, a string or any other type is
+    logged at debug level and skipped.
+    """
+    for name in names:
+        value = _get(container, name)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+            return value
+        if isinstance(value, float) and value.is_integer() and value >= 0:
+            return int(value)
+        logger.debug("instrument: malformed usage field %s=%r skipped", name, value)
+        return None
+    return None
+
+
+def _nested(container: Any, parent: str, name: str) -> int | None:
+    inner = _get(container, parent)
+    return None if inner is None else _count(inner, name)
+
+
+def _usage(
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cache_read: int | None = None,
+    cache_creation: int | None = None,
+    reasoning: int | None = None,
+) -> Usage | None:
+    counts = (input_tokens, output_tokens, cache_read, cache_creation, reasoning)
+    if all(c is None for c in counts):
+        return None
+    return Usage(*(c or 0 for c in counts))
+
+
+def _openai_chat(usage: Any) -> Usage | None:
+    return _usage(
+        _count(usage, "prompt_tokens"),
+        _count(usage, "completion_tokens"),
+        cache_read=_nested(usage, "prompt_tokens_details", "cached_tokens"),
+        reasoning=_nested(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def _input_output(usage: Any) -> Usage | None:
+    """OpenAI Responses and Anthropic Messages: both say input_tokens/output_tokens."""
+    cache_read = _count(usage, "cache_read_input_tokens")
+    cache_creation = _count(usage, "cache_creation_input_tokens")
+    if cache_read is None and cache_creation is None:
+        # OpenAI Responses (or Anthropic without caching, which reads the same).
+        return _usage(
+            _count(usage, "input_tokens"),
+            _count(usage, "output_tokens"),
+            cache_read=_nested(usage, "input_tokens_details", "cached_tokens"),
+            reasoning=_nested(usage, "output_tokens_details", "reasoning_tokens"),
+        )
+    # Anthropic: input_tokens counts only what came after the last cache breakpoint.
+    uncached = _count(usage, "input_tokens")
+    total_input = (uncached or 0) + (cache_read or 0) + (cache_creation or 0)
+    return _usage(
+        total_input,
+        _count(usage, "output_tokens"),
+        cache_read=cache_read,
+        cache_creation=cache_creation,
+    )
+
+
+def _gemini(meta: Any) -> Usage | None:
+    prompt = _count(meta, "prompt_token_count", "promptTokenCount")
+    # Tool-use prompt tokens are billed as input and are part of total_token_count.
+    tool_prompt = _count(meta, "tool_use_prompt_token_count", "toolUsePromptTokenCount")
+    candidates = _count(meta, "candidates_token_count", "candidatesTokenCount")
+    thoughts = _count(meta, "thoughts_token_count", "thoughtsTokenCount")
+    input_tokens = (
+        None if prompt is None and tool_prompt is None else (prompt or 0) + (tool_prompt or 0)
+    )
+    output_tokens = (
+        None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
+    )
+    return _usage(
+        input_tokens,
+        output_tokens,
+        cache_read=_count(meta, "cached_content_token_count", "cachedContentTokenCount"),
+        reasoning=thoughts,
+    )
+
+
+def _read_usage(usage: Any) -> Usage | None:
+    """Pick the reader by the usage block's own fields."""
+    if _get(usage, "prompt_tokens") is not None or _get(usage, "completion_tokens") is not None:
+        return _openai_chat(usage)
+    if _get(usage, "input_tokens") is not None or _get(usage, "output_tokens") is not None:
+        return _input_output(usage)
+    if _get(usage, "cache_read_input_tokens") is not None:
+        return _input_output(usage)
+    if (
+        _get(usage, "prompt_token_count") is not None
+        or _get(usage, "promptTokenCount") is not None
+        or _get(usage, "candidates_token_count") is not None
+        or _get(usage, "candidatesTokenCount") is not None
+    ):
+        return _gemini(usage)
+    logger.debug("instrument: usage block of unknown shape skipped: %r", usage)
+    return None
+
+
+def extract_usage(response: Any) -> Usage | None:
+    """The token usage a response (or stream chunk) carries, or None.
+
+    >>> extract_usage({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
+    Usage(input_tokens=12, output_tokens=5, cache_read=0, cache_creation=0, reasoning=0)
+    """
+    if response is None or isinstance(response, str | bytes):
+        return None
+    usage = _get(response, "usage")
+    if usage is not None and not callable(usage):
+        return _read_usage(usage)
+    meta = _get(response, "usage_metadata")
+    if meta is None:
+        meta = _get(response, "usageMetadata")
+    if meta is not None:
+        return _gemini(meta)
+    # Anthropic's message_start event holds the usage in .message, OpenAI Responses'
+    # response.completed event in .response.
+    for holder in ("message", "response"):
+        inner = _get(response, holder)
+        if inner is not None and not isinstance(inner, str):
+            usage = _get(inner, "usage")
+            if usage is not None and not callable(usage):
+                return _read_usage(usage)
+    return None
+
+
+def response_model(response: Any) -> str | None:
+    """The model name a response (or stream chunk) reports, or None."""
+    if response is None or isinstance(response, str | bytes):
+        return None
+    for name in ("model", "model_version", "modelVersion"):
+        value = _get(response, name)
+        if isinstance(value, str) and value:
+            return value
+    for holder in ("message", "response"):
+        inner = _get(response, holder)
+        if inner is not None and not isinstance(inner, str):
+            value = _get(inner, "model")
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def usage_from(value: Any) -> Usage | None:
+    """A custom extractor's answer as a Usage: a Usage, a mapping with Usage's field
+    names (``input_tokens``, ``output_tokens``, ``cache_read``, ``cache_creation``,
+    ``reasoning``), or None. Anything else is logged at debug level and skipped."""
+    if value is None or isinstance(value, Usage):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(USAGE_FIELDS)
+        if unknown:
+            logger.debug("instrument: usage keys %s not understood; skipped", sorted(unknown))
+            return None
+        return _usage(*(_count(value, name) for name in USAGE_FIELDS))
+    logger.debug("instrument: usage extractor returned %r, not a Usage or mapping", value)
+    return None
