@@ -53,12 +53,15 @@ class Probe:
         """A generator job yielded ``value``; called only when the policy sets
         ``Instrumenter.observes_items`` (it costs a call per item)."""
 
-    def deliver(self) -> None:
-        """After the job ended, in sync code: hand the new state to delivery."""
+    #: After the job ended, in sync code: a callable handing the new state to delivery,
+    #: or None when there is nothing to deliver. (An attribute, not a method, so a probe
+    #: can hold the delivery's bound method directly: one call less per job.)
+    deliver: Callable[[], None] | None = None
 
     def deliver_async(self) -> Awaitable[None] | None:
         """After the job ended, in async code: an awaitable to await, or None."""
-        self.deliver()
+        if self.deliver is not None:
+            self.deliver()
         return None
 
 
@@ -72,6 +75,11 @@ def _probe_success(probe: Probe, result: Any) -> Any:
     except Exception:
         _guard("recording a result")
         return result
+
+
+def _end_and_deliver(probe: Probe, exc: BaseException) -> None:
+    _probe_end(probe, exc)
+    _deliver(probe)
 
 
 def _probe_end(probe: Probe, exc: BaseException | None) -> None:
@@ -114,7 +122,9 @@ def _observe(gen: Generator[Any, Any, Any], probe: Probe) -> Generator[Any, Any,
 
 def _deliver(probe: Probe) -> None:
     try:
-        probe.deliver()
+        deliver = probe.deliver
+        if deliver is not None:
+            deliver()
     except Exception:
         _guard("delivery")
 
@@ -149,13 +159,173 @@ def bind_arguments(
         return {}
 
 
-class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
-    """The proxy a decorator returns. Unlike wrapt's default, it pickles by reference,
-    so a decorated module-level function can go to a process pool."""
+Start = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Probe]
 
-    def __reduce_ex__(self, protocol: Any) -> str:
-        qualname: str = self.__wrapped__.__qualname__
-        return qualname
+
+# The proxies are the engine. wrapt's FunctionWrapper gives the transparent proxy
+# (name, signature, inspect flags, attributes) and descriptor binding for methods; each
+# kind below replaces only ``__call__``, with the policy's ``start`` as wrapt's
+# ``_self_wrapper``. The same ``__call__`` serves the unbound and the bound proxy: wrapt
+# binds ``__wrapped__`` for method access, and the engine never needs ``instance``.
+#
+# Why not wrapt's own ``__call__``: it looks up ``__self__`` on the wrapped object at
+# every call (to support wrapping an already bound method); on a plain function that
+# lookup raises and swallows an AttributeError, most of wrapt's per-call cost. Skipping
+# it changes nothing the wrapped function or other code can observe.
+
+
+def _call_sync(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+    wrapped = self.__wrapped__
+    try:
+        probe = self._self_wrapper(wrapped, args, kwargs)
+    except Exception:
+        _guard("starting a job")
+        return wrapped(*args, **kwargs)
+    try:
+        result = wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _end_and_deliver(probe, exc)
+        raise
+    try:
+        result = probe.success(result)
+    except Exception:
+        _guard("recording a result")
+    try:
+        deliver = probe.deliver
+        if deliver is not None:
+            deliver()
+    except Exception:
+        _guard("delivery")
+    return result
+
+
+async def _run_async(
+    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Any:
+    try:
+        probe = start(wrapped, args, kwargs)
+    except Exception:
+        _guard("starting a job")
+        return await wrapped(*args, **kwargs)
+    try:
+        result = await wrapped(*args, **kwargs)
+    except BaseException as exc:
+        _probe_end(probe, exc)
+        await _adeliver(probe)
+        raise
+    result = _probe_success(probe, result)
+    await _adeliver(probe)
+    return result
+
+
+def _run_generator(
+    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Generator[Any, Any, Any]:
+    # The body runs at the first next(): a generator never started records nothing.
+    gen = wrapped(*args, **kwargs)
+    try:
+        probe = start(wrapped, args, kwargs)
+    except Exception:
+        _guard("starting a job")
+        return (yield from gen)
+    observed = _observes_items(start)
+    try:
+        value = yield from (_observe(gen, probe) if observed else gen)
+    except BaseException as exc:
+        _end_and_deliver(probe, exc)
+        raise
+    _probe_success(probe, value)
+    _deliver(probe)
+    return value
+
+
+async def _run_async_generator(
+    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> AsyncGenerator[Any, Any]:
+    agen = wrapped(*args, **kwargs)
+    try:
+        probe: Probe | None = start(wrapped, args, kwargs)
+    except Exception:
+        _guard("starting a job")
+        probe = None
+    observed = probe is not None and _observes_items(start)
+    try:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                if thrown is not None:
+                    item = await agen.athrow(thrown)
+                else:
+                    item = await agen.asend(sent)
+            except StopAsyncIteration:
+                break
+            thrown = None
+            if observed:
+                _probe_item(probe, item)  # type: ignore[arg-type]
+            try:
+                sent = yield item
+            except GeneratorExit:
+                await agen.aclose()
+                raise
+            except BaseException as exc:
+                thrown = exc
+    except BaseException as exc:
+        if probe is not None:
+            _probe_end(probe, exc)
+            await _adeliver(probe)
+        raise
+    if probe is not None:
+        _probe_success(probe, None)
+        await _adeliver(probe)
+
+
+def _observes_items(start: Start) -> bool:
+    return bool(getattr(getattr(start, "__self__", None), "observes_items", False))
+
+
+def _call_async(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+    return _run_async(self._self_wrapper, self.__wrapped__, args, kwargs)
+
+
+def _call_generator(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+    return _run_generator(self._self_wrapper, self.__wrapped__, args, kwargs)
+
+
+def _call_async_generator(self: Any, /, *args: Any, **kwargs: Any) -> Any:
+    return _run_async_generator(self._self_wrapper, self.__wrapped__, args, kwargs)
+
+
+def _reduce_by_reference(self: Any, protocol: Any) -> str:
+    # wrapt's proxies refuse pickling; by reference, pickle resolves the module-level name.
+    qualname: str = self.__wrapped__.__qualname__
+    return qualname
+
+
+def _proxy_classes(name: str, call: Callable[..., Any]) -> type[wrapt.FunctionWrapper]:  # type: ignore[type-arg]
+    bound = type(
+        f"Bound{name}",
+        (wrapt.BoundFunctionWrapper,),
+        {"__call__": call, "__reduce_ex__": _reduce_by_reference, "__module__": __name__},
+    )
+    return type(
+        name,
+        (wrapt.FunctionWrapper,),
+        {
+            "__call__": call,
+            "__reduce_ex__": _reduce_by_reference,
+            "__bound_function_wrapper__": bound,
+            "__module__": __name__,
+        },
+    )
+
+
+_SyncFunction = _proxy_classes("InstrumentedFunction", _call_sync)
+_AsyncFunction = _proxy_classes("InstrumentedCoroutineFunction", _call_async)
+_GeneratorFunction = _proxy_classes("InstrumentedGeneratorFunction", _call_generator)
+_AsyncGeneratorFunction = _proxy_classes(
+    "InstrumentedAsyncGeneratorFunction", _call_async_generator
+)
 
 
 class Instrumenter(Generic[P]):
@@ -182,6 +352,11 @@ class Instrumenter(Generic[P]):
     def prepare(self, func: Callable[..., Any]) -> None:
         """Called once at decoration time with the function being wrapped."""
 
+    def starter(self) -> Start:
+        """The ``start`` the decorated function calls: a policy can pick a leaner one at
+        decoration time (after :meth:`prepare`)."""
+        return self.start
+
     # -- decorator ---------------------------------------------------------------------------
 
     def __call__(self, func: F) -> F:
@@ -193,154 +368,15 @@ class Instrumenter(Generic[P]):
         target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
         self.prepare(target)
         if inspect.isasyncgenfunction(target):
-            wrapper = self._async_generator_wrapper()
+            kind = _AsyncGeneratorFunction
         elif inspect.isgeneratorfunction(target):
-            wrapper = self._generator_wrapper()
+            kind = _GeneratorFunction
         elif inspect.iscoroutinefunction(target):
-            wrapper = self._async_wrapper()
+            kind = _AsyncFunction
         else:
-            wrapper = self._sync_wrapper()
-        proxy: F = _InstrumentedFunction(func, wrapper)  # type: ignore[assignment]
+            kind = _SyncFunction
+        proxy: F = kind(func, self.starter())  # type: ignore[arg-type, assignment]
         return proxy
-
-    def _sync_wrapper(self) -> Callable[..., Any]:
-        start = self.start
-
-        def call_sync(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            try:
-                probe = start(wrapped, args, kwargs)
-            except Exception:
-                _guard("starting a job")
-                return wrapped(*args, **kwargs)
-            try:
-                result = wrapped(*args, **kwargs)
-            except BaseException as exc:
-                _probe_end(probe, exc)
-                _deliver(probe)
-                raise
-            result = _probe_success(probe, result)
-            _deliver(probe)
-            return result
-
-        return call_sync
-
-    def _async_wrapper(self) -> Callable[..., Any]:
-        start = self.start
-
-        async def call_async(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Any:
-            try:
-                probe = start(wrapped, args, kwargs)
-            except Exception:
-                _guard("starting a job")
-                return await wrapped(*args, **kwargs)
-            try:
-                result = await wrapped(*args, **kwargs)
-            except BaseException as exc:
-                _probe_end(probe, exc)
-                await _adeliver(probe)
-                raise
-            result = _probe_success(probe, result)
-            await _adeliver(probe)
-            return result
-
-        return call_async
-
-    def _generator_wrapper(self) -> Callable[..., Any]:
-        start = self.start
-        observed = self.observes_items
-
-        def run(
-            wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> Generator[Any, Any, Any]:
-            # The body runs at the first next(): a generator never started records nothing.
-            gen = wrapped(*args, **kwargs)
-            try:
-                probe = start(wrapped, args, kwargs)
-            except Exception:
-                _guard("starting a job")
-                return (yield from gen)
-            try:
-                value = yield from (_observe(gen, probe) if observed else gen)
-            except BaseException as exc:
-                _probe_end(probe, exc)
-                _deliver(probe)
-                raise
-            _probe_success(probe, value)
-            _deliver(probe)
-            return value
-
-        def call_generator(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> Generator[Any, Any, Any]:
-            return run(wrapped, args, kwargs)
-
-        return call_generator
-
-    def _async_generator_wrapper(self) -> Callable[..., Any]:
-        start = self.start
-        observed = self.observes_items
-
-        async def run(
-            wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-        ) -> AsyncGenerator[Any, Any]:
-            agen = wrapped(*args, **kwargs)
-            try:
-                probe: P | None = start(wrapped, args, kwargs)
-            except Exception:
-                _guard("starting a job")
-                probe = None
-            try:
-                sent: Any = None
-                thrown: BaseException | None = None
-                while True:
-                    try:
-                        if thrown is not None:
-                            item = await agen.athrow(thrown)
-                        else:
-                            item = await agen.asend(sent)
-                    except StopAsyncIteration:
-                        break
-                    thrown = None
-                    if observed and probe is not None:
-                        _probe_item(probe, item)
-                    try:
-                        sent = yield item
-                    except GeneratorExit:
-                        await agen.aclose()
-                        raise
-                    except BaseException as exc:
-                        thrown = exc
-            except BaseException as exc:
-                if probe is not None:
-                    _probe_end(probe, exc)
-                    await _adeliver(probe)
-                raise
-            if probe is not None:
-                _probe_success(probe, None)
-                await _adeliver(probe)
-
-        def call_async_generator(
-            wrapped: Callable[..., Any],
-            instance: Any,
-            args: tuple[Any, ...],
-            kwargs: dict[str, Any],
-        ) -> AsyncGenerator[Any, Any]:
-            return run(wrapped, args, kwargs)
-
-        return call_async_generator
 
     # -- with-block --------------------------------------------------------------------------
 

@@ -27,6 +27,9 @@ class _AnalysisBinding(Binding):
 
     def __init__(self, inst: Instrumentation, monitor: AnalysisMonitor) -> None:
         super().__init__(inst)
+        self.monitor = monitor
+        self.quality = monitor.quality
+        self.job_class = AnalysisJob if monitor.quality is None else _QualityJob
         if not self.enabled:
             return  # create no series at all
         m = inst.metrics
@@ -58,20 +61,17 @@ class _AnalysisBinding(Binding):
 class AnalysisJob(Probe):
     """One analysis in flight; in a with-block, the handle ``as job`` gives you."""
 
-    __slots__ = ("_arguments", "_b", "_monitor", "_t0")
+    # deliver holds the delivery's bound method: one call less per job than a method.
+    __slots__ = ("_b", "_t0", "deliver")
 
-    def __init__(
-        self,
-        binding: _AnalysisBinding | None,
-        monitor: AnalysisMonitor,
-        arguments: dict[str, Any] | None,
-    ) -> None:
-        self._b = binding
-        self._monitor = monitor
-        self._arguments = arguments
-        if binding is not None:
-            binding.active_inc()
-        self._t0 = perf_counter()
+    _b: _AnalysisBinding
+    _t0: float
+    #: The call's bound arguments, kept only by jobs that record a quality score.
+    _arguments: dict[str, Any] | None = None
+
+    def deliver_async(self) -> Awaitable[None] | None:
+        waiter: Awaitable[None] | None = self._b.after_call_async()
+        return waiter
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
         """Record a code quality score for this job's project (or ``project``) and module."""
@@ -79,64 +79,85 @@ class AnalysisJob(Probe):
         if project is not None:
             _check_label("project", project)
         b = self._b
-        if b is None:
-            return
-        name = project if project is not None else self._monitor.project_for(self._arguments)
+        name = project if project is not None else b.monitor.project_for(self._arguments)
         if name is not None:
             b.set_quality(name, value)
 
     def success(self, result: Any) -> Any:
         b = self._b
-        if b is not None:
-            b.observe(perf_counter() - self._t0)
-            b.success_inc()
-            b.active_dec()
-            if self._monitor.quality is not None:
-                self._record_result_quality(result)
+        b.observe(perf_counter() - self._t0)
+        b.success_inc()
+        b.active_dec()
         return result
 
-    def _record_result_quality(self, result: Any) -> None:
-        quality = self._monitor.quality
+    def error(self, exc: BaseException) -> None:
+        b = self._b
+        b.observe(perf_counter() - self._t0)
+        b.error_inc()
+        b.count_error(exc)
+        b.active_dec()
+
+    def cancel(self) -> None:
+        b = self._b
+        b.observe(perf_counter() - self._t0)
+        b.cancel_inc()
+        b.active_dec()
+
+
+class _QualityJob(AnalysisJob):
+    """A job whose result is scored by the ``quality=`` callable."""
+
+    __slots__ = ("_arguments",)
+
+    def success(self, result: Any) -> Any:
+        super().success(result)
+        b = self._b
+        quality = b.quality
         assert quality is not None
         try:
             score = check_number("quality score", quality(result))
         except Exception as exc:
             logger.warning(
                 "instrument: quality callable of %s/%s failed (%s: %s); no score recorded",
-                self._monitor.module,
-                self._monitor.analysis_type,
+                b.monitor.module,
+                b.monitor.analysis_type,
                 type(exc).__name__,
                 exc,
             )
-            return
-        project = self._monitor.project_for(self._arguments)
-        if project is not None and self._b is not None:
-            self._b.set_quality(project, score)
+            return result
+        project = b.monitor.project_for(self._arguments)
+        if project is not None:
+            b.set_quality(project, score)
+        return result
+
+
+class _DisabledJob(AnalysisJob):
+    """The handle when recording is off: validates what it is given, records nothing."""
+
+    __slots__ = ()
+
+    def __init__(self) -> None:
+        self.deliver = None
+
+    def deliver_async(self) -> None:
+        return None
+
+    def record_quality(self, score: float, *, project: str | None = None) -> None:
+        check_number("score", score)
+        if project is not None:
+            _check_label("project", project)
+
+    def success(self, result: Any) -> Any:
+        return result
 
     def error(self, exc: BaseException) -> None:
-        b = self._b
-        if b is not None:
-            b.observe(perf_counter() - self._t0)
-            b.error_inc()
-            b.count_error(exc)
-            b.active_dec()
+        return None
 
     def cancel(self) -> None:
-        b = self._b
-        if b is not None:
-            b.observe(perf_counter() - self._t0)
-            b.cancel_inc()
-            b.active_dec()
-
-    def deliver(self) -> None:
-        if self._b is not None:
-            self._b.after_call()
-
-    def deliver_async(self) -> Awaitable[None] | None:
-        if self._b is not None:
-            waiter: Awaitable[None] | None = self._b.after_call_async()
-            return waiter
         return None
+
+
+_new = object.__new__
 
 
 class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
@@ -180,7 +201,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         self.project = project
         self.quality = quality
         self._signature: inspect.Signature | None = None
-        self._null = AnalysisJob(None, self, None)
+        self._null = _DisabledJob()
 
     def __repr__(self) -> str:
         return f"monitored_analysis({self.module!r}, {self.analysis_type!r})"
@@ -190,7 +211,8 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
 
     def prepare(self, func: Callable[..., Any]) -> None:
         super().prepare(func)
-        if callable(self.project):
+        # The call's arguments are bound only when a project callable will need them.
+        if callable(self.project) and self.quality is not None:
             try:
                 self._signature = inspect.signature(func)
             except (TypeError, ValueError):
@@ -199,18 +221,33 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
     def null_probe(self) -> AnalysisJob:
         return self._null
 
+    def starter(self) -> Callable[..., AnalysisJob]:
+        return self._start_with_arguments if self._signature is not None else self.start
+
     def start(
         self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AnalysisJob:
         b = self._binding
-        if b is None or b.inst.retired:
+        if b is None or b.stale:
             b = self.binding()
-        if not b.enabled:
-            return self._null
-        arguments = None
-        if wrapped is not None and self._signature is not None and self.quality is not None:
-            arguments = bind_arguments(self._signature, wrapped, args, kwargs)
-        return AnalysisJob(b, self, arguments)
+            if not b.enabled:
+                return self._null
+        # Inlined (no __init__, no helper): this runs once per decorated call.
+        job = _new(b.job_class)
+        job._b = b
+        job.deliver = b.deliver
+        b.active_inc()
+        job._t0 = perf_counter()
+        return job
+
+    def _start_with_arguments(
+        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AnalysisJob:
+        # A project callable will need the call's arguments: bind them by the signature.
+        job = self.start(wrapped, args, kwargs)
+        if isinstance(job, _QualityJob):
+            job._arguments = bind_arguments(self._signature, wrapped, args, kwargs)
+        return job
 
     def project_for(self, arguments: dict[str, Any] | None) -> str | None:
         """The project label for a job: the given string, the callable's answer, or module."""
@@ -243,7 +280,8 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
 
 def monitored_analysis(
     module: str,
-    analysis_type: str | None = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
+    # None only so that a bare @monitored_analysis gets a clear error, not Python's.
+    analysis_type: str = None,  # type: ignore[assignment]
     *,
     job_type: str | None = None,
     project: ProjectArg = None,

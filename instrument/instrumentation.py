@@ -6,6 +6,7 @@ import logging
 import math
 import threading
 import warnings
+import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
@@ -130,6 +131,14 @@ class Instrumentation:
             self.set_prices(prices)
         self._warned_job_types: set[str] = set()
         self.retired = False
+        self._bindings: weakref.WeakSet[Binding] = weakref.WeakSet()
+
+    def retire(self) -> None:
+        """Mark this instrumentation as no longer the default: decorators following the
+        default rebind on their next call."""
+        self.retired = True
+        for binding in list(self._bindings):
+            binding.stale = True
 
     def __repr__(self) -> str:
         state = "" if self.enabled else ", enabled=False"
@@ -156,7 +165,8 @@ class Instrumentation:
     def monitored_analysis(
         self,
         module: str,
-        analysis_type: str | None = None,  # type: ignore[assignment]  # a bare @decorator gets a clear error
+        # None only so that a bare @monitored_analysis gets a clear error, not Python's.
+    analysis_type: str = None,  # type: ignore[assignment]
         *,
         job_type: str | None = None,
         project: str | Callable[[dict[str, Any]], str] | None = None,
@@ -314,8 +324,14 @@ class Binding:
     def __init__(self, inst: Instrumentation) -> None:
         self.inst = inst
         self.enabled = inst.enabled
+        #: The hot path's one check: True when the slow path (:meth:`Policy.binding`) must
+        #: decide, because recording is off or the instrumentation stopped being the default.
+        self.stale = not inst.enabled or inst.retired
+        inst._bindings.add(self)
         self.after_call = inst.delivery.after_call
         self.after_call_async = inst.delivery.after_call_async
+        #: What a probe's ``deliver`` should be: None when nothing is ever pushed.
+        self.deliver = None if inst.delivery.mode == "off" else inst.delivery.after_call
 
 
 class Policy(Instrumenter[P], Generic[P, B]):
@@ -341,9 +357,9 @@ class Policy(Instrumenter[P], Generic[P, B]):
             self.binding()
 
     def binding(self) -> B:
-        """The current binding. Hot paths inline the check: ``b is None or b.inst.retired``."""
+        """The current binding. Hot paths call it only when ``b is None or b.stale``."""
         b = self._binding
-        if b is None or (b.inst.retired and self._inst is None):
+        if b is None or (self._inst is None and b.inst is not get_instrumentation()):
             b = self._binding = self.bind(self._inst or get_instrumentation())
         return b
 
@@ -378,6 +394,6 @@ def configure(**kwargs: Any) -> Instrumentation:
     with _default_lock:
         old, _default = _default, new
     if old is not None:
-        old.retired = True
+        old.retire()
         old.close()
     return new

@@ -40,13 +40,13 @@ def isolated_instrumentation(
     if as_default:
         _instrumentation._default = inst
         if saved is not None:
-            saved.retired = True
+            saved.retire()
     try:
         yield inst
     finally:
         inst.close()
         if as_default:
-            inst.retired = True
+            inst.retire()
             _instrumentation._default = saved
             if saved is not None:
                 saved.retired = False
