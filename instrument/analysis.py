@@ -29,7 +29,6 @@ class _AnalysisBinding(Binding):
         super().__init__(inst)
         self.monitor = monitor
         self.quality = monitor.quality
-        self.job_class = AnalysisJob if monitor.quality is None else _QualityJob
         if not self.enabled:
             return  # create no series at all
         m = inst.metrics
@@ -104,14 +103,20 @@ class AnalysisJob(Probe):
         b.active_dec()
 
 
-class _QualityJob(AnalysisJob):
-    """A job whose result is scored by the ``quality=`` callable."""
+class _ScoredJob(Probe):
+    """A decorated call whose result the ``quality=`` callable scores: wraps its job."""
 
-    __slots__ = ("_arguments",)
+    __slots__ = ("_arguments", "_job", "deliver")
+
+    def __init__(self, job: AnalysisJob, arguments: dict[str, Any] | None) -> None:
+        self._job = job
+        self._arguments = arguments
+        self.deliver = job.deliver
 
     def success(self, result: Any) -> Any:
-        super().success(result)
-        b = self._b
+        job = self._job
+        job.success(result)
+        b = job._b
         quality = b.quality
         assert quality is not None
         try:
@@ -129,6 +134,15 @@ class _QualityJob(AnalysisJob):
         if project is not None:
             b.set_quality(project, score)
         return result
+
+    def error(self, exc: BaseException) -> None:
+        self._job.error(exc)
+
+    def cancel(self) -> None:
+        self._job.cancel()
+
+    def deliver_async(self) -> Awaitable[None] | None:
+        return self._job.deliver_async()
 
 
 class _DisabledJob(AnalysisJob):
@@ -221,8 +235,8 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
     def null_probe(self) -> AnalysisJob:
         return self._null
 
-    def starter(self) -> Callable[..., AnalysisJob]:
-        return self._start_with_arguments if self._signature is not None else self.start
+    def starter(self) -> Callable[..., Probe]:
+        return self.start if self.quality is None else self._start_scored
 
     def start(
         self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -233,21 +247,23 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
             if not b.enabled:
                 return self._null
         # Inlined (no __init__, no helper): this runs once per decorated call.
-        job = _new(b.job_class)
+        job = _new(AnalysisJob)
         job._b = b
         job.deliver = b.deliver
         b.active_inc()
         job._t0 = perf_counter()
         return job
 
-    def _start_with_arguments(
+    def _start_scored(
         self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AnalysisJob:
-        # A project callable will need the call's arguments: bind them by the signature.
+    ) -> Probe:
         job = self.start(wrapped, args, kwargs)
-        if isinstance(job, _QualityJob):
-            job._arguments = bind_arguments(self._signature, wrapped, args, kwargs)
-        return job
+        if job is self._null:
+            return job
+        arguments = None
+        if self._signature is not None:  # a project callable will need the arguments
+            arguments = bind_arguments(self._signature, wrapped, args, kwargs)
+        return _ScoredJob(job, arguments)
 
     def project_for(self, arguments: dict[str, Any] | None) -> str | None:
         """The project label for a job: the given string, the callable's answer, or module."""

@@ -810,3 +810,25 @@ def test_bad_environment_says_which_variable(
     monkeypatch.setenv("INSTRUMENT_PUSH_INTERVAL", "soon")
     with pytest.raises(ValueError, match="INSTRUMENT_PUSH_INTERVAL='soon' is not valid"):
         configure()
+
+
+def test_quality_callable_applies_to_decorated_results_not_with_blocks(
+    inst: Instrumentation, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+) -> None:
+    monitor = inst.monitored_analysis("m", "t", project="static", quality=lambda r: r["score"])
+
+    @monitor
+    def analyze() -> dict[str, float]:
+        return {"score": 64.0}
+
+    assert analyze() == {"score": 64.0}
+    with caplog.at_level(logging.WARNING, logger="instrument"), monitor as job:
+        job.record_quality(12.5)
+    assert not caplog.records  # the with-block has no result to score
+    assert count(registry, "success") == 2
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "static", "module": "m"}
+        )
+        == 12.5
+    )
