@@ -50,3 +50,163 @@ def prometheus_server(pushgateway_server: Pushgateway) -> Iterator[Prometheus]:
     server = Prometheus(pushgateway_server).start()
     yield server
     server.stop()
+
+
+# -- the dashboard and rules end to end: real calls -> Pushgateway -> Prometheus ----------------
+
+#: The namespace of the end-to-end workload; the e2e Prometheus loads the rules generated for it.
+E2E_NAMESPACE = "e2e"
+
+
+@pytest.fixture(scope="session")
+def e2e_prometheus(
+    pushgateway_server: Pushgateway, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Prometheus]:
+    """A real Prometheus scraping the Pushgateway and evaluating ``instrument rules`` output."""
+    from instrument.rules import rules_yaml
+
+    rules = tmp_path_factory.mktemp("rules") / f"{E2E_NAMESPACE}.rules.yml"
+    rules.write_text(rules_yaml(E2E_NAMESPACE))
+    server = Prometheus(pushgateway_server)
+    server.rule_files.append(rules)
+    server.start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def e2e_workload(
+    pushgateway_server: Pushgateway, e2e_prometheus: Prometheus
+) -> Iterator[E2EWorkload]:
+    """Real decorated calls pushed in two rounds, so every counter moves between scrapes."""
+    workload = E2EWorkload(pushgateway_server, e2e_prometheus)
+    try:
+        workload.run()
+        yield workload
+    finally:
+        workload.close()
+
+
+class E2EWorkload:
+    """Analyses (sync and async, successes and errors, quality scores) and LLM calls (plain,
+    streamed, rate limited, priced and not) under their own job, with one job left running.
+
+    Per round: static_analysis/codebase 2 successes and 1 SyntaxError, security_scan/
+    dependencies 1 success and 1 ValueError; openai/gpt-4o 2 calls (one streamed, priced),
+    anthropic/claude-sonnet 1 success (unpriced) and 1 rate-limited (429) error.
+    """
+
+    ROUNDS = 2
+    ANALYSES_PER_ROUND = 5
+
+    def __init__(self, gateway: Pushgateway, prometheus: Prometheus) -> None:
+        import contextlib
+
+        self.prometheus = prometheus
+        self.namespace = E2E_NAMESPACE
+        #: The last quality score of each (project, module).
+        self.quality = {("shop", "static_analysis"): 82.0, ("warehouse", "static_analysis"): 75.5}
+        self.job = f"e2e-{uuid.uuid4().hex[:10]}"
+        self.inst = Instrumentation(
+            registry=CollectorRegistry(),
+            namespace=E2E_NAMESPACE,
+            pushgateway=gateway.url,
+            job=self.job,
+            push_mode="off",
+            prices={"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}},
+        )
+        self._open = contextlib.ExitStack()
+
+    def run(self) -> None:
+        import asyncio
+
+        for round_number in range(1, self.ROUNDS + 1):
+            self._round(round_number)
+            asyncio.run(self._async_round())
+            if round_number == self.ROUNDS:
+                # A job still in flight at the end: active_jobs{job_type="nightly"} stays 1.
+                self._open.enter_context(self.inst.monitored_analysis("nightly", "full_scan"))
+            assert self.inst.push(), "push to the real Pushgateway failed"
+            expected = self.ANALYSES_PER_ROUND * round_number
+            self.wait(f'sum({E2E_NAMESPACE}_analyses_total{{job="{self.job}"}}) >= {expected}')
+        # The gauge is set after each successful push, so the gateway holds the previous one's.
+        assert self.inst.push()
+        self.wait(f'{E2E_NAMESPACE}_last_push_success_timestamp_seconds{{job="{self.job}"}} > 0')
+
+    def wait(self, expr: str) -> None:
+        assert self.prometheus.wait_for(expr), f"Prometheus never saw {expr}"
+
+    def _round(self, round_number: int) -> None:
+        import contextlib
+
+        inst = self.inst
+
+        @inst.monitored_analysis(
+            "static_analysis", "codebase", project="shop", quality=lambda r: r["score"]
+        )
+        def analyze(path: str) -> dict[str, float]:
+            if path == "broken":
+                raise SyntaxError("cannot parse")
+            return {"score": 80.0 + round_number}
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask(prompt: str) -> dict[str, object]:
+            return {
+                "model": "gpt-4o",
+                "usage": {
+                    "prompt_tokens": 1200,
+                    "completion_tokens": 300,
+                    "total_tokens": 1500,
+                    "prompt_tokens_details": {"cached_tokens": 200},
+                    "completion_tokens_details": {"reasoning_tokens": 50},
+                },
+            }
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask_streaming(prompt: str) -> Iterator[dict[str, object]]:
+            yield {"choices": [{"delta": {"content": "Hel"}}]}
+            yield {"choices": [{"delta": {"content": "lo"}}]}
+            yield {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 2}}
+
+        analyze("src/")
+        with contextlib.suppress(SyntaxError):
+            analyze("broken")
+        with inst.monitored_analysis("static_analysis", "codebase") as job:
+            job.record_quality(75.5, project="warehouse")
+        ask("summarize")
+        assert len(list(ask_streaming("hi"))) == 3
+
+    async def _async_round(self) -> None:
+        import contextlib
+
+        inst = self.inst
+
+        @inst.monitored_analysis("security_scan", "dependencies")
+        async def scan(name: str) -> int:
+            if name == "bad":
+                raise ValueError("no lockfile")
+            return 3
+
+        class RateLimitError(Exception):
+            status_code = 429
+
+        @inst.track_ai_call("anthropic", "claude-sonnet")
+        async def claude(prompt: str) -> dict[str, object]:
+            if prompt == "too fast":
+                raise RateLimitError("rate limited")
+            return {
+                "type": "message",
+                "model": "claude-sonnet",
+                "usage": {"input_tokens": 500, "output_tokens": 120, "cache_read_input_tokens": 80},
+            }
+
+        await scan("requests")
+        with contextlib.suppress(ValueError):
+            await scan("bad")
+        await claude("review this")
+        with contextlib.suppress(RateLimitError):
+            await claude("too fast")
+
+    def close(self) -> None:
+        self._open.close()
+        self.inst.close()

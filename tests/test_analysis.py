@@ -13,7 +13,10 @@ from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from prometheus_client import REGISTRY, CollectorRegistry
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from prometheus_client import REGISTRY, CollectorRegistry, generate_latest
+from prometheus_client.parser import text_string_to_metric_families
 
 import instrument
 from instrument import Instrumentation, configure, monitored_analysis
@@ -832,3 +835,36 @@ def test_quality_callable_applies_to_decorated_results_not_with_blocks(
         )
         == 12.5
     )
+
+
+@given(
+    module=st.text(min_size=1, max_size=30),
+    analysis_type=st.text(min_size=1, max_size=30),
+    project=st.text(min_size=1, max_size=30),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_label_value_round_trips_through_the_exposition(
+    module: str, analysis_type: str, project: str
+) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+
+    @inst.monitored_analysis(module, analysis_type, project=project, quality=lambda r: r)
+    def analyze() -> float:
+        return 3.5
+
+    analyze()
+    families = {
+        f.name: f for f in text_string_to_metric_families(generate_latest(registry).decode())
+    }
+    counts = [
+        s for s in families["codomyrmex_analyses"].samples if s.name == "codomyrmex_analyses_total"
+    ]
+    success = [s for s in counts if s.labels["status"] == "success"]
+    assert [(s.labels["module"], s.labels["analysis_type"], s.value) for s in success] == [
+        (module, analysis_type, 1.0)
+    ]
+    scores = families["codomyrmex_code_quality_score"].samples
+    assert [(s.labels["project"], s.labels["module"], s.value) for s in scores] == [
+        (project, module, 3.5)
+    ]

@@ -299,12 +299,14 @@ def test_gateway_down_then_up_ends_with_exact_totals(
     with caplog.at_level(logging.DEBUG, logger="instrument"):
         assert [work(i) for i in range(500)] == list(range(500))
         deadline = time.monotonic() + 10
-        while inst.registry.get_sample_value("codomyrmex_push_failures_total") < 2:
+        while inst.registry.get_sample_value("codomyrmex_push_failures_total") < 3:
             assert time.monotonic() < deadline, "the flusher never retried"
             time.sleep(0.05)
         gateway.start()
         try:
             assert [work(i) for i in range(500)] == list(range(500))
+            # The flusher is backing off (1 s or more after 3 failures); flush does not wait.
+            assert inst.delivery._next_attempt > time.monotonic()
             assert inst.flush(timeout=10)
             assert analyses(gateway, job=job_name) == 1000
             failures = gateway.value("codomyrmex_push_failures_total", job=job_name)

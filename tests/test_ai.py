@@ -1,0 +1,1246 @@
+"""track_ai_call: calls, durations, time to first token, tokens, errors, cost, cardinality.
+
+Durations are exact: the module's clock is swapped for one the test moves by hand.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import json
+import logging
+import re
+import threading
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+import instrument
+from instrument import AICall, AICallTracker, Instrumentation, track_ai_call
+from instrument import ai as ai_module
+from instrument import instrumentation as instrumentation_module
+from instrument.ai import load_prices
+from instrument.config import from_environment
+from instrument.usage import Usage
+
+from .ai_fakes import (
+    FakeAsyncStream,
+    FakeStream,
+    RateLimitError,
+    ServiceUnavailableError,
+    anthropic_events,
+    anthropic_message,
+    as_object,
+    calls,
+    gemini_chunks,
+    gemini_response,
+    openai_chat,
+    openai_chat_chunks,
+    openai_response,
+    openai_response_events,
+    sample,
+    token_counts,
+)
+
+GPT4O_PRICES = {
+    "gpt-4o": {
+        "input_cost_per_token": 2.5e-06,
+        "output_cost_per_token": 1e-05,
+        "cache_read_input_token_cost": 1.25e-06,
+        "litellm_provider": "openai",
+        "mode": "chat",
+        "max_input_tokens": 128000,
+    }
+}
+
+
+class Clock:
+    """Stands in for ``perf_counter``: time moves only when the test says so."""
+
+    def __init__(self) -> None:
+        self.now = 0.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(ai_module, "perf_counter", fake)
+    return fake
+
+
+def duration(
+    registry: CollectorRegistry, provider: str, model: str
+) -> tuple[float | None, float | None]:
+    """(count, sum) of the call duration histogram."""
+    labels = {"provider": provider, "model": model}
+    return (
+        sample(registry, "ai_call_duration_seconds_count", **labels),
+        sample(registry, "ai_call_duration_seconds_sum", **labels),
+    )
+
+
+def ttft(
+    registry: CollectorRegistry, provider: str, model: str
+) -> tuple[float | None, float | None]:
+    labels = {"provider": provider, "model": model}
+    return (
+        sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        sample(registry, "ai_time_to_first_token_seconds_sum", **labels),
+    )
+
+
+def active(registry: CollectorRegistry, job_type: str = "ai_call") -> float | None:
+    return sample(registry, "active_jobs", job_type=job_type)
+
+
+def errors(
+    registry: CollectorRegistry, provider: str, model: str, error_type: str, http_status: str
+) -> float | None:
+    return sample(
+        registry,
+        "ai_api_errors_total",
+        provider=provider,
+        model=model,
+        error_type=error_type,
+        http_status=http_status,
+    )
+
+
+# -- plain calls: sync, async, generator, async generator, with-blocks ------------------------
+
+
+class TestFunctions:
+    def test_sync(self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock) -> None:
+        response = as_object(openai_chat(120, 40, cached=100, reasoning=16))
+        seen_active = []
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask(prompt: str) -> Any:
+            seen_active.append(active(registry))
+            clock.advance(1.25)
+            return response
+
+        assert ask("hi") is response
+        assert seen_active == [1.0]
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert duration(registry, "openai", "gpt-4o") == (1, 1.25)
+        assert token_counts(registry, "openai", "gpt-4o") == {
+            "input": 120,
+            "output": 40,
+            "cache_read": 100,
+            "reasoning": 16,
+        }
+        assert ttft(registry, "openai", "gpt-4o") == (None, None)  # not streamed
+        assert active(registry) == 0
+
+    async def test_async(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    ) -> None:
+        response = anthropic_message(21, 393, cache_read=1800, cache_creation=200)
+
+        @inst.track_ai_call("anthropic", "claude-sonnet-4", job_type="llm")
+        async def ask(prompt: str) -> Any:
+            await asyncio.sleep(0)
+            clock.advance(0.5)
+            return response
+
+        assert inspect.iscoroutinefunction(ask)
+        assert await ask("hi") is response
+        assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
+        assert duration(registry, "anthropic", "claude-sonnet-4") == (1, 0.5)
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == {
+            "input": 2021,
+            "output": 393,
+            "cache_read": 1800,
+            "cache_creation": 200,
+        }
+        assert active(registry, "llm") == 0
+
+    def test_generator_function(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    ) -> None:
+        chunks = [as_object(c) for c in openai_chat_chunks(prompt=30, completion=3)]
+
+        @inst.track_ai_call("openai", "gpt-4o-mini")
+        def stream(prompt: str) -> Iterator[Any]:
+            clock.advance(0.25)  # until the first chunk
+            for chunk in chunks:
+                yield chunk
+                clock.advance(0.125)
+            return "done"
+
+        gen = stream("hi")
+        received = []
+        while True:
+            try:
+                received.append(next(gen))
+            except StopIteration as stop:
+                assert stop.value == "done"
+                break
+            if len(received) == 1:
+                assert active(registry) == 1
+        assert all(a is b for a, b in zip(received, chunks, strict=True))
+        assert calls(registry, "openai", "gpt-4o-mini") == {"success": 1}
+        assert ttft(registry, "openai", "gpt-4o-mini") == (1, 0.25)
+        assert duration(registry, "openai", "gpt-4o-mini") == (1, 0.25 + 0.125 * len(chunks))
+        assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 30, "output": 3}
+        assert active(registry) == 0
+
+    async def test_async_generator_function(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    ) -> None:
+        events = anthropic_events(25, cache_read=100, output_steps=(10, 40))
+
+        @inst.track_ai_call("anthropic", "claude-sonnet-4")
+        async def stream(prompt: str) -> AsyncIterator[dict[str, Any]]:
+            clock.advance(0.5)
+            for event in events:
+                yield event
+                clock.advance(0.25)
+
+        received = [e async for e in stream("hi")]
+        assert all(a is b for a, b in zip(received, events, strict=True))
+        assert ttft(registry, "anthropic", "claude-sonnet-4") == (1, 0.5)
+        assert duration(registry, "anthropic", "claude-sonnet-4") == (1, 0.5 + 0.25 * len(events))
+        # message_delta totals are cumulative: 40, not 1 + 10 + 40.
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == {
+            "input": 125,
+            "output": 40,
+            "cache_read": 100,
+        }
+        assert active(registry) == 0
+
+    def test_generator_closed_early_is_cancelled(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("openai", "gpt-4o")
+        def stream() -> Iterator[Any]:
+            yield from openai_chat_chunks()
+
+        gen = stream()
+        next(gen)
+        gen.close()
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+        assert ttft(registry, "openai", "gpt-4o")[0] == 1
+        assert active(registry) == 0
+
+    def test_with_block(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    ) -> None:
+        tracker = inst.track_ai_call("openai", "gpt-4o")
+        with tracker as call:
+            assert isinstance(call, AICall)
+            assert active(registry) == 1
+            clock.advance(2.0)
+            assert call.record_response(openai_chat(10, 5)) == openai_chat(10, 5)
+            call.add_usage(input_tokens=7, output_tokens=3, cache_read=2, reasoning=1)
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert duration(registry, "openai", "gpt-4o") == (1, 2.0)
+        assert token_counts(registry, "openai", "gpt-4o") == {
+            "input": 17,
+            "output": 8,
+            "cache_read": 2,
+            "reasoning": 1,
+        }
+        with pytest.raises(KeyError), tracker:
+            raise KeyError("boom")
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1, "error": 1}
+        assert errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
+        assert active(registry) == 0
+
+    async def test_async_with_block(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    ) -> None:
+        async with inst.track_ai_call("gemini") as call:
+            clock.advance(0.75)
+            call.record_response(
+                as_object(gemini_response(20, 30, thoughts=12, model="gemini-2.5-flash"))
+            )
+            assert call.model == "gemini-2.5-flash"
+        assert calls(registry, "gemini", "gemini-2.5-flash") == {"success": 1}
+        assert duration(registry, "gemini", "gemini-2.5-flash") == (1, 0.75)
+        assert token_counts(registry, "gemini", "gemini-2.5-flash") == {
+            "input": 20,
+            "output": 42,
+            "reasoning": 12,
+        }
+        assert active(registry) == 0
+
+    def test_with_block_records_a_stream_it_is_given(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    ) -> None:
+        chunks = openai_chat_chunks(prompt=12, completion=3)
+        with inst.track_ai_call("openai", "gpt-4o") as call:
+            clock.advance(0.5)
+            stream = call.record_response(FakeStream(chunks))
+            received = []
+            for chunk in stream:
+                received.append(chunk)
+                clock.advance(0.25)
+        assert received == chunks
+        assert ttft(registry, "openai", "gpt-4o") == (1, 0.5)
+        assert duration(registry, "openai", "gpt-4o") == (1, 0.5 + 0.25 * len(chunks))
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 12, "output": 3}
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+
+    def test_with_block_shared_across_threads(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        tracker = inst.track_ai_call("openai", "gpt-4o")
+        barrier = threading.Barrier(8)
+        seen_active = []
+
+        def work() -> None:
+            for i in range(50):
+                with tracker as call:
+                    if i == 0:  # all eight threads inside the block at once
+                        barrier.wait()
+                        seen_active.append(active(registry))
+                        barrier.wait()
+                    call.add_usage(input_tokens=2, output_tokens=1)
+
+        threads = [threading.Thread(target=work) for _ in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert seen_active == [8.0] * 8
+        assert calls(registry, "openai", "gpt-4o") == {"success": 400}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 800, "output": 400}
+        assert active(registry) == 0
+
+    def test_methods(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        class Client:
+            @inst.track_ai_call("openai", None)
+            def create(self, model: str, prompt: str) -> dict[str, Any]:
+                return openai_chat(3, 2, model="ignored")
+
+            @classmethod
+            @inst.track_ai_call("openai", None)
+            def create_cls(cls, model: str) -> dict[str, Any]:
+                return openai_chat(5, 1)
+
+        Client().create("gpt-4.1", "hi")
+        Client.create_cls("gpt-4.1-mini")
+        assert token_counts(registry, "openai", "gpt-4.1") == {"input": 3, "output": 2}
+        assert token_counts(registry, "openai", "gpt-4.1-mini") == {"input": 5, "output": 1}
+
+
+# -- streams returned by the call ---------------------------------------------------------------
+
+
+STREAMS = {
+    "openai": (openai_chat_chunks(prompt=30, completion=3, cached=8), {"input": 30, "output": 3, "cache_read": 8}),
+    "anthropic": (
+        anthropic_events(25, cache_read=100, cache_creation=50, output_steps=(10, 40)),
+        {"input": 175, "output": 40, "cache_read": 100, "cache_creation": 50},
+    ),
+    "gemini": (gemini_chunks(9, (2, 5, 8), thoughts=3), {"input": 9, "output": 11, "reasoning": 3}),
+    "openai-responses": (openai_response_events(50, 20, reasoning=4), {"input": 50, "output": 20, "reasoning": 4}),
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("form", ["dict", "object"])
+@pytest.mark.parametrize("provider", STREAMS)
+class TestStreams:
+    def chunks(self, provider: str, form: str) -> list[Any]:
+        raw = STREAMS[provider][0]
+        return [as_object(c) for c in raw] if form == "object" else list(raw)
+
+    def test_sync_stream(
+        self,
+        inst: Instrumentation,
+        registry: CollectorRegistry,
+        clock: Clock,
+        provider: str,
+        form: str,
+    ) -> None:
+        chunks = self.chunks(provider, form)
+        sdk_stream = FakeStream(chunks)
+
+        @inst.track_ai_call(provider, "m")
+        def ask() -> FakeStream:
+            clock.advance(0.25)
+            return sdk_stream
+
+        stream = ask()
+        assert active(registry) == 1
+        assert isinstance(stream, FakeStream)
+        assert stream.response.headers == {"x-request-id": "req_123"}
+        clock.advance(0.5)  # waiting for the first chunk
+        received = []
+        for chunk in stream:
+            received.append(chunk)
+            clock.advance(0.125)
+        assert all(a is b for a, b in zip(received, chunks, strict=True))
+        assert calls(registry, provider, "m") == {"success": 1}
+        assert ttft(registry, provider, "m") == (1, 0.75)
+        assert duration(registry, provider, "m") == (1, 0.75 + 0.125 * len(chunks))
+        assert token_counts(registry, provider, "m") == STREAMS[provider][1]
+        assert active(registry) == 0
+        assert list(stream) == []  # exhausted: iterating again records nothing more
+        assert calls(registry, provider, "m") == {"success": 1}
+
+    async def test_async_stream(
+        self,
+        inst: Instrumentation,
+        registry: CollectorRegistry,
+        clock: Clock,
+        provider: str,
+        form: str,
+    ) -> None:
+        chunks = self.chunks(provider, form)
+        sdk_stream = FakeAsyncStream(chunks)
+
+        @inst.track_ai_call(provider, "m")
+        async def ask() -> FakeAsyncStream:
+            clock.advance(0.25)
+            return sdk_stream
+
+        stream = await ask()
+        assert isinstance(stream, FakeAsyncStream)
+        assert active(registry) == 1
+        clock.advance(0.25)
+        received = []
+        async for chunk in stream:
+            received.append(chunk)
+            clock.advance(0.5)
+        assert all(a is b for a, b in zip(received, chunks, strict=True))
+        assert ttft(registry, provider, "m") == (1, 0.5)
+        assert duration(registry, provider, "m") == (1, 0.5 + 0.5 * len(chunks))
+        assert token_counts(registry, provider, "m") == STREAMS[provider][1]
+        assert calls(registry, provider, "m") == {"success": 1}
+        assert active(registry) == 0
+
+    def test_abandoned_stream_is_cancelled_when_collected(
+        self,
+        inst: Instrumentation,
+        registry: CollectorRegistry,
+        clock: Clock,
+        provider: str,
+        form: str,
+    ) -> None:
+        chunks = self.chunks(provider, form)
+
+        @inst.track_ai_call(provider, "m")
+        def ask() -> Iterator[Any]:
+            return iter(chunks)
+
+        stream = ask()
+        clock.advance(0.25)
+        next(stream)
+        clock.advance(0.25)
+        next(stream)
+        clock.advance(30.0)  # dropped long ago: the duration ends at the last chunk seen
+        del stream
+        gc.collect()
+        assert calls(registry, provider, "m") == {"cancelled": 1}
+        assert duration(registry, provider, "m") == (1, 0.5)
+        assert ttft(registry, provider, "m") == (1, 0.25)
+        assert active(registry) == 0
+
+    async def test_abandoned_async_stream(
+        self, inst: Instrumentation, registry: CollectorRegistry, provider: str, form: str
+    ) -> None:
+        @inst.track_ai_call(provider, "m")
+        async def ask() -> FakeAsyncStream:
+            return FakeAsyncStream(self.chunks(provider, form))
+
+        stream = await ask()
+        await stream.__anext__()
+        del stream
+        gc.collect()
+        assert calls(registry, provider, "m") == {"cancelled": 1}
+        assert active(registry) == 0
+
+    def test_failing_stream(
+        self, inst: Instrumentation, registry: CollectorRegistry, provider: str, form: str
+    ) -> None:
+        error = RateLimitError("overloaded mid-stream", status_code=529)
+
+        @inst.track_ai_call(provider, "m")
+        def ask() -> FakeStream:
+            return FakeStream(self.chunks(provider, form), fail_after=2, error=error)
+
+        stream = ask()
+        with pytest.raises(RateLimitError) as raised:
+            for _ in stream:
+                pass
+        assert raised.value is error
+        assert calls(registry, provider, "m") == {"error": 1}
+        assert errors(registry, provider, "m", "RateLimitError", "529") == 1
+        assert active(registry) == 0
+
+    async def test_failing_async_stream(
+        self, inst: Instrumentation, registry: CollectorRegistry, provider: str, form: str
+    ) -> None:
+        error = ServiceUnavailableError()
+
+        @inst.track_ai_call(provider, "m")
+        async def ask() -> FakeAsyncStream:
+            return FakeAsyncStream(self.chunks(provider, form), fail_after=1, error=error)
+
+        with pytest.raises(ServiceUnavailableError) as raised:
+            async for _ in await ask():
+                pass
+        assert raised.value is error
+        assert errors(registry, provider, "m", "ServiceUnavailableError", "503") == 1
+        assert calls(registry, provider, "m") == {"error": 1}
+        assert active(registry) == 0
+
+
+class TestStreamEnds:
+    def test_close_cancels_and_closes_the_sdk_stream(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        sdk_stream = FakeStream(openai_chat_chunks())
+        stream = inst.track_ai_call("openai", "gpt-4o")(lambda: sdk_stream)()
+        next(stream)
+        stream.close()
+        stream.close()
+        assert sdk_stream.closed
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+        assert active(registry) == 0
+
+    def test_context_manager(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask() -> FakeStream:
+            return FakeStream(openai_chat_chunks(prompt=4, completion=3))
+
+        with ask() as stream:
+            assert isinstance(stream, FakeStream)
+            chunks = list(stream)
+        assert len(chunks) == 6
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 3}
+
+        with ask() as stream:  # left before the end
+            next(stream)
+        assert stream.closed
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1, "cancelled": 1}
+
+        with pytest.raises(ValueError, match="the consumer failed"), ask() as stream:
+            next(stream)
+            raise ValueError("the consumer failed")
+        # The LLM call did not fail; its consumer stopped reading.
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1, "cancelled": 2}
+        assert errors(registry, "openai", "gpt-4o", "ValueError", "") is None
+        assert active(registry) == 0
+
+    def test_a_plain_iterator_stays_no_context_manager(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        stream = inst.track_ai_call("openai", "gpt-4o")(lambda: iter([1, 2]))()
+        with pytest.raises(TypeError, match="context manager protocol"), stream:
+            pass
+        assert list(stream) == [1, 2]
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+
+    async def test_async_close_and_context_manager(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("openai", "gpt-4o")
+        async def ask() -> FakeAsyncStream:
+            return FakeAsyncStream(openai_chat_chunks(prompt=4, completion=3))
+
+        stream = await ask()
+        await stream.__anext__()
+        await stream.close()
+        assert stream.closed
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+
+        async with await ask() as stream:
+            assert isinstance(stream, FakeAsyncStream)
+            received = [c async for c in stream]
+        assert len(received) == 6
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1, "success": 1}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 3}
+        assert active(registry) == 0
+
+    async def test_async_generator_result(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        async def chunks() -> AsyncIterator[dict[str, Any]]:
+            for chunk in openai_chat_chunks(prompt=6, completion=3):
+                yield chunk
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask() -> AsyncIterator[dict[str, Any]]:
+            return chunks()
+
+        stream = ask()
+        assert inspect.isasyncgen(stream)
+        await stream.__anext__()
+        await stream.aclose()
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 0, "output": 0}
+        assert [c async for c in ask()] == openai_chat_chunks(prompt=6, completion=3)
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 6, "output": 3}
+
+    def test_generator_result_send_and_throw(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        def echo() -> Iterator[Any]:
+            received = yield {"model": "m"}
+            while True:
+                received = yield {"echo": received}
+
+        stream = inst.track_ai_call("openai", "gpt-4o")(lambda: echo())()
+        assert inspect.isgenerator(stream)
+        assert next(stream) == {"model": "m"}
+        assert stream.send("a") == {"echo": "a"}
+        with pytest.raises(KeyError):
+            stream.throw(KeyError("stop"))
+        assert errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
+        assert calls(registry, "openai", "gpt-4o") == {"error": 1}
+
+    @pytest.mark.parametrize(("option", "wrapped"), [("auto", False), (True, True), (False, False)])
+    def test_stream_option(
+        self, inst: Instrumentation, registry: CollectorRegistry, option: Any, wrapped: bool
+    ) -> None:
+        chunks = openai_chat_chunks(prompt=5, completion=2)
+
+        @inst.track_ai_call("openai", "gpt-4o", stream=option)
+        def ask() -> list[dict[str, Any]]:
+            return chunks  # a list: iterable, not an iterator
+
+        result = ask()
+        assert result == chunks
+        if wrapped:
+            assert active(registry) == 1
+            assert list(result) == chunks
+            assert token_counts(registry, "openai", "gpt-4o") == {"input": 5, "output": 2}
+        else:
+            assert type(result) is list
+            assert token_counts(registry, "openai", "gpt-4o") == {"input": 0, "output": 0}
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert active(registry) == 0
+
+    def test_stream_false_leaves_iterators_alone(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        gen = iter(openai_chat_chunks())
+        assert inst.track_ai_call("openai", "gpt-4o", stream=False)(lambda: gen)() is gen
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+
+    def test_an_unwrappable_result_is_recorded_as_it_is(
+        self, inst: Instrumentation, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        class Lazy:
+            def __init__(self) -> None:
+                self.usage = {"prompt_tokens": 4, "completion_tokens": 2}
+
+            def __iter__(self) -> Iterator[Any]:
+                raise RuntimeError("cannot iterate yet")
+
+        lazy = Lazy()
+        assert inst.track_ai_call("openai", "gpt-4o", stream=True)(lambda: lazy)() is lazy
+        assert inst.track_ai_call("openai", "gpt-4o", stream=True)(lambda: 42)() == 42
+        assert calls(registry, "openai", "gpt-4o") == {"success": 2}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 2}
+        assert active(registry) == 0
+        assert any("wrapping a stream" in r.getMessage() for r in caplog.records)
+
+    def test_a_stream_given_to_a_with_block_and_dropped(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        with inst.track_ai_call("anthropic", "claude-sonnet-4") as call:
+            stream = call.record_response(FakeStream(anthropic_events(9, output_steps=(5,))))
+            next(stream)  # message_start: input known, output 1 so far
+            del stream
+            gc.collect()
+        # The block, not the stream, ends the call: once, as a success.
+        assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
+        assert active(registry) == 0
+
+    def test_concurrent_streams_in_threads(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("openai", "gpt-4o-mini")
+        def ask() -> FakeStream:
+            return FakeStream(openai_chat_chunks(prompt=10, completion=3))
+
+        def work() -> None:
+            for _ in range(40):
+                for _chunk in ask():
+                    pass
+
+        threads = [threading.Thread(target=work) for _ in range(6)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert calls(registry, "openai", "gpt-4o-mini") == {"success": 240}
+        assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 2400, "output": 720}
+        assert ttft(registry, "openai", "gpt-4o-mini")[0] == 240
+        assert active(registry) == 0
+
+    async def test_concurrent_streams_in_tasks(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("anthropic", None)
+        async def ask(model: str) -> AsyncIterator[dict[str, Any]]:
+            for event in anthropic_events(7, output_steps=(3, 5)):
+                await asyncio.sleep(0)
+                yield event
+
+        async def consume(model: str) -> int:
+            return len([e async for e in ask(model)])
+
+        results = await asyncio.gather(*(consume(f"claude-{i % 3}") for i in range(150)))
+        assert set(results) == {9}
+        for i in range(3):
+            assert calls(registry, "anthropic", f"claude-{i}") == {"success": 50}
+            assert token_counts(registry, "anthropic", f"claude-{i}") == {
+                "input": 350,
+                "output": 250,
+            }
+        assert active(registry) == 0
+
+
+# -- the model label --------------------------------------------------------------------------
+
+
+class TestModel:
+    def test_from_the_argument_positional_keyword_and_default(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("anthropic", model=None)
+        def ask(prompt: str, model: str = "claude-3-5-haiku", **kwargs: Any) -> dict[str, Any]:
+            return anthropic_message(2, 1, model="from-the-response")
+
+        ask("hi", "claude-opus-4")
+        ask("hi", model="claude-sonnet-4")
+        ask("hi")
+        for model in ("claude-opus-4", "claude-sonnet-4", "claude-3-5-haiku"):
+            assert calls(registry, "anthropic", model) == {"success": 1}
+        assert calls(registry, "anthropic", "from-the-response") == {}
+
+    def test_one_tracker_on_several_functions(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        track = inst.track_ai_call("openai")
+
+        @track
+        def first(model: str) -> None: ...
+
+        @track
+        def second(prompt: str, model: str) -> None: ...
+
+        first("gpt-4o")
+        second("hi", "o3")
+        for _ in range(3):  # a closure decorated per request
+
+            @track
+            def per_request(model: str) -> None: ...
+
+            per_request("gpt-4.1")
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert calls(registry, "openai", "o3") == {"success": 1}
+        assert calls(registry, "openai", "gpt-4.1") == {"success": 3}
+        gc.collect()
+        assert len(track._parameters) == 3  # the earlier closures are not kept alive
+
+    def test_through_kwargs(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        @inst.track_ai_call("openai")
+        def create(**kwargs: Any) -> dict[str, Any]:
+            return openai_chat(1, 1, model="gpt-4o-2024-08-06")
+
+        create(model="gpt-4o", messages=[])
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+
+    async def test_from_the_response_then_unknown(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("openai")
+        async def ask(prompt: str, model: Any = None) -> Any:
+            return prompt
+
+        await ask(as_object(openai_chat(1, 1, model="gpt-4o-2024-08-06")))
+        await ask(openai_chat(1, 1, model="gpt-4o-2024-08-06"), model=42)  # not a name: ignored
+        await ask({"no": "model"})
+        await ask(None)
+        assert calls(registry, "openai", "gpt-4o-2024-08-06") == {"success": 2}
+        assert calls(registry, "openai", "unknown") == {"success": 2}
+
+    def test_from_a_stream(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        @inst.track_ai_call("anthropic")
+        def ask() -> FakeStream:
+            return FakeStream(anthropic_events(3, model="claude-opus-4-1", output_steps=(2,)))
+
+        list(ask())
+        assert token_counts(registry, "anthropic", "claude-opus-4-1") == {"input": 3, "output": 2}
+
+    def test_set_model(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        with inst.track_ai_call("openai") as call:
+            assert call.model is None
+            call.set_model("gpt-4.1")
+            call.record_response(openai_chat(3, 4, model="gpt-4.1-2025-04-14"))
+            assert call.model == "gpt-4.1"
+        with (
+            pytest.raises(TypeError, match="non-empty string"),
+            inst.track_ai_call("openai") as call,
+        ):
+            call.set_model("")
+        assert calls(registry, "openai", "gpt-4.1") == {"success": 1}
+        assert token_counts(registry, "openai", "gpt-4.1") == {"input": 3, "output": 4}
+        assert calls(registry, "openai", "unknown") == {"error": 1}
+
+    def test_fixed_model_wins_over_the_response(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.track_ai_call("openai", "gpt-4o")(
+            lambda: openai_chat(1, 1, model="gpt-4o-2024-08-06")
+        )()
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert calls(registry, "openai", "gpt-4o-2024-08-06") == {}
+
+
+class TestCardinality:
+    def test_models_beyond_max_models_are_other_with_one_warning(
+        self, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        inst = Instrumentation(registry=registry, max_models=2)
+        ask = inst.track_ai_call("openai", None)(lambda model: openai_chat(1, 1))
+        for model in ("a", "b", "c", "d", "a", "c"):
+            ask(model)
+        inst.track_ai_call("anthropic", "e")(lambda: anthropic_message(1, 1))()
+        assert calls(registry, "openai", "a") == {"success": 2}
+        assert calls(registry, "openai", "b") == {"success": 1}
+        assert calls(registry, "openai", "c") == {}
+        assert calls(registry, "openai", "other") == {"success": 3}
+        assert token_counts(registry, "openai", "other") == {"input": 3, "output": 3}
+        assert calls(registry, "anthropic", "e") == {"success": 1}  # per provider
+        warnings = [r for r in caplog.records if r.levelno == logging.WARNING]
+        assert len(warnings) == 1
+        assert "max_models" in warnings[0].getMessage()
+        assert "'c'" in warnings[0].getMessage()
+        inst.close()
+
+    def test_the_limit_is_shared_by_trackers_of_one_instrumentation(
+        self, registry: CollectorRegistry
+    ) -> None:
+        inst = Instrumentation(registry=registry, max_models=1)
+        inst.track_ai_call("openai", "gpt-4o")(lambda: None)()
+        inst.track_ai_call("openai", "gpt-4o-mini")(lambda: None)()
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert calls(registry, "openai", "other") == {"success": 1}
+        inst.close()
+
+    def test_normalize_model_only_when_asked(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        def undated(model: str) -> str:
+            return re.sub(r"-\d{4}-\d{2}-\d{2}$", "", model)
+
+        tracker = inst.track_ai_call("openai", None, normalize_model=undated)
+        ask = tracker(lambda model: openai_chat(2, 1))
+        ask("gpt-4o-2024-08-06")
+        ask("gpt-4o-2024-11-20")
+        inst.track_ai_call("openai", "gpt-4o-mini-2024-07-18", normalize_model=undated)(
+            lambda: None
+        )()
+        inst.track_ai_call("openai", "o3-2025-04-16")(lambda: None)()
+        assert calls(registry, "openai", "gpt-4o") == {"success": 2}
+        assert calls(registry, "openai", "gpt-4o-mini") == {"success": 1}
+        assert calls(registry, "openai", "o3-2025-04-16") == {"success": 1}
+
+    def test_a_failing_normalizer_keeps_the_name(
+        self, inst: Instrumentation, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def broken(model: str) -> str:
+            if model == "x":
+                raise RuntimeError("no")
+            return ""
+
+        ask = inst.track_ai_call("openai", None, normalize_model=broken)(lambda model: None)
+        caplog.set_level(logging.DEBUG, logger="instrument")
+        for model in ("x", "y", "x"):
+            ask(model)
+        assert calls(registry, "openai", "x") == {"success": 2}
+        assert calls(registry, "openai", "y") == {"success": 1}
+        complaints = [r for r in caplog.records if "normalize_model" in r.getMessage()]
+        assert [r.levelno for r in complaints] == [logging.WARNING, logging.DEBUG, logging.DEBUG]
+
+
+# -- errors -------------------------------------------------------------------------------------
+
+
+class TestErrors:
+    @pytest.mark.parametrize(
+        ("error", "status"),
+        [
+            (RateLimitError(), "429"),
+            (ServiceUnavailableError(), "503"),
+            (type("ClientResponseError", (Exception,), {"status": 502})(), "502"),
+            (type("APIError", (Exception,), {"code": 504})(), "504"),
+            (ConnectionResetError("reset"), ""),
+            (type("Odd", (Exception,), {"status_code": "429", "code": 12})(), ""),
+        ],
+        ids=[
+            "status_code",
+            "response.status_code",
+            "aiohttp status",
+            "genai code",
+            "none",
+            "not http",
+        ],
+    )
+    def test_error_type_and_http_status(
+        self,
+        inst: Instrumentation,
+        registry: CollectorRegistry,
+        clock: Clock,
+        error: Exception,
+        status: str,
+    ) -> None:
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask() -> None:
+            clock.advance(0.25)
+            raise error
+
+        with pytest.raises(type(error)) as raised:
+            ask()
+        assert raised.value is error
+        assert errors(registry, "openai", "gpt-4o", type(error).__name__, status) == 1
+        assert calls(registry, "openai", "gpt-4o") == {"error": 1}
+        assert duration(registry, "openai", "gpt-4o") == (1, 0.25)
+        assert active(registry) == 0
+
+    async def test_async_errors_and_cancellation(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        started = asyncio.Event()
+
+        @inst.track_ai_call("anthropic", "claude-sonnet-4")
+        async def ask(fail: bool) -> None:
+            if fail:
+                raise RateLimitError("rate_limit_error")
+            started.set()
+            await asyncio.sleep(60)
+
+        with pytest.raises(RateLimitError):
+            await ask(True)
+        task = asyncio.ensure_future(ask(False))
+        await started.wait()
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        assert calls(registry, "anthropic", "claude-sonnet-4") == {"error": 1, "cancelled": 1}
+        assert errors(registry, "anthropic", "claude-sonnet-4", "RateLimitError", "429") == 1
+        assert active(registry) == 0
+
+
+# -- cost -------------------------------------------------------------------------------------
+
+
+class TestCost:
+    def test_priced_with_cached_input_at_its_own_rate(self, registry: CollectorRegistry) -> None:
+        inst = Instrumentation(registry=registry, prices=GPT4O_PRICES)
+        ask = inst.track_ai_call("openai", "gpt-4o")(lambda: openai_chat(1000, 200, cached=800))
+        ask()
+        # 200 uncached input + 800 cached input + 200 output
+        expected = 200 * 2.5e-06 + 800 * 1.25e-06 + 200 * 1e-05
+        assert sample(
+            registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
+        ) == pytest.approx(expected)
+        assert (
+            sample(registry, "ai_unpriced_calls_total", provider="openai", model="gpt-4o") is None
+        )
+        inst.close()
+
+    def test_anthropic_cache_writes_and_provider_keys(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.set_prices(
+            {
+                "anthropic/claude-sonnet-4": {
+                    "input_cost_per_token": 3e-06,
+                    "output_cost_per_token": 1.5e-05,
+                    "cache_read_input_token_cost": 3e-07,
+                    "cache_creation_input_token_cost": 3.75e-06,
+                }
+            }
+        )
+        with inst.track_ai_call("anthropic", "claude-sonnet-4") as call:
+            call.record_response(anthropic_message(100, 50, cache_read=1000, cache_creation=400))
+        expected = 100 * 3e-06 + 1000 * 3e-07 + 400 * 3.75e-06 + 50 * 1.5e-05
+        assert sample(
+            registry, "ai_cost_usd_total", provider="anthropic", model="claude-sonnet-4"
+        ) == (pytest.approx(expected))
+
+    def test_cache_without_its_own_rate_is_priced_as_input(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.set_prices({"m": {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}})
+        with inst.track_ai_call("p", "m") as call:
+            call.add_usage(input_tokens=100, output_tokens=10, cache_read=60)
+        assert sample(registry, "ai_cost_usd_total", provider="p", model="m") == pytest.approx(
+            120e-06
+        )
+
+    def test_unpriced(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        inst.set_prices({"gpt-4o": {"input_cost_per_token": 2.5e-06}})  # no output price
+        ask = inst.track_ai_call("openai", None)(lambda model, response: response)
+        ask("gpt-4o", openai_chat(10, 0))  # priced: no output tokens to price
+        ask("gpt-4o", openai_chat(10, 5))  # output without a price
+        ask("o3", openai_chat(10, 5))  # no entry
+        ask("gpt-4o", {"no": "usage"})  # no usage
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        def rejected() -> None:
+            raise RateLimitError()
+
+        with pytest.raises(RateLimitError):
+            rejected()
+        assert sample(
+            registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
+        ) == pytest.approx(25e-06)
+        assert sample(registry, "ai_unpriced_calls_total", provider="openai", model="gpt-4o") == 2
+        assert sample(registry, "ai_unpriced_calls_total", provider="openai", model="o3") == 1
+        # A rejected request (an error with no usage) is not billed: not counted as unpriced.
+        assert calls(registry, "openai", "gpt-4o") == {"success": 3, "error": 1}
+
+    def test_no_price_table_no_cost_series(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.track_ai_call("openai", "gpt-4o")(lambda: openai_chat(10, 5))()
+        assert sample(registry, "ai_cost_usd_total", provider="openai", model="gpt-4o") is None
+        assert (
+            sample(registry, "ai_unpriced_calls_total", provider="openai", model="gpt-4o") is None
+        )
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 10, "output": 5}
+
+    def test_streamed_cost(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        inst.set_prices(GPT4O_PRICES)
+        ask = inst.track_ai_call("openai", "gpt-4o")(
+            lambda: FakeStream(openai_chat_chunks(prompt=400, completion=100, cached=200))
+        )
+        for _ in ask():
+            pass
+        expected = 200 * 2.5e-06 + 200 * 1.25e-06 + 100 * 1e-05
+        assert sample(
+            registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
+        ) == pytest.approx(expected)
+
+    def test_price_file_and_environment(self, tmp_path: Path, registry: CollectorRegistry) -> None:
+        path = tmp_path / "model_prices.json"
+        table = {
+            "sample_spec": {"input_cost_per_token": 0.0, "mode": "one of chat, embedding, ..."},
+            "dall-e-3": {"output_cost_per_image": 0.04, "mode": "image_generation"},
+            **GPT4O_PRICES,
+        }
+        path.write_text(json.dumps(table))
+        assert set(load_prices(path)) == {"gpt-4o"}
+        inst = Instrumentation(
+            registry=registry, **from_environment({"INSTRUMENT_AI_PRICES": str(path)})
+        )
+        inst.track_ai_call("openai", "gpt-4o")(lambda: openai_chat(100, 10))()
+        assert sample(
+            registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
+        ) == pytest.approx(100 * 2.5e-06 + 10 * 1e-05)
+        inst.close()
+
+    @pytest.mark.parametrize(
+        ("table", "error", "message"),
+        [
+            (["gpt-4o"], TypeError, "mapping of model name to prices"),
+            ({"gpt-4o": 2.5e-06}, TypeError, r"prices\['gpt-4o'\] must be a mapping"),
+            ({"gpt-4o": {"input_cost_per_token": "2.5e-06"}}, TypeError, "must be a number"),
+            ({"gpt-4o": {"input_cost_per_token": -1}}, ValueError, "must not be negative"),
+            ({"gpt-4o": {"input_cost_per_tokn": 1e-06}}, ValueError, "prices no model"),
+            ({}, ValueError, "input_cost_per_token and output_cost_per_token"),
+            ("/nonexistent/prices.json", ValueError, "cannot read the price table"),
+        ],
+    )
+    def test_bad_tables_are_rejected(
+        self,
+        inst: Instrumentation,
+        registry: CollectorRegistry,
+        table: Any,
+        error: type[Exception],
+        message: str,
+    ) -> None:
+        with pytest.raises(error, match=message):
+            inst.set_prices(table)
+        inst.track_ai_call("openai", "gpt-4o")(lambda: openai_chat(1, 1))()
+        assert sample(registry, "ai_cost_usd_total", provider="openai", model="gpt-4o") is None
+
+    def test_invalid_json_file(
+        self, tmp_path: Path, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        path = tmp_path / "prices.json"
+        path.write_text("{not json")
+        with pytest.raises(ValueError, match="not valid JSON"):
+            inst.set_prices(str(path))
+        inst.track_ai_call("openai", "gpt-4o")(lambda: openai_chat(1, 1))()
+        assert (
+            sample(registry, "ai_unpriced_calls_total", provider="openai", model="gpt-4o") is None
+        )
+
+
+# -- decoration-time validation -----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "error", "message"),
+    [
+        (("",), {}, TypeError, "provider must be a non-empty string such as 'openai'"),
+        ((None,), {}, TypeError, "provider must be a non-empty string"),
+        ((3,), {}, TypeError, "provider must be a non-empty string"),
+        (("openai", 4), {}, TypeError, "model must be a model name such as 'gpt-4o', or None"),
+        (("openai", ""), {}, TypeError, "model must be a model name"),
+        (("openai", "gpt-4o"), {"usage": "prompt_tokens"}, TypeError, "usage must be a callable"),
+        (("openai", "gpt-4o"), {"stream": "yes"}, ValueError, "stream must be 'auto'"),
+        (("openai", "gpt-4o"), {"stream": 1}, ValueError, "stream must be 'auto'"),
+        (("openai", "gpt-4o"), {"stream": None}, ValueError, "stream must be 'auto'"),
+        (
+            ("openai", "gpt-4o"),
+            {"streaming": True},
+            TypeError,
+            "unknown option.*'streaming'.*the options are",
+        ),
+        (("openai", "gpt-4o"), {"job_type": ""}, TypeError, "job_type must be a non-empty string"),
+        (("openai", "gpt-4o"), {"operation": 5}, TypeError, "operation must be a non-empty string"),
+        (
+            ("openai", "gpt-4o"),
+            {"normalize_model": "lower"},
+            TypeError,
+            "normalize_model must be a callable",
+        ),
+        (
+            ("openai", "gpt-4o"),
+            {"normalize_model": lambda m: None},
+            TypeError,
+            "must return a non-empty string",
+        ),
+    ],
+)
+def test_bad_input_is_rejected_at_decoration(
+    inst: Instrumentation,
+    registry: CollectorRegistry,
+    args: tuple[Any, ...],
+    options: dict[str, Any],
+    error: type[Exception],
+    message: str,
+) -> None:
+    with pytest.raises(error, match=message):
+        inst.track_ai_call(*args, **options)
+    with pytest.raises(error, match=message):
+        track_ai_call(*args, **options)
+    assert active(registry) is None  # nothing was recorded
+
+
+def test_decorator_without_arguments(inst: Instrumentation, registry: CollectorRegistry) -> None:
+    with pytest.raises(
+        TypeError, match=r"needs arguments: use @track_ai_call\('openai', 'gpt-4o'\)"
+    ):
+
+        @track_ai_call  # type: ignore[arg-type]
+        def ask() -> None: ...
+
+    assert active(registry) is None
+
+
+# -- instrumentation never changes the call ---------------------------------------------------
+
+
+class TestTransparency:
+    def test_a_failing_extractor_changes_nothing(
+        self, inst: Instrumentation, registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
+    ) -> None:
+        def extractor(response: Any) -> Any:
+            raise KeyError("usage")
+
+        response = openai_chat(1, 1)
+        ask = inst.track_ai_call("openai", "gpt-4o", usage=extractor)(lambda: response)
+        assert ask() is response
+        assert ask() is response
+        assert calls(registry, "openai", "gpt-4o") == {"success": 2}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 0, "output": 0}
+        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+
+    def test_recording_failure_inside_a_stream_never_reaches_the_caller(
+        self,
+        inst: Instrumentation,
+        registry: CollectorRegistry,
+        monkeypatch: pytest.MonkeyPatch,
+        caplog: pytest.LogCaptureFixture,
+    ) -> None:
+        def broken(chunk: Any) -> Any:
+            raise RuntimeError("extractor bug")
+
+        monkeypatch.setattr(ai_module, "extract_usage", broken)
+        chunks = openai_chat_chunks()
+        stream = inst.track_ai_call("openai", "gpt-4o")(lambda: FakeStream(chunks))()
+        assert list(stream) == chunks
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert any("reading a stream chunk" in r.getMessage() for r in caplog.records)
+
+    def test_disabled(self, registry: CollectorRegistry) -> None:
+        inst = Instrumentation(registry=registry, enabled=False)
+        gen = iter([1, 2])
+        assert inst.track_ai_call("openai", "gpt-4o")(lambda: gen)() is gen
+        with inst.track_ai_call("openai") as call:
+            assert call.record_response(openai_chat()) == openai_chat()
+            call.add_usage(input_tokens=3)
+        assert calls(registry, "openai", "gpt-4o") == {}
+        assert active(registry) is None
+
+    def test_add_usage_rejects_bad_counts(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        with inst.track_ai_call("openai", "gpt-4o") as call:
+            with pytest.raises(TypeError, match="input_tokens must be an int"):
+                call.add_usage(input_tokens="3")  # type: ignore[arg-type]
+            with pytest.raises(ValueError, match="output_tokens must not be negative"):
+                call.add_usage(output_tokens=-1)
+            call.add_usage(input_tokens=3)
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 3, "output": 0}
+
+    def test_usage_extractor_may_return_a_usage(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        ask = inst.track_ai_call(
+            "local", "llama", usage=lambda r: Usage(r["n_prompt"], r["n_gen"])
+        )(lambda: {"n_prompt": 11, "n_gen": 22})
+        assert ask() == {"n_prompt": 11, "n_gen": 22}
+        assert token_counts(registry, "local", "llama") == {"input": 11, "output": 22}
+
+
+def test_module_level_follows_the_default(
+    monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
+) -> None:
+    default = Instrumentation(registry=registry)
+    monkeypatch.setattr(instrumentation_module, "_default", default)
+    tracker = track_ai_call("openai", "gpt-4o", operation="embeddings")
+    assert isinstance(tracker, AICallTracker)
+    assert repr(tracker) == "track_ai_call('openai', 'gpt-4o')"
+    assert tracker.operation == "embeddings"
+    tracker(lambda: {"usage": {"prompt_tokens": 8, "total_tokens": 8}})()
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 8, "output": 0}
+    assert instrument.track_ai_call is track_ai_call
+    default.close()
+
+
+def test_responses_api_response(inst: Instrumentation, registry: CollectorRegistry) -> None:
+    inst.track_ai_call("openai", "o4-mini")(
+        lambda: as_object(openai_response(900, 450, cached=512, reasoning=256))
+    )()
+    assert token_counts(registry, "openai", "o4-mini") == {
+        "input": 900,
+        "output": 450,
+        "cache_read": 512,
+        "reasoning": 256,
+    }

@@ -1,0 +1,125 @@
+"""The benchmarks run (quick mode) and report every section; their numbers are not judged."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import math
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
+
+ROOT = Path(__file__).resolve().parents[1]
+SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import")
+#: Sections that must have run, not been skipped, on a machine with the bench extra.
+ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")
+
+
+def positive(value: Any) -> bool:
+    return (
+        isinstance(value, int | float)
+        and not isinstance(value, bool)
+        and math.isfinite(value)
+        and value > 0
+    )
+
+
+def number(value: Any) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool) and math.isfinite(value)
+
+
+@pytest.fixture(scope="module")
+def report(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
+    output = tmp_path_factory.mktemp("bench") / "quick.json"
+    env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--quick", "--output", str(output)],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "1. Sync call" in done.stdout and "7. Import" in done.stdout  # the printed table
+    document: dict[str, Any] = json.loads(output.read_text())
+    return document
+
+
+def test_every_section_is_reported(report: dict[str, Any]) -> None:
+    assert list(report["sections"]) == list(SECTIONS)
+    assert report["meta"]["mode"] == "quick"
+    for key, section in report["sections"].items():
+        assert section["error"] is None, key
+        assert section["status"] in ("ok", "skipped"), key
+        if section["status"] == "skipped":
+            assert section["skipped"], f"{key} was skipped without saying why"
+    for key in ALWAYS_RUN:
+        assert report["sections"][key]["status"] == "ok", key
+
+
+def test_optional_sections_run_when_they_can(report: dict[str, Any]) -> None:
+    sections = report["sections"]
+    if importlib.util.find_spec("instrument.ai") is not None:
+        assert sections["ai"]["status"] == "ok"
+        assert {"bare_stream", "ai_stream"} <= {r["key"] for r in sections["streams"]["rows"]}
+        assert {"models", "models_unguarded"} <= {r["key"] for r in sections["memory"]["rows"]}
+    if shutil.which("prometheus-pushgateway") is not None:
+        assert sections["push"]["status"] == "ok"
+
+
+@pytest.mark.parametrize("key", [s for s in SECTIONS if s != "memory"])
+def test_medians_and_ratios_are_positive_numbers(report: dict[str, Any], key: str) -> None:
+    for row in report["sections"][key]["rows"]:
+        assert positive(row["median"]), row
+        assert row["samples"] >= 1
+        assert all(positive(value) for value in row["ratios"].values()), row
+
+
+def test_memory_rows_are_numbers(report: dict[str, Any]) -> None:
+    # RSS growth may be zero (or even negative): only its being measured is checked.
+    for row in report["sections"]["memory"]["rows"]:
+        assert number(row["median"]), row
+        assert positive(row["info"]["rss_before"]) and positive(row["info"]["rss_after"])
+
+
+def test_ratios_are_against_the_baselines(report: dict[str, Any]) -> None:
+    for key in ("sync", "async"):
+        rows = {row["key"]: row for row in report["sections"][key]["rows"]}
+        assert set(rows) == {"bare", "inlined", "monitored", "stacked", "labels_per_call"}
+        assert rows["bare"]["ratios"]["vs_bare"] == 1
+        assert rows["inlined"]["ratios"]["vs_inlined"] == 1
+
+
+def test_targets_and_checks_are_reported(report: dict[str, Any]) -> None:
+    # Targets are informational: only their shape is checked, never whether they are met.
+    for section in report["sections"].values():
+        for target in section["targets"]:
+            assert number(target["value"]) and number(target["limit"])
+            assert isinstance(target["met"], bool)
+        # Checks are about correctness (every timed call was recorded), not speed.
+        assert all(check["ok"] for check in section["checks"]), section["checks"]
+    import_checks = report["sections"]["import"]["checks"]
+    assert any("aiohttp" in check["description"] for check in import_checks)
+
+
+def test_hot_path_profile_runs() -> None:
+    # The hot-path profiling aid keeps working as the engine changes.
+    done = subprocess.run(
+        [sys.executable, "-m", "benchmarks.hotpath", "--quick"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "Where one @monitored_analysis call goes" in done.stdout

@@ -1,0 +1,939 @@
+"""GrafanaClient against a local server that answers as Grafana's HTTP API documents.
+
+The fake runs in its own thread and event loop on 127.0.0.1, so both the async client
+tests and the CLI (which runs its own ``asyncio.run``) can talk to it. It keeps state
+(dashboards with versions and folders, folders, data sources) and records every request
+as Grafana would read it. Retry waits are recorded instead of slept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import re
+import socket
+import threading
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from email.utils import format_datetime
+from typing import Any
+
+import aiohttp
+import pytest
+from aiohttp import web
+from multidict import CIMultiDict
+
+from instrument import grafana
+from instrument.cli import main
+from instrument.dashboard import build_dashboard
+from instrument.grafana import (
+    DashboardResult,
+    GrafanaAuthError,
+    GrafanaBadRequestError,
+    GrafanaClient,
+    GrafanaConflictError,
+    GrafanaError,
+    GrafanaIntegration,
+    GrafanaNotFoundError,
+    GrafanaServerError,
+    GrafanaUnavailableError,
+)
+
+TOKEN = "glsa_Secr3tServiceAccountToken_0a1b2c3d"
+VIEWER_TOKEN = "glsa_ViewerOnlyToken_99887766"
+
+
+@dataclass
+class Seen:
+    """One request as the server received it."""
+
+    method: str
+    path: str
+    query: list[tuple[str, str]]
+    headers: CIMultiDict[str]
+    body: Any
+
+
+@dataclass
+class FakeGrafana:
+    """A small Grafana: dashboards, folders, data sources, auth, and scripted failures."""
+
+    url: str = ""
+    requests: list[Seen] = field(default_factory=list)
+    dashboards: dict[str, dict[str, Any]] = field(default_factory=dict)
+    folders: dict[str, dict[str, Any]] = field(default_factory=dict)
+    datasources: list[dict[str, Any]] = field(
+        default_factory=lambda: [
+            {"id": 1, "uid": "loki-1", "name": "Logs", "type": "loki", "isDefault": False},
+            {"id": 2, "uid": "prom-a", "name": "Prom A", "type": "prometheus", "isDefault": False},
+            {"id": 3, "uid": "prom-b", "name": "Prom B", "type": "prometheus", "isDefault": True},
+        ]
+    )
+    scripted: list[tuple[str, str, int | str, Any, dict[str, str]]] = field(default_factory=list)
+    next_id: int = 1
+
+    # -- scripting -------------------------------------------------------------------------
+
+    def script(
+        self,
+        method: str,
+        path: str,
+        status: int | str,
+        body: Any = None,
+        headers: dict[str, str] | None = None,
+        times: int = 1,
+    ) -> None:
+        """Answer the next ``times`` matching requests with this (``"hang"``: never answer)."""
+        for _ in range(times):
+            self.scripted.append((method, path, status, body, headers or {}))
+
+    def seen(self, method: str, path: str) -> list[Seen]:
+        return [r for r in self.requests if r.method == method and r.path == path]
+
+    # -- the server ------------------------------------------------------------------------
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        raw = await request.read()
+        try:
+            body = json.loads(raw) if raw else None
+        except ValueError:
+            body = raw
+        seen = Seen(
+            request.method,
+            request.path,
+            list(request.query.items()),
+            CIMultiDict(request.headers),
+            body,
+        )
+        self.requests.append(seen)
+        for index, (method, path, status, answer, headers) in enumerate(self.scripted):
+            if method == request.method and path == request.path:
+                del self.scripted[index]
+                if status == "hang":
+                    await self.release.wait()
+                    return web.json_response({})
+                if status == "html":
+                    return web.Response(text="<html>Sign in</html>", content_type="text/html")
+                assert isinstance(status, int)
+                return web.json_response(answer, status=status, headers=headers)
+        if request.path == "/api/health":
+            return web.json_response({"commit": "0a1b2c3", "database": "ok", "version": "11.3.0"})
+        role = self.role(seen.headers)
+        if role is None:
+            return web.json_response({"message": "invalid API key"}, status=401)
+        if request.method != "GET" and role != "Editor":
+            return web.json_response(
+                {"message": "You'll need additional permissions to perform this action."},
+                status=403,
+            )
+        return self.route(seen)
+
+    def role(self, headers: CIMultiDict[str]) -> str | None:
+        auth = headers.get("Authorization", "")
+        if auth == f"Bearer {TOKEN}":
+            return "Editor"
+        if auth == f"Bearer {VIEWER_TOKEN}":
+            return "Viewer"
+        if auth == "Basic " + base64.b64encode(b"admin:admin-pass").decode():
+            return "Editor"
+        return None
+
+    def route(self, r: Seen) -> web.Response:
+        parts = r.path.strip("/").split("/")
+        if r.method == "POST" and r.path == "/api/dashboards/db":
+            return self.save_dashboard(r.body)
+        if parts[:3] == ["api", "dashboards", "uid"] and len(parts) == 4:
+            stored = self.dashboards.get(parts[3])
+            if stored is None:
+                return web.json_response({"message": "Dashboard not found"}, status=404)
+            if r.method == "DELETE":
+                del self.dashboards[parts[3]]
+                title = stored["dashboard"]["title"]
+                return web.json_response(
+                    {"title": title, "message": f"Dashboard {title} deleted", "id": stored["id"]}
+                )
+            return web.json_response(
+                {
+                    "dashboard": stored["dashboard"],
+                    "meta": {
+                        "folderUid": stored["folderUid"],
+                        "slug": stored["slug"],
+                        "url": f"/d/{parts[3]}/{stored['slug']}",
+                        "version": stored["version"],
+                    },
+                }
+            )
+        if r.path == "/api/search":
+            query = dict(r.query).get("query", "").lower()
+            tags = {value for key, value in r.query if key == "tag"}
+            hits = [
+                {
+                    "uid": uid,
+                    "title": d["dashboard"]["title"],
+                    "type": "dash-db",
+                    "url": f"/d/{uid}/{d['slug']}",
+                    "tags": d["dashboard"].get("tags", []),
+                    "folderUid": d["folderUid"],
+                }
+                for uid, d in self.dashboards.items()
+                if query in d["dashboard"]["title"].lower()
+                and tags <= set(d["dashboard"].get("tags", []))
+            ]
+            return web.json_response(hits)
+        if r.path == "/api/folders":
+            if r.method == "GET":
+                return web.json_response(list(self.folders.values()))
+            title, uid = r.body.get("title"), r.body.get("uid") or f"f{self.next_id}"
+            if uid in self.folders or any(f["title"] == title for f in self.folders.values()):
+                return web.json_response(
+                    {"message": "a folder with the same name already exists"}, status=409
+                )
+            self.next_id += 1
+            self.folders[uid] = {"id": self.next_id, "uid": uid, "title": title, "url": f"/f/{uid}"}
+            return web.json_response(self.folders[uid])
+        if parts[:2] == ["api", "folders"] and len(parts) == 3:
+            folder = self.folders.get(parts[2])
+            if folder is None:
+                return web.json_response({"message": "folder not found"}, status=404)
+            return web.json_response(folder)
+        if r.path == "/api/datasources":
+            return web.json_response(self.datasources)
+        if parts[:2] == ["api", "datasources"] and len(parts) == 4 and parts[2] in ("uid", "name"):
+            key = parts[2]
+            found = [s for s in self.datasources if s[key] == parts[3]]
+            if not found:
+                return web.json_response({"message": "Data source not found"}, status=404)
+            return web.json_response(found[0])
+        return web.json_response({"message": "Not found"}, status=404)
+
+    def save_dashboard(self, body: Any) -> web.Response:
+        if not isinstance(body, dict) or not isinstance(body.get("dashboard"), dict):
+            return web.json_response({"message": "bad request data"}, status=400)
+        model = dict(body["dashboard"])
+        title = model.get("title")
+        if not title:
+            return web.json_response({"message": "Dashboard title cannot be empty"}, status=400)
+        uid = model.get("uid") or f"gen{self.next_id}"
+        if len(uid) > 40:
+            return web.json_response({"message": "uid too long, max 40 characters"}, status=400)
+        folder = body.get("folderUid", "")
+        if folder and folder not in self.folders:
+            return web.json_response({"message": "folder not found"}, status=400)
+        existing = self.dashboards.get(uid)
+        if not body.get("overwrite"):
+            if existing is not None and model.get("version") != existing["version"]:
+                return web.json_response(
+                    {"message": "The dashboard has been changed by someone else",
+                     "status": "version-mismatch"},
+                    status=412,
+                )  # fmt: skip
+            if any(
+                other_uid != uid and d["dashboard"]["title"] == title and d["folderUid"] == folder
+                for other_uid, d in self.dashboards.items()
+            ):
+                return web.json_response(
+                    {"message": "A dashboard with the same name in the folder already exists",
+                     "status": "name-exists"},
+                    status=412,
+                )  # fmt: skip
+        version = existing["version"] + 1 if existing else 1
+        ident = existing["id"] if existing else self.next_id
+        self.next_id += 1
+        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
+        model.update({"id": ident, "uid": uid, "version": version})
+        self.dashboards[uid] = {
+            "dashboard": model,
+            "version": version,
+            "folderUid": folder,  # omitted folderUid: Grafana moves it to the root
+            "slug": slug,
+            "id": ident,
+            "message": body.get("message"),
+        }
+        return web.json_response(
+            {
+                "id": ident,
+                "uid": uid,
+                "url": f"/d/{uid}/{slug}",
+                "status": "success",
+                "version": version,
+                "slug": slug,
+            }
+        )
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def start(self) -> FakeGrafana:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
+        self.thread.start()
+        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
+        return self
+
+    async def _start(self) -> None:
+        self.release = asyncio.Event()
+        app = web.Application()
+        app.router.add_route("*", "/{tail:.*}", self.handle)
+        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
+        await self.runner.setup()
+        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        await site.start()
+        port = self.runner.addresses[0][1]
+        self.url = f"http://127.0.0.1:{port}"
+
+    def stop(self) -> None:
+        async def _stop() -> None:
+            self.release.set()
+            await self.runner.cleanup()
+
+        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
+        self.loop.call_soon_threadsafe(self.loop.stop)
+        self.thread.join(10)
+        self.loop.close()
+
+
+@pytest.fixture
+def fake() -> Iterator[FakeGrafana]:
+    server = FakeGrafana().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture(autouse=True)
+def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
+    """Retry waits the client asked for, recorded instead of slept."""
+    waited: list[float] = []
+
+    async def record(delay: float) -> None:
+        waited.append(delay)
+
+    monkeypatch.setattr(grafana, "_sleep", record)
+    return waited
+
+
+def client(fake: FakeGrafana, **kwargs: Any) -> GrafanaClient:
+    kwargs.setdefault("token", TOKEN)
+    return GrafanaClient(fake.url, **kwargs)
+
+
+def dashboard(
+    title: str = "Codomyrmex Analytics", uid: str = "codomyrmex-analytics"
+) -> dict[str, Any]:
+    return {"uid": uid, "title": title, "panels": [], "schemaVersion": 41}
+
+
+def closed_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+    return port
+
+
+# -- health, requests and headers ----------------------------------------------------------
+
+
+async def test_health_returns_grafanas_answer(fake: FakeGrafana) -> None:
+    async with client(fake, token=None) as g:
+        health = await g.health()
+    assert health == {"commit": "0a1b2c3", "database": "ok", "version": "11.3.0"}
+    assert "Authorization" not in fake.requests[0].headers
+
+
+async def test_upsert_posts_what_grafana_reads(fake: FakeGrafana) -> None:
+    async with client(fake, org_id=2) as g:
+        result = await g.upsert_dashboard({**dashboard(), "id": 77}, message="first version")
+    assert result == DashboardResult(
+        uid="codomyrmex-analytics",
+        url=f"{fake.url}/d/codomyrmex-analytics/codomyrmex-analytics",
+        version=1,
+    )
+    (post,) = fake.seen("POST", "/api/dashboards/db")
+    assert post.headers["Authorization"] == f"Bearer {TOKEN}"
+    assert post.headers["X-Grafana-Org-Id"] == "2"
+    assert post.headers["Content-Type"].startswith("application/json")
+    assert post.body["dashboard"]["title"] == "Codomyrmex Analytics"
+    # Matched by uid: another server's numeric id is dropped.
+    assert post.body["dashboard"]["id"] is None
+    assert post.body["overwrite"] is True
+    assert post.body["message"] == "first version"
+    # A new dashboard goes to the root: no folderUid sent.
+    assert "folderUid" not in post.body
+    assert fake.dashboards["codomyrmex-analytics"]["message"] == "first version"
+
+
+async def test_upsert_again_bumps_the_version(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        first = await g.upsert_dashboard(dashboard())
+        second = await g.upsert_dashboard(dashboard())
+    assert (first.version, second.version) == (1, 2)
+    assert "message" not in fake.seen("POST", "/api/dashboards/db")[1].body
+
+
+async def test_update_keeps_the_dashboard_in_its_folder(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        folder = await g.ensure_folder("Analytics", uid="analytics")
+        await g.upsert_dashboard(dashboard(), folder_uid=folder["uid"])
+        await g.upsert_dashboard(dashboard())  # no folder given: Grafana would move it to root
+    last = fake.seen("POST", "/api/dashboards/db")[-1]
+    assert last.body["folderUid"] == "analytics"
+    assert fake.dashboards["codomyrmex-analytics"]["folderUid"] == "analytics"
+
+
+async def test_empty_folder_uid_moves_to_the_root(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        await g.ensure_folder("Analytics", uid="analytics")
+        await g.upsert_dashboard(dashboard(), folder_uid="analytics")
+        await g.upsert_dashboard(dashboard(), folder_uid="")
+    assert fake.seen("POST", "/api/dashboards/db")[-1].body["folderUid"] == ""
+    assert fake.dashboards["codomyrmex-analytics"]["folderUid"] == ""
+
+
+async def test_basic_auth_from_arguments_or_url(fake: FakeGrafana) -> None:
+    async with client(fake, token=None, basic_auth=("admin", "admin-pass")) as g:
+        await g.upsert_dashboard(dashboard())
+    with_userinfo = fake.url.replace("http://", "http://admin:admin-pass@")
+    async with GrafanaClient(with_userinfo) as g:
+        result = await g.upsert_dashboard(dashboard())
+        assert "admin-pass" not in repr(g)
+    assert result.version == 2
+    assert result.url.startswith(fake.url)  # the credentials are not part of the URL
+
+
+async def test_get_search_and_delete(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        await g.upsert_dashboard({**dashboard(), "tags": ["codomyrmex", "llm"]})
+        await g.upsert_dashboard(dashboard("Other board", "other"))
+        got = await g.get_dashboard("codomyrmex-analytics")
+        hits = await g.search(query="codomyrmex", tag=["codomyrmex", "llm"])
+        await g.delete_dashboard("codomyrmex-analytics")
+        with pytest.raises(GrafanaNotFoundError) as missing:
+            await g.get_dashboard("codomyrmex-analytics")
+    assert got["dashboard"]["title"] == "Codomyrmex Analytics"
+    assert got["meta"]["version"] == 1
+    assert [hit["uid"] for hit in hits] == ["codomyrmex-analytics"]
+    (search,) = fake.seen("GET", "/api/search")
+    assert search.query == [
+        ("type", "dash-db"),
+        ("query", "codomyrmex"),
+        ("tag", "codomyrmex"),
+        ("tag", "llm"),
+    ]
+    assert missing.value.http_status == 404
+    assert "check the uid" in str(missing.value)
+    assert list(fake.dashboards) == ["other"]
+
+
+async def test_delete_of_a_missing_dashboard_is_not_found(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        with pytest.raises(GrafanaNotFoundError, match="no such dashboard 'gone'"):
+            await g.delete_dashboard("gone")
+
+
+async def test_ensure_folder_creates_once(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        first = await g.ensure_folder("Codomyrmex")
+        second = await g.ensure_folder("Codomyrmex")
+        by_uid = await g.ensure_folder("Pinned", uid="pinned")
+        by_uid_again = await g.ensure_folder("Pinned", uid="pinned")
+    assert first == second
+    assert by_uid == by_uid_again
+    assert by_uid["uid"] == "pinned"
+    posts = fake.seen("POST", "/api/folders")
+    assert [p.body for p in posts] == [
+        {"title": "Codomyrmex"},
+        {"title": "Pinned", "uid": "pinned"},
+    ]
+
+
+async def test_ensure_folder_created_meanwhile(fake: FakeGrafana) -> None:
+    """409 on create (someone else made it between our look and our create): fetch it."""
+
+    original = fake.route
+
+    def create_first(r: Seen) -> web.Response:
+        if r.method == "POST" and r.path == "/api/folders":
+            original(r)  # the other writer wins the race
+            return web.json_response({"message": "folder already exists"}, status=409)
+        return original(r)
+
+    fake.route = create_first  # type: ignore[method-assign]
+    async with client(fake) as g:
+        folder = await g.ensure_folder("Raced", uid="raced")
+    assert folder["title"] == "Raced"
+    assert len(fake.seen("GET", "/api/folders/raced")) == 2
+
+
+async def test_find_datasource(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        default = await g.find_datasource()
+        by_name = await g.find_datasource(name="Prom A")
+        by_uid = await g.find_datasource(uid="prom-a")
+        loki = await g.find_datasource(type="loki")
+        with pytest.raises(GrafanaNotFoundError, match="of type 'loki', not 'prometheus'"):
+            await g.find_datasource(uid="loki-1")
+        with pytest.raises(GrafanaNotFoundError, match="no tempo data source"):
+            await g.find_datasource(type="tempo")
+        with pytest.raises(GrafanaNotFoundError):
+            await g.find_datasource(name="Nope")
+    assert default["uid"] == "prom-b"  # the default one of its type
+    assert by_name["uid"] == by_uid["uid"] == "prom-a"
+    assert loki["uid"] == "loki-1"
+    assert fake.seen("GET", "/api/datasources/name/Prom A")
+
+
+# -- answers that are errors ---------------------------------------------------------------
+
+
+async def test_version_mismatch_is_a_conflict_and_not_retried(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        await g.upsert_dashboard(dashboard())
+        await g.upsert_dashboard(dashboard())
+        with pytest.raises(GrafanaConflictError) as caught:
+            await g.upsert_dashboard({**dashboard(), "version": 1}, overwrite=False)
+    assert caught.value.status == "version-mismatch"
+    assert caught.value.http_status == 412
+    assert "overwrite=True" in str(caught.value)
+    assert len(fake.seen("POST", "/api/dashboards/db")) == 3
+    assert fake.seen("POST", "/api/dashboards/db")[-1].body["overwrite"] is False
+
+
+async def test_name_exists_is_a_conflict(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        await g.upsert_dashboard(dashboard("Shared title", "one"))
+        with pytest.raises(GrafanaConflictError) as caught:
+            await g.upsert_dashboard(dashboard("Shared title", "two"), overwrite=False)
+    assert caught.value.status == "name-exists"
+    assert "another title or uid" in str(caught.value)
+
+
+async def test_409_from_newer_grafana_is_a_conflict(fake: FakeGrafana) -> None:
+    fake.script(
+        "POST",
+        "/api/dashboards/db",
+        409,
+        {"message": "The dashboard has been changed by someone else", "status": "version-mismatch"},
+    )
+    async with client(fake) as g:
+        with pytest.raises(GrafanaConflictError) as caught:
+            await g.upsert_dashboard(dashboard())
+    assert (caught.value.http_status, caught.value.status) == (409, "version-mismatch")
+    assert "The dashboard has been changed by someone else" in str(caught.value)
+
+
+async def test_plugin_dashboard_conflict(fake: FakeGrafana) -> None:
+    fake.script(
+        "POST",
+        "/api/dashboards/db",
+        412,
+        {"message": "The dashboard belongs to plugin x", "status": "plugin-dashboard"},
+    )
+    async with client(fake) as g:
+        with pytest.raises(GrafanaConflictError, match="a plugin owns that dashboard"):
+            await g.upsert_dashboard(dashboard())
+
+
+@pytest.mark.parametrize("status", [400, 422])
+async def test_invalid_request_is_a_bad_request(fake: FakeGrafana, status: int) -> None:
+    fake.script(
+        "POST", "/api/dashboards/db", status, {"message": "bad request data", "status": "error"}
+    )
+    async with client(fake) as g:
+        with pytest.raises(GrafanaBadRequestError) as caught:
+            await g.upsert_dashboard(dashboard())
+    assert caught.value.http_status == status
+    assert "bad request data" in str(caught.value)
+    assert len(fake.requests) == 2  # the folder lookup, then one POST: never retried
+
+
+async def test_unknown_folder_is_a_bad_request(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        with pytest.raises(GrafanaBadRequestError, match="folder not found"):
+            await g.upsert_dashboard(dashboard(), folder_uid="nope")
+
+
+async def test_wrong_token_is_an_auth_error_without_the_token(
+    fake: FakeGrafana, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG, logger="instrument")
+    wrong = "glsa_WrongToken_5566778899"
+    async with GrafanaClient(fake.url, token=wrong) as g:
+        with pytest.raises(GrafanaAuthError) as caught:
+            await g.upsert_dashboard(dashboard())
+        shown = repr(g)
+    assert caught.value.http_status == 401
+    assert "service account token" in str(caught.value)
+    assert wrong not in str(caught.value) + repr(caught.value) + shown + caplog.text
+    assert len(fake.requests) == 1  # 401 is final: never retried
+
+
+async def test_missing_token_says_so(fake: FakeGrafana) -> None:
+    async with client(fake, token=None) as g:
+        with pytest.raises(GrafanaAuthError, match="no credentials were sent"):
+            await g.search()
+
+
+async def test_token_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana) -> None:
+    fake.script("GET", "/api/search", 401, {"message": f"token {TOKEN} is expired"})
+    async with client(fake) as g:
+        with pytest.raises(GrafanaAuthError) as caught:
+            await g.search()
+    assert TOKEN not in str(caught.value)
+    assert "token *** is expired" in str(caught.value)
+
+
+async def test_viewer_token_is_forbidden(fake: FakeGrafana) -> None:
+    async with client(fake, token=VIEWER_TOKEN) as g:
+        with pytest.raises(GrafanaAuthError) as caught:
+            await g.upsert_dashboard(dashboard())
+    assert caught.value.http_status == 403
+    assert "Editor" in str(caught.value)
+
+
+async def test_not_json_says_check_the_url(fake: FakeGrafana) -> None:
+    fake.script("GET", "/api/health", "html")  # e.g. a login page behind a proxy
+    async with client(fake) as g:
+        with pytest.raises(GrafanaError, match="is not JSON") as caught:
+            await g.health()
+    assert "is this URL a Grafana server" in str(caught.value)
+
+
+async def test_a_sub_path_that_is_not_grafana_is_not_found(fake: FakeGrafana) -> None:
+    async with GrafanaClient(fake.url + "/not-grafana/", token=TOKEN) as g:
+        with pytest.raises(GrafanaNotFoundError, match="sub-path"):
+            await g.get_dashboard("x")
+    assert fake.requests[0].path == "/not-grafana/api/dashboards/uid/x"
+
+
+# -- retries -------------------------------------------------------------------------------
+
+
+async def test_5xx_then_success_is_retried_with_growing_backoff(
+    fake: FakeGrafana, sleeps: list[float]
+) -> None:
+    fake.script("GET", "/api/health", 502, {"message": "Bad Gateway"})
+    fake.script("GET", "/api/health", 500, {"message": "Internal Server Error"})
+    async with client(fake) as g:
+        health = await g.health()
+    assert health["database"] == "ok"
+    assert len(fake.seen("GET", "/api/health")) == 3
+    assert len(sleeps) == 2
+    # base 0.5 s doubling, jittered down to half at most
+    assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0
+
+
+async def test_5xx_on_upsert_then_success(fake: FakeGrafana) -> None:
+    fake.script("POST", "/api/dashboards/db", 500, {"message": "database is locked"})
+    async with client(fake) as g:
+        result = await g.upsert_dashboard(dashboard())
+    assert result.version == 1
+    assert len(fake.seen("POST", "/api/dashboards/db")) == 2
+
+
+async def test_5xx_that_persists_is_a_server_error(fake: FakeGrafana, sleeps: list[float]) -> None:
+    fake.script("GET", "/api/health", 503, {"commit": "x", "database": "failing"}, times=4)
+    async with client(fake, retries=3) as g:
+        with pytest.raises(GrafanaServerError) as caught:
+            await g.health()
+    assert caught.value.http_status == 503
+    assert "after 4 attempts" in str(caught.value)
+    assert len(sleeps) == 3
+
+
+async def test_5xx_on_a_create_that_may_have_happened_is_not_retried(fake: FakeGrafana) -> None:
+    fake.script("POST", "/api/dashboards/db", 500, {"message": "timeout writing"})
+    async with client(fake) as g:
+        with pytest.raises(GrafanaServerError, match="after 1 attempt;"):
+            await g.upsert_dashboard(dashboard(), overwrite=False)
+    assert len(fake.seen("POST", "/api/dashboards/db")) == 1
+
+
+async def test_503_on_a_create_is_retried(fake: FakeGrafana) -> None:
+    fake.script("POST", "/api/dashboards/db", 503, {"message": "Service Unavailable"})
+    async with client(fake) as g:
+        result = await g.upsert_dashboard(dashboard(), overwrite=False)
+    assert result.version == 1
+
+
+async def test_429_waits_as_retry_after_says(fake: FakeGrafana, sleeps: list[float]) -> None:
+    fake.script("GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": "7"})
+    http_date = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
+    fake.script(
+        "GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": http_date}
+    )
+    async with client(fake) as g:
+        assert await g.search() == []
+    assert sleeps[0] == 7.0
+    assert 25 <= sleeps[1] <= 30
+    assert len(fake.seen("GET", "/api/search")) == 3
+
+
+async def test_429_on_a_create_is_retried(fake: FakeGrafana, sleeps: list[float]) -> None:
+    fake.script("POST", "/api/dashboards/db", 429, {"message": "slow down"}, {"Retry-After": "2"})
+    async with client(fake) as g:
+        result = await g.upsert_dashboard(dashboard(), overwrite=False)
+    assert result.version == 1
+    assert sleeps == [2.0]
+
+
+async def test_429_that_persists_is_unavailable(fake: FakeGrafana) -> None:
+    fake.script(
+        "GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": "1"}, times=3
+    )
+    async with client(fake, retries=2) as g:
+        with pytest.raises(GrafanaUnavailableError) as caught:
+            await g.search()
+    assert caught.value.http_status == 429
+    assert "still rate limiting" in str(caught.value)
+
+
+async def test_429_asking_for_a_long_wait_is_not_waited_out(
+    fake: FakeGrafana, sleeps: list[float]
+) -> None:
+    fake.script("GET", "/api/search", 429, {"message": "quota"}, {"Retry-After": "3600"})
+    async with client(fake) as g:
+        with pytest.raises(GrafanaUnavailableError, match="asks to wait 3600 s"):
+            await g.search()
+    assert sleeps == []
+
+
+async def test_hang_past_the_timeout_is_unavailable(fake: FakeGrafana, sleeps: list[float]) -> None:
+    fake.script("GET", "/api/health", "hang", times=2)
+    async with client(fake, timeout=0.2, retries=1) as g:
+        with pytest.raises(GrafanaUnavailableError) as caught:
+            await g.health()
+    assert caught.value.http_status is None
+    assert "did not answer GET /api/health within 0.2 s" in str(caught.value)
+    assert len(fake.seen("GET", "/api/health")) == 2
+    assert len(sleeps) == 1
+
+
+async def test_hang_on_a_create_is_not_repeated(fake: FakeGrafana) -> None:
+    fake.script("POST", "/api/dashboards/db", "hang")
+    async with client(fake, timeout=0.2) as g:
+        with pytest.raises(GrafanaUnavailableError, match="raise timeout="):
+            await g.upsert_dashboard(dashboard(), overwrite=False)
+    assert len(fake.seen("POST", "/api/dashboards/db")) == 1
+
+
+async def test_refused_connection_is_retried_then_unavailable(sleeps: list[float]) -> None:
+    async with GrafanaClient(f"http://127.0.0.1:{closed_port()}", token=TOKEN, retries=2) as g:
+        with pytest.raises(GrafanaUnavailableError) as caught:
+            await g.upsert_dashboard(dashboard(), overwrite=False)
+    assert "cannot connect to Grafana" in str(caught.value)
+    assert "check the URL and that Grafana is running" in str(caught.value)
+    assert len(sleeps) == 2  # nothing was sent, so even a create is retried
+    assert TOKEN not in str(caught.value)
+
+
+# -- the client object ---------------------------------------------------------------------
+
+
+async def test_one_session_is_reused_and_a_given_one_left_open(fake: FakeGrafana) -> None:
+    connections = 0
+
+    async def on_create(*_: Any) -> None:
+        nonlocal connections
+        connections += 1
+
+    trace = aiohttp.TraceConfig()
+    trace.on_connection_create_end.append(on_create)
+    async with aiohttp.ClientSession(trace_configs=[trace]) as session:
+        async with client(fake, session=session) as g:
+            for _ in range(5):
+                await g.health()
+            await g.upsert_dashboard(dashboard())
+        assert not session.closed
+    assert connections == 1
+    assert len(fake.requests) == 7
+
+
+async def test_own_session_is_closed_on_exit(fake: FakeGrafana) -> None:
+    g = client(fake)
+    async with g:
+        await g.health()
+        session = g._session
+    assert session is not None and session.closed
+
+
+def test_repr_never_shows_the_token() -> None:
+    g = GrafanaClient("https://grafana.example:3000/sub/", token=TOKEN, org_id=3)
+    assert repr(g) == "GrafanaClient('https://grafana.example:3000/sub', auth='token', org_id=3)"
+    assert TOKEN not in repr(g) + str(vars(g).get("url"))
+
+
+@pytest.mark.parametrize(
+    ("url", "complaint"),
+    [
+        ("", "empty"),
+        ("grafana:3000", "not an http(s) URL"),
+        ("ftp://grafana", "not an http(s) URL"),
+        ("http://", "not an http(s) URL"),
+        ("http://grafana:port", "invalid port"),
+    ],
+)
+def test_bad_url_is_rejected_up_front(url: str, complaint: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(complaint)):
+        GrafanaClient(url)
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"token": ""},
+        {"token": TOKEN, "basic_auth": ("a", "b")},
+        {"timeout": 0},
+        {"retries": -1},
+        {"org_id": "2"},
+    ],
+)
+def test_bad_options_are_rejected(kwargs: dict[str, Any]) -> None:
+    with pytest.raises(ValueError):
+        GrafanaClient("http://127.0.0.1:3000", **kwargs)
+
+
+async def test_dashboard_uid_longer_than_grafana_allows(fake: FakeGrafana) -> None:
+    async with client(fake) as g:
+        with pytest.raises(ValueError, match="1 to 40 characters"):
+            await g.upsert_dashboard(dashboard(uid="x" * 41))
+    assert fake.requests == []
+
+
+def test_errors_are_one_family() -> None:
+    for cls in (
+        GrafanaAuthError,
+        GrafanaNotFoundError,
+        GrafanaConflictError,
+        GrafanaBadRequestError,
+        GrafanaServerError,
+        GrafanaUnavailableError,
+    ):
+        assert issubclass(cls, GrafanaError)
+    assert GrafanaConflictError("x", http_status=412, status="name-exists").status == "name-exists"
+
+
+# -- the original entry point and the CLI --------------------------------------------------
+
+
+async def test_grafana_integration_creates_the_generated_dashboard(fake: FakeGrafana) -> None:
+    integration = GrafanaIntegration(fake.url + "/", TOKEN)
+    url = await integration.create_codomyrmex_dashboard()
+    assert url == f"{fake.url}/d/codomyrmex-analytics/codomyrmex-analytics"
+    stored = fake.dashboards["codomyrmex-analytics"]["dashboard"]
+    expected = build_dashboard("codomyrmex")
+    assert stored["panels"] == expected["panels"]
+    assert all(panel["type"] != "graph" for panel in stored["panels"])
+    assert TOKEN not in repr(integration)
+    # Twice is an update, not a failure.
+    assert await integration.create_codomyrmex_dashboard() == url
+    assert fake.dashboards["codomyrmex-analytics"]["version"] == 2
+
+
+async def test_grafana_integration_failure_is_a_grafana_error(fake: FakeGrafana) -> None:
+    with pytest.raises(GrafanaAuthError):
+        await GrafanaIntegration(fake.url, "wrong").create_codomyrmex_dashboard()
+
+
+@pytest.fixture
+def grafana_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
+    for name in ("GRAFANA_URL", "GRAFANA_TOKEN", "GRAFANA_API_KEY", "INSTRUMENT_NAMESPACE"):
+        monkeypatch.delenv(name, raising=False)
+    return monkeypatch
+
+
+def test_cli_apply_upserts_the_dashboard(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 0
+    out = capsys.readouterr().out
+    assert out == (
+        "dashboard 'codomyrmex-analytics' saved in Grafana, version 1: "
+        f"{fake.url}/d/codomyrmex-analytics/codomyrmex-analytics\n"
+    )
+    stored = fake.dashboards["codomyrmex-analytics"]
+    assert stored["dashboard"]["panels"] == build_dashboard("codomyrmex")["panels"]
+    assert stored["message"] == "saved by instrument dashboard"
+
+
+def test_cli_apply_reads_grafana_url_and_api_key(
+    fake: FakeGrafana,
+    grafana_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    tmp_path: Any,
+) -> None:
+    grafana_env.setenv("GRAFANA_URL", fake.url)
+    grafana_env.setenv("GRAFANA_API_KEY", TOKEN)
+    grafana_env.setenv("INSTRUMENT_NAMESPACE", "myapp")
+    output = tmp_path / "dashboard.json"
+    code = main(["dashboard", "--apply", "--uid", "myapp", "--output", str(output)])
+    assert code == 0
+    assert "version 1" in capsys.readouterr().out
+    written = json.loads(output.read_text())
+    assert written == build_dashboard("myapp", uid="myapp")
+    assert fake.seen("POST", "/api/dashboards/db")[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert "myapp_analyses_total" in json.dumps(fake.dashboards["myapp"]["dashboard"])
+
+
+@pytest.mark.parametrize(
+    ("argv", "env", "expected"),
+    [
+        (
+            ["--grafana-url", "grafana:3000"],
+            {},
+            "the Grafana URL 'grafana:3000' is not an http(s) URL",
+        ),
+        ([], {}, "--apply needs Grafana's URL: pass --grafana-url URL or set GRAFANA_URL"),
+        (
+            ["--uid", "x" * 41],
+            {"GRAFANA_URL": "http://127.0.0.1:1"},
+            "is not a Grafana dashboard uid",
+        ),
+    ],
+)
+def test_cli_apply_usage_errors_are_one_line(
+    grafana_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    argv: list[str],
+    env: dict[str, str],
+    expected: str,
+) -> None:
+    for key, value in env.items():
+        grafana_env.setenv(key, value)
+    assert main(["dashboard", "--apply", *argv]) == 1
+    captured = capsys.readouterr()
+    assert captured.out == ""
+    assert captured.err.startswith("instrument: error: ")
+    assert expected in captured.err
+    assert captured.err.count("\n") == 1 and "Traceback" not in captured.err
+
+
+def test_cli_apply_unreachable_grafana(
+    grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+    code = main(["dashboard", "--apply", "--grafana-url", f"http://127.0.0.1:{closed_port()}"])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert err.startswith("instrument: error: cannot connect to Grafana at http://127.0.0.1:")
+    assert err.count("\n") == 1
+    assert TOKEN not in err
+
+
+def test_cli_apply_auth_refused(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    code = main(["dashboard", "--apply", "--grafana-url", fake.url])
+    err = capsys.readouterr().err
+    assert code == 1
+    assert "refused the credentials (401: invalid API key)" in err
+    assert err.rstrip().endswith("(GRAFANA_TOKEN is not set)")
+    assert err.count("\n") == 1
+
+    grafana_env.setenv("GRAFANA_TOKEN", "glsa_stale_token_000")
+    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
+    err = capsys.readouterr().err
+    assert "check the service account token" in err
+    assert "glsa_stale_token_000" not in err
+    assert fake.dashboards == {}
