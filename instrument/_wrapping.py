@@ -160,140 +160,138 @@ def bind_arguments(
 
 
 Start = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Probe]
+Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-# The proxies are the engine. wrapt's FunctionWrapper gives the transparent proxy
-# (name, signature, inspect flags, attributes) and descriptor binding for methods; each
-# kind below replaces only ``__call__``, with the policy's ``start`` as wrapt's
-# ``_self_wrapper``. The same ``__call__`` serves the unbound and the bound proxy: wrapt
-# binds ``__wrapped__`` for method access, and the engine never needs ``instance``.
-#
-# Why not wrapt's own ``__call__``: it looks up ``__self__`` on the wrapped object at
-# every call (to support wrapping an already bound method); on a plain function that
-# lookup raises and swallows an AttributeError, most of wrapt's per-call cost. Skipping
-# it changes nothing the wrapped function or other code can observe.
+# One wrapper per kind of function, in wrapt's (wrapped, instance, args, kwargs) form.
+# ``instance`` is never used: wrapt hands over a bound method for method access, and
+# ``bind_arguments`` reads ``self`` from it.
 
 
-def _call_sync(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-    wrapped = self.__wrapped__
-    try:
-        probe = self._self_wrapper(wrapped, args, kwargs)
-    except Exception:
-        _guard("starting a job")
-        return wrapped(*args, **kwargs)
-    try:
-        result = wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _end_and_deliver(probe, exc)
-        raise
-    try:
-        result = probe.success(result)
-    except Exception:
-        _guard("recording a result")
-    try:
-        deliver = probe.deliver
-        if deliver is not None:
-            deliver()
-    except Exception:
-        _guard("delivery")
-    return result
+def _sync_wrapper(start: Start) -> Wrapper:
+    def call_sync(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        # The hot path: the guards are inlined rather than helpers.
+        try:
+            probe = start(wrapped, args, kwargs)
+        except Exception:
+            _guard("starting a job")
+            return wrapped(*args, **kwargs)
+        try:
+            result = wrapped(*args, **kwargs)
+        except BaseException as exc:
+            _end_and_deliver(probe, exc)
+            raise
+        try:
+            result = probe.success(result)
+        except Exception:
+            _guard("recording a result")
+        try:
+            deliver = probe.deliver
+            if deliver is not None:
+                deliver()
+        except Exception:
+            _guard("delivery")
+        return result
+
+    return call_sync
 
 
-async def _run_async(
-    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Any:
-    try:
-        probe = start(wrapped, args, kwargs)
-    except Exception:
-        _guard("starting a job")
-        return await wrapped(*args, **kwargs)
-    try:
-        result = await wrapped(*args, **kwargs)
-    except BaseException as exc:
-        _probe_end(probe, exc)
-        await _adeliver(probe)
-        raise
-    result = _probe_success(probe, result)
-    await _adeliver(probe)
-    return result
-
-
-def _run_generator(
-    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> Generator[Any, Any, Any]:
-    # The body runs at the first next(): a generator never started records nothing.
-    gen = wrapped(*args, **kwargs)
-    try:
-        probe = start(wrapped, args, kwargs)
-    except Exception:
-        _guard("starting a job")
-        return (yield from gen)
-    observed = _observes_items(start)
-    try:
-        value = yield from (_observe(gen, probe) if observed else gen)
-    except BaseException as exc:
-        _end_and_deliver(probe, exc)
-        raise
-    _probe_success(probe, value)
-    _deliver(probe)
-    return value
-
-
-async def _run_async_generator(
-    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-) -> AsyncGenerator[Any, Any]:
-    agen = wrapped(*args, **kwargs)
-    try:
-        probe: Probe | None = start(wrapped, args, kwargs)
-    except Exception:
-        _guard("starting a job")
-        probe = None
-    observed = probe is not None and _observes_items(start)
-    try:
-        sent: Any = None
-        thrown: BaseException | None = None
-        while True:
-            try:
-                if thrown is not None:
-                    item = await agen.athrow(thrown)
-                else:
-                    item = await agen.asend(sent)
-            except StopAsyncIteration:
-                break
-            thrown = None
-            if observed:
-                _probe_item(probe, item)  # type: ignore[arg-type]
-            try:
-                sent = yield item
-            except GeneratorExit:
-                await agen.aclose()
-                raise
-            except BaseException as exc:
-                thrown = exc
-    except BaseException as exc:
-        if probe is not None:
+def _async_wrapper(start: Start) -> Wrapper:
+    async def call_async(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        try:
+            probe = start(wrapped, args, kwargs)
+        except Exception:
+            _guard("starting a job")
+            return await wrapped(*args, **kwargs)
+        try:
+            result = await wrapped(*args, **kwargs)
+        except BaseException as exc:
             _probe_end(probe, exc)
             await _adeliver(probe)
-        raise
-    if probe is not None:
-        _probe_success(probe, None)
+            raise
+        result = _probe_success(probe, result)
         await _adeliver(probe)
+        return result
+
+    return call_async
+
+
+def _generator_wrapper(start: Start) -> Wrapper:
+    observed = _observes_items(start)
+
+    def call_generator(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Generator[Any, Any, Any]:
+        # The body runs at the first next(): a generator never started records nothing.
+        gen = wrapped(*args, **kwargs)
+        try:
+            probe = start(wrapped, args, kwargs)
+        except Exception:
+            _guard("starting a job")
+            return (yield from gen)
+        try:
+            value = yield from (_observe(gen, probe) if observed else gen)
+        except BaseException as exc:
+            _end_and_deliver(probe, exc)
+            raise
+        _probe_success(probe, value)
+        _deliver(probe)
+        return value
+
+    return call_generator
+
+
+def _async_generator_wrapper(start: Start) -> Wrapper:
+    observed = _observes_items(start)
+
+    async def call_async_generator(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AsyncGenerator[Any, Any]:
+        agen = wrapped(*args, **kwargs)
+        try:
+            probe: Probe | None = start(wrapped, args, kwargs)
+        except Exception:
+            _guard("starting a job")
+            probe = None
+        try:
+            sent: Any = None
+            thrown: BaseException | None = None
+            while True:
+                try:
+                    if thrown is not None:
+                        item = await agen.athrow(thrown)
+                    else:
+                        item = await agen.asend(sent)
+                except StopAsyncIteration:
+                    break
+                thrown = None
+                if observed and probe is not None:
+                    _probe_item(probe, item)
+                try:
+                    sent = yield item
+                except GeneratorExit:
+                    await agen.aclose()
+                    raise
+                except BaseException as exc:
+                    thrown = exc
+        except BaseException as exc:
+            if probe is not None:
+                _probe_end(probe, exc)
+                await _adeliver(probe)
+            raise
+        if probe is not None:
+            _probe_success(probe, None)
+            await _adeliver(probe)
+
+    return call_async_generator
 
 
 def _observes_items(start: Start) -> bool:
     return bool(getattr(getattr(start, "__self__", None), "observes_items", False))
-
-
-def _call_async(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-    return _run_async(self._self_wrapper, self.__wrapped__, args, kwargs)
-
-
-def _call_generator(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-    return _run_generator(self._self_wrapper, self.__wrapped__, args, kwargs)
-
-
-def _call_async_generator(self: Any, /, *args: Any, **kwargs: Any) -> Any:
-    return _run_async_generator(self._self_wrapper, self.__wrapped__, args, kwargs)
 
 
 def _reduce_by_reference(self: Any, protocol: Any) -> str:
@@ -302,30 +300,44 @@ def _reduce_by_reference(self: Any, protocol: Any) -> str:
     return qualname
 
 
-def _proxy_classes(name: str, call: Callable[..., Any]) -> type[wrapt.FunctionWrapper]:  # type: ignore[type-arg]
-    bound = type(
-        f"Bound{name}",
-        (wrapt.BoundFunctionWrapper,),
-        {"__call__": call, "__reduce_ex__": _reduce_by_reference, "__module__": __name__},
-    )
-    return type(
-        name,
-        (wrapt.FunctionWrapper,),
-        {
-            "__call__": call,
-            "__reduce_ex__": _reduce_by_reference,
-            "__bound_function_wrapper__": bound,
-            "__module__": __name__,
-        },
-    )
+# wrapt's FunctionWrapper gives the transparent proxy (name, signature, inspect flags,
+# attributes) and descriptor binding for methods. Two changes, invisible to the wrapped
+# function and to code that inspects it:
+#
+# - wrapt's __call__ on an unbound wrapper looks up ``__self__`` on the wrapped object at
+#   every call, to support wrapping an already bound method. On a plain function that
+#   lookup raises and swallows an AttributeError: most of wrapt's per-call cost. A plain
+#   function has no ``__self__``, so the wrapper is given a marker instance at decoration
+#   time and wrapt's C __call__ goes straight to the engine. (This uses the base class's
+#   constructor, which takes the instance; if a wrapt release changes it, the wrapper
+#   keeps wrapt's default behaviour, only slower.)
+# - Method access binds through a bound wrapper whose __call__ calls the bound method
+#   wrapt prepared (``__wrapped__``), so ``Class.method(obj, ...)`` and ``obj.method(...)``
+#   reach the engine the same way.
+
+_UNBOUND = object()
+_wrapper_base_init: Callable[..., None] = wrapt.FunctionWrapper.__base__.__init__  # type: ignore[misc]
 
 
-_SyncFunction = _proxy_classes("InstrumentedFunction", _call_sync)
-_AsyncFunction = _proxy_classes("InstrumentedCoroutineFunction", _call_async)
-_GeneratorFunction = _proxy_classes("InstrumentedGeneratorFunction", _call_generator)
-_AsyncGeneratorFunction = _proxy_classes(
-    "InstrumentedAsyncGeneratorFunction", _call_async_generator
-)
+class _BoundInstrumentedFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
+    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
+        wrapper: Wrapper = self._self_wrapper
+        return wrapper(self.__wrapped__, None, args, kwargs)
+
+    __reduce_ex__ = _reduce_by_reference
+
+
+class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
+    __bound_function_wrapper__ = _BoundInstrumentedFunction
+    __reduce_ex__ = _reduce_by_reference
+
+    def __init__(self, wrapped: Callable[..., Any], wrapper: Wrapper) -> None:
+        super().__init__(wrapped, wrapper)
+        if self._self_binding == "function" and not hasattr(wrapped, "__self__"):
+            try:
+                _wrapper_base_init(self, wrapped, _UNBOUND, wrapper, None, "function")
+            except TypeError:
+                logger.debug("instrument: wrapt's wrapper base changed; using its __call__")
 
 
 class Instrumenter(Generic[P]):
@@ -367,15 +379,16 @@ class Instrumenter(Generic[P]):
             )
         target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
         self.prepare(target)
+        start = self.starter()
         if inspect.isasyncgenfunction(target):
-            kind = _AsyncGeneratorFunction
+            wrapper = _async_generator_wrapper(start)
         elif inspect.isgeneratorfunction(target):
-            kind = _GeneratorFunction
+            wrapper = _generator_wrapper(start)
         elif inspect.iscoroutinefunction(target):
-            kind = _AsyncFunction
+            wrapper = _async_wrapper(start)
         else:
-            kind = _SyncFunction
-        proxy: F = kind(func, self.starter())  # type: ignore[arg-type, assignment]
+            wrapper = _sync_wrapper(start)
+        proxy: F = _InstrumentedFunction(func, wrapper)  # type: ignore[assignment]
         return proxy
 
     # -- with-block --------------------------------------------------------------------------

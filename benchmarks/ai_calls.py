@@ -1,0 +1,136 @@
+"""Section 4: ``track_ai_call`` on a fake chat completion with usage, against hand-inlined updates.
+
+The hand-inlined version makes the same updates with pre-bound children: active jobs
+inc/dec, one duration sample, the call counter, input and output tokens read straight from
+``response.usage``. It knows the response shape; ``track_ai_call`` has to find it out,
+which is part of what it costs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from time import perf_counter
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from instrument import Instrumentation
+from instrument.metrics import Metrics
+
+from .calls import fresh_metrics, sync_batch
+from .fakes import (
+    COMPLETION_TOKENS,
+    PROMPT_TOKENS,
+    ChatCompletion,
+    ai_unavailable,
+    chat_completion,
+    chat_completion_dict,
+)
+from .harness import Variant, measure
+from .report import Check, Row, Section, ratio
+from .settings import Settings
+
+__all__ = ["run_ai", "tokens"]
+
+PROVIDER = "openai"
+MODEL = "gpt-4o"
+PROMPT = "Summarise this module."
+
+
+def returning(response: Any) -> Callable[[str], Any]:
+    """A fresh client call that answers every prompt with ``response``."""
+
+    def ask(prompt: str) -> Any:
+        return response
+
+    return ask
+
+
+def inlined_ai(ask: Callable[[str], ChatCompletion], m: Metrics) -> Callable[[str], ChatCompletion]:
+    active = m.active_jobs.labels("ai_call")
+    active_inc, active_dec = active.inc, active.dec
+    observe = m.ai_call_duration.labels(PROVIDER, MODEL).observe
+    success_inc = m.ai_api_calls.labels(PROVIDER, MODEL, "success").inc
+    error_inc = m.ai_api_calls.labels(PROVIDER, MODEL, "error").inc
+    input_inc = m.ai_tokens.labels(PROVIDER, MODEL, "input").inc
+    output_inc = m.ai_tokens.labels(PROVIDER, MODEL, "output").inc
+
+    def inlined(prompt: str) -> ChatCompletion:
+        active_inc()
+        t0 = perf_counter()
+        try:
+            response = ask(prompt)
+        except Exception:
+            observe(perf_counter() - t0)
+            error_inc()
+            active_dec()
+            raise
+        observe(perf_counter() - t0)
+        success_inc()
+        usage = response.usage
+        if usage is not None:
+            input_inc(usage.prompt_tokens)
+            output_inc(usage.completion_tokens)
+        active_dec()
+        return response
+
+    return inlined
+
+
+def tokens(registry: CollectorRegistry, model: str = MODEL) -> dict[str, float | None]:
+    labels = {"provider": PROVIDER, "model": model}
+    return {
+        kind: registry.get_sample_value(
+            "codomyrmex_ai_tokens_used_total", {**labels, "token_type": kind}
+        )
+        for kind in ("input", "output")
+    }
+
+
+def run_ai(settings: Settings) -> Section:
+    section = Section(
+        "ai",
+        4,
+        "track_ai_call on a chat completion with usage: per-call time",
+        ratio_columns=[("vs_bare", "vs bare"), ("vs_inlined", "vs inlined")],
+    )
+    unavailable = ai_unavailable()
+    if unavailable is not None:
+        section.skipped.append(f"track_ai_call: {unavailable}")
+        return section
+    object_inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    dict_inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    inlined_m = fresh_metrics()
+    tracked = object_inst.track_ai_call(PROVIDER, MODEL)(returning(chat_completion()))
+    tracked_dict = dict_inst.track_ai_call(PROVIDER, MODEL)(returning(chat_completion_dict()))
+    inlined = inlined_ai(returning(chat_completion()), inlined_m)
+    variants = [
+        Variant("bare", "bare call", sync_batch(returning(chat_completion()), PROMPT)),
+        Variant(
+            "inlined", "hand-inlined updates (pre-bound children)", sync_batch(inlined, PROMPT)
+        ),
+        Variant("tracked", "@inst.track_ai_call, usage as attributes", sync_batch(tracked, PROMPT)),
+        Variant(
+            "tracked_dict", "@inst.track_ai_call, usage as a dict", sync_batch(tracked_dict, PROMPT)
+        ),
+    ]
+    try:
+        timings = measure(variants, rounds=settings.rounds, batch_seconds=settings.batch_seconds)
+    finally:
+        object_inst.close()
+        dict_inst.close()
+    bare, floor = timings["bare"].median, timings["inlined"].median
+    for timing in timings.values():
+        row = Row.from_timing(timing)
+        row.ratios = {"vs_bare": ratio(row.median, bare), "vs_inlined": ratio(row.median, floor)}
+        row.info["overhead_over_bare"] = row.median - bare
+        if timing.key != "bare":
+            row.detail = f"+{(row.median - bare) * 1e6:.2f} µs over bare"
+        section.rows.append(row)
+    for key, inst in (("tracked", object_inst), ("tracked_dict", dict_inst)):
+        calls = timings[key].calls
+        expected = {"input": calls * PROMPT_TOKENS, "output": calls * COMPLETION_TOKENS}
+        section.checks.append(
+            Check(f"{key}: tokens of all {calls} calls counted", tokens(inst.registry) == expected)
+        )
+    return section
