@@ -321,7 +321,7 @@ _wrapper_base_init: Callable[..., None] = wrapt.FunctionWrapper.__base__.__init_
 
 class _BoundInstrumentedFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        wrapper: Wrapper = self._self_wrapper
+        wrapper: Wrapper = self._self_wrapper  # type: ignore[assignment]
         return wrapper(self.__wrapped__, None, args, kwargs)
 
     __reduce_ex__ = _reduce_by_reference
