@@ -5,6 +5,7 @@ from __future__ import annotations
 from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
+from .ai import AICall, AICallTracker, track_ai_call
 from .analysis import AnalysisJob, AnalysisMonitor, monitored_analysis
 from .compat import PrometheusIntegration
 from .instrumentation import Instrumentation, configure, get_instrumentation
@@ -17,18 +18,34 @@ except PackageNotFoundError:  # pragma: no cover - running from a source tree
 
 __all__ = [
     "METRICS",
+    "AICall",
+    "AICallTracker",
     "AnalysisJob",
     "AnalysisMonitor",
+    "DashboardResult",
+    "GrafanaAuthError",
+    "GrafanaBadRequestError",
+    "GrafanaClient",
+    "GrafanaConflictError",
+    "GrafanaError",
+    "GrafanaIntegration",
+    "GrafanaNotFoundError",
+    "GrafanaServerError",
+    "GrafanaUnavailableError",
     "Instrumentation",
     "Metrics",
     "PrometheusIntegration",
     "__version__",
+    "build_dashboard",
+    "build_rules",
     "configure",
     "get_instrumentation",
     "monitored_analysis",
     "push",
     "push_metrics",
     "record_quality_score",
+    "rules_yaml",
+    "track_ai_call",
 ]
 
 
@@ -56,4 +73,18 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'instrument' has no attribute {name!r}")
 
 
-_LAZY: dict[str, str] = {}
+_LAZY: dict[str, str] = {
+    "DashboardResult": ".grafana",
+    "GrafanaAuthError": ".grafana",
+    "GrafanaBadRequestError": ".grafana",
+    "GrafanaClient": ".grafana",
+    "GrafanaConflictError": ".grafana",
+    "GrafanaError": ".grafana",
+    "GrafanaIntegration": ".grafana",
+    "GrafanaNotFoundError": ".grafana",
+    "GrafanaServerError": ".grafana",
+    "GrafanaUnavailableError": ".grafana",
+    "build_dashboard": ".dashboard",
+    "build_rules": ".rules",
+    "rules_yaml": ".rules",
+}

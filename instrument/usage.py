@@ -72,6 +72,8 @@ USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 def _get(obj: Any, name: str) -> Any:
     """``obj[name]`` for a mapping, ``obj.name`` otherwise; None when absent."""
+    if type(obj) is dict:  # the JSON case, before the slower ABC check
+        return obj.get(name)
     if isinstance(obj, Mapping):
         return obj.get(name)
     try:
@@ -111,10 +113,17 @@ def _usage(
     cache_creation: int | None = None,
     reasoning: int | None = None,
 ) -> Usage | None:
-    counts = (input_tokens, output_tokens, cache_read, cache_creation, reasoning)
-    if all(c is None for c in counts):
+    if (
+        input_tokens is None
+        and output_tokens is None
+        and cache_read is None
+        and cache_creation is None
+        and reasoning is None
+    ):
         return None
-    return Usage(*(c or 0 for c in counts))
+    return Usage(
+        input_tokens or 0, output_tokens or 0, cache_read or 0, cache_creation or 0, reasoning or 0
+    )
 
 
 def _openai_chat(usage: Any) -> Usage | None:

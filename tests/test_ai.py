@@ -587,6 +587,53 @@ class TestStreamEnds:
         assert [c async for c in ask()] == openai_chat_chunks(prompt=6, completion=3)
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 6, "output": 3}
 
+    async def test_async_generator_result_asend_athrow_and_no_context_manager(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        async def echo() -> AsyncIterator[Any]:
+            received = yield {"model": "m"}
+            while True:
+                received = yield {"echo": received}
+
+        stream = inst.track_ai_call("openai", "gpt-4o")(lambda: echo())()
+        with pytest.raises(TypeError, match="asynchronous context manager protocol"):
+            async with stream:
+                pass
+        assert await stream.__anext__() == {"model": "m"}
+        assert await stream.asend("a") == {"echo": "a"}
+        with pytest.raises(KeyError):
+            await stream.athrow(KeyError("stop"))
+        assert calls(registry, "openai", "gpt-4o") == {"error": 1}
+        assert errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
+
+    async def test_async_iterable_with_stream_true(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        class Events:
+            """Only async-iterable, like an SDK object that makes a new iterator each time."""
+
+            def __init__(self) -> None:
+                self.closed = False
+
+            def __aiter__(self) -> AsyncIterator[Any]:
+                return FakeAsyncStream(gemini_chunks(9, (2, 5)))
+
+            def close(self) -> None:
+                self.closed = True
+
+        @inst.track_ai_call("gemini", "gemini-2.5-flash", stream=True)
+        async def ask() -> Events:
+            return Events()
+
+        received = [c async for c in await ask()]
+        assert len(received) == 2
+        stream = await ask()
+        stream.close()  # a plain close on an async stream: cancelled at once
+        assert stream.closed
+        assert calls(registry, "gemini", "gemini-2.5-flash") == {"success": 1, "cancelled": 1}
+        assert token_counts(registry, "gemini", "gemini-2.5-flash") == {"input": 9, "output": 5}
+        assert active(registry) == 0
+
     def test_generator_result_send_and_throw(
         self, inst: Instrumentation, registry: CollectorRegistry
     ) -> None:
@@ -828,6 +875,33 @@ class TestCardinality:
         assert "'c'" in warnings[0].getMessage()
         inst.close()
 
+    def test_exact_under_threads(self, registry: CollectorRegistry) -> None:
+        inst = Instrumentation(registry=registry, max_models=3)
+        ask = inst.track_ai_call("openai", None)(lambda model: openai_chat(2, 1))
+        start = threading.Barrier(8)
+
+        def work(offset: int) -> None:
+            start.wait()
+            for i in range(100):
+                ask(model=f"m{(i + offset) % 6}")
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        per_model = {
+            model: calls(registry, "openai", model).get("success", 0)
+            for model in (*(f"m{i}" for i in range(6)), "other")
+        }
+        kept = [m for m, n in per_model.items() if n and m != "other"]
+        assert len(kept) == 3
+        assert sum(per_model.values()) == 800
+        assert per_model["other"] == 800 - sum(per_model[m] for m in kept)
+        assert token_counts(registry, "openai", "other")["input"] == 2 * per_model["other"]
+        assert active(registry) == 0
+        inst.close()
+
     def test_the_limit_is_shared_by_trackers_of_one_instrumentation(
         self, registry: CollectorRegistry
     ) -> None:
@@ -1058,8 +1132,13 @@ class TestCost:
             (["gpt-4o"], TypeError, "mapping of model name to prices"),
             ({"gpt-4o": 2.5e-06}, TypeError, r"prices\['gpt-4o'\] must be a mapping"),
             ({"gpt-4o": {"input_cost_per_token": "2.5e-06"}}, TypeError, "must be a number"),
-            ({"gpt-4o": {"input_cost_per_token": -1}}, ValueError, "must not be negative"),
-            ({"gpt-4o": {"input_cost_per_tokn": 1e-06}}, ValueError, "prices no model"),
+            ({"gpt-4o": {"input_cost_per_token": -1}}, ValueError, "finite, non-negative"),
+            ({"gpt-4o": {"output_cost_per_token": float("inf")}}, ValueError, "finite"),
+            (
+                {"gpt-4o": {"input_cost_per_tokn": 1e-06}},
+                ValueError,
+                "no model in prices has a per-token price",
+            ),
             ({}, ValueError, "input_cost_per_token and output_cost_per_token"),
             ("/nonexistent/prices.json", ValueError, "cannot read the price table"),
         ],
@@ -1149,6 +1228,11 @@ def test_decorator_without_arguments(inst: Instrumentation, registry: CollectorR
 
         @track_ai_call  # type: ignore[arg-type]
         def ask() -> None: ...
+
+    with pytest.raises(TypeError, match="needs arguments"):
+
+        @inst.track_ai_call  # type: ignore[arg-type]
+        def ask_too() -> None: ...
 
     assert active(registry) is None
 

@@ -13,7 +13,16 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
-from instrument.llm_server import LocalLLMServer, count_tokens, iter_chunks
+from instrument.llm_server import (
+    DEFAULT_COMPLETION_TOKENS,
+    DEMO_FAILING_MODEL,
+    DEMO_MODELS,
+    DEMO_PROMPTS,
+    LocalLLMServer,
+    count_tokens,
+    iter_chunks,
+    run_demo_calls,
+)
 
 from .servers import Pushgateway
 
@@ -196,3 +205,84 @@ def test_sync_caller_with_the_server_in_a_thread(
         )
     finally:
         inst.close()
+
+
+def test_the_demo_calls(registry: CollectorRegistry) -> None:
+    inst = Instrumentation(registry=registry)
+    run_demo_calls(inst)
+    prompt_tokens = sum(count_tokens(prompt) for prompt, _ in DEMO_PROMPTS)
+    reply_tokens = sum(max_tokens for _, max_tokens in DEMO_PROMPTS)
+    for model in DEMO_MODELS:
+        labels = {"provider": "openai", "model": model}
+        calls = registry.get_sample_value(
+            "codomyrmex_ai_api_calls_total", {**labels, "status": "success"}
+        )
+        assert calls == 2 * len(DEMO_PROMPTS)
+        for token_type, count in (("input", prompt_tokens), ("output", reply_tokens)):
+            assert (
+                registry.get_sample_value(
+                    "codomyrmex_ai_tokens_used_total", {**labels, "token_type": token_type}
+                )
+                == 2 * count
+            )
+        assert registry.get_sample_value(
+            "codomyrmex_ai_time_to_first_token_seconds_count", labels
+        ) == len(DEMO_PROMPTS)
+    errors = registry.get_sample_value(
+        "codomyrmex_ai_api_errors_total",
+        {
+            "provider": "openai",
+            "model": DEMO_FAILING_MODEL,
+            "error_type": "ClientResponseError",
+            "http_status": "429",
+        },
+    )
+    assert errors == 1
+    assert registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
+    inst.close()
+
+
+async def test_the_server_answers_bad_requests_like_openai(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    async with LocalLLMServer() as server, aiohttp.ClientSession() as session:
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        async def post(body: Any) -> dict[str, Any]:
+            async with session.post(server.completions_url, data=body) as response:
+                answer: dict[str, Any] = await response.json()
+                if response.status != 200:
+                    assert answer["error"]["type"] == "invalid_request_error"
+                response.raise_for_status()
+                return answer
+
+        for bad in (
+            b"{not json",
+            b"[1, 2]",
+            json.dumps({"model": "gpt-4o", "messages": []}),
+            json.dumps({"messages": [{"role": "user", "content": "hi"}]}),
+            json.dumps({"model": "gpt-4o", "messages": ["hi"]}),
+            json.dumps({"model": "gpt-4o", "messages": [{"content": "a"}], "max_tokens": 0}),
+        ):
+            with pytest.raises(aiohttp.ClientResponseError):
+                await post(bad)
+        parts = {"role": "user", "content": [{"type": "text", "text": "two words"}, {"x": 1}]}
+        answer = await post(json.dumps({"model": "gpt-4o", "messages": [parts]}))
+        assert answer["usage"]["prompt_tokens"] == 2
+        assert answer["usage"]["completion_tokens"] == DEFAULT_COMPLETION_TOKENS
+        assert answer["choices"][0]["finish_reason"] == "stop"
+        assert len(server.requests) == 5  # the two that are not JSON objects are not kept
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_ai_api_errors_total",
+            {**labels, "error_type": "ClientResponseError", "http_status": "400"},
+        )
+        == 6
+    )
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_ai_tokens_used_total", {**labels, "token_type": "input"}
+        )
+        == 2
+    )

@@ -1,0 +1,1030 @@
+"""``track_ai_call``: calls, latency, tokens, time to first token, errors and cost of LLM calls.
+
+One call is one job on the wrapping engine: a decorated function (sync, async, generator,
+async generator) or a with-block. When the call returns a stream, the caller gets it back
+in a transparent proxy and the job ends when the stream does: exhausted (success), failed
+(error), closed or left early (cancelled), or garbage collected unfinished (cancelled).
+
+Label children are bound once per (provider, model); at most ``max_models`` model names
+per provider get their own series, the rest are reported as ``other``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import math
+import os
+import threading
+import weakref
+from collections.abc import Awaitable, Callable, Mapping
+from time import perf_counter
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, cast
+
+import wrapt
+
+from ._wrapping import Probe, _adeliver, _deliver, _guard, _probe_end, bind_arguments
+from .instrumentation import Binding, Instrumentation, Policy, check_number
+from .metrics import Metrics
+from .usage import Usage, extract_usage, response_model, usage_from
+
+__all__ = [
+    "AICall",
+    "AICallOptions",
+    "AICallTracker",
+    "ModelPrice",
+    "load_prices",
+    "track_ai_call",
+]
+
+logger = logging.getLogger("instrument")
+
+R = TypeVar("R")
+
+#: The model label of calls whose model is neither fixed, nor an argument, nor in the response.
+UNKNOWN_MODEL = "unknown"
+#: The model label of models beyond ``max_models`` for one provider.
+OTHER_MODEL = "other"
+_STATUSES = ("success", "error", "cancelled")
+_STREAM_VALUES = ("auto", True, False)
+_SYNC_STREAM, _ASYNC_STREAM = 1, 2
+
+
+class AICallOptions(TypedDict, total=False):
+    """The keyword options of :func:`track_ai_call`."""
+
+    #: What kind of call this is: chat (default), embeddings, ...
+    operation: str
+    #: Reads usage from responses (and stream chunks) of other shapes: returns a
+    #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
+    usage: Callable[[Any], Any] | None
+    #: "auto" wraps results that are iterators or async iterators; True wraps any
+    #: iterable result; False never wraps.
+    stream: str | bool
+    #: The ``active_jobs`` label (default "ai_call").
+    job_type: str
+    #: Maps a model name to its label, e.g. to fold dated versions together.
+    normalize_model: Callable[[str], str] | None
+
+
+_OPTION_NAMES = frozenset(AICallOptions.__optional_keys__)
+
+
+# -- prices ------------------------------------------------------------------------------------
+
+
+class ModelPrice(NamedTuple):
+    """US dollars per token of one model; None where the table gives no price."""
+
+    input: float | None
+    output: float | None
+    cache_read: float | None = None
+    cache_creation: float | None = None
+
+    def cost(self, usage: Usage) -> float | None:
+        """The cost of ``usage``, or None when a token kind it used has no price.
+
+        Cached input is priced at its own rate; without one, at the input rate.
+        """
+        cache_read_rate = self.input if self.cache_read is None else self.cache_read
+        cache_creation_rate = self.input if self.cache_creation is None else self.cache_creation
+        uncached = max(usage.input_tokens - usage.cache_read - usage.cache_creation, 0)
+        total = 0.0
+        for tokens, rate in (
+            (uncached, self.input),
+            (usage.cache_read, cache_read_rate),
+            (usage.cache_creation, cache_creation_rate),
+            (usage.output_tokens, self.output),
+        ):
+            if tokens:
+                if rate is None:
+                    return None
+                total += tokens * rate
+        return total
+
+
+# LiteLLM's model price map field -> ModelPrice field.
+_PRICE_FIELDS = {
+    "input_cost_per_token": "input",
+    "output_cost_per_token": "output",
+    "cache_read_input_token_cost": "cache_read",
+    "cache_creation_input_token_cost": "cache_creation",
+}
+
+
+def load_prices(table: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, ModelPrice]:
+    """Validate a price table in LiteLLM's model price map format (a mapping, or the path
+    of a JSON file) and return it as ``{model: ModelPrice}``.
+
+    >>> load_prices({"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05,
+    ...                         "cache_read_input_token_cost": 1.25e-06}})["gpt-4o"].output
+    1e-05
+
+    Keys are model names, optionally ``provider/model``. Entries without any per-token
+    price (LiteLLM's image and audio models) are skipped; other LiteLLM fields are ignored.
+    """
+    source = "prices"
+    if isinstance(table, str | os.PathLike):
+        source = os.fspath(table)
+        try:
+            with open(source, encoding="utf-8") as file:
+                table = json.load(file)
+        except OSError as exc:
+            raise ValueError(
+                f"cannot read the price table {source!r} ({exc.strerror or exc}); pass the path "
+                "of a JSON file in LiteLLM's model price map format"
+            ) from None
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"the price table {source!r} is not valid JSON: {exc}") from None
+    if not isinstance(table, Mapping):
+        raise TypeError(
+            f"{source} must be a mapping of model name to prices (LiteLLM's model price map "
+            f"format), got {type(table).__name__}"
+        )
+    prices: dict[str, ModelPrice] = {}
+    for model, entry in table.items():
+        if model == "sample_spec":  # LiteLLM's documentation entry
+            continue
+        if not isinstance(model, str) or not model:
+            raise TypeError(f"{source}: model names must be non-empty strings, got {model!r}")
+        if not isinstance(entry, Mapping):
+            raise TypeError(
+                f"{source}[{model!r}] must be a mapping such as "
+                '{"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}, '
+                f"got {type(entry).__name__}"
+            )
+        rates: dict[str, float | None] = {}
+        for field, name in _PRICE_FIELDS.items():
+            value = entry.get(field)
+            if value is None:
+                rates[name] = None
+                continue
+            what = f"{source}[{model!r}][{field!r}]"
+            rate = check_number(what, value)
+            if not 0 <= rate < math.inf:
+                raise ValueError(f"{what} must be a finite, non-negative number, got {value!r}")
+            rates[name] = rate
+        if rates["input"] is None and rates["output"] is None:
+            continue
+        prices[model] = ModelPrice(**rates)
+    if not prices:
+        raise ValueError(
+            f"no model in {source} has a per-token price: give each model "
+            "input_cost_per_token and output_cost_per_token (US dollars per token), as "
+            "LiteLLM's model price map does"
+        )
+    return prices
+
+
+# -- label children and the cardinality guard --------------------------------------------------
+
+
+def _http_status(exc: BaseException) -> str:
+    """The HTTP status an exception carries (``status_code``, ``response.status_code``,
+    aiohttp's ``status``, google-genai's ``code``, in that order), or "" when it has none."""
+    for path in _STATUS_PATHS:
+        value: Any = exc
+        for name in path:
+            value = _attribute(value, name)
+        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+            return str(value)
+    return ""
+
+
+# Read lazily, first valid wins: aiohttp's deprecated ``code`` warns when merely read.
+_STATUS_PATHS = (("status_code",), ("response", "status_code"), ("status",), ("code",))
+
+
+def _attribute(obj: Any, name: str) -> Any:
+    if obj is None:
+        return None
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of a foreign exception may raise anything
+        return None
+
+
+class _ModelSeries:
+    """The label children of one (provider, model). The ones every call touches are bound
+    here; the rest on first use, so a series appears only once it has something to say."""
+
+    __slots__ = (
+        "_lazy",
+        "_metrics",
+        "calls",
+        "inc_input",
+        "inc_output",
+        "model",
+        "observe",
+        "provider",
+    )
+
+    def __init__(self, metrics: Metrics, provider: str, model: str) -> None:
+        self._metrics = metrics
+        self.provider = provider
+        self.model = model
+        self.calls = {s: metrics.ai_api_calls.labels(provider, model, s).inc for s in _STATUSES}
+        self.observe = metrics.ai_call_duration.labels(provider, model).observe
+        self.inc_input = metrics.ai_tokens.labels(provider, model, "input").inc
+        self.inc_output = metrics.ai_tokens.labels(provider, model, "output").inc
+        self._lazy: dict[tuple[str, ...], Any] = {}
+
+    def _child(self, attr: str, *labels: str) -> Any:
+        key = (attr, *labels)
+        child = self._lazy.get(key)
+        if child is None:
+            metric = getattr(self._metrics, attr)
+            child = self._lazy[key] = metric.labels(self.provider, self.model, *labels)
+        return child
+
+    def tokens(self, usage: Usage) -> None:
+        if usage.input_tokens:
+            self.inc_input(usage.input_tokens)
+        if usage.output_tokens:
+            self.inc_output(usage.output_tokens)
+        for detail in ("cache_read", "cache_creation", "reasoning"):
+            count = getattr(usage, detail)
+            if count:
+                self._child("ai_token_details", detail).inc(count)
+
+    def time_to_first_token(self, seconds: float) -> None:
+        self._child("ai_time_to_first_token").observe(seconds)
+
+    def error(self, exc: BaseException) -> None:
+        self._child("ai_api_errors", type(exc).__name__, _http_status(exc)).inc()
+
+    def cost(self, dollars: float) -> None:
+        self._child("ai_cost").inc(dollars)
+
+    def unpriced(self) -> None:
+        self._child("ai_unpriced_calls").inc()
+
+
+class _ProviderModels:
+    """The model series of one provider, at most ``limit`` of them, then ``other``."""
+
+    def __init__(self, metrics: Metrics, provider: str, limit: int) -> None:
+        self._metrics = metrics
+        self.provider = provider
+        self.limit = limit
+        self._series: dict[str, _ModelSeries] = {}
+        self._other: _ModelSeries | None = None
+        self._lock = threading.Lock()
+
+    def series(self, model: str) -> _ModelSeries:
+        found = self._series.get(model)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._series.get(model)
+            if found is not None:
+                return found
+            if len(self._series) < self.limit:
+                found = self._series[model] = _ModelSeries(self._metrics, self.provider, model)
+                return found
+            if self._other is None:
+                logger.warning(
+                    "instrument: provider %r has more than %d models; %r and any further "
+                    "ones are reported as model=%r. Raise max_models, or pass "
+                    "normalize_model= to fold model versions together",
+                    self.provider,
+                    self.limit,
+                    model,
+                    OTHER_MODEL,
+                )
+                self._other = _ModelSeries(self._metrics, self.provider, OTHER_MODEL)
+            return self._other
+
+
+# The model guard is per Instrumentation and provider, shared by all its trackers.
+_guards: weakref.WeakKeyDictionary[Instrumentation, dict[str, _ProviderModels]] = (
+    weakref.WeakKeyDictionary()
+)
+_guards_lock = threading.Lock()
+
+
+def _provider_models(inst: Instrumentation, provider: str) -> _ProviderModels:
+    with _guards_lock:
+        by_provider = _guards.setdefault(inst, {})
+        models = by_provider.get(provider)
+        if models is None:
+            models = by_provider[provider] = _ProviderModels(
+                inst.metrics, provider, inst.max_models
+            )
+        return models
+
+
+class _AIBinding(Binding):
+    """What a tracker records into on one Instrumentation, looked up once."""
+
+    active_inc: Callable[[], None]
+    active_dec: Callable[[], None]
+    models: _ProviderModels
+    static: _ModelSeries | None = None
+
+    def __init__(self, inst: Instrumentation, tracker: AICallTracker) -> None:
+        super().__init__(inst)
+        if not self.enabled:
+            return  # records nothing, so creates no series either
+        active = inst.metrics.active_jobs.labels(tracker.job_type)
+        self.active_inc = active.inc
+        self.active_dec = active.dec
+        self.models = _provider_models(inst, tracker.provider)
+        self.static = None if tracker.label is None else self.models.series(tracker.label)
+
+
+# -- one call ----------------------------------------------------------------------------------
+
+
+class AICall(Probe):
+    """One LLM call in flight; in a with-block, the handle ``as call`` gives you.
+
+    >>> with inst.track_ai_call("openai", "gpt-4o") as call:
+    ...     call.record_response(http_post(...))
+    """
+
+    __slots__ = (
+        "_b",
+        "_done",
+        "_first",
+        "_last",
+        "_model",
+        "_seen_model",
+        "_streamed",
+        "_streaming",
+        "_t0",
+        "_tracker",
+        "_usage",
+    )
+
+    def __init__(
+        self, binding: _AIBinding | None, tracker: AICallTracker, model: str | None
+    ) -> None:
+        self._b = binding
+        self._tracker = tracker
+        self._model = model
+        self._seen_model: str | None = None
+        self._usage: Usage | None = None
+        self._streamed: Usage | None = None
+        self._first: float | None = None
+        self._streaming = False
+        self._done = False
+        if binding is not None:
+            binding.active_inc()
+        self._t0 = self._last = perf_counter()
+
+    # -- the handle ------------------------------------------------------------------------
+
+    def record_response(self, response: R) -> R:
+        """Read the usage (and, when the model is not fixed, the model) of ``response``.
+
+        Returns ``response``; a stream comes back in a transparent wrapper whose chunks are
+        read as you iterate it (time to first token included). Usage of several responses
+        adds up. Never raises over the response's shape.
+        """
+        if self._b is None or self._done:
+            return response
+        try:
+            kind = self._tracker._stream_kind(response)
+            if kind:
+                return cast(R, _wrap_stream(response, kind, self, owner=False))
+            self._read(response)
+        except Exception:
+            _guard("reading a response")
+        return response
+
+    def add_usage(
+        self,
+        *,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read: int = 0,
+        cache_creation: int = 0,
+        reasoning: int = 0,
+    ) -> None:
+        """Add token counts by hand: ``input_tokens`` includes cached input (``cache_read``,
+        ``cache_creation``) and ``output_tokens`` includes ``reasoning``."""
+        counts = (input_tokens, output_tokens, cache_read, cache_creation, reasoning)
+        for name, count in zip(
+            ("input_tokens", "output_tokens", "cache_read", "cache_creation", "reasoning"),
+            counts,
+            strict=True,
+        ):
+            if isinstance(count, bool) or not isinstance(count, int):
+                raise TypeError(f"{name} must be an int, got {type(count).__name__}")
+            if count < 0:
+                raise ValueError(f"{name} must not be negative, got {count}")
+        if self._b is None or self._done:
+            return
+        self._add(Usage(*counts))
+
+    def set_model(self, model: str) -> None:
+        """Set this call's model label (for ``model=None``, or to override the fixed one)."""
+        if not isinstance(model, str) or not model:
+            raise TypeError(f"model must be a non-empty string, got {model!r}")
+        if self._b is not None and not self._done:
+            self._model = model
+
+    @property
+    def model(self) -> str | None:
+        """The model as known so far: set, from the call's argument, fixed, or seen."""
+        return self._model or self._tracker.model or self._seen_model
+
+    # -- the engine's side -----------------------------------------------------------------
+
+    def success(self, result: Any) -> Any:
+        if self._b is None:
+            return result
+        # A generator function's chunks came through item(); its return value is no stream.
+        kind = 0 if self._first is not None else self._tracker._stream_kind(result)
+        if kind:
+            try:
+                stream = _wrap_stream(result, kind, self, owner=True)
+            except Exception:
+                _guard("wrapping a stream")  # recorded as a plain result below
+            else:
+                self._streaming = True
+                self._last = perf_counter()
+                return stream
+        self._read(result)
+        self._finish("success", None)
+        return result
+
+    def error(self, exc: BaseException) -> None:
+        self._finish("error", exc)
+
+    def cancel(self) -> None:
+        self._finish("cancelled", None)
+
+    def item(self, value: Any) -> None:
+        if self._b is not None and not self._done:
+            self._chunk(value)
+
+    def deliver(self) -> None:
+        if self._b is not None and not self._streaming:
+            self._b.after_call()
+
+    def deliver_async(self) -> Awaitable[None] | None:
+        if self._b is not None and not self._streaming:
+            waiter: Awaitable[None] | None = self._b.after_call_async()
+            return waiter
+        return None
+
+    # -- recording -------------------------------------------------------------------------
+
+    def _wants_model(self) -> bool:
+        b = self._b
+        return (
+            self._seen_model is None and self._model is None and b is not None and b.static is None
+        )
+
+    def _add(self, usage: Usage) -> None:
+        self._usage = usage if self._usage is None else self._usage + usage
+
+    def _read(self, response: Any) -> None:
+        if response is None:
+            return
+        usage = self._tracker._extract(response)
+        if usage is not None:
+            self._add(usage)
+        if self._wants_model():
+            self._seen_model = response_model(response)
+
+    def _chunk(self, chunk: Any) -> None:
+        now = perf_counter()
+        if self._first is None:
+            self._first = now - self._t0
+        self._last = now
+        usage = self._tracker._extract(chunk)
+        if usage is not None:
+            streamed = self._streamed
+            self._streamed = usage if streamed is None else streamed.latest(usage)
+        if self._wants_model():
+            self._seen_model = response_model(chunk)
+
+    def _finish(self, status: str, exc: BaseException | None, end: float | None = None) -> None:
+        if self._done:
+            return
+        self._done = True
+        b = self._b
+        if b is None:
+            return
+        try:
+            now = perf_counter() if end is None else end
+            series, name = self._series(b)
+            series.observe(now - self._t0)
+            series.calls[status]()
+            if self._first is not None:
+                series.time_to_first_token(self._first)
+            usage = self._usage
+            if self._streamed is not None:
+                usage = self._streamed if usage is None else usage + self._streamed
+            if usage is not None:
+                series.tokens(usage)
+            if exc is not None:
+                series.error(exc)
+            prices: dict[str, ModelPrice] | None = b.inst._prices
+            if prices is not None:
+                self._price(series, prices, name, usage, status)
+        finally:
+            b.active_dec()
+
+    def _series(self, b: _AIBinding) -> tuple[_ModelSeries, str]:
+        """This call's series and the model name its price is looked up by."""
+        model = self._model
+        if model is None:
+            if b.static is not None and self._tracker.model is not None:
+                return b.static, self._tracker.model
+            model = self._seen_model or UNKNOWN_MODEL
+        return b.models.series(self._tracker._label(model)), model
+
+    def _price(
+        self,
+        series: _ModelSeries,
+        prices: dict[str, ModelPrice],
+        model: str,
+        usage: Usage | None,
+        status: str,
+    ) -> None:
+        if usage is None:
+            # A failed request is usually not billed: only calls that ran count as unpriced.
+            if status != "error":
+                series.unpriced()
+            return
+        price = prices.get(f"{series.provider}/{model}") or prices.get(model)
+        if price is None and series.model != model:
+            price = prices.get(series.model)
+        dollars = None if price is None else price.cost(usage)
+        if dollars is None:
+            series.unpriced()
+        else:
+            series.cost(dollars)
+
+
+# -- stream proxies ----------------------------------------------------------------------------
+
+
+if TYPE_CHECKING:
+    _ObjectProxy = wrapt.ObjectProxy[Any]
+else:  # wrapt 1.x proxies are not subscriptable
+    _ObjectProxy = wrapt.ObjectProxy
+
+
+class _StreamProxy(_ObjectProxy):
+    """What the caller gets instead of a stream: the same object, chunks read on the way.
+
+    It ends the call exactly once. Recording runs outside the engine here, so every
+    recording step is guarded: the caller sees the stream's own chunks and exceptions.
+    """
+
+    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
+        super().__init__(wrapped)
+        self._self_call = call
+        # owner: this stream ends the call (a decorated function's result); otherwise the
+        # with-block it was recorded in does.
+        self._self_owner = owner
+        self._self_open = True
+
+    def _ai_chunk(self, chunk: Any) -> None:
+        try:
+            self._self_call._chunk(chunk)
+        except Exception:
+            _guard("reading a stream chunk")
+
+    def _ai_end(
+        self, exc: BaseException | None = None, *, closed: bool = False, abandoned: bool = False
+    ) -> bool:
+        """End once: exhausted (success), failed with ``exc``, ``closed`` or left before the
+        end (cancelled), or ``abandoned``. True when this ended the call, to be delivered."""
+        if not self._self_open:
+            return False
+        self._self_open = False
+        if not self._self_owner:
+            return False
+        call = self._self_call
+        call._streaming = False
+        if exc is not None:
+            _probe_end(call, exc)  # the engine's rule: error, or cancelled for CancelledError & co
+            return True
+        try:
+            if abandoned:
+                # Its duration runs to the last moment it was seen alive, not to collection.
+                call._finish("cancelled", None, call._last)
+            elif closed:
+                call.cancel()
+            else:
+                call._finish("success", None)
+        except Exception:
+            _guard("recording the end of a stream")
+        return True
+
+    def _ai_end_sync(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
+        if self._ai_end(exc, closed=closed):
+            _deliver(self._self_call)
+
+    def __del__(self) -> None:
+        try:
+            still_open = self._self_open
+        except Exception:  # never initialised
+            return
+        if not still_open:
+            return
+        try:
+            if self._ai_end(abandoned=True):
+                call = self._self_call
+                # A blocking push from a finalizer could stall an event loop or re-enter a
+                # push in progress: in "each" mode the next push carries this call instead.
+                if call._b is not None and call._b.inst.push_mode != "each":
+                    _deliver(call)
+        except Exception:
+            _guard("recording an abandoned stream")
+
+
+class _SyncStream(_StreamProxy):
+    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
+        step = getattr(wrapped, "__next__", None)
+        if step is None:  # an iterable with stream=True
+            step = iter(wrapped).__next__
+        super().__init__(wrapped, call, owner)
+        self._self_next = step
+
+    def __iter__(self) -> _SyncStream:
+        return self
+
+    def _ai_step(self, step: Callable[..., Any], *args: Any) -> Any:
+        try:
+            chunk = step(*args)
+        except StopIteration:
+            self._ai_end_sync()
+            raise
+        except BaseException as exc:
+            self._ai_end_sync(exc)
+            raise
+        self._ai_chunk(chunk)
+        return chunk
+
+    def __next__(self) -> Any:
+        return self._ai_step(self._self_next)
+
+    def send(self, value: Any) -> Any:
+        return self._ai_step(self.__wrapped__.send, value)
+
+    def throw(self, *args: Any) -> Any:
+        return self._ai_step(self.__wrapped__.throw, *args)
+
+    def close(self) -> Any:
+        close = self.__wrapped__.close
+        try:
+            return close()
+        finally:
+            self._ai_end_sync(closed=True)
+
+    def __enter__(self) -> Any:
+        wrapped = self.__wrapped__
+        if not hasattr(type(wrapped), "__enter__"):
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
+            )
+        entered = wrapped.__enter__()
+        return self if entered is wrapped else entered
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            # Leaving the block before the end cancels the rest, whatever the body raised:
+            # the LLM call itself did not fail.
+            self._ai_end_sync(closed=True)
+
+
+class _AsyncStream(_StreamProxy):
+    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
+        step = getattr(wrapped, "__anext__", None)
+        if step is None:  # an async iterable with stream=True
+            step = wrapped.__aiter__().__anext__
+        super().__init__(wrapped, call, owner)
+        self._self_anext = step
+
+    def __aiter__(self) -> _AsyncStream:
+        return self
+
+    async def _ai_end_async(
+        self, exc: BaseException | None = None, *, closed: bool = False
+    ) -> None:
+        if self._ai_end(exc, closed=closed):
+            await _adeliver(self._self_call)
+
+    async def _ai_step(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
+        try:
+            chunk = await step(*args)
+        except StopAsyncIteration:
+            await self._ai_end_async()
+            raise
+        except BaseException as exc:
+            await self._ai_end_async(exc)
+            raise
+        self._ai_chunk(chunk)
+        return chunk
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._ai_step(self._self_anext)
+
+    def asend(self, value: Any) -> Awaitable[Any]:
+        return self._ai_step(self.__wrapped__.asend, value)
+
+    def athrow(self, *args: Any) -> Awaitable[Any]:
+        return self._ai_step(self.__wrapped__.athrow, *args)
+
+    async def _ai_closing(self, closing: Awaitable[Any]) -> Any:
+        try:
+            return await closing
+        finally:
+            await self._ai_end_async(closed=True)
+
+    def aclose(self) -> Awaitable[Any]:
+        aclose = self.__wrapped__.aclose
+        return self._ai_closing(aclose())
+
+    def close(self) -> Any:
+        # SDK async streams have ``async def close()``; keep whichever kind it is.
+        result = self.__wrapped__.close()
+        if inspect.isawaitable(result):
+            return self._ai_closing(result)
+        self._ai_end_sync(closed=True)
+        return result
+
+    async def __aenter__(self) -> Any:
+        wrapped = self.__wrapped__
+        if not hasattr(type(wrapped), "__aenter__"):
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the asynchronous "
+                "context manager protocol"
+            )
+        entered = await wrapped.__aenter__()
+        return self if entered is wrapped else entered
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._ai_end_async(closed=True)
+
+
+def _wrap_stream(stream: Any, kind: int, call: AICall, owner: bool) -> Any:
+    if kind == _ASYNC_STREAM:
+        return _AsyncStream(stream, call, owner)
+    return _SyncStream(stream, call, owner)
+
+
+# -- the decorator -----------------------------------------------------------------------------
+
+
+class _ModelParameter(NamedTuple):
+    """How to find the ``model`` argument of one decorated function."""
+
+    signature: inspect.Signature | None  # set when ``model`` can be passed by position
+    default: str | None
+
+
+class AICallTracker(Policy[AICall, _AIBinding]):
+    """What ``track_ai_call(...)`` returns: a decorator and a (async) with-block."""
+
+    observes_items = True
+
+    def __init__(
+        self,
+        inst: Instrumentation | None,
+        provider: str,
+        model: str | None = None,
+        **options: Unpack[AICallOptions],
+    ) -> None:
+        if callable(provider) and not isinstance(provider, str):
+            raise TypeError(
+                "track_ai_call needs arguments: use @track_ai_call('openai', 'gpt-4o') "
+                "(or model=None to take the call's model argument), not @track_ai_call"
+            )
+        if not isinstance(provider, str) or not provider:
+            raise TypeError(
+                f"provider must be a non-empty string such as 'openai', got {provider!r}"
+            )
+        if model is not None and (not isinstance(model, str) or not model):
+            raise TypeError(
+                "model must be a model name such as 'gpt-4o', or None to take it from the "
+                f"call's `model` argument or the response; got {model!r}"
+            )
+        unknown = sorted(set(options) - _OPTION_NAMES)
+        if unknown:
+            raise TypeError(
+                f"track_ai_call got unknown option(s) {', '.join(map(repr, unknown))}; "
+                f"the options are {', '.join(sorted(_OPTION_NAMES))}"
+            )
+        operation = options.get("operation", "chat")
+        if not isinstance(operation, str) or not operation:
+            raise TypeError(
+                f"operation must be a non-empty string such as 'chat' or 'embeddings', "
+                f"got {operation!r}"
+            )
+        usage = options.get("usage")
+        if usage is not None and not callable(usage):
+            raise TypeError(
+                "usage must be a callable taking a response (or stream chunk) and returning "
+                "a Usage, a mapping such as {'input_tokens': 10, 'output_tokens': 5}, or "
+                f"None; got {type(usage).__name__}"
+            )
+        stream = options.get("stream", "auto")
+        if not any(
+            stream is v or (isinstance(stream, str) and stream == v) for v in _STREAM_VALUES
+        ):
+            raise ValueError(
+                "stream must be 'auto' (wrap results that are iterators or async iterators), "
+                f"True (wrap any iterable result) or False (never wrap); got {stream!r}"
+            )
+        job_type = options.get("job_type", "ai_call")
+        if not isinstance(job_type, str) or not job_type:
+            raise TypeError(f"job_type must be a non-empty string, got {job_type!r}")
+        normalize = options.get("normalize_model")
+        if normalize is not None and not callable(normalize):
+            raise TypeError(
+                "normalize_model must be a callable taking a model name and returning its "
+                "label, e.g. lambda m: re.sub(r'-\\d{4}-\\d{2}-\\d{2}$', '', m) to drop a "
+                f"date suffix; got {type(normalize).__name__}"
+            )
+        super().__init__(inst)
+        self.provider = provider
+        self.model = model
+        self.operation = operation
+        self.usage = usage
+        self.stream = stream
+        self.job_type = job_type
+        self.normalize_model = normalize
+        self._warned: set[str] = set()
+        self.label: str | None = None
+        if model is not None:
+            self.label = model
+            if normalize is not None:
+                label = normalize(model)
+                if not isinstance(label, str) or not label:
+                    raise TypeError(
+                        f"normalize_model({model!r}) returned {label!r}; it must return a "
+                        "non-empty string"
+                    )
+                self.label = label
+        # Weak: a tracker may decorate a new closure on every request.
+        self._parameters: weakref.WeakKeyDictionary[Callable[..., Any], _ModelParameter] = (
+            weakref.WeakKeyDictionary()
+        )
+        self._null = AICall(None, self, None)
+
+    def __repr__(self) -> str:
+        return f"track_ai_call({self.provider!r}, {self.model!r})"
+
+    def bind(self, inst: Instrumentation) -> _AIBinding:
+        return _AIBinding(inst, self)
+
+    def null_probe(self) -> AICall:
+        return self._null
+
+    def prepare(self, func: Callable[..., Any]) -> None:
+        if self.model is None:
+            parameter = _model_parameter(func)
+            if parameter is not None:
+                with contextlib.suppress(TypeError):  # not weakly referenceable: keywords only
+                    self._parameters[func] = parameter
+
+    def start(
+        self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> AICall:
+        b = self._binding
+        if b is None or b.inst.retired:
+            b = self.binding()
+        if not b.enabled:
+            return self._null
+        model = None
+        if self.model is None and wrapped is not None:
+            model = self._argument_model(wrapped, args, kwargs)
+        return AICall(b, self, model)
+
+    def _argument_model(
+        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> str | None:
+        value = kwargs.get("model")
+        if value is None and self._parameters:
+            try:
+                parameter = self._parameters.get(getattr(wrapped, "__func__", wrapped))
+            except TypeError:  # not weakly referenceable
+                parameter = None
+            if parameter is not None:
+                if parameter.signature is not None and args:
+                    value = bind_arguments(parameter.signature, wrapped, args, kwargs).get("model")
+                if value is None:
+                    value = parameter.default
+        return value if isinstance(value, str) and value else None
+
+    def _stream_kind(self, result: Any) -> int:
+        mode = self.stream
+        if mode is False or result is None:
+            return 0
+        cls = type(result)
+        if hasattr(cls, "__anext__"):
+            return _ASYNC_STREAM
+        if hasattr(cls, "__next__"):
+            return _SYNC_STREAM
+        if mode is True and not isinstance(result, str | bytes):
+            if hasattr(cls, "__aiter__"):
+                return _ASYNC_STREAM
+            if hasattr(cls, "__iter__"):
+                return _SYNC_STREAM
+        return 0
+
+    def _extract(self, response: Any) -> Usage | None:
+        extractor = self.usage
+        if extractor is None:
+            return extract_usage(response)
+        try:
+            return usage_from(extractor(response))
+        except Exception as exc:
+            self._complain(
+                "usage",
+                "usage extractor of %r failed (%s: %s); no usage recorded",
+                self,
+                type(exc).__name__,
+                exc,
+            )
+            return None
+
+    def _label(self, model: str) -> str:
+        normalize = self.normalize_model
+        if normalize is None:
+            return model
+        try:
+            label = normalize(model)
+        except Exception as exc:
+            self._complain(
+                "normalize",
+                "normalize_model(%r) failed (%s: %s); the name is used as is",
+                model,
+                type(exc).__name__,
+                exc,
+            )
+            return model
+        if not isinstance(label, str) or not label:
+            self._complain(
+                "normalize",
+                "normalize_model(%r) returned %r, not a non-empty string; the name is used as is",
+                model,
+                label,
+            )
+            return model
+        return label
+
+    def _complain(self, what: str, message: str, *args: Any) -> None:
+        """A warning the first time a user callable of this tracker fails, then debug logs:
+        one written for whole responses may fail on every chunk of a stream."""
+        log = logger.debug if what in self._warned else logger.warning
+        self._warned.add(what)
+        log("instrument: " + message, *args)
+
+
+def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:
+    try:
+        signature = inspect.signature(func, follow_wrapped=False)
+    except (TypeError, ValueError):
+        return None
+    parameter = signature.parameters.get("model")
+    if parameter is None:
+        return None
+    default = parameter.default if isinstance(parameter.default, str) else None
+    positional = parameter.kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    return _ModelParameter(signature if positional else None, default)
+
+
+def track_ai_call(
+    provider: str, model: str | None = None, **options: Unpack[AICallOptions]
+) -> AICallTracker:
+    """Track each call (or with-block) as one LLM call, on the default instrumentation.
+
+    >>> @track_ai_call("openai", "gpt-4o")
+    ... def ask(prompt):
+    ...     return client.chat.completions.create(model="gpt-4o", messages=[...])
+
+    ``model=None`` takes the call's ``model`` argument, else the response's model, else
+    "unknown". Options: ``operation``, ``usage``, ``stream``, ``job_type``, ``normalize_model``
+    (see :class:`AICallOptions`).
+    """
+    return AICallTracker(None, provider, model, **options)
