@@ -70,11 +70,18 @@ class Usage:
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 
+# Whether a type is a Mapping, remembered: the ABC check costs more than the lookup it
+# guards, and a stream asks it several times per chunk of the same few types.
+_is_mapping: dict[type, bool] = {dict: True}
+
+
 def _get(obj: Any, name: str) -> Any:
     """``obj[name]`` for a mapping, ``obj.name`` otherwise; None when absent."""
-    if type(obj) is dict:  # the JSON case, before the slower ABC check
-        return obj.get(name)
-    if isinstance(obj, Mapping):
+    kind = type(obj)
+    mapping = _is_mapping.get(kind)
+    if mapping is None:
+        mapping = _is_mapping[kind] = isinstance(obj, Mapping)
+    if mapping:
         return obj.get(name)
     try:
         return getattr(obj, name, None)
