@@ -5,6 +5,10 @@ from __future__ import annotations
 import argparse
 import sys
 from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, TextIO
+
+if TYPE_CHECKING:
+    from ._promql import Source
 
 __all__ = ["CommandError", "main"]
 
@@ -37,9 +41,157 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(handler=run)
 
 
+def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "dashboard",
+        help="write the Grafana dashboard JSON, or upsert it into Grafana",
+        description="Generate the Grafana dashboard from the metric definitions. Without "
+        "--apply it is written as JSON; with --apply it is saved in Grafana (URL from "
+        "--grafana-url or GRAFANA_URL, service account token from GRAFANA_TOKEN or "
+        "GRAFANA_API_KEY).",
+    )
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the JSON here ('-': stdout)")
+    parser.add_argument(
+        "--namespace", help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)"
+    )
+    parser.add_argument("--title", default="Codomyrmex Analytics", help="dashboard title")
+    parser.add_argument("--uid", default="codomyrmex-analytics", help="dashboard uid")
+    parser.add_argument("--datasource-uid", metavar="UID", help="preselect this data source")
+    parser.add_argument("--apply", action="store_true", help="create or update it in Grafana")
+    parser.add_argument("--grafana-url", metavar="URL", help="Grafana base URL (GRAFANA_URL)")
+    parser.add_argument("--folder-uid", metavar="UID", help="save it in this folder")
+    parser.add_argument(
+        "--message", default="saved by instrument dashboard", help="version history note"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        import os
+
+        from .config import SETTINGS
+        from .dashboard import build_dashboard, dashboard_json
+
+        env = next(s.env for s in SETTINGS if s.keyword == "namespace")
+        namespace = args.namespace or (env and os.environ.get(env)) or "codomyrmex"
+        try:
+            dashboard = build_dashboard(
+                namespace, title=args.title, uid=args.uid, datasource_uid=args.datasource_uid
+            )
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if args.output not in (None, "-"):
+            try:
+                with open(args.output, "w", encoding="utf-8") as file:
+                    file.write(dashboard_json(dashboard))
+            except OSError as exc:
+                raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        elif not args.apply or args.output == "-":
+            sys.stdout.write(dashboard_json(dashboard))
+        if args.apply:
+            apply_dashboard_command(
+                namespace,
+                args.grafana_url,
+                sys.stderr if args.output == "-" else sys.stdout,
+                title=args.title,
+                uid=args.uid,
+                datasource_uid=args.datasource_uid,
+                folder_uid=args.folder_uid,
+                message=args.message,
+            )
+        return 0
+
+    parser.set_defaults(handler=run)
+
+
+def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
+    parser = commands.add_parser(
+        "rules",
+        help="write the Prometheus alerting and recording rules (YAML)",
+        description="Generate the Prometheus rule file (alerts and recording rules) from the "
+        "metric definitions; check it with `promtool check rules FILE`.",
+    )
+    parser.add_argument("--output", "-o", metavar="FILE", help="write the YAML here ('-': stdout)")
+    parser.add_argument(
+        "--namespace", help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        import os
+
+        from .config import SETTINGS
+        from .rules import rules_yaml
+
+        env = next(s.env for s in SETTINGS if s.keyword == "namespace")
+        namespace = args.namespace or (env and os.environ.get(env)) or "codomyrmex"
+        try:
+            text = rules_yaml(namespace)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        if args.output in (None, "-"):
+            sys.stdout.write(text)
+            return 0
+        try:
+            with open(args.output, "w", encoding="utf-8") as file:
+                file.write(text)
+        except OSError as exc:
+            raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        return 0
+
+    parser.set_defaults(handler=run)
+
+
+def apply_dashboard_command(
+    source: Source,
+    url: str | None,
+    out: TextIO,
+    *,
+    title: str = "Codomyrmex Analytics",
+    uid: str = "codomyrmex-analytics",
+    datasource_uid: str | None = None,
+    folder_uid: str | None = None,
+    message: str = "saved by instrument dashboard",
+) -> None:
+    """Save the dashboard of ``source`` (an Instrumentation, Metrics or namespace) in Grafana.
+
+    ``url`` falls back to GRAFANA_URL, the token to GRAFANA_TOKEN, then GRAFANA_API_KEY.
+    Writes one line with the dashboard's URL to ``out``; raises :class:`CommandError`.
+    """
+    import asyncio
+    import os
+
+    from .dashboard import build_dashboard
+    from .grafana import GrafanaAuthError, GrafanaClient, GrafanaError
+
+    url = url or os.environ.get("GRAFANA_URL")
+    if not url:
+        raise CommandError("--apply needs Grafana's URL: pass --grafana-url URL or set GRAFANA_URL")
+    token = os.environ.get("GRAFANA_TOKEN") or os.environ.get("GRAFANA_API_KEY") or None
+    try:
+        dashboard = build_dashboard(source, title=title, uid=uid, datasource_uid=datasource_uid)
+        client = GrafanaClient(url, token=token)
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+    async def apply() -> str:
+        async with client:
+            result = await client.upsert_dashboard(
+                dashboard, folder_uid=folder_uid, message=message
+            )
+        return f"dashboard {result.uid!r} saved in Grafana, version {result.version}: {result.url}"
+
+    try:
+        out.write(asyncio.run(apply()) + "\n")
+    except GrafanaAuthError as exc:
+        unset = "" if token else " (GRAFANA_TOKEN is not set)"
+        raise CommandError(f"{exc}{unset}") from None
+    except GrafanaError as exc:
+        raise CommandError(str(exc)) from None
+
+
 # Each entry adds one subcommand; its handler returns the exit status.
 SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
     _add_demo,
+    _add_dashboard,
+    _add_rules,
 ]
 
 

@@ -116,6 +116,9 @@ class E2EWorkload:
             prices={"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}},
         )
         self._open = contextlib.ExitStack()
+        # Debian's gateway reloads /var/lib/prometheus/pushgateway.data on start: drop
+        # groups left there by earlier runs, so the dashboard sums only this workload.
+        gateway.wipe()
 
     def run(self) -> None:
         import asyncio

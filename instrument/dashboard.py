@@ -1,0 +1,545 @@
+"""The Grafana dashboard, generated from the metric definitions in ``metrics.py``.
+
+Panels follow the RED method: rates, error ratios and duration quantiles for analyses and
+AI calls, plus the gauges (active jobs, quality scores), tokens, cost and the delivery
+self-metrics. Every query is built by the helpers in ``_promql`` from the metric names of
+one namespace, so ``build_dashboard("other")`` queries ``other_*`` throughout.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+from ._promql import (
+    Source,
+    histogram_quantile,
+    increase,
+    max_by,
+    metrics_of,
+    rate,
+    ratio,
+    series,
+    sum_by,
+    zero_if_empty,
+)
+
+__all__ = ["SCHEMA_VERSION", "build_dashboard", "dashboard_json", "panel_queries"]
+
+#: The dashboard model version written (Grafana 12).
+SCHEMA_VERSION = 41
+
+PanelKind = Literal["timeseries", "stat", "piechart", "gauge"]
+
+_DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
+_RATE = "$__rate_interval"
+_RANGE = "$__range"
+# Multi-value variables with "All" need regex matchers; "All" is sent as ".*".
+_ANALYSIS = ('module=~"$module"', 'analysis_type=~"$analysis_type"')
+_AI = ('provider=~"$provider"', 'model=~"$model"')
+_UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_GRID_WIDTH = 24
+
+
+@dataclass(frozen=True)
+class _Query:
+    expr: str
+    legend: str = "__auto"
+
+
+@dataclass(frozen=True)
+class _Panel:
+    kind: PanelKind
+    title: str
+    description: str
+    unit: str
+    queries: tuple[_Query, ...]
+    width: int = 12
+    height: int = 8
+    defaults: dict[str, Any] = field(default_factory=dict)
+
+
+def _ts(title: str, description: str, unit: str, *queries: _Query, **defaults: Any) -> _Panel:
+    return _Panel("timeseries", title, description, unit, queries, defaults=defaults)
+
+
+def _stat(title: str, description: str, unit: str, *queries: _Query, **defaults: Any) -> _Panel:
+    return _Panel("stat", title, description, unit, queries, width=4, height=4, defaults=defaults)
+
+
+def _sections(source: Source) -> list[tuple[str | None, list[_Panel]]]:
+    n = metrics_of(source).names()
+
+    def counted(selector: str, by: Sequence[str], over_range: bool) -> str:
+        # Per second over the rate interval, or the total over the picked range.
+        return sum_by(increase(selector, _RANGE) if over_range else rate(selector, _RATE), by)
+
+    def analyses(*extra: str, by: Sequence[str] = (), over_range: bool = False) -> str:
+        return counted(series(n["analyses"], *_ANALYSIS, *extra), by, over_range)
+
+    def ai_calls(*extra: str, by: Sequence[str] = (), over_range: bool = False) -> str:
+        return counted(series(n["ai_api_calls"], *_AI, *extra), by, over_range)
+
+    def ai_rate(attr: str, by: Sequence[str]) -> str:
+        return counted(series(n[attr], *_AI), by, over_range=False)
+
+    def ai_range(attr: str, by: Sequence[str] = ()) -> str:
+        return counted(series(n[attr], *_AI), by, over_range=True)
+
+    def bucket_rate(attr: str, *matchers: str) -> str:
+        return rate(series(f"{n[attr]}_bucket", *matchers), _RATE)
+
+    by_analysis = ("module", "analysis_type")
+    by_model = ("provider", "model")
+    error = 'status="error"'
+    quality = max_by(series(n["code_quality_score"], _ANALYSIS[0]), ("project", "module"))
+    active = sum_by(n["active_jobs"], ("job_type",))
+    mean_duration = " / ".join(
+        sum_by(rate(series(f"{n['analysis_duration']}_{part}", *_ANALYSIS), _RATE), by_analysis)
+        for part in ("sum", "count")
+    )
+    zero = {"noValue": "0"}
+    ratio_axis = {"min": 0, "max": 1}
+
+    summary = [
+        _stat(
+            "Analyses",
+            "Analyses finished in the picked time range, every status.",
+            "short",
+            _Query(analyses(over_range=True), "analyses"),
+            decimals=0,
+        ),
+        _stat(
+            "Analysis errors",
+            "Share of the analyses in the picked time range that raised.",
+            "percentunit",
+            _Query(ratio(analyses(error, over_range=True), analyses(over_range=True)), "errors"),
+        ),
+        _stat(
+            "Active jobs",
+            "Jobs in flight right now, summed over every pushing process.",
+            "short",
+            _Query(sum_by(n["active_jobs"]), "active"),
+            decimals=0,
+        ),
+        _stat(
+            "AI calls",
+            "LLM API calls in the picked time range, every status.",
+            "short",
+            _Query(ai_calls(over_range=True), "calls"),
+            decimals=0,
+        ),
+        _stat(
+            "AI cost",
+            "LLM spend in the picked time range, from the price table; empty without prices.",
+            "currencyUSD",
+            _Query(ai_range("ai_cost"), "cost"),
+        ),
+        _stat(
+            "Since last successful push",
+            "Seconds since the most recent successful Pushgateway push of any process.",
+            "s",
+            _Query(f"time() - {max_by(n['last_push_success'])}", "since push"),
+        ),
+    ]
+    analysis_panels = [
+        _ts(
+            "Analyses per second",
+            "Rate of finished analyses by module and analysis type, every status.",
+            "ops",
+            _Query(analyses(by=by_analysis), "{{module}} / {{analysis_type}}"),
+            min=0,
+        ),
+        _ts(
+            "Analysis error ratio by module",
+            "Share of analyses that raised, by module and analysis type (0 when none failed).",
+            "percentunit",
+            _Query(
+                ratio(analyses(error, by=by_analysis), analyses(by=by_analysis), by_analysis),
+                "{{module}} / {{analysis_type}}",
+            ),
+            **ratio_axis,
+        ),
+        _ts(
+            "Analysis duration p50 / p95 / p99",
+            "Duration quantiles of the selected analyses, estimated from the histogram buckets.",
+            "s",
+            *(
+                _Query(
+                    histogram_quantile(q, bucket_rate("analysis_duration", *_ANALYSIS)),
+                    f"p{round(q * 100)}",
+                )
+                for q in (0.5, 0.95, 0.99)
+            ),
+            min=0,
+        ),
+        _ts(
+            "Mean analysis duration",
+            "Average duration by module and analysis type: rate of the sum over rate of the count.",
+            "s",
+            _Query(mean_duration, "{{module}} / {{analysis_type}}"),
+            min=0,
+        ),
+        _ts(
+            "Analysis errors by exception",
+            "Rate of analyses that raised, by module and exception class.",
+            "ops",
+            _Query(
+                sum_by(
+                    rate(series(n["analysis_errors"], *_ANALYSIS), _RATE), ("module", "error_type")
+                ),
+                "{{module}}: {{error_type}}",
+            ),
+            min=0,
+            **zero,
+        ),
+        _ts(
+            "Active jobs by job type",
+            "Jobs in flight by job type (a gauge: its value, never a rate).",
+            "short",
+            _Query(active, "{{job_type}}"),
+            min=0,
+            decimals=0,
+        ),
+        _Panel(
+            "gauge",
+            "Code quality score",
+            "Latest code quality score by project and module.",
+            "short",
+            (_Query(quality, "{{project}} / {{module}}"),),
+        ),
+        _ts(
+            "Code quality trend",
+            "Code quality score over time by project and module.",
+            "short",
+            _Query(quality, "{{project}} / {{module}}"),
+        ),
+    ]
+    ai_panels = [
+        _ts(
+            "AI calls per second",
+            "Rate of LLM API calls by provider and model, every status.",
+            "ops",
+            _Query(ai_calls(by=by_model), "{{provider}} / {{model}}"),
+            min=0,
+        ),
+        _ts(
+            "AI error ratio by model",
+            "Share of LLM API calls that failed, by provider and model (0 when none failed).",
+            "percentunit",
+            _Query(
+                ratio(ai_calls(error, by=by_model), ai_calls(by=by_model), by_model),
+                "{{provider}} / {{model}}",
+            ),
+            **ratio_axis,
+        ),
+        _Panel(
+            "piechart",
+            "AI calls by provider",
+            "Each provider's share of the LLM API calls in the picked time range.",
+            "short",
+            (_Query(ai_calls(by=("provider",), over_range=True), "{{provider}}"),),
+            width=8,
+        ),
+        _ts(
+            "AI tokens per second",
+            "Token throughput by token type (input includes cached input, output reasoning).",
+            "short",
+            _Query(ai_rate("ai_tokens", ("token_type",)), "{{token_type}}"),
+            min=0,
+        ),
+        _ts(
+            "AI token details per second",
+            "Cache reads, cache writes and reasoning tokens (already inside input and output).",
+            "short",
+            _Query(ai_rate("ai_token_details", ("detail",)), "{{detail}}"),
+            min=0,
+        ),
+        _ts(
+            "AI call latency p95",
+            "95th percentile duration of LLM API calls, streams included, by provider and model.",
+            "s",
+            _Query(
+                histogram_quantile(0.95, bucket_rate("ai_call_duration", *_AI), by_model),
+                "{{provider}} / {{model}}",
+            ),
+            min=0,
+        ),
+        _ts(
+            "Time to first token p95",
+            "95th percentile time from the start of a streamed call to its first chunk.",
+            "s",
+            _Query(
+                histogram_quantile(0.95, bucket_rate("ai_time_to_first_token", *_AI), by_model),
+                "{{provider}} / {{model}}",
+            ),
+            min=0,
+        ),
+        _ts(
+            "AI errors by type and HTTP status",
+            "Rate of failed LLM API calls by exception class and HTTP status (429: rate limited).",
+            "ops",
+            _Query(
+                ai_rate("ai_api_errors", ("provider", "error_type", "http_status")),
+                "{{provider}} {{error_type}} {{http_status}}",
+            ),
+            min=0,
+            **zero,
+        ),
+        _Panel(
+            "stat",
+            "AI cost by model",
+            "LLM spend in the picked time range by provider and model, from the price table.",
+            "currencyUSD",
+            (_Query(ai_range("ai_cost", by_model), "{{provider}} / {{model}}"),),
+            width=8,
+            height=8,
+        ),
+        _Panel(
+            "stat",
+            "Unpriced AI calls",
+            "Calls with no price or no usage in the picked time range: the cost leaves them out.",
+            "short",
+            (_Query(zero_if_empty(ai_range("ai_unpriced_calls")), "unpriced"),),
+            width=4,
+            height=8,
+            defaults={"decimals": 0},
+        ),
+    ]
+    delivery_panels = [
+        _ts(
+            "Pushgateway pushes per second",
+            "Push attempts and failed pushes of the instrumented processes (0 when none failed).",
+            "ops",
+            _Query(sum_by(rate(n["pushes"], _RATE)), "attempts"),
+            _Query(zero_if_empty(sum_by(rate(n["push_failures"], _RATE))), "failures"),
+            min=0,
+        ),
+    ]
+    return [
+        (None, summary),
+        ("Analyses", analysis_panels),
+        ("AI calls", ai_panels),
+        ("Delivery", delivery_panels),
+    ]
+
+
+def _reduce_options() -> dict[str, Any]:
+    return {"calcs": ["lastNotNull"], "fields": "", "values": False}
+
+
+def _options(kind: PanelKind) -> dict[str, Any]:
+    if kind == "timeseries":
+        return {
+            "legend": {"displayMode": "list", "placement": "bottom", "showLegend": True},
+            "tooltip": {"mode": "multi", "sort": "desc"},
+        }
+    if kind == "stat":
+        return {
+            "reduceOptions": _reduce_options(),
+            "colorMode": "value",
+            "graphMode": "none",
+            "justifyMode": "auto",
+            "orientation": "auto",
+            "textMode": "auto",
+        }
+    if kind == "piechart":
+        return {
+            "reduceOptions": _reduce_options(),
+            "pieType": "pie",
+            "legend": {
+                "displayMode": "table",
+                "placement": "right",
+                "showLegend": True,
+                "values": ["value", "percent"],
+            },
+            "tooltip": {"mode": "single", "sort": "none"},
+        }
+    return {
+        "reduceOptions": _reduce_options(),
+        "showThresholdLabels": False,
+        "showThresholdMarkers": True,
+    }
+
+
+def _render(panel: _Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+    instant = panel.kind != "timeseries"
+    defaults: dict[str, Any] = {"unit": panel.unit, **panel.defaults}
+    if panel.kind == "timeseries":
+        defaults["custom"] = {
+            "drawStyle": "line",
+            "lineWidth": 1,
+            "fillOpacity": 10,
+            "showPoints": "never",
+        }
+    else:
+        defaults["color"] = {
+            "mode": "thresholds" if panel.kind != "piechart" else "palette-classic"
+        }
+        defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    return {
+        "id": panel_id,
+        "type": panel.kind,
+        "title": panel.title,
+        "description": panel.description,
+        "datasource": dict(_DATASOURCE),
+        "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
+        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "options": _options(panel.kind),
+        "targets": [
+            {
+                "refId": chr(ord("A") + index),
+                "datasource": dict(_DATASOURCE),
+                "editorMode": "code",
+                "expr": query.expr,
+                "legendFormat": query.legend,
+                "instant": instant,
+                "range": not instant,
+            }
+            for index, query in enumerate(panel.queries)
+        ],
+    }
+
+
+def _layout(sections: list[tuple[str | None, list[_Panel]]]) -> list[dict[str, Any]]:
+    """Rows of panels flowing left to right, wrapping at Grafana's 24 columns."""
+    panels: list[dict[str, Any]] = []
+    y = 0
+    for row_title, section in sections:
+        if row_title is not None:
+            panels.append(
+                {
+                    "id": len(panels) + 1,
+                    "type": "row",
+                    "title": row_title,
+                    "collapsed": False,
+                    "gridPos": {"h": 1, "w": _GRID_WIDTH, "x": 0, "y": y},
+                    "panels": [],
+                }
+            )
+            y += 1
+        x = 0
+        line_height = 0
+        for panel in section:
+            if x + panel.width > _GRID_WIDTH:
+                x, y, line_height = 0, y + line_height, 0
+            panels.append(_render(panel, len(panels) + 1, x, y))
+            x += panel.width
+            line_height = max(line_height, panel.height)
+        y += line_height
+    return panels
+
+
+def _query_variable(name: str, label: str, definition: str) -> dict[str, Any]:
+    return {
+        "type": "query",
+        "name": name,
+        "label": label,
+        "datasource": dict(_DATASOURCE),
+        "definition": definition,
+        "query": {"query": definition, "refId": f"{name}-values"},
+        "refresh": 2,
+        "sort": 1,
+        "multi": True,
+        "includeAll": True,
+        "allValue": ".*",
+        "current": {"selected": True, "text": ["All"], "value": ["$__all"]},
+        "options": [],
+        "regex": "",
+        "hide": 0,
+    }
+
+
+def _templating(source: Source, datasource_uid: str | None) -> list[dict[str, Any]]:
+    n = metrics_of(source).names()
+    current: dict[str, Any] = {}
+    if datasource_uid is not None:
+        current = {"selected": True, "text": datasource_uid, "value": datasource_uid}
+    analyses, calls = n["analyses"], n["ai_api_calls"]
+    return [
+        {
+            "type": "datasource",
+            "name": "datasource",
+            "label": "Data source",
+            "query": "prometheus",
+            "current": current,
+            "options": [],
+            "regex": "",
+            "refresh": 1,
+            "hide": 0,
+            "includeAll": False,
+            "multi": False,
+        },
+        _query_variable("module", "Module", f"label_values({analyses}, module)"),
+        _query_variable(
+            "analysis_type",
+            "Analysis type",
+            f"label_values({series(analyses, _ANALYSIS[0])}, analysis_type)",
+        ),
+        _query_variable("provider", "Provider", f"label_values({calls}, provider)"),
+        _query_variable("model", "Model", f"label_values({series(calls, _AI[0])}, model)"),
+    ]
+
+
+def build_dashboard(
+    inst_or_metrics: Source,
+    *,
+    title: str = "Codomyrmex Analytics",
+    uid: str = "codomyrmex-analytics",
+    datasource_uid: str | None = None,
+) -> dict[str, Any]:
+    """The dashboard model (schemaVersion 41) for the metrics of one namespace.
+
+    ``inst_or_metrics`` is an Instrumentation, its ``.metrics``, or a namespace string.
+    Post it with :meth:`GrafanaClient.upsert_dashboard` or save it as JSON:
+
+    >>> dashboard = build_dashboard(Instrumentation(namespace="codomyrmex"))
+    >>> dashboard["panels"][0]["type"]
+    'stat'
+
+    ``datasource_uid`` preselects a Prometheus data source; otherwise Grafana picks its
+    default one, and the ``datasource`` variable switches between them.
+    """
+    if not isinstance(title, str) or not title.strip():
+        raise ValueError("title must be a non-empty string")
+    if not isinstance(uid, str) or not _UID_RE.match(uid):
+        raise ValueError(
+            f"uid {uid!r} is not a Grafana dashboard uid: use 1 to 40 letters, digits, '-' or '_'"
+        )
+    if datasource_uid is not None and (not isinstance(datasource_uid, str) or not datasource_uid):
+        raise ValueError("datasource_uid must be a non-empty string or None")
+    namespace = metrics_of(inst_or_metrics).namespace
+    return {
+        "uid": uid,
+        "title": title,
+        "description": f"Analyses, LLM calls and delivery of the {namespace}_* metrics "
+        "(generated by instrument from its metric definitions).",
+        "tags": [namespace, "code-analysis", "llm"],
+        "timezone": "browser",
+        "editable": True,
+        "graphTooltip": 1,
+        "refresh": "30s",
+        "schemaVersion": SCHEMA_VERSION,
+        "time": {"from": "now-1h", "to": "now"},
+        "templating": {"list": _templating(inst_or_metrics, datasource_uid)},
+        "annotations": {"list": []},
+        "links": [],
+        "panels": _layout(_sections(inst_or_metrics)),
+    }
+
+
+def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
+    """``(panel title, expr)`` for every query target of a dashboard model."""
+    return [
+        (panel["title"], target["expr"])
+        for panel in dashboard["panels"]
+        for target in panel.get("targets", ())
+    ]
+
+
+def dashboard_json(dashboard: dict[str, Any]) -> str:
+    """The dashboard as the JSON file ``instrument dashboard`` writes (stable, diffable)."""
+    return json.dumps(dashboard, indent=2) + "\n"

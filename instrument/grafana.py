@@ -1,0 +1,596 @@
+"""An async client for Grafana's HTTP API, and the original ``GrafanaIntegration``.
+
+>>> async with GrafanaClient("http://127.0.0.1:3000", token=token) as grafana:
+...     result = await grafana.upsert_dashboard(build_dashboard(inst))
+...     print(result.url)
+
+One aiohttp session is reused for every request. Answers map to one exception class per
+thing the caller can do about them (:class:`GrafanaError` and its subclasses). Requests
+are retried with backoff only where that is safe: 5xx answers and dropped connections for
+requests that may be repeated, 429 (honouring ``Retry-After``) and refused connections for
+all. The token never appears in logs, reprs or exception messages.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import json
+import logging
+import random
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+from types import TracebackType
+from typing import Any, Self
+from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+
+import aiohttp
+
+from .metrics import DEFAULT_NAMESPACE
+
+__all__ = [
+    "DashboardResult",
+    "GrafanaAuthError",
+    "GrafanaBadRequestError",
+    "GrafanaClient",
+    "GrafanaConflictError",
+    "GrafanaError",
+    "GrafanaIntegration",
+    "GrafanaNotFoundError",
+    "GrafanaServerError",
+    "GrafanaUnavailableError",
+]
+
+logger = logging.getLogger("instrument")
+
+# Backoff between attempts: _BACKOFF_BASE * 2**(attempt - 1) seconds, jittered, capped.
+_BACKOFF_BASE = 0.5
+_BACKOFF_CAP = 10.0
+# A Retry-After longer than this is not waited out: the caller hears about it instead.
+_RETRY_AFTER_CAP = 60.0
+# Module-level so tests can swap it for a recorder instead of really sleeping.
+_sleep = asyncio.sleep
+
+_MAX_UID = 40
+
+
+# -- errors -------------------------------------------------------------------------------
+
+
+class GrafanaError(Exception):
+    """Any failure talking to Grafana. ``http_status`` is None when no answer came."""
+
+    def __init__(self, message: str, *, http_status: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        self.http_status = http_status
+
+
+class GrafanaAuthError(GrafanaError):
+    """401 or 403: the credentials are wrong, or lack the permission."""
+
+
+class GrafanaNotFoundError(GrafanaError):
+    """404: no such dashboard, folder or data source."""
+
+
+class GrafanaConflictError(GrafanaError):
+    """409 or 412: ``status`` is Grafana's reason (version-mismatch, name-exists, ...)."""
+
+    def __init__(
+        self, message: str, *, http_status: int | None = None, status: str | None = None
+    ) -> None:
+        super().__init__(message, http_status=http_status)
+        self.status = status
+
+
+class GrafanaBadRequestError(GrafanaError):
+    """400 or 422: Grafana refused the request's content."""
+
+
+class GrafanaServerError(GrafanaError):
+    """5xx, still after the retries."""
+
+
+class GrafanaUnavailableError(GrafanaError):
+    """No answer (refused connection, timeout), or still rate limited (429) after retries."""
+
+
+_CONFLICT_HINTS = {
+    "version-mismatch": "the dashboard changed in Grafana since this version was read; "
+    "upsert with overwrite=True, or fetch the latest version and apply the change to it",
+    "name-exists": "another dashboard in that folder has the same title; use another "
+    "title or uid, or overwrite=True to replace it",
+    "plugin-dashboard": "a plugin owns that dashboard; save this one under another uid, "
+    "or remove the plugin's dashboard first",
+}
+
+
+@dataclass(frozen=True)
+class DashboardResult:
+    """What Grafana answered to a saved dashboard: its uid, full URL and new version."""
+
+    uid: str
+    url: str
+    version: int
+
+
+# -- the client ---------------------------------------------------------------------------
+
+
+def _split_url(url: str) -> tuple[str, tuple[str, str] | None]:
+    """The base URL without credentials, query or trailing slash; and any user:password."""
+    if not isinstance(url, str) or not url.strip():
+        raise ValueError("the Grafana URL is empty: pass one such as http://127.0.0.1:3000")
+    parts = urlsplit(url.strip())
+    host = parts.netloc.rpartition("@")[2]
+    shown = urlunsplit((parts.scheme, host, parts.path, "", ""))
+    try:
+        parts.port  # noqa: B018 - raises ValueError on a malformed port
+    except ValueError:
+        raise ValueError(f"the Grafana URL {shown!r} has an invalid port") from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(
+            f"the Grafana URL {shown!r} is not an http(s) URL; pass one such as "
+            "http://127.0.0.1:3000"
+        )
+    userinfo = None
+    if parts.username is not None:
+        userinfo = (unquote(parts.username), unquote(parts.password or ""))
+    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", "")), userinfo
+
+
+def _segment(value: str, what: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ValueError(f"{what} must be a non-empty string, got {value!r}")
+    return quote(value, safe="")
+
+
+def _retry_after(header: str | None) -> float | None:
+    """Seconds to wait from a Retry-After header: delta-seconds or an HTTP date."""
+    if not header:
+        return None
+    header = header.strip()
+    if header.isdigit():
+        return float(header)
+    try:
+        when = parsedate_to_datetime(header)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+class GrafanaClient:
+    """Grafana's HTTP API over one aiohttp session; use it as ``async with``.
+
+    ``token`` is a service account token (sent as ``Authorization: Bearer``; Grafana API
+    keys are deprecated in favour of them), ``basic_auth`` a ``(user, password)`` pair,
+    ``org_id`` selects an organisation (``X-Grafana-Org-Id``). ``timeout`` bounds each
+    attempt in seconds; ``retries`` is the number of further attempts where retrying is
+    safe. A ``session`` you pass is used as is and left open.
+    """
+
+    def __init__(
+        self,
+        url: str,
+        *,
+        token: str | None = None,
+        basic_auth: tuple[str, str] | None = None,
+        org_id: int | None = None,
+        timeout: float = 10.0,
+        retries: int = 3,
+        session: aiohttp.ClientSession | None = None,
+    ) -> None:
+        base, userinfo = _split_url(url)
+        if token is not None and (not isinstance(token, str) or not token.strip()):
+            raise ValueError("token must be a non-empty string (a service account token)")
+        if basic_auth is not None and (
+            not isinstance(basic_auth, tuple)
+            or len(basic_auth) != 2
+            or not all(isinstance(part, str) for part in basic_auth)
+        ):
+            raise ValueError("basic_auth must be a (user, password) tuple of strings")
+        if basic_auth is None and token is None:
+            basic_auth = userinfo
+        if token is not None and basic_auth is not None:
+            raise ValueError("pass either token or basic_auth, not both")
+        if org_id is not None and (isinstance(org_id, bool) or not isinstance(org_id, int)):
+            raise ValueError(f"org_id must be an integer, got {org_id!r}")
+        if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
+            raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
+        if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
+            raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+        self.url = base
+        self.org_id = org_id
+        self.timeout = float(timeout)
+        self.retries = retries
+        secrets = (token, token.strip() if token else None, basic_auth[1] if basic_auth else None)
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._auth_kind = "token" if token else "basic" if basic_auth else "none"
+        headers = {"Accept": "application/json", "User-Agent": "instrument-grafana-client"}
+        if token is not None:
+            headers["Authorization"] = f"Bearer {token.strip()}"
+        elif basic_auth is not None:
+            pair = f"{basic_auth[0]}:{basic_auth[1]}".encode()
+            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+        if org_id is not None:
+            headers["X-Grafana-Org-Id"] = str(org_id)
+        self._headers = headers
+        self._session = session
+        self._owns_session = session is None
+
+    def __repr__(self) -> str:
+        org = f", org_id={self.org_id}" if self.org_id is not None else ""
+        return f"GrafanaClient({self.url!r}, auth={self._auth_kind!r}{org})"
+
+    async def __aenter__(self) -> Self:
+        self._ensure_session()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.aclose()
+
+    async def aclose(self) -> None:
+        """Close the session if this client created it."""
+        session, self._session = self._session, (None if self._owns_session else self._session)
+        if self._owns_session and session is not None:
+            await session.close()
+
+    def _ensure_session(self) -> aiohttp.ClientSession:
+        if self._session is None:
+            self._session = aiohttp.ClientSession()
+        return self._session
+
+    # -- the API ----------------------------------------------------------------------------
+
+    async def health(self) -> dict[str, Any]:
+        """``GET /api/health``: ``{"commit", "database", "version"}``."""
+        answer: dict[str, Any] = await self._request("GET", "/api/health")
+        return answer
+
+    async def upsert_dashboard(
+        self,
+        dashboard: Mapping[str, Any],
+        *,
+        folder_uid: str | None = None,
+        message: str | None = None,
+        overwrite: bool = True,
+    ) -> DashboardResult:
+        """Create or update ``dashboard`` (matched by its uid).
+
+        ``folder_uid=None`` keeps an existing dashboard in its folder (Grafana itself would
+        move it to the root) and puts a new one at the root; ``""`` means the root.
+        """
+        if not isinstance(dashboard, Mapping) or not dashboard.get("title"):
+            raise ValueError("dashboard must be a dashboard model (a mapping) with a title")
+        uid = dashboard.get("uid")
+        if uid is not None and (not isinstance(uid, str) or not 0 < len(uid) <= _MAX_UID):
+            raise ValueError(f"dashboard uid {uid!r} must be a string of 1 to 40 characters")
+        if folder_uid is None and uid:
+            folder_uid = await self._folder_of(uid)
+        # Matched by uid; a numeric id from another Grafana would point at the wrong one.
+        body: dict[str, Any] = {"dashboard": {**dashboard, "id": None}, "overwrite": overwrite}
+        if folder_uid is not None:
+            body["folderUid"] = folder_uid
+        if message is not None:
+            body["message"] = message
+        answer = await self._request(
+            "POST", "/api/dashboards/db", body=body, idempotent=overwrite, what="dashboard"
+        )
+        try:
+            return DashboardResult(
+                uid=str(answer["uid"]),
+                url=urljoin(self.url + "/", str(answer["url"])),
+                version=int(answer["version"]),
+            )
+        except (KeyError, TypeError, ValueError):
+            raise GrafanaError(
+                f"Grafana at {self.url} saved the dashboard but answered without uid, url "
+                f"and version ({self._scrub(str(answer))[:200]}); is this URL a Grafana server?"
+            ) from None
+
+    async def _folder_of(self, uid: str) -> str | None:
+        try:
+            current = await self.get_dashboard(uid)
+        except GrafanaNotFoundError:
+            return None
+        meta = current.get("meta")
+        folder = meta.get("folderUid") if isinstance(meta, Mapping) else None
+        return folder if isinstance(folder, str) else None
+
+    async def get_dashboard(self, uid: str) -> dict[str, Any]:
+        """``{"dashboard": ..., "meta": ...}``; :class:`GrafanaNotFoundError` if missing."""
+        path = f"/api/dashboards/uid/{_segment(uid, 'uid')}"
+        answer: dict[str, Any] = await self._request("GET", path, what=f"dashboard {uid!r}")
+        return answer
+
+    async def delete_dashboard(self, uid: str) -> None:
+        """Delete a dashboard; :class:`GrafanaNotFoundError` if there is none with ``uid``."""
+        path = f"/api/dashboards/uid/{_segment(uid, 'uid')}"
+        await self._request("DELETE", path, what=f"dashboard {uid!r}")
+
+    async def search(
+        self, query: str | None = None, tag: str | Sequence[str] | None = None
+    ) -> list[dict[str, Any]]:
+        """Dashboards whose title matches ``query`` and that carry every ``tag``."""
+        params: list[tuple[str, str]] = [("type", "dash-db")]
+        if query is not None:
+            params.append(("query", query))
+        tags = [tag] if isinstance(tag, str) else list(tag or ())
+        params.extend(("tag", t) for t in tags)
+        answer: list[dict[str, Any]] = await self._request("GET", "/api/search", params=params)
+        return answer
+
+    async def ensure_folder(self, title: str, uid: str | None = None) -> dict[str, Any]:
+        """The folder with ``uid`` (or, without one, titled ``title``), created if missing."""
+        if not isinstance(title, str) or not title.strip():
+            raise ValueError("folder title must be a non-empty string")
+        existing = await self._find_folder(title, uid)
+        if existing is not None:
+            return existing
+        body = {"title": title} if uid is None else {"title": title, "uid": uid}
+        try:
+            created: dict[str, Any] = await self._request(
+                "POST", "/api/folders", body=body, idempotent=uid is not None, what="folder"
+            )
+        except GrafanaConflictError:
+            # Someone created it between our look and our create.
+            existing = await self._find_folder(title, uid)
+            if existing is None:
+                raise
+            return existing
+        return created
+
+    async def _find_folder(self, title: str, uid: str | None) -> dict[str, Any] | None:
+        if uid is not None:
+            try:
+                found: dict[str, Any] = await self._request(
+                    "GET", f"/api/folders/{_segment(uid, 'folder uid')}", what=f"folder {uid!r}"
+                )
+            except GrafanaNotFoundError:
+                return None
+            return found
+        folders: list[dict[str, Any]] = await self._request(
+            "GET", "/api/folders", params=[("limit", "1000")]
+        )
+        return next((f for f in folders if f.get("title") == title), None)
+
+    async def find_datasource(
+        self, type: str | None = "prometheus", name: str | None = None, uid: str | None = None
+    ) -> dict[str, Any]:
+        """A data source by ``uid``, else by ``name``, else the default (or first) of ``type``."""
+        if uid is not None:
+            path = f"/api/datasources/uid/{_segment(uid, 'data source uid')}"
+            source: dict[str, Any] = await self._request("GET", path, what=f"data source {uid!r}")
+        elif name is not None:
+            path = f"/api/datasources/name/{_segment(name, 'data source name')}"
+            source = await self._request("GET", path, what=f"data source {name!r}")
+        else:
+            sources: list[dict[str, Any]] = await self._request("GET", "/api/datasources")
+            matching = [s for s in sources if type is None or s.get("type") == type]
+            if not matching:
+                raise GrafanaNotFoundError(
+                    f"Grafana at {self.url} has no {type} data source; add one "
+                    "(Connections > Data sources), or pass name= or uid="
+                )
+            return next((s for s in matching if s.get("isDefault")), matching[0])
+        if type is not None and source.get("type") != type:
+            raise GrafanaNotFoundError(
+                f"data source {source.get('name')!r} at {self.url} is of type "
+                f"{source.get('type')!r}, not {type!r}; pass the name or uid of a {type} one"
+            )
+        return source
+
+    # -- requests, retries and errors --------------------------------------------------------
+
+    async def _request(
+        self,
+        method: str,
+        path: str,
+        *,
+        params: Sequence[tuple[str, str]] | None = None,
+        body: Any = None,
+        idempotent: bool = True,
+        what: str = "resource",
+    ) -> Any:
+        session = self._ensure_session()
+        attempts = self.retries + 1
+        for attempt in range(1, attempts + 1):
+            wait: float | None = None
+            status: int | None = None
+            try:
+                async with session.request(
+                    method,
+                    self.url + path,
+                    params=params,
+                    json=body,
+                    headers=self._headers,
+                    timeout=aiohttp.ClientTimeout(total=self.timeout),
+                    allow_redirects=False,
+                ) as response:
+                    status = response.status
+                    raw = await response.read()
+                    wait = _retry_after(response.headers.get("Retry-After"))
+            except TimeoutError:
+                error: GrafanaError = GrafanaUnavailableError(
+                    f"Grafana at {self.url} did not answer {method} {path} within "
+                    f"{self.timeout:g} s (attempt {attempt} of {attempts}); check that it is "
+                    "up and reachable, or raise timeout="
+                )
+                retry = idempotent
+            except aiohttp.ClientConnectorError as exc:
+                error = GrafanaUnavailableError(
+                    f"cannot connect to Grafana at {self.url} ({self._scrub(str(exc.os_error))}); "
+                    "check the URL and that Grafana is running"
+                )
+                retry = True  # nothing was sent
+            except aiohttp.ClientError as exc:
+                error = GrafanaUnavailableError(
+                    f"the connection to Grafana at {self.url} failed during {method} {path} "
+                    f"({type(exc).__name__}: {self._scrub(str(exc))}); check the URL, proxies "
+                    "and that Grafana is running"
+                )
+                retry = idempotent
+            else:
+                logger.debug("instrument: Grafana %s %s -> %s", method, path, status)
+                if 200 <= status < 300:
+                    return self._decode(raw, method, path)
+                error = self._http_error(status, raw, method, path, what, attempt)
+                # 429 is refused before any work; 503 means "not now", so nothing was done
+                # and even a create may be repeated. Other 5xx only for repeatable requests.
+                retry = status in (429, 503) or (status >= 500 and idempotent)
+            if not retry or attempt == attempts:
+                raise error
+            delay = wait if wait is not None else self._backoff(attempt)
+            if delay > _RETRY_AFTER_CAP:
+                raise GrafanaUnavailableError(
+                    f"Grafana at {self.url} answered {status} to {method} {path} and asks to "
+                    f"wait {delay:.0f} s (Retry-After) before trying again; try again later",
+                    http_status=status,
+                )
+            logger.warning(
+                "instrument: Grafana %s %s failed (%s); retrying in %.2f s (attempt %d of %d)",
+                method,
+                path,
+                status if status is not None else "no answer",
+                delay,
+                attempt + 1,
+                attempts,
+            )
+            await _sleep(delay)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    @staticmethod
+    def _backoff(attempt: int) -> float:
+        return float(min(_BACKOFF_CAP, _BACKOFF_BASE * 2 ** (attempt - 1)) * random.uniform(0.5, 1))
+
+    def _decode(self, raw: bytes, method: str, path: str) -> Any:
+        if not raw.strip():
+            return {}
+        try:
+            return json.loads(raw)
+        except ValueError:
+            raise GrafanaError(
+                f"{method} {path} at {self.url} answered something that is not JSON "
+                f"({self._scrub(raw[:80].decode(errors='replace'))!r}); is this URL a Grafana "
+                "server (mind a sub-path such as /grafana)?"
+            ) from None
+
+    def _scrub(self, text: str) -> str:
+        for secret in self._secrets:
+            text = text.replace(secret, "***")
+        return text
+
+    def _http_error(
+        self, status: int, raw: bytes, method: str, path: str, what: str, attempts: int
+    ) -> GrafanaError:
+        """The exception for a non-2xx answer, its message saying what to do next."""
+        detail, reason = "", None
+        try:
+            payload = json.loads(raw) if raw.strip() else {}
+        except ValueError:
+            payload = None
+            detail = raw[:200].decode(errors="replace").strip()
+        if isinstance(payload, Mapping):
+            detail = str(payload.get("message") or "")
+            reason = payload.get("status") if isinstance(payload.get("status"), str) else None
+        detail = self._scrub(detail)
+        said = f"{status}: {detail}" if detail else str(status)
+        where = f"Grafana at {self.url}"
+        if status == 401:
+            fix = (
+                "no credentials were sent; pass token= (a service account token)"
+                if self._auth_kind == "none"
+                else "check the service account token (API keys are deprecated in favour of "
+                "service account tokens) or the basic auth password"
+            )
+            return GrafanaAuthError(
+                f"{where} refused the credentials ({said}); {fix}", http_status=status
+            )
+        if status == 403:
+            return GrafanaAuthError(
+                f"{where} denied {method} {path} ({said}); give the service account a role that "
+                "may do this (Editor for dashboards and folders) or use another org_id",
+                http_status=status,
+            )
+        if status == 404:
+            return GrafanaNotFoundError(
+                f"{where} has no such {what} ({method} {path} answered {said}); check the uid "
+                "or name, and the URL's sub-path",
+                http_status=status,
+            )
+        if status in (409, 412):
+            hint = _CONFLICT_HINTS.get(
+                reason or "", "it already exists or changed meanwhile; fetch it and retry"
+            )
+            return GrafanaConflictError(
+                f"{where} refused to save the {what} ({said}): {hint}",
+                http_status=status,
+                status=reason,
+            )
+        if status in (400, 422):
+            return GrafanaBadRequestError(
+                f"{where} rejected {method} {path} as invalid ({said}); fix the request (a "
+                "dashboard needs a title and a uid of at most 40 characters)",
+                http_status=status,
+            )
+        tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
+        if status == 429:
+            return GrafanaUnavailableError(
+                f"{where} is still rate limiting {method} {path} ({said}) {tries}; wait and "
+                "try again, or lower the request rate",
+                http_status=status,
+            )
+        if status >= 500:
+            return GrafanaServerError(
+                f"{where} failed on {method} {path} ({said}) {tries}; check Grafana's server "
+                "log and its database, then try again",
+                http_status=status,
+            )
+        return GrafanaError(
+            f"{where} answered {method} {path} with {said}; this client does not expect that "
+            "here: check the URL (proxies, sub-path) and Grafana's version",
+            http_status=status,
+        )
+
+
+# -- the original design's entry point ----------------------------------------------------
+
+
+class GrafanaIntegration:
+    """The original ``GrafanaIntegration``, kept working on top of :class:`GrafanaClient`.
+
+    >>> url = await GrafanaIntegration("http://grafana:3000", token).create_codomyrmex_dashboard()
+
+    ``api_key`` is sent as a bearer token, so a service account token works here too.
+    """
+
+    def __init__(
+        self, grafana_url: str, api_key: str | None, *, namespace: str = DEFAULT_NAMESPACE
+    ) -> None:
+        # Validate now, as the original would have failed on first use.
+        GrafanaClient(grafana_url, token=api_key or None)
+        self.grafana_url = grafana_url.rstrip("/")
+        self.namespace = namespace
+        self._api_key = api_key or None
+
+    def __repr__(self) -> str:
+        return f"GrafanaIntegration({self.grafana_url!r})"
+
+    async def create_codomyrmex_dashboard(self) -> str:
+        """Create or update the dashboard; returns its URL."""
+        from .dashboard import build_dashboard
+
+        async with GrafanaClient(self.grafana_url, token=self._api_key) as client:
+            result = await client.upsert_dashboard(
+                build_dashboard(self.namespace), message="saved by instrument GrafanaIntegration"
+            )
+        logger.info("instrument: Codomyrmex dashboard saved: %s", result.url)
+        return result.url

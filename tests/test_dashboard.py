@@ -1,0 +1,360 @@
+"""The generated dashboard: every query against a real Prometheus fed by real calls, and its
+structure (panel types, units, descriptions, variables, one source of metric names)."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from instrument import Instrumentation
+from instrument.cli import main
+from instrument.dashboard import SCHEMA_VERSION, build_dashboard, dashboard_json, panel_queries
+from instrument.metrics import METRICS
+
+from .conftest import E2E_NAMESPACE, E2EWorkload
+
+ROOT = Path(__file__).resolve().parent.parent
+DASHBOARD = build_dashboard(E2E_NAMESPACE)
+QUERIES = panel_queries(DASHBOARD)
+UNITS = {"s", "ops", "percentunit", "short", "currencyUSD"}
+PANEL_TYPES = {"timeseries", "stat", "piechart", "gauge"}
+ALL = {"module": ".*", "analysis_type": ".*", "provider": ".*", "model": ".*"}
+
+
+def substitute(expr: str, **variables: str) -> str:
+    """What Grafana sends to Prometheus: its variables filled in ("All" is ".*")."""
+    values = {"__rate_interval": "1m", "__range": "5m", **ALL, **variables}
+    filled = re.sub(
+        r"\$\{?(\w+)\}?", lambda m: values[m.group(1)], expr
+    )  # KeyError: an unknown variable
+    assert "$" not in filled
+    return filled
+
+
+def panels(dashboard: dict[str, Any] = DASHBOARD) -> list[dict[str, Any]]:
+    return [p for p in dashboard["panels"] if p["type"] != "row"]
+
+
+def panel(title: str) -> dict[str, Any]:
+    (found,) = [p for p in panels() if p["title"] == title]
+    return found
+
+
+def values(result: list[dict[str, Any]]) -> list[float]:
+    return [float(sample["value"][1]) for sample in result]
+
+
+def by_labels(result: list[dict[str, Any]], *labels: str) -> dict[tuple[str, ...], float]:
+    return {
+        tuple(sample["metric"].get(label, "") for label in labels): float(sample["value"][1])
+        for sample in result
+    }
+
+
+def run(workload: E2EWorkload, title: str, ref: int = 0, **variables: str) -> list[dict[str, Any]]:
+    return workload.prometheus.query(substitute(panel(title)["targets"][ref]["expr"], **variables))
+
+
+# -- every query, for real -----------------------------------------------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    ("title", "expr"), QUERIES, ids=[f"{i:02d}-{title}" for i, (title, _) in enumerate(QUERIES)]
+)
+def test_every_query_returns_data_from_prometheus(
+    e2e_workload: E2EWorkload, title: str, expr: str
+) -> None:
+    result = e2e_workload.prometheus.query(substitute(expr))
+    numbers = [v for v in values(result) if not math.isnan(v)]
+    assert numbers, f"{title}: {substitute(expr)} returned {result}"
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize(
+    "variable", [v for v in DASHBOARD["templating"]["list"] if v["type"] == "query"]
+)
+def test_variables_list_the_recorded_label_values(
+    e2e_workload: E2EWorkload, variable: dict[str, Any]
+) -> None:
+    expected = {
+        "module": {"static_analysis", "security_scan", "nightly"},
+        "analysis_type": {"codebase", "dependencies", "full_scan"},
+        "provider": {"openai", "anthropic"},
+        "model": {"gpt-4o", "claude-sonnet"},
+    }[variable["name"]]
+    selector, label = re.fullmatch(r"label_values\((.+), (\w+)\)", variable["definition"]).groups()  # type: ignore[union-attr]
+    assert label == variable["name"]
+    result = e2e_workload.prometheus.query(substitute(f"count by ({label}) ({selector})"))
+    assert expected <= {sample["metric"][label] for sample in result}
+
+
+@pytest.mark.integration
+def test_error_ratios_match_the_workload(e2e_workload: E2EWorkload) -> None:
+    analyses = by_labels(
+        run(e2e_workload, "Analysis error ratio by module"), "module", "analysis_type"
+    )
+    # static_analysis: 2 successes and 1 SyntaxError per round; security_scan: 1 and 1.
+    assert analyses[("static_analysis", "codebase")] == pytest.approx(1 / 3)
+    assert analyses[("security_scan", "dependencies")] == pytest.approx(0.5)
+    ai = by_labels(run(e2e_workload, "AI error ratio by model"), "provider", "model")
+    assert ai[("anthropic", "claude-sonnet")] == pytest.approx(0.5)
+    assert ai[("openai", "gpt-4o")] == 0  # 0, not "No data"
+    (errors,) = run(e2e_workload, "AI errors by type and HTTP status")
+    assert errors["metric"] == {
+        "provider": "anthropic",
+        "error_type": "RateLimitError",
+        "http_status": "429",
+    }
+
+
+@pytest.mark.integration
+def test_gauges_show_their_values(e2e_workload: E2EWorkload) -> None:
+    quality = by_labels(run(e2e_workload, "Code quality score"), "project", "module")
+    assert quality == e2e_workload.quality
+    active = by_labels(run(e2e_workload, "Active jobs by job type"), "job_type")
+    assert active[("nightly",)] == 1  # still running
+    assert active[("static_analysis",)] == 0
+    assert values(run(e2e_workload, "Active jobs")) >= [1.0]
+
+
+@pytest.mark.integration
+def test_ai_panels_split_by_what_was_called(e2e_workload: E2EWorkload) -> None:
+    tokens = by_labels(run(e2e_workload, "AI tokens per second"), "token_type")
+    assert set(tokens) == {("input",), ("output",)}
+    assert tokens[("input",)] > tokens[("output",)] > 0
+    details = by_labels(run(e2e_workload, "AI token details per second"), "detail")
+    assert {("cache_read",), ("reasoning",)} <= set(details)
+    ttft = by_labels(run(e2e_workload, "Time to first token p95"), "provider", "model")
+    assert list(ttft) == [("openai", "gpt-4o")]  # only the streamed calls
+    share = by_labels(run(e2e_workload, "AI calls by provider"), "provider")
+    assert set(share) == {("openai",), ("anthropic",)}
+    cost = by_labels(run(e2e_workload, "AI cost by model"), "provider", "model")
+    assert list(cost) == [("openai", "gpt-4o")] and cost[("openai", "gpt-4o")] > 0
+    assert (
+        values(run(e2e_workload, "Unpriced AI calls"))
+        and values(run(e2e_workload, "Unpriced AI calls"))[0] > 0
+    )  # the anthropic successes have no price
+
+
+@pytest.mark.integration
+def test_durations_are_quantiles_of_fast_calls(e2e_workload: E2EWorkload) -> None:
+    quantiles = [
+        values(run(e2e_workload, "Analysis duration p50 / p95 / p99", ref)) for ref in range(3)
+    ]
+    for (value,) in quantiles:
+        assert 0 < value <= 0.1  # every call took well under the first bucket, 0.1 s
+    assert quantiles[0] <= quantiles[1] <= quantiles[2]
+    mean = by_labels(run(e2e_workload, "Mean analysis duration"), "module", "analysis_type")
+    assert 0 < mean[("static_analysis", "codebase")] < 0.1
+
+
+@pytest.mark.integration
+def test_a_picked_module_filters_the_queries(e2e_workload: E2EWorkload) -> None:
+    picked = run(e2e_workload, "Analyses per second", module="security_scan")
+    assert {sample["metric"]["module"] for sample in picked} == {"security_scan"}
+    several = run(e2e_workload, "Analyses per second", module="security_scan|static_analysis")
+    assert {s["metric"]["module"] for s in several} == {"security_scan", "static_analysis"}
+
+
+@pytest.mark.integration
+def test_delivery_panels(e2e_workload: E2EWorkload) -> None:
+    pushes, failures = (run(e2e_workload, "Pushgateway pushes per second", ref) for ref in (0, 1))
+    assert values(pushes)[0] > 0
+    assert values(failures) == [0]
+    (since,) = values(run(e2e_workload, "Since last successful push"))
+    assert 0 <= since < 3600
+
+
+# -- structure -----------------------------------------------------------------------------
+
+
+def test_current_panel_types_only() -> None:
+    kinds = {p["type"] for p in panels()}
+    assert kinds <= PANEL_TYPES
+    assert {"timeseries", "stat", "piechart", "gauge"} <= kinds
+    assert '"type": "graph"' not in json.dumps(DASHBOARD)
+    assert DASHBOARD["schemaVersion"] == SCHEMA_VERSION == 41
+
+
+@pytest.mark.parametrize("p", panels(), ids=lambda p: p["title"])
+def test_each_panel_has_unit_description_and_data_source(p: dict[str, Any]) -> None:
+    assert p["fieldConfig"]["defaults"]["unit"] in UNITS
+    assert p["description"] and "\n" not in p["description"] and p["description"].endswith(".")
+    assert p["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+    refs = [t["refId"] for t in p["targets"]]
+    assert refs and len(set(refs)) == len(refs)
+    for target in p["targets"]:
+        assert target["datasource"] == p["datasource"]
+        assert target["instant"] is (p["type"] != "timeseries")
+
+
+def test_titles_are_unique() -> None:
+    titles = [p["title"] for p in panels()]
+    assert len(titles) == len(set(titles))
+
+
+def test_layout_fits_and_does_not_overlap() -> None:
+    cells: set[tuple[int, int]] = set()
+    for p in DASHBOARD["panels"]:
+        g = p["gridPos"]
+        assert g["x"] >= 0 and g["x"] + g["w"] <= 24
+        area = {
+            (x, y) for x in range(g["x"], g["x"] + g["w"]) for y in range(g["y"], g["y"] + g["h"])
+        }
+        assert not area & cells, f"{p['title']} overlaps another panel"
+        cells |= area
+    ids = [p["id"] for p in DASHBOARD["panels"]]
+    assert len(ids) == len(set(ids))
+
+
+def test_variables() -> None:
+    variables = {v["name"]: v for v in DASHBOARD["templating"]["list"]}
+    assert variables["datasource"]["type"] == "datasource"
+    assert variables["datasource"]["query"] == "prometheus"
+    for name in ("module", "analysis_type", "provider", "model"):
+        v = variables[name]
+        assert v["type"] == "query" and v["multi"] and v["includeAll"] and v["allValue"] == ".*"
+        assert v["datasource"] == {"type": "prometheus", "uid": "${datasource}"}
+        assert v["query"]["query"] == v["definition"]
+    # Multi-value variables are only ever matched with =~.
+    used = " ".join(expr for _, expr in QUERIES) + " ".join(
+        v.get("definition", "") for v in variables.values()
+    )
+    assert re.findall(r'(\w+)(=~?)"\$(\w+)"', used)
+    for label, op, var in re.findall(r'(\w+)(=~?)"\$(\w+)"', used):
+        assert (label, op) == (var, "=~")
+
+
+def test_preselected_data_source() -> None:
+    chosen = build_dashboard(E2E_NAMESPACE, datasource_uid="prom-b")
+    (source,) = [v for v in chosen["templating"]["list"] if v["name"] == "datasource"]
+    assert source["current"]["value"] == "prom-b"
+    assert chosen["panels"] == DASHBOARD["panels"]  # panels follow the variable
+
+
+def test_quantiles_are_over_rates_of_summed_buckets() -> None:
+    quantiles = [expr for _, expr in QUERIES if "histogram_quantile" in expr]
+    assert len(quantiles) == 5
+    pattern = re.compile(
+        r"histogram_quantile\(0\.\d+, sum by \(le(, \w+)*\) "
+        r"\(rate\(\w+_bucket\{[^}]*\}\[\$__rate_interval\]\)\)\)"
+    )
+    for expr in quantiles:
+        assert pattern.fullmatch(expr), expr
+
+
+def test_no_rate_on_gauges_and_no_thresholds_in_panels() -> None:
+    gauges = [spec.name(E2E_NAMESPACE) for spec in METRICS if spec.kind == "gauge"]
+    counters = [spec.name(E2E_NAMESPACE) for spec in METRICS if spec.kind == "counter"]
+    for title, expr in QUERIES:
+        for gauge in gauges:
+            assert f"rate({gauge}" not in expr and f"increase({gauge}" not in expr, title
+        for counter in counters:
+            # a counter is never shown raw: always rate() or increase()
+            for match in re.finditer(re.escape(counter), expr):
+                assert expr[: match.start()].endswith(("rate(", "increase(")), title
+        assert not re.search(r"\s(>|<|>=|<=|==|!=)\s", expr), f"{title}: {expr}"
+
+
+def test_ratios_show_zero_when_nothing_failed() -> None:
+    ratios = [p for p in panels() if p["fieldConfig"]["defaults"]["unit"] == "percentunit"]
+    assert len(ratios) == 3
+    for p in ratios:
+        expr = p["targets"][0]["expr"]
+        assert " or vector(0))" in expr or " * 0) / " in expr, p["title"]
+
+
+def test_every_metric_is_on_the_dashboard() -> None:
+    text = " ".join(expr for _, expr in QUERIES)
+    missing = [s.suffix for s in METRICS if s.name(E2E_NAMESPACE) not in text]
+    assert missing == []
+
+
+def test_a_renamed_namespace_renames_every_query() -> None:
+    acme = build_dashboard("acme")
+    acme_queries = [expr for _, expr in panel_queries(acme)]
+    default = [expr for _, expr in panel_queries(build_dashboard("codomyrmex"))]
+    assert all("codomyrmex" not in expr for expr in acme_queries)
+    assert [expr.replace("acme_", "codomyrmex_") for expr in acme_queries] == default
+    definitions = [v.get("definition", "") for v in acme["templating"]["list"]]
+    assert all("codomyrmex" not in d for d in definitions)
+    assert any("acme_analyses_total" in d for d in definitions)
+
+
+def test_built_from_an_instrumentation_its_metrics_or_a_namespace() -> None:
+    inst = Instrumentation(registry=CollectorRegistry(), namespace="shop")
+    try:
+        assert build_dashboard(inst) == build_dashboard(inst.metrics) == build_dashboard("shop")
+    finally:
+        inst.close()
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"uid": "x" * 41}, "1 to 40"),
+        ({"uid": "has space"}, "not a Grafana dashboard uid"),
+        ({"title": " "}, "title"),
+        ({"datasource_uid": ""}, "datasource_uid"),
+    ],
+)
+def test_bad_arguments(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        build_dashboard("codomyrmex", **kwargs)
+
+
+def test_bad_source() -> None:
+    with pytest.raises(ValueError, match="not a valid Prometheus metric prefix"):
+        build_dashboard("9lives")
+    with pytest.raises(TypeError, match="Instrumentation, a Metrics or a namespace"):
+        build_dashboard(42)  # type: ignore[arg-type]
+
+
+# -- the generated file and the CLI --------------------------------------------------------
+
+
+def test_deploy_dashboard_is_current() -> None:
+    """deploy/dashboard.json is what the code generates; regenerate it with
+    `instrument dashboard --output deploy/dashboard.json`."""
+    current = (ROOT / "deploy" / "dashboard.json").read_text()
+    assert current == dashboard_json(build_dashboard("codomyrmex"))
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INSTRUMENT_NAMESPACE", raising=False)
+
+
+@pytest.mark.usefixtures("no_env")
+def test_cli_writes_the_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["dashboard"]) == 0
+    assert json.loads(capsys.readouterr().out) == build_dashboard("codomyrmex")
+    target = tmp_path / "board.json"
+    assert main(["dashboard", "--namespace", "acme", "--title", "Acme", "-o", str(target)]) == 0
+    assert capsys.readouterr().out == ""
+    assert json.loads(target.read_text()) == build_dashboard("acme", title="Acme")
+
+
+def test_cli_namespace_from_the_environment(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("INSTRUMENT_NAMESPACE", "fromenv")
+    assert main(["dashboard"]) == 0
+    assert "fromenv_analyses_total" in capsys.readouterr().out
+
+
+@pytest.mark.usefixtures("no_env")
+def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["dashboard", "--output", str(tmp_path)]) == 1  # a directory
+    err = capsys.readouterr().err
+    assert err.startswith(f"instrument: error: cannot write {tmp_path}: ")
+    assert err.count("\n") == 1
+    assert main(["dashboard", "--namespace", "bad-name"]) == 1
+    assert "not a valid Prometheus metric prefix" in capsys.readouterr().err

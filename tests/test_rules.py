@@ -1,0 +1,419 @@
+"""The generated rules: promtool's own checks and unit tests, a real Prometheus evaluating
+them over a real workload, and the YAML emitter."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml  # type: ignore[import-untyped]
+from hypothesis import given
+from hypothesis import strategies as st
+
+from instrument.cli import main
+from instrument.rules import build_rules, rules_yaml, to_yaml
+
+from .conftest import E2E_NAMESPACE, E2EWorkload
+from .servers import http, require_binary
+
+ROOT = Path(__file__).resolve().parent.parent
+RULES = build_rules("codomyrmex")
+E2E_RULES = [rule for group in build_rules(E2E_NAMESPACE)["groups"] for rule in group["rules"]]
+THRESHOLD = re.compile(r"^(?P<value>.+) > (?P<threshold>[0-9.e+-]+)$")
+
+
+def rule(name: str, rules: dict[str, Any] = RULES) -> dict[str, Any]:
+    found: list[dict[str, Any]] = [
+        r for g in rules["groups"] for r in g["rules"] if r.get("alert") == name
+    ]
+    assert len(found) == 1, name
+    return found[0]
+
+
+def without_threshold(expr: str) -> str:
+    match = THRESHOLD.match(expr)
+    assert match, f"{expr!r} does not end with its threshold comparison"
+    return match["value"]
+
+
+def promtool(*args: str) -> subprocess.CompletedProcess[str]:
+    binary = require_binary("promtool")
+    return subprocess.run([binary, *args], capture_output=True, text=True, timeout=60)
+
+
+# -- promtool ------------------------------------------------------------------------------
+
+
+def test_promtool_checks_the_rule_file(tmp_path: Path) -> None:
+    path = tmp_path / "codomyrmex.rules.yml"
+    path.write_text(rules_yaml("codomyrmex"))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 15 rules found" in checked.stdout
+
+
+def render(template: str, labels: dict[str, str], value: str) -> str:
+    """Prometheus' rendering of our annotation templates, for the expected alerts."""
+    text = re.sub(r"\{\{ \$labels\.(\w+) \}\}", lambda m: labels.get(m[1], ""), template)
+    text = re.sub(r"\{\{ \$value( \| \w+)? \}\}", value, text)
+    assert "{{" not in text
+    return text
+
+
+def expected(alert: str, labels: dict[str, str], value: str) -> dict[str, Any]:
+    """One firing alert as promtool reports it: its labels and rendered annotations."""
+    annotations = rule(alert)["annotations"]
+    return {
+        "exp_labels": {**labels, "severity": "warning"},
+        "exp_annotations": {k: render(v, labels, value) for k, v in annotations.items()},
+    }
+
+
+def series(name: str, values: str, **labels: str) -> dict[str, str]:
+    inner = ", ".join(f'{k}="{v}"' for k, v in labels.items())
+    return {"series": f"codomyrmex_{name}{{{inner}}}", "values": values}
+
+
+# What each alert sees: one label set that must fire, one that must stay quiet.
+INPUT = [
+    # 1 of 10 lint analyses fails; fmt never fails (error counter at 0) nor has one (style).
+    series("analyses_total", "0+9x120", module="lint", analysis_type="file", status="success"),
+    series("analyses_total", "0+1x120", module="lint", analysis_type="file", status="error"),
+    series("analyses_total", "0+10x120", module="fmt", analysis_type="file", status="success"),
+    series("analyses_total", "0+0x120", module="fmt", analysis_type="file", status="error"),
+    series("analyses_total", "0+10x120", module="style", analysis_type="file", status="success"),
+    # deep/repo takes 300-600 s (p95 585 s); quick/repo under 0.1 s.
+    *(
+        series("analysis_duration_seconds_bucket", v, module="deep", analysis_type="repo", le=le)
+        for le, v in (
+            ("0.1", "0+0x120"),
+            ("300", "0+0x120"),
+            ("600", "0+10x120"),
+            ("+Inf", "0+10x120"),
+        )
+    ),
+    *(
+        series(
+            "analysis_duration_seconds_bucket",
+            "0+10x120",
+            module="quick",
+            analysis_type="repo",
+            le=le,
+        )
+        for le in ("0.1", "300", "600", "+Inf")
+    ),
+    # nightly never finishes; web jobs come and go.
+    series("active_jobs", "1+0x120", job="batch", job_type="nightly"),
+    series("active_jobs", " ".join(["1", "0"] * 60), job="api", job_type="web"),
+    # gpt-4o: 2 of 10 calls fail, both rate limited; claude never fails.
+    series("ai_api_calls_total", "0+8x120", provider="openai", model="gpt-4o", status="success"),
+    series("ai_api_calls_total", "0+2x120", provider="openai", model="gpt-4o", status="error"),
+    series(
+        "ai_api_errors_total",
+        "0+2x120",
+        provider="openai",
+        model="gpt-4o",
+        error_type="RateLimitError",
+        http_status="429",
+    ),
+    series(
+        "ai_api_calls_total", "0+10x120", provider="anthropic", model="claude", status="success"
+    ),
+    # gpt-4o burns 30000 tokens a minute (1.8M an hour); claude 1000.
+    series(
+        "ai_tokens_used_total", "0+20000x120", provider="openai", model="gpt-4o", token_type="input"
+    ),
+    series(
+        "ai_tokens_used_total",
+        "0+10000x120",
+        provider="openai",
+        model="gpt-4o",
+        token_type="output",
+    ),
+    series(
+        "ai_tokens_used_total",
+        "0+1000x120",
+        provider="anthropic",
+        model="claude",
+        token_type="input",
+    ),
+    # Unix time of the last successful push: "silent" stopped at 5m; "live" keeps pushing;
+    # "fresh" only ever pushed its first push (which carries 0).
+    series("last_push_success_timestamp_seconds", "0+60x5 300+0x115", job="silent"),
+    series("last_push_success_timestamp_seconds", "0+60x120", job="live"),
+    series("last_push_success_timestamp_seconds", "0+0x120", job="fresh"),
+]
+
+ALERT_TESTS = [
+    # name, (time it is still quiet, time it fires, labels, rendered $value)
+    ("CodomyrmexAnalysisErrorRatioHigh", "8m", "15m", {"module": "lint", "analysis_type": "file"}, "10%"),
+    ("CodomyrmexAnalysisDurationHigh", "10m", "20m", {"module": "deep", "analysis_type": "repo"}, "9m 45s"),
+    ("CodomyrmexJobActiveTooLong", "50m", "70m", {"job": "batch", "job_type": "nightly"}, "1"),
+    ("CodomyrmexAIErrorSpike", "4m", "10m", {"provider": "openai", "model": "gpt-4o"}, "20%"),
+    ("CodomyrmexAIRateLimited", "4m", "10m", {"provider": "openai", "model": "gpt-4o"}, "20%"),
+    ("CodomyrmexAITokenBurnHigh", "10m", "20m", {"provider": "openai", "model": "gpt-4o"}, "1.8M"),
+    ("CodomyrmexPushSilent", "19m", "25m", {"job": "silent"}, "20m 0s"),
+]  # fmt: skip
+
+
+def unit_tests(cases: list[tuple[str, str, str, dict[str, str], str]]) -> dict[str, Any]:
+    alert_rule_test: list[dict[str, Any]] = []
+    for name, quiet_at, fires_at, labels, value in cases:
+        alert_rule_test.append({"eval_time": quiet_at, "alertname": name, "exp_alerts": []})
+        alert_rule_test.append(
+            {
+                "eval_time": fires_at,
+                "alertname": name,
+                "exp_alerts": [expected(name, labels, value)],
+            }
+        )
+    return {
+        "rule_files": ["codomyrmex.rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [{"interval": "1m", "input_series": INPUT, "alert_rule_test": alert_rule_test}],
+    }
+
+
+def run_unit_tests(tmp_path: Path, tests: dict[str, Any]) -> subprocess.CompletedProcess[str]:
+    (tmp_path / "codomyrmex.rules.yml").write_text(rules_yaml("codomyrmex"))
+    test_file = tmp_path / "codomyrmex.test.yml"
+    test_file.write_text(to_yaml(tests))
+    return promtool("test", "rules", str(test_file))
+
+
+def test_every_alert_is_unit_tested() -> None:
+    alerts = {r["alert"] for g in RULES["groups"] for r in g["rules"] if "alert" in r}
+    assert alerts == {name for name, *_ in ALERT_TESTS}
+
+
+def test_promtool_unit_tests_each_alert_fires_and_stays_quiet(tmp_path: Path) -> None:
+    """At the firing time exactly one alert fires per rule: the quiet label sets (fmt,
+    style, quick, web, claude, live, fresh) do not, and before its `for` nothing fires."""
+    result = run_unit_tests(tmp_path, unit_tests(ALERT_TESTS))
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "SUCCESS" in result.stdout
+
+
+@pytest.mark.parametrize(
+    "wrong",
+    [
+        # expecting the quiet module to fire must fail...
+        ("CodomyrmexAnalysisErrorRatioHigh", "8m", "15m", {"module": "fmt", "analysis_type": "file"}, "0%"),
+        # ...and so must expecting the alert before its `for` has passed
+        ("CodomyrmexJobActiveTooLong", "50m", "55m", {"job": "batch", "job_type": "nightly"}, "1"),
+    ],
+)  # fmt: skip
+def test_promtool_unit_tests_catch_a_wrong_expectation(
+    tmp_path: Path, wrong: tuple[str, str, str, dict[str, str], str]
+) -> None:
+    result = run_unit_tests(tmp_path, unit_tests([wrong]))
+    assert result.returncode != 0
+    assert "FAILED" in result.stdout + result.stderr
+
+
+# -- a real Prometheus evaluating the rules over a real workload ---------------------------
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("rule_", E2E_RULES, ids=[r.get("record") or r["alert"] for r in E2E_RULES])
+def test_every_rule_returns_data_from_prometheus(
+    e2e_workload: E2EWorkload, rule_: dict[str, Any]
+) -> None:
+    """Recording rules as written, alerts with their threshold comparison removed."""
+    prometheus = e2e_workload.prometheus
+    expr = rule_["expr"] if "record" in rule_ else without_threshold(rule_["expr"])
+    if "record" in rule_:
+        # Prometheus itself evaluates the rule and stores the series under its name.
+        assert prometheus.wait_for(rule_["record"]), f"{rule_['record']} was never recorded"
+    result = prometheus.wait_for(expr)
+    values = [float(s["value"][1]) for s in result]
+    assert [v for v in values if not math.isnan(v)], f"{expr} returned {result}"
+
+
+@pytest.mark.integration
+def test_prometheus_loads_every_rule_healthy(e2e_workload: E2EWorkload) -> None:
+    prometheus = e2e_workload.prometheus
+    assert prometheus.wait_for(f"provider_model:{E2E_NAMESPACE}_ai_api_calls:error_ratio_rate5m")
+    body = json.loads(http("GET", f"{prometheus.url}/api/v1/rules"))
+    loaded = {g["name"]: g["rules"] for g in body["data"]["groups"]}
+    generated = {g["name"]: g["rules"] for g in build_rules(E2E_NAMESPACE)["groups"]}
+    assert set(loaded) == set(generated)
+    for name, rules in generated.items():
+        assert [(r["name"], r["health"], r.get("lastError", "")) for r in loaded[name]] == [
+            (r.get("record") or r["alert"], "ok", "") for r in rules
+        ]
+
+
+@pytest.mark.integration
+def test_alerts_go_pending_for_what_the_workload_did(e2e_workload: E2EWorkload) -> None:
+    """The workload fails 1 in 3 static analyses and half the claude calls (429s), and
+    leaves a nightly job running: those alerts wait out their `for`; the rest stay quiet."""
+    prometheus = e2e_workload.prometheus
+    e2e = {
+        name: f"E2e{name}" for name in ("AnalysisErrorRatioHigh", "AIErrorSpike", "AIRateLimited")
+    }
+    for alert in (*e2e.values(), "E2eJobActiveTooLong"):
+        assert prometheus.wait_for(f'ALERTS{{alertname="{alert}", alertstate="pending"}}'), alert
+    pending = prometheus.query('ALERTS{alertname=~"E2e.*"}')
+    by_alert = {
+        (
+            s["metric"]["alertname"],
+            s["metric"].get("module") or s["metric"].get("model") or s["metric"].get("job_type"),
+        )
+        for s in pending
+    }
+    assert ("E2eAIRateLimited", "claude-sonnet") in by_alert
+    assert ("E2eAIRateLimited", "gpt-4o") not in by_alert
+    assert ("E2eAnalysisErrorRatioHigh", "static_analysis") in by_alert
+    assert ("E2eJobActiveTooLong", "nightly") in by_alert
+    assert ("E2eJobActiveTooLong", "static_analysis") not in by_alert
+    names = {name for name, _ in by_alert}
+    assert "E2ePushSilent" not in names and "E2eAnalysisDurationHigh" not in names
+
+
+@pytest.mark.integration
+def test_rule_values_match_the_workload(e2e_workload: E2EWorkload) -> None:
+    prometheus = e2e_workload.prometheus
+    rules = build_rules(E2E_NAMESPACE)
+
+    def value_of(alert: str, **labels: str) -> float:
+        result = prometheus.wait_for(without_threshold(rule(alert, rules)["expr"]))
+        (match,) = [s for s in result if labels.items() <= s["metric"].items()]
+        return float(match["value"][1])
+
+    assert value_of("E2eAnalysisErrorRatioHigh", module="security_scan") == pytest.approx(0.5)
+    assert value_of("E2eAIRateLimited", model="claude-sonnet") == pytest.approx(0.5)
+    assert value_of("E2eAIRateLimited", model="gpt-4o") == 0
+    assert value_of("E2eJobActiveTooLong", job_type="nightly", job=e2e_workload.job) == 1
+    assert 0 <= value_of("E2ePushSilent", job=e2e_workload.job) < 900
+    assert 0 < value_of("E2eAnalysisDurationHigh", module="static_analysis") <= 0.1
+
+
+# -- the rules as data ---------------------------------------------------------------------
+
+
+def test_every_alert_ends_with_its_threshold_and_has_annotations() -> None:
+    for group in RULES["groups"]:
+        for r in group["rules"]:
+            if "alert" in r:
+                assert THRESHOLD.match(r["expr"]), r["expr"]
+                assert r["labels"]["severity"] == "warning"
+                assert set(r["annotations"]) == {"summary", "description"}
+
+
+def test_thresholds_are_keywords() -> None:
+    tuned = build_rules(
+        "codomyrmex", error_ratio=0.2, job_active_for="3h", tokens_per_hour=5e6, window="10m"
+    )
+    assert rule("CodomyrmexAnalysisErrorRatioHigh", tuned)["expr"].endswith(
+        ":error_ratio_rate10m > 0.2"
+    )
+    assert rule("CodomyrmexJobActiveTooLong", tuned)["for"] == "3h"
+    assert rule("CodomyrmexAITokenBurnHigh", tuned)["expr"].endswith("* 3600 > 5000000")
+    assert "rate(codomyrmex_analyses_total[10m])" in json.dumps(tuned)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"window": "5 minutes"}, "Prometheus duration"),
+        ({"ai_for": ""}, "Prometheus duration"),
+        ({"error_ratio": 5}, "share between 0 and 1"),
+        ({"ai_error_ratio": 0}, "positive"),
+        ({"tokens_per_hour": -1}, "positive"),
+    ],
+)
+def test_bad_thresholds(kwargs: dict[str, Any], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        build_rules("codomyrmex", **kwargs)
+
+
+def test_a_renamed_namespace_renames_every_rule() -> None:
+    acme = json.dumps(build_rules("acme"))
+    assert "codomyrmex" not in acme.lower()
+    assert acme.replace("acme", "codomyrmex").replace("Acme", "Codomyrmex") == json.dumps(RULES)
+
+
+def test_deploy_rules_are_current() -> None:
+    """deploy/rules/codomyrmex.rules.yml is what the code generates; regenerate it with
+    `instrument rules --output deploy/rules/codomyrmex.rules.yml`."""
+    current = (ROOT / "deploy" / "rules" / "codomyrmex.rules.yml").read_text()
+    assert current == rules_yaml("codomyrmex")
+
+
+# -- YAML ----------------------------------------------------------------------------------
+
+
+def test_the_rule_file_reads_back_as_the_rules() -> None:
+    assert yaml.safe_load(rules_yaml("codomyrmex")) == RULES
+
+
+TRICKY = [
+    "", "yes", "No", "on", "OFF", "y", "null", "~", "true", "1e5", "0x1F", "0o17", "1_000",
+    "12:30", "2024-01-01", ".inf", "-.5", "+1", "- a", "a: b", "a #b", "#x", "'q'", '"d"',
+    "multi\nline", "tab\there", "\u2028", "\x85", "\ufeff", "emoji \U0001f600", " lead",
+    "trail ", "{", "[x]", "*a", "&a", "!tag", "%", "@", "`", "?", "|", ">", "a:", ":a",
+    "sum by (le) (rate(x_bucket[5m])) > 0.5", "{{ $labels.job }}", "\\", "a'b", "10m",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("text", TRICKY)
+def test_strings_come_back_as_written(text: str) -> None:
+    data = {text: [text, {"k": text}], "n": [1, 2.5, 1e-05, 1e20, True, None, -3]}
+    assert yaml.safe_load(to_yaml(data)) == data
+
+
+YAML_VALUES = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(),
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(), inner, max_size=4),
+    max_leaves=12,
+)
+
+
+@given(st.dictionaries(st.text(), YAML_VALUES, max_size=5) | st.lists(YAML_VALUES, max_size=5))
+def test_any_data_round_trips(data: Any) -> None:
+    assert yaml.safe_load(to_yaml(data)) == data
+
+
+def test_to_yaml_refuses_what_it_cannot_write() -> None:
+    with pytest.raises(TypeError):
+        to_yaml({"a": object()})
+    with pytest.raises(TypeError):
+        to_yaml({1: "a"})  # type: ignore[dict-item]
+    with pytest.raises(TypeError):
+        to_yaml("a")  # type: ignore[arg-type]
+
+
+# -- CLI -----------------------------------------------------------------------------------
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.delenv("INSTRUMENT_NAMESPACE", raising=False)
+
+
+@pytest.mark.usefixtures("no_env")
+def test_cli_writes_the_rules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["rules"]) == 0
+    assert capsys.readouterr().out == rules_yaml("codomyrmex")
+    target = tmp_path / "acme.rules.yml"
+    assert main(["rules", "--namespace", "acme", "--output", str(target)]) == 0
+    assert capsys.readouterr().out == ""
+    assert target.read_text() == rules_yaml("acme")
+    checked = promtool("check", "rules", str(target))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+
+
+@pytest.mark.usefixtures("no_env")
+def test_cli_rules_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    assert main(["rules", "--output", str(tmp_path / "missing" / "x.yml")]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("instrument: error: cannot write ")
+    assert "No such file or directory" in err and err.count("\n") == 1
+    assert main(["rules", "--namespace", "0bad"]) == 1
+    assert "not a valid Prometheus metric prefix" in capsys.readouterr().err
