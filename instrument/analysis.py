@@ -297,7 +297,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
 def monitored_analysis(
     module: str,
     # None only so that a bare @monitored_analysis gets a clear error, not Python's.
-    analysis_type: str = None,  # type: ignore[assignment]
+    analysis_type: str = None,  # type: ignore[assignment]  # noqa: RUF013
     *,
     job_type: str | None = None,
     project: ProjectArg = None,

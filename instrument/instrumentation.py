@@ -166,7 +166,7 @@ class Instrumentation:
         self,
         module: str,
         # None only so that a bare @monitored_analysis gets a clear error, not Python's.
-    analysis_type: str = None,  # type: ignore[assignment]
+        analysis_type: str = None,  # type: ignore[assignment]  # noqa: RUF013
         *,
         job_type: str | None = None,
         project: str | Callable[[dict[str, Any]], str] | None = None,

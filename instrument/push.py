@@ -259,6 +259,7 @@ class Delivery:
         self._owner_pid = os.getpid()
         self._multiprocess = _multiprocess_enabled()
         self._closed = False
+        self._last_success = 0.0
         self._reset_process_state()
         _live.add(self)
         if self._multiprocess and self.mode == "coalesce":
@@ -374,20 +375,31 @@ class Delivery:
 
     def _send(self) -> bool:
         registry = self._collect()
-        self.metrics.pushes.inc()
+        previous = self._begin_attempt()
         try:
             if self.gateway is not None:
                 self.gateway.push(registry)
             if self.textfile:
                 write_to_textfile(self.textfile, registry)
         except Exception as exc:
-            self._record_failure(exc)
+            self._record_failure(exc, previous)
             return False
         self._record_success()
         return True
 
-    def _record_failure(self, exc: BaseException) -> None:
+    def _begin_attempt(self) -> float:
+        """Count the attempt and stamp it as the last success before the snapshot, so the
+        pushed state already says when it was pushed; a failure puts the old stamp back."""
+        self.metrics.pushes.inc()
+        previous = self._last_success
+        self._last_success = time.time()
+        self.metrics.last_push_success.set(self._last_success)
+        return previous
+
+    def _record_failure(self, exc: BaseException, previous_success: float) -> None:
         self.metrics.push_failures.inc()
+        self._last_success = previous_success
+        self.metrics.last_push_success.set(previous_success)
         self._failures += 1
         if not self._outage:
             self._outage = True
@@ -401,7 +413,6 @@ class Delivery:
             logger.debug("instrument: push to %s failed again (%s)", self._target_text(), exc)
 
     def _record_success(self) -> None:
-        self.metrics.last_push_success.set(time.time())
         if self._outage:
             logger.info(
                 "instrument: push to %s recovered after %d failed attempts",
@@ -441,7 +452,7 @@ class Delivery:
             async with entry.lock:
                 registry = self._collect()
                 self._dirty = False
-                self.metrics.pushes.inc()
+                previous = self._begin_attempt()
                 try:
                     if self.gateway is not None:
                         await self.gateway.push_async(session, registry)
@@ -449,7 +460,7 @@ class Delivery:
                         write_to_textfile(self.textfile, registry)
                 except Exception as exc:
                     self._dirty = True
-                    self._record_failure(exc)
+                    self._record_failure(exc, previous)
                     return False
                 self._record_success()
                 return True

@@ -77,6 +77,8 @@ class Pushgateway:
                 self.binary,
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--web.enable-admin-api",
+                # Debian's default persists to /var/lib: keep each test gateway empty.
+                "--persistence.file=",
                 "--log.level=warn",
             ],
             stdout=subprocess.DEVNULL,

@@ -229,7 +229,6 @@ def test_grouping_path_round_trips(key: dict[str, str], job: str) -> None:
 @given(st.text(alphabet=st.characters(blacklist_characters="@/:"), min_size=1, max_size=12))
 def test_mask_url_hides_any_password(password: str) -> None:
     masked = mask_url(f"https://user:{password}@gw.example:9091/path")
-    assert password not in masked.replace("gw.example:9091/path", "")
     assert masked == "https://***@gw.example:9091/path"
 
 
@@ -708,3 +707,28 @@ def test_textfile_target(tmp_path: Path) -> None:
     assert 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"} 5.0' in text
     assert not list(tmp_path.glob("*.tmp*")), "written atomically through a temporary file"
     inst.close()
+
+
+def test_pushed_state_says_when_it_was_pushed(pushgateway: Pushgateway, job_name: str) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
+    )
+    before = time.time()
+    assert inst.push()
+    stamp = pushgateway.value("codomyrmex_last_push_success_timestamp_seconds", job=job_name)
+    assert stamp is not None and before <= stamp <= time.time()
+    pushed_at = pushgateway.value("push_time_seconds", job=job_name)
+    assert pushed_at is not None and abs(pushed_at - stamp) < 5
+
+    # A failed attempt leaves the last success as it was, locally too.
+    dead = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=f"http://127.0.0.1:{free_port()}",
+        push_mode="off",
+        push_timeout=1,
+    )
+    assert dead.push() is False
+    assert dead.registry.get_sample_value("codomyrmex_last_push_success_timestamp_seconds") == 0
+    assert dead.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()
+    dead.close()
