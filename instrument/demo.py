@@ -207,7 +207,9 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
             table.add_column(column)
         for row in rows:
             table.add_row(*row)
-        Console(file=out).print(table)
+        # Not a terminal (a pipe, a log): rich would assume 80 columns and cut names.
+        width = None if out.isatty() else 120
+        Console(file=out, width=width).print(table)
         return
     except ImportError:
         pass
@@ -286,7 +288,8 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
     )
 
 
-def run_demo(args: argparse.Namespace, out: TextIO = sys.stdout) -> int:
+def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
+    out = out if out is not None else sys.stdout
     root = Path(args.path) if args.path else Path(__file__).resolve().parent
     if not root.is_dir():
         raise CommandError(f"{root} is not a directory; give a directory of Python files")

@@ -1,0 +1,181 @@
+"""The `instrument` command as a user runs it: demo, errors, help, `python -m instrument`."""
+
+from __future__ import annotations
+
+import sys
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from instrument import demo
+from instrument.cli import main
+from instrument.demo import histogram_quantile
+
+from .servers import Pushgateway, free_port
+from .test_grafana import TOKEN, FakeGrafana
+
+SAMPLE = '''
+def documented(x):
+    """Doc."""
+    if x:
+        return 1
+    return 2
+
+
+def undocumented(y):
+    return [i for i in range(y) if i % 2]
+'''
+
+
+@pytest.fixture
+def project(tmp_path: Path) -> Path:
+    root = tmp_path / "sample"
+    (root / "pkg").mkdir(parents=True)
+    (root / "pkg" / "a.py").write_text(SAMPLE)
+    (root / "pkg" / "b.py").write_text(SAMPLE.replace("documented", "other"))
+    return root
+
+
+def test_demo_prints_what_the_registry_recorded(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", str(project), "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert f"analysed {project}" in out
+    # Two files analysed plus the deliberately broken one: 3 calls, 1 error.
+    row = next(line for line in out.splitlines() if "static_analysis" in line and "file" in line)
+    cells = [c.strip() for c in row.replace("│", "|").split("|") if c.strip()]
+    assert cells[:5] == ["static_analysis", "file", "3", "1", "33.3%"]
+    assert "LLM calls" in out and "gpt-4o" in out
+    assert "instrument demo --serve" in out
+
+
+def test_demo_pushes_to_a_real_pushgateway(
+    project: Path, pushgateway: Pushgateway, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["demo", str(project), "--quiet", "--pushgateway", pushgateway.url]) == 0
+    assert "Pushed to" in capsys.readouterr().out
+    value = pushgateway.value(
+        "codomyrmex_analyses_total",
+        job="instrument-demo",
+        module="static_analysis",
+        analysis_type="file",
+        status="error",
+    )
+    assert value == 1
+
+
+def test_demo_with_an_unreachable_gateway_is_one_line_and_exit_1(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    url = f"http://user:hunter2@127.0.0.1:{free_port()}"
+    assert main(["demo", str(project), "--quiet", "--pushgateway", url]) == 1
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("instrument: error: could not push to the Pushgateway")
+    assert "\n" not in err and "hunter2" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["demo", "/nonexistent/dir"], "is not a directory"),
+        (["demo", "--pushgateway", "ftp://x"], "use http://host:9091"),
+    ],
+)
+def test_demo_bad_input_is_one_line(
+    argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main([*argv, "--quiet"]) == 1
+    err = capsys.readouterr().err
+    assert message in err and err.count("\n") == 1
+
+
+def test_demo_applies_the_dashboard_to_grafana(
+    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grafana = FakeGrafana().start()
+    try:
+        monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+        assert main(["demo", str(project), "--quiet", "--grafana-url", grafana.url]) == 0
+        assert "dashboard 'codomyrmex-analytics' saved in Grafana" in capsys.readouterr().out
+        saved = grafana.seen("POST", "/api/dashboards/db")
+        assert len(saved) == 1
+        assert saved[0].body["dashboard"]["uid"] == "codomyrmex-analytics"
+    finally:
+        grafana.stop()
+
+
+def test_demo_serve_keeps_metrics_up_until_interrupted(
+    project: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    port = free_port()
+    scraped: list[str] = []
+
+    def stop_after_scrape(_: float) -> None:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as resp:
+            scraped.append(resp.read().decode())
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(demo.time, "sleep", stop_after_scrape)
+    assert main(["demo", str(project), "--quiet", "--serve", str(port)]) == 0
+    assert len(scraped) == 1
+    assert (
+        'codomyrmex_analyses_total{analysis_type="file",module="static_analysis",status="error"} 1.0'
+        in scraped[0]
+    )
+    with pytest.raises(OSError):  # shut down once interrupted
+        urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2)
+
+
+def test_demo_serve_on_a_busy_port_is_one_line(
+    project: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    import socket
+
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen(1)
+        port = busy.getsockname()[1]
+        assert main(["demo", str(project), "--quiet", "--serve", str(port)]) == 1
+    assert "cannot serve on 127.0.0.1" in capsys.readouterr().err
+
+
+def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main([]) == 2
+    out = capsys.readouterr().out
+    for command in ("demo", "dashboard", "rules"):
+        assert command in out
+
+
+def test_python_dash_m_instrument() -> None:
+    import subprocess
+
+    result = subprocess.run(
+        [sys.executable, "-m", "instrument", "--version"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0
+    assert result.stdout.startswith("instrument ")
+
+
+@pytest.mark.parametrize(
+    ("q", "buckets", "expected"),
+    [
+        (0.5, [(1.0, 0), (2.0, 10), (float("inf"), 10)], 1.5),
+        (0.95, [(0.1, 5), (1.0, 10), (float("inf"), 10)], 0.91),
+        (0.5, [(1.0, 0), (float("inf"), 4)], 1.0),
+    ],
+)
+def test_histogram_quantile_matches_prometheus(
+    q: float, buckets: list[tuple[float, float]], expected: float
+) -> None:
+    assert histogram_quantile(q, buckets) == pytest.approx(expected)
+
+
+def test_histogram_quantile_of_nothing_is_nan() -> None:
+    import math
+
+    assert math.isnan(histogram_quantile(0.5, [(1.0, 0), (float("inf"), 0)]))

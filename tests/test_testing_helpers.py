@@ -1,0 +1,81 @@
+"""instrument.testing as a user's own test suite uses it: the fixture and the assertions."""
+
+from __future__ import annotations
+
+import contextlib
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from instrument import Instrumentation, get_instrumentation, monitored_analysis
+from instrument.testing import (
+    assert_analyses,
+    assert_sample,
+    isolated_instrumentation,
+    sample_value,
+)
+
+
+@monitored_analysis("static_analysis", "codebase")
+def analyze(ok: bool) -> str:
+    if not ok:
+        raise ValueError("broken input")
+    return "report"
+
+
+def run_pipeline() -> None:
+    analyze(True)
+    analyze(True)
+    with contextlib.suppress(ValueError):
+        analyze(False)
+
+
+def test_the_plugin_fixture_collects_module_level_decorators(
+    instrumentation: Instrumentation,
+) -> None:
+    assert get_instrumentation() is instrumentation
+    run_pipeline()
+    assert_analyses(instrumentation, "static_analysis", "codebase", success=2, error=1)
+    assert_sample(instrumentation, "active_jobs", {"job_type": "static_analysis"}, 0)
+    assert (
+        sample_value(
+            instrumentation,
+            "codomyrmex_analyses_total",
+            {"module": "static_analysis", "analysis_type": "codebase", "status": "cancelled"},
+        )
+        == 0
+    )
+
+
+def test_each_test_gets_a_fresh_instrumentation(instrumentation: Instrumentation) -> None:
+    analyze(True)
+    assert_analyses(instrumentation, "static_analysis", "codebase", success=1, error=0)
+
+
+def test_a_failed_assertion_lists_the_samples_that_exist(instrumentation: Instrumentation) -> None:
+    run_pipeline()
+    with pytest.raises(AssertionError) as info:
+        assert_analyses(instrumentation, "static_analysis", "codebase", success=3)
+    message = str(info.value)
+    assert "expected codomyrmex_analyses_total" in message and "== 3, found 2.0" in message
+    assert "'status': 'error'} = 1.0" in message
+    with pytest.raises(AssertionError, match="no samples with that name"):
+        assert_sample(instrumentation, "no_such_metric", {}, 1)
+
+
+def test_isolated_instrumentation_restores_the_previous_default() -> None:
+    before = get_instrumentation()
+    with isolated_instrumentation(namespace="iso") as inst:
+        assert get_instrumentation() is inst
+        analyze(True)
+        assert_sample(
+            inst.registry,
+            "iso_analyses_total",
+            {"module": "static_analysis", "analysis_type": "codebase", "status": "success"},
+            1,
+        )
+    assert get_instrumentation() is before
+    registry = CollectorRegistry()
+    with isolated_instrumentation(registry=registry, as_default=False) as other:
+        assert other.registry is registry
+        assert get_instrumentation() is before
