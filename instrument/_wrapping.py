@@ -407,11 +407,13 @@ class Instrumenter(Generic[P]):
         return probe
 
     def _pop(self) -> P:
-        node = self._entered.get()
-        if node is None:
+        entered: contextvars.ContextVar[tuple[P, Any] | None] | None
+        entered = getattr(self, "_entered", None)
+        node = None if entered is None else entered.get()
+        if entered is None or node is None:
             raise RuntimeError("with-block exited without a matching enter in this context")
         probe, rest = node
-        self._entered.set(rest)
+        entered.set(rest)
         return probe
 
     def _exit(self, exc: BaseException | None) -> P:

@@ -115,7 +115,8 @@ class Instrumentation:
                 timeout=push_timeout,
             )
         if not self.enabled:
-            push_mode = "off"
+            # Validated above, then dropped: disabled means no request ever leaves.
+            push_mode, gateway, textfile = "off", None, None
         self.delivery = Delivery(
             self.metrics,
             gateway=gateway,

@@ -23,7 +23,7 @@ import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote_plus, urlsplit, urlunsplit
+from urllib.parse import quote_plus, unquote, urlsplit, urlunsplit
 
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.exposition import (
@@ -50,15 +50,18 @@ _EXIT_FLUSH_TIMEOUT = 5.0
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises."""
+    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises.
+
+    Everything up to the last ``@`` is masked, so a password holding a ``/`` (which URL
+    parsers take for the start of the path) is masked too.
+    """
     scheme, sep, rest = url.partition("://")
     if not sep:
         scheme, rest = "", url
-    authority, slash, path = rest.partition("/")
-    if "@" not in authority:
+    if "@" not in rest:
         return url
-    host = authority.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host}{slash}{path}"
+    host_and_path = rest.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host_and_path}"
 
 
 def _escape(label: str, value: str) -> str:
@@ -96,6 +99,12 @@ class PushTarget:
         if not isinstance(url, str):
             raise TypeError(f"pushgateway must be a URL string, got {type(url).__name__}")
         parts = urlsplit(url if "://" in url else f"http://{url}")
+        if "@" in parts.path or "@" in parts.query:
+            raise ValueError(
+                f"pushgateway URL {mask_url(url)!r} has an '@' after the host: a password "
+                "holding '/', '?' or '#' must be percent-encoded (%2F, %3F, %23), or pass "
+                "basic_auth=(user, password)"
+            )
         if parts.scheme not in ("http", "https") or not parts.hostname:
             raise ValueError(
                 f"pushgateway URL {mask_url(url)!r} is not valid; use http://host:9091 "
@@ -106,7 +115,7 @@ class PushTarget:
         except ValueError:
             raise ValueError(f"pushgateway URL {mask_url(url)!r} has an invalid port") from None
         if parts.username is not None and basic_auth is None:
-            basic_auth = (parts.username, parts.password or "")
+            basic_auth = (unquote(parts.username), unquote(parts.password or ""))
         if basic_auth is not None and bearer_token is not None:
             raise ValueError("give either basic_auth or bearer_token for the Pushgateway, not both")
         if method.lower() not in ("put", "post"):
@@ -594,15 +603,27 @@ class _LoopSession:
         if self.session.closed:
             return
         loop = self.loop
+        current = _running_loop()
         try:
             if loop.is_closed():
                 self.session.detach()  # its sockets went with the loop
-            elif not loop.is_running():
+            elif loop.is_running():
+                if current is loop:
+                    loop.create_task(self.session.close())
+                else:
+                    asyncio.run_coroutine_threadsafe(self.session.close(), loop).result(2.0)
+            elif current is None:
                 loop.run_until_complete(self.session.close())
-            elif _running_loop() is loop:
-                loop.create_task(self.session.close())
             else:
-                asyncio.run_coroutine_threadsafe(self.session.close(), loop).result(2.0)
+                # Another loop runs in this thread, so the session's loop cannot run here:
+                # run it to close the session in a short-lived thread of its own.
+                closer = threading.Thread(
+                    target=lambda: loop.run_until_complete(self.session.close()),
+                    name="instrument-session-close",
+                    daemon=True,
+                )
+                closer.start()
+                closer.join(2.0)
         except Exception:
             logger.debug("instrument: closing an aiohttp session failed", exc_info=True)
             self.session.detach()

@@ -607,3 +607,11 @@ def test_policy_base_requires_an_instrumentation_and_a_bind(inst: Instrumentatio
         AnalysisMonitor("not an instrumentation", "m", "t")  # type: ignore[arg-type]
     with pytest.raises(NotImplementedError):
         Policy(inst).bind(inst)
+
+
+async def test_exit_without_enter_says_so_clearly() -> None:
+    monitor = Instrumentation().monitored_analysis("m", "t")
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        monitor.__exit__(None, None, None)
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        await monitor.__aexit__(None, None, None)

@@ -732,3 +732,36 @@ def test_pushed_state_says_when_it_was_pushed(pushgateway: Pushgateway, job_name
     assert dead.registry.get_sample_value("codomyrmex_push_failures_total") == 1
     inst.close()
     dead.close()
+
+
+def test_password_with_a_slash_never_shows_and_encoded_one_works(
+    stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    with pytest.raises(ValueError, match="must be percent-encoded") as info:
+        Instrumentation(pushgateway="http://u:s3cr/et@gw.example")
+    assert "s3cr" not in str(info.value) and "et@" not in str(info.value)
+    assert mask_url("http://u:123/x@host:9091/p") == "http://***@host:9091/p"
+
+    url = stand_in.url.replace("http://", "http://u:s3cr%2Fet@")
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=url, push_mode="off")
+    assert inst.push()
+    expected = "Basic " + base64.b64encode(b"u:s3cr/et").decode()
+    assert stand_in.requests[-1][2]["authorization"] == expected
+    inst.close()
+
+
+def test_disabled_instrumentation_sends_nothing(stand_in: GatewayStandIn) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=stand_in.url,
+        enabled=False,
+        delete_on_exit=True,
+        instance="w1",
+    )
+    inst.record_analysis("m", "t", 1.0)
+    assert inst.push() is False
+    assert asyncio.run(inst.push_metrics()) is False
+    assert inst.flush() is True  # nothing to deliver
+    assert inst.delete_from_gateway() is False
+    inst.close()
+    assert stand_in.requests == []
