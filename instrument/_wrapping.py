@@ -407,13 +407,11 @@ class Instrumenter(Generic[P]):
         return probe
 
     def _pop(self) -> P:
-        entered: contextvars.ContextVar[tuple[P, Any] | None] | None
-        entered = getattr(self, "_entered", None)
-        node = None if entered is None else entered.get()
-        if entered is None or node is None:
+        node = self._entered.get() if hasattr(self, "_entered") else None
+        if node is None:
             raise RuntimeError("with-block exited without a matching enter in this context")
         probe, rest = node
-        entered.set(rest)
+        self._entered.set(rest)
         return probe
 
     def _exit(self, exc: BaseException | None) -> P:
