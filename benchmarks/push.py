@@ -1,5 +1,8 @@
 """Section 5: calls per second with each push mode, against a real local Pushgateway.
 
+The gateway is the tests' own (``tests.servers.Pushgateway``: a free loopback port, no
+persistence file, so nothing is written outside the run and no stale groups are loaded).
+
 Every variant runs ``@monitored_analysis`` (or the original design's code) on a trivial
 function, so the numbers are what delivery costs the caller:
 
@@ -20,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import shutil
 import time
 from collections.abc import Callable
 
@@ -27,10 +31,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 from instrument import Instrumentation
 from instrument.metrics import Metrics
+from tests.servers import INSTALL_HINT, Pushgateway
 
 from .calls import KIND, MODULE, AsyncFn, async_batch, sync_batch
 from .fakes import make_async_work, make_work
-from .gateway import LocalPushgateway
 from .harness import Batch, Timing, Variant, measure
 from .report import Check, Row, Section, Target, ratio
 from .settings import Settings
@@ -38,6 +42,8 @@ from .settings import Settings
 __all__ = ["run_push"]
 
 logger = logging.getLogger("benchmarks")
+
+GATEWAY = "prometheus-pushgateway"
 
 
 class SeedStyle:
@@ -110,7 +116,7 @@ def flushed(batch: Batch, inst: Instrumentation) -> Batch:
     return run
 
 
-def pushed_count(gw: LocalPushgateway, job: str) -> float | None:
+def pushed_count(gw: Pushgateway, job: str) -> float | None:
     return gw.value(
         "codomyrmex_analyses_total", job=job, module=MODULE, analysis_type=KIND, status="success"
     )
@@ -140,17 +146,19 @@ def run_push(settings: Settings) -> Section:
         display=("calls/s", 1.0),
         ratio_columns=[("vs_no_push", "vs no push"), ("vs_seed", "vs seed")],
     )
-    try:
-        gateway = LocalPushgateway()
-    except FileNotFoundError as exc:
-        section.skipped.append(f"push modes: {exc}")
+    # Checked here: outside pytest, the server helper's own check would raise pytest's Skipped.
+    if shutil.which(GATEWAY) is None:
+        section.skipped.append(f"push modes: {GATEWAY} is not installed: {INSTALL_HINT}")
         return section
-    with gateway as gw:
+    gw = Pushgateway().start()
+    try:
         measure_push(section, settings, gw)
+    finally:
+        gw.stop()
     return section
 
 
-def measure_push(section: Section, settings: Settings, gw: LocalPushgateway) -> None:
+def measure_push(section: Section, settings: Settings, gw: Pushgateway) -> None:
     interval = settings.push_interval
 
     def instrumentation(job: str, mode: str) -> Instrumentation:

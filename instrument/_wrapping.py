@@ -347,7 +347,12 @@ class Instrumenter(Generic[P]):
     variable, so one object used from many threads and tasks at once stays exact.
     """
 
-    _entered: contextvars.ContextVar[tuple[P, Any] | None]
+    def __init__(self) -> None:
+        # Created here, not on first use: two threads entering first at once must share it.
+        self._entered: contextvars.ContextVar[tuple[P, Any] | None] = contextvars.ContextVar(
+            f"instrument-{type(self).__name__}", default=None
+        )
+
     #: Call ``Probe.item`` for each value a wrapped generator yields.
     observes_items = False
 
@@ -364,9 +369,9 @@ class Instrumenter(Generic[P]):
     def prepare(self, func: Callable[..., Any]) -> None:
         """Called once at decoration time with the function being wrapped."""
 
-    def starter(self) -> Start:
-        """The ``start`` the decorated function calls: a policy can pick a leaner one at
-        decoration time (after :meth:`prepare`)."""
+    def starter(self, func: Callable[..., Any]) -> Start:
+        """The ``start`` that decorated ``func`` calls: a policy can pick a leaner one, or
+        one holding what it learnt about ``func``, at decoration time (after prepare)."""
         return self.start
 
     # -- decorator ---------------------------------------------------------------------------
@@ -379,7 +384,7 @@ class Instrumenter(Generic[P]):
             )
         target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
         self.prepare(target)
-        start = self.starter()
+        start = self.starter(target)
         if inspect.isasyncgenfunction(target):
             wrapper = _async_generator_wrapper(start)
         elif inspect.isgeneratorfunction(target):
@@ -395,19 +400,15 @@ class Instrumenter(Generic[P]):
 
     def _push(self) -> P:
         try:
-            entered = self._entered
-        except AttributeError:
-            entered = self._entered = contextvars.ContextVar(f"instrument-{id(self)}", default=None)
-        try:
             probe = self.start(None, (), {})
         except Exception:
             _guard("starting a job")
             probe = self.null_probe()
-        entered.set((probe, entered.get()))
+        self._entered.set((probe, self._entered.get()))
         return probe
 
     def _pop(self) -> P:
-        node = self._entered.get() if hasattr(self, "_entered") else None
+        node = self._entered.get()
         if node is None:
             raise RuntimeError("with-block exited without a matching enter in this context")
         probe, rest = node
@@ -448,6 +449,6 @@ class Instrumenter(Generic[P]):
 def wraps_signature(func: Callable[..., Any]) -> inspect.Signature | None:
     """The signature used to bind a call's arguments, or None where it cannot be read."""
     try:
-        return inspect.signature(func, follow_wrapped=False)
+        return inspect.signature(func)
     except (TypeError, ValueError):
         return None

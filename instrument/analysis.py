@@ -6,13 +6,12 @@ active-jobs gauge (inc on entry, dec on exit), errors by class, and optional qua
 
 from __future__ import annotations
 
-import inspect
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
-from ._wrapping import Probe, bind_arguments
+from ._wrapping import Probe, bind_arguments, wraps_signature
 from .instrumentation import Binding, Instrumentation, Policy, _check_label, check_number
 
 __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
@@ -214,7 +213,6 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         self.job_type = job_type or module
         self.project = project
         self.quality = quality
-        self._signature: inspect.Signature | None = None
         self._null = _DisabledJob()
 
     def __repr__(self) -> str:
@@ -223,20 +221,28 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
     def bind(self, inst: Instrumentation) -> _AnalysisBinding:
         return _AnalysisBinding(inst, self)
 
-    def prepare(self, func: Callable[..., Any]) -> None:
-        super().prepare(func)
-        # The call's arguments are bound only when a project callable will need them.
-        if callable(self.project) and self.quality is not None:
-            try:
-                self._signature = inspect.signature(func)
-            except (TypeError, ValueError):
-                self._signature = None
-
     def null_probe(self) -> AnalysisJob:
         return self._null
 
-    def starter(self) -> Callable[..., Probe]:
-        return self.start if self.quality is None else self._start_scored
+    def starter(self, func: Callable[..., Any]) -> Callable[..., Probe]:
+        if self.quality is None:
+            return self.start
+        # A project callable needs the call's arguments, bound by this function's signature
+        # (one monitor may decorate several functions).
+        signature = wraps_signature(func) if callable(self.project) else None
+
+        def start_scored(
+            wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> Probe:
+            job = self.start(wrapped, args, kwargs)
+            if job is self._null:
+                return job
+            arguments = None
+            if signature is not None:
+                arguments = bind_arguments(signature, wrapped, args, kwargs)
+            return _ScoredJob(job, arguments)
+
+        return start_scored
 
     def start(
         self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -253,17 +259,6 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         b.active_inc()
         job._t0 = perf_counter()
         return job
-
-    def _start_scored(
-        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Probe:
-        job = self.start(wrapped, args, kwargs)
-        if job is self._null:
-            return job
-        arguments = None
-        if self._signature is not None:  # a project callable will need the arguments
-            arguments = bind_arguments(self._signature, wrapped, args, kwargs)
-        return _ScoredJob(job, arguments)
 
     def project_for(self, arguments: dict[str, Any] | None) -> str | None:
         """The project label for a job: the given string, the callable's answer, or module."""

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
@@ -9,6 +10,8 @@ from prometheus_client import Counter, Gauge, Histogram
 from .instrumentation import Instrumentation
 
 __all__ = ["PrometheusIntegration"]
+
+logger = logging.getLogger("instrument")
 
 
 class PrometheusIntegration(Instrumentation):
@@ -23,6 +26,13 @@ class PrometheusIntegration(Instrumentation):
         kwargs.setdefault("push_mode", "off")
         super().__init__(pushgateway=pushgateway_url, **kwargs)
         self.pushgateway_url = pushgateway_url
+
+    async def push_metrics(self, job_name: str | None = None) -> bool:
+        """Push now, under ``job_name`` if given (the original's signature); never raises."""
+        if self.delivery.gateway is None:
+            logger.warning("instrument: no Pushgateway URL configured; nothing pushed")
+            return False
+        return await self.delivery.push_async(job=job_name)
 
     # The original attribute names.
     @property

@@ -24,10 +24,11 @@ from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from types import TracebackType
 from typing import Any, Self
-from urllib.parse import quote, unquote, urljoin, urlsplit, urlunsplit
+from urllib.parse import quote, urljoin
 
 import aiohttp
 
+from ._urls import mask_url, split_url
 from .metrics import DEFAULT_NAMESPACE
 
 __all__ = [
@@ -120,28 +121,6 @@ class DashboardResult:
 # -- the client ---------------------------------------------------------------------------
 
 
-def _split_url(url: str) -> tuple[str, tuple[str, str] | None]:
-    """The base URL without credentials, query or trailing slash; and any user:password."""
-    if not isinstance(url, str) or not url.strip():
-        raise ValueError("the Grafana URL is empty: pass one such as http://127.0.0.1:3000")
-    parts = urlsplit(url.strip())
-    host = parts.netloc.rpartition("@")[2]
-    shown = urlunsplit((parts.scheme, host, parts.path, "", ""))
-    try:
-        parts.port  # noqa: B018 - raises ValueError on a malformed port
-    except ValueError:
-        raise ValueError(f"the Grafana URL {shown!r} has an invalid port") from None
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise ValueError(
-            f"the Grafana URL {shown!r} is not an http(s) URL; pass one such as "
-            "http://127.0.0.1:3000"
-        )
-    userinfo = None
-    if parts.username is not None:
-        userinfo = (unquote(parts.username), unquote(parts.password or ""))
-    return urlunsplit((parts.scheme, host, parts.path.rstrip("/"), "", "")), userinfo
-
-
 def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -183,7 +162,7 @@ class GrafanaClient:
         retries: int = 3,
         session: aiohttp.ClientSession | None = None,
     ) -> None:
-        base, userinfo = _split_url(url)
+        base, userinfo = split_url(url, what="Grafana URL", example="http://127.0.0.1:3000")
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ValueError("token must be a non-empty string (a service account token)")
         if basic_auth is not None and (
@@ -575,14 +554,16 @@ class GrafanaIntegration:
     def __init__(
         self, grafana_url: str, api_key: str | None, *, namespace: str = DEFAULT_NAMESPACE
     ) -> None:
-        # Validate now, as the original would have failed on first use.
+        # Validate now, as the original would have failed on first use; keep the URL without
+        # its credentials for the repr (the client takes them from the URL again).
         GrafanaClient(grafana_url, token=api_key or None)
         self.grafana_url = grafana_url.rstrip("/")
+        self._shown_url = mask_url(self.grafana_url)
         self.namespace = namespace
         self._api_key = api_key or None
 
     def __repr__(self) -> str:
-        return f"GrafanaIntegration({self.grafana_url!r})"
+        return f"GrafanaIntegration({self._shown_url!r})"
 
     async def create_codomyrmex_dashboard(self) -> str:
         """Create or update the dashboard; returns its URL."""

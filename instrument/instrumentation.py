@@ -347,6 +347,7 @@ class Policy(Instrumenter[P], Generic[P, B]):
     def __init__(self, inst: Instrumentation | None) -> None:
         if inst is not None and not isinstance(inst, Instrumentation):
             raise TypeError(f"expected an Instrumentation, got {type(inst).__name__}")
+        super().__init__()
         self._inst = inst
 
     def bind(self, inst: Instrumentation) -> B:

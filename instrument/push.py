@@ -11,6 +11,9 @@ from __future__ import annotations
 import asyncio
 import atexit
 import base64
+import contextlib
+import copy
+import http.client
 import logging
 import os
 import random
@@ -18,12 +21,10 @@ import socket
 import ssl
 import threading
 import time
-import urllib.error
-import urllib.request
 import weakref
 from collections.abc import AsyncIterator, Callable, Mapping
 from typing import TYPE_CHECKING, Any, Literal
-from urllib.parse import quote_plus, unquote, urlsplit, urlunsplit
+from urllib.parse import quote_plus, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
 from prometheus_client.exposition import (
@@ -33,6 +34,7 @@ from prometheus_client.exposition import (
     pushadd_to_gateway,
 )
 
+from ._urls import mask_url, split_url
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -47,21 +49,6 @@ PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
 _RETRY_BASE = 0.5
 _RETRY_CAP = 30.0
 _EXIT_FLUSH_TIMEOUT = 5.0
-
-
-def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises.
-
-    Everything up to the last ``@`` is masked, so a password holding a ``/`` (which URL
-    parsers take for the start of the path) is masked too.
-    """
-    scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
-    if "@" not in rest:
-        return url
-    host_and_path = rest.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host_and_path}"
 
 
 def _escape(label: str, value: str) -> str:
@@ -96,36 +83,17 @@ class PushTarget:
         ca_file: str | None = None,
         timeout: float = 5.0,
     ) -> None:
-        if not isinstance(url, str):
-            raise TypeError(f"pushgateway must be a URL string, got {type(url).__name__}")
-        parts = urlsplit(url if "://" in url else f"http://{url}")
-        if "@" in parts.path or "@" in parts.query:
-            raise ValueError(
-                f"pushgateway URL {mask_url(url)!r} has an '@' after the host: a password "
-                "holding '/', '?' or '#' must be percent-encoded (%2F, %3F, %23), or pass "
-                "basic_auth=(user, password)"
-            )
-        if parts.scheme not in ("http", "https") or not parts.hostname:
-            raise ValueError(
-                f"pushgateway URL {mask_url(url)!r} is not valid; use http://host:9091 "
-                "or https://host"
-            )
-        try:
-            parts.port  # noqa: B018 - raises on a malformed port
-        except ValueError:
-            raise ValueError(f"pushgateway URL {mask_url(url)!r} has an invalid port") from None
-        if parts.username is not None and basic_auth is None:
-            basic_auth = (unquote(parts.username), unquote(parts.password or ""))
+        self.url, credentials = split_url(
+            url, what="pushgateway URL", example="http://127.0.0.1:9091", bare_host=True
+        )
+        if credentials is not None and basic_auth is None:
+            basic_auth = credentials
         if basic_auth is not None and bearer_token is not None:
             raise ValueError("give either basic_auth or bearer_token for the Pushgateway, not both")
         if method.lower() not in ("put", "post"):
             raise ValueError(f"push_method must be 'put' or 'post', got {method!r}")
         if not isinstance(job, str) or not job:
             raise ValueError("job must be a non-empty string")
-        netloc = parts.hostname if parts.port is None else f"{parts.hostname}:{parts.port}"
-        if ":" in (parts.hostname or "") and not netloc.startswith("["):
-            netloc = f"[{parts.hostname}]" + (f":{parts.port}" if parts.port else "")
-        self.url = urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", ""))
         self.job = job
         self.grouping_key = dict(grouping_key)
         self.method = method.upper()
@@ -138,7 +106,7 @@ class PushTarget:
         elif bearer_token is not None:
             self._headers.append(("Authorization", f"Bearer {bearer_token}"))
         self._ssl: ssl.SSLContext | None = None
-        if parts.scheme == "https":
+        if self.url.startswith("https:"):
             self._ssl = ssl.create_default_context(cafile=ca_file)
             if not tls_verify:
                 self._ssl.check_hostname = False
@@ -163,46 +131,55 @@ class PushTarget:
         data: bytes,
     ) -> Callable[[], None]:
         def send() -> None:
-            request = urllib.request.Request(url, data=data or None, method=method)
-            for name, value in [*headers, *self._headers]:
-                request.add_header(name, value)
-            try:
-                with urllib.request.urlopen(request, timeout=timeout, context=self._ssl) as resp:
-                    resp.read()
-            except urllib.error.HTTPError as exc:
-                raise PushFailed(f"HTTP {exc.code} {exc.reason}") from None
-            except (urllib.error.URLError, OSError) as exc:
-                reason = getattr(exc, "reason", exc)
-                raise PushFailed(f"{type(reason).__name__}: {reason}") from None
+            _request(url, method, [*headers, *self._headers], data, timeout, self._ssl)
 
         return send
 
-    def push(self, registry: CollectorRegistry) -> None:
-        """Push the registry's full state now. Raises PushFailed (credentials masked)."""
+    def _timeout(self, limit: float | None) -> float:
+        return self.timeout if limit is None else max(0.001, min(self.timeout, limit))
+
+    def push(self, registry: CollectorRegistry, timeout: float | None = None) -> None:
+        """Push the registry's full state now, within ``push_timeout`` (or ``timeout`` if
+        shorter) in all. Raises PushFailed, whose message never holds credentials."""
         gateway_function = push_to_gateway if self.method == "PUT" else pushadd_to_gateway
         gateway_function(
             self.url,
             job=self.job,
             registry=registry,
             grouping_key=self.grouping_key,
-            timeout=self.timeout,
+            timeout=self._timeout(timeout),
             handler=self._handler,
         )
 
-    def delete(self) -> None:
+    def delete(self, timeout: float | None = None) -> None:
         delete_from_gateway(
             self.url,
             job=self.job,
             grouping_key=self.grouping_key,
-            timeout=self.timeout,
+            timeout=self._timeout(timeout),
             handler=self._handler,
         )
 
+    def for_job(self, job: str) -> PushTarget:
+        """The same target, pushing under another job name."""
+        if not isinstance(job, str) or not job:
+            raise ValueError("job must be a non-empty string")
+        other = copy.copy(self)
+        other.job = job
+        other.grouping_key = dict(self.grouping_key)
+        return other
+
     # -- async transport: aiohttp ------------------------------------------------------------
 
-    async def push_async(self, session: aiohttp.ClientSession, registry: CollectorRegistry) -> None:
+    async def push_async(
+        self,
+        session: aiohttp.ClientSession,
+        registry: CollectorRegistry,
+        timeout: float | None = None,
+    ) -> None:
         import aiohttp
 
+        total = self._timeout(timeout)
         body = generate_latest(registry)
         headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, **dict(self._headers)}
         try:
@@ -212,7 +189,7 @@ class PushTarget:
                 data=body,
                 headers=headers,
                 ssl=self._ssl if self._ssl is not None else True,
-                timeout=aiohttp.ClientTimeout(total=self.timeout, connect=min(self.timeout, 3.0)),
+                timeout=aiohttp.ClientTimeout(total=total, connect=min(total, 3.0)),
             ) as resp:
                 await resp.read()
                 if resp.status >= 400:
@@ -224,6 +201,60 @@ class PushTarget:
 
 class PushFailed(Exception):
     """A push attempt failed; the message never contains credentials."""
+
+
+def _request(
+    url: str,
+    method: str,
+    headers: list[tuple[str, str]],
+    body: bytes,
+    timeout: float | None,
+    context: ssl.SSLContext | None,
+) -> None:
+    """One HTTP request that ends within ``timeout`` seconds in all.
+
+    A socket timeout alone bounds each read, not the request: a gateway trickling a byte a
+    second would hold the caller for as long as it likes. A watchdog shuts the socket down
+    at the deadline instead.
+    """
+    parts = urlsplit(url)
+    target = parts.path + (f"?{parts.query}" if parts.query else "")
+    conn: http.client.HTTPConnection
+    if parts.scheme == "https":
+        conn = http.client.HTTPSConnection(
+            parts.hostname or "", parts.port, timeout=timeout, context=context
+        )
+    else:
+        conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
+    expired = threading.Event()
+
+    def expire() -> None:
+        expired.set()
+        sock = conn.sock
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
+
+    watchdog = threading.Timer(timeout, expire) if timeout is not None else None
+    if watchdog is not None:
+        watchdog.daemon = True
+        watchdog.start()
+    try:
+        conn.request(method, target, body=body or None, headers=dict(headers))
+        response = conn.getresponse()
+        response.read()
+        if expired.is_set():
+            raise TimeoutError
+    except (OSError, http.client.HTTPException) as exc:
+        if expired.is_set() or isinstance(exc, TimeoutError):
+            raise PushFailed(f"no complete answer within {timeout:g} s") from None
+        raise PushFailed(f"{type(exc).__name__}: {exc}") from None
+    finally:
+        if watchdog is not None:
+            watchdog.cancel()
+        conn.close()
+    if response.status >= 400:
+        raise PushFailed(f"HTTP {response.status} {response.reason}")
 
 
 def _instance_label() -> str:
@@ -280,10 +311,11 @@ class Delivery:
         self._pid = os.getpid()
         self._dirty = False
         self._cond = threading.Condition()
+        # One lock serializes every send, sync or async, so an older snapshot can never
+        # land after a newer one.
         self._push_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = False
-        self._urgent = False
         self._failures = 0
         self._outage = False
         self._next_attempt = 0.0
@@ -300,6 +332,10 @@ class Delivery:
     def pushes(self) -> bool:
         """Whether this process delivers at all (workers in multiprocess mode never do)."""
         return self.mode != "off" and not self._closed and not self._is_worker()
+
+    @property
+    def _has_target(self) -> bool:
+        return self.gateway is not None or bool(self.textfile)
 
     def _is_worker(self) -> bool:
         return self._multiprocess and os.getpid() != self._owner_pid
@@ -334,81 +370,106 @@ class Delivery:
             self._dirty = True
         with self._cond:
             if self._thread is None:
+                # The thread holds the delivery weakly: an instrumentation dropped without
+                # close() is collected, and its flusher wakes up and ends.
                 self._thread = threading.Thread(
-                    target=self._flusher, name="instrument-flusher", daemon=True
-                )
+                    target=_flusher, args=(weakref.ref(self), self._cond),
+                    name="instrument-flusher", daemon=True,
+                )  # fmt: skip
+                weakref.finalize(self, _wake, self._cond)
                 self._thread.start()
             self._cond.notify()
 
-    # -- the flusher --------------------------------------------------------------------------
+    def _flush_slot(self) -> float | None:
+        """Seconds until the flusher may push, or None when there is nothing to push.
+        Called with the condition held."""
+        if not (self._dirty or self._multiprocess):
+            return None
+        return self._next_attempt - time.monotonic()
 
-    def _flusher(self) -> None:
-        cond = self._cond
-        while True:
-            with cond:
-                while not (self._dirty or self._stopping or self._multiprocess):
-                    cond.wait()
-                # Rate limit (and retry backoff): wait for the next slot unless flushed.
-                while not (self._stopping or self._urgent):
-                    delay = self._next_attempt - time.monotonic()
-                    if delay <= 0:
-                        break
-                    cond.wait(delay)
-                if self._stopping:
-                    return
-                self._urgent = False
-            ok = self.deliver_now(timeout=None)
-            with cond:
-                if ok:
-                    self._next_attempt = time.monotonic() + self.interval
-                else:
-                    backoff = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures, 16))
-                    self._next_attempt = time.monotonic() + backoff * random.uniform(0.5, 1.0)
+    def _schedule(self, ok: bool) -> None:
+        """After a flusher push: the next slot, an interval away or a backoff away."""
+        with self._cond:
+            if ok:
+                self._next_attempt = time.monotonic() + self.interval
+            else:
+                backoff = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures, 16))
+                self._next_attempt = time.monotonic() + backoff * random.uniform(0.5, 1.0)
+
+    # -- sending: one path for both transports ------------------------------------------------
 
     def deliver_now(self, timeout: float | None) -> bool:
-        """Send the latest full state to every target, serialized with other senders."""
+        """Send the latest full state to every target, serialized with other senders,
+        within ``timeout`` seconds in all (default: the push timeout)."""
         if self._is_worker():
             return False
-        acquired = self._push_lock.acquire(timeout=-1 if timeout is None else max(timeout, 0))
-        if not acquired:
+        deadline = time.monotonic() + (self._default_timeout() if timeout is None else timeout)
+        if not self._push_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
             return False
         try:
-            # Clear before the snapshot: a job ending after this line marks dirty again.
-            self._dirty = False
-            ok = self._send()
-            if not ok:
-                self._dirty = True
-            return ok
+            registry, previous = self._start_attempt()
+            try:
+                if self.gateway is not None:
+                    self.gateway.push(registry, deadline - time.monotonic())
+            except Exception as exc:
+                return self._end_attempt(registry, previous, exc)
+            return self._end_attempt(registry, previous, None)
         finally:
             self._push_lock.release()
 
-    def _send(self) -> bool:
-        registry = self._collect()
-        previous = self._begin_attempt()
+    async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
+        deadline = time.monotonic() + (self._default_timeout() if timeout is None else timeout)
+        # Waiting for the thread lock must not block the event loop: poll it.
+        while not self._push_lock.acquire(blocking=False):
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.005)
         try:
-            if self.gateway is not None:
-                self.gateway.push(registry)
-            if self.textfile:
-                write_to_textfile(self.textfile, registry)
-        except Exception as exc:
-            self._record_failure(exc, previous)
-            return False
-        self._record_success()
-        return True
+            entry = await self._session()
+            registry, previous = self._start_attempt()
+            try:
+                if target is not None:
+                    await target.push_async(entry.session, registry, deadline - time.monotonic())
+            except Exception as exc:
+                return self._end_attempt(registry, previous, exc)
+            return self._end_attempt(registry, previous, None)
+        finally:
+            self._push_lock.release()
 
-    def _begin_attempt(self) -> float:
-        """Count the attempt and stamp it as the last success before the snapshot, so the
-        pushed state already says when it was pushed; a failure puts the old stamp back."""
+    def _default_timeout(self) -> float:
+        return self.gateway.timeout if self.gateway is not None else _EXIT_FLUSH_TIMEOUT
+
+    def _start_attempt(self) -> tuple[CollectorRegistry, float]:
+        """Clear dirty, then snapshot: a job ending after this marks dirty again. The attempt
+        is counted and stamped as the last success before the snapshot, so the pushed state
+        already says when it was pushed; a failure puts the old stamp back."""
+        self._dirty = False
+        registry = self._collect()
         self.metrics.pushes.inc()
         previous = self._last_success
         self._last_success = time.time()
         self.metrics.last_push_success.set(self._last_success)
-        return previous
+        return registry, previous
 
-    def _record_failure(self, exc: BaseException, previous_success: float) -> None:
+    def _end_attempt(
+        self, registry: CollectorRegistry, previous: float, exc: BaseException | None
+    ) -> bool:
+        if exc is None and self.textfile:
+            try:
+                write_to_textfile(self.textfile, registry)
+            except Exception as error:
+                exc = error
+        if exc is None:
+            self._record_success()
+            return True
+        self._dirty = True
         self.metrics.push_failures.inc()
-        self._last_success = previous_success
-        self.metrics.last_push_success.set(previous_success)
+        self._last_success = previous
+        self.metrics.last_push_success.set(previous)
+        self._record_failure(exc)
+        return False
+
+    def _record_failure(self, exc: BaseException) -> None:
         self._failures += 1
         if not self._outage:
             self._outage = True
@@ -443,7 +504,7 @@ class Delivery:
 
     def push(self, timeout: float | None = None) -> bool:
         """Push the full state now, whatever the mode; True on success. Never raises."""
-        if self.gateway is None and not self.textfile:
+        if not self._has_target:
             return False
         try:
             return self.deliver_now(timeout)
@@ -451,28 +512,16 @@ class Delivery:
             logger.exception("instrument: unexpected error while pushing")
             return False
 
-    async def push_async(self) -> bool:
-        """Push the full state now over aiohttp (one session per event loop); never raises."""
-        if self._is_worker() or (self.gateway is None and not self.textfile):
+    async def push_async(self, job: str | None = None, timeout: float | None = None) -> bool:
+        """Push the full state now over aiohttp (one session per event loop), under ``job``
+        if given; never raises."""
+        if self._is_worker() or not self._has_target:
             return False
+        target = self.gateway
+        if job is not None and target is not None and job != target.job:
+            target = target.for_job(job)
         try:
-            entry = await self._session()
-            session = entry.session
-            async with entry.lock:
-                registry = self._collect()
-                self._dirty = False
-                previous = self._begin_attempt()
-                try:
-                    if self.gateway is not None:
-                        await self.gateway.push_async(session, registry)
-                    if self.textfile:
-                        write_to_textfile(self.textfile, registry)
-                except Exception as exc:
-                    self._dirty = True
-                    self._record_failure(exc, previous)
-                    return False
-                self._record_success()
-                return True
+            return await self._deliver_async(target, timeout)
         except Exception:
             logger.exception("instrument: unexpected error while pushing")
             return False
@@ -486,27 +535,24 @@ class Delivery:
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the latest state is delivered (or ``timeout`` passes); True if it was."""
-        if self._is_worker() or (self.gateway is None and not self.textfile):
-            return True
-        if self.mode == "off":
+        if self._is_worker() or not self._has_target or self.mode == "off":
             return True
         ok = self.deliver_now(timeout)
         if ok:
-            with self._cond:
-                self._next_attempt = time.monotonic() + self.interval
+            self._schedule(True)
         return ok
 
-    async def aflush(self) -> bool:
-        if self._is_worker() or self.mode == "off":
+    async def aflush(self, timeout: float | None = None) -> bool:
+        if self._is_worker() or not self._has_target or self.mode == "off":
             return True
-        return await self.push_async()
+        return await self.push_async(timeout=timeout)
 
-    def delete(self) -> bool:
+    def delete(self, timeout: float | None = None) -> bool:
         """Delete this group from the Pushgateway; True on success, never raises."""
         if self.gateway is None:
             return False
         try:
-            self.gateway.delete()
+            self.gateway.delete(timeout)
         except Exception as exc:
             logger.warning("instrument: deleting %s failed (%s)", self._target_text(), exc)
             return False
@@ -519,37 +565,67 @@ class Delivery:
             thread, self._thread = self._thread, None
         return thread
 
+    def _final_pending(self) -> bool:
+        return self.mode != "off" and not self._is_worker() and self._dirty
+
     def close(self, timeout: float = _EXIT_FLUSH_TIMEOUT) -> None:
-        """Stop the flusher, deliver the final state, optionally delete the group."""
+        """Stop the flusher, deliver the final state, optionally delete the group: all within
+        ``timeout`` seconds."""
         if self._closed:
             return
+        deadline = time.monotonic() + timeout
         thread = self._stop_flusher()
         if thread is not None and thread is not threading.current_thread():
-            thread.join(timeout)
-        if self.mode != "off" and not self._is_worker() and self._dirty:
-            self.deliver_now(timeout)
+            thread.join(max(deadline - time.monotonic(), 0))
+        if self._final_pending():
+            self.deliver_now(max(deadline - time.monotonic(), 0.001))
         if self._delete_on_exit and not self._is_worker():
-            self.delete()
+            self.delete(max(deadline - time.monotonic(), 0.001))
         self._closed = True
         for entry in list(self._sessions.values()):
             entry.close_from_outside()
 
-    async def aclose(self) -> None:
+    async def aclose(self, timeout: float = _EXIT_FLUSH_TIMEOUT) -> None:
         if self._closed:
             return
+        deadline = time.monotonic() + timeout
         thread = self._stop_flusher()
         if thread is not None:
-            await asyncio.to_thread(thread.join, _EXIT_FLUSH_TIMEOUT)
-        if self.mode != "off" and not self._is_worker() and self._dirty:
-            await self.push_async()
+            await asyncio.to_thread(thread.join, max(deadline - time.monotonic(), 0))
+        if self._final_pending():
+            await self.push_async(timeout=max(deadline - time.monotonic(), 0.001))
         if self._delete_on_exit and not self._is_worker():
-            await asyncio.to_thread(self.delete)
+            await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
         self._closed = True
         current = self._sessions.get(id(asyncio.get_running_loop()))
         if current is not None:
             await current.close()
         for entry in list(self._sessions.values()):
             entry.close_from_outside()
+
+
+def _flusher(ref: weakref.ref[Delivery], cond: threading.Condition) -> None:
+    """The flusher thread: push when dirty, at most once per interval, backing off after
+    failures. It holds the delivery only while pushing."""
+    while True:
+        with cond:
+            while True:
+                delivery = ref()
+                if delivery is None or delivery._stopping:
+                    return
+                delay = delivery._flush_slot()
+                if delay is not None and delay <= 0:
+                    break
+                del delivery  # do not keep it alive while waiting
+                cond.wait(delay)
+        ok = delivery.deliver_now(None)
+        delivery._schedule(ok)
+        del delivery
+
+
+def _wake(cond: threading.Condition) -> None:
+    with cond:
+        cond.notify_all()
 
 
 class _LoopSession:
@@ -568,7 +644,6 @@ class _LoopSession:
     ) -> None:
         self.loop = loop
         self.session = session
-        self.lock = asyncio.Lock()
         self._registry = registry
         self._keeper: Any = None
 
@@ -646,9 +721,11 @@ _live: weakref.WeakSet[Delivery] = weakref.WeakSet()
 
 
 def _close_all_at_exit() -> None:
+    # One bound for the whole exit, however many instrumentations there are.
+    deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT
     for delivery in list(_live):
         try:
-            delivery.close(timeout=_EXIT_FLUSH_TIMEOUT)
+            delivery.close(timeout=max(deadline - time.monotonic(), 0.001))
         except Exception:
             logger.exception("instrument: final flush at exit failed")
 

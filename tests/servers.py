@@ -15,7 +15,6 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 INSTALL_HINT = (
@@ -25,9 +24,15 @@ INSTALL_HINT = (
 
 
 def require_binary(name: str) -> str:
-    """The binary's path; skip the test when missing, but fail under CI so it never hides."""
+    """The binary's path; skip the test when missing, but fail under CI so it never hides.
+
+    pytest is imported only here, so the benchmarks can import this module without it
+    (they check ``shutil.which`` themselves before starting a server).
+    """
     path = shutil.which(name)
     if path is None:
+        import pytest
+
         message = f"{name} is not installed: {INSTALL_HINT}"
         if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
             pytest.fail(message + " -- under CI a missing server binary is a failure")
@@ -84,7 +89,11 @@ class Pushgateway:
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        wait_ready(f"{self.url}/-/ready", self.proc, "prometheus-pushgateway")
+        try:
+            wait_ready(f"{self.url}/-/ready", self.proc, "prometheus-pushgateway")
+        except BaseException:
+            self.stop()  # never leave a gateway behind that did not come up
+            raise
         return self
 
     def stop(self) -> None:
@@ -214,7 +223,8 @@ class GatewayStandIn:
     """A Pushgateway stand-in on loopback whose behaviour a test switches at will.
 
     Modes: ``ok`` (records each body), ``slow`` (hangs ``hang`` seconds, then 200),
-    ``error`` (500), ``reset`` (closes the connection), ``garbage`` (a non-HTTP answer).
+    ``error`` (500), ``reset`` (closes the connection), ``garbage`` (a non-HTTP answer),
+    ``trickle`` (a valid answer sent one byte every half second: about 30 s).
     """
 
     def __init__(self, mode: str = "ok", hang: float = 3.0) -> None:
@@ -275,6 +285,15 @@ class GatewayStandIn:
                     conn.setsockopt(
                         socket.SOL_SOCKET, socket.SO_LINGER, b"\x01\x00\x00\x00\x00\x00\x00\x00"
                     )
+                    return
+                if mode == "trickle":  # a valid answer, one byte every half second
+                    for (
+                        byte
+                    ) in b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\nConnection: close\r\n\r\n":
+                        if self._closed:
+                            return
+                        time.sleep(0.5)
+                        conn.sendall(bytes([byte]))
                     return
                 if mode == "garbage":
                     conn.sendall(b"\x00\xffnot http at all\r\n\r\n")

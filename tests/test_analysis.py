@@ -7,6 +7,7 @@ import contextlib
 import inspect
 import logging
 import pickle
+import sys
 import threading
 from collections.abc import AsyncIterator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -780,7 +781,11 @@ def test_decorating_a_non_function_is_rejected(inst: Instrumentation) -> None:
     ("kwargs", "error", "message"),
     [
         ({"namespace": "9bad"}, ValueError, "not a valid Prometheus metric prefix"),
-        ({"pushgateway": "ftp://gw"}, ValueError, "use http://host:9091"),
+        (
+            {"pushgateway": "ftp://gw"},
+            ValueError,
+            "is not an http(s) URL; use one such as http://127.0.0.1:9091",
+        ),
         ({"push_mode": "sometimes"}, ValueError, "push_mode must be one of"),
         ({"push_mode": "each"}, ValueError, "needs a target"),
         ({"buckets": {"active_jobs": [1]}}, ValueError, "is not a histogram"),
@@ -868,3 +873,55 @@ def test_any_label_value_round_trips_through_the_exposition(
     assert [(s.labels["project"], s.labels["module"], s.value) for s in scores] == [
         (project, module, 3.5)
     ]
+
+
+def test_one_monitor_decorating_two_functions_binds_each_signature(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    monitor = inst.monitored_analysis(
+        "m", "t", project=lambda a: a["path"].strip("/"), quality=lambda r: r
+    )
+
+    @monitor
+    def first(path: str) -> float:
+        return 10.0
+
+    @monitor
+    def second(other: int, path: str) -> float:
+        return 20.0
+
+    first("/alpha")
+    second(1, "/beta")
+    for project, score in (("alpha", 10.0), ("beta", 20.0)):
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_code_quality_score", {"project": project, "module": "m"}
+            )
+            == score
+        )
+
+
+def test_first_with_block_entries_racing_from_threads_stay_exact(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    switch = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # make threads interleave as much as possible
+    try:
+        for _ in range(20):
+            shared = inst.monitored_analysis("m", "t")  # a fresh object: first entries race
+            barrier = threading.Barrier(8)
+
+            def work(shared: Any = shared, barrier: threading.Barrier = barrier) -> None:
+                barrier.wait(10)
+                with shared:
+                    pass
+
+            threads = [threading.Thread(target=work) for _ in range(8)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(switch)
+    assert count(registry, "success") == 160
+    assert active(registry) == 0

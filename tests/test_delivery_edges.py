@@ -84,13 +84,13 @@ def explode(*_: Any) -> Any:
 @pytest.mark.parametrize(
     ("url", "options", "error", "message"),
     [
-        (9091, {}, TypeError, "must be a URL string, got int"),
+        (9091, {}, TypeError, "must be a string such as http://127.0.0.1:9091, got int"),
         ("http://gw.example:99999", {}, ValueError, "has an invalid port"),
         ("http://gw.example:port", {}, ValueError, "has an invalid port"),
         ("gw.example", {"method": "get"}, ValueError, "push_method must be 'put' or 'post'"),
         ("gw.example", {"job": ""}, ValueError, "job must be a non-empty string"),
         ("gw.example", {"job": None}, ValueError, "job must be a non-empty string"),
-        ("ftp://gw.example", {}, ValueError, "use http://host:9091 or https://host"),
+        ("ftp://gw.example", {}, ValueError, "URL; use one such as http://127.0.0.1:9091"),
     ],
 )
 def test_push_target_rejects_what_cannot_work(

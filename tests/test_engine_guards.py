@@ -73,6 +73,7 @@ class ScriptedPolicy(Instrumenter[Probe]):
     """A policy whose hooks named in ``failing`` raise :class:`Boom`."""
 
     def __init__(self, *failing: str, observes_items: bool = True) -> None:
+        super().__init__()
         self.failing = frozenset(failing)
         self.events: list[tuple[Any, ...]] = []
         self.observes_items = observes_items

@@ -406,8 +406,8 @@ def test_basic_auth_from_url_and_bearer_token_reach_the_gateway(stand_in: Gatewa
         Instrumentation(pushgateway=url, bearer_token="x")
 
 
-async def _push_and_close(inst: Instrumentation) -> bool:
-    ok = await inst.push_metrics()
+async def _push_and_close(inst: Instrumentation, *job: str) -> bool:
+    ok = await inst.push_metrics(*job)  # type: ignore[call-arg]  # PrometheusIntegration's
     await inst.aclose()
     return ok
 
@@ -765,3 +765,66 @@ def test_disabled_instrumentation_sends_nothing(stand_in: GatewayStandIn) -> Non
     assert inst.delete_from_gateway() is False
     inst.close()
     assert stand_in.requests == []
+
+
+TRICKLE_SECONDS = 30  # the stand-in's whole answer, one byte every half second
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+def test_push_timeout_bounds_the_whole_push(stand_in: GatewayStandIn, transport: str) -> None:
+    """A gateway answering a byte at a time cannot hold a push past push_timeout."""
+    stand_in.mode = "trickle"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_mode="off", push_timeout=1
+    )
+    started = time.monotonic()
+    ok = inst.push() if transport == "sync" else asyncio.run(_push_and_close(inst))
+    elapsed = time.monotonic() - started
+    assert ok is False
+    assert elapsed < TRICKLE_SECONDS / 5  # bounded by push_timeout, not by the trickle
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()
+
+
+def test_exit_flush_is_bounded_however_many_instrumentations(stand_in: GatewayStandIn) -> None:
+    stand_in.mode = "slow"
+    stand_in.hang = 60.0
+    started = time.monotonic()
+    result = run_child(
+        f"""
+        from instrument import Instrumentation
+        insts = [Instrumentation(pushgateway={stand_in.url!r}, job=f"j{{i}}", push_timeout=30)
+                 for i in range(3)]
+        for inst in insts:
+            inst.record_analysis("m", "t", 1.0)
+        """
+    )
+    elapsed = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    # atexit's final flush: 5 s for all three together, against a gateway hanging 60 s.
+    assert elapsed < stand_in.hang / 4
+
+
+def test_an_instrumentation_dropped_without_close_lets_its_flusher_end(
+    stand_in: GatewayStandIn,
+) -> None:
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url)
+    inst.record_analysis("m", "t", 1.0)
+    assert inst.flush(timeout=5)
+    thread = inst.delivery._thread
+    assert thread is not None and thread.is_alive()
+    del inst
+    gc.collect()
+    thread.join(5)
+    assert not thread.is_alive()
+
+
+def test_original_push_metrics_takes_a_job_name(pushgateway: Pushgateway, job_name: str) -> None:
+    from instrument import PrometheusIntegration
+
+    monitoring = PrometheusIntegration(pushgateway.url, registry=CollectorRegistry())
+    monitoring.record_analysis("m", "t", 1.0)
+    assert asyncio.run(_push_and_close(monitoring, job_name)) is True
+    assert analyses(pushgateway, job=job_name) == 1
+    assert analyses(pushgateway, job="codomyrmex") is None
+    assert asyncio.run(PrometheusIntegration(registry=CollectorRegistry()).push_metrics()) is False

@@ -1,0 +1,60 @@
+"""Service URLs given by users: split off credentials, validate, and mask for logs."""
+
+from __future__ import annotations
+
+from urllib.parse import unquote, urlsplit, urlunsplit
+
+__all__ = ["mask_url", "split_url"]
+
+
+def mask_url(url: str) -> str:
+    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises.
+
+    Everything up to the last ``@`` is masked, so a password holding a ``/`` (which URL
+    parsers take for the start of the path) is masked too.
+    """
+    scheme, sep, rest = url.partition("://")
+    if not sep:
+        scheme, rest = "", url
+    if "@" not in rest:
+        return url
+    host_and_path = rest.rpartition("@")[2]
+    return f"{scheme}{sep}***@{host_and_path}"
+
+
+def split_url(
+    url: object, *, what: str, example: str, bare_host: bool = False
+) -> tuple[str, tuple[str, str] | None]:
+    """The base URL (no credentials, query or trailing slash) and any ``user:password``.
+
+    ``what`` names the service in error messages ("pushgateway URL"), ``example`` is a URL
+    to suggest; ``bare_host`` accepts ``host:port`` as ``http://host:port`` (as
+    prometheus_client's gateway functions do). Errors say what to do and never show a
+    password.
+    """
+    if not isinstance(url, str):
+        raise TypeError(f"the {what} must be a string such as {example}, got {type(url).__name__}")
+    if not url.strip():
+        raise ValueError(f"the {what} is empty: pass one such as {example}")
+    text = url.strip()
+    shown = mask_url(text)
+    parts = urlsplit(text if "://" in text or not bare_host else f"http://{text}")
+    if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
+        raise ValueError(
+            f"the {what} {shown!r} has an '@' after the host: a password holding '/', '?' or "
+            "'#' must be percent-encoded (%2F, %3F, %23)"
+        )
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"the {what} {shown!r} is not an http(s) URL; use one such as {example}")
+    try:
+        port = parts.port
+    except ValueError:
+        raise ValueError(f"the {what} {shown!r} has an invalid port") from None
+    host = parts.hostname
+    if ":" in host:  # IPv6
+        host = f"[{host}]"
+    netloc = host if port is None else f"{host}:{port}"
+    credentials = None
+    if parts.username is not None:
+        credentials = (unquote(parts.username), unquote(parts.password or ""))
+    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), credentials
