@@ -3,12 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
 
 if TYPE_CHECKING:
     from ._promql import Source
+
+from .metrics import DEFAULT_NAMESPACE
 
 __all__ = ["CommandError", "main"]
 
@@ -41,6 +45,18 @@ def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> 
     parser.set_defaults(handler=run)
 
 
+def _namespace(args: argparse.Namespace) -> str:
+    """--namespace, else INSTRUMENT_NAMESPACE, else the default, as configure() reads it."""
+    from .config import from_environment
+
+    if args.namespace:
+        return str(args.namespace)
+    try:
+        return str(from_environment(only={"namespace"}).get("namespace", DEFAULT_NAMESPACE))
+    except ValueError as exc:
+        raise CommandError(str(exc)) from None
+
+
 def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "dashboard",
@@ -65,13 +81,9 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
     )
 
     def run(args: argparse.Namespace) -> int:
-        import os
-
-        from .config import SETTINGS
         from .dashboard import build_dashboard, dashboard_json
 
-        env = next(s.env for s in SETTINGS if s.keyword == "namespace")
-        namespace = args.namespace or (env and os.environ.get(env)) or "codomyrmex"
+        namespace = _namespace(args)
         try:
             dashboard = build_dashboard(
                 namespace, title=args.title, uid=args.uid, datasource_uid=args.datasource_uid
@@ -115,13 +127,9 @@ def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
     )
 
     def run(args: argparse.Namespace) -> int:
-        import os
-
-        from .config import SETTINGS
         from .rules import rules_yaml
 
-        env = next(s.env for s in SETTINGS if s.keyword == "namespace")
-        namespace = args.namespace or (env and os.environ.get(env)) or "codomyrmex"
+        namespace = _namespace(args)
         try:
             text = rules_yaml(namespace)
         except ValueError as exc:
@@ -203,6 +211,13 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prometheus and Grafana instrumentation for analysis pipelines and LLM calls.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    parser.add_argument(
+        "-v",
+        "--verbose",
+        action="count",
+        default=0,
+        help="show the library's log (-vv: debug), e.g. each retry of a push or a request",
+    )
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(commands)
@@ -216,10 +231,34 @@ def main(argv: Sequence[str] | None = None) -> int:
     if handler is None:
         parser.print_help()
         return 2
+    with _command_logging(args.verbose):
+        try:
+            return handler(args)
+        except CommandError as exc:
+            print(f"instrument: error: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 130
+
+
+@contextlib.contextmanager
+def _command_logging(verbose: int) -> Iterator[None]:
+    """The library logs under ``instrument`` (retries, push outages). A command reports
+    its failure as one line itself, so those records stay quiet unless --verbose asks;
+    an application that configured logging keeps its own handlers."""
+    logger = logging.getLogger("instrument")
+    handler: logging.Handler
+    if verbose:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("instrument: %(levelname)s: %(message)s"))
+        level = logger.level
+        logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
+    else:
+        handler = logging.NullHandler()
+        level = logger.level
+    logger.addHandler(handler)
     try:
-        return handler(args)
-    except CommandError as exc:
-        print(f"instrument: error: {exc}", file=sys.stderr)
-        return 1
-    except KeyboardInterrupt:
-        return 130
+        yield
+    finally:
+        logger.removeHandler(handler)
+        logger.setLevel(level)

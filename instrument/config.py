@@ -7,7 +7,7 @@ environment; explicit keywords always win. The README's configuration table is t
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -102,12 +102,17 @@ SETTINGS: tuple[Setting, ...] = (
 )  # fmt: skip
 
 
-def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]:
-    """Keyword arguments for Instrumentation read from ``environ`` (default: os.environ)."""
+def from_environment(
+    environ: Mapping[str, str] | None = None, *, only: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for Instrumentation read from ``environ`` (default: os.environ);
+    ``only`` limits it to those keywords."""
     env = os.environ if environ is None else environ
     found: dict[str, Any] = {}
     for setting in SETTINGS:
         if setting.env is None or setting.env not in env:
+            continue
+        if only is not None and setting.keyword not in only:
             continue
         raw = env[setting.env]
         try:
@@ -115,6 +120,6 @@ def from_environment(environ: Mapping[str, str] | None = None) -> dict[str, Any]
         except ValueError as exc:
             raise ValueError(f"{setting.env}={raw!r} is not valid: {exc}") from None
     user = env.get("INSTRUMENT_PUSHGATEWAY_USERNAME")
-    if user is not None:
+    if user is not None and (only is None or "basic_auth" in only):
         found["basic_auth"] = (user, env.get("INSTRUMENT_PUSHGATEWAY_PASSWORD", ""))
     return found

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -152,8 +153,6 @@ def test_no_command_prints_help(capsys: pytest.CaptureFixture[str]) -> None:
 
 
 def test_python_dash_m_instrument() -> None:
-    import subprocess
-
     result = subprocess.run(
         [sys.executable, "-m", "instrument", "--version"],
         capture_output=True,
@@ -182,3 +181,48 @@ def test_histogram_quantile_of_nothing_is_nan() -> None:
     import math
 
     assert math.isnan(histogram_quantile(0.5, [(1.0, 0), (float("inf"), 0)]))
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:
+    import os
+
+    return subprocess.run(
+        [sys.executable, "-m", "instrument", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["demo", "--quiet", "--pushgateway", "http://127.0.0.1:{port}"],
+        ["dashboard", "--apply", "--grafana-url", "http://127.0.0.1:{port}"],
+    ],
+    ids=["gateway-unreachable", "grafana-unreachable"],
+)
+def test_expected_failures_print_exactly_one_line(args: list[str], project: Path) -> None:
+    """As a user sees it: the library's retry and outage logs stay out of the way."""
+    port = str(free_port())
+    argv = [a.format(port=port) for a in args]
+    if argv[0] == "demo":
+        argv.insert(1, str(project))
+    result = run_cli(*argv)
+    assert result.returncode == 1
+    lines = result.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("instrument: error: "), result.stderr
+    verbose = run_cli("-v", *argv)
+    assert verbose.returncode == 1
+    assert len(verbose.stderr.splitlines()) > 1  # -v shows the log lines too
+
+
+def test_namespace_from_the_environment(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("INSTRUMENT_NAMESPACE", "acme")
+    monkeypatch.setenv("INSTRUMENT_PUSH_INTERVAL", "not a number")  # unrelated to rules
+    assert main(["rules"]) == 0
+    text = capsys.readouterr().out
+    assert "acme_analyses_total" in text and "codomyrmex_" not in text

@@ -226,7 +226,7 @@ def test_grouping_path_round_trips(key: dict[str, str], job: str) -> None:
     assert decoded == {"job": job, **key}
 
 
-@given(st.text(alphabet=st.characters(blacklist_characters="@/:"), min_size=1, max_size=12))
+@given(st.text(min_size=1, max_size=12))
 def test_mask_url_hides_any_password(password: str) -> None:
     masked = mask_url(f"https://user:{password}@gw.example:9091/path")
     assert masked == "https://***@gw.example:9091/path"
@@ -563,6 +563,8 @@ def test_forked_child_gets_a_working_flusher_and_its_own_group(
     }
     assert len(groups) == 2
     child_instance = next(i for i in groups if i.endswith(f"-{pid}"))
+    # The child started from the registry as it was at the fork (1 call) and added 7; the
+    # README's scaling section says so (sum over instances counts pre-fork calls twice).
     assert analyses(pushgateway, job=job_name, instance=child_instance) == 8
     assert analyses(pushgateway, job=job_name, instance=next(iter(groups - {child_instance}))) == 1
     inst.close()
