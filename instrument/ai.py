@@ -56,7 +56,9 @@ _SYNC_STREAM, _ASYNC_STREAM = 1, 2
 class AICallOptions(TypedDict, total=False):
     """The keyword options of :func:`track_ai_call`."""
 
-    #: What kind of call this is: chat (default), embeddings, ...
+    #: What kind of call this is: chat (default), embeddings, ... Informational only: no
+    #: metric has an operation label. Exposed as ``call.operation`` on the with-block
+    #: handle (and ``tracker.operation``), for logs and custom ``usage=`` extraction.
     operation: str
     #: Reads usage from responses (and stream chunks) of other shapes: returns a
     #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
@@ -350,11 +352,13 @@ class AICall(Probe):
         "_b",
         "_done",
         "_first",
+        "_items",
         "_last",
         "_model",
+        "_seek_model",
         "_seen_model",
-        "_streamed",
         "_streaming",
+        "_streams",
         "_t0",
         "_tracker",
         "_usage",
@@ -367,8 +371,13 @@ class AICall(Probe):
         self._tracker = tracker
         self._model = model
         self._seen_model: str | None = None
+        # Whether responses are still read for the model: one check per chunk.
+        self._seek_model = binding is not None and binding.static is None and model is None
         self._usage: Usage | None = None
-        self._streamed: Usage | None = None
+        # The streams whose usage the call's end adds, unless they ended first: those
+        # recorded in a with-block, and a generator function's own yields (``_items``).
+        self._streams: list[_Chunks] | None = None
+        self._items: _Chunks | None = None
         self._first: float | None = None
         self._streaming = False
         self._done = False
@@ -383,7 +392,8 @@ class AICall(Probe):
 
         Returns ``response``; a stream comes back in a transparent wrapper whose chunks are
         read as you iterate it (time to first token included). Usage of several responses
-        adds up. Never raises over the response's shape.
+        and streams adds up (a stream's own reports are running totals: it counts what it
+        reported last). Never raises over the response's shape.
         """
         if self._b is None or self._done:
             return response
@@ -427,11 +437,18 @@ class AICall(Probe):
             raise TypeError(f"model must be a non-empty string, got {model!r}")
         if self._b is not None and not self._done:
             self._model = model
+            self._seek_model = False
 
     @property
     def model(self) -> str | None:
         """The model as known so far: set, from the call's argument, fixed, or seen."""
         return self._model or self._tracker.model or self._seen_model
+
+    @property
+    def operation(self) -> str:
+        """The tracker's ``operation`` ("chat" unless given): informational, for logs and
+        custom ``usage=`` extraction; no metric has an operation label."""
+        return self._tracker.operation
 
     # -- the engine's side -----------------------------------------------------------------
 
@@ -461,7 +478,10 @@ class AICall(Probe):
 
     def item(self, value: Any) -> None:
         if self._b is not None and not self._done:
-            self._chunk(value)
+            items = self._items
+            if items is None:  # a generator function's yields: one stream, settled at the end
+                items = self._items = _Chunks(self)
+            items.read(value)
 
     def deliver(self) -> None:
         if self._b is not None and not self._streaming:
@@ -475,12 +495,6 @@ class AICall(Probe):
 
     # -- recording -------------------------------------------------------------------------
 
-    def _wants_model(self) -> bool:
-        b = self._b
-        return (
-            self._seen_model is None and self._model is None and b is not None and b.static is None
-        )
-
     def _add(self, usage: Usage) -> None:
         self._usage = usage if self._usage is None else self._usage + usage
 
@@ -490,20 +504,14 @@ class AICall(Probe):
         usage = self._tracker._extract(response)
         if usage is not None:
             self._add(usage)
-        if self._wants_model():
-            self._seen_model = response_model(response)
+        if self._seek_model:
+            self._see_model(response)
 
-    def _chunk(self, chunk: Any) -> None:
-        now = perf_counter()
-        if self._first is None:
-            self._first = now - self._t0
-        self._last = now
-        usage = self._tracker._extract(chunk)
-        if usage is not None:
-            streamed = self._streamed
-            self._streamed = usage if streamed is None else streamed.latest(usage)
-        if self._wants_model():
-            self._seen_model = response_model(chunk)
+    def _see_model(self, response: Any) -> None:
+        model = response_model(response)
+        if model is not None:
+            self._seen_model = model
+            self._seek_model = False
 
     def _finish(self, status: str, exc: BaseException | None, end: float | None = None) -> None:
         if self._done:
@@ -514,14 +522,18 @@ class AICall(Probe):
             return
         try:
             now = perf_counter() if end is None else end
+            streams = self._streams
+            if streams is not None:
+                # Still open at the call's end: what they reported so far counts.
+                self._streams = None
+                for stream in streams:
+                    stream.settle()
             series, name = self._series(b)
             series.observe(now - self._t0)
             series.calls[status]()
             if self._first is not None:
                 series.time_to_first_token(self._first)
             usage = self._usage
-            if self._streamed is not None:
-                usage = self._streamed if usage is None else usage + self._streamed
             if usage is not None:
                 series.tokens(usage)
             if exc is not None:
@@ -564,47 +576,118 @@ class AICall(Probe):
             series.cost(dollars)
 
 
-# -- stream proxies ----------------------------------------------------------------------------
+# -- streams -----------------------------------------------------------------------------------
 
 
-if TYPE_CHECKING:
-    _ObjectProxy = wrapt.ObjectProxy[Any]
-else:  # wrapt 1.x proxies are not subscriptable
-    _ObjectProxy = wrapt.ObjectProxy
+class _Chunks:
+    """The chunks of one stream, and the usage they reported.
 
-
-class _StreamProxy(_ObjectProxy):
-    """What the caller gets instead of a stream: the same object, chunks read on the way.
-
-    It ends the call exactly once. Recording runs outside the engine here, so every
-    recording step is guarded: the caller sees the stream's own chunks and exceptions.
+    Providers stream running totals, so one stream's reports are merged (``Usage.latest``),
+    never added. The merged usage is added to the call's total exactly once: when the
+    stream ends, or when the call ends first. Several streams of one call thus add up.
     """
 
-    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
-        super().__init__(wrapped)
-        self._self_call = call
+    __slots__ = ("call", "open", "usage")
+
+    def __init__(self, call: AICall, *, ends_call: bool = False) -> None:
+        self.call = call
+        self.open = True
+        self.usage: Usage | None = None
+        if not ends_call:  # the call may end first: it settles what is still open
+            streams = call._streams
+            if streams is None:
+                call._streams = [self]
+            else:
+                streams.append(self)
+
+    def read(self, chunk: Any) -> None:
+        call = self.call
+        now = perf_counter()
+        if call._first is None:
+            call._first = now - call._t0
+        call._last = now
+        usage = call._tracker._extract(chunk)
+        if usage is not None:
+            latest = self.usage
+            self.usage = usage if latest is None else latest.latest(usage)
+        if call._seek_model:
+            call._see_model(chunk)
+
+    def settle(self) -> None:
+        """Stop recording this stream and add its usage to the call: once."""
+        if self.open:
+            self.open = False
+            if self.usage is not None:
+                self.call._add(self.usage)
+
+
+class _Stream(_Chunks):
+    """The recording side of one stream proxy: it reads each chunk on the way and ends the
+    call exactly once. Recording runs outside the engine here, so every step is guarded:
+    the caller sees the stream's own chunks and exceptions.
+
+    A plain object beside the wrapt proxy: attribute reads on the proxy cost several times
+    more, and the per-chunk path would make a few.
+    """
+
+    __slots__ = ("owner", "step")
+
+    def __init__(self, call: AICall, step: Callable[..., Any], owner: bool) -> None:
+        super().__init__(call, ends_call=owner)
+        #: The stream's own ``__next__`` / ``__anext__``.
+        self.step = step
         # owner: this stream ends the call (a decorated function's result); otherwise the
         # with-block it was recorded in does.
-        self._self_owner = owner
-        self._self_open = True
+        self.owner = owner
 
-    def _ai_chunk(self, chunk: Any) -> None:
+    def next(self, step: Callable[..., Any] | None = None, *args: Any) -> Any:
+        """The next chunk from ``step`` (default: ``__next__``), read on the way."""
         try:
-            self._self_call._chunk(chunk)
-        except Exception:
-            _guard("reading a stream chunk")
+            chunk = (step or self.step)(*args)
+        except StopIteration:
+            self.end_sync()
+            raise
+        except BaseException as exc:
+            self.end_sync(exc)
+            raise
+        if self.open:
+            try:
+                self.read(chunk)
+            except Exception:
+                _guard("reading a stream chunk")
+        return chunk
 
-    def _ai_end(
+    async def anext(self, step: Callable[..., Awaitable[Any]] | None = None, *args: Any) -> Any:
+        """The next chunk from ``step`` (default: ``__anext__``), read on the way."""
+        try:
+            chunk = await (step or self.step)(*args)
+        except StopAsyncIteration:
+            await self.end_async()
+            raise
+        except BaseException as exc:
+            await self.end_async(exc)
+            raise
+        if self.open:
+            try:
+                self.read(chunk)
+            except Exception:
+                _guard("reading a stream chunk")
+        return chunk
+
+    def end(
         self, exc: BaseException | None = None, *, closed: bool = False, abandoned: bool = False
     ) -> bool:
         """End once: exhausted (success), failed with ``exc``, ``closed`` or left before the
         end (cancelled), or ``abandoned``. True when this ended the call, to be delivered."""
-        if not self._self_open:
+        if not self.open:
             return False
-        self._self_open = False
-        if not self._self_owner:
+        try:
+            self.settle()
+        except Exception:
+            _guard("recording the usage of a stream")
+        if not self.owner:
             return False
-        call = self._self_call
+        call = self.call
         call._streaming = False
         if exc is not None:
             _probe_end(call, exc)  # the engine's rule: error, or cancelled for CancelledError & co
@@ -621,20 +704,20 @@ class _StreamProxy(_ObjectProxy):
             _guard("recording the end of a stream")
         return True
 
-    def _ai_end_sync(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
-        if self._ai_end(exc, closed=closed):
-            _deliver(self._self_call)
+    def end_sync(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
+        if self.end(exc, closed=closed):
+            _deliver(self.call)
 
-    def __del__(self) -> None:
-        try:
-            still_open = self._self_open
-        except Exception:  # never initialised
+    async def end_async(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
+        if self.end(exc, closed=closed):
+            await _adeliver(self.call)
+
+    def abandon(self) -> None:
+        if not self.open:
             return
-        if not still_open:
-            return
         try:
-            if self._ai_end(abandoned=True):
-                call = self._self_call
+            if self.end(abandoned=True):
+                call = self.call
                 # A blocking push from a finalizer could stall an event loop or re-enter a
                 # push in progress: in "each" mode the next push carries this call instead.
                 if call._b is not None and call._b.inst.push_mode != "each":
@@ -643,44 +726,53 @@ class _StreamProxy(_ObjectProxy):
             _guard("recording an abandoned stream")
 
 
+if TYPE_CHECKING:
+    _ObjectProxy = wrapt.ObjectProxy[Any]
+else:  # wrapt 1.x proxies are not subscriptable
+    _ObjectProxy = wrapt.ObjectProxy
+
+
+class _StreamProxy(_ObjectProxy):
+    """What the caller gets instead of a stream: the same object, chunks read on the way
+    by its :class:`_Stream`, which ends the call exactly once."""
+
+    def __init__(self, wrapped: Any, stream: _Stream) -> None:
+        super().__init__(wrapped)
+        self._self_stream = stream
+
+    def __del__(self) -> None:
+        try:
+            stream = self._self_stream
+        except Exception:  # never initialised
+            return
+        stream.abandon()
+
+
 class _SyncStream(_StreamProxy):
     def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
         step = getattr(wrapped, "__next__", None)
         if step is None:  # an iterable with stream=True
             step = iter(wrapped).__next__
-        super().__init__(wrapped, call, owner)
-        self._self_next = step
+        super().__init__(wrapped, _Stream(call, step, owner))
 
     def __iter__(self) -> _SyncStream:
         return self
 
-    def _ai_step(self, step: Callable[..., Any], *args: Any) -> Any:
-        try:
-            chunk = step(*args)
-        except StopIteration:
-            self._ai_end_sync()
-            raise
-        except BaseException as exc:
-            self._ai_end_sync(exc)
-            raise
-        self._ai_chunk(chunk)
-        return chunk
-
     def __next__(self) -> Any:
-        return self._ai_step(self._self_next)
+        return self._self_stream.next()
 
     def send(self, value: Any) -> Any:
-        return self._ai_step(self.__wrapped__.send, value)
+        return self._self_stream.next(self.__wrapped__.send, value)
 
     def throw(self, *args: Any) -> Any:
-        return self._ai_step(self.__wrapped__.throw, *args)
+        return self._self_stream.next(self.__wrapped__.throw, *args)
 
     def close(self) -> Any:
         close = self.__wrapped__.close
         try:
             return close()
         finally:
-            self._ai_end_sync(closed=True)
+            self._self_stream.end_sync(closed=True)
 
     def __enter__(self) -> Any:
         wrapped = self.__wrapped__
@@ -702,7 +794,7 @@ class _SyncStream(_StreamProxy):
         finally:
             # Leaving the block before the end cancels the rest, whatever the body raised:
             # the LLM call itself did not fail.
-            self._ai_end_sync(closed=True)
+            self._self_stream.end_sync(closed=True)
 
 
 class _AsyncStream(_StreamProxy):
@@ -710,44 +802,25 @@ class _AsyncStream(_StreamProxy):
         step = getattr(wrapped, "__anext__", None)
         if step is None:  # an async iterable with stream=True
             step = wrapped.__aiter__().__anext__
-        super().__init__(wrapped, call, owner)
-        self._self_anext = step
+        super().__init__(wrapped, _Stream(call, step, owner))
 
     def __aiter__(self) -> _AsyncStream:
         return self
 
-    async def _ai_end_async(
-        self, exc: BaseException | None = None, *, closed: bool = False
-    ) -> None:
-        if self._ai_end(exc, closed=closed):
-            await _adeliver(self._self_call)
-
-    async def _ai_step(self, step: Callable[..., Awaitable[Any]], *args: Any) -> Any:
-        try:
-            chunk = await step(*args)
-        except StopAsyncIteration:
-            await self._ai_end_async()
-            raise
-        except BaseException as exc:
-            await self._ai_end_async(exc)
-            raise
-        self._ai_chunk(chunk)
-        return chunk
-
     def __anext__(self) -> Awaitable[Any]:
-        return self._ai_step(self._self_anext)
+        return self._self_stream.anext()
 
     def asend(self, value: Any) -> Awaitable[Any]:
-        return self._ai_step(self.__wrapped__.asend, value)
+        return self._self_stream.anext(self.__wrapped__.asend, value)
 
     def athrow(self, *args: Any) -> Awaitable[Any]:
-        return self._ai_step(self.__wrapped__.athrow, *args)
+        return self._self_stream.anext(self.__wrapped__.athrow, *args)
 
     async def _ai_closing(self, closing: Awaitable[Any]) -> Any:
         try:
             return await closing
         finally:
-            await self._ai_end_async(closed=True)
+            await self._self_stream.end_async(closed=True)
 
     def aclose(self) -> Awaitable[Any]:
         aclose = self.__wrapped__.aclose
@@ -758,7 +831,7 @@ class _AsyncStream(_StreamProxy):
         result = self.__wrapped__.close()
         if inspect.isawaitable(result):
             return self._ai_closing(result)
-        self._ai_end_sync(closed=True)
+        self._self_stream.end_sync(closed=True)
         return result
 
     async def __aenter__(self) -> Any:
@@ -780,7 +853,7 @@ class _AsyncStream(_StreamProxy):
         try:
             return await self.__wrapped__.__aexit__(exc_type, exc, tb)
         finally:
-            await self._ai_end_async(closed=True)
+            await self._self_stream.end_async(closed=True)
 
 
 def _wrap_stream(stream: Any, kind: int, call: AICall, owner: bool) -> Any:
@@ -867,6 +940,10 @@ class AICallTracker(Policy[AICall, _AIBinding]):
         self.model = model
         self.operation = operation
         self.usage = usage
+        #: Reads usage from a response or chunk: picked once, as it runs for every chunk.
+        self._extract: Callable[[Any], Usage | None] = (
+            extract_usage if usage is None else self._extract_with
+        )
         self.stream = stream
         self.job_type = job_type
         self.normalize_model = normalize
@@ -908,10 +985,10 @@ class AICallTracker(Policy[AICall, _AIBinding]):
         self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AICall:
         b = self._binding
-        if b is None or b.inst.retired:
+        if b is None or b.stale:
             b = self.binding()
-        if not b.enabled:
-            return self._null
+            if not b.enabled:
+                return self._null
         model = None
         if self.model is None and wrapped is not None:
             model = self._argument_model(wrapped, args, kwargs)
@@ -949,7 +1026,8 @@ class AICallTracker(Policy[AICall, _AIBinding]):
                 return _SYNC_STREAM
         return 0
 
-    def _extract(self, response: Any) -> Usage | None:
+    def _extract_with(self, response: Any) -> Usage | None:
+        """Usage read by the ``usage=`` extractor, guarded."""
         extractor = self.usage
         if extractor is None:
             return extract_usage(response)
@@ -1026,5 +1104,10 @@ def track_ai_call(
     ``model=None`` takes the call's ``model`` argument, else the response's model, else
     "unknown". Options: ``operation``, ``usage``, ``stream``, ``job_type``, ``normalize_model``
     (see :class:`AICallOptions`).
+
+    ``operation`` ("chat" by default, or "embeddings", ...) is informational: no metric has
+    an operation label, so it never splits a series. It is exposed as ``call.operation`` on
+    the with-block handle (and ``tracker.operation``), for logs and for code that reads
+    usage itself (a ``usage=`` extractor, ``call.add_usage``).
     """
     return AICallTracker(None, provider, model, **options)

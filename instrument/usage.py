@@ -21,7 +21,7 @@ debug level), never guessed and never raised.
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
@@ -58,6 +58,14 @@ class Usage:
         count of each field is the later one and reports are never added up; a field one
         chunk leaves out (Anthropic's message_delta carries only output) keeps its value.
         """
+        if (
+            other.input_tokens >= self.input_tokens
+            and other.output_tokens >= self.output_tokens
+            and other.cache_read >= self.cache_read
+            and other.cache_creation >= self.cache_creation
+            and other.reasoning >= self.reasoning
+        ):
+            return other  # the usual running total: no new object for every chunk
         return Usage(
             max(self.input_tokens, other.input_tokens),
             max(self.output_tokens, other.output_tokens),
@@ -70,20 +78,57 @@ class Usage:
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 
-# Whether a type is a Mapping, remembered: the ABC check costs more than the lookup it
-# guards, and a stream asks it several times per chunk of the same few types.
-_is_mapping: dict[type, bool] = {dict: True}
+def _attribute(obj: Any, name: str) -> Any:
+    """``obj.name``, None when absent."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of a foreign object may raise anything
+        return None
+
+
+def _key(obj: Any, name: str) -> Any:
+    """``obj[name]`` of a mapping other than a dict, None when absent."""
+    return obj.get(name)
+
+
+def _nothing(obj: Any, name: str) -> None:
+    """None, str and bytes: no fields to read."""
+    return None
+
+
+_Reader = Callable[[Any, str], Any]
+
+# How to read the fields of each type, remembered: the Mapping ABC check costs more than
+# a read, and a stream reads several fields of every chunk, all of the same few types.
+_readers: dict[type, _Reader] = {
+    dict: dict.get,
+    str: _nothing,
+    bytes: _nothing,
+    type(None): _nothing,
+}
+
+
+def _reader(obj: Any) -> _Reader:
+    """How to read the fields of ``obj``: by key, by attribute, or not at all."""
+    kind = type(obj)
+    read = _readers.get(kind)
+    if read is None:
+        if isinstance(obj, str | bytes):
+            read = _nothing
+        elif isinstance(obj, Mapping):
+            read = _key
+        else:
+            read = _attribute
+        _readers[kind] = read
+    return read
 
 
 def _get(obj: Any, name: str) -> Any:
     """``obj[name]`` for a mapping, ``obj.name`` otherwise; None when absent."""
-    kind = type(obj)
-    mapping = _is_mapping.get(kind)
-    if mapping is None:
-        mapping = _is_mapping[kind] = isinstance(obj, Mapping)
-    if mapping:
-        return obj.get(name)
-    try:
+    read = _readers.get(type(obj)) or _reader(obj)
+    if read is not _attribute:
+        return read(obj, name)
+    try:  # inlined: the common case, one call per field rather than two
         return getattr(obj, name, None)
     except Exception:  # a property of a foreign object may raise anything
         return None
@@ -210,20 +255,22 @@ def extract_usage(response: Any) -> Usage | None:
     >>> extract_usage({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
     Usage(input_tokens=12, output_tokens=5, cache_read=0, cache_creation=0, reasoning=0)
     """
-    if response is None or isinstance(response, str | bytes):
+    # One reader for the response's fields: every chunk of a stream comes through here.
+    get = _readers.get(type(response)) or _reader(response)
+    if get is _nothing:
         return None
-    usage = _get(response, "usage")
+    usage = get(response, "usage")
     if usage is not None and not callable(usage):
         return _read_usage(usage)
-    meta = _get(response, "usage_metadata")
+    meta = get(response, "usage_metadata")
     if meta is None:
-        meta = _get(response, "usageMetadata")
+        meta = get(response, "usageMetadata")
     if meta is not None:
         return _gemini(meta)
     # Anthropic's message_start event holds the usage in .message, OpenAI Responses'
     # response.completed event in .response.
     for holder in ("message", "response"):
-        inner = _get(response, holder)
+        inner = get(response, holder)
         if inner is not None and not isinstance(inner, str):
             usage = _get(inner, "usage")
             if usage is not None and not callable(usage):
@@ -233,14 +280,15 @@ def extract_usage(response: Any) -> Usage | None:
 
 def response_model(response: Any) -> str | None:
     """The model name a response (or stream chunk) reports, or None."""
-    if response is None or isinstance(response, str | bytes):
+    get = _readers.get(type(response)) or _reader(response)
+    if get is _nothing:
         return None
     for name in ("model", "model_version", "modelVersion"):
-        value = _get(response, name)
+        value = get(response, name)
         if isinstance(value, str) and value:
             return value
     for holder in ("message", "response"):
-        inner = _get(response, holder)
+        inner = get(response, holder)
         if inner is not None and not isinstance(inner, str):
             value = _get(inner, "model")
             if isinstance(value, str) and value:

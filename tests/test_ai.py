@@ -756,6 +756,177 @@ class TestStreamEnds:
         assert active(registry) == 0
 
 
+# -- several responses and streams in one call --------------------------------------------------
+
+
+SONNET_PRICES = {
+    "claude-sonnet-4": {
+        "input_cost_per_token": 3e-06,
+        "output_cost_per_token": 1.5e-05,
+        "cache_read_input_token_cost": 3e-07,
+        "cache_creation_input_token_cost": 3.75e-06,
+    }
+}
+
+
+def tokens_used(registry: CollectorRegistry, provider: str, model: str, kind: str) -> float | None:
+    return registry.get_sample_value(
+        "codomyrmex_ai_tokens_used_total",
+        {"provider": provider, "model": model, "token_type": kind},
+    )
+
+
+def token_detail(
+    registry: CollectorRegistry, provider: str, model: str, detail: str
+) -> float | None:
+    return registry.get_sample_value(
+        "codomyrmex_ai_token_details_total",
+        {"provider": provider, "model": model, "detail": detail},
+    )
+
+
+class TestSeveralStreams:
+    """Each stream merges its own running totals; the streams of one call add up."""
+
+    def test_two_streams_in_one_with_block(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.set_prices(GPT4O_PRICES)
+        with inst.track_ai_call("openai", "gpt-4o") as call:
+            a = call.record_response(
+                FakeStream(openai_chat_chunks(prompt=100, completion=10, cached=40))
+            )
+            b = call.record_response(
+                FakeStream(openai_chat_chunks(prompt=200, completion=20, cached=60))
+            )
+            # Interleaved: one running total per stream, not one for the call.
+            for _ in zip(a, b, strict=True):
+                pass
+            # An ended stream counts once, however it is ended again.
+            assert list(a) == []
+            a.close()
+            b.close()
+        assert tokens_used(registry, "openai", "gpt-4o", "input") == 300
+        assert tokens_used(registry, "openai", "gpt-4o", "output") == 30
+        assert token_detail(registry, "openai", "gpt-4o", "cache_read") == 100
+        assert token_counts(registry, "openai", "gpt-4o") == {
+            "input": 300,
+            "output": 30,
+            "cache_read": 100,
+        }
+        assert sample(
+            registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
+        ) == pytest.approx(200 * 2.5e-06 + 100 * 1.25e-06 + 30 * 1e-05)
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert active(registry) == 0
+
+    async def test_two_async_streams_in_one_async_with_block(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.set_prices(SONNET_PRICES)
+        async with inst.track_ai_call("anthropic", "claude-sonnet-4") as call:
+            streams = [
+                call.record_response(
+                    FakeAsyncStream(
+                        anthropic_events(
+                            25, cache_read=100, cache_creation=50, output_steps=(10, 40)
+                        )
+                    )
+                ),
+                call.record_response(
+                    FakeAsyncStream(anthropic_events(5, cache_read=200, output_steps=(3, 7)))
+                ),
+            ]
+            while streams:  # interleaved, one chunk of each in turn
+                for stream in list(streams):
+                    try:
+                        await stream.__anext__()
+                    except StopAsyncIteration:
+                        streams.remove(stream)
+        # 175 + 205 input (cache included), 40 + 7 output.
+        assert tokens_used(registry, "anthropic", "claude-sonnet-4", "input") == 380
+        assert tokens_used(registry, "anthropic", "claude-sonnet-4", "output") == 47
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == {
+            "input": 380,
+            "output": 47,
+            "cache_read": 300,
+            "cache_creation": 50,
+        }
+        assert sample(
+            registry, "ai_cost_usd_total", provider="anthropic", model="claude-sonnet-4"
+        ) == pytest.approx(30 * 3e-06 + 300 * 3e-07 + 50 * 3.75e-06 + 47 * 1.5e-05)
+        assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
+        assert active(registry) == 0
+
+    def test_a_stream_a_response_and_add_usage(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        inst.set_prices(GPT4O_PRICES)
+        with inst.track_ai_call("openai", "gpt-4o") as call:
+            stream = call.record_response(
+                FakeStream(openai_chat_chunks(prompt=100, completion=10, cached=20))
+            )
+            next(stream)
+            call.record_response(as_object(openai_chat(50, 5, cached=10, reasoning=2)))
+            call.add_usage(input_tokens=7, output_tokens=3, cache_read=1, reasoning=1)
+            for _ in stream:
+                pass
+        assert tokens_used(registry, "openai", "gpt-4o", "input") == 157
+        assert tokens_used(registry, "openai", "gpt-4o", "output") == 18
+        assert token_counts(registry, "openai", "gpt-4o") == {
+            "input": 157,
+            "output": 18,
+            "cache_read": 31,
+            "reasoning": 3,
+        }
+        assert sample(
+            registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
+        ) == pytest.approx((157 - 31) * 2.5e-06 + 31 * 1.25e-06 + 18 * 1e-05)
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+
+    def test_a_stream_still_open_when_the_block_ends(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        with inst.track_ai_call("anthropic", "claude-sonnet-4") as call:
+            stream = call.record_response(FakeStream(anthropic_events(9, output_steps=(5,))))
+            call.add_usage(input_tokens=1)
+            next(stream)  # message_start: input known, output 1 so far
+        # What it reported by the block's end counts, once; reading on changes nothing.
+        expected = {"input": 10, "output": 1}
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == expected
+        assert len(list(stream)) == len(anthropic_events(9, output_steps=(5,))) - 1
+        stream.close()
+        del stream
+        gc.collect()
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == expected
+        assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
+        assert active(registry) == 0
+
+    def test_a_generator_function_and_a_returned_stream_keep_one_running_total(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("gemini", "gemini-2.5-flash")
+        def generate() -> Iterator[dict[str, Any]]:
+            yield from gemini_chunks(9, (2, 5, 8), thoughts=3)
+
+        @inst.track_ai_call("gemini", "gemini-2.5-flash")
+        def ask() -> FakeStream:
+            return FakeStream(gemini_chunks(9, (2, 5, 8), thoughts=3))
+
+        assert len(list(generate())) == 3
+        assert token_counts(registry, "gemini", "gemini-2.5-flash") == {
+            "input": 9,
+            "output": 11,
+            "reasoning": 3,
+        }
+        assert len(list(ask())) == 3
+        assert token_counts(registry, "gemini", "gemini-2.5-flash") == {
+            "input": 18,
+            "output": 22,
+            "reasoning": 6,
+        }
+
+
 # -- the model label --------------------------------------------------------------------------
 
 
@@ -1328,3 +1499,48 @@ def test_responses_api_response(inst: Instrumentation, registry: CollectorRegist
         "cache_read": 512,
         "reasoning": 256,
     }
+
+
+def test_operation_is_on_the_handle_and_in_no_label(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    seen = []
+
+    def usage(response: Any) -> Any:
+        return response["usage"]
+
+    embed = inst.track_ai_call(
+        "openai", "text-embedding-3-small", operation="embeddings", usage=usage
+    )
+    with embed as call:
+        seen.append(call.operation)
+        call.record_response({"usage": {"input_tokens": 8}})
+    with inst.track_ai_call("openai", "gpt-4o") as call:
+        seen.append(call.operation)
+    assert seen == ["embeddings", "chat"]
+    assert token_counts(registry, "openai", "text-embedding-3-small") == {"input": 8, "output": 0}
+    labels = {name for metric in registry.collect() for s in metric.samples for name in s.labels}
+    assert "operation" not in labels
+    disabled = Instrumentation(registry=CollectorRegistry(), enabled=False)
+    with disabled.track_ai_call("openai", operation="embeddings") as call:
+        assert call.operation == "embeddings"
+
+
+def test_module_level_follows_configure_and_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(instrumentation_module, "_default", None)
+    ask = track_ai_call("openai", "gpt-4o")(lambda: openai_chat(3, 2))
+    first = instrument.configure(registry=CollectorRegistry())
+    ask()
+    off = instrument.configure(registry=CollectorRegistry(), enabled=False)
+    ask()
+    third = instrument.configure(registry=CollectorRegistry())
+    ask()
+    ask()
+    assert calls(first.registry, "openai", "gpt-4o") == {"success": 1}
+    # Disabled: not even a series.
+    assert calls(off.registry, "openai", "gpt-4o") == {}
+    assert token_counts(off.registry, "openai", "gpt-4o") == {}
+    assert active(off.registry) is None
+    assert calls(third.registry, "openai", "gpt-4o") == {"success": 2}
+    assert token_counts(third.registry, "openai", "gpt-4o") == {"input": 6, "output": 4}
+    third.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -231,3 +232,32 @@ def test_usage_from_a_custom_extractor(
     with tracker as call:
         call.record_response({"meta": {"billing": {"input_tokens": 9, "output_tokens": 4}}})
     assert token_counts(registry, "custom", "m") == {"input": 9, "output": 4}
+
+
+def test_any_mapping_reads_like_a_dict() -> None:
+    """Each type's reader is remembered: dicts, other mappings, objects, text."""
+
+    class Counts(dict[str, Any]):
+        pass
+
+    block = {"prompt_tokens": 7, "completion_tokens": 2}
+    for wrap in (dict, Counts, MappingProxyType):
+        response = wrap({"model": "gpt-4o", "usage": wrap(block)})
+        assert extract_usage(response) == Usage(7, 2)
+        assert response_model(response) == "gpt-4o"
+    assert extract_usage(as_object({"usage": MappingProxyType(block)})) == Usage(7, 2)
+
+    class Text(str):
+        usage = block
+
+    for text in ("usage", b"usage", Text("usage"), None):
+        assert extract_usage(text) is None
+        assert response_model(text) is None
+
+
+def test_latest_keeps_each_field_at_its_latest() -> None:
+    start = Usage(125, 1, cache_read=100)
+    covering = Usage(125, 40, cache_read=100, reasoning=3)
+    assert start.latest(covering) is covering  # a running total that covers the last one
+    assert start.latest(Usage(0, 15)) == Usage(125, 15, cache_read=100)
+    assert covering.latest(start) == covering
