@@ -39,19 +39,49 @@ __all__ = [
     "build_dashboard",
     "build_rules",
     "configure",
+    "flush",
     "get_instrumentation",
     "monitored_analysis",
     "push",
     "push_metrics",
+    "record_ai_api_call",
+    "record_analysis",
     "record_quality_score",
     "rules_yaml",
     "track_ai_call",
+    "update_active_jobs",
 ]
 
 
 def record_quality_score(project: str, module: str, score: float) -> None:
     """Set the latest code quality score on the default instrumentation."""
     get_instrumentation().record_quality_score(project, module, score)
+
+
+def record_analysis(module: str, analysis_type: str, duration: float, success: bool = True) -> None:
+    """Count one finished analysis on the default instrumentation (the original method)."""
+    get_instrumentation().record_analysis(module, analysis_type, duration, success)
+
+
+def update_active_jobs(job_type: str, count: int) -> None:
+    """Set the active-jobs gauge on the default instrumentation, as the original did."""
+    get_instrumentation().update_active_jobs(job_type, count)
+
+
+def record_ai_api_call(
+    provider: str,
+    model: str,
+    success: bool = True,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> None:
+    """Count one AI API call and its tokens on the default instrumentation."""
+    get_instrumentation().record_ai_api_call(provider, model, success, input_tokens, output_tokens)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until the default instrumentation's latest state is delivered."""
+    return get_instrumentation().flush(timeout)
 
 
 def push(timeout: float | None = None) -> bool:

@@ -925,3 +925,22 @@ def test_first_with_block_entries_racing_from_threads_stay_exact(
         sys.setswitchinterval(switch)
     assert count(registry, "success") == 160
     assert active(registry) == 0
+
+
+@pytest.mark.usefixtures("restore_default")
+def test_module_level_original_methods_act_on_the_default() -> None:
+    inst = configure(registry=CollectorRegistry())
+    instrument.record_analysis("m", "t", 0.5, success=False)
+    instrument.record_ai_api_call("openai", "gpt-4o", input_tokens=7)
+    with pytest.warns(RuntimeWarning):
+        instrument.update_active_jobs("batch", 2)
+    assert instrument.flush() is True  # nothing to deliver to
+    assert count(inst.registry, "error") == 1
+    assert active(inst.registry, "batch") == 2
+    assert (
+        inst.registry.get_sample_value(
+            "codomyrmex_ai_tokens_used_total",
+            {"provider": "openai", "model": "gpt-4o", "token_type": "input"},
+        )
+        == 7
+    )
