@@ -137,9 +137,12 @@ class Instrumentation:
     def retire(self) -> None:
         """Mark this instrumentation as no longer the default: decorators following the
         default rebind on their next call."""
-        self.retired = True
+        self._set_retired(True)
+
+    def _set_retired(self, retired: bool) -> None:
+        self.retired = retired
         for binding in list(self._bindings):
-            binding.stale = True
+            binding.stale = retired or not binding.enabled
 
     def __repr__(self) -> str:
         state = "" if self.enabled else ", enabled=False"
@@ -327,8 +330,9 @@ class Binding:
         self.enabled = inst.enabled
         #: The hot path's one check: True when the slow path (:meth:`Policy.binding`) must
         #: decide, because recording is off or the instrumentation stopped being the default.
-        self.stale = not inst.enabled or inst.retired
+        # Registered first, so a retire() running meanwhile cannot miss this binding.
         inst._bindings.add(self)
+        self.stale = not inst.enabled or inst.retired
         self.after_call = inst.delivery.after_call
         self.after_call_async = inst.delivery.after_call_async
         #: What a probe's ``deliver`` should be: None when nothing is ever pushed.
@@ -390,12 +394,22 @@ def configure(**kwargs: Any) -> Instrumentation:
     Functions decorated with the module-level decorators before this call report to the
     new instrumentation from their next call on.
     """
-    global _default
     settings = {**_config.from_environment(), **kwargs}
     new = Instrumentation(**settings)
-    with _default_lock:
-        old, _default = _default, new
+    old = _replace_default(new)
     if old is not None:
-        old.retire()
         old.close()
     return new
+
+
+def _replace_default(new: Instrumentation | None) -> Instrumentation | None:
+    """Make ``new`` the default (None: create it from the environment on next use) and
+    return the previous one, retired: decorators following the default rebind."""
+    global _default
+    with _default_lock:
+        old, _default = _default, new
+    if old is not None and old is not new:
+        old.retire()
+    if new is not None:
+        new._set_retired(False)
+    return old

@@ -22,8 +22,8 @@ import ssl
 import threading
 import time
 import weakref
-from collections.abc import AsyncIterator, Callable, Mapping
-from typing import TYPE_CHECKING, Any, Literal
+from collections.abc import AsyncIterator, Callable, Iterator, Mapping
+from typing import TYPE_CHECKING, Any, Literal, NamedTuple
 from urllib.parse import quote_plus, urlsplit
 
 from prometheus_client import CollectorRegistry, generate_latest, write_to_textfile
@@ -33,6 +33,8 @@ from prometheus_client.exposition import (
     push_to_gateway,
     pushadd_to_gateway,
 )
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from ._urls import mask_url, split_url
 from .metrics import Metrics
@@ -99,8 +101,10 @@ class PushTarget:
         self.method = method.upper()
         self.timeout = float(timeout)
         self._headers: list[tuple[str, str]] = []
+        if bearer_token is not None:
+            bearer_token = _header_safe("bearer_token", bearer_token)
         if basic_auth is not None:
-            user, password = basic_auth
+            user, password = (_header_safe("basic_auth", part) for part in basic_auth)
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers.append(("Authorization", f"Basic {token}"))
         elif bearer_token is not None:
@@ -138,7 +142,7 @@ class PushTarget:
     def _timeout(self, limit: float | None) -> float:
         return self.timeout if limit is None else max(0.001, min(self.timeout, limit))
 
-    def push(self, registry: CollectorRegistry, timeout: float | None = None) -> None:
+    def push(self, registry: Collector, timeout: float | None = None) -> None:
         """Push the registry's full state now, within ``push_timeout`` (or ``timeout`` if
         shorter) in all. Raises PushFailed, whose message never holds credentials."""
         gateway_function = push_to_gateway if self.method == "PUT" else pushadd_to_gateway
@@ -174,7 +178,7 @@ class PushTarget:
     async def push_async(
         self,
         session: aiohttp.ClientSession,
-        registry: CollectorRegistry,
+        registry: Collector,
         timeout: float | None = None,
     ) -> None:
         import aiohttp
@@ -203,6 +207,17 @@ class PushFailed(Exception):
     """A push attempt failed; the message never contains credentials."""
 
 
+def _header_safe(what: str, value: object) -> str:
+    """A credential as it can go in a header: surrounding whitespace (a secret file's
+    trailing newline) removed; a control character inside is refused, without echoing it."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string (or a pair of strings for basic_auth)")
+    text = value.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{what} contains a control character; check how the secret is read")
+    return text
+
+
 def _request(
     url: str,
     method: str,
@@ -211,11 +226,12 @@ def _request(
     timeout: float | None,
     context: ssl.SSLContext | None,
 ) -> None:
-    """One HTTP request that ends within ``timeout`` seconds in all.
+    """One HTTP request that ends within ``timeout`` seconds in all, name lookup included.
 
-    A socket timeout alone bounds each read, not the request: a gateway trickling a byte a
-    second would hold the caller for as long as it likes. A watchdog shuts the socket down
-    at the deadline instead.
+    A socket timeout alone bounds each read, not the request (a gateway trickling a byte a
+    second holds it as long as it likes), and does not bound the name lookup. The request
+    runs in a short-lived thread; at the deadline the caller stops waiting and shuts the
+    socket down, which ends that thread too.
     """
     parts = urlsplit(url)
     target = parts.path + (f"?{parts.query}" if parts.query else "")
@@ -226,35 +242,37 @@ def _request(
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    expired = threading.Event()
+    outcome: list[BaseException | http.client.HTTPResponse] = []
 
-    def expire() -> None:
-        expired.set()
+    def run() -> None:
+        try:
+            conn.request(method, target, body=body or None, headers=dict(headers))
+            response = conn.getresponse()
+            response.read()
+            outcome.append(response)
+        except BaseException as exc:
+            outcome.append(exc)
+
+    worker = threading.Thread(target=run, name="instrument-push-request", daemon=True)
+    worker.start()
+    worker.join(timeout)
+    try:
+        if not outcome:
+            raise PushFailed(f"no complete answer within {timeout:g} s")
+        result = outcome[0]
+        if isinstance(result, (OSError, http.client.HTTPException)):
+            raise PushFailed(f"{type(result).__name__}: {result}") from None
+        if isinstance(result, BaseException):
+            # Never echo it: a value error here may quote a header, credentials included.
+            raise PushFailed(f"{type(result).__name__} while sending the request") from None
+        if result.status >= 400:
+            raise PushFailed(f"HTTP {result.status} {result.reason}")
+    finally:
         sock = conn.sock
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
-
-    watchdog = threading.Timer(timeout, expire) if timeout is not None else None
-    if watchdog is not None:
-        watchdog.daemon = True
-        watchdog.start()
-    try:
-        conn.request(method, target, body=body or None, headers=dict(headers))
-        response = conn.getresponse()
-        response.read()
-        if expired.is_set():
-            raise TimeoutError
-    except (OSError, http.client.HTTPException) as exc:
-        if expired.is_set() or isinstance(exc, TimeoutError):
-            raise PushFailed(f"no complete answer within {timeout:g} s") from None
-        raise PushFailed(f"{type(exc).__name__}: {exc}") from None
-    finally:
-        if watchdog is not None:
-            watchdog.cancel()
         conn.close()
-    if response.status >= 400:
-        raise PushFailed(f"HTTP {response.status} {response.reason}")
 
 
 def _instance_label() -> str:
@@ -311,9 +329,14 @@ class Delivery:
         self._pid = os.getpid()
         self._dirty = False
         self._cond = threading.Condition()
-        # One lock serializes every send, sync or async, so an older snapshot can never
-        # land after a newer one.
-        self._push_lock = threading.Lock()
+        # Sends are not serialized (a slow push must never hold up another caller or an
+        # event loop). Snapshots are numbered under a short lock instead; an older one that
+        # lands after a newer one marks the state dirty, so the newer state is pushed again.
+        self._snapshot_lock = threading.Lock()
+        self._taken = 0
+        self._landed = 0
+        # While dirty, the flusher keeps the delivery alive until it has pushed.
+        self._flush_state = _FlushState(self._cond)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failures = 0
@@ -347,8 +370,16 @@ class Delivery:
         if mode == "coalesce":
             if not self._dirty:
                 self._mark_dirty()
-        elif mode == "each" and not self._is_worker():
+        elif mode == "each" and not (self._closed or self._is_worker()):
             self.push()
+
+    def note_change(self) -> None:
+        """The state changed outside a call (e.g. an abandoned stream was recorded): mark it
+        for the next push, whatever the mode, without pushing now."""
+        if self.mode == "coalesce":
+            self._mark_dirty()
+        elif not self._closed:
+            self._dirty = True
 
     def after_call_async(self) -> Any:
         """None, or an awaitable push (``each`` mode in async code)."""
@@ -357,7 +388,7 @@ class Delivery:
             if not self._dirty:
                 self._mark_dirty()
             return None
-        if mode == "each" and not self._is_worker():
+        if mode == "each" and not (self._closed or self._is_worker()):
             return self.push_async()
         return None
 
@@ -369,11 +400,12 @@ class Delivery:
             self._reset_process_state()
             self._dirty = True
         with self._cond:
+            self._flush_state.pending = self
             if self._thread is None:
-                # The thread holds the delivery weakly: an instrumentation dropped without
-                # close() is collected, and its flusher wakes up and ends.
+                # The thread holds the delivery weakly once it is clean: an instrumentation
+                # dropped without close() is pushed, then collected, and its flusher ends.
                 self._thread = threading.Thread(
-                    target=_flusher, args=(weakref.ref(self), self._cond),
+                    target=_flusher, args=(weakref.ref(self), self._flush_state),
                     name="instrument-flusher", daemon=True,
                 )  # fmt: skip
                 weakref.finalize(self, _wake, self._cond)
@@ -399,73 +431,81 @@ class Delivery:
     # -- sending: one path for both transports ------------------------------------------------
 
     def deliver_now(self, timeout: float | None) -> bool:
-        """Send the latest full state to every target, serialized with other senders,
-        within ``timeout`` seconds in all (default: the push timeout)."""
+        """Send the latest full state to every target within ``timeout`` seconds in all
+        (default: the push timeout); True when it landed."""
         if self._is_worker():
             return False
-        deadline = time.monotonic() + (self._default_timeout() if timeout is None else timeout)
-        if not self._push_lock.acquire(timeout=max(deadline - time.monotonic(), 0)):
-            return False
+        limit = self._default_timeout() if timeout is None else timeout
+        snapshot, attempt = self._start_attempt()
         try:
-            registry, previous = self._start_attempt()
-            try:
-                if self.gateway is not None:
-                    self.gateway.push(registry, deadline - time.monotonic())
-            except Exception as exc:
-                return self._end_attempt(registry, previous, exc)
-            return self._end_attempt(registry, previous, None)
-        finally:
-            self._push_lock.release()
+            if self.gateway is not None:
+                self.gateway.push(snapshot, limit)
+        except BaseException as exc:
+            self._end_attempt(snapshot, attempt, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        return self._end_attempt(snapshot, attempt, None)
 
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
-        deadline = time.monotonic() + (self._default_timeout() if timeout is None else timeout)
-        # Waiting for the thread lock must not block the event loop: poll it.
-        while not self._push_lock.acquire(blocking=False):
-            if time.monotonic() >= deadline:
-                return False
-            await asyncio.sleep(0.005)
+        limit = self._default_timeout() if timeout is None else timeout
+        entry = await self._session()
+        snapshot, attempt = self._start_attempt()
         try:
-            entry = await self._session()
-            registry, previous = self._start_attempt()
-            try:
-                if target is not None:
-                    await target.push_async(entry.session, registry, deadline - time.monotonic())
-            except Exception as exc:
-                return self._end_attempt(registry, previous, exc)
-            return self._end_attempt(registry, previous, None)
-        finally:
-            self._push_lock.release()
+            if target is not None:
+                await target.push_async(entry.session, snapshot, limit)
+        except BaseException as exc:  # a cancelled push did not land either
+            self._end_attempt(snapshot, attempt, exc)
+            if not isinstance(exc, Exception):
+                raise
+            return False
+        return self._end_attempt(snapshot, attempt, None)
 
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else _EXIT_FLUSH_TIMEOUT
 
-    def _start_attempt(self) -> tuple[CollectorRegistry, float]:
-        """Clear dirty, then snapshot: a job ending after this marks dirty again. The attempt
-        is counted and stamped as the last success before the snapshot, so the pushed state
-        already says when it was pushed; a failure puts the old stamp back."""
-        self._dirty = False
-        registry = self._collect()
-        self.metrics.pushes.inc()
-        previous = self._last_success
-        self._last_success = time.time()
-        self.metrics.last_push_success.set(self._last_success)
-        return registry, previous
+    def _start_attempt(self) -> tuple[_Snapshot, _Attempt]:
+        """Clear dirty, then take a numbered snapshot: a job ending after this marks dirty
+        again. The attempt is counted and stamped as the last success before the snapshot,
+        so the pushed state already says when it was pushed; a failure puts it back."""
+        for hook in _before_snapshot:
+            try:
+                hook()
+            except Exception:
+                logger.exception("instrument: a before-push hook failed")
+        with self._snapshot_lock:
+            self._dirty = False
+            self._taken += 1
+            attempt = _Attempt(self._taken, self._last_success)
+            self.metrics.pushes.inc()
+            self._last_success = time.time()
+            self.metrics.last_push_success.set(self._last_success)
+            snapshot = _Snapshot(self._collect())
+        return snapshot, attempt
 
     def _end_attempt(
-        self, registry: CollectorRegistry, previous: float, exc: BaseException | None
+        self, snapshot: _Snapshot, attempt: _Attempt, exc: BaseException | None
     ) -> bool:
         if exc is None and self.textfile:
             try:
-                write_to_textfile(self.textfile, registry)
+                write_to_textfile(self.textfile, snapshot)
             except Exception as error:
                 exc = error
+        with self._snapshot_lock:
+            if exc is None:
+                if attempt.number > self._landed:
+                    self._landed = attempt.number
+                else:  # older than what already landed, and landed after it: push again
+                    self._dirty = True
+            else:
+                self._dirty = True
+                self.metrics.push_failures.inc()
+                if attempt.number == self._taken:  # no later attempt stamped since
+                    self._last_success = attempt.previous_success
+                    self.metrics.last_push_success.set(attempt.previous_success)
         if exc is None:
             self._record_success()
             return True
-        self._dirty = True
-        self.metrics.push_failures.inc()
-        self._last_success = previous
-        self.metrics.last_push_success.set(previous)
         self._record_failure(exc)
         return False
 
@@ -604,19 +644,62 @@ class Delivery:
             entry.close_from_outside()
 
 
-def _flusher(ref: weakref.ref[Delivery], cond: threading.Condition) -> None:
+#: Called before every snapshot that is pushed: recording deferred to a safe point (an
+#: abandoned stream, noticed by the garbage collector) happens there.
+_before_snapshot: list[Callable[[], None]] = []
+
+
+def register_before_snapshot(hook: Callable[[], None]) -> None:
+    """Run ``hook`` before each snapshot is taken for a push (never raises into the push)."""
+    if hook not in _before_snapshot:
+        _before_snapshot.append(hook)
+
+
+class _FlushState:
+    """What the flusher thread shares with its delivery: the condition it waits on, and
+    the delivery itself while it has something to push (a strong reference, so a dirty
+    instrumentation dropped without close() is still pushed)."""
+
+    __slots__ = ("cond", "pending")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self.cond = cond
+        self.pending: Delivery | None = None
+
+
+class _Attempt(NamedTuple):
+    number: int
+    previous_success: float
+
+
+class _Snapshot(Collector):
+    """The metric families of one moment, a collector that pushes and files can read."""
+
+    __slots__ = ("families",)
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.families = list(registry.collect())
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
+
+
+def _flusher(ref: weakref.ref[Delivery], state: _FlushState) -> None:
     """The flusher thread: push when dirty, at most once per interval, backing off after
-    failures. It holds the delivery only while pushing."""
+    failures. It holds the delivery strongly only while there is something to push."""
+    cond = state.cond
     while True:
         with cond:
             while True:
-                delivery = ref()
+                delivery = state.pending or ref()
                 if delivery is None or delivery._stopping:
                     return
                 delay = delivery._flush_slot()
                 if delay is not None and delay <= 0:
                     break
-                del delivery  # do not keep it alive while waiting
+                if delay is None:
+                    state.pending = None  # clean: let it be collected
+                del delivery
                 cond.wait(delay)
         ok = delivery.deliver_now(None)
         delivery._schedule(ok)

@@ -36,20 +36,17 @@ def isolated_instrumentation(
     """
     kwargs.setdefault("registry", CollectorRegistry())
     inst = Instrumentation(**kwargs)
-    saved = _instrumentation._default
-    if as_default:
-        _instrumentation._default = inst
-        if saved is not None:
-            saved.retire()
+    saved = _instrumentation._replace_default(inst) if as_default else None
     try:
         yield inst
     finally:
         inst.close()
         if as_default:
-            inst.retire()
-            _instrumentation._default = saved
-            if saved is not None:
-                saved.retired = False
+            # Whatever is the default now (inst, or one configure() made in the block)
+            # gives way to the one from before, and is closed.
+            current = _instrumentation._replace_default(saved)
+            if current is not None:
+                current.close()
 
 
 def _registry(source: Instrumentation | CollectorRegistry) -> CollectorRegistry:

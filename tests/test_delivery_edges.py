@@ -343,17 +343,6 @@ async def test_unexpected_errors_while_pushing_are_logged_never_raised(
     await inst.aclose()
 
 
-def test_flush_gives_up_while_another_push_holds_the_line(stand_in: GatewayStandIn) -> None:
-    inst = gateway_inst(stand_in, push_interval=60)
-    with inst.delivery._push_lock:  # as a push in flight does
-        assert inst.flush(timeout=0.01) is False
-        assert inst.push(timeout=0.01) is False
-    assert stand_in.requests == []
-    assert inst.flush(timeout=5) is True
-    assert len(stand_in.requests) == 1
-    inst.close()
-
-
 def test_flush_reports_a_failed_delivery(stand_in: GatewayStandIn) -> None:
     stand_in.mode = "error"
     inst = gateway_inst(stand_in, push_interval=60)

@@ -830,3 +830,108 @@ def test_original_push_metrics_takes_a_job_name(pushgateway: Pushgateway, job_na
     assert analyses(pushgateway, job=job_name) == 1
     assert analyses(pushgateway, job="codomyrmex") is None
     assert asyncio.run(PrometheusIntegration(registry=CollectorRegistry()).push_metrics()) is False
+
+
+def test_an_older_snapshot_landing_after_a_newer_one_is_pushed_again(
+    stand_in: GatewayStandIn,
+) -> None:
+    """Sends are not serialized; the numbering keeps the gateway from ending stale."""
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=60)
+    delivery = inst.delivery
+    older = delivery._start_attempt()
+    newer = delivery._start_attempt()
+    assert delivery._end_attempt(*newer, None) is True
+    assert delivery._dirty is False
+    assert delivery._end_attempt(*older, None) is True  # landed last, but older
+    assert delivery._dirty is True  # so the latest state goes out again
+    inst.close()
+    assert len(stand_in.requests) == 1  # close() pushed the final state once
+
+
+async def test_sync_push_inside_an_event_loop_does_not_wait_for_an_async_one(
+    stand_in: GatewayStandIn,
+) -> None:
+    stand_in.mode = "slow"
+    stand_in.hang = 1.0
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_mode="each", push_timeout=8
+    )
+
+    @inst.monitored_analysis("m", "async")
+    async def analyze_async() -> None:
+        await asyncio.sleep(0)
+
+    @inst.monitored_analysis("m", "sync")
+    def analyze_sync() -> None:
+        return None
+
+    task = asyncio.create_task(analyze_async())
+    await asyncio.sleep(0.2)  # its push is now in flight, waiting on the slow gateway
+    started = time.monotonic()
+    analyze_sync()  # pushes too (each mode), from the loop's own thread
+    blocked = time.monotonic() - started
+    await task
+    # It waited for its own push (about one hang), never for the other one as well.
+    assert blocked < stand_in.hang * 1.9
+    assert len(stand_in.bodies) == 2
+    final = stand_in.last_value(
+        "codomyrmex_analyses_total", module="m", analysis_type="sync", status="success"
+    )
+    assert final == 1
+    await inst.aclose()
+
+
+async def test_a_cancelled_push_leaves_the_state_for_the_next_one(stand_in: GatewayStandIn) -> None:
+    stand_in.mode = "trickle"
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=60)
+    for _ in range(10):
+        inst.record_analysis("m", "t", 0.1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(inst.aflush(), 0.3)
+    assert inst.delivery._dirty is True
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") >= 1
+    stand_in.mode = "ok"
+    await inst.aclose()
+    assert analyses(stand_in) == 10
+
+
+def test_an_instrumentation_dropped_while_dirty_still_delivers(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    result = run_child(
+        f"""
+        import gc
+        from instrument import Instrumentation
+
+        def batch():
+            inst = Instrumentation(pushgateway={pushgateway.url!r}, job={job_name!r}, push_interval=60)
+
+            @inst.monitored_analysis("m", "t")
+            def work(i):
+                return i
+
+            for i in range(10):
+                work(i)
+
+        batch()   # the instrumentation is dropped, never closed, its state not yet pushed
+        gc.collect()
+        """
+    )
+    assert result.returncode == 0, result.stderr
+    assert analyses(pushgateway, job=job_name) == 10
+
+
+def test_credentials_are_cleaned_and_never_echoed(stand_in: GatewayStandIn) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=stand_in.url,
+        bearer_token="tok-from-a-file\n",
+        push_mode="off",
+    )
+    assert inst.push()
+    assert stand_in.requests[-1][2]["authorization"] == "Bearer tok-from-a-file"
+    inst.close()
+    for bad in ({"bearer_token": "zq9\nxv7"}, {"basic_auth": ("user", "zq9\x00xv7")}):
+        with pytest.raises(ValueError, match="contains a control character") as info:
+            Instrumentation(pushgateway=stand_in.url, **bad)  # type: ignore[arg-type]
+        assert "zq9" not in str(info.value) and "xv7" not in str(info.value)

@@ -79,3 +79,36 @@ def test_isolated_instrumentation_restores_the_previous_default() -> None:
     with isolated_instrumentation(registry=registry, as_default=False) as other:
         assert other.registry is registry
         assert get_instrumentation() is before
+
+
+def test_configure_inside_an_isolated_block_does_not_outlive_it() -> None:
+    from instrument import configure
+
+    before = get_instrumentation()
+    with isolated_instrumentation():
+        inner = configure(registry=CollectorRegistry(), namespace="inner")
+        analyze(True)
+    assert get_instrumentation() is before
+    assert inner.retired
+    analyze(True)  # lands on the restored default, not on the instrumentation made inside
+    assert (
+        sample_value(
+            inner,
+            "analyses_total",
+            {"module": "static_analysis", "analysis_type": "codebase", "status": "success"},
+        )
+        == 1
+    )
+
+
+def test_decorators_are_back_on_the_fast_path_after_an_isolated_block() -> None:
+    from instrument.analysis import AnalysisMonitor
+
+    monitor = AnalysisMonitor(None, "fast", "path")
+    wrapped = monitor(lambda: None)
+    wrapped()
+    with isolated_instrumentation():
+        wrapped()
+    wrapped()
+    assert monitor._binding is not None and not monitor._binding.stale
+    assert monitor._binding.inst is get_instrumentation()
