@@ -340,6 +340,17 @@ class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
                 logger.debug("instrument: wrapt's wrapper base changed; using its __call__")
 
 
+class _Entry(Generic[P]):
+    """One with-block entry: its probe, and how to undo it in the context."""
+
+    __slots__ = ("previous", "probe", "token")
+
+    def __init__(self, probe: P, previous: _Entry[P] | None) -> None:
+        self.probe = probe
+        self.previous = previous
+        self.token: contextvars.Token[_Entry[P] | None]
+
+
 class Instrumenter(Generic[P]):
     """Base of every decorator: used as ``@it`` on a function, or as a (async) with-block.
 
@@ -349,7 +360,7 @@ class Instrumenter(Generic[P]):
 
     def __init__(self) -> None:
         # Created here, not on first use: two threads entering first at once must share it.
-        self._entered: contextvars.ContextVar[tuple[P, Any] | None] = contextvars.ContextVar(
+        self._entered: contextvars.ContextVar[_Entry[P] | None] = contextvars.ContextVar(
             f"instrument-{type(self).__name__}", default=None
         )
 
@@ -404,16 +415,21 @@ class Instrumenter(Generic[P]):
         except Exception:
             _guard("starting a job")
             probe = self.null_probe()
-        self._entered.set((probe, self._entered.get()))
+        entry = _Entry(probe, self._entered.get())
+        entry.token = self._entered.set(entry)
         return probe
 
     def _pop(self) -> P:
-        node = self._entered.get()
-        if node is None:
+        entry = self._entered.get()
+        if entry is None:
             raise RuntimeError("with-block exited without a matching enter in this context")
-        probe, rest = node
-        self._entered.set(rest)
-        return probe
+        try:
+            # Back to the value before the enter; when that was "unset", the context holds
+            # no entry for this object any more (set() alone would leave one per object).
+            self._entered.reset(entry.token)
+        except (ValueError, RuntimeError):  # entered in a context this one was copied from
+            self._entered.set(entry.previous)
+        return entry.probe
 
     def _exit(self, exc: BaseException | None) -> P:
         probe = self._pop()

@@ -616,3 +616,15 @@ async def test_exit_without_enter_says_so_clearly() -> None:
         monitor.__exit__(None, None, None)
     with pytest.raises(RuntimeError, match="without a matching enter"):
         await monitor.__aexit__(None, None, None)
+
+
+def test_with_blocks_leave_nothing_behind_in_the_context() -> None:
+    import contextvars
+
+    inst = Instrumentation()
+    before = len(contextvars.copy_context())
+    for _ in range(200):  # a fresh monitor per block, as ad-hoc code does
+        with inst.monitored_analysis("m", "t"):
+            pass
+    assert len(contextvars.copy_context()) == before
+    inst.close()
