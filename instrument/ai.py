@@ -5,6 +5,10 @@ async generator) or a with-block. When the call returns a stream, the caller get
 in a transparent proxy and the job ends when the stream does: exhausted (success), failed
 (error), closed or left early (cancelled), or garbage collected unfinished (cancelled).
 
+A stream garbage collected unfinished is recorded at the next AI call or push, or when
+:func:`record_abandoned_streams` is called (pull mode: before a scrape). The collector may
+run while its thread holds a lock that recording takes, so it only queues the stream.
+
 Label children are bound once per (provider, model); at most ``max_models`` model names
 per provider get their own series, the rest are reported as ``other``.
 """
@@ -17,6 +21,7 @@ import json
 import logging
 import math
 import os
+import queue
 import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
@@ -26,9 +31,18 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, c
 
 import wrapt
 
-from ._wrapping import Probe, _adeliver, _deliver, _guard, _probe_end, bind_arguments
+from ._wrapping import (
+    Probe,
+    _adeliver,
+    _deliver,
+    _guard,
+    _probe_end,
+    bind_arguments,
+    wraps_signature,
+)
 from .instrumentation import Binding, Instrumentation, Policy, check_number
 from .metrics import Metrics
+from .push import register_before_snapshot
 from .usage import Usage, extract_usage, response_model, usage_from
 
 __all__ = [
@@ -37,6 +51,7 @@ __all__ = [
     "AICallTracker",
     "ModelPrice",
     "load_prices",
+    "record_abandoned_streams",
     "track_ai_call",
 ]
 
@@ -496,7 +511,8 @@ class AICall(Probe):
     # -- recording -------------------------------------------------------------------------
 
     def _add(self, usage: Usage) -> None:
-        self._usage = usage if self._usage is None else self._usage + usage
+        with _usage_lock:  # streams of one call may end in different threads
+            self._usage = usage if self._usage is None else self._usage + usage
 
     def _read(self, response: Any) -> None:
         if response is None:
@@ -522,10 +538,10 @@ class AICall(Probe):
             return
         try:
             now = perf_counter() if end is None else end
-            streams = self._streams
+            with _usage_lock:
+                streams, self._streams = self._streams, None
             if streams is not None:
                 # Still open at the call's end: what they reported so far counts.
-                self._streams = None
                 for stream in streams:
                     stream.settle()
             series, name = self._series(b)
@@ -594,11 +610,12 @@ class _Chunks:
         self.open = True
         self.usage: Usage | None = None
         if not ends_call:  # the call may end first: it settles what is still open
-            streams = call._streams
-            if streams is None:
-                call._streams = [self]
-            else:
-                streams.append(self)
+            with _usage_lock:
+                streams = call._streams
+                if streams is None:
+                    call._streams = [self]
+                else:
+                    streams.append(self)
 
     def read(self, chunk: Any) -> None:
         call = self.call
@@ -614,11 +631,16 @@ class _Chunks:
             call._see_model(chunk)
 
     def settle(self) -> None:
-        """Stop recording this stream and add its usage to the call: once."""
-        if self.open:
+        """Stop recording this stream and add its usage to the call: once, whichever of
+        the stream's end and the call's end comes first, in whatever thread."""
+        with _usage_lock:
+            if not self.open:
+                return
             self.open = False
-            if self.usage is not None:
-                self.call._add(self.usage)
+            usage = self.usage
+            if usage is not None:
+                call = self.call
+                call._usage = usage if call._usage is None else call._usage + usage
 
 
 class _Stream(_Chunks):
@@ -713,17 +735,49 @@ class _Stream(_Chunks):
             await _adeliver(self.call)
 
     def abandon(self) -> None:
-        if not self.open:
-            return
+        """From the garbage collector, which may run while this thread holds a lock that
+        recording takes (prometheus_client's, the model guard's): queue, record nothing."""
+        if self.open:
+            self.step = _collected  # let the SDK stream go now, as collection would
+            _abandoned.put(self)
+
+    def record_abandoned(self) -> None:
+        """At a safe point: end the call as cancelled, for the next push to carry."""
         try:
             if self.end(abandoned=True):
-                call = self.call
-                # A blocking push from a finalizer could stall an event loop or re-enter a
-                # push in progress: in "each" mode the next push carries this call instead.
-                if call._b is not None and call._b.inst.push_mode != "each":
-                    _deliver(call)
+                b = self.call._b
+                if b is not None:
+                    b.inst.delivery.note_change()
         except Exception:
             _guard("recording an abandoned stream")
+
+
+def _collected(*args: Any) -> Any:
+    raise RuntimeError("this stream was garbage collected")
+
+
+# Abandoned streams waiting to be recorded. SimpleQueue.put takes no lock that the
+# collector could find held: it is safe in a finalizer.
+_abandoned: queue.SimpleQueue[_Stream] = queue.SimpleQueue()
+# Guards the usage a call adds up from its streams, which may end in different threads.
+_usage_lock = threading.Lock()
+
+
+def record_abandoned_streams() -> None:
+    """Record the streams garbage collected before their end, as cancelled calls.
+
+    This happens by itself at the next AI call and before every push; call it to record
+    them now, e.g. before a scrape in pull mode, or in a test after ``gc.collect()``.
+    """
+    while True:
+        try:
+            stream = _abandoned.get_nowait()
+        except queue.Empty:
+            return
+        stream.record_abandoned()
+
+
+register_before_snapshot(record_abandoned_streams)
 
 
 if TYPE_CHECKING:
@@ -984,6 +1038,8 @@ class AICallTracker(Policy[AICall, _AIBinding]):
     def start(
         self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> AICall:
+        if not _abandoned.empty():
+            record_abandoned_streams()
         b = self._binding
         if b is None or b.stale:
             b = self.binding()
@@ -1077,9 +1133,10 @@ class AICallTracker(Policy[AICall, _AIBinding]):
 
 
 def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:
-    try:
-        signature = inspect.signature(func, follow_wrapped=False)
-    except (TypeError, ValueError):
+    # Through functools.wraps decorators (tenacity's @retry, caches): their ``*args``
+    # pass the call on to the function that names ``model``.
+    signature = wraps_signature(func)
+    if signature is None:
         return None
     parameter = signature.parameters.get("model")
     if parameter is None:

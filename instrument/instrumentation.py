@@ -15,7 +15,7 @@ from prometheus_client import CollectorRegistry
 from . import config as _config
 from ._wrapping import Instrumenter, Probe
 from .metrics import DEFAULT_NAMESPACE, Metrics
-from .push import Delivery, PushTarget, _multiprocess_enabled
+from .push import BeforeCollect, Delivery, PushTarget, _multiprocess_enabled
 
 if TYPE_CHECKING:
     from .ai import AICallTracker
@@ -91,6 +91,8 @@ class Instrumentation:
             raise ValueError(f"max_models must be a positive integer, got {max_models!r}")
         self.enabled = bool(enabled)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        # Before the metrics, so a scrape records deferred work (abandoned streams) first.
+        self.registry.register(BeforeCollect())
         self.metrics = Metrics.get(self.registry, namespace, buckets)
         self.namespace = namespace
         self.job = job

@@ -42,7 +42,15 @@ from .metrics import Metrics
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["PUSH_MODES", "Delivery", "PushTarget", "grouping_path", "mask_url"]
+__all__ = [
+    "PUSH_MODES",
+    "BeforeCollect",
+    "Delivery",
+    "PushTarget",
+    "grouping_path",
+    "mask_url",
+    "register_before_snapshot",
+]
 
 logger = logging.getLogger("instrument")
 
@@ -329,10 +337,14 @@ class Delivery:
         self._pid = os.getpid()
         self._dirty = False
         self._cond = threading.Condition()
-        # Sends are not serialized (a slow push must never hold up another caller or an
-        # event loop). Snapshots are numbered under a short lock instead; an older one that
-        # lands after a newer one marks the state dirty, so the newer state is pushed again.
+        # Snapshots are numbered under a short lock; an older one that lands after a newer
+        # one (an async and a sync send overlapping) marks the state dirty, so the newer
+        # state is pushed again.
         self._snapshot_lock = threading.Lock()
+        # Sync senders (the flusher, push(), flush(), each mode) still go one at a time, so
+        # flush() returning True means the latest state is what the gateway holds. Async
+        # sends never take it: an event loop must not wait on a thread lock.
+        self._send_lock = threading.Lock()
         self._taken = 0
         self._landed = 0
         # While dirty, the flusher keeps the delivery alive until it has pushed.
@@ -436,16 +448,23 @@ class Delivery:
         if self._is_worker():
             return False
         limit = self._default_timeout() if timeout is None else timeout
-        snapshot, attempt = self._start_attempt()
-        try:
-            if self.gateway is not None:
-                self.gateway.push(snapshot, limit)
-        except BaseException as exc:
-            self._end_attempt(snapshot, attempt, exc)
-            if not isinstance(exc, Exception):
-                raise
+        deadline = time.monotonic() + limit
+        if not self._send_lock.acquire(timeout=limit):
+            self._dirty = True  # not delivered: the next push must carry it
             return False
-        return self._end_attempt(snapshot, attempt, None)
+        try:
+            snapshot, attempt = self._start_attempt()
+            try:
+                if self.gateway is not None:
+                    self.gateway.push(snapshot, deadline - time.monotonic())
+            except BaseException as exc:
+                self._end_attempt(snapshot, attempt, exc)
+                if not isinstance(exc, Exception):
+                    raise
+                return False
+            return self._end_attempt(snapshot, attempt, None)
+        finally:
+            self._send_lock.release()
 
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
         limit = self._default_timeout() if timeout is None else timeout
@@ -468,11 +487,7 @@ class Delivery:
         """Clear dirty, then take a numbered snapshot: a job ending after this marks dirty
         again. The attempt is counted and stamped as the last success before the snapshot,
         so the pushed state already says when it was pushed; a failure puts it back."""
-        for hook in _before_snapshot:
-            try:
-                hook()
-            except Exception:
-                logger.exception("instrument: a before-push hook failed")
+        _run_before_snapshot()
         with self._snapshot_lock:
             self._dirty = False
             self._taken += 1
@@ -606,6 +621,7 @@ class Delivery:
         return thread
 
     def _final_pending(self) -> bool:
+        _run_before_snapshot()  # deferred recording may still mark the state dirty
         return self.mode != "off" and not self._is_worker() and self._dirty
 
     def close(self, timeout: float = _EXIT_FLUSH_TIMEOUT) -> None:
@@ -650,9 +666,29 @@ _before_snapshot: list[Callable[[], None]] = []
 
 
 def register_before_snapshot(hook: Callable[[], None]) -> None:
-    """Run ``hook`` before each snapshot is taken for a push (never raises into the push)."""
+    """Run ``hook`` before each snapshot is taken for a push or a scrape (never raises)."""
     if hook not in _before_snapshot:
         _before_snapshot.append(hook)
+
+
+def _run_before_snapshot() -> None:
+    for hook in _before_snapshot:
+        try:
+            hook()
+        except Exception:
+            logger.exception("instrument: a before-push hook failed")
+
+
+class BeforeCollect(Collector):
+    """Registered on an instrumentation's registry: a scrape runs the before-snapshot
+    hooks too, so pull mode sees deferred recording. It exposes no metrics."""
+
+    def collect(self) -> Iterator[Metric]:
+        _run_before_snapshot()
+        return iter(())
+
+    def describe(self) -> list[Metric]:
+        return []
 
 
 class _FlushState:

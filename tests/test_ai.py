@@ -6,24 +6,27 @@ Durations are exact: the module's clock is swapped for one the test moves by han
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import inspect
 import json
 import logging
 import re
+import sys
 import threading
+import time
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, generate_latest
 
 import instrument
 from instrument import AICall, AICallTracker, Instrumentation, track_ai_call
 from instrument import ai as ai_module
 from instrument import instrumentation as instrumentation_module
-from instrument.ai import load_prices
+from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
 
@@ -45,6 +48,7 @@ from .ai_fakes import (
     sample,
     token_counts,
 )
+from .servers import GatewayStandIn
 
 GPT4O_PRICES = {
     "gpt-4o": {
@@ -444,6 +448,7 @@ class TestStreams:
         clock.advance(30.0)  # dropped long ago: the duration ends at the last chunk seen
         del stream
         gc.collect()
+        record_abandoned_streams()
         assert calls(registry, provider, "m") == {"cancelled": 1}
         assert duration(registry, provider, "m") == (1, 0.5)
         assert ttft(registry, provider, "m") == (1, 0.25)
@@ -460,6 +465,7 @@ class TestStreams:
         await stream.__anext__()
         del stream
         gc.collect()
+        record_abandoned_streams()
         assert calls(registry, provider, "m") == {"cancelled": 1}
         assert active(registry) == 0
 
@@ -497,6 +503,141 @@ class TestStreams:
         assert errors(registry, provider, "m", "ServiceUnavailableError", "503") == 1
         assert calls(registry, provider, "m") == {"error": 1}
         assert active(registry) == 0
+
+
+class TestAbandonedStreams:
+    """The collector only queues a dropped stream: it may run while its thread holds a lock
+    that recording takes. The next AI call, the next push or ``record_abandoned_streams``
+    records it."""
+
+    @pytest.fixture(autouse=True)
+    def _no_leftovers(self) -> None:
+        record_abandoned_streams()  # streams other tests left behind
+
+    def test_the_collector_records_nothing_even_under_a_held_lock(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("openai", None)
+        def ask(model: str) -> FakeStream:
+            return FakeStream(openai_chat_chunks(prompt=10, completion=3))
+
+        class Holder:
+            stream: Any
+
+        holder = Holder()
+        holder.self = holder  # type: ignore[attr-defined]  # only the cyclic collector frees it
+        holder.stream = ask("gpt-4o")
+        next(holder.stream)
+        # Recording a first call of a model takes this lock (``.labels()``), and a thread
+        # holding it is where the collector may run: it must not try to take it again.
+        lock = inst.metrics.ai_api_calls._lock
+        collected = threading.Event()
+
+        def collect_holding_the_lock() -> None:
+            with lock:
+                gc.collect()
+            collected.set()
+
+        del holder
+        gc.disable()  # collect in that thread, not whenever this one allocates
+        try:
+            threading.Thread(target=collect_holding_the_lock, daemon=True).start()
+            assert collected.wait(5), "recording from the garbage collector deadlocked"
+        finally:
+            gc.enable()
+        assert ai_module._abandoned.qsize() == 1  # queued by the collector, not recorded
+        record_abandoned_streams()
+        assert ai_module._abandoned.empty()
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+        assert ttft(registry, "openai", "gpt-4o")[0] == 1
+        assert active(registry) == 0
+        record_abandoned_streams()  # once
+        assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+
+    def test_recorded_by_the_next_call(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        @inst.track_ai_call("anthropic", "claude-sonnet-4")
+        def ask() -> FakeStream:
+            return FakeStream(anthropic_events(9, output_steps=(5,)))
+
+        stream = ask()
+        next(stream)  # message_start: input known, output 1 so far
+        del stream
+        gc.collect()
+        assert ai_module._abandoned.qsize() == 1
+        with inst.track_ai_call("openai", "gpt-4o"):  # any tracker's next call
+            assert ai_module._abandoned.empty()
+            assert calls(registry, "anthropic", "claude-sonnet-4") == {"cancelled": 1}
+        assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
+        assert active(registry) == 0
+
+    def test_recorded_by_a_scrape(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask() -> FakeStream:
+            return FakeStream(openai_chat_chunks())
+
+        stream = ask()
+        next(stream)
+        del stream
+        gc.collect()
+        assert ai_module._abandoned.qsize() == 1
+        text = generate_latest(registry).decode()  # what /metrics serves in pull mode
+        assert (
+            'codomyrmex_ai_api_calls_total{model="gpt-4o",provider="openai",status="cancelled"} 1.0'
+            in text
+        )
+
+    def test_recorded_by_a_push(self, tmp_path: Path, registry: CollectorRegistry) -> None:
+        textfile = tmp_path / "ai.prom"
+        inst = Instrumentation(registry=registry, textfile=str(textfile))
+
+        @inst.track_ai_call("openai", "gpt-4o")
+        def ask() -> FakeStream:
+            return FakeStream(openai_chat_chunks())
+
+        try:
+            stream = ask()
+            next(stream)
+            del stream
+            gc.collect()
+            assert ai_module._abandoned.qsize() == 1
+            assert inst.push()
+            assert ai_module._abandoned.empty()
+            assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
+            pushed = textfile.read_text()
+            assert re.search(
+                r'^codomyrmex_ai_api_calls_total\{[^}]*status="cancelled"[^}]*\} 1\.0$',
+                pushed,
+                re.MULTILINE,
+            ), pushed
+        finally:
+            inst.close()
+
+    @pytest.mark.integration
+    def test_each_mode_pushes_it_at_close(self) -> None:
+        gateway = GatewayStandIn("ok")
+        try:
+            inst = Instrumentation(
+                registry=CollectorRegistry(), pushgateway=gateway.url, push_mode="each"
+            )
+
+            @inst.track_ai_call("openai", "gpt-4o")
+            def ask() -> Iterator[dict[str, Any]]:
+                return iter(openai_chat_chunks(prompt=10, completion=2))
+
+            for _chunk in ask():
+                break  # got what we needed: the stream is dropped here
+            gc.collect()
+            inst.close()  # what atexit does
+            labels = {"provider": "openai", "model": "gpt-4o"}
+            assert (
+                gateway.last_value("codomyrmex_ai_api_calls_total", status="cancelled", **labels)
+                == 1
+            )
+            assert gateway.last_value("codomyrmex_active_jobs", job_type="ai_call") == 0
+        finally:
+            gateway.close()
 
 
 class TestStreamEnds:
@@ -788,6 +929,48 @@ def token_detail(
 class TestSeveralStreams:
     """Each stream merges its own running totals; the streams of one call add up."""
 
+    def test_streams_of_one_call_ending_in_different_threads(
+        self, inst: Instrumentation, registry: CollectorRegistry, monkeypatch: pytest.MonkeyPatch
+    ) -> None:
+        tracker = inst.track_ai_call("openai", "gpt-4o")
+        # Widen the window between reading a call's total and writing the sum back.
+        add = Usage.__add__
+
+        def slow_add(self: Usage, other: Usage) -> Usage:
+            time.sleep(0)  # let another thread run
+            return add(self, other)
+
+        monkeypatch.setattr(Usage, "__add__", slow_add)
+        streams_per_call, rounds = 8, 25
+        interval = sys.getswitchinterval()
+        sys.setswitchinterval(1e-6)  # switch threads often, as under load
+
+        def consume(stream: Iterator[Any], barrier: threading.Barrier) -> None:
+            barrier.wait()  # all streams end together
+            for _chunk in stream:
+                pass
+
+        try:
+            for _ in range(rounds):
+                with tracker as call:
+                    streams = [
+                        call.record_response(
+                            FakeStream(openai_chat_chunks(prompt=10, completion=1))
+                        )
+                        for _ in range(streams_per_call)
+                    ]
+                    barrier = threading.Barrier(streams_per_call)
+                    threads = [threading.Thread(target=consume, args=(s, barrier)) for s in streams]
+                    for t in threads:
+                        t.start()
+                    for t in threads:
+                        t.join()
+        finally:
+            sys.setswitchinterval(interval)
+        total = streams_per_call * rounds
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 10 * total, "output": total}
+        assert calls(registry, "openai", "gpt-4o") == {"success": rounds}
+
     def test_two_streams_in_one_with_block(
         self, inst: Instrumentation, registry: CollectorRegistry
     ) -> None:
@@ -1023,6 +1206,25 @@ class TestModel:
         )()
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
         assert calls(registry, "openai", "gpt-4o-2024-08-06") == {}
+
+    def test_positional_behind_a_wraps_decorator(
+        self, inst: Instrumentation, registry: CollectorRegistry
+    ) -> None:
+        def retry(func: Any) -> Any:  # the shape of tenacity's @retry, backoff, caches
+            @functools.wraps(func)
+            def wrapped(*args: Any, **kwargs: Any) -> Any:
+                return func(*args, **kwargs)
+
+            return wrapped
+
+        @inst.track_ai_call("openai", model=None)
+        @retry
+        def ask(model: str, prompt: str) -> dict[str, Any]:
+            return {"usage": {"prompt_tokens": 3, "completion_tokens": 2}}  # no model field
+
+        ask("gpt-4o-mini", "hi")
+        assert calls(registry, "openai", "gpt-4o-mini") == {"success": 1}
+        assert calls(registry, "openai", "unknown") == {}
 
 
 class TestCardinality:
