@@ -211,16 +211,15 @@ def build_parser() -> argparse.ArgumentParser:
         description="Prometheus and Grafana instrumentation for analysis pipelines and LLM calls.",
     )
     parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
-    parser.add_argument(
-        "-v",
-        "--verbose",
-        action="count",
-        default=0,
-        help="show the library's log (-vv: debug), e.g. each retry of a push or a request",
-    )
+    verbose_help = "show the library's log (-vv: debug), e.g. each retry of a push or a request"
+    parser.add_argument("-v", "--verbose", action="count", default=0, help=verbose_help)
     commands = parser.add_subparsers(title="commands", metavar="COMMAND")
     for add in SUBCOMMANDS:
         add(commands)
+    for command in commands.choices.values():  # -v also after the command's name
+        command.add_argument(
+            "-v", "--verbose", action="count", default=argparse.SUPPRESS, help=verbose_help
+        )
     return parser
 
 

@@ -37,6 +37,15 @@ def _grouping_key(value: str) -> dict[str, str]:
     return pairs
 
 
+def _choice(*choices: str) -> Callable[[str], str]:
+    def parse(value: str) -> str:
+        if value.strip().lower() not in choices:
+            raise ValueError(f"expected one of {', '.join(choices)}")
+        return value.strip().lower()
+
+    return parse
+
+
 def _instance(value: str) -> bool | str:
     try:
         return _flag(value)
@@ -77,11 +86,13 @@ SETTINGS: tuple[Setting, ...] = (
             "Delete this process's group from the Pushgateway at a clean exit.", _flag),
     Setting("push_mode", "INSTRUMENT_PUSH_MODE", "coalesce with a target, else off",
             "each: push after every call and wait; coalesce: a background flusher pushes at most "
-            "once per push_interval; off: never push (pull mode)."),
+            "once per push_interval; off: never push (pull mode).",
+            _choice("each", "coalesce", "off")),
     Setting("push_interval", "INSTRUMENT_PUSH_INTERVAL", "1.0",
             "Seconds between coalesced pushes.", float),
     Setting("push_method", "INSTRUMENT_PUSH_METHOD", "put",
-            "put replaces the whole group; post replaces only the pushed metric names."),
+            "put replaces the whole group; post replaces only the pushed metric names.",
+            _choice("put", "post")),
     Setting("push_timeout", "INSTRUMENT_PUSH_TIMEOUT", "5.0",
             "Seconds a push may take in all (connect included).", float),
     Setting("textfile", "INSTRUMENT_TEXTFILE", "None",

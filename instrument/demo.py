@@ -192,23 +192,26 @@ def _quantiles(
 
 
 def _ms(seconds: float) -> str:
-    return "-" if math.isnan(seconds) else f"{seconds * 1000:.2f} ms"
+    return "-" if math.isnan(seconds) else f"{seconds * 1000:.2f}"
 
 
 def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) -> None:
+    """A table whose first column is a name and the others numbers; fits 80 columns."""
     if not rows:
         return
     try:
+        from rich import box
         from rich.console import Console
         from rich.table import Table
 
-        table = Table(title=title, title_justify="left")
-        for column in header:
-            table.add_column(column)
+        table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
+        table.add_column(header[0], no_wrap=True, overflow="fold")
+        for column in header[1:]:
+            table.add_column(column, justify="right", no_wrap=True)
         for row in rows:
             table.add_row(*row)
-        # Not a terminal (a pipe, a log): rich would assume 80 columns and cut names.
-        width = None if out.isatty() else 120
+        # Not a terminal (a pipe, a log): rich would assume 80 columns; keep names whole.
+        width = None if out.isatty() else 100
         Console(file=out, width=width).print(table)
         return
     except ImportError:
@@ -216,9 +219,9 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
     widths = [max(len(str(c)) for c in col) for col in zip(header, *rows, strict=False)]
     out.write(f"\n{title}\n")
     for row in [header, ["-" * w for w in widths], *rows]:
-        out.write(
-            "  " + "  ".join(str(c).ljust(w) for c, w in zip(row, widths, strict=False)) + "\n"
-        )
+        cells = [str(row[0]).ljust(widths[0])]
+        cells += [str(c).rjust(w) for c, w in zip(row[1:], widths[1:], strict=False)]
+        out.write("  " + "  ".join(cells) + "\n")
 
 
 def summarize(inst: Instrumentation, out: TextIO) -> None:
@@ -240,22 +243,23 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
         p50, p95 = quantiles.get(key, (math.nan, math.nan))
         ratio = f"{errors / total:.1%}" if total else "-"
         mean = sums.get(key, math.nan) / total if total else math.nan
-        rows.append([*key, f"{total:.0f}", f"{errors:.0f}", ratio, _ms(mean), _ms(p50), _ms(p95)])
+        name = "/".join(key)
+        rows.append([name, f"{total:.0f}", f"{errors:.0f}", ratio, _ms(mean), _ms(p50), _ms(p95)])
     _table(
-        "Analyses",
-        ["module", "analysis_type", "calls", "errors", "error ratio", "mean", "p50", "p95"],
+        "Analyses (durations in ms)",
+        ["module/analysis_type", "calls", "errors", "ratio", "mean", "p50", "p95"],
         rows,
         out,
     )
     active = [[lab["job_type"], f"{v:.0f}"] for lab, v in _samples(reg, f"{ns}_active_jobs")]
-    _table("Active jobs (back to 0 once every job ended)", ["job_type", "active"], active, out)
+    _table("Active jobs (0: all ended)", ["job_type", "active"], active, out)
     scores = sorted(
-        [lab["project"], lab["module"], f"{v:.1f}"]
+        [f"{lab['project']}/{lab['module']}", f"{v:.1f}"]
         for lab, v in _samples(reg, f"{ns}_code_quality_score")
     )
     if len(scores) > 12:
-        scores = [*scores[:12], ["...", f"({len(scores) - 12} more)", ""]]
-    _table("Quality scores", ["project", "module", "score"], scores, out)
+        scores = [*scores[:12], [f"... {len(scores) - 12} more", ""]]
+    _table("Quality scores", ["project/module", "score"], scores, out)
 
     calls: dict[tuple[str, str], dict[str, float]] = {}
     for labels, value in _samples(reg, f"{ns}_ai_api_calls_total"):
@@ -271,7 +275,7 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
         used = tokens.get(key, {})
         ai_rows.append(
             [
-                *key,
+                "/".join(key),
                 f"{total:.0f}",
                 f"{by_status.get('error', 0):.0f}",
                 f"{used.get('input', 0):.0f}",
@@ -281,8 +285,8 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
             ]
         )
     _table(
-        "LLM calls",
-        ["provider", "model", "calls", "errors", "input tok", "output tok", "p95", "p95 TTFT"],
+        "LLM calls (tokens; p95 duration and time to first token in ms)",
+        ["provider/model", "calls", "errors", "in", "out", "p95", "TTFT p95"],
         ai_rows,
         out,
     )

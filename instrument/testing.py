@@ -11,7 +11,6 @@ from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
-import pytest
 from prometheus_client import CollectorRegistry
 
 from . import instrumentation as _instrumentation
@@ -73,6 +72,7 @@ def assert_sample(
     expected: float,
 ) -> None:
     """Assert a sample's value; the failure lists the samples that do exist under that name."""
+    __tracebackhide__ = True
     full = _namespace(source, name)
     actual = sample_value(source, full, labels)
     if actual == expected:
@@ -100,7 +100,9 @@ def assert_analyses(
     error: int | None = None,
     cancelled: int | None = None,
 ) -> None:
-    """Assert how many analyses ended in each status, e.g. ``success=2, error=1``."""
+    """Assert how many analyses ended in each status, e.g. ``success=2, error=1``; a status
+    left out is not checked."""
+    __tracebackhide__ = True
     expected = {"success": success, "error": error, "cancelled": cancelled}
     for status, count in expected.items():
         if count is None:
@@ -111,8 +113,16 @@ def assert_analyses(
             assert_sample(source, "analyses_total", labels, count)
 
 
-@pytest.fixture
-def instrumentation() -> Iterator[Instrumentation]:
+def _fresh_default() -> Iterator[Instrumentation]:
     """A fresh default Instrumentation for one test (registered by the pytest plugin)."""
     with isolated_instrumentation() as inst:
         yield inst
+
+
+# The pytest plugin part: the rest of this module works without pytest installed.
+try:
+    import pytest
+except ImportError:  # pragma: no cover - exercised only where pytest is absent
+    pass
+else:
+    instrumentation = pytest.fixture(name="instrumentation")(_fresh_default)

@@ -17,11 +17,7 @@ if ((${#need[@]})); then
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
-python=${PYTHON:-python3}
-if [[ ! -x .venv/bin/python ]]; then
-  echo "== creating .venv"
-  "$python" -m venv .venv
-fi
+source scripts/_venv.sh
 echo "== installing the package with its test extras"
 .venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cli,yaml,bench]"
 
