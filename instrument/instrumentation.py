@@ -91,8 +91,12 @@ class Instrumentation:
             raise ValueError(f"max_models must be a positive integer, got {max_models!r}")
         self.enabled = bool(enabled)
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        # Before the metrics, so a scrape records deferred work (abandoned streams) first.
-        self.registry.register(BeforeCollect())
+        # Before the metrics, so a scrape records deferred work (abandoned streams) first;
+        # once per registry, however many instrumentations share it.
+        with _default_lock:
+            if self.registry not in _hooked_registries:
+                _hooked_registries.add(self.registry)
+                self.registry.register(BeforeCollect())
         self.metrics = Metrics.get(self.registry, namespace, buckets)
         self.namespace = namespace
         self.job = job
@@ -375,7 +379,8 @@ class Policy(Instrumenter[P], Generic[P, B]):
 # -- the default instrumentation ---------------------------------------------------------------
 
 _default: Instrumentation | None = None
-_default_lock = threading.Lock()
+_default_lock = threading.RLock()
+_hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
 
 
 def get_instrumentation() -> Instrumentation:

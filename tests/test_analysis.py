@@ -944,3 +944,13 @@ def test_module_level_original_methods_act_on_the_default() -> None:
         )
         == 7
     )
+
+
+def test_a_shared_registry_gets_one_scrape_hook() -> None:
+    from instrument.push import BeforeCollect
+
+    shared = CollectorRegistry()
+    for _ in range(3):
+        Instrumentation(registry=shared).close()
+    hooks = [c for c in shared._collector_to_names if isinstance(c, BeforeCollect)]
+    assert len(hooks) == 1
