@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from typing import TYPE_CHECKING, TextIO
@@ -57,6 +58,24 @@ def _namespace(args: argparse.Namespace) -> str:
         raise CommandError(str(exc)) from None
 
 
+def _write_output(path: str | None, text: str) -> None:
+    """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line."""
+    try:
+        if path in (None, "-"):
+            sys.stdout.write(text)
+            sys.stdout.flush()
+        else:
+            with open(path, "w", encoding="utf-8") as file:
+                file.write(text)
+    except BrokenPipeError:
+        # The reader went away (| head): nothing more to say, and nothing to flush at exit.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+    except OSError as exc:
+        where = "standard output" if path in (None, "-") else path
+        raise CommandError(f"cannot write {where}: {exc.strerror or exc}") from None
+
+
 def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     parser = commands.add_parser(
         "dashboard",
@@ -90,14 +109,13 @@ def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]
             )
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if args.output not in (None, "-"):
-            try:
-                with open(args.output, "w", encoding="utf-8") as file:
-                    file.write(dashboard_json(dashboard))
-            except OSError as exc:
-                raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
-        elif not args.apply or args.output == "-":
-            sys.stdout.write(dashboard_json(dashboard))
+        if args.apply and not (args.grafana_url or os.environ.get("GRAFANA_URL")):
+            # Before anything is written: a half-done command helps nobody.
+            raise CommandError(
+                "--apply needs Grafana's URL: pass --grafana-url URL or set GRAFANA_URL"
+            )
+        if args.output is not None or not args.apply:
+            _write_output(args.output, dashboard_json(dashboard))
         if args.apply:
             apply_dashboard_command(
                 namespace,
@@ -134,14 +152,7 @@ def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) ->
             text = rules_yaml(namespace)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if args.output in (None, "-"):
-            sys.stdout.write(text)
-            return 0
-        try:
-            with open(args.output, "w", encoding="utf-8") as file:
-                file.write(text)
-        except OSError as exc:
-            raise CommandError(f"cannot write {args.output}: {exc.strerror or exc}") from None
+        _write_output(args.output, text)
         return 0
 
     parser.set_defaults(handler=run)
@@ -164,7 +175,6 @@ def apply_dashboard_command(
     Writes one line with the dashboard's URL to ``out``; raises :class:`CommandError`.
     """
     import asyncio
-    import os
 
     from .dashboard import build_dashboard
     from .grafana import GrafanaAuthError, GrafanaClient, GrafanaError

@@ -53,9 +53,16 @@ def _registry(source: Instrumentation | CollectorRegistry) -> CollectorRegistry:
 
 
 def _namespace(source: Instrumentation | CollectorRegistry, name: str) -> str:
-    if isinstance(source, Instrumentation) and not name.startswith(source.namespace + "_"):
-        return f"{source.namespace}_{name}"
-    return name
+    """The full sample name: with an Instrumentation, ``name`` may leave out the namespace
+    (``analyses_total``). A name that already carries it is taken as it is only when the
+    prefixed reading has no samples, so namespace "ai" still finds ``ai_ai_api_calls_total``."""
+    if not isinstance(source, Instrumentation):
+        return name
+    prefixed = f"{source.namespace}_{name}"
+    if not name.startswith(source.namespace + "_"):
+        return prefixed
+    present = {s.name for family in source.registry.collect() for s in family.samples}
+    return name if name in present and prefixed not in present else prefixed
 
 
 def sample_value(

@@ -225,3 +225,44 @@ def test_namespace_from_the_environment(
     assert main(["rules"]) == 0
     text = capsys.readouterr().out
     assert "acme_analyses_total" in text and "codomyrmex_" not in text
+
+
+def test_apply_without_a_url_writes_nothing(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.delenv("GRAFANA_URL", raising=False)
+    target = tmp_path / "dashboard.json"
+    assert main(["dashboard", "--apply", "--output", str(target)]) == 1
+    assert not target.exists()
+    captured = capsys.readouterr()
+    assert captured.out == "" and "--apply needs Grafana's URL" in captured.err
+
+
+@pytest.mark.skipif(not Path("/dev/full").exists(), reason="needs /dev/full")
+@pytest.mark.parametrize("command", ["dashboard", "rules"])
+def test_a_full_standard_output_is_one_line(command: str) -> None:
+    with open("/dev/full", "w") as full:
+        result = subprocess.run(
+            [sys.executable, "-m", "instrument", command],
+            stdout=full,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=60,
+        )
+    assert result.returncode == 1
+    assert (
+        result.stderr.strip()
+        == "instrument: error: cannot write standard output: No space left on device"
+    )
+
+
+def test_a_closed_pipe_is_not_an_error() -> None:
+    result = subprocess.run(
+        f"{sys.executable} -m instrument dashboard | head -c 10",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.stdout == '{\n  "uid":'
+    assert "Traceback" not in result.stderr and "BrokenPipe" not in result.stderr

@@ -112,3 +112,15 @@ def test_decorators_are_back_on_the_fast_path_after_an_isolated_block() -> None:
     wrapped()
     assert monitor._binding is not None and not monitor._binding.stale
     assert monitor._binding.inst is get_instrumentation()
+
+
+@pytest.mark.parametrize("namespace", ["ai", "analyses", "code", "active"])
+def test_a_namespace_that_starts_a_metric_name_is_still_added(namespace: str) -> None:
+    with isolated_instrumentation(namespace=namespace) as inst:
+        analyze(True)
+        analyze(True)
+        inst.record_ai_api_call("openai", "gpt-4o")
+        assert_analyses(inst, "static_analysis", "codebase", success=2)
+        labels = {"provider": "openai", "model": "gpt-4o", "status": "success"}
+        assert sample_value(inst, "ai_api_calls_total", labels) == 1
+        assert sample_value(inst, f"{namespace}_ai_api_calls_total", labels) == 1
