@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["mask_url", "split_url"]
+__all__ = ["header_safe", "mask_url", "split_url"]
 
 
 def mask_url(url: str) -> str:
@@ -58,3 +58,15 @@ def split_url(
     if parts.username is not None:
         credentials = (unquote(parts.username), unquote(parts.password or ""))
     return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), credentials
+
+
+def header_safe(what: str, value: object, *, keep_spaces: bool = False) -> str:
+    """A credential as it can go in an HTTP header. A secret file's trailing newline is
+    removed (and, unless ``keep_spaces``, surrounding spaces: a token never has any, a
+    password may); a control character inside is refused, without echoing the value."""
+    if not isinstance(value, str):
+        raise TypeError(f"{what} must be a string (or a pair of strings for basic_auth)")
+    text = value.strip("\r\n") if keep_spaces else value.strip()
+    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
+        raise ValueError(f"{what} contains a control character; check how the secret is read")
+    return text

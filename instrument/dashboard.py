@@ -101,6 +101,8 @@ def _sections(source: Source) -> list[tuple[str | None, list[_Panel]]]:
         sum_by(rate(series(f"{n['analysis_duration']}_{part}", *_ANALYSIS), _RATE), by_analysis)
         for part in ("sum", "count")
     )
+    # A process that never pushed exports 0 (the epoch): not a push 57 years ago.
+    pushed = f"{n['last_push_success']} > 0"
     zero = {"noValue": "0"}
     ratio_axis = {"min": 0, "max": 1}
 
@@ -140,9 +142,11 @@ def _sections(source: Source) -> list[tuple[str | None, list[_Panel]]]:
         ),
         _stat(
             "Since last successful push",
-            "Seconds since the most recent successful Pushgateway push of any process.",
+            "Time since the most recent successful Pushgateway push of any process; "
+            '"never" when none has pushed (pull mode).',
             "s",
-            _Query(f"time() - {max_by(n['last_push_success'])}", "since push"),
+            _Query(f"time() - {max_by(pushed)}", "since push"),
+            noValue="never",
         ),
     ]
     analysis_panels = [

@@ -8,16 +8,20 @@ One aiohttp session is reused for every request. Answers map to one exception cl
 thing the caller can do about them (:class:`GrafanaError` and its subclasses). Requests
 are retried with backoff only where that is safe: 5xx answers and dropped connections for
 requests that may be repeated, 429 (honouring ``Retry-After``) and refused connections for
-all. The token never appears in logs, reprs or exception messages.
+all; never an untrusted TLS certificate. The credentials never appear in logs, reprs or
+exception messages, even when a proxy echoes the ``Authorization`` header back.
 """
 
 from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import random
+import re
+import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -28,7 +32,7 @@ from urllib.parse import quote, urljoin
 
 import aiohttp
 
-from ._urls import mask_url, split_url
+from ._urls import header_safe, mask_url, split_url
 from .metrics import DEFAULT_NAMESPACE
 
 __all__ = [
@@ -55,6 +59,12 @@ _RETRY_AFTER_CAP = 60.0
 _sleep = asyncio.sleep
 
 _MAX_UID = 40
+# How much of an answer's text an exception message quotes.
+_DETAIL_LIMIT = 200
+# An HTML tag; "a < b" is left alone.
+_TAG_RE = re.compile(r"<[A-Za-z/!?][^<>]*>")
+_HEAD_START_RE = re.compile(r"<head[\s>]", re.IGNORECASE)
+_HEAD_END_RE = re.compile(r"</head\s*>", re.IGNORECASE)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -121,6 +131,21 @@ class DashboardResult:
 # -- the client ---------------------------------------------------------------------------
 
 
+def _ssl_context(tls_verify: bool, ca_file: str | None) -> ssl.SSLContext:
+    """Built once per client, as loading the CAs is slow."""
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(
+            f"ca_file {ca_file!r} cannot be read as PEM certificates ({exc}); pass the path "
+            "of the CA certificate that signed Grafana's"
+        ) from None
+    if not tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context
+
+
 def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -132,7 +157,8 @@ def _retry_after(header: str | None) -> float | None:
     if not header:
         return None
     header = header.strip()
-    if header.isdigit():
+    # str.isdigit() also takes "²" and "٣", which float() refuses or HTTP does not mean.
+    if header.isascii() and header.isdigit():
         return float(header)
     try:
         when = parsedate_to_datetime(header)
@@ -146,9 +172,13 @@ class GrafanaClient:
 
     ``token`` is a service account token (sent as ``Authorization: Bearer``; Grafana API
     keys are deprecated in favour of them), ``basic_auth`` a ``(user, password)`` pair,
-    ``org_id`` selects an organisation (``X-Grafana-Org-Id``). ``timeout`` bounds each
-    attempt in seconds; ``retries`` is the number of further attempts where retrying is
-    safe. A ``session`` you pass is used as is and left open.
+    ``org_id`` selects an organisation (``X-Grafana-Org-Id``). A secret file's trailing
+    newline is stripped from the credentials; one holding a control character is refused.
+    ``timeout`` bounds each attempt in seconds; ``retries`` is the number of further
+    attempts where retrying is safe. A ``session`` you pass is used as is and left open.
+
+    Over https the certificate is verified against the system's CAs, or ``ca_file`` (a
+    PEM bundle, for a private CA); ``tls_verify=False`` skips the check.
     """
 
     def __init__(
@@ -161,6 +191,8 @@ class GrafanaClient:
         timeout: float = 10.0,
         retries: int = 3,
         session: aiohttp.ClientSession | None = None,
+        tls_verify: bool = True,
+        ca_file: str | None = None,
     ) -> None:
         base, userinfo = split_url(url, what="Grafana URL", example="http://127.0.0.1:3000")
         if token is not None and (not isinstance(token, str) or not token.strip()):
@@ -175,27 +207,47 @@ class GrafanaClient:
             basic_auth = userinfo
         if token is not None and basic_auth is not None:
             raise ValueError("pass either token or basic_auth, not both")
+        # aiohttp would only refuse a control character when sending, with an untyped error.
+        if token is not None:
+            token = header_safe("token", token)
+        if basic_auth is not None:
+            basic_auth = (
+                header_safe("the basic auth user", basic_auth[0], keep_spaces=True),
+                header_safe("the basic auth password", basic_auth[1], keep_spaces=True),
+            )
         if org_id is not None and (isinstance(org_id, bool) or not isinstance(org_id, int)):
             raise ValueError(f"org_id must be an integer, got {org_id!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
             raise ValueError(f"timeout must be a positive number of seconds, got {timeout!r}")
         if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
             raise ValueError(f"retries must be a non-negative integer, got {retries!r}")
+        if not isinstance(tls_verify, bool):
+            raise ValueError(f"tls_verify must be True or False, got {tls_verify!r}")
         self.url = base
         self.org_id = org_id
         self.timeout = float(timeout)
         self.retries = retries
-        secrets = (token, token.strip() if token else None, basic_auth[1] if basic_auth else None)
-        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._ssl: ssl.SSLContext | None = None
+        if base.startswith("https:"):
+            self._ssl = _ssl_context(tls_verify, ca_file)
         self._auth_kind = "token" if token else "basic" if basic_auth else "none"
         headers = {"Accept": "application/json", "User-Agent": "instrument-grafana-client"}
+        # What an error text must never show: each credential, and the header carrying it
+        # (a proxy may echo the base64 of user:password, which holds no password verbatim).
+        secrets: list[str] = []
         if token is not None:
-            headers["Authorization"] = f"Bearer {token.strip()}"
+            headers["Authorization"] = f"Bearer {token}"
+            secrets.append(token)
         elif basic_auth is not None:
             pair = f"{basic_auth[0]}:{basic_auth[1]}".encode()
-            headers["Authorization"] = "Basic " + base64.b64encode(pair).decode("ascii")
+            encoded = base64.b64encode(pair).decode("ascii")
+            headers["Authorization"] = f"Basic {encoded}"
+            secrets += [basic_auth[1], encoded]
+        if "Authorization" in headers:
+            secrets.append(headers["Authorization"])
         if org_id is not None:
             headers["X-Grafana-Org-Id"] = str(org_id)
+        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
         self._headers = headers
         self._session = session
         self._owns_session = session is None
@@ -272,7 +324,7 @@ class GrafanaClient:
         except (KeyError, TypeError, ValueError):
             raise GrafanaError(
                 f"Grafana at {self.url} saved the dashboard but answered without uid, url "
-                f"and version ({self._scrub(str(answer))[:200]}); is this URL a Grafana server?"
+                f"and version ({self._one_line(str(answer))}); is this URL a Grafana server?"
             ) from None
 
     async def _folder_of(self, uid: str) -> str | None:
@@ -393,6 +445,7 @@ class GrafanaClient:
                     headers=self._headers,
                     timeout=aiohttp.ClientTimeout(total=self.timeout),
                     allow_redirects=False,
+                    ssl=self._ssl if self._ssl is not None else True,
                 ) as response:
                     status = response.status
                     raw = await response.read()
@@ -404,17 +457,35 @@ class GrafanaClient:
                     "up and reachable, or raise timeout="
                 )
                 retry = idempotent
+            # Before ClientConnectorError, their base class: a certificate or handshake that
+            # failed once fails again, so these are not retried.
+            except aiohttp.ClientConnectorCertificateError as exc:
+                cause = exc.certificate_error
+                reason = getattr(cause, "verify_message", None) or str(cause)
+                error = GrafanaUnavailableError(
+                    f"the TLS certificate of Grafana at {self.url} is not trusted "
+                    f"({self._one_line(reason)}); pass ca_file= with the CA certificate (PEM) "
+                    "that signed it, or tls_verify=False to skip the check"
+                )
+                retry = False
+            except aiohttp.ClientSSLError as exc:
+                error = GrafanaUnavailableError(
+                    f"the TLS handshake with Grafana at {self.url} failed "
+                    f"({self._one_line(str(exc.os_error))}); check that the URL's scheme "
+                    "matches the server (https only if Grafana or its proxy serves TLS)"
+                )
+                retry = False
             except aiohttp.ClientConnectorError as exc:
                 error = GrafanaUnavailableError(
-                    f"cannot connect to Grafana at {self.url} ({self._scrub(str(exc.os_error))}); "
-                    "check the URL and that Grafana is running"
+                    f"cannot connect to Grafana at {self.url} ({self._one_line(str(exc.os_error))}"
+                    "); check the URL and that Grafana is running"
                 )
                 retry = True  # nothing was sent
             except aiohttp.ClientError as exc:
                 error = GrafanaUnavailableError(
                     f"the connection to Grafana at {self.url} failed during {method} {path} "
-                    f"({type(exc).__name__}: {self._scrub(str(exc))}); check the URL, proxies "
-                    "and that Grafana is running"
+                    f"({type(exc).__name__}: {self._one_line(str(exc))}); check the URL, "
+                    "proxies and that Grafana is running"
                 )
                 retry = idempotent
             else:
@@ -458,14 +529,29 @@ class GrafanaClient:
         except ValueError:
             raise GrafanaError(
                 f"{method} {path} at {self.url} answered something that is not JSON "
-                f"({self._scrub(raw[:80].decode(errors='replace'))!r}); is this URL a Grafana "
-                "server (mind a sub-path such as /grafana)?"
+                f"({self._one_line(raw.decode(errors='replace'), 80)!r}); is this URL a "
+                "Grafana server (mind a sub-path such as /grafana)?"
             ) from None
 
     def _scrub(self, text: str) -> str:
         for secret in self._secrets:
             text = text.replace(secret, "***")
         return text
+
+    def _one_line(self, text: str, limit: int = _DETAIL_LIMIT) -> str:
+        """``text`` as an exception message may quote it: credentials scrubbed, one line.
+
+        The whole text is scrubbed before it is cut (a cut secret would no longer match);
+        an HTML page loses its tags (and its head, if the body says anything), control
+        characters and runs of whitespace become one space. Scrubbed again at the end, as
+        unescaped entities or joined lines could spell a secret anew.
+        """
+        text = self._scrub(text)
+        if _TAG_RE.search(text):
+            text = _html_text(text)
+        text = "".join(char if char.isprintable() else " " for char in text)
+        text = self._scrub(" ".join(text.split()))
+        return text if len(text) <= limit else text[: limit - 3] + "..."
 
     def _http_error(
         self, status: int, raw: bytes, method: str, path: str, what: str, attempts: int
@@ -476,11 +562,11 @@ class GrafanaClient:
             payload = json.loads(raw) if raw.strip() else {}
         except ValueError:
             payload = None
-            detail = raw[:200].decode(errors="replace").strip()
+            detail = raw.decode(errors="replace")
         if isinstance(payload, Mapping):
             detail = str(payload.get("message") or "")
             reason = payload.get("status") if isinstance(payload.get("status"), str) else None
-        detail = self._scrub(detail)
+        detail = self._one_line(detail)
         said = f"{status}: {detail}" if detail else str(status)
         where = f"Grafana at {self.url}"
         if status == 401:
@@ -527,6 +613,13 @@ class GrafanaClient:
                 "try again, or lower the request rate",
                 http_status=status,
             )
+        if status in (502, 504):
+            return GrafanaServerError(
+                f"the proxy in front of {where} answered {method} {path} with {said} {tries}: "
+                "Grafana behind it is down, unreachable or too slow; check that Grafana is "
+                "running and the proxy's upstream address and timeouts, then try again",
+                http_status=status,
+            )
         if status >= 500:
             return GrafanaServerError(
                 f"{where} failed on {method} {path} ({said}) {tries}; check Grafana's server "
@@ -538,6 +631,18 @@ class GrafanaClient:
             "here: check the URL (proxies, sub-path) and Grafana's version",
             http_status=status,
         )
+
+
+def _html_text(page: str) -> str:
+    """The text of an HTML error page (a proxy's 502), tags dropped; linear time."""
+    start, end = _HEAD_START_RE.search(page), _HEAD_END_RE.search(page)
+    body = page
+    if start and end and start.start() < end.start():
+        body = page[: start.start()] + page[end.end() :]
+    text = _TAG_RE.sub(" ", body)
+    if not text.strip():  # all it says is in its <title>
+        text = _TAG_RE.sub(" ", page)
+    return html.unescape(text)
 
 
 # -- the original design's entry point ----------------------------------------------------

@@ -36,7 +36,7 @@ from prometheus_client.exposition import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ._urls import mask_url, split_url
+from ._urls import header_safe, mask_url, split_url
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -110,9 +110,11 @@ class PushTarget:
         self.timeout = float(timeout)
         self._headers: list[tuple[str, str]] = []
         if bearer_token is not None:
-            bearer_token = _header_safe("bearer_token", bearer_token)
+            bearer_token = header_safe("bearer_token", bearer_token)
         if basic_auth is not None:
-            user, password = (_header_safe("basic_auth", part) for part in basic_auth)
+            user, password = (
+                header_safe("basic_auth", part, keep_spaces=True) for part in basic_auth
+            )
             token = base64.b64encode(f"{user}:{password}".encode()).decode()
             self._headers.append(("Authorization", f"Basic {token}"))
         elif bearer_token is not None:
@@ -213,17 +215,6 @@ class PushTarget:
 
 class PushFailed(Exception):
     """A push attempt failed; the message never contains credentials."""
-
-
-def _header_safe(what: str, value: object) -> str:
-    """A credential as it can go in a header: surrounding whitespace (a secret file's
-    trailing newline) removed; a control character inside is refused, without echoing it."""
-    if not isinstance(value, str):
-        raise TypeError(f"{what} must be a string (or a pair of strings for basic_auth)")
-    text = value.strip()
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
-        raise ValueError(f"{what} contains a control character; check how the secret is read")
-    return text
 
 
 def _request(

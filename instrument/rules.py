@@ -12,6 +12,7 @@ live in one group per area and are evaluated in order.
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Mapping, Sequence
 from typing import Any
@@ -29,21 +30,42 @@ from ._promql import (
 
 __all__ = ["build_rules", "rules_yaml", "to_yaml"]
 
-_DURATION_RE = re.compile(r"^(\d+(ms|[smhdwy]))+$")
+# Prometheus' own duration syntax (model.ParseDuration): each unit at most once, largest
+# first. ASCII digits only, as Go's \d means.
+_DURATION_RE = re.compile(
+    r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$", re.ASCII
+)
+_DURATION_UNITS_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
 
 
 def _duration(what: str, value: str) -> str:
-    if not isinstance(value, str) or not _DURATION_RE.match(value):
+    match = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+    total = 0
+    if match:
+        total = sum(int(match[2 * i + 2] or 0) * ms for i, ms in enumerate(_DURATION_UNITS_MS))
+    # Prometheus keeps a duration in int64 nanoseconds and refuses 0 for a rate window.
+    if not 0 < total * 1_000_000 < 2**63:
         raise ValueError(
-            f"{what} must be a Prometheus duration such as '5m' or '1h', got {value!r}"
+            f"{what} must be a Prometheus duration above zero, its units largest first, such "
+            f"as '5m', '1h30m' or '90s', got {value!r}"
         )
     return value
 
 
 def _positive(what: str, value: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, int | float) or not value > 0:
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
+    if (
+        isinstance(value, bool)
+        or not isinstance(value, int | float)
+        or not value > 0
+        or not math.isfinite(value)
+    ):
+        raise ValueError(f"{what} must be a positive, finite number, got {value!r}")
     return float(value)
+
+
+def _percent(share: float) -> str:
+    """``0.05`` as ``5%``, ``0.004`` as ``0.4%``: never rounded down to ``0%``."""
+    return f"{share * 100:.3g}%"
 
 
 def _ratio_threshold(what: str, value: float) -> float:
@@ -122,6 +144,16 @@ def build_rules(
 
     metrics = metrics_of(inst_or_metrics)
     ns, n = metrics.namespace, metrics.names()
+    # histogram_quantile() answers at most the largest finite bucket bound (an observation
+    # above it lands in +Inf), so a threshold at or above that bound never fires.
+    finite = [b for b in metrics.buckets["analysis_duration_seconds"] if math.isfinite(b)]
+    if finite and duration_p95_seconds >= max(finite):
+        raise ValueError(
+            f"duration_p95_seconds={number(duration_p95_seconds)} can never fire: the p95 "
+            f"estimated from the {n['analysis_duration']} buckets is at most their largest "
+            f"finite bound, {number(max(finite))} s; use a lower threshold, or record with a "
+            "larger bucket (buckets=)"
+        )
     prefix = _camel(ns)
     suffix = f"rate{window}"
     by_analysis = ("module", "analysis_type")
@@ -163,7 +195,7 @@ def build_rules(
                 for_=error_ratio_for,
                 summary="{{ $labels.module }}/{{ $labels.analysis_type }}: "
                 "{{ $value | humanizePercentage }} of analyses fail",
-                description=f"More than {error_ratio:.0%} of {{{{ $labels.module }}}}/"
+                description=f"More than {_percent(error_ratio)} of {{{{ $labels.module }}}}/"
                 f"{{{{ $labels.analysis_type }}}} analyses raised over the last {window}. "
                 f"Look at {n['analysis_errors']} by error_type for the exception classes.",
             ),
@@ -221,7 +253,7 @@ def build_rules(
                 for_=ai_for,
                 summary="{{ $labels.provider }}/{{ $labels.model }}: "
                 "{{ $value | humanizePercentage }} of AI calls fail",
-                description=f"More than {ai_error_ratio:.0%} of {{{{ $labels.provider }}}}/"
+                description=f"More than {_percent(ai_error_ratio)} of {{{{ $labels.provider }}}}/"
                 f"{{{{ $labels.model }}}} calls failed over the last {window}, rate limits (429) "
                 f"included. {n['ai_api_errors']} by error_type and http_status tells which.",
             ),
@@ -232,9 +264,9 @@ def build_rules(
                 for_=ai_for,
                 summary="{{ $labels.provider }}/{{ $labels.model }}: "
                 "{{ $value | humanizePercentage }} of AI calls rate limited (429)",
-                description=f"More than {ai_rate_limited_ratio:.0%} of {{{{ $labels.provider }}}}/"
-                f"{{{{ $labels.model }}}} calls got HTTP 429 over the last {window}: slow down, "
-                "back off on Retry-After, or raise the quota.",
+                description=f"More than {_percent(ai_rate_limited_ratio)} of "
+                f"{{{{ $labels.provider }}}}/{{{{ $labels.model }}}} calls got HTTP 429 over "
+                f"the last {window}: slow down, back off on Retry-After, or raise the quota.",
             ),
             _alert(
                 f"{prefix}AITokenBurnHigh",
@@ -296,7 +328,8 @@ _ESCAPES = {
 
 
 def _string(value: str) -> str:
-    plain = _PLAIN_RE.match(value) or _DURATION_RE.match(value)
+    # fullmatch: "$" alone would also match before a final newline, which plain YAML drops.
+    plain = _PLAIN_RE.fullmatch(value) or (value and _DURATION_RE.fullmatch(value))
     if plain and value.lower() not in _RESERVED:
         return value
     if value.isprintable():

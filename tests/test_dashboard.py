@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
+import subprocess
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from instrument import Instrumentation
 from instrument.cli import main
 from instrument.dashboard import SCHEMA_VERSION, build_dashboard, dashboard_json, panel_queries
 from instrument.metrics import METRICS
+from instrument.rules import to_yaml
 
 from .conftest import E2E_NAMESPACE, E2EWorkload
+from .servers import require_binary
 
 ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = build_dashboard(E2E_NAMESPACE)
@@ -253,7 +256,11 @@ def test_quantiles_are_over_rates_of_summed_buckets() -> None:
 def test_no_rate_on_gauges_and_no_thresholds_in_panels() -> None:
     gauges = [spec.name(E2E_NAMESPACE) for spec in METRICS if spec.kind == "gauge"]
     counters = [spec.name(E2E_NAMESPACE) for spec in METRICS if spec.kind == "counter"]
-    for title, expr in QUERIES:
+    # The one comparison allowed is a filter, not a threshold: it drops the 0 that a
+    # process which never pushed exports (see test_since_last_push_ignores_never_pushed).
+    never_pushed = f"{E2E_NAMESPACE}_last_push_success_timestamp_seconds > 0"
+    for title, raw in QUERIES:
+        expr = raw.replace(never_pushed, "") if title == "Since last successful push" else raw
         for gauge in gauges:
             assert f"rate({gauge}" not in expr and f"increase({gauge}" not in expr, title
         for counter in counters:
@@ -261,6 +268,44 @@ def test_no_rate_on_gauges_and_no_thresholds_in_panels() -> None:
             for match in re.finditer(re.escape(counter), expr):
                 assert expr[: match.start()].endswith(("rate(", "increase(")), title
         assert not re.search(r"\s(>|<|>=|<=|==|!=)\s", expr), f"{title}: {expr}"
+
+
+def test_since_last_push_ignores_never_pushed() -> None:
+    assert panel("Since last successful push")["targets"][0]["expr"] == (
+        f"time() - max({E2E_NAMESPACE}_last_push_success_timestamp_seconds > 0)"
+    )
+    assert panel("Since last successful push")["fieldConfig"]["defaults"]["noValue"] == "never"
+
+
+def test_since_last_push_as_prometheus_evaluates_it(tmp_path: Path) -> None:
+    """An app in pull mode exports 0 (no push ever): "never", not the 1970 epoch. With a
+    process that pushed at 2m, 10m later the panel shows 8m."""
+    expr = panel("Since last successful push")["targets"][0]["expr"]
+    metric = f"{E2E_NAMESPACE}_last_push_success_timestamp_seconds"
+    pulled = {"series": f'{metric}{{job="app"}}', "values": "0x20"}
+    pushed = {"series": f'{metric}{{job="batch"}}', "values": "0 0 120x18"}
+
+    def case(series: list[dict[str, str]], samples: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "interval": "1m",
+            "input_series": series,
+            "promql_expr_test": [{"expr": expr, "eval_time": "10m", "exp_samples": samples}],
+        }
+
+    tests = {
+        "rule_files": [],
+        "tests": [
+            case([pulled], []),
+            case([pulled, pushed], [{"labels": "{}", "value": 480}]),
+        ],
+    }
+    path = tmp_path / "since_push.test.yml"
+    path.write_text(to_yaml(tests))
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_ratios_show_zero_when_nothing_failed() -> None:

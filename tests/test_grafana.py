@@ -13,12 +13,16 @@ import base64
 import json
 import logging
 import re
+import shutil
 import socket
+import ssl
+import subprocess
 import threading
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -44,6 +48,14 @@ from instrument.grafana import (
 
 TOKEN = "glsa_Secr3tServiceAccountToken_0a1b2c3d"
 VIEWER_TOKEN = "glsa_ViewerOnlyToken_99887766"
+NGINX_502 = """<html>
+<head><title>502 Bad Gateway</title></head>
+<body>
+<center><h1>502 Bad Gateway</h1></center>
+<hr><center>nginx/1.22.1</center>
+</body>
+</html>
+"""
 
 
 @dataclass
@@ -73,6 +85,7 @@ class FakeGrafana:
         ]
     )
     scripted: list[tuple[str, str, int | str, Any, dict[str, str]]] = field(default_factory=list)
+    tls: ssl.SSLContext | None = None
     next_id: int = 1
 
     # -- scripting -------------------------------------------------------------------------
@@ -86,7 +99,11 @@ class FakeGrafana:
         headers: dict[str, str] | None = None,
         times: int = 1,
     ) -> None:
-        """Answer the next ``times`` matching requests with this (``"hang"``: never answer)."""
+        """Answer the next ``times`` matching requests with this (``"hang"``: never answer).
+
+        A ``body`` that is a string, or a function of the request returning one, is sent
+        as an HTML page; anything else as JSON.
+        """
         for _ in range(times):
             self.scripted.append((method, path, status, body, headers or {}))
 
@@ -118,15 +135,24 @@ class FakeGrafana:
                 if status == "html":
                     return web.Response(text="<html>Sign in</html>", content_type="text/html")
                 assert isinstance(status, int)
+                if callable(answer):
+                    answer = answer(seen)
+                if isinstance(answer, str):
+                    return web.Response(
+                        text=answer, status=status, headers=headers, content_type="text/html"
+                    )
                 return web.json_response(answer, status=status, headers=headers)
         if request.path == "/api/health":
             return web.json_response({"commit": "0a1b2c3", "database": "ok", "version": "11.3.0"})
         role = self.role(seen.headers)
+        # As some proxies in front of Grafana do, the refusals echo the credentials sent.
+        auth = seen.headers.get("Authorization")
+        echoed = f" (Authorization: {auth})" if auth else ""
         if role is None:
-            return web.json_response({"message": "invalid API key"}, status=401)
+            return web.json_response({"message": f"invalid API key{echoed}"}, status=401)
         if request.method != "GET" and role != "Editor":
             return web.json_response(
-                {"message": "You'll need additional permissions to perform this action."},
+                {"message": f"You'll need additional permissions to perform this action.{echoed}"},
                 status=403,
             )
         return self.route(seen)
@@ -278,10 +304,10 @@ class FakeGrafana:
         app.router.add_route("*", "/{tail:.*}", self.handle)
         self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
         await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0)
+        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.tls)
         await site.start()
         port = self.runner.addresses[0][1]
-        self.url = f"http://127.0.0.1:{port}"
+        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
 
     def stop(self) -> None:
         async def _stop() -> None:
@@ -315,13 +341,18 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
 
 def client(fake: FakeGrafana, **kwargs: Any) -> GrafanaClient:
     kwargs.setdefault("token", TOKEN)
-    return GrafanaClient(fake.url, **kwargs)
+    return GrafanaClient(kwargs.pop("url", fake.url), **kwargs)
 
 
 def dashboard(
     title: str = "Codomyrmex Analytics", uid: str = "codomyrmex-analytics"
 ) -> dict[str, Any]:
     return {"uid": uid, "title": title, "panels": [], "schemaVersion": 41}
+
+
+def echo_page(before: str) -> Callable[[Seen], str]:
+    """A proxy's error page that shows the request's Authorization header after ``before``."""
+    return lambda seen: f"{before}Authorization: {seen.headers.get('Authorization')}\n</pre>"
 
 
 def closed_port() -> int:
@@ -564,6 +595,7 @@ async def test_wrong_token_is_an_auth_error_without_the_token(
         shown = repr(g)
     assert caught.value.http_status == 401
     assert "service account token" in str(caught.value)
+    assert "(Authorization: ***)" in str(caught.value)  # the fake echoed the header
     assert wrong not in str(caught.value) + repr(caught.value) + shown + caplog.text
     assert len(fake.requests) == 1  # 401 is final: never retried
 
@@ -583,12 +615,77 @@ async def test_token_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana) -> None:
     assert "token *** is expired" in str(caught.value)
 
 
+@pytest.mark.parametrize("from_url", [False, True], ids=["basic_auth", "in-url"])
+async def test_basic_auth_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana, from_url: bool) -> None:
+    """The echoed header holds base64(user:password), not the password verbatim."""
+    password = "Wr0ngPassw0rd"
+    encoded = base64.b64encode(f"admin:{password}".encode()).decode()
+    if from_url:
+        g = GrafanaClient(fake.url.replace("http://", f"http://admin:{password}@"))
+    else:
+        g = client(fake, token=None, basic_auth=("admin", password))
+    async with g:
+        with pytest.raises(GrafanaAuthError) as caught:
+            await g.search()
+    (request,) = fake.requests
+    assert request.headers["Authorization"] == f"Basic {encoded}"
+    text = str(caught.value)
+    assert "(401: invalid API key (Authorization: ***))" in text
+    for secret in (password, encoded, encoded[:12], "Basic "):
+        assert secret not in text
+
+
+# "Authorization: Bearer " is 22 characters: each token starts 10 characters before the
+# point where the quoted page is cut (200 characters of an error, 80 of a 200 answer).
+@pytest.mark.parametrize(
+    ("status", "before", "error"),
+    [
+        # a proxy's page dumping the request headers
+        (502, "<html><body><pre>request headers:\n".ljust(168), GrafanaServerError),
+        (401, "x" * 167 + " ", GrafanaAuthError),
+        # a 200 that is not JSON
+        (200, "y" * 47 + " ", GrafanaError),
+    ],
+)
+async def test_a_long_page_is_scrubbed_before_it_is_cut(
+    fake: FakeGrafana, status: int, before: str, error: type[GrafanaError]
+) -> None:
+    fake.script("GET", "/api/health", status, echo_page(before))
+    async with client(fake, retries=0) as g:
+        with pytest.raises(error) as caught:
+            await g.health()
+    text = str(caught.value)
+    assert "Authorization: ***" in text
+    assert TOKEN[:8] not in text and "Bearer" not in text
+
+
+async def test_an_html_error_page_is_one_line(fake: FakeGrafana) -> None:
+    fake.script("GET", "/api/health", 502, NGINX_502)
+    fake.script("GET", "/api/health", 504, "<p>Gateway\r\n\tTime-out &amp; more</p>\n" * 40)
+    async with client(fake, retries=0) as g:
+        with pytest.raises(GrafanaServerError) as bad_gateway:
+            await g.health()
+        with pytest.raises(GrafanaServerError) as timed_out:
+            await g.health()
+    text = str(bad_gateway.value)
+    assert "with 502: 502 Bad Gateway nginx/1.22.1 after 1 attempt:" in text
+    assert "the proxy in front of Grafana at" in text
+    assert "Grafana behind it is down, unreachable or too slow" in text
+    long = str(timed_out.value)
+    assert "with 504: Gateway Time-out & more Gateway Time-out & more " in long
+    assert "... after 1 attempt:" in long
+    for message in (text, long):
+        assert message.isprintable() and "<" not in message and "  " not in message
+
+
 async def test_viewer_token_is_forbidden(fake: FakeGrafana) -> None:
     async with client(fake, token=VIEWER_TOKEN) as g:
         with pytest.raises(GrafanaAuthError) as caught:
             await g.upsert_dashboard(dashboard())
     assert caught.value.http_status == 403
     assert "Editor" in str(caught.value)
+    assert VIEWER_TOKEN not in str(caught.value)
+    assert "(Authorization: ***)" in str(caught.value)
 
 
 async def test_not_json_says_check_the_url(fake: FakeGrafana) -> None:
@@ -727,7 +824,111 @@ async def test_refused_connection_is_retried_then_unavailable(sleeps: list[float
     assert TOKEN not in str(caught.value)
 
 
+@pytest.mark.parametrize(
+    ("header", "seconds"),
+    [("7", 7.0), (" 7 ", 7.0), ("0", 0.0), ("²", None), ("٣", None), ("1.5", None), ("", None)],
+)
+def test_retry_after_takes_ascii_digits_only(header: str, seconds: float | None) -> None:
+    assert grafana._retry_after(header) == seconds
+
+
+# -- TLS -----------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def certificate(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """A self-signed certificate for 127.0.0.1, and its key."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is not installed: it makes the test certificate")
+    folder = tmp_path_factory.mktemp("tls")
+    cert, key = folder / "cert.pem", folder / "key.pem"
+    subprocess.run(
+        [openssl, "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:prime256v1",
+         "-nodes", "-days", "2", "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+         "-keyout", str(key), "-out", str(cert)],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    return cert, key
+
+
+@pytest.fixture
+def tls_fake(certificate: tuple[Path, Path]) -> Iterator[FakeGrafana]:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    server = FakeGrafana(tls=context).start()
+    yield server
+    server.stop()
+
+
+async def test_an_untrusted_certificate_is_not_retried(
+    tls_fake: FakeGrafana, sleeps: list[float]
+) -> None:
+    async with client(tls_fake) as g:
+        with pytest.raises(GrafanaUnavailableError) as caught:
+            await g.health()
+    text = str(caught.value)
+    assert text.startswith(f"the TLS certificate of Grafana at {tls_fake.url} is not trusted (")
+    assert "pass ca_file=" in text and "tls_verify=False" in text
+    assert "cannot connect" not in text
+    assert sleeps == [] and tls_fake.requests == []
+
+
+async def test_a_private_ca_or_no_verification(
+    tls_fake: FakeGrafana, certificate: tuple[Path, Path]
+) -> None:
+    async with client(tls_fake, ca_file=str(certificate[0])) as g:
+        assert (await g.health())["database"] == "ok"
+    async with client(tls_fake, tls_verify=False) as g:
+        assert (await g.health())["database"] == "ok"
+    assert len(tls_fake.requests) == 2
+
+
+async def test_https_to_a_plain_http_server_is_not_retried(
+    fake: FakeGrafana, sleeps: list[float]
+) -> None:
+    async with client(fake, url=fake.url.replace("http://", "https://")) as g:
+        with pytest.raises(GrafanaUnavailableError, match="the TLS handshake with Grafana"):
+            await g.health()
+    assert sleeps == []
+
+
+def test_a_ca_file_that_cannot_be_read(tmp_path: Path) -> None:
+    with pytest.raises(
+        ValueError, match=r"ca_file '.*missing\.pem' cannot be read as PEM certificates"
+    ):
+        GrafanaClient("https://127.0.0.1:3000", ca_file=str(tmp_path / "missing.pem"))
+    (tmp_path / "junk.pem").write_text("not a certificate")
+    with pytest.raises(ValueError, match="cannot be read as PEM certificates"):
+        GrafanaClient("https://127.0.0.1:3000", ca_file=str(tmp_path / "junk.pem"))
+
+
 # -- the client object ---------------------------------------------------------------------
+
+
+async def test_a_token_read_with_a_trailing_newline_works(fake: FakeGrafana) -> None:
+    async with client(fake, token=f"  {TOKEN}\n") as g:
+        result = await g.upsert_dashboard(dashboard())
+    assert result.version == 1
+    assert fake.seen("POST", "/api/dashboards/db")[0].headers["Authorization"] == f"Bearer {TOKEN}"
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"token": "glsa_abc\ndef_SECRETPART"},
+        {"token": "glsa_abc\r\nX-Injected: SECRETPART"},
+        {"token": "glsa_\x00nul_SECRETPART"},
+        {"token": "glsa_\x7fdel_SECRETPART"},
+        {"token": None, "basic_auth": ("admin", "pass\nSECRETPART")},
+        {"token": None, "url": "http://admin:pass%0ASECRETPART@127.0.0.1:3000"},
+    ],
+)
+def test_a_credential_with_a_control_character_is_refused_unshown(kwargs: dict[str, Any]) -> None:
+    url = kwargs.pop("url", "http://127.0.0.1:3000")
+    with pytest.raises(ValueError, match="contains a control character") as caught:
+        GrafanaClient(url, **kwargs)
+    assert "SECRETPART" not in str(caught.value)
 
 
 async def test_one_session_is_reused_and_a_given_one_left_open(fake: FakeGrafana) -> None:
@@ -919,6 +1120,30 @@ def test_cli_apply_unreachable_grafana(
     assert err.startswith("instrument: error: cannot connect to Grafana at http://127.0.0.1:")
     assert err.count("\n") == 1
     assert TOKEN not in err
+
+
+def test_cli_apply_proxy_error_page_is_one_line(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+    fake.script("GET", "/api/dashboards/uid/codomyrmex-analytics", 502, NGINX_502, times=4)
+    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
+    err = capsys.readouterr().err
+    assert err.startswith("instrument: error: the proxy in front of Grafana at ")
+    assert "with 502: 502 Bad Gateway nginx/1.22.1 after 4 attempts:" in err
+    assert err.count("\n") == 1
+
+
+def test_cli_apply_token_with_a_newline_inside(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grafana_env.setenv("GRAFANA_TOKEN", "glsa_abc\ndef_SECRETPART")
+    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
+    err = capsys.readouterr().err
+    assert err == (
+        "instrument: error: token contains a control character; check how the secret is read\n"
+    )
+    assert fake.requests == []
 
 
 def test_cli_apply_auth_refused(

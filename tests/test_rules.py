@@ -14,8 +14,10 @@ import pytest
 import yaml  # type: ignore[import-untyped]
 from hypothesis import given
 from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
 from instrument.cli import main
+from instrument.metrics import Metrics
 from instrument.rules import build_rules, rules_yaml, to_yaml
 
 from .conftest import E2E_NAMESPACE, E2EWorkload
@@ -323,14 +325,67 @@ def test_thresholds_are_keywords() -> None:
     [
         ({"window": "5 minutes"}, "Prometheus duration"),
         ({"ai_for": ""}, "Prometheus duration"),
+        # what promtool refuses: units out of order or repeated, zero, beyond int64 ns
+        ({"window": "5m1h"}, "units largest first"),
+        ({"window": "1s1s"}, "Prometheus duration"),
+        ({"window": "0s"}, "above zero"),
+        ({"duration_for": "0h0m"}, "above zero"),
+        ({"window": "293y"}, "Prometheus duration"),
+        ({"window": "1.5h"}, "Prometheus duration"),
+        ({"window": "\u0663m"}, "Prometheus duration"),  # an Arabic-Indic 3: not a Go digit
+        ({"tokens_for": "5m\n"}, "Prometheus duration"),
         ({"error_ratio": 5}, "share between 0 and 1"),
         ({"ai_error_ratio": 0}, "positive"),
         ({"tokens_per_hour": -1}, "positive"),
+        ({"tokens_per_hour": math.inf}, "positive, finite number, got inf"),
+        ({"push_silent_seconds": math.nan}, "positive, finite number"),
+        ({"error_ratio": math.nan}, "positive, finite number"),
+        # the p95 from the default buckets is at most 600 s: such an alert never fires
+        ({"duration_p95_seconds": 600}, "never fire: .* largest finite bound, 600 s"),
+        ({"duration_p95_seconds": 900}, "duration_p95_seconds=900 can never fire"),
+        ({"duration_p95_seconds": math.inf}, "positive, finite number"),
     ],
 )
 def test_bad_thresholds(kwargs: dict[str, Any], error: str) -> None:
     with pytest.raises(ValueError, match=error):
         build_rules("codomyrmex", **kwargs)
+
+
+@pytest.mark.parametrize("duration", ["1h30m", "90s", "0h5m", "1y2w3d4h5m6s7ms", "106751d"])
+def test_durations_as_prometheus_reads_them(duration: str, tmp_path: Path) -> None:
+    path = tmp_path / "rules.yml"
+    path.write_text(rules_yaml("codomyrmex", window=duration, duration_for=duration))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert rule("CodomyrmexAnalysisDurationHigh", yaml.safe_load(path.read_text()))["for"] == (
+        duration
+    )
+
+
+def test_the_p95_threshold_follows_the_recorded_buckets() -> None:
+    below = build_rules("codomyrmex", duration_p95_seconds=599)
+    assert rule("CodomyrmexAnalysisDurationHigh", below)["expr"].endswith(" > 599")
+    wider = Metrics.get(CollectorRegistry(), "codomyrmex", buckets=(1, 60, 1200, math.inf))
+    tuned = build_rules(wider, duration_p95_seconds=900)
+    assert rule("CodomyrmexAnalysisDurationHigh", tuned)["expr"].endswith(" > 900")
+    with pytest.raises(ValueError, match="largest finite bound, 1200 s"):
+        build_rules(wider, duration_p95_seconds=1200)
+
+
+def test_descriptions_show_small_ratios_as_set() -> None:
+    tuned = build_rules(
+        "codomyrmex", error_ratio=0.004, ai_error_ratio=0.025, ai_rate_limited_ratio=0.125
+    )
+
+    def shown(rules: dict[str, Any], name: str) -> str:
+        description: str = rule(name, rules)["annotations"]["description"]
+        return description.split(" of ")[0]
+
+    assert shown(tuned, "CodomyrmexAnalysisErrorRatioHigh") == "More than 0.4%"
+    assert shown(tuned, "CodomyrmexAIErrorSpike") == "More than 2.5%"
+    assert shown(tuned, "CodomyrmexAIRateLimited") == "More than 12.5%"
+    assert shown(RULES, "CodomyrmexAnalysisErrorRatioHigh") == "More than 5%"
+    assert shown(RULES, "CodomyrmexAIErrorSpike") == "More than 10%"
 
 
 def test_a_renamed_namespace_renames_every_rule() -> None:
@@ -359,6 +414,8 @@ TRICKY = [
     "multi\nline", "tab\there", "\u2028", "\x85", "\ufeff", "emoji \U0001f600", " lead",
     "trail ", "{", "[x]", "*a", "&a", "!tag", "%", "@", "`", "?", "|", ">", "a:", ":a",
     "sum by (le) (rate(x_bucket[5m])) > 0.5", "{{ $labels.job }}", "\\", "a'b", "10m",
+    # a final newline: a pattern ending in "$" still matches there, plain YAML drops it
+    "line\n", "5m\n", "10m\n\n", "\u0663m",
 ]  # fmt: skip
 
 
