@@ -14,7 +14,7 @@ import contextlib
 import math
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -226,15 +226,15 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
 
 def summarize(inst: Instrumentation, out: TextIO) -> None:
     """Print what the registry holds, read back the way Prometheus would."""
-    reg, ns = inst.registry, inst.namespace
+    reg, metric = inst.registry, inst.metrics.names()
     counts: dict[tuple[str, str], dict[str, float]] = {}
-    for labels, value in _samples(reg, f"{ns}_analyses_total"):
+    for labels, value in _samples(reg, metric["analyses"]):
         key = (labels["module"], labels["analysis_type"])
         counts.setdefault(key, {})[labels["status"]] = value
-    quantiles = _quantiles(reg, f"{ns}_analysis_duration_seconds", ("module", "analysis_type"))
+    quantiles = _quantiles(reg, metric["analysis_duration"], ("module", "analysis_type"))
     sums = {
         (lab["module"], lab["analysis_type"]): v
-        for lab, v in _samples(reg, f"{ns}_analysis_duration_seconds_sum")
+        for lab, v in _samples(reg, metric["analysis_duration"] + "_sum")
     }
     rows = []
     for key, by_status in sorted(counts.items()):
@@ -251,24 +251,24 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
         rows,
         out,
     )
-    active = [[lab["job_type"], f"{v:.0f}"] for lab, v in _samples(reg, f"{ns}_active_jobs")]
+    active = [[lab["job_type"], f"{v:.0f}"] for lab, v in _samples(reg, metric["active_jobs"])]
     _table("Active jobs (0: all ended)", ["job_type", "active"], active, out)
     scores = sorted(
         [f"{lab['project']}/{lab['module']}", f"{v:.1f}"]
-        for lab, v in _samples(reg, f"{ns}_code_quality_score")
+        for lab, v in _samples(reg, metric["code_quality_score"])
     )
     if len(scores) > 12:
         scores = [*scores[:12], [f"... {len(scores) - 12} more", ""]]
     _table("Quality scores", ["project/module", "score"], scores, out)
 
     calls: dict[tuple[str, str], dict[str, float]] = {}
-    for labels, value in _samples(reg, f"{ns}_ai_api_calls_total"):
+    for labels, value in _samples(reg, metric["ai_api_calls"]):
         calls.setdefault((labels["provider"], labels["model"]), {})[labels["status"]] = value
     tokens: dict[tuple[str, str], dict[str, float]] = {}
-    for labels, value in _samples(reg, f"{ns}_ai_tokens_used_total"):
+    for labels, value in _samples(reg, metric["ai_tokens"]):
         tokens.setdefault((labels["provider"], labels["model"]), {})[labels["token_type"]] = value
-    latency = _quantiles(reg, f"{ns}_ai_call_duration_seconds", ("provider", "model"))
-    ttft = _quantiles(reg, f"{ns}_ai_time_to_first_token_seconds", ("provider", "model"))
+    latency = _quantiles(reg, metric["ai_call_duration"], ("provider", "model"))
+    ttft = _quantiles(reg, metric["ai_time_to_first_token"], ("provider", "model"))
     ai_rows = []
     for key, by_status in sorted(calls.items()):
         total = sum(by_status.values())
@@ -338,12 +338,9 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
 
 
 def _apply_dashboard(inst: Instrumentation, url: str, out: TextIO) -> None:
-    try:
-        from .cli import apply_dashboard_command
-    except ImportError:
-        raise CommandError("the Grafana module is not available in this build") from None
-    apply: Callable[[Instrumentation, str, TextIO], None] = apply_dashboard_command
-    apply(inst, url, out)
+    from .cli import apply_dashboard_command
+
+    apply_dashboard_command(inst, url, out)
 
 
 def _serve(inst: Instrumentation, port: int, out: TextIO) -> None:

@@ -213,7 +213,8 @@ class Metrics:
                 for suffix, bounds in overrides.items():
                     if existing.buckets[suffix] != bounds:
                         raise ValueError(
-                            f"{namespace}_{suffix} is already registered on this registry with "
+                            f"{_SPEC_BY_SUFFIX[suffix].name(namespace)} is already registered on "
+                            "this registry with "
                             f"buckets {existing.buckets[suffix]}; pass the same buckets, or use "
                             "another namespace or registry"
                         )

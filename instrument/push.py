@@ -355,11 +355,6 @@ class Delivery:
         return f"Delivery(mode={self.mode!r}, gateway={self.gateway!r}, textfile={self.textfile!r})"
 
     @property
-    def pushes(self) -> bool:
-        """Whether this process delivers at all (workers in multiprocess mode never do)."""
-        return self.mode != "off" and not self._closed and not self._is_worker()
-
-    @property
     def _has_target(self) -> bool:
         return self.gateway is not None or bool(self.textfile)
 
@@ -775,16 +770,18 @@ class _LoopSession:
         finally:
             await self.close()
 
-    async def close(self) -> None:
+    def _unregister(self) -> None:
         if self._registry.get(id(self.loop)) is self:
             del self._registry[id(self.loop)]
+
+    async def close(self) -> None:
+        self._unregister()
         if not self.session.closed:
             await self.session.close()
 
     def close_from_outside(self) -> None:
         """Close from sync code, whatever state the session's loop is in."""
-        if self._registry.get(id(self.loop)) is self:
-            del self._registry[id(self.loop)]
+        self._unregister()
         if self.session.closed:
             return
         loop = self.loop
