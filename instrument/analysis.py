@@ -102,20 +102,14 @@ class AnalysisJob(Probe):
         b.active_dec()
 
 
-class _ScoredJob(Probe):
-    """A decorated call whose result the ``quality=`` callable scores: wraps its job."""
+class _ScoredJob(AnalysisJob):
+    """A decorated call whose result the ``quality=`` callable scores."""
 
-    __slots__ = ("_arguments", "_job", "deliver")
-
-    def __init__(self, job: AnalysisJob, arguments: dict[str, Any] | None) -> None:
-        self._job = job
-        self._arguments = arguments
-        self.deliver = job.deliver
+    __slots__ = ("_arguments",)
 
     def success(self, result: Any) -> Any:
-        job = self._job
-        job.success(result)
-        b = job._b
+        super().success(result)
+        b = self._b
         quality = b.quality
         assert quality is not None
         try:
@@ -133,15 +127,6 @@ class _ScoredJob(Probe):
         if project is not None:
             b.set_quality(project, score)
         return result
-
-    def error(self, exc: BaseException) -> None:
-        self._job.error(exc)
-
-    def cancel(self) -> None:
-        self._job.cancel()
-
-    def deliver_async(self) -> Awaitable[None] | None:
-        return self._job.deliver_async()
 
 
 class _DisabledJob(AnalysisJob):
@@ -234,18 +219,21 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         def start_scored(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> Probe:
-            job = self.start(wrapped, args, kwargs)
-            if job is self._null:
-                return job
-            arguments = None
-            if signature is not None:
-                arguments = bind_arguments(signature, wrapped, args, kwargs)
-            return _ScoredJob(job, arguments)
+            job = self.start(wrapped, args, kwargs, _ScoredJob)
+            if isinstance(job, _ScoredJob):  # not the disabled handle
+                job._arguments = (
+                    None if signature is None else bind_arguments(signature, wrapped, args, kwargs)
+                )
+            return job
 
         return start_scored
 
     def start(
-        self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        wrapped: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        kind: type[AnalysisJob] = AnalysisJob,
     ) -> AnalysisJob:
         b = self._binding
         if b is None or b.stale:
@@ -253,7 +241,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
             if not b.enabled:
                 return self._null
         # Inlined (no __init__, no helper): this runs once per decorated call.
-        job = _new(AnalysisJob)
+        job = _new(kind)
         job._b = b
         job.deliver = b.deliver
         b.active_inc()
