@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import base64
+import ssl
 from urllib.parse import unquote, urlsplit, urlunsplit
 
-__all__ = ["header_safe", "mask_url", "split_url"]
+__all__ = ["authorization", "header_safe", "mask_url", "split_url", "ssl_context"]
 
 
 def mask_url(url: str) -> str:
@@ -70,3 +72,41 @@ def header_safe(what: str, value: object, *, keep_spaces: bool = False) -> str:
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise ValueError(f"{what} contains a control character; check how the secret is read")
     return text
+
+
+def authorization(
+    *, token: str | None, basic_auth: tuple[str, str] | None, token_name: str = "token"
+) -> tuple[str | None, tuple[str, ...]]:
+    """The ``Authorization`` header for a bearer token or a ``(user, password)`` pair (None
+    without either), and every string an error text must never show: each credential and
+    the header itself (a proxy may echo the base64 of user:password back)."""
+    if token is not None and basic_auth is not None:
+        raise ValueError(f"pass either {token_name} or basic_auth, not both")
+    if token is not None:
+        token = header_safe(token_name, token)
+        header = f"Bearer {token}"
+        return header, (token, header)
+    if basic_auth is not None:
+        user, password = (header_safe("basic_auth", part, keep_spaces=True) for part in basic_auth)
+        encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
+        header = f"Basic {encoded}"
+        return header, tuple(s for s in (password, encoded, header) if s)
+    return None, ()
+
+
+def ssl_context(url: str, *, tls_verify: bool, ca_file: str | None) -> ssl.SSLContext | None:
+    """The TLS context for an https ``url`` (None for http), built once: loading CAs is slow.
+    ``ca_file`` is a PEM bundle for a private CA; ``tls_verify=False`` skips the check."""
+    if not url.startswith("https:"):
+        return None
+    try:
+        context = ssl.create_default_context(cafile=ca_file)
+    except OSError as exc:  # ssl.SSLError included
+        raise ValueError(
+            f"ca_file {ca_file!r} cannot be read as PEM certificates ({exc}); pass the path "
+            "of the CA certificate that signed the server's"
+        ) from None
+    if not tls_verify:
+        context.check_hostname = False
+        context.verify_mode = ssl.CERT_NONE
+    return context

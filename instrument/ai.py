@@ -15,7 +15,6 @@ per provider get their own series, the rest are reported as ``other``.
 
 from __future__ import annotations
 
-import contextlib
 import inspect
 import json
 import logging
@@ -26,7 +25,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
-from types import TracebackType
+from types import MethodType, TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, cast
 
 import wrapt
@@ -43,7 +42,7 @@ from ._wrapping import (
 from .instrumentation import Binding, Instrumentation, Policy, check_number
 from .metrics import Metrics
 from .push import register_before_snapshot
-from .usage import Usage, extract_usage, response_model, usage_from
+from .usage import Usage, _attribute, extract_usage, response_model, usage_from
 
 __all__ = [
     "AICall",
@@ -215,15 +214,6 @@ def _http_status(exc: BaseException) -> str:
 _STATUS_PATHS = (("status_code",), ("response", "status_code"), ("status",), ("code",))
 
 
-def _attribute(obj: Any, name: str) -> Any:
-    if obj is None:
-        return None
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # a property of a foreign exception may raise anything
-        return None
-
-
 class _ModelSeries:
     """The label children of one (provider, model). The ones every call touches are bound
     here; the rest on first use, so a series appears only once it has something to say."""
@@ -372,12 +362,14 @@ class AICall(Probe):
         "_model",
         "_seek_model",
         "_seen_model",
-        "_streaming",
         "_streams",
         "_t0",
         "_tracker",
         "_usage",
+        "deliver",
     )
+
+    deliver: Callable[[], None] | None
 
     def __init__(
         self, binding: _AIBinding | None, tracker: AICallTracker, model: str | None
@@ -394,8 +386,10 @@ class AICall(Probe):
         self._streams: list[_Chunks] | None = None
         self._items: _Chunks | None = None
         self._first: float | None = None
-        self._streaming = False
         self._done = False
+        # The binding's (None when nothing is pushed); None too while a stream proxy is
+        # out, whose end delivers.
+        self.deliver = None if binding is None else binding.deliver
         if binding is not None:
             binding.active_inc()
         self._t0 = self._last = perf_counter()
@@ -478,7 +472,7 @@ class AICall(Probe):
             except Exception:
                 _guard("wrapping a stream")  # recorded as a plain result below
             else:
-                self._streaming = True
+                self.deliver = None
                 self._last = perf_counter()
                 return stream
         self._read(result)
@@ -498,12 +492,8 @@ class AICall(Probe):
                 items = self._items = _Chunks(self)
             items.read(value)
 
-    def deliver(self) -> None:
-        if self._b is not None and not self._streaming:
-            self._b.after_call()
-
     def deliver_async(self) -> Awaitable[None] | None:
-        if self._b is not None and not self._streaming:
+        if self.deliver is not None and self._b is not None:
             waiter: Awaitable[None] | None = self._b.after_call_async()
             return waiter
         return None
@@ -710,7 +700,8 @@ class _Stream(_Chunks):
         if not self.owner:
             return False
         call = self.call
-        call._streaming = False
+        if call._b is not None:
+            call.deliver = call._b.deliver
         if exc is not None:
             _probe_end(call, exc)  # the engine's rule: error, or cancelled for CancelledError & co
             return True
@@ -1013,10 +1004,6 @@ class AICallTracker(Policy[AICall, _AIBinding]):
                         "non-empty string"
                     )
                 self.label = label
-        # Weak: a tracker may decorate a new closure on every request.
-        self._parameters: weakref.WeakKeyDictionary[Callable[..., Any], _ModelParameter] = (
-            weakref.WeakKeyDictionary()
-        )
         self._null = AICall(None, self, None)
 
     def __repr__(self) -> str:
@@ -1028,15 +1015,39 @@ class AICallTracker(Policy[AICall, _AIBinding]):
     def null_probe(self) -> AICall:
         return self._null
 
-    def prepare(self, func: Callable[..., Any]) -> None:
-        if self.model is None:
-            parameter = _model_parameter(func)
-            if parameter is not None:
-                with contextlib.suppress(TypeError):  # not weakly referenceable: keywords only
-                    self._parameters[func] = parameter
+    def starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
+        if self.model is not None:
+            return self.start
+        # model=None: the call's ``model`` argument, found by this function's signature (one
+        # tracker may decorate several functions), else its default.
+        parameter = _model_parameter(func)
+        signature = parameter.signature if parameter is not None else None
+        default = parameter.default if parameter is not None else None
+
+        def start_with_model(
+            tracker: AICallTracker,
+            wrapped: Callable[..., Any],
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> AICall:
+            value = kwargs.get("model")
+            if value is None:
+                if signature is not None and args:
+                    value = bind_arguments(signature, wrapped, args, kwargs).get("model")
+                if value is None:
+                    value = default
+            model = value if isinstance(value, str) and value else None
+            return tracker.start(wrapped, args, kwargs, model)
+
+        # Bound, as self.start is: the engine reads observes_items from the start's __self__.
+        return MethodType(start_with_model, self)
 
     def start(
-        self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
+        self,
+        wrapped: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        model: str | None = None,
     ) -> AICall:
         if not _abandoned.empty():
             record_abandoned_streams()
@@ -1045,26 +1056,7 @@ class AICallTracker(Policy[AICall, _AIBinding]):
             b = self.binding()
             if not b.enabled:
                 return self._null
-        model = None
-        if self.model is None and wrapped is not None:
-            model = self._argument_model(wrapped, args, kwargs)
         return AICall(b, self, model)
-
-    def _argument_model(
-        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> str | None:
-        value = kwargs.get("model")
-        if value is None and self._parameters:
-            try:
-                parameter = self._parameters.get(getattr(wrapped, "__func__", wrapped))
-            except TypeError:  # not weakly referenceable
-                parameter = None
-            if parameter is not None:
-                if parameter.signature is not None and args:
-                    value = bind_arguments(parameter.signature, wrapped, args, kwargs).get("model")
-                if value is None:
-                    value = parameter.default
-        return value if isinstance(value, str) and value else None
 
     def _stream_kind(self, result: Any) -> int:
         mode = self.stream
@@ -1084,9 +1076,7 @@ class AICallTracker(Policy[AICall, _AIBinding]):
 
     def _extract_with(self, response: Any) -> Usage | None:
         """Usage read by the ``usage=`` extractor, guarded."""
-        extractor = self.usage
-        if extractor is None:
-            return extract_usage(response)
+        extractor = cast(Callable[[Any], Any], self.usage)  # installed only when it is set
         try:
             return usage_from(extractor(response))
         except Exception as exc:

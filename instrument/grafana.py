@@ -15,13 +15,11 @@ exception messages, even when a proxy echoes the ``Authorization`` header back.
 from __future__ import annotations
 
 import asyncio
-import base64
 import html
 import json
 import logging
 import random
 import re
-import ssl
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -32,7 +30,7 @@ from urllib.parse import quote, urljoin
 
 import aiohttp
 
-from ._urls import header_safe, mask_url, split_url
+from ._urls import authorization, mask_url, split_url, ssl_context
 from .metrics import DEFAULT_NAMESPACE
 
 __all__ = [
@@ -131,21 +129,6 @@ class DashboardResult:
 # -- the client ---------------------------------------------------------------------------
 
 
-def _ssl_context(tls_verify: bool, ca_file: str | None) -> ssl.SSLContext:
-    """Built once per client, as loading the CAs is slow."""
-    try:
-        context = ssl.create_default_context(cafile=ca_file)
-    except OSError as exc:  # ssl.SSLError included
-        raise ValueError(
-            f"ca_file {ca_file!r} cannot be read as PEM certificates ({exc}); pass the path "
-            "of the CA certificate that signed Grafana's"
-        ) from None
-    if not tls_verify:
-        context.check_hostname = False
-        context.verify_mode = ssl.CERT_NONE
-    return context
-
-
 def _segment(value: str, what: str) -> str:
     if not isinstance(value, str) or not value:
         raise ValueError(f"{what} must be a non-empty string, got {value!r}")
@@ -205,16 +188,8 @@ class GrafanaClient:
             raise ValueError("basic_auth must be a (user, password) tuple of strings")
         if basic_auth is None and token is None:
             basic_auth = userinfo
-        if token is not None and basic_auth is not None:
-            raise ValueError("pass either token or basic_auth, not both")
-        # aiohttp would only refuse a control character when sending, with an untyped error.
-        if token is not None:
-            token = header_safe("token", token)
-        if basic_auth is not None:
-            basic_auth = (
-                header_safe("the basic auth user", basic_auth[0], keep_spaces=True),
-                header_safe("the basic auth password", basic_auth[1], keep_spaces=True),
-            )
+        # Checked now: aiohttp would only refuse a control character when sending.
+        authorization_header, secrets = authorization(token=token, basic_auth=basic_auth)
         if org_id is not None and (isinstance(org_id, bool) or not isinstance(org_id, int)):
             raise ValueError(f"org_id must be an integer, got {org_id!r}")
         if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not timeout > 0:
@@ -227,24 +202,11 @@ class GrafanaClient:
         self.org_id = org_id
         self.timeout = float(timeout)
         self.retries = retries
-        self._ssl: ssl.SSLContext | None = None
-        if base.startswith("https:"):
-            self._ssl = _ssl_context(tls_verify, ca_file)
+        self._ssl = ssl_context(base, tls_verify=tls_verify, ca_file=ca_file)
         self._auth_kind = "token" if token else "basic" if basic_auth else "none"
         headers = {"Accept": "application/json", "User-Agent": "instrument-grafana-client"}
-        # What an error text must never show: each credential, and the header carrying it
-        # (a proxy may echo the base64 of user:password, which holds no password verbatim).
-        secrets: list[str] = []
-        if token is not None:
-            headers["Authorization"] = f"Bearer {token}"
-            secrets.append(token)
-        elif basic_auth is not None:
-            pair = f"{basic_auth[0]}:{basic_auth[1]}".encode()
-            encoded = base64.b64encode(pair).decode("ascii")
-            headers["Authorization"] = f"Basic {encoded}"
-            secrets += [basic_auth[1], encoded]
-        if "Authorization" in headers:
-            secrets.append(headers["Authorization"])
+        if authorization_header is not None:
+            headers["Authorization"] = authorization_header
         if org_id is not None:
             headers["X-Grafana-Org-Id"] = str(org_id)
         self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))

@@ -36,7 +36,7 @@ from prometheus_client.exposition import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
-from ._urls import header_safe, mask_url, split_url
+from ._urls import authorization, mask_url, split_url, ssl_context
 from .metrics import Metrics
 
 if TYPE_CHECKING:
@@ -98,8 +98,6 @@ class PushTarget:
         )
         if credentials is not None and basic_auth is None:
             basic_auth = credentials
-        if basic_auth is not None and bearer_token is not None:
-            raise ValueError("give either basic_auth or bearer_token for the Pushgateway, not both")
         if method.lower() not in ("put", "post"):
             raise ValueError(f"push_method must be 'put' or 'post', got {method!r}")
         if not isinstance(job, str) or not job:
@@ -108,23 +106,11 @@ class PushTarget:
         self.grouping_key = dict(grouping_key)
         self.method = method.upper()
         self.timeout = float(timeout)
-        self._headers: list[tuple[str, str]] = []
-        if bearer_token is not None:
-            bearer_token = header_safe("bearer_token", bearer_token)
-        if basic_auth is not None:
-            user, password = (
-                header_safe("basic_auth", part, keep_spaces=True) for part in basic_auth
-            )
-            token = base64.b64encode(f"{user}:{password}".encode()).decode()
-            self._headers.append(("Authorization", f"Basic {token}"))
-        elif bearer_token is not None:
-            self._headers.append(("Authorization", f"Bearer {bearer_token}"))
-        self._ssl: ssl.SSLContext | None = None
-        if self.url.startswith("https:"):
-            self._ssl = ssl.create_default_context(cafile=ca_file)
-            if not tls_verify:
-                self._ssl.check_hostname = False
-                self._ssl.verify_mode = ssl.CERT_NONE
+        header, _ = authorization(
+            token=bearer_token, basic_auth=basic_auth, token_name="bearer_token"
+        )
+        self._headers: list[tuple[str, str]] = [] if header is None else [("Authorization", header)]
+        self._ssl = ssl_context(self.url, tls_verify=tls_verify, ca_file=ca_file)
 
     def __repr__(self) -> str:
         auth = ", auth=***" if self._headers else ""

@@ -159,10 +159,12 @@ def build_rules(
     by_analysis = ("module", "analysis_type")
     by_model = ("provider", "model")
 
-    def recorded(labels: Sequence[str], attr: str, metric: str | None = None) -> str:
+    def recorded(
+        labels: Sequence[str], attr: str, metric: str | None = None, op: str = suffix
+    ) -> str:
         # level:metric:operations, the naming Prometheus' docs recommend; counters drop _total.
         name = (metric or n[attr]).removesuffix("_total")
-        return f"{'_'.join(labels)}:{name}:{suffix}"
+        return f"{'_'.join(labels)}:{name}:{op}"
 
     def rate_rule(labels: Sequence[str], attr: str, metric: str | None = None) -> dict[str, Any]:
         return _record(
@@ -170,9 +172,7 @@ def build_rules(
         )
 
     analyses = recorded((*by_analysis, "status"), "analyses")
-    analysis_errors = f"{'_'.join(by_analysis)}:{n['analyses'].removesuffix('_total')}:" + (
-        f"error_ratio_{suffix}"
-    )
+    analysis_errors = recorded(by_analysis, "analyses", op=f"error_ratio_{suffix}")
     bucket = f"{n['analysis_duration']}_bucket"
     duration_buckets = recorded((*by_analysis, "le"), "analysis_duration", bucket)
     analysis_group = {
@@ -228,9 +228,8 @@ def build_rules(
     calls = recorded((*by_model, "status"), "ai_api_calls")
     errors = recorded((*by_model, "http_status"), "ai_api_errors")
     tokens = recorded((*by_model, "token_type"), "ai_tokens")
-    calls_base = n["ai_api_calls"].removesuffix("_total")
-    ai_errors = f"{'_'.join(by_model)}:{calls_base}:error_ratio_{suffix}"
-    ai_rate_limited = f"{'_'.join(by_model)}:{calls_base}:rate_limited_ratio_{suffix}"
+    ai_errors = recorded(by_model, "ai_api_calls", op=f"error_ratio_{suffix}")
+    ai_rate_limited = recorded(by_model, "ai_api_calls", op=f"rate_limited_ratio_{suffix}")
     all_calls = sum_by(calls, by_model)
     ai_group = {
         "name": f"{ns}.ai",

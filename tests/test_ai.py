@@ -15,6 +15,7 @@ import re
 import sys
 import threading
 import time
+import weakref
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
@@ -1141,17 +1142,20 @@ class TestModel:
 
         first("gpt-4o")
         second("hi", "o3")
+        closures = []
         for _ in range(3):  # a closure decorated per request
 
             @track
             def per_request(model: str) -> None: ...
 
             per_request("gpt-4.1")
+            closures.append(weakref.ref(per_request.__wrapped__))
+        del per_request
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
         assert calls(registry, "openai", "o3") == {"success": 1}
         assert calls(registry, "openai", "gpt-4.1") == {"success": 3}
         gc.collect()
-        assert len(track._parameters) == 3  # the earlier closures are not kept alive
+        assert [ref() for ref in closures] == [None] * 3  # the tracker keeps none alive
 
     def test_through_kwargs(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
         @inst.track_ai_call("openai")

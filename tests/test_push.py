@@ -402,7 +402,7 @@ def test_basic_auth_from_url_and_bearer_token_reach_the_gateway(stand_in: Gatewa
     assert asyncio.run(_push_and_close(token))
     assert stand_in.requests[-1][2]["authorization"] == "Bearer tok-123"
     assert "tok-123" not in repr(token) and "tok-123" not in repr(token.delivery.gateway)
-    with pytest.raises(ValueError, match="either basic_auth or bearer_token"):
+    with pytest.raises(ValueError, match="either bearer_token or basic_auth, not both"):
         Instrumentation(pushgateway=url, bearer_token="x")
 
 
