@@ -220,8 +220,7 @@ def _async_wrapper(start: Start) -> Wrapper:
     return call_async
 
 
-def _generator_wrapper(start: Start) -> Wrapper:
-    observed = _observes_items(start)
+def _generator_wrapper(start: Start, observed: bool) -> Wrapper:
 
     def call_generator(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -245,8 +244,7 @@ def _generator_wrapper(start: Start) -> Wrapper:
     return call_generator
 
 
-def _async_generator_wrapper(start: Start) -> Wrapper:
-    observed = _observes_items(start)
+def _async_generator_wrapper(start: Start, observed: bool) -> Wrapper:
 
     async def call_async_generator(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -288,10 +286,6 @@ def _async_generator_wrapper(start: Start) -> Wrapper:
             await _adeliver(probe)
 
     return call_async_generator
-
-
-def _observes_items(start: Start) -> bool:
-    return bool(getattr(getattr(start, "__self__", None), "observes_items", False))
 
 
 def _reduce_by_reference(self: Any, protocol: Any) -> str:
@@ -397,9 +391,9 @@ class Instrumenter(Generic[P]):
         self.prepare(target)
         start = self.starter(target)
         if inspect.isasyncgenfunction(target):
-            wrapper = _async_generator_wrapper(start)
+            wrapper = _async_generator_wrapper(start, self.observes_items)
         elif inspect.isgeneratorfunction(target):
-            wrapper = _generator_wrapper(start)
+            wrapper = _generator_wrapper(start, self.observes_items)
         elif inspect.iscoroutinefunction(target):
             wrapper = _async_wrapper(start)
         else:

@@ -25,7 +25,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable, Mapping
 from time import perf_counter
-from types import MethodType, TracebackType
+from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, cast
 
 import wrapt
@@ -1025,7 +1025,6 @@ class AICallTracker(Policy[AICall, _AIBinding]):
         default = parameter.default if parameter is not None else None
 
         def start_with_model(
-            tracker: AICallTracker,
             wrapped: Callable[..., Any],
             args: tuple[Any, ...],
             kwargs: dict[str, Any],
@@ -1037,10 +1036,9 @@ class AICallTracker(Policy[AICall, _AIBinding]):
                 if value is None:
                     value = default
             model = value if isinstance(value, str) and value else None
-            return tracker.start(wrapped, args, kwargs, model)
+            return self.start(wrapped, args, kwargs, model)
 
-        # Bound, as self.start is: the engine reads observes_items from the start's __self__.
-        return MethodType(start_with_model, self)
+        return start_with_model
 
     def start(
         self,
