@@ -342,7 +342,7 @@ class Binding:
         self.after_call = inst.delivery.after_call
         self.after_call_async = inst.delivery.after_call_async
         #: What a probe's ``deliver`` should be: None when nothing is ever pushed.
-        self.deliver = None if inst.delivery.mode == "off" else inst.delivery.after_call
+        self.deliver = inst.delivery.call_hook()
 
 
 class Policy(Instrumenter[P], Generic[P, B]):

@@ -357,6 +357,18 @@ class Delivery:
         elif mode == "each" and not (self._closed or self._is_worker()):
             self.push()
 
+    def after_coalesced_call(self) -> None:
+        """``after_call`` for coalesce mode, without asking the mode: what a decorator
+        binds when it knows the mode (the usual case: once per interval it does anything)."""
+        if not self._dirty:
+            self._mark_dirty()
+
+    def call_hook(self) -> Callable[[], None] | None:
+        """What to call after each job in sync code: None when nothing is ever pushed."""
+        if self.mode == "off":
+            return None
+        return self.after_coalesced_call if self.mode == "coalesce" else self.after_call
+
     def note_change(self) -> None:
         """The state changed outside a call (e.g. an abandoned stream was recorded): mark it
         for the next push, whatever the mode, without pushing now."""
