@@ -134,8 +134,14 @@ class Pushgateway:
 class Prometheus:
     """A real ``prometheus`` process scraping the given Pushgateway (and other targets)."""
 
-    def __init__(self, pushgateway: Pushgateway, extra_targets: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self,
+        pushgateway: Pushgateway,
+        extra_targets: tuple[str, ...] = (),
+        flags: tuple[str, ...] = (),
+    ) -> None:
         self.binary = require_binary("prometheus")
+        self.flags = flags
         self.port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         self.dir = Path(tempfile.mkdtemp(prefix="instrument-prom-"))
@@ -178,6 +184,7 @@ class Prometheus:
                 f"--storage.tsdb.path={self.dir / 'data'}",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                *self.flags,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
