@@ -11,7 +11,6 @@ import math
 import numbers
 import re
 import threading
-import weakref
 from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
@@ -132,11 +131,11 @@ def _sample_labels() -> frozenset[str]:
 SAMPLE_LABELS: frozenset[str] = _sample_labels()
 
 # One Metrics per (registry, namespace): a second Instrumentation on a shared registry
-# reuses the collectors instead of failing with "Duplicated timeseries". Keyed weakly, and
-# a Metrics holds its registry only weakly, so a registry nobody else holds is freed.
-_shared: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Metrics]] = (
-    weakref.WeakKeyDictionary()
-)
+# reuses the collectors instead of failing with "Duplicated timeseries". The table lives on
+# the registry itself, not in a module-level mapping keyed by it: a Metrics holds its
+# registry, so any such mapping (even a WeakKeyDictionary, whose values are strong) would
+# keep every registry alive. On the registry it is an ordinary cycle, freed with it.
+_SHARED_ATTR = "_instrument_metrics"
 _shared_lock = threading.Lock()
 
 
@@ -258,7 +257,7 @@ class Metrics:
         namespace: str,
         buckets: Mapping[str, tuple[float, ...]],
     ) -> None:
-        self._registry = weakref.ref(registry)
+        self.registry = registry
         self.namespace = namespace
         self.buckets = {
             s.suffix: buckets.get(s.suffix, s.buckets) for s in METRICS if s.buckets is not None
@@ -269,14 +268,6 @@ class Metrics:
         _register_all(registry, list(collectors.values()))
         for attr, collector in collectors.items():
             setattr(self, attr, collector)
-
-    @property
-    def registry(self) -> CollectorRegistry:
-        """The registry these collectors are registered on."""
-        registry = self._registry()
-        if registry is None:
-            raise ReferenceError("the registry of these metrics was garbage collected")
-        return registry
 
     def _create(self, spec: MetricSpec) -> Counter | Gauge | Histogram:
         name = spec.name(self.namespace)
@@ -311,7 +302,7 @@ class Metrics:
         check_namespace(namespace)
         overrides = check_buckets(buckets)
         with _shared_lock:
-            by_namespace = _shared.setdefault(registry, {})
+            by_namespace: dict[str, Metrics] = vars(registry).setdefault(_SHARED_ATTR, {})
             existing = by_namespace.get(namespace)
             if existing is not None:
                 for suffix, bounds in overrides.items():
