@@ -132,21 +132,24 @@ class Instrumentation:
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.namespace = namespace
         self.max_models = max_models
-        self.metrics = _register(self.registry, namespace, buckets)
         self._collect_registry: CollectorRegistry | None = None
         if not self.enabled:
             # Validated above, then dropped: disabled means no request ever leaves.
             push_mode, gateway, textfile = "off", None, None
-        self.delivery = Delivery(
-            self.metrics,
-            gateway=gateway,
-            textfile=textfile,
-            mode=push_mode,
-            interval=push_interval,
-            instance=instance,
-            delete_on_exit=delete_on_exit,
-            collect=self.collect_registry,
-        )
+
+        def deliver(metrics: Metrics) -> Delivery:
+            return Delivery(
+                metrics,
+                gateway=gateway,
+                textfile=textfile,
+                mode=push_mode,
+                interval=push_interval,
+                instance=instance,
+                delete_on_exit=delete_on_exit,
+                collect=self.collect_registry,
+            )
+
+        self.metrics, self.delivery = _register(self.registry, namespace, buckets, deliver)
         self._warned_job_types: set[str] = set()
         self.retired = False
         self._bindings: weakref.WeakSet[Binding] = weakref.WeakSet()
@@ -340,12 +343,16 @@ def _register(
     registry: CollectorRegistry,
     namespace: str,
     buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
-) -> Metrics:
-    """The metrics of ``namespace`` on ``registry``, behind the before-snapshot hook.
+    deliver: Callable[[Metrics], Delivery],
+) -> tuple[Metrics, Delivery]:
+    """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
+    then build the delivery with them: all or nothing.
 
     The hook goes first, so a scrape records deferred work (abandoned streams) before the
     metrics are read; once per registry, however many instrumentations share it. If the
-    metrics are refused (a clash with a collector already there), the hook is taken back.
+    metrics clash or the delivery settings are refused, what this call registered is taken
+    back, so the registry is as it was. Under the lock, so no other Instrumentation picks up
+    metrics that are about to be taken back.
     """
     with _default_lock:
         hook = None
@@ -353,9 +360,14 @@ def _register(
             hook = BeforeCollect()
             registry.register(hook)
             _hooked_registries.add(registry)
+        existed = Metrics.shared(registry, namespace) is not None
+        metrics = None
         try:
-            return Metrics.get(registry, namespace, buckets)
+            metrics = Metrics.get(registry, namespace, buckets)
+            return metrics, deliver(metrics)
         except BaseException:
+            if metrics is not None and not existed:
+                metrics.unregister()
             if hook is not None:
                 _hooked_registries.discard(registry)
                 registry.unregister(hook)

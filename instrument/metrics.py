@@ -324,6 +324,27 @@ class Metrics:
             by_namespace[namespace] = metrics
             return metrics
 
+    @classmethod
+    def shared(
+        cls, registry: CollectorRegistry, namespace: str = DEFAULT_NAMESPACE
+    ) -> Metrics | None:
+        """The metrics :meth:`get` made for ``namespace`` on ``registry``, or None."""
+        with _shared_lock:
+            table: dict[str, Metrics] = vars(registry).get(_SHARED_ATTR, {})
+            return table.get(namespace)
+
+    def unregister(self) -> None:
+        """Take these collectors off their registry and forget them, leaving the registry as
+        it was before :meth:`get` made them (what a constructor refused after it called
+        :meth:`get` undoes). Anything still recording into them is no longer exported."""
+        with _shared_lock:
+            table: dict[str, Metrics] = vars(self.registry).get(_SHARED_ATTR, {})
+            if table.get(self.namespace) is self:
+                del table[self.namespace]
+            for spec in METRICS:
+                with contextlib.suppress(KeyError):
+                    self.registry.unregister(getattr(self, spec.attr))
+
     def names(self) -> dict[str, str]:
         """Map each metric's attribute name to its full Prometheus name."""
         return {spec.attr: spec.name(self.namespace) for spec in METRICS}

@@ -500,9 +500,21 @@ hosts = st.one_of(
     st.sampled_from(["gw.example", "127.0.0.1", "[::1]", "[fe80::1]", "localhost", "bücher.de"]),
     st.text(alphabet="abcdefghij0123456789.-_[]:%", max_size=12),
 )
-secrets = st.text(
-    alphabet=st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"), max_size=10
-).map(lambda tail: MARKER + tail)
+secrets = st.lists(
+    st.one_of(
+        st.sampled_from(["://", "@", "/", "?", "#", ":", "%40", "%2F", " ", "\n"]),
+        st.characters(blacklist_categories=["Cs"], blacklist_characters="\x00"),
+    ),
+    max_size=6,
+).map(lambda parts: MARKER + "".join(parts))
+
+
+def test_a_password_holding_a_scheme_separator_is_masked_too() -> None:
+    # Without a scheme, the "://" in the password was taken for the end of one.
+    assert mask_url("alice:S3CR://x@gw.example:9091") == "***@gw.example:9091"
+    with pytest.raises(ValueError) as info:
+        PushTarget("alice:S3CR://x@gw.example:9091", job="j", grouping_key={})
+    assert MARKER not in str(info.value)
 
 
 @given(
@@ -580,6 +592,39 @@ def test_a_clash_midway_through_registration_rolls_back() -> None:
     records_fine(registry, namespace="other")
     registry.unregister(theirs)
     records_fine(registry)
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"push_mode": "bogus"}, "push_mode must be one of"),
+        ({"push_mode": "each"}, "needs a target"),
+        ({"prices": "/nonexistent/prices.json"}, "cannot read the price table"),
+        ({"namespace": "ns", "grouping_key": {"a-b": "x"}}, "not a valid label name"),
+    ],
+)
+def test_any_refused_setting_leaves_the_registry_untouched(
+    kwargs: dict[str, Any], message: str
+) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError, match=message):
+        Instrumentation(registry=registry, **kwargs)
+    assert collector_names(registry) == []
+    # Nothing claimed the bucket configuration either.
+    records_fine(registry, buckets=[1, 2])
+
+
+def test_a_refused_instrumentation_on_a_shared_registry_leaves_the_others_working() -> None:
+    registry = CollectorRegistry()
+    first = Instrumentation(registry=registry)
+    names = collector_names(registry)
+    with pytest.raises(ValueError, match="push_mode must be one of"):
+        Instrumentation(registry=registry, push_mode="bogus")
+    assert collector_names(registry) == names
+    first.record_analysis("m", "t", 0.5)
+    labels = {**LABELS, "status": "success"}
+    assert registry.get_sample_value("codomyrmex_analyses_total", labels) == 1
+    first.close()
 
 
 class FailingRegistry(CollectorRegistry):
