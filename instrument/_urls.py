@@ -11,6 +11,8 @@ from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = ["authorization", "header_safe", "mask_url", "split_url", "ssl_context"]
 
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
+
 
 def mask_url(url: str) -> str:
     """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises.
@@ -19,8 +21,9 @@ def mask_url(url: str) -> str:
     parsers take for the start of the path) is masked too.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
+    # Only a real scheme counts: in "user:pa://ss@host" the "://" is the password's.
+    if not sep or not _SCHEME_RE.fullmatch(scheme):
+        scheme, sep, rest = "", "", url
     if "@" not in rest:
         return url
     host_and_path = rest.rpartition("@")[2]
