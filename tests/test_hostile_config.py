@@ -16,6 +16,7 @@ import logging
 import math
 import os
 import re
+import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
@@ -190,9 +191,9 @@ group_values = st.one_of(st.sampled_from(SPECIAL_VALUES), st.text(max_size=16))
 
 @pytest.mark.integration
 @GATEWAY_EXAMPLES
-@given(job=group_values)
+@given(job=group_values, use_async=st.booleans())
 def test_every_accepted_job_lands_under_that_very_name(
-    pushgateway_server: Pushgateway, job: str
+    pushgateway_server: Pushgateway, job: str, use_async: bool
 ) -> None:
     run = uuid.uuid4().hex
     try:
@@ -202,7 +203,7 @@ def test_every_accepted_job_lands_under_that_very_name(
         assert says_what_to_do(str(exc))
         return
     assert not gateway_refuses_value(job, job=True), f"{job!r} accepted"
-    labels = push_and_read_group(pushgateway_server, job, {"run": run})
+    labels = push_and_read_group(pushgateway_server, job, {"run": run}, use_async=use_async)
     assert labels == {"job": job, "run": run}
 
 
@@ -485,6 +486,8 @@ def test_a_gateway_url_with_a_trailing_newline_still_lands(pushgateway: Pushgate
 
 @given(st.one_of(st.text(max_size=40), st.none(), st.integers(), st.binary(max_size=8)))
 def test_split_url_accepts_or_raises_value_or_type_error_only(url: Any) -> None:
+    if isinstance(url, str):
+        assert isinstance(mask_url(url), str)  # never raises
     try:
         base, _ = split_url(url, what="pushgateway URL", example="http://e", bare_host=True)
     except (ValueError, TypeError):
@@ -625,6 +628,37 @@ def test_a_refused_instrumentation_on_a_shared_registry_leaves_the_others_workin
     labels = {**LABELS, "status": "success"}
     assert registry.get_sample_value("codomyrmex_analyses_total", labels) == 1
     first.close()
+
+
+def test_instrumentations_made_at_once_from_threads_share_one_set_of_metrics() -> None:
+    registry = CollectorRegistry()
+    made: list[Instrumentation] = []
+    errors: list[BaseException] = []
+    start = threading.Barrier(8)
+
+    def make(number: int) -> None:
+        start.wait()
+        try:
+            # Every other one is refused after its metrics exist: it must not take back
+            # metrics another thread just picked up.
+            inst = Instrumentation(registry=registry, push_mode="bogus" if number % 2 else "off")
+        except ValueError:
+            return
+        except BaseException as exc:  # anything else is the failure under test
+            errors.append(exc)
+            return
+        made.append(inst)
+        inst.record_analysis("m", "t", 0.5)
+
+    threads = [threading.Thread(target=make, args=(n,)) for n in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert errors == [] and len(made) == 4
+    assert len({id(inst.metrics) for inst in made}) == 1
+    labels = {**LABELS, "status": "success"}
+    assert registry.get_sample_value("codomyrmex_analyses_total", labels) == len(made)
 
 
 class FailingRegistry(CollectorRegistry):
