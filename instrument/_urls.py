@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import base64
+import ipaddress
+import re
 import ssl
-from urllib.parse import unquote, urlsplit, urlunsplit
+import unicodedata
+from urllib.parse import quote, unquote, urlsplit, urlunsplit
 
 __all__ = ["authorization", "header_safe", "mask_url", "split_url", "ssl_context"]
+
+_SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def mask_url(url: str) -> str:
@@ -16,8 +21,9 @@ def mask_url(url: str) -> str:
     parsers take for the start of the path) is masked too.
     """
     scheme, sep, rest = url.partition("://")
-    if not sep:
-        scheme, rest = "", url
+    # Only a real scheme counts: in "user:pa://ss@host" the "://" is the password's.
+    if not sep or not _SCHEME_RE.fullmatch(scheme):
+        scheme, sep, rest = "", "", url
     if "@" not in rest:
         return url
     host_and_path = rest.rpartition("@")[2]
@@ -38,9 +44,21 @@ def split_url(
         raise TypeError(f"the {what} must be a string such as {example}, got {type(url).__name__}")
     if not url.strip():
         raise ValueError(f"the {what} is empty: pass one such as {example}")
+    # Only around it: a trailing newline read from a file or a variable is common.
     text = url.strip()
     shown = mask_url(text)
-    parts = urlsplit(text if "://" in text or not bare_host else f"http://{text}")
+    if any(_unsendable(c) for c in text):
+        # Which character is not said: it may sit in the password.
+        raise ValueError(
+            f"the {what} {shown!r} contains whitespace or a control character, which no "
+            "request can carry; remove it, or percent-encode it (a space is %20)"
+        )
+    try:
+        parts = urlsplit(text if "://" in text or not bare_host else f"http://{text}")
+    except ValueError:  # an unclosed "[" of an IPv6 host
+        raise ValueError(
+            f"the {what} {shown!r} cannot be parsed; use one such as {example}"
+        ) from None
     if "@" in parts.path or "@" in parts.query or "@" in parts.fragment:
         raise ValueError(
             f"the {what} {shown!r} has an '@' after the host: a password holding '/', '?' or "
@@ -51,15 +69,46 @@ def split_url(
     try:
         port = parts.port
     except ValueError:
-        raise ValueError(f"the {what} {shown!r} has an invalid port") from None
-    host = parts.hostname
-    if ":" in host:  # IPv6
-        host = f"[{host}]"
+        port = 0
+    if port == 0:
+        raise ValueError(f"the {what} {shown!r} has an invalid port; use 1 to 65535")
+    host = _host(parts.hostname)
+    if host is None:
+        raise ValueError(
+            f"the {what} {shown!r} has an invalid host; use a host name, an IPv4 address or "
+            f"an IPv6 address in brackets, as in {example}"
+        )
     netloc = host if port is None else f"{host}:{port}"
     credentials = None
     if parts.username is not None:
         credentials = (unquote(parts.username), unquote(parts.password or ""))
-    return urlunsplit((parts.scheme, netloc, parts.path.rstrip("/"), "", "")), credentials
+    # http.client sends the request line as ASCII: other characters are percent-encoded.
+    path = quote(parts.path.rstrip("/"), safe=_ASCII_PRINTABLE)
+    return urlunsplit((parts.scheme, netloc, path, "", "")), credentials
+
+
+_ASCII_PRINTABLE = "".join(chr(i) for i in range(0x21, 0x7F))
+_HOST_NAME_RE = re.compile(r"[A-Za-z0-9_-]+(\.[A-Za-z0-9_-]+)*\.?")
+
+
+def _unsendable(char: str) -> bool:
+    return char.isspace() or unicodedata.category(char)[0] == "C"
+
+
+def _host(hostname: str) -> str | None:
+    """The host as it goes in a request (an IPv6 address in brackets, a name in its ASCII
+    IDNA form), or None when no connection could be made to it."""
+    if ":" in hostname:
+        try:
+            ipaddress.IPv6Address(hostname)
+        except ValueError:
+            return None
+        return f"[{hostname}]"
+    try:
+        ascii_name = hostname.encode("idna").decode("ascii")
+    except UnicodeError:
+        return None
+    return ascii_name if _HOST_NAME_RE.fullmatch(ascii_name) else None
 
 
 def header_safe(what: str, value: object, *, keep_spaces: bool = False) -> str:

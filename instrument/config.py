@@ -11,7 +11,21 @@ from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["SETTINGS", "Setting", "from_environment"]
+from ._urls import header_safe, mask_url, split_url
+from .metrics import check_namespace
+from .push import (
+    PUSH_MODES,
+    check_group_value,
+    check_grouping_key,
+    check_job,
+    check_seconds,
+)
+
+__all__ = ["SETTINGS", "Setting", "from_environment", "read_environment"]
+
+# Each parser takes the variable's text and returns the keyword's value, or raises a
+# ValueError saying what is expected. They check with the same functions Instrumentation
+# uses, so a value they pass is one Instrumentation takes.
 
 
 def _flag(value: str) -> bool:
@@ -34,7 +48,7 @@ def _grouping_key(value: str) -> dict[str, str]:
         if not sep or not key.strip():
             raise ValueError(f"expected label=value pairs separated by commas, got {value!r}")
         pairs[key.strip()] = val.strip()
-    return pairs
+    return check_grouping_key(pairs)
 
 
 def _choice(*choices: str) -> Callable[[str], str]:
@@ -50,7 +64,45 @@ def _instance(value: str) -> bool | str:
     try:
         return _flag(value)
     except ValueError:
-        return value
+        return check_group_value("instance", value)
+
+
+def _seconds(keyword: str) -> Callable[[str], float]:
+    def parse(value: str) -> float:
+        try:
+            number = float(value)
+        except ValueError:
+            raise ValueError("expected a number of seconds, such as 2.5") from None
+        return check_seconds(keyword, number)
+
+    return parse
+
+
+def _positive_int(value: str) -> int:
+    try:
+        number = int(value)
+    except ValueError:
+        number = 0
+    if number < 1:
+        raise ValueError("expected a positive integer, such as 50")
+    return number
+
+
+def _pushgateway(value: str) -> str:
+    split_url(value, what="pushgateway URL", example="http://127.0.0.1:9091", bare_host=True)
+    return value
+
+
+def _token(value: str) -> str:
+    return header_safe("the token", value)
+
+
+def _hidden(value: str) -> str:
+    return "(value not shown)"
+
+
+def _masked(value: str) -> str:
+    return repr(mask_url(value))
 
 
 @dataclass(frozen=True)
@@ -60,13 +112,16 @@ class Setting:
     default: str
     meaning: str
     parse: Callable[[str], Any] = str
+    #: How an error shows the variable's value: a secret is never shown.
+    show: Callable[[str], str] = repr
 
 
 SETTINGS: tuple[Setting, ...] = (
     Setting("registry", None, "a new CollectorRegistry",
             "The registry holding every metric; pass prometheus_client.REGISTRY to share "
             "the global one."),
-    Setting("namespace", "INSTRUMENT_NAMESPACE", "codomyrmex", "Prefix of every metric name."),
+    Setting("namespace", "INSTRUMENT_NAMESPACE", "codomyrmex", "Prefix of every metric name.",
+            check_namespace),
     Setting("buckets", None, "see metrics.py",
             "Histogram buckets: a sequence for analysis durations, or a mapping of metric name "
             "(e.g. 'ai_call_duration_seconds') to buckets."),
@@ -74,9 +129,9 @@ SETTINGS: tuple[Setting, ...] = (
             "False (or INSTRUMENT_DISABLED=1) turns all recording and pushing off.", _disabled),
     Setting("pushgateway", "INSTRUMENT_PUSHGATEWAY_URL", "None",
             "Pushgateway base URL, e.g. http://127.0.0.1:9091 (user:pass@ in it becomes "
-            "basic auth)."),
+            "basic auth).", _pushgateway, _masked),
     Setting("job", "INSTRUMENT_JOB", "codomyrmex",
-            "The Pushgateway job the metrics are pushed under."),
+            "The Pushgateway job the metrics are pushed under.", check_job),
     Setting("grouping_key", "INSTRUMENT_GROUPING_KEY", "{}",
             "Extra grouping labels, e.g. {'team': 'x'}; env form team=x,region=y.", _grouping_key),
     Setting("instance", "INSTRUMENT_INSTANCE", "False",
@@ -87,14 +142,14 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("push_mode", "INSTRUMENT_PUSH_MODE", "coalesce with a target, else off",
             "each: push after every call and wait; coalesce: a background flusher pushes at most "
             "once per push_interval; off: never push (pull mode).",
-            _choice("each", "coalesce", "off")),
+            _choice(*PUSH_MODES)),
     Setting("push_interval", "INSTRUMENT_PUSH_INTERVAL", "1.0",
-            "Seconds between coalesced pushes.", float),
+            "Seconds between coalesced pushes.", _seconds("push_interval")),
     Setting("push_method", "INSTRUMENT_PUSH_METHOD", "put",
             "put replaces the whole group; post replaces only the pushed metric names.",
             _choice("put", "post")),
     Setting("push_timeout", "INSTRUMENT_PUSH_TIMEOUT", "5.0",
-            "Seconds a push may take in all (connect included).", float),
+            "Seconds a push may take in all (connect included).", _seconds("push_timeout")),
     Setting("textfile", "INSTRUMENT_TEXTFILE", "None",
             "Also (or only) write the metrics atomically to this file for node_exporter's "
             "textfile collector."),
@@ -102,24 +157,27 @@ SETTINGS: tuple[Setting, ...] = (
             "(username, password) for the Pushgateway; env INSTRUMENT_PUSHGATEWAY_USERNAME and "
             "INSTRUMENT_PUSHGATEWAY_PASSWORD."),
     Setting("bearer_token", "INSTRUMENT_PUSHGATEWAY_TOKEN", "None",
-            "Bearer token for the Pushgateway."),
+            "Bearer token for the Pushgateway.", _token, _hidden),
     Setting("tls_verify", "INSTRUMENT_TLS_VERIFY", "True",
             "Verify the Pushgateway's TLS certificate.", _flag),
     Setting("ca_file", "INSTRUMENT_CA_FILE", "None", "CA bundle used to verify the Pushgateway."),
     Setting("max_models", "INSTRUMENT_MAX_MODELS", "50",
-            "Distinct model label values kept per provider; more are reported as 'other'.", int),
+            "Distinct model label values kept per provider; more are reported as 'other'.",
+            _positive_int),
     Setting("prices", "INSTRUMENT_AI_PRICES", "None",
             "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path."),
 )  # fmt: skip
 
 
-def from_environment(
+def read_environment(
     environ: Mapping[str, str] | None = None, *, only: Collection[str] | None = None
-) -> dict[str, Any]:
-    """Keyword arguments for Instrumentation read from ``environ`` (default: os.environ);
-    ``only`` limits it to those keywords."""
+) -> tuple[dict[str, Any], list[str]]:
+    """The keyword arguments for Instrumentation found in ``environ`` (default: os.environ;
+    ``only`` limits it to those keywords), and one message per variable that holds a bad
+    value and was left out. Messages name the variable and never show a secret."""
     env = os.environ if environ is None else environ
     found: dict[str, Any] = {}
+    problems: list[str] = []
     for setting in SETTINGS:
         if setting.env is None or setting.env not in env:
             continue
@@ -129,8 +187,38 @@ def from_environment(
         try:
             found[setting.keyword] = setting.parse(raw)
         except ValueError as exc:
-            raise ValueError(f"{setting.env}={raw!r} is not valid: {exc}") from None
-    user = env.get("INSTRUMENT_PUSHGATEWAY_USERNAME")
-    if user is not None and (only is None or "basic_auth" in only):
-        found["basic_auth"] = (user, env.get("INSTRUMENT_PUSHGATEWAY_PASSWORD", ""))
+            problems.append(f"{setting.env}={setting.show(raw)} is not valid: {exc}")
+    if only is None or "basic_auth" in only:
+        auth = _basic_auth(env, problems)
+        if auth is not None:
+            found["basic_auth"] = auth
+    return found, problems
+
+
+def _basic_auth(env: Mapping[str, str], problems: list[str]) -> tuple[str, str] | None:
+    names = ("INSTRUMENT_PUSHGATEWAY_USERNAME", "INSTRUMENT_PUSHGATEWAY_PASSWORD")
+    user, password = (env.get(name) for name in names)
+    if user is None:
+        if password is not None:
+            problems.append(f"{names[1]} is set but {names[0]} is not; set both, or neither")
+        return None
+    parts = []
+    for name, value in zip(names, (user, password or ""), strict=True):
+        try:
+            parts.append(header_safe("the value", value, keep_spaces=True))
+        except ValueError as exc:
+            problems.append(f"{name} (value not shown) is not valid: {exc}")
+            return None
+    return parts[0], parts[1]
+
+
+def from_environment(
+    environ: Mapping[str, str] | None = None, *, only: Collection[str] | None = None
+) -> dict[str, Any]:
+    """Keyword arguments for Instrumentation read from ``environ`` (default: os.environ);
+    ``only`` limits it to those keywords. A bad value raises one ValueError naming every
+    bad variable."""
+    found, problems = read_environment(environ, only=only)
+    if problems:
+        raise ValueError("; ".join(problems))
     return found

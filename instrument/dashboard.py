@@ -40,7 +40,7 @@ _RANGE = "$__range"
 # Multi-value variables with "All" need regex matchers; "All" is sent as ".*".
 _ANALYSIS = ('module=~"$module"', 'analysis_type=~"$analysis_type"')
 _AI = ('provider=~"$provider"', 'model=~"$model"')
-_UID_RE = re.compile(r"^[A-Za-z0-9_-]{1,40}$")
+_UID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _GRID_WIDTH = 24
 
 
@@ -509,7 +509,7 @@ def build_dashboard(
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
-    if not isinstance(uid, str) or not _UID_RE.match(uid):
+    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
         raise ValueError(
             f"uid {uid!r} is not a Grafana dashboard uid: use 1 to 40 letters, digits, '-' or '_'"
         )

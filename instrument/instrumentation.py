@@ -14,8 +14,22 @@ from prometheus_client import CollectorRegistry
 
 from . import config as _config
 from ._wrapping import Instrumenter, Probe
-from .metrics import DEFAULT_NAMESPACE, Metrics
-from .push import BeforeCollect, Delivery, PushTarget, _multiprocess_enabled
+from .metrics import (
+    DEFAULT_NAMESPACE,
+    Metrics,
+    check_buckets,
+    check_label_value,
+    check_namespace,
+)
+from .push import (
+    BeforeCollect,
+    Delivery,
+    PushTarget,
+    _multiprocess_enabled,
+    check_grouping_key,
+    check_job,
+    check_seconds,
+)
 
 if TYPE_CHECKING:
     from .ai import AICallTracker
@@ -34,6 +48,7 @@ def _check_label(what: str, value: object, *, optional: bool = False) -> None:
         return
     if not isinstance(value, str) or not value:
         raise TypeError(f"{what} must be a non-empty string, got {value!r}")
+    check_label_value(what, value)
 
 
 def check_number(what: str, value: object) -> float:
@@ -89,24 +104,14 @@ class Instrumentation:
             raise TypeError(f"registry must be a CollectorRegistry, got {type(registry).__name__}")
         if not isinstance(max_models, int) or max_models < 1:
             raise ValueError(f"max_models must be a positive integer, got {max_models!r}")
-        self.enabled = bool(enabled)
-        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
-        # Before the metrics, so a scrape records deferred work (abandoned streams) first;
-        # once per registry, however many instrumentations share it.
-        with _default_lock:
-            if self.registry not in _hooked_registries:
-                _hooked_registries.add(self.registry)
-                self.registry.register(BeforeCollect())
-        self.metrics = Metrics.get(self.registry, namespace, buckets)
-        self.namespace = namespace
-        self.job = job
-        self.max_models = max_models
-        self._collect_registry: CollectorRegistry | None = None
-        group = dict(grouping_key or {})
-        for key, value in group.items():
-            _check_label("grouping_key label", key)
-            if not isinstance(value, str):
-                raise TypeError(f"grouping_key[{key!r}] must be a string, got {value!r}")
+        # Everything that can be refused is checked before the registry is touched, so a
+        # refused Instrumentation leaves a user's registry as it was.
+        check_namespace(namespace)
+        check_buckets(buckets)
+        self.job = check_job(job)
+        group = check_grouping_key(grouping_key or {}, instance=instance)
+        push_interval = check_seconds("push_interval", push_interval)
+        check_seconds("push_timeout", push_timeout)
         gateway = None
         if pushgateway is not None:
             gateway = PushTarget(
@@ -120,22 +125,31 @@ class Instrumentation:
                 ca_file=ca_file,
                 timeout=push_timeout,
             )
-        if not self.enabled:
-            # Validated above, then dropped: disabled means no request ever leaves.
-            push_mode, gateway, textfile = "off", None, None
-        self.delivery = Delivery(
-            self.metrics,
-            gateway=gateway,
-            textfile=textfile,
-            mode=push_mode,
-            interval=push_interval,
-            instance=instance,
-            delete_on_exit=delete_on_exit,
-            collect=self.collect_registry,
-        )
         self._prices: dict[str, Any] | None = None
         if prices is not None:
             self.set_prices(prices)
+        self.enabled = bool(enabled)
+        self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
+        self.namespace = namespace
+        self.max_models = max_models
+        self._collect_registry: CollectorRegistry | None = None
+        if not self.enabled:
+            # Validated above, then dropped: disabled means no request ever leaves.
+            push_mode, gateway, textfile = "off", None, None
+
+        def deliver(metrics: Metrics) -> Delivery:
+            return Delivery(
+                metrics,
+                gateway=gateway,
+                textfile=textfile,
+                mode=push_mode,
+                interval=push_interval,
+                instance=instance,
+                delete_on_exit=delete_on_exit,
+                collect=self.collect_registry,
+            )
+
+        self.metrics, self.delivery = _register(self.registry, namespace, buckets, deliver)
         self._warned_job_types: set[str] = set()
         self.retired = False
         self._bindings: weakref.WeakSet[Binding] = weakref.WeakSet()
@@ -325,6 +339,41 @@ class Instrumentation:
         return make_asgi_app(self.collect_registry())
 
 
+def _register(
+    registry: CollectorRegistry,
+    namespace: str,
+    buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
+    deliver: Callable[[Metrics], Delivery],
+) -> tuple[Metrics, Delivery]:
+    """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
+    then build the delivery with them: all or nothing.
+
+    The hook goes first, so a scrape records deferred work (abandoned streams) before the
+    metrics are read; once per registry, however many instrumentations share it. If the
+    metrics clash or the delivery settings are refused, what this call registered is taken
+    back, so the registry is as it was. Under the lock, so no other Instrumentation picks up
+    metrics that are about to be taken back.
+    """
+    with _default_lock:
+        hook = None
+        if registry not in _hooked_registries:
+            hook = BeforeCollect()
+            registry.register(hook)
+            _hooked_registries.add(registry)
+        existed = Metrics.shared(registry, namespace) is not None
+        metrics = None
+        try:
+            metrics = Metrics.get(registry, namespace, buckets)
+            return metrics, deliver(metrics)
+        except BaseException:
+            if metrics is not None and not existed:
+                metrics.unregister()
+            if hook is not None:
+                _hooked_registries.discard(registry)
+                registry.unregister(hook)
+            raise
+
+
 # -- bindings: decorators resolve their Instrumentation once, not per call ---------------------
 
 
@@ -384,29 +433,69 @@ _hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
 
 
 def get_instrumentation() -> Instrumentation:
-    """The default instrumentation, created from the environment on first use."""
+    """The default instrumentation, created from the environment on first use.
+
+    A variable with a bad value must not break, or flood the log of, every decorated call:
+    the error is logged once, that variable is ignored (its default applies), and calls
+    are recorded as usual. :func:`configure` raises instead.
+    """
     global _default
     current = _default
     if current is not None:
         return current
     with _default_lock:
         if _default is None:
-            _default = Instrumentation(**_config.from_environment())
+            _default = _default_from_environment()
         return _default
+
+
+def _default_from_environment() -> Instrumentation:
+    settings, problems = _config.read_environment()
+    for problem in problems:
+        logger.error("instrument: %s; ignoring it, its default applies", problem)
+    try:
+        return Instrumentation(**settings)
+    except Exception as exc:
+        # Values that are each fine, but not together (push_mode=each with no target).
+        logger.error(
+            "instrument: the environment gives no working configuration (%s); "
+            "recording with the defaults instead",
+            _with_environment(exc, settings),
+        )
+        return Instrumentation()
 
 
 def configure(**kwargs: Any) -> Instrumentation:
     """Replace the default instrumentation; environment variables fill what is not given.
 
     Functions decorated with the module-level decorators before this call report to the
-    new instrumentation from their next call on.
+    new instrumentation from their next call on. A bad environment variable raises a
+    ValueError naming it (a variable whose keyword is given is not read).
     """
-    settings = {**_config.from_environment(), **kwargs}
-    new = Instrumentation(**settings)
+    unset = [s.keyword for s in _config.SETTINGS if s.keyword not in kwargs]
+    from_env = _config.from_environment(only=unset)
+    try:
+        new = Instrumentation(**{**from_env, **kwargs})
+    except (TypeError, ValueError) as exc:
+        if not from_env:
+            raise
+        error = ValueError if isinstance(exc, ValueError) else TypeError
+        raise error(_with_environment(exc, from_env)) from None
     old = _replace_default(new)
     if old is not None:
         old.close()
     return new
+
+
+def _with_environment(exc: BaseException, from_env: Mapping[str, Any]) -> str:
+    """``exc``'s message, plus which variables supplied settings: the message names
+    keywords, which a user who set only variables would not recognise."""
+    names = [s.env for s in _config.SETTINGS if s.keyword in from_env and s.env]
+    if "basic_auth" in from_env:
+        names.append("INSTRUMENT_PUSHGATEWAY_USERNAME")
+    if not names:
+        return str(exc)
+    return f"{exc} (set from the environment: {', '.join(names)})"
 
 
 def _replace_default(new: Instrumentation | None) -> Instrumentation | None:

@@ -6,23 +6,31 @@ metric is added here and nowhere else.
 
 from __future__ import annotations
 
+import contextlib
+import math
+import numbers
 import re
 import threading
-import weakref
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from itertools import pairwise
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.registry import Collector
 
 __all__ = [
     "AI_DURATION_BUCKETS",
     "ANALYSIS_DURATION_BUCKETS",
     "DEFAULT_NAMESPACE",
     "METRICS",
+    "SAMPLE_LABELS",
     "TIME_TO_FIRST_TOKEN_BUCKETS",
     "MetricSpec",
     "Metrics",
+    "check_buckets",
+    "check_label_value",
+    "check_namespace",
 ]
 
 DEFAULT_NAMESPACE = "codomyrmex"
@@ -104,19 +112,92 @@ METRICS: tuple[MetricSpec, ...] = (
 )  # fmt: skip
 
 _SPEC_BY_SUFFIX = {spec.suffix: spec for spec in METRICS}
-_NAMESPACE_RE = re.compile(r"^[a-zA-Z_][a-zA-Z0-9_]*$")
+_NAMESPACE_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def _sample_labels() -> frozenset[str]:
+    names = {label for spec in METRICS for label in spec.labels}
+    if any(spec.kind == "histogram" for spec in METRICS):
+        names.add("le")
+    # prometheus_client's multiprocess collector labels these gauges' samples by process.
+    per_process = ("all", "liveall")
+    if any(spec.kind == "gauge" and spec.multiprocess_mode in per_process for spec in METRICS):
+        names.add("pid")
+    return frozenset(names)
+
+
+#: Every label name a sample of ours can carry, "le" of histogram buckets included: a
+#: Pushgateway grouping label of the same name would clash with it or overwrite it.
+SAMPLE_LABELS: frozenset[str] = _sample_labels()
 
 # One Metrics per (registry, namespace): a second Instrumentation on a shared registry
-# reuses the collectors instead of failing with "Duplicated timeseries".
-_shared: weakref.WeakKeyDictionary[CollectorRegistry, dict[str, Metrics]] = (
-    weakref.WeakKeyDictionary()
-)
+# reuses the collectors instead of failing with "Duplicated timeseries". The table lives on
+# the registry itself, not in a module-level mapping keyed by it: a Metrics holds its
+# registry, so any such mapping (even a WeakKeyDictionary, whose values are strong) would
+# keep every registry alive. On the registry it is an ordinary cycle, freed with it.
+_SHARED_ATTR = "_instrument_metrics"
 _shared_lock = threading.Lock()
 
 
-def _bucket_overrides(
+def check_namespace(namespace: object) -> str:
+    """``namespace`` if it can prefix a Prometheus metric name, else a ValueError saying so."""
+    # fullmatch: "$" would also match before a final newline, letting "a\n" through.
+    if not isinstance(namespace, str) or not _NAMESPACE_RE.fullmatch(namespace):
+        raise ValueError(
+            f"namespace {namespace!r} is not a valid Prometheus metric prefix; "
+            "use letters, digits and underscores, not starting with a digit"
+        )
+    return namespace
+
+
+def check_label_value(what: str, value: str) -> str:
+    """``value`` if it can be a label value, else a ValueError saying what to do.
+
+    Exposition encodes UTF-8: one value holding a lone surrogate (text decoded with
+    ``surrogateescape``, say) would make every later scrape and push of the registry fail.
+    """
+    if not value.isascii():
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            raise ValueError(
+                f"{what} holds a lone surrogate, which is not valid UTF-8; decode the text "
+                "it comes from properly"
+            ) from None
+    return value
+
+
+def _bounds(suffix: str, values: object) -> tuple[float, ...]:
+    """One histogram's bucket bounds, checked as prometheus_client and Prometheus need
+    them: finite, strictly increasing, at least one. A last +Inf is implied, so it is
+    dropped here and two spellings of the same buckets compare equal."""
+    what = f"buckets for {suffix!r}"
+    if isinstance(values, str | bytes) or not isinstance(values, Iterable):
+        raise TypeError(f"{what} must be a sequence of numbers, got {type(values).__name__}")
+    bounds: list[float] = []
+    for value in values:
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
+            raise TypeError(f"{what} must hold numbers, got a {type(value).__name__}")
+        try:
+            bounds.append(float(value))
+        except (OverflowError, ValueError):
+            raise ValueError(f"{what}: a bound is too large for a float") from None
+    if bounds and bounds[-1] == math.inf:
+        bounds.pop()
+    if not bounds:
+        raise ValueError(f"{what} need at least one finite bound (+Inf is always added)")
+    if not all(math.isfinite(b) for b in bounds):
+        raise ValueError(f"{what} must be finite numbers (no NaN or -Inf; a last +Inf is implied)")
+    if any(b <= a for a, b in pairwise(bounds)):
+        raise ValueError(f"{what} must be a strictly increasing sequence")
+    return tuple(bounds)
+
+
+def check_buckets(
     buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
 ) -> dict[str, tuple[float, ...]]:
+    """The bucket bounds of each histogram given, by metric suffix, or a TypeError or
+    ValueError saying what to change. A bare sequence is for analysis durations."""
     if buckets is None:
         return {}
     if isinstance(buckets, Mapping):
@@ -131,11 +212,23 @@ def _bucket_overrides(
         if spec is None or spec.kind != "histogram":
             histograms = sorted(s.suffix for s in METRICS if s.kind == "histogram")
             raise ValueError(f"buckets: {suffix!r} is not a histogram; use one of {histograms}")
-        bounds = tuple(float(v) for v in values)
-        if not bounds or any(b >= a for a, b in zip(bounds[1:], bounds, strict=False)):
-            raise ValueError(f"buckets for {suffix!r} must be a non-empty increasing sequence")
-        out[suffix] = bounds
+        out[suffix] = _bounds(suffix, values)
     return out
+
+
+def _register_all(registry: CollectorRegistry, collectors: Sequence[Collector]) -> None:
+    """Register every collector or none: a clash midway unregisters those before it."""
+    done: list[Collector] = []
+    try:
+        for collector in collectors:
+            registry.register(collector)
+            done.append(collector)
+    except BaseException:
+        for collector in reversed(done):
+            # The clash is what the caller must see, not a failure to undo.
+            with contextlib.suppress(Exception):
+                registry.unregister(collector)
+        raise
 
 
 class Metrics:
@@ -169,27 +262,27 @@ class Metrics:
         self.buckets = {
             s.suffix: buckets.get(s.suffix, s.buckets) for s in METRICS if s.buckets is not None
         }
-        for spec in METRICS:
-            setattr(self, spec.attr, self._create(spec))
+        # Built unregistered first, so a collector prometheus_client refuses leaves the
+        # registry untouched; then registered all or nothing.
+        collectors = {spec.attr: self._create(spec) for spec in METRICS}
+        _register_all(registry, list(collectors.values()))
+        for attr, collector in collectors.items():
+            setattr(self, attr, collector)
 
     def _create(self, spec: MetricSpec) -> Counter | Gauge | Histogram:
         name = spec.name(self.namespace)
         if spec.kind == "counter":
-            return Counter(name, spec.documentation, spec.labels, registry=self.registry)
+            return Counter(name, spec.documentation, spec.labels, registry=None)
         if spec.kind == "gauge":
             return Gauge(
                 name,
                 spec.documentation,
                 spec.labels,
-                registry=self.registry,
+                registry=None,
                 multiprocess_mode=spec.multiprocess_mode,  # type: ignore[arg-type]
             )
         return Histogram(
-            name,
-            spec.documentation,
-            spec.labels,
-            registry=self.registry,
-            buckets=self.buckets[spec.suffix],
+            name, spec.documentation, spec.labels, registry=None, buckets=self.buckets[spec.suffix]
         )
 
     @classmethod
@@ -199,15 +292,17 @@ class Metrics:
         namespace: str = DEFAULT_NAMESPACE,
         buckets: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
     ) -> Metrics:
-        """The metrics of ``namespace`` on ``registry``, created on first use and shared after."""
-        if not isinstance(namespace, str) or not _NAMESPACE_RE.match(namespace):
-            raise ValueError(
-                f"namespace {namespace!r} is not a valid Prometheus metric prefix; "
-                "use letters, digits and underscores, not starting with a digit"
-            )
-        overrides = _bucket_overrides(buckets)
+        """The metrics of ``namespace`` on ``registry``, created on first use and shared after.
+
+        Everything is checked before anything is registered, and the collectors are
+        registered all or none: a refused call leaves ``registry`` as it was.
+        """
+        if not isinstance(registry, CollectorRegistry):
+            raise TypeError(f"registry must be a CollectorRegistry, got {type(registry).__name__}")
+        check_namespace(namespace)
+        overrides = check_buckets(buckets)
         with _shared_lock:
-            by_namespace = _shared.setdefault(registry, {})
+            by_namespace: dict[str, Metrics] = vars(registry).setdefault(_SHARED_ATTR, {})
             existing = by_namespace.get(namespace)
             if existing is not None:
                 for suffix, bounds in overrides.items():
@@ -228,6 +323,27 @@ class Metrics:
                 ) from None
             by_namespace[namespace] = metrics
             return metrics
+
+    @classmethod
+    def shared(
+        cls, registry: CollectorRegistry, namespace: str = DEFAULT_NAMESPACE
+    ) -> Metrics | None:
+        """The metrics :meth:`get` made for ``namespace`` on ``registry``, or None."""
+        with _shared_lock:
+            table: dict[str, Metrics] = vars(registry).get(_SHARED_ATTR, {})
+            return table.get(namespace)
+
+    def unregister(self) -> None:
+        """Take these collectors off their registry and forget them, leaving the registry as
+        it was before :meth:`get` made them (what a constructor refused after it called
+        :meth:`get` undoes). Anything still recording into them is no longer exported."""
+        with _shared_lock:
+            table: dict[str, Metrics] = vars(self.registry).get(_SHARED_ATTR, {})
+            if table.get(self.namespace) is self:
+                del table[self.namespace]
+            for spec in METRICS:
+                with contextlib.suppress(KeyError):
+                    self.registry.unregister(getattr(self, spec.attr))
 
     def names(self) -> dict[str, str]:
         """Map each metric's attribute name to its full Prometheus name."""

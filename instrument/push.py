@@ -15,8 +15,10 @@ import contextlib
 import copy
 import http.client
 import logging
+import math
 import os
 import random
+import re
 import socket
 import ssl
 import threading
@@ -37,7 +39,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ._urls import authorization, mask_url, split_url, ssl_context
-from .metrics import Metrics
+from .metrics import SAMPLE_LABELS, Metrics, check_label_value
 
 if TYPE_CHECKING:
     import aiohttp
@@ -47,6 +49,10 @@ __all__ = [
     "BeforeCollect",
     "Delivery",
     "PushTarget",
+    "check_group_value",
+    "check_grouping_key",
+    "check_job",
+    "check_seconds",
     "grouping_path",
     "mask_url",
     "register_before_snapshot",
@@ -69,6 +75,91 @@ def _escape(label: str, value: str) -> str:
         encoded = base64.urlsafe_b64encode(value.encode()).decode()
         return f"{label}@base64/{encoded}"
     return f"{label}/{quote_plus(value)}"
+
+
+_LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
+
+
+def check_group_value(what: str, value: str) -> str:
+    """``value`` if the Pushgateway can take it in a group's URL path, else a ValueError
+    saying what to do. ``what`` names it in the message ("job")."""
+    # The base64 escape carries "/" and "" (see _escape); "." and ".." stay plain path
+    # segments, which the gateway's router cleans away and answers with a 301 redirect.
+    if value in (".", ".."):
+        raise ValueError(
+            f"{what} {value!r} cannot be a Pushgateway path segment (the gateway redirects "
+            "it instead of storing the push); use a name with other characters"
+        )
+    return check_label_value(what, value)
+
+
+def check_job(job: object) -> str:
+    """``job`` if it can name a Pushgateway job, else a ValueError saying what to do."""
+    if not isinstance(job, str) or not job:
+        raise ValueError(f"job must be a non-empty string, got {job!r}")
+    return check_group_value("job", job)
+
+
+def check_grouping_key(grouping_key: object, *, instance: bool | str = False) -> dict[str, str]:
+    """The grouping labels as a dict, or a TypeError/ValueError saying what to do.
+
+    A name must be a valid Prometheus label name, not reserved (``__*``), not ``job``
+    (that is the job keyword), not one our own metrics use (the gateway would reject every
+    push, or overwrite that label of every sample), and not ``instance`` when
+    ``instance=`` adds that label. A string ``instance`` is checked as a label value.
+    """
+    if not isinstance(instance, bool | str):
+        raise TypeError(f"instance must be True, False or a string, got {type(instance).__name__}")
+    if isinstance(instance, str) and instance:
+        check_group_value("instance", instance)
+    if not isinstance(grouping_key, Mapping):
+        raise TypeError(
+            f"grouping_key must be a mapping of label to value, got {type(grouping_key).__name__}"
+        )
+    group: dict[str, str] = {}
+    for name, value in grouping_key.items():
+        if not isinstance(name, str) or not name:
+            raise TypeError(f"grouping_key label must be a non-empty string, got {name!r}")
+        if not isinstance(value, str):
+            raise TypeError(f"grouping_key[{name!r}] must be a string, got {type(value).__name__}")
+        if not _LABEL_NAME_RE.fullmatch(name):
+            raise ValueError(
+                f"grouping_key label {name!r} is not a valid label name; use letters, "
+                "digits and underscores, not starting with a digit"
+            )
+        if name.startswith("__"):
+            raise ValueError(f"grouping_key label {name!r} is reserved (names starting with __)")
+        if name == "job":
+            raise ValueError("grouping_key must not hold 'job': pass job= instead")
+        if name in SAMPLE_LABELS:
+            raise ValueError(
+                f"grouping_key label {name!r} is a label of the toolkit's own metrics, which "
+                f"the gateway would overwrite or refuse; pick another name (not one of "
+                f"{sorted(SAMPLE_LABELS)})"
+            )
+        if name == "instance" and instance:
+            raise ValueError(
+                "grouping_key holds 'instance' and instance= adds it too; pass only one"
+            )
+        group[name] = check_group_value(f"grouping_key[{name!r}]", value)
+    return group
+
+
+def check_seconds(what: str, value: object) -> float:
+    """``value`` as a float number of seconds, positive, finite and within what thread
+    waits and socket timeouts take; else a TypeError/ValueError saying so."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise TypeError(f"{what} must be a number of seconds, got {type(value).__name__}")
+    try:
+        seconds = float(value)
+    except OverflowError:
+        seconds = math.inf
+    if not 0 < seconds <= threading.TIMEOUT_MAX:
+        raise ValueError(
+            f"{what} must be a positive number of seconds up to {threading.TIMEOUT_MAX:g}, "
+            f"got {value!r}"
+        )
+    return seconds
 
 
 def grouping_path(job: str, grouping_key: Mapping[str, str]) -> str:
@@ -98,14 +189,12 @@ class PushTarget:
         )
         if credentials is not None and basic_auth is None:
             basic_auth = credentials
-        if method.lower() not in ("put", "post"):
+        if not isinstance(method, str) or method.lower() not in ("put", "post"):
             raise ValueError(f"push_method must be 'put' or 'post', got {method!r}")
-        if not isinstance(job, str) or not job:
-            raise ValueError("job must be a non-empty string")
-        self.job = job
-        self.grouping_key = dict(grouping_key)
+        self.job = check_job(job)
+        self.grouping_key = check_grouping_key(grouping_key)
         self.method = method.upper()
-        self.timeout = float(timeout)
+        self.timeout = check_seconds("push_timeout", timeout)
         header, _ = authorization(
             token=bearer_token, basic_auth=basic_auth, token_name="bearer_token"
         )
@@ -162,10 +251,8 @@ class PushTarget:
 
     def for_job(self, job: str) -> PushTarget:
         """The same target, pushing under another job name."""
-        if not isinstance(job, str) or not job:
-            raise ValueError("job must be a non-empty string")
         other = copy.copy(self)
-        other.job = job
+        other.job = check_job(job)
         other.grouping_key = dict(self.grouping_key)
         return other
 
