@@ -38,7 +38,11 @@ before the first chunk that carries generated text, and ``chunk_delay`` before e
 
 Answers carry the provider's request id and rate-limit headers. ``failures={"model-name":
 429}`` makes requests for that model fail with that status, in the provider's error body; a
-429 also says ``retry-after`` and that no requests or tokens remain.
+429 also says ``retry-after`` and that no requests or tokens remain, and a 401 quotes the
+request's API key back (unmasked, so tests can check it goes no further).
+``stream_failures={"model-name": 529}`` fails that model's streams after their first content
+chunk, with the provider's in-stream error event (OpenAI Chat, Anthropic, Gemini), or by
+dropping the connection where its format has none.
 
 >>> async with LocalLLMServer() as server:            # in async code
 ...     url = server.completions_url                   # http://127.0.0.1:<port>/v1/chat/completions
@@ -178,13 +182,25 @@ class _Counts:
         return self.reply + self.reasoning
 
 
+class _StreamFailure(Exception):
+    """Ends a stream set to fail, after its first content chunk."""
+
+    def __init__(self, status: int) -> None:
+        super().__init__(status)
+        self.status = status
+
+
 class _Events:
     """The body of one streamed answer: server-sent events written as they are made, with
-    the server's delays before the content chunks only."""
+    the server's delays before the content chunks only. ``fail`` is the status of a failure
+    staged after the first content chunk."""
 
-    def __init__(self, response: web.StreamResponse, server: LocalLLMServer) -> None:
+    def __init__(
+        self, response: web.StreamResponse, server: LocalLLMServer, fail: int | None = None
+    ) -> None:
         self._response = response
         self._server = server
+        self._fail = fail
         self._content_sent = False
 
     async def send(self, data: Mapping[str, Any] | str, event: str | None = None) -> None:
@@ -202,6 +218,8 @@ class _Events:
         if delay:
             await asyncio.sleep(delay)
         await self.send(data, event)
+        if self._fail is not None:
+            raise _StreamFailure(self._fail)
 
 
 class _Dialect:
@@ -227,6 +245,11 @@ class _Dialect:
 
     async def stream(self, out: _Events, ask: _Ask, counts: _Counts, number: int) -> None:
         raise NotImplementedError
+
+    async def stream_error(self, out: _Events, status: int, message: str) -> bool:
+        """Report a failure in a stream already under way, as the provider does; False when
+        its wire format has no such event (the server then drops the connection)."""
+        return False
 
     def headers(self, exhausted: bool) -> dict[str, str]:
         """The headers of every answer: a request id and the rate-limit headroom, none of it
@@ -259,6 +282,10 @@ class _OpenAIErrors(_Dialect):
 
 class _OpenAIChat(_OpenAIErrors):
     reasoning = True
+
+    async def stream_error(self, out: _Events, status: int, message: str) -> bool:
+        await out.send(self.error(status, message))
+        return True
 
     def parse(self, request: web.Request, body: dict[str, Any]) -> _Ask:
         model = body.get("model")
@@ -346,6 +373,9 @@ class _Mistral(_OpenAIChat):
     and a stream whose finishing chunk carries the usage, unasked."""
 
     cache_read = cache_creation = reasoning = False
+
+    async def stream_error(self, out: _Events, status: int, message: str) -> bool:
+        return False  # no documented in-stream error: the connection drops
 
     def parse(self, request: web.Request, body: dict[str, Any]) -> _Ask:
         ask = super().parse(request, body)
@@ -543,6 +573,10 @@ class _Anthropic(_Dialect):
         body = {"type": "error", "error": {"type": kind, "message": message}}
         return body
 
+    async def stream_error(self, out: _Events, status: int, message: str) -> bool:
+        await out.send(self.error(status, message), "error")
+        return True
+
     def headers(self, exhausted: bool) -> dict[str, str]:
         headers = {"request-id": "req_local"}
         for kind in ("requests", "tokens", "input-tokens", "output-tokens"):
@@ -604,6 +638,7 @@ class _Anthropic(_Dialect):
 
 _GEMINI_STATUS = {
     400: "INVALID_ARGUMENT",
+    401: "UNAUTHENTICATED",
     403: "PERMISSION_DENIED",
     404: "NOT_FOUND",
     429: "RESOURCE_EXHAUSTED",
@@ -647,6 +682,10 @@ class _Gemini(_Dialect):
             }
         }
         return body
+
+    async def stream_error(self, out: _Events, status: int, message: str) -> bool:
+        await out.send(self.error(status, message))
+        return True
 
     def metadata(self, counts: _Counts, reply_so_far: int) -> dict[str, Any]:
         meta: dict[str, Any] = {
@@ -774,6 +813,7 @@ class LocalLLMServer:
         latency: float = 0.0,
         first_content_delay: float = 0.0,
         failures: Mapping[str, int] | None = None,
+        stream_failures: Mapping[str, int] | None = None,
         cache_read_tokens: int = 0,
         cache_creation_tokens: int = 0,
         reasoning_tokens: int = 0,
@@ -794,11 +834,16 @@ class LocalLLMServer:
         ):
             if isinstance(tokens, bool) or not isinstance(tokens, int) or tokens < 0:
                 raise ValueError(f"{name} must be a non-negative int, got {tokens!r}")
-        for model, status in (failures or {}).items():
-            if isinstance(status, bool) or not isinstance(status, int) or not 400 <= status <= 599:
-                raise ValueError(
-                    f"failures[{model!r}] must be an HTTP error status, got {status!r}"
-                )
+        for option, staged in (("failures", failures), ("stream_failures", stream_failures)):
+            for model, status in (staged or {}).items():
+                if (
+                    isinstance(status, bool)
+                    or not isinstance(status, int)
+                    or not 400 <= status <= 599
+                ):
+                    raise ValueError(
+                        f"{option}[{model!r}] must be an HTTP error status, got {status!r}"
+                    )
         self.host = host
         self.port = port
         #: Seconds before each streamed content chunk.
@@ -808,6 +853,7 @@ class LocalLLMServer:
         #: Seconds before a stream's first content chunk, after its opening events.
         self.first_content_delay = first_content_delay
         self.failures = dict(failures or {})
+        self.stream_failures = dict(stream_failures or {})
         self.cache_read_tokens = cache_read_tokens
         self.cache_creation_tokens = cache_creation_tokens
         self.reasoning_tokens = reasoning_tokens
@@ -967,7 +1013,11 @@ class LocalLLMServer:
             await asyncio.sleep(self.latency)
         status = self.failures.get(ask.model)
         if status is not None:
-            return error(status, f"Simulated failure for model {ask.model}.")
+            message = f"Simulated failure for model {ask.model}."
+            if status == 401:
+                # As providers do, quoting the key back; unmasked, to test that it goes nowhere.
+                message = f"Incorrect API key provided: {_credential(request)}."
+            return error(status, message)
         counts = self._counts(ask, dialect)
         number = next(self._ids)
         headers = dialect.headers(exhausted=False)
@@ -976,9 +1026,26 @@ class LocalLLMServer:
         headers.update({"Content-Type": "text/event-stream", "Cache-Control": "no-cache"})
         response = web.StreamResponse(headers=headers)
         await response.prepare(request)
-        await dialect.stream(_Events(response, self), ask, counts, number)
+        events = _Events(response, self, self.stream_failures.get(ask.model))
+        try:
+            await dialect.stream(events, ask, counts, number)
+        except _StreamFailure as failure:
+            message = f"Simulated failure in the stream of model {ask.model}."
+            if not await dialect.stream_error(events, failure.status, message):
+                if request.transport is not None:
+                    request.transport.close()  # cut mid-body: the client sees a broken stream
+                return response
         await response.write_eof()
         return response
+
+
+def _credential(request: web.Request) -> str:
+    """The API key a request carries, in whichever header its provider uses."""
+    for header in ("x-api-key", "x-goog-api-key"):
+        value = request.headers.get(header)
+        if value:
+            return value
+    return request.headers.get("Authorization", "").removeprefix("Bearer ")
 
 
 # -- the client side -----------------------------------------------------------------------------

@@ -31,6 +31,8 @@ from types import ModuleType
 from typing import Any, ClassVar
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
@@ -48,6 +50,9 @@ CACHE_CREATION = 2
 REASONING = 4
 RATE_LIMITED = "rate-limited-model"  # the server answers 429 for this model
 BROKEN = "broken-model"  # and 500 for this one
+UNAUTHORIZED = "unauthorized-model"  # and 401, quoting the API key back
+OVERLOADED_MIDWAY = "overloaded-midway-model"  # its streams fail after the first content
+UNAVAILABLE_MIDWAY = "unavailable-midway-model"  # likewise, as a 503
 
 SYSTEM = "You are terse."
 PROMPT = "Summarise the complexity report of module indexer in one line"
@@ -170,6 +175,9 @@ class Ctx:
     server: LocalLLMServer
     inst: Instrumentation
     sdk: ModuleType
+    #: Clients kept for the case's length: google-genai's closes its connections when its
+    #: Client is collected, as a temporary would be.
+    clients: list[Any] = field(default_factory=list)
 
     def track(self, provider: str, model: str) -> AICallTracker:
         return self.inst.track_ai_call(provider, model)
@@ -784,7 +792,9 @@ def genai_client(ctx: Ctx) -> Any:
     options = types.HttpOptions(
         base_url=ctx.server.url, retry_options=types.HttpRetryOptions(attempts=1)
     )
-    return ctx.sdk.Client(api_key=KEYS["gemini"], http_options=options)
+    client = ctx.sdk.Client(api_key=KEYS["gemini"], http_options=options)
+    ctx.clients.append(client)
+    return client
 
 
 def genai_config() -> Any:
@@ -1321,7 +1331,8 @@ def llm_server(offline: None) -> Iterator[LocalLLMServer]:
         cache_read_tokens=CACHE_READ,
         cache_creation_tokens=CACHE_CREATION,
         reasoning_tokens=REASONING,
-        failures={RATE_LIMITED: 429, BROKEN: 500},
+        failures={RATE_LIMITED: 429, BROKEN: 500, UNAUTHORIZED: 401},
+        stream_failures={OVERLOADED_MIDWAY: 529, UNAVAILABLE_MIDWAY: 503},
     )
     with server:
         yield server
@@ -1343,8 +1354,12 @@ def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
 
 
 def check(registry: CollectorRegistry, case: Case) -> None:
+    """Compare everything at once, so a failure shows every wrong number of the case."""
     expect = case.expect
     labels = {"provider": case.provider, "model": case.model}
+    ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
+    duration = sample(registry, "ai_call_duration_seconds_sum", **labels)
+    error_type, http_status = expect.error or ("", "")
     observed = {
         "calls": sample(registry, "ai_api_calls_total", status=expect.status, **labels),
         "input": sample(registry, "ai_tokens_used_total", token_type="input", **labels),
@@ -1354,7 +1369,21 @@ def check(registry: CollectorRegistry, case: Case) -> None:
             for detail in Expect.DETAILS
         },
         "ttft_count": sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        # Time to first token runs to the first generated content, after the staged delay;
+        # a stream's call lasts at least as long.
+        "ttft_after_first_content": (
+            ttft >= expect.calls * FIRST_CONTENT_DELAY if expect.streamed else None
+        ),
         "duration_count": sample(registry, "ai_call_duration_seconds_count", **labels),
+        "duration_covers_ttft": duration >= ttft,
+        "errors": sample(
+            registry,
+            "ai_api_errors_total",
+            error_type=error_type,
+            http_status=http_status,
+            **labels,
+        ),
+        "active": registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}),
     }
     wanted = {
         "calls": expect.calls,
@@ -1364,26 +1393,13 @@ def check(registry: CollectorRegistry, case: Case) -> None:
         "cache_creation": expect.cache_creation,
         "reasoning": expect.reasoning,
         "ttft_count": expect.calls if expect.streamed else 0,
+        "ttft_after_first_content": True if expect.streamed else None,
         "duration_count": expect.calls,
+        "duration_covers_ttft": True,
+        "errors": expect.calls if expect.error else 0,
+        "active": 0,
     }
     assert observed == wanted
-    if expect.streamed:
-        # Time to first token runs to the first generated content, after the staged delay;
-        # a stream's call lasts at least as long.
-        ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
-        assert ttft >= expect.calls * FIRST_CONTENT_DELAY
-        duration = sample(registry, "ai_call_duration_seconds_sum", **labels)
-        assert duration >= ttft
-    if expect.error is not None:
-        error_type, http_status = expect.error
-        errors = sample(
-            registry,
-            "ai_api_errors_total",
-            error_type=error_type,
-            http_status=http_status,
-            **labels,
-        )
-        assert errors == expect.calls
     missing = registry.get_sample_value("codomyrmex_ai_usage_missing_total", labels)
     if expect.usage_missing:
         assert missing == expect.usage_missing
@@ -1391,8 +1407,6 @@ def check(registry: CollectorRegistry, case: Case) -> None:
         # TODO(lead): `assert missing == 0` once ai-core's usage_missing counter has landed;
         # until then the series does not exist and reads None.
         assert missing in (None, 0)
-    active = registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"})
-    assert active == 0
 
 
 def run(case: Case, ctx: Ctx) -> None:
@@ -1433,6 +1447,283 @@ def test_the_guard_watches_the_sdks(llm_server: LocalLLMServer) -> None:
     with pytest.raises(ConnectionRefusedError, match=r"127\.0\.0\.1 only"):
         socket.getaddrinfo("example.com", 443)
     assert _outside.pop() == "socket.getaddrinfo 'example.com'"
+
+
+# -- hostile cases: echoed secrets, streams failing midway, concurrency, early exits --------
+
+
+def _label_values(registry: CollectorRegistry) -> set[str]:
+    return {
+        value
+        for family in registry.collect()
+        for s in family.samples
+        for value in (*s.labels.values(), s.name)
+    }
+
+
+ECHOING_401: dict[str, tuple[str, Callable[[Ctx], Any], str]] = {
+    "openai": (
+        "openai",
+        lambda ctx: openai_client(ctx).chat.completions.create(
+            model=UNAUTHORIZED, messages=MESSAGES
+        ),
+        "AuthenticationError",
+    ),
+    "anthropic": (
+        "anthropic",
+        lambda ctx: anthropic_client(ctx).messages.create(**{**CLAUDE_ARGS, "model": UNAUTHORIZED}),
+        "AuthenticationError",
+    ),
+    "google-genai": (
+        "gemini",
+        lambda ctx: genai_client(ctx).models.generate_content(model=UNAUTHORIZED, contents=PROMPT),
+        "ClientError",
+    ),
+    "mistralai": (
+        "mistral",
+        lambda ctx: mistral_client(ctx).chat.complete(model=UNAUTHORIZED, messages=MESSAGES),
+        "SDKError",
+    ),
+    "cohere": (
+        "cohere",
+        lambda ctx: cohere_client(ctx).chat(
+            model=UNAUTHORIZED, messages=MESSAGES, request_options=NO_RETRIES
+        ),
+        "UnauthorizedError",
+    ),
+}
+
+
+@pytest.mark.parametrize("sdk", sorted(ECHOING_401))
+def test_an_api_key_the_server_echoes_goes_nowhere(
+    sdk: str,
+    llm_server: LocalLLMServer,
+    inst: Instrumentation,
+    registry: CollectorRegistry,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A 401 whose body quotes the key (unmasked): the SDK's exception carries it, and the
+    instrument records the class and status only, logging nothing of it."""
+    provider, call, error_type = ECHOING_401[sdk]
+    ctx = Ctx(llm_server, inst, require_sdk(sdk))
+    caplog.set_level(logging.DEBUG, logger="instrument")
+    key = KEYS[provider]
+
+    @inst.track_ai_call(provider, "m")
+    def ask() -> Any:
+        return call(ctx)
+
+    with pytest.raises(Exception) as raised:
+        ask()
+    assert key in str(raised.value)  # the echo reached the caller, as a provider's would
+    labels = {"provider": provider, "model": "m"}
+    errors = {"error_type": error_type, "http_status": "401"}
+    assert registry.get_sample_value("codomyrmex_ai_api_errors_total", {**labels, **errors}) == 1
+    assert not any(key in value for value in _label_values(registry))
+    assert key not in "\n".join(r.getMessage() for r in caplog.records)
+
+
+MIDWAY: dict[str, tuple[str, str, Callable[[Ctx], Any], tuple[str, str]]] = {
+    # sdk: (provider, model, the stream, (error class, http_status the error should carry))
+    "openai chat (an error chunk)": (
+        "openai",
+        UNAVAILABLE_MIDWAY,
+        lambda ctx: openai_client(ctx).chat.completions.create(
+            model=UNAVAILABLE_MIDWAY, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        ),
+        ("APIError", ""),
+    ),
+    "openai responses (connection dropped)": (
+        "openai",
+        UNAVAILABLE_MIDWAY,
+        lambda ctx: openai_client(ctx).responses.create(
+            model=UNAVAILABLE_MIDWAY, input=PROMPT, stream=True
+        ),
+        ("APIConnectionError", ""),
+    ),
+    # The SDK raises APIStatusError with the stream's own 200: no HTTP error status.
+    "anthropic (an error event)": (
+        "anthropic",
+        OVERLOADED_MIDWAY,
+        lambda ctx: anthropic_client(ctx).messages.create(
+            **{**CLAUDE_ARGS, "model": OVERLOADED_MIDWAY}, stream=True
+        ),
+        ("APIStatusError", ""),
+    ),
+    # google-genai's error carries the code of the error chunk; its .response is the 200.
+    "google-genai (an error chunk)": (
+        "gemini",
+        UNAVAILABLE_MIDWAY,
+        lambda ctx: genai_client(ctx).models.generate_content_stream(
+            model=UNAVAILABLE_MIDWAY, contents=PROMPT
+        ),
+        ("ServerError", "503"),
+    ),
+    "mistralai (connection dropped)": (
+        "mistral",
+        UNAVAILABLE_MIDWAY,
+        lambda ctx: mistral_client(ctx).chat.stream(model=UNAVAILABLE_MIDWAY, messages=MESSAGES),
+        ("RemoteProtocolError", ""),
+    ),
+    "cohere (connection dropped)": (
+        "cohere",
+        UNAVAILABLE_MIDWAY,
+        lambda ctx: cohere_client(ctx).chat_stream(
+            model=UNAVAILABLE_MIDWAY, messages=MESSAGES, request_options=NO_RETRIES
+        ),
+        ("RemoteProtocolError", ""),
+    ),
+}
+_MIDWAY_SDK = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "gemini": "google-genai",
+    "mistral": "mistralai",
+    "cohere": "cohere",
+}
+
+
+@pytest.mark.parametrize("path", sorted(MIDWAY))
+def test_a_stream_failing_midway_is_one_error_after_its_first_token(
+    path: str, llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """The first content chunk arrives, then the provider's in-stream error (or a dropped
+    connection): one call, an error of the SDK's class and no HTTP error status but a real
+    one, time to first token recorded, nothing left in flight."""
+    provider, model, stream, (error_type, http_status) = MIDWAY[path]
+    ctx = Ctx(llm_server, inst, require_sdk(_MIDWAY_SDK[provider]))
+
+    @inst.track_ai_call(provider, model)
+    def ask() -> Any:
+        return stream(ctx)
+
+    received = []
+    with pytest.raises(Exception) as raised:
+        for chunk in ask():
+            received.append(chunk)
+    assert type(raised.value).__name__ == error_type
+    assert received  # the stream was under way
+    labels = {"provider": provider, "model": model}
+    errors = {"error_type": error_type, "http_status": http_status}
+    observed = {
+        "errors": sample(registry, "ai_api_errors_total", **labels, **errors),
+        "error calls": sample(registry, "ai_api_calls_total", status="error", **labels),
+        "success calls": sample(registry, "ai_api_calls_total", status="success", **labels),
+        "ttft": sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        "active": registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}),
+    }
+    assert observed == {"errors": 1, "error calls": 1, "success calls": 0, "ttft": 1, "active": 0}
+    ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
+    assert ttft >= FIRST_CONTENT_DELAY
+
+
+def test_concurrent_streams_and_threads_add_up_exactly(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Eight AsyncOpenAI streams at once on one decorated function, and four threads with
+    sync Anthropic streams: every token and every first token counted once."""
+    import threading
+
+    ctx = Ctx(llm_server, inst, require_sdk("openai"))
+    anthropic_ctx = Ctx(llm_server, inst, require_sdk("anthropic"))
+    client = openai_client(ctx, asynchronous=True)
+    claude = anthropic_client(anthropic_ctx)
+
+    @inst.track_ai_call("openai", GPT)
+    async def ask() -> Any:
+        return await client.chat.completions.create(
+            model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        )
+
+    @inst.track_ai_call("anthropic", CLAUDE)
+    def ask_claude() -> Any:
+        return claude.messages.create(**CLAUDE_ARGS, stream=True)
+
+    async def one() -> int:
+        return await adrain(await ask())
+
+    async def streams() -> list[int]:
+        return list(await asyncio.gather(*(one() for _ in range(8))))
+
+    threads = [threading.Thread(target=lambda: drain(ask_claude())) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    assert asyncio.run(streams()) == [DEFAULT_COMPLETION_TOKENS + 3] * 8
+    for thread in threads:
+        thread.join()
+    for provider, model, dialect, calls, reply in (
+        ("openai", GPT, "openai", 8, DEFAULT_COMPLETION_TOKENS),
+        ("anthropic", CLAUDE, "anthropic", 4, LIMIT),
+    ):
+        expect = usage_of(dialect, reply=reply, calls=calls)
+        case = Case("", "", "", provider, model, streamed(expect), drain)
+        check(registry, case)
+
+
+def test_a_stream_left_early_is_one_cancelled_call(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Leaving the SDK stream's with-block after the first word: cancelled, not a success,
+    its time to first token kept, nothing in flight."""
+    ctx = Ctx(llm_server, inst, require_sdk("openai"))
+    client = openai_client(ctx)
+
+    @inst.track_ai_call("openai", GPT)
+    def ask() -> Any:
+        return client.chat.completions.create(
+            model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        )
+
+    with ask() as stream:
+        for chunk in stream:
+            if chunk.choices and chunk.choices[0].delta.content:
+                break
+    labels = {"provider": "openai", "model": GPT}
+    observed = {
+        status: sample(registry, "ai_api_calls_total", status=status, **labels)
+        for status in ("success", "error", "cancelled")
+    }
+    assert observed == {"success": 0, "error": 0, "cancelled": 1}
+    assert sample(registry, "ai_time_to_first_token_seconds_count", **labels) == 1
+    assert sample(registry, "ai_time_to_first_token_seconds_sum", **labels) >= FIRST_CONTENT_DELAY
+    assert registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    model=st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=30),
+    prompt=st.text(st.characters(blacklist_categories=("Cs",)), max_size=60),
+    reply=st.integers(min_value=1, max_value=40),
+)
+def test_any_model_name_and_prompt_are_counted_exactly(
+    llm_server: LocalLLMServer, model: str, prompt: str, reply: int
+) -> None:
+    """Whatever the model name (the label, taken from the call's argument) and the prompt
+    (unicode whitespace included), the real SDK's usage lands exactly under that label."""
+    openai = require_sdk("openai")
+    client = openai.OpenAI(api_key=KEYS["openai"], base_url=llm_server.base_url, max_retries=0)
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    try:
+
+        @inst.track_ai_call("openai", None)
+        def ask(model: str) -> Any:
+            return client.chat.completions.create(
+                model=model,
+                messages=[{"role": "user", "content": prompt}],
+                max_completion_tokens=reply,
+            )
+
+        ask(model)
+        labels = {"provider": "openai", "model": model}
+        tokens = {
+            kind: sample(registry, "ai_tokens_used_total", token_type=kind, **labels)
+            for kind in ("input", "output")
+        }
+        assert tokens == {"input": count_tokens(prompt), "output": reply + REASONING}
+        assert sample(registry, "ai_api_calls_total", status="success", **labels) == 1
+    finally:
+        inst.close()
 
 
 # -- the README's table --------------------------------------------------------------------------
