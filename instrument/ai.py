@@ -631,7 +631,7 @@ class AICall(Probe):
             elif status != "error":
                 self._missing(series, status)
             if self._failure is not None and (usage is not None or status != "success"):
-                series.warn_once("unreadable", "%s; its usage is not read", self._failure)
+                series.warn_once("usage", "%s; its usage is not read", self._failure)
             if exc is not None:
                 series.error(exc)
             prices: dict[str, ModelPrice] | None = b.inst._prices
@@ -649,7 +649,7 @@ class AICall(Probe):
         what = f"its response ({seen})" if seen is not None else "no response was recorded"
         failure = f"; {self._failure}" if self._failure is not None else ""
         series.warn_once(
-            "missing",
+            "usage",
             "a call ended without readable usage in %s%s, so its tokens are not counted "
             "(%s counts such calls). Pass usage= to track_ai_call for a shape of your own; "
             "OpenAI-compatible streams report usage only with "
