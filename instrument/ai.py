@@ -212,13 +212,15 @@ def load_prices(table: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, 
 
 
 def _http_status(exc: BaseException) -> str:
-    """The HTTP status an exception carries (``status_code``, ``response.status_code``,
-    aiohttp's ``status``, google-genai's ``code``, in that order), or "" when it has none."""
+    """The HTTP error status an exception carries (``status_code``, ``response.status_code``,
+    aiohttp's ``status``, google-genai's ``code``, the first 4xx or 5xx in that order), or
+    "" when it has none. A stream that fails after its 200 raises with that 200 attached
+    (Anthropic's error event): no HTTP error, unless the error says its own (Gemini's)."""
     for path in _STATUS_PATHS:
         value: Any = exc
         for name in path:
             value = _attribute(value, name)
-        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
             return str(value)
     return ""
 

@@ -14,8 +14,9 @@ Five shapes are known, as SDK objects (attributes) or plain dicts (keys) alike:
   ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``.
 - Gemini: ``usage_metadata.prompt_token_count`` (cache included), output
   ``candidates_token_count + thoughts_token_count``; REST's camelCase keys too.
-- Cohere v2: ``usage.tokens.input_tokens`` / ``output_tokens``, else the same fields of
-  ``usage.billed_units``, and ``usage.cached_tokens``.
+- Cohere v2: ``usage.billed_units.input_tokens`` / ``output_tokens`` (what is billed),
+  else the same fields of ``usage.tokens`` (which add Cohere's prompt template), and
+  ``usage.cached_tokens``.
 
 The usage block sits on the response (``usage``), or inside what carries the response: a
 stream event's ``message`` (Anthropic), ``response`` (OpenAI Responses), ``chunk`` (the
@@ -277,12 +278,14 @@ def _gemini(meta: Any) -> Usage | None:
 
 
 def _cohere(usage: Any) -> Usage | None:
-    tokens = _get(usage, "tokens")
+    # billed_units are what is billed and priced; tokens also count the prompt template
+    # Cohere wraps around the messages, so they are the fallback only.
     billed = _get(usage, "billed_units")
+    tokens = _get(usage, "tokens")
     input_tokens, output_tokens = (
         _first(
-            None if tokens is None else _count(tokens, name),
             None if billed is None else _count(billed, name),
+            None if tokens is None else _count(tokens, name),
         )
         for name in ("input_tokens", "output_tokens")
     )
@@ -423,6 +426,17 @@ _ENVELOPE_FIELDS = (
 _MAX_DEPTH = 6
 
 
+def _present(value: Any) -> bool:
+    """Set to something: SDK models fill absent fields with None, or a falsy sentinel
+    (Mistral's ``Unset()``)."""
+    if value is None:
+        return False
+    try:
+        return bool(value)
+    except Exception:  # a foreign object without a truth value is still there
+        return True
+
+
 def _generated(value: Any, depth: int = 0) -> bool:
     if value is None:
         return False
@@ -436,8 +450,7 @@ def _generated(value: Any, depth: int = 0) -> bool:
         if _generated(_get(value, name), depth + 1):
             return True
     for name in _PRESENT_FIELDS:
-        found = _get(value, name)
-        if found is not None and not (isinstance(found, list | tuple | dict) and not found):
+        if _present(_get(value, name)):
             return True
     return any(_generated(_get(value, name), depth + 1) for name in _NESTED_FIELDS)
 

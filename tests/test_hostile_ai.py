@@ -777,10 +777,10 @@ def test_mistral_stream_usage_at_event_data_usage(
                 "billed_units": {"input_tokens": 30, "output_tokens": 7},
                 "tokens": {"input_tokens": 44, "output_tokens": 7},
             },
-            {"input": 44, "output": 7},
+            {"input": 30, "output": 7},
         ),
     ],
-    ids=["tokens", "billed-units", "tokens-first"],
+    ids=["tokens", "billed-units", "billed-units-first"],
 )
 @pytest.mark.parametrize("form", ["dict", "object"])
 def test_cohere_v2_usage(
@@ -1121,3 +1121,58 @@ def test_ai_module_keeps_no_sdk_import() -> None:
         assert f"import {sdk}" not in source
         assert f"from {sdk}" not in source
     assert "instrument.ai" in sys.modules
+
+
+# -- found by the SDK matrix -------------------------------------------------------------------
+
+
+class Unset:
+    """Mistral's sentinel for a field the server left out: falsy, and not None."""
+
+    def __bool__(self) -> bool:
+        return False
+
+
+def test_a_falsy_sentinel_is_no_tool_call(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    def event(content: str) -> Any:
+        delta = SimpleNamespace(role="assistant", content=content, tool_calls=Unset())
+        choice = SimpleNamespace(index=0, delta=delta, finish_reason=None)
+        return SimpleNamespace(data=SimpleNamespace(choices=[choice], usage=None))
+
+    @inst.track_ai_call("mistral", "small")
+    def ask() -> FakeStream:
+        return FakeStream([event(""), event("Bonjour")])
+
+    for _chunk in ask():
+        clock.advance(0.5)
+    assert ttft(registry, "mistral", "small") == (1, 0.5)
+
+
+def test_an_error_raised_mid_stream_with_its_200_has_no_http_status(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    class APIStatusError(Exception):  # Anthropic's, for an error event after the 200
+        def __init__(self) -> None:
+            super().__init__("Overloaded")
+            self.status_code = 200
+            self.response = SimpleNamespace(status_code=200)
+
+    class ServerError(Exception):  # google-genai's: its own code, the 200 response beside
+        def __init__(self) -> None:
+            super().__init__("UNAVAILABLE")
+            self.code = 503
+            self.status = "UNAVAILABLE"
+            self.response = SimpleNamespace(status_code=200)
+
+    for error in (APIStatusError(), ServerError()):
+        stream = inst.track_ai_call("p", "m")(
+            lambda error=error: FakeStream(anthropic_events(), fail_after=4, error=error)
+        )()
+        with pytest.raises(type(error)):
+            list(stream)
+    assert errors(registry, "p", "m", "APIStatusError", "") == 1
+    assert errors(registry, "p", "m", "ServerError", "503") == 1
+    assert calls(registry, "p", "m") == {"error": 2}
+    assert ttft(registry, "p", "m")[0] == 2
