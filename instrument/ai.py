@@ -3,7 +3,14 @@
 One call is one job on the wrapping engine: a decorated function (sync, async, generator,
 async generator) or a with-block. When the call returns a stream, the caller gets it back
 in a transparent proxy and the job ends when the stream does: exhausted (success), failed
-(error), closed or left early (cancelled), or garbage collected unfinished (cancelled).
+(error), closed or left early (cancelled), or garbage collected unfinished (cancelled). A
+stream that iterates both ways is watched both ways; a stream manager (an SDK's
+``messages.stream(...)``) is watched from the caller's ``with`` to the end of the stream it
+hands out; a raw HTTP response (``with_raw_response``) is read through its ``parse()``.
+
+Whatever reading a response does, the call ends and is counted. A call that ran without
+readable usage counts in ``ai_usage_missing_total``, with one warning per provider and
+model.
 
 A stream garbage collected unfinished is recorded at the next AI call or push, or when
 :func:`record_abandoned_streams` is called (pull mode: before a scrape). The collector may
@@ -90,8 +97,9 @@ class AICallOptions(TypedDict, total=False):
     #: Reads usage from responses (and stream chunks) of other shapes: returns a
     #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
     usage: Callable[[Any], Any] | None
-    #: "auto" wraps results that are iterators or async iterators; True wraps any
-    #: iterable result; False never wraps.
+    #: "auto" wraps results that are iterators or async iterators, and stream managers
+    #: (with-blocks that hand out the stream); True also wraps any iterable result; False
+    #: never wraps.
     stream: str | bool
     #: The ``active_jobs`` label (default "ai_call").
     job_type: str
@@ -937,6 +945,10 @@ else:  # wrapt 1.x proxies are not subscriptable
     _ObjectProxy = wrapt.ObjectProxy
 
 
+def _is_generator(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
 def _iterator_kind(value: Any) -> int:
     cls = type(value)
     return (_SYNC if hasattr(cls, "__next__") else 0) | (_ASYNC if hasattr(cls, "__anext__") else 0)
@@ -960,9 +972,10 @@ class _StreamProxy(_ObjectProxy):
     def __getattr__(self, name: str) -> Any:
         if name.startswith("_self_"):  # wrapt's own: not set yet
             raise AttributeError(name)
-        value = getattr(self.__wrapped__, name)
-        if name.startswith("_") or value is self.__wrapped__:
-            return value
+        wrapped = self.__wrapped__
+        value = getattr(wrapped, name)
+        if name.startswith("_") or value is wrapped or _is_generator(wrapped):
+            return value  # a generator's own (gi_yieldfrom) are introspection, not content
         # An iterator the stream hands out over its own events (Anthropic's text_stream)
         # reads the same stream another way: its items are watched for the first token,
         # and its end is the stream's end.

@@ -1176,3 +1176,21 @@ def test_an_error_raised_mid_stream_with_its_200_has_no_http_status(
     assert errors(registry, "p", "m", "ServerError", "503") == 1
     assert calls(registry, "p", "m") == {"error": 2}
     assert ttft(registry, "p", "m")[0] == 2
+
+
+def test_a_generators_own_attributes_stay_introspection(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    def inner() -> Iterator[dict[str, Any]]:
+        yield from openai_chat_chunks(prompt=4, completion=3)
+
+    def outer() -> Iterator[dict[str, Any]]:
+        yield from inner()
+
+    gen = inst.track_ai_call("openai", "gpt-4o")(lambda: outer())()  # a returned generator
+    next(gen)
+    # The generator it delegates to, as is: no watched stream that would end the call.
+    assert type(gen.gi_yieldfrom).__name__ == "generator"
+    assert len(list(gen)) == 5
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 3}
