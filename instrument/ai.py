@@ -828,8 +828,16 @@ class _Stream(_Chunks):
         return chunk
 
     def read_response(self, response: Any) -> None:
-        """What a stream manager handed out when it is no stream: read as a response."""
-        self.call._read(response)
+        """What a stream manager handed out when it is no stream: read as a response (the
+        raw response of ``with_streaming_response``, through its body)."""
+        call = self.call
+        try:
+            body = response_body(response)
+        except Exception as exc:
+            call._failed(response, exc)
+            body = None
+        call._note(response)
+        call._read(response if body is None else body)
 
     def _read_snapshot(self) -> bool:
         """Read the response the stream helper accumulated (its usage, when the caller

@@ -1194,3 +1194,71 @@ def test_a_generators_own_attributes_stay_introspection(
     assert len(list(gen)) == 5
     assert calls(registry, "openai", "gpt-4o") == {"success": 1}
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 3}
+
+
+def test_a_manager_that_hands_out_a_raw_response(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """``with_streaming_response.create(...)``: entered, it gives a raw response whose body
+    is read at the block's end, before the manager closes it, parsed by the caller or not."""
+
+    class StreamingResponseManager:
+        def __init__(self) -> None:
+            self.raw = RawResponse(as_object(openai_chat(21, 4)))
+
+        def __enter__(self) -> RawResponse:
+            return self.raw
+
+        def __exit__(self, *exc: object) -> None:
+            self.raw.closed = True  # type: ignore[attr-defined]
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    def ask() -> StreamingResponseManager:
+        return StreamingResponseManager()
+
+    with ask() as raw:
+        assert raw.parse().usage.prompt_tokens == 21
+    with ask() as raw:
+        assert raw.headers == {"x-request-id": "r1"}  # never parsed by the caller
+    assert raw.parsed == 1
+    assert calls(registry, "openai", "gpt-4o") == {"success": 2}
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 42, "output": 8}
+    assert missing(registry, "openai", "gpt-4o") is None
+
+
+_JSON = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=8),
+    lambda inner: (
+        st.lists(inner, max_size=3)
+        | st.dictionaries(
+            st.sampled_from(
+                ["choices", "delta", "content", "usage", "type", "data", "chunk", "message",
+                 "text", "candidates", "parts", "tool_calls", "prompt_tokens", "input_tokens",
+                 "output_tokens", "billed_units", "tokens", "response", "model"]
+            ),
+            inner,
+            max_size=4,
+        )
+    ),
+    max_leaves=12,
+)  # fmt: skip
+
+
+@given(chunks=st.lists(_JSON, max_size=5), as_objects=st.booleans())
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_any_json_stream_is_passed_through_and_counted_once(
+    chunks: list[Any], as_objects: bool
+) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    items = [as_object(c) for c in chunks] if as_objects else chunks
+    try:
+        received = list(inst.track_ai_call("p", "m")(lambda: FakeStream(items))())
+        assert len(received) == len(items)
+        assert all(a is b for a, b in zip(received, items, strict=True))
+        assert calls(registry, "p", "m") == {"success": 1}
+        assert all(v >= 0 for v in token_counts(registry, "p", "m").values())
+        assert (ttft(registry, "p", "m")[0] or 0) <= 1
+        assert active(registry) == 0
+    finally:
+        inst.close()
