@@ -3,7 +3,14 @@
 One call is one job on the wrapping engine: a decorated function (sync, async, generator,
 async generator) or a with-block. When the call returns a stream, the caller gets it back
 in a transparent proxy and the job ends when the stream does: exhausted (success), failed
-(error), closed or left early (cancelled), or garbage collected unfinished (cancelled).
+(error), closed or left early (cancelled), or garbage collected unfinished (cancelled). A
+stream that iterates both ways is watched both ways; a stream manager (an SDK's
+``messages.stream(...)``) is watched from the caller's ``with`` to the end of the stream it
+hands out; a raw HTTP response (``with_raw_response``) is read through its ``parse()``.
+
+Whatever reading a response does, the call ends and is counted. A call that ran without
+readable usage counts in ``ai_usage_missing_total``, with one warning per provider and
+model.
 
 A stream garbage collected unfinished is recorded at the next AI call or push, or when
 :func:`record_abandoned_streams` is called (pull mode: before a scrape). The collector may
@@ -42,7 +49,18 @@ from ._wrapping import (
 from .instrumentation import Binding, Instrumentation, Policy, check_number
 from .metrics import Metrics
 from .push import register_before_snapshot
-from .usage import Usage, _attribute, extract_usage, response_model, usage_from
+from .usage import (
+    MAX_TOKENS,
+    Usage,
+    _attribute,
+    carries_content,
+    extract_usage,
+    response_body,
+    response_model,
+    stream_finished,
+    stream_snapshot,
+    usage_from,
+)
 
 __all__ = [
     "AICall",
@@ -64,7 +82,9 @@ UNKNOWN_MODEL = "unknown"
 OTHER_MODEL = "other"
 _STATUSES = ("success", "error", "cancelled")
 _STREAM_VALUES = ("auto", True, False)
-_SYNC_STREAM, _ASYNC_STREAM = 1, 2
+# What a result is, as flags: iterated with for (_SYNC), with async for (_ASYNC), or both;
+# _MANAGER: a with-block that hands out the stream (its protocols, _SYNC and/or _ASYNC).
+_SYNC, _ASYNC, _MANAGER = 1, 2, 4
 
 
 class AICallOptions(TypedDict, total=False):
@@ -77,8 +97,9 @@ class AICallOptions(TypedDict, total=False):
     #: Reads usage from responses (and stream chunks) of other shapes: returns a
     #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
     usage: Callable[[Any], Any] | None
-    #: "auto" wraps results that are iterators or async iterators; True wraps any
-    #: iterable result; False never wraps.
+    #: "auto" wraps results that are iterators or async iterators, and stream managers
+    #: (with-blocks that hand out the stream); True also wraps any iterable result; False
+    #: never wraps.
     stream: str | bool
     #: The ``active_jobs`` label (default "ai_call").
     job_type: str
@@ -199,19 +220,25 @@ def load_prices(table: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, 
 
 
 def _http_status(exc: BaseException) -> str:
-    """The HTTP status an exception carries (``status_code``, ``response.status_code``,
-    aiohttp's ``status``, google-genai's ``code``, in that order), or "" when it has none."""
+    """The HTTP error status an exception carries (``status_code``, ``response.status_code``,
+    aiohttp's ``status``, google-genai's ``code``, the first 4xx or 5xx in that order), or
+    "" when it has none. A stream that fails after its 200 raises with that 200 attached
+    (Anthropic's error event): no HTTP error, unless the error says its own (Gemini's)."""
     for path in _STATUS_PATHS:
         value: Any = exc
         for name in path:
             value = _attribute(value, name)
-        if isinstance(value, int) and not isinstance(value, bool) and 100 <= value <= 599:
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
             return str(value)
     return ""
 
 
 # Read lazily, first valid wins: aiohttp's deprecated ``code`` warns when merely read.
 _STATUS_PATHS = (("status_code",), ("response", "status_code"), ("status",), ("code",))
+
+
+class _ExtractorFailed(Exception):
+    """A ``usage=`` extractor raised; the text names it and the class of what it raised."""
 
 
 class _ModelSeries:
@@ -221,6 +248,7 @@ class _ModelSeries:
     __slots__ = (
         "_lazy",
         "_metrics",
+        "_warned",
         "calls",
         "inc_input",
         "inc_output",
@@ -238,6 +266,7 @@ class _ModelSeries:
         self.inc_input = metrics.ai_tokens.labels(provider, model, "input").inc
         self.inc_output = metrics.ai_tokens.labels(provider, model, "output").inc
         self._lazy: dict[tuple[str, ...], Any] = {}
+        self._warned: set[str] = set()
 
     def _child(self, attr: str, *labels: str) -> Any:
         key = (attr, *labels)
@@ -268,6 +297,17 @@ class _ModelSeries:
 
     def unpriced(self) -> None:
         self._child("ai_unpriced_calls").inc()
+
+    def usage_missing(self) -> None:
+        self._child("ai_usage_missing").inc()
+
+    def warn_once(self, what: str, message: str, *args: Any) -> None:
+        """A warning the first time ``what`` happens to this provider and model: it would
+        otherwise repeat on every call (or chunk) of the same shape."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        logger.warning("instrument: %s/%s: " + message, self.provider, self.model, *args)
 
 
 class _ProviderModels:
@@ -356,11 +396,13 @@ class AICall(Probe):
     __slots__ = (
         "_b",
         "_done",
+        "_failure",
         "_first",
         "_items",
         "_last",
         "_model",
         "_seek_model",
+        "_seen",
         "_seen_model",
         "_streams",
         "_t0",
@@ -387,6 +429,10 @@ class AICall(Probe):
         self._items: _Chunks | None = None
         self._first: float | None = None
         self._done = False
+        # The type of the first response (or stream, or chunk) recorded, and how reading
+        # one failed: for the one warning per provider and model, at the call's end.
+        self._seen: str | None = None
+        self._failure: str | None = None
         # The binding's (None when nothing is pushed); None too while a stream proxy is
         # out, whose end delivers.
         self.deliver = None if binding is None else binding.deliver
@@ -407,12 +453,13 @@ class AICall(Probe):
         if self._b is None or self._done:
             return response
         try:
-            kind = self._tracker._stream_kind(response)
-            if kind:
-                return cast(R, _wrap_stream(response, kind, self, owner=False))
-            self._read(response)
+            handed = self._take(response, owner=False)
         except Exception:
-            _guard("reading a response")
+            _guard("wrapping a stream")
+            handed = None
+        if handed is not None:
+            return cast(R, handed)
+        self._read(response)
         return response
 
     def add_usage(
@@ -436,6 +483,8 @@ class AICall(Probe):
                 raise TypeError(f"{name} must be an int, got {type(count).__name__}")
             if count < 0:
                 raise ValueError(f"{name} must not be negative, got {count}")
+            if count > MAX_TOKENS:
+                raise ValueError(f"{name} must be at most 2**53 (a token count), got {count}")
         if self._b is None or self._done:
             return
         self._add(Usage(*counts))
@@ -465,18 +514,21 @@ class AICall(Probe):
         if self._b is None:
             return result
         # A generator function's chunks came through item(); its return value is no stream.
-        kind = 0 if self._first is not None else self._tracker._stream_kind(result)
-        if kind:
+        if self._items is None:
             try:
-                stream = _wrap_stream(result, kind, self, owner=True)
+                handed = self._take(result, owner=True)
             except Exception:
                 _guard("wrapping a stream")  # recorded as a plain result below
-            else:
-                self.deliver = None
+                handed = None
+            if handed is not None:
+                self.deliver = None  # the stream's end delivers
                 self._last = perf_counter()
-                return stream
-        self._read(result)
-        self._finish("success", None)
+                return handed
+        try:
+            self._read(result)
+        finally:
+            # Whatever reading the response did, the call ended: it is counted.
+            self._finish("success", None)
         return result
 
     def error(self, exc: BaseException) -> None:
@@ -504,14 +556,58 @@ class AICall(Probe):
         with _usage_lock:  # streams of one call may end in different threads
             self._usage = usage if self._usage is None else self._usage + usage
 
+    def _take(self, result: Any, owner: bool) -> Any:
+        """What the caller gets instead of ``result`` when it must be watched on: a stream
+        or a stream manager in its proxy, or a raw HTTP response whose ``parse()`` gives a
+        stream. None when ``result`` is read as it is (a raw response's body is read here).
+        """
+        tracker = self._tracker
+        kind = tracker._stream_kind(result)
+        if kind & _MANAGER:
+            return _Manager(result, self, owner)
+        if kind:
+            self._note(result)
+            return _wrap_stream(result, kind, self, owner)
+        try:
+            body = response_body(result)
+        except Exception as exc:
+            self._failed(result, exc)
+            return None
+        if body is None:
+            return None
+        self._note(result)
+        kind = tracker._stream_kind(body)
+        if kind and not kind & _MANAGER:
+            return _RawResponse(result, body, _wrap_stream(body, kind, self, owner))
+        self._read(body)
+        return None
+
+    def _note(self, response: Any) -> None:
+        if self._seen is None:
+            self._seen = type(response).__name__
+
+    def _failed(self, response: Any, exc: BaseException) -> None:
+        """Reading ``response`` raised: noted, to be reported once at the call's end. Only
+        class names: what a foreign object's exception says may hold anything."""
+        if self._failure is None:
+            if isinstance(exc, _ExtractorFailed):
+                self._failure = f"{exc} on a {type(response).__name__}"
+            else:
+                self._failure = f"reading {type(response).__name__} raised {type(exc).__name__}"
+
     def _read(self, response: Any) -> None:
+        """Read the usage (and the model) of a response; never raises."""
         if response is None:
             return
-        usage = self._tracker._extract(response)
-        if usage is not None:
-            self._add(usage)
-        if self._seek_model:
-            self._see_model(response)
+        self._note(response)
+        try:
+            usage = self._tracker._extract(response)
+            if usage is not None:
+                self._add(usage)
+            if self._seek_model:
+                self._see_model(response)
+        except Exception as exc:
+            self._failed(response, exc)
 
     def _see_model(self, response: Any) -> None:
         model = response_model(response)
@@ -542,6 +638,10 @@ class AICall(Probe):
             usage = self._usage
             if usage is not None:
                 series.tokens(usage)
+            elif status != "error":
+                self._missing(series, status)
+            if self._failure is not None and (usage is not None or status != "success"):
+                series.warn_once("usage", "%s; its usage is not read", self._failure)
             if exc is not None:
                 series.error(exc)
             prices: dict[str, ModelPrice] | None = b.inst._prices
@@ -549,6 +649,25 @@ class AICall(Probe):
                 self._price(series, prices, name, usage, status)
         finally:
             b.active_dec()
+
+    def _missing(self, series: _ModelSeries, status: str) -> None:
+        """A call that ran and ended without usage: counted, so a silent 0 shows."""
+        series.usage_missing()
+        if status != "success":
+            return  # left before the end: the usage, sent last, never came
+        seen = self._seen
+        what = f"its response ({seen})" if seen is not None else "no response was recorded"
+        failure = f"; {self._failure}" if self._failure is not None else ""
+        series.warn_once(
+            "usage",
+            "a call ended without readable usage in %s%s, so its tokens are not counted "
+            "(%s counts such calls). Pass usage= to track_ai_call for a shape of your own; "
+            "OpenAI-compatible streams report usage only with "
+            'stream_options={"include_usage": True}',
+            what,
+            failure,
+            series._metrics.names()["ai_usage_missing"],
+        )
 
     def _series(self, b: _AIBinding) -> tuple[_ModelSeries, str]:
         """This call's series and the model name its price is looked up by."""
@@ -607,18 +726,26 @@ class _Chunks:
                 else:
                     streams.append(self)
 
-    def read(self, chunk: Any) -> None:
+    def read(self, chunk: Any, *, timed: bool = True) -> None:
+        """Read one chunk (``timed``: as it arrives, for the first token); never raises (a
+        failure is noted on the call, reported once)."""
         call = self.call
         now = perf_counter()
-        if call._first is None:
-            call._first = now - call._t0
         call._last = now
-        usage = call._tracker._extract(chunk)
-        if usage is not None:
-            latest = self.usage
-            self.usage = usage if latest is None else latest.latest(usage)
-        if call._seek_model:
-            call._see_model(chunk)
+        try:
+            # The first token is the first chunk with generated content, not the first
+            # event: a role-only chunk or a start event comes before the model wrote anything.
+            if timed and call._first is None and carries_content(chunk):
+                call._first = now - call._t0
+            usage = call._tracker._extract(chunk)
+            if usage is not None:
+                latest = self.usage
+                self.usage = usage if latest is None else latest.latest(usage)
+            if call._seek_model:
+                call._see_model(chunk)
+        except Exception as exc:
+            call._note(chunk)
+            call._failed(chunk, exc)
 
     def settle(self) -> None:
         """Stop recording this stream and add its usage to the call: once, whichever of
@@ -642,15 +769,35 @@ class _Stream(_Chunks):
     more, and the per-chunk path would make a few.
     """
 
-    __slots__ = ("owner", "step")
+    __slots__ = ("astep", "owner", "source", "step")
 
-    def __init__(self, call: AICall, step: Callable[..., Any], owner: bool) -> None:
+    def __init__(self, call: AICall, owner: bool) -> None:
         super().__init__(call, ends_call=owner)
-        #: The stream's own ``__next__`` / ``__anext__``.
-        self.step = step
         # owner: this stream ends the call (a decorated function's result); otherwise the
         # with-block it was recorded in does.
         self.owner = owner
+        #: The stream itself and its own ``__next__`` / ``__anext__``; set by attach(), for
+        #: a stream manager once it is entered.
+        self.source: Any = None
+        self.step: Callable[..., Any] = _not_iterable
+        self.astep: Callable[..., Awaitable[Any]] = _not_iterable
+
+    def attach(self, source: Any, kind: int) -> None:
+        """Read ``source``, iterated by ``for`` (kind ``_SYNC``), ``async for`` (``_ASYNC``)
+        or both: whichever protocol the caller uses goes through this stream."""
+        if kind & _SYNC:
+            step = getattr(source, "__next__", None)
+            self.step = step if step is not None else iter(source).__next__
+        if kind & _ASYNC:
+            astep = getattr(source, "__anext__", None)
+            self.astep = astep if astep is not None else source.__aiter__().__anext__
+        self.source = source
+
+    def restart(self) -> None:
+        """A manager was entered: its request starts now, so the call's clock does."""
+        if self.owner and self.open:
+            call = self.call
+            call._t0 = call._last = perf_counter()
 
     def next(self, step: Callable[..., Any] | None = None, *args: Any) -> Any:
         """The next chunk from ``step`` (default: ``__next__``), read on the way."""
@@ -663,16 +810,13 @@ class _Stream(_Chunks):
             self.end_sync(exc)
             raise
         if self.open:
-            try:
-                self.read(chunk)
-            except Exception:
-                _guard("reading a stream chunk")
+            self.read(chunk)
         return chunk
 
     async def anext(self, step: Callable[..., Awaitable[Any]] | None = None, *args: Any) -> Any:
         """The next chunk from ``step`` (default: ``__anext__``), read on the way."""
         try:
-            chunk = await (step or self.step)(*args)
+            chunk = await (step or self.astep)(*args)
         except StopAsyncIteration:
             await self.end_async()
             raise
@@ -680,23 +824,49 @@ class _Stream(_Chunks):
             await self.end_async(exc)
             raise
         if self.open:
-            try:
-                self.read(chunk)
-            except Exception:
-                _guard("reading a stream chunk")
+            self.read(chunk)
         return chunk
+
+    def read_response(self, response: Any) -> None:
+        """What a stream manager handed out when it is no stream: read as a response (the
+        raw response of ``with_streaming_response``, through its body)."""
+        call = self.call
+        try:
+            body = response_body(response)
+        except Exception as exc:
+            call._failed(response, exc)
+            body = None
+        call._note(response)
+        call._read(response if body is None else body)
+
+    def _read_snapshot(self) -> bool:
+        """Read the response the stream helper accumulated (its usage, when the caller
+        read the stream through ``text_stream`` or ``get_final_message()``, not through
+        this proxy). True when that response says the model finished."""
+        source = self.source
+        if source is None:
+            return False
+        snapshot = stream_snapshot(source)
+        if snapshot is None:
+            return False
+        self.read(snapshot, timed=False)  # read at the end: no first token to time
+        return stream_finished(snapshot)
 
     def end(
         self, exc: BaseException | None = None, *, closed: bool = False, abandoned: bool = False
     ) -> bool:
         """End once: exhausted (success), failed with ``exc``, ``closed`` or left before the
-        end (cancelled), or ``abandoned``. True when this ended the call, to be delivered."""
+        end (cancelled, unless the stream's own record says it finished), or ``abandoned``.
+        True when this ended the call, to be delivered."""
         if not self.open:
             return False
         try:
+            if self._read_snapshot() and closed:
+                closed = False  # read to its end another way, then closed: a success
             self.settle()
         except Exception:
             _guard("recording the usage of a stream")
+        self.source = None
         if not self.owner:
             return False
         call = self.call
@@ -729,7 +899,9 @@ class _Stream(_Chunks):
         """From the garbage collector, which may run while this thread holds a lock that
         recording takes (prometheus_client's, the model guard's): queue, record nothing."""
         if self.open:
-            self.step = _collected  # let the SDK stream go now, as collection would
+            # Let the SDK stream go now, as collection would.
+            self.step = self.astep = _collected
+            self.source = None
             _abandoned.put(self)
 
     def record_abandoned(self) -> None:
@@ -745,6 +917,10 @@ class _Stream(_Chunks):
 
 def _collected(*args: Any) -> Any:
     raise RuntimeError("this stream was garbage collected")
+
+
+def _not_iterable(*args: Any) -> Any:
+    raise TypeError("this object is not iterable that way")
 
 
 # Abandoned streams waiting to be recorded. SimpleQueue.put takes no lock that the
@@ -777,6 +953,15 @@ else:  # wrapt 1.x proxies are not subscriptable
     _ObjectProxy = wrapt.ObjectProxy
 
 
+def _is_generator(value: Any) -> bool:
+    return inspect.isgenerator(value) or inspect.isasyncgen(value)
+
+
+def _iterator_kind(value: Any) -> int:
+    cls = type(value)
+    return (_SYNC if hasattr(cls, "__next__") else 0) | (_ASYNC if hasattr(cls, "__anext__") else 0)
+
+
 class _StreamProxy(_ObjectProxy):
     """What the caller gets instead of a stream: the same object, chunks read on the way
     by its :class:`_Stream`, which ends the call exactly once."""
@@ -792,14 +977,45 @@ class _StreamProxy(_ObjectProxy):
             return
         stream.abandon()
 
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_self_"):  # wrapt's own: not set yet
+            raise AttributeError(name)
+        wrapped = self.__wrapped__
+        value = getattr(wrapped, name)
+        if name.startswith("_") or value is wrapped or _is_generator(wrapped):
+            return value  # a generator's own (gi_yieldfrom) are introspection, not content
+        # An iterator the stream hands out over its own events (Anthropic's text_stream)
+        # reads the same stream another way: its items are watched for the first token,
+        # and its end is the stream's end.
+        kind = _iterator_kind(value)
+        if kind and self._self_stream.open:
+            return _SubStream(value, self._self_stream, kind)
+        return value
+
+
+class _SubStream(_ObjectProxy):
+    """An iterator a stream hands out over its own events (``stream.text_stream``)."""
+
+    def __init__(self, wrapped: Any, stream: _Stream, kind: int) -> None:
+        super().__init__(wrapped)
+        self._self_stream = stream
+        self._self_step = wrapped.__next__ if kind & _SYNC else _not_iterable
+        self._self_astep = wrapped.__anext__ if kind & _ASYNC else _not_iterable
+
+    def __iter__(self) -> _SubStream:
+        return self
+
+    def __next__(self) -> Any:
+        return self._self_stream.next(self._self_step)
+
+    def __aiter__(self) -> _SubStream:
+        return self
+
+    def __anext__(self) -> Awaitable[Any]:
+        return self._self_stream.anext(self._self_astep)
+
 
 class _SyncStream(_StreamProxy):
-    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
-        step = getattr(wrapped, "__next__", None)
-        if step is None:  # an iterable with stream=True
-            step = iter(wrapped).__next__
-        super().__init__(wrapped, _Stream(call, step, owner))
-
     def __iter__(self) -> _SyncStream:
         return self
 
@@ -843,12 +1059,6 @@ class _SyncStream(_StreamProxy):
 
 
 class _AsyncStream(_StreamProxy):
-    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
-        step = getattr(wrapped, "__anext__", None)
-        if step is None:  # an async iterable with stream=True
-            step = wrapped.__aiter__().__anext__
-        super().__init__(wrapped, _Stream(call, step, owner))
-
     def __aiter__(self) -> _AsyncStream:
         return self
 
@@ -901,10 +1111,144 @@ class _AsyncStream(_StreamProxy):
             await self._self_stream.end_async(closed=True)
 
 
-def _wrap_stream(stream: Any, kind: int, call: AICall, owner: bool) -> Any:
-    if kind == _ASYNC_STREAM:
-        return _AsyncStream(stream, call, owner)
-    return _SyncStream(stream, call, owner)
+class _DualStream(_AsyncStream, _SyncStream):
+    """A stream iterated with ``for`` or ``async for`` (LiteLLM's): both are watched.
+    Its ``close()`` is the async proxy's, which handles a sync and an async close alike."""
+
+
+_PROXIES: dict[int, type[_StreamProxy]] = {
+    _SYNC: _SyncStream,
+    _ASYNC: _AsyncStream,
+    _SYNC | _ASYNC: _DualStream,
+}
+
+
+def _wrap_stream(
+    source: Any, kind: int, call: AICall, owner: bool, stream: _Stream | None = None
+) -> Any:
+    if stream is None:
+        stream = _Stream(call, owner)
+    stream.attach(source, kind)
+    return _PROXIES[kind & (_SYNC | _ASYNC)](source, stream)
+
+
+_NOTHING = object()
+
+
+class _Manager(_ObjectProxy):
+    """A stream manager (``client.messages.stream(...)``, ``chat.completions.stream(...)``):
+    the request starts when the caller enters it, and what it hands out is watched until
+    its end. Entered with ``with`` or ``async with``, whichever it supports."""
+
+    def __init__(self, wrapped: Any, call: AICall, owner: bool) -> None:
+        super().__init__(wrapped)
+        self._self_stream = _Stream(call, owner)
+        self._self_entered = False
+        # What the manager handed out, when it is no stream: read before the manager
+        # closes it (a raw response whose body the caller parsed).
+        self._self_value: Any = _NOTHING
+
+    def __del__(self) -> None:
+        try:
+            stream, entered = self._self_stream, self._self_entered
+        except Exception:  # never initialised
+            return
+        if not entered:  # once entered, the stream it handed out is watched instead
+            stream.abandon()
+
+    def _ai_hand_out(self, entered: Any) -> Any:
+        stream = self._self_stream
+        try:
+            kind = stream.call._tracker._stream_kind(entered)
+            if kind and not kind & _MANAGER:
+                return _wrap_stream(entered, kind, stream.call, stream.owner, stream)
+        except Exception:
+            _guard("wrapping a stream")
+        self._self_value = entered
+        return entered
+
+    def _ai_leave(self) -> bool:
+        """Before the manager's own exit: read what it handed out. True when that was no
+        stream, whose exit ends the call as a success (the request had completed)."""
+        value = self._self_value
+        if value is _NOTHING:
+            return False
+        self._self_value = _NOTHING
+        stream = self._self_stream
+        if stream.open:
+            stream.read_response(value)
+        return True
+
+    def __enter__(self) -> Any:
+        wrapped = self.__wrapped__
+        if not hasattr(type(wrapped), "__enter__"):
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
+            )
+        stream = self._self_stream
+        self._self_entered = True
+        stream.restart()
+        try:
+            entered = wrapped.__enter__()
+        except BaseException as exc:  # the request failed: a 429 is raised here
+            stream.end_sync(exc)
+            raise
+        return self._ai_hand_out(entered)
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        done = self._ai_leave()
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            self._self_stream.end_sync(closed=not done)
+
+    async def __aenter__(self) -> Any:
+        wrapped = self.__wrapped__
+        if not hasattr(type(wrapped), "__aenter__"):
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the asynchronous "
+                "context manager protocol"
+            )
+        stream = self._self_stream
+        self._self_entered = True
+        stream.restart()
+        try:
+            entered = await wrapped.__aenter__()
+        except BaseException as exc:
+            await stream.end_async(exc)
+            raise
+        return self._ai_hand_out(entered)
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        done = self._ai_leave()
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._self_stream.end_async(closed=not done)
+
+
+class _RawResponse(_ObjectProxy):
+    """A raw HTTP response (``with_raw_response``) whose ``parse()`` gives a stream: the
+    same object, whose ``parse()`` hands out that stream in its proxy."""
+
+    def __init__(self, wrapped: Any, body: Any, stream: Any) -> None:
+        super().__init__(wrapped)
+        self._self_body = body
+        self._self_proxy = stream
+
+    def parse(self, *args: Any, **kwargs: Any) -> Any:
+        parsed = self.__wrapped__.parse(*args, **kwargs)
+        return self._self_proxy if parsed is self._self_body else parsed
 
 
 # -- the decorator -----------------------------------------------------------------------------
@@ -1057,35 +1401,44 @@ class AICallTracker(Policy[AICall, _AIBinding]):
         return AICall(b, self, model)
 
     def _stream_kind(self, result: Any) -> int:
+        """How ``result`` is watched, as ``_SYNC`` / ``_ASYNC`` / ``_MANAGER`` flags; 0: read
+        as a response.
+
+        "auto" watches iterators and async iterators, in every protocol the object has
+        (LiteLLM's streams are both), and stream managers: with-blocks that are neither
+        iterable nor closable, which exist only to be entered and hand out the stream.
+        True also watches iterables.
+        """
         mode = self.stream
         if mode is False or result is None:
             return 0
         cls = type(result)
-        if hasattr(cls, "__anext__"):
-            return _ASYNC_STREAM
-        if hasattr(cls, "__next__"):
-            return _SYNC_STREAM
-        if mode is True and not isinstance(result, str | bytes):
-            if hasattr(cls, "__aiter__"):
-                return _ASYNC_STREAM
-            if hasattr(cls, "__iter__"):
-                return _SYNC_STREAM
-        return 0
+        steps = _iterator_kind(result)
+        if steps or (mode is True and not isinstance(result, str | bytes)):
+            iterable = (_SYNC if steps & _SYNC or hasattr(cls, "__iter__") else 0) | (
+                _ASYNC if steps & _ASYNC or hasattr(cls, "__aiter__") else 0
+            )
+            if iterable:
+                return iterable
+        if isinstance(result, str | bytes) or hasattr(cls, "__iter__") or hasattr(cls, "__aiter__"):
+            return 0
+        if hasattr(cls, "close") or hasattr(cls, "aclose"):
+            return 0
+        manager = (_SYNC if hasattr(cls, "__enter__") and hasattr(cls, "__exit__") else 0) | (
+            _ASYNC if hasattr(cls, "__aenter__") and hasattr(cls, "__aexit__") else 0
+        )
+        return _MANAGER | manager if manager else 0
 
     def _extract_with(self, response: Any) -> Usage | None:
-        """Usage read by the ``usage=`` extractor, guarded."""
+        """Usage read by the ``usage=`` extractor. Its failure is the call's to report, once
+        per provider and model, like any response that cannot be read."""
         extractor = cast(Callable[[Any], Any], self.usage)  # installed only when it is set
         try:
             return usage_from(extractor(response))
         except Exception as exc:
-            self._complain(
-                "usage",
-                "usage extractor of %r failed (%s: %s); no usage recorded",
-                self,
-                type(exc).__name__,
-                exc,
-            )
-            return None
+            raise _ExtractorFailed(
+                f"the usage extractor of {self!r} raised {type(exc).__name__}"
+            ) from None
 
     def _label(self, model: str) -> str:
         normalize = self.normalize_model

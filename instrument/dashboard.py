@@ -1,8 +1,8 @@
 """The Grafana dashboard, generated from the metric definitions in ``metrics.py``.
 
 Panels follow the RED method: rates, error ratios and duration quantiles for analyses and
-AI calls, plus the gauges (active jobs, quality scores), tokens, cost and the delivery
-self-metrics. Every query is built by the helpers in ``_promql`` from the metric names of
+AI calls, plus the gauges (active jobs, quality scores), tokens, usage coverage, cost and the
+delivery self-metrics. Every query is built by the helpers in ``_promql`` from the metric names of
 one namespace, so ``build_dashboard("other")`` queries ``other_*`` throughout.
 """
 
@@ -261,6 +261,22 @@ def _sections(source: Source) -> list[tuple[str | None, list[_Panel]]]:
             "short",
             _Query(ai_rate("ai_token_details", ("detail",)), "{{detail}}"),
             min=0,
+        ),
+        _ts(
+            "AI usage coverage by model",
+            "Share of the LLM calls that ran (errors left out) whose response or stream "
+            "reported readable usage; below 1, tokens and cost are undercounted.",
+            "percentunit",
+            _Query(
+                "1 - "
+                + ratio(
+                    ai_rate("ai_usage_missing", by_model),
+                    ai_calls('status!="error"', by=by_model),
+                    by_model,
+                ),
+                "{{provider}} / {{model}}",
+            ),
+            **ratio_axis,
         ),
         _ts(
             "AI call latency p95",

@@ -103,6 +103,9 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ai_unpriced_calls", "ai_unpriced_calls_total", "counter",
                "AI API calls that could not be priced (no price or no usage)",
                ("provider", "model")),
+    MetricSpec("ai_usage_missing", "ai_usage_missing_total", "counter",
+               "AI API calls whose response or stream ended without readable usage",
+               ("provider", "model")),
     # Delivery self-metrics
     MetricSpec("pushes", "pushes_total", "counter", "Push attempts to the Pushgateway"),
     MetricSpec("push_failures", "push_failures_total", "counter",
@@ -247,6 +250,7 @@ class Metrics:
     ai_api_errors: Counter
     ai_cost: Counter
     ai_unpriced_calls: Counter
+    ai_usage_missing: Counter
     pushes: Counter
     push_failures: Counter
     last_push_success: Gauge

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh machine, then run lint, types and the suite.
 # Installs Debian's prometheus-pushgateway and prometheus when missing (the tests start
-# them on free loopback ports themselves) and the package with its test extras into .venv.
+# them on free loopback ports themselves) and the package with its test extras (the LLM SDKs
+# of the sdk matrix included) into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -19,7 +20,7 @@ fi
 
 source scripts/_venv.sh
 echo "== installing the package with its test extras"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cli,yaml,bench]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cli,yaml,bench,sdk]"
 
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"

@@ -196,7 +196,8 @@ class TestFunctions:
                 assert active(registry) == 1
         assert all(a is b for a, b in zip(received, chunks, strict=True))
         assert calls(registry, "openai", "gpt-4o-mini") == {"success": 1}
-        assert ttft(registry, "openai", "gpt-4o-mini") == (1, 0.25)
+        # The first chunk only says role=assistant: the first token is the next one.
+        assert ttft(registry, "openai", "gpt-4o-mini") == (1, 0.25 + 0.125)
         assert duration(registry, "openai", "gpt-4o-mini") == (1, 0.25 + 0.125 * len(chunks))
         assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 30, "output": 3}
         assert active(registry) == 0
@@ -215,7 +216,8 @@ class TestFunctions:
 
         received = [e async for e in stream("hi")]
         assert all(a is b for a, b in zip(received, events, strict=True))
-        assert ttft(registry, "anthropic", "claude-sonnet-4") == (1, 0.5)
+        # message_start, content_block_start and ping carry no token: the first text delta does.
+        assert ttft(registry, "anthropic", "claude-sonnet-4") == (1, 0.5 + 3 * 0.25)
         assert duration(registry, "anthropic", "claude-sonnet-4") == (1, 0.5 + 0.25 * len(events))
         # message_delta totals are cumulative: 40, not 1 + 10 + 40.
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {
@@ -233,7 +235,8 @@ class TestFunctions:
             yield from openai_chat_chunks()
 
         gen = stream()
-        next(gen)
+        next(gen)  # role only
+        next(gen)  # the first token
         gen.close()
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
@@ -293,7 +296,7 @@ class TestFunctions:
                 received.append(chunk)
                 clock.advance(0.25)
         assert received == chunks
-        assert ttft(registry, "openai", "gpt-4o") == (1, 0.5)
+        assert ttft(registry, "openai", "gpt-4o") == (1, 0.5 + 0.25)  # after the role chunk
         assert duration(registry, "openai", "gpt-4o") == (1, 0.5 + 0.25 * len(chunks))
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 12, "output": 3}
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
@@ -353,6 +356,10 @@ STREAMS = {
     "gemini": (gemini_chunks(9, (2, 5, 8), thoughts=3), {"input": 9, "output": 11, "reasoning": 3}),
     "openai-responses": (openai_response_events(50, 20, reasoning=4), {"input": 50, "output": 20, "reasoning": 4}),
 }  # fmt: skip
+# The index of each stream's first chunk with generated content: before it come a role-only
+# chunk (OpenAI Chat), message_start, content_block_start and ping (Anthropic), and
+# response.created (OpenAI Responses).
+FIRST_CONTENT = {"openai": 1, "anthropic": 3, "gemini": 0, "openai-responses": 1}
 
 
 @pytest.mark.parametrize("form", ["dict", "object"])
@@ -389,7 +396,7 @@ class TestStreams:
             clock.advance(0.125)
         assert all(a is b for a, b in zip(received, chunks, strict=True))
         assert calls(registry, provider, "m") == {"success": 1}
-        assert ttft(registry, provider, "m") == (1, 0.75)
+        assert ttft(registry, provider, "m") == (1, 0.75 + 0.125 * FIRST_CONTENT[provider])
         assert duration(registry, provider, "m") == (1, 0.75 + 0.125 * len(chunks))
         assert token_counts(registry, provider, "m") == STREAMS[provider][1]
         assert active(registry) == 0
@@ -421,7 +428,7 @@ class TestStreams:
             received.append(chunk)
             clock.advance(0.5)
         assert all(a is b for a, b in zip(received, chunks, strict=True))
-        assert ttft(registry, provider, "m") == (1, 0.5)
+        assert ttft(registry, provider, "m") == (1, 0.5 + 0.5 * FIRST_CONTENT[provider])
         assert duration(registry, provider, "m") == (1, 0.5 + 0.5 * len(chunks))
         assert token_counts(registry, provider, "m") == STREAMS[provider][1]
         assert calls(registry, provider, "m") == {"success": 1}
@@ -452,7 +459,11 @@ class TestStreams:
         record_abandoned_streams()
         assert calls(registry, provider, "m") == {"cancelled": 1}
         assert duration(registry, provider, "m") == (1, 0.5)
-        assert ttft(registry, provider, "m") == (1, 0.25)
+        # Two chunks were read, at 0.25 and 0.5: a first token only if one of them had one.
+        first = FIRST_CONTENT[provider]
+        assert ttft(registry, provider, "m") == (
+            (1, 0.25 * (first + 1)) if first < 2 else (None, None)
+        )
         assert active(registry) == 0
 
     async def test_abandoned_async_stream(
@@ -528,7 +539,8 @@ class TestAbandonedStreams:
         holder = Holder()
         holder.self = holder  # type: ignore[attr-defined]  # only the cyclic collector frees it
         holder.stream = ask("gpt-4o")
-        next(holder.stream)
+        next(holder.stream)  # role only
+        next(holder.stream)  # the first token
         # Recording a first call of a model takes this lock (``.labels()``), and a thread
         # holding it is where the collector may run: it must not try to take it again.
         lock = inst.metrics.ai_api_calls._lock
@@ -1630,7 +1642,9 @@ class TestTransparency:
         assert ask() is response
         assert calls(registry, "openai", "gpt-4o") == {"success": 2}
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 0, "output": 0}
-        assert len([r for r in caplog.records if r.levelno == logging.WARNING]) == 1
+        assert sample(registry, "ai_usage_missing_total", provider="openai", model="gpt-4o") == 2
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+        assert "usage extractor of track_ai_call('openai', 'gpt-4o') raised KeyError" in warning
 
     def test_recording_failure_inside_a_stream_never_reaches_the_caller(
         self,
@@ -1647,7 +1661,10 @@ class TestTransparency:
         stream = inst.track_ai_call("openai", "gpt-4o")(lambda: FakeStream(chunks))()
         assert list(stream) == chunks
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
-        assert any("reading a stream chunk" in r.getMessage() for r in caplog.records)
+        assert sample(registry, "ai_usage_missing_total", provider="openai", model="gpt-4o") == 1
+        # Once for the call, not once per chunk.
+        (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+        assert "reading dict raised RuntimeError" in warning
 
     def test_disabled(self, registry: CollectorRegistry) -> None:
         inst = Instrumentation(registry=registry, enabled=False)

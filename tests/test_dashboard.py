@@ -147,6 +147,61 @@ def test_ai_panels_split_by_what_was_called(e2e_workload: E2EWorkload) -> None:
 
 
 @pytest.mark.integration
+def test_usage_coverage_of_the_workload(e2e_workload: E2EWorkload) -> None:
+    # Every call that ran reported its usage; the rate-limited errors are left out.
+    coverage = by_labels(run(e2e_workload, "AI usage coverage by model"), "provider", "model")
+    assert coverage == {("openai", "gpt-4o"): 1.0, ("anthropic", "claude-sonnet"): 1.0}
+
+
+def test_usage_coverage_as_prometheus_evaluates_it(tmp_path: Path) -> None:
+    """Coverage is calls with usage over the calls that ran: 12 successes and 4 cancelled
+    calls a minute, 4 of them without usage, and 8 errors that do not count, give 0.75; a
+    model whose every call had usage shows 1, not "No data"."""
+    expr = substitute(panel("AI usage coverage by model")["targets"][0]["expr"])
+    calls = f"{E2E_NAMESPACE}_ai_api_calls_total"
+    missing = f"{E2E_NAMESPACE}_ai_usage_missing_total"
+
+    def series(metric: str, per_minute: int, **labels: str) -> dict[str, str]:
+        text = ", ".join(f'{k}="{v}"' for k, v in {"job": "app", **labels}.items())
+        return {"series": f"{metric}{{{text}}}", "values": f"0+{per_minute}x10"}
+
+    a = {"provider": "openai", "model": "gpt-4o"}
+    b = {"provider": "anthropic", "model": "claude"}
+    tests = {
+        "rule_files": [],
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series(calls, 12, status="success", **a),
+                    series(calls, 4, status="cancelled", **a),
+                    series(calls, 8, status="error", **a),
+                    series(missing, 4, **a),
+                    series(calls, 5, status="success", **b),
+                ],
+                "promql_expr_test": [
+                    {
+                        "expr": expr,
+                        "eval_time": "5m",
+                        "exp_samples": [
+                            {"labels": '{model="gpt-4o", provider="openai"}', "value": 0.75},
+                            {"labels": '{model="claude", provider="anthropic"}', "value": 1},
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    path = tmp_path / "coverage.test.yml"
+    path.write_text(to_yaml(tests))
+    promtool = require_binary("promtool")
+    result = subprocess.run(
+        [promtool, "test", "rules", str(path)], capture_output=True, text=True, timeout=60
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+@pytest.mark.integration
 def test_durations_are_quantiles_of_fast_calls(e2e_workload: E2EWorkload) -> None:
     quantiles = [
         values(run(e2e_workload, "Analysis duration p50 / p95 / p99", ref)) for ref in range(3)
@@ -310,7 +365,7 @@ def test_since_last_push_as_prometheus_evaluates_it(tmp_path: Path) -> None:
 
 def test_ratios_show_zero_when_nothing_failed() -> None:
     ratios = [p for p in panels() if p["fieldConfig"]["defaults"]["unit"] == "percentunit"]
-    assert len(ratios) == 3
+    assert len(ratios) == 4  # three error ratios and the usage coverage
     for p in ratios:
         expr = p["targets"][0]["expr"]
         assert " or vector(0))" in expr or " * 0) / " in expr, p["title"]

@@ -116,7 +116,7 @@ def test_shape_not_provider_picks_the_reader(
     ids=["none", "string-and-negative", "bool", "containers", "fraction", "unknown", "string"],
 )
 @pytest.mark.parametrize("form", FORMS)
-def test_malformed_usage_is_skipped_with_a_debug_log(
+def test_malformed_usage_is_skipped_and_the_call_counted_as_missing(
     inst: Instrumentation,
     registry: CollectorRegistry,
     caplog: pytest.LogCaptureFixture,
@@ -127,9 +127,21 @@ def test_malformed_usage_is_skipped_with_a_debug_log(
     caplog.set_level(logging.DEBUG, logger="instrument")
     assert extract_usage(response) is None
     assert recorded(inst, registry, response) == {"input": 0, "output": 0}
+    assert recorded(inst, registry, response) == {"input": 0, "output": 0}
     if usage is not None:
         assert any("usage" in r.getMessage() for r in caplog.records if r.levelno == logging.DEBUG)
-    assert not [r for r in caplog.records if r.levelno >= logging.WARNING]
+    # A silent 0 is what the counter and one warning per provider and model are for.
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_ai_usage_missing_total", {"provider": "p", "model": "m"}
+        )
+        == 2
+    )
+    (warning,) = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert (
+        f"p/m: a call ended without readable usage in its response ({type(response).__name__})"
+        in warning
+    )
 
 
 def test_a_malformed_field_skips_only_itself(
