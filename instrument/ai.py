@@ -265,7 +265,11 @@ class _ModelSeries:
         self.observe = metrics.ai_call_duration.labels(provider, model).observe
         self.inc_input = metrics.ai_tokens.labels(provider, model, "input").inc
         self.inc_output = metrics.ai_tokens.labels(provider, model, "output").inc
-        self._lazy: dict[tuple[str, ...], Any] = {}
+        # Bound now, so the series reads 0 from the first call: usage coverage (1 - missing
+        # / calls) is then a number for a model whose every call reported usage.
+        self._lazy: dict[tuple[str, ...], Any] = {
+            ("ai_usage_missing",): metrics.ai_usage_missing.labels(provider, model)
+        }
         self._warned: set[str] = set()
 
     def _child(self, attr: str, *labels: str) -> Any:

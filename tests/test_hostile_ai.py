@@ -178,7 +178,7 @@ def test_stream_chunks_that_raise_on_every_access_pass_through_untouched(
         assert all(a is b for a, b in zip(received, chunks, strict=True))
     assert calls(registry, "openai", "gpt-4o") == {"success": 2}
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 14, "output": 6}
-    assert missing(registry, "openai", "gpt-4o") is None  # the good chunks had usage
+    assert missing(registry, "openai", "gpt-4o") == 0  # the good chunks had usage
     # The chunk that raised is reported once, by class name only. (RaisingEverything's
     # attributes raise too, but as absent fields: it has no usage, which is no failure.)
     (warning,) = warnings_of(caplog)
@@ -365,7 +365,7 @@ def test_a_raw_response_is_read_through_its_parse(
         "output": 8,
         "cache_read": 16,
     }
-    assert missing(registry, "openai", "gpt-4o-2024-08-06") is None
+    assert missing(registry, "openai", "gpt-4o-2024-08-06") == 0
 
 
 def test_a_raw_response_whose_body_is_a_stream(
@@ -428,7 +428,7 @@ def test_usage_of_the_openai_stream_helper_is_at_event_chunk_usage(
             clock.advance(0.125)
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 11, "output": 3}
     assert ttft(registry, "openai", "gpt-4o") == (1, 0.625)  # event 1: the first content chunk
-    assert missing(registry, "openai", "gpt-4o") is None
+    assert missing(registry, "openai", "gpt-4o") == 0
 
 
 # -- issue 11 (4): Anthropic's text_stream and stream managers --------------------------------
@@ -598,7 +598,7 @@ def test_a_manager_whose_enter_fails_is_the_calls_error(
     assert raised.value is error
     assert calls(registry, "anthropic", "claude") == {"error": 1}
     assert errors(registry, "anthropic", "claude", "RateLimitError", "429") == 1
-    assert missing(registry, "anthropic", "claude") is None  # an error is not a missing usage
+    assert missing(registry, "anthropic", "claude") == 0  # an error is not a missing usage
     assert active(registry) == 0
 
 
@@ -1058,7 +1058,7 @@ def test_openai_usage_counts_exactly_the_valid_fields(
         assert calls(registry, "openai", "m") == {"success": 1}
         values = (prompt, completion, cached, reasoning)
         has_usage = shaped and any(_is_valid(v) for v in values)
-        assert missing(registry, "openai", "m") == (None if has_usage else 1)
+        assert missing(registry, "openai", "m") == (0 if has_usage else 1)
         assert active(registry) == 0
     finally:
         inst.close()
@@ -1223,7 +1223,7 @@ def test_a_manager_that_hands_out_a_raw_response(
     assert raw.parsed == 1
     assert calls(registry, "openai", "gpt-4o") == {"success": 2}
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 42, "output": 8}
-    assert missing(registry, "openai", "gpt-4o") is None
+    assert missing(registry, "openai", "gpt-4o") == 0
 
 
 _JSON = st.recursive(

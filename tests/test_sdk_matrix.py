@@ -1401,12 +1401,7 @@ def check(registry: CollectorRegistry, case: Case) -> None:
     }
     assert observed == wanted
     missing = registry.get_sample_value("codomyrmex_ai_usage_missing_total", labels)
-    if expect.usage_missing:
-        assert missing == expect.usage_missing
-    else:
-        # TODO(lead): `assert missing == 0` once ai-core's usage_missing counter has landed;
-        # until then the series does not exist and reads None.
-        assert missing in (None, 0)
+    assert missing == (expect.usage_missing or 0)
 
 
 def run(case: Case, ctx: Ctx) -> None:
