@@ -12,6 +12,7 @@ import asyncio
 import contextvars
 import inspect
 import logging
+import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import TracebackType
 from typing import Any, Generic, TypeVar
@@ -335,28 +336,40 @@ class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
 
 
 class _Entry(Generic[P]):
-    """One with-block entry: its probe, and how to undo it in the context."""
+    """One with-block entry: its probe, the frame that entered, and how to undo it in the
+    context that entered."""
 
-    __slots__ = ("previous", "probe", "token")
+    __slots__ = ("frame", "previous", "probe", "token")
 
-    def __init__(self, probe: P, previous: _Entry[P] | None) -> None:
+    def __init__(self, probe: P, previous: _Entry[P] | None, frame: int) -> None:
         self.probe = probe
         self.previous = previous
+        self.frame = frame
         self.token: contextvars.Token[_Entry[P] | None]
+
+
+def _caller_frame() -> int:
+    """The identity of the frame running the with-statement (the caller's caller)."""
+    return id(sys._getframe(2))
 
 
 class Instrumenter(Generic[P]):
     """Base of every decorator: used as ``@it`` on a function, or as a (async) with-block.
 
-    Subclasses implement :meth:`start`. A with-block keeps its probe in a context
-    variable, so one object used from many threads and tasks at once stays exact.
+    Subclasses implement :meth:`start`. One with-block object may be used from many
+    threads and tasks at once, nested, and exited in another context than the enter's (a
+    generator resumed by another thread or task): each exit ends exactly one open entry.
     """
 
     def __init__(self) -> None:
         # Created here, not on first use: two threads entering first at once must share it.
+        # The context's innermost entry of this object: a hint for pairing, not the state.
         self._entered: contextvars.ContextVar[_Entry[P] | None] = contextvars.ContextVar(
             f"instrument-{type(self).__name__}", default=None
         )
+        # Every open entry, in enter order, whichever context entered it. An exit claims one
+        # with dict.pop, atomic under the GIL: each entry ends exactly once.
+        self._open: dict[_Entry[P], bool] = {}
 
     #: Call ``Probe.item`` for each value a wrapped generator yields.
     observes_items = False
@@ -402,31 +415,84 @@ class Instrumenter(Generic[P]):
         return proxy
 
     # -- with-block --------------------------------------------------------------------------
+    #
+    # How an exit finds its enter. The enter records its probe, the frame running the
+    # with-statement, and the context. The exit ends, in this order of preference:
+    #   1. the context's innermost entry, if the same frame entered it (the usual case);
+    #   2. the latest open entry this frame made, in whatever context: a generator's frame is
+    #      the same object whichever thread or task resumes it, so a generator that enters in
+    #      one task and exits in another still pairs exactly;
+    #   3. the context's innermost open entry (entered through a helper such as ExitStack,
+    #      whose enter and exit run in different frames);
+    #   4. the oldest open entry of this object (an exit in a context with no entry at all,
+    #      e.g. a manual __exit__ in another thread): the one most likely left by a context
+    #      that will not exit it. Counts and active_jobs stay exact whatever is paired; only
+    #      which duration goes with which exit can then be off (their sum stays exact).
+    # An exit finding no open entry anywhere is a no-op when its context did enter (that job
+    # was already ended by an exit elsewhere), else a clear error.
 
-    def _push(self) -> P:
+    def _push(self, frame: int) -> P:
         try:
             probe = self.start(None, (), {})
         except Exception:
             _guard("starting a job")
             probe = self.null_probe()
-        entry = _Entry(probe, self._entered.get())
+        entry = _Entry(probe, self._entered.get(), frame)
+        self._open[entry] = True
         entry.token = self._entered.set(entry)
         return probe
 
-    def _pop(self) -> P:
-        entry = self._entered.get()
+    def _pop(self, frame: int) -> P | None:
+        top = self._entered.get()
+        opened = self._open
+        if top is not None and top.frame == frame and opened.pop(top, False):
+            entry: _Entry[P] | None = top
+        else:
+            entry = self._claim_elsewhere(top, frame)
+        if top is not None:
+            self._settle(top)
         if entry is None:
-            raise RuntimeError("with-block exited without a matching enter in this context")
-        try:
-            # Back to the value before the enter; when that was "unset", the context holds
-            # no entry for this object any more (set() alone would leave one per object).
-            self._entered.reset(entry.token)
-        except (ValueError, RuntimeError):  # entered in a context this one was copied from
-            self._entered.set(entry.previous)
+            if top is None:
+                raise RuntimeError(
+                    "with-block exited without a matching enter: this object has no open "
+                    "entry (each __exit__/__aexit__ must follow one __enter__/__aenter__)"
+                )
+            return None
         return entry.probe
 
-    def _exit(self, exc: BaseException | None) -> P:
-        probe = self._pop()
+    def _claim_elsewhere(self, top: _Entry[P] | None, frame: int) -> _Entry[P] | None:
+        opened = self._open
+        for entry in reversed(list(opened)):
+            if entry.frame == frame and opened.pop(entry, False):
+                return entry
+        inner = top
+        while inner is not None:
+            if opened.pop(inner, False):
+                return inner
+            inner = inner.previous
+        for entry in list(opened):
+            if opened.pop(entry, False):
+                return entry
+        return None
+
+    def _settle(self, top: _Entry[P]) -> None:
+        """Drop the context's ended entries, innermost first: back to "unset" when none is
+        left open, so the context keeps nothing of this object (set() alone would)."""
+        entry: _Entry[P] | None = top
+        opened = self._open
+        try:
+            while entry is not None and entry not in opened:
+                self._entered.reset(entry.token)
+                entry = entry.previous
+        except (ValueError, RuntimeError):  # set in a context this one was copied from
+            while entry is not None and entry not in opened:
+                entry = entry.previous
+            self._entered.set(entry)
+
+    def _exit(self, exc: BaseException | None, frame: int) -> P | None:
+        probe = self._pop(frame)
+        if probe is None:
+            return None
         if exc is None:
             _probe_success(probe, None)
         else:
@@ -434,7 +500,7 @@ class Instrumenter(Generic[P]):
         return probe
 
     def __enter__(self) -> P:
-        return self._push()
+        return self._push(_caller_frame())
 
     def __exit__(
         self,
@@ -442,10 +508,12 @@ class Instrumenter(Generic[P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        _deliver(self._exit(exc))
+        probe = self._exit(exc, _caller_frame())
+        if probe is not None:
+            _deliver(probe)
 
     async def __aenter__(self) -> P:
-        return self._push()
+        return self._push(_caller_frame())
 
     async def __aexit__(
         self,
@@ -453,7 +521,9 @@ class Instrumenter(Generic[P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        await _adeliver(self._exit(exc))
+        probe = self._exit(exc, _caller_frame())
+        if probe is not None:
+            await _adeliver(probe)
 
 
 def wraps_signature(func: Callable[..., Any]) -> inspect.Signature | None:

@@ -1,0 +1,458 @@
+"""Hostile tests of the engine's promise: a decorated call is never changed or broken, no
+count is lost, and a with-block is never left open.
+
+Each test tries to break the promise the way a user's code would: contexts that change
+between enter and exit, async callables that do not look async, methods sent to a process
+pool, generators driven by hand, policies whose callables misbehave, and many threads and
+tasks at once. Every check reads back what a user would: the registry's samples.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import contextvars
+import gc
+import sys
+import threading
+from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+
+from instrument import Instrumentation
+from instrument import analysis as analysis_module
+
+# -- reading the registry --------------------------------------------------------------------
+
+
+def count(reg: CollectorRegistry, status: str, module: str = "m", kind: str = "t") -> float:
+    value = reg.get_sample_value(
+        "codomyrmex_analyses_total", {"module": module, "analysis_type": kind, "status": status}
+    )
+    return 0.0 if value is None else value
+
+
+def active(reg: CollectorRegistry, job_type: str = "m") -> float | None:
+    return reg.get_sample_value("codomyrmex_active_jobs", {"job_type": job_type})
+
+
+def duration(reg: CollectorRegistry, suffix: str, module: str = "m", kind: str = "t") -> float:
+    value = reg.get_sample_value(
+        f"codomyrmex_analysis_duration_seconds_{suffix}", {"module": module, "analysis_type": kind}
+    )
+    return 0.0 if value is None else value
+
+
+def bucket(reg: CollectorRegistry, le: str, module: str = "m") -> float | None:
+    return reg.get_sample_value(
+        "codomyrmex_analysis_duration_seconds_bucket",
+        {"module": module, "analysis_type": "t", "le": le},
+    )
+
+
+def errors(reg: CollectorRegistry, error_type: str, module: str = "m") -> float | None:
+    return reg.get_sample_value(
+        "codomyrmex_analysis_errors_total",
+        {"module": module, "analysis_type": "t", "error_type": error_type},
+    )
+
+
+def outcomes(reg: CollectorRegistry, module: str = "m") -> tuple[float, float, float]:
+    return (
+        count(reg, "success", module),
+        count(reg, "error", module),
+        count(reg, "cancelled", module),
+    )
+
+
+class Clock:
+    """Stands in for perf_counter: reads ``now``, which the test moves."""
+
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
+    fake = Clock()
+    monkeypatch.setattr(analysis_module, "perf_counter", fake)
+    return fake
+
+
+@pytest.fixture
+def fast_switching() -> Iterator[None]:
+    """Threads switch as often as the interpreter allows: races show up, if there are any."""
+    before = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(before)
+
+
+def fresh() -> Instrumentation:
+    """For hypothesis examples, which cannot share a function-scoped fixture."""
+    return Instrumentation(registry=CollectorRegistry())
+
+
+# == 1. A with-block exited in another context than its enter ====================================
+
+
+async def test_async_generator_whose_steps_run_in_different_tasks_ends_its_block_once(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    # The issue's reproduction: enter in the first task, exit in the third.
+    blk = inst.monitored_analysis("m", "t")
+    seen: list[Any] = []
+
+    async def agen() -> AsyncIterator[int]:
+        async with blk:
+            seen.append(active(registry))
+            yield 1
+            yield 2
+
+    g = agen()
+    steps: list[Any] = []
+    for _ in range(3):
+        try:
+            steps.append(await asyncio.create_task(g.__anext__()))  # type: ignore[arg-type]
+        except StopAsyncIteration:
+            steps.append("end")
+    assert steps == [1, 2, "end"]
+    assert seen == [1.0]
+    assert outcomes(registry) == (1, 0, 0)
+    assert active(registry) == 0
+    assert duration(registry, "count") == 1
+
+
+async def test_async_generator_body_error_in_another_task_propagates_untouched(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    failure = KeyError("the body's own")
+
+    async def agen() -> AsyncIterator[int]:
+        async with blk:
+            yield 1
+            raise failure
+
+    g = agen()
+    assert await asyncio.create_task(g.__anext__()) == 1  # type: ignore[arg-type]
+    with pytest.raises(KeyError) as info:
+        await asyncio.create_task(g.__anext__())  # type: ignore[arg-type]
+    assert info.value is failure
+    assert info.value.__context__ is None  # nothing of the toolkit's chained onto it
+    assert outcomes(registry) == (0, 1, 0)
+    assert errors(registry, "KeyError") == 1
+    assert active(registry) == 0
+
+
+def test_sync_generator_consumed_by_two_threads_keeps_the_body_exception(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    failure = KeyError("k")
+
+    def gen() -> Iterator[int]:
+        with blk:
+            yield 1
+            raise failure
+
+    g = gen()
+    assert next(g) == 1  # entered in this thread
+    caught: list[BaseException] = []
+
+    def finish() -> None:
+        try:
+            next(g)
+        except BaseException as exc:
+            caught.append(exc)
+
+    worker = threading.Thread(target=finish)
+    worker.start()
+    worker.join()
+    assert caught == [failure] and caught[0] is failure
+    assert failure.__context__ is None
+    assert outcomes(registry) == (0, 1, 0)
+    assert errors(registry, "KeyError") == 1
+    assert active(registry) == 0
+
+
+@pytest.mark.parametrize(
+    "where", ["enter-in-copy", "exit-in-copy", "each-in-its-own-copy", "async-exit-in-copy"]
+)
+def test_copy_context_run_at_enter_or_exit(
+    where: str, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+
+    def enter() -> None:
+        blk.__enter__()
+
+    def exit_() -> None:
+        blk.__exit__(None, None, None)
+
+    if where == "enter-in-copy":
+        contextvars.copy_context().run(enter)
+        exit_()
+    elif where == "exit-in-copy":
+        enter()
+        contextvars.copy_context().run(exit_)
+    elif where == "each-in-its-own-copy":
+        contextvars.copy_context().run(enter)
+        contextvars.copy_context().run(exit_)
+    else:
+        enter()
+        contextvars.copy_context().run(asyncio.run, blk.__aexit__(None, None, None))
+    assert outcomes(registry) == (1, 0, 0)
+    assert active(registry) == 0
+    # The object is free again: a normal block after it pairs normally.
+    with blk:
+        assert active(registry) == 1
+    assert outcomes(registry) == (2, 0, 0)
+    assert active(registry) == 0
+
+
+async def test_many_generators_sharing_one_block_pair_each_exit_with_its_own_enter(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    """Enters and exits interleaved across tasks: each generator's duration is its own."""
+    blk = inst.monitored_analysis("m", "t")
+    holds = [0.05, 0.3, 3.0, 20.0, 100.0]  # one per bucket: (0.1], (0.5], (5], (30], (300]
+
+    async def agen() -> AsyncIterator[None]:
+        async with blk:
+            yield None
+
+    gens = [agen() for _ in holds]
+    # All enter at t=0, each in its own task, then exit in reverse order, each in yet
+    # another task, at its own time.
+    for g in gens:
+        await asyncio.create_task(g.__anext__())  # type: ignore[arg-type]
+    assert active(registry) == len(holds)
+    start = clock.now
+    for g, hold in sorted(zip(gens, holds, strict=True), key=lambda pair: -pair[1]):
+        clock.now = start + hold
+        with pytest.raises(StopAsyncIteration):
+            await asyncio.create_task(g.__anext__())  # type: ignore[arg-type]
+    assert active(registry) == 0
+    assert outcomes(registry) == (5, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(sum(holds))
+    cumulative = {"0.1": 1, "0.5": 2, "1.0": 2, "5.0": 3, "10.0": 3, "30.0": 4, "300.0": 5}
+    for le, expected in cumulative.items():
+        assert bucket(registry, le) == expected, le
+
+
+def test_sync_generators_sharing_one_block_finished_by_other_threads(
+    inst: Instrumentation, registry: CollectorRegistry, fast_switching: None
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+
+    def gen(i: int) -> Iterator[int]:
+        with blk:
+            yield i
+            if i % 3 == 0:
+                raise ValueError(i)
+
+    gens = [gen(i) for i in range(60)]
+    with ThreadPoolExecutor(6) as pool:
+        assert list(pool.map(next, gens)) == list(range(60))
+        assert active(registry) == 60
+
+        def finish(g: Iterator[int]) -> str:
+            try:
+                next(g)
+            except StopIteration:
+                return "done"
+            except ValueError:
+                return "raised"
+            return "yielded"
+
+        finished = list(pool.map(finish, reversed(gens)))
+    assert finished.count("raised") == 20 and finished.count("done") == 40
+    assert outcomes(registry) == (40, 20, 0)
+    assert active(registry) == 0
+
+
+async def test_abandoned_async_generator_closed_by_the_loop_ends_its_block(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    # asyncio closes a dropped async generator in a task of its own: another context.
+    blk = inst.monitored_analysis("m", "t")
+    closed = asyncio.Event()
+
+    async def agen() -> AsyncIterator[int]:
+        try:
+            async with blk:
+                yield 1
+                yield 2
+        finally:
+            closed.set()
+
+    g = agen()
+    assert await asyncio.create_task(g.__anext__()) == 1  # type: ignore[arg-type]
+    assert active(registry) == 1
+    del g
+    gc.collect()
+    await asyncio.wait_for(closed.wait(), 5)
+    await asyncio.sleep(0)
+    assert outcomes(registry) == (0, 0, 1)
+    assert active(registry) == 0
+
+
+def test_garbage_collected_generator_mid_block_ends_cancelled(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    finalized = []
+
+    def gen() -> Iterator[int]:
+        try:
+            with blk:
+                yield 1
+                yield 2
+        finally:
+            finalized.append(True)
+
+    g = gen()
+    next(g)
+    assert active(registry) == 1
+    del g
+    gc.collect()
+    assert finalized == [True]
+    assert outcomes(registry) == (0, 0, 1)
+    assert active(registry) == 0
+
+
+def test_nested_and_reentrant_use_of_one_block_object(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    inner_failure = ValueError("inner")
+    with blk as outer:
+        clock.now += 100.0
+        with pytest.raises(ValueError), blk as inner:
+            assert inner is not outer
+            assert active(registry) == 2
+            clock.now += 0.05
+            raise inner_failure
+        assert active(registry) == 1
+    # The outer block lasted 100.05 s, the inner 0.05 s: pairing stayed LIFO.
+    assert outcomes(registry) == (1, 1, 0)
+    assert bucket(registry, "0.1") == 1 and bucket(registry, "300.0") == 2
+    assert active(registry) == 0
+
+    def recurse(depth: int) -> int:
+        with blk:
+            return depth if depth == 0 else 1 + recurse(depth - 1)
+
+    assert recurse(25) == 25
+    assert outcomes(registry) == (27, 1, 0)
+    assert active(registry) == 0
+
+    # Entered twice by hand in one frame, exited twice: both end, in LIFO order.
+    first, second = blk.__enter__(), blk.__enter__()
+    assert first is not second and active(registry) == 2
+    blk.__exit__(None, None, None)
+    blk.__exit__(None, None, None)
+    assert active(registry) == 0 and outcomes(registry) == (29, 1, 0)
+
+
+def test_exit_stack_enter_and_exit_in_helper_frames(
+    inst: Instrumentation, registry: CollectorRegistry, fast_switching: None
+) -> None:
+    # ExitStack enters and exits in its own frames: the context pairs them.
+    blk = inst.monitored_analysis("m", "t")
+
+    def work(i: int) -> int:
+        with contextlib.ExitStack() as stack:
+            stack.enter_context(blk)
+            if i % 4 == 0:
+                with contextlib.ExitStack() as inner:
+                    inner.enter_context(blk)
+        return i
+
+    with ThreadPoolExecutor(8) as pool:
+        assert sum(pool.map(work, range(400))) == sum(range(400))
+    assert outcomes(registry) == (500, 0, 0)
+    assert active(registry) == 0
+
+
+def test_an_exit_with_no_enter_anywhere_is_a_clear_error_and_records_nothing(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    with blk:
+        pass
+    with pytest.raises(RuntimeError, match="without a matching enter"):
+        blk.__exit__(None, None, None)  # the one entry is already ended
+    assert outcomes(registry) == (1, 0, 0)
+    assert active(registry) == 0
+
+
+def test_a_block_object_used_by_many_threads_and_tasks_at_once_stays_exact(
+    inst: Instrumentation, registry: CollectorRegistry, fast_switching: None
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    barrier = threading.Barrier(8)
+
+    def in_thread(n: int) -> None:
+        barrier.wait()
+        for i in range(300):
+            try:
+                with blk:
+                    if (n + i) % 5 == 0:
+                        raise LookupError
+            except LookupError:
+                pass
+
+    async def in_tasks() -> None:
+        async def one(i: int) -> None:
+            async with blk:
+                await asyncio.sleep(0)
+                if i % 5 == 0:
+                    raise LookupError
+
+        results = await asyncio.gather(*(one(i) for i in range(300)), return_exceptions=True)
+        assert sum(isinstance(r, LookupError) for r in results) == 60
+
+    threads = [threading.Thread(target=in_thread, args=(n,)) for n in range(7)]
+    threads.append(threading.Thread(target=lambda: (barrier.wait(), asyncio.run(in_tasks()))))
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert outcomes(registry) == (7 * 240 + 240, 7 * 60 + 60, 0)
+    assert active(registry) == 0
+
+
+async def test_a_task_cancelled_mid_block(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    blk = inst.monitored_analysis("m", "t")
+    inside = asyncio.Event()
+
+    async def body() -> None:
+        async with blk:
+            inside.set()
+            await asyncio.Event().wait()
+
+    task = asyncio.create_task(body())
+    await inside.wait()
+    assert active(registry) == 1
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert outcomes(registry) == (0, 0, 1)
+    assert active(registry) == 0
+
+    # A timeout around the block: the caller sees TimeoutError, the job is cancelled.
+    with pytest.raises(TimeoutError):
+        async with asyncio.timeout(0.01), blk:
+            await asyncio.Event().wait()
+    assert outcomes(registry) == (0, 0, 2)
+    assert active(registry) == 0
