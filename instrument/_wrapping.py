@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import inspect
 import logging
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
-from types import TracebackType
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, TracebackType
 from typing import Any, Generic, TypeVar
 
 import wrapt
@@ -164,9 +165,105 @@ Start = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Probe]
 Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
 
 
-# One wrapper per kind of function, in wrapt's (wrapped, instance, args, kwargs) form.
+# -- what calling a function produces ------------------------------------------------------------
+
+_SYNC, _COROUTINE, _GENERATOR, _ASYNC_GENERATOR, _BY_RESULT = range(5)
+
+#: How many forwarding layers (methods, partials, ``__call__``, ``__wrapped__``) are followed:
+#: enough for any real stack of decorators, and a stop for a ``__wrapped__`` that loops.
+_MAX_LAYERS = 64
+
+
+def _kind(func: Any, depth: int = 0) -> int:
+    """What calling ``func`` produces, seen through the layers that only forward the call.
+
+    Python's own answer comes first (it sees through bound methods and partials of plain
+    functions). Python does not look into a callable instance's ``__call__``, a partial of
+    one, or a sync function that ``functools.wraps`` an async one: a sync layer over a
+    coroutine or generator function is ``_BY_RESULT``, decided at each call by what it
+    returns, because it may hand the coroutine on or may run it to the end itself.
+    """
+    if depth > _MAX_LAYERS:
+        return _SYNC
+    try:
+        if inspect.isasyncgenfunction(func):
+            return _ASYNC_GENERATOR
+        if inspect.iscoroutinefunction(func):
+            return _COROUTINE
+        if inspect.isgeneratorfunction(func):
+            return _GENERATOR
+        if isinstance(func, type):
+            return _SYNC  # calling a class builds an instance, whatever its __call__ does
+        if inspect.ismethod(func):
+            kind = _kind(func.__func__, depth + 1)
+        elif isinstance(func, functools.partial):
+            kind = _kind(func.func, depth + 1)
+        elif not inspect.isroutine(func):  # an instance: the call runs its type's __call__
+            kind = _kind(type(func).__call__, depth + 1)
+        else:
+            kind = _SYNC
+        if kind != _SYNC:
+            return kind
+        inner = getattr(func, "__wrapped__", None)
+        if inner is not None and inner is not func and _kind(inner, depth + 1) != _SYNC:
+            return _BY_RESULT
+    except Exception:  # an object whose attributes raise: called as what it claims to be
+        logger.debug(
+            "instrument: could not tell what a %s returns; wrapped as sync", type(func).__name__
+        )
+    return _SYNC
+
+
+# -- one wrapper per kind of function, in wrapt's (wrapped, instance, args, kwargs) form ----------
 # ``instance`` is never used: wrapt hands over a bound method for method access, and
 # ``bind_arguments`` reads ``self`` from it.
+#
+# A job starts at the first await or next(): a coroutine or generator never started records
+# nothing. A generator function is called when the wrapper is, as Python does (a TypeError
+# for its arguments is raised at the call); a coroutine function only at the first await,
+# inside the wrapper's coroutine: one made at the call would warn "never awaited" when the
+# caller closes the wrapper's coroutine unstarted (a task cancelled before it ran).
+
+#: ``work`` for a job that calls its function itself, at its first step.
+_CALL_AT_START: Any = object()
+
+
+def _start_guarded(
+    start: Start, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+) -> Probe | None:
+    try:
+        return start(wrapped, args, kwargs)
+    except Exception:
+        _guard("starting a job")
+        return None
+
+
+class _Handover:
+    """A job that a sync call started, handed to the coroutine or generator carrying it on,
+    as that one's ``start``. If the carrier is collected before its first step (never
+    awaited or iterated), the job ends as cancelled and the work it carries is closed, so
+    it does not warn "never awaited" on the caller's behalf."""
+
+    __slots__ = ("probe", "work")
+
+    def __init__(self, probe: Probe, work: Any) -> None:
+        self.probe: Probe | None = probe
+        self.work = work
+
+    def __call__(self, wrapped: Any, args: Any, kwargs: Any) -> Probe:
+        probe = self.probe
+        assert probe is not None  # a carrier takes its job once, at its first step
+        self.probe = self.work = None
+        return probe
+
+    def __del__(self) -> None:
+        probe, work = self.probe, self.work
+        if probe is None:
+            return
+        self.probe = self.work = None
+        if isinstance(work, CoroutineType | GeneratorType):
+            work.close()
+        _end_and_deliver(probe, GeneratorExit())
 
 
 def _sync_wrapper(start: Start) -> Wrapper:
@@ -199,94 +296,171 @@ def _sync_wrapper(start: Start) -> Wrapper:
     return call_sync
 
 
-def _async_wrapper(start: Start) -> Wrapper:
-    async def call_async(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
-        try:
-            probe = start(wrapped, args, kwargs)
-        except Exception:
-            _guard("starting a job")
-            return await wrapped(*args, **kwargs)
-        try:
-            result = await wrapped(*args, **kwargs)
-        except BaseException as exc:
+# The jobs that outlive the call: each takes ``work`` (what the call made, or
+# _CALL_AT_START), whether to report items, and what starts its probe.
+
+
+async def _awaited_job(
+    work: Any,
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    probe = _start_guarded(start, wrapped, args, kwargs)
+    if probe is None:
+        return await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
+    try:
+        result = await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
+    except BaseException as exc:
+        _probe_end(probe, exc)
+        await _adeliver(probe)
+        raise
+    result = _probe_success(probe, result)
+    await _adeliver(probe)
+    return result
+
+
+def _generator_job(
+    work: Generator[Any, Any, Any],
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    probe = _start_guarded(start, wrapped, args, kwargs)
+    if probe is None:
+        return (yield from work)
+    try:
+        value = yield from (_observe(work, probe) if observed else work)
+    except BaseException as exc:
+        _end_and_deliver(probe, exc)
+        raise
+    _probe_success(probe, value)
+    _deliver(probe)
+    return value
+
+
+async def _async_generator_job(
+    work: AsyncGenerator[Any, Any],
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> AsyncGenerator[Any, Any]:
+    probe = _start_guarded(start, wrapped, args, kwargs)
+    try:
+        sent: Any = None
+        thrown: BaseException | None = None
+        while True:
+            try:
+                if thrown is not None:
+                    item = await work.athrow(thrown)
+                else:
+                    item = await work.asend(sent)
+            except StopAsyncIteration:
+                break
+            thrown = None
+            if observed and probe is not None:
+                _probe_item(probe, item)
+            try:
+                sent = yield item
+            except GeneratorExit:
+                await work.aclose()
+                raise
+            except BaseException as exc:
+                thrown = exc
+    except BaseException as exc:
+        if probe is not None:
             _probe_end(probe, exc)
             await _adeliver(probe)
-            raise
-        result = _probe_success(probe, result)
+        raise
+    if probe is not None:
+        _probe_success(probe, None)
         await _adeliver(probe)
-        return result
+
+
+Job = Callable[[Any, bool, Start, Callable[..., Any], tuple[Any, ...], dict[str, Any]], Any]
+
+
+def _async_wrapper(start: Start) -> Wrapper:
+    def call_async(
+        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> Any:
+        return _awaited_job(_CALL_AT_START, False, start, wrapped, args, kwargs)
 
     return call_async
 
 
-def _generator_wrapper(start: Start, observed: bool) -> Wrapper:
+def _generator_wrapper(start: Start, job: Job, observed: bool) -> Wrapper:
+    """For a (async) generator function: called now, its job runs as it is iterated."""
 
     def call_generator(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Generator[Any, Any, Any]:
-        # The body runs at the first next(): a generator never started records nothing.
-        gen = wrapped(*args, **kwargs)
+    ) -> Any:
         try:
-            probe = start(wrapped, args, kwargs)
-        except Exception:
-            _guard("starting a job")
-            return (yield from gen)
-        try:
-            value = yield from (_observe(gen, probe) if observed else gen)
-        except BaseException as exc:
-            _end_and_deliver(probe, exc)
+            work = wrapped(*args, **kwargs)
+        except BaseException as exc:  # not even a generator: a job that failed at once
+            probe = _start_guarded(start, wrapped, args, kwargs)
+            if probe is not None:
+                _end_and_deliver(probe, exc)
             raise
-        _probe_success(probe, value)
-        _deliver(probe)
-        return value
+        return job(work, observed, start, wrapped, args, kwargs)
 
     return call_generator
 
 
-def _async_generator_wrapper(start: Start, observed: bool) -> Wrapper:
+def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
+    """For a sync callable over async or generator work (``_BY_RESULT``).
 
-    async def call_async_generator(
+    The job starts before the call, as for any sync function: the call may do the whole
+    work itself (a sync runner of a coroutine function). If it returns a coroutine or a
+    (async) generator instead, the job goes on until that one ends, and the caller gets a
+    carrier of the same kind. Other results (a Future, a custom awaitable) are returned as
+    they are, as a sync job's result: replacing them would change what the caller holds.
+    """
+
+    def call_by_result(
         wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> AsyncGenerator[Any, Any]:
-        agen = wrapped(*args, **kwargs)
+    ) -> Any:
+        probe = _start_guarded(start, wrapped, args, kwargs)
+        if probe is None:
+            return wrapped(*args, **kwargs)
         try:
-            probe: Probe | None = start(wrapped, args, kwargs)
-        except Exception:
-            _guard("starting a job")
-            probe = None
-        try:
-            sent: Any = None
-            thrown: BaseException | None = None
-            while True:
-                try:
-                    if thrown is not None:
-                        item = await agen.athrow(thrown)
-                    else:
-                        item = await agen.asend(sent)
-                except StopAsyncIteration:
-                    break
-                thrown = None
-                if observed and probe is not None:
-                    _probe_item(probe, item)
-                try:
-                    sent = yield item
-                except GeneratorExit:
-                    await agen.aclose()
-                    raise
-                except BaseException as exc:
-                    thrown = exc
+            result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            if probe is not None:
-                _probe_end(probe, exc)
-                await _adeliver(probe)
+            _end_and_deliver(probe, exc)
             raise
-        if probe is not None:
-            _probe_success(probe, None)
-            await _adeliver(probe)
+        job: Job | None = None
+        if isinstance(result, CoroutineType):
+            job = _awaited_job
+        elif isinstance(result, GeneratorType):
+            job = _generator_job
+        elif isinstance(result, AsyncGeneratorType):
+            job = _async_generator_job
+        if job is not None:
+            return job(result, observed, _Handover(probe, result), wrapped, args, kwargs)
+        result = _probe_success(probe, result)
+        _deliver(probe)
+        return result
 
-    return call_async_generator
+    return call_by_result
+
+
+def _wrapper_for(func: Any, start: Start, observed: bool) -> Wrapper:
+    kind = _kind(func)
+    if kind == _COROUTINE:
+        return _async_wrapper(start)
+    if kind == _GENERATOR:
+        return _generator_wrapper(start, _generator_job, observed)
+    if kind == _ASYNC_GENERATOR:
+        return _generator_wrapper(start, _async_generator_job, observed)
+    if kind == _BY_RESULT:
+        return _by_result_wrapper(start, observed)
+    return _sync_wrapper(start)
 
 
 def _reduce_by_reference(self: Any, protocol: Any) -> str:
@@ -402,15 +576,7 @@ class Instrumenter(Generic[P]):
             )
         target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
         self.prepare(target)
-        start = self.starter(target)
-        if inspect.isasyncgenfunction(target):
-            wrapper = _async_generator_wrapper(start, self.observes_items)
-        elif inspect.isgeneratorfunction(target):
-            wrapper = _generator_wrapper(start, self.observes_items)
-        elif inspect.iscoroutinefunction(target):
-            wrapper = _async_wrapper(start)
-        else:
-            wrapper = _sync_wrapper(start)
+        wrapper = _wrapper_for(target, self.starter(target), self.observes_items)
         proxy: F = _InstrumentedFunction(func, wrapper)  # type: ignore[assignment]
         return proxy
 

@@ -12,10 +12,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import functools
 import gc
+import inspect
 import sys
 import threading
-from collections.abc import AsyncIterator, Iterator
+import warnings
+from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
@@ -456,3 +459,281 @@ async def test_a_task_cancelled_mid_block(
             await asyncio.Event().wait()
     assert outcomes(registry) == (0, 0, 2)
     assert active(registry) == 0
+
+
+# == 2. Async work behind callables that do not look async =======================================
+
+
+async def _failing_work(x: int) -> int:
+    await asyncio.sleep(0)
+    analysis_module.perf_counter.now += 10.0  # type: ignore[attr-defined]
+    if x < 0:
+        raise ValueError(x)
+    return x * 2
+
+
+class AsyncCallable:
+    async def __call__(self, x: int) -> int:
+        return await _failing_work(x)
+
+
+class UpdateWrapperDecorator:
+    """A class-based decorator: its sync __call__ hands on the coroutine it makes."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+
+    def __call__(self, *args: Any) -> Any:
+        return self.func(*args)
+
+
+def _passthrough(func: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(func)
+    def sync_layer(*args: Any) -> Any:
+        return func(*args)
+
+    return sync_layer
+
+
+def _bound_partial() -> Callable[..., Any]:
+    class Holder:
+        async def run(self, x: int) -> int:
+            return await _failing_work(x)
+
+    return functools.partial(Holder().run)
+
+
+ASYNC_SHAPES: dict[str, Callable[[], Callable[..., Any]]] = {
+    "callable-instance": AsyncCallable,
+    "partial": lambda: functools.partial(_failing_work),
+    "partial-of-callable-instance": lambda: functools.partial(AsyncCallable()),
+    "partial-of-partial-of-instance": lambda: functools.partial(functools.partial(AsyncCallable())),
+    "partial-of-bound-method": _bound_partial,
+    "wraps-over-async": lambda: _passthrough(_failing_work),
+    "wraps-over-partial": lambda: _passthrough(functools.partial(_failing_work)),
+    "wraps-over-callable-instance": lambda: _passthrough(AsyncCallable()),
+    "wraps-over-wraps": lambda: _passthrough(_passthrough(_failing_work)),
+    "partial-of-wraps": lambda: functools.partial(_passthrough(_failing_work)),
+    "update-wrapper-class": lambda: UpdateWrapperDecorator(_failing_work),
+}
+
+
+@pytest.mark.parametrize("shape", list(ASYNC_SHAPES))
+async def test_async_callables_are_timed_and_counted_when_awaited(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    original = ASYNC_SHAPES[shape]()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    # It still looks like what it wraps.
+    assert inspect.iscoroutinefunction(wrapped) == inspect.iscoroutinefunction(original)
+    pending = wrapped(21)
+    assert inspect.iscoroutine(pending)
+    assert outcomes(registry) == (0, 0, 0)  # making the coroutine is not the job
+    assert await pending == 42
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(10.0)  # the awaited work
+    with pytest.raises(ValueError) as info:
+        await wrapped(-1)
+    assert info.value.args == (-1,)
+    assert outcomes(registry) == (1, 1, 0)
+    assert errors(registry, "ValueError") == 1
+    assert duration(registry, "sum") == pytest.approx(20.0)
+    assert active(registry) == 0
+
+
+async def _numbers(n: int) -> AsyncIterator[int]:
+    for i in range(n):
+        await asyncio.sleep(0)
+        analysis_module.perf_counter.now += 1.0  # type: ignore[attr-defined]
+        yield i
+
+
+class AsyncGenCallable:
+    async def __call__(self, n: int) -> AsyncIterator[int]:
+        async for i in _numbers(n):
+            yield i
+
+
+ASYNC_GEN_SHAPES: dict[str, Callable[[], Callable[..., Any]]] = {
+    "callable-instance": AsyncGenCallable,
+    "partial": lambda: functools.partial(_numbers),
+    "partial-of-callable-instance": lambda: functools.partial(AsyncGenCallable()),
+    "wraps-over-async-generator": lambda: _passthrough(_numbers),
+    "wraps-over-partial": lambda: _passthrough(functools.partial(_numbers)),
+}
+
+
+@pytest.mark.parametrize("shape", list(ASYNC_GEN_SHAPES))
+async def test_async_generator_callables_span_their_iteration(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    original = ASYNC_GEN_SHAPES[shape]()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    assert inspect.isasyncgenfunction(wrapped) == inspect.isasyncgenfunction(original)
+    stream = wrapped(3)
+    assert inspect.isasyncgen(stream)
+    assert await stream.__anext__() == 0
+    assert active(registry) == 1 and outcomes(registry) == (0, 0, 0)
+    assert [i async for i in stream] == [1, 2]
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(3.0)
+    assert active(registry) == 0
+
+
+def test_sync_generator_behind_a_wraps_layer_spans_its_iteration(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    def items(n: int) -> Iterator[int]:
+        for i in range(n):
+            clock.now += 1.0
+            yield i
+        return None
+
+    wrapped = inst.monitored_analysis("m", "t")(_passthrough(items))
+    gen = wrapped(4)
+    assert inspect.isgenerator(gen)
+    assert list(gen) == [0, 1, 2, 3]
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(4.0)
+
+
+class SyncRunner:
+    """Like asgiref's async_to_sync: sync __call__, ``__wrapped__`` set to a coroutine
+    function, and it runs the coroutine to the end itself."""
+
+    def __init__(self, func: Callable[..., Any]) -> None:
+        functools.update_wrapper(self, func)
+        self.func = func
+
+    def __call__(self, *args: Any) -> Any:
+        return asyncio.run(self.func(*args))
+
+
+def test_a_sync_runner_over_a_coroutine_function_stays_a_sync_call(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    wrapped = inst.monitored_analysis("m", "t")(SyncRunner(_failing_work))
+    assert wrapped(4) == 8  # a value, not a coroutine
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(10.0)  # the job spans the run
+    with pytest.raises(ValueError):
+        wrapped(-4)
+    assert outcomes(registry) == (1, 1, 0)
+    assert active(registry) == 0
+
+
+async def test_an_awaitable_that_is_no_coroutine_is_returned_as_it_is(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    loop = asyncio.get_running_loop()
+
+    async def base() -> int:
+        return 1
+
+    @functools.wraps(base)
+    def schedules() -> asyncio.Future[int]:
+        future: asyncio.Future[int] = loop.create_future()
+        future.set_result(7)
+        return future
+
+    wrapped = inst.monitored_analysis("m", "t")(schedules)
+    result = wrapped()
+    assert isinstance(result, asyncio.Future)  # the caller still holds its Future
+    assert await result == 7
+    assert outcomes(registry) == (1, 0, 0)
+
+
+def test_a_coroutine_handed_on_but_never_awaited_ends_cancelled(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    wrapped = inst.monitored_analysis("m", "t")(_passthrough(_failing_work))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "coroutine ... never awaited"
+        pending = wrapped(1)
+        assert active(registry) == 1  # a sync call: its job started with the call
+        del pending
+        gc.collect()
+    assert active(registry) == 0
+    assert outcomes(registry) == (0, 0, 1)
+
+
+def test_generator_function_called_with_bad_arguments_raises_at_the_call(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    def needs_one(x: int) -> Iterator[int]:
+        yield x
+
+    wrapped = inst.monitored_analysis("m", "t")(needs_one)
+    with pytest.raises(TypeError) as decorated:
+        wrapped(1, 2)  # type: ignore[call-arg]  # raised at the call, as Python does
+    with pytest.raises(TypeError) as plain:
+        needs_one(1, 2)  # type: ignore[call-arg]
+    assert str(decorated.value) == str(plain.value)
+    assert outcomes(registry) == (0, 1, 0)
+    assert errors(registry, "TypeError") == 1
+    assert active(registry) == 0
+
+
+@pytest.mark.parametrize("shape", ["coroutine-function", "wraps-over-async"])
+async def test_a_task_cancelled_before_it_ran_warns_nothing_and_leaves_nothing_open(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    async def work() -> int:
+        await asyncio.sleep(0)
+        return 1
+
+    wrapped = inst.monitored_analysis("m", "t")(
+        work if shape == "coroutine-function" else _passthrough(work)
+    )
+    gc.collect()  # other tests' garbage warns before, not inside, the block below
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        task = asyncio.create_task(wrapped())
+        task.cancel()  # before its first step: its coroutine is closed unstarted
+        with pytest.raises(asyncio.CancelledError):
+            await task
+        await asyncio.sleep(0)  # the loop lets go of the finished task
+        closed = wrapped()
+        closed.close()
+        del task, closed
+        gc.collect()
+    assert [str(w.message) for w in caught] == []
+    assert active(registry) == 0
+    # A sync layer's job began with its call: each ended as cancelled. A coroutine
+    # function's job never began.
+    expected = 0 if shape == "coroutine-function" else 2
+    assert outcomes(registry) == (0, 0, expected)
+
+
+def test_wrapped_callables_look_like_what_they_wrap(inst: Instrumentation) -> None:
+    async def coro() -> None: ...
+
+    async def agen() -> AsyncIterator[None]:
+        yield None
+
+    def gen() -> Iterator[None]:
+        yield None
+
+    candidates: list[Any] = [
+        coro,
+        agen,
+        gen,
+        functools.partial(coro),
+        functools.partial(agen),
+        functools.partial(gen),
+        AsyncCallable(),
+        _passthrough(coro),
+        len,
+        int,
+    ]
+    for original in candidates:
+        wrapped = inst.monitored_analysis("m", "t")(original)
+        for check in (
+            inspect.iscoroutinefunction,
+            inspect.isasyncgenfunction,
+            inspect.isgeneratorfunction,
+            inspect.isfunction,
+            callable,
+        ):
+            assert check(wrapped) == check(original), (original, check)
