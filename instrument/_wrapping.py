@@ -10,9 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import copy
 import functools
 import inspect
 import logging
+import pickle
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, TracebackType
@@ -463,14 +465,8 @@ def _wrapper_for(func: Any, start: Start, observed: bool) -> Wrapper:
     return _sync_wrapper(start)
 
 
-def _reduce_by_reference(self: Any, protocol: Any) -> str:
-    # wrapt's proxies refuse pickling; by reference, pickle resolves the module-level name.
-    qualname: str = self.__wrapped__.__qualname__
-    return qualname
-
-
 # wrapt's FunctionWrapper gives the transparent proxy (name, signature, inspect flags,
-# attributes) and descriptor binding for methods. Two changes, invisible to the wrapped
+# attributes) and descriptor binding for methods. Changes, invisible to the wrapped
 # function and to code that inspects it:
 #
 # - wrapt's __call__ on an unbound wrapper looks up ``__self__`` on the wrapped object at
@@ -483,6 +479,8 @@ def _reduce_by_reference(self: Any, protocol: Any) -> str:
 # - Method access binds through a bound wrapper whose __call__ calls the bound method
 #   wrapt prepared (``__wrapped__``), so ``Class.method(obj, ...)`` and ``obj.method(...)``
 #   reach the engine the same way.
+# - wrapt's proxies refuse pickling and copying; these pickle and copy as what they wrap
+#   does, so a decorated function can go to a process pool or sit in a deep-copied object.
 
 _UNBOUND = object()
 _wrapper_base_init: Callable[..., None] = wrapt.FunctionWrapper.__base__.__init__  # type: ignore[misc]
@@ -493,12 +491,37 @@ class _BoundInstrumentedFunction(wrapt.BoundFunctionWrapper):  # type: ignore[ty
         wrapper: Wrapper = self._self_wrapper  # type: ignore[assignment]
         return wrapper(self.__wrapped__, None, args, kwargs)
 
-    __reduce_ex__ = _reduce_by_reference
+    # ``__wrapped__`` is what Python's attribute access gives for the undecorated method:
+    # a bound method (of the instance, or of the class for a classmethod), or a plain
+    # function (a staticmethod, or a method looked up on its class).
+
+    def _lookup(self) -> tuple[Any, str]:
+        """Where this method is found again: its owner and its name."""
+        bound = self.__wrapped__
+        name: str = bound.__name__
+        if inspect.ismethod(bound):
+            return bound.__self__, name
+        return self._self_owner, name
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # As a bound method pickles: the instance (or class) and the name, looked up again
+        # when unpickled; a function reached through its class pickles by its class too.
+        return getattr, self._lookup()
+
+    def __copy__(self) -> Any:
+        if not inspect.ismethod(self.__wrapped__):
+            return self  # a function: copies are the function itself
+        return getattr(*self._lookup())
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        if not inspect.ismethod(self.__wrapped__):
+            return self
+        owner, name = self._lookup()
+        return getattr(copy.deepcopy(owner, memo), name)
 
 
 class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     __bound_function_wrapper__ = _BoundInstrumentedFunction
-    __reduce_ex__ = _reduce_by_reference
 
     def __init__(self, wrapped: Callable[..., Any], wrapper: Wrapper) -> None:
         super().__init__(wrapped, wrapper)
@@ -507,6 +530,33 @@ class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
                 _wrapper_base_init(self, wrapped, _UNBOUND, wrapper, None, "function")
             except TypeError:
                 logger.debug("instrument: wrapt's wrapper base changed; using its __call__")
+
+    def __reduce_ex__(self, protocol: Any) -> Any:
+        # By reference, as a function pickles: pickle resolves the module-level name (and
+        # checks that it is this very wrapper), so the unpickling process imports the
+        # module, whose decorator records there.
+        qualname = getattr(self.__wrapped__, "__qualname__", None)
+        if not isinstance(qualname, str):
+            raise pickle.PicklingError(
+                f"cannot pickle a decorated {type(self.__wrapped__).__name__}: a decorated "
+                "callable pickles by its module-level name, and this one has none; decorate "
+                "a module-level function or method instead"
+            )
+        return qualname
+
+    def _rewrapped(self, copied: Any) -> Any:
+        # A function copies as itself; a callable instance or partial as a new wrapper of
+        # its copy, recording as this one does.
+        if copied is self.__wrapped__:
+            return self
+        wrapper: Wrapper = self._self_wrapper  # type: ignore[assignment]
+        return type(self)(copied, wrapper)
+
+    def __copy__(self) -> Any:
+        return self._rewrapped(copy.copy(self.__wrapped__))
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        return self._rewrapped(copy.deepcopy(self.__wrapped__, memo))
 
 
 class _Entry(Generic[P]):

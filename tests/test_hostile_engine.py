@@ -12,20 +12,24 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import contextvars
+import copy
+import dataclasses
 import functools
 import gc
 import inspect
+import multiprocessing
+import pickle
 import sys
 import threading
 import warnings
 from collections.abc import AsyncIterator, Callable, Iterator
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
 
-from instrument import Instrumentation
+from instrument import Instrumentation, get_instrumentation, monitored_analysis
 from instrument import analysis as analysis_module
 
 # -- reading the registry --------------------------------------------------------------------
@@ -737,3 +741,229 @@ def test_wrapped_callables_look_like_what_they_wrap(inst: Instrumentation) -> No
             callable,
         ):
             assert check(wrapped) == check(original), (original, check)
+
+
+# == 3. Pickling and copying ======================================================================
+
+
+@dataclasses.dataclass
+class Tally:
+    """Decorated methods of each kind, on the default instrumentation (as in user code)."""
+
+    base: int
+
+    @monitored_analysis("pickled_methods", "method")
+    def add(self, x: int) -> int:
+        return self.base + x
+
+    @monitored_analysis("pickled_methods", "static")
+    @staticmethod
+    def double(x: int) -> int:
+        return 2 * x
+
+    @monitored_analysis("pickled_methods", "class")
+    @classmethod
+    def label(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @staticmethod
+    @monitored_analysis("pickled_methods", "static_outer")
+    def triple(x: int) -> int:
+        return 3 * x
+
+    @classmethod
+    @monitored_analysis("pickled_methods", "class_outer")
+    def tag(cls, x: int) -> str:
+        return f"{cls.__name__}#{x}"
+
+
+@dataclasses.dataclass
+class PlainTally:
+    """Tally undecorated: what each decorated method must pickle and copy like."""
+
+    base: int
+
+    def add(self, x: int) -> int:
+        return self.base + x
+
+    @staticmethod
+    def double(x: int) -> int:
+        return 2 * x
+
+    @classmethod
+    def label(cls, x: int) -> str:
+        return f"{cls.__name__}:{x}"
+
+    @staticmethod
+    def triple(x: int) -> int:
+        return 3 * x
+
+    @classmethod
+    def tag(cls, x: int) -> str:
+        return f"{cls.__name__}#{x}"
+
+
+@monitored_analysis("pickled_functions", "module")
+def quadruple(x: int) -> int:
+    return 4 * x
+
+
+def counted_here(module: str, analysis_type: str) -> float:
+    """In whichever process runs it: the default instrumentation's success count."""
+    return count(get_instrumentation().registry, "success", module, analysis_type)
+
+
+def call_unpickled(data: bytes, arg: int) -> tuple[Any, float]:
+    func = pickle.loads(data)
+    return func(arg), counted_here("pickled_functions", "module")
+
+
+ACCESSORS: dict[str, Callable[[Any], Any]] = {
+    "bound-method": lambda obj: obj.add,
+    "method-via-class": lambda obj: type(obj).add,
+    "staticmethod-via-instance": lambda obj: obj.double,
+    "staticmethod-via-class": lambda obj: type(obj).double,
+    "classmethod-via-instance": lambda obj: obj.label,
+    "classmethod-via-class": lambda obj: type(obj).label,
+    "staticmethod-outside": lambda obj: obj.triple,
+    "classmethod-outside": lambda obj: obj.tag,
+}
+
+
+def _call(accessor: str, func: Callable[..., Any], obj: Any) -> Any:
+    if accessor == "method-via-class":
+        return func(obj, 5)
+    return func(5)
+
+
+def _shape(value: Any, obj: Any) -> Any:
+    """What a result says, with the class names of the twin classes made equal."""
+    return value.replace(type(obj).__name__, "C") if isinstance(value, str) else value
+
+
+@pytest.mark.parametrize("accessor", list(ACCESSORS))
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_decorated_methods_pickle_as_the_undecorated_do(accessor: str, protocol: int) -> None:
+    get = ACCESSORS[accessor]
+    decorated, plain = Tally(10), PlainTally(10)
+    restored = pickle.loads(pickle.dumps(get(decorated), protocol))
+    restored_plain = pickle.loads(pickle.dumps(get(plain), protocol))
+    assert _shape(_call(accessor, restored, decorated), decorated) == _shape(
+        _call(accessor, restored_plain, plain), plain
+    )
+    # A bound method pickles its instance: the restored one is bound to an equal copy.
+    plain_self = getattr(restored_plain, "__self__", None)
+    if plain_self is not None:
+        assert restored.__self__ == get(decorated).__self__
+        assert (restored.__self__ is decorated) == (plain_self is plain)
+    else:
+        assert not hasattr(restored, "__self__") or restored.__self__ is None
+
+
+@pytest.mark.parametrize("accessor", list(ACCESSORS))
+def test_decorated_methods_copy_and_deepcopy_as_the_undecorated_do(accessor: str) -> None:
+    get = ACCESSORS[accessor]
+    decorated, plain = Tally(10), PlainTally(10)
+    for operation in (copy.copy, copy.deepcopy):
+        original, original_plain = get(decorated), get(plain)
+        copied, copied_plain = operation(original), operation(original_plain)
+        assert _shape(_call(accessor, copied, decorated), decorated) == _shape(
+            _call(accessor, copied_plain, plain), plain
+        )
+        # Identity as Python keeps it: a function copies as itself, a bound method is made
+        # again (on the same instance, or on a deep copy of it).
+        assert (copied is original) == (copied_plain is original_plain)
+        plain_self = getattr(copied_plain, "__self__", None)
+        if plain_self is not None:
+            assert (copied.__self__ is original.__self__) == (plain_self is original_plain.__self__)
+            assert copied.__self__ == original.__self__
+
+
+def test_a_decorated_function_inside_deep_copied_objects_is_kept_as_it_is(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    @inst.monitored_analysis("m", "t")
+    def analyze(x: int) -> int:
+        return x + 1
+
+    @dataclasses.dataclass
+    class Step:
+        run: Callable[[int], int]
+        options: dict[str, Any]
+
+    step = Step(analyze, {"nested": [analyze, {"again": analyze}]})
+    for copied in (copy.deepcopy(step), dataclasses.replace(copy.deepcopy(step)), copy.copy(step)):
+        assert copied.run is analyze
+        assert copied.run(1) == 2
+    twin = copy.deepcopy(step)
+    assert twin.options["nested"][0] is analyze and twin.options["nested"][1]["again"] is analyze
+    assert twin.options is not step.options
+    assert count(registry, "success") == 3
+
+
+def test_a_copied_callable_instance_is_a_decorated_copy(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    class Scorer:
+        def __init__(self) -> None:
+            self.weights = [1, 2]
+
+        def __call__(self, x: int) -> int:
+            return x * sum(self.weights)
+
+    original = Scorer()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    shallow, deep = copy.copy(wrapped), copy.deepcopy(wrapped)
+    for copied in (shallow, deep):
+        assert copied is not wrapped
+        assert copied.__wrapped__ is not original  # type: ignore[attr-defined]
+        assert copied(2) == 6
+    assert shallow.weights is original.weights  # as copy.copy(original) shares them
+    assert deep.weights == original.weights and deep.weights is not original.weights
+    assert count(registry, "success") == 2  # the copies still record
+
+
+def test_a_decorated_object_without_a_module_level_name_says_why_it_cannot_pickle(
+    inst: Instrumentation,
+) -> None:
+    def local() -> None: ...
+
+    with pytest.raises(AttributeError) as plain:
+        pickle.dumps(local)
+    with pytest.raises(AttributeError) as decorated:
+        pickle.dumps(inst.monitored_analysis("m", "t")(local))
+    assert str(plain.value) == str(decorated.value)
+    with pytest.raises(pickle.PicklingError, match="pickles by its module-level name"):
+        pickle.dumps(inst.monitored_analysis("m", "t")(functools.partial(quadruple, 1)))
+
+
+@pytest.fixture(scope="module")
+def spawned_pool() -> Iterator[ProcessPoolExecutor]:
+    """One worker started fresh (spawn): it imports this module and counts from zero."""
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn")) as pool:
+        yield pool
+
+
+def test_process_pool_runs_decorated_methods_and_they_record_there(
+    spawned_pool: ProcessPoolExecutor,
+) -> None:
+    tally = Tally(100)
+    assert spawned_pool.submit(tally.add, 1).result(timeout=120) == 101
+    assert spawned_pool.submit(tally.add, 2).result(timeout=60) == 102
+    assert spawned_pool.submit(Tally.double, 4).result(timeout=60) == 8
+    assert spawned_pool.submit(tally.label, 3).result(timeout=60) == "Tally:3"
+    assert spawned_pool.submit(Tally.add, tally, 5).result(timeout=60) == 105
+    assert spawned_pool.submit(counted_here, "pickled_methods", "method").result(timeout=60) == 3
+    assert spawned_pool.submit(counted_here, "pickled_methods", "static").result(timeout=60) == 1
+    assert spawned_pool.submit(counted_here, "pickled_methods", "class").result(timeout=60) == 1
+
+
+def test_a_pickled_function_unpickled_in_another_process_records_there(
+    spawned_pool: ProcessPoolExecutor,
+) -> None:
+    data = pickle.dumps(quadruple)
+    assert pickle.loads(data) is quadruple
+    first = spawned_pool.submit(call_unpickled, data, 2).result(timeout=120)
+    second = spawned_pool.submit(call_unpickled, data, 3).result(timeout=60)
+    assert first[0] == 8 and second[0] == 12
+    assert second[1] - first[1] == 1 and first[1] >= 1
