@@ -15,6 +15,7 @@ import functools
 import inspect
 import logging
 import pickle
+import queue
 import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, TracebackType
@@ -22,7 +23,7 @@ from typing import Any, Generic, TypeVar
 
 import wrapt
 
-__all__ = ["Instrumenter", "Probe", "bind_arguments"]
+__all__ = ["Instrumenter", "Probe", "bind_arguments", "record_deferred_ends"]
 
 logger = logging.getLogger("instrument")
 
@@ -83,11 +84,27 @@ def _probe_success(probe: Probe, result: Any) -> Any:
 
 def _end_and_deliver(probe: Probe, exc: BaseException) -> None:
     _probe_end(probe, exc)
-    _deliver(probe)
+    try:  # noqa: SIM105 - no helper frames here: this may run at the recursion limit
+        _deliver(probe)
+    except RecursionError:  # no room left to deliver: the next delivery carries this end
+        pass
 
 
 def _probe_end(probe: Probe, exc: BaseException | None) -> None:
-    """Record an exception end: ``error`` for an Exception, ``cancel`` for the rest."""
+    """Record an exception end: ``error`` for an Exception, ``cancel`` for the rest.
+
+    A RecursionError escaping from here means nothing was recorded: the caller queues the
+    end in ``_too_deep`` (it ran out of stack before it could record anything).
+    """
+    if type(exc) is RecursionError and not _has_room():
+        _too_deep.put((probe, exc))
+        return
+    _record_end(probe, exc)
+    if not _too_deep.empty():
+        record_deferred_ends()
+
+
+def _record_end(probe: Probe, exc: BaseException | None) -> None:
     try:
         if exc is None or isinstance(exc, CANCELLING) or not isinstance(exc, Exception):
             probe.cancel()
@@ -95,6 +112,41 @@ def _probe_end(probe: Probe, exc: BaseException | None) -> None:
             probe.error(exc)
     except Exception:
         _guard("recording an exception")
+
+
+# -- ends recorded later: too close to the recursion limit to be recorded where they happened --
+# A function that recursed until RecursionError is left by every decorated level of that
+# recursion, the deepest ones with no stack to record on. Those ends wait here and are recorded
+# by the next end with room (the shallower levels, as the error unwinds), and before every
+# snapshot (a push, a scrape, a read of the registry): no count is lost, no job left open.
+
+#: Frames that recording an end may need: the probe, prometheus_client, the guard's logging.
+_HEADROOM = 60
+_too_deep: queue.SimpleQueue[tuple[Probe, BaseException]] = queue.SimpleQueue()
+
+
+def _room(depth: int) -> None:
+    if depth:
+        _room(depth - 1)
+
+
+def _has_room() -> bool:
+    try:
+        _room(_HEADROOM)
+    except RecursionError:
+        return False
+    return True
+
+
+def record_deferred_ends() -> None:
+    """Record the job ends that came too close to the recursion limit to be recorded where
+    they happened (never raises)."""
+    while not _too_deep.empty() and _has_room():
+        try:
+            probe, exc = _too_deep.get_nowait()
+        except queue.Empty:
+            return
+        _record_end(probe, exc)
 
 
 def _probe_item(probe: Probe, value: Any) -> None:
@@ -263,9 +315,9 @@ class _Handover:
         if probe is None:
             return
         self.probe = self.work = None
+        _end_and_deliver(probe, GeneratorExit())  # first: closing runs the caller's code
         if isinstance(work, CoroutineType | GeneratorType):
             work.close()
-        _end_and_deliver(probe, GeneratorExit())
 
 
 def _sync_wrapper(start: Start) -> Wrapper:
@@ -281,7 +333,10 @@ def _sync_wrapper(start: Start) -> Wrapper:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            _end_and_deliver(probe, exc)
+            try:
+                _end_and_deliver(probe, exc)
+            except RecursionError:  # no stack even to begin recording: see _too_deep
+                _too_deep.put((probe, exc))
             raise
         try:
             result = probe.success(result)
@@ -316,8 +371,15 @@ async def _awaited_job(
     try:
         result = await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
     except BaseException as exc:
-        _probe_end(probe, exc)
-        await _adeliver(probe)
+        try:
+            _probe_end(probe, exc)
+        except RecursionError:  # nothing recorded: see _too_deep
+            _too_deep.put((probe, exc))
+        else:
+            try:  # noqa: SIM105 - no helper frames: this may run at the recursion limit
+                await _adeliver(probe)
+            except RecursionError:  # the next delivery carries this end
+                pass
         raise
     result = _probe_success(probe, result)
     await _adeliver(probe)
@@ -338,7 +400,10 @@ def _generator_job(
     try:
         value = yield from (_observe(work, probe) if observed else work)
     except BaseException as exc:
-        _end_and_deliver(probe, exc)
+        try:
+            _end_and_deliver(probe, exc)
+        except RecursionError:  # see _too_deep
+            _too_deep.put((probe, exc))
         raise
     _probe_success(probe, value)
     _deliver(probe)
@@ -377,8 +442,15 @@ async def _async_generator_job(
                 thrown = exc
     except BaseException as exc:
         if probe is not None:
-            _probe_end(probe, exc)
-            await _adeliver(probe)
+            try:
+                _probe_end(probe, exc)
+            except RecursionError:  # nothing recorded: see _too_deep
+                _too_deep.put((probe, exc))
+            else:
+                try:  # noqa: SIM105 - no helper frames: this may run at the recursion limit
+                    await _adeliver(probe)
+                except RecursionError:  # the next delivery carries this end
+                    pass
         raise
     if probe is not None:
         _probe_success(probe, None)
@@ -434,7 +506,10 @@ def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
-            _end_and_deliver(probe, exc)
+            try:
+                _end_and_deliver(probe, exc)
+            except RecursionError:  # see _too_deep
+                _too_deep.put((probe, exc))
             raise
         job: Job | None = None
         if isinstance(result, CoroutineType):
@@ -574,7 +649,10 @@ class _Entry(Generic[P]):
 
 def _caller_frame() -> int:
     """The identity of the frame running the with-statement (the caller's caller)."""
-    return id(sys._getframe(2))
+    try:
+        return id(sys._getframe(2))
+    except ValueError:  # called straight from C (a thread's target, atexit): no frame
+        return 0
 
 
 class Instrumenter(Generic[P]):

@@ -9,6 +9,7 @@ tasks at once. Every check reads back what a user would: the registry's samples.
 
 from __future__ import annotations
 
+import _thread
 import asyncio
 import contextlib
 import contextvars
@@ -17,20 +18,26 @@ import dataclasses
 import functools
 import gc
 import inspect
+import logging
 import multiprocessing
 import pickle
 import sys
 import threading
+import time
 import warnings
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from hypothesis import HealthCheck, assume, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, generate_latest
 
 from instrument import Instrumentation, get_instrumentation, monitored_analysis
 from instrument import analysis as analysis_module
+
+from .test_engine_guards import GUARD_TEXT, ScriptedPolicy, guard_records, make_job, outcome
 
 # -- reading the registry --------------------------------------------------------------------
 
@@ -156,6 +163,37 @@ async def test_async_generator_body_error_in_another_task_propagates_untouched(
     assert outcomes(registry) == (0, 1, 0)
     assert errors(registry, "KeyError") == 1
     assert active(registry) == 0
+
+
+async def test_an_ai_call_block_in_an_async_generator_stepped_by_other_tasks(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    tracker = inst.track_ai_call("openai", "gpt-4o")
+
+    async def answer() -> AsyncIterator[str]:
+        async with tracker as call:
+            call.add_usage(input_tokens=3, output_tokens=4)
+            yield "partial"
+            yield "rest"
+
+    g = answer()
+    assert await asyncio.create_task(g.__anext__()) == "partial"  # type: ignore[arg-type]
+    assert await asyncio.create_task(g.__anext__()) == "rest"  # type: ignore[arg-type]
+    with pytest.raises(StopAsyncIteration):
+        await asyncio.create_task(g.__anext__())  # type: ignore[arg-type]
+    labels = {"provider": "openai", "model": "gpt-4o"}
+    assert (
+        registry.get_sample_value("codomyrmex_ai_api_calls_total", {**labels, "status": "success"})
+        == 1
+    )
+    for token_type, expected in (("input", 3), ("output", 4)):
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_ai_tokens_used_total", {**labels, "token_type": token_type}
+            )
+            == expected
+        )
+    assert registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
 
 
 def test_sync_generator_consumed_by_two_threads_keeps_the_body_exception(
@@ -386,6 +424,21 @@ def test_exit_stack_enter_and_exit_in_helper_frames(
     with ThreadPoolExecutor(8) as pool:
         assert sum(pool.map(work, range(400))) == sum(range(400))
     assert outcomes(registry) == (500, 0, 0)
+    assert active(registry) == 0
+
+
+def test_enter_and_exit_called_straight_from_c_with_no_python_caller(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    # A thread whose target is the bound __enter__ itself has no Python frame above it.
+    blk = inst.monitored_analysis("m", "t")
+    _thread.start_new_thread(blk.__enter__, ())
+    deadline = time.monotonic() + 10
+    while active(registry) != 1 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert active(registry) == 1
+    blk.__exit__(None, None, None)
+    assert outcomes(registry) == (1, 0, 0)
     assert active(registry) == 0
 
 
@@ -967,3 +1020,624 @@ def test_a_pickled_function_unpickled_in_another_process_records_there(
     second = spawned_pool.submit(call_unpickled, data, 3).result(timeout=60)
     assert first[0] == 8 and second[0] == 12
     assert second[1] - first[1] == 1 and first[1] >= 1
+
+
+# == The promise, attacked: a decorated call is never changed =====================================
+
+KINDS = ("sync", "async", "generator", "async_generator")
+
+
+class Custom(BaseException):
+    """A BaseException the toolkit knows nothing of."""
+
+
+class Loud(Exception):
+    """An exception whose text cannot be made."""
+
+    def __str__(self) -> str:
+        raise RuntimeError("no text")
+
+    __repr__ = __str__
+
+
+RAISABLE: list[type[BaseException]] = [
+    ValueError,
+    KeyError,
+    Loud,
+    StopIteration,
+    StopAsyncIteration,
+    GeneratorExit,
+    KeyboardInterrupt,
+    SystemExit,
+    asyncio.CancelledError,
+    Custom,
+    RecursionError,
+    MemoryError,
+]
+
+results = st.one_of(
+    st.none(),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.text(),
+    st.binary(),
+    st.lists(st.integers(), max_size=3),
+    st.builds(object),
+)
+
+
+def _job(kind: str, result: Any, raised: BaseException | None, items: list[Any]) -> Any:
+    if kind == "sync":
+
+        def sync_job() -> Any:
+            if raised is not None:
+                raise raised
+            return result
+
+        return sync_job
+    if kind == "async":
+
+        async def async_job() -> Any:
+            await asyncio.sleep(0)
+            if raised is not None:
+                raise raised
+            return result
+
+        return async_job
+    if kind == "generator":
+
+        def generator_job() -> Generator[Any, None, Any]:
+            yield from items
+            if raised is not None:
+                raise raised
+            return result
+
+        return generator_job
+
+    async def async_generator_job() -> AsyncIterator[Any]:
+        for item in items:
+            yield item
+        if raised is not None:
+            raise raised
+
+    return async_generator_job
+
+
+def _observe(kind: str, func: Callable[..., Any]) -> tuple[str, Any, list[Any]]:
+    """What the caller sees: ("returned", value, items) or ("raised", exception, items)."""
+    seen: list[Any] = []
+
+    async def drive_async() -> Any:
+        if kind == "async":
+            return await func()
+        async for item in func():
+            seen.append(item)
+        return None
+
+    try:
+        if kind == "sync":
+            value = func()
+        elif kind == "generator":
+            gen = func()
+            while True:
+                try:
+                    seen.append(next(gen))
+                except StopIteration as stop:
+                    value = stop.value
+                    break
+        else:
+            value = asyncio.run(drive_async())
+    except BaseException as exc:
+        return ("raised", exc, seen)
+    return ("returned", value, seen)
+
+
+def _same(left: tuple[str, Any, list[Any]], right: tuple[str, Any, list[Any]]) -> bool:
+    if left[0] != right[0] or left[2] != right[2]:
+        return False
+    if left[0] == "returned":
+        return left[1] is right[1] or left[1] == right[1]
+    # Python may turn StopIteration into RuntimeError (PEP 479): same type, same cause.
+    return type(left[1]) is type(right[1]) and (
+        left[1] is right[1] or type(left[1].__cause__) is type(right[1].__cause__)
+    )
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    kind=st.sampled_from(KINDS),
+    result=results,
+    raised=st.none() | st.sampled_from(RAISABLE),
+    items=st.lists(st.integers() | st.text(max_size=3), max_size=3),
+)
+def test_results_and_exceptions_are_identical_and_counted(
+    kind: str, result: Any, raised: type[BaseException] | None, items: list[Any]
+) -> None:
+    if kind == "async_generator":
+        result = None  # an async generator returns nothing
+    # asyncio itself formats an exception that ends asyncio.run, and after Loud's failure
+    # every later asyncio.run in the thread fails: CPython's, not the toolkit's.
+    assume(not (raised is Loud and kind in ("async", "async_generator")))
+    exception = raised() if raised is not None else None
+    inst = fresh()
+    try:
+        original = _job(kind, result, exception, items)
+        plain = _observe(kind, original)
+        seen = _observe(kind, inst.monitored_analysis("m", "t")(original))
+        assert _same(seen, plain), (seen, plain)
+        if seen[0] == "returned":
+            assert seen[1] is plain[1]  # the very object, not a copy
+        reg = inst.registry
+        assert active(reg) == 0
+        if exception is None:
+            assert outcomes(reg) == (1, 0, 0)
+        else:
+            # What reached the caller decides: an Exception is an error, the rest cancelled.
+            final = seen[1]
+            as_error = isinstance(final, Exception) and not isinstance(
+                final, asyncio.CancelledError | GeneratorExit
+            )
+            assert outcomes(reg) == ((0, 1, 0) if as_error else (0, 0, 1))
+            if as_error:
+                assert errors(reg, type(final).__name__) == 1
+        assert duration(reg, "count") == 1
+    finally:
+        inst.close()
+
+
+class Echo:
+    """A generator that answers what it is sent, handles ValueError, and returns a value."""
+
+    def __init__(self) -> None:
+        self.log: list[Any] = []
+
+    def run(self) -> Generator[Any, Any, str]:
+        received: Any = None
+        try:
+            while True:
+                try:
+                    received = yield ("got", received)
+                except ValueError as exc:
+                    received = ("caught", exc.args)
+                self.log.append(received)
+                if received == "stop":
+                    return "stopped"
+                if received == "explode":
+                    raise KeyError("exploded")
+        finally:
+            self.log.append("finally")
+
+
+operations = st.lists(
+    st.one_of(
+        st.tuples(st.just("next")),
+        st.tuples(st.just("send"), st.sampled_from(["a", 1, None, "stop", "explode"])),
+        st.tuples(st.just("throw"), st.sampled_from([ValueError, KeyError, StopIteration])),
+        st.tuples(st.just("close")),
+    ),
+    max_size=8,
+)
+
+
+def _script(gen: Any, script: list[tuple[Any, ...]]) -> list[Any]:
+    trace: list[Any] = []
+    for step in script:
+        try:
+            if step[0] == "next":
+                trace.append(("value", next(gen)))
+            elif step[0] == "send":
+                trace.append(("value", gen.send(step[1])))
+            elif step[0] == "throw":
+                trace.append(("value", gen.throw(step[1]("thrown"))))
+            else:
+                trace.append(("closed", gen.close()))
+        except StopIteration as stop:
+            trace.append(("stop", stop.value))
+        except BaseException as exc:
+            trace.append(("raised", type(exc), exc.args))
+    return trace
+
+
+@settings(max_examples=80, deadline=None)
+@given(script=operations)
+def test_send_throw_and_close_through_the_wrapper_behave_as_without_it(
+    script: list[tuple[Any, ...]],
+) -> None:
+    inst = fresh()
+    try:
+        plain, decorated = Echo(), Echo()
+        wrapped = inst.monitored_analysis("m", "t")(decorated.run)
+        assert _script(wrapped(), script) == _script(plain.run(), script)
+        assert decorated.log == plain.log
+        gc.collect()
+        reg = inst.registry
+        # The job started with the first step that ran the body, and ended by now.
+        trace = _script(Echo().run(), script)
+        started = any(entry[0] == "value" for entry in trace)
+        assert active(reg) == 0
+        assert sum(outcomes(reg)) == (1 if started else 0)
+    finally:
+        inst.close()
+
+
+@settings(max_examples=80, deadline=None)
+@given(script=operations)
+def test_the_same_script_through_an_item_observing_policy(script: list[tuple[Any, ...]]) -> None:
+    inst = fresh()
+    try:
+        plain, decorated = Echo(), Echo()
+        wrapped = inst.track_ai_call("openai", "gpt-4o")(decorated.run)
+        trace = _script(wrapped(), script)
+        assert trace == _script(plain.run(), script)
+        assert decorated.log == plain.log
+        gc.collect()
+        reg = inst.registry
+        assert reg.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
+        calls = sum(
+            reg.get_sample_value(
+                "codomyrmex_ai_api_calls_total",
+                {"provider": "openai", "model": "gpt-4o", "status": status},
+            )
+            or 0.0
+            for status in ("success", "error", "cancelled")
+        )
+        assert calls == (1 if any(entry[0] == "value" for entry in trace) else 0)
+    finally:
+        inst.close()
+
+
+async def test_async_generator_asend_athrow_aclose_pass_through(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    log: list[Any] = []
+
+    async def echo() -> AsyncGenerator[Any, Any]:
+        received: Any = None
+        try:
+            while True:
+                try:
+                    received = yield ("got", received)
+                except ValueError as exc:
+                    received = ("caught", exc.args)
+                log.append(received)
+        finally:
+            log.append("finally")
+
+    wrapped = inst.monitored_analysis("m", "t")(echo)
+    gen = wrapped()
+    assert await gen.asend(None) == ("got", None)
+    assert await gen.asend("x") == ("got", "x")
+    assert await gen.athrow(ValueError("v")) == ("got", ("caught", ("v",)))
+    await gen.aclose()
+    assert log == ["x", ("caught", ("v",)), "finally"]
+    assert outcomes(registry) == (0, 0, 1)
+    unhandled = KeyError("k")
+    gen = wrapped()
+    await gen.__anext__()
+    with pytest.raises(KeyError) as info:
+        await gen.athrow(unhandled)
+    assert info.value is unhandled
+    assert outcomes(registry) == (0, 1, 1)
+    assert active(registry) == 0
+
+
+def test_stop_iteration_inside_a_decorated_generator_is_python_s_runtime_error(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    stop = StopIteration("inner")
+
+    def leaky() -> Iterator[int]:
+        yield 1
+        raise stop
+
+    wrapped = inst.monitored_analysis("m", "t")(leaky)
+    gen = wrapped()
+    assert next(gen) == 1
+    with pytest.raises(RuntimeError, match="generator raised StopIteration") as info:
+        next(gen)
+    assert info.value.__cause__ is stop
+    assert outcomes(registry) == (0, 1, 0)
+    assert errors(registry, "RuntimeError") == 1
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    module=st.text(min_size=1, max_size=30),
+    analysis_type=st.text(min_size=1, max_size=30),
+    project=st.text(min_size=1, max_size=30),
+)
+def test_any_label_text_records_and_exposes(module: str, analysis_type: str, project: str) -> None:
+    inst = fresh()
+    try:
+
+        @inst.monitored_analysis(module, analysis_type, project=project, quality=lambda r: r)
+        def score(x: float) -> float:
+            return x
+
+        assert score(7.5) == 7.5
+        with inst.monitored_analysis(module, analysis_type) as job:
+            job.record_quality(3.0, project=project)
+        reg = inst.registry
+        assert count(reg, "success", module, analysis_type) == 2
+        assert active(reg, module) == 0
+        assert (
+            reg.get_sample_value(
+                "codomyrmex_code_quality_score", {"project": project, "module": module}
+            )
+            == 3.0
+        )
+        generate_latest(reg)  # the text exposition can be written
+    finally:
+        inst.close()
+
+
+# -- recursion to the limit: the deepest levels have no stack left to record on ---------------
+
+
+@pytest.mark.parametrize("kind", ["sync", "async", "generator"])
+def test_recursion_to_the_limit_through_a_decorated_function_loses_no_count(
+    kind: str, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    levels: list[int] = []
+    monitor = inst.monitored_analysis("m", "t")
+
+    @monitor
+    def down(n: int) -> int:
+        levels.append(n)
+        return down(n + 1)
+
+    @monitor
+    async def adown(n: int) -> int:
+        levels.append(n)
+        return await adown(n + 1)
+
+    @monitor
+    def gdown(n: int) -> Iterator[int]:
+        levels.append(n)
+        yield from gdown(n + 1)
+
+    with pytest.raises(RecursionError):
+        if kind == "sync":
+            down(0)
+        elif kind == "async":
+            asyncio.run(adown(0))
+        else:
+            list(gdown(0))
+    assert len(levels) > 50
+    assert active(registry) == 0
+    failed = count(registry, "error")
+    # Every level that ran is one error; the call that could not enter its function may be
+    # one more.
+    assert failed in (len(levels), len(levels) + 1)
+    assert errors(registry, "RecursionError") == failed
+    assert duration(registry, "count") == failed
+    assert outcomes(registry) == (0, failed, 0)
+
+
+def test_an_end_left_for_later_is_in_the_next_snapshot(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    # What the engine queues when it has no stack to record on (see the test above): a
+    # read of the registry, a scrape or a push records it first.
+    from instrument import _wrapping
+
+    monitor = inst.monitored_analysis("m", "t")
+    probe = monitor.start(None, (), {})
+    assert active(registry) == 1
+    _wrapping._too_deep.put((probe, RecursionError("too deep")))
+    assert active(registry) == 0
+    assert outcomes(registry) == (0, 1, 0)
+    assert errors(registry, "RecursionError") == 1
+    assert b"codomyrmex_analyses_total" in generate_latest(registry)
+
+
+# -- fault injection: policy callables that raise or return garbage ------------------------------
+
+
+class Unfloatable(float):
+    def __float__(self) -> float:
+        raise ArithmeticError("no float")
+
+
+GARBAGE = [
+    None,
+    "high",
+    b"90",
+    float("nan"),
+    True,
+    10**400,
+    object(),
+    [90],
+    Unfloatable(1.0),
+]
+
+
+def _raiser(exc: BaseException) -> Callable[..., Any]:
+    def raising(*_: Any) -> Any:
+        raise exc
+
+    return raising
+
+
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize(
+    "bad",
+    [
+        pytest.param({"project": _raiser(LookupError("p"))}, id="project-raises"),
+        pytest.param({"project": _raiser(Loud())}, id="project-raises-unprintable"),
+        pytest.param({"project": lambda a: 42}, id="project-returns-int"),
+        pytest.param({"project": lambda a: ""}, id="project-returns-empty"),
+        pytest.param({"project": lambda a: None}, id="project-returns-none"),
+        pytest.param({"quality": _raiser(ZeroDivisionError())}, id="quality-raises"),
+        pytest.param({"quality": _raiser(Loud())}, id="quality-raises-unprintable"),
+        *(
+            pytest.param({"quality": lambda r, g=g: g}, id=f"quality-returns-{i}")
+            for i, g in enumerate(GARBAGE)
+        ),
+    ],
+)
+def test_misbehaving_policy_callables_never_change_the_call(
+    kind: str, bad: dict[str, Any], caplog: pytest.LogCaptureFixture
+) -> None:
+    inst = fresh()
+    try:
+        options: dict[str, Any] = {"project": "p", "quality": lambda r: 50.0, **bad}
+        result = object() if kind != "async_generator" else None
+        failure = OSError("the job's own")
+        ok = inst.monitored_analysis("m", "t", **options)(_job(kind, result, None, [1]))
+        failing = inst.monitored_analysis("m", "t", **options)(_job(kind, None, failure, [1]))
+        items = [1] if kind in ("generator", "async_generator") else []
+        with caplog.at_level(logging.WARNING, logger="instrument"):
+            assert _observe(kind, ok) == ("returned", result, items)
+            assert _observe(kind, failing) == ("raised", failure, items)
+        reg = inst.registry
+        assert outcomes(reg) == (1, 1, 0)
+        assert active(reg) == 0
+        assert errors(reg, "OSError") == 1
+        # Each case breaks the project or the score: no score is recorded, and nothing else.
+        score = reg.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "p", "module": "m"}
+        )
+        assert score is None
+    finally:
+        inst.close()
+
+
+# -- fault injection into every hook, on the paths that read what a call returns ---------------
+
+#: (kind of what the caller drives, a factory of the layer over that work)
+LAYERED = {
+    "wraps-over-async": ("async", _passthrough),
+    "wraps-over-generator": ("generator", _passthrough),
+    "wraps-over-async-generator": ("async_generator", _passthrough),
+    "callable-instance-over-async": (
+        "async",
+        lambda job: type("Call", (), {"__call__": staticmethod(job)})(),
+    ),
+    "partial-of-generator": ("generator", functools.partial),
+}
+
+
+@pytest.mark.parametrize("layer", list(LAYERED))
+@pytest.mark.parametrize("hook", ["start", "success", "error", "item", "deliver"])
+@pytest.mark.parametrize("raises", [False, True], ids=["returns", "raises"])
+async def test_failing_hooks_never_change_a_layered_call(
+    layer: str, hook: str, raises: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    kind, make_layer = LAYERED[layer]
+    result = object() if kind != "async_generator" else None
+    failure = LookupError("the job's own") if raises else None
+    job = make_job(kind, None if raises else result, failure)
+    policy = ScriptedPolicy(hook)
+    with caplog.at_level(logging.ERROR, logger="instrument"):
+        seen = await outcome(kind, policy(make_layer(job)))
+    assert seen == await outcome(kind, job)
+    assert seen[1] is (failure if raises else result)
+    failures = guard_records(caplog)
+    assert len(failures) == policy.names().count(hook)
+    assert all(GUARD_TEXT[hook] in r.getMessage() for r in failures)
+    if hook == "start":
+        assert policy.events == [("start",)]
+    else:
+        end = "error" if raises else "success"
+        assert policy.names().count(end) == 1
+        assert policy.names()[-2:] == [end, "deliver"]
+
+
+# -- the same decorated function from many threads and tasks ------------------------------------
+
+
+def test_one_decorated_function_from_many_threads_counts_exactly(
+    inst: Instrumentation, registry: CollectorRegistry, fast_switching: None
+) -> None:
+    @inst.monitored_analysis("m", "t")
+    def work(i: int) -> int:
+        if i % 7 == 0:
+            raise ArithmeticError(i)
+        return i
+
+    def run(i: int) -> int:
+        try:
+            return work(i)
+        except ArithmeticError:
+            return -1
+
+    with ThreadPoolExecutor(16) as pool:
+        got = list(pool.map(run, range(4000)))
+    assert got == [(-1 if i % 7 == 0 else i) for i in range(4000)]
+    failures = len(range(0, 4000, 7))
+    assert outcomes(registry) == (4000 - failures, failures, 0)
+    assert duration(registry, "count") == 4000
+    assert active(registry) == 0
+
+
+def test_one_decorated_async_function_and_generator_from_tasks_in_many_threads(
+    inst: Instrumentation, registry: CollectorRegistry, fast_switching: None
+) -> None:
+    monitor = inst.monitored_analysis("m", "t")
+
+    @monitor
+    async def fetch(i: int) -> int:
+        await asyncio.sleep(0)
+        if i % 5 == 0:
+            raise ConnectionError(i)
+        return i
+
+    @monitor
+    def chunks(n: int) -> Iterator[int]:
+        yield from range(n)
+
+    async def many() -> int:
+        done = await asyncio.gather(*(fetch(i) for i in range(200)), return_exceptions=True)
+        return sum(1 for d in done if isinstance(d, ConnectionError))
+
+    def in_thread(_: int) -> int:
+        assert list(chunks(3)) == [0, 1, 2]
+        return asyncio.run(many())
+
+    with ThreadPoolExecutor(6) as pool:
+        failed = sum(pool.map(in_thread, range(12)))
+    assert failed == 12 * 40
+    assert outcomes(registry) == (12 * 160 + 12, 12 * 40, 0)
+    assert active(registry) == 0
+
+
+def test_a_generator_closed_early_or_collected_mid_iteration(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    finalized: list[int] = []
+
+    @inst.monitored_analysis("m", "t")
+    def numbers(tag: int) -> Generator[int, None, None]:
+        try:
+            yield from range(100)
+        finally:
+            finalized.append(tag)
+
+    closed = numbers(1)
+    assert next(closed) == 0
+    closed.close()
+    dropped = numbers(2)
+    assert next(dropped) == 0 and next(dropped) == 1
+    del dropped
+    gc.collect()
+    never_started = numbers(3)
+    del never_started
+    gc.collect()
+    assert finalized == [1, 2]
+    assert outcomes(registry) == (0, 0, 2)
+    assert active(registry) == 0
+
+
+def test_a_coroutine_closed_before_its_first_await_records_nothing(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    # A coroutine made and closed without being awaited: no job ran, none is open.
+    @inst.monitored_analysis("m", "t")
+    async def job() -> int:
+        return 1
+
+    pending: Coroutine[Any, Any, int] = job()
+    pending.close()
+    assert outcomes(registry) == (0, 0, 0)
+    assert active(registry) in (None, 0)
