@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry
 
 from . import config as _config
-from ._wrapping import Instrumenter, Probe
+from ._wrapping import Instrumenter, Probe, record_deferred_ends
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
@@ -29,6 +29,7 @@ from .push import (
     check_grouping_key,
     check_job,
     check_seconds,
+    register_before_snapshot,
 )
 
 if TYPE_CHECKING:
@@ -38,6 +39,9 @@ if TYPE_CHECKING:
 __all__ = ["Instrumentation", "Policy", "configure", "get_instrumentation"]
 
 logger = logging.getLogger("instrument")
+
+# Job ends the engine could not record at the recursion limit are in every snapshot.
+register_before_snapshot(record_deferred_ends)
 
 P = TypeVar("P", bound=Probe)
 B = TypeVar("B", bound="Binding")
