@@ -36,6 +36,7 @@ from prometheus_client.exposition import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ._scrub import Scrubber
 from ._urls import authorization, mask_url, split_url, ssl_context
 from .metrics import Metrics
 
@@ -106,10 +107,12 @@ class PushTarget:
         self.grouping_key = dict(grouping_key)
         self.method = method.upper()
         self.timeout = float(timeout)
-        header, _ = authorization(
+        header, secrets = authorization(
             token=bearer_token, basic_auth=basic_auth, token_name="bearer_token"
         )
         self._headers: list[tuple[str, str]] = [] if header is None else [("Authorization", header)]
+        #: Removes this target's credentials from texts the network sent back.
+        self.scrubber = Scrubber(secrets)
         self._ssl = ssl_context(self.url, tls_verify=tls_verify, ca_file=ca_file)
 
     def __repr__(self) -> str:
@@ -131,7 +134,9 @@ class PushTarget:
         data: bytes,
     ) -> Callable[[], None]:
         def send() -> None:
-            _request(url, method, [*headers, *self._headers], data, timeout, self._ssl)
+            _request(
+                url, method, [*headers, *self._headers], data, timeout, self._ssl, self.scrubber
+            )
 
         return send
 
@@ -190,17 +195,52 @@ class PushTarget:
                 headers=headers,
                 ssl=self._ssl if self._ssl is not None else True,
                 timeout=aiohttp.ClientTimeout(total=total, connect=min(total, 3.0)),
+                # A redirected PUT lands somewhere else, or nowhere: never follow one.
+                allow_redirects=False,
             ) as resp:
-                await resp.read()
-                if resp.status >= 400:
-                    raise PushFailed(f"HTTP {resp.status} {resp.reason}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}".replace(self.url, mask_url(self.url))
-            raise PushFailed(reason) from None
+                answer = await resp.read()
+                status, reason, location = resp.status, resp.reason, resp.headers.get("Location")
+        except Exception as exc:  # aiohttp's errors, timeouts, and whatever a bad answer raises
+            raise PushFailed(self.scrubber.one_line(_describe(exc))) from None
+        _check_answer(status, reason or "", location, answer, self.scrubber)
 
 
 class PushFailed(Exception):
     """A push attempt failed; the message never contains credentials."""
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: text`` of an exception, even one whose ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its text cannot be shown)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _check_answer(
+    status: int, reason: str, location: str | None, body: bytes, scrubber: Scrubber
+) -> None:
+    """Raise PushFailed unless the gateway answered 2xx: only then did the push land.
+
+    Everything quoted from the answer is scrubbed of the target's credentials: a proxy may
+    echo the Authorization header in its reason phrase or body, and a Location may carry
+    credentials of its own (masked like any URL)."""
+    if 200 <= status < 300:
+        return
+    said = scrubber.one_line(f"HTTP {status} {reason}".rstrip())
+    if 300 <= status < 400:
+        where = (
+            f"a redirect to {scrubber.one_line(mask_url(location))}"
+            if location
+            else "a redirect without a Location"
+        )
+        raise PushFailed(
+            f"{said}, {where}: a push is never redirected, so nothing landed; point the "
+            "pushgateway URL at the gateway itself"
+        )
+    detail = scrubber.one_line(body.decode("utf-8", errors="replace"))
+    raise PushFailed(f"{said}: {detail}" if detail else said)
 
 
 def _request(
@@ -210,6 +250,7 @@ def _request(
     body: bytes,
     timeout: float | None,
     context: ssl.SSLContext | None,
+    scrubber: Scrubber,
 ) -> None:
     """One HTTP request that ends within ``timeout`` seconds in all, name lookup included.
 
@@ -227,14 +268,13 @@ def _request(
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    outcome: list[BaseException | http.client.HTTPResponse] = []
+    outcome: list[BaseException | tuple[http.client.HTTPResponse, bytes]] = []
 
     def run() -> None:
         try:
             conn.request(method, target, body=body or None, headers=dict(headers))
             response = conn.getresponse()
-            response.read()
-            outcome.append(response)
+            outcome.append((response, response.read()))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -246,12 +286,14 @@ def _request(
             raise PushFailed(f"no complete answer within {timeout:g} s")
         result = outcome[0]
         if isinstance(result, (OSError, http.client.HTTPException)):
-            raise PushFailed(f"{type(result).__name__}: {result}") from None
+            raise PushFailed(scrubber.one_line(_describe(result))) from None
         if isinstance(result, BaseException):
             # Never echo it: a value error here may quote a header, credentials included.
             raise PushFailed(f"{type(result).__name__} while sending the request") from None
-        if result.status >= 400:
-            raise PushFailed(f"HTTP {result.status} {result.reason}")
+        response, answer = result
+        _check_answer(
+            response.status, response.reason, response.getheader("Location"), answer, scrubber
+        )
     finally:
         sock = conn.sock
         if sock is not None:

@@ -1,0 +1,345 @@
+"""Delivery under attack: gateways that redirect, echo credentials, reset, hang or trickle;
+collectors that raise; textfiles that cannot be written; processes that end by fork, by
+multiprocessing, by SIGTERM. Each check reads back what a user would: the registry's own
+counters, the real Pushgateway's groups, the textfile, the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import importlib
+import json
+import logging
+import time
+from collections.abc import Callable, Iterator
+from typing import Any
+from urllib.parse import quote, quote_plus
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from instrument import Instrumentation
+from instrument._scrub import Scrubber
+
+from .servers import GatewayStandIn, Pushgateway
+from .test_push import analyses
+
+pytestmark = pytest.mark.integration
+
+# The module, not the package's push() function of the same name.
+push_module = importlib.import_module("instrument.push")
+
+ANALYSIS = {"module": "m", "analysis_type": "t", "status": "success"}
+TOKEN = "tk-7f3a9c1e5b2d"
+USER = "deploy"
+# Every character a naive scrubber trips on: a space, a slash, a backslash, both quotes,
+# a non-ASCII letter (its UTF-8 read as Latin-1 by http.client spells it differently).
+PASSWORD = "pa ss/w\\o'rd\"ü"
+
+
+@pytest.fixture
+def stand_in() -> Iterator[GatewayStandIn]:
+    server = GatewayStandIn()
+    yield server
+    server.close()
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Retry after ~10 ms instead of ~0.5 s, so an outage test sees several attempts."""
+    monkeypatch.setattr(push_module, "_RETRY_BASE", 0.01)
+
+
+def make_inst(url: str, **options: Any) -> Instrumentation:
+    options.setdefault("push_mode", "off")
+    return Instrumentation(
+        registry=options.pop("registry", CollectorRegistry()), pushgateway=url, **options
+    )
+
+
+def local(inst: Instrumentation, name: str, **labels: str) -> float | None:
+    """A sample of the instrumentation's registry, read without collecting the other
+    collectors on it (a Flaky one would raise here, and count the collect)."""
+    full = f"codomyrmex_{name}"
+    for metric in inst.registry.restricted_registry([full]).collect():
+        for sample in metric.samples:
+            if sample.name == full and sample.labels == labels:
+                return float(sample.value)
+    return None
+
+
+def calls_counted(inst: Instrumentation) -> float | None:
+    return local(inst, "analyses_total", **ANALYSIS)
+
+
+def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting until {what}"
+        time.sleep(0.02)
+
+
+def push_once(inst: Instrumentation, transport: str) -> bool:
+    if transport == "sync":
+        return inst.push()
+
+    async def run() -> bool:
+        ok = await inst.push_metrics()
+        await inst.aclose()
+        return ok
+
+    return asyncio.run(run())
+
+
+def spellings(secret: str) -> set[str]:
+    """How a secret could show up in a text: as is, percent-encoded, escaped by repr or
+    JSON, or its UTF-8 bytes read as Latin-1. (The test's own list, not the scrubber's.)"""
+    return {
+        secret,
+        quote(secret, safe=""),
+        quote_plus(secret),
+        repr(secret)[1:-1],
+        json.dumps(secret)[1:-1],
+        secret.encode().decode("latin-1"),
+    }
+
+
+def shown(text: str, secrets: tuple[str, ...]) -> list[str]:
+    lowered = text.lower()
+    return [form for s in secrets for form in spellings(s) if form.lower() in lowered]
+
+
+class Flaky(Collector):
+    """A collector on the registry that raises whenever ``fails(n)`` is true for its n-th
+    collect (n from 1), and exposes nothing otherwise."""
+
+    def __init__(self, fails: Callable[[int], bool]) -> None:
+        self.fails = fails
+        self.collects = 0
+
+    def collect(self) -> Iterator[Metric]:
+        self.collects += 1
+        if self.fails(self.collects):
+            raise RuntimeError(f"collector broke on collect {self.collects}")
+        return iter(())
+
+    def describe(self) -> list[Metric]:
+        return []  # registering must not collect
+
+
+def warnings_about(caplog: pytest.LogCaptureFixture, text: str) -> list[logging.LogRecord]:
+    return [r for r in caplog.records if r.levelno == logging.WARNING and text in r.getMessage()]
+
+
+# -- item 5: only 2xx lands; a redirect is a failure that names the Location ------------------------
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+@pytest.mark.parametrize("status", [301, 302, 303, 307, 308])
+def test_a_redirect_is_a_failed_push_that_names_the_location_and_is_not_followed(
+    stand_in: GatewayStandIn,
+    pushgateway: Pushgateway,
+    job_name: str,
+    status: int,
+    transport: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # The Location is a working gateway URL, credentials included: following it would land
+    # the push (307/308 keep the method and body), and showing it would leak the password.
+    target = pushgateway.url.replace("http://", "http://ops:hunter2@")
+    location = f"{target}/metrics/job/{job_name}"
+    stand_in.answer(status, "Moved", {"Location": location})
+    inst = make_inst(stand_in.url, job=job_name)
+    inst.record_analysis("m", "t", 0.5)
+    with caplog.at_level(logging.WARNING, logger="instrument"):
+        assert push_once(inst, transport) is False
+    assert local(inst, "pushes_total") == 1
+    assert local(inst, "push_failures_total") == 1
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    assert inst.delivery._dirty  # the next push carries it
+    assert len(stand_in.requests) == 1
+    assert analyses(pushgateway, job=job_name) is None  # not followed, nothing landed
+    (record,) = warnings_about(caplog, f"HTTP {status} Moved")
+    shown_location = pushgateway.url.replace("http://", "http://***@") + f"/metrics/job/{job_name}"
+    assert f"a redirect to {shown_location}" in record.getMessage()
+    assert "hunter2" not in caplog.text
+    inst.close()
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+def test_a_redirect_without_a_location_is_a_failed_push(
+    stand_in: GatewayStandIn, transport: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    stand_in.answer(302, "Found")
+    inst = make_inst(stand_in.url)
+    with caplog.at_level(logging.WARNING, logger="instrument"):
+        assert push_once(inst, transport) is False
+    assert local(inst, "push_failures_total") == 1
+    assert warnings_about(caplog, "HTTP 302 Found, a redirect without a Location")
+    inst.close()
+
+
+def test_the_real_gateways_own_redirect_is_a_failure(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    # The Pushgateway answers 301 to a path it would clean ("/x/../metrics/..."), as it
+    # does to job "." or "..": such a push never lands. (aiohttp cleans the path itself
+    # before sending, so only the sync transport meets this redirect.)
+    inst = make_inst(pushgateway.url + "/x/..", job=job_name)
+    inst.record_analysis("m", "t", 0.5)
+    assert inst.push() is False
+    assert local(inst, "push_failures_total") == 1
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    assert [g for g in pushgateway.groups() if g["labels"].get("job") == job_name] == []
+    inst.close()
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+@pytest.mark.parametrize("status", [200, 201, 202, 204])
+def test_every_2xx_answer_is_a_landed_push(
+    stand_in: GatewayStandIn, status: int, transport: str
+) -> None:
+    stand_in.answer(status, "Fine")
+    inst = make_inst(stand_in.url)
+    inst.record_analysis("m", "t", 0.5)
+    before = time.time()
+    assert push_once(inst, transport) is True
+    assert local(inst, "push_failures_total") == 0
+    stamp = local(inst, "last_push_success_timestamp_seconds")
+    assert stamp is not None and stamp >= before
+    assert stand_in.last_value("codomyrmex_analyses_total", **ANALYSIS) == 1
+    inst.close()
+
+
+@pytest.mark.parametrize("status", [100, 101, 304, 400, 404, 409, 500, 503])
+def test_any_other_status_is_a_failure_on_both_transports(
+    stand_in: GatewayStandIn, status: int
+) -> None:
+    stand_in.answer(status, "Nope", body="nothing landed")
+    inst = make_inst(stand_in.url)
+    assert push_once(inst, "sync") is False
+    assert push_once(inst, "async") is False
+    assert local(inst, "push_failures_total") == 2
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    inst.close()
+
+
+# -- item 6: whatever the network sends back is scrubbed of the target's credentials -------------
+
+
+def auth_options(kind: str, url: str) -> tuple[str, dict[str, Any], tuple[str, ...]]:
+    """The pushgateway URL, the options and the secrets (including the header) of one way
+    to authenticate."""
+    if kind == "bearer":
+        return url, {"bearer_token": TOKEN}, (TOKEN, f"Bearer {TOKEN}")
+    encoded = base64.b64encode(f"{USER}:{PASSWORD}".encode()).decode()
+    secrets = (PASSWORD, encoded, f"Basic {encoded}")
+    if kind == "basic":
+        return url, {"basic_auth": (USER, PASSWORD)}, secrets
+    userinfo = f"{quote(USER, safe='')}:{quote(PASSWORD, safe='')}@"
+    return url.replace("http://", "http://" + userinfo), {}, secrets
+
+
+ECHOES: dict[str, Callable[[str, str], tuple[int | str, str, dict[str, str], str]]] = {
+    # name -> (status, reason, headers, body), given the secret and the header sent. The
+    # stand-in replaces "{auth}" with the Authorization header it received.
+    "reason": lambda s, h: (401, f"denied for {{auth}} ({s})", {}, ""),
+    "body": lambda s, h: (403, "Forbidden", {}, f"you sent {{auth}}\nand {s}"),
+    "html body": lambda s, h: (
+        502,
+        "Bad Gateway",
+        {"Content-Type": "text/html"},
+        f"<html><head><title>{{auth}}</title></head><body><p>{s}</p></body></html>",
+    ),
+    "json body": lambda s, h: (400, "Bad", {}, json.dumps({"header": "{auth}", "secret": s})),
+    "location": lambda s, h: (
+        307,
+        "Temporary Redirect",
+        {"Location": f"http://127.0.0.1:1/login?auth={quote(h, safe='')}&s={quote(s, safe='')}"},
+        "",
+    ),
+    "other header": lambda s, h: (500, "Oops", {"X-Echo": "{auth}", "WWW-Authenticate": s}, ""),
+    "status line": lambda s, h: ("{auth}", s, {}, ""),
+}
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+@pytest.mark.parametrize("echo", sorted(ECHOES))
+@pytest.mark.parametrize("kind", ["bearer", "basic", "basic in the URL"])
+def test_credentials_echoed_by_the_gateway_never_reach_the_log(
+    stand_in: GatewayStandIn,
+    kind: str,
+    echo: str,
+    transport: str,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    url, options, secrets = auth_options(kind, stand_in.url)
+    status, reason, headers, body = ECHOES[echo](secrets[0], secrets[-1])
+    stand_in.answer(status, reason, headers, body)
+    inst = make_inst(url, **options)
+    with caplog.at_level(logging.DEBUG, logger="instrument"):
+        assert push_once(inst, transport) is False
+        assert push_once(inst, transport) is False  # the debug line of a repeated failure too
+        assert inst.delete_from_gateway() is False
+    sent = stand_in.requests[-1][2]["authorization"]
+    assert sent == secrets[-1]  # the echo really carried the credentials
+    logged = caplog.text + "".join(str(r.args) for r in caplog.records)
+    assert caplog.records, "the failure was not logged"
+    assert shown(logged, secrets) == []
+    assert shown(repr(inst) + repr(inst.delivery.gateway), secrets) == []
+    inst.close()
+
+
+_token_alphabet = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="*")
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(token=st.text(_token_alphabet, min_size=6, max_size=40))
+def test_any_bearer_token_echoed_anywhere_is_scrubbed(
+    stand_in: GatewayStandIn, token: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    location = f"http://127.0.0.1:1/?t={quote(token, safe='')}&h={quote_plus(token)}"
+    stand_in.answer(401, f"no {token}", {"Location": location}, f"{{auth}} {token!r}")
+    inst = make_inst(stand_in.url, bearer_token=token)
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="instrument"):
+        assert inst.push() is False
+    assert caplog.records
+    assert shown(caplog.text, (token,)) == []
+    inst.close()
+
+
+_text = st.text(
+    st.characters(exclude_characters="*", categories=("L", "M", "N", "P", "S", "Z", "Cc", "Cf")),
+    max_size=60,
+)
+
+
+@given(secret=_text.filter(lambda s: len(s) >= 1), before=_text, after=_text)
+def test_the_scrubber_leaves_no_spelling_of_a_secret(secret: str, before: str, after: str) -> None:
+    scrubber = Scrubber([secret])
+    for form in spellings(secret):
+        out = scrubber.one_line(before + form + after, limit=10_000)
+        assert secret not in out
+        assert form not in out
+
+
+@given(secret=st.text(_token_alphabet, min_size=1, max_size=30), before=_text, after=_text)
+def test_the_scrubber_ignores_letter_case(secret: str, before: str, after: str) -> None:
+    scrubber = Scrubber([secret])
+    for form in (secret.upper(), secret.lower(), secret.swapcase()):
+        out = scrubber.one_line(before + form + after, limit=10_000)
+        assert form not in out
+
+
+def test_the_scrubber_cuts_long_texts_after_scrubbing() -> None:
+    scrubber = Scrubber([TOKEN])
+    out = scrubber.one_line("x" * 195 + TOKEN + "y" * 50, limit=200)
+    assert TOKEN[:5] not in out and len(out) <= 200 and out.endswith("...")
