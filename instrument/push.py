@@ -60,6 +60,7 @@ PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
 _RETRY_BASE = 0.5
 _RETRY_CAP = 30.0
 _EXIT_FLUSH_TIMEOUT = 5.0
+_NO_SECRETS = Scrubber(())
 
 
 def _escape(label: str, value: str) -> str:
@@ -480,6 +481,8 @@ class Delivery:
             return False
         try:
             snapshot, attempt = self._start_attempt()
+            if snapshot is None:
+                return False
             try:
                 if self.gateway is not None:
                     self.gateway.push(snapshot, deadline - time.monotonic())
@@ -496,6 +499,8 @@ class Delivery:
         limit = self._default_timeout() if timeout is None else timeout
         entry = await self._session()
         snapshot, attempt = self._start_attempt()
+        if snapshot is None:
+            return False
         try:
             if target is not None:
                 await target.push_async(entry.session, snapshot, limit)
@@ -509,11 +514,15 @@ class Delivery:
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else _EXIT_FLUSH_TIMEOUT
 
-    def _start_attempt(self) -> tuple[_Snapshot, _Attempt]:
+    def _start_attempt(self) -> tuple[_Snapshot | None, _Attempt]:
         """Clear dirty, then take a numbered snapshot: a job ending after this marks dirty
         again. The attempt is counted and stamped as the last success before the snapshot,
-        so the pushed state already says when it was pushed; a failure puts it back."""
+        so the pushed state already says when it was pushed; a failure puts it back.
+
+        A registry that cannot be collected (a collector raising) is a failed attempt,
+        ended here: the snapshot is None, the state stays dirty for the next attempt."""
         _run_before_snapshot()
+        error: BaseException | None = None
         with self._snapshot_lock:
             self._dirty = False
             self._taken += 1
@@ -521,13 +530,23 @@ class Delivery:
             self.metrics.pushes.inc()
             self._last_success = time.time()
             self.metrics.last_push_success.set(self._last_success)
-            snapshot = _Snapshot(self._collect())
-        return snapshot, attempt
+            try:
+                return _Snapshot(self._collect()), attempt
+            except BaseException as exc:
+                error = exc
+        scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
+        failure = PushFailed(
+            scrubber.one_line(f"collecting the metrics failed ({_describe(error)})")
+        )
+        self._end_attempt(None, attempt, failure)
+        if not isinstance(error, Exception):
+            raise error
+        return None, attempt
 
     def _end_attempt(
-        self, snapshot: _Snapshot, attempt: _Attempt, exc: BaseException | None
+        self, snapshot: _Snapshot | None, attempt: _Attempt, exc: BaseException | None
     ) -> bool:
-        if exc is None and self.textfile:
+        if exc is None and self.textfile and snapshot is not None:
             try:
                 write_to_textfile(self.textfile, snapshot)
             except Exception as error:
@@ -552,16 +571,18 @@ class Delivery:
 
     def _record_failure(self, exc: BaseException) -> None:
         self._failures += 1
+        # A PushFailed says what failed; anything else (a textfile's OSError) by its type too.
+        reason = str(exc) if isinstance(exc, PushFailed) else _describe(exc)
         if not self._outage:
             self._outage = True
             logger.warning(
                 "instrument: push to %s failed (%s); retrying with backoff, counts are kept "
                 "and the next successful push carries them",
                 self._target_text(),
-                exc,
+                reason,
             )
         else:
-            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), exc)
+            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
 
     def _record_success(self) -> None:
         if self._outage:

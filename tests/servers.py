@@ -226,7 +226,8 @@ class GatewayStandIn:
     Modes: ``ok`` (records each body), ``slow`` (hangs ``hang`` seconds, then 200),
     ``error`` (500), ``reset`` (closes the connection), ``garbage`` (a non-HTTP answer),
     ``trickle`` (a valid answer sent one byte every half second: about 30 s), ``answer``
-    (whatever :meth:`answer` set, echoing the request's Authorization header if asked).
+    (whatever :meth:`answer` set, echoing the request's Authorization header if asked),
+    ``forward`` (relays each request to the gateway at ``upstream``, a healthy hop).
     """
 
     def __init__(self, mode: str = "ok", hang: float = 3.0) -> None:
@@ -236,6 +237,7 @@ class GatewayStandIn:
         self.hang = hang
         self._answer = b""
         self._answer_lands = False
+        self.upstream = ""
         self.bodies: list[bytes] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.port = free_port()
@@ -323,6 +325,9 @@ class GatewayStandIn:
                 if mode == "garbage":
                     conn.sendall(b"\x00\xffnot http at all\r\n\r\n")
                     return
+                if mode == "forward":
+                    conn.sendall(self._forward(method, path, headers, body))
+                    return
                 if mode == "answer":
                     if self._answer_lands:
                         self.bodies.append(body)
@@ -340,6 +345,20 @@ class GatewayStandIn:
                 )
             except OSError:
                 return
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        relayed = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
+        request = urllib.request.Request(
+            self.upstream + path, data=body or None, method=method, headers=relayed
+        )
+        answer: bytes
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                status, answer = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, exc.read()
+        head = f"HTTP/1.1 {status} Relayed\r\nContent-Length: {len(answer)}\r\n"
+        return head.encode() + b"Connection: close\r\n\r\n" + answer
 
     def last_value(self, name: str, **labels: str) -> float | None:
         """A sample's value in the last body received in ``ok``/``slow`` mode."""

@@ -13,6 +13,7 @@ import json
 import logging
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from urllib.parse import quote, quote_plus
 
@@ -343,3 +344,232 @@ def test_the_scrubber_cuts_long_texts_after_scrubbing() -> None:
     scrubber = Scrubber([TOKEN])
     out = scrubber.one_line("x" * 195 + TOKEN + "y" * 50, limit=200)
     assert TOKEN[:5] not in out and len(out) <= 200 and out.endswith("...")
+
+
+# -- item 7: a collector that raises is a failed push; the flusher lives on ---------------------------
+
+
+def test_a_collector_failing_for_a_while_is_an_outage_the_flusher_outlives(
+    pushgateway: Pushgateway, job_name: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = {"now": True}
+    registry = CollectorRegistry()
+    registry.register(Flaky(lambda _: broken["now"]))
+    inst = make_inst(
+        pushgateway.url, registry=registry, job=job_name, push_mode="coalesce", push_interval=0.02
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def work(i: int) -> int:
+        return i
+
+    with caplog.at_level(logging.INFO, logger="instrument"):
+        assert [work(i) for i in range(50)] == list(range(50))
+        wait_until(lambda: (local(inst, "push_failures_total") or 0) >= 3, "the flusher retried")
+        assert local(inst, "last_push_success_timestamp_seconds") == 0
+        assert inst.delivery._thread is not None and inst.delivery._thread.is_alive()
+        assert analyses(pushgateway, job=job_name) is None
+        broken["now"] = False
+        assert [work(i) for i in range(25)] == list(range(25))
+        wait_until(lambda: analyses(pushgateway, job=job_name) == 75, "the flusher pushed again")
+    (warning,) = warnings_about(caplog, "collecting the metrics failed")
+    assert "RuntimeError: collector broke" in warning.getMessage()
+    assert any("recovered after" in r.getMessage() for r in caplog.records)
+    failures = local(inst, "push_failures_total")
+    assert failures is not None and failures >= 3
+    stamp = local(inst, "last_push_success_timestamp_seconds")
+    assert stamp is not None and stamp > 0
+    inst.close()
+
+
+@pytest.mark.parametrize(
+    "pattern",
+    [
+        pytest.param(lambda n: n == 1, id="raises once"),
+        pytest.param(lambda n: n % 2 == 1, id="raises every other collect"),
+        pytest.param(lambda n: n % 3 != 0, id="raises two collects in three"),
+    ],
+)
+@pytest.mark.parametrize("mode", ["each", "coalesce"])
+def test_an_intermittent_collector_loses_no_count(
+    pushgateway: Pushgateway, job_name: str, mode: str, pattern: Callable[[int], bool]
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(Flaky(pattern))
+    inst = make_inst(
+        pushgateway.url, registry=registry, job=job_name, push_mode=mode, push_interval=0.01
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def work(i: int) -> int:
+        return i * 2
+
+    assert [work(i) for i in range(40)] == [i * 2 for i in range(40)]
+    assert calls_counted(inst) == 40
+    # A failed collect leaves the state dirty: flushing again gets it there.
+    wait_until(lambda: inst.flush(timeout=5), "a flush landed")
+    inst.close()
+    assert analyses(pushgateway, job=job_name) == 40
+    failures = pushgateway.value("codomyrmex_push_failures_total", job=job_name)
+    assert failures is not None and failures >= 1
+
+
+async def test_explicit_operations_with_a_broken_collector_fail_but_never_raise(
+    stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    broken = {"now": True}
+    registry = CollectorRegistry()
+    registry.register(Flaky(lambda _: broken["now"]))
+    inst = make_inst(stand_in.url, registry=registry, push_mode="coalesce", push_interval=60)
+    inst.record_analysis("m", "t", 0.5)
+    with caplog.at_level(logging.INFO, logger="instrument"):
+        assert inst.push() is False
+        assert inst.flush(timeout=2) is False
+        assert await inst.push_metrics() is False
+        assert await inst.aflush() is False
+        failures = local(inst, "push_failures_total")
+        assert failures is not None and failures >= 4
+        assert local(inst, "last_push_success_timestamp_seconds") == 0
+        assert stand_in.requests == []
+        broken["now"] = False
+        assert inst.flush(timeout=5) is True
+    assert stand_in.last_value("codomyrmex_analyses_total", **ANALYSIS) == 1
+    assert len(warnings_about(caplog, "collecting the metrics failed")) == 1
+    assert not [r for r in caplog.records if r.exc_info], "no traceback for a known failure"
+    await inst.aclose()
+
+
+@pytest.mark.parametrize("closer", ["close", "aclose"])
+def test_close_with_a_broken_collector_returns_and_leaves_the_gateway_alone(
+    stand_in: GatewayStandIn, closer: str
+) -> None:
+    registry = CollectorRegistry()
+    registry.register(Flaky(lambda _: True))
+    inst = make_inst(stand_in.url, registry=registry, push_mode="coalesce", push_interval=60)
+    inst.record_analysis("m", "t", 0.5)
+    if closer == "close":
+        inst.close()
+    else:
+        asyncio.run(inst.aclose())
+    assert inst.delivery._closed
+    failures = local(inst, "push_failures_total")
+    assert failures is not None and failures >= 1
+    assert stand_in.bodies == []
+
+
+def test_textfile_only_delivery_outlives_a_failing_collector(tmp_path: Path) -> None:
+    broken = {"now": True}
+    registry = CollectorRegistry()
+    registry.register(Flaky(lambda _: broken["now"]))
+    path = tmp_path / "metrics.prom"
+    inst = Instrumentation(registry=registry, textfile=str(path), push_interval=0.02)
+    for _ in range(30):
+        inst.record_analysis("m", "t", 0.5)
+    wait_until(lambda: (local(inst, "push_failures_total") or 0) >= 3, "the flusher retried")
+    assert not path.exists()
+    broken["now"] = False
+    inst.record_analysis("m", "t", 0.5)
+    line = 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"} 31.0'
+    wait_until(lambda: path.exists() and line in path.read_text(), "the textfile was written")
+    inst.close()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.prom"]
+
+
+@pytest.mark.parametrize("obstacle", ["missing directory", "a directory in the way"])
+def test_a_textfile_that_cannot_be_written_then_can_gets_exact_totals(
+    tmp_path: Path, obstacle: str, caplog: pytest.LogCaptureFixture
+) -> None:
+    folder = tmp_path / "textfiles"
+    path = folder / "metrics.prom"
+    if obstacle == "a directory in the way":
+        path.mkdir(parents=True)
+    inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_interval=0.02)
+    with caplog.at_level(logging.WARNING, logger="instrument"):
+        for _ in range(20):
+            inst.record_analysis("m", "t", 0.5)
+        wait_until(lambda: (local(inst, "push_failures_total") or 0) >= 3, "the flusher retried")
+    (warning,) = warnings_about(caplog, str(path))
+    error = "IsADirectoryError" if obstacle == "a directory in the way" else "FileNotFoundError"
+    assert error in warning.getMessage()
+    if obstacle == "a directory in the way":
+        path.rmdir()
+    else:
+        folder.mkdir()
+    for _ in range(5):
+        inst.record_analysis("m", "t", 0.5)
+    line = 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"} 25.0'
+    wait_until(lambda: path.is_file() and line in path.read_text(), "the textfile was written")
+    inst.close()
+    assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]  # no temp file left
+
+
+# -- faults in the transport, each mode in async and sync code, then exact totals ---------------------
+
+FAULTS: dict[str, Callable[[GatewayStandIn], None]] = {
+    "301 with Location": lambda s: s.answer(301, "Moved", {"Location": s.url + "/elsewhere"}),
+    "302 without Location": lambda s: s.answer(302, "Found"),
+    "307": lambda s: s.answer(307, "Temporary Redirect", {"Location": s.url}),
+    "308": lambda s: s.answer(308, "Permanent Redirect", {"Location": s.url}),
+    "400": lambda s: s.answer(400, "Bad Request", body="text format parsing error"),
+    "500": lambda s: s.answer(500, "Internal Server Error"),
+    "503": lambda s: s.answer(503, "Service Unavailable", {"Retry-After": "1"}),
+    "reset": lambda s: setattr(s, "mode", "reset"),
+    "garbage": lambda s: setattr(s, "mode", "garbage"),
+    "hang": lambda s: s.__dict__.update(mode="slow", hang=2.0),
+    "trickle": lambda s: setattr(s, "mode", "trickle"),
+}
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+async def test_each_mode_in_async_code_through_an_outage_ends_with_exact_totals(
+    stand_in: GatewayStandIn, pushgateway: Pushgateway, job_name: str, fault: str
+) -> None:
+    FAULTS[fault](stand_in)
+    inst = make_inst(stand_in.url, job=job_name, push_mode="each", push_timeout=0.3)
+
+    @inst.monitored_analysis("m", "t")
+    async def work(i: int) -> int:
+        await asyncio.sleep(0)
+        if i == 2:
+            raise KeyError(i)
+        return i
+
+    results = []
+    for i in range(4):
+        try:
+            results.append(await work(i))
+        except KeyError as exc:
+            results.append(exc.args[0] * 100)
+    assert results == [0, 1, 200, 3]
+    assert local(inst, "push_failures_total") == 4
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    stand_in.upstream, stand_in.mode = pushgateway.url, "forward"  # the outage ends
+    assert await work(5) == 5
+    assert analyses(pushgateway, job=job_name) == 4
+    assert analyses(pushgateway, job=job_name, status="error") == 1
+    assert await inst.aflush() is True
+    await inst.aclose()
+    assert pushgateway.value("codomyrmex_push_failures_total", job=job_name) == 4
+
+
+@pytest.mark.parametrize("fault", sorted(FAULTS))
+def test_coalesce_through_an_outage_ends_with_exact_totals(
+    stand_in: GatewayStandIn, pushgateway: Pushgateway, job_name: str, fault: str
+) -> None:
+    FAULTS[fault](stand_in)
+    inst = make_inst(
+        stand_in.url, job=job_name, push_mode="coalesce", push_interval=0.01, push_timeout=0.3
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def work(i: int) -> int:
+        return -i
+
+    assert [work(i) for i in range(300)] == [-i for i in range(300)]
+    wait_until(lambda: (local(inst, "push_failures_total") or 0) >= 2, "the flusher retried")
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    stand_in.upstream, stand_in.mode = pushgateway.url, "forward"
+    assert [work(i) for i in range(200)] == [-i for i in range(200)]
+    wait_until(lambda: analyses(pushgateway, job=job_name) == 500, "the flusher delivered it all")
+    inst.close()
+    assert analyses(pushgateway, job=job_name) == 500
