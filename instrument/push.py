@@ -19,6 +19,7 @@ import os
 import random
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -348,6 +349,7 @@ class Delivery:
         self._last_success = 0.0
         self._reset_process_state()
         _live.add(self)
+        _hook_multiprocessing()
         if self._multiprocess and self.mode == "coalesce":
             # Workers record but never push; the owner pushes what they collected each interval.
             self._mark_dirty()
@@ -669,7 +671,9 @@ class Delivery:
 
     def _final_pending(self) -> bool:
         _run_before_snapshot()  # deferred recording may still mark the state dirty
-        return self.mode != "off" and not self._is_worker() and self._dirty
+        # In multiprocess mode the workers' records never make the owner dirty: only a
+        # push collecting across processes leaves their final totals on the gateway.
+        return self.mode != "off" and not self._is_worker() and (self._dirty or self._multiprocess)
 
     def close(self, timeout: float = _EXIT_FLUSH_TIMEOUT) -> None:
         """Stop the flusher, deliver the final state, optionally delete the group: all within
@@ -898,9 +902,44 @@ def _close_all_at_exit() -> None:
             logger.exception("instrument: final flush at exit failed")
 
 
+# -- multiprocessing children: they end with os._exit, so atexit never runs there ---------------
+
+_after_fork_hooked = False
+_child_finalizer: Any = None
+
+
+def _hook_multiprocessing(_: object = None) -> None:
+    """Deliver the final state when a multiprocessing child ends normally.
+
+    multiprocessing ends a child (fork and forkserver start methods) with ``os._exit``
+    after running its own finalizers (``multiprocessing.util.Finalize``), never the atexit
+    handlers; and it clears the finalizers a child inherited before running the after-fork
+    hooks (``register_after_fork``). So the final flush is registered as a finalizer from
+    such a hook in each child, or when a delivery is created in one. Nothing is imported:
+    without multiprocessing loaded, no multiprocessing child can start.
+    """
+    global _after_fork_hooked, _child_finalizer
+    util = sys.modules.get("multiprocessing.util")
+    multiprocessing = sys.modules.get("multiprocessing")
+    if util is None or multiprocessing is None:
+        return
+    if not _after_fork_hooked:  # inherited by children, with multiprocessing's registry
+        _after_fork_hooked = True
+        util.register_after_fork(_hook_multiprocessing, _hook_multiprocessing)
+    if multiprocessing.parent_process() is None:
+        return  # not a multiprocessing child: atexit delivers
+    if _child_finalizer is not None and _child_finalizer.still_active():
+        return
+    # Below zero: run after the child has joined its own children, so an owner in
+    # multiprocess mode collects their final totals too.
+    _child_finalizer = util.Finalize(None, _close_all_at_exit, exitpriority=-10)
+
+
 def _after_fork_in_child() -> None:
     for delivery in list(_live):
         delivery._reset_process_state()
+    # Runs inside os.fork(): multiprocessing's own after-fork hooks run later, in the child.
+    _hook_multiprocessing()
 
 
 atexit.register(_close_all_at_exit)

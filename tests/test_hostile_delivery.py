@@ -11,6 +11,10 @@ import base64
 import importlib
 import json
 import logging
+import os
+import subprocess
+import sys
+import textwrap
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -28,7 +32,7 @@ from instrument import Instrumentation
 from instrument._scrub import Scrubber
 
 from .servers import GatewayStandIn, Pushgateway
-from .test_push import analyses
+from .test_push import ROOT, analyses
 
 pytestmark = pytest.mark.integration
 
@@ -573,3 +577,151 @@ def test_coalesce_through_an_outage_ends_with_exact_totals(
     wait_until(lambda: analyses(pushgateway, job=job_name) == 500, "the flusher delivered it all")
     inst.close()
     assert analyses(pushgateway, job=job_name) == 500
+
+
+# -- item 8: multiprocess mode, the owner's final push collects across processes ----------------------
+
+MULTIPROCESS_SCRIPT = """
+import asyncio, multiprocessing
+from instrument import Instrumentation
+
+inst = Instrumentation(pushgateway={gateway!r}, job={job!r}, push_interval=60)
+
+@inst.monitored_analysis("m", "t")
+def work(i):
+    return i
+
+def worker(calls):
+    for i in range(calls):
+        work(i)
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=worker, args=({calls},)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join()
+        assert p.exitcode == 0, p.exitcode
+    {end}
+"""
+
+
+def run_script(
+    path: Path, code: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    path.write_text(textwrap.dedent(code))
+    return subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env={**os.environ, **(env or {})},
+    )
+
+
+@pytest.mark.parametrize(
+    "end", ["inst.close()", "asyncio.run(inst.aclose())", "pass  # atexit delivers"]
+)
+def test_multiprocess_owner_ends_with_the_exact_totals_of_all_workers(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path, end: str
+) -> None:
+    shared = tmp_path / "multiproc"
+    shared.mkdir()
+    code = MULTIPROCESS_SCRIPT.format(gateway=pushgateway.url, job=job_name, calls=250, end=end)
+    result = run_script(tmp_path / "owner.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(shared)})
+    assert result.returncode == 0, result.stderr
+    assert analyses(pushgateway, job=job_name) == 1000
+    assert pushgateway.value("codomyrmex_active_jobs", job_type="m", job=job_name) == 0
+
+
+# -- item 9: a multiprocessing child that ends normally delivers its final state ----------------------
+
+CHILD_WITH_OWN_CONFIG = """
+import multiprocessing
+from instrument import Instrumentation
+
+def child(gateway, job):
+    inst = Instrumentation(pushgateway=gateway, job=job, push_interval=60)
+
+    @inst.monitored_analysis("m", "t")
+    def work(i):
+        return i
+
+    for i in range(300):
+        work(i)
+    # returning ends the process with os._exit: atexit never runs here
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context({method!r})
+    p = ctx.Process(target=child, args=({gateway!r}, {job!r}))
+    p.start()
+    p.join()
+    assert p.exitcode == 0, p.exitcode
+"""
+
+
+@pytest.mark.parametrize("method", ["fork", "forkserver", "spawn"])
+def test_a_multiprocessing_child_with_its_own_config_delivers_its_final_state(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path, method: str
+) -> None:
+    code = CHILD_WITH_OWN_CONFIG.format(method=method, gateway=pushgateway.url, job=job_name)
+    result = run_script(tmp_path / "parent.py", code)
+    assert result.returncode == 0, result.stderr
+    assert analyses(pushgateway, job=job_name) == 300
+
+
+INHERITED_CONFIG = """
+import multiprocessing
+from instrument import Instrumentation
+
+inst = Instrumentation(pushgateway={gateway!r}, job={job!r}, instance=True, push_interval=60)
+
+@inst.monitored_analysis("m", "t")
+def work(i):
+    return i
+
+def batch(calls):
+    for i in range(calls):
+        work(i)
+    return calls
+
+if __name__ == "__main__":
+    ctx = multiprocessing.get_context("fork")
+    {run}
+"""
+
+RUNS = {
+    "process": """
+    p = ctx.Process(target=batch, args=(300,))
+    p.start()
+    p.join()
+    assert p.exitcode == 0, p.exitcode""",
+    # close() then join(): the workers end normally. (terminate(), what leaving a
+    # `with Pool()` block does, kills them: see the README.)
+    "pool": """
+    pool = ctx.Pool(3)
+    assert sum(pool.map(batch, [100] * 3, chunksize=1)) == 300
+    pool.close()
+    pool.join()""",
+}
+
+
+@pytest.mark.parametrize("run", sorted(RUNS))
+def test_fork_started_workers_of_a_configured_parent_deliver_their_final_state(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path, run: str
+) -> None:
+    code = INHERITED_CONFIG.format(
+        gateway=pushgateway.url,
+        job=job_name,
+        run=textwrap.dedent(RUNS[run]).strip().replace("\n", "\n    "),
+    )
+    result = run_script(tmp_path / "parent.py", code)
+    assert result.returncode == 0, result.stderr
+    per_instance = [
+        value
+        for name, labels, value in pushgateway.samples()
+        if name == "codomyrmex_analyses_total" and labels.get("job") == job_name
+    ]
+    assert sum(per_instance) == 300  # the parent recorded nothing: no group of its own
