@@ -38,6 +38,7 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from ._scrub import Scrubber
+from ._threads import start_daemon
 from ._urls import authorization, mask_url, split_url, ssl_context
 from .metrics import Metrics
 
@@ -280,8 +281,7 @@ def _request(
         except BaseException as exc:
             outcome.append(exc)
 
-    worker = threading.Thread(target=run, name="instrument-push-request", daemon=True)
-    worker.start()
+    worker = start_daemon(run, "instrument-push-request")
     worker.join(timeout)
     try:
         if not outcome:
@@ -445,12 +445,11 @@ class Delivery:
             if self._thread is None:
                 # The thread holds the delivery weakly once it is clean: an instrumentation
                 # dropped without close() is pushed, then collected, and its flusher ends.
-                self._thread = threading.Thread(
-                    target=_flusher, args=(weakref.ref(self), self._flush_state),
-                    name="instrument-flusher", daemon=True,
-                )  # fmt: skip
+                # Set once started: a thread that could not start is tried again next time.
+                self._thread = start_daemon(
+                    _flusher, "instrument-flusher", weakref.ref(self), self._flush_state
+                )
                 weakref.finalize(self, _wake, self._cond)
-                self._thread.start()
             self._cond.notify()
 
     def _flush_slot(self) -> float | None:
@@ -864,12 +863,10 @@ class _LoopSession:
             else:
                 # Another loop runs in this thread, so the session's loop cannot run here:
                 # run it to close the session in a short-lived thread of its own.
-                closer = threading.Thread(
-                    target=lambda: loop.run_until_complete(self.session.close()),
-                    name="instrument-session-close",
-                    daemon=True,
+                closer = start_daemon(
+                    lambda: loop.run_until_complete(self.session.close()),
+                    "instrument-session-close",
                 )
-                closer.start()
                 closer.join(2.0)
         except Exception:
             logger.debug("instrument: closing an aiohttp session failed", exc_info=True)
@@ -890,16 +887,27 @@ def _multiprocess_enabled() -> bool:
 
 
 _live: weakref.WeakSet[Delivery] = weakref.WeakSet()
+_exit_flush_running = False
+
+
+def exit_flush_running() -> bool:
+    """True while the final flush at exit runs: a SIGTERM handler lets it finish."""
+    return _exit_flush_running
 
 
 def _close_all_at_exit() -> None:
-    # One bound for the whole exit, however many instrumentations there are.
-    deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT
-    for delivery in list(_live):
-        try:
-            delivery.close(timeout=max(deadline - time.monotonic(), 0.001))
-        except Exception:
-            logger.exception("instrument: final flush at exit failed")
+    global _exit_flush_running
+    _exit_flush_running = True
+    try:
+        # One bound for the whole exit, however many instrumentations there are.
+        deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT
+        for delivery in list(_live):
+            try:
+                delivery.close(timeout=max(deadline - time.monotonic(), 0.001))
+            except Exception:
+                logger.exception("instrument: final flush at exit failed")
+    finally:
+        _exit_flush_running = False
 
 
 # -- multiprocessing children: they end with os._exit, so atexit never runs there ---------------

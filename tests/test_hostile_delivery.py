@@ -12,9 +12,11 @@ import importlib
 import json
 import logging
 import os
+import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -725,3 +727,128 @@ def test_fork_started_workers_of_a_configured_parent_deliver_their_final_state(
         if name == "codomyrmex_analyses_total" and labels.get("job") == job_name
     ]
     assert sum(per_instance) == 300  # the parent recorded nothing: no group of its own
+
+
+# -- item 10: SIGTERM reaches the main thread, and the exit flush it starts finishes -------------------
+
+
+def blocked_signals(thread: threading.Thread) -> set[int]:
+    status = Path(f"/proc/self/task/{thread.native_id}/status").read_text()
+    mask = int(
+        next(line for line in status.splitlines() if line.startswith("SigBlk:")).split()[1], 16
+    )
+    return {n for n in range(1, 65) if mask & (1 << (n - 1))}
+
+
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="reads Linux's /proc")
+def test_toolkit_threads_leave_sigterm_to_the_main_thread(stand_in: GatewayStandIn) -> None:
+    """A SIGTERM the kernel hands to a background thread does not wake a main thread that
+    sleeps, so the exit it asks for waits for the sleep to end. Only the main thread (and
+    the user's own threads) may receive it."""
+    stand_in.mode, stand_in.hang = "slow", 3.0
+    inst = make_inst(stand_in.url, push_mode="coalesce", push_interval=60)
+    inst.record_analysis("m", "t", 0.5)  # starts the flusher, whose push hangs
+    wait_until(
+        lambda: any(t.name == "instrument-push-request" for t in threading.enumerate()),
+        "a push was in flight",
+    )
+    before = set(threading.enumerate())
+    server = inst.start_http_server(0)
+    try:
+        ours = [
+            t for t in threading.enumerate() if t.name.startswith("instrument-") or t not in before
+        ]
+        names = {t.name for t in ours}
+        assert {"instrument-flusher", "instrument-push-request"} <= names
+        assert len(ours) >= 3, names  # and the pull-mode server's thread
+        for thread in ours:
+            blocked = blocked_signals(thread)
+            assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= blocked, thread.name
+            assert signal.SIGSEGV not in blocked
+        assert signal.SIGTERM not in blocked_signals(threading.main_thread())
+    finally:
+        server.shutdown()
+        inst.delivery.close(timeout=0.5)
+
+
+SIGTERM_DURING_EXIT = """
+import atexit, signal
+from prometheus_client.registry import Collector
+from instrument import Instrumentation
+
+class SigtermAtExit(Collector):
+    # Sends SIGTERM to its own process while the final flush at exit collects.
+    armed = False
+    def collect(self):
+        if self.armed:
+            self.armed = False
+            signal.raise_signal(signal.SIGTERM)
+        return iter(())
+    def describe(self):
+        return []
+
+collector = SigtermAtExit()
+inst = Instrumentation(pushgateway={gateway!r}, job={job!r}, push_interval=60)
+inst.registry.register(collector)
+inst.install_sigterm_handler()
+# Registered after the toolkit's, so it runs first (atexit is last in, first out).
+atexit.register(lambda: setattr(collector, "armed", True))
+
+for _ in range(321):
+    inst.record_analysis("m", "t", 0.5)
+"""
+
+
+def test_a_sigterm_during_the_exit_flush_lets_it_finish(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path
+) -> None:
+    code = SIGTERM_DURING_EXIT.format(gateway=pushgateway.url, job=job_name)
+    result = run_script(tmp_path / "child.py", code)
+    assert "Traceback" not in result.stderr, result.stderr
+    assert result.returncode == 0
+    assert analyses(pushgateway, job=job_name) == 321
+
+
+def test_a_sigterm_while_the_main_thread_sleeps_ends_it_with_the_final_totals(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path
+) -> None:
+    """Several children at once, so background threads are busy when the signal comes."""
+    script = tmp_path / "sleeper.py"
+    script.write_text(
+        textwrap.dedent(
+            f"""
+            import sys, time
+            from instrument import Instrumentation
+            inst = Instrumentation(pushgateway={pushgateway.url!r}, job={job_name!r},
+                                   instance=True, push_interval=60)
+            inst.install_sigterm_handler()
+            for _ in range(123):
+                inst.record_analysis("m", "t", 0.5)
+            print("ready", flush=True)
+            time.sleep(60)
+            """
+        )
+    )
+    children = [
+        subprocess.Popen([sys.executable, str(script)], stdout=subprocess.PIPE, text=True, cwd=ROOT)
+        for _ in range(4)
+    ]
+    try:
+        for child in children:
+            assert child.stdout is not None and child.stdout.readline().strip() == "ready"
+        for child in children:
+            child.terminate()
+        assert [child.wait(20) for child in children] == [143] * 4
+    finally:
+        for child in children:
+            if child.poll() is None:
+                child.kill()
+                child.wait()
+            if child.stdout is not None:
+                child.stdout.close()
+    per_instance = [
+        value
+        for name, labels, value in pushgateway.samples()
+        if name == "codomyrmex_analyses_total" and labels.get("job") == job_name
+    ]
+    assert per_instance == [123.0] * 4
