@@ -15,6 +15,9 @@ from typing import TYPE_CHECKING, Any
 import prometheus_client
 from prometheus_client.exposition import choose_encoder
 
+from ._threads import signals_blocked
+from .push import exit_flush_running
+
 if TYPE_CHECKING:
     from aiohttp import web
 
@@ -27,9 +30,12 @@ def start_http_server(inst: Instrumentation, port: int, addr: str = "127.0.0.1")
     """Serve ``/metrics`` from a daemon thread; returns the WSGI server (``.shutdown()``)."""
     if not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
-    server, _thread = prometheus_client.start_http_server(
-        port, addr=addr, registry=inst.collect_registry()
-    )
+    # Its threads (and the ones they start per request) leave signals to the main thread, as
+    # the toolkit's own do: a SIGTERM landing on them would not wake a sleeping main thread.
+    with signals_blocked():
+        server, _thread = prometheus_client.start_http_server(
+            port, addr=addr, registry=inst.collect_registry()
+        )
     return server
 
 
@@ -49,12 +55,18 @@ def install_sigterm_handler() -> None:
     """On SIGTERM, exit through ``sys.exit`` so atexit's final flush runs.
 
     A handler that was installed before is called first. Only the main thread can install it.
+    The toolkit's threads never receive the signal, so it reaches the main thread even while
+    that sleeps; a SIGTERM that comes while the final flush runs lets it finish.
     """
     previous = signal.getsignal(signal.SIGTERM)
 
     def on_sigterm(signum: int, frame: FrameType | None) -> None:
         if callable(previous):
             previous(signum, frame)
+        if exit_flush_running():
+            # A second SystemExit would abort the flush this exit is waiting for; it is
+            # bounded (5 s), so the process ends anyway.
+            return
         # Children forked after this inherit the handler; they exit the same way.
         sys.exit(128 + signum)
 

@@ -15,11 +15,9 @@ exception messages, even when a proxy echoes the ``Authorization`` header back.
 from __future__ import annotations
 
 import asyncio
-import html
 import json
 import logging
 import random
-import re
 import time
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -30,6 +28,7 @@ from urllib.parse import quote, urljoin
 
 import aiohttp
 
+from ._scrub import DETAIL_LIMIT, Scrubber
 from ._urls import authorization, mask_url, split_url, ssl_context
 from .metrics import DEFAULT_NAMESPACE
 
@@ -57,12 +56,6 @@ _RETRY_AFTER_CAP = 60.0
 _sleep = asyncio.sleep
 
 _MAX_UID = 40
-# How much of an answer's text an exception message quotes.
-_DETAIL_LIMIT = 200
-# An HTML tag; "a < b" is left alone.
-_TAG_RE = re.compile(r"<[A-Za-z/!?][^<>]*>")
-_HEAD_START_RE = re.compile(r"<head[\s>]", re.IGNORECASE)
-_HEAD_END_RE = re.compile(r"</head\s*>", re.IGNORECASE)
 
 
 # -- errors -------------------------------------------------------------------------------
@@ -209,7 +202,7 @@ class GrafanaClient:
             headers["Authorization"] = authorization_header
         if org_id is not None:
             headers["X-Grafana-Org-Id"] = str(org_id)
-        self._secrets = tuple(sorted({s for s in secrets if s}, key=len, reverse=True))
+        self._scrubber = Scrubber(secrets)
         self._headers = headers
         self._session = session
         self._owns_session = session is None
@@ -495,25 +488,9 @@ class GrafanaClient:
                 "Grafana server (mind a sub-path such as /grafana)?"
             ) from None
 
-    def _scrub(self, text: str) -> str:
-        for secret in self._secrets:
-            text = text.replace(secret, "***")
-        return text
-
-    def _one_line(self, text: str, limit: int = _DETAIL_LIMIT) -> str:
-        """``text`` as an exception message may quote it: credentials scrubbed, one line.
-
-        The whole text is scrubbed before it is cut (a cut secret would no longer match);
-        an HTML page loses its tags (and its head, if the body says anything), control
-        characters and runs of whitespace become one space. Scrubbed again at the end, as
-        unescaped entities or joined lines could spell a secret anew.
-        """
-        text = self._scrub(text)
-        if _TAG_RE.search(text):
-            text = _html_text(text)
-        text = "".join(char if char.isprintable() else " " for char in text)
-        text = self._scrub(" ".join(text.split()))
-        return text if len(text) <= limit else text[: limit - 3] + "..."
+    def _one_line(self, text: str, limit: int = DETAIL_LIMIT) -> str:
+        """``text`` as an exception message may quote it: credentials scrubbed, one line."""
+        return self._scrubber.one_line(text, limit)
 
     def _http_error(
         self, status: int, raw: bytes, method: str, path: str, what: str, attempts: int
@@ -593,18 +570,6 @@ class GrafanaClient:
             "here: check the URL (proxies, sub-path) and Grafana's version",
             http_status=status,
         )
-
-
-def _html_text(page: str) -> str:
-    """The text of an HTML error page (a proxy's 502), tags dropped; linear time."""
-    start, end = _HEAD_START_RE.search(page), _HEAD_END_RE.search(page)
-    body = page
-    if start and end and start.start() < end.start():
-        body = page[: start.start()] + page[end.end() :]
-    text = _TAG_RE.sub(" ", body)
-    if not text.strip():  # all it says is in its <title>
-        text = _TAG_RE.sub(" ", page)
-    return html.unescape(text)
 
 
 # -- the original design's entry point ----------------------------------------------------

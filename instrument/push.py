@@ -21,6 +21,7 @@ import random
 import re
 import socket
 import ssl
+import sys
 import threading
 import time
 import weakref
@@ -38,6 +39,8 @@ from prometheus_client.exposition import (
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
+from ._scrub import Scrubber
+from ._threads import start_daemon
 from ._urls import authorization, mask_url, split_url, ssl_context
 from .metrics import SAMPLE_LABELS, Metrics, check_label_value
 
@@ -65,6 +68,7 @@ PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
 _RETRY_BASE = 0.5
 _RETRY_CAP = 30.0
 _EXIT_FLUSH_TIMEOUT = 5.0
+_NO_SECRETS = Scrubber(())
 
 
 def _escape(label: str, value: str) -> str:
@@ -195,10 +199,12 @@ class PushTarget:
         self.grouping_key = check_grouping_key(grouping_key)
         self.method = method.upper()
         self.timeout = check_seconds("push_timeout", timeout)
-        header, _ = authorization(
+        header, secrets = authorization(
             token=bearer_token, basic_auth=basic_auth, token_name="bearer_token"
         )
         self._headers: list[tuple[str, str]] = [] if header is None else [("Authorization", header)]
+        #: Removes this target's credentials from texts the network sent back.
+        self.scrubber = Scrubber(secrets)
         self._ssl = ssl_context(self.url, tls_verify=tls_verify, ca_file=ca_file)
 
     def __repr__(self) -> str:
@@ -220,7 +226,9 @@ class PushTarget:
         data: bytes,
     ) -> Callable[[], None]:
         def send() -> None:
-            _request(url, method, [*headers, *self._headers], data, timeout, self._ssl)
+            _request(
+                url, method, [*headers, *self._headers], data, timeout, self._ssl, self.scrubber
+            )
 
         return send
 
@@ -277,17 +285,52 @@ class PushTarget:
                 headers=headers,
                 ssl=self._ssl if self._ssl is not None else True,
                 timeout=aiohttp.ClientTimeout(total=total, connect=min(total, 3.0)),
+                # A redirected PUT lands somewhere else, or nowhere: never follow one.
+                allow_redirects=False,
             ) as resp:
-                await resp.read()
-                if resp.status >= 400:
-                    raise PushFailed(f"HTTP {resp.status} {resp.reason}")
-        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
-            reason = f"{type(exc).__name__}: {exc}".replace(self.url, mask_url(self.url))
-            raise PushFailed(reason) from None
+                answer = await resp.read()
+                status, reason, location = resp.status, resp.reason, resp.headers.get("Location")
+        except Exception as exc:  # aiohttp's errors, timeouts, and whatever a bad answer raises
+            raise PushFailed(self.scrubber.one_line(_describe(exc))) from None
+        _check_answer(status, reason or "", location, answer, self.scrubber)
 
 
 class PushFailed(Exception):
     """A push attempt failed; the message never contains credentials."""
+
+
+def _describe(exc: BaseException) -> str:
+    """``Type: text`` of an exception, even one whose ``__str__`` raises."""
+    try:
+        text = str(exc)
+    except Exception:
+        text = "(its text cannot be shown)"
+    return f"{type(exc).__name__}: {text}"
+
+
+def _check_answer(
+    status: int, reason: str, location: str | None, body: bytes, scrubber: Scrubber
+) -> None:
+    """Raise PushFailed unless the gateway answered 2xx: only then did the push land.
+
+    Everything quoted from the answer is scrubbed of the target's credentials: a proxy may
+    echo the Authorization header in its reason phrase or body, and a Location may carry
+    credentials of its own (masked like any URL)."""
+    if 200 <= status < 300:
+        return
+    said = scrubber.one_line(f"HTTP {status} {reason}".rstrip())
+    if 300 <= status < 400:
+        where = (
+            f"a redirect to {scrubber.one_line(mask_url(location))}"
+            if location
+            else "a redirect without a Location"
+        )
+        raise PushFailed(
+            f"{said}, {where}: a push is never redirected, so nothing landed; point the "
+            "pushgateway URL at the gateway itself"
+        )
+    detail = scrubber.one_line(body.decode("utf-8", errors="replace"))
+    raise PushFailed(f"{said}: {detail}" if detail else said)
 
 
 def _request(
@@ -297,6 +340,7 @@ def _request(
     body: bytes,
     timeout: float | None,
     context: ssl.SSLContext | None,
+    scrubber: Scrubber,
 ) -> None:
     """One HTTP request that ends within ``timeout`` seconds in all, name lookup included.
 
@@ -314,31 +358,31 @@ def _request(
         )
     else:
         conn = http.client.HTTPConnection(parts.hostname or "", parts.port, timeout=timeout)
-    outcome: list[BaseException | http.client.HTTPResponse] = []
+    outcome: list[BaseException | tuple[http.client.HTTPResponse, bytes]] = []
 
     def run() -> None:
         try:
             conn.request(method, target, body=body or None, headers=dict(headers))
             response = conn.getresponse()
-            response.read()
-            outcome.append(response)
+            outcome.append((response, response.read()))
         except BaseException as exc:
             outcome.append(exc)
 
-    worker = threading.Thread(target=run, name="instrument-push-request", daemon=True)
-    worker.start()
+    worker = start_daemon(run, "instrument-push-request")
     worker.join(timeout)
     try:
         if not outcome:
             raise PushFailed(f"no complete answer within {timeout:g} s")
         result = outcome[0]
         if isinstance(result, (OSError, http.client.HTTPException)):
-            raise PushFailed(f"{type(result).__name__}: {result}") from None
+            raise PushFailed(scrubber.one_line(_describe(result))) from None
         if isinstance(result, BaseException):
             # Never echo it: a value error here may quote a header, credentials included.
             raise PushFailed(f"{type(result).__name__} while sending the request") from None
-        if result.status >= 400:
-            raise PushFailed(f"HTTP {result.status} {result.reason}")
+        response, answer = result
+        _check_answer(
+            response.status, response.reason, response.getheader("Location"), answer, scrubber
+        )
     finally:
         sock = conn.sock
         if sock is not None:
@@ -392,6 +436,7 @@ class Delivery:
         self._last_success = 0.0
         self._reset_process_state()
         _live.add(self)
+        _hook_multiprocessing()
         if self._multiprocess and self.mode == "coalesce":
             # Workers record but never push; the owner pushes what they collected each interval.
             self._mark_dirty()
@@ -487,12 +532,11 @@ class Delivery:
             if self._thread is None:
                 # The thread holds the delivery weakly once it is clean: an instrumentation
                 # dropped without close() is pushed, then collected, and its flusher ends.
-                self._thread = threading.Thread(
-                    target=_flusher, args=(weakref.ref(self), self._flush_state),
-                    name="instrument-flusher", daemon=True,
-                )  # fmt: skip
+                # Set once started: a thread that could not start is tried again next time.
+                self._thread = start_daemon(
+                    _flusher, "instrument-flusher", weakref.ref(self), self._flush_state
+                )
                 weakref.finalize(self, _wake, self._cond)
-                self._thread.start()
             self._cond.notify()
 
     def _flush_slot(self) -> float | None:
@@ -525,6 +569,8 @@ class Delivery:
             return False
         try:
             snapshot, attempt = self._start_attempt()
+            if snapshot is None:
+                return False
             try:
                 if self.gateway is not None:
                     self.gateway.push(snapshot, deadline - time.monotonic())
@@ -541,6 +587,8 @@ class Delivery:
         limit = self._default_timeout() if timeout is None else timeout
         entry = await self._session()
         snapshot, attempt = self._start_attempt()
+        if snapshot is None:
+            return False
         try:
             if target is not None:
                 await target.push_async(entry.session, snapshot, limit)
@@ -554,11 +602,15 @@ class Delivery:
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else _EXIT_FLUSH_TIMEOUT
 
-    def _start_attempt(self) -> tuple[_Snapshot, _Attempt]:
+    def _start_attempt(self) -> tuple[_Snapshot | None, _Attempt]:
         """Clear dirty, then take a numbered snapshot: a job ending after this marks dirty
         again. The attempt is counted and stamped as the last success before the snapshot,
-        so the pushed state already says when it was pushed; a failure puts it back."""
+        so the pushed state already says when it was pushed; a failure puts it back.
+
+        A registry that cannot be collected (a collector raising) is a failed attempt,
+        ended here: the snapshot is None, the state stays dirty for the next attempt."""
         _run_before_snapshot()
+        error: BaseException | None = None
         with self._snapshot_lock:
             self._dirty = False
             self._taken += 1
@@ -566,13 +618,23 @@ class Delivery:
             self.metrics.pushes.inc()
             self._last_success = time.time()
             self.metrics.last_push_success.set(self._last_success)
-            snapshot = _Snapshot(self._collect())
-        return snapshot, attempt
+            try:
+                return _Snapshot(self._collect()), attempt
+            except BaseException as exc:
+                error = exc
+        scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
+        failure = PushFailed(
+            scrubber.one_line(f"collecting the metrics failed ({_describe(error)})")
+        )
+        self._end_attempt(None, attempt, failure)
+        if not isinstance(error, Exception):
+            raise error
+        return None, attempt
 
     def _end_attempt(
-        self, snapshot: _Snapshot, attempt: _Attempt, exc: BaseException | None
+        self, snapshot: _Snapshot | None, attempt: _Attempt, exc: BaseException | None
     ) -> bool:
-        if exc is None and self.textfile:
+        if exc is None and self.textfile and snapshot is not None:
             try:
                 write_to_textfile(self.textfile, snapshot)
             except Exception as error:
@@ -597,16 +659,18 @@ class Delivery:
 
     def _record_failure(self, exc: BaseException) -> None:
         self._failures += 1
+        # A PushFailed says what failed; anything else (a textfile's OSError) by its type too.
+        reason = str(exc) if isinstance(exc, PushFailed) else _describe(exc)
         if not self._outage:
             self._outage = True
             logger.warning(
                 "instrument: push to %s failed (%s); retrying with backoff, counts are kept "
                 "and the next successful push carries them",
                 self._target_text(),
-                exc,
+                reason,
             )
         else:
-            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), exc)
+            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
 
     def _record_success(self) -> None:
         if self._outage:
@@ -693,7 +757,9 @@ class Delivery:
 
     def _final_pending(self) -> bool:
         _run_before_snapshot()  # deferred recording may still mark the state dirty
-        return self.mode != "off" and not self._is_worker() and self._dirty
+        # In multiprocess mode the workers' records never make the owner dirty: only a
+        # push collecting across processes leaves their final totals on the gateway.
+        return self.mode != "off" and not self._is_worker() and (self._dirty or self._multiprocess)
 
     def close(self, timeout: float = _EXIT_FLUSH_TIMEOUT) -> None:
         """Stop the flusher, deliver the final state, optionally delete the group: all within
@@ -884,12 +950,10 @@ class _LoopSession:
             else:
                 # Another loop runs in this thread, so the session's loop cannot run here:
                 # run it to close the session in a short-lived thread of its own.
-                closer = threading.Thread(
-                    target=lambda: loop.run_until_complete(self.session.close()),
-                    name="instrument-session-close",
-                    daemon=True,
+                closer = start_daemon(
+                    lambda: loop.run_until_complete(self.session.close()),
+                    "instrument-session-close",
                 )
-                closer.start()
                 closer.join(2.0)
         except Exception:
             logger.debug("instrument: closing an aiohttp session failed", exc_info=True)
@@ -910,21 +974,67 @@ def _multiprocess_enabled() -> bool:
 
 
 _live: weakref.WeakSet[Delivery] = weakref.WeakSet()
+_exit_flush_running = False
+
+
+def exit_flush_running() -> bool:
+    """True while the final flush at exit runs: a SIGTERM handler lets it finish."""
+    return _exit_flush_running
 
 
 def _close_all_at_exit() -> None:
-    # One bound for the whole exit, however many instrumentations there are.
-    deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT
-    for delivery in list(_live):
-        try:
-            delivery.close(timeout=max(deadline - time.monotonic(), 0.001))
-        except Exception:
-            logger.exception("instrument: final flush at exit failed")
+    global _exit_flush_running
+    _exit_flush_running = True
+    try:
+        # One bound for the whole exit, however many instrumentations there are.
+        deadline = time.monotonic() + _EXIT_FLUSH_TIMEOUT
+        for delivery in list(_live):
+            try:
+                delivery.close(timeout=max(deadline - time.monotonic(), 0.001))
+            except Exception:
+                logger.exception("instrument: final flush at exit failed")
+    finally:
+        _exit_flush_running = False
+
+
+# -- multiprocessing children: they end with os._exit, so atexit never runs there ---------------
+
+_after_fork_hooked = False
+_child_finalizer: Any = None
+
+
+def _hook_multiprocessing(_: object = None) -> None:
+    """Deliver the final state when a multiprocessing child ends normally.
+
+    multiprocessing ends a child (fork and forkserver start methods) with ``os._exit``
+    after running its own finalizers (``multiprocessing.util.Finalize``), never the atexit
+    handlers; and it clears the finalizers a child inherited before running the after-fork
+    hooks (``register_after_fork``). So the final flush is registered as a finalizer from
+    such a hook in each child, or when a delivery is created in one. Nothing is imported:
+    without multiprocessing loaded, no multiprocessing child can start.
+    """
+    global _after_fork_hooked, _child_finalizer
+    util = sys.modules.get("multiprocessing.util")
+    multiprocessing = sys.modules.get("multiprocessing")
+    if util is None or multiprocessing is None:
+        return
+    if not _after_fork_hooked:  # inherited by children, with multiprocessing's registry
+        _after_fork_hooked = True
+        util.register_after_fork(_hook_multiprocessing, _hook_multiprocessing)
+    if multiprocessing.parent_process() is None:
+        return  # not a multiprocessing child: atexit delivers
+    if _child_finalizer is not None and _child_finalizer.still_active():
+        return
+    # Below zero: run after the child has joined its own children, so an owner in
+    # multiprocess mode collects their final totals too.
+    _child_finalizer = util.Finalize(None, _close_all_at_exit, exitpriority=-10)
 
 
 def _after_fork_in_child() -> None:
     for delivery in list(_live):
         delivery._reset_process_state()
+    # Runs inside os.fork(): multiprocessing's own after-fork hooks run later, in the child.
+    _hook_multiprocessing()
 
 
 atexit.register(_close_all_at_exit)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -231,7 +232,9 @@ class GatewayStandIn:
 
     Modes: ``ok`` (records each body), ``slow`` (hangs ``hang`` seconds, then 200),
     ``error`` (500), ``reset`` (closes the connection), ``garbage`` (a non-HTTP answer),
-    ``trickle`` (a valid answer sent one byte every half second: about 30 s).
+    ``trickle`` (a valid answer sent one byte every half second: about 30 s), ``answer``
+    (whatever :meth:`answer` set, echoing the request's Authorization header if asked),
+    ``forward`` (relays each request to the gateway at ``upstream``, a healthy hop).
     """
 
     def __init__(self, mode: str = "ok", hang: float = 3.0) -> None:
@@ -239,6 +242,9 @@ class GatewayStandIn:
 
         self.mode = mode
         self.hang = hang
+        self._answer = b""
+        self._answer_lands = False
+        self.upstream = ""
         self.bodies: list[bytes] = []
         self.requests: list[tuple[str, str, dict[str, str]]] = []
         self.port = free_port()
@@ -250,6 +256,27 @@ class GatewayStandIn:
         self._closed = False
         self._thread = threading.Thread(target=self._serve, daemon=True)
         self._thread.start()
+
+    def answer(
+        self,
+        status: int | str,
+        reason: str = "",
+        headers: dict[str, str] | None = None,
+        body: str = "",
+    ) -> None:
+        """Answer every request with this status line, headers and body (mode ``answer``).
+
+        ``{auth}`` anywhere in them stands for the Authorization header the request carried,
+        as an echoing proxy would send it back; a ``status`` that is not a number makes the
+        status line itself garbage. A 2xx answer records the body, as ``ok`` does.
+        """
+        lines = [f"HTTP/1.1 {status} {reason}".rstrip()]
+        lines += [f"{name}: {value}" for name, value in (headers or {}).items()]
+        encoded = body.encode()
+        lines += [f"Content-Length: {len(encoded)}", "Connection: close", "", ""]
+        self._answer = "\r\n".join(lines).encode() + encoded
+        self._answer_lands = isinstance(status, int) and 200 <= status < 300
+        self.mode = "answer"
 
     def _serve(self) -> None:
         import threading
@@ -305,6 +332,18 @@ class GatewayStandIn:
                 if mode == "garbage":
                     conn.sendall(b"\x00\xffnot http at all\r\n\r\n")
                     return
+                if mode == "forward":
+                    conn.sendall(self._forward(method, path, headers, body))
+                    return
+                if mode == "answer":
+                    if self._answer_lands:
+                        self.bodies.append(body)
+                    auth = headers.get("authorization", "").encode("latin-1")
+                    # The length was counted with the placeholder: count again.
+                    head, _, rest = self._answer.replace(b"{auth}", auth).partition(b"\r\n\r\n")
+                    head = re.sub(rb"Content-Length: \d+", b"Content-Length: %d" % len(rest), head)
+                    conn.sendall(head + b"\r\n\r\n" + rest)
+                    return
                 status = b"500 Internal Server Error" if mode == "error" else b"200 OK"
                 if mode in ("ok", "slow"):
                     self.bodies.append(body)
@@ -313,6 +352,20 @@ class GatewayStandIn:
                 )
             except OSError:
                 return
+
+    def _forward(self, method: str, path: str, headers: dict[str, str], body: bytes) -> bytes:
+        relayed = {k: v for k, v in headers.items() if k in ("content-type", "authorization")}
+        request = urllib.request.Request(
+            self.upstream + path, data=body or None, method=method, headers=relayed
+        )
+        answer: bytes
+        try:
+            with urllib.request.urlopen(request, timeout=10) as resp:
+                status, answer = resp.status, resp.read()
+        except urllib.error.HTTPError as exc:
+            status, answer = exc.code, exc.read()
+        head = f"HTTP/1.1 {status} Relayed\r\nContent-Length: {len(answer)}\r\n"
+        return head.encode() + b"Connection: close\r\n\r\n" + answer
 
     def last_value(self, name: str, **labels: str) -> float | None:
         """A sample's value in the last body received in ``ok``/``slow`` mode."""
