@@ -231,7 +231,7 @@ def _write_output(path: str | None, text: str) -> None:
         with open(path, "w", encoding="utf-8") as file:
             file.write(text)
     except OSError as exc:
-        raise CommandError(f"cannot write {path!r}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
 # -- Grafana ----------------------------------------------------------------------------------

@@ -112,7 +112,7 @@ def _read(path: Path) -> str:
         return path.read_text(encoding="utf-8", errors="replace")
     except OSError as exc:
         raise CommandError(
-            f"cannot read {str(path)!r}: {exc.strerror or exc}; give a directory whose Python "
+            f"cannot read {path}: {exc.strerror or exc}; give a directory whose Python "
             "files are readable"
         ) from None
 

@@ -378,7 +378,7 @@ def test_demo_with_an_unreadable_file_is_one_line(tree: Path) -> None:
     result = run("demo", str(tree), "--quiet")
     assert result.returncode == 1
     assert one_line(result) == (
-        f"instrument: error: cannot read {str(tree / 'mem.py')!r}: {reason}; give a directory "
+        f"instrument: error: cannot read {tree / 'mem.py'}: {reason}; give a directory "
         "whose Python files are readable"
     )
 
@@ -545,7 +545,7 @@ def test_an_unwritable_output_is_one_line_and_nothing_is_applied(
         env={"GRAFANA_TOKEN": TOKEN},
     )  # fmt: skip
     assert result.returncode == 1
-    assert one_line(result) == f"instrument: error: cannot write {target!r}: {reason}"
+    assert one_line(result) == f"instrument: error: cannot write {target}: {reason}"
     assert grafana.requests == [] and result.stdout == ""
 
 
