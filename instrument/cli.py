@@ -164,7 +164,9 @@ def _grafana_url(text: str) -> str:
 
 class _Stdout:
     """sys.stdout, whose write failures (a full disk, a terminal gone) are one-line errors
-    wherever a command writes it; a reader that left (``| head``) is left to :func:`main`."""
+    wherever a command writes it. A reader that left (``| head``) only stops the output:
+    the rest goes nowhere, and what the command does besides printing (push, save the
+    dashboard, serve) still happens."""
 
     def __init__(self, stream: TextIO) -> None:
         self._stream = stream
@@ -172,12 +174,17 @@ class _Stdout:
     def write(self, text: str) -> int:
         try:
             return self._stream.write(text)
+        except BrokenPipeError:
+            _detach_stdout()
+            return len(text)
         except OSError as exc:
             raise self._failed(exc) from None
 
     def flush(self) -> None:
         try:
             self._stream.flush()
+        except BrokenPipeError:
+            _detach_stdout()
         except OSError as exc:
             raise self._failed(exc) from None
 
@@ -185,16 +192,14 @@ class _Stdout:
         return getattr(self._stream, name)
 
     @staticmethod
-    def _failed(exc: OSError) -> Exception:
-        if isinstance(exc, BrokenPipeError):
-            return exc
+    def _failed(exc: OSError) -> CommandError:
         _detach_stdout()
         return CommandError(f"cannot write standard output: {exc.strerror or exc}")
 
 
 def standard_output() -> TextIO:
     """sys.stdout for a command's output: :class:`CommandError` when it is closed (>&-) or a
-    write fails, BrokenPipeError when the reader left."""
+    write fails; nothing when the reader left."""
     if sys.stdout is None:
         raise CommandError("cannot write standard output: it is closed")
     # Duck-typed: rich and print() only call write, flush and the stream's own attributes.
@@ -539,7 +544,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_error(str(exc))
         return exc.exit_status
     except BrokenPipeError:
-        # The reader went away (| head): nothing more to say, and no error in that.
+        # The reader of something not written through standard_output() (argparse's help)
+        # went away: nothing more to say, and no error in that.
         _detach_stdout()
         return 0
     except KeyboardInterrupt:

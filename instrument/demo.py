@@ -65,13 +65,7 @@ def _rich_console(out: TextIO, width: int | None = None) -> Any:
     """A rich Console writing to ``out``; ImportError without the cli extra."""
     from rich.console import Console
 
-    class _Console(Console):
-        def on_broken_pipe(self) -> None:
-            # rich would exit(1) on its own; the command decides (a reader that left, as
-            # `| head` does, is no error), and the final push still runs.
-            raise BrokenPipeError
-
-    return _Console(file=out, width=width)
+    return Console(file=out, width=width)
 
 
 class _Progress:

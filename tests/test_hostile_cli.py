@@ -56,17 +56,44 @@ def run(
     )
 
 
-def shell(command: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
+def shell(
+    command: str, env: dict[str, str] | None = None, timeout: float = 90
+) -> subprocess.CompletedProcess[str]:
     """``instrument`` inside a shell line (pipes, closed descriptors)."""
-    environment = {k: v for k, v in os.environ.items() if not k.startswith("GRAFANA_")}
+    environment = {
+        k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "INSTRUMENT_"))
+    }
     prefix = shlex.join([sys.executable, "-m", "instrument"])
     return subprocess.run(
         ["bash", "-c", command.replace("instrument", prefix, 1)],
         capture_output=True,
         text=True,
         timeout=timeout,
-        env=environment,
+        env={**environment, **(env or {})},
     )
+
+
+def run_into_a_closed_pipe(
+    *args: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """The command writing into a pipe whose reader has already left: every write to
+    stdout fails with EPIPE, whatever the pipe's buffer could hold (``| head`` may not)."""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        environment = {
+            k: v for k, v in os.environ.items() if not k.startswith(("GRAFANA_", "INSTRUMENT_"))
+        }
+        return subprocess.run(
+            [sys.executable, "-m", "instrument", *args],
+            stdout=write_end,
+            stderr=subprocess.PIPE,
+            text=True,
+            timeout=90,
+            env={**environment, **(env or {})},
+        )
+    finally:
+        os.close(write_end)
 
 
 def one_line(result: subprocess.CompletedProcess[str]) -> str:
@@ -442,6 +469,25 @@ def test_an_answer_not_shaped_as_grafanas_is_named(
     assert grafana.dashboards == {}
 
 
+def test_a_redirect_is_not_followed_with_the_token(grafana: FakeGrafana) -> None:
+    """A proxy sending the client elsewhere (a login page on another host) gets no token."""
+    elsewhere = FakeGrafana().start()
+    try:
+        path = "/api/dashboards/uid/codomyrmex-analytics"
+        grafana.script("GET", path, 302, "", headers={"Location": f"{elsewhere.url}/login"})
+        result = run("dashboard", "--apply", "--grafana-url", grafana.url,
+                     env={"GRAFANA_TOKEN": TOKEN})  # fmt: skip
+        assert result.returncode == 1
+        assert one_line(result) == (
+            f"instrument: error: Grafana at {grafana.url} answered GET {path} with 302; this "
+            "client does not expect that here: check the URL (proxies, sub-path) and "
+            "Grafana's version"
+        )
+        assert elsewhere.requests == [] and grafana.dashboards == {}
+    finally:
+        elsewhere.stop()
+
+
 async def test_grafanas_own_404_is_still_not_found(grafana: FakeGrafana) -> None:
     async with GrafanaClient(grafana.url, token=TOKEN) as client:
         with pytest.raises(GrafanaNotFoundError, match="has no such dashboard 'nope'"):
@@ -514,18 +560,39 @@ def test_the_demo_on_a_full_stdout_is_one_line(tree: Path, quiet: bool) -> None:
     )
 
 
-def test_the_demo_into_a_closed_pipe_still_pushes_every_count(
-    tree: Path, pushgateway: Pushgateway
+@pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress-bar"])
+def test_the_demo_into_a_closed_pipe_still_pushes_and_saves_the_dashboard(
+    tree: Path, pushgateway: Pushgateway, grafana: FakeGrafana, quiet: bool
 ) -> None:
-    result = shell(
-        f"instrument demo {tree} --pushgateway {pushgateway.url} | head -c1; "
-        'echo " status=${PIPESTATUS[0]}"'
+    """A reader that left ends the output only, not what the command was asked to do."""
+    args = ["demo", str(tree), "--pushgateway", pushgateway.url, "--grafana-url", grafana.url]
+    result = run_into_a_closed_pipe(
+        *args, *(["--quiet"] if quiet else []), env={"GRAFANA_TOKEN": TOKEN}
     )
-    assert result.stderr == ""
-    assert result.stdout.endswith(" status=0\n")
+    assert (result.returncode, result.stderr) == (0, "")
     labels = {"job": "instrument-demo", "module": "static_analysis", "analysis_type": "file"}
     assert pushgateway.value("codomyrmex_analyses_total", **labels, status="success") == 1
     assert pushgateway.value("codomyrmex_analyses_total", **labels, status="error") == 1
+    assert grafana.dashboards["codomyrmex-analytics"]["version"] == 1
+
+
+@pytest.mark.parametrize("command", [["rules"], ["dashboard"], ["--help"], ["demo", "--help"]])
+def test_output_into_a_closed_pipe_is_a_quiet_exit(command: list[str]) -> None:
+    result = run_into_a_closed_pipe(*command)
+    assert (result.returncode, result.stderr) == (0, "")
+
+
+def test_apply_with_the_json_into_a_closed_pipe_still_saves(grafana: FakeGrafana) -> None:
+    result = run_into_a_closed_pipe(
+        "dashboard", "--apply", "--grafana-url", grafana.url, "-o", "-",
+        env={"GRAFANA_TOKEN": TOKEN},
+    )  # fmt: skip
+    assert result.returncode == 0
+    assert result.stderr == (
+        "dashboard 'codomyrmex-analytics' saved in Grafana, version 1: "
+        f"{grafana.url}/d/codomyrmex-analytics/codomyrmex-analytics\n"
+    )
+    assert grafana.dashboards["codomyrmex-analytics"]["version"] == 1
 
 
 @pytest.mark.parametrize(
