@@ -1,4 +1,10 @@
-"""The ``instrument`` command: ``demo``, ``dashboard``, ``rules``."""
+"""The ``instrument`` command: ``demo``, ``dashboard``, ``rules``.
+
+Every argument is checked before any work starts. A command line that cannot work is a
+usage error: one line, exit status 2, as argparse's own. A failure while working (a server
+that does not answer, a file that cannot be written) is one line with exit status 1.
+Neither shows a credential, whatever the user typed or a server echoed.
+"""
 
 from __future__ import annotations
 
@@ -6,156 +12,331 @@ import argparse
 import contextlib
 import logging
 import os
+import re
 import sys
-from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, TextIO
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeAlias, TypeVar, cast
 
 if TYPE_CHECKING:
     from ._promql import Source
+    from .grafana import GrafanaClient
 
+from ._urls import header_safe, mask_url
 from .metrics import DEFAULT_NAMESPACE
 
-__all__ = ["CommandError", "main"]
+__all__ = ["CommandError", "GrafanaApply", "UsageError", "main"]
+
+T = TypeVar("T")
 
 
 class CommandError(Exception):
     """An expected failure: printed as one line, exit status 1, no traceback."""
 
+    exit_status = 1
+
+
+class UsageError(CommandError):
+    """A command line that cannot work, found before any work: exit status 2, as argparse's."""
+
+    exit_status = 2
+
 
 Handler = Callable[[argparse.Namespace], int]
 
+# argparse quotes what the user typed in a few of its messages; any of it may be a secret.
+_URL_CREDENTIALS_RE = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*://)\S*@")
+_AMBIGUOUS_VALUE_RE = re.compile(r"(ambiguous option: [^=\s]+)=.*?( could match )")
+_IGNORED_VALUE_RE = re.compile(r"(ignored explicit argument ).*")
 
-def _add_demo(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "demo",
-        help="run the end-to-end tour on an embedded default (no server needed)",
-        description="Analyse a directory of Python files with decorated functions, run "
-        "with-blocks and simulated LLM calls, then print what was recorded.",
+
+def _redact(message: str) -> str:
+    """argparse's message with the values it quotes masked: URL credentials, ``--opt=value``."""
+    message = _URL_CREDENTIALS_RE.sub(r"\1***@", message)
+    message = _AMBIGUOUS_VALUE_RE.sub(r"\1=***\2", message)
+    return _IGNORED_VALUE_RE.sub(r"\1'***'", message)
+
+
+def _shown_arguments(arguments: Sequence[str]) -> str:
+    """Unrecognized arguments as an error may show them: option names kept, the value of an
+    unknown option (``--token X``, ``--token=X``) masked, credentials in URLs masked."""
+    shown: list[str] = []
+    value_follows = False
+    for argument in arguments:
+        if argument.startswith("-") and len(argument) > 1:
+            name, equals, _ = argument.partition("=")
+            shown.append(f"{name}=***" if equals else name)
+            value_follows = not equals
+        else:
+            shown.append("***" if value_follows else mask_url(argument))
+            value_follows = False
+    return " ".join(shown)
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse, with each usage error raised as one line (no usage block to scroll past)."""
+
+    def error(self, message: str) -> NoReturn:
+        raise UsageError(f"{_redact(message)} (see {self.prog} --help)")
+
+
+# Subscripted only for the type checker: the class is not subscriptable at run time.
+_Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
+
+
+# -- argument types: each refuses a value that cannot work, before the command starts ---------
+
+
+def _port(text: str) -> int:
+    # ASCII digits only: int() also reads " 80", "8_0" and other scripts' digits.
+    if text.isascii() and text.isdigit() and int(text) <= 65535:
+        return int(text)
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not a TCP port: give a number from 1 to 65535, or 0 for any free port"
     )
-    parser.add_argument("path", nargs="?", help="directory to analyse (default: this package)")
-    parser.add_argument("--serve", type=int, metavar="PORT", help="keep /metrics up on PORT")
-    parser.add_argument("--pushgateway", metavar="URL", help="also push to this Pushgateway")
-    parser.add_argument("--grafana-url", metavar="URL", help="apply the dashboard to this Grafana")
-    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
-    def run(args: argparse.Namespace) -> int:
-        from .demo import run_demo
 
-        return run_demo(args)
+def _directory(text: str) -> str:
+    try:
+        found = bool(text) and Path(text).is_dir()
+    except (OSError, ValueError):  # a name too long, a NUL: is_dir() raises for those
+        found = False
+    if not found:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a directory; give a directory of Python files"
+        )
+    return text
 
-    parser.set_defaults(handler=run)
+
+def _nonblank(what: str) -> Callable[[str], str]:
+    def check(text: str) -> str:
+        if not text.strip():
+            raise argparse.ArgumentTypeError(f"the {what} is blank; give one")
+        return text
+
+    return check
+
+
+def _output(text: str) -> str:
+    if not text:
+        raise argparse.ArgumentTypeError("the file name is empty; give one, or '-' for stdout")
+    return text
+
+
+def _metric_namespace(text: str) -> str:
+    from ._promql import metrics_of
+
+    try:
+        metrics_of(text)  # validates it exactly as recording does
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _pushgateway_url(text: str) -> str:
+    from .push import PushTarget
+
+    try:
+        PushTarget(text, job="instrument-demo", grouping_key={})
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    # The library also takes prometheus_client's bare "host:port"; a bare word is a typo far
+    # more often than a gateway on port 80, and would only fail once the demo has run.
+    if "://" not in text and ":" not in text:
+        raise argparse.ArgumentTypeError(
+            f"{text!r} is not a URL: give one such as http://127.0.0.1:9091 (or host:port)"
+        )
+    return text
+
+
+def _grafana_url(text: str) -> str:
+    from .grafana import GrafanaClient
+
+    try:
+        GrafanaClient(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+# -- shared by the commands -------------------------------------------------------------------
+
+
+class _Stdout:
+    """sys.stdout, whose write failures (a full disk, a terminal gone) are one-line errors
+    wherever a command writes it. A reader that left (``| head``) only stops the output:
+    the rest goes nowhere, and what the command does besides printing (push, save the
+    dashboard, serve) still happens."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self._stream = stream
+
+    def write(self, text: str) -> int:
+        try:
+            return self._stream.write(text)
+        except BrokenPipeError:
+            _detach_stdout()
+            return len(text)
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def flush(self) -> None:
+        try:
+            self._stream.flush()
+        except BrokenPipeError:
+            _detach_stdout()
+        except OSError as exc:
+            raise self._failed(exc) from None
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._stream, name)
+
+    @staticmethod
+    def _failed(exc: OSError) -> CommandError:
+        _detach_stdout()
+        return CommandError(f"cannot write standard output: {exc.strerror or exc}")
+
+
+def standard_output() -> TextIO:
+    """sys.stdout for a command's output: :class:`CommandError` when it is closed (>&-) or a
+    write fails; nothing when the reader left."""
+    if sys.stdout is None:
+        raise CommandError("cannot write standard output: it is closed")
+    # Duck-typed: rich and print() only call write, flush and the stream's own attributes.
+    return cast(TextIO, _Stdout(sys.stdout))
 
 
 def _namespace(args: argparse.Namespace) -> str:
     """--namespace, else INSTRUMENT_NAMESPACE, else the default, as configure() reads it."""
+    from ._promql import metrics_of
     from .config import from_environment
 
     if args.namespace:
-        return str(args.namespace)
+        return str(args.namespace)  # checked by its argument type
     try:
-        return str(from_environment(only={"namespace"}).get("namespace", DEFAULT_NAMESPACE))
+        namespace = str(from_environment(only={"namespace"}).get("namespace", DEFAULT_NAMESPACE))
     except ValueError as exc:
         raise CommandError(str(exc)) from None
+    try:
+        metrics_of(namespace)  # the environment's value, not an argument: exit status 1
+    except ValueError as exc:
+        raise CommandError(f"INSTRUMENT_NAMESPACE={namespace!r} is not valid: {exc}") from None
+    return namespace
 
 
 def _write_output(path: str | None, text: str) -> None:
     """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line."""
+    if path in (None, "-"):
+        out = standard_output()
+        out.write(text)
+        out.flush()
+        return
+    assert path is not None
     try:
-        if path in (None, "-"):
-            sys.stdout.write(text)
-            sys.stdout.flush()
-        else:
-            with open(path, "w", encoding="utf-8") as file:
-                file.write(text)
-    except BrokenPipeError:
-        # The reader went away (| head): nothing more to say, and nothing to flush at exit.
-        devnull = os.open(os.devnull, os.O_WRONLY)
-        os.dup2(devnull, sys.stdout.fileno())
+        with open(path, "w", encoding="utf-8") as file:
+            file.write(text)
     except OSError as exc:
-        where = "standard output" if path in (None, "-") else path
-        raise CommandError(f"cannot write {where}: {exc.strerror or exc}") from None
+        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
-def _add_dashboard(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "dashboard",
-        help="write the Grafana dashboard JSON, or upsert it into Grafana",
-        description="Generate the Grafana dashboard from the metric definitions. Without "
-        "--apply it is written as JSON; with --apply it is saved in Grafana (URL from "
-        "--grafana-url or GRAFANA_URL, service account token from GRAFANA_TOKEN or "
-        "GRAFANA_API_KEY).",
-    )
-    parser.add_argument("--output", "-o", metavar="FILE", help="write the JSON here ('-': stdout)")
-    parser.add_argument(
-        "--namespace", help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)"
-    )
-    parser.add_argument("--title", default="Codomyrmex Analytics", help="dashboard title")
-    parser.add_argument("--uid", default="codomyrmex-analytics", help="dashboard uid")
-    parser.add_argument("--datasource-uid", metavar="UID", help="preselect this data source")
-    parser.add_argument("--apply", action="store_true", help="create or update it in Grafana")
-    parser.add_argument("--grafana-url", metavar="URL", help="Grafana base URL (GRAFANA_URL)")
-    parser.add_argument("--folder-uid", metavar="UID", help="save it in this folder")
-    parser.add_argument(
-        "--message", default="saved by instrument dashboard", help="version history note"
-    )
+# -- Grafana ----------------------------------------------------------------------------------
 
-    def run(args: argparse.Namespace) -> int:
-        from .dashboard import build_dashboard, dashboard_json
+_GRAFANA_TOKEN_VARIABLES = ("GRAFANA_TOKEN", "GRAFANA_API_KEY")
 
-        namespace = _namespace(args)
+
+def _grafana_token(environ: Mapping[str, str]) -> str | None:
+    """GRAFANA_TOKEN, else GRAFANA_API_KEY (an empty one counts as unset), checked as a
+    header now and named in the error, as the command line user set it."""
+    for name in _GRAFANA_TOKEN_VARIABLES:
+        value = environ.get(name, "")
+        if not value:
+            continue
         try:
-            dashboard = build_dashboard(
-                namespace, title=args.title, uid=args.uid, datasource_uid=args.datasource_uid
-            )
+            token = header_safe(name, value)
         except ValueError as exc:
             raise CommandError(str(exc)) from None
-        if args.apply and not (args.grafana_url or os.environ.get("GRAFANA_URL")):
-            # Before anything is written: a half-done command helps nobody.
+        if not token:
             raise CommandError(
+                f"{name} holds only whitespace: set it to a service account token, or unset it"
+            )
+        return token
+    return None
+
+
+class GrafanaApply:
+    """Where a command saves the dashboard: Grafana's URL (``url``, else GRAFANA_URL) and its
+    service account token (GRAFANA_TOKEN, else GRAFANA_API_KEY), checked when it is made.
+
+    Raises :class:`UsageError` without a URL, :class:`CommandError` for a bad GRAFANA_URL or
+    token; :meth:`check` and :meth:`apply` turn Grafana's errors into one-line ones whose
+    advice names the command's options and variables, not the Python API's.
+    """
+
+    def __init__(self, url: str | None) -> None:
+        from .grafana import GrafanaClient
+
+        given = url or os.environ.get("GRAFANA_URL")
+        if not given:
+            raise UsageError(
                 "--apply needs Grafana's URL: pass --grafana-url URL or set GRAFANA_URL"
             )
-        if args.output is not None or not args.apply:
-            _write_output(args.output, dashboard_json(dashboard))
-        if args.apply:
-            apply_dashboard_command(
-                namespace,
-                args.grafana_url,
-                sys.stderr if args.output == "-" else sys.stdout,
-                title=args.title,
-                uid=args.uid,
-                datasource_uid=args.datasource_uid,
-                folder_uid=args.folder_uid,
-                message=args.message,
-            )
-        return 0
-
-    parser.set_defaults(handler=run)
-
-
-def _add_rules(commands: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
-    parser = commands.add_parser(
-        "rules",
-        help="write the Prometheus alerting and recording rules (YAML)",
-        description="Generate the Prometheus rule file (alerts and recording rules) from the "
-        "metric definitions; check it with `promtool check rules FILE`.",
-    )
-    parser.add_argument("--output", "-o", metavar="FILE", help="write the YAML here ('-': stdout)")
-    parser.add_argument(
-        "--namespace", help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)"
-    )
-
-    def run(args: argparse.Namespace) -> int:
-        from .rules import rules_yaml
-
-        namespace = _namespace(args)
+        token = _grafana_token(os.environ)
         try:
-            text = rules_yaml(namespace)
+            self.client = GrafanaClient(given, token=token)
         except ValueError as exc:
-            raise CommandError(str(exc)) from None
-        _write_output(args.output, text)
-        return 0
+            raise CommandError(str(exc) if url else f"GRAFANA_URL is not valid: {exc}") from None
 
-    parser.set_defaults(handler=run)
+    def check(self, uid: str) -> None:
+        """Before any work: the URL answers as Grafana does, and takes the credentials for a
+        read of the dashboard (missing is fine: it is created)."""
+        from .grafana import GrafanaNotFoundError
+
+        async def probe(client: GrafanaClient) -> None:
+            await client.health()
+            with contextlib.suppress(GrafanaNotFoundError):
+                await client.get_dashboard(uid)
+
+        self._run(probe)
+
+    def apply(
+        self,
+        dashboard: dict[str, Any],
+        out: TextIO,
+        *,
+        folder_uid: str | None = None,
+        message: str = "saved by instrument dashboard",
+    ) -> None:
+        """Create or update ``dashboard``; writes one line with its URL to ``out``."""
+
+        async def save(client: GrafanaClient) -> str:
+            result = await client.upsert_dashboard(
+                dashboard, folder_uid=folder_uid, message=message
+            )
+            return (
+                f"dashboard {result.uid!r} saved in Grafana, version {result.version}: {result.url}"
+            )
+
+        out.write(self._run(save) + "\n")
+
+    def _run(self, work: Callable[[GrafanaClient], Awaitable[T]]) -> T:
+        import asyncio
+
+        from .grafana import GrafanaAuthError, GrafanaError
+
+        async def run() -> T:
+            async with self.client:
+                return await work(self.client)
+
+        try:
+            return asyncio.run(run())
+        except GrafanaAuthError as exc:
+            if exc.credentials_sent:
+                raise CommandError(str(exc)) from None
+            raise CommandError(
+                f"{exc.refusal}; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token"
+            ) from None
+        except GrafanaError as exc:
+            raise CommandError(str(exc)) from None
 
 
 def apply_dashboard_command(
@@ -174,39 +355,146 @@ def apply_dashboard_command(
     ``url`` falls back to GRAFANA_URL, the token to GRAFANA_TOKEN, then GRAFANA_API_KEY.
     Writes one line with the dashboard's URL to ``out``; raises :class:`CommandError`.
     """
-    import asyncio
-
     from .dashboard import build_dashboard
-    from .grafana import GrafanaAuthError, GrafanaClient, GrafanaError
 
-    url = url or os.environ.get("GRAFANA_URL")
-    if not url:
-        raise CommandError("--apply needs Grafana's URL: pass --grafana-url URL or set GRAFANA_URL")
-    token = os.environ.get("GRAFANA_TOKEN") or os.environ.get("GRAFANA_API_KEY") or None
+    target = GrafanaApply(url)
     try:
         dashboard = build_dashboard(source, title=title, uid=uid, datasource_uid=datasource_uid)
-        client = GrafanaClient(url, token=token)
     except ValueError as exc:
-        raise CommandError(str(exc)) from None
+        raise UsageError(str(exc)) from None
+    target.apply(dashboard, out, folder_uid=folder_uid, message=message)
 
-    async def apply() -> str:
-        async with client:
-            result = await client.upsert_dashboard(
-                dashboard, folder_uid=folder_uid, message=message
+
+# -- the commands -----------------------------------------------------------------------------
+
+
+def _add_demo(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "demo",
+        help="run the end-to-end tour on an embedded default (no server needed)",
+        description="Analyse a directory of Python files with decorated functions, run "
+        "with-blocks and simulated LLM calls, then print what was recorded. The port, the "
+        "Pushgateway and Grafana are checked before the tour starts.",
+    )
+    parser.add_argument(
+        "path", nargs="?", type=_directory, help="directory to analyse (default: this package)"
+    )
+    parser.add_argument(
+        "--serve", type=_port, metavar="PORT", help="keep /metrics up on PORT (0: a free one)"
+    )
+    parser.add_argument(
+        "--pushgateway", type=_pushgateway_url, metavar="URL", help="also push to this Pushgateway"
+    )
+    parser.add_argument(
+        "--grafana-url",
+        type=_grafana_url,
+        metavar="URL",
+        help="apply the dashboard to this Grafana (token from GRAFANA_TOKEN)",
+    )
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
+
+    def run(args: argparse.Namespace) -> int:
+        from .demo import run_demo
+
+        return run_demo(args)
+
+    parser.set_defaults(handler=run)
+
+
+def _add_dashboard(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "dashboard",
+        help="write the Grafana dashboard JSON, or upsert it into Grafana",
+        description="Generate the Grafana dashboard from the metric definitions. Without "
+        "--apply it is written as JSON; with --apply it is saved in Grafana (URL from "
+        "--grafana-url or GRAFANA_URL, service account token from GRAFANA_TOKEN or "
+        "GRAFANA_API_KEY).",
+    )
+    parser.add_argument(
+        "--output", "-o", type=_output, metavar="FILE", help="write the JSON here ('-': stdout)"
+    )
+    parser.add_argument(
+        "--namespace",
+        type=_metric_namespace,
+        help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
+    )
+    parser.add_argument(
+        "--title",
+        type=_nonblank("dashboard title"),
+        default="Codomyrmex Analytics",
+        help="dashboard title",
+    )
+    parser.add_argument("--uid", default="codomyrmex-analytics", help="dashboard uid")
+    parser.add_argument(
+        "--datasource-uid",
+        type=_nonblank("data source uid"),
+        metavar="UID",
+        help="preselect this data source",
+    )
+    parser.add_argument("--apply", action="store_true", help="create or update it in Grafana")
+    parser.add_argument(
+        "--grafana-url", type=_grafana_url, metavar="URL", help="Grafana base URL (GRAFANA_URL)"
+    )
+    parser.add_argument("--folder-uid", metavar="UID", help="save it in this folder")
+    parser.add_argument(
+        "--message", default="saved by instrument dashboard", help="version history note"
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from .dashboard import build_dashboard, dashboard_json
+
+        namespace = _namespace(args)
+        try:
+            dashboard = build_dashboard(
+                namespace, title=args.title, uid=args.uid, datasource_uid=args.datasource_uid
             )
-        return f"dashboard {result.uid!r} saved in Grafana, version {result.version}: {result.url}"
+        except ValueError as exc:
+            raise UsageError(str(exc)) from None
+        # Before anything is written: a half-done command helps nobody.
+        target = GrafanaApply(args.grafana_url) if args.apply else None
+        if args.output is not None or target is None:
+            _write_output(args.output, dashboard_json(dashboard))
+        if target is not None:
+            # With the JSON on stdout, the line saying where it was saved goes to stderr.
+            out = sys.stderr if args.output == "-" else standard_output()
+            target.apply(dashboard, out, folder_uid=args.folder_uid, message=args.message)
+        return 0
 
-    try:
-        out.write(asyncio.run(apply()) + "\n")
-    except GrafanaAuthError as exc:
-        unset = "" if token else " (GRAFANA_TOKEN is not set)"
-        raise CommandError(f"{exc}{unset}") from None
-    except GrafanaError as exc:
-        raise CommandError(str(exc)) from None
+    parser.set_defaults(handler=run)
+
+
+def _add_rules(commands: _Commands) -> None:
+    parser = commands.add_parser(
+        "rules",
+        help="write the Prometheus alerting and recording rules (YAML)",
+        description="Generate the Prometheus rule file (alerts and recording rules) from the "
+        "metric definitions; check it with `promtool check rules FILE`.",
+    )
+    parser.add_argument(
+        "--output", "-o", type=_output, metavar="FILE", help="write the YAML here ('-': stdout)"
+    )
+    parser.add_argument(
+        "--namespace",
+        type=_metric_namespace,
+        help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
+    )
+
+    def run(args: argparse.Namespace) -> int:
+        from .rules import rules_yaml
+
+        namespace = _namespace(args)
+        try:
+            text = rules_yaml(namespace)
+        except ValueError as exc:
+            raise CommandError(str(exc)) from None
+        _write_output(args.output, text)
+        return 0
+
+    parser.set_defaults(handler=run)
 
 
 # Each entry adds one subcommand; its handler returns the exit status.
-SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]], None]] = [
+SUBCOMMANDS: list[Callable[[_Commands], None]] = [
     _add_demo,
     _add_dashboard,
     _add_rules,
@@ -216,7 +504,7 @@ SUBCOMMANDS: list[Callable[[argparse._SubParsersAction[argparse.ArgumentParser]]
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(
+    parser = _Parser(
         prog="instrument",
         description="Prometheus and Grafana instrumentation for analysis pipelines and LLM calls.",
     )
@@ -234,20 +522,49 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = build_parser()
-    args = parser.parse_args(argv)
-    handler: Handler | None = getattr(args, "handler", None)
-    if handler is None:
-        parser.print_help()
-        return 2
-    with _command_logging(args.verbose):
-        try:
+    try:
+        parser = build_parser()
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:
+            hint = ""
+            if any(a == "--token" or a.startswith("--token=") for a in unknown):
+                # A token on the command line is in every user's `ps` and the shell history.
+                hint = "; give the token in GRAFANA_TOKEN"
+            raise UsageError(
+                f"unrecognized arguments: {_shown_arguments(unknown)}{hint} "
+                f"(see {parser.prog} --help)"
+            )
+        handler: Handler | None = getattr(args, "handler", None)
+        if handler is None:
+            parser.print_help()
+            return 2
+        with _command_logging(args.verbose):
             return handler(args)
-        except CommandError as exc:
-            print(f"instrument: error: {exc}", file=sys.stderr)
-            return 1
-        except KeyboardInterrupt:
-            return 130
+    except CommandError as exc:
+        _print_error(str(exc))
+        return exc.exit_status
+    except BrokenPipeError:
+        # The reader of something not written through standard_output() (argparse's help)
+        # went away: nothing more to say, and no error in that.
+        _detach_stdout()
+        return 0
+    except KeyboardInterrupt:
+        return 130
+
+
+def _detach_stdout() -> None:
+    # Whatever stdout still buffers would fail again at exit, as a second, unasked-for line.
+    if sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+
+
+def _print_error(message: str) -> None:
+    # One line whatever a value inside held; no stderr (2>&-) leaves nothing to tell.
+    line = " ".join(message.splitlines())
+    if sys.stderr is not None:
+        with contextlib.suppress(OSError):
+            print(f"instrument: error: {line}", file=sys.stderr)
 
 
 @contextlib.contextmanager

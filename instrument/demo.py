@@ -12,7 +12,6 @@ import ast
 import asyncio
 import contextlib
 import math
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -21,15 +20,18 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from .cli import CommandError
+from ._urls import mask_url
+from .cli import CommandError, GrafanaApply, standard_output
+from .dashboard import build_dashboard
 from .instrumentation import Instrumentation
-from .push import mask_url
 
 __all__ = ["histogram_quantile", "run_demo"]
 
 # The demo's analyses take microseconds to milliseconds: finer buckets than the
 # production default (0.1 s and up) make its p50/p95 readable.
 DEMO_BUCKETS = (0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.5, 1, 5)
+# The uid `instrument dashboard` saves under by default, so both update one dashboard.
+DASHBOARD_UID = "codomyrmex-analytics"
 
 
 @dataclass
@@ -59,6 +61,13 @@ def _branches(tree: ast.Module) -> int:
     return sum(isinstance(node, kinds) for node in ast.walk(tree))
 
 
+def _rich_console(out: TextIO, width: int | None = None) -> Any:
+    """A rich Console writing to ``out``; ImportError without the cli extra."""
+    from rich.console import Console
+
+    return Console(file=out, width=width)
+
+
 class _Progress:
     """A progress bar: rich's when the cli extra is installed, else a plain counter."""
 
@@ -70,7 +79,7 @@ class _Progress:
             try:
                 from rich.progress import Progress
 
-                self._rich = Progress(transient=True)
+                self._rich = Progress(transient=True, console=_rich_console(out))
                 self._task = self._rich.add_task("analysing", total=total)
                 self._rich.start()
                 self._plain = False
@@ -92,10 +101,24 @@ class _Progress:
             self.out.write("\r" + " " * 60 + "\r")
 
 
+def _read(path: Path) -> str:
+    try:
+        return path.read_text(encoding="utf-8", errors="replace")
+    except OSError as exc:
+        raise CommandError(
+            f"cannot read {path}: {exc.strerror or exc}; give a directory whose Python "
+            "files are readable"
+        ) from None
+
+
 def _pipeline(inst: Instrumentation, root: Path, progress_enabled: bool, out: TextIO) -> None:
     @inst.monitored_analysis("discovery", "walk")
     def python_files(directory: Path) -> Iterator[Path]:
-        yield from sorted(p for p in directory.rglob("*.py") if "__pycache__" not in p.parts)
+        # Regular files only: a directory, a dangling link or a FIFO may end in .py too (and
+        # reading a FIFO waits for a writer forever).
+        yield from sorted(
+            p for p in directory.rglob("*.py") if "__pycache__" not in p.parts and p.is_file()
+        )
 
     @inst.monitored_analysis(
         "static_analysis",
@@ -114,7 +137,7 @@ def _pipeline(inst: Instrumentation, root: Path, progress_enabled: bool, out: Te
         return _branches(ast.parse(source))
 
     files = list(python_files(root))
-    sources = {path: path.read_text(encoding="utf-8", errors="replace") for path in files}
+    sources = {path: _read(path) for path in files}
     # One deliberately broken file, so the error path shows up in the numbers.
     broken = root / "broken_example.py"
     sources[broken] = "def broken(:\n    pass\n"
@@ -201,7 +224,6 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
         return
     try:
         from rich import box
-        from rich.console import Console
         from rich.table import Table
 
         table = Table(title=title, title_justify="left", box=box.SIMPLE_HEAD, pad_edge=False)
@@ -212,7 +234,7 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
             table.add_row(*row)
         # Not a terminal (a pipe, a log): rich would assume 80 columns; keep names whole.
         width = None if out.isatty() else 100
-        Console(file=out, width=width).print(table)
+        _rich_console(out, width).print(table)
         return
     except ImportError:
         pass
@@ -293,10 +315,12 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
 
 
 def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
-    out = out if out is not None else sys.stdout
+    """Run the tour as ``instrument demo`` parsed ``args``. What can fail without the tour
+    is tried before it: the port is bound, the Pushgateway is pushed to and Grafana is
+    asked, so a bad one fails in a second, not after the run."""
+    out = out if out is not None else standard_output()
     root = Path(args.path) if args.path else Path(__file__).resolve().parent
-    if not root.is_dir():
-        raise CommandError(f"{root} is not a directory; give a directory of Python files")
+    grafana = GrafanaApply(args.grafana_url) if args.grafana_url else None
     try:
         inst = Instrumentation(
             pushgateway=args.pushgateway,
@@ -306,6 +330,42 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
         )
     except (TypeError, ValueError) as exc:
         raise CommandError(str(exc)) from None
+    server = None
+    try:
+        if args.serve is not None:
+            server = _bind(inst, args.serve)
+        if args.pushgateway and not inst.flush(timeout=5.0):
+            raise CommandError(
+                f"could not push to the Pushgateway at {mask_url(args.pushgateway)}: is it "
+                "running and reachable? (tried before the demo ran; -v shows why)"
+            )
+        if grafana is not None:
+            grafana.check(DASHBOARD_UID)
+        _tour(inst, root, args, out)
+        if args.pushgateway:
+            if not inst.flush(timeout=5.0):
+                raise CommandError(
+                    f"could not push to the Pushgateway at {mask_url(args.pushgateway)}: is it "
+                    "running and reachable? (the run's numbers are shown above)"
+                )
+            out.write(f"\nPushed to {mask_url(args.pushgateway)} (job instrument-demo).\n")
+        if grafana is not None:
+            grafana.apply(build_dashboard(inst, uid=DASHBOARD_UID), out)
+        if server is not None:
+            _serve(server, out)
+        else:
+            out.write(
+                "\nSee the raw metrics: instrument demo --serve 9464, then curl "
+                "http://127.0.0.1:9464/metrics\n"
+            )
+    finally:
+        if server is not None:
+            server.shutdown()
+        inst.close()
+    return 0
+
+
+def _tour(inst: Instrumentation, root: Path, args: argparse.Namespace, out: TextIO) -> None:
     started = time.perf_counter()
     _pipeline(inst, root, not args.quiet, out)
     with_ai = _ai_calls(inst)
@@ -314,46 +374,19 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     summarize(inst, out)
     if not with_ai:
         out.write("\n(LLM calls skipped: instrument.llm_server is not available)\n")
-    status = 0
-    if args.pushgateway:
-        if inst.flush(timeout=5.0):
-            out.write(f"\nPushed to {mask_url(args.pushgateway)} (job instrument-demo).\n")
-        else:
-            inst.close()
-            raise CommandError(
-                f"could not push to the Pushgateway at {mask_url(args.pushgateway)}: is it "
-                "running and reachable? (the run's numbers are shown above)"
-            )
-    if args.grafana_url:
-        _apply_dashboard(inst, args.grafana_url, out)
-    if args.serve is not None:
-        _serve(inst, args.serve, out)
-    else:
-        out.write(
-            "\nSee the raw metrics: instrument demo --serve 9464, then curl "
-            "http://127.0.0.1:9464/metrics\n"
-        )
-    inst.close()
-    return status
 
 
-def _apply_dashboard(inst: Instrumentation, url: str, out: TextIO) -> None:
-    from .cli import apply_dashboard_command
-
-    apply_dashboard_command(inst, url, out)
-
-
-def _serve(inst: Instrumentation, port: int, out: TextIO) -> None:
+def _bind(inst: Instrumentation, port: int) -> Any:
     try:
-        server = inst.start_http_server(port)
+        return inst.start_http_server(port)
     except OSError as exc:
         raise CommandError(f"cannot serve on 127.0.0.1:{port}: {exc.strerror or exc}") from None
-    out.write(f"\nServing http://127.0.0.1:{port}/metrics -- press Ctrl-C to stop.\n")
+
+
+def _serve(server: Any, out: TextIO) -> None:
+    """Keep the bound server up until Ctrl-C."""
+    out.write(f"\nServing http://127.0.0.1:{server.server_port}/metrics -- press Ctrl-C to stop.\n")
     out.flush()
-    try:
+    with contextlib.suppress(KeyboardInterrupt):
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
-        server.shutdown()

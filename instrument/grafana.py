@@ -71,7 +71,24 @@ class GrafanaError(Exception):
 
 
 class GrafanaAuthError(GrafanaError):
-    """401 or 403: the credentials are wrong, or lack the permission."""
+    """401 or 403: the credentials are wrong, missing, or lack the permission.
+
+    ``refusal`` says what Grafana refused, without the advice the message ends with, and
+    ``credentials_sent`` is False when the request carried none: a caller that takes the
+    credentials from elsewhere (a command's environment) can give its own advice.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        http_status: int | None = None,
+        refusal: str = "",
+        credentials_sent: bool = True,
+    ) -> None:
+        super().__init__(message, http_status=http_status)
+        self.refusal = refusal or message
+        self.credentials_sent = credentials_sent
 
 
 class GrafanaNotFoundError(GrafanaError):
@@ -237,8 +254,11 @@ class GrafanaClient:
     # -- the API ----------------------------------------------------------------------------
 
     async def health(self) -> dict[str, Any]:
-        """``GET /api/health``: ``{"commit", "database", "version"}``."""
-        answer: dict[str, Any] = await self._request("GET", "/api/health")
+        """``GET /api/health``: ``{"commit", "database", "version"}``; it needs no credentials,
+        so it tells whether the URL is Grafana's before anything is sent."""
+        answer = await self._request("GET", "/api/health")
+        if not isinstance(answer, dict) or "database" not in answer:
+            raise self._not_grafana("GET", "/api/health", f"200: {self._one_line(str(answer))}")
         return answer
 
     async def upsert_dashboard(
@@ -277,9 +297,10 @@ class GrafanaClient:
                 version=int(answer["version"]),
             )
         except (KeyError, TypeError, ValueError):
-            raise GrafanaError(
-                f"Grafana at {self.url} saved the dashboard but answered without uid, url "
-                f"and version ({self._one_line(str(answer))}); is this URL a Grafana server?"
+            raise self._not_grafana(
+                "POST",
+                "/api/dashboards/db",
+                f"200 without uid, url and version: {self._one_line(str(answer))}",
             ) from None
 
     async def _folder_of(self, uid: str) -> str | None:
@@ -294,7 +315,9 @@ class GrafanaClient:
     async def get_dashboard(self, uid: str) -> dict[str, Any]:
         """``{"dashboard": ..., "meta": ...}``; :class:`GrafanaNotFoundError` if missing."""
         path = f"/api/dashboards/uid/{_segment(uid, 'uid')}"
-        answer: dict[str, Any] = await self._request("GET", path, what=f"dashboard {uid!r}")
+        answer = await self._request("GET", path, what=f"dashboard {uid!r}")
+        if not isinstance(answer, dict) or not isinstance(answer.get("dashboard"), Mapping):
+            raise self._not_grafana("GET", path, f"200: {self._one_line(str(answer))}")
         return answer
 
     async def delete_dashboard(self, uid: str) -> None:
@@ -482,11 +505,17 @@ class GrafanaClient:
         try:
             return json.loads(raw)
         except ValueError:
-            raise GrafanaError(
-                f"{method} {path} at {self.url} answered something that is not JSON "
-                f"({self._one_line(raw.decode(errors='replace'), 80)!r}); is this URL a "
-                "Grafana server (mind a sub-path such as /grafana)?"
-            ) from None
+            text = self._one_line(raw.decode(errors="replace"), 80)
+            raise self._not_grafana(method, path, f"something that is not JSON: {text!r}") from None
+
+    def _not_grafana(self, method: str, path: str, answered: str) -> GrafanaError:
+        """The error for an answer whose shape is not Grafana's: the URL is most likely
+        another server (a Pushgateway, a proxy's own page) or misses Grafana's sub-path."""
+        return GrafanaError(
+            f"the server at {self.url} did not answer as Grafana does ({method} {path} "
+            f"answered {answered}); is this URL a Grafana server (mind a sub-path such as "
+            "/grafana)?"
+        )
 
     def _one_line(self, text: str, limit: int = DETAIL_LIMIT) -> str:
         """``text`` as an exception message may quote it: credentials scrubbed, one line."""
@@ -502,27 +531,40 @@ class GrafanaClient:
         except ValueError:
             payload = None
             detail = raw.decode(errors="replace")
+        # Grafana's API answers every error as a JSON object with a "message".
+        grafana_shaped = isinstance(payload, Mapping) and isinstance(payload.get("message"), str)
         if isinstance(payload, Mapping):
             detail = str(payload.get("message") or "")
             reason = payload.get("status") if isinstance(payload.get("status"), str) else None
+        elif payload is not None:
+            detail = str(payload)
         detail = self._one_line(detail)
         said = f"{status}: {detail}" if detail else str(status)
         where = f"Grafana at {self.url}"
-        if status == 401:
-            fix = (
-                "no credentials were sent; pass token= (a service account token)"
-                if self._auth_kind == "none"
-                else "check the service account token (API keys are deprecated in favour of "
-                "service account tokens) or the basic auth password"
-            )
+        # A proxy in front of Grafana may give its own page for these (its own login, a rate
+        # limit, a dead upstream) and they mean the same there. The other 4xx come from
+        # Grafana's API only: without its shape, the URL is not Grafana's.
+        if 400 <= status < 500 and status not in (401, 403, 429) and not grafana_shaped:
+            return self._not_grafana(method, path, said)
+        if status in (401, 403):
+            sent = self._auth_kind != "none"
+            if not sent:
+                refusal = f"{where} refused {method} {path} ({said}): no credentials were sent"
+                fix = "pass token= (a service account token)"
+            elif status == 401:
+                refusal = f"{where} refused the credentials ({said})"
+                fix = (
+                    "check the service account token (API keys are deprecated in favour of "
+                    "service account tokens) or the basic auth password"
+                )
+            else:
+                refusal = f"{where} denied {method} {path} ({said})"
+                fix = (
+                    "give the service account a role that may do this (Editor for dashboards "
+                    "and folders) or use another org_id"
+                )
             return GrafanaAuthError(
-                f"{where} refused the credentials ({said}); {fix}", http_status=status
-            )
-        if status == 403:
-            return GrafanaAuthError(
-                f"{where} denied {method} {path} ({said}); give the service account a role that "
-                "may do this (Editor for dashboards and folders) or use another org_id",
-                http_status=status,
+                f"{refusal}; {fix}", http_status=status, refusal=refusal, credentials_sent=sent
             )
         if status == 404:
             return GrafanaNotFoundError(

@@ -89,7 +89,7 @@ def test_demo_with_an_unreachable_gateway_is_one_line_and_exit_1(
 def test_demo_bad_input_is_one_line(
     argv: list[str], message: str, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    assert main([*argv, "--quiet"]) == 1
+    assert main([*argv, "--quiet"]) == 2  # a usage error, as argparse's own
     err = capsys.readouterr().err
     assert message in err and err.count("\n") == 1
 
@@ -232,7 +232,7 @@ def test_apply_without_a_url_writes_nothing(
 ) -> None:
     monkeypatch.delenv("GRAFANA_URL", raising=False)
     target = tmp_path / "dashboard.json"
-    assert main(["dashboard", "--apply", "--output", str(target)]) == 1
+    assert main(["dashboard", "--apply", "--output", str(target)]) == 2
     assert not target.exists()
     captured = capsys.readouterr()
     assert captured.out == "" and "--apply needs Grafana's URL" in captured.err

@@ -456,5 +456,5 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: P
     err = capsys.readouterr().err
     assert err.startswith(f"instrument: error: cannot write {tmp_path}: ")
     assert err.count("\n") == 1
-    assert main(["dashboard", "--namespace", "bad-name"]) == 1
+    assert main(["dashboard", "--namespace", "bad-name"]) == 2  # a usage error, as argparse's
     assert "not a valid Prometheus metric prefix" in capsys.readouterr().err

@@ -1102,7 +1102,7 @@ def test_cli_apply_usage_errors_are_one_line(
 ) -> None:
     for key, value in env.items():
         grafana_env.setenv(key, value)
-    assert main(["dashboard", "--apply", *argv]) == 1
+    assert main(["dashboard", "--apply", *argv]) == 2  # usage errors, as argparse's own
     captured = capsys.readouterr()
     assert captured.out == ""
     assert captured.err.startswith("instrument: error: ")
@@ -1141,7 +1141,8 @@ def test_cli_apply_token_with_a_newline_inside(
     assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
     err = capsys.readouterr().err
     assert err == (
-        "instrument: error: token contains a control character; check how the secret is read\n"
+        "instrument: error: GRAFANA_TOKEN contains a control character; check how the secret "
+        "is read\n"
     )
     assert fake.requests == []
 
@@ -1152,9 +1153,11 @@ def test_cli_apply_auth_refused(
     code = main(["dashboard", "--apply", "--grafana-url", fake.url])
     err = capsys.readouterr().err
     assert code == 1
-    assert "refused the credentials (401: invalid API key)" in err
-    assert err.rstrip().endswith("(GRAFANA_TOKEN is not set)")
-    assert err.count("\n") == 1
+    assert err == (
+        f"instrument: error: Grafana at {fake.url} refused GET "
+        "/api/dashboards/uid/codomyrmex-analytics (401: invalid API key): no credentials were "
+        "sent; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token\n"
+    )
 
     grafana_env.setenv("GRAFANA_TOKEN", "glsa_stale_token_000")
     assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1

@@ -472,5 +472,5 @@ def test_cli_rules_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_p
     err = capsys.readouterr().err
     assert err.startswith("instrument: error: cannot write ")
     assert "No such file or directory" in err and err.count("\n") == 1
-    assert main(["rules", "--namespace", "0bad"]) == 1
+    assert main(["rules", "--namespace", "0bad"]) == 2  # a usage error, as argparse's
     assert "not a valid Prometheus metric prefix" in capsys.readouterr().err
