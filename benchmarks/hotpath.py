@@ -1,12 +1,12 @@
 """Where the time of one ``@monitored_analysis`` sync call goes: ``python -m benchmarks.hotpath``.
 
 Not part of the table: a profiling aid for whoever works on the hot path. Everything
-attributed to the engine is the shipped code (``instrument._wrapping``); only the
-baselines are written here.
+attributed to the engine is the shipped code (``instrument._engine`` and its proxy,
+``instrument._proxy``); only the baselines are written here.
 
 1. Step timings, interleaved like the main benchmark, each step adding one layer:
    bare call, a plain closure and wrapt's stock ``FunctionWrapper`` (pass-through
-   baselines), the shipped proxy ``_InstrumentedFunction`` with a pass-through wrapper, the
+   baselines), the shipped proxy ``InstrumentedFunction`` with a pass-through wrapper, the
    shipped sync call path (``_sync_wrapper``) with a start whose probe records nothing, the
    real ``@monitored_analysis``, and the hand-inlined updates (the floor). The differences
    say what each layer costs.
@@ -32,7 +32,8 @@ import wrapt
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
-from instrument._wrapping import _UNBOUND, Probe, _InstrumentedFunction, _sync_wrapper
+from instrument._engine import Probe, _sync_wrapper
+from instrument._proxy import UNBOUND, InstrumentedFunction
 
 from .calls import KIND, MODULE, Children, fresh_metrics, inlined_sync, sync_batch
 from .fakes import ai_unavailable, chat_completion, make_stream, make_work
@@ -65,15 +66,15 @@ def _closure(func: Callable[[int], int]) -> Callable[[int], int]:
 
 def skips_self_lookup(proxy: Any) -> bool:
     """Whether the shipped proxy got the marker instance (else wrapt's default path runs)."""
-    return getattr(proxy, "_self_instance", None) is _UNBOUND
+    return getattr(proxy, "_self_instance", None) is UNBOUND
 
 
 def step_timings(rounds: int, batch_seconds: float) -> tuple[dict[str, float], dict[str, bool]]:
     """Median ns per call of each step, and whether each shipped proxy skips the lookup."""
     inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
     monitored = inst.monitored_analysis(MODULE, KIND)(make_work())
-    proxy = _InstrumentedFunction(make_work(), passthrough)
-    engine = _InstrumentedFunction(make_work(), _sync_wrapper(null_start))
+    proxy = InstrumentedFunction(make_work(), passthrough)
+    engine = InstrumentedFunction(make_work(), _sync_wrapper(null_start))
     work = make_work()
 
     def lookup_raising(x: int) -> int:

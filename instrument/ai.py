@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, c
 
 import wrapt
 
-from ._wrapping import (
+from ._engine import (
     Probe,
     _adeliver,
     _deliver,

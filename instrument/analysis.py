@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import Any
 
-from ._wrapping import Probe, bind_arguments, wraps_signature
+from ._engine import Probe, bind_arguments, wraps_signature
 from .instrumentation import Binding, Instrumentation, Policy, _check_label, check_number
 
 __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]

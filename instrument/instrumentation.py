@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry
 
 from . import config as _config
-from ._wrapping import Instrumenter, Probe, record_deferred_ends
+from ._engine import Instrumenter, Probe, record_deferred_ends
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,

@@ -17,9 +17,8 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from instrument import Instrumentation
-from instrument import _wrapping as wrapping
-from instrument._wrapping import Instrumenter, Probe, bind_arguments, wraps_signature
+from instrument import Instrumentation, _proxy
+from instrument._engine import Instrumenter, Probe, bind_arguments, wraps_signature
 from instrument.analysis import AnalysisMonitor
 from instrument.instrumentation import Policy
 
@@ -567,7 +566,7 @@ def test_wrapper_falls_back_to_wrapt_when_its_base_changes(
     def changed_signature(*_: Any) -> None:
         raise TypeError("__init__() takes 3 positional arguments")
 
-    monkeypatch.setattr(wrapping, "_wrapper_base_init", changed_signature)
+    monkeypatch.setattr(_proxy, "_wrapper_base_init", changed_signature)
     with caplog.at_level(logging.DEBUG, logger="instrument"):
 
         @inst.monitored_analysis("m", "t")

@@ -9,19 +9,23 @@ probe call, so a failure in recording is logged and never reaches the wrapped fu
 from __future__ import annotations
 
 import asyncio
-import contextvars
-import copy
-import functools
 import inspect
 import logging
-import pickle
 import queue
-import sys
 from collections.abc import AsyncGenerator, Awaitable, Callable, Generator
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, TracebackType
 from typing import Any, Generic, TypeVar
 
-import wrapt
+from ._proxy import (
+    ASYNC_GENERATOR,
+    BY_RESULT,
+    COROUTINE,
+    GENERATOR,
+    InstrumentedFunction,
+    Wrapper,
+    kind_of,
+)
+from ._with_blocks import OpenEntries, caller_frame
 
 __all__ = ["Instrumenter", "Probe", "bind_arguments", "record_deferred_ends"]
 
@@ -216,56 +220,6 @@ def bind_arguments(
 
 
 Start = Callable[[Callable[..., Any], tuple[Any, ...], dict[str, Any]], Probe]
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
-
-
-# -- what calling a function produces ------------------------------------------------------------
-
-_SYNC, _COROUTINE, _GENERATOR, _ASYNC_GENERATOR, _BY_RESULT = range(5)
-
-#: How many forwarding layers (methods, partials, ``__call__``, ``__wrapped__``) are followed:
-#: enough for any real stack of decorators, and a stop for a ``__wrapped__`` that loops.
-_MAX_LAYERS = 64
-
-
-def _kind(func: Any, depth: int = 0) -> int:
-    """What calling ``func`` produces, seen through the layers that only forward the call.
-
-    Python's own answer comes first (it sees through bound methods and partials of plain
-    functions). Python does not look into a callable instance's ``__call__``, a partial of
-    one, or a sync function that ``functools.wraps`` an async one: a sync layer over a
-    coroutine or generator function is ``_BY_RESULT``, decided at each call by what it
-    returns, because it may hand the coroutine on or may run it to the end itself.
-    """
-    if depth > _MAX_LAYERS:
-        return _SYNC
-    try:
-        if inspect.isasyncgenfunction(func):
-            return _ASYNC_GENERATOR
-        if inspect.iscoroutinefunction(func):
-            return _COROUTINE
-        if inspect.isgeneratorfunction(func):
-            return _GENERATOR
-        if isinstance(func, type):
-            return _SYNC  # calling a class builds an instance, whatever its __call__ does
-        if inspect.ismethod(func):
-            kind = _kind(func.__func__, depth + 1)
-        elif isinstance(func, functools.partial):
-            kind = _kind(func.func, depth + 1)
-        elif not inspect.isroutine(func):  # an instance: the call runs its type's __call__
-            kind = _kind(type(func).__call__, depth + 1)
-        else:
-            kind = _SYNC
-        if kind != _SYNC:
-            return kind
-        inner = getattr(func, "__wrapped__", None)
-        if inner is not None and inner is not func and _kind(inner, depth + 1) != _SYNC:
-            return _BY_RESULT
-    except Exception:  # an object whose attributes raise: called as what it claims to be
-        logger.debug(
-            "instrument: could not tell what a %s returns; wrapped as sync", type(func).__name__
-        )
-    return _SYNC
 
 
 # -- one wrapper per kind of function, in wrapt's (wrapped, instance, args, kwargs) form ----------
@@ -488,7 +442,7 @@ def _generator_wrapper(start: Start, job: Job, observed: bool) -> Wrapper:
 
 
 def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
-    """For a sync callable over async or generator work (``_BY_RESULT``).
+    """For a sync callable over async or generator work (``BY_RESULT``).
 
     The job starts before the call, as for any sync function: the call may do the whole
     work itself (a sync runner of a coroutine function). If it returns a coroutine or a
@@ -528,150 +482,28 @@ def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
 
 
 def _wrapper_for(func: Any, start: Start, observed: bool) -> Wrapper:
-    kind = _kind(func)
-    if kind == _COROUTINE:
+    kind = kind_of(func)
+    if kind == COROUTINE:
         return _async_wrapper(start)
-    if kind == _GENERATOR:
+    if kind == GENERATOR:
         return _generator_wrapper(start, _generator_job, observed)
-    if kind == _ASYNC_GENERATOR:
+    if kind == ASYNC_GENERATOR:
         return _generator_wrapper(start, _async_generator_job, observed)
-    if kind == _BY_RESULT:
+    if kind == BY_RESULT:
         return _by_result_wrapper(start, observed)
     return _sync_wrapper(start)
-
-
-# wrapt's FunctionWrapper gives the transparent proxy (name, signature, inspect flags,
-# attributes) and descriptor binding for methods. Changes, invisible to the wrapped
-# function and to code that inspects it:
-#
-# - wrapt's __call__ on an unbound wrapper looks up ``__self__`` on the wrapped object at
-#   every call, to support wrapping an already bound method. On a plain function that
-#   lookup raises and swallows an AttributeError: most of wrapt's per-call cost. A plain
-#   function has no ``__self__``, so the wrapper is given a marker instance at decoration
-#   time and wrapt's C __call__ goes straight to the engine. (This uses the base class's
-#   constructor, which takes the instance; if a wrapt release changes it, the wrapper
-#   keeps wrapt's default behaviour, only slower.)
-# - Method access binds through a bound wrapper whose __call__ calls the bound method
-#   wrapt prepared (``__wrapped__``), so ``Class.method(obj, ...)`` and ``obj.method(...)``
-#   reach the engine the same way.
-# - wrapt's proxies refuse pickling and copying; these pickle and copy as what they wrap
-#   does, so a decorated function can go to a process pool or sit in a deep-copied object.
-
-_UNBOUND = object()
-_wrapper_base_init: Callable[..., None] = wrapt.FunctionWrapper.__base__.__init__  # type: ignore[misc]
-
-
-class _BoundInstrumentedFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
-    def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
-        wrapper: Wrapper = self._self_wrapper  # type: ignore[assignment]
-        return wrapper(self.__wrapped__, None, args, kwargs)
-
-    # ``__wrapped__`` is what Python's attribute access gives for the undecorated method:
-    # a bound method (of the instance, or of the class for a classmethod), or a plain
-    # function (a staticmethod, or a method looked up on its class).
-
-    def _lookup(self) -> tuple[Any, str]:
-        """Where this method is found again: its owner and its name."""
-        bound = self.__wrapped__
-        name: str = bound.__name__
-        if inspect.ismethod(bound):
-            return bound.__self__, name
-        return self._self_owner, name
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        # As a bound method pickles: the instance (or class) and the name, looked up again
-        # when unpickled; a function reached through its class pickles by its class too.
-        return getattr, self._lookup()
-
-    def __copy__(self) -> Any:
-        if not inspect.ismethod(self.__wrapped__):
-            return self  # a function: copies are the function itself
-        return getattr(*self._lookup())
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        if not inspect.ismethod(self.__wrapped__):
-            return self
-        owner, name = self._lookup()
-        return getattr(copy.deepcopy(owner, memo), name)
-
-
-class _InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
-    __bound_function_wrapper__ = _BoundInstrumentedFunction
-
-    def __init__(self, wrapped: Callable[..., Any], wrapper: Wrapper) -> None:
-        super().__init__(wrapped, wrapper)
-        if self._self_binding == "function" and not hasattr(wrapped, "__self__"):
-            try:
-                _wrapper_base_init(self, wrapped, _UNBOUND, wrapper, None, "function")
-            except TypeError:
-                logger.debug("instrument: wrapt's wrapper base changed; using its __call__")
-
-    def __reduce_ex__(self, protocol: Any) -> Any:
-        # By reference, as a function pickles: pickle resolves the module-level name (and
-        # checks that it is this very wrapper), so the unpickling process imports the
-        # module, whose decorator records there.
-        qualname = getattr(self.__wrapped__, "__qualname__", None)
-        if not isinstance(qualname, str):
-            raise pickle.PicklingError(
-                f"cannot pickle a decorated {type(self.__wrapped__).__name__}: a decorated "
-                "callable pickles by its module-level name, and this one has none; decorate "
-                "a module-level function or method instead"
-            )
-        return qualname
-
-    def _rewrapped(self, copied: Any) -> Any:
-        # A function copies as itself; a callable instance or partial as a new wrapper of
-        # its copy, recording as this one does.
-        if copied is self.__wrapped__:
-            return self
-        wrapper: Wrapper = self._self_wrapper  # type: ignore[assignment]
-        return type(self)(copied, wrapper)
-
-    def __copy__(self) -> Any:
-        return self._rewrapped(copy.copy(self.__wrapped__))
-
-    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
-        return self._rewrapped(copy.deepcopy(self.__wrapped__, memo))
-
-
-class _Entry(Generic[P]):
-    """One with-block entry: its probe, the frame that entered, and how to undo it in the
-    context that entered."""
-
-    __slots__ = ("frame", "previous", "probe", "token")
-
-    def __init__(self, probe: P, previous: _Entry[P] | None, frame: int) -> None:
-        self.probe = probe
-        self.previous = previous
-        self.frame = frame
-        self.token: contextvars.Token[_Entry[P] | None]
-
-
-def _caller_frame() -> int:
-    """The identity of the frame running the with-statement (the caller's caller)."""
-    try:
-        return id(sys._getframe(2))
-    except ValueError:  # called straight from C (a thread's target, atexit): no frame
-        return 0
 
 
 class Instrumenter(Generic[P]):
     """Base of every decorator: used as ``@it`` on a function, or as a (async) with-block.
 
     Subclasses implement :meth:`start`. One with-block object may be used from many
-    threads and tasks at once, nested, and exited in another context than the enter's (a
-    generator resumed by another thread or task): each exit ends exactly one open entry.
+    threads and tasks at once, nested, and exited in another context than the enter's:
+    each exit ends exactly one open entry (see ``_with_blocks``).
     """
 
     def __init__(self) -> None:
-        # Created here, not on first use: two threads entering first at once must share it.
-        # The context's innermost entry of this object: a hint for pairing, not the state.
-        self._entered: contextvars.ContextVar[_Entry[P] | None] = contextvars.ContextVar(
-            f"instrument-{type(self).__name__}", default=None
-        )
-        # Every open entry, in enter order, whichever context entered it. An exit claims one
-        # with dict.pop, atomic under the GIL: each entry ends exactly once.
-        self._open: dict[_Entry[P], bool] = {}
+        self._entries: OpenEntries[P] = OpenEntries(f"instrument-{type(self).__name__}")
 
     #: Call ``Probe.item`` for each value a wrapped generator yields.
     observes_items = False
@@ -705,25 +537,10 @@ class Instrumenter(Generic[P]):
         target = func.__func__ if isinstance(func, classmethod | staticmethod) else func
         self.prepare(target)
         wrapper = _wrapper_for(target, self.starter(target), self.observes_items)
-        proxy: F = _InstrumentedFunction(func, wrapper)  # type: ignore[assignment]
+        proxy: F = InstrumentedFunction(func, wrapper)  # type: ignore[assignment]
         return proxy
 
     # -- with-block --------------------------------------------------------------------------
-    #
-    # How an exit finds its enter. The enter records its probe, the frame running the
-    # with-statement, and the context. The exit ends, in this order of preference:
-    #   1. the context's innermost entry, if the same frame entered it (the usual case);
-    #   2. the latest open entry this frame made, in whatever context: a generator's frame is
-    #      the same object whichever thread or task resumes it, so a generator that enters in
-    #      one task and exits in another still pairs exactly;
-    #   3. the context's innermost open entry (entered through a helper such as ExitStack,
-    #      whose enter and exit run in different frames);
-    #   4. the oldest open entry of this object (an exit in a context with no entry at all,
-    #      e.g. a manual __exit__ in another thread): the one most likely left by a context
-    #      that will not exit it. Counts and active_jobs stay exact whatever is paired; only
-    #      which duration goes with which exit can then be off (their sum stays exact).
-    # An exit finding no open entry anywhere is a no-op when its context did enter (that job
-    # was already ended by an exit elsewhere), else a clear error.
 
     def _push(self, frame: int) -> P:
         try:
@@ -731,60 +548,11 @@ class Instrumenter(Generic[P]):
         except Exception:
             _guard("starting a job")
             probe = self.null_probe()
-        entry = _Entry(probe, self._entered.get(), frame)
-        self._open[entry] = True
-        entry.token = self._entered.set(entry)
+        self._entries.push(probe, frame)
         return probe
 
-    def _pop(self, frame: int) -> P | None:
-        top = self._entered.get()
-        opened = self._open
-        if top is not None and top.frame == frame and opened.pop(top, False):
-            entry: _Entry[P] | None = top
-        else:
-            entry = self._claim_elsewhere(top, frame)
-        if top is not None:
-            self._settle(top)
-        if entry is None:
-            if top is None:
-                raise RuntimeError(
-                    "with-block exited without a matching enter: this object has no open "
-                    "entry (each __exit__/__aexit__ must follow one __enter__/__aenter__)"
-                )
-            return None
-        return entry.probe
-
-    def _claim_elsewhere(self, top: _Entry[P] | None, frame: int) -> _Entry[P] | None:
-        opened = self._open
-        for entry in reversed(list(opened)):
-            if entry.frame == frame and opened.pop(entry, False):
-                return entry
-        inner = top
-        while inner is not None:
-            if opened.pop(inner, False):
-                return inner
-            inner = inner.previous
-        for entry in list(opened):
-            if opened.pop(entry, False):
-                return entry
-        return None
-
-    def _settle(self, top: _Entry[P]) -> None:
-        """Drop the context's ended entries, innermost first: back to "unset" when none is
-        left open, so the context keeps nothing of this object (set() alone would)."""
-        entry: _Entry[P] | None = top
-        opened = self._open
-        try:
-            while entry is not None and entry not in opened:
-                self._entered.reset(entry.token)
-                entry = entry.previous
-        except (ValueError, RuntimeError):  # set in a context this one was copied from
-            while entry is not None and entry not in opened:
-                entry = entry.previous
-            self._entered.set(entry)
-
     def _exit(self, exc: BaseException | None, frame: int) -> P | None:
-        probe = self._pop(frame)
+        probe = self._entries.pop(frame)
         if probe is None:
             return None
         if exc is None:
@@ -794,7 +562,7 @@ class Instrumenter(Generic[P]):
         return probe
 
     def __enter__(self) -> P:
-        return self._push(_caller_frame())
+        return self._push(caller_frame())
 
     def __exit__(
         self,
@@ -802,12 +570,12 @@ class Instrumenter(Generic[P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        probe = self._exit(exc, _caller_frame())
+        probe = self._exit(exc, caller_frame())
         if probe is not None:
             _deliver(probe)
 
     async def __aenter__(self) -> P:
-        return self._push(_caller_frame())
+        return self._push(caller_frame())
 
     async def __aexit__(
         self,
@@ -815,7 +583,7 @@ class Instrumenter(Generic[P]):
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        probe = self._exit(exc, _caller_frame())
+        probe = self._exit(exc, caller_frame())
         if probe is not None:
             await _adeliver(probe)
 
