@@ -32,7 +32,8 @@ import wrapt
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
-from instrument._engine import Probe, _sync_wrapper
+from instrument._dispatch import _sync_wrapper
+from instrument._engine import Probe
 from instrument._proxy import UNBOUND, InstrumentedFunction
 
 from .calls import KIND, MODULE, Children, fresh_metrics, inlined_sync, sync_batch

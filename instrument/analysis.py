@@ -59,16 +59,16 @@ class _AnalysisBinding(Binding):
 class AnalysisJob(Probe):
     """One analysis in flight; in a with-block, the handle ``as job`` gives you."""
 
-    # deliver holds the delivery's bound method: one call less per job than a method.
-    __slots__ = ("_b", "_t0", "deliver")
+    # after_job holds the delivery's bound method: one call less per job than a method.
+    __slots__ = ("_b", "_t0", "after_job")
 
     _b: _AnalysisBinding
     _t0: float
     #: The call's bound arguments, kept only by jobs that record a quality score.
     _arguments: dict[str, Any] | None = None
 
-    def deliver_async(self) -> Awaitable[None] | None:
-        waiter: Awaitable[None] | None = self._b.after_call_async()
+    def after_job_async(self) -> Awaitable[None] | None:
+        waiter: Awaitable[None] | None = self._b.after_job_async()
         return waiter
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
@@ -135,9 +135,9 @@ class _DisabledJob(AnalysisJob):
     __slots__ = ()
 
     def __init__(self) -> None:
-        self.deliver = None
+        self.after_job = None
 
-    def deliver_async(self) -> None:
+    def after_job_async(self) -> None:
         return None
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
@@ -243,7 +243,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         # Inlined (no __init__, no helper): this runs once per decorated call.
         job = _new(kind)
         job._b = b
-        job.deliver = b.deliver
+        job.after_job = b.after_job
         b.active_inc()
         job._t0 = perf_counter()
         return job

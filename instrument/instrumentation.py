@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 from prometheus_client import CollectorRegistry
 
 from . import config as _config
-from ._engine import Instrumenter, Probe, record_deferred_ends
+from ._engine import Instrumenter, Probe, run_deferred
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
@@ -40,8 +40,9 @@ __all__ = ["Instrumentation", "Policy", "configure", "get_instrumentation"]
 
 logger = logging.getLogger("instrument")
 
-# Job ends the engine could not record at the recursion limit are in every snapshot.
-register_before_snapshot(record_deferred_ends)
+# Work the engine deferred (abandoned streams, job ends at the recursion limit) is done
+# before every snapshot: a push, a scrape, a read of the registry.
+register_before_snapshot(run_deferred)
 
 P = TypeVar("P", bound=Probe)
 B = TypeVar("B", bound="Binding")
@@ -392,10 +393,9 @@ class Binding:
         # Registered first, so a retire() running meanwhile cannot miss this binding.
         inst._bindings.add(self)
         self.stale = not inst.enabled or inst.retired
-        self.after_call = inst.delivery.after_call
-        self.after_call_async = inst.delivery.after_call_async
-        #: What a probe's ``deliver`` should be: None when nothing is ever pushed.
-        self.deliver = inst.delivery.call_hook()
+        #: What a probe's ``after_job`` should be: None when nothing is ever pushed.
+        self.after_job = inst.delivery.call_hook()
+        self.after_job_async = inst.delivery.after_call_async
 
 
 class Policy(Instrumenter[P], Generic[P, B]):

@@ -43,8 +43,8 @@ class ScriptedProbe(Probe):
     def __init__(self, events: list[tuple[Any, ...]], failing: frozenset[str]) -> None:
         self.events = events
         self.failing = failing
-        # An attribute, as the engine expects; the inherited deliver_async calls it.
-        self.deliver = self._deliver
+        # An attribute, as the engine expects; the inherited after_job_async calls it.
+        self.after_job = self._deliver
 
     def _hook(self, name: str, *detail: Any) -> None:
         self.events.append((name, *detail))
@@ -474,7 +474,7 @@ def count_of(inst: Instrumentation, status: str, labels: dict[str, str]) -> floa
 
 
 @pytest.mark.parametrize("kind", KINDS)
-@pytest.mark.parametrize("broken", ["success_inc", "error_inc", "deliver", "after_call_async"])
+@pytest.mark.parametrize("broken", ["success_inc", "error_inc", "after_job", "after_job_async"])
 async def test_monitored_analysis_survives_a_broken_binding(
     kind: str, broken: str, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -496,11 +496,11 @@ async def test_monitored_analysis_survives_a_broken_binding(
     expected = {
         "success_inc": 1,
         "error_inc": 1,
-        "deliver": 2 if kind in ("sync", "generator") else 0,
-        "after_call_async": 2 if kind in ("async", "async_generator") else 0,
+        "after_job": 2 if kind in ("sync", "generator") else 0,
+        "after_job_async": 2 if kind in ("async", "async_generator") else 0,
     }[broken]
     assert len(guard_records(caplog)) == expected
-    if broken in ("deliver", "after_call_async"):
+    if broken in ("after_job", "after_job_async"):
         # Recording was complete before delivery failed.
         labels = {"module": "m", "analysis_type": "t"}
         assert inst.registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "m"}) == 0
