@@ -46,7 +46,8 @@ from ._engine import (
     run_deferred,
     wraps_signature,
 )
-from .instrumentation import Binding, Instrumentation, Policy, check_number
+from ._validation import check_number
+from .instrumentation import Binding, Instrumentation, Policy
 from .metrics import Metrics
 from .usage import (
     MAX_TOKENS,

@@ -12,7 +12,8 @@ from time import perf_counter
 from typing import Any
 
 from ._engine import Probe, bind_arguments, wraps_signature
-from .instrumentation import Binding, Instrumentation, Policy, _check_label, check_number
+from ._validation import check_label, check_number
+from .instrumentation import Binding, Instrumentation, Policy
 
 __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
 
@@ -75,7 +76,7 @@ class AnalysisJob(Probe):
         """Record a code quality score for this job's project (or ``project``) and module."""
         value = check_number("score", score)
         if project is not None:
-            _check_label("project", project)
+            check_label("project", project)
         b = self._b
         name = project if project is not None else b.monitor.project_for(self._arguments)
         if name is not None:
@@ -143,7 +144,7 @@ class _DisabledJob(AnalysisJob):
     def record_quality(self, score: float, *, project: str | None = None) -> None:
         check_number("score", score)
         if project is not None:
-            _check_label("project", project)
+            check_label("project", project)
 
     def success(self, result: Any) -> Any:
         return result
@@ -176,9 +177,9 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
                 "monitored_analysis needs arguments: use @monitored_analysis(module, "
                 "analysis_type), not @monitored_analysis"
             )
-        _check_label("module", module)
-        _check_label("analysis_type", analysis_type)
-        _check_label("job_type", job_type, optional=True)
+        check_label("module", module)
+        check_label("analysis_type", analysis_type)
+        check_label("job_type", job_type, optional=True)
         if project is not None and not (isinstance(project, str) or callable(project)):
             raise TypeError(
                 "project must be a string or a callable taking the call's bound arguments "

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import warnings
 import weakref
@@ -14,11 +13,11 @@ from prometheus_client import CollectorRegistry
 
 from . import config as _config
 from ._engine import Instrumenter, Probe, run_deferred
+from ._validation import check_label, check_number
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
     check_buckets,
-    check_label_value,
     check_namespace,
 )
 from .push import (
@@ -46,24 +45,6 @@ register_before_snapshot(run_deferred)
 
 P = TypeVar("P", bound=Probe)
 B = TypeVar("B", bound="Binding")
-
-
-def _check_label(what: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{what} must be a non-empty string, got {value!r}")
-    check_label_value(what, value)
-
-
-def check_number(what: str, value: object) -> float:
-    """``value`` as a float, or a TypeError/ValueError saying what was expected."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
-    number = float(value)
-    if math.isnan(number):
-        raise ValueError(f"{what} must not be NaN")
-    return number
 
 
 class Instrumentation:
@@ -220,8 +201,8 @@ class Instrumentation:
 
     def record_quality_score(self, project: str, module: str, score: float) -> None:
         """Set the latest code quality score of ``project``/``module``."""
-        _check_label("project", project)
-        _check_label("module", module)
+        check_label("project", project)
+        check_label("module", module)
         value = check_number("score", score)
         if self.enabled:
             self.metrics.code_quality_score.labels(project=project, module=module).set(value)
@@ -231,8 +212,8 @@ class Instrumentation:
         self, module: str, analysis_type: str, duration: float, success: bool = True
     ) -> None:
         """Count one finished analysis and observe its duration (seconds)."""
-        _check_label("module", module)
-        _check_label("analysis_type", analysis_type)
+        check_label("module", module)
+        check_label("analysis_type", analysis_type)
         seconds = check_number("duration", duration)
         if not self.enabled:
             return
@@ -243,7 +224,7 @@ class Instrumentation:
 
     def update_active_jobs(self, job_type: str, count: int) -> None:
         """Set the active-jobs gauge, as the original did. Prefer the decorators' inc/dec."""
-        _check_label("job_type", job_type)
+        check_label("job_type", job_type)
         value = check_number("count", count)
         if job_type not in self._warned_job_types:
             self._warned_job_types.add(job_type)
@@ -267,8 +248,8 @@ class Instrumentation:
         output_tokens: int = 0,
     ) -> None:
         """Count one AI API call and its tokens, as the original did."""
-        _check_label("provider", provider)
-        _check_label("model", model)
+        check_label("provider", provider)
+        check_label("model", model)
         tokens = {"input": input_tokens, "output": output_tokens}
         for kind, count in tokens.items():
             if check_number(f"{kind}_tokens", count) < 0:
