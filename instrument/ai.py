@@ -47,8 +47,8 @@ from ._engine import (
     wraps_signature,
 )
 from ._validation import check_number
-from .instrumentation import Binding, Instrumentation, Policy
 from .metrics import Metrics
+from .policy import Binding, Policy
 from .usage import (
     MAX_TOKENS,
     Usage,
@@ -61,6 +61,9 @@ from .usage import (
     stream_snapshot,
     usage_from,
 )
+
+if TYPE_CHECKING:
+    from .instrumentation import Instrumentation
 
 __all__ = [
     "AICall",

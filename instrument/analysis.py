@@ -9,11 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ._engine import Probe, bind_arguments, wraps_signature
 from ._validation import check_label, check_number
-from .instrumentation import Binding, Instrumentation, Policy
+from .policy import Binding, Policy
+
+if TYPE_CHECKING:
+    from .instrumentation import Instrumentation
 
 __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
 

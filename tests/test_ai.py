@@ -26,7 +26,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 import instrument
 from instrument import AICall, AICallTracker, Instrumentation, _jobs, track_ai_call
 from instrument import ai as ai_module
-from instrument import instrumentation as instrumentation_module
+from instrument import defaults as defaults_module
 from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
@@ -1701,7 +1701,7 @@ def test_module_level_follows_the_default(
     monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
 ) -> None:
     default = Instrumentation(registry=registry)
-    monkeypatch.setattr(instrumentation_module, "_default", default)
+    monkeypatch.setattr(defaults_module, "_default", default)
     tracker = track_ai_call("openai", "gpt-4o", operation="embeddings")
     assert isinstance(tracker, AICallTracker)
     assert repr(tracker) == "track_ai_call('openai', 'gpt-4o')"
@@ -1750,7 +1750,7 @@ def test_operation_is_on_the_handle_and_in_no_label(
 
 
 def test_module_level_follows_configure_and_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(instrumentation_module, "_default", None)
+    monkeypatch.setattr(defaults_module, "_default", None)
     ask = track_ai_call("openai", "gpt-4o")(lambda: openai_chat(3, 2))
     first = instrument.configure(registry=CollectorRegistry())
     ask()
