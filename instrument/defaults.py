@@ -25,9 +25,12 @@ if TYPE_CHECKING:
     from .policy import Binding
 
 __all__ = [
+    "apush",
     "configure",
+    "flush",
     "get_instrumentation",
     "instrumentation_class",
+    "push",
     "register_instrumentation_class",
     "replace_default",
     "set_retired",
@@ -113,6 +116,21 @@ def configure(**kwargs: Any) -> Instrumentation:
     if old is not None:
         old.close()
     return new
+
+
+def push(timeout: float | None = None) -> bool:
+    """Push the default instrumentation's state now; True on success."""
+    return get_instrumentation().push(timeout)
+
+
+async def apush(timeout: float | None = None) -> bool:
+    """Push the default instrumentation's state now over aiohttp; True on success."""
+    return await get_instrumentation().apush(timeout)
+
+
+def flush(timeout: float = 5.0) -> bool:
+    """Wait until the default instrumentation's latest state is delivered."""
+    return get_instrumentation().flush(timeout)
 
 
 def _with_environment(exc: BaseException, from_env: Mapping[str, Any]) -> str:

@@ -271,9 +271,13 @@ class Instrumentation:
         """Push the full state now (blocking), whatever the push mode; True on success."""
         return self.delivery.push(timeout)
 
+    async def apush(self, timeout: float | None = None) -> bool:
+        """:meth:`push` in async code, over aiohttp; True on success, never raises."""
+        return await self.delivery.push_async(timeout=timeout)
+
     async def push_metrics(self) -> bool:
-        """Push the full state now over aiohttp; True on success, never raises."""
-        return await self.delivery.push_async()
+        """The seed's name for :meth:`apush`."""
+        return await self.apush()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the latest state is delivered, or ``timeout`` seconds pass."""
@@ -292,6 +296,7 @@ class Instrumentation:
         self.delivery.close()
 
     async def aclose(self) -> None:
+        """:meth:`close` in async code."""
         await self.delivery.aclose()
 
     def install_sigterm_handler(self) -> None:
