@@ -45,9 +45,9 @@ def _observe(gen: Generator[Any, Any, Any], probe: Probe) -> Generator[Any, Any,
             thrown = exc
 
 
-# -- one wrapper per kind of function, in wrapt's (wrapped, instance, args, kwargs) form ----------
-# ``instance`` is never used: wrapt hands over a bound method for method access, and
-# ``bind_arguments`` reads ``self`` from it.
+# -- one wrapper per kind of function: called with the undecorated callable, then the call's ----
+# arguments. For method access that callable is the bound method, and ``bind_arguments``
+# reads ``self`` from it.
 #
 # A job starts at the first await or next(): a coroutine or generator never started records
 # nothing. A generator function is called when the wrapper is, as Python does (a TypeError
@@ -98,9 +98,7 @@ class _Handover:
 
 
 def _sync_wrapper(start: Start) -> Wrapper:
-    def call_sync(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def call_sync(wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         # The hot path: the guards are inlined rather than helpers.
         try:
             probe = start(wrapped, args, kwargs)
@@ -228,9 +226,7 @@ Job = Callable[[Any, bool, Start, Callable[..., Any], tuple[Any, ...], dict[str,
 
 
 def _async_wrapper(start: Start) -> Wrapper:
-    def call_async(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def call_async(wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         return _awaited_job(_CALL_AT_START, False, start, wrapped, args, kwargs)
 
     return call_async
@@ -239,9 +235,7 @@ def _async_wrapper(start: Start) -> Wrapper:
 def _generator_wrapper(start: Start, job: Job, observed: bool) -> Wrapper:
     """For a (async) generator function: called now, its job runs as it is iterated."""
 
-    def call_generator(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def call_generator(wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         try:
             work = wrapped(*args, **kwargs)
         except BaseException as exc:  # not even a generator: a job that failed at once
@@ -264,9 +258,7 @@ def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
     they are, as a sync job's result: replacing them would change what the caller holds.
     """
 
-    def call_by_result(
-        wrapped: Callable[..., Any], instance: Any, args: tuple[Any, ...], kwargs: dict[str, Any]
-    ) -> Any:
+    def call_by_result(wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
         probe = _start_guarded(start, wrapped, args, kwargs)
         if probe is None:
             return wrapped(*args, **kwargs)

@@ -13,7 +13,7 @@ import inspect
 import logging
 import pickle
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 import wrapt
 
@@ -23,7 +23,6 @@ __all__ = [
     "COROUTINE",
     "GENERATOR",
     "SYNC",
-    "UNBOUND",
     "InstrumentedFunction",
     "Wrapper",
     "kind_of",
@@ -31,8 +30,12 @@ __all__ = [
 
 logger = logging.getLogger("instrument")
 
-#: What the proxy calls: wrapt's ``(wrapped, instance, args, kwargs)`` form.
-Wrapper = Callable[[Callable[..., Any], Any, tuple[Any, ...], dict[str, Any]], Any]
+
+class Wrapper(Protocol):
+    """The engine's side of a decorated call: the undecorated callable (a bound method for
+    method access), then the call's own arguments."""
+
+    def __call__(self, wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any: ...
 
 
 # -- what calling a function produces ------------------------------------------------------------
@@ -91,25 +94,22 @@ def kind_of(func: Any, depth: int = 0) -> int:
 #
 # - wrapt's __call__ on an unbound wrapper looks up ``__self__`` on the wrapped object at
 #   every call, to support wrapping an already bound method. On a plain function that
-#   lookup raises and swallows an AttributeError: most of wrapt's per-call cost. A plain
-#   function has no ``__self__``, so the wrapper is given a marker instance at decoration
-#   time and wrapt's C __call__ goes straight to the engine. (This uses the base class's
-#   constructor, which takes the instance; if a wrapt release changes it, the wrapper
-#   keeps wrapt's default behaviour, only slower.)
-# - Method access binds through a bound wrapper whose __call__ calls the bound method
-#   wrapt prepared (``__wrapped__``), so ``Class.method(obj, ...)`` and ``obj.method(...)``
-#   reach the engine the same way.
+#   lookup raises and swallows an AttributeError: most of wrapt's per-call cost. The proxy
+#   has its own ``__call__`` instead: the engine's call for this function, bound at
+#   decoration time (``partial(wrapper, wrapped)``) and kept in a slot whose descriptor is
+#   the class's ``__call__``. Calling the proxy thus calls the engine straight from C, with
+#   no Python frame between and no wrapt API beyond the public constructor.
+# - Method access binds through wrapt's descriptor, to a bound wrapper whose __call__ calls
+#   the bound method wrapt prepared (``__wrapped__``), so ``Class.method(obj, ...)`` and
+#   ``obj.method(...)`` reach the engine the same way.
 # - wrapt's proxies refuse pickling and copying; these pickle and copy as what they wrap
 #   does, so a decorated function can go to a process pool or sit in a deep-copied object.
-
-UNBOUND = object()
-_wrapper_base_init: Callable[..., None] = wrapt.FunctionWrapper.__base__.__init__  # type: ignore[misc]
 
 
 class _BoundInstrumentedFunction(wrapt.BoundFunctionWrapper):  # type: ignore[type-arg]
     def __call__(self, /, *args: Any, **kwargs: Any) -> Any:
         wrapper: Wrapper = self._self_wrapper  # type: ignore[assignment]
-        return wrapper(self.__wrapped__, None, args, kwargs)
+        return wrapper(self.__wrapped__, *args, **kwargs)
 
     # ``__wrapped__`` is what Python's attribute access gives for the undecorated method:
     # a bound method (of the instance, or of the class for a classmethod), or a plain
@@ -144,14 +144,13 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     """A decorated function: ``wrapped`` called through the engine's ``wrapper``."""
 
     __bound_function_wrapper__ = _BoundInstrumentedFunction
+    # wrapt stores a proxy's own attributes, named ``_self_*``, on the proxy: this one in a
+    # slot, whose descriptor serves as ``__call__`` (set below the class).
+    __slots__ = ("_self_call",)
 
     def __init__(self, wrapped: Callable[..., Any], wrapper: Wrapper) -> None:
         super().__init__(wrapped, wrapper)
-        if self._self_binding == "function" and not hasattr(wrapped, "__self__"):
-            try:
-                _wrapper_base_init(self, wrapped, UNBOUND, wrapper, None, "function")
-            except TypeError:
-                logger.debug("instrument: wrapt's wrapper base changed; using its __call__")
+        self._self_call = functools.partial(wrapper, wrapped)
 
     def __reduce_ex__(self, protocol: Any) -> Any:
         # By reference, as a function pickles: pickle resolves the module-level name (and
@@ -179,3 +178,9 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return self._rewrapped(copy.deepcopy(self.__wrapped__, memo))
+
+
+# Python calls ``type(proxy).__call__`` as a descriptor: the slot's gives the partial, which
+# is then called with the call's arguments. Assigned after the class is made, since the
+# slot's descriptor exists only then.
+InstrumentedFunction.__call__ = InstrumentedFunction.__dict__["_self_call"]  # type: ignore[method-assign]

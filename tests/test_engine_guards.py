@@ -17,7 +17,7 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry
 
-from instrument import Instrumentation, _proxy
+from instrument import Instrumentation
 from instrument._engine import Instrumenter, Probe, bind_arguments, wraps_signature
 from instrument.analysis import AnalysisMonitor
 from instrument.instrumentation import Policy
@@ -557,31 +557,43 @@ def test_signature_less_callable_gets_empty_arguments_for_its_project(
 # -- the wrapper itself --------------------------------------------------------------------------
 
 
-def test_wrapper_falls_back_to_wrapt_when_its_base_changes(
-    monkeypatch: pytest.MonkeyPatch,
-    inst: Instrumentation,
-    registry: CollectorRegistry,
-    caplog: pytest.LogCaptureFixture,
+def test_a_decorated_call_reaches_the_engine_without_wrapts_self_lookup(
+    inst: Instrumentation, registry: CollectorRegistry
 ) -> None:
-    def changed_signature(*_: Any) -> None:
-        raise TypeError("__init__() takes 3 positional arguments")
+    # wrapt's own __call__ looks up ``__self__`` on the wrapped object at every call, most
+    # of its per-call cost; the proxy's call goes to the engine without it. A call that
+    # falls back to wrapt's path makes this lookup and fails here.
+    lookups: list[str] = []
 
-    monkeypatch.setattr(_proxy, "_wrapper_base_init", changed_signature)
-    with caplog.at_level(logging.DEBUG, logger="instrument"):
-
-        @inst.monitored_analysis("m", "t")
-        def double(x: int) -> int:
+    class Counted:
+        def __call__(self, x: int) -> int:
             return 2 * x
 
-    assert "wrapt's wrapper base changed" in caplog.text
-    assert double(21) == 42
-    assert double.__name__ == "double"
+        def __getattr__(self, name: str) -> Any:
+            lookups.append(name)
+            raise AttributeError(name)
+
+    double = inst.monitored_analysis("m", "t")(Counted())
+    at_decoration = lookups.count("__self__")
+    assert [double(x) for x in range(5)] == [0, 2, 4, 6, 8]
+    assert lookups.count("__self__") == at_decoration
     assert (
         registry.get_sample_value(
             "codomyrmex_analyses_total", {"module": "m", "analysis_type": "t", "status": "success"}
         )
-        == 1
+        == 5
     )
+
+
+def test_a_call_passing_a_keyword_named_like_the_engines_parameters_is_unchanged(
+    inst: Instrumentation,
+) -> None:
+    def echo(*args: Any, **kwargs: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return args, kwargs
+
+    decorated = inst.monitored_analysis("m", "t")(echo)
+    for kwargs in ({"wrapped": 1}, {"instance": 2, "args": 3, "kwargs": 4}, {"self": 5}):
+        assert decorated("a", **kwargs) == (("a",), kwargs)
 
 
 def test_a_policy_missing_start_still_runs_the_function(caplog: pytest.LogCaptureFixture) -> None:
