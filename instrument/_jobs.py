@@ -144,12 +144,16 @@ def _end(probe: Probe, exc: BaseException) -> None:
     A RecursionError escaping from here means nothing was recorded: the caller defers the
     end (it ran out of stack before it could record anything).
     """
-    if type(exc) is RecursionError and not _has_room():
+    if type(exc) is not RecursionError:
+        record_end(probe, exc)
+        return
+    if not _has_room():
         defer(partial(record_end, probe, exc))
         return
     record_end(probe, exc)
-    if not _deferred.empty():
-        run_deferred()
+    # A shallower level of the recursion: the deeper levels' ends wait, and it has room.
+    # (Only here: other ends may come from a finalizer, where deferred work must not run.)
+    run_deferred()
 
 
 # -- deferred work: what cannot be recorded where it happens ------------------------------------
@@ -157,9 +161,11 @@ def _end(probe: Probe, exc: BaseException) -> None:
 #   recursion, the deepest ones with no stack to record on.
 # - The garbage collector finds a stream abandoned before its end; it may run while its
 #   thread holds a lock that recording takes (prometheus_client's, the model guard's).
-# That work waits here and runs at the next safe point: the next end with room (the
-# shallower levels, as the error unwinds), an AI call's start, and before every snapshot (a
-# push, a scrape, a read of the registry): no count is lost, no job left open.
+# That work waits here and runs at the next safe point: the next end of a RecursionError
+# with room (the shallower levels, as the error unwinds), an AI call's start, and before
+# every snapshot (a push, a scrape, a read of the registry): no count is lost, no job left
+# open. Deferred work must not push (it runs as a push takes its snapshot): it records, and
+# at most marks the state for the next push.
 
 #: Frames that recording an end may need: the probe, prometheus_client, the guard's logging.
 _HEADROOM = 60

@@ -6,10 +6,12 @@ was pushed."""
 from __future__ import annotations
 
 import asyncio
+import functools
 import gc
 import logging
 import threading
-from collections.abc import Callable, Iterator
+import warnings
+from collections.abc import Callable, Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -245,7 +247,7 @@ def test_deferred_work_is_in_the_next_push(tmp_path: Path, registry: CollectorRe
     inst = Instrumentation(registry=registry, textfile=str(textfile), push_mode="off")
     try:
         job = started(inst)
-        defer(lambda: end_job(job, TimeoutError("found late")))
+        defer(lambda: job.error(TimeoutError("found late")))  # records; never pushes itself
         assert inst.push()
         assert pushed(textfile, "error")
     finally:
@@ -291,7 +293,6 @@ def test_defer_from_a_finalizer_runs_nothing_under_the_collectors_lock(
     def end_under_the_lock() -> None:
         with lock:
             job.cancel()
-            end_job(job)
 
     class Finalized:
         def __del__(self) -> None:
@@ -315,6 +316,29 @@ def test_defer_from_a_finalizer_runs_nothing_under_the_collectors_lock(
         gc.enable()
     assert_analyses(inst, "m", "t", cancelled=1)  # reading the registry ran it
     assert sample_value(inst, "active_jobs", {"job_type": "m"}) == 0
+
+
+def test_a_job_ended_by_a_finalizer_runs_no_deferred_work(inst: Instrumentation) -> None:
+    # A sync layer over a coroutine function hands its job to the coroutine it returns;
+    # dropped unstarted, that carrier's finalizer ends the job. Deferred work must wait for
+    # a safe point, not run in there.
+    async def work() -> int:
+        return 1
+
+    @functools.wraps(work)
+    def layer() -> Coroutine[Any, Any, int]:
+        return work()
+
+    runs: list[str] = []
+    wrapped = inst.monitored_analysis("m", "t")(layer)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the carrier was never awaited
+        carrier = wrapped()
+        defer(lambda: runs.append("ran"))
+        del carrier  # its finalizer ends the job, as cancelled
+        assert runs == []
+    assert_analyses(inst, "m", "t", cancelled=1)  # reading the registry: a safe point
+    assert runs == ["ran"]
 
 
 # -- report_failure ------------------------------------------------------------------------------
