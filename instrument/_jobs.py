@@ -181,13 +181,17 @@ defer: Callable[[Callable[[], object]], None] = _deferred.put
 def run_deferred() -> None:
     """Run the deferred work now, each piece guarded: never raises.
 
-    This happens by itself before every push and scrape (and read of the registry); near
-    the recursion limit, what has no stack to run on waits for the next safe point.
+    This happens by itself before every push and scrape (and read of the registry). Only
+    the work queued when it starts runs: work that defers more work (itself, say) cannot
+    keep a push waiting. Near the recursion limit, what has no stack to run on waits for
+    the next safe point.
     """
-    while not _deferred.empty() and _has_room():
+    for _ in range(_deferred.qsize()):
+        if not _has_room():
+            return
         try:
             work = _deferred.get_nowait()
-        except queue.Empty:
+        except queue.Empty:  # taken by a run in another thread
             return
         try:
             work()

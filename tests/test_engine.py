@@ -1,7 +1,10 @@
-"""The engine's public hooks, as a policy uses them: ending a job after the wrapper returned
-(``end_job`` / ``aend_job``), deferred work (``defer`` / ``run_deferred``) and the guard
-(``report_failure``). Each test reads back what a user would check: the registry, or what
-was pushed."""
+"""The engine's public face. Its hooks, as a policy uses them: ending a job after the wrapper
+returned (``end_job`` / ``aend_job``), deferred work (``defer`` / ``run_deferred``) and the
+guard (``report_failure``); and the proxy's call, which hands the engine every argument as
+given. Each test reads back what a user would check: the registry, or what was pushed.
+
+(The engine's guards under fault injection are in test_engine_guards.py, its hostile
+cases in test_hostile_engine.py.)"""
 
 from __future__ import annotations
 
@@ -16,6 +19,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, Counter, generate_latest
 
 from instrument import Instrumentation
@@ -339,6 +344,101 @@ def test_a_job_ended_by_a_finalizer_runs_no_deferred_work(inst: Instrumentation)
         assert runs == []
     assert_analyses(inst, "m", "t", cancelled=1)  # reading the registry: a safe point
     assert runs == ["ran"]
+
+
+def test_work_that_defers_more_work_cannot_keep_a_run_going() -> None:
+    runs: list[int] = []
+
+    def again() -> None:
+        runs.append(len(runs))
+        if len(runs) < 3:
+            defer(again)  # as a policy bug that never makes progress would, for a while
+
+    defer(again)
+    run_deferred()
+    assert runs == [0]  # one turn per run: the push or scrape waiting on it goes on
+    run_deferred()
+    assert runs == [0, 1]
+    run_deferred()
+    run_deferred()
+    assert runs == [0, 1, 2]
+
+
+def test_deferred_from_many_threads_while_others_run_it_each_runs_once() -> None:
+    counts: dict[tuple[int, int], int] = {}
+    lock = threading.Lock()
+
+    def work(key: tuple[int, int]) -> Callable[[], None]:
+        def run() -> None:
+            with lock:
+                counts[key] = counts.get(key, 0) + 1
+
+        return run
+
+    stop = threading.Event()
+
+    def deferring(t: int) -> None:
+        for i in range(2000):
+            defer(work((t, i)))
+
+    def running() -> None:
+        while not stop.is_set():
+            run_deferred()
+
+    runners = [threading.Thread(target=running) for _ in range(2)]
+    deferrers = [threading.Thread(target=deferring, args=(t,)) for t in range(6)]
+    for thread in runners + deferrers:
+        thread.start()
+    for thread in deferrers:
+        thread.join()
+    stop.set()
+    for thread in runners:
+        thread.join()
+    run_deferred()
+    assert len(counts) == 6 * 2000  # none lost
+    assert set(counts.values()) == {1}  # none run twice
+
+
+# -- the proxy's call: the engine gets the call's arguments as they were given -----------------
+
+_names = st.from_regex(r"[a-z_][a-z0-9_]{0,8}", fullmatch=True).filter(str.isidentifier)
+
+
+@given(
+    args=st.lists(st.integers() | st.text(max_size=3) | st.none(), max_size=4),
+    kwargs=st.dictionaries(_names, st.integers() | st.text(max_size=3), max_size=5),
+)
+@settings(max_examples=60, deadline=None)
+def test_any_arguments_reach_the_function_as_given(args: list[Any], kwargs: dict[str, Any]) -> None:
+    inst = Instrumentation(registry=CollectorRegistry())
+
+    def echo(*a: Any, **k: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+        return a, k
+
+    class Owner:
+        @inst.monitored_analysis("m", "t")
+        def method(self, *a: Any, **k: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+            return self, a, k
+
+        @inst.monitored_analysis("m", "t")
+        @classmethod
+        def klass(cls, *a: Any, **k: Any) -> tuple[Any, tuple[Any, ...], dict[str, Any]]:
+            return cls, a, k
+
+        @inst.monitored_analysis("m", "t")
+        @staticmethod
+        def static(*a: Any, **k: Any) -> tuple[tuple[Any, ...], dict[str, Any]]:
+            return a, k
+
+    owner = Owner()
+    decorated = inst.monitored_analysis("m", "t")(echo)
+    assert decorated(*args, **kwargs) == (tuple(args), kwargs)
+    assert owner.method(*args, **kwargs) == (owner, tuple(args), kwargs)
+    assert Owner.method(owner, *args, **kwargs) == (owner, tuple(args), kwargs)
+    assert owner.klass(*args, **kwargs) == (Owner, tuple(args), kwargs)
+    assert Owner.static(*args, **kwargs) == (tuple(args), kwargs)
+    assert_analyses(inst, "m", "t", success=5, error=0)
+    inst.close()
 
 
 # -- report_failure ------------------------------------------------------------------------------
