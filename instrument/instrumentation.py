@@ -130,7 +130,7 @@ class Instrumentation:
             # Validated above, then dropped: disabled means no request ever leaves.
             push_mode, gateway, textfile = "off", None, None
 
-        def deliver(metrics: Metrics) -> Delivery:
+        def make_delivery(metrics: Metrics) -> Delivery:
             return Delivery(
                 metrics,
                 gateway=gateway,
@@ -142,7 +142,7 @@ class Instrumentation:
                 collect=self.collect_registry,
             )
 
-        self.metrics, self.delivery = _register(self.registry, namespace, buckets, deliver)
+        self.metrics, self.delivery = _register(self.registry, namespace, buckets, make_delivery)
         self._warned_job_types: set[str] = set()
         #: No longer the default: decorators following the default rebind.
         self.retired = False
@@ -334,7 +334,7 @@ def _register(
     registry: CollectorRegistry,
     namespace: str,
     buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
-    deliver: Callable[[Metrics], Delivery],
+    make_delivery: Callable[[Metrics], Delivery],
 ) -> tuple[Metrics, Delivery]:
     """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
     then build the delivery with them: all or nothing.
@@ -355,7 +355,7 @@ def _register(
         metrics = None
         try:
             metrics = Metrics.get(registry, namespace, buckets)
-            return metrics, deliver(metrics)
+            return metrics, make_delivery(metrics)
         except BaseException:
             if metrics is not None and not existed:
                 metrics.unregister()
