@@ -24,9 +24,9 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import instrument
-from instrument import AICall, AICallTracker, Instrumentation, track_ai_call
+from instrument import AICall, AICallTracker, Instrumentation, _jobs, track_ai_call
 from instrument import ai as ai_module
-from instrument import instrumentation as instrumentation_module
+from instrument import defaults as defaults_module
 from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
@@ -558,9 +558,9 @@ class TestAbandonedStreams:
             assert collected.wait(5), "recording from the garbage collector deadlocked"
         finally:
             gc.enable()
-        assert ai_module._abandoned.qsize() == 1  # queued by the collector, not recorded
+        assert _jobs._deferred.qsize() == 1  # queued by the collector, not recorded
         record_abandoned_streams()
-        assert ai_module._abandoned.empty()
+        assert _jobs._deferred.empty()
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
         assert active(registry) == 0
@@ -578,9 +578,9 @@ class TestAbandonedStreams:
         next(stream)  # message_start: input known, output 1 so far
         del stream
         gc.collect()
-        assert ai_module._abandoned.qsize() == 1
+        assert _jobs._deferred.qsize() == 1
         with inst.track_ai_call("openai", "gpt-4o"):  # any tracker's next call
-            assert ai_module._abandoned.empty()
+            assert _jobs._deferred.empty()
             assert calls(registry, "anthropic", "claude-sonnet-4") == {"cancelled": 1}
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
         assert active(registry) == 0
@@ -594,7 +594,7 @@ class TestAbandonedStreams:
         next(stream)
         del stream
         gc.collect()
-        assert ai_module._abandoned.qsize() == 1
+        assert _jobs._deferred.qsize() == 1
         text = generate_latest(registry).decode()  # what /metrics serves in pull mode
         assert (
             'codomyrmex_ai_api_calls_total{model="gpt-4o",provider="openai",status="cancelled"} 1.0'
@@ -614,9 +614,9 @@ class TestAbandonedStreams:
             next(stream)
             del stream
             gc.collect()
-            assert ai_module._abandoned.qsize() == 1
+            assert _jobs._deferred.qsize() == 1
             assert inst.push()
-            assert ai_module._abandoned.empty()
+            assert _jobs._deferred.empty()
             assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
             pushed = textfile.read_text()
             assert re.search(
@@ -1701,7 +1701,7 @@ def test_module_level_follows_the_default(
     monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
 ) -> None:
     default = Instrumentation(registry=registry)
-    monkeypatch.setattr(instrumentation_module, "_default", default)
+    monkeypatch.setattr(defaults_module, "_default", default)
     tracker = track_ai_call("openai", "gpt-4o", operation="embeddings")
     assert isinstance(tracker, AICallTracker)
     assert repr(tracker) == "track_ai_call('openai', 'gpt-4o')"
@@ -1750,7 +1750,7 @@ def test_operation_is_on_the_handle_and_in_no_label(
 
 
 def test_module_level_follows_configure_and_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(instrumentation_module, "_default", None)
+    monkeypatch.setattr(defaults_module, "_default", None)
     ask = track_ai_call("openai", "gpt-4o")(lambda: openai_chat(3, 2))
     first = instrument.configure(registry=CollectorRegistry())
     ask()
