@@ -14,22 +14,22 @@ from prometheus_client import CollectorRegistry
 
 from . import config as _config
 from ._wrapping import Instrumenter, Probe, record_deferred_ends
+from .delivery import (
+    BeforeCollect,
+    Delivery,
+    PushTarget,
+    check_grouping_key,
+    check_job,
+    check_seconds,
+    register_before_snapshot,
+)
+from .delivery import multiprocess_enabled as _multiprocess_enabled
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
     check_buckets,
     check_label_value,
     check_namespace,
-)
-from .push import (
-    BeforeCollect,
-    Delivery,
-    PushTarget,
-    _multiprocess_enabled,
-    check_grouping_key,
-    check_job,
-    check_seconds,
-    register_before_snapshot,
 )
 
 if TYPE_CHECKING:
@@ -318,7 +318,7 @@ class Instrumentation:
 
     def install_sigterm_handler(self) -> None:
         """Opt in: on SIGTERM exit normally, so the final state is flushed at exit."""
-        from .exposition import install_sigterm_handler
+        from .delivery import install_sigterm_handler
 
         install_sigterm_handler()
 

@@ -9,7 +9,6 @@ argument validation, disabled instrumentation and the default instrumentation.
 from __future__ import annotations
 
 import asyncio
-import importlib
 import logging
 import os
 import signal
@@ -28,12 +27,11 @@ from prometheus_client.parser import text_string_to_metric_families
 import instrument
 from instrument import Instrumentation, get_instrumentation
 from instrument import instrumentation as instrumentation_module
-from instrument.push import PushTarget, mask_url
+from instrument._urls import mask_url
+from instrument.delivery import PushTarget
+from instrument.delivery import _lifecycle as lifecycle
 
 from .servers import GatewayStandIn, Pushgateway
-
-# The module, not the package's push() function of the same name.
-push_module = importlib.import_module("instrument.push")
 
 ANALYSIS = {"module": "m", "analysis_type": "t"}
 
@@ -499,7 +497,7 @@ async def test_sync_close_inside_the_sessions_own_loop(stand_in: GatewayStandIn)
 def test_a_worker_process_records_but_never_pushes(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(push_module, "_multiprocess_enabled", lambda: True)
+    monkeypatch.setattr(lifecycle, "multiprocess_enabled", lambda: True)
     inst = gateway_inst(stand_in, push_mode="each", delete_on_exit=True)
 
     @inst.monitored_analysis("m", "t")
@@ -529,7 +527,7 @@ def test_a_worker_process_records_but_never_pushes(
 def test_multiprocess_owner_pushes_every_interval_without_calls_of_its_own(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(push_module, "_multiprocess_enabled", lambda: True)
+    monkeypatch.setattr(lifecycle, "multiprocess_enabled", lambda: True)
     inst = gateway_inst(stand_in, push_interval=0.05)
     # Workers' records are invisible to the owner's dirty flag: it pushes on its own.
     deadline = time.monotonic() + 10
@@ -549,9 +547,9 @@ def test_at_exit_every_live_delivery_is_closed_even_if_one_fails(
         stand_in, push_mode="off", delete_on_exit=True, grouping_key={"w": "healthy"}
     )
     monkeypatch.setattr(broken.delivery, "close", explode)
-    monkeypatch.setattr(push_module, "_live", weakref.WeakSet([broken.delivery, healthy.delivery]))
+    monkeypatch.setattr(lifecycle, "_live", weakref.WeakSet([broken.delivery, healthy.delivery]))
     with caplog.at_level(logging.ERROR, logger="instrument"):
-        push_module._close_all_at_exit()
+        lifecycle._close_all_at_exit()
     assert "final flush at exit failed" in caplog.text
     assert methods(stand_in) == [("DELETE", "/metrics/job/codomyrmex/w/healthy")]
     assert healthy.delivery._closed
@@ -567,8 +565,8 @@ def test_a_forked_child_delivers_under_its_own_instance(
     assert inst.delivery.gateway.grouping_key["instance"].endswith(f"-{parent}")
     monkeypatch.setattr(os, "getpid", lambda: parent + 1)  # now the child
     if notice == "at-fork hook":
-        monkeypatch.setattr(push_module, "_live", weakref.WeakSet([inst.delivery]))
-        push_module._after_fork_in_child()
+        monkeypatch.setattr(lifecycle, "_live", weakref.WeakSet([inst.delivery]))
+        lifecycle._after_fork_in_child()
     else:  # forked without Python's hooks: the first recorded call notices
         inst.record_analysis("m", "t", 0.1)
         assert inst.delivery._thread is not None

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import json
 import logging
 import os
@@ -32,14 +31,12 @@ from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
 from instrument._scrub import Scrubber
+from instrument.delivery import _flusher as flusher
 
 from .servers import GatewayStandIn, Pushgateway
 from .test_push import ROOT, analyses
 
 pytestmark = pytest.mark.integration
-
-# The module, not the package's push() function of the same name.
-push_module = importlib.import_module("instrument.push")
 
 ANALYSIS = {"module": "m", "analysis_type": "t", "status": "success"}
 TOKEN = "tk-7f3a9c1e5b2d"
@@ -59,7 +56,7 @@ def stand_in() -> Iterator[GatewayStandIn]:
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry after ~10 ms instead of ~0.5 s, so an outage test sees several attempts."""
-    monkeypatch.setattr(push_module, "_RETRY_BASE", 0.01)
+    monkeypatch.setattr(flusher, "_RETRY_BASE", 0.01)
 
 
 def make_inst(url: str, **options: Any) -> Instrumentation:
