@@ -233,6 +233,33 @@ def test_any_other_status_is_a_failure_on_both_transports(
     inst.close()
 
 
+async def test_overlapping_pushes_that_all_fail_leave_no_success_behind(
+    stand_in: GatewayStandIn,
+) -> None:
+    """Each attempt's state says it was pushed at its own time; when none lands, the
+    registry still says the last success was never."""
+    stand_in.mode = "trickle"  # the async push waits on it until its timeout
+    inst = make_inst(stand_in.url, push_timeout=1)
+    inst.record_analysis("m", "t", 0.5)
+    older = asyncio.create_task(inst.push_metrics())
+    deadline = time.monotonic() + 10
+    while not stand_in.requests:
+        assert time.monotonic() < deadline, "the async push never reached the gateway"
+        await asyncio.sleep(0.01)
+    stand_in.mode = "error"
+    assert await asyncio.to_thread(inst.push) is False  # overlaps it, fails at once
+    assert await older is False
+    assert local(inst, "push_failures_total") == 2
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    stand_in.mode = "ok"
+    before = time.time()
+    assert await inst.push_metrics() is True
+    stamp = local(inst, "last_push_success_timestamp_seconds")
+    assert stamp is not None and stamp >= before
+    assert stand_in.last_value("codomyrmex_last_push_success_timestamp_seconds") == stamp
+    await inst.aclose()
+
+
 # -- item 6: whatever the network sends back is scrubbed of the target's credentials -------------
 
 

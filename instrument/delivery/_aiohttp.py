@@ -19,7 +19,7 @@ from ._http import PushFailed, check_answer, describe
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["LoopSession", "request"]
+__all__ = ["LoopSession", "LoopSessions", "request"]
 
 logger = logging.getLogger("instrument")
 
@@ -56,6 +56,34 @@ async def request(
     check_answer(status, reason or "", location, answer, scrubber)
 
 
+class LoopSessions(dict[int, "LoopSession"]):
+    """A delivery's aiohttp sessions, by ``id()`` of their event loop: one per loop.
+
+    A session belongs to the loop it was made in (reusing it in another fails), so each
+    loop gets its own, opened on its first push and closed with that loop.
+    """
+
+    async def session(self) -> aiohttp.ClientSession:
+        """The running loop's session, opened on first use."""
+        loop = asyncio.get_running_loop()
+        entry = self.get(id(loop))
+        if entry is None or entry.session.closed:
+            entry = await LoopSession.open(loop, self)
+        return entry.session
+
+    def close_all(self) -> None:
+        """Close every session, from sync code, whatever state its loop is in."""
+        for entry in list(self.values()):
+            entry.close_from_outside()
+
+    async def aclose_all(self) -> None:
+        """Close the running loop's session (awaited), then every other one."""
+        current = self.get(id(asyncio.get_running_loop()))
+        if current is not None:
+            await current.close()
+        self.close_all()
+
+
 class LoopSession:
     """The one aiohttp session of one event loop, closed inside that loop when it shuts down.
 
@@ -65,24 +93,19 @@ class LoopSession:
     """
 
     def __init__(
-        self,
-        loop: asyncio.AbstractEventLoop,
-        session: aiohttp.ClientSession,
-        registry: dict[int, LoopSession],
+        self, loop: asyncio.AbstractEventLoop, session: aiohttp.ClientSession, owner: LoopSessions
     ) -> None:
         self.loop = loop
         self.session = session
-        self._registry = registry
+        self._owner = owner
         self._keeper: Any = None
 
     @classmethod
-    async def open(
-        cls, loop: asyncio.AbstractEventLoop, registry: dict[int, LoopSession]
-    ) -> LoopSession:
+    async def open(cls, loop: asyncio.AbstractEventLoop, owner: LoopSessions) -> LoopSession:
         import aiohttp
 
-        entry = cls(loop, aiohttp.ClientSession(), registry)
-        registry[id(loop)] = entry
+        entry = cls(loop, aiohttp.ClientSession(), owner)
+        owner[id(loop)] = entry
         entry._keeper = entry._keep()
         await entry._keeper.__anext__()  # parks it; the loop now tracks it
         return entry
@@ -94,8 +117,8 @@ class LoopSession:
             await self.close()
 
     def _unregister(self) -> None:
-        if self._registry.get(id(self.loop)) is self:
-            del self._registry[id(self.loop)]
+        if self._owner.get(id(self.loop)) is self:
+            del self._owner[id(self.loop)]
 
     async def close(self) -> None:
         self._unregister()
@@ -108,28 +131,29 @@ class LoopSession:
         if self.session.closed:
             return
         loop = self.loop
-        current = _running_loop()
         try:
             if loop.is_closed():
                 self.session.detach()  # its sockets went with the loop
-            elif loop.is_running():
-                if current is loop:
-                    loop.create_task(self.session.close())
-                else:
-                    asyncio.run_coroutine_threadsafe(self.session.close(), loop).result(2.0)
-            elif current is None:
-                loop.run_until_complete(self.session.close())
+            elif not loop.is_running():
+                # Run the loop just long enough to close the session, in a short-lived
+                # thread: this one may be running a loop of its own, which forbids it here.
+                start_daemon(self._close_in_idle_loop, "instrument-session-close").join(2.0)
+            elif _running_loop() is loop:
+                loop.create_task(self.session.close())  # cannot wait here: it runs next
             else:
-                # Another loop runs in this thread, so the session's loop cannot run here:
-                # run it to close the session in a short-lived thread of its own.
-                closer = start_daemon(
-                    lambda: loop.run_until_complete(self.session.close()),
-                    "instrument-session-close",
-                )
-                closer.join(2.0)
+                asyncio.run_coroutine_threadsafe(self.session.close(), loop).result(2.0)
         except Exception:
-            logger.debug("instrument: closing an aiohttp session failed", exc_info=True)
-            self.session.detach()
+            self._give_up()
+
+    def _close_in_idle_loop(self) -> None:
+        try:
+            self.loop.run_until_complete(self.session.close())
+        except Exception:
+            self._give_up()
+
+    def _give_up(self) -> None:
+        logger.debug("instrument: closing an aiohttp session failed", exc_info=True)
+        self.session.detach()
 
 
 def _running_loop() -> asyncio.AbstractEventLoop | None:

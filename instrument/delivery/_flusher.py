@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 from prometheus_client import CollectorRegistry, write_to_textfile
 
@@ -27,7 +27,7 @@ from .._threads import start_daemon
 from .._urls import mask_url
 from ..metrics import Metrics
 from . import _lifecycle
-from ._aiohttp import LoopSession
+from ._aiohttp import LoopSessions
 from ._http import PushFailed, describe
 from ._lifecycle import EXIT_FLUSH_TIMEOUT
 from ._pushgateway import PushTarget
@@ -97,16 +97,17 @@ class Delivery:
         self._pid = os.getpid()
         self._dirty = False
         self._cond = threading.Condition()
-        # Snapshots are numbered under a short lock; an older one that lands after a newer
-        # one (an async and a sync send overlapping) marks the state dirty, so the newer
-        # state is pushed again.
-        self._snapshot_lock = threading.Lock()
-        # Sync senders (the flusher, push(), flush(), each mode) still go one at a time, so
+        # Sync senders (the flusher, push(), flush(), each mode) go one at a time, so
         # flush() returning True means the latest state is what the gateway holds. Async
-        # sends never take it: an event loop must not wait on a thread lock.
+        # sends never take it: an event loop must not wait on a thread lock, and a sync
+        # send from the loop's own thread would wait forever for an async one.
         self._send_lock = threading.Lock()
+        # So an async send can overlap another send, and the older state may land last:
+        # snapshots are numbered (under this short lock), and one landing after a newer
+        # one marks the state dirty, so the newest goes out again.
+        self._snapshot_lock = threading.Lock()
         self._taken = 0
-        self._landed = 0
+        self._newest_landed = 0
         # While dirty, the flusher keeps the delivery alive until it has pushed.
         self._flush_state = _FlushState(self._cond)
         self._thread: threading.Thread | None = None
@@ -115,7 +116,7 @@ class Delivery:
         self._outage = False
         self._next_attempt = 0.0
         # Sessions of a parent process belong to its loops: a forked child starts without.
-        self._sessions: dict[int, LoopSession] = {}
+        self._sessions = LoopSessions()
         if self.gateway is not None and self._instance:
             label = _instance_label() if self._instance is True else str(self._instance)
             self.gateway.grouping_key["instance"] = label
@@ -206,7 +207,7 @@ class Delivery:
                 backoff = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures, 16))
                 self._next_attempt = time.monotonic() + backoff * random.uniform(0.5, 1.0)
 
-    # -- sending: one path for both transports ------------------------------------------------
+    # -- sending: the same steps on either transport ----------------------------------------
 
     def deliver_now(self, timeout: float | None) -> bool:
         """Send the latest full state to every target within ``timeout`` seconds in all
@@ -219,96 +220,96 @@ class Delivery:
             self._dirty = True  # not delivered: the next push must carry it
             return False
         try:
-            snapshot, attempt = self._start_attempt()
+            snapshot = self._take_snapshot()
             if snapshot is None:
                 return False
             try:
                 if self.gateway is not None:
                     self.gateway.push(snapshot, deadline - time.monotonic())
+                if self.textfile:
+                    write_to_textfile(self.textfile, snapshot)
             except BaseException as exc:
-                self._end_attempt(snapshot, attempt, exc)
+                self._failed(exc)
                 if not isinstance(exc, Exception):
                     raise
                 return False
-            return self._end_attempt(snapshot, attempt, None)
+            return self._landed(snapshot)
         finally:
             self._send_lock.release()
 
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
         limit = self._default_timeout() if timeout is None else timeout
-        entry = await self._session()
-        snapshot, attempt = self._start_attempt()
+        snapshot = self._take_snapshot()
         if snapshot is None:
             return False
         try:
             if target is not None:
-                await target.push_async(entry.session, snapshot, limit)
+                await target.push_async(await self._sessions.session(), snapshot, limit)
+            if self.textfile:
+                write_to_textfile(self.textfile, snapshot)
         except BaseException as exc:  # a cancelled push did not land either
-            self._end_attempt(snapshot, attempt, exc)
+            self._failed(exc)
             if not isinstance(exc, Exception):
                 raise
             return False
-        return self._end_attempt(snapshot, attempt, None)
+        return self._landed(snapshot)
 
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
 
-    def _start_attempt(self) -> tuple[Snapshot | None, _Attempt]:
-        """Clear dirty, then take a numbered snapshot: a job ending after this marks dirty
-        again. The attempt is counted and stamped as the last success before the snapshot,
-        so the pushed state already says when it was pushed; a failure puts it back.
+    def _take_snapshot(self) -> Snapshot | None:
+        """Clear dirty, count the attempt and take the next numbered snapshot: a job ending
+        after this marks dirty again.
 
-        A registry that cannot be collected (a collector raising) is a failed attempt,
-        ended here: the snapshot is None, the state stays dirty for the next attempt."""
+        The snapshot gives its own time as the last successful push, so a state that lands
+        already says when it was pushed; the registry itself keeps the last push that did
+        land. A registry that cannot be collected (a collector raising) is a failed attempt,
+        ended here: None, and the state stays dirty for the next attempt."""
         run_before_snapshot()
-        error: BaseException | None = None
+        gauge = self.metrics.last_push_success
         with self._snapshot_lock:
             self._dirty = False
             self._taken += 1
-            attempt = _Attempt(self._taken, self._last_success)
             self.metrics.pushes.inc()
-            self._last_success = time.time()
-            self.metrics.last_push_success.set(self._last_success)
+            at = time.time()
+            gauge.set(at)
             try:
-                return Snapshot(self._collect()), attempt
+                return Snapshot(self._collect(), self._taken, at)
             except BaseException as exc:
                 error = exc
+            finally:
+                gauge.set(self._last_success)
         scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
-        failure = PushFailed(
-            scrubber.one_line(f"collecting the metrics failed ({describe(error)})")
-        )
-        self._end_attempt(None, attempt, failure)
+        text = scrubber.one_line(f"collecting the metrics failed ({describe(error)})")
+        self._failed(PushFailed(text))
         if not isinstance(error, Exception):
             raise error
-        return None, attempt
+        return None
 
-    def _end_attempt(
-        self, snapshot: Snapshot | None, attempt: _Attempt, exc: BaseException | None
-    ) -> bool:
-        if exc is None and self.textfile and snapshot is not None:
-            try:
-                write_to_textfile(self.textfile, snapshot)
-            except Exception as error:
-                exc = error
+    def _landed(self, snapshot: Snapshot) -> bool:
+        """Record that ``snapshot`` reached every target; True."""
         with self._snapshot_lock:
-            if exc is None:
-                if attempt.number > self._landed:
-                    self._landed = attempt.number
-                else:  # older than what already landed, and landed after it: push again
-                    self._dirty = True
-            else:
+            if snapshot.number > self._newest_landed:
+                self._newest_landed = snapshot.number
+            else:  # older than what already landed, and landed after it: push again
                 self._dirty = True
-                self.metrics.push_failures.inc()
-                if attempt.number == self._taken:  # no later attempt stamped since
-                    self._last_success = attempt.previous_success
-                    self.metrics.last_push_success.set(attempt.previous_success)
-        if exc is None:
-            self._record_success()
-            return True
-        self._record_failure(exc)
-        return False
+            self._last_success = max(self._last_success, snapshot.at)
+            self.metrics.last_push_success.set(self._last_success)
+        if self._outage:
+            logger.info(
+                "instrument: push to %s recovered after %d failed attempts",
+                self._target_text(),
+                self._failures,
+            )
+        self._outage = False
+        self._failures = 0
+        return True
 
-    def _record_failure(self, exc: BaseException) -> None:
+    def _failed(self, exc: BaseException) -> bool:
+        """Record a failed attempt: the state stays dirty for the next one; False."""
+        with self._snapshot_lock:
+            self._dirty = True
+            self.metrics.push_failures.inc()
         self._failures += 1
         # A PushFailed says what failed; anything else (a textfile's OSError) by its type too.
         reason = str(exc) if isinstance(exc, PushFailed) else describe(exc)
@@ -322,16 +323,7 @@ class Delivery:
             )
         else:
             logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
-
-    def _record_success(self) -> None:
-        if self._outage:
-            logger.info(
-                "instrument: push to %s recovered after %d failed attempts",
-                self._target_text(),
-                self._failures,
-            )
-        self._outage = False
-        self._failures = 0
+        return False
 
     def _target_text(self) -> str:
         parts = []
@@ -366,13 +358,6 @@ class Delivery:
         except Exception:
             logger.exception("instrument: unexpected error while pushing")
             return False
-
-    async def _session(self) -> LoopSession:
-        loop = asyncio.get_running_loop()
-        entry = self._sessions.get(id(loop))
-        if entry is None or entry.session.closed:
-            entry = await LoopSession.open(loop, self._sessions)
-        return entry
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the latest state is delivered (or ``timeout`` passes); True if it was."""
@@ -426,8 +411,7 @@ class Delivery:
         if self._delete_on_exit and not self._is_worker():
             self.delete(max(deadline - time.monotonic(), 0.001))
         self._closed = True
-        for entry in list(self._sessions.values()):
-            entry.close_from_outside()
+        self._sessions.close_all()
 
     async def aclose(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
         if self._closed:
@@ -441,11 +425,7 @@ class Delivery:
         if self._delete_on_exit and not self._is_worker():
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
         self._closed = True
-        current = self._sessions.get(id(asyncio.get_running_loop()))
-        if current is not None:
-            await current.close()
-        for entry in list(self._sessions.values()):
-            entry.close_from_outside()
+        await self._sessions.aclose_all()
 
 
 class _FlushState:
@@ -458,11 +438,6 @@ class _FlushState:
     def __init__(self, cond: threading.Condition) -> None:
         self.cond = cond
         self.pending: Delivery | None = None
-
-
-class _Attempt(NamedTuple):
-    number: int
-    previous_success: float
 
 
 def _flusher(ref: weakref.ref[Delivery], state: _FlushState) -> None:

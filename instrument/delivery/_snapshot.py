@@ -50,12 +50,18 @@ class BeforeCollect(Collector):
 
 
 class Snapshot(Collector):
-    """The metric families of one moment, a collector that pushes and files can read."""
+    """The metric families of one moment, a collector that pushes and files can read.
 
-    __slots__ = ("families",)
+    ``number`` orders the snapshots of one delivery; ``at`` is when it was taken (the
+    wall-clock time the pushed state gives as its last successful push).
+    """
 
-    def __init__(self, registry: CollectorRegistry) -> None:
+    __slots__ = ("at", "families", "number")
+
+    def __init__(self, registry: CollectorRegistry, number: int, at: float) -> None:
         self.families = list(registry.collect())
+        self.number = number
+        self.at = at
 
     def collect(self) -> Iterator[Metric]:
         return iter(self.families)
