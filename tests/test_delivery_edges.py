@@ -23,6 +23,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 import instrument
 from instrument import Instrumentation, get_instrumentation
@@ -30,6 +31,7 @@ from instrument import instrumentation as instrumentation_module
 from instrument._urls import mask_url
 from instrument.delivery import PushTarget
 from instrument.delivery import _lifecycle as lifecycle
+from instrument.delivery import _textfile as textfile_module
 
 from .servers import GatewayStandIn, Pushgateway
 
@@ -214,6 +216,69 @@ async def test_textfile_only_delivery_over_the_async_path(tmp_path: Path) -> Non
     inst.record_quality_score("p", "m", 71)
     assert await inst.push_metrics() is True
     assert 'codomyrmex_code_quality_score{module="m",project="p"} 71.0' in path.read_text()
+    await inst.aclose()
+
+
+class StallingDisk:
+    """Writes the real file, but only once the event loop has run a few more beats (or a
+    second passed): a disk that stalls, which a write on the loop's thread would stall
+    the loop with. ``loop_ran`` says, per write, whether the loop went on meanwhile."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.beats = 0
+        self.loop_ran: list[bool] = []
+        real = textfile_module.write_to_textfile
+
+        def write(path: str, registry: Collector) -> None:
+            start, deadline = self.beats, time.monotonic() + 1.0
+            while self.beats < start + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.loop_ran.append(self.beats >= start + 3)
+            real(path, registry)
+
+        monkeypatch.setattr(textfile_module, "write_to_textfile", write)
+
+    async def heartbeat(self) -> None:
+        while True:
+            self.beats += 1
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("how", ["aflush", "aclose", "each-mode call"])
+async def test_the_textfile_is_written_while_the_event_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    path = tmp_path / "metrics.prom"
+    mode = "each" if how == "each-mode call" else "coalesce"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), textfile=str(path), push_mode=mode, push_interval=60
+    )
+
+    @inst.monitored_analysis("m", "t")
+    async def work() -> str:
+        return "done"
+
+    if mode == "coalesce":
+        inst.record_analysis("m", "t", 0.1)
+        assert inst.flush(timeout=5)  # the flusher's next slot is a minute away now
+    disk = StallingDisk(monkeypatch)
+    heart = asyncio.create_task(disk.heartbeat())
+    await asyncio.sleep(0)
+    try:
+        if how == "each-mode call":
+            assert await work() == "done"
+        else:
+            inst.record_analysis("m", "t", 0.1)
+            if how == "aflush":
+                assert await inst.aflush() is True
+            else:
+                await inst.aclose()
+    finally:
+        heart.cancel()
+    assert disk.loop_ran and all(disk.loop_ran)
+    expected = 1 if how == "each-mode call" else 2
+    line = 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"}'
+    assert f"{line} {expected:.1f}" in path.read_text()
     await inst.aclose()
 
 

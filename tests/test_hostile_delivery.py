@@ -25,13 +25,16 @@ from urllib.parse import quote, quote_plus
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
 from instrument._scrub import Scrubber
 from instrument.delivery import _flusher as flusher
+from instrument.delivery import _textfile as textfile_module
+from instrument.delivery._snapshot import Snapshot
+from instrument.delivery._textfile import TextfileTarget
 
 from .servers import GatewayStandIn, Pushgateway
 from .test_push import ROOT, analyses
@@ -567,6 +570,60 @@ def test_a_textfile_that_cannot_be_written_then_can_gets_exact_totals(
     wait_until(lambda: path.is_file() and line in path.read_text(), "the textfile was written")
     inst.close()
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]  # no temp file left
+
+
+async def test_a_textfile_write_whose_caller_gave_up_never_leaves_an_older_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled async push stops waiting for its write, which still runs in its worker
+    thread; a newer write meanwhile must not be replaced by it."""
+    path = tmp_path / "metrics.prom"
+    disk = threading.Event()
+    real = textfile_module.write_to_textfile
+    stalls: list[str] = []
+
+    def first_write_stalls(target: str, registry: Collector) -> None:
+        if not stalls:
+            stalls.append(target)
+            disk.wait(10)
+        real(target, registry)
+
+    monkeypatch.setattr(textfile_module, "write_to_textfile", first_write_stalls)
+    inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_mode="off")
+    inst.record_analysis("m", "t", 0.5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(inst.push_metrics(), 0.2)
+    assert stalls == [str(path)]
+    assert local(inst, "push_failures_total") == 1
+    inst.record_analysis("m", "t", 0.5)
+    newer = asyncio.create_task(asyncio.to_thread(inst.push))
+    await asyncio.sleep(0.2)  # the newer push is under way too
+    disk.set()
+    assert await newer is True
+    line = 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"}'
+    assert f"{line} 2.0" in path.read_text()
+    await inst.aclose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.prom"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(order=st.permutations(range(5)))
+def test_textfile_writes_in_any_order_leave_the_newest_state(
+    tmp_path: Path, order: list[int]
+) -> None:
+    path = tmp_path / "order.prom"
+    path.unlink(missing_ok=True)
+    target = TextfileTarget(str(path))
+    snapshots = []
+    for number in range(1, 6):
+        registry = CollectorRegistry()
+        Gauge("state_number", "which snapshot", registry=registry).set(number)
+        snapshots.append(Snapshot(registry, number, time.time()))
+    for index in order:
+        target.write(snapshots[index])
+    assert "state_number 5.0" in path.read_text()
 
 
 # -- faults in the transport, each mode in async and sync code, then exact totals ---------------------

@@ -20,7 +20,7 @@ import weakref
 from collections.abc import Callable
 from typing import Any
 
-from prometheus_client import CollectorRegistry, write_to_textfile
+from prometheus_client import CollectorRegistry
 
 from .._scrub import Scrubber
 from .._threads import start_daemon
@@ -32,6 +32,7 @@ from ._http import PushFailed, describe
 from ._lifecycle import EXIT_FLUSH_TIMEOUT
 from ._pushgateway import PushTarget
 from ._snapshot import Snapshot, run_before_snapshot
+from ._textfile import TextfileTarget
 
 __all__ = ["PUSH_MODES", "Delivery"]
 
@@ -117,6 +118,8 @@ class Delivery:
         self._next_attempt = 0.0
         # Sessions of a parent process belong to its loops: a forked child starts without.
         self._sessions = LoopSessions()
+        # Its lock may have been held by a thread of the parent, which the child lacks.
+        self._file = TextfileTarget(self.textfile) if self.textfile else None
         if self.gateway is not None and self._instance:
             label = _instance_label() if self._instance is True else str(self._instance)
             self.gateway.grouping_key["instance"] = label
@@ -226,13 +229,10 @@ class Delivery:
             try:
                 if self.gateway is not None:
                     self.gateway.push(snapshot, deadline - time.monotonic())
-                if self.textfile:
-                    write_to_textfile(self.textfile, snapshot)
+                if self._file is not None:
+                    self._file.write(snapshot)
             except BaseException as exc:
-                self._failed(exc)
-                if not isinstance(exc, Exception):
-                    raise
-                return False
+                return self._failed(exc)
             return self._landed(snapshot)
         finally:
             self._send_lock.release()
@@ -245,13 +245,10 @@ class Delivery:
         try:
             if target is not None:
                 await target.push_async(await self._sessions.session(), snapshot, limit)
-            if self.textfile:
-                write_to_textfile(self.textfile, snapshot)
+            if self._file is not None:
+                await self._file.awrite(snapshot)  # off the loop
         except BaseException as exc:  # a cancelled push did not land either
-            self._failed(exc)
-            if not isinstance(exc, Exception):
-                raise
-            return False
+            return self._failed(exc)
         return self._landed(snapshot)
 
     def _default_timeout(self) -> float:
@@ -306,7 +303,8 @@ class Delivery:
         return True
 
     def _failed(self, exc: BaseException) -> bool:
-        """Record a failed attempt: the state stays dirty for the next one; False."""
+        """Record a failed attempt: the state stays dirty for the next one. False, or ``exc``
+        raised again if it is no Exception (a cancellation, an interrupt)."""
         with self._snapshot_lock:
             self._dirty = True
             self.metrics.push_failures.inc()
@@ -323,6 +321,8 @@ class Delivery:
             )
         else:
             logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
+        if not isinstance(exc, Exception):
+            raise exc
         return False
 
     def _target_text(self) -> str:
