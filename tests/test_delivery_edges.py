@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -29,7 +29,7 @@ import instrument
 from instrument import Instrumentation, get_instrumentation
 from instrument import instrumentation as instrumentation_module
 from instrument._urls import mask_url
-from instrument.delivery import PushTarget
+from instrument.delivery import PushFailed, PushTarget
 from instrument.delivery import _lifecycle as lifecycle
 from instrument.delivery import _textfile as textfile_module
 
@@ -430,6 +430,32 @@ def test_delete_reports_failure_and_success(
     assert inst.delete_from_gateway() is True
     assert methods(stand_in) == [("DELETE", "/metrics/job/codomyrmex/team/a")] * 2
     inst.close()
+
+
+@pytest.mark.parametrize("operation", ["push", "push_async", "delete"])
+async def test_a_failing_target_raises_push_failed_which_delivery_exports(
+    stand_in: GatewayStandIn, operation: str
+) -> None:
+    import aiohttp
+
+    token = "tk-3e1f0a9c"
+    stand_in.answer(503, "Service Unavailable", body="down for {auth}")
+    target = PushTarget(stand_in.url, job="j", grouping_key={"w": "1"}, bearer_token=token)
+    registry = CollectorRegistry()
+    Counter("work_done", "work", registry=registry).inc()
+    with pytest.raises(PushFailed) as failed:
+        if operation == "push":
+            await asyncio.to_thread(target.push, registry)
+        elif operation == "push_async":
+            async with aiohttp.ClientSession() as session:
+                await target.push_async(session, registry)
+        else:
+            await asyncio.to_thread(target.delete)
+    assert str(failed.value) == "HTTP 503 Service Unavailable: down for ***"
+    assert token not in repr(failed.value)
+    assert methods(stand_in) == [
+        ("DELETE" if operation == "delete" else "PUT", "/metrics/job/j/w/1")
+    ]
 
 
 # -- closing -------------------------------------------------------------------------------------

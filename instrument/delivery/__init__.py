@@ -7,6 +7,7 @@ gateway target and its checks), ``_http`` and ``_aiohttp`` (the sync and async t
 """
 
 from ._flusher import PUSH_MODES, Delivery
+from ._http import PushFailed
 from ._lifecycle import exit_flush_running, install_sigterm_handler, multiprocess_enabled
 from ._pushgateway import (
     PushTarget,
@@ -22,6 +23,7 @@ __all__ = [
     "PUSH_MODES",
     "BeforeCollect",
     "Delivery",
+    "PushFailed",
     "PushTarget",
     "check_group_value",
     "check_grouping_key",
