@@ -9,11 +9,13 @@ argument validation, disabled instrumentation and the default instrumentation.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import os
 import signal
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
@@ -569,6 +571,50 @@ def test_session_of_a_loop_running_in_another_thread(stand_in: GatewayStandIn, c
         thread.join(10)
         loop.run_until_complete(loop.shutdown_asyncgens())
         loop.close()
+
+
+def test_session_of_an_idle_loop_closed_from_inside_another_loop(stand_in: GatewayStandIn) -> None:
+    inst = gateway_inst(stand_in, push_mode="off")
+    idle = asyncio.new_event_loop()
+    try:
+        assert idle.run_until_complete(inst.push_metrics())
+        session = inst.delivery._sessions[id(idle)].session
+        asyncio.run(inst.aclose())  # this thread runs a loop now, so the idle one cannot run here
+        assert session.closed
+        assert inst.delivery._sessions == {}
+    finally:
+        idle.run_until_complete(idle.shutdown_asyncgens())
+        idle.close()
+
+
+def test_each_of_many_event_loops_gets_its_own_session_closed_with_it(
+    stand_in: GatewayStandIn,
+) -> None:
+    inst = gateway_inst(stand_in, push_mode="each")
+
+    @inst.monitored_analysis("m", "t")
+    async def work() -> None:
+        await asyncio.sleep(0)
+
+    sessions: list[Any] = []
+
+    async def one_run() -> None:
+        await work()
+        await work()
+        sessions.append(inst.delivery._sessions[id(asyncio.get_running_loop())].session)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            asyncio.run(one_run())  # no aclose(): the loop's end closes its session
+        gc.collect()
+    assert len({id(session) for session in sessions}) == 12
+    assert all(session.closed for session in sessions)
+    assert inst.delivery._sessions == {}
+    assert not [w for w in caught if "Unclosed" in str(w.message)]
+    assert pushed_analyses(stand_in) == 24
+    assert local(inst, "pushes_total") == 24 and local(inst, "push_failures_total") == 0
+    inst.close()
 
 
 async def test_sync_close_inside_the_sessions_own_loop(stand_in: GatewayStandIn) -> None:

@@ -263,6 +263,37 @@ async def test_overlapping_pushes_that_all_fail_leave_no_success_behind(
     await inst.aclose()
 
 
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(attempts=st.lists(st.tuples(st.sampled_from(["sync", "async"]), st.booleans()), max_size=8))
+def test_the_last_success_is_always_the_time_the_last_landed_state_gave(
+    stand_in: GatewayStandIn, attempts: list[tuple[str, bool]]
+) -> None:
+    inst = make_inst(stand_in.url)
+    landed_before = len(stand_in.bodies)
+
+    async def run() -> None:
+        success = 0.0
+        for number, (transport, lands) in enumerate(attempts, start=1):
+            stand_in.mode = "ok" if lands else "error"
+            ok = inst.push() if transport == "sync" else await inst.push_metrics()
+            assert ok is lands
+            if lands:
+                stamp = stand_in.last_value("codomyrmex_last_push_success_timestamp_seconds")
+                assert stamp is not None and stamp > success
+                assert stand_in.last_value("codomyrmex_pushes_total") == number
+                success = stamp
+            assert local(inst, "last_push_success_timestamp_seconds") == success
+            assert local(inst, "pushes_total") == number
+        await inst.aclose()
+
+    asyncio.run(run())
+    landed = sum(lands for _, lands in attempts)
+    assert len(stand_in.bodies) - landed_before == landed
+    assert local(inst, "push_failures_total") == len(attempts) - landed
+
+
 # -- item 6: whatever the network sends back is scrubbed of the target's credentials -------------
 
 
