@@ -18,6 +18,9 @@ from .delivery import (
     register_before_snapshot,
 )
 
+# The old private name, for code written against push.py before the split.
+from .delivery import multiprocess_enabled as _multiprocess_enabled  # noqa: F401
+
 __all__ = [
     "PUSH_MODES",
     "BeforeCollect",

@@ -32,6 +32,7 @@ from instrument import Instrumentation, get_instrumentation
 from instrument import instrumentation as instrumentation_module
 from instrument._urls import mask_url
 from instrument.delivery import PushFailed, PushTarget
+from instrument.delivery import _flusher as flusher_module
 from instrument.delivery import _lifecycle as lifecycle
 from instrument.delivery import _textfile as textfile_module
 
@@ -634,7 +635,7 @@ async def test_sync_close_inside_the_sessions_own_loop(stand_in: GatewayStandIn)
 def test_a_worker_process_records_but_never_pushes(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lifecycle, "multiprocess_enabled", lambda: True)
+    monkeypatch.setattr(flusher_module, "multiprocess_enabled", lambda: True)
     inst = gateway_inst(stand_in, push_mode="each", delete_on_exit=True)
 
     @inst.monitored_analysis("m", "t")
@@ -664,7 +665,7 @@ def test_a_worker_process_records_but_never_pushes(
 def test_multiprocess_owner_pushes_every_interval_without_calls_of_its_own(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(lifecycle, "multiprocess_enabled", lambda: True)
+    monkeypatch.setattr(flusher_module, "multiprocess_enabled", lambda: True)
     inst = gateway_inst(stand_in, push_interval=0.05)
     # Workers' records are invisible to the owner's dirty flag: it pushes on its own.
     deadline = time.monotonic() + 10

@@ -19,12 +19,12 @@ from ._http import PushFailed, check_answer, describe
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["LoopSession", "LoopSessions", "request"]
+__all__ = ["LoopSession", "LoopSessions", "arequest"]
 
 logger = logging.getLogger("instrument")
 
 
-async def request(
+async def arequest(
     session: aiohttp.ClientSession,
     url: str,
     method: str,

@@ -26,10 +26,9 @@ from .._scrub import Scrubber
 from .._threads import start_daemon
 from .._urls import mask_url
 from ..metrics import Metrics
-from . import _lifecycle
 from ._aiohttp import LoopSessions
 from ._http import PushFailed, describe
-from ._lifecycle import EXIT_FLUSH_TIMEOUT
+from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
 from ._pushgateway import PushTarget
 from ._snapshot import Snapshot, run_before_snapshot
 from ._textfile import TextfileTarget
@@ -84,11 +83,11 @@ class Delivery:
         self._delete_on_exit = delete_on_exit
         self._collect = collect
         self._owner_pid = os.getpid()
-        self._multiprocess = _lifecycle.multiprocess_enabled()
+        self._multiprocess = multiprocess_enabled()
         self._closed = False
         self._last_success = 0.0
         self.reset_process_state()
-        _lifecycle.track(self)
+        track(self)
         if self._multiprocess and self.mode == "coalesce":
             # Workers record but never push; the owner pushes what they collected each interval.
             self._mark_dirty()

@@ -30,7 +30,8 @@ from prometheus_client.registry import Collector
 from .._scrub import Scrubber
 from .._urls import authorization, split_url, ssl_context
 from ..metrics import SAMPLE_LABELS, check_label_value
-from . import _aiohttp, _http
+from ._aiohttp import arequest
+from ._http import request
 
 if TYPE_CHECKING:
     import aiohttp
@@ -200,7 +201,7 @@ class PushTarget:
         data: bytes,
     ) -> Callable[[], None]:
         def send() -> None:
-            _http.request(
+            request(
                 url, method, [*headers, *self._headers], data, timeout, self._ssl, self.scrubber
             )
 
@@ -248,7 +249,7 @@ class PushTarget:
     ) -> None:
         """The async twin of :meth:`push`, on ``session``."""
         headers = {"Content-Type": CONTENT_TYPE_PLAIN_0_0_4, **dict(self._headers)}
-        await _aiohttp.request(
+        await arequest(
             session,
             self.group_url,
             self.method,
