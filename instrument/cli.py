@@ -134,7 +134,7 @@ def _metric_namespace(text: str) -> str:
 
 
 def _pushgateway_url(text: str) -> str:
-    from .push import PushTarget
+    from .delivery import PushTarget
 
     try:
         PushTarget(text, job="instrument-demo", grouping_key={})

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from ._urls import header_safe, mask_url, split_url
-from .metrics import check_namespace
-from .push import (
+from .delivery import (
     PUSH_MODES,
     check_group_value,
     check_grouping_key,
     check_job,
     check_seconds,
 )
+from .metrics import check_namespace
 
 __all__ = ["SETTINGS", "Setting", "from_environment", "read_environment"]
 

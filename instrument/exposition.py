@@ -1,22 +1,20 @@
 """Pull mode: serve the metrics for Prometheus to scrape, reusing prometheus_client's exposition.
 
 In multiprocess mode (``PROMETHEUS_MULTIPROC_DIR`` set) every handler here collects across
-all worker processes.
+all worker processes. ``install_sigterm_handler`` lives in :mod:`instrument.delivery` now,
+beside the exit flush it serves; it stays importable from here.
 """
 
 from __future__ import annotations
 
-import signal
-import sys
 from collections.abc import Awaitable, Callable
-from types import FrameType
 from typing import TYPE_CHECKING, Any
 
 import prometheus_client
 from prometheus_client.exposition import choose_encoder
 
 from ._threads import signals_blocked
-from .push import exit_flush_running
+from .delivery import install_sigterm_handler
 
 if TYPE_CHECKING:
     from aiohttp import web
@@ -49,26 +47,3 @@ def aiohttp_handler(inst: Instrumentation) -> Callable[[web.Request], Awaitable[
         return web.Response(body=body, headers={"Content-Type": content_type})
 
     return metrics
-
-
-def install_sigterm_handler() -> None:
-    """On SIGTERM, exit through ``sys.exit`` so atexit's final flush runs.
-
-    A handler that was installed before is called first. Only the main thread can install it.
-    The toolkit's threads never receive the signal, so it reaches the main thread even while
-    that sleeps; a SIGTERM that comes while the final flush runs lets it finish.
-    """
-    previous = signal.getsignal(signal.SIGTERM)
-
-    def on_sigterm(signum: int, frame: FrameType | None) -> None:
-        if callable(previous):
-            previous(signum, frame)
-        if exit_flush_running():
-            # A second SystemExit would abort the flush this exit is waiting for; it is
-            # bounded (5 s), so the process ends anyway.
-            return
-        # Children forked after this inherit the handler; they exit the same way.
-        sys.exit(128 + signum)
-
-    if previous is not signal.SIG_IGN:
-        signal.signal(signal.SIGTERM, on_sigterm)

@@ -26,6 +26,16 @@ from .defaults import (
     register_instrumentation_class,
     set_retired,
 )
+from .delivery import (
+    BeforeCollect,
+    Delivery,
+    PushTarget,
+    check_grouping_key,
+    check_job,
+    check_seconds,
+    multiprocess_enabled,
+    register_before_snapshot,
+)
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
@@ -34,16 +44,6 @@ from .metrics import (
 )
 from .policy import Binding as Binding
 from .policy import Policy
-from .push import (
-    BeforeCollect,
-    Delivery,
-    PushTarget,
-    _multiprocess_enabled,
-    check_grouping_key,
-    check_job,
-    check_seconds,
-    register_before_snapshot,
-)
 
 __all__ = ["Instrumentation", "Policy", "configure", "get_instrumentation"]
 
@@ -162,7 +162,7 @@ class Instrumentation:
 
     def collect_registry(self) -> CollectorRegistry:
         """The registry to expose or push: across processes in multiprocess mode."""
-        if not _multiprocess_enabled():
+        if not multiprocess_enabled():
             return self.registry
         if self._collect_registry is None:
             from prometheus_client import multiprocess
@@ -301,7 +301,7 @@ class Instrumentation:
 
     def install_sigterm_handler(self) -> None:
         """Opt in: on SIGTERM exit normally, so the final state is flushed at exit."""
-        from .exposition import install_sigterm_handler
+        from .delivery import install_sigterm_handler
 
         install_sigterm_handler()
 

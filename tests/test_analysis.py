@@ -947,7 +947,7 @@ def test_module_level_original_methods_act_on_the_default() -> None:
 
 
 def test_a_shared_registry_gets_one_scrape_hook() -> None:
-    from instrument.push import BeforeCollect
+    from instrument.delivery import BeforeCollect
 
     shared = CollectorRegistry()
     for _ in range(3):

@@ -26,13 +26,11 @@ ALLOWED_LARGE: set[str] = {
     "instrument.dashboard",
     "instrument.grafana",
     "instrument.llm_server",
-    "instrument.push",
     "instrument.usage",
 }
 #: Private names still taken across modules, as the test words them.
 ALLOWED_PRIVATE_IMPORTS: set[str] = {
     "instrument.ai takes _attribute from instrument.usage",
-    "instrument.instrumentation takes _multiprocess_enabled from instrument.push",
 }
 
 

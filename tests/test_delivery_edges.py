@@ -9,31 +9,34 @@ argument validation, disabled instrumentation and the default instrumentation.
 from __future__ import annotations
 
 import asyncio
-import importlib
+import gc
 import logging
 import os
 import signal
 import threading
 import time
+import warnings
 import weakref
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Counter
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
 
 import instrument
 from instrument import Instrumentation, get_instrumentation
 from instrument import defaults as defaults_module
-from instrument.push import PushTarget, mask_url
+from instrument._urls import mask_url
+from instrument.delivery import PushFailed, PushTarget
+from instrument.delivery import _flusher as flusher_module
+from instrument.delivery import _lifecycle as lifecycle
+from instrument.delivery import _textfile as textfile_module
 
 from .servers import GatewayStandIn, Pushgateway
-
-# The module, not the package's push() function of the same name.
-push_module = importlib.import_module("instrument.push")
 
 ANALYSIS = {"module": "m", "analysis_type": "t"}
 
@@ -219,6 +222,69 @@ async def test_textfile_only_delivery_over_the_async_path(tmp_path: Path) -> Non
     await inst.aclose()
 
 
+class StallingDisk:
+    """Writes the real file, but only once the event loop has run a few more beats (or a
+    second passed): a disk that stalls, which a write on the loop's thread would stall
+    the loop with. ``loop_ran`` says, per write, whether the loop went on meanwhile."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.beats = 0
+        self.loop_ran: list[bool] = []
+        real = textfile_module.write_to_textfile
+
+        def write(path: str, registry: Collector) -> None:
+            start, deadline = self.beats, time.monotonic() + 1.0
+            while self.beats < start + 3 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            self.loop_ran.append(self.beats >= start + 3)
+            real(path, registry)
+
+        monkeypatch.setattr(textfile_module, "write_to_textfile", write)
+
+    async def heartbeat(self) -> None:
+        while True:
+            self.beats += 1
+            await asyncio.sleep(0.005)
+
+
+@pytest.mark.parametrize("how", ["aflush", "aclose", "each-mode call"])
+async def test_the_textfile_is_written_while_the_event_loop_goes_on(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, how: str
+) -> None:
+    path = tmp_path / "metrics.prom"
+    mode = "each" if how == "each-mode call" else "coalesce"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), textfile=str(path), push_mode=mode, push_interval=60
+    )
+
+    @inst.monitored_analysis("m", "t")
+    async def work() -> str:
+        return "done"
+
+    if mode == "coalesce":
+        inst.record_analysis("m", "t", 0.1)
+        assert inst.flush(timeout=5)  # the flusher's next slot is a minute away now
+    disk = StallingDisk(monkeypatch)
+    heart = asyncio.create_task(disk.heartbeat())
+    await asyncio.sleep(0)
+    try:
+        if how == "each-mode call":
+            assert await work() == "done"
+        else:
+            inst.record_analysis("m", "t", 0.1)
+            if how == "aflush":
+                assert await inst.aflush() is True
+            else:
+                await inst.aclose()
+    finally:
+        heart.cancel()
+    assert disk.loop_ran and all(disk.loop_ran)
+    expected = 1 if how == "each-mode call" else 2
+    line = 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"}'
+    assert f"{line} {expected:.1f}" in path.read_text()
+    await inst.aclose()
+
+
 def test_textfile_failure_is_reported_with_its_path(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
@@ -369,6 +435,32 @@ def test_delete_reports_failure_and_success(
     inst.close()
 
 
+@pytest.mark.parametrize("operation", ["push", "push_async", "delete"])
+async def test_a_failing_target_raises_push_failed_which_delivery_exports(
+    stand_in: GatewayStandIn, operation: str
+) -> None:
+    import aiohttp
+
+    token = "tk-3e1f0a9c"
+    stand_in.answer(503, "Service Unavailable", body="down for {auth}")
+    target = PushTarget(stand_in.url, job="j", grouping_key={"w": "1"}, bearer_token=token)
+    registry = CollectorRegistry()
+    Counter("work_done", "work", registry=registry).inc()
+    with pytest.raises(PushFailed) as failed:
+        if operation == "push":
+            await asyncio.to_thread(target.push, registry)
+        elif operation == "push_async":
+            async with aiohttp.ClientSession() as session:
+                await target.push_async(session, registry)
+        else:
+            await asyncio.to_thread(target.delete)
+    assert str(failed.value) == "HTTP 503 Service Unavailable: down for ***"
+    assert token not in repr(failed.value)
+    assert methods(stand_in) == [
+        ("DELETE" if operation == "delete" else "PUT", "/metrics/job/j/w/1")
+    ]
+
+
 # -- closing -------------------------------------------------------------------------------------
 
 
@@ -482,6 +574,50 @@ def test_session_of_a_loop_running_in_another_thread(stand_in: GatewayStandIn, c
         loop.close()
 
 
+def test_session_of_an_idle_loop_closed_from_inside_another_loop(stand_in: GatewayStandIn) -> None:
+    inst = gateway_inst(stand_in, push_mode="off")
+    idle = asyncio.new_event_loop()
+    try:
+        assert idle.run_until_complete(inst.push_metrics())
+        session = inst.delivery._sessions[id(idle)].session
+        asyncio.run(inst.aclose())  # this thread runs a loop now, so the idle one cannot run here
+        assert session.closed
+        assert inst.delivery._sessions == {}
+    finally:
+        idle.run_until_complete(idle.shutdown_asyncgens())
+        idle.close()
+
+
+def test_each_of_many_event_loops_gets_its_own_session_closed_with_it(
+    stand_in: GatewayStandIn,
+) -> None:
+    inst = gateway_inst(stand_in, push_mode="each")
+
+    @inst.monitored_analysis("m", "t")
+    async def work() -> None:
+        await asyncio.sleep(0)
+
+    sessions: list[Any] = []
+
+    async def one_run() -> None:
+        await work()
+        await work()
+        sessions.append(inst.delivery._sessions[id(asyncio.get_running_loop())].session)
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        for _ in range(12):
+            asyncio.run(one_run())  # no aclose(): the loop's end closes its session
+        gc.collect()
+    assert len({id(session) for session in sessions}) == 12
+    assert all(session.closed for session in sessions)
+    assert inst.delivery._sessions == {}
+    assert not [w for w in caught if "Unclosed" in str(w.message)]
+    assert pushed_analyses(stand_in) == 24
+    assert local(inst, "pushes_total") == 24 and local(inst, "push_failures_total") == 0
+    inst.close()
+
+
 async def test_sync_close_inside_the_sessions_own_loop(stand_in: GatewayStandIn) -> None:
     inst = gateway_inst(stand_in, push_mode="off")
     assert await inst.push_metrics()
@@ -499,7 +635,7 @@ async def test_sync_close_inside_the_sessions_own_loop(stand_in: GatewayStandIn)
 def test_a_worker_process_records_but_never_pushes(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(push_module, "_multiprocess_enabled", lambda: True)
+    monkeypatch.setattr(flusher_module, "multiprocess_enabled", lambda: True)
     inst = gateway_inst(stand_in, push_mode="each", delete_on_exit=True)
 
     @inst.monitored_analysis("m", "t")
@@ -529,7 +665,7 @@ def test_a_worker_process_records_but_never_pushes(
 def test_multiprocess_owner_pushes_every_interval_without_calls_of_its_own(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(push_module, "_multiprocess_enabled", lambda: True)
+    monkeypatch.setattr(flusher_module, "multiprocess_enabled", lambda: True)
     inst = gateway_inst(stand_in, push_interval=0.05)
     # Workers' records are invisible to the owner's dirty flag: it pushes on its own.
     deadline = time.monotonic() + 10
@@ -549,9 +685,9 @@ def test_at_exit_every_live_delivery_is_closed_even_if_one_fails(
         stand_in, push_mode="off", delete_on_exit=True, grouping_key={"w": "healthy"}
     )
     monkeypatch.setattr(broken.delivery, "close", explode)
-    monkeypatch.setattr(push_module, "_live", weakref.WeakSet([broken.delivery, healthy.delivery]))
+    monkeypatch.setattr(lifecycle, "_live", weakref.WeakSet([broken.delivery, healthy.delivery]))
     with caplog.at_level(logging.ERROR, logger="instrument"):
-        push_module._close_all_at_exit()
+        lifecycle._close_all_at_exit()
     assert "final flush at exit failed" in caplog.text
     assert methods(stand_in) == [("DELETE", "/metrics/job/codomyrmex/w/healthy")]
     assert healthy.delivery._closed
@@ -567,8 +703,8 @@ def test_a_forked_child_delivers_under_its_own_instance(
     assert inst.delivery.gateway.grouping_key["instance"].endswith(f"-{parent}")
     monkeypatch.setattr(os, "getpid", lambda: parent + 1)  # now the child
     if notice == "at-fork hook":
-        monkeypatch.setattr(push_module, "_live", weakref.WeakSet([inst.delivery]))
-        push_module._after_fork_in_child()
+        monkeypatch.setattr(lifecycle, "_live", weakref.WeakSet([inst.delivery]))
+        lifecycle._after_fork_in_child()
     else:  # forked without Python's hooks: the first recorded call notices
         inst.record_analysis("m", "t", 0.1)
         assert inst.delivery._thread is not None

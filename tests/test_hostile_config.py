@@ -35,8 +35,8 @@ from instrument._urls import mask_url, split_url
 from instrument.config import SETTINGS, from_environment
 from instrument.dashboard import build_dashboard
 from instrument.defaults import replace_default
+from instrument.delivery import PushTarget
 from instrument.metrics import METRICS, Metrics
-from instrument.push import PushTarget
 from instrument.testing import isolated_instrumentation
 
 from .servers import Pushgateway

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import importlib
 import json
 import logging
 import os
@@ -26,20 +25,21 @@ from urllib.parse import quote, quote_plus
 import pytest
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, Gauge
 from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
 from instrument._scrub import Scrubber
+from instrument.delivery import _flusher as flusher
+from instrument.delivery import _textfile as textfile_module
+from instrument.delivery._snapshot import Snapshot
+from instrument.delivery._textfile import TextfileTarget
 
 from .servers import GatewayStandIn, Pushgateway
 from .test_push import ROOT, analyses
 
 pytestmark = pytest.mark.integration
-
-# The module, not the package's push() function of the same name.
-push_module = importlib.import_module("instrument.push")
 
 ANALYSIS = {"module": "m", "analysis_type": "t", "status": "success"}
 TOKEN = "tk-7f3a9c1e5b2d"
@@ -59,7 +59,7 @@ def stand_in() -> Iterator[GatewayStandIn]:
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry after ~10 ms instead of ~0.5 s, so an outage test sees several attempts."""
-    monkeypatch.setattr(push_module, "_RETRY_BASE", 0.01)
+    monkeypatch.setattr(flusher, "_RETRY_BASE", 0.01)
 
 
 def make_inst(url: str, **options: Any) -> Instrumentation:
@@ -234,6 +234,64 @@ def test_any_other_status_is_a_failure_on_both_transports(
     assert local(inst, "push_failures_total") == 2
     assert local(inst, "last_push_success_timestamp_seconds") == 0
     inst.close()
+
+
+async def test_overlapping_pushes_that_all_fail_leave_no_success_behind(
+    stand_in: GatewayStandIn,
+) -> None:
+    """Each attempt's state says it was pushed at its own time; when none lands, the
+    registry still says the last success was never."""
+    stand_in.mode = "trickle"  # the async push waits on it until its timeout
+    inst = make_inst(stand_in.url, push_timeout=1)
+    inst.record_analysis("m", "t", 0.5)
+    older = asyncio.create_task(inst.push_metrics())
+    deadline = time.monotonic() + 10
+    while not stand_in.requests:
+        assert time.monotonic() < deadline, "the async push never reached the gateway"
+        await asyncio.sleep(0.01)
+    stand_in.mode = "error"
+    assert await asyncio.to_thread(inst.push) is False  # overlaps it, fails at once
+    assert await older is False
+    assert local(inst, "push_failures_total") == 2
+    assert local(inst, "last_push_success_timestamp_seconds") == 0
+    stand_in.mode = "ok"
+    before = time.time()
+    assert await inst.push_metrics() is True
+    stamp = local(inst, "last_push_success_timestamp_seconds")
+    assert stamp is not None and stamp >= before
+    assert stand_in.last_value("codomyrmex_last_push_success_timestamp_seconds") == stamp
+    await inst.aclose()
+
+
+@settings(
+    max_examples=15, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(attempts=st.lists(st.tuples(st.sampled_from(["sync", "async"]), st.booleans()), max_size=8))
+def test_the_last_success_is_always_the_time_the_last_landed_state_gave(
+    stand_in: GatewayStandIn, attempts: list[tuple[str, bool]]
+) -> None:
+    inst = make_inst(stand_in.url)
+    landed_before = len(stand_in.bodies)
+
+    async def run() -> None:
+        success = 0.0
+        for number, (transport, lands) in enumerate(attempts, start=1):
+            stand_in.mode = "ok" if lands else "error"
+            ok = inst.push() if transport == "sync" else await inst.push_metrics()
+            assert ok is lands
+            if lands:
+                stamp = stand_in.last_value("codomyrmex_last_push_success_timestamp_seconds")
+                assert stamp is not None and stamp > success
+                assert stand_in.last_value("codomyrmex_pushes_total") == number
+                success = stamp
+            assert local(inst, "last_push_success_timestamp_seconds") == success
+            assert local(inst, "pushes_total") == number
+        await inst.aclose()
+
+    asyncio.run(run())
+    landed = sum(lands for _, lands in attempts)
+    assert len(stand_in.bodies) - landed_before == landed
+    assert local(inst, "push_failures_total") == len(attempts) - landed
 
 
 # -- item 6: whatever the network sends back is scrubbed of the target's credentials -------------
@@ -550,6 +608,60 @@ def test_a_textfile_that_cannot_be_written_then_can_gets_exact_totals(
     wait_until(lambda: path.is_file() and line in path.read_text(), "the textfile was written")
     inst.close()
     assert sorted(p.name for p in folder.iterdir()) == ["metrics.prom"]  # no temp file left
+
+
+async def test_a_textfile_write_whose_caller_gave_up_never_leaves_an_older_state(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A cancelled async push stops waiting for its write, which still runs in its worker
+    thread; a newer write meanwhile must not be replaced by it."""
+    path = tmp_path / "metrics.prom"
+    disk = threading.Event()
+    real = textfile_module.write_to_textfile
+    stalls: list[str] = []
+
+    def first_write_stalls(target: str, registry: Collector) -> None:
+        if not stalls:
+            stalls.append(target)
+            disk.wait(10)
+        real(target, registry)
+
+    monkeypatch.setattr(textfile_module, "write_to_textfile", first_write_stalls)
+    inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_mode="off")
+    inst.record_analysis("m", "t", 0.5)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(inst.push_metrics(), 0.2)
+    assert stalls == [str(path)]
+    assert local(inst, "push_failures_total") == 1
+    inst.record_analysis("m", "t", 0.5)
+    newer = asyncio.create_task(asyncio.to_thread(inst.push))
+    await asyncio.sleep(0.2)  # the newer push is under way too
+    disk.set()
+    assert await newer is True
+    line = 'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"}'
+    assert f"{line} 2.0" in path.read_text()
+    await inst.aclose()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["metrics.prom"]
+
+
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(order=st.permutations(range(5)))
+def test_textfile_writes_in_any_order_leave_the_newest_state(
+    tmp_path: Path, order: list[int]
+) -> None:
+    path = tmp_path / "order.prom"
+    path.unlink(missing_ok=True)
+    target = TextfileTarget(str(path))
+    snapshots = []
+    for number in range(1, 6):
+        registry = CollectorRegistry()
+        Gauge("state_number", "which snapshot", registry=registry).set(number)
+        snapshots.append(Snapshot(registry, number, time.time()))
+    for index in order:
+        target.write(snapshots[index])
+    assert "state_number 5.0" in path.read_text()
 
 
 # -- faults in the transport, each mode in async and sync code, then exact totals ---------------------

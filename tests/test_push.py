@@ -24,7 +24,8 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
-from instrument.push import grouping_path, mask_url
+from instrument._urls import mask_url
+from instrument.delivery import grouping_path
 
 from .servers import GatewayStandIn, Pushgateway, free_port
 
@@ -819,8 +820,13 @@ def test_an_instrumentation_dropped_without_close_lets_its_flusher_end(
     thread = inst.delivery._thread
     assert thread is not None and thread.is_alive()
     del inst
-    gc.collect()
-    thread.join(5)
+    # The instrumentation and its delivery form a cycle, so only the garbage collector
+    # frees them; a collection that ran while the flusher still held the delivery (its own
+    # push in flight) left the cycle for the next one.
+    deadline = time.monotonic() + 5
+    while thread.is_alive() and time.monotonic() < deadline:
+        gc.collect()
+        thread.join(0.05)
     assert not thread.is_alive()
 
 
@@ -835,20 +841,42 @@ def test_original_push_metrics_takes_a_job_name(pushgateway: Pushgateway, job_na
     assert asyncio.run(PrometheusIntegration(registry=CollectorRegistry()).push_metrics()) is False
 
 
-def test_an_older_snapshot_landing_after_a_newer_one_is_pushed_again(
-    stand_in: GatewayStandIn,
+@pytest.mark.parametrize("newer_from", ["another thread", "the loop's own thread"])
+async def test_an_older_state_landing_after_a_newer_one_is_pushed_again(
+    stand_in: GatewayStandIn, newer_from: str
 ) -> None:
-    """Sends are not serialized; the numbering keeps the gateway from ending stale."""
-    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=60)
-    delivery = inst.delivery
-    older = delivery._start_attempt()
-    newer = delivery._start_attempt()
-    assert delivery._end_attempt(*newer, None) is True
-    assert delivery._dirty is False
-    assert delivery._end_attempt(*older, None) is True  # landed last, but older
-    assert delivery._dirty is True  # so the latest state goes out again
-    inst.close()
-    assert len(stand_in.requests) == 1  # close() pushed the final state once
+    """A sync push never waits for an async one, so the two can overlap and the older state
+    land last. The newest state still ends on the gateway, with exact totals."""
+    stand_in.mode = "slow"
+    stand_in.hang = 1.0
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_mode="each")
+
+    @inst.monitored_analysis("m", "t")
+    async def analyze_async() -> None:
+        await asyncio.sleep(0)
+
+    @inst.monitored_analysis("m", "t")
+    def analyze_sync() -> None:
+        return None
+
+    older = asyncio.create_task(analyze_async())  # pushes 1 analysis; the gateway holds it
+    deadline = time.monotonic() + 10
+    while not stand_in.requests:
+        assert time.monotonic() < deadline, "the async push never reached the gateway"
+        await asyncio.sleep(0.01)
+    stand_in.mode = "ok"
+    if newer_from == "another thread":
+        await asyncio.to_thread(analyze_sync)
+    else:
+        analyze_sync()
+    assert analyses(stand_in) == 2  # the newer state landed first
+    await older
+    assert analyses(stand_in) == 1  # then the older one, over it
+    await inst.aclose()
+    assert analyses(stand_in) == 2
+    assert stand_in.last_value("codomyrmex_pushes_total") == 3
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 0
+    assert len(stand_in.bodies) == 3
 
 
 async def test_sync_push_inside_an_event_loop_does_not_wait_for_an_async_one(

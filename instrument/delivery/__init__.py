@@ -1,1 +1,39 @@
-"""Delivery of the registry's state to where it is stored (see the README's "Delivery")."""
+"""Delivery of the registry's state to where it is stored (see the README's "Delivery").
+
+One module per job: ``_flusher`` (the push modes, the flusher thread, the send on either
+transport), ``_lifecycle`` (exit, fork, multiprocessing children, SIGTERM),
+``_pushgateway`` (the gateway target and its checks), ``_http`` and ``_aiohttp`` (the sync
+and async transports, and what an answer means), ``_textfile`` (the textfile target),
+``_snapshot`` (the state of one moment, and the hooks run before it is taken).
+``_snappy`` and ``_prompb`` are the groundwork of remote write, not yet a target.
+"""
+
+from ._flusher import PUSH_MODES, Delivery
+from ._http import PushFailed
+from ._lifecycle import exit_flush_running, install_sigterm_handler, multiprocess_enabled
+from ._pushgateway import (
+    PushTarget,
+    check_group_value,
+    check_grouping_key,
+    check_job,
+    check_seconds,
+    grouping_path,
+)
+from ._snapshot import BeforeCollect, register_before_snapshot
+
+__all__ = [
+    "PUSH_MODES",
+    "BeforeCollect",
+    "Delivery",
+    "PushFailed",
+    "PushTarget",
+    "check_group_value",
+    "check_grouping_key",
+    "check_job",
+    "check_seconds",
+    "exit_flush_running",
+    "grouping_path",
+    "install_sigterm_handler",
+    "multiprocess_enabled",
+    "register_before_snapshot",
+]

@@ -1,0 +1,466 @@
+"""The delivery of one instrumentation: its push mode, its flusher thread, and the send
+that moves the latest full state to every target.
+
+Three modes: ``each`` pushes at the end of every call and waits; ``coalesce`` marks the
+state dirty and lets one daemon flusher thread push at most once per interval (the
+caller never waits on the network); ``off`` never pushes. Every push sends the full
+cumulative state, so a push that failed loses nothing: the next one carries it all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+import socket
+import threading
+import time
+import weakref
+from collections.abc import Callable
+from typing import Any
+
+from prometheus_client import CollectorRegistry
+
+from .._scrub import Scrubber
+from .._threads import start_daemon
+from .._urls import mask_url
+from ..metrics import Metrics
+from ._aiohttp import LoopSessions
+from ._http import PushFailed, describe
+from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
+from ._pushgateway import PushTarget
+from ._snapshot import Snapshot, run_before_snapshot
+from ._textfile import TextfileTarget
+
+__all__ = ["PUSH_MODES", "Delivery"]
+
+logger = logging.getLogger("instrument")
+
+PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
+_RETRY_BASE = 0.5
+_RETRY_CAP = 30.0
+_NO_SECRETS = Scrubber(())
+
+
+def _instance_label() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
+class Delivery:
+    """Moves the registry's state to its targets according to the push mode."""
+
+    def __init__(
+        self,
+        metrics: Metrics,
+        *,
+        gateway: PushTarget | None,
+        textfile: str | None,
+        mode: str | None,
+        interval: float,
+        instance: bool | str,
+        delete_on_exit: bool,
+        collect: Callable[[], CollectorRegistry],
+    ) -> None:
+        if mode is None:
+            mode = "coalesce" if gateway is not None or textfile else "off"
+        if mode not in PUSH_MODES:
+            raise ValueError(f"push_mode must be one of {', '.join(PUSH_MODES)}; got {mode!r}")
+        if not interval > 0:
+            raise ValueError(
+                f"push_interval must be a positive number of seconds, got {interval!r}"
+            )
+        if mode != "off" and gateway is None and not textfile:
+            raise ValueError(
+                f"push_mode={mode!r} needs a target: pass pushgateway=URL or textfile=PATH"
+            )
+        self.metrics = metrics
+        self.gateway = gateway
+        self.textfile = textfile
+        self.mode = mode
+        self.interval = float(interval)
+        self._instance = instance
+        self._delete_on_exit = delete_on_exit
+        self._collect = collect
+        self._owner_pid = os.getpid()
+        self._multiprocess = multiprocess_enabled()
+        self._closed = False
+        self._last_success = 0.0
+        self.reset_process_state()
+        track(self)
+        if self._multiprocess and self.mode == "coalesce":
+            # Workers record but never push; the owner pushes what they collected each interval.
+            self._mark_dirty()
+
+    def reset_process_state(self) -> None:
+        """State that does not survive a fork: threads, locks, sessions, the instance label."""
+        self._pid = os.getpid()
+        self._dirty = False
+        self._cond = threading.Condition()
+        # Sync senders (the flusher, push(), flush(), each mode) go one at a time, so
+        # flush() returning True means the latest state is what the gateway holds. Async
+        # sends never take it: an event loop must not wait on a thread lock, and a sync
+        # send from the loop's own thread would wait forever for an async one.
+        self._send_lock = threading.Lock()
+        # So an async send can overlap another send, and the older state may land last:
+        # snapshots are numbered (under this short lock), and one landing after a newer
+        # one marks the state dirty, so the newest goes out again.
+        self._snapshot_lock = threading.Lock()
+        self._taken = 0
+        self._newest_landed = 0
+        # While dirty, the flusher keeps the delivery alive until it has pushed.
+        self._flush_state = _FlushState(self._cond)
+        self._thread: threading.Thread | None = None
+        self._stopping = False
+        self._failures = 0
+        self._outage = False
+        self._next_attempt = 0.0
+        # Sessions of a parent process belong to its loops: a forked child starts without.
+        self._sessions = LoopSessions()
+        # Its lock may have been held by a thread of the parent, which the child lacks.
+        self._file = TextfileTarget(self.textfile) if self.textfile else None
+        if self.gateway is not None and self._instance:
+            label = _instance_label() if self._instance is True else str(self._instance)
+            self.gateway.grouping_key["instance"] = label
+
+    def __repr__(self) -> str:
+        return f"Delivery(mode={self.mode!r}, gateway={self.gateway!r}, textfile={self.textfile!r})"
+
+    @property
+    def _has_target(self) -> bool:
+        return self.gateway is not None or bool(self.textfile)
+
+    def _is_worker(self) -> bool:
+        return self._multiprocess and os.getpid() != self._owner_pid
+
+    # -- the hot path: called at the end of every instrumented job ---------------------------
+
+    def after_call(self) -> None:
+        mode = self.mode
+        if mode == "coalesce":
+            if not self._dirty:
+                self._mark_dirty()
+        elif mode == "each" and not (self._closed or self._is_worker()):
+            self.push()
+
+    def after_coalesced_call(self) -> None:
+        """``after_call`` for coalesce mode, without asking the mode: what a decorator
+        binds when it knows the mode (the usual case: once per interval it does anything)."""
+        if not self._dirty:
+            self._mark_dirty()
+
+    def call_hook(self) -> Callable[[], None] | None:
+        """What to call after each job in sync code: None when nothing is ever pushed."""
+        if self.mode == "off":
+            return None
+        return self.after_coalesced_call if self.mode == "coalesce" else self.after_call
+
+    def note_change(self) -> None:
+        """The state changed outside a call (e.g. an abandoned stream was recorded): mark it
+        for the next push, whatever the mode, without pushing now."""
+        if self.mode == "coalesce":
+            self._mark_dirty()
+        elif not self._closed:
+            self._dirty = True
+
+    def after_call_async(self) -> Any:
+        """None, or an awaitable push (``each`` mode in async code)."""
+        mode = self.mode
+        if mode == "coalesce":
+            if not self._dirty:
+                self._mark_dirty()
+            return None
+        if mode == "each" and not (self._closed or self._is_worker()):
+            return self.push_async()
+        return None
+
+    def _mark_dirty(self) -> None:
+        if self._closed or self._is_worker():
+            return
+        self._dirty = True
+        if self._pid != os.getpid():
+            self.reset_process_state()
+            self._dirty = True
+        with self._cond:
+            self._flush_state.pending = self
+            if self._thread is None:
+                # The thread holds the delivery weakly once it is clean: an instrumentation
+                # dropped without close() is pushed, then collected, and its flusher ends.
+                # Set once started: a thread that could not start is tried again next time.
+                self._thread = start_daemon(
+                    _flusher, "instrument-flusher", weakref.ref(self), self._flush_state
+                )
+                weakref.finalize(self, _wake, self._cond)
+            self._cond.notify()
+
+    def _flush_slot(self) -> float | None:
+        """Seconds until the flusher may push, or None when there is nothing to push.
+        Called with the condition held."""
+        if not (self._dirty or self._multiprocess):
+            return None
+        return self._next_attempt - time.monotonic()
+
+    def _schedule(self, ok: bool) -> None:
+        """After a flusher push: the next slot, an interval away or a backoff away."""
+        with self._cond:
+            if ok:
+                self._next_attempt = time.monotonic() + self.interval
+            else:
+                backoff = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures, 16))
+                self._next_attempt = time.monotonic() + backoff * random.uniform(0.5, 1.0)
+
+    # -- sending: the same steps on either transport ----------------------------------------
+
+    def deliver_now(self, timeout: float | None) -> bool:
+        """Send the latest full state to every target within ``timeout`` seconds in all
+        (default: the push timeout); True when it landed."""
+        if self._is_worker():
+            return False
+        limit = self._default_timeout() if timeout is None else timeout
+        deadline = time.monotonic() + limit
+        if not self._send_lock.acquire(timeout=limit):
+            self._dirty = True  # not delivered: the next push must carry it
+            return False
+        try:
+            snapshot = self._take_snapshot()
+            if snapshot is None:
+                return False
+            try:
+                if self.gateway is not None:
+                    self.gateway.push(snapshot, deadline - time.monotonic())
+                if self._file is not None:
+                    self._file.write(snapshot)
+            except BaseException as exc:
+                return self._failed(exc)
+            return self._landed(snapshot)
+        finally:
+            self._send_lock.release()
+
+    async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
+        limit = self._default_timeout() if timeout is None else timeout
+        snapshot = self._take_snapshot()
+        if snapshot is None:
+            return False
+        try:
+            if target is not None:
+                await target.push_async(await self._sessions.session(), snapshot, limit)
+            if self._file is not None:
+                await self._file.awrite(snapshot)  # off the loop
+        except BaseException as exc:  # a cancelled push did not land either
+            return self._failed(exc)
+        return self._landed(snapshot)
+
+    def _default_timeout(self) -> float:
+        return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
+
+    def _take_snapshot(self) -> Snapshot | None:
+        """Clear dirty, count the attempt and take the next numbered snapshot: a job ending
+        after this marks dirty again.
+
+        The snapshot gives its own time as the last successful push, so a state that lands
+        already says when it was pushed; the registry itself keeps the last push that did
+        land. A registry that cannot be collected (a collector raising) is a failed attempt,
+        ended here: None, and the state stays dirty for the next attempt."""
+        run_before_snapshot()
+        gauge = self.metrics.last_push_success
+        with self._snapshot_lock:
+            self._dirty = False
+            self._taken += 1
+            self.metrics.pushes.inc()
+            at = time.time()
+            gauge.set(at)
+            try:
+                return Snapshot(self._collect(), self._taken, at)
+            except BaseException as exc:
+                error = exc
+            finally:
+                gauge.set(self._last_success)
+        scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
+        text = scrubber.one_line(f"collecting the metrics failed ({describe(error)})")
+        self._failed(PushFailed(text))
+        if not isinstance(error, Exception):
+            raise error
+        return None
+
+    def _landed(self, snapshot: Snapshot) -> bool:
+        """Record that ``snapshot`` reached every target; True."""
+        with self._snapshot_lock:
+            if snapshot.number > self._newest_landed:
+                self._newest_landed = snapshot.number
+            else:  # older than what already landed, and landed after it: push again
+                self._dirty = True
+            self._last_success = max(self._last_success, snapshot.at)
+            self.metrics.last_push_success.set(self._last_success)
+        if self._outage:
+            logger.info(
+                "instrument: push to %s recovered after %d failed attempts",
+                self._target_text(),
+                self._failures,
+            )
+        self._outage = False
+        self._failures = 0
+        return True
+
+    def _failed(self, exc: BaseException) -> bool:
+        """Record a failed attempt: the state stays dirty for the next one. False, or ``exc``
+        raised again if it is no Exception (a cancellation, an interrupt)."""
+        with self._snapshot_lock:
+            self._dirty = True
+            self.metrics.push_failures.inc()
+        self._failures += 1
+        # A PushFailed says what failed; anything else (a textfile's OSError) by its type too.
+        reason = str(exc) if isinstance(exc, PushFailed) else describe(exc)
+        if not self._outage:
+            self._outage = True
+            logger.warning(
+                "instrument: push to %s failed (%s); retrying with backoff, counts are kept "
+                "and the next successful push carries them",
+                self._target_text(),
+                reason,
+            )
+        else:
+            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
+        if not isinstance(exc, Exception):
+            raise exc
+        return False
+
+    def _target_text(self) -> str:
+        parts = []
+        if self.gateway is not None:
+            parts.append(mask_url(self.gateway.group_url))
+        if self.textfile:
+            parts.append(self.textfile)
+        return " and ".join(parts)
+
+    # -- explicit operations -------------------------------------------------------------------
+
+    def push(self, timeout: float | None = None) -> bool:
+        """Push the full state now, whatever the mode; True on success. Never raises."""
+        if not self._has_target:
+            return False
+        try:
+            return self.deliver_now(timeout)
+        except Exception:
+            logger.exception("instrument: unexpected error while pushing")
+            return False
+
+    async def push_async(self, job: str | None = None, timeout: float | None = None) -> bool:
+        """Push the full state now over aiohttp (one session per event loop), under ``job``
+        if given; never raises."""
+        if self._is_worker() or not self._has_target:
+            return False
+        target = self.gateway
+        if job is not None and target is not None and job != target.job:
+            target = target.for_job(job)
+        try:
+            return await self._deliver_async(target, timeout)
+        except Exception:
+            logger.exception("instrument: unexpected error while pushing")
+            return False
+
+    def flush(self, timeout: float = 5.0) -> bool:
+        """Wait until the latest state is delivered (or ``timeout`` passes); True if it was."""
+        if self._is_worker() or not self._has_target or self.mode == "off":
+            return True
+        ok = self.deliver_now(timeout)
+        if ok:
+            self._schedule(True)
+        return ok
+
+    async def aflush(self, timeout: float | None = None) -> bool:
+        if self._is_worker() or not self._has_target or self.mode == "off":
+            return True
+        return await self.push_async(timeout=timeout)
+
+    def delete(self, timeout: float | None = None) -> bool:
+        """Delete this group from the Pushgateway; True on success, never raises."""
+        if self.gateway is None:
+            return False
+        try:
+            self.gateway.delete(timeout)
+        except Exception as exc:
+            logger.warning("instrument: deleting %s failed (%s)", self._target_text(), exc)
+            return False
+        return True
+
+    def _stop_flusher(self) -> threading.Thread | None:
+        with self._cond:
+            self._stopping = True
+            self._cond.notify_all()
+            thread, self._thread = self._thread, None
+        return thread
+
+    def _final_pending(self) -> bool:
+        run_before_snapshot()  # deferred recording may still mark the state dirty
+        # In multiprocess mode the workers' records never make the owner dirty: only a
+        # push collecting across processes leaves their final totals on the gateway.
+        return self.mode != "off" and not self._is_worker() and (self._dirty or self._multiprocess)
+
+    def close(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
+        """Stop the flusher, deliver the final state, optionally delete the group: all within
+        ``timeout`` seconds."""
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        thread = self._stop_flusher()
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(max(deadline - time.monotonic(), 0))
+        if self._final_pending():
+            self.deliver_now(max(deadline - time.monotonic(), 0.001))
+        if self._delete_on_exit and not self._is_worker():
+            self.delete(max(deadline - time.monotonic(), 0.001))
+        self._closed = True
+        self._sessions.close_all()
+
+    async def aclose(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
+        if self._closed:
+            return
+        deadline = time.monotonic() + timeout
+        thread = self._stop_flusher()
+        if thread is not None:
+            await asyncio.to_thread(thread.join, max(deadline - time.monotonic(), 0))
+        if self._final_pending():
+            await self.push_async(timeout=max(deadline - time.monotonic(), 0.001))
+        if self._delete_on_exit and not self._is_worker():
+            await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
+        self._closed = True
+        await self._sessions.aclose_all()
+
+
+class _FlushState:
+    """What the flusher thread shares with its delivery: the condition it waits on, and
+    the delivery itself while it has something to push (a strong reference, so a dirty
+    instrumentation dropped without close() is still pushed)."""
+
+    __slots__ = ("cond", "pending")
+
+    def __init__(self, cond: threading.Condition) -> None:
+        self.cond = cond
+        self.pending: Delivery | None = None
+
+
+def _flusher(ref: weakref.ref[Delivery], state: _FlushState) -> None:
+    """The flusher thread: push when dirty, at most once per interval, backing off after
+    failures. It holds the delivery strongly only while there is something to push."""
+    cond = state.cond
+    while True:
+        with cond:
+            while True:
+                delivery = state.pending or ref()
+                if delivery is None or delivery._stopping:
+                    return
+                delay = delivery._flush_slot()
+                if delay is not None and delay <= 0:
+                    break
+                if delay is None:
+                    state.pending = None  # clean: let it be collected
+                del delivery
+                cond.wait(delay)
+        ok = delivery.deliver_now(None)
+        delivery._schedule(ok)
+        del delivery
+
+
+def _wake(cond: threading.Condition) -> None:
+    with cond:
+        cond.notify_all()

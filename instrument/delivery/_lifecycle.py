@@ -1,0 +1,143 @@
+"""How a delivery's final state outlives its process: at exit, after a fork, in a
+multiprocessing child, on SIGTERM.
+
+Every live delivery is closed (its final state delivered) by one atexit handler, within one
+bound for all of them. A forked child resets what does not survive a fork; a multiprocessing
+child, which ends with ``os._exit`` and never runs atexit, closes them from a multiprocessing
+finalizer; a SIGTERM, with the opt-in handler, exits through ``sys.exit`` so atexit runs.
+"""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import os
+import signal
+import sys
+import time
+import weakref
+from types import FrameType
+from typing import Any, Protocol
+
+__all__ = [
+    "EXIT_FLUSH_TIMEOUT",
+    "exit_flush_running",
+    "install_sigterm_handler",
+    "multiprocess_enabled",
+    "track",
+]
+
+logger = logging.getLogger("instrument")
+
+#: Seconds the final flush at exit may take, for all deliveries together.
+EXIT_FLUSH_TIMEOUT = 5.0
+
+
+class _Closable(Protocol):
+    def close(self, timeout: float = ...) -> None: ...
+
+    def reset_process_state(self) -> None: ...
+
+
+_live: weakref.WeakSet[_Closable] = weakref.WeakSet()
+_exit_flush_running = False
+
+
+def multiprocess_enabled() -> bool:
+    """True when prometheus_client's multiprocess mode is on (``PROMETHEUS_MULTIPROC_DIR``)."""
+    return bool(
+        os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
+    )
+
+
+def track(delivery: _Closable) -> None:
+    """Close ``delivery`` when its process ends, whichever way it ends (held weakly)."""
+    _live.add(delivery)
+    _hook_multiprocessing()
+
+
+def exit_flush_running() -> bool:
+    """True while the final flush at exit runs: a SIGTERM handler lets it finish."""
+    return _exit_flush_running
+
+
+def _close_all_at_exit() -> None:
+    global _exit_flush_running
+    _exit_flush_running = True
+    try:
+        # One bound for the whole exit, however many instrumentations there are.
+        deadline = time.monotonic() + EXIT_FLUSH_TIMEOUT
+        for delivery in list(_live):
+            try:
+                delivery.close(timeout=max(deadline - time.monotonic(), 0.001))
+            except Exception:
+                logger.exception("instrument: final flush at exit failed")
+    finally:
+        _exit_flush_running = False
+
+
+def install_sigterm_handler() -> None:
+    """On SIGTERM, exit through ``sys.exit`` so atexit's final flush runs.
+
+    A handler that was installed before is called first. Only the main thread can install it.
+    The toolkit's threads never receive the signal, so it reaches the main thread even while
+    that sleeps; a SIGTERM that comes while the final flush runs lets it finish.
+    """
+    previous = signal.getsignal(signal.SIGTERM)
+
+    def on_sigterm(signum: int, frame: FrameType | None) -> None:
+        if callable(previous):
+            previous(signum, frame)
+        if exit_flush_running():
+            # A second SystemExit would abort the flush this exit is waiting for; it is
+            # bounded (5 s), so the process ends anyway.
+            return
+        # Children forked after this inherit the handler; they exit the same way.
+        sys.exit(128 + signum)
+
+    if previous is not signal.SIG_IGN:
+        signal.signal(signal.SIGTERM, on_sigterm)
+
+
+# -- multiprocessing children: they end with os._exit, so atexit never runs there ---------------
+
+_after_fork_hooked = False
+_child_finalizer: Any = None
+
+
+def _hook_multiprocessing(_: object = None) -> None:
+    """Deliver the final state when a multiprocessing child ends normally.
+
+    multiprocessing ends a child (fork and forkserver start methods) with ``os._exit``
+    after running its own finalizers (``multiprocessing.util.Finalize``), never the atexit
+    handlers; and it clears the finalizers a child inherited before running the after-fork
+    hooks (``register_after_fork``). So the final flush is registered as a finalizer from
+    such a hook in each child, or when a delivery is created in one. Nothing is imported:
+    without multiprocessing loaded, no multiprocessing child can start.
+    """
+    global _after_fork_hooked, _child_finalizer
+    util = sys.modules.get("multiprocessing.util")
+    multiprocessing = sys.modules.get("multiprocessing")
+    if util is None or multiprocessing is None:
+        return
+    if not _after_fork_hooked:  # inherited by children, with multiprocessing's registry
+        _after_fork_hooked = True
+        util.register_after_fork(_hook_multiprocessing, _hook_multiprocessing)
+    if multiprocessing.parent_process() is None:
+        return  # not a multiprocessing child: atexit delivers
+    if _child_finalizer is not None and _child_finalizer.still_active():
+        return
+    # Below zero: run after the child has joined its own children, so an owner in
+    # multiprocess mode collects their final totals too.
+    _child_finalizer = util.Finalize(None, _close_all_at_exit, exitpriority=-10)
+
+
+def _after_fork_in_child() -> None:
+    for delivery in list(_live):
+        delivery.reset_process_state()
+    # Runs inside os.fork(): multiprocessing's own after-fork hooks run later, in the child.
+    _hook_multiprocessing()
+
+
+atexit.register(_close_all_at_exit)
+os.register_at_fork(after_in_child=_after_fork_in_child)

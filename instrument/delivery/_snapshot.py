@@ -1,0 +1,67 @@
+"""The state of one moment, as every push and every file is made of, and the work that must
+run before it is taken.
+
+Recording deferred to a safe point (a job end the engine could not record at the recursion
+limit, an abandoned stream noticed by the garbage collector) happens in the hooks
+registered here: before each snapshot a push or a file takes, and before each scrape.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Iterator
+
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+__all__ = ["BeforeCollect", "Snapshot", "register_before_snapshot", "run_before_snapshot"]
+
+logger = logging.getLogger("instrument")
+
+_before_snapshot: list[Callable[[], None]] = []
+
+
+def register_before_snapshot(hook: Callable[[], None]) -> None:
+    """Run ``hook`` before each snapshot is taken for a push or a scrape (never raises)."""
+    if hook not in _before_snapshot:
+        _before_snapshot.append(hook)
+
+
+def run_before_snapshot() -> None:
+    """Run the registered hooks; one that fails is logged and the others still run."""
+    for hook in _before_snapshot:
+        try:
+            hook()
+        except Exception:
+            logger.exception("instrument: a before-push hook failed")
+
+
+class BeforeCollect(Collector):
+    """Registered on an instrumentation's registry: a scrape runs the before-snapshot
+    hooks too, so pull mode sees deferred recording. It exposes no metrics."""
+
+    def collect(self) -> Iterator[Metric]:
+        run_before_snapshot()
+        return iter(())
+
+    def describe(self) -> list[Metric]:
+        return []
+
+
+class Snapshot(Collector):
+    """The metric families of one moment, a collector that pushes and files can read.
+
+    ``number`` orders the snapshots of one delivery; ``at`` is when it was taken (the
+    wall-clock time the pushed state gives as its last successful push).
+    """
+
+    __slots__ = ("at", "families", "number")
+
+    def __init__(self, registry: CollectorRegistry, number: int, at: float) -> None:
+        self.families = list(registry.collect())
+        self.number = number
+        self.at = at
+
+    def collect(self) -> Iterator[Metric]:
+        return iter(self.families)
