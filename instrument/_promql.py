@@ -10,9 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, TypeAlias
 
-from prometheus_client import CollectorRegistry
-
-from .metrics import Metrics
+from .metrics import METRICS, Metrics, check_namespace
 
 if TYPE_CHECKING:
     from .instrumentation import Instrumentation
@@ -20,11 +18,7 @@ if TYPE_CHECKING:
 Source: TypeAlias = "Instrumentation | Metrics | str"
 
 
-def metrics_of(source: Source) -> Metrics:
-    """The :class:`Metrics` of an Instrumentation, a Metrics, or a namespace string."""
-    if isinstance(source, str):
-        # A throwaway registry: Metrics.get validates the namespace exactly as recording does.
-        return Metrics.get(CollectorRegistry(), source)
+def _metrics(source: Source) -> Metrics:
     if isinstance(source, Metrics):
         return source
     metrics = getattr(source, "metrics", None)
@@ -33,6 +27,22 @@ def metrics_of(source: Source) -> Metrics:
     raise TypeError(
         f"expected an Instrumentation, a Metrics or a namespace string, got {type(source).__name__}"
     )
+
+
+def namespace_of(source: Source) -> str:
+    """The namespace of an Instrumentation, a Metrics, or a namespace string (checked as
+    recording checks it)."""
+    return check_namespace(source) if isinstance(source, str) else _metrics(source).namespace
+
+
+def buckets_of(source: Source, suffix: str) -> tuple[float, ...]:
+    """The bucket bounds ``source`` records the histogram ``suffix`` with: its own for an
+    Instrumentation or a Metrics, the default ones for a namespace."""
+    if isinstance(source, str):
+        check_namespace(source)
+        (default,) = [s.buckets for s in METRICS if s.suffix == suffix and s.buckets]
+        return default
+    return _metrics(source).buckets[suffix]
 
 
 def number(value: float) -> str:

@@ -124,10 +124,10 @@ def _output(text: str) -> str:
 
 
 def _metric_namespace(text: str) -> str:
-    from ._promql import metrics_of
+    from .metrics import check_namespace
 
     try:
-        metrics_of(text)  # validates it exactly as recording does
+        check_namespace(text)  # as recording checks it
     except ValueError as exc:
         raise argparse.ArgumentTypeError(str(exc)) from None
     return text
@@ -208,8 +208,8 @@ def standard_output() -> TextIO:
 
 def _namespace(args: argparse.Namespace) -> str:
     """--namespace, else INSTRUMENT_NAMESPACE, else the default, as configure() reads it."""
-    from ._promql import metrics_of
     from .config import from_environment
+    from .metrics import check_namespace
 
     if args.namespace:
         return str(args.namespace)  # checked by its argument type
@@ -218,7 +218,7 @@ def _namespace(args: argparse.Namespace) -> str:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     try:
-        metrics_of(namespace)  # the environment's value, not an argument: exit status 1
+        check_namespace(namespace)  # the environment's value, not an argument: exit status 1
     except ValueError as exc:
         raise CommandError(f"INSTRUMENT_NAMESPACE={namespace!r} is not valid: {exc}") from None
     return namespace

@@ -19,13 +19,14 @@ from ._promql import (
     histogram_quantile,
     increase,
     max_by,
-    metrics_of,
+    namespace_of,
     rate,
     ratio,
     series,
     sum_by,
     zero_if_empty,
 )
+from .metrics import metric_names
 
 __all__ = ["SCHEMA_VERSION", "build_dashboard", "dashboard_json", "panel_queries"]
 
@@ -70,8 +71,7 @@ def _stat(title: str, description: str, unit: str, *queries: _Query, **defaults:
     return _Panel("stat", title, description, unit, queries, width=4, height=4, defaults=defaults)
 
 
-def _sections(source: Source) -> list[tuple[str | None, list[_Panel]]]:
-    n = metrics_of(source).names()
+def _sections(n: dict[str, str]) -> list[tuple[str | None, list[_Panel]]]:
 
     def counted(selector: str, by: Sequence[str], over_range: bool) -> str:
         # Per second over the rate interval, or the total over the picked range.
@@ -473,8 +473,7 @@ def _query_variable(name: str, label: str, definition: str) -> dict[str, Any]:
     }
 
 
-def _templating(source: Source, datasource_uid: str | None) -> list[dict[str, Any]]:
-    n = metrics_of(source).names()
+def _templating(n: dict[str, str], datasource_uid: str | None) -> list[dict[str, Any]]:
     current: dict[str, Any] = {}
     if datasource_uid is not None:
         current = {"selected": True, "text": datasource_uid, "value": datasource_uid}
@@ -531,7 +530,8 @@ def build_dashboard(
         )
     if datasource_uid is not None and (not isinstance(datasource_uid, str) or not datasource_uid):
         raise ValueError("datasource_uid must be a non-empty string or None")
-    namespace = metrics_of(inst_or_metrics).namespace
+    namespace = namespace_of(inst_or_metrics)
+    names = metric_names(namespace)
     return {
         "uid": uid,
         "title": title,
@@ -544,10 +544,10 @@ def build_dashboard(
         "refresh": "30s",
         "schemaVersion": SCHEMA_VERSION,
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": _templating(inst_or_metrics, datasource_uid)},
+        "templating": {"list": _templating(names, datasource_uid)},
         "annotations": {"list": []},
         "links": [],
-        "panels": _layout(_sections(inst_or_metrics)),
+        "panels": _layout(_sections(names)),
     }
 
 
