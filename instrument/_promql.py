@@ -1,13 +1,17 @@
-"""Small PromQL builders shared by the dashboard and the rules.
+"""PromQL as data, shared by the dashboard and the rules.
 
-Every query the toolkit ships is assembled from these and from the metric names in
-``metrics.py``, so a renamed namespace renames every query and no expression is
-copy-pasted with a twist.
+A query is a small tree (:class:`Series`, :class:`Rate`, :class:`Sum`, :class:`Ratio`, ...)
+that names metrics by their key in ``metrics.py``; :meth:`Expr.promql` writes it out for
+one :class:`Context` (a namespace's metric names and the rate windows). The dashboard's
+panels and the rule files are tables of these trees, so a renamed namespace renames every
+query and no expression is copy-pasted with a twist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
 from .metrics import METRICS, Metrics, check_namespace
@@ -90,3 +94,132 @@ def ratio(numerator: str, denominator: str, by: Sequence[str] = ()) -> str:
 def histogram_quantile(quantile: float, bucket_rate: str, by: Sequence[str] = ()) -> str:
     """``histogram_quantile(q, sum by (le, ...) (<bucket rate>))``."""
     return f"histogram_quantile({number(quantile)}, {sum_by(bucket_rate, ('le', *by))})"
+
+
+# -- queries as data ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a query is written out against: the series name of each key (the metrics'
+    attributes, plus any recorded series), and the windows of its rates."""
+
+    names: Mapping[str, str]
+    rate_window: str
+    #: The window of :class:`Increase`: the dashboard's picked time range.
+    range_window: str = "$__range"
+
+
+class Expr(ABC):
+    """A PromQL expression whose metric names are filled in by :meth:`promql`."""
+
+    @abstractmethod
+    def promql(self, ctx: Context) -> str: ...
+
+
+#: An operand of :class:`Op`: an expression, a number, or PromQL as written (``"time()"``).
+Operand: TypeAlias = "Expr | float | str"
+
+
+def _operand(value: Operand, ctx: Context) -> str:
+    if isinstance(value, Expr):
+        return value.promql(ctx)
+    return value if isinstance(value, str) else number(value)
+
+
+@dataclass(frozen=True)
+class Series(Expr):
+    """The series of ``key`` (plus ``suffix``, e.g. ``_bucket``), filtered by ``where``."""
+
+    key: str
+    where: tuple[str, ...] = ()
+    suffix: str = ""
+
+    def promql(self, ctx: Context) -> str:
+        return series(ctx.names[self.key] + self.suffix, *self.where)
+
+
+@dataclass(frozen=True)
+class Rate(Expr):
+    """Per second over the rate window."""
+
+    of: Series
+
+    def promql(self, ctx: Context) -> str:
+        return rate(self.of.promql(ctx), ctx.rate_window)
+
+
+@dataclass(frozen=True)
+class Increase(Expr):
+    """The total over the range window."""
+
+    of: Series
+
+    def promql(self, ctx: Context) -> str:
+        return increase(self.of.promql(ctx), ctx.range_window)
+
+
+@dataclass(frozen=True)
+class Sum(Expr):
+    of: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return sum_by(self.of.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class Max(Expr):
+    of: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return max_by(self.of.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class Ratio(Expr):
+    """:func:`ratio`: 0, not empty, when the numerator has no series."""
+
+    numerator: Expr
+    denominator: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return ratio(self.numerator.promql(ctx), self.denominator.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class Quantile(Expr):
+    """:func:`histogram_quantile` over a rate of buckets, kept apart ``by`` these labels."""
+
+    q: float
+    buckets: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return histogram_quantile(self.q, self.buckets.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class OrZero(Expr):
+    """:func:`zero_if_empty` without labels."""
+
+    of: Expr
+
+    def promql(self, ctx: Context) -> str:
+        return zero_if_empty(self.of.promql(ctx))
+
+
+@dataclass(frozen=True)
+class Op(Expr):
+    """``left op right``; ``grouped`` puts it in parentheses."""
+
+    left: Operand
+    op: str
+    right: Operand
+    grouped: bool = False
+
+    def promql(self, ctx: Context) -> str:
+        text = f"{_operand(self.left, ctx)} {self.op} {_operand(self.right, ctx)}"
+        return f"({text})" if self.grouped else text
