@@ -50,7 +50,9 @@ dropping the connection where its format has none.
 ...     ...
 
 :func:`iter_chunks` reads a streamed chat completion's chunks from an aiohttp response;
-:func:`run_demo_calls` is the demo's tour.
+:func:`run_demo_calls` is the demo's tour. Each provider's format is a ``Dialect``
+(``wire.py``) in its own module: ``openai_dialect`` (Chat, Responses, Mistral),
+``anthropic_dialect``, ``gemini_dialect``, ``cohere_dialect``.
 """
 
 from __future__ import annotations
