@@ -1,18 +1,20 @@
-"""Small PromQL builders shared by the dashboard and the rules.
+"""PromQL as data, shared by the dashboard and the rules.
 
-Every query the toolkit ships is assembled from these and from the metric names in
-``metrics.py``, so a renamed namespace renames every query and no expression is
-copy-pasted with a twist.
+A query is a small tree (:class:`Series`, :class:`Rate`, :class:`Sum`, :class:`Ratio`, ...)
+that names metrics by their key in ``metrics.py``; :meth:`Expr.promql` writes it out for
+one :class:`Context` (a namespace's metric names and the rate windows). The dashboard's
+panels and the rule files are tables of these trees, so a renamed namespace renames every
+query and no expression is copy-pasted with a twist.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, TypeAlias
 
-from prometheus_client import CollectorRegistry
-
-from .metrics import Metrics
+from .metrics import METRICS, Metrics, check_namespace
 
 if TYPE_CHECKING:
     from .instrumentation import Instrumentation
@@ -20,11 +22,7 @@ if TYPE_CHECKING:
 Source: TypeAlias = "Instrumentation | Metrics | str"
 
 
-def metrics_of(source: Source) -> Metrics:
-    """The :class:`Metrics` of an Instrumentation, a Metrics, or a namespace string."""
-    if isinstance(source, str):
-        # A throwaway registry: Metrics.get validates the namespace exactly as recording does.
-        return Metrics.get(CollectorRegistry(), source)
+def _metrics(source: Source) -> Metrics:
     if isinstance(source, Metrics):
         return source
     metrics = getattr(source, "metrics", None)
@@ -33,6 +31,22 @@ def metrics_of(source: Source) -> Metrics:
     raise TypeError(
         f"expected an Instrumentation, a Metrics or a namespace string, got {type(source).__name__}"
     )
+
+
+def namespace_of(source: Source) -> str:
+    """The namespace of an Instrumentation, a Metrics, or a namespace string (checked as
+    recording checks it)."""
+    return check_namespace(source) if isinstance(source, str) else _metrics(source).namespace
+
+
+def buckets_of(source: Source, suffix: str) -> tuple[float, ...]:
+    """The bucket bounds ``source`` records the histogram ``suffix`` with: its own for an
+    Instrumentation or a Metrics, the default ones for a namespace."""
+    if isinstance(source, str):
+        check_namespace(source)
+        (default,) = [s.buckets for s in METRICS if s.suffix == suffix and s.buckets]
+        return default
+    return _metrics(source).buckets[suffix]
 
 
 def number(value: float) -> str:
@@ -80,3 +94,132 @@ def ratio(numerator: str, denominator: str, by: Sequence[str] = ()) -> str:
 def histogram_quantile(quantile: float, bucket_rate: str, by: Sequence[str] = ()) -> str:
     """``histogram_quantile(q, sum by (le, ...) (<bucket rate>))``."""
     return f"histogram_quantile({number(quantile)}, {sum_by(bucket_rate, ('le', *by))})"
+
+
+# -- queries as data ------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Context:
+    """What a query is written out against: the series name of each key (the metrics'
+    attributes, plus any recorded series), and the windows of its rates."""
+
+    names: Mapping[str, str]
+    rate_window: str
+    #: The window of :class:`Increase`: the dashboard's picked time range.
+    range_window: str = "$__range"
+
+
+class Expr(ABC):
+    """A PromQL expression whose metric names are filled in by :meth:`promql`."""
+
+    @abstractmethod
+    def promql(self, ctx: Context) -> str: ...
+
+
+#: An operand of :class:`Op`: an expression, a number, or PromQL as written (``"time()"``).
+Operand: TypeAlias = "Expr | float | str"
+
+
+def _operand(value: Operand, ctx: Context) -> str:
+    if isinstance(value, Expr):
+        return value.promql(ctx)
+    return value if isinstance(value, str) else number(value)
+
+
+@dataclass(frozen=True)
+class Series(Expr):
+    """The series of ``key`` (plus ``suffix``, e.g. ``_bucket``), filtered by ``where``."""
+
+    key: str
+    where: tuple[str, ...] = ()
+    suffix: str = ""
+
+    def promql(self, ctx: Context) -> str:
+        return series(ctx.names[self.key] + self.suffix, *self.where)
+
+
+@dataclass(frozen=True)
+class Rate(Expr):
+    """Per second over the rate window."""
+
+    of: Series
+
+    def promql(self, ctx: Context) -> str:
+        return rate(self.of.promql(ctx), ctx.rate_window)
+
+
+@dataclass(frozen=True)
+class Increase(Expr):
+    """The total over the range window."""
+
+    of: Series
+
+    def promql(self, ctx: Context) -> str:
+        return increase(self.of.promql(ctx), ctx.range_window)
+
+
+@dataclass(frozen=True)
+class Sum(Expr):
+    of: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return sum_by(self.of.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class Max(Expr):
+    of: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return max_by(self.of.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class Ratio(Expr):
+    """:func:`ratio`: 0, not empty, when the numerator has no series."""
+
+    numerator: Expr
+    denominator: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return ratio(self.numerator.promql(ctx), self.denominator.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class Quantile(Expr):
+    """:func:`histogram_quantile` over a rate of buckets, kept apart ``by`` these labels."""
+
+    q: float
+    buckets: Expr
+    by: tuple[str, ...] = ()
+
+    def promql(self, ctx: Context) -> str:
+        return histogram_quantile(self.q, self.buckets.promql(ctx), self.by)
+
+
+@dataclass(frozen=True)
+class OrZero(Expr):
+    """:func:`zero_if_empty` without labels."""
+
+    of: Expr
+
+    def promql(self, ctx: Context) -> str:
+        return zero_if_empty(self.of.promql(ctx))
+
+
+@dataclass(frozen=True)
+class Op(Expr):
+    """``left op right``; ``grouped`` puts it in parentheses."""
+
+    left: Operand
+    op: str
+    right: Operand
+    grouped: bool = False
+
+    def promql(self, ctx: Context) -> str:
+        text = f"{_operand(self.left, ctx)} {self.op} {_operand(self.right, ctx)}"
+        return f"({text})" if self.grouped else text

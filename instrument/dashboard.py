@@ -2,30 +2,35 @@
 
 Panels follow the RED method: rates, error ratios and duration quantiles for analyses and
 AI calls, plus the gauges (active jobs, quality scores), tokens, usage coverage, cost and the
-delivery self-metrics. Every query is built by the helpers in ``_promql`` from the metric names of
-one namespace, so ``build_dashboard("other")`` queries ``other_*`` throughout.
+delivery self-metrics. The panels are a table (:data:`_ROWS`): one entry per panel, its
+queries PromQL trees from ``_promql`` that name metrics by key; :func:`_layout` renders the
+table for one namespace, so ``build_dashboard("other")`` queries ``other_*`` throughout.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from ._promql import (
+    Context,
+    Expr,
+    Increase,
+    Max,
+    Op,
+    OrZero,
+    Quantile,
+    Rate,
+    Ratio,
+    Series,
     Source,
-    histogram_quantile,
-    increase,
-    max_by,
-    metrics_of,
-    rate,
-    ratio,
+    Sum,
+    namespace_of,
     series,
-    sum_by,
-    zero_if_empty,
 )
+from .metrics import metric_names
 
 __all__ = ["SCHEMA_VERSION", "build_dashboard", "dashboard_json", "panel_queries"]
 
@@ -35,8 +40,6 @@ SCHEMA_VERSION = 41
 PanelKind = Literal["timeseries", "stat", "piechart", "gauge"]
 
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-_RATE = "$__rate_interval"
-_RANGE = "$__range"
 # Multi-value variables with "All" need regex matchers; "All" is sent as ".*".
 _ANALYSIS = ('module=~"$module"', 'analysis_type=~"$analysis_type"')
 _AI = ('provider=~"$provider"', 'model=~"$model"')
@@ -46,12 +49,15 @@ _GRID_WIDTH = 24
 
 @dataclass(frozen=True)
 class _Query:
-    expr: str
+    expr: Expr
     legend: str = "__auto"
 
 
 @dataclass(frozen=True)
 class _Panel:
+    """One panel: what it shows and where; ``defaults`` are its fieldConfig defaults
+    (axis bounds, decimals, what "no data" reads as) beyond its unit."""
+
     kind: PanelKind
     title: str
     description: str
@@ -70,281 +76,162 @@ def _stat(title: str, description: str, unit: str, *queries: _Query, **defaults:
     return _Panel("stat", title, description, unit, queries, width=4, height=4, defaults=defaults)
 
 
-def _sections(source: Source) -> list[tuple[str | None, list[_Panel]]]:
-    n = metrics_of(source).names()
+def _count(key: str, where: tuple[str, ...], by: tuple[str, ...], over_range: bool) -> Sum:
+    # Per second over the rate interval, or the total over the picked range.
+    selector = Series(key, where)
+    return Sum(Increase(selector) if over_range else Rate(selector), by)
 
-    def counted(selector: str, by: Sequence[str], over_range: bool) -> str:
-        # Per second over the rate interval, or the total over the picked range.
-        return sum_by(increase(selector, _RANGE) if over_range else rate(selector, _RATE), by)
 
-    def analyses(*extra: str, by: Sequence[str] = (), over_range: bool = False) -> str:
-        return counted(series(n["analyses"], *_ANALYSIS, *extra), by, over_range)
+def _analyses(*where: str, by: tuple[str, ...] = (), over_range: bool = False) -> Sum:
+    return _count("analyses", (*_ANALYSIS, *where), by, over_range)
 
-    def ai_calls(*extra: str, by: Sequence[str] = (), over_range: bool = False) -> str:
-        return counted(series(n["ai_api_calls"], *_AI, *extra), by, over_range)
 
-    def ai_rate(attr: str, by: Sequence[str]) -> str:
-        return counted(series(n[attr], *_AI), by, over_range=False)
+def _calls(*where: str, by: tuple[str, ...] = (), over_range: bool = False) -> Sum:
+    return _count("ai_api_calls", (*_AI, *where), by, over_range)
 
-    def ai_range(attr: str, by: Sequence[str] = ()) -> str:
-        return counted(series(n[attr], *_AI), by, over_range=True)
 
-    def bucket_rate(attr: str, *matchers: str) -> str:
-        return rate(series(f"{n[attr]}_bucket", *matchers), _RATE)
+def _ai(key: str, by: tuple[str, ...] = (), over_range: bool = False) -> Sum:
+    return _count(key, _AI, by, over_range)
 
-    by_analysis = ("module", "analysis_type")
-    by_model = ("provider", "model")
-    error = 'status="error"'
-    quality = max_by(series(n["code_quality_score"], _ANALYSIS[0]), ("project", "module"))
-    active = sum_by(n["active_jobs"], ("job_type",))
-    mean_duration = " / ".join(
-        sum_by(rate(series(f"{n['analysis_duration']}_{part}", *_ANALYSIS), _RATE), by_analysis)
-        for part in ("sum", "count")
-    )
-    # A process that never pushed exports 0 (the epoch): not a push 57 years ago.
-    pushed = f"{n['last_push_success']} > 0"
-    zero = {"noValue": "0"}
-    ratio_axis = {"min": 0, "max": 1}
 
-    summary = [
-        _stat(
-            "Analyses",
-            "Analyses finished in the picked time range, every status.",
-            "short",
-            _Query(analyses(over_range=True), "analyses"),
-            decimals=0,
-        ),
-        _stat(
-            "Analysis errors",
-            "Share of the analyses in the picked time range that raised.",
-            "percentunit",
-            _Query(ratio(analyses(error, over_range=True), analyses(over_range=True)), "errors"),
-        ),
-        _stat(
-            "Active jobs",
-            "Jobs in flight right now, summed over every pushing process.",
-            "short",
-            _Query(sum_by(n["active_jobs"]), "active"),
-            decimals=0,
-        ),
-        _stat(
-            "AI calls",
-            "LLM API calls in the picked time range, every status.",
-            "short",
-            _Query(ai_calls(over_range=True), "calls"),
-            decimals=0,
-        ),
-        _stat(
-            "AI cost",
-            "LLM spend in the picked time range, from the price table; empty without prices.",
-            "currencyUSD",
-            _Query(ai_range("ai_cost"), "cost"),
-        ),
-        _stat(
-            "Since last successful push",
-            "Time since the most recent successful Pushgateway push of any process; "
-            '"never" when none has pushed (pull mode).',
-            "s",
-            _Query(f"time() - {max_by(pushed)}", "since push"),
-            noValue="never",
-        ),
-    ]
-    analysis_panels = [
-        _ts(
-            "Analyses per second",
-            "Rate of finished analyses by module and analysis type, every status.",
-            "ops",
-            _Query(analyses(by=by_analysis), "{{module}} / {{analysis_type}}"),
-            min=0,
-        ),
-        _ts(
-            "Analysis error ratio by module",
+def _quantile(q: float, key: str, where: tuple[str, ...], by: tuple[str, ...] = ()) -> Quantile:
+    return Quantile(q, Rate(Series(key, where, "_bucket")), by)
+
+
+_BY_ANALYSIS = ("module", "analysis_type")
+_BY_MODEL = ("provider", "model")
+_ERROR = 'status="error"'
+_PER_ANALYSIS = "{{module}} / {{analysis_type}}"
+_PER_MODEL = "{{provider}} / {{model}}"
+_QUALITY = _Query(
+    Max(Series("code_quality_score", _ANALYSIS[:1]), ("project", "module")),
+    "{{project}} / {{module}}",
+)
+_SHARE = {"min": 0, "max": 1}
+_NONE_IS_ZERO = {"noValue": "0"}
+
+#: The dashboard: its rows top to bottom (the first without a title bar), each row's panels
+#: left to right, wrapping at Grafana's 24 columns.
+_ROWS: tuple[tuple[str | None, tuple[_Panel, ...]], ...] = (
+    (None, (
+        _stat("Analyses", "Analyses finished in the picked time range, every status.", "short",
+              _Query(_analyses(over_range=True), "analyses"), decimals=0),
+        _stat("Analysis errors", "Share of the analyses in the picked time range that raised.",
+              "percentunit",
+              _Query(Ratio(_analyses(_ERROR, over_range=True), _analyses(over_range=True)),
+                     "errors")),
+        _stat("Active jobs", "Jobs in flight right now, summed over every pushing process.",
+              "short", _Query(Sum(Series("active_jobs")), "active"), decimals=0),
+        _stat("AI calls", "LLM API calls in the picked time range, every status.", "short",
+              _Query(_calls(over_range=True), "calls"), decimals=0),
+        _stat("AI cost",
+              "LLM spend in the picked time range, from the price table; empty without prices.",
+              "currencyUSD", _Query(_ai("ai_cost", over_range=True), "cost")),
+        # A process that never pushed exports 0 (the epoch): not a push 57 years ago.
+        _stat("Since last successful push",
+              "Time since the most recent successful Pushgateway push of any process; "
+              '"never" when none has pushed (pull mode).', "s",
+              _Query(Op("time()", "-", Max(Op(Series("last_push_success"), ">", 0))),
+                     "since push"),
+              noValue="never"),
+    )),
+    ("Analyses", (
+        _ts("Analyses per second",
+            "Rate of finished analyses by module and analysis type, every status.", "ops",
+            _Query(_analyses(by=_BY_ANALYSIS), _PER_ANALYSIS), min=0),
+        _ts("Analysis error ratio by module",
             "Share of analyses that raised, by module and analysis type (0 when none failed).",
             "percentunit",
-            _Query(
-                ratio(analyses(error, by=by_analysis), analyses(by=by_analysis), by_analysis),
-                "{{module}} / {{analysis_type}}",
-            ),
-            **ratio_axis,
-        ),
-        _ts(
-            "Analysis duration p50 / p95 / p99",
+            _Query(Ratio(_analyses(_ERROR, by=_BY_ANALYSIS), _analyses(by=_BY_ANALYSIS),
+                         _BY_ANALYSIS), _PER_ANALYSIS),
+            **_SHARE),
+        _ts("Analysis duration p50 / p95 / p99",
             "Duration quantiles of the selected analyses, estimated from the histogram buckets.",
             "s",
-            *(
-                _Query(
-                    histogram_quantile(q, bucket_rate("analysis_duration", *_ANALYSIS)),
-                    f"p{round(q * 100)}",
-                )
-                for q in (0.5, 0.95, 0.99)
-            ),
-            min=0,
-        ),
-        _ts(
-            "Mean analysis duration",
+            *(_Query(_quantile(q, "analysis_duration", _ANALYSIS), f"p{round(q * 100)}")
+              for q in (0.5, 0.95, 0.99)),
+            min=0),
+        _ts("Mean analysis duration",
             "Average duration by module and analysis type: rate of the sum over rate of the count.",
             "s",
-            _Query(mean_duration, "{{module}} / {{analysis_type}}"),
-            min=0,
-        ),
-        _ts(
-            "Analysis errors by exception",
-            "Rate of analyses that raised, by module and exception class.",
-            "ops",
-            _Query(
-                sum_by(
-                    rate(series(n["analysis_errors"], *_ANALYSIS), _RATE), ("module", "error_type")
-                ),
-                "{{module}}: {{error_type}}",
-            ),
-            min=0,
-            **zero,
-        ),
-        _ts(
-            "Active jobs by job type",
-            "Jobs in flight by job type (a gauge: its value, never a rate).",
-            "short",
-            _Query(active, "{{job_type}}"),
-            min=0,
-            decimals=0,
-        ),
-        _Panel(
-            "gauge",
-            "Code quality score",
-            "Latest code quality score by project and module.",
-            "short",
-            (_Query(quality, "{{project}} / {{module}}"),),
-        ),
-        _ts(
-            "Code quality trend",
-            "Code quality score over time by project and module.",
-            "short",
-            _Query(quality, "{{project}} / {{module}}"),
-        ),
-    ]
-    ai_panels = [
-        _ts(
-            "AI calls per second",
-            "Rate of LLM API calls by provider and model, every status.",
-            "ops",
-            _Query(ai_calls(by=by_model), "{{provider}} / {{model}}"),
-            min=0,
-        ),
-        _ts(
-            "AI error ratio by model",
+            _Query(Op(Sum(Rate(Series("analysis_duration", _ANALYSIS, "_sum")), _BY_ANALYSIS),
+                      "/",
+                      Sum(Rate(Series("analysis_duration", _ANALYSIS, "_count")), _BY_ANALYSIS)),
+                   _PER_ANALYSIS),
+            min=0),
+        _ts("Analysis errors by exception",
+            "Rate of analyses that raised, by module and exception class.", "ops",
+            _Query(_count("analysis_errors", _ANALYSIS, ("module", "error_type"), False),
+                   "{{module}}: {{error_type}}"),
+            min=0, **_NONE_IS_ZERO),
+        _ts("Active jobs by job type",
+            "Jobs in flight by job type (a gauge: its value, never a rate).", "short",
+            _Query(Sum(Series("active_jobs"), ("job_type",)), "{{job_type}}"),
+            min=0, decimals=0),
+        _Panel("gauge", "Code quality score", "Latest code quality score by project and module.",
+               "short", (_QUALITY,)),
+        _ts("Code quality trend", "Code quality score over time by project and module.", "short",
+            _QUALITY),
+    )),
+    ("AI calls", (
+        _ts("AI calls per second", "Rate of LLM API calls by provider and model, every status.",
+            "ops", _Query(_calls(by=_BY_MODEL), _PER_MODEL), min=0),
+        _ts("AI error ratio by model",
             "Share of LLM API calls that failed, by provider and model (0 when none failed).",
             "percentunit",
-            _Query(
-                ratio(ai_calls(error, by=by_model), ai_calls(by=by_model), by_model),
-                "{{provider}} / {{model}}",
-            ),
-            **ratio_axis,
-        ),
-        _Panel(
-            "piechart",
-            "AI calls by provider",
-            "Each provider's share of the LLM API calls in the picked time range.",
-            "short",
-            (_Query(ai_calls(by=("provider",), over_range=True), "{{provider}}"),),
-            width=8,
-        ),
-        _ts(
-            "AI tokens per second",
+            _Query(Ratio(_calls(_ERROR, by=_BY_MODEL), _calls(by=_BY_MODEL), _BY_MODEL),
+                   _PER_MODEL),
+            **_SHARE),
+        _Panel("piechart", "AI calls by provider",
+               "Each provider's share of the LLM API calls in the picked time range.", "short",
+               (_Query(_calls(by=("provider",), over_range=True), "{{provider}}"),), width=8),
+        _ts("AI tokens per second",
             "Token throughput by token type (input includes cached input, output reasoning).",
-            "short",
-            _Query(ai_rate("ai_tokens", ("token_type",)), "{{token_type}}"),
-            min=0,
-        ),
-        _ts(
-            "AI token details per second",
+            "short", _Query(_ai("ai_tokens", ("token_type",)), "{{token_type}}"), min=0),
+        _ts("AI token details per second",
             "Cache reads, cache writes and reasoning tokens (already inside input and output).",
-            "short",
-            _Query(ai_rate("ai_token_details", ("detail",)), "{{detail}}"),
-            min=0,
-        ),
-        _ts(
-            "AI usage coverage by model",
+            "short", _Query(_ai("ai_token_details", ("detail",)), "{{detail}}"), min=0),
+        _ts("AI usage coverage by model",
             "Share of the LLM calls that ran (errors left out) whose response or stream "
             "reported readable usage; below 1, tokens and cost are undercounted.",
             "percentunit",
-            _Query(
-                "1 - "
-                + ratio(
-                    ai_rate("ai_usage_missing", by_model),
-                    ai_calls('status!="error"', by=by_model),
-                    by_model,
-                ),
-                "{{provider}} / {{model}}",
-            ),
-            **ratio_axis,
-        ),
-        _ts(
-            "AI call latency p95",
+            _Query(Op(1, "-", Ratio(_ai("ai_usage_missing", _BY_MODEL),
+                                    _calls('status!="error"', by=_BY_MODEL), _BY_MODEL)),
+                   _PER_MODEL),
+            **_SHARE),
+        _ts("AI call latency p95",
             "95th percentile duration of LLM API calls, streams included, by provider and model.",
-            "s",
-            _Query(
-                histogram_quantile(0.95, bucket_rate("ai_call_duration", *_AI), by_model),
-                "{{provider}} / {{model}}",
-            ),
-            min=0,
-        ),
-        _ts(
-            "Time to first token p95",
-            "95th percentile time from the start of a streamed call to its first chunk.",
-            "s",
-            _Query(
-                histogram_quantile(0.95, bucket_rate("ai_time_to_first_token", *_AI), by_model),
-                "{{provider}} / {{model}}",
-            ),
-            min=0,
-        ),
-        _ts(
-            "AI errors by type and HTTP status",
+            "s", _Query(_quantile(0.95, "ai_call_duration", _AI, _BY_MODEL), _PER_MODEL),
+            min=0),
+        _ts("Time to first token p95",
+            "95th percentile time from the start of a streamed call to its first chunk.", "s",
+            _Query(_quantile(0.95, "ai_time_to_first_token", _AI, _BY_MODEL), _PER_MODEL),
+            min=0),
+        _ts("AI errors by type and HTTP status",
             "Rate of failed LLM API calls by exception class and HTTP status (429: rate limited).",
             "ops",
-            _Query(
-                ai_rate("ai_api_errors", ("provider", "error_type", "http_status")),
-                "{{provider}} {{error_type}} {{http_status}}",
-            ),
-            min=0,
-            **zero,
-        ),
-        _Panel(
-            "stat",
-            "AI cost by model",
-            "LLM spend in the picked time range by provider and model, from the price table.",
-            "currencyUSD",
-            (_Query(ai_range("ai_cost", by_model), "{{provider}} / {{model}}"),),
-            width=8,
-            height=8,
-        ),
-        _Panel(
-            "stat",
-            "Unpriced AI calls",
-            "Calls with no price or no usage in the picked time range: the cost leaves them out.",
-            "short",
-            (_Query(zero_if_empty(ai_range("ai_unpriced_calls")), "unpriced"),),
-            width=4,
-            height=8,
-            defaults={"decimals": 0},
-        ),
-    ]
-    delivery_panels = [
-        _ts(
-            "Pushgateway pushes per second",
+            _Query(_ai("ai_api_errors", ("provider", "error_type", "http_status")),
+                   "{{provider}} {{error_type}} {{http_status}}"),
+            min=0, **_NONE_IS_ZERO),
+        _Panel("stat", "AI cost by model",
+               "LLM spend in the picked time range by provider and model, from the price table.",
+               "currencyUSD", (_Query(_ai("ai_cost", _BY_MODEL, over_range=True), _PER_MODEL),),
+               width=8, height=8),
+        _Panel("stat", "Unpriced AI calls",
+               "Calls with no price or no usage in the picked time range: the cost leaves them "
+               "out.", "short",
+               (_Query(OrZero(_ai("ai_unpriced_calls", over_range=True)), "unpriced"),),
+               width=4, height=8, defaults={"decimals": 0}),
+    )),
+    ("Delivery", (
+        _ts("Pushgateway pushes per second",
             "Push attempts and failed pushes of the instrumented processes (0 when none failed).",
             "ops",
-            _Query(sum_by(rate(n["pushes"], _RATE)), "attempts"),
-            _Query(zero_if_empty(sum_by(rate(n["push_failures"], _RATE))), "failures"),
-            min=0,
-        ),
-    ]
-    return [
-        (None, summary),
-        ("Analyses", analysis_panels),
-        ("AI calls", ai_panels),
-        ("Delivery", delivery_panels),
-    ]
+            _Query(Sum(Rate(Series("pushes"))), "attempts"),
+            _Query(OrZero(Sum(Rate(Series("push_failures")))), "failures"),
+            min=0),
+    )),
+)  # fmt: skip
 
 
 def _reduce_options() -> dict[str, Any]:
@@ -385,7 +272,7 @@ def _options(kind: PanelKind) -> dict[str, Any]:
     }
 
 
-def _render(panel: _Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
+def _render(panel: _Panel, ctx: Context, panel_id: int, x: int, y: int) -> dict[str, Any]:
     instant = panel.kind != "timeseries"
     defaults: dict[str, Any] = {"unit": panel.unit, **panel.defaults}
     if panel.kind == "timeseries":
@@ -414,7 +301,7 @@ def _render(panel: _Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
                 "refId": chr(ord("A") + index),
                 "datasource": dict(_DATASOURCE),
                 "editorMode": "code",
-                "expr": query.expr,
+                "expr": query.expr.promql(ctx),
                 "legendFormat": query.legend,
                 "instant": instant,
                 "range": not instant,
@@ -424,11 +311,12 @@ def _render(panel: _Panel, panel_id: int, x: int, y: int) -> dict[str, Any]:
     }
 
 
-def _layout(sections: list[tuple[str | None, list[_Panel]]]) -> list[dict[str, Any]]:
-    """Rows of panels flowing left to right, wrapping at Grafana's 24 columns."""
+def _layout(names: dict[str, str]) -> list[dict[str, Any]]:
+    """The panels of :data:`_ROWS` querying ``names``, with their ids and grid positions."""
+    ctx = Context(names, rate_window="$__rate_interval", range_window="$__range")
     panels: list[dict[str, Any]] = []
     y = 0
-    for row_title, section in sections:
+    for row_title, section in _ROWS:
         if row_title is not None:
             panels.append(
                 {
@@ -446,7 +334,7 @@ def _layout(sections: list[tuple[str | None, list[_Panel]]]) -> list[dict[str, A
         for panel in section:
             if x + panel.width > _GRID_WIDTH:
                 x, y, line_height = 0, y + line_height, 0
-            panels.append(_render(panel, len(panels) + 1, x, y))
+            panels.append(_render(panel, ctx, len(panels) + 1, x, y))
             x += panel.width
             line_height = max(line_height, panel.height)
         y += line_height
@@ -473,8 +361,7 @@ def _query_variable(name: str, label: str, definition: str) -> dict[str, Any]:
     }
 
 
-def _templating(source: Source, datasource_uid: str | None) -> list[dict[str, Any]]:
-    n = metrics_of(source).names()
+def _templating(n: dict[str, str], datasource_uid: str | None) -> list[dict[str, Any]]:
     current: dict[str, Any] = {}
     if datasource_uid is not None:
         current = {"selected": True, "text": datasource_uid, "value": datasource_uid}
@@ -531,7 +418,8 @@ def build_dashboard(
         )
     if datasource_uid is not None and (not isinstance(datasource_uid, str) or not datasource_uid):
         raise ValueError("datasource_uid must be a non-empty string or None")
-    namespace = metrics_of(inst_or_metrics).namespace
+    namespace = namespace_of(inst_or_metrics)
+    names = metric_names(namespace)
     return {
         "uid": uid,
         "title": title,
@@ -544,10 +432,10 @@ def build_dashboard(
         "refresh": "30s",
         "schemaVersion": SCHEMA_VERSION,
         "time": {"from": "now-1h", "to": "now"},
-        "templating": {"list": _templating(inst_or_metrics, datasource_uid)},
+        "templating": {"list": _templating(names, datasource_uid)},
         "annotations": {"list": []},
         "links": [],
-        "panels": _layout(_sections(inst_or_metrics)),
+        "panels": _layout(names),
     }
 
 

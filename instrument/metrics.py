@@ -31,6 +31,7 @@ __all__ = [
     "check_buckets",
     "check_label_value",
     "check_namespace",
+    "metric_names",
 ]
 
 DEFAULT_NAMESPACE = "codomyrmex"
@@ -151,6 +152,17 @@ def check_namespace(namespace: object) -> str:
             "use letters, digits and underscores, not starting with a digit"
         )
     return namespace
+
+
+def metric_names(namespace: str) -> dict[str, str]:
+    """Each metric's attribute on :class:`Metrics` mapped to its full Prometheus name in
+    ``namespace`` (a ValueError if it cannot prefix one); no collector is made.
+
+    >>> metric_names("acme")["analyses"]
+    'acme_analyses_total'
+    """
+    check_namespace(namespace)
+    return {spec.attr: spec.name(namespace) for spec in METRICS}
 
 
 def check_label_value(what: str, value: str) -> str:
@@ -351,4 +363,4 @@ class Metrics:
 
     def names(self) -> dict[str, str]:
         """Map each metric's attribute name to its full Prometheus name."""
-        return {spec.attr: spec.name(self.namespace) for spec in METRICS}
+        return metric_names(self.namespace)

@@ -6,6 +6,8 @@ The YAML is written by :func:`to_yaml`, a small emitter for this subset (mapping
 strings, numbers, booleans) that quotes every string that could read as something else,
 so no YAML library is needed at runtime.
 
+The rules are a table (:data:`_GROUPS`) of recording rules and alerts whose expressions
+are PromQL trees from ``_promql``; :func:`_render` writes one rule for a namespace.
 Recording rules keep the 5-minute rates the alerts share; the alerts read them, so both
 live in one group per area and are evaluated in order.
 """
@@ -14,19 +16,25 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from ._promql import (
+    Context,
+    Expr,
+    Op,
+    Quantile,
+    Rate,
+    Ratio,
+    Series,
     Source,
-    histogram_quantile,
-    metrics_of,
+    Sum,
+    buckets_of,
+    namespace_of,
     number,
-    rate,
-    ratio,
-    series,
-    sum_by,
 )
+from .metrics import metric_names
 
 __all__ = ["build_rules", "rules_yaml", "to_yaml"]
 
@@ -78,27 +86,161 @@ def _camel(namespace: str) -> str:
     return "".join(part[:1].upper() + part[1:] for part in namespace.split("_") if part)
 
 
-def _alert(
-    name: str,
-    expr: str,
-    threshold: float,
-    *,
-    for_: str | None,
-    summary: str,
-    description: str,
-    severity: str = "warning",
+@dataclass(frozen=True)
+class _Record:
+    """A recording rule; ``key`` is how the rules after it name its series (``metric:op``:
+    never a metric's own key, which has no colon)."""
+
+    key: str
+    labels: tuple[str, ...]
+    #: The metric whose name is the middle of the rule's name.
+    metric: str
+    expr: Expr
+    op: str = "rate"
+    suffix: str = ""
+
+    def name(self, names: Mapping[str, str], window: str) -> str:
+        # level:metric:operations, the naming Prometheus' docs recommend; counters drop _total.
+        metric = (names[self.metric] + self.suffix).removesuffix("_total")
+        return f"{'_'.join(self.labels)}:{metric}:{self.op}{window}"
+
+
+@dataclass(frozen=True)
+class _Alert:
+    """An alert: ``value > threshold``. ``threshold`` and ``for_`` name keywords of
+    :func:`build_rules` (a number is the threshold itself; no ``for_`` fires at once). In
+    ``summary`` and ``description``, ``%(name)s`` is a keyword's value as a reader wants it
+    (a ratio as a percentage), ``window``, or a metric's name."""
+
+    name: str
+    value: Expr
+    threshold: str | float
+    for_: str | None
+    summary: str
+    description: str
+    severity: str = "warning"
+
+
+def _rate(key: str, labels: tuple[str, ...], metric: str, suffix: str = "") -> _Record:
+    """The per-second rate of ``metric``, summed by ``labels``."""
+    rated = Sum(Rate(Series(metric, suffix=suffix)), labels)
+    return _Record(key, labels, metric, rated, suffix=suffix)
+
+
+def _share(part: Series, whole: str, by: tuple[str, ...]) -> Ratio:
+    """The share of a recorded rate that ``part`` selects, ``by`` these labels."""
+    return Ratio(Sum(part, by), Sum(Series(whole), by), by)
+
+
+_BY_ANALYSIS = ("module", "analysis_type")
+_BY_MODEL = ("provider", "model")
+_ERROR = ('status="error"',)
+
+#: The rule groups, by area. Recording rules keep the rates the alerts after them share;
+#: a group is evaluated in order.
+_GROUPS: tuple[tuple[str, tuple[_Record | _Alert, ...]], ...] = (
+    ("analyses", (
+        _rate("analyses:rate", (*_BY_ANALYSIS, "status"), "analyses"),
+        _Record("analyses:error_ratio", _BY_ANALYSIS, "analyses",
+                _share(Series("analyses:rate", _ERROR), "analyses:rate", _BY_ANALYSIS),
+                op="error_ratio_rate"),
+        _rate("analysis_duration_bucket:rate", (*_BY_ANALYSIS, "le"), "analysis_duration",
+              "_bucket"),
+        _Alert("AnalysisErrorRatioHigh", Series("analyses:error_ratio"), "error_ratio",
+               "error_ratio_for",
+               summary="{{ $labels.module }}/{{ $labels.analysis_type }}: "
+               "{{ $value | humanizePercentage }} of analyses fail",
+               description="More than %(error_ratio)s of {{ $labels.module }}/"
+               "{{ $labels.analysis_type }} analyses raised over the last %(window)s. "
+               "Look at %(analysis_errors)s by error_type for the exception classes."),
+        _Alert("AnalysisDurationHigh",
+               Quantile(0.95, Series("analysis_duration_bucket:rate"), _BY_ANALYSIS),
+               "duration_p95_seconds", "duration_for",
+               summary="{{ $labels.module }}/{{ $labels.analysis_type }}: p95 duration "
+               "{{ $value | humanizeDuration }}",
+               description="The 95th percentile duration of {{ $labels.module }}/"
+               "{{ $labels.analysis_type }} analyses is above %(duration_p95_seconds)s s over "
+               "the last %(window)s. Check the input size and the hosts running them."),
+        _Alert("JobActiveTooLong", Series("active_jobs"), 0, "job_active_for",
+               summary="{{ $labels.job_type }}: {{ $value }} job(s) active for "
+               "%(job_active_for)s without a break",
+               description="{{ $labels.job_type }} jobs of {{ $labels.job }} have been in flight "
+               "without a break for %(job_active_for)s: a hung job, or a process that died "
+               "mid-job and left its gauge in the Pushgateway (delete that group)."),
+    )),
+    ("ai", (
+        _rate("ai_api_calls:rate", (*_BY_MODEL, "status"), "ai_api_calls"),
+        _rate("ai_api_errors:rate", (*_BY_MODEL, "http_status"), "ai_api_errors"),
+        _rate("ai_tokens:rate", (*_BY_MODEL, "token_type"), "ai_tokens"),
+        _Record("ai_api_calls:error_ratio", _BY_MODEL, "ai_api_calls",
+                _share(Series("ai_api_calls:rate", _ERROR), "ai_api_calls:rate", _BY_MODEL),
+                op="error_ratio_rate"),
+        _Record("ai_api_calls:rate_limited_ratio", _BY_MODEL, "ai_api_calls",
+                _share(Series("ai_api_errors:rate", ('http_status="429"',)), "ai_api_calls:rate",
+                       _BY_MODEL),
+                op="rate_limited_ratio_rate"),
+        _Alert("AIErrorSpike", Series("ai_api_calls:error_ratio"), "ai_error_ratio", "ai_for",
+               summary="{{ $labels.provider }}/{{ $labels.model }}: "
+               "{{ $value | humanizePercentage }} of AI calls fail",
+               description="More than %(ai_error_ratio)s of {{ $labels.provider }}/"
+               "{{ $labels.model }} calls failed over the last %(window)s, rate limits (429) "
+               "included. %(ai_api_errors)s by error_type and http_status tells which."),
+        _Alert("AIRateLimited", Series("ai_api_calls:rate_limited_ratio"),
+               "ai_rate_limited_ratio", "ai_for",
+               summary="{{ $labels.provider }}/{{ $labels.model }}: "
+               "{{ $value | humanizePercentage }} of AI calls rate limited (429)",
+               description="More than %(ai_rate_limited_ratio)s of {{ $labels.provider }}/"
+               "{{ $labels.model }} calls got HTTP 429 over the last %(window)s: slow down, "
+               "back off on Retry-After, or raise the quota."),
+        _Alert("AITokenBurnHigh", Op(Sum(Series("ai_tokens:rate"), _BY_MODEL), "*", 3600),
+               "tokens_per_hour", "tokens_for",
+               summary="{{ $labels.provider }}/{{ $labels.model }}: "
+               "{{ $value | humanize }} tokens per hour",
+               description="{{ $labels.provider }}/{{ $labels.model }} consumes tokens (input "
+               "and output) faster than %(tokens_per_hour)s per hour, measured over the last "
+               "%(window)s. Check for loops or retries resending large prompts."),
+    )),
+    ("delivery", (
+        # A process's first push carries 0 (no success yet): not a silence.
+        _Alert("PushSilent", Op("time()", "-", Op(Series("last_push_success"), ">", 0, True)),
+               "push_silent_seconds", None,
+               summary="{{ $labels.job }}: no successful push for "
+               "{{ $value | humanizeDuration }}",
+               description="The last successful Pushgateway push of job {{ $labels.job }} is "
+               "more than %(push_silent_seconds)s s old: the process is stuck, idle, or cannot "
+               "reach the gateway. If it ended on purpose, delete its group from the "
+               "Pushgateway (delete_on_exit=True)."),
+    )),
+)  # fmt: skip
+
+# build_rules' keywords by kind, each kind checked in this order.
+_DURATIONS = ("window", "error_ratio_for", "duration_for", "job_active_for", "ai_for", "tokens_for")
+_SHARES = ("error_ratio", "ai_error_ratio", "ai_rate_limited_ratio")
+_AMOUNTS = ("duration_p95_seconds", "tokens_per_hour", "push_silent_seconds")
+_DURATION_BUCKETS = "analysis_duration_seconds"
+
+
+def _render(
+    rule: _Record | _Alert,
+    ctx: Context,
+    prefix: str,
+    settings: Mapping[str, Any],
+    texts: Mapping[str, str],
 ) -> dict[str, Any]:
+    """One rule of the table as Prometheus reads it; ``texts`` fill its annotations."""
+    if isinstance(rule, _Record):
+        return {"record": ctx.names[rule.key], "expr": rule.expr.promql(ctx)}
+    threshold = settings[rule.threshold] if isinstance(rule.threshold, str) else rule.threshold
     # The threshold comparison is always last, so the value expression stays queryable.
-    rule: dict[str, Any] = {"alert": name, "expr": f"{expr} > {number(threshold)}"}
-    if for_ is not None:
-        rule["for"] = for_
-    rule["labels"] = {"severity": severity}
-    rule["annotations"] = {"summary": summary, "description": description}
-    return rule
-
-
-def _record(name: str, expr: str) -> dict[str, Any]:
-    return {"record": name, "expr": expr}
+    out: dict[str, Any] = {
+        "alert": prefix + rule.name,
+        "expr": f"{rule.value.promql(ctx)} > {number(threshold)}",
+    }
+    if rule.for_ is not None:
+        out["for"] = settings[rule.for_]
+    out["labels"] = {"severity": rule.severity}
+    out["annotations"] = {"summary": rule.summary % texts, "description": rule.description % texts}
+    return out
 
 
 def build_rules(
@@ -126,184 +268,61 @@ def build_rules(
     Thresholds are keywords: ratios are shares (0.05 is 5%), durations Prometheus
     durations ('10m'), ``window`` the rate window every recording rule uses.
     """
-    window = _duration("window", window)
-    for what, value in (
-        ("error_ratio_for", error_ratio_for),
-        ("duration_for", duration_for),
-        ("job_active_for", job_active_for),
-        ("ai_for", ai_for),
-        ("tokens_for", tokens_for),
-    ):
-        _duration(what, value)
-    error_ratio = _ratio_threshold("error_ratio", error_ratio)
-    ai_error_ratio = _ratio_threshold("ai_error_ratio", ai_error_ratio)
-    ai_rate_limited_ratio = _ratio_threshold("ai_rate_limited_ratio", ai_rate_limited_ratio)
-    duration_p95_seconds = _positive("duration_p95_seconds", duration_p95_seconds)
-    tokens_per_hour = _positive("tokens_per_hour", tokens_per_hour)
-    push_silent_seconds = _positive("push_silent_seconds", push_silent_seconds)
+    given: dict[str, Any] = {
+        "window": window,
+        "error_ratio": error_ratio,
+        "error_ratio_for": error_ratio_for,
+        "duration_p95_seconds": duration_p95_seconds,
+        "duration_for": duration_for,
+        "job_active_for": job_active_for,
+        "ai_error_ratio": ai_error_ratio,
+        "ai_rate_limited_ratio": ai_rate_limited_ratio,
+        "ai_for": ai_for,
+        "tokens_per_hour": tokens_per_hour,
+        "tokens_for": tokens_for,
+        "push_silent_seconds": push_silent_seconds,
+    }
+    settings: dict[str, Any] = {name: _duration(name, given[name]) for name in _DURATIONS}
+    settings.update((name, _ratio_threshold(name, given[name])) for name in _SHARES)
+    settings.update((name, _positive(name, given[name])) for name in _AMOUNTS)
 
-    metrics = metrics_of(inst_or_metrics)
-    ns, n = metrics.namespace, metrics.names()
+    ns = namespace_of(inst_or_metrics)
+    names = metric_names(ns)
     # histogram_quantile() answers at most the largest finite bucket bound (an observation
     # above it lands in +Inf), so a threshold at or above that bound never fires.
-    finite = [b for b in metrics.buckets["analysis_duration_seconds"] if math.isfinite(b)]
-    if finite and duration_p95_seconds >= max(finite):
+    finite = [b for b in buckets_of(inst_or_metrics, _DURATION_BUCKETS) if math.isfinite(b)]
+    p95 = settings["duration_p95_seconds"]
+    if finite and p95 >= max(finite):
         raise ValueError(
-            f"duration_p95_seconds={number(duration_p95_seconds)} can never fire: the p95 "
-            f"estimated from the {n['analysis_duration']} buckets is at most their largest "
+            f"duration_p95_seconds={number(p95)} can never fire: the p95 "
+            f"estimated from the {names['analysis_duration']} buckets is at most their largest "
             f"finite bound, {number(max(finite))} s; use a lower threshold, or record with a "
             "larger bucket (buckets=)"
         )
+    window = settings["window"]
+    records = [r for _, rules in _GROUPS for r in rules if isinstance(r, _Record)]
+    ctx = Context({**names, **{r.key: r.name(names, window) for r in records}}, window)
+    texts = {
+        **names,
+        **{name: settings[name] for name in _DURATIONS},
+        **{name: _percent(settings[name]) for name in _SHARES},
+        **{name: number(settings[name]) for name in _AMOUNTS},
+    }
     prefix = _camel(ns)
-    suffix = f"rate{window}"
-    by_analysis = ("module", "analysis_type")
-    by_model = ("provider", "model")
-
-    def recorded(
-        labels: Sequence[str], attr: str, metric: str | None = None, op: str = suffix
-    ) -> str:
-        # level:metric:operations, the naming Prometheus' docs recommend; counters drop _total.
-        name = (metric or n[attr]).removesuffix("_total")
-        return f"{'_'.join(labels)}:{name}:{op}"
-
-    def rate_rule(labels: Sequence[str], attr: str, metric: str | None = None) -> dict[str, Any]:
-        return _record(
-            recorded(labels, attr, metric), sum_by(rate(metric or n[attr], window), labels)
-        )
-
-    analyses = recorded((*by_analysis, "status"), "analyses")
-    analysis_errors = recorded(by_analysis, "analyses", op=f"error_ratio_{suffix}")
-    bucket = f"{n['analysis_duration']}_bucket"
-    duration_buckets = recorded((*by_analysis, "le"), "analysis_duration", bucket)
-    analysis_group = {
-        "name": f"{ns}.analyses",
-        "rules": [
-            rate_rule((*by_analysis, "status"), "analyses"),
-            _record(
-                analysis_errors,
-                ratio(
-                    sum_by(series(analyses, 'status="error"'), by_analysis),
-                    sum_by(analyses, by_analysis),
-                    by_analysis,
-                ),
-            ),
-            rate_rule((*by_analysis, "le"), "analysis_duration", bucket),
-            _alert(
-                f"{prefix}AnalysisErrorRatioHigh",
-                analysis_errors,
-                error_ratio,
-                for_=error_ratio_for,
-                summary="{{ $labels.module }}/{{ $labels.analysis_type }}: "
-                "{{ $value | humanizePercentage }} of analyses fail",
-                description=f"More than {_percent(error_ratio)} of {{{{ $labels.module }}}}/"
-                f"{{{{ $labels.analysis_type }}}} analyses raised over the last {window}. "
-                f"Look at {n['analysis_errors']} by error_type for the exception classes.",
-            ),
-            _alert(
-                f"{prefix}AnalysisDurationHigh",
-                histogram_quantile(0.95, duration_buckets, by_analysis),
-                duration_p95_seconds,
-                for_=duration_for,
-                summary="{{ $labels.module }}/{{ $labels.analysis_type }}: p95 duration "
-                "{{ $value | humanizeDuration }}",
-                description="The 95th percentile duration of {{ $labels.module }}/"
-                "{{ $labels.analysis_type }} analyses is above "
-                f"{number(duration_p95_seconds)} s over the last {window}. Check the input "
-                "size and the hosts running them.",
-            ),
-            _alert(
-                f"{prefix}JobActiveTooLong",
-                n["active_jobs"],
-                0,
-                for_=job_active_for,
-                summary="{{ $labels.job_type }}: {{ $value }} job(s) active for "
-                f"{job_active_for} without a break",
-                description="{{ $labels.job_type }} jobs of {{ $labels.job }} have been in "
-                f"flight without a break for {job_active_for}: a hung job, or a process that "
-                "died mid-job and left its gauge in the Pushgateway (delete that group).",
-            ),
-        ],
+    return {
+        "groups": [
+            {
+                "name": f"{ns}.{area}",
+                "rules": [_render(rule, ctx, prefix, settings, texts) for rule in rules],
+            }
+            for area, rules in _GROUPS
+        ]
     }
-
-    calls = recorded((*by_model, "status"), "ai_api_calls")
-    errors = recorded((*by_model, "http_status"), "ai_api_errors")
-    tokens = recorded((*by_model, "token_type"), "ai_tokens")
-    ai_errors = recorded(by_model, "ai_api_calls", op=f"error_ratio_{suffix}")
-    ai_rate_limited = recorded(by_model, "ai_api_calls", op=f"rate_limited_ratio_{suffix}")
-    all_calls = sum_by(calls, by_model)
-    ai_group = {
-        "name": f"{ns}.ai",
-        "rules": [
-            rate_rule((*by_model, "status"), "ai_api_calls"),
-            rate_rule((*by_model, "http_status"), "ai_api_errors"),
-            rate_rule((*by_model, "token_type"), "ai_tokens"),
-            _record(
-                ai_errors,
-                ratio(sum_by(series(calls, 'status="error"'), by_model), all_calls, by_model),
-            ),
-            _record(
-                ai_rate_limited,
-                ratio(sum_by(series(errors, 'http_status="429"'), by_model), all_calls, by_model),
-            ),
-            _alert(
-                f"{prefix}AIErrorSpike",
-                ai_errors,
-                ai_error_ratio,
-                for_=ai_for,
-                summary="{{ $labels.provider }}/{{ $labels.model }}: "
-                "{{ $value | humanizePercentage }} of AI calls fail",
-                description=f"More than {_percent(ai_error_ratio)} of {{{{ $labels.provider }}}}/"
-                f"{{{{ $labels.model }}}} calls failed over the last {window}, rate limits (429) "
-                f"included. {n['ai_api_errors']} by error_type and http_status tells which.",
-            ),
-            _alert(
-                f"{prefix}AIRateLimited",
-                ai_rate_limited,
-                ai_rate_limited_ratio,
-                for_=ai_for,
-                summary="{{ $labels.provider }}/{{ $labels.model }}: "
-                "{{ $value | humanizePercentage }} of AI calls rate limited (429)",
-                description=f"More than {_percent(ai_rate_limited_ratio)} of "
-                f"{{{{ $labels.provider }}}}/{{{{ $labels.model }}}} calls got HTTP 429 over "
-                f"the last {window}: slow down, back off on Retry-After, or raise the quota.",
-            ),
-            _alert(
-                f"{prefix}AITokenBurnHigh",
-                f"{sum_by(tokens, by_model)} * 3600",
-                tokens_per_hour,
-                for_=tokens_for,
-                summary="{{ $labels.provider }}/{{ $labels.model }}: "
-                "{{ $value | humanize }} tokens per hour",
-                description="{{ $labels.provider }}/{{ $labels.model }} consumes tokens (input "
-                f"and output) faster than {number(tokens_per_hour)} per hour, measured over "
-                f"the last {window}. Check for loops or retries resending large prompts.",
-            ),
-        ],
-    }
-
-    delivery_group = {
-        "name": f"{ns}.delivery",
-        "rules": [
-            _alert(
-                f"{prefix}PushSilent",
-                # A process's first push carries 0 (no success yet): not a silence.
-                f"time() - ({n['last_push_success']} > 0)",
-                push_silent_seconds,
-                for_=None,
-                summary="{{ $labels.job }}: no successful push for {{ $value | humanizeDuration }}",
-                description="The last successful Pushgateway push of job {{ $labels.job }} "
-                f"is more than {number(push_silent_seconds)} s old: "
-                "the process is stuck, idle, or cannot reach the gateway. If it ended on "
-                "purpose, delete its group from the Pushgateway (delete_on_exit=True).",
-            ),
-        ],
-    }
-    return {"groups": [analysis_group, ai_group, delivery_group]}
 
 
 def rules_yaml(inst_or_metrics: Source, **thresholds: Any) -> str:
     """The rule file ``instrument rules`` writes: :func:`build_rules` as YAML."""
-    namespace = metrics_of(inst_or_metrics).namespace
+    namespace = namespace_of(inst_or_metrics)
     header = (
         f"# Prometheus rules for the {namespace}_* metrics, generated by `instrument rules`.\n"
         "# Regenerate instead of editing; check with `promtool check rules`.\n"

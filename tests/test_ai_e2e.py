@@ -13,7 +13,7 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
-from instrument.llm_server import (
+from instrument.demo.llm_server import (
     DEFAULT_COMPLETION_TOKENS,
     DEMO_FAILING_MODEL,
     DEMO_MODELS,

@@ -9,9 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from instrument import demo
 from instrument.cli import main
-from instrument.demo import histogram_quantile
+from instrument.demo import quantile_of_buckets, tour
 
 from .servers import Pushgateway, free_port
 from .test_grafana import TOKEN, FakeGrafana
@@ -120,7 +119,7 @@ def test_demo_serve_keeps_metrics_up_until_interrupted(
             scraped.append(resp.read().decode())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo.time, "sleep", stop_after_scrape)
+    monkeypatch.setattr(tour.time, "sleep", stop_after_scrape)
     assert main(["demo", str(project), "--quiet", "--serve", str(port)]) == 0
     assert len(scraped) == 1
     assert (
@@ -170,16 +169,16 @@ def test_python_dash_m_instrument() -> None:
         (0.5, [(1.0, 0), (float("inf"), 4)], 1.0),
     ],
 )
-def test_histogram_quantile_matches_prometheus(
+def test_quantile_of_buckets_matches_prometheus(
     q: float, buckets: list[tuple[float, float]], expected: float
 ) -> None:
-    assert histogram_quantile(q, buckets) == pytest.approx(expected)
+    assert quantile_of_buckets(q, buckets) == pytest.approx(expected)
 
 
-def test_histogram_quantile_of_nothing_is_nan() -> None:
+def test_quantile_of_buckets_of_nothing_is_nan() -> None:
     import math
 
-    assert math.isnan(histogram_quantile(0.5, [(1.0, 0), (float("inf"), 0)]))
+    assert math.isnan(quantile_of_buckets(0.5, [(1.0, 0), (float("inf"), 0)]))
 
 
 def run_cli(*args: str, env: dict[str, str] | None = None) -> subprocess.CompletedProcess[str]:

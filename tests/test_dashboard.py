@@ -11,12 +11,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
-from instrument import Instrumentation
+from instrument import Instrumentation, dashboard
+from instrument._promql import Expr, Series
 from instrument.cli import main
 from instrument.dashboard import SCHEMA_VERSION, build_dashboard, dashboard_json, panel_queries
-from instrument.metrics import METRICS
+from instrument.metrics import METRICS, metric_names
 from instrument.rules import to_yaml
 
 from .conftest import E2E_NAMESPACE, E2EWorkload
@@ -458,3 +461,87 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: P
     assert err.count("\n") == 1
     assert main(["dashboard", "--namespace", "bad-name"]) == 2  # a usage error, as argparse's
     assert "not a valid Prometheus metric prefix" in capsys.readouterr().err
+
+
+# -- the panels are a table, rendered by one function ----------------------------------------
+
+
+def _keys(expr: Expr) -> set[str]:
+    """The metric keys a query tree names."""
+    found: set[str] = set()
+    if isinstance(expr, Series):
+        found.add(expr.key)
+    for value in vars(expr).values():
+        if isinstance(value, Expr):
+            found |= _keys(value)
+    return found
+
+
+def test_the_panels_are_one_table_rendered_in_order() -> None:
+    rendered = iter(DASHBOARD["panels"])
+    for row_title, entries in dashboard._ROWS:
+        if row_title is not None:
+            row = next(rendered)
+            assert (row["type"], row["title"]) == ("row", row_title)
+        for entry in entries:
+            shown = next(rendered)
+            assert (shown["type"], shown["title"], shown["description"]) == (
+                entry.kind,
+                entry.title,
+                entry.description,
+            )
+            assert shown["fieldConfig"]["defaults"]["unit"] == entry.unit
+            assert (shown["gridPos"]["w"], shown["gridPos"]["h"]) == (entry.width, entry.height)
+            assert [t["legendFormat"] for t in shown["targets"]] == [
+                q.legend for q in entry.queries
+            ]
+            # Every key a query names is a metric of METRICS: a typo fails here, not in Grafana.
+            for query in entry.queries:
+                assert _keys(query.expr) <= {spec.attr for spec in METRICS}, entry.title
+    assert next(rendered, None) is None
+
+
+def _scribble(value: Any) -> None:
+    """Change every dict and list inside ``value``, as a caller editing the model might."""
+    if isinstance(value, dict):
+        for item in list(value.values()):
+            _scribble(item)
+        value["scribbled"] = True
+    elif isinstance(value, list):
+        for item in value:
+            _scribble(item)
+        value.append("scribbled")
+
+
+def test_a_model_edited_by_its_caller_leaves_the_next_one_as_it_was() -> None:
+    first = dashboard_json(build_dashboard("first"))
+    _scribble(build_dashboard("first", datasource_uid="x"))
+    assert dashboard_json(build_dashboard("first")) == first
+
+
+def _names_of(namespace: str) -> dict[str, str]:
+    """Every series name a dashboard of ``namespace`` may query, histogram parts included."""
+    names = metric_names(namespace)
+    return {
+        f"{key}{part}": f"{name}{part}"
+        for key, name in names.items()
+        for part in ("", "_bucket", "_sum", "_count")
+    }
+
+
+@given(namespace=st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,20}", fullmatch=True))
+def test_any_namespace_renames_exactly_the_metric_names(namespace: str) -> None:
+    # Whole names, not a prefix: "rate", "sum", "le" or "codomyrmex_x" as a namespace must
+    # not touch the PromQL around them.
+    theirs, ours = _names_of(namespace), _names_of("codomyrmex")
+    pattern = re.compile(
+        r"(?<![A-Za-z0-9_:])("
+        + "|".join(re.escape(n) for n in sorted(theirs.values(), key=len, reverse=True))
+        + r")(?![A-Za-z0-9_:])"
+    )
+    back = {name: ours[key] for key, name in theirs.items()}
+    renamed = [
+        (title, pattern.sub(lambda m: back[m.group(1)], expr))
+        for title, expr in panel_queries(build_dashboard(namespace))
+    ]
+    assert renamed == panel_queries(build_dashboard("codomyrmex"))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import json
 import logging
 import re
@@ -18,7 +19,7 @@ import socket
 import ssl
 import subprocess
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import AsyncIterator, Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
@@ -28,8 +29,11 @@ from typing import Any
 import aiohttp
 import pytest
 from aiohttp import web
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from multidict import CIMultiDict
 
+import instrument
 from instrument import grafana
 from instrument.cli import main
 from instrument.dashboard import build_dashboard
@@ -42,7 +46,10 @@ from instrument.grafana import (
     GrafanaError,
     GrafanaIntegration,
     GrafanaNotFoundError,
+    GrafanaRetryLaterError,
     GrafanaServerError,
+    GrafanaStatusError,
+    GrafanaTransportError,
     GrafanaUnavailableError,
 )
 
@@ -335,7 +342,7 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     async def record(delay: float) -> None:
         waited.append(delay)
 
-    monkeypatch.setattr(grafana, "_sleep", record)
+    monkeypatch.setattr(grafana.client, "_sleep", record)
     return waited
 
 
@@ -829,7 +836,7 @@ async def test_refused_connection_is_retried_then_unavailable(sleeps: list[float
     [("7", 7.0), (" 7 ", 7.0), ("0", 0.0), ("²", None), ("٣", None), ("1.5", None), ("", None)],
 )
 def test_retry_after_takes_ascii_digits_only(header: str, seconds: float | None) -> None:
-    assert grafana._retry_after(header) == seconds
+    assert grafana.client._retry_after(header) == seconds
 
 
 # -- TLS -----------------------------------------------------------------------------------
@@ -1165,3 +1172,138 @@ def test_cli_apply_auth_refused(
     assert "check the service account token" in err
     assert "glsa_stale_token_000" not in err
     assert fake.dashboards == {}
+
+
+# -- the errors in httpx's shape: a transport error, a status error carrying the status --------
+
+
+def test_errors_are_transport_or_status_errors() -> None:
+    for cls in (
+        GrafanaAuthError,
+        GrafanaNotFoundError,
+        GrafanaConflictError,
+        GrafanaBadRequestError,
+        GrafanaServerError,
+        GrafanaRetryLaterError,
+    ):
+        assert issubclass(cls, GrafanaStatusError) and not issubclass(cls, GrafanaTransportError)
+    # "Try again later", as before: no answer, or an answer asking to come back later.
+    assert issubclass(GrafanaTransportError, GrafanaUnavailableError)
+    assert issubclass(GrafanaRetryLaterError, GrafanaUnavailableError)
+    assert not issubclass(GrafanaTransportError, GrafanaStatusError)
+    for name in ("GrafanaStatusError", "GrafanaTransportError", "GrafanaRetryLaterError"):
+        assert name in instrument.__all__
+        assert getattr(instrument, name) is getattr(grafana, name)
+
+
+@contextlib.asynccontextmanager
+async def hanging_up_server() -> AsyncIterator[str]:
+    """A server that starts a 200 answer, echoing the request's Authorization header into
+    its body as a careless proxy might, and hangs up before the body is complete."""
+
+    async def answer(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        head = await reader.readuntil(b"\r\n\r\n")
+        auth = [line for line in head.split(b"\r\n") if line.lower().startswith(b"authorization")]
+        writer.write(
+            b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 400\r\n\r\n"
+            + b'{"echo": "'
+            + b"".join(auth)
+        )
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(answer, "127.0.0.1", 0)
+    async with server:
+        yield f"http://127.0.0.1:{server.sockets[0].getsockname()[1]}"
+
+
+async def test_an_answer_cut_midway_is_a_transport_error(sleeps: list[float]) -> None:
+    async with hanging_up_server() as url, GrafanaClient(url, token=TOKEN, retries=2) as g:
+        with pytest.raises(GrafanaTransportError) as caught:
+            await g.health()
+    error = caught.value
+    assert error.http_status is None and not isinstance(error, GrafanaStatusError)
+    assert str(error).startswith(
+        f"the connection to Grafana at {url} failed during GET /api/health"
+    )
+    assert len(sleeps) == 2  # a read may be repeated
+    assert TOKEN not in str(error)
+
+
+@pytest.mark.parametrize("how", ["refused", "hang", "tls to plain http"])
+async def test_no_answer_is_a_transport_error(
+    fake: FakeGrafana, sleeps: list[float], how: str
+) -> None:
+    url = {
+        "refused": f"http://127.0.0.1:{closed_port()}",
+        "hang": fake.url,
+        "tls to plain http": fake.url.replace("http://", "https://"),
+    }[how]
+    fake.script("GET", "/api/health", "hang", times=2)
+    async with client(fake, url=url, timeout=0.2, retries=1) as g:
+        with pytest.raises(GrafanaTransportError) as caught:
+            await g.health()
+    assert caught.value.http_status is None
+    assert not isinstance(caught.value, GrafanaStatusError)
+
+
+async def test_come_back_later_carries_the_wait_asked_for(
+    fake: FakeGrafana, sleeps: list[float]
+) -> None:
+    fake.script("GET", "/api/search", 429, {"message": "slow"}, {"Retry-After": "2"}, times=2)
+    async with client(fake, retries=1) as g:
+        with pytest.raises(GrafanaRetryLaterError) as caught:
+            await g.search()
+        assert (caught.value.http_status, caught.value.retry_after, sleeps) == (429, 2.0, [2.0])
+        fake.script("GET", "/api/search", 503, {"message": "maintenance"}, {"Retry-After": "7200"})
+        with pytest.raises(GrafanaRetryLaterError, match="asks to wait 7200 s") as caught:
+            await g.search()
+        assert (caught.value.http_status, caught.value.retry_after) == (503, 7200.0)
+    assert sleeps == [2.0]
+
+
+def expected_error(status: int, grafana_shaped: bool) -> type[GrafanaError]:
+    """What an answer with ``status`` raises, by what the caller can do about it."""
+    if 400 <= status < 500 and status not in (401, 403, 429) and not grafana_shaped:
+        return GrafanaError  # not Grafana's API: the URL is another server's
+    by_status: dict[int, type[GrafanaError]] = {
+        400: GrafanaBadRequestError,
+        401: GrafanaAuthError,
+        403: GrafanaAuthError,
+        404: GrafanaNotFoundError,
+        409: GrafanaConflictError,
+        412: GrafanaConflictError,
+        422: GrafanaBadRequestError,
+        429: GrafanaRetryLaterError,
+    }
+    return by_status.get(status, GrafanaServerError if status >= 500 else GrafanaStatusError)
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(
+    status=st.integers(300, 599).filter(lambda s: s != 304),
+    grafana_shaped=st.booleans(),
+    detail=st.text(max_size=20),
+)
+def test_every_refusing_answer_is_a_status_error_carrying_its_status(
+    fake: FakeGrafana, status: int, grafana_shaped: bool, detail: str
+) -> None:
+    # The answer echoes the token, as some proxies do: no error text may show it.
+    said = f"{detail} (Authorization: Bearer {TOKEN})"
+    body: Any = {"message": said} if grafana_shaped else f"<p>{said}</p>"
+    fake.script("GET", "/api/search", status, body)
+
+    async def search() -> None:
+        async with client(fake, retries=0) as g:
+            await g.search()
+
+    with pytest.raises(GrafanaError) as caught:
+        asyncio.run(search())
+    error = caught.value
+    assert type(error) is expected_error(status, grafana_shaped)
+    assert not isinstance(error, GrafanaTransportError)
+    if isinstance(error, GrafanaStatusError):
+        assert error.http_status == status
+    assert TOKEN not in str(error) and fake.scripted == []

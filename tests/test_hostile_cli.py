@@ -26,8 +26,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from instrument import demo
 from instrument.cli import build_parser, main
+from instrument.demo import tour
 from instrument.grafana import GrafanaClient, GrafanaError, GrafanaNotFoundError
 
 from .servers import Pushgateway, free_port
@@ -371,7 +371,7 @@ def test_demo_serve_0_serves_on_a_free_port_and_says_which(
             scraped.append(resp.read().decode())
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(demo.time, "sleep", scrape_then_stop)
+    monkeypatch.setattr(tour.time, "sleep", scrape_then_stop)
     assert main(["demo", str(tree), "--quiet", "--serve", "0"]) == 0
     (text,) = scraped
     line = 'codomyrmex_analyses_total{analysis_type="file",module="static_analysis",status='

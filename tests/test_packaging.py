@@ -108,6 +108,8 @@ def test_the_wheel_ships_the_package_alone(dist: Path) -> None:
     tops = {name.split("/", 1)[0] for name in names}
     assert tops == {"instrument", "instrument-0.1.0.dist-info"}
     assert "instrument/py.typed" in names and "instrument/cli.py" in names
+    # The demo and its LLM server are shipped: `instrument demo` works from a wheel.
+    assert {"instrument/demo/__init__.py", "instrument/demo/llm_server.py"} <= set(names)
     assert metadata["License-Expression"] == "MIT"
     assert metadata.get_all("License-File") == ["LICENSE"]
     runtime = {
@@ -149,3 +151,37 @@ def test_the_unpacked_sdist_passes_the_tests_that_read_the_checkout(unpacked: Pa
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert re.match(r"\d+ passed", summary) and "failed" not in summary, summary
+
+
+def test_the_demo_runs_from_the_wheel(dist: Path, tmp_path: Path) -> None:
+    """What ``pip install`` of the wheel lays out (a pure wheel unpacks as is), run as a user
+    would: the demo tour with its local LLM server, nothing from this checkout."""
+    (wheel,) = dist.glob("*.whl")
+    site = tmp_path / "site"
+    with zipfile.ZipFile(wheel) as archive:
+        archive.extractall(site)
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "a.py").write_text('def f():\n    """Doc."""\n    return 1\n')
+    env = {**os.environ, "PYTHONPATH": str(site)}
+    env.pop("COVERAGE_PROCESS_START", None)
+    result = subprocess.run(
+        [sys.executable, "-m", "instrument", "demo", str(project), "--quiet"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert f"analysed {project}" in result.stdout
+    assert "LLM calls" in result.stdout and "(LLM calls skipped" not in result.stdout
+    where = subprocess.run(
+        [sys.executable, "-c", "import instrument.demo as d; print(d.__file__)"],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert where.stdout.strip() == str(site / "instrument" / "demo" / "__init__.py")

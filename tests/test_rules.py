@@ -3,6 +3,7 @@ them over a real workload, and the YAML emitter."""
 
 from __future__ import annotations
 
+import inspect
 import json
 import math
 import re
@@ -16,8 +17,10 @@ from hypothesis import given
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+from instrument import rules as rules_module
+from instrument._promql import Expr, Series
 from instrument.cli import main
-from instrument.metrics import Metrics
+from instrument.metrics import METRICS, Metrics, metric_names
 from instrument.rules import build_rules, rules_yaml, to_yaml
 
 from .conftest import E2E_NAMESPACE, E2EWorkload
@@ -474,3 +477,92 @@ def test_cli_rules_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_p
     assert "No such file or directory" in err and err.count("\n") == 1
     assert main(["rules", "--namespace", "0bad"]) == 2  # a usage error, as argparse's
     assert "not a valid Prometheus metric prefix" in capsys.readouterr().err
+
+
+# -- the rules are a table, rendered by one function ---------------------------------------
+
+
+def _keys(expr: Expr) -> set[str]:
+    """The keys a rule's PromQL tree reads: metrics, or series recorded by other rules."""
+    found: set[str] = set()
+    if isinstance(expr, Series):
+        found.add(expr.key)
+    for value in vars(expr).values():
+        if isinstance(value, Expr):
+            found |= _keys(value)
+    return found
+
+
+def test_the_rules_are_one_table_rendered_in_order() -> None:
+    keywords = set(inspect.signature(build_rules).parameters) - {"inst_or_metrics"}
+    metrics = {spec.attr for spec in METRICS}
+    assert [g["name"] for g in RULES["groups"]] == [
+        f"codomyrmex.{a}" for a, _ in rules_module._GROUPS
+    ]
+    for group, (_, table) in zip(RULES["groups"], rules_module._GROUPS, strict=True):
+        recorded: set[str] = set()
+        for written, entry in zip(group["rules"], table, strict=True):
+            expr = entry.expr if isinstance(entry, rules_module._Record) else entry.value
+            # A rule reads metrics, or what its own group recorded before it: a later or
+            # another group's recording would be read an evaluation late, or not at all.
+            assert _keys(expr) <= metrics | recorded, written
+            if isinstance(entry, rules_module._Record):
+                assert ":" in entry.key and entry.key not in recorded
+                recorded.add(entry.key)
+                assert written["record"].startswith("_".join(entry.labels) + ":")
+            else:
+                assert written["alert"] == f"Codomyrmex{entry.name}"
+                for keyword in (entry.threshold, entry.for_):
+                    assert keyword is None or not isinstance(keyword, str) or keyword in keywords
+                # Every %(name)s of the texts was filled in.
+                assert "%(" not in json.dumps(written["annotations"])
+
+
+def _all_names(namespace: str) -> dict[str, str]:
+    """Every metric name a rule may hold, as recording rules name counters (no _total) too."""
+    names = metric_names(namespace)
+    found = {f"{k}{p}": f"{n}{p}" for k, n in names.items() for p in ("", "_bucket")}
+    found.update({f"{k}-": n.removesuffix("_total") for k, n in names.items()})
+    return found
+
+
+@given(
+    namespace=st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,16}", fullmatch=True),
+    share=st.floats(min_value=1e-6, max_value=0.999),
+    amount=st.floats(min_value=1e-3, max_value=1e12),
+)
+def test_any_namespace_and_threshold_land_exactly_where_they_belong(
+    namespace: str, share: float, amount: float
+) -> None:
+    tuned = {"error_ratio": share, "tokens_per_hour": amount, "duration_p95_seconds": 1}
+    theirs, ours = _all_names(namespace), _all_names("codomyrmex")
+    back = {name: ours[key] for key, name in theirs.items()}
+    # A whole name only (it may sit between the colons of a recorded name): "rate", "sum"
+    # or "le" as a namespace must leave the PromQL around it alone.
+    pattern = re.compile(
+        r"(?<![A-Za-z0-9_])("
+        + "|".join(re.escape(n) for n in sorted(back, key=len, reverse=True))
+        + r")(?![A-Za-z0-9_])"
+    )
+    built, default = build_rules(namespace, **tuned), build_rules("codomyrmex", **tuned)
+    assert yaml.safe_load(rules_yaml(namespace, **tuned)) == built
+    prefix = "".join(p[:1].upper() + p[1:] for p in namespace.split("_") if p)
+    for mine, expected in zip(
+        [r for g in built["groups"] for r in g["rules"]],
+        [r for g in default["groups"] for r in g["rules"]],
+        strict=True,
+    ):
+        renamed = json.loads(pattern.sub(lambda m: back[m.group(1)], json.dumps(mine)))
+        if "alert" in renamed:
+            assert renamed["alert"] == prefix + expected["alert"].removeprefix("Codomyrmex")
+            renamed["alert"] = expected["alert"]
+        assert renamed == expected
+
+
+@pytest.mark.parametrize("namespace", ["_9", "_", "le", "a__b", "Rate", "sum_by"])
+def test_promtool_checks_the_rules_of_odd_namespaces(namespace: str, tmp_path: Path) -> None:
+    path = tmp_path / "rules.yml"
+    path.write_text(rules_yaml(namespace))
+    checked = promtool("check", "rules", str(path))
+    assert checked.returncode == 0, checked.stdout + checked.stderr
+    assert "SUCCESS: 15 rules found" in checked.stdout

@@ -7,7 +7,7 @@ what a user would read back from the registry: the exact input, output and detai
 time to first token (at least the server's staged delay before the first content chunk),
 the call's status and duration, errors by class and HTTP status, and usage_missing.
 
-The server (:class:`instrument.llm_server.LocalLLMServer`) answers on 127.0.0.1 only, and
+The server (:class:`instrument.demo.llm_server.LocalLLMServer`) answers on 127.0.0.1 only, and
 the module turns any other network use into a test failure. An SDK that is not installed
 skips its cases (install the ``sdk`` extra: ``pip install -e '.[sdk]'``; scripts/test.sh
 does), except under CI, where it fails them.
@@ -37,7 +37,7 @@ from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
 from instrument.ai import AICallTracker
-from instrument.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer, count_tokens
+from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer, count_tokens
 
 pytestmark = pytest.mark.sdk
 

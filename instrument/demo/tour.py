@@ -20,12 +20,15 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from ._urls import mask_url
-from .cli import CommandError, GrafanaApply, standard_output
-from .dashboard import build_dashboard
-from .instrumentation import Instrumentation
+from .._command import CommandError, GrafanaApply, standard_output
+from .._urls import mask_url
+from ..dashboard import build_dashboard
+from ..instrumentation import Instrumentation
 
-__all__ = ["histogram_quantile", "run_demo"]
+__all__ = ["quantile_of_buckets", "run_demo", "summarize"]
+
+#: What the tour analyses when no directory is given: the instrument package itself.
+PACKAGE_DIR = Path(__file__).resolve().parents[1]
 
 # The demo's analyses take microseconds to milliseconds: finer buckets than the
 # production default (0.1 s and up) make its p50/p95 readable.
@@ -185,8 +188,9 @@ def _samples(registry: CollectorRegistry, name: str) -> list[tuple[dict[str, str
     ]
 
 
-def histogram_quantile(q: float, buckets: list[tuple[float, float]]) -> float:
-    """Prometheus' histogram_quantile over cumulative ``(upper_bound, count)`` pairs."""
+def quantile_of_buckets(q: float, buckets: list[tuple[float, float]]) -> float:
+    """The ``q`` quantile of cumulative ``(upper_bound, count)`` pairs, estimated as
+    Prometheus' histogram_quantile() does."""
     buckets = sorted(buckets)
     if not buckets or buckets[-1][1] == 0:
         return math.nan
@@ -210,7 +214,8 @@ def _quantiles(
         key = tuple(labels[k] for k in keys)
         grouped.setdefault(key, []).append((float(labels["le"]), value))
     return {
-        key: (histogram_quantile(0.5, b), histogram_quantile(0.95, b)) for key, b in grouped.items()
+        key: (quantile_of_buckets(0.5, b), quantile_of_buckets(0.95, b))
+        for key, b in grouped.items()
     }
 
 
@@ -319,7 +324,7 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     is tried before it: the port is bound, the Pushgateway is pushed to and Grafana is
     asked, so a bad one fails in a second, not after the run."""
     out = out if out is not None else standard_output()
-    root = Path(args.path) if args.path else Path(__file__).resolve().parent
+    root = Path(args.path) if args.path else PACKAGE_DIR
     grafana = GrafanaApply(args.grafana_url) if args.grafana_url else None
     try:
         inst = Instrumentation(
@@ -373,7 +378,7 @@ def _tour(inst: Instrumentation, root: Path, args: argparse.Namespace, out: Text
     out.write(f"instrument demo: analysed {root} in {elapsed:.2f} s\n")
     summarize(inst, out)
     if not with_ai:
-        out.write("\n(LLM calls skipped: instrument.llm_server is not available)\n")
+        out.write("\n(LLM calls skipped: instrument.demo.llm_server is not available)\n")
 
 
 def _bind(inst: Instrumentation, port: int) -> Any:

@@ -1,15 +1,15 @@
-"""An async client for Grafana's HTTP API, and the original ``GrafanaIntegration``.
+"""An async client for Grafana's HTTP API.
 
 >>> async with GrafanaClient("http://127.0.0.1:3000", token=token) as grafana:
 ...     result = await grafana.upsert_dashboard(build_dashboard(inst))
 ...     print(result.url)
 
 One aiohttp session is reused for every request. Answers map to one exception class per
-thing the caller can do about them (:class:`GrafanaError` and its subclasses). Requests
-are retried with backoff only where that is safe: 5xx answers and dropped connections for
-requests that may be repeated, 429 (honouring ``Retry-After``) and refused connections for
-all; never an untrusted TLS certificate. The credentials never appear in logs, reprs or
-exception messages, even when a proxy echoes the ``Authorization`` header back.
+thing the caller can do about them (``errors.py``). Requests are retried with backoff only
+where that is safe: 5xx answers and dropped connections for requests that may be repeated,
+429 (honouring ``Retry-After``) and refused connections for all; never an untrusted TLS
+certificate. The credentials never appear in logs, reprs or exception messages, even when a
+proxy echoes the ``Authorization`` header back.
 """
 
 from __future__ import annotations
@@ -28,22 +28,11 @@ from urllib.parse import quote, urljoin
 
 import aiohttp
 
-from ._scrub import DETAIL_LIMIT, Scrubber
-from ._urls import authorization, mask_url, split_url, ssl_context
-from .metrics import DEFAULT_NAMESPACE
+from .._scrub import DETAIL_LIMIT, Scrubber
+from .._urls import authorization, split_url, ssl_context
+from .errors import GrafanaConflictError, GrafanaError, GrafanaNotFoundError, error_for
 
-__all__ = [
-    "DashboardResult",
-    "GrafanaAuthError",
-    "GrafanaBadRequestError",
-    "GrafanaClient",
-    "GrafanaConflictError",
-    "GrafanaError",
-    "GrafanaIntegration",
-    "GrafanaNotFoundError",
-    "GrafanaServerError",
-    "GrafanaUnavailableError",
-]
+__all__ = ["DashboardResult", "GrafanaClient"]
 
 logger = logging.getLogger("instrument")
 
@@ -56,75 +45,6 @@ _RETRY_AFTER_CAP = 60.0
 _sleep = asyncio.sleep
 
 _MAX_UID = 40
-
-
-# -- errors -------------------------------------------------------------------------------
-
-
-class GrafanaError(Exception):
-    """Any failure talking to Grafana. ``http_status`` is None when no answer came."""
-
-    def __init__(self, message: str, *, http_status: int | None = None) -> None:
-        super().__init__(message)
-        self.message = message
-        self.http_status = http_status
-
-
-class GrafanaAuthError(GrafanaError):
-    """401 or 403: the credentials are wrong, missing, or lack the permission.
-
-    ``refusal`` says what Grafana refused, without the advice the message ends with, and
-    ``credentials_sent`` is False when the request carried none: a caller that takes the
-    credentials from elsewhere (a command's environment) can give its own advice.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        http_status: int | None = None,
-        refusal: str = "",
-        credentials_sent: bool = True,
-    ) -> None:
-        super().__init__(message, http_status=http_status)
-        self.refusal = refusal or message
-        self.credentials_sent = credentials_sent
-
-
-class GrafanaNotFoundError(GrafanaError):
-    """404: no such dashboard, folder or data source."""
-
-
-class GrafanaConflictError(GrafanaError):
-    """409 or 412: ``status`` is Grafana's reason (version-mismatch, name-exists, ...)."""
-
-    def __init__(
-        self, message: str, *, http_status: int | None = None, status: str | None = None
-    ) -> None:
-        super().__init__(message, http_status=http_status)
-        self.status = status
-
-
-class GrafanaBadRequestError(GrafanaError):
-    """400 or 422: Grafana refused the request's content."""
-
-
-class GrafanaServerError(GrafanaError):
-    """5xx, still after the retries."""
-
-
-class GrafanaUnavailableError(GrafanaError):
-    """No answer (refused connection, timeout), or still rate limited (429) after retries."""
-
-
-_CONFLICT_HINTS = {
-    "version-mismatch": "the dashboard changed in Grafana since this version was read; "
-    "upsert with overwrite=True, or fetch the latest version and apply the change to it",
-    "name-exists": "another dashboard in that folder has the same title; use another "
-    "title or uid, or overwrite=True to replace it",
-    "plugin-dashboard": "a plugin owns that dashboard; save this one under another uid, "
-    "or remove the plugin's dashboard first",
-}
 
 
 @dataclass(frozen=True)
@@ -385,15 +305,15 @@ class GrafanaClient:
             sources: list[dict[str, Any]] = await self._request("GET", "/api/datasources")
             matching = [s for s in sources if type is None or s.get("type") == type]
             if not matching:
-                raise GrafanaNotFoundError(
-                    f"Grafana at {self.url} has no {type} data source; add one "
-                    "(Connections > Data sources), or pass name= or uid="
-                )
+                raise error_for("no data source", url=self.url, type=type)
             return next((s for s in matching if s.get("isDefault")), matching[0])
         if type is not None and source.get("type") != type:
-            raise GrafanaNotFoundError(
-                f"data source {source.get('name')!r} at {self.url} is of type "
-                f"{source.get('type')!r}, not {type!r}; pass the name or uid of a {type} one"
+            raise error_for(
+                "data source type",
+                url=self.url,
+                name=source.get("name"),
+                found=source.get("type"),
+                type=type,
             )
         return source
 
@@ -429,48 +349,39 @@ class GrafanaClient:
                     raw = await response.read()
                     wait = _retry_after(response.headers.get("Retry-After"))
             except TimeoutError:
-                error: GrafanaError = GrafanaUnavailableError(
-                    f"Grafana at {self.url} did not answer {method} {path} within "
-                    f"{self.timeout:g} s (attempt {attempt} of {attempts}); check that it is "
-                    "up and reachable, or raise timeout="
+                error: GrafanaError = self._error(
+                    "timeout",
+                    method,
+                    path,
+                    timeout=self.timeout,
+                    attempt=attempt,
+                    attempts=attempts,
                 )
                 retry = idempotent
             # Before ClientConnectorError, their base class: a certificate or handshake that
             # failed once fails again, so these are not retried.
             except aiohttp.ClientConnectorCertificateError as exc:
-                cause = exc.certificate_error
-                reason = getattr(cause, "verify_message", None) or str(cause)
-                error = GrafanaUnavailableError(
-                    f"the TLS certificate of Grafana at {self.url} is not trusted "
-                    f"({self._one_line(reason)}); pass ca_file= with the CA certificate (PEM) "
-                    "that signed it, or tls_verify=False to skip the check"
-                )
+                failure = exc.certificate_error
+                cause = getattr(failure, "verify_message", None) or str(failure)
+                error = self._error("certificate", method, path, cause=self._one_line(cause))
                 retry = False
             except aiohttp.ClientSSLError as exc:
-                error = GrafanaUnavailableError(
-                    f"the TLS handshake with Grafana at {self.url} failed "
-                    f"({self._one_line(str(exc.os_error))}); check that the URL's scheme "
-                    "matches the server (https only if Grafana or its proxy serves TLS)"
-                )
+                cause = self._one_line(str(exc.os_error))
+                error = self._error("tls", method, path, cause=cause)
                 retry = False
             except aiohttp.ClientConnectorError as exc:
-                error = GrafanaUnavailableError(
-                    f"cannot connect to Grafana at {self.url} ({self._one_line(str(exc.os_error))}"
-                    "); check the URL and that Grafana is running"
-                )
+                cause = self._one_line(str(exc.os_error))
+                error = self._error("connect", method, path, cause=cause)
                 retry = True  # nothing was sent
             except aiohttp.ClientError as exc:
-                error = GrafanaUnavailableError(
-                    f"the connection to Grafana at {self.url} failed during {method} {path} "
-                    f"({type(exc).__name__}: {self._one_line(str(exc))}); check the URL, "
-                    "proxies and that Grafana is running"
-                )
+                cause = f"{type(exc).__name__}: {self._one_line(str(exc))}"
+                error = self._error("dropped", method, path, cause=cause)
                 retry = idempotent
             else:
                 logger.debug("instrument: Grafana %s %s -> %s", method, path, status)
                 if 200 <= status < 300:
                     return self._decode(raw, method, path)
-                error = self._http_error(status, raw, method, path, what, attempt)
+                error = self._http_error(status, raw, method, path, what, attempt, wait)
                 # 429 is refused before any work; 503 means "not now", so nothing was done
                 # and even a create may be repeated. Other 5xx only for repeatable requests.
                 retry = status in (429, 503) or (status >= 500 and idempotent)
@@ -478,10 +389,14 @@ class GrafanaClient:
                 raise error
             delay = wait if wait is not None else self._backoff(attempt)
             if delay > _RETRY_AFTER_CAP:
-                raise GrafanaUnavailableError(
-                    f"Grafana at {self.url} answered {status} to {method} {path} and asks to "
-                    f"wait {delay:.0f} s (Retry-After) before trying again; try again later",
+                raise self._error(
+                    "wait",
+                    method,
+                    path,
                     http_status=status,
+                    status=status,
+                    delay=delay,
+                    retry_after=delay,
                 )
             logger.warning(
                 "instrument: Grafana %s %s failed (%s); retrying in %.2f s (attempt %d of %d)",
@@ -511,10 +426,16 @@ class GrafanaClient:
     def _not_grafana(self, method: str, path: str, answered: str) -> GrafanaError:
         """The error for an answer whose shape is not Grafana's: the URL is most likely
         another server (a Pushgateway, a proxy's own page) or misses Grafana's sub-path."""
-        return GrafanaError(
-            f"the server at {self.url} did not answer as Grafana does ({method} {path} "
-            f"answered {answered}); is this URL a Grafana server (mind a sub-path such as "
-            "/grafana)?"
+        return self._error("not grafana", method, path, answered=answered)
+
+    def _error(self, condition: int | str, method: str, path: str, **facts: Any) -> GrafanaError:
+        return error_for(
+            condition,
+            url=self.url,
+            where=f"Grafana at {self.url}",
+            method=method,
+            path=path,
+            **facts,
         )
 
     def _one_line(self, text: str, limit: int = DETAIL_LIMIT) -> str:
@@ -522,7 +443,14 @@ class GrafanaClient:
         return self._scrubber.one_line(text, limit)
 
     def _http_error(
-        self, status: int, raw: bytes, method: str, path: str, what: str, attempts: int
+        self,
+        status: int,
+        raw: bytes,
+        method: str,
+        path: str,
+        what: str,
+        attempts: int,
+        retry_after: float | None,
     ) -> GrafanaError:
         """The exception for a non-2xx answer, its message saying what to do next."""
         detail, reason = "", None
@@ -540,112 +468,19 @@ class GrafanaClient:
             detail = str(payload)
         detail = self._one_line(detail)
         said = f"{status}: {detail}" if detail else str(status)
-        where = f"Grafana at {self.url}"
         # A proxy in front of Grafana may give its own page for these (its own login, a rate
         # limit, a dead upstream) and they mean the same there. The other 4xx come from
         # Grafana's API only: without its shape, the URL is not Grafana's.
         if 400 <= status < 500 and status not in (401, 403, 429) and not grafana_shaped:
             return self._not_grafana(method, path, said)
-        if status in (401, 403):
-            sent = self._auth_kind != "none"
-            if not sent:
-                refusal = f"{where} refused {method} {path} ({said}): no credentials were sent"
-                fix = "pass token= (a service account token)"
-            elif status == 401:
-                refusal = f"{where} refused the credentials ({said})"
-                fix = (
-                    "check the service account token (API keys are deprecated in favour of "
-                    "service account tokens) or the basic auth password"
-                )
-            else:
-                refusal = f"{where} denied {method} {path} ({said})"
-                fix = (
-                    "give the service account a role that may do this (Editor for dashboards "
-                    "and folders) or use another org_id"
-                )
-            return GrafanaAuthError(
-                f"{refusal}; {fix}", http_status=status, refusal=refusal, credentials_sent=sent
-            )
-        if status == 404:
-            return GrafanaNotFoundError(
-                f"{where} has no such {what} ({method} {path} answered {said}); check the uid "
-                "or name, and the URL's sub-path",
-                http_status=status,
-            )
-        if status in (409, 412):
-            hint = _CONFLICT_HINTS.get(
-                reason or "", "it already exists or changed meanwhile; fetch it and retry"
-            )
-            return GrafanaConflictError(
-                f"{where} refused to save the {what} ({said}): {hint}",
-                http_status=status,
-                status=reason,
-            )
-        if status in (400, 422):
-            return GrafanaBadRequestError(
-                f"{where} rejected {method} {path} as invalid ({said}); fix the request (a "
-                "dashboard needs a title and a uid of at most 40 characters)",
-                http_status=status,
-            )
-        tries = f"after {attempts} attempt{'s' if attempts > 1 else ''}"
-        if status == 429:
-            return GrafanaUnavailableError(
-                f"{where} is still rate limiting {method} {path} ({said}) {tries}; wait and "
-                "try again, or lower the request rate",
-                http_status=status,
-            )
-        if status in (502, 504):
-            return GrafanaServerError(
-                f"the proxy in front of {where} answered {method} {path} with {said} {tries}: "
-                "Grafana behind it is down, unreachable or too slow; check that Grafana is "
-                "running and the proxy's upstream address and timeouts, then try again",
-                http_status=status,
-            )
-        if status >= 500:
-            return GrafanaServerError(
-                f"{where} failed on {method} {path} ({said}) {tries}; check Grafana's server "
-                "log and its database, then try again",
-                http_status=status,
-            )
-        return GrafanaError(
-            f"{where} answered {method} {path} with {said}; this client does not expect that "
-            "here: check the URL (proxies, sub-path) and Grafana's version",
-            http_status=status,
+        return self._error(
+            status,
+            method,
+            path,
+            reason=reason,
+            credentials_sent=self._auth_kind != "none",
+            retry_after=retry_after,
+            said=said,
+            what=what,
+            tries=f"after {attempts} attempt{'s' if attempts > 1 else ''}",
         )
-
-
-# -- the original design's entry point ----------------------------------------------------
-
-
-class GrafanaIntegration:
-    """The original ``GrafanaIntegration``, kept working on top of :class:`GrafanaClient`.
-
-    >>> url = await GrafanaIntegration("http://grafana:3000", token).create_codomyrmex_dashboard()
-
-    ``api_key`` is sent as a bearer token, so a service account token works here too.
-    """
-
-    def __init__(
-        self, grafana_url: str, api_key: str | None, *, namespace: str = DEFAULT_NAMESPACE
-    ) -> None:
-        # Validate now, as the original would have failed on first use; keep the URL without
-        # its credentials for the repr (the client takes them from the URL again).
-        GrafanaClient(grafana_url, token=api_key or None)
-        self.grafana_url = grafana_url.rstrip("/")
-        self._shown_url = mask_url(self.grafana_url)
-        self.namespace = namespace
-        self._api_key = api_key or None
-
-    def __repr__(self) -> str:
-        return f"GrafanaIntegration({self._shown_url!r})"
-
-    async def create_codomyrmex_dashboard(self) -> str:
-        """Create or update the dashboard; returns its URL."""
-        from .dashboard import build_dashboard
-
-        async with GrafanaClient(self.grafana_url, token=self._api_key) as client:
-            result = await client.upsert_dashboard(
-                build_dashboard(self.namespace), message="saved by instrument GrafanaIntegration"
-            )
-        logger.info("instrument: Codomyrmex dashboard saved: %s", result.url)
-        return result.url
