@@ -37,7 +37,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, c
 
 import wrapt
 
-from ._wrapping import (
+from .._wrapping import (
     Probe,
     _adeliver,
     _deliver,
@@ -46,10 +46,10 @@ from ._wrapping import (
     bind_arguments,
     wraps_signature,
 )
-from .instrumentation import Binding, Instrumentation, Policy, check_number
-from .metrics import Metrics
-from .push import register_before_snapshot
-from .usage import (
+from ..instrumentation import Binding, Instrumentation, Policy, check_number
+from ..metrics import Metrics
+from ..push import register_before_snapshot
+from ._usage import (
     MAX_TOKENS,
     Usage,
     _attribute,
