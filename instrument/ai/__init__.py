@@ -49,18 +49,9 @@ from .._wrapping import (
 from ..instrumentation import Binding, Instrumentation, Policy, check_number
 from ..metrics import Metrics
 from ..push import register_before_snapshot
-from ._usage import (
-    MAX_TOKENS,
-    Usage,
-    _attribute,
-    carries_content,
-    extract_usage,
-    response_body,
-    response_model,
-    stream_finished,
-    stream_snapshot,
-    usage_from,
-)
+from ._content import carries_content, response_body, stream_finished, stream_snapshot
+from ._fields import attribute
+from ._usage import MAX_TOKENS, Usage, extract_usage, response_model, usage_from
 
 __all__ = [
     "AICall",
@@ -227,7 +218,7 @@ def _http_status(exc: BaseException) -> str:
     for path in _STATUS_PATHS:
         value: Any = exc
         for name in path:
-            value = _attribute(value, name)
+            value = attribute(value, name)
         if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
             return str(value)
     return ""

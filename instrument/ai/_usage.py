@@ -31,25 +31,12 @@ debug level), never guessed; the tracker counts and reports a call that ends wit
 
 from __future__ import annotations
 
-import inspect
-import json
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-__all__ = [
-    "MAX_TOKENS",
-    "USAGE_FIELDS",
-    "Usage",
-    "carries_content",
-    "extract_usage",
-    "response_body",
-    "response_model",
-    "stream_finished",
-    "stream_snapshot",
-    "usage_from",
-]
+from ._fields import READERS, no_fields, read_field, reader_of
 
 logger = logging.getLogger("instrument")
 
@@ -106,62 +93,6 @@ class Usage:
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 
-def _attribute(obj: Any, name: str) -> Any:
-    """``obj.name``, None when absent."""
-    try:
-        return getattr(obj, name, None)
-    except Exception:  # a property of a foreign object may raise anything
-        return None
-
-
-def _key(obj: Any, name: str) -> Any:
-    """``obj[name]`` of a mapping other than a dict, None when absent."""
-    return obj.get(name)
-
-
-def _nothing(obj: Any, name: str) -> None:
-    """None, str and bytes: no fields to read."""
-    return None
-
-
-_Reader = Callable[[Any, str], Any]
-
-# How to read the fields of each type, remembered: the Mapping ABC check costs more than
-# a read, and a stream reads several fields of every chunk, all of the same few types.
-_readers: dict[type, _Reader] = {
-    dict: dict.get,
-    str: _nothing,
-    bytes: _nothing,
-    type(None): _nothing,
-}
-
-
-def _reader(obj: Any) -> _Reader:
-    """How to read the fields of ``obj``: by key, by attribute, or not at all."""
-    kind = type(obj)
-    read = _readers.get(kind)
-    if read is None:
-        if isinstance(obj, str | bytes):
-            read = _nothing
-        elif isinstance(obj, Mapping):
-            read = _key
-        else:
-            read = _attribute
-        _readers[kind] = read
-    return read
-
-
-def _get(obj: Any, name: str) -> Any:
-    """``obj[name]`` for a mapping, ``obj.name`` otherwise; None when absent."""
-    read = _readers.get(type(obj)) or _reader(obj)
-    if read is not _attribute:
-        return read(obj, name)
-    try:  # inlined: the common case, one call per field rather than two
-        return getattr(obj, name, None)
-    except Exception:  # a property of a foreign object may raise anything
-        return None
-
-
 def _count(container: Any, *names: str) -> int | None:
     """The first of ``names`` present in ``container`` as a token count, or None.
 
@@ -169,7 +100,7 @@ def _count(container: Any, *names: str) -> int | None:
     other type is logged at debug level and skipped.
     """
     for name in names:
-        value = _get(container, name)
+        value = read_field(container, name)
         if value is None:
             continue
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
@@ -182,7 +113,7 @@ def _count(container: Any, *names: str) -> int | None:
 
 
 def _nested(container: Any, parent: str, name: str) -> int | None:
-    inner = _get(container, parent)
+    inner = read_field(container, parent)
     return None if inner is None else _count(inner, name)
 
 
@@ -217,7 +148,7 @@ def _first(*counts: int | None) -> int | None:
 def _openai_chat(usage: Any) -> Usage | None:
     # prompt_tokens includes the cache, reads and writes alike (LiteLLM adds Anthropic's
     # cache fields into it); LiteLLM also repeats them beside prompt_tokens, Anthropic-named.
-    details = _get(usage, "prompt_tokens_details")
+    details = read_field(usage, "prompt_tokens_details")
     cached = written = None
     if details is not None:
         cached = _count(details, "cached_tokens")
@@ -238,7 +169,7 @@ def _input_output(usage: Any) -> Usage | None:
     if cache_read is None and cache_creation is None:
         # OpenAI Responses (or Anthropic without caching, which reads the same): its
         # input_tokens includes the cache.
-        details = _get(usage, "input_tokens_details")
+        details = read_field(usage, "input_tokens_details")
         return _usage(
             _count(usage, "input_tokens"),
             _count(usage, "output_tokens"),
@@ -280,8 +211,8 @@ def _gemini(meta: Any) -> Usage | None:
 def _cohere(usage: Any) -> Usage | None:
     # billed_units are what is billed and priced; tokens also count the prompt template
     # Cohere wraps around the messages, so they are the fallback only.
-    billed = _get(usage, "billed_units")
-    tokens = _get(usage, "tokens")
+    billed = read_field(usage, "billed_units")
+    tokens = read_field(usage, "tokens")
     input_tokens, output_tokens = (
         _first(
             None if billed is None else _count(billed, name),
@@ -294,20 +225,26 @@ def _cohere(usage: Any) -> Usage | None:
 
 def _read_usage(usage: Any) -> Usage | None:
     """Pick the reader by the usage block's own fields."""
-    if _get(usage, "prompt_tokens") is not None or _get(usage, "completion_tokens") is not None:
+    if (
+        read_field(usage, "prompt_tokens") is not None
+        or read_field(usage, "completion_tokens") is not None
+    ):
         return _openai_chat(usage)
-    if _get(usage, "input_tokens") is not None or _get(usage, "output_tokens") is not None:
+    if (
+        read_field(usage, "input_tokens") is not None
+        or read_field(usage, "output_tokens") is not None
+    ):
         return _input_output(usage)
-    if _get(usage, "cache_read_input_tokens") is not None:
+    if read_field(usage, "cache_read_input_tokens") is not None:
         return _input_output(usage)
     if (
-        _get(usage, "prompt_token_count") is not None
-        or _get(usage, "promptTokenCount") is not None
-        or _get(usage, "candidates_token_count") is not None
-        or _get(usage, "candidatesTokenCount") is not None
+        read_field(usage, "prompt_token_count") is not None
+        or read_field(usage, "promptTokenCount") is not None
+        or read_field(usage, "candidates_token_count") is not None
+        or read_field(usage, "candidatesTokenCount") is not None
     ):
         return _gemini(usage)
-    if _get(usage, "tokens") is not None or _get(usage, "billed_units") is not None:
+    if read_field(usage, "tokens") is not None or read_field(usage, "billed_units") is not None:
         return _cohere(usage)
     logger.debug("instrument: usage block of unknown shape skipped: %s", type(usage).__name__)
     return None
@@ -324,8 +261,8 @@ def extract_usage(response: Any) -> Usage | None:
     Usage(input_tokens=12, output_tokens=5, cache_read=0, cache_creation=0, reasoning=0)
     """
     # One reader for the response's fields: every chunk of a stream comes through here.
-    get = _readers.get(type(response)) or _reader(response)
-    if get is _nothing:
+    get = READERS.get(type(response)) or reader_of(response)
+    if get is no_fields:
         return None
     usage = get(response, "usage")
     if usage is not None and not callable(usage):
@@ -341,7 +278,7 @@ def extract_usage(response: Any) -> Usage | None:
     for holder in _HOLDERS:
         inner = get(response, holder)
         if inner is not None and not isinstance(inner, str | bytes):
-            usage = _get(inner, "usage")
+            usage = read_field(inner, "usage")
             if usage is not None and not callable(usage):
                 return _read_usage(usage)
     return None
@@ -349,8 +286,8 @@ def extract_usage(response: Any) -> Usage | None:
 
 def response_model(response: Any) -> str | None:
     """The model name a response (or stream chunk) reports, or None."""
-    get = _readers.get(type(response)) or _reader(response)
-    if get is _nothing:
+    get = READERS.get(type(response)) or reader_of(response)
+    if get is no_fields:
         return None
     for name in ("model", "model_version", "modelVersion"):
         value = get(response, name)
@@ -359,7 +296,7 @@ def response_model(response: Any) -> str | None:
     for holder in _HOLDERS:
         inner = get(response, holder)
         if inner is not None and not isinstance(inner, str | bytes):
-            value = _get(inner, "model")
+            value = read_field(inner, "model")
             if isinstance(value, str) and value:
                 return value
     return None
@@ -379,185 +316,3 @@ def usage_from(value: Any) -> Usage | None:
         return _usage(*(_count(value, name) for name in USAGE_FIELDS))
     logger.debug("instrument: usage extractor returned %r, not a Usage or mapping", value)
     return None
-
-
-# -- generated content, for the time to first token ----------------------------------------------
-
-# Fields that hold generated text: OpenAI Chat deltas (content, refusal, and the reasoning of
-# OpenAI-compatible servers), Anthropic deltas (text, thinking, partial_json of a tool call),
-# Gemini parts (text), Cohere deltas (text, thinking, tool_plan).
-_TEXT_FIELDS = (
-    "content",
-    "text",
-    "thinking",
-    "partial_json",
-    "reasoning_content",
-    "reasoning",
-    "refusal",
-    "tool_plan",
-)
-# Fields whose mere presence is generated content: tool calls, code, audio, images.
-_PRESENT_FIELDS = (
-    "tool_calls",
-    "function_call",
-    "functionCall",
-    "executable_code",
-    "executableCode",
-    "inline_data",
-    "inlineData",
-    "audio",
-)
-# Fields that lead to the above: a Chat choice's delta, a Cohere delta's message, a Gemini
-# candidate's content and its parts.
-_NESTED_FIELDS = ("delta", "message", "parts")
-# Top-level fields that say a chunk has a known envelope: without content in it, such a
-# chunk is bookkeeping (a role, a start or stop event, a usage report), not a token.
-_ENVELOPE_FIELDS = (
-    "choices",
-    "candidates",
-    "type",
-    "delta",
-    "usage",
-    "usage_metadata",
-    "usageMetadata",
-    "message",
-    "response",
-)
-_MAX_DEPTH = 6
-
-
-def _present(value: Any) -> bool:
-    """Set to something: SDK models fill absent fields with None, or a falsy sentinel
-    (Mistral's ``Unset()``)."""
-    if value is None:
-        return False
-    try:
-        return bool(value)
-    except Exception:  # a foreign object without a truth value is still there
-        return True
-
-
-def _generated(value: Any, depth: int = 0) -> bool:
-    if value is None:
-        return False
-    if isinstance(value, str | bytes):
-        return bool(value)
-    if depth > _MAX_DEPTH or isinstance(value, int | float):
-        return False
-    if isinstance(value, list | tuple):
-        return any(_generated(item, depth + 1) for item in value)
-    for name in _TEXT_FIELDS:
-        if _generated(_get(value, name), depth + 1):
-            return True
-    for name in _PRESENT_FIELDS:
-        if _present(_get(value, name)):
-            return True
-    return any(_generated(_get(value, name), depth + 1) for name in _NESTED_FIELDS)
-
-
-def carries_content(chunk: Any) -> bool:
-    """Whether a stream chunk carries generated content: a text, reasoning or tool-call delta.
-
-    By shape: an OpenAI Chat chunk's ``choices[].delta``, a Gemini chunk's candidate parts,
-    an event's ``delta`` (Anthropic, OpenAI Responses, Cohere), the chunk inside the OpenAI
-    stream helper's and Mistral's events. A role-only first chunk, Anthropic's
-    ``message_start`` and OpenAI Responses' ``response.created`` carry none. A non-empty
-    string (a ``text_stream``) is content; so is a chunk of no known shape, which cannot
-    be told apart from content.
-
-    >>> carries_content({"choices": [{"delta": {"role": "assistant", "content": ""}}]})
-    False
-    """
-    if chunk is None:
-        return False
-    if isinstance(chunk, str | bytes):
-        return bool(chunk)
-    get = _readers.get(type(chunk)) or _reader(chunk)
-    known = False
-    for name in ("choices", "candidates"):
-        found = get(chunk, name)
-        if found is not None:
-            if _generated(found):
-                return True
-            known = True
-    if known:
-        return False
-    for holder in ("chunk", "data"):
-        inner = get(chunk, holder)
-        if inner is not None and not isinstance(inner, str | bytes | list | tuple):
-            return carries_content(inner)
-    delta = get(chunk, "delta")
-    if delta is not None:
-        return _generated(delta)
-    if isinstance(get(chunk, "type"), str):
-        # An event without a delta: the stream helpers' own text events carry the text
-        # itself (Anthropic's "text", "thinking", "input_json"); the rest are bookkeeping.
-        return any(_generated(get(chunk, name)) for name in ("text", "thinking", "partial_json"))
-    return not any(get(chunk, name) is not None for name in _ENVELOPE_FIELDS)
-
-
-# -- the response a stream helper accumulates ---------------------------------------------------
-
-_snapshot_names: dict[type, tuple[str, ...]] = {}
-
-
-def stream_snapshot(stream: Any) -> Any:
-    """The response a stream helper has accumulated so far, or None.
-
-    The SDKs' stream helpers keep it as a ``current_<kind>_snapshot`` property (Anthropic's
-    ``MessageStream.current_message_snapshot``, OpenAI's ``current_completion_snapshot``);
-    it carries the usage when a caller reads the stream another way (``text_stream``).
-    """
-    kind = type(stream)
-    names = _snapshot_names.get(kind)
-    if names is None:
-        names = _snapshot_names[kind] = tuple(
-            name for name in dir(kind) if name.startswith("current_") and name.endswith("_snapshot")
-        )
-    for name in names:
-        value = _attribute(stream, name)  # the property raises until the first event
-        if value is not None:
-            return value
-    return None
-
-
-def stream_finished(snapshot: Any) -> bool:
-    """Whether an accumulated response says the model finished: Anthropic's
-    ``stop_reason``, a Chat choice's ``finish_reason``, a Responses ``status`` of
-    "completed"."""
-    if _get(snapshot, "stop_reason") is not None:
-        return True
-    if _get(snapshot, "status") == "completed":
-        return True
-    choices = _get(snapshot, "choices")
-    if isinstance(choices, list | tuple) and choices:
-        return _get(choices[0], "finish_reason") is not None
-    return False
-
-
-# -- raw HTTP responses ----------------------------------------------------------------------------
-
-
-def response_body(response: Any) -> Any:
-    """The parsed body of a raw HTTP response wrapper, or None.
-
-    The SDKs' ``with_raw_response`` calls return an object with ``http_response`` and a
-    ``parse()`` that gives the usual response (or stream) and caches it, so reading it
-    here changes nothing the caller gets. An ``async def parse()`` cannot run here: the
-    body, when it was already read, is parsed as the JSON it is instead.
-    """
-    parse = getattr(type(response), "parse", None)  # on the class: cheap for every result
-    if parse is None or not callable(parse) or isinstance(response, type):
-        return None
-    http_response = _attribute(response, "http_response")
-    if http_response is None:
-        return None
-    if inspect.iscoroutinefunction(parse):
-        content = _attribute(http_response, "content")  # raises while the body is unread
-        if not isinstance(content, bytes) or not content:
-            return None
-        try:
-            return json.loads(content)
-        except ValueError:
-            return None
-    return response.parse()
