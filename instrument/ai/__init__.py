@@ -23,14 +23,10 @@ per provider get their own series, the rest are reported as ``other``.
 from __future__ import annotations
 
 import inspect
-import json
 import logging
-import math
-import os
 import queue
 import threading
-import weakref
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable
 from time import perf_counter
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, NamedTuple, TypedDict, TypeVar, Unpack, cast
@@ -46,12 +42,20 @@ from .._wrapping import (
     bind_arguments,
     wraps_signature,
 )
-from ..instrumentation import Binding, Instrumentation, Policy, check_number
-from ..metrics import Metrics
+from ..instrumentation import Binding, Instrumentation, Policy
 from ..push import register_before_snapshot
 from ._content import carries_content, response_body, stream_finished, stream_snapshot
-from ._fields import attribute
-from ._usage import MAX_TOKENS, Usage, extract_usage, response_model, usage_from
+from ._prices import ModelPrice, load_prices
+from ._series import OTHER_MODEL as OTHER_MODEL
+from ._series import UNKNOWN_MODEL, ModelSeries, ProviderModels, provider_models
+from ._usage import (
+    MAX_TOKENS,
+    ExtractorFailed,
+    Usage,
+    extract_usage,
+    response_model,
+    usage_from,
+)
 
 __all__ = [
     "AICall",
@@ -67,11 +71,6 @@ logger = logging.getLogger("instrument")
 
 R = TypeVar("R")
 
-#: The model label of calls whose model is neither fixed, nor an argument, nor in the response.
-UNKNOWN_MODEL = "unknown"
-#: The model label of models beyond ``max_models`` for one provider.
-OTHER_MODEL = "other"
-_STATUSES = ("success", "error", "cancelled")
 _STREAM_VALUES = ("auto", True, False)
 # What a result is, as flags: iterated with for (_SYNC), with async for (_ASYNC), or both;
 # _MANAGER: a with-block that hands out the stream (its protocols, _SYNC and/or _ASYNC).
@@ -101,271 +100,13 @@ class AICallOptions(TypedDict, total=False):
 _OPTION_NAMES = frozenset(AICallOptions.__optional_keys__)
 
 
-# -- prices ------------------------------------------------------------------------------------
-
-
-class ModelPrice(NamedTuple):
-    """US dollars per token of one model; None where the table gives no price."""
-
-    input: float | None
-    output: float | None
-    cache_read: float | None = None
-    cache_creation: float | None = None
-
-    def cost(self, usage: Usage) -> float | None:
-        """The cost of ``usage``, or None when a token kind it used has no price.
-
-        Cached input is priced at its own rate; without one, at the input rate.
-        """
-        cache_read_rate = self.input if self.cache_read is None else self.cache_read
-        cache_creation_rate = self.input if self.cache_creation is None else self.cache_creation
-        uncached = max(usage.input_tokens - usage.cache_read - usage.cache_creation, 0)
-        total = 0.0
-        for tokens, rate in (
-            (uncached, self.input),
-            (usage.cache_read, cache_read_rate),
-            (usage.cache_creation, cache_creation_rate),
-            (usage.output_tokens, self.output),
-        ):
-            if tokens:
-                if rate is None:
-                    return None
-                total += tokens * rate
-        return total
-
-
-# LiteLLM's model price map field -> ModelPrice field.
-_PRICE_FIELDS = {
-    "input_cost_per_token": "input",
-    "output_cost_per_token": "output",
-    "cache_read_input_token_cost": "cache_read",
-    "cache_creation_input_token_cost": "cache_creation",
-}
-
-
-def load_prices(table: Mapping[str, Any] | str | os.PathLike[str]) -> dict[str, ModelPrice]:
-    """Validate a price table in LiteLLM's model price map format (a mapping, or the path
-    of a JSON file) and return it as ``{model: ModelPrice}``.
-
-    >>> load_prices({"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05,
-    ...                         "cache_read_input_token_cost": 1.25e-06}})["gpt-4o"].output
-    1e-05
-
-    Keys are model names, optionally ``provider/model``. Entries without any per-token
-    price (LiteLLM's image and audio models) are skipped; other LiteLLM fields are ignored.
-    """
-    source = "prices"
-    if isinstance(table, str | os.PathLike):
-        source = os.fspath(table)
-        try:
-            with open(source, encoding="utf-8") as file:
-                table = json.load(file)
-        except OSError as exc:
-            raise ValueError(
-                f"cannot read the price table {source!r} ({exc.strerror or exc}); pass the path "
-                "of a JSON file in LiteLLM's model price map format"
-            ) from None
-        except json.JSONDecodeError as exc:
-            raise ValueError(f"the price table {source!r} is not valid JSON: {exc}") from None
-    if not isinstance(table, Mapping):
-        raise TypeError(
-            f"{source} must be a mapping of model name to prices (LiteLLM's model price map "
-            f"format), got {type(table).__name__}"
-        )
-    prices: dict[str, ModelPrice] = {}
-    for model, entry in table.items():
-        if model == "sample_spec":  # LiteLLM's documentation entry
-            continue
-        if not isinstance(model, str) or not model:
-            raise TypeError(f"{source}: model names must be non-empty strings, got {model!r}")
-        if not isinstance(entry, Mapping):
-            raise TypeError(
-                f"{source}[{model!r}] must be a mapping such as "
-                '{"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}, '
-                f"got {type(entry).__name__}"
-            )
-        rates: dict[str, float | None] = {}
-        for field, name in _PRICE_FIELDS.items():
-            value = entry.get(field)
-            if value is None:
-                rates[name] = None
-                continue
-            what = f"{source}[{model!r}][{field!r}]"
-            rate = check_number(what, value)
-            if not 0 <= rate < math.inf:
-                raise ValueError(f"{what} must be a finite, non-negative number, got {value!r}")
-            rates[name] = rate
-        if rates["input"] is None and rates["output"] is None:
-            continue
-        prices[model] = ModelPrice(**rates)
-    if not prices:
-        raise ValueError(
-            f"no model in {source} has a per-token price: give each model "
-            "input_cost_per_token and output_cost_per_token (US dollars per token), as "
-            "LiteLLM's model price map does"
-        )
-    return prices
-
-
-# -- label children and the cardinality guard --------------------------------------------------
-
-
-def _http_status(exc: BaseException) -> str:
-    """The HTTP error status an exception carries (``status_code``, ``response.status_code``,
-    aiohttp's ``status``, google-genai's ``code``, the first 4xx or 5xx in that order), or
-    "" when it has none. A stream that fails after its 200 raises with that 200 attached
-    (Anthropic's error event): no HTTP error, unless the error says its own (Gemini's)."""
-    for path in _STATUS_PATHS:
-        value: Any = exc
-        for name in path:
-            value = attribute(value, name)
-        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
-            return str(value)
-    return ""
-
-
-# Read lazily, first valid wins: aiohttp's deprecated ``code`` warns when merely read.
-_STATUS_PATHS = (("status_code",), ("response", "status_code"), ("status",), ("code",))
-
-
-class _ExtractorFailed(Exception):
-    """A ``usage=`` extractor raised; the text names it and the class of what it raised."""
-
-
-class _ModelSeries:
-    """The label children of one (provider, model). The ones every call touches are bound
-    here; the rest on first use, so a series appears only once it has something to say."""
-
-    __slots__ = (
-        "_lazy",
-        "_metrics",
-        "_warned",
-        "calls",
-        "inc_input",
-        "inc_output",
-        "model",
-        "observe",
-        "provider",
-    )
-
-    def __init__(self, metrics: Metrics, provider: str, model: str) -> None:
-        self._metrics = metrics
-        self.provider = provider
-        self.model = model
-        self.calls = {s: metrics.ai_api_calls.labels(provider, model, s).inc for s in _STATUSES}
-        self.observe = metrics.ai_call_duration.labels(provider, model).observe
-        self.inc_input = metrics.ai_tokens.labels(provider, model, "input").inc
-        self.inc_output = metrics.ai_tokens.labels(provider, model, "output").inc
-        # Bound now, so the series reads 0 from the first call: usage coverage (1 - missing
-        # / calls) is then a number for a model whose every call reported usage.
-        self._lazy: dict[tuple[str, ...], Any] = {
-            ("ai_usage_missing",): metrics.ai_usage_missing.labels(provider, model)
-        }
-        self._warned: set[str] = set()
-
-    def _child(self, attr: str, *labels: str) -> Any:
-        key = (attr, *labels)
-        child = self._lazy.get(key)
-        if child is None:
-            metric = getattr(self._metrics, attr)
-            child = self._lazy[key] = metric.labels(self.provider, self.model, *labels)
-        return child
-
-    def tokens(self, usage: Usage) -> None:
-        if usage.input_tokens:
-            self.inc_input(usage.input_tokens)
-        if usage.output_tokens:
-            self.inc_output(usage.output_tokens)
-        for detail in ("cache_read", "cache_creation", "reasoning"):
-            count = getattr(usage, detail)
-            if count:
-                self._child("ai_token_details", detail).inc(count)
-
-    def time_to_first_token(self, seconds: float) -> None:
-        self._child("ai_time_to_first_token").observe(seconds)
-
-    def error(self, exc: BaseException) -> None:
-        self._child("ai_api_errors", type(exc).__name__, _http_status(exc)).inc()
-
-    def cost(self, dollars: float) -> None:
-        self._child("ai_cost").inc(dollars)
-
-    def unpriced(self) -> None:
-        self._child("ai_unpriced_calls").inc()
-
-    def usage_missing(self) -> None:
-        self._child("ai_usage_missing").inc()
-
-    def warn_once(self, what: str, message: str, *args: Any) -> None:
-        """A warning the first time ``what`` happens to this provider and model: it would
-        otherwise repeat on every call (or chunk) of the same shape."""
-        if what in self._warned:
-            return
-        self._warned.add(what)
-        logger.warning("instrument: %s/%s: " + message, self.provider, self.model, *args)
-
-
-class _ProviderModels:
-    """The model series of one provider, at most ``limit`` of them, then ``other``."""
-
-    def __init__(self, metrics: Metrics, provider: str, limit: int) -> None:
-        self._metrics = metrics
-        self.provider = provider
-        self.limit = limit
-        self._series: dict[str, _ModelSeries] = {}
-        self._other: _ModelSeries | None = None
-        self._lock = threading.Lock()
-
-    def series(self, model: str) -> _ModelSeries:
-        found = self._series.get(model)
-        if found is not None:
-            return found
-        with self._lock:
-            found = self._series.get(model)
-            if found is not None:
-                return found
-            if len(self._series) < self.limit:
-                found = self._series[model] = _ModelSeries(self._metrics, self.provider, model)
-                return found
-            if self._other is None:
-                logger.warning(
-                    "instrument: provider %r has more than %d models; %r and any further "
-                    "ones are reported as model=%r. Raise max_models, or pass "
-                    "normalize_model= to fold model versions together",
-                    self.provider,
-                    self.limit,
-                    model,
-                    OTHER_MODEL,
-                )
-                self._other = _ModelSeries(self._metrics, self.provider, OTHER_MODEL)
-            return self._other
-
-
-# The model guard is per Instrumentation and provider, shared by all its trackers.
-_guards: weakref.WeakKeyDictionary[Instrumentation, dict[str, _ProviderModels]] = (
-    weakref.WeakKeyDictionary()
-)
-_guards_lock = threading.Lock()
-
-
-def _provider_models(inst: Instrumentation, provider: str) -> _ProviderModels:
-    with _guards_lock:
-        by_provider = _guards.setdefault(inst, {})
-        models = by_provider.get(provider)
-        if models is None:
-            models = by_provider[provider] = _ProviderModels(
-                inst.metrics, provider, inst.max_models
-            )
-        return models
-
-
 class _AIBinding(Binding):
     """What a tracker records into on one Instrumentation, looked up once."""
 
     active_inc: Callable[[], None]
     active_dec: Callable[[], None]
-    models: _ProviderModels
-    static: _ModelSeries | None = None
+    models: ProviderModels
+    static: ModelSeries | None = None
 
     def __init__(self, inst: Instrumentation, tracker: AICallTracker) -> None:
         super().__init__(inst)
@@ -374,7 +115,7 @@ class _AIBinding(Binding):
         active = inst.metrics.active_jobs.labels(tracker.job_type)
         self.active_inc = active.inc
         self.active_dec = active.dec
-        self.models = _provider_models(inst, tracker.provider)
+        self.models = provider_models(inst, tracker.provider)
         self.static = None if tracker.label is None else self.models.series(tracker.label)
 
 
@@ -585,7 +326,7 @@ class AICall(Probe):
         """Reading ``response`` raised: noted, to be reported once at the call's end. Only
         class names: what a foreign object's exception says may hold anything."""
         if self._failure is None:
-            if isinstance(exc, _ExtractorFailed):
+            if isinstance(exc, ExtractorFailed):
                 self._failure = f"{exc} on a {type(response).__name__}"
             else:
                 self._failure = f"reading {type(response).__name__} raised {type(exc).__name__}"
@@ -634,37 +375,18 @@ class AICall(Probe):
             if usage is not None:
                 series.tokens(usage)
             elif status != "error":
-                self._missing(series, status)
+                series.usage_missing(status, self._seen, self._failure)
             if self._failure is not None and (usage is not None or status != "success"):
                 series.warn_once("usage", "%s; its usage is not read", self._failure)
             if exc is not None:
                 series.error(exc)
             prices: dict[str, ModelPrice] | None = b.inst._prices
             if prices is not None:
-                self._price(series, prices, name, usage, status)
+                series.price(prices, name, usage, status)
         finally:
             b.active_dec()
 
-    def _missing(self, series: _ModelSeries, status: str) -> None:
-        """A call that ran and ended without usage: counted, so a silent 0 shows."""
-        series.usage_missing()
-        if status != "success":
-            return  # left before the end: the usage, sent last, never came
-        seen = self._seen
-        what = f"its response ({seen})" if seen is not None else "no response was recorded"
-        failure = f"; {self._failure}" if self._failure is not None else ""
-        series.warn_once(
-            "usage",
-            "a call ended without readable usage in %s%s, so its tokens are not counted "
-            "(%s counts such calls). Pass usage= to track_ai_call for a shape of your own; "
-            "OpenAI-compatible streams report usage only with "
-            'stream_options={"include_usage": True}',
-            what,
-            failure,
-            series._metrics.names()["ai_usage_missing"],
-        )
-
-    def _series(self, b: _AIBinding) -> tuple[_ModelSeries, str]:
+    def _series(self, b: _AIBinding) -> tuple[ModelSeries, str]:
         """This call's series and the model name its price is looked up by."""
         model = self._model
         if model is None:
@@ -672,28 +394,6 @@ class AICall(Probe):
                 return b.static, self._tracker.model
             model = self._seen_model or UNKNOWN_MODEL
         return b.models.series(self._tracker._label(model)), model
-
-    def _price(
-        self,
-        series: _ModelSeries,
-        prices: dict[str, ModelPrice],
-        model: str,
-        usage: Usage | None,
-        status: str,
-    ) -> None:
-        if usage is None:
-            # A failed request is usually not billed: only calls that ran count as unpriced.
-            if status != "error":
-                series.unpriced()
-            return
-        price = prices.get(f"{series.provider}/{model}") or prices.get(model)
-        if price is None and series.model != model:
-            price = prices.get(series.model)
-        dollars = None if price is None else price.cost(usage)
-        if dollars is None:
-            series.unpriced()
-        else:
-            series.cost(dollars)
 
 
 # -- streams -----------------------------------------------------------------------------------
@@ -1431,7 +1131,7 @@ class AICallTracker(Policy[AICall, _AIBinding]):
         try:
             return usage_from(extractor(response))
         except Exception as exc:
-            raise _ExtractorFailed(
+            raise ExtractorFailed(
                 f"the usage extractor of {self!r} raised {type(exc).__name__}"
             ) from None
 

@@ -93,6 +93,10 @@ class Usage:
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 
+class ExtractorFailed(Exception):
+    """A ``usage=`` extractor raised; the text names it and the class of what it raised."""
+
+
 def _count(container: Any, *names: str) -> int | None:
     """The first of ``names`` present in ``container`` as a token count, or None.
 
