@@ -25,8 +25,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import instrument
 from instrument import AICall, AICallTracker, Instrumentation, track_ai_call
-from instrument import ai as ai_module
 from instrument import instrumentation as instrumentation_module
+from instrument.ai import _call as call_module
+from instrument.ai import _tracker as tracker_module
 from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
@@ -79,7 +80,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(ai_module, "perf_counter", fake)
+    monkeypatch.setattr(call_module, "perf_counter", fake)
     return fake
 
 
@@ -558,9 +559,9 @@ class TestAbandonedStreams:
             assert collected.wait(5), "recording from the garbage collector deadlocked"
         finally:
             gc.enable()
-        assert ai_module._abandoned.qsize() == 1  # queued by the collector, not recorded
+        assert call_module._abandoned.qsize() == 1  # queued by the collector, not recorded
         record_abandoned_streams()
-        assert ai_module._abandoned.empty()
+        assert call_module._abandoned.empty()
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
         assert active(registry) == 0
@@ -578,9 +579,9 @@ class TestAbandonedStreams:
         next(stream)  # message_start: input known, output 1 so far
         del stream
         gc.collect()
-        assert ai_module._abandoned.qsize() == 1
+        assert call_module._abandoned.qsize() == 1
         with inst.track_ai_call("openai", "gpt-4o"):  # any tracker's next call
-            assert ai_module._abandoned.empty()
+            assert call_module._abandoned.empty()
             assert calls(registry, "anthropic", "claude-sonnet-4") == {"cancelled": 1}
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
         assert active(registry) == 0
@@ -594,7 +595,7 @@ class TestAbandonedStreams:
         next(stream)
         del stream
         gc.collect()
-        assert ai_module._abandoned.qsize() == 1
+        assert call_module._abandoned.qsize() == 1
         text = generate_latest(registry).decode()  # what /metrics serves in pull mode
         assert (
             'codomyrmex_ai_api_calls_total{model="gpt-4o",provider="openai",status="cancelled"} 1.0'
@@ -614,9 +615,9 @@ class TestAbandonedStreams:
             next(stream)
             del stream
             gc.collect()
-            assert ai_module._abandoned.qsize() == 1
+            assert call_module._abandoned.qsize() == 1
             assert inst.push()
-            assert ai_module._abandoned.empty()
+            assert call_module._abandoned.empty()
             assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
             pushed = textfile.read_text()
             assert re.search(
@@ -1656,7 +1657,7 @@ class TestTransparency:
         def broken(chunk: Any) -> Any:
             raise RuntimeError("extractor bug")
 
-        monkeypatch.setattr(ai_module, "extract_usage", broken)
+        monkeypatch.setattr(tracker_module, "extract_usage", broken)
         chunks = openai_chat_chunks()
         stream = inst.track_ai_call("openai", "gpt-4o")(lambda: FakeStream(chunks))()
         assert list(stream) == chunks
