@@ -17,18 +17,9 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from .._wrapping import Probe, _adeliver, _deliver, _guard, _probe_end
 from ..push import register_before_snapshot
 from ._content import carries_content, response_body, stream_finished, stream_snapshot
-from ._proxies import (
-    ASYNC,
-    MANAGER,
-    SYNC,
-    Manager,
-    RawResponse,
-    not_iterable,
-    stream_kind,
-    wrap_stream,
-)
+from ._proxies import MANAGER, Manager, RawResponse, not_iterable, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries
-from ._usage import MAX_TOKENS, ExtractorFailed, Usage, response_model
+from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
 if TYPE_CHECKING:
     from ._prices import ModelPrice
@@ -127,21 +118,9 @@ class AICall(Probe):
     ) -> None:
         """Add token counts by hand: ``input_tokens`` includes cached input (``cache_read``,
         ``cache_creation``) and ``output_tokens`` includes ``reasoning``."""
-        counts = (input_tokens, output_tokens, cache_read, cache_creation, reasoning)
-        for name, count in zip(
-            ("input_tokens", "output_tokens", "cache_read", "cache_creation", "reasoning"),
-            counts,
-            strict=True,
-        ):
-            if isinstance(count, bool) or not isinstance(count, int):
-                raise TypeError(f"{name} must be an int, got {type(count).__name__}")
-            if count < 0:
-                raise ValueError(f"{name} must not be negative, got {count}")
-            if count > MAX_TOKENS:
-                raise ValueError(f"{name} must be at most 2**53 (a token count), got {count}")
-        if self._b is None or self._done:
-            return
-        self._add(Usage(*counts))
+        usage = checked_usage(input_tokens, output_tokens, cache_read, cache_creation, reasoning)
+        if self._b is not None and not self._done:
+            self._add(usage)
 
     def set_model(self, model: str) -> None:
         """Set this call's model label (for ``model=None``, or to override the fixed one)."""
@@ -218,23 +197,29 @@ class AICall(Probe):
         mode = self._tracker.stream
         kind = stream_kind(result, mode)
         if kind & MANAGER:
-            return Manager(result, Stream(self, owner))
+            return Manager(result, Stream(self, owner), mode)
         if kind:
             self._note(result)
             return wrap_stream(result, kind, Stream(self, owner))
-        try:
-            body = response_body(result)
-        except Exception as exc:
-            self._failed(result, exc)
-            return None
+        body = self._body(result)
         if body is None:
             return None
-        self._note(result)
         kind = stream_kind(body, mode)
         if kind and not kind & MANAGER:
             return RawResponse(result, body, wrap_stream(body, kind, Stream(self, owner)))
         self._read(body)
         return None
+
+    def _body(self, response: Any) -> Any:
+        """The parsed body of a raw HTTP response, or None; never raises."""
+        try:
+            body = response_body(response)
+        except Exception as exc:
+            self._failed(response, exc)
+            return None
+        if body is not None:
+            self._note(response)
+        return body
 
     def _note(self, response: Any) -> None:
         if self._seen is None:
@@ -285,19 +270,10 @@ class AICall(Probe):
                 for stream in streams:
                     stream.settle()
             series, name = self._series(b)
-            series.observe(now - self._t0)
-            series.calls[status]()
-            if self._first is not None:
-                series.time_to_first_token(self._first)
             usage = self._usage
-            if usage is not None:
-                series.tokens(usage)
-            elif status != "error":
-                series.usage_missing(status, self._seen, self._failure)
-            if self._failure is not None and (usage is not None or status != "success"):
-                series.warn_once("usage", "%s; its usage is not read", self._failure)
-            if exc is not None:
-                series.error(exc)
+            series.record(
+                status, now - self._t0, self._first, usage, exc, self._seen, self._failure
+            )
             prices: dict[str, ModelPrice] | None = b.inst._prices
             if prices is not None:
                 series.price(prices, name, usage, status)
@@ -389,22 +365,11 @@ class Stream(_Chunks):
         # owner: this stream ends the call (a decorated function's result); otherwise the
         # with-block it was recorded in does.
         self.owner = owner
-        #: The stream itself and its own ``__next__`` / ``__anext__``; set by attach(), for
-        #: a stream manager once it is entered.
+        #: The stream itself and its own ``__next__`` / ``__anext__``; set by wrap_stream(),
+        #: for a stream manager once it is entered.
         self.source: Any = None
         self.step: Callable[..., Any] = not_iterable
         self.astep: Callable[..., Awaitable[Any]] = not_iterable
-
-    def attach(self, source: Any, kind: int) -> None:
-        """Read ``source``, iterated by ``for`` (kind ``SYNC``), ``async for`` (``ASYNC``)
-        or both: whichever protocol the caller uses goes through this stream."""
-        if kind & SYNC:
-            step = getattr(source, "__next__", None)
-            self.step = step if step is not None else iter(source).__next__
-        if kind & ASYNC:
-            astep = getattr(source, "__anext__", None)
-            self.astep = astep if astep is not None else source.__aiter__().__anext__
-        self.source = source
 
     def restart(self) -> None:
         """A manager was entered: its request starts now, so the call's clock does."""
@@ -440,41 +405,11 @@ class Stream(_Chunks):
             self.read(chunk)
         return chunk
 
-    def hand_out(self, value: Any) -> Any:
-        """What a stream manager handed out on entry, in its proxy when it is a stream;
-        None when it is read as a response instead."""
-        try:
-            kind = stream_kind(value, self.call._tracker.stream)
-            if kind and not kind & MANAGER:
-                return wrap_stream(value, kind, self)
-        except Exception:
-            _guard("wrapping a stream")
-        return None
-
     def read_response(self, response: Any) -> None:
         """What a stream manager handed out when it is no stream: read as a response (the
         raw response of ``with_streaming_response``, through its body)."""
-        call = self.call
-        try:
-            body = response_body(response)
-        except Exception as exc:
-            call._failed(response, exc)
-            body = None
-        call._note(response)
-        call._read(response if body is None else body)
-
-    def _read_snapshot(self) -> bool:
-        """Read the response the stream helper accumulated (its usage, when the caller
-        read the stream through ``text_stream`` or ``get_final_message()``, not through
-        this proxy). True when that response says the model finished."""
-        source = self.source
-        if source is None:
-            return False
-        snapshot = stream_snapshot(source)
-        if snapshot is None:
-            return False
-        self.read(snapshot, timed=False)  # read at the end: no first token to time
-        return stream_finished(snapshot)
+        body = self.call._body(response)
+        self.call._read(response if body is None else body)
 
     def end(
         self, exc: BaseException | None = None, *, closed: bool = False, abandoned: bool = False
@@ -485,8 +420,13 @@ class Stream(_Chunks):
         if not self.open:
             return False
         try:
-            if self._read_snapshot() and closed:
-                closed = False  # read to its end another way, then closed: a success
+            # The response the stream helper accumulated has the usage when the caller read
+            # the stream another way (``text_stream``, ``get_final_message()``).
+            snapshot = None if self.source is None else stream_snapshot(self.source)
+            if snapshot is not None:
+                self.read(snapshot, timed=False)  # read at the end: no first token to time
+                if closed and stream_finished(snapshot):
+                    closed = False  # read to its end another way, then closed: a success
             self.settle()
         except Exception:
             _guard("recording the usage of a stream")

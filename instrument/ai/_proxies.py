@@ -15,6 +15,8 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
+from .._wrapping import _guard
+
 if TYPE_CHECKING:
     from ._call import Stream
 
@@ -234,9 +236,15 @@ _PROXIES: dict[int, type[_StreamProxy]] = {
 
 
 def wrap_stream(source: Any, kind: int, stream: Stream) -> Any:
-    """``source`` (a stream of ``kind``, ``SYNC`` and/or ``ASYNC``) in its proxy, each step
-    going through ``stream``."""
-    stream.attach(source, kind)
+    """``source`` in its proxy, iterated by ``for`` (kind ``SYNC``), ``async for``
+    (``ASYNC``) or both: whichever protocol the caller uses goes through ``stream``."""
+    if kind & SYNC:
+        step = getattr(source, "__next__", None)
+        stream.step = step if step is not None else iter(source).__next__
+    if kind & ASYNC:
+        astep = getattr(source, "__anext__", None)
+        stream.astep = astep if astep is not None else source.__aiter__().__anext__
+    stream.source = source
     return _PROXIES[kind & (SYNC | ASYNC)](source, stream)
 
 
@@ -248,9 +256,10 @@ class Manager(_ObjectProxy):
     the request starts when the caller enters it, and what it hands out is watched until
     its end. Entered with ``with`` or ``async with``, whichever it supports."""
 
-    def __init__(self, wrapped: Any, stream: Stream) -> None:
+    def __init__(self, wrapped: Any, stream: Stream, mode: str | bool) -> None:
         super().__init__(wrapped)
         self._self_stream = stream
+        self._self_mode = mode  # the tracker's stream option
         self._self_entered = False
         # What the manager handed out, when it is no stream: read before the manager
         # closes it (a raw response whose body the caller parsed).
@@ -265,9 +274,12 @@ class Manager(_ObjectProxy):
             stream.abandon()
 
     def _ai_hand_out(self, entered: Any) -> Any:
-        watched = self._self_stream.hand_out(entered)
-        if watched is not None:
-            return watched
+        try:
+            kind = stream_kind(entered, self._self_mode)
+            if kind and not kind & MANAGER:
+                return wrap_stream(entered, kind, self._self_stream)
+        except Exception:
+            _guard("wrapping a stream")
         self._self_value = entered
         return entered
 

@@ -82,6 +82,32 @@ class ModelSeries:
             child = self._lazy[key] = metric.labels(self.provider, self.model, *labels)
         return child
 
+    def record(
+        self,
+        status: str,
+        seconds: float,
+        first_token: float | None,
+        usage: Usage | None,
+        exc: BaseException | None,
+        seen: str | None,
+        failure: str | None,
+    ) -> None:
+        """One call's end: its ``status``, duration, time to first token, tokens (or that
+        they are missing) and error. ``seen``: the type of the first response recorded;
+        ``failure``: how reading one failed, warned about once."""
+        self.observe(seconds)
+        self.calls[status]()
+        if first_token is not None:
+            self._child("ai_time_to_first_token").observe(first_token)
+        if usage is not None:
+            self.tokens(usage)
+        elif status != "error":
+            self._usage_missing(status, seen, failure)
+        if failure is not None and (usage is not None or status != "success"):
+            self.warn_once("usage", "%s; its usage is not read", failure)
+        if exc is not None:
+            self._child("ai_api_errors", type(exc).__name__, http_status(exc)).inc()
+
     def tokens(self, usage: Usage) -> None:
         if usage.input_tokens:
             self.inc_input(usage.input_tokens)
@@ -92,15 +118,8 @@ class ModelSeries:
             if count:
                 self._child("ai_token_details", detail).inc(count)
 
-    def time_to_first_token(self, seconds: float) -> None:
-        self._child("ai_time_to_first_token").observe(seconds)
-
-    def error(self, exc: BaseException) -> None:
-        self._child("ai_api_errors", type(exc).__name__, http_status(exc)).inc()
-
-    def usage_missing(self, status: str, seen: str | None, failure: str | None) -> None:
-        """A call that ran and ended without usage: counted, so a silent 0 shows. ``seen``:
-        the type of the first response recorded; ``failure``: how reading one failed."""
+    def _usage_missing(self, status: str, seen: str | None, failure: str | None) -> None:
+        """A call that ran and ended without usage: counted, so a silent 0 shows."""
         self._child("ai_usage_missing").inc()
         if status != "success":
             return  # left before the end: the usage, sent last, never came

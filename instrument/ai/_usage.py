@@ -93,6 +93,19 @@ class Usage:
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 
+def checked_usage(*counts: int) -> Usage:
+    """Token counts given by hand (in :class:`Usage`'s field order) as a Usage; a TypeError
+    or ValueError naming the first that is not an int from 0 to 2**53."""
+    for name, count in zip(USAGE_FIELDS, counts, strict=True):
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"{name} must be an int, got {type(count).__name__}")
+        if count < 0:
+            raise ValueError(f"{name} must not be negative, got {count}")
+        if count > MAX_TOKENS:
+            raise ValueError(f"{name} must be at most 2**53 (a token count), got {count}")
+    return Usage(*counts)
+
+
 class ExtractorFailed(Exception):
     """A ``usage=`` extractor raised; the text names it and the class of what it raised."""
 
