@@ -23,10 +23,11 @@ per provider get their own series, the rest are reported as ``other``.
 from __future__ import annotations
 
 from ._call import AICall, record_abandoned_streams
+from ._options import AICallOptions
 from ._prices import ModelPrice, load_prices
 from ._series import OTHER_MODEL as OTHER_MODEL
 from ._series import UNKNOWN_MODEL as UNKNOWN_MODEL
-from ._tracker import AICallOptions, AICallTracker, track_ai_call
+from ._tracker import AICallTracker, track_ai_call
 from ._usage import Usage as Usage
 
 # OTHER_MODEL, UNKNOWN_MODEL and Usage are importable from here too, outside __all__ as

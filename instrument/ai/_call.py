@@ -133,13 +133,13 @@ class AICall(Probe):
     @property
     def model(self) -> str | None:
         """The model as known so far: set, from the call's argument, fixed, or seen."""
-        return self._model or self._tracker.model or self._seen_model
+        return self._model or self._tracker.options.model or self._seen_model
 
     @property
     def operation(self) -> str:
         """The tracker's ``operation`` ("chat" unless given): informational, for logs and
         custom ``usage=`` extraction; no metric has an operation label."""
-        return self._tracker.operation
+        return self._tracker.options.operation
 
     # -- the engine's side -----------------------------------------------------------------
 
@@ -194,7 +194,7 @@ class AICall(Probe):
         or a stream manager in its proxy, or a raw HTTP response whose ``parse()`` gives a
         stream. None when ``result`` is read as it is (a raw response's body is read here).
         """
-        mode = self._tracker.stream
+        mode = self._tracker.options.stream
         kind = stream_kind(result, mode)
         if kind & MANAGER:
             return Manager(result, Stream(self, owner), mode)
@@ -284,8 +284,9 @@ class AICall(Probe):
         """This call's series and the model name its price is looked up by."""
         model = self._model
         if model is None:
-            if b.static is not None and self._tracker.model is not None:
-                return b.static, self._tracker.model
+            fixed = self._tracker.options.model
+            if b.static is not None and fixed is not None:
+                return b.static, fixed
             model = self._seen_model or UNKNOWN_MODEL
         return b.models.series(self._tracker._label(model)), model
 

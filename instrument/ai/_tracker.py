@@ -6,40 +6,16 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple, TypedDict, Unpack, cast
+from typing import Any, NamedTuple, Unpack, cast
 
 from .._wrapping import bind_arguments, wraps_signature
 from ..instrumentation import Binding, Instrumentation, Policy
 from ._call import AICall, no_abandoned_streams, record_abandoned_streams
+from ._options import AICallOptions, TrackerOptions
 from ._series import ModelSeries, ProviderModels, provider_models
 from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
 
 logger = logging.getLogger("instrument")
-
-_STREAM_VALUES = ("auto", True, False)
-
-
-class AICallOptions(TypedDict, total=False):
-    """The keyword options of :func:`track_ai_call`."""
-
-    #: What kind of call this is: chat (default), embeddings, ... Informational only: no
-    #: metric has an operation label. Exposed as ``call.operation`` on the with-block
-    #: handle (and ``tracker.operation``), for logs and custom ``usage=`` extraction.
-    operation: str
-    #: Reads usage from responses (and stream chunks) of other shapes: returns a
-    #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
-    usage: Callable[[Any], Any] | None
-    #: "auto" wraps results that are iterators or async iterators, and stream managers
-    #: (with-blocks that hand out the stream); True also wraps any iterable result; False
-    #: never wraps.
-    stream: str | bool
-    #: The ``active_jobs`` label (default "ai_call").
-    job_type: str
-    #: Maps a model name to its label, e.g. to fold dated versions together.
-    normalize_model: Callable[[str], str] | None
-
-
-_OPTION_NAMES = frozenset(AICallOptions.__optional_keys__)
 
 
 class AIBinding(Binding):
@@ -54,11 +30,12 @@ class AIBinding(Binding):
         super().__init__(inst)
         if not self.enabled:
             return  # records nothing, so creates no series either
-        active = inst.metrics.active_jobs.labels(tracker.job_type)
+        options = tracker.options
+        active = inst.metrics.active_jobs.labels(options.job_type)
         self.active_inc = active.inc
         self.active_dec = active.dec
-        self.models = provider_models(inst, tracker.provider)
-        self.static = None if tracker.label is None else self.models.series(tracker.label)
+        self.models = provider_models(inst, options.provider)
+        self.static = None if options.label is None else self.models.series(options.label)
 
 
 # -- the decorator -----------------------------------------------------------------------------
@@ -83,85 +60,53 @@ class AICallTracker(Policy[AICall, AIBinding]):
         model: str | None = None,
         **options: Unpack[AICallOptions],
     ) -> None:
-        if callable(provider) and not isinstance(provider, str):
-            raise TypeError(
-                "track_ai_call needs arguments: use @track_ai_call('openai', 'gpt-4o') "
-                "(or model=None to take the call's model argument), not @track_ai_call"
-            )
-        if not isinstance(provider, str) or not provider:
-            raise TypeError(
-                f"provider must be a non-empty string such as 'openai', got {provider!r}"
-            )
-        if model is not None and (not isinstance(model, str) or not model):
-            raise TypeError(
-                "model must be a model name such as 'gpt-4o', or None to take it from the "
-                f"call's `model` argument or the response; got {model!r}"
-            )
-        unknown = sorted(set(options) - _OPTION_NAMES)
-        if unknown:
-            raise TypeError(
-                f"track_ai_call got unknown option(s) {', '.join(map(repr, unknown))}; "
-                f"the options are {', '.join(sorted(_OPTION_NAMES))}"
-            )
-        operation = options.get("operation", "chat")
-        if not isinstance(operation, str) or not operation:
-            raise TypeError(
-                f"operation must be a non-empty string such as 'chat' or 'embeddings', "
-                f"got {operation!r}"
-            )
-        usage = options.get("usage")
-        if usage is not None and not callable(usage):
-            raise TypeError(
-                "usage must be a callable taking a response (or stream chunk) and returning "
-                "a Usage, a mapping such as {'input_tokens': 10, 'output_tokens': 5}, or "
-                f"None; got {type(usage).__name__}"
-            )
-        stream = options.get("stream", "auto")
-        if not any(
-            stream is v or (isinstance(stream, str) and stream == v) for v in _STREAM_VALUES
-        ):
-            raise ValueError(
-                "stream must be 'auto' (wrap results that are iterators or async iterators), "
-                f"True (wrap any iterable result) or False (never wrap); got {stream!r}"
-            )
-        job_type = options.get("job_type", "ai_call")
-        if not isinstance(job_type, str) or not job_type:
-            raise TypeError(f"job_type must be a non-empty string, got {job_type!r}")
-        normalize = options.get("normalize_model")
-        if normalize is not None and not callable(normalize):
-            raise TypeError(
-                "normalize_model must be a callable taking a model name and returning its "
-                "label, e.g. lambda m: re.sub(r'-\\d{4}-\\d{2}-\\d{2}$', '', m) to drop a "
-                f"date suffix; got {type(normalize).__name__}"
-            )
+        #: The checked arguments; the attributes below read them.
+        self.options = TrackerOptions.of(provider, model, options)
         super().__init__(inst)
-        self.provider = provider
-        self.model = model
-        self.operation = operation
-        self.usage = usage
         #: Reads usage from a response or chunk: picked once, as it runs for every chunk.
         self._extract: Callable[[Any], Usage | None] = (
-            extract_usage if usage is None else self._extract_with
+            extract_usage if self.options.usage is None else self._extract_with
         )
-        self.stream = stream
-        self.job_type = job_type
-        self.normalize_model = normalize
         self._warned: set[str] = set()
-        self.label: str | None = None
-        if model is not None:
-            self.label = model
-            if normalize is not None:
-                label = normalize(model)
-                if not isinstance(label, str) or not label:
-                    raise TypeError(
-                        f"normalize_model({model!r}) returned {label!r}; it must return a "
-                        "non-empty string"
-                    )
-                self.label = label
         self._null = AICall(None, self, None)
 
     def __repr__(self) -> str:
         return f"track_ai_call({self.provider!r}, {self.model!r})"
+
+    # The options, read-only: what was checked at decoration stays what every call uses.
+
+    @property
+    def provider(self) -> str:
+        return self.options.provider
+
+    @property
+    def model(self) -> str | None:
+        return self.options.model
+
+    @property
+    def operation(self) -> str:
+        return self.options.operation
+
+    @property
+    def usage(self) -> Callable[[Any], Any] | None:
+        return self.options.usage
+
+    @property
+    def stream(self) -> str | bool:
+        return self.options.stream
+
+    @property
+    def job_type(self) -> str:
+        return self.options.job_type
+
+    @property
+    def normalize_model(self) -> Callable[[str], str] | None:
+        return self.options.normalize_model
+
+    @property
+    def label(self) -> str | None:
+        """The fixed model's label: ``model`` after ``normalize_model``."""
+        return self.options.label
 
     def bind(self, inst: Instrumentation) -> AIBinding:
         return AIBinding(inst, self)
@@ -170,7 +115,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         return self._null
 
     def starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
-        if self.model is not None:
+        if self.options.model is not None:
             return self.start
         # model=None: the call's ``model`` argument, found by this function's signature (one
         # tracker may decorate several functions), else its default.
@@ -213,7 +158,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
     def _extract_with(self, response: Any) -> Usage | None:
         """Usage read by the ``usage=`` extractor. Its failure is the call's to report, once
         per provider and model, like any response that cannot be read."""
-        extractor = cast(Callable[[Any], Any], self.usage)  # installed only when it is set
+        extractor = cast(Callable[[Any], Any], self.options.usage)  # installed only when set
         try:
             return usage_from(extractor(response))
         except Exception as exc:
@@ -222,7 +167,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
             ) from None
 
     def _label(self, model: str) -> str:
-        normalize = self.normalize_model
+        normalize = self.options.normalize_model
         if normalize is None:
             return model
         try:
