@@ -15,6 +15,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._wrapping import Probe, _adeliver, _deliver, _guard, _probe_end
+from ..metrics import check_label_value
 from ..push import register_before_snapshot
 from ._content import carries_content, response_body, stream_finished, stream_snapshot
 from ._proxies import MANAGER, Manager, RawResponse, not_iterable, stream_kind, wrap_stream
@@ -126,6 +127,7 @@ class AICall(Probe):
         """Set this call's model label (for ``model=None``, or to override the fixed one)."""
         if not isinstance(model, str) or not model:
             raise TypeError(f"model must be a non-empty string, got {model!r}")
+        check_label_value("model", model)
         if self._b is not None and not self._done:
             self._model = model
             self._seek_model = False

@@ -7,6 +7,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
+from ..metrics import check_label_value
+
 
 class AICallOptions(TypedDict, total=False):
     """The keyword options of :func:`track_ai_call`."""
@@ -34,6 +36,12 @@ _STREAM_VALUES = ("auto", True, False)
 
 def _non_empty(value: object) -> bool:
     return isinstance(value, str) and bool(value)
+
+
+def _label(what: str, value: str | None) -> None:
+    # A label value the exposition cannot encode would fail every scrape and push.
+    if value is not None:
+        check_label_value(what, value)
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,4 +121,9 @@ class TrackerOptions:
                     f"normalize_model({model!r}) returned {label!r}; it must return a "
                     "non-empty string"
                 )
+        _label("provider", provider)
+        _label("model", model)
+        _label("job_type", self.job_type)
+        if label is not model:
+            _label(f"normalize_model({model!r})", label)
         object.__setattr__(self, "label", label)  # derived once, like the checks

@@ -8,6 +8,7 @@ import threading
 import weakref
 from typing import TYPE_CHECKING, Any
 
+from ..metrics import check_label_value
 from ._fields import attribute
 
 if TYPE_CHECKING:
@@ -183,7 +184,8 @@ class ProviderModels:
             if found is not None:
                 return found
             if len(self._series) < self.limit:
-                found = self._series[model] = ModelSeries(self._metrics, self.provider, model)
+                label = self._label_value(model)
+                found = self._series[model] = ModelSeries(self._metrics, self.provider, label)
                 return found
             if self._other is None:
                 logger.warning(
@@ -197,6 +199,24 @@ class ProviderModels:
                 )
                 self._other = ModelSeries(self._metrics, self.provider, OTHER_MODEL)
             return self._other
+
+    def _label_value(self, model: str) -> str:
+        """``model`` as a label value the exposition can encode. A name seen while a call
+        runs (its argument, the response) cannot be refused; one holding a lone surrogate
+        (a JSON "\\udc80" escape) would fail every later scrape and push of the registry,
+        so it is reported escaped."""
+        try:
+            return check_label_value("model", model)
+        except ValueError:
+            label = model.encode("utf-8", "backslashreplace").decode("utf-8")
+            logger.warning(
+                "instrument: provider %r: the model name %r is not valid UTF-8; it is "
+                "reported as model=%r",
+                self.provider,
+                model,
+                label,
+            )
+            return label
 
 
 # The model guard is per Instrumentation and provider, shared by all its trackers.
