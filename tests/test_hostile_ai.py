@@ -1391,3 +1391,42 @@ def test_any_model_text_in_a_response_is_counted_and_exposed(model: str) -> None
         assert "ai_api_calls_total{" in text
     finally:
         inst.close()
+
+
+# -- options: refused at decoration, or never a failed call ----------------------------------
+
+OPTION_NAMES = ("job_type", "normalize_model", "operation", "stream", "usage")
+OPTION_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1, 2),
+    st.sampled_from(["", "auto", "chat", "x", "ai\udc80"]),
+    st.sampled_from([str, len, lambda value: value]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    options=st.dictionaries(
+        st.sampled_from([*OPTION_NAMES, "streaming"]), OPTION_VALUES, max_size=3
+    )
+)
+def test_options_are_refused_at_decoration_or_never_fail_a_call(options: dict[str, Any]) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    response = as_object(openai_chat(2, 3))
+    try:
+        try:
+            tracker = inst.track_ai_call("openai", "gpt-4o", **options)
+        except (TypeError, ValueError) as exc:
+            # The message names what was wrong, and nothing was recorded.
+            assert any(name in str(exc) for name in options), str(exc)
+            assert calls(registry, "openai", "gpt-4o") == {}
+            return
+        assert tracker(lambda: response)() is response
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert active(registry, tracker.job_type) == 0
+        for name, value in options.items():  # kept as given: what every call uses
+            assert getattr(tracker, name) is value
+    finally:
+        inst.close()
