@@ -18,6 +18,12 @@ run while its thread holds a lock that recording takes, so it only queues the st
 
 Label children are bound once per (provider, model); at most ``max_models`` model names
 per provider get their own series, the rest are reported as ``other``.
+
+Modules: ``_tracker`` (the decorator and with-block, a policy on the engine) with its
+checked ``_options``; ``_call`` (one call and the recording side of its streams) and
+``_proxies`` (what the caller holds instead of a stream); ``_series`` (label children and
+the model guard); ``_prices``; ``_usage``, ``_fields`` and ``_content`` (reading responses
+and chunks by their shape).
 """
 
 from __future__ import annotations

@@ -1,10 +1,5 @@
 """One LLM call in flight (:class:`AICall`, the with-block's handle) and the recording side
-of its streams: the chunks each stream reported, and the end of the call a stream brings.
-
-A stream garbage collected unfinished is recorded at the next AI call or push, or when
-:func:`record_abandoned_streams` is called (pull mode: before a scrape). The collector may
-run while its thread holds a lock that recording takes, so it only queues the stream.
-"""
+of its streams: the chunks each stream reported, and the end of the call a stream brings."""
 
 from __future__ import annotations
 
