@@ -9,10 +9,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Awaitable, Callable
 from time import perf_counter
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from ._wrapping import Probe, bind_arguments, wraps_signature
-from .instrumentation import Binding, Instrumentation, Policy, _check_label, check_number
+from ._engine import Probe, bind_arguments, wraps_signature
+from ._validation import check_label, check_number
+from .policy import Binding, Policy
+
+if TYPE_CHECKING:
+    from .instrumentation import Instrumentation
 
 __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
 
@@ -59,23 +63,23 @@ class _AnalysisBinding(Binding):
 class AnalysisJob(Probe):
     """One analysis in flight; in a with-block, the handle ``as job`` gives you."""
 
-    # deliver holds the delivery's bound method: one call less per job than a method.
-    __slots__ = ("_b", "_t0", "deliver")
+    # after_job holds the delivery's bound method: one call less per job than a method.
+    __slots__ = ("_b", "_t0", "after_job")
 
     _b: _AnalysisBinding
     _t0: float
     #: The call's bound arguments, kept only by jobs that record a quality score.
     _arguments: dict[str, Any] | None = None
 
-    def deliver_async(self) -> Awaitable[None] | None:
-        waiter: Awaitable[None] | None = self._b.after_call_async()
+    def after_job_async(self) -> Awaitable[None] | None:
+        waiter: Awaitable[None] | None = self._b.after_job_async()
         return waiter
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
         """Record a code quality score for this job's project (or ``project``) and module."""
         value = check_number("score", score)
         if project is not None:
-            _check_label("project", project)
+            check_label("project", project)
         b = self._b
         name = project if project is not None else b.monitor.project_for(self._arguments)
         if name is not None:
@@ -135,15 +139,15 @@ class _DisabledJob(AnalysisJob):
     __slots__ = ()
 
     def __init__(self) -> None:
-        self.deliver = None
+        self.after_job = None
 
-    def deliver_async(self) -> None:
+    def after_job_async(self) -> None:
         return None
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
         check_number("score", score)
         if project is not None:
-            _check_label("project", project)
+            check_label("project", project)
 
     def success(self, result: Any) -> Any:
         return result
@@ -176,9 +180,9 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
                 "monitored_analysis needs arguments: use @monitored_analysis(module, "
                 "analysis_type), not @monitored_analysis"
             )
-        _check_label("module", module)
-        _check_label("analysis_type", analysis_type)
-        _check_label("job_type", job_type, optional=True)
+        check_label("module", module)
+        check_label("analysis_type", analysis_type)
+        check_label("job_type", job_type, optional=True)
         if project is not None and not (isinstance(project, str) or callable(project)):
             raise TypeError(
                 "project must be a string or a callable taking the call's bound arguments "
@@ -243,7 +247,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         # Inlined (no __init__, no helper): this runs once per decorated call.
         job = _new(kind)
         job._b = b
-        job.deliver = b.deliver
+        job.after_job = b.after_job
         b.active_inc()
         job._t0 = perf_counter()
         return job

@@ -1,4 +1,6 @@
-"""The original design's ``PrometheusIntegration`` class, as a thin shim over Instrumentation."""
+"""The original design's names, as thin shims: the ``PrometheusIntegration`` class over
+Instrumentation, and its methods as module-level functions on the default instrumentation.
+``instrument`` re-exports them all, so the seed's imports keep working."""
 
 from __future__ import annotations
 
@@ -7,9 +9,17 @@ from typing import Any
 
 from prometheus_client import Counter, Gauge, Histogram
 
+from .defaults import get_instrumentation
 from .instrumentation import Instrumentation
 
-__all__ = ["PrometheusIntegration"]
+__all__ = [
+    "PrometheusIntegration",
+    "push_metrics",
+    "record_ai_api_call",
+    "record_analysis",
+    "record_quality_score",
+    "update_active_jobs",
+]
 
 logger = logging.getLogger("instrument")
 
@@ -58,3 +68,35 @@ class PrometheusIntegration(Instrumentation):
     @property
     def ai_token_usage(self) -> Counter:
         return self.metrics.ai_tokens
+
+
+def record_quality_score(project: str, module: str, score: float) -> None:
+    """Set the latest code quality score on the default instrumentation."""
+    get_instrumentation().record_quality_score(project, module, score)
+
+
+def record_analysis(module: str, analysis_type: str, duration: float, success: bool = True) -> None:
+    """Count one finished analysis on the default instrumentation (the original method)."""
+    get_instrumentation().record_analysis(module, analysis_type, duration, success)
+
+
+def update_active_jobs(job_type: str, count: int) -> None:
+    """Set the active-jobs gauge on the default instrumentation, as the original did."""
+    get_instrumentation().update_active_jobs(job_type, count)
+
+
+def record_ai_api_call(
+    provider: str,
+    model: str,
+    success: bool = True,
+    input_tokens: int = 0,
+    output_tokens: int = 0,
+) -> None:
+    """Count one AI API call and its tokens on the default instrumentation."""
+    get_instrumentation().record_ai_api_call(provider, model, success, input_tokens, output_tokens)
+
+
+async def push_metrics() -> bool:
+    """Push the default instrumentation's state now over aiohttp: the seed's name for
+    :func:`instrument.apush`."""
+    return await get_instrumentation().apush()

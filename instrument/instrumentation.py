@@ -1,26 +1,39 @@
-"""The Instrumentation object, the default one behind the module-level API, and configure()."""
+"""The facade: one :class:`Instrumentation` is a registry of metrics, the decorators
+recording into it, and how its state is delivered.
+
+The process-wide default and ``configure()`` live in ``defaults.py``, what every decorator
+shares in ``policy.py``; both are re-exported here, where they used to be.
+"""
 
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import warnings
 import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import TYPE_CHECKING, Any, Generic, TypeVar
+from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import config as _config
-from ._wrapping import Instrumenter, Probe, record_deferred_ends
+from ._engine import run_deferred
+from ._validation import check_label, check_number
+from .ai import AICallTracker, load_prices
+from .analysis import AnalysisMonitor
+from .defaults import (
+    configure,
+    get_instrumentation,
+    register_instrumentation_class,
+    set_retired,
+)
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
     check_buckets,
-    check_label_value,
     check_namespace,
 )
+from .policy import Binding as Binding
+from .policy import Policy
 from .push import (
     BeforeCollect,
     Delivery,
@@ -32,37 +45,13 @@ from .push import (
     register_before_snapshot,
 )
 
-if TYPE_CHECKING:
-    from .ai import AICallTracker
-    from .analysis import AnalysisMonitor
-
 __all__ = ["Instrumentation", "Policy", "configure", "get_instrumentation"]
 
 logger = logging.getLogger("instrument")
 
-# Job ends the engine could not record at the recursion limit are in every snapshot.
-register_before_snapshot(record_deferred_ends)
-
-P = TypeVar("P", bound=Probe)
-B = TypeVar("B", bound="Binding")
-
-
-def _check_label(what: str, value: object, *, optional: bool = False) -> None:
-    if value is None and optional:
-        return
-    if not isinstance(value, str) or not value:
-        raise TypeError(f"{what} must be a non-empty string, got {value!r}")
-    check_label_value(what, value)
-
-
-def check_number(what: str, value: object) -> float:
-    """``value`` as a float, or a TypeError/ValueError saying what was expected."""
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        raise TypeError(f"{what} must be a number, got {type(value).__name__}")
-    number = float(value)
-    if math.isnan(number):
-        raise ValueError(f"{what} must not be NaN")
-    return number
+# Work the engine deferred (abandoned streams, job ends at the recursion limit) is done
+# before every snapshot: a push, a scrape, a read of the registry.
+register_before_snapshot(run_deferred)
 
 
 class Instrumentation:
@@ -141,7 +130,7 @@ class Instrumentation:
             # Validated above, then dropped: disabled means no request ever leaves.
             push_mode, gateway, textfile = "off", None, None
 
-        def deliver(metrics: Metrics) -> Delivery:
+        def make_delivery(metrics: Metrics) -> Delivery:
             return Delivery(
                 metrics,
                 gateway=gateway,
@@ -153,20 +142,15 @@ class Instrumentation:
                 collect=self.collect_registry,
             )
 
-        self.metrics, self.delivery = _register(self.registry, namespace, buckets, deliver)
+        self.metrics, self.delivery = _register(self.registry, namespace, buckets, make_delivery)
         self._warned_job_types: set[str] = set()
+        #: No longer the default: decorators following the default rebind.
         self.retired = False
-        self._bindings: weakref.WeakSet[Binding] = weakref.WeakSet()
 
     def retire(self) -> None:
         """Mark this instrumentation as no longer the default: decorators following the
         default rebind on their next call."""
-        self._set_retired(True)
-
-    def _set_retired(self, retired: bool) -> None:
-        self.retired = retired
-        for binding in list(self._bindings):
-            binding.stale = retired or not binding.enabled
+        set_retired(self, True)
 
     def __repr__(self) -> str:
         state = "" if self.enabled else ", enabled=False"
@@ -201,8 +185,6 @@ class Instrumentation:
         quality: Callable[[Any], float] | None = None,
     ) -> AnalysisMonitor:
         """Decorate a function (sync, async, generator) or open a with-block as one analysis job."""
-        from .analysis import AnalysisMonitor
-
         return AnalysisMonitor(
             self, module, analysis_type, job_type=job_type, project=project, quality=quality
         )
@@ -211,16 +193,14 @@ class Instrumentation:
         self, provider: str, model: str | None = None, **options: Any
     ) -> AICallTracker:
         """Decorate an LLM client call (or open a with-block) to record calls, latency, tokens."""
-        from .ai import AICallTracker
-
         return AICallTracker(self, provider, model, **options)
 
     # -- the original PrometheusIntegration's methods --------------------------------------------
 
     def record_quality_score(self, project: str, module: str, score: float) -> None:
         """Set the latest code quality score of ``project``/``module``."""
-        _check_label("project", project)
-        _check_label("module", module)
+        check_label("project", project)
+        check_label("module", module)
         value = check_number("score", score)
         if self.enabled:
             self.metrics.code_quality_score.labels(project=project, module=module).set(value)
@@ -230,8 +210,8 @@ class Instrumentation:
         self, module: str, analysis_type: str, duration: float, success: bool = True
     ) -> None:
         """Count one finished analysis and observe its duration (seconds)."""
-        _check_label("module", module)
-        _check_label("analysis_type", analysis_type)
+        check_label("module", module)
+        check_label("analysis_type", analysis_type)
         seconds = check_number("duration", duration)
         if not self.enabled:
             return
@@ -242,7 +222,7 @@ class Instrumentation:
 
     def update_active_jobs(self, job_type: str, count: int) -> None:
         """Set the active-jobs gauge, as the original did. Prefer the decorators' inc/dec."""
-        _check_label("job_type", job_type)
+        check_label("job_type", job_type)
         value = check_number("count", count)
         if job_type not in self._warned_job_types:
             self._warned_job_types.add(job_type)
@@ -266,8 +246,8 @@ class Instrumentation:
         output_tokens: int = 0,
     ) -> None:
         """Count one AI API call and its tokens, as the original did."""
-        _check_label("provider", provider)
-        _check_label("model", model)
+        check_label("provider", provider)
+        check_label("model", model)
         tokens = {"input": input_tokens, "output": output_tokens}
         for kind, count in tokens.items():
             if check_number(f"{kind}_tokens", count) < 0:
@@ -283,8 +263,6 @@ class Instrumentation:
 
     def set_prices(self, prices: Mapping[str, Any] | str) -> None:
         """Per-token prices in LiteLLM's model price map format (a mapping or a JSON file)."""
-        from .ai import load_prices
-
         self._prices = load_prices(prices)
 
     # -- delivery -----------------------------------------------------------------------------
@@ -293,9 +271,13 @@ class Instrumentation:
         """Push the full state now (blocking), whatever the push mode; True on success."""
         return self.delivery.push(timeout)
 
+    async def apush(self, timeout: float | None = None) -> bool:
+        """:meth:`push` in async code, over aiohttp; True on success, never raises."""
+        return await self.delivery.push_async(timeout=timeout)
+
     async def push_metrics(self) -> bool:
-        """Push the full state now over aiohttp; True on success, never raises."""
-        return await self.delivery.push_async()
+        """The seed's name for :meth:`apush`."""
+        return await self.apush()
 
     def flush(self, timeout: float = 5.0) -> bool:
         """Wait until the latest state is delivered, or ``timeout`` seconds pass."""
@@ -314,6 +296,7 @@ class Instrumentation:
         self.delivery.close()
 
     async def aclose(self) -> None:
+        """:meth:`close` in async code."""
         await self.delivery.aclose()
 
     def install_sigterm_handler(self) -> None:
@@ -343,11 +326,15 @@ class Instrumentation:
         return make_asgi_app(self.collect_registry())
 
 
+_registering = threading.Lock()
+_hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
+
+
 def _register(
     registry: CollectorRegistry,
     namespace: str,
     buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
-    deliver: Callable[[Metrics], Delivery],
+    make_delivery: Callable[[Metrics], Delivery],
 ) -> tuple[Metrics, Delivery]:
     """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
     then build the delivery with them: all or nothing.
@@ -355,10 +342,10 @@ def _register(
     The hook goes first, so a scrape records deferred work (abandoned streams) before the
     metrics are read; once per registry, however many instrumentations share it. If the
     metrics clash or the delivery settings are refused, what this call registered is taken
-    back, so the registry is as it was. Under the lock, so no other Instrumentation picks up
+    back, so the registry is as it was. Under a lock, so no other Instrumentation picks up
     metrics that are about to be taken back.
     """
-    with _default_lock:
+    with _registering:
         hook = None
         if registry not in _hooked_registries:
             hook = BeforeCollect()
@@ -368,7 +355,7 @@ def _register(
         metrics = None
         try:
             metrics = Metrics.get(registry, namespace, buckets)
-            return metrics, deliver(metrics)
+            return metrics, make_delivery(metrics)
         except BaseException:
             if metrics is not None and not existed:
                 metrics.unregister()
@@ -378,138 +365,6 @@ def _register(
             raise
 
 
-# -- bindings: decorators resolve their Instrumentation once, not per call ---------------------
-
-
-class Binding:
-    """What a decorator needs from one Instrumentation, looked up once."""
-
-    def __init__(self, inst: Instrumentation) -> None:
-        self.inst = inst
-        self.enabled = inst.enabled
-        #: The hot path's one check: True when the slow path (:meth:`Policy.binding`) must
-        #: decide, because recording is off or the instrumentation stopped being the default.
-        # Registered first, so a retire() running meanwhile cannot miss this binding.
-        inst._bindings.add(self)
-        self.stale = not inst.enabled or inst.retired
-        self.after_call = inst.delivery.after_call
-        self.after_call_async = inst.delivery.after_call_async
-        #: What a probe's ``deliver`` should be: None when nothing is ever pushed.
-        self.deliver = inst.delivery.call_hook()
-
-
-class Policy(Instrumenter[P], Generic[P, B]):
-    """A decorator bound to one Instrumentation, or (``inst=None``) following the default.
-
-    Following the default, it binds on first use and rebinds when :func:`configure`
-    replaces the default: one identity check per call.
-    """
-
-    _binding: B | None = None
-
-    def __init__(self, inst: Instrumentation | None) -> None:
-        if inst is not None and not isinstance(inst, Instrumentation):
-            raise TypeError(f"expected an Instrumentation, got {type(inst).__name__}")
-        super().__init__()
-        self._inst = inst
-
-    def bind(self, inst: Instrumentation) -> B:
-        raise NotImplementedError
-
-    def prepare(self, func: Callable[..., Any]) -> None:
-        # Bound to a given Instrumentation: bind the label children now, at decoration time.
-        if self._inst is not None:
-            self.binding()
-
-    def binding(self) -> B:
-        """The current binding. Hot paths call it only when ``b is None or b.stale``."""
-        b = self._binding
-        if b is None or (self._inst is None and b.inst is not get_instrumentation()):
-            b = self._binding = self.bind(self._inst or get_instrumentation())
-        return b
-
-
-# -- the default instrumentation ---------------------------------------------------------------
-
-_default: Instrumentation | None = None
-_default_lock = threading.RLock()
-_hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
-
-
-def get_instrumentation() -> Instrumentation:
-    """The default instrumentation, created from the environment on first use.
-
-    A variable with a bad value must not break, or flood the log of, every decorated call:
-    the error is logged once, that variable is ignored (its default applies), and calls
-    are recorded as usual. :func:`configure` raises instead.
-    """
-    global _default
-    current = _default
-    if current is not None:
-        return current
-    with _default_lock:
-        if _default is None:
-            _default = _default_from_environment()
-        return _default
-
-
-def _default_from_environment() -> Instrumentation:
-    settings, problems = _config.read_environment()
-    for problem in problems:
-        logger.error("instrument: %s; ignoring it, its default applies", problem)
-    try:
-        return Instrumentation(**settings)
-    except Exception as exc:
-        # Values that are each fine, but not together (push_mode=each with no target).
-        logger.error(
-            "instrument: the environment gives no working configuration (%s); "
-            "recording with the defaults instead",
-            _with_environment(exc, settings),
-        )
-        return Instrumentation()
-
-
-def configure(**kwargs: Any) -> Instrumentation:
-    """Replace the default instrumentation; environment variables fill what is not given.
-
-    Functions decorated with the module-level decorators before this call report to the
-    new instrumentation from their next call on. A bad environment variable raises a
-    ValueError naming it (a variable whose keyword is given is not read).
-    """
-    unset = [s.keyword for s in _config.SETTINGS if s.keyword not in kwargs]
-    from_env = _config.from_environment(only=unset)
-    try:
-        new = Instrumentation(**{**from_env, **kwargs})
-    except (TypeError, ValueError) as exc:
-        if not from_env:
-            raise
-        error = ValueError if isinstance(exc, ValueError) else TypeError
-        raise error(_with_environment(exc, from_env)) from None
-    old = _replace_default(new)
-    if old is not None:
-        old.close()
-    return new
-
-
-def _with_environment(exc: BaseException, from_env: Mapping[str, Any]) -> str:
-    """``exc``'s message, plus which variables supplied settings: the message names
-    keywords, which a user who set only variables would not recognise."""
-    names = [s.env for s in _config.SETTINGS if s.keyword in from_env and s.env]
-    if "basic_auth" in from_env:
-        names.append("INSTRUMENT_PUSHGATEWAY_USERNAME")
-    if not names:
-        return str(exc)
-    return f"{exc} (set from the environment: {', '.join(names)})"
-
-
-def _replace_default(new: Instrumentation | None) -> Instrumentation | None:
-    """Make ``new`` the default (None: create it from the environment on next use) and
-    return the previous one, retired: decorators following the default rebind."""
-    global _default
-    with _default_lock:
-        old, _default = _default, new
-    if old is not None and old is not new:
-        old.retire()
-    if new is not None:
-        new._set_retired(False)
-    return old
+# Defaults are instances of this class; defaults.py cannot import it (this module imports
+# the policies, which import defaults).
+register_instrumentation_class(Instrumentation)

@@ -13,7 +13,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from . import instrumentation as _instrumentation
+from .defaults import replace_default
 from .instrumentation import Instrumentation
 
 __all__ = [
@@ -35,7 +35,7 @@ def isolated_instrumentation(
     """
     kwargs.setdefault("registry", CollectorRegistry())
     inst = Instrumentation(**kwargs)
-    saved = _instrumentation._replace_default(inst) if as_default else None
+    saved = replace_default(inst) if as_default else None
     try:
         yield inst
     finally:
@@ -43,7 +43,7 @@ def isolated_instrumentation(
         if as_default:
             # Whatever is the default now (inst, or one configure() made in the block)
             # gives way to the one from before, and is closed.
-            current = _instrumentation._replace_default(saved)
+            current = replace_default(saved)
             if current is not None:
                 current.close()
 

@@ -25,8 +25,8 @@ import pytest
 from prometheus_client import CollectorRegistry, generate_latest
 
 import instrument
-from instrument import AICall, AICallTracker, Instrumentation, track_ai_call
-from instrument import instrumentation as instrumentation_module
+from instrument import AICall, AICallTracker, Instrumentation, _jobs, track_ai_call
+from instrument import defaults as defaults_module
 from instrument.ai import _call as call_module
 from instrument.ai import _tracker as tracker_module
 from instrument.ai import load_prices, record_abandoned_streams
@@ -560,9 +560,9 @@ class TestAbandonedStreams:
             assert collected.wait(5), "recording from the garbage collector deadlocked"
         finally:
             gc.enable()
-        assert call_module._abandoned.qsize() == 1  # queued by the collector, not recorded
+        assert _jobs._deferred.qsize() == 1  # queued by the collector, not recorded
         record_abandoned_streams()
-        assert call_module._abandoned.empty()
+        assert _jobs._deferred.empty()
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
         assert active(registry) == 0
@@ -580,9 +580,9 @@ class TestAbandonedStreams:
         next(stream)  # message_start: input known, output 1 so far
         del stream
         gc.collect()
-        assert call_module._abandoned.qsize() == 1
+        assert _jobs._deferred.qsize() == 1
         with inst.track_ai_call("openai", "gpt-4o"):  # any tracker's next call
-            assert call_module._abandoned.empty()
+            assert _jobs._deferred.empty()
             assert calls(registry, "anthropic", "claude-sonnet-4") == {"cancelled": 1}
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
         assert active(registry) == 0
@@ -596,7 +596,7 @@ class TestAbandonedStreams:
         next(stream)
         del stream
         gc.collect()
-        assert call_module._abandoned.qsize() == 1
+        assert _jobs._deferred.qsize() == 1
         text = generate_latest(registry).decode()  # what /metrics serves in pull mode
         assert (
             'codomyrmex_ai_api_calls_total{model="gpt-4o",provider="openai",status="cancelled"} 1.0'
@@ -616,9 +616,9 @@ class TestAbandonedStreams:
             next(stream)
             del stream
             gc.collect()
-            assert call_module._abandoned.qsize() == 1
+            assert _jobs._deferred.qsize() == 1
             assert inst.push()
-            assert call_module._abandoned.empty()
+            assert _jobs._deferred.empty()
             assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
             pushed = textfile.read_text()
             assert re.search(
@@ -1745,7 +1745,7 @@ def test_module_level_follows_the_default(
     monkeypatch: pytest.MonkeyPatch, registry: CollectorRegistry
 ) -> None:
     default = Instrumentation(registry=registry)
-    monkeypatch.setattr(instrumentation_module, "_default", default)
+    monkeypatch.setattr(defaults_module, "_default", default)
     tracker = track_ai_call("openai", "gpt-4o", operation="embeddings")
     assert isinstance(tracker, AICallTracker)
     assert repr(tracker) == "track_ai_call('openai', 'gpt-4o')"
@@ -1794,7 +1794,7 @@ def test_operation_is_on_the_handle_and_in_no_label(
 
 
 def test_module_level_follows_configure_and_disabled(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(instrumentation_module, "_default", None)
+    monkeypatch.setattr(defaults_module, "_default", None)
     ask = track_ai_call("openai", "gpt-4o")(lambda: openai_chat(3, 2))
     first = instrument.configure(registry=CollectorRegistry())
     ask()

@@ -577,11 +577,11 @@ def test_failing_metric_update_never_reaches_the_call(
 
 @pytest.fixture
 def restore_default() -> Iterator[None]:
-    from instrument import instrumentation
+    from instrument import defaults
 
-    saved = instrumentation._default
+    saved = defaults._default
     yield
-    instrumentation._default = saved
+    defaults._default = saved
 
 
 @pytest.mark.usefixtures("restore_default")

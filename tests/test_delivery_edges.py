@@ -27,7 +27,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import instrument
 from instrument import Instrumentation, get_instrumentation
-from instrument import instrumentation as instrumentation_module
+from instrument import defaults as defaults_module
 from instrument.push import PushTarget, mask_url
 
 from .servers import GatewayStandIn, Pushgateway
@@ -731,7 +731,7 @@ def test_disabled_instrumentation_validates_but_records_nothing() -> None:
 def test_default_instrumentation_is_built_once_from_the_environment(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    monkeypatch.setattr(instrumentation_module, "_default", None)  # restored after the test
+    monkeypatch.setattr(defaults_module, "_default", None)  # restored after the test
     monkeypatch.setenv("INSTRUMENT_NAMESPACE", "fromenv")
     monkeypatch.setenv("INSTRUMENT_JOB", "envjob")
     barrier = threading.Barrier(8)

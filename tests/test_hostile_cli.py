@@ -220,7 +220,7 @@ USAGE_ERRORS = [
     (
         ["demo", "--pushgateway", "http://127.0.0.1:port"],
         "argument --pushgateway: the pushgateway URL 'http://127.0.0.1:port' has an invalid "
-        f"port {DEMO_HELP}",
+        f"port; use 1 to 65535 {DEMO_HELP}",
     ),
     (
         ["demo", "--grafana-url", "grafana:3000"],
@@ -288,8 +288,8 @@ USAGE_ERRORS = [
     ),
     (
         ["dashboard", "--grafana-url", "http://grafana:port"],
-        "argument --grafana-url: the Grafana URL 'http://grafana:port' has an invalid port "
-        "(see instrument dashboard --help)",
+        "argument --grafana-url: the Grafana URL 'http://grafana:port' has an invalid port; "
+        "use 1 to 65535 (see instrument dashboard --help)",
     ),
     (
         ["dashboard", "--folder-uid"],
@@ -669,8 +669,8 @@ def test_grafana_basic_auth_in_the_url_never_shows(grafana: FakeGrafana) -> None
         ([f"--ver={SECRET}"], "ambiguous option: --ver=*** could match --version, --verbose "
          "(see instrument --help)"),
         (["demo", "--pushgateway", f"http://admin:{SECRET}@host:port"], "argument "
-         "--pushgateway: the pushgateway URL 'http://***@host:port' has an invalid port "
-         f"{DEMO_HELP}"),
+         "--pushgateway: the pushgateway URL 'http://***@host:port' has an invalid port; use 1 "
+         f"to 65535 {DEMO_HELP}"),
     ],
 )  # fmt: skip
 def test_a_secret_typed_on_the_command_line_is_masked(argv: list[str], message: str) -> None:

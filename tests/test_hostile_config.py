@@ -31,10 +31,10 @@ from prometheus_client.exposition import _escape_grouping_key
 from prometheus_client.utils import floatToGoString
 
 from instrument import Instrumentation, configure, get_instrumentation, monitored_analysis
-from instrument import instrumentation as _instrumentation
 from instrument._urls import mask_url, split_url
 from instrument.config import SETTINGS, from_environment
 from instrument.dashboard import build_dashboard
+from instrument.defaults import replace_default
 from instrument.metrics import METRICS, Metrics
 from instrument.push import PushTarget
 from instrument.testing import isolated_instrumentation
@@ -78,11 +78,11 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.Monkey
     for name in list(os.environ):
         if name.startswith("INSTRUMENT_"):
             monkeypatch.delenv(name)
-    saved = _instrumentation._replace_default(None)
+    saved = replace_default(None)
     try:
         yield monkeypatch
     finally:
-        current = _instrumentation._replace_default(saved)
+        current = replace_default(saved)
         if current is not None and current is not saved:
             current.close()
 

@@ -24,7 +24,7 @@ from typing import Any
 from urllib.parse import quote, quote_plus
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -312,15 +312,22 @@ _token_alphabet = st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_
 def test_any_bearer_token_echoed_anywhere_is_scrubbed(
     stand_in: GatewayStandIn, token: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    location = f"http://127.0.0.1:1/?t={quote(token, safe='')}&h={quote_plus(token)}"
-    stand_in.answer(401, f"no {token}", {"Location": location}, f"{{auth}} {token!r}")
-    inst = make_inst(stand_in.url, bearer_token=token)
-    caplog.clear()
-    with caplog.at_level(logging.WARNING, logger="instrument"):
-        assert inst.push() is False
-    assert caplog.records
-    assert shown(caplog.text, (token,)) == []
-    inst.close()
+    def echoed_push(secret: str) -> str:
+        location = f"http://127.0.0.1:1/?t={quote(secret, safe='')}&h={quote_plus(secret)}"
+        stand_in.answer(401, f"no {secret}", {"Location": location}, f"{{auth}} {secret!r}")
+        inst = make_inst(stand_in.url, bearer_token=secret)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="instrument"):
+            assert inst.push() is False
+        inst.close()
+        assert caplog.records
+        return caplog.text
+
+    # A token that is a piece of the log's own words (the gateway URL's "metrics", say)
+    # cannot be told from them: only tokens the log would not hold anyway are telling.
+    own_words = echoed_push("Q7sentinelQ7").replace("Q7sentinelQ7", "")
+    assume(all(form.lower() not in own_words.lower() for form in spellings(token)))
+    assert shown(echoed_push(token), (token,)) == []
 
 
 _text = st.text(

@@ -1419,12 +1419,12 @@ def test_an_end_left_for_later_is_in_the_next_snapshot(
 ) -> None:
     # What the engine queues when it has no stack to record on (see the test above): a
     # read of the registry, a scrape or a push records it first.
-    from instrument import _wrapping
+    from instrument._jobs import defer, record_end
 
     monitor = inst.monitored_analysis("m", "t")
     probe = monitor.start(None, (), {})
     assert active(registry) == 1
-    _wrapping._too_deep.put((probe, RecursionError("too deep")))
+    defer(functools.partial(record_end, probe, RecursionError("too deep")))
     assert active(registry) == 0
     assert outcomes(registry) == (0, 1, 0)
     assert errors(registry, "RecursionError") == 1

@@ -3,15 +3,13 @@ of its streams: the chunks each stream reported, and the end of the call a strea
 
 from __future__ import annotations
 
-import queue
 import threading
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._wrapping import Probe, _adeliver, _deliver, _guard, _probe_end
+from .._engine import Probe, aend_job, defer, end_job, report_failure, run_deferred
 from ..metrics import check_label_value
-from ..push import register_before_snapshot
 from ._content import carries_content, response_body, stream_finished, stream_snapshot
 from ._proxies import MANAGER, Manager, RawResponse, not_iterable, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries
@@ -49,10 +47,10 @@ class AICall(Probe):
         "_t0",
         "_tracker",
         "_usage",
-        "deliver",
+        "after_job",
     )
 
-    deliver: Callable[[], None] | None
+    after_job: Callable[[], None] | None
 
     def __init__(
         self, binding: AIBinding | None, tracker: AICallTracker, model: str | None
@@ -75,8 +73,8 @@ class AICall(Probe):
         self._seen: str | None = None
         self._failure: str | None = None
         # The binding's (None when nothing is pushed); None too while a stream proxy is
-        # out, whose end delivers.
-        self.deliver = None if binding is None else binding.deliver
+        # out, whose end runs it.
+        self.after_job = None if binding is None else binding.after_job
         if binding is not None:
             binding.active_inc()
         self._t0 = self._last = perf_counter()
@@ -96,7 +94,7 @@ class AICall(Probe):
         try:
             handed = self._take(response, owner=False)
         except Exception:
-            _guard("wrapping a stream")
+            report_failure("wrapping a stream")
             handed = None
         if handed is not None:
             return cast(R, handed)
@@ -148,10 +146,10 @@ class AICall(Probe):
             try:
                 handed = self._take(result, owner=True)
             except Exception:
-                _guard("wrapping a stream")  # recorded as a plain result below
+                report_failure("wrapping a stream")  # recorded as a plain result below
                 handed = None
             if handed is not None:
-                self.deliver = None  # the stream's end delivers
+                self.after_job = None  # the stream's end runs it
                 self._last = perf_counter()
                 return handed
         try:
@@ -174,9 +172,9 @@ class AICall(Probe):
                 items = self._items = _Chunks(self)
             items.read(value)
 
-    def deliver_async(self) -> Awaitable[None] | None:
-        if self.deliver is not None and self._b is not None:
-            waiter: Awaitable[None] | None = self._b.after_call_async()
+    def after_job_async(self) -> Awaitable[None] | None:
+        if self.after_job is not None and self._b is not None:
+            waiter: Awaitable[None] | None = self._b.after_job_async()
             return waiter
         return None
 
@@ -414,7 +412,8 @@ class Stream(_Chunks):
     ) -> bool:
         """End once: exhausted (success), failed with ``exc``, ``closed`` or left before the
         end (cancelled, unless the stream's own record says it finished), or ``abandoned``.
-        True when this ended the call, to be delivered."""
+        True when this ended the call: ``end_job`` then records ``exc`` and runs the
+        post-job step."""
         if not self.open:
             return False
         try:
@@ -427,16 +426,15 @@ class Stream(_Chunks):
                     closed = False  # read to its end another way, then closed: a success
             self.settle()
         except Exception:
-            _guard("recording the usage of a stream")
+            report_failure("recording the usage of a stream")
         self.source = None
         if not self.owner:
             return False
         call = self.call
         if call._b is not None:
-            call.deliver = call._b.deliver
+            call.after_job = call._b.after_job
         if exc is not None:
-            _probe_end(call, exc)  # the engine's rule: error, or cancelled for CancelledError & co
-            return True
+            return True  # the engine's rule: error, or cancelled for CancelledError & co
         try:
             if abandoned:
                 # Its duration runs to the last moment it was seen alive, not to collection.
@@ -446,16 +444,16 @@ class Stream(_Chunks):
             else:
                 call._finish("success", None)
         except Exception:
-            _guard("recording the end of a stream")
+            report_failure("recording the end of a stream")
         return True
 
     def end_sync(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
         if self.end(exc, closed=closed):
-            _deliver(self.call)
+            end_job(self.call, exc)
 
     async def end_async(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
         if self.end(exc, closed=closed):
-            await _adeliver(self.call)
+            await aend_job(self.call, exc)
 
     def abandon(self) -> None:
         """From the garbage collector, which may run while this thread holds a lock that
@@ -464,7 +462,7 @@ class Stream(_Chunks):
             # Let the SDK stream go now, as collection would.
             self.step = self.astep = _collected
             self.source = None
-            _abandoned.put(self)
+            defer(self.record_abandoned)
 
     def record_abandoned(self) -> None:
         """At a safe point: end the call as cancelled, for the next push to carry."""
@@ -474,18 +472,13 @@ class Stream(_Chunks):
                 if b is not None:
                     b.inst.delivery.note_change()
         except Exception:
-            _guard("recording an abandoned stream")
+            report_failure("recording an abandoned stream")
 
 
 def _collected(*args: Any) -> Any:
     raise RuntimeError("this stream was garbage collected")
 
 
-# Abandoned streams waiting to be recorded. SimpleQueue.put takes no lock that the
-# collector could find held: it is safe in a finalizer.
-_abandoned: queue.SimpleQueue[Stream] = queue.SimpleQueue()
-#: Checked at the start of every call: one C call, as the queue's own method.
-no_abandoned_streams = _abandoned.empty
 # Guards the usage a call adds up from its streams, which may end in different threads.
 _usage_lock = threading.Lock()
 
@@ -493,15 +486,8 @@ _usage_lock = threading.Lock()
 def record_abandoned_streams() -> None:
     """Record the streams garbage collected before their end, as cancelled calls.
 
-    This happens by itself at the next AI call and before every push; call it to record
-    them now, e.g. before a scrape in pull mode, or in a test after ``gc.collect()``.
+    This happens by itself at the next AI call and before every push and scrape; call it
+    to record them now, e.g. in a test after ``gc.collect()``. (It runs all of the engine's
+    deferred work: ``run_deferred``.)
     """
-    while True:
-        try:
-            stream = _abandoned.get_nowait()
-        except queue.Empty:
-            return
-        stream.record_abandoned()
-
-
-register_before_snapshot(record_abandoned_streams)
+    run_deferred()

@@ -9,7 +9,7 @@ import os
 from collections.abc import Mapping
 from typing import Any, NamedTuple
 
-from ..instrumentation import check_number
+from .._validation import check_number
 from ._usage import Usage
 
 

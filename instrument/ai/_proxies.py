@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 import wrapt
 
-from .._wrapping import _guard
+from .._engine import report_failure
 
 if TYPE_CHECKING:
     from ._call import Stream
@@ -279,7 +279,7 @@ class Manager(_ObjectProxy):
             if kind and not kind & MANAGER:
                 return wrap_stream(entered, kind, self._self_stream)
         except Exception:
-            _guard("wrapping a stream")
+            report_failure("wrapping a stream")
         self._self_value = entered
         return entered
 

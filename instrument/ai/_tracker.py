@@ -6,14 +6,17 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple, Unpack, cast
+from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
-from .._wrapping import bind_arguments, wraps_signature
-from ..instrumentation import Binding, Instrumentation, Policy
-from ._call import AICall, no_abandoned_streams, record_abandoned_streams
+from .._engine import bind_arguments, run_deferred, wraps_signature
+from ..policy import Binding, Policy
+from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
 from ._series import ModelSeries, ProviderModels, provider_models
 from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
+
+if TYPE_CHECKING:
+    from ..instrumentation import Instrumentation
 
 logger = logging.getLogger("instrument")
 
@@ -146,8 +149,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         kwargs: dict[str, Any],
         model: str | None = None,
     ) -> AICall:
-        if not no_abandoned_streams():
-            record_abandoned_streams()
+        run_deferred()  # streams abandoned since the last call
         b = self._binding
         if b is None or b.stale:
             b = self.binding()

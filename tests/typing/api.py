@@ -40,4 +40,5 @@ async def main() -> int:
     async with track_ai_call("anthropic", "claude") as call:
         call.add_usage(input_tokens=10, output_tokens=5)
     pushed: bool = await inst.push_metrics()
-    return total + int(pushed)
+    pushed_too: bool = await inst.apush(timeout=2.0)
+    return total + int(pushed) + int(pushed_too)
