@@ -38,12 +38,6 @@ def _non_empty(value: object) -> bool:
     return isinstance(value, str) and bool(value)
 
 
-def _label(what: str, value: str | None) -> None:
-    # A label value the exposition cannot encode would fail every scrape and push.
-    if value is not None:
-        check_label_value(what, value)
-
-
 @dataclass(frozen=True, slots=True)
 class TrackerOptions:
     """The checked arguments of one ``track_ai_call(provider, model, **options)``."""
@@ -80,11 +74,15 @@ class TrackerOptions:
             raise TypeError(
                 f"provider must be a non-empty string such as 'openai', got {provider!r}"
             )
-        if model is not None and not _non_empty(model):
-            raise TypeError(
-                "model must be a model name such as 'gpt-4o', or None to take it from the "
-                f"call's `model` argument or the response; got {model!r}"
-            )
+        # Label values: one the exposition cannot encode would fail every scrape and push.
+        check_label_value("provider", provider)
+        if model is not None:
+            if not _non_empty(model):
+                raise TypeError(
+                    "model must be a model name such as 'gpt-4o', or None to take it from "
+                    f"the call's `model` argument or the response; got {model!r}"
+                )
+            check_label_value("model", model)
         if not _non_empty(self.operation):
             raise TypeError(
                 f"operation must be a non-empty string such as 'chat' or 'embeddings', "
@@ -106,6 +104,7 @@ class TrackerOptions:
             )
         if not _non_empty(self.job_type):
             raise TypeError(f"job_type must be a non-empty string, got {self.job_type!r}")
+        check_label_value("job_type", self.job_type)
         normalize = self.normalize_model
         if normalize is not None and not callable(normalize):
             raise TypeError(
@@ -121,9 +120,5 @@ class TrackerOptions:
                     f"normalize_model({model!r}) returned {label!r}; it must return a "
                     "non-empty string"
                 )
-        _label("provider", provider)
-        _label("model", model)
-        _label("job_type", self.job_type)
-        if label is not model:
-            _label(f"normalize_model({model!r})", label)
+            check_label_value(f"the label normalize_model({model!r}) returned", label)
         object.__setattr__(self, "label", label)  # derived once, like the checks
