@@ -6,6 +6,7 @@ Durations are exact: the module's clock is swapped for one the test moves by han
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import functools
 import gc
 import inspect
@@ -25,8 +26,9 @@ from prometheus_client import CollectorRegistry, generate_latest
 
 import instrument
 from instrument import AICall, AICallTracker, Instrumentation, _jobs, track_ai_call
-from instrument import ai as ai_module
 from instrument import defaults as defaults_module
+from instrument.ai import _call as call_module
+from instrument.ai import _tracker as tracker_module
 from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
@@ -79,7 +81,7 @@ class Clock:
 @pytest.fixture
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
-    monkeypatch.setattr(ai_module, "perf_counter", fake)
+    monkeypatch.setattr(call_module, "perf_counter", fake)
     return fake
 
 
@@ -1626,6 +1628,48 @@ def test_decorator_without_arguments(inst: Instrumentation, registry: CollectorR
     assert active(registry) is None
 
 
+def test_options_cannot_change_after_decoration(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Checked once at decoration, so nothing may change them after: a value set later
+    would skip the check (stream="bogus" used to be taken silently and read as "auto")."""
+    tracker = inst.track_ai_call("openai", "gpt-4o", stream=False, job_type="llm")
+    for name, value in [("stream", "bogus"), ("model", ""), ("job_type", ""), ("provider", 3)]:
+        with pytest.raises(AttributeError):
+            setattr(tracker, name, value)
+        with pytest.raises(dataclasses.FrozenInstanceError):
+            setattr(tracker.options, name, value)
+    assert (tracker.provider, tracker.model, tracker.stream, tracker.job_type) == (
+        "openai",
+        "gpt-4o",
+        False,
+        "llm",
+    )
+    gen = iter([openai_chat(2, 3)])
+    assert tracker(lambda: gen)() is gen  # stream=False still: not wrapped
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert active(registry, "llm") == 0
+
+
+def test_normalize_model_of_a_fixed_model_runs_once(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    seen: list[str] = []
+
+    def normalize(model: str) -> str:
+        seen.append(model)
+        return model.removesuffix("-2024-08-06")
+
+    ask = inst.track_ai_call("openai", "gpt-4o-2024-08-06", normalize_model=normalize)(
+        lambda: openai_chat(1, 2)
+    )
+    for _ in range(3):
+        ask()
+    assert seen == ["gpt-4o-2024-08-06"]  # at decoration, never per call
+    assert calls(registry, "openai", "gpt-4o") == {"success": 3}
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 3, "output": 6}
+
+
 # -- instrumentation never changes the call ---------------------------------------------------
 
 
@@ -1656,7 +1700,7 @@ class TestTransparency:
         def broken(chunk: Any) -> Any:
             raise RuntimeError("extractor bug")
 
-        monkeypatch.setattr(ai_module, "extract_usage", broken)
+        monkeypatch.setattr(tracker_module, "extract_usage", broken)
         chunks = openai_chat_chunks()
         stream = inst.track_ai_call("openai", "gpt-4o")(lambda: FakeStream(chunks))()
         assert list(stream) == chunks

@@ -12,21 +12,6 @@ PACKAGE = Path(__file__).resolve().parent.parent / "instrument"
 #: Lines a module may have before it is doing more than one job.
 MAX_LINES = 500
 
-# -- what other parts of issue 12 still have to change: these shrink as issue 12 lands -------
-# (the lead empties them; a name left here after its part landed is a test that cannot fail)
-
-#: Import cycles, each as the set of modules on it.
-ALLOWED_CYCLES: set[frozenset[str]] = set()
-#: Modules over MAX_LINES whose split belongs to another part.
-ALLOWED_LARGE: set[str] = {
-    "instrument.ai",
-    "instrument.usage",
-}
-#: Private names still taken across modules, as the test words them.
-ALLOWED_PRIVATE_IMPORTS: set[str] = {
-    "instrument.ai takes _attribute from instrument.usage",
-}
-
 
 def _module_name(path: Path) -> str:
     parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
@@ -109,7 +94,7 @@ def _cycles(edges: dict[str, set[str]]) -> list[list[str]]:
 
 
 def test_the_package_has_no_import_cycle() -> None:
-    cycles = [c for c in _cycles(_edges()) if frozenset(c) not in ALLOWED_CYCLES]
+    cycles = _cycles(_edges())
     assert cycles == [], "import cycles: " + "; ".join(" -> ".join(c) for c in cycles)
 
 
@@ -119,7 +104,7 @@ def test_the_cycle_finder_finds_a_cycle() -> None:
 
 def test_no_module_is_over_the_size_of_one_job() -> None:
     sizes = {name: len(path.read_text().splitlines()) for name, path in _modules().items()}
-    large = {n: s for n, s in sizes.items() if s > MAX_LINES and n not in ALLOWED_LARGE}
+    large = {n: s for n, s in sizes.items() if s > MAX_LINES}
     assert large == {}
 
 
@@ -141,4 +126,4 @@ def test_no_module_imports_another_modules_private_names() -> None:
             ]
             if private:
                 offenders.append(f"{name} takes {', '.join(private)} from {source}")
-    assert [o for o in offenders if o not in ALLOWED_PRIVATE_IMPORTS] == []
+    assert offenders == []

@@ -17,7 +17,8 @@ import gc
 import logging
 import math
 import threading
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from pathlib import Path
 from types import SimpleNamespace
 from typing import Any, ClassVar
 
@@ -1115,11 +1116,14 @@ def test_add_usage_refuses_what_a_response_could_not_carry(value: Any) -> None:
 
 def test_ai_module_keeps_no_sdk_import() -> None:
     import sys
+    from pathlib import Path
 
-    source = (ai_module.__file__ or "") and open(ai_module.__file__).read()  # noqa: SIM115
-    for sdk in ("openai", "anthropic", "google.genai", "mistralai", "cohere", "litellm"):
-        assert f"import {sdk}" not in source
-        assert f"from {sdk}" not in source
+    sources = {p.name: p.read_text() for p in Path(ai_module.__file__ or "").parent.glob("*.py")}
+    assert "__init__.py" in sources and "_usage.py" in sources
+    for name, source in sources.items():
+        for sdk in ("openai", "anthropic", "google.genai", "mistralai", "cohere", "litellm"):
+            assert f"import {sdk}" not in source, name
+            assert f"from {sdk}" not in source, name
     assert "instrument.ai" in sys.modules
 
 
@@ -1260,5 +1264,169 @@ def test_any_json_stream_is_passed_through_and_counted_once(
         assert all(v >= 0 for v in token_counts(registry, "p", "m").values())
         assert (ttft(registry, "p", "m")[0] or 0) <= 1
         assert active(registry) == 0
+    finally:
+        inst.close()
+
+
+# -- names the exposition cannot encode ------------------------------------------------------
+# Exposition encodes UTF-8: one label value holding a lone surrogate (text decoded with
+# surrogateescape, or a JSON "\udc80" escape a server sent) makes every later scrape and
+# push of the whole registry fail, every other series with it.
+
+BAD = "gpt-4o\udc80"
+ESCAPED = "gpt-4o\\udc80"  # how such a name is reported: readable, and encodable
+
+
+def exposes(registry: CollectorRegistry) -> str:
+    from prometheus_client import generate_latest
+
+    return generate_latest(registry).decode()
+
+
+@pytest.mark.parametrize(
+    ("args", "options", "what"),
+    [
+        (("open\udc80ai", "gpt-4o"), {}, "provider"),
+        (("openai", BAD), {}, "model"),
+        (("openai", "gpt-4o"), {"job_type": "ai\udc80"}, "job_type"),
+        (("openai", "gpt-4o"), {"normalize_model": lambda m: m + "\udc80"}, "normalize_model"),
+    ],
+)
+def test_a_name_that_is_not_utf8_is_refused_at_decoration(
+    inst: Instrumentation,
+    registry: CollectorRegistry,
+    args: tuple[str, str],
+    options: dict[str, Any],
+    what: str,
+) -> None:
+    with pytest.raises(ValueError, match=f"{what}.*lone surrogate.*decode the text"):
+        inst.track_ai_call(*args, **options)
+    assert "ai_api_calls_total{" not in exposes(registry)
+
+
+def test_set_model_refuses_a_name_that_is_not_utf8(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    with inst.track_ai_call("openai") as call:
+        with pytest.raises(ValueError, match="model holds a lone surrogate"):
+            call.set_model(BAD)
+        call.record_response(openai_chat(2, 3, model="gpt-4o"))  # the model seen instead
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert 'model="gpt-4o"' in exposes(registry)
+
+
+def _from_the_response(inst: Instrumentation) -> None:
+    inst.track_ai_call("openai")(lambda: {**openai_chat(2, 3), "model": BAD})()
+
+
+def _from_the_argument(inst: Instrumentation) -> None:
+    @inst.track_ai_call("openai")
+    def ask(model: str) -> Any:
+        return openai_chat(2, 3)
+
+    ask(BAD)
+
+
+def _from_a_stream_chunk(inst: Instrumentation) -> None:
+    chunks = openai_chat_chunks(prompt=2, completion=3, model=BAD)
+    list(inst.track_ai_call("openai")(lambda: FakeStream(chunks))())
+
+
+def _from_normalize_model(inst: Instrumentation) -> None:
+    inst.track_ai_call("openai", normalize_model=lambda m: m[:6] + "\udc80")(
+        lambda: {**openai_chat(2, 3), "model": "gpt-4o-mini"}
+    )()
+
+
+@pytest.mark.parametrize(
+    "source", [_from_the_response, _from_the_argument, _from_a_stream_chunk, _from_normalize_model]
+)
+def test_a_model_name_that_is_not_utf8_never_breaks_the_registry(
+    source: Callable[[Instrumentation], None],
+    tmp_path: Path,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    registry = CollectorRegistry()
+    textfile = tmp_path / "ai.prom"
+    inst = Instrumentation(registry=registry, textfile=str(textfile))
+    try:
+        inst.track_ai_call("anthropic", "claude")(lambda: anthropic_message(5, 7))()
+        source(inst)  # a name only seen while the call runs: it may not raise into the call
+        assert calls(registry, "openai", ESCAPED) == {"success": 1}
+        assert token_counts(registry, "openai", ESCAPED) == {"input": 2, "output": 3}
+        # The rest of the registry is still scraped and pushed.
+        assert calls(registry, "anthropic", "claude") == {"success": 1}
+        assert 'model="claude"' in exposes(registry)
+        assert inst.push()
+        pushed = textfile.read_text()
+        assert 'model="gpt-4o\\\\udc80"' in pushed
+        assert 'model="claude"' in pushed
+        assert any("not valid UTF-8" in w for w in warnings_of(caplog))
+    finally:
+        inst.close()
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    # Characters drawn one by one, so most names hold a lone surrogate (st.text draws them
+    # rarely).
+    model=st.lists(st.characters() | st.characters(categories=["Cs"]), min_size=1, max_size=12).map(
+        "".join
+    )
+)
+def test_any_model_text_in_a_response_is_counted_and_exposed(model: str) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    try:
+        inst.track_ai_call("p")(lambda: {**openai_chat(2, 3), "model": model})()
+        text = exposes(registry)  # never raises, whatever the name
+        counted = [
+            (s.labels["status"], s.value)
+            for metric in registry.collect()
+            if metric.name.endswith("ai_api_calls")
+            for s in metric.samples
+            if s.name.endswith("_total") and s.value
+        ]
+        assert counted == [("success", 1.0)]
+        assert "ai_api_calls_total{" in text
+    finally:
+        inst.close()
+
+
+# -- options: refused at decoration, or never a failed call ----------------------------------
+
+OPTION_NAMES = ("job_type", "normalize_model", "operation", "stream", "usage")
+OPTION_VALUES = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(-1, 2),
+    st.sampled_from(["", "auto", "chat", "x", "ai\udc80"]),
+    st.sampled_from([str, len, lambda value: value]),
+)
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    options=st.dictionaries(
+        st.sampled_from([*OPTION_NAMES, "streaming"]), OPTION_VALUES, max_size=3
+    )
+)
+def test_options_are_refused_at_decoration_or_never_fail_a_call(options: dict[str, Any]) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    response = as_object(openai_chat(2, 3))
+    try:
+        try:
+            tracker = inst.track_ai_call("openai", "gpt-4o", **options)
+        except (TypeError, ValueError) as exc:
+            # The message names what was wrong, and nothing was recorded.
+            assert any(name in str(exc) for name in options), str(exc)
+            assert calls(registry, "openai", "gpt-4o") == {}
+            return
+        assert tracker(lambda: response)() is response
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert active(registry, tracker.job_type) == 0
+        for name, value in options.items():  # kept as given: what every call uses
+            assert getattr(tracker, name) is value
     finally:
         inst.close()

@@ -1,0 +1,67 @@
+"""Reading the fields of foreign objects (SDK models, dicts, other mappings) by name.
+
+A response, a stream chunk and a usage block may each be an SDK object (attributes) or a
+plain dict (keys); these read either, and never raise: a property of a foreign object may
+raise anything, and what cannot be read is absent (None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Any
+
+
+def attribute(obj: Any, name: str) -> Any:
+    """``obj.name``, None when absent."""
+    try:
+        return getattr(obj, name, None)
+    except Exception:  # a property of a foreign object may raise anything
+        return None
+
+
+def _key(obj: Any, name: str) -> Any:
+    """``obj[name]`` of a mapping other than a dict, None when absent."""
+    return obj.get(name)
+
+
+def no_fields(obj: Any, name: str) -> None:
+    """None, str and bytes: no fields to read."""
+    return None
+
+
+Reader = Callable[[Any, str], Any]
+
+# How to read the fields of each type, remembered: the Mapping ABC check costs more than
+# a read, and a stream reads several fields of every chunk, all of the same few types.
+READERS: dict[type, Reader] = {
+    dict: dict.get,
+    str: no_fields,
+    bytes: no_fields,
+    type(None): no_fields,
+}
+
+
+def reader_of(obj: Any) -> Reader:
+    """How to read the fields of ``obj``: by key, by attribute, or not at all."""
+    kind = type(obj)
+    read = READERS.get(kind)
+    if read is None:
+        if isinstance(obj, str | bytes):
+            read = no_fields
+        elif isinstance(obj, Mapping):
+            read = _key
+        else:
+            read = attribute
+        READERS[kind] = read
+    return read
+
+
+def read_field(obj: Any, name: str) -> Any:
+    """``obj[name]`` for a mapping, ``obj.name`` otherwise; None when absent."""
+    read = READERS.get(type(obj)) or reader_of(obj)
+    if read is not attribute:
+        return read(obj, name)
+    try:  # inlined: the common case, one call per field rather than two
+        return getattr(obj, name, None)
+    except Exception:  # a property of a foreign object may raise anything
+        return None

@@ -1,0 +1,235 @@
+"""The label children of AI calls, per (provider, model), and the guard on how many models
+one provider may have: at most ``max_models`` get their own series, the rest ``other``."""
+
+from __future__ import annotations
+
+import logging
+import threading
+import weakref
+from typing import TYPE_CHECKING, Any
+
+from ..metrics import check_label_value
+from ._fields import attribute
+
+if TYPE_CHECKING:
+    from ..instrumentation import Instrumentation
+    from ..metrics import Metrics
+    from ._prices import ModelPrice
+    from ._usage import Usage
+
+logger = logging.getLogger("instrument")
+
+#: The model label of calls whose model is neither fixed, nor an argument, nor in the response.
+UNKNOWN_MODEL = "unknown"
+#: The model label of models beyond ``max_models`` for one provider.
+OTHER_MODEL = "other"
+_STATUSES = ("success", "error", "cancelled")
+
+
+def http_status(exc: BaseException) -> str:
+    """The HTTP error status an exception carries (``status_code``, ``response.status_code``,
+    aiohttp's ``status``, google-genai's ``code``, the first 4xx or 5xx in that order), or
+    "" when it has none. A stream that fails after its 200 raises with that 200 attached
+    (Anthropic's error event): no HTTP error, unless the error says its own (Gemini's)."""
+    for path in _STATUS_PATHS:
+        value: Any = exc
+        for name in path:
+            value = attribute(value, name)
+        if isinstance(value, int) and not isinstance(value, bool) and 400 <= value <= 599:
+            return str(value)
+    return ""
+
+
+# Read lazily, first valid wins: aiohttp's deprecated ``code`` warns when merely read.
+_STATUS_PATHS = (("status_code",), ("response", "status_code"), ("status",), ("code",))
+
+
+class ModelSeries:
+    """The label children of one (provider, model). The ones every call touches are bound
+    here; the rest on first use, so a series appears only once it has something to say."""
+
+    __slots__ = (
+        "_lazy",
+        "_metrics",
+        "_warned",
+        "calls",
+        "inc_input",
+        "inc_output",
+        "model",
+        "observe",
+        "provider",
+    )
+
+    def __init__(self, metrics: Metrics, provider: str, model: str) -> None:
+        self._metrics = metrics
+        self.provider = provider
+        self.model = model
+        self.calls = {s: metrics.ai_api_calls.labels(provider, model, s).inc for s in _STATUSES}
+        self.observe = metrics.ai_call_duration.labels(provider, model).observe
+        self.inc_input = metrics.ai_tokens.labels(provider, model, "input").inc
+        self.inc_output = metrics.ai_tokens.labels(provider, model, "output").inc
+        # Bound now, so the series reads 0 from the first call: usage coverage (1 - missing
+        # / calls) is then a number for a model whose every call reported usage.
+        self._lazy: dict[tuple[str, ...], Any] = {
+            ("ai_usage_missing",): metrics.ai_usage_missing.labels(provider, model)
+        }
+        self._warned: set[str] = set()
+
+    def _child(self, attr: str, *labels: str) -> Any:
+        key = (attr, *labels)
+        child = self._lazy.get(key)
+        if child is None:
+            metric = getattr(self._metrics, attr)
+            child = self._lazy[key] = metric.labels(self.provider, self.model, *labels)
+        return child
+
+    def record(
+        self,
+        status: str,
+        seconds: float,
+        first_token: float | None,
+        usage: Usage | None,
+        exc: BaseException | None,
+        seen: str | None,
+        failure: str | None,
+    ) -> None:
+        """One call's end: its ``status``, duration, time to first token, tokens (or that
+        they are missing) and error. ``seen``: the type of the first response recorded;
+        ``failure``: how reading one failed, warned about once."""
+        self.observe(seconds)
+        self.calls[status]()
+        if first_token is not None:
+            self._child("ai_time_to_first_token").observe(first_token)
+        if usage is not None:
+            self.tokens(usage)
+        elif status != "error":
+            self._usage_missing(status, seen, failure)
+        if failure is not None and (usage is not None or status != "success"):
+            self.warn_once("usage", "%s; its usage is not read", failure)
+        if exc is not None:
+            self._child("ai_api_errors", type(exc).__name__, http_status(exc)).inc()
+
+    def tokens(self, usage: Usage) -> None:
+        if usage.input_tokens:
+            self.inc_input(usage.input_tokens)
+        if usage.output_tokens:
+            self.inc_output(usage.output_tokens)
+        for detail in ("cache_read", "cache_creation", "reasoning"):
+            count = getattr(usage, detail)
+            if count:
+                self._child("ai_token_details", detail).inc(count)
+
+    def _usage_missing(self, status: str, seen: str | None, failure: str | None) -> None:
+        """A call that ran and ended without usage: counted, so a silent 0 shows."""
+        self._child("ai_usage_missing").inc()
+        if status != "success":
+            return  # left before the end: the usage, sent last, never came
+        what = f"its response ({seen})" if seen is not None else "no response was recorded"
+        self.warn_once(
+            "usage",
+            "a call ended without readable usage in %s%s, so its tokens are not counted "
+            "(%s counts such calls). Pass usage= to track_ai_call for a shape of your own; "
+            "OpenAI-compatible streams report usage only with "
+            'stream_options={"include_usage": True}',
+            what,
+            "" if failure is None else f"; {failure}",
+            self._metrics.names()["ai_usage_missing"],
+        )
+
+    def price(
+        self, prices: dict[str, ModelPrice], model: str, usage: Usage | None, status: str
+    ) -> None:
+        """Count the cost of a call to ``model`` (the name its price is looked up by), or
+        count it as unpriced."""
+        if usage is None:
+            # A failed request is usually not billed: only calls that ran count as unpriced.
+            if status != "error":
+                self._child("ai_unpriced_calls").inc()
+            return
+        price = prices.get(f"{self.provider}/{model}") or prices.get(model)
+        if price is None and self.model != model:
+            price = prices.get(self.model)
+        dollars = None if price is None else price.cost(usage)
+        if dollars is None:
+            self._child("ai_unpriced_calls").inc()
+        else:
+            self._child("ai_cost").inc(dollars)
+
+    def warn_once(self, what: str, message: str, *args: Any) -> None:
+        """A warning the first time ``what`` happens to this provider and model: it would
+        otherwise repeat on every call (or chunk) of the same shape."""
+        if what in self._warned:
+            return
+        self._warned.add(what)
+        logger.warning("instrument: %s/%s: " + message, self.provider, self.model, *args)
+
+
+class ProviderModels:
+    """The model series of one provider, at most ``limit`` of them, then ``other``."""
+
+    def __init__(self, metrics: Metrics, provider: str, limit: int) -> None:
+        self._metrics = metrics
+        self.provider = provider
+        self.limit = limit
+        self._series: dict[str, ModelSeries] = {}
+        self._other: ModelSeries | None = None
+        self._lock = threading.Lock()
+
+    def series(self, model: str) -> ModelSeries:
+        found = self._series.get(model)
+        if found is not None:
+            return found
+        with self._lock:
+            found = self._series.get(model)
+            if found is not None:
+                return found
+            if len(self._series) < self.limit:
+                label = self._label_value(model)
+                found = self._series[model] = ModelSeries(self._metrics, self.provider, label)
+                return found
+            if self._other is None:
+                logger.warning(
+                    "instrument: provider %r has more than %d models; %r and any further "
+                    "ones are reported as model=%r. Raise max_models, or pass "
+                    "normalize_model= to fold model versions together",
+                    self.provider,
+                    self.limit,
+                    model,
+                    OTHER_MODEL,
+                )
+                self._other = ModelSeries(self._metrics, self.provider, OTHER_MODEL)
+            return self._other
+
+    def _label_value(self, model: str) -> str:
+        """``model`` as a label value the exposition can encode. A name seen while a call
+        runs (its argument, the response) cannot be refused; one holding a lone surrogate
+        (a JSON "\\udc80" escape) would fail every later scrape and push of the registry,
+        so it is reported escaped."""
+        try:
+            return check_label_value("model", model)
+        except ValueError:
+            label = model.encode("utf-8", "backslashreplace").decode("utf-8")
+            logger.warning(
+                "instrument: provider %r: the model name %r is not valid UTF-8; it is "
+                "reported as model=%r",
+                self.provider,
+                model,
+                label,
+            )
+            return label
+
+
+# The model guard is per Instrumentation and provider, shared by all its trackers.
+_guards: weakref.WeakKeyDictionary[Instrumentation, dict[str, ProviderModels]] = (
+    weakref.WeakKeyDictionary()
+)
+_guards_lock = threading.Lock()
+
+
+def provider_models(inst: Instrumentation, provider: str) -> ProviderModels:
+    with _guards_lock:
+        by_provider = _guards.setdefault(inst, {})
+        models = by_provider.get(provider)
+        if models is None:
+            models = by_provider[provider] = ProviderModels(inst.metrics, provider, inst.max_models)
+        return models

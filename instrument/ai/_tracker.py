@@ -1,0 +1,239 @@
+"""The tracker: what ``track_ai_call(...)`` returns, a decorator and a (async) with-block;
+each call or block is one :class:`~instrument.ai._call.AICall` on the wrapping engine."""
+
+from __future__ import annotations
+
+import inspect
+import logging
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
+
+from .._engine import bind_arguments, run_deferred, wraps_signature
+from ..policy import Binding, Policy
+from ._call import AICall
+from ._options import AICallOptions, TrackerOptions
+from ._series import ModelSeries, ProviderModels, provider_models
+from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
+
+if TYPE_CHECKING:
+    from ..instrumentation import Instrumentation
+
+logger = logging.getLogger("instrument")
+
+
+class AIBinding(Binding):
+    """What a tracker records into on one Instrumentation, looked up once."""
+
+    active_inc: Callable[[], None]
+    active_dec: Callable[[], None]
+    models: ProviderModels
+    static: ModelSeries | None = None
+
+    def __init__(self, inst: Instrumentation, tracker: AICallTracker) -> None:
+        super().__init__(inst)
+        if not self.enabled:
+            return  # records nothing, so creates no series either
+        options = tracker.options
+        active = inst.metrics.active_jobs.labels(options.job_type)
+        self.active_inc = active.inc
+        self.active_dec = active.dec
+        self.models = provider_models(inst, options.provider)
+        self.static = None if options.label is None else self.models.series(options.label)
+
+
+# -- the decorator -----------------------------------------------------------------------------
+
+
+class _ModelParameter(NamedTuple):
+    """How to find the ``model`` argument of one decorated function."""
+
+    signature: inspect.Signature | None  # set when ``model`` can be passed by position
+    default: str | None
+
+
+class AICallTracker(Policy[AICall, AIBinding]):
+    """What ``track_ai_call(...)`` returns: a decorator and a (async) with-block."""
+
+    observes_items = True
+
+    def __init__(
+        self,
+        inst: Instrumentation | None,
+        provider: str,
+        model: str | None = None,
+        **options: Unpack[AICallOptions],
+    ) -> None:
+        #: The checked arguments; the attributes below read them.
+        self.options = TrackerOptions.of(provider, model, options)
+        super().__init__(inst)
+        #: Reads usage from a response or chunk: picked once, as it runs for every chunk.
+        self._extract: Callable[[Any], Usage | None] = (
+            extract_usage if self.options.usage is None else self._extract_with
+        )
+        self._warned: set[str] = set()
+        self._null = AICall(None, self, None)
+
+    def __repr__(self) -> str:
+        return f"track_ai_call({self.provider!r}, {self.model!r})"
+
+    # The options, read-only: what was checked at decoration stays what every call uses.
+
+    @property
+    def provider(self) -> str:
+        return self.options.provider
+
+    @property
+    def model(self) -> str | None:
+        return self.options.model
+
+    @property
+    def operation(self) -> str:
+        return self.options.operation
+
+    @property
+    def usage(self) -> Callable[[Any], Any] | None:
+        return self.options.usage
+
+    @property
+    def stream(self) -> str | bool:
+        return self.options.stream
+
+    @property
+    def job_type(self) -> str:
+        return self.options.job_type
+
+    @property
+    def normalize_model(self) -> Callable[[str], str] | None:
+        return self.options.normalize_model
+
+    @property
+    def label(self) -> str | None:
+        """The fixed model's label: ``model`` after ``normalize_model``."""
+        return self.options.label
+
+    def bind(self, inst: Instrumentation) -> AIBinding:
+        return AIBinding(inst, self)
+
+    def null_probe(self) -> AICall:
+        return self._null
+
+    def starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
+        if self.options.model is not None:
+            return self.start
+        # model=None: the call's ``model`` argument, found by this function's signature (one
+        # tracker may decorate several functions), else its default.
+        parameter = _model_parameter(func)
+        signature = parameter.signature if parameter is not None else None
+        default = parameter.default if parameter is not None else None
+
+        def start_with_model(
+            wrapped: Callable[..., Any],
+            args: tuple[Any, ...],
+            kwargs: dict[str, Any],
+        ) -> AICall:
+            value = kwargs.get("model")
+            if value is None:
+                if signature is not None and args:
+                    value = bind_arguments(signature, wrapped, args, kwargs).get("model")
+                if value is None:
+                    value = default
+            model = value if isinstance(value, str) and value else None
+            return self.start(wrapped, args, kwargs, model)
+
+        return start_with_model
+
+    def start(
+        self,
+        wrapped: Callable[..., Any] | None,
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+        model: str | None = None,
+    ) -> AICall:
+        run_deferred()  # streams abandoned since the last call
+        b = self._binding
+        if b is None or b.stale:
+            b = self.binding()
+            if not b.enabled:
+                return self._null
+        return AICall(b, self, model)
+
+    def _extract_with(self, response: Any) -> Usage | None:
+        """Usage read by the ``usage=`` extractor. Its failure is the call's to report, once
+        per provider and model, like any response that cannot be read."""
+        extractor = cast(Callable[[Any], Any], self.options.usage)  # installed only when set
+        try:
+            return usage_from(extractor(response))
+        except Exception as exc:
+            raise ExtractorFailed(
+                f"the usage extractor of {self!r} raised {type(exc).__name__}"
+            ) from None
+
+    def _label(self, model: str) -> str:
+        normalize = self.options.normalize_model
+        if normalize is None:
+            return model
+        try:
+            label = normalize(model)
+        except Exception as exc:
+            self._complain(
+                "normalize",
+                "normalize_model(%r) failed (%s: %s); the name is used as is",
+                model,
+                type(exc).__name__,
+                exc,
+            )
+            return model
+        if not isinstance(label, str) or not label:
+            self._complain(
+                "normalize",
+                "normalize_model(%r) returned %r, not a non-empty string; the name is used as is",
+                model,
+                label,
+            )
+            return model
+        return label
+
+    def _complain(self, what: str, message: str, *args: Any) -> None:
+        """A warning the first time a user callable of this tracker fails, then debug logs:
+        one written for whole responses may fail on every chunk of a stream."""
+        log = logger.debug if what in self._warned else logger.warning
+        self._warned.add(what)
+        log("instrument: " + message, *args)
+
+
+def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:
+    # Through functools.wraps decorators (tenacity's @retry, caches): their ``*args``
+    # pass the call on to the function that names ``model``.
+    signature = wraps_signature(func)
+    if signature is None:
+        return None
+    parameter = signature.parameters.get("model")
+    if parameter is None:
+        return None
+    default = parameter.default if isinstance(parameter.default, str) else None
+    positional = parameter.kind in (
+        inspect.Parameter.POSITIONAL_ONLY,
+        inspect.Parameter.POSITIONAL_OR_KEYWORD,
+    )
+    return _ModelParameter(signature if positional else None, default)
+
+
+def track_ai_call(
+    provider: str, model: str | None = None, **options: Unpack[AICallOptions]
+) -> AICallTracker:
+    """Track each call (or with-block) as one LLM call, on the default instrumentation.
+
+    >>> @track_ai_call("openai", "gpt-4o")
+    ... def ask(prompt):
+    ...     return client.chat.completions.create(model="gpt-4o", messages=[...])
+
+    ``model=None`` takes the call's ``model`` argument, else the response's model, else
+    "unknown". Options: ``operation``, ``usage``, ``stream``, ``job_type``, ``normalize_model``
+    (see :class:`AICallOptions`).
+
+    ``operation`` ("chat" by default, or "embeddings", ...) is informational: no metric has
+    an operation label, so it never splits a series. It is exposed as ``call.operation`` on
+    the with-block handle (and ``tracker.operation``), for logs and for code that reads
+    usage itself (a ``usage=`` extractor, ``call.add_usage``).
+    """
+    return AICallTracker(None, provider, model, **options)

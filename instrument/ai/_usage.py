@@ -1,0 +1,335 @@
+"""Token usage read from LLM responses by their shape, with no SDK imported.
+
+Five shapes are known, as SDK objects (attributes) or plain dicts (keys) alike:
+
+- OpenAI Chat Completions (and what LiteLLM and Mistral return): ``usage.prompt_tokens`` /
+  ``completion_tokens``, with ``prompt_tokens_details.cached_tokens`` (or LiteLLM's
+  ``cache_read_input_tokens``), the cache writes in ``prompt_tokens_details.cache_write_tokens``
+  (or ``cache_creation_tokens``, or LiteLLM's ``cache_creation_input_tokens``), and
+  ``completion_tokens_details.reasoning_tokens``. ``prompt_tokens`` includes the cache.
+- OpenAI Responses: ``usage.input_tokens`` / ``output_tokens``, with
+  ``input_tokens_details.cached_tokens`` / ``cache_write_tokens`` and
+  ``output_tokens_details.reasoning_tokens``.
+- Anthropic Messages: ``usage.input_tokens`` excludes the cache, so the input is
+  ``input_tokens + cache_read_input_tokens + cache_creation_input_tokens``.
+- Gemini: ``usage_metadata.prompt_token_count`` (cache included), output
+  ``candidates_token_count + thoughts_token_count``; REST's camelCase keys too.
+- Cohere v2: ``usage.billed_units.input_tokens`` / ``output_tokens`` (what is billed),
+  else the same fields of ``usage.tokens`` (which add Cohere's prompt template), and
+  ``usage.cached_tokens``.
+
+The usage block sits on the response (``usage``), or inside what carries the response: a
+stream event's ``message`` (Anthropic), ``response`` (OpenAI Responses), ``chunk`` (the
+OpenAI stream helper), ``data`` (Mistral) or ``delta`` (Cohere).
+
+The shape picks the reader, never the provider name, so an OpenAI-compatible endpoint
+tracked under another provider still counts. Counts follow the OpenTelemetry GenAI
+conventions: input includes cached input and output includes reasoning, so adding input
+and output never counts a token twice. A missing or malformed count is skipped (logged at
+debug level), never guessed; the tracker counts and reports a call that ends without any.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from typing import Any
+
+from ._fields import READERS, no_fields, read_field, reader_of
+
+logger = logging.getLogger("instrument")
+
+#: The largest token count taken as real: counters are floats, exact up to 2**53, and a
+#: larger count is a malformed field, not a call.
+MAX_TOKENS = 2**53
+
+
+@dataclass(frozen=True, slots=True)
+class Usage:
+    """Token counts of one call. ``input_tokens`` includes ``cache_read`` and
+    ``cache_creation``; ``output_tokens`` includes ``reasoning``."""
+
+    input_tokens: int = 0
+    output_tokens: int = 0
+    cache_read: int = 0
+    cache_creation: int = 0
+    reasoning: int = 0
+
+    def __add__(self, other: Usage) -> Usage:
+        return Usage(
+            self.input_tokens + other.input_tokens,
+            self.output_tokens + other.output_tokens,
+            self.cache_read + other.cache_read,
+            self.cache_creation + other.cache_creation,
+            self.reasoning + other.reasoning,
+        )
+
+    def latest(self, other: Usage) -> Usage:
+        """Merge two usage reports of one stream.
+
+        Every provider streams running totals (OpenAI and OpenAI Responses once at the end,
+        Anthropic in message_start then message_delta, Gemini on each chunk), so the larger
+        count of each field is the later one and reports are never added up; a field one
+        chunk leaves out (Anthropic's message_delta carries only output) keeps its value.
+        """
+        if (
+            other.input_tokens >= self.input_tokens
+            and other.output_tokens >= self.output_tokens
+            and other.cache_read >= self.cache_read
+            and other.cache_creation >= self.cache_creation
+            and other.reasoning >= self.reasoning
+        ):
+            return other  # the usual running total: no new object for every chunk
+        return Usage(
+            max(self.input_tokens, other.input_tokens),
+            max(self.output_tokens, other.output_tokens),
+            max(self.cache_read, other.cache_read),
+            max(self.cache_creation, other.cache_creation),
+            max(self.reasoning, other.reasoning),
+        )
+
+
+USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+
+
+def checked_usage(*counts: int) -> Usage:
+    """Token counts given by hand (in :class:`Usage`'s field order) as a Usage; a TypeError
+    or ValueError naming the first that is not an int from 0 to 2**53."""
+    for name, count in zip(USAGE_FIELDS, counts, strict=True):
+        if isinstance(count, bool) or not isinstance(count, int):
+            raise TypeError(f"{name} must be an int, got {type(count).__name__}")
+        if count < 0:
+            raise ValueError(f"{name} must not be negative, got {count}")
+        if count > MAX_TOKENS:
+            raise ValueError(f"{name} must be at most 2**53 (a token count), got {count}")
+    return Usage(*counts)
+
+
+class ExtractorFailed(Exception):
+    """A ``usage=`` extractor raised; the text names it and the class of what it raised."""
+
+
+def _count(container: Any, *names: str) -> int | None:
+    """The first of ``names`` present in ``container`` as a token count, or None.
+
+    None (not reported) is silent; a negative, fractional or huge number, a string or any
+    other type is logged at debug level and skipped.
+    """
+    for name in names:
+        value = read_field(container, name)
+        if value is None:
+            continue
+        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+            return value
+        if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TOKENS:
+            return int(value)
+        logger.debug("instrument: malformed usage field %s=%r skipped", name, value)
+        return None
+    return None
+
+
+def _nested(container: Any, parent: str, name: str) -> int | None:
+    inner = read_field(container, parent)
+    return None if inner is None else _count(inner, name)
+
+
+def _usage(
+    input_tokens: int | None,
+    output_tokens: int | None,
+    cache_read: int | None = None,
+    cache_creation: int | None = None,
+    reasoning: int | None = None,
+) -> Usage | None:
+    if (
+        input_tokens is None
+        and output_tokens is None
+        and cache_read is None
+        and cache_creation is None
+        and reasoning is None
+    ):
+        return None
+    return Usage(
+        input_tokens or 0, output_tokens or 0, cache_read or 0, cache_creation or 0, reasoning or 0
+    )
+
+
+def _first(*counts: int | None) -> int | None:
+    """The first count reported: one quantity that several fields may carry."""
+    for count in counts:
+        if count is not None:
+            return count
+    return None
+
+
+def _openai_chat(usage: Any) -> Usage | None:
+    # prompt_tokens includes the cache, reads and writes alike (LiteLLM adds Anthropic's
+    # cache fields into it); LiteLLM also repeats them beside prompt_tokens, Anthropic-named.
+    details = read_field(usage, "prompt_tokens_details")
+    cached = written = None
+    if details is not None:
+        cached = _count(details, "cached_tokens")
+        written = _count(details, "cache_write_tokens", "cache_creation_tokens")
+    return _usage(
+        _count(usage, "prompt_tokens"),
+        _count(usage, "completion_tokens"),
+        cache_read=_first(cached, _count(usage, "cache_read_input_tokens")),
+        cache_creation=_first(written, _count(usage, "cache_creation_input_tokens")),
+        reasoning=_nested(usage, "completion_tokens_details", "reasoning_tokens"),
+    )
+
+
+def _input_output(usage: Any) -> Usage | None:
+    """OpenAI Responses and Anthropic Messages: both say input_tokens/output_tokens."""
+    cache_read = _count(usage, "cache_read_input_tokens")
+    cache_creation = _count(usage, "cache_creation_input_tokens")
+    if cache_read is None and cache_creation is None:
+        # OpenAI Responses (or Anthropic without caching, which reads the same): its
+        # input_tokens includes the cache.
+        details = read_field(usage, "input_tokens_details")
+        return _usage(
+            _count(usage, "input_tokens"),
+            _count(usage, "output_tokens"),
+            cache_read=None if details is None else _count(details, "cached_tokens"),
+            cache_creation=None if details is None else _count(details, "cache_write_tokens"),
+            reasoning=_nested(usage, "output_tokens_details", "reasoning_tokens"),
+        )
+    # Anthropic: input_tokens counts only what came after the last cache breakpoint.
+    uncached = _count(usage, "input_tokens")
+    total_input = (uncached or 0) + (cache_read or 0) + (cache_creation or 0)
+    return _usage(
+        total_input,
+        _count(usage, "output_tokens"),
+        cache_read=cache_read,
+        cache_creation=cache_creation,
+    )
+
+
+def _gemini(meta: Any) -> Usage | None:
+    prompt = _count(meta, "prompt_token_count", "promptTokenCount")
+    # Tool-use prompt tokens are billed as input and are part of total_token_count.
+    tool_prompt = _count(meta, "tool_use_prompt_token_count", "toolUsePromptTokenCount")
+    candidates = _count(meta, "candidates_token_count", "candidatesTokenCount")
+    thoughts = _count(meta, "thoughts_token_count", "thoughtsTokenCount")
+    input_tokens = (
+        None if prompt is None and tool_prompt is None else (prompt or 0) + (tool_prompt or 0)
+    )
+    output_tokens = (
+        None if candidates is None and thoughts is None else (candidates or 0) + (thoughts or 0)
+    )
+    return _usage(
+        input_tokens,
+        output_tokens,
+        cache_read=_count(meta, "cached_content_token_count", "cachedContentTokenCount"),
+        reasoning=thoughts,
+    )
+
+
+def _cohere(usage: Any) -> Usage | None:
+    # billed_units are what is billed and priced; tokens also count the prompt template
+    # Cohere wraps around the messages, so they are the fallback only.
+    billed = read_field(usage, "billed_units")
+    tokens = read_field(usage, "tokens")
+    input_tokens, output_tokens = (
+        _first(
+            None if billed is None else _count(billed, name),
+            None if tokens is None else _count(tokens, name),
+        )
+        for name in ("input_tokens", "output_tokens")
+    )
+    return _usage(input_tokens, output_tokens, cache_read=_count(usage, "cached_tokens"))
+
+
+def _read_usage(usage: Any) -> Usage | None:
+    """Pick the reader by the usage block's own fields."""
+    if (
+        read_field(usage, "prompt_tokens") is not None
+        or read_field(usage, "completion_tokens") is not None
+    ):
+        return _openai_chat(usage)
+    if (
+        read_field(usage, "input_tokens") is not None
+        or read_field(usage, "output_tokens") is not None
+    ):
+        return _input_output(usage)
+    if read_field(usage, "cache_read_input_tokens") is not None:
+        return _input_output(usage)
+    if (
+        read_field(usage, "prompt_token_count") is not None
+        or read_field(usage, "promptTokenCount") is not None
+        or read_field(usage, "candidates_token_count") is not None
+        or read_field(usage, "candidatesTokenCount") is not None
+    ):
+        return _gemini(usage)
+    if read_field(usage, "tokens") is not None or read_field(usage, "billed_units") is not None:
+        return _cohere(usage)
+    logger.debug("instrument: usage block of unknown shape skipped: %s", type(usage).__name__)
+    return None
+
+
+# What carries a response inside a stream event, in the order they are tried.
+_HOLDERS = ("message", "response", "chunk", "data", "delta")
+
+
+def extract_usage(response: Any) -> Usage | None:
+    """The token usage a response (or stream chunk) carries, or None.
+
+    >>> extract_usage({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
+    Usage(input_tokens=12, output_tokens=5, cache_read=0, cache_creation=0, reasoning=0)
+    """
+    # One reader for the response's fields: every chunk of a stream comes through here.
+    get = READERS.get(type(response)) or reader_of(response)
+    if get is no_fields:
+        return None
+    usage = get(response, "usage")
+    if usage is not None and not callable(usage):
+        return _read_usage(usage)
+    meta = get(response, "usage_metadata")
+    if meta is None:
+        meta = get(response, "usageMetadata")
+    if meta is not None:
+        return _gemini(meta)
+    # Anthropic's message_start event holds the usage in .message, OpenAI Responses'
+    # response.completed event in .response, the OpenAI stream helper's chunk event in
+    # .chunk, Mistral's stream events in .data, Cohere's message-end in .delta.
+    for holder in _HOLDERS:
+        inner = get(response, holder)
+        if inner is not None and not isinstance(inner, str | bytes):
+            usage = read_field(inner, "usage")
+            if usage is not None and not callable(usage):
+                return _read_usage(usage)
+    return None
+
+
+def response_model(response: Any) -> str | None:
+    """The model name a response (or stream chunk) reports, or None."""
+    get = READERS.get(type(response)) or reader_of(response)
+    if get is no_fields:
+        return None
+    for name in ("model", "model_version", "modelVersion"):
+        value = get(response, name)
+        if isinstance(value, str) and value:
+            return value
+    for holder in _HOLDERS:
+        inner = get(response, holder)
+        if inner is not None and not isinstance(inner, str | bytes):
+            value = read_field(inner, "model")
+            if isinstance(value, str) and value:
+                return value
+    return None
+
+
+def usage_from(value: Any) -> Usage | None:
+    """A custom extractor's answer as a Usage: a Usage, a mapping with Usage's field
+    names (``input_tokens``, ``output_tokens``, ``cache_read``, ``cache_creation``,
+    ``reasoning``), or None. Anything else is logged at debug level and skipped."""
+    if value is None or isinstance(value, Usage):
+        return value
+    if isinstance(value, Mapping):
+        unknown = set(value) - set(USAGE_FIELDS)
+        if unknown:
+            logger.debug("instrument: usage keys %s not understood; skipped", sorted(unknown))
+            return None
+        return _usage(*(_count(value, name) for name in USAGE_FIELDS))
+    logger.debug("instrument: usage extractor returned %r, not a Usage or mapping", value)
+    return None
