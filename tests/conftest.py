@@ -213,3 +213,22 @@ class E2EWorkload:
     def close(self) -> None:
         self._open.close()
         self.inst.close()
+
+
+# -- which tests a plain ``pytest`` runs ------------------------------------------------------
+
+#: Fixtures that start a real server: a test using one (directly or through another fixture)
+#: is an integration test, whether or not its module says so.
+_SERVER_FIXTURES = frozenset({"pushgateway_server", "prometheus_server", "e2e_prometheus"})
+
+
+#: Modules whose tests run the CLI or a build in child processes, most of them.
+_SUBPROCESS_MODULES = frozenset({"test_cli", "test_hostile_cli", "test_packaging"})
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.integration)
+        if item.path.stem in _SUBPROCESS_MODULES:
+            item.add_marker(pytest.mark.subprocess)

@@ -139,7 +139,7 @@ def collected(result: subprocess.CompletedProcess[str]) -> int:
 def test_the_unpacked_sdist_collects_the_same_tests(unpacked: Path, checkout: Path) -> None:
     found = in_unpacked(unpacked, "-c", "import instrument, tests; print(instrument.__file__)")
     assert found.stdout.strip() == str(unpacked / "instrument" / "__init__.py")
-    command = ("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider")
+    command = ("-m", "pytest", "--collect-only", "-q", "-p", "no:cacheprovider", "-m", "")
     assert collected(in_unpacked(unpacked, *command)) == collected(in_unpacked(checkout, *command))
 
 
@@ -147,7 +147,8 @@ def test_the_unpacked_sdist_passes_the_tests_that_read_the_checkout(unpacked: Pa
     """The full suite passes there too (run by hand for a release); these are the files whose
     tests read deploy/, README.md and the generated artifacts."""
     files = [f"tests/{name}" for name in READS_THE_CHECKOUT]
-    result = in_unpacked(unpacked, "-m", "pytest", "-q", "-p", "no:cacheprovider", *files)
+    everything = ("-m", "pytest", "-q", "-p", "no:cacheprovider", "-m", "")
+    result = in_unpacked(unpacked, *everything, *files)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     summary = result.stdout.strip().splitlines()[-1]
     assert re.match(r"\d+ passed", summary) and "failed" not in summary, summary
