@@ -1641,3 +1641,47 @@ def test_a_coroutine_closed_before_its_first_await_records_nothing(
     pending.close()
     assert outcomes(registry) == (0, 0, 0)
     assert active(registry) in (None, 0)
+
+
+# == Wave 3: the reviewers' confirmed defects =====================================================
+
+
+async def test_a_plain_function_returning_a_coroutine_spans_the_awaited_work(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    # A plain def handing on a coroutine (``return client.create(...)``): the job is the
+    # awaited work, its error and its time, not the coroutine's creation.
+    @inst.monitored_analysis("m", "t")
+    def hands_on(x: int) -> Coroutine[Any, Any, int]:
+        return _failing_work(x)
+
+    pending = hands_on(4)
+    assert inspect.iscoroutine(pending)
+    assert outcomes(registry) == (0, 0, 0) and active(registry) == 1
+    assert await pending == 8
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(10.0)
+    with pytest.raises(ValueError) as info:
+        await hands_on(-1)
+    assert info.value.args == (-1,)
+    assert outcomes(registry) == (1, 1, 0)
+    assert errors(registry, "ValueError") == 1
+    assert duration(registry, "sum") == pytest.approx(20.0)
+    assert active(registry) == 0
+
+
+def test_a_returned_coroutine_never_awaited_ends_cancelled(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    @inst.monitored_analysis("m", "t")
+    def hands_on(x: int) -> Coroutine[Any, Any, int]:
+        return _failing_work(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the carrier was never awaited
+        pending = hands_on(1)
+        assert active(registry) == 1
+        del pending
+        gc.collect()
+    assert outcomes(registry) == (0, 0, 1)
+    assert active(registry) == 0
