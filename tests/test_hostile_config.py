@@ -1078,3 +1078,37 @@ def test_a_latin1_token_and_a_pair_of_credentials_still_push(pushgateway: Pushga
 def test_start_http_server_refuses_a_bool_port(inst: Instrumentation) -> None:
     with pytest.raises(ValueError, match="port must be an integer"):
         inst.start_http_server(True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rev-ai 9: config cannot load prices without an import cycle until ai/_prices.py "
+    "(main's ai/ package) is merged in",
+)
+def test_a_price_table_path_with_a_typo_is_the_only_variable_ignored(
+    clean_environment: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    pushgateway: Pushgateway,
+    tmp_path: Any,
+) -> None:
+    missing = tmp_path / "prices-typo.json"
+    clean_environment.setenv("INSTRUMENT_AI_PRICES", str(missing))
+    clean_environment.setenv("INSTRUMENT_PUSHGATEWAY_URL", pushgateway.url)
+    clean_environment.setenv("INSTRUMENT_NAMESPACE", "envprices")
+    with caplog.at_level(logging.WARNING, logger="instrument"):
+        inst = get_instrumentation()
+    errors = instrument_errors(caplog)
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "INSTRUMENT_AI_PRICES" in errors[0].getMessage()
+    assert "cannot read the price table" in errors[0].getMessage()
+    # The other variables still apply: it pushes to the gateway under its namespace.
+    assert inst.namespace == "envprices" and inst.push_mode == "coalesce"
+    inst.record_analysis("m", "t", 0.25)
+    assert inst.push() is True
+    with pytest.raises(ValueError, match="INSTRUMENT_AI_PRICES"):
+        configure()
+    not_a_table = tmp_path / "list.json"
+    not_a_table.write_text("[1, 2]")
+    clean_environment.setenv("INSTRUMENT_AI_PRICES", str(not_a_table))
+    with pytest.raises(ValueError, match=r"INSTRUMENT_AI_PRICES.*must be a mapping"):
+        from_environment()
