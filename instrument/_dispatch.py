@@ -113,6 +113,10 @@ def _sync_wrapper(start: Start) -> Wrapper:
             except RecursionError:  # no stack even to begin recording: see _jobs
                 defer(partial(record_end, probe, exc))
             raise
+        # A plain def may hand on a coroutine (``return client.create(...)``): the job is
+        # the awaited work. One exact type check keeps the hot path as it was.
+        if type(result) is CoroutineType:
+            return _awaited_job(result, False, _Handover(probe, result), wrapped, args, kwargs)
         try:
             result = probe.success(result)
         except Exception:

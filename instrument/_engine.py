@@ -167,8 +167,12 @@ class Instrumenter(Generic[P]):
 
 
 def wraps_signature(func: Callable[..., Any]) -> inspect.Signature | None:
-    """The signature used to bind a call's arguments, or None where it cannot be read."""
+    """The signature used to bind a call's arguments, or None where it cannot be read.
+
+    A decorated bound method is called as itself, so :func:`bind_arguments` puts its
+    ``self`` back: its signature is the one of the function it binds, which has ``self``.
+    """
     try:
-        return inspect.signature(func)
+        return inspect.signature(func.__func__ if inspect.ismethod(func) else func)
     except (TypeError, ValueError):
         return None

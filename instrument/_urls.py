@@ -120,6 +120,13 @@ def header_safe(what: str, value: object, *, keep_spaces: bool = False) -> str:
     text = value.strip("\r\n") if keep_spaces else value.strip()
     if any(ord(c) < 0x20 or ord(c) == 0x7F for c in text):
         raise ValueError(f"{what} contains a control character; check how the secret is read")
+    # A value that goes in the header as it is (not base64 like a password): http.client
+    # encodes headers as Latin-1, so anything else would fail every push, one by one.
+    if not keep_spaces and any(ord(c) > 0xFF for c in text):
+        raise ValueError(
+            f"{what} has a character outside Latin-1, which no HTTP header can carry; pass "
+            "the token exactly as issued and check how the secret is read"
+        )
     return text
 
 
@@ -133,9 +140,17 @@ def authorization(
         raise ValueError(f"pass either {token_name} or basic_auth, not both")
     if token is not None:
         token = header_safe(token_name, token)
+        if not token:
+            raise ValueError(f"{token_name} is empty; pass the token, or None for no authorization")
         header = f"Bearer {token}"
         return header, (token, header)
     if basic_auth is not None:
+        # A string unpacks too ("ab" as user "a", password "b"): only a real pair is taken.
+        if not isinstance(basic_auth, tuple | list) or len(basic_auth) != 2:
+            raise TypeError(
+                "basic_auth must be a pair of strings, (user, password); "
+                f"got {type(basic_auth).__name__}"
+            )
         user, password = (header_safe("basic_auth", part, keep_spaces=True) for part in basic_auth)
         encoded = base64.b64encode(f"{user}:{password}".encode()).decode("ascii")
         header = f"Basic {encoded}"

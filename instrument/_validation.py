@@ -7,7 +7,15 @@ import math
 
 from .metrics import check_label_value
 
-__all__ = ["check_label", "check_number"]
+__all__ = ["check_flag", "check_label", "check_number"]
+
+
+def check_flag(what: str, value: object) -> bool:
+    """``value`` if it is a bool: a string such as "false" is truthy, and would do the
+    opposite of what it says."""
+    if not isinstance(value, bool):
+        raise TypeError(f"{what} must be True or False, got {value!r}")
+    return value
 
 
 def check_label(what: str, value: object, *, optional: bool = False) -> None:

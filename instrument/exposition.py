@@ -26,7 +26,7 @@ __all__ = ["aiohttp_handler", "install_sigterm_handler", "start_http_server"]
 
 def start_http_server(inst: Instrumentation, port: int, addr: str = "127.0.0.1") -> Any:
     """Serve ``/metrics`` from a daemon thread; returns the WSGI server (``.shutdown()``)."""
-    if not isinstance(port, int) or not 0 <= port <= 65535:
+    if isinstance(port, bool) or not isinstance(port, int) or not 0 <= port <= 65535:
         raise ValueError(f"port must be an integer from 0 to 65535, got {port!r}")
     # Its threads (and the ones they start per request) leave signals to the main thread, as
     # the toolkit's own do: a SIGTERM landing on them would not wake a sleeping main thread.

@@ -17,7 +17,7 @@ from typing import Any
 from prometheus_client import CollectorRegistry
 
 from ._engine import run_deferred
-from ._validation import check_label, check_number
+from ._validation import check_flag, check_label, check_number
 from .ai import AICallTracker, load_prices
 from .analysis import AnalysisMonitor
 from .defaults import (
@@ -99,6 +99,9 @@ class Instrumentation:
             raise ValueError(f"max_models must be a positive integer, got {max_models!r}")
         # Everything that can be refused is checked before the registry is touched, so a
         # refused Instrumentation leaves a user's registry as it was.
+        enabled = check_flag("enabled", enabled)
+        delete_on_exit = check_flag("delete_on_exit", delete_on_exit)
+        tls_verify = check_flag("tls_verify", tls_verify)
         check_namespace(namespace)
         check_buckets(buckets)
         self.job = check_job(job)
@@ -121,7 +124,7 @@ class Instrumentation:
         self._prices: dict[str, Any] | None = None
         if prices is not None:
             self.set_prices(prices)
-        self.enabled = bool(enabled)
+        self.enabled = enabled
         self.registry = registry if registry is not None else CollectorRegistry(auto_describe=True)
         self.namespace = namespace
         self.max_models = max_models

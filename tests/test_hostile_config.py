@@ -1013,3 +1013,102 @@ def test_every_variable_in_the_readme_sentence_about_bad_values() -> None:
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     assert "logs that error once and ignores the variable" in section
     assert "`configure()` raise a `ValueError` naming it" in section
+
+
+# -- wave 3: keyword values of the wrong type, credentials no header can carry --------------------
+
+GATEWAY = "http://127.0.0.1:9091"
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"enabled": "false"}, TypeError),
+        ({"enabled": 0}, TypeError),
+        ({"enabled": None}, TypeError),
+        ({"pushgateway": GATEWAY, "delete_on_exit": "no"}, TypeError),
+        ({"delete_on_exit": 1}, TypeError),
+        ({"pushgateway": "https://127.0.0.1:9091", "tls_verify": "false"}, TypeError),
+        ({"tls_verify": "false"}, TypeError),
+        ({"pushgateway": GATEWAY, "basic_auth": "user:pass"}, TypeError),
+        ({"pushgateway": GATEWAY, "basic_auth": "ab"}, TypeError),
+        ({"pushgateway": GATEWAY, "basic_auth": ("user",)}, TypeError),
+        ({"pushgateway": GATEWAY, "basic_auth": ("u", "p", "x")}, TypeError),
+        ({"pushgateway": GATEWAY, "basic_auth": ("user", 1)}, TypeError),
+        ({"pushgateway": GATEWAY, "bearer_token": ""}, ValueError),
+        ({"pushgateway": GATEWAY, "bearer_token": "   "}, ValueError),
+        ({"pushgateway": GATEWAY, "bearer_token": "tök\u20ac"}, ValueError),
+        ({"pushgateway": GATEWAY, "bearer_token": "tok\u2028x"}, ValueError),
+    ],
+)
+def test_keyword_values_of_the_wrong_kind_are_refused_at_construction(
+    kwargs: dict[str, Any], error: type[Exception]
+) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(error) as info:
+        Instrumentation(registry=registry, push_mode="off", **kwargs)
+    message = str(info.value)
+    assert says_what_to_do(message), message
+    for secret in ("user:pass", "tök", "tok\u2028"):  # a credential is never echoed
+        assert secret not in message
+    assert collector_names(registry) == []  # refused before the registry was touched
+
+
+def test_a_non_latin1_token_is_refused_in_the_environment_naming_the_variable(
+    clean_environment: pytest.MonkeyPatch,
+) -> None:
+    clean_environment.setenv("INSTRUMENT_PUSHGATEWAY_TOKEN", "tök€S3CRET")
+    with pytest.raises(ValueError) as info:
+        from_environment()
+    assert "INSTRUMENT_PUSHGATEWAY_TOKEN" in str(info.value)
+    assert "S3CRET" not in str(info.value)
+
+
+def test_a_latin1_token_and_a_pair_of_credentials_still_push(pushgateway: Pushgateway) -> None:
+    for auth in ({"bearer_token": "tok-123"}, {"basic_auth": ["user", "pässwörd密"]}):
+        registry = CollectorRegistry()
+        inst = Instrumentation(
+            registry=registry, pushgateway=pushgateway.url, push_mode="off", **auth
+        )
+        inst.record_analysis("m", "t", 0.25)
+        assert inst.push() is True
+        inst.close()
+
+
+def test_start_http_server_refuses_a_bool_port(inst: Instrumentation) -> None:
+    with pytest.raises(ValueError, match="port must be an integer"):
+        inst.start_http_server(True)
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="rev-ai 9: config cannot load prices without an import cycle until ai/_prices.py "
+    "(main's ai/ package) is merged in",
+)
+def test_a_price_table_path_with_a_typo_is_the_only_variable_ignored(
+    clean_environment: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    pushgateway: Pushgateway,
+    tmp_path: Any,
+) -> None:
+    missing = tmp_path / "prices-typo.json"
+    clean_environment.setenv("INSTRUMENT_AI_PRICES", str(missing))
+    clean_environment.setenv("INSTRUMENT_PUSHGATEWAY_URL", pushgateway.url)
+    clean_environment.setenv("INSTRUMENT_NAMESPACE", "envprices")
+    with caplog.at_level(logging.WARNING, logger="instrument"):
+        inst = get_instrumentation()
+    errors = instrument_errors(caplog)
+    assert len(errors) == 1, [r.getMessage() for r in errors]
+    assert "INSTRUMENT_AI_PRICES" in errors[0].getMessage()
+    assert "cannot read the price table" in errors[0].getMessage()
+    # The other variables still apply: it pushes to the gateway under its namespace.
+    assert inst.namespace == "envprices" and inst.push_mode == "coalesce"
+    inst.record_analysis("m", "t", 0.25)
+    assert inst.push() is True
+    with pytest.raises(ValueError, match="INSTRUMENT_AI_PRICES"):
+        configure()
+    not_a_table = tmp_path / "list.json"
+    not_a_table.write_text("[1, 2]")
+    clean_environment.setenv("INSTRUMENT_AI_PRICES", str(not_a_table))
+    with pytest.raises(ValueError, match=r"INSTRUMENT_AI_PRICES.*must be a mapping"):
+        from_environment()

@@ -1641,3 +1641,92 @@ def test_a_coroutine_closed_before_its_first_await_records_nothing(
     pending.close()
     assert outcomes(registry) == (0, 0, 0)
     assert active(registry) in (None, 0)
+
+
+# == Wave 3: the reviewers' confirmed defects =====================================================
+
+
+async def test_a_plain_function_returning_a_coroutine_spans_the_awaited_work(
+    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    # A plain def handing on a coroutine (``return client.create(...)``): the job is the
+    # awaited work, its error and its time, not the coroutine's creation.
+    @inst.monitored_analysis("m", "t")
+    def hands_on(x: int) -> Coroutine[Any, Any, int]:
+        return _failing_work(x)
+
+    pending = hands_on(4)
+    assert inspect.iscoroutine(pending)
+    assert outcomes(registry) == (0, 0, 0) and active(registry) == 1
+    assert await pending == 8
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(10.0)
+    with pytest.raises(ValueError) as info:
+        await hands_on(-1)
+    assert info.value.args == (-1,)
+    assert outcomes(registry) == (1, 1, 0)
+    assert errors(registry, "ValueError") == 1
+    assert duration(registry, "sum") == pytest.approx(20.0)
+    assert active(registry) == 0
+
+
+def test_a_returned_coroutine_never_awaited_ends_cancelled(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    @inst.monitored_analysis("m", "t")
+    def hands_on(x: int) -> Coroutine[Any, Any, int]:
+        return _failing_work(x)
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # the carrier was never awaited
+        pending = hands_on(1)
+        assert active(registry) == 1
+        del pending
+        gc.collect()
+    assert outcomes(registry) == (0, 0, 1)
+    assert active(registry) == 0
+
+
+class _Client:
+    def ask(self, model: str, prompt: str) -> dict[str, Any]:
+        return {"usage": {"prompt_tokens": 1, "completion_tokens": 1}}
+
+    def run(self, path: str) -> str:
+        return path
+
+
+def _models_called(reg: CollectorRegistry) -> set[str]:
+    return {
+        sample.labels["model"]
+        for family in reg.collect()
+        for sample in family.samples
+        if sample.name == "codomyrmex_ai_api_calls_total"
+    }
+
+
+def test_a_decorated_bound_method_binds_arguments_by_its_own_signature(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    # The signature of a bound method has no ``self``: the call's arguments line up with
+    # it as they are, whether the model comes by position or by keyword.
+    ask = inst.track_ai_call("openai", None)(_Client().ask)
+    ask("gpt-4o", "hi")
+    ask(model="gpt-4o-mini", prompt="hi")
+    assert _models_called(registry) == {"gpt-4o", "gpt-4o-mini"}
+
+    scored = inst.monitored_analysis(
+        "m", "t", project=lambda arguments: arguments.get("path", "NONE"), quality=lambda r: 1.0
+    )
+    assert scored(_Client().run)("src") == "src"
+    assert scored(_Client.run)(_Client(), "lib") == "lib"  # a function: self is an argument
+    for project in ("src", "lib"):
+        value = registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": project, "module": "m"}
+        )
+        assert value == 1.0
+    assert (
+        registry.get_sample_value(
+            "codomyrmex_code_quality_score", {"project": "NONE", "module": "m"}
+        )
+        is None
+    )
