@@ -1016,3 +1016,63 @@ def test_a_sigterm_while_the_main_thread_sleeps_ends_it_with_the_final_totals(
         if name == "codomyrmex_analyses_total" and labels.get("job") == job_name
     ]
     assert per_instance == [123.0] * 4
+
+
+# -- wave 3: a forked child never waits on a lock or condition it inherited -----------------------
+
+FORK_WHILE_CONDITION_HELD = """
+import os, sys, threading, time
+from instrument import Instrumentation
+
+inst = Instrumentation(pushgateway={gateway!r}, job={job!r}, instance=True, push_interval=60)
+
+@inst.monitored_analysis("m", "t")
+def work():
+    pass
+
+work()  # the parent's flusher starts, with its weakref finalizer
+held = threading.Event()
+
+def hold_condition():  # as the flusher does between its waits, for the length of the fork
+    with inst.delivery._cond:
+        held.set()
+        time.sleep(3)
+
+threading.Thread(target=hold_condition).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    for _ in range(7):
+        work()
+    sys.exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("hung")
+"""
+
+
+def test_a_forked_child_exits_though_a_parent_thread_held_the_flusher_condition(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path
+) -> None:
+    code = FORK_WHILE_CONDITION_HELD.format(gateway=pushgateway.url, job=job_name)
+    result = run_script(tmp_path / "fork_held.py", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "exit 0"
+    per_instance = sorted(
+        value
+        for name, labels, value in pushgateway.samples()
+        if name == "codomyrmex_analyses_total"
+        and labels.get("job") == job_name
+        and labels.get("status") == "success"
+    )
+    # The child's final state (1 inherited + 7 of its own) under its own instance; the
+    # parent's single call at its own exit.
+    assert per_instance == [1.0, 8.0]

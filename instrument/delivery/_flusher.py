@@ -190,7 +190,9 @@ class Delivery:
                 self._thread = start_daemon(
                     _flusher, "instrument-flusher", weakref.ref(self), self._flush_state
                 )
-                weakref.finalize(self, _wake, self._cond)
+                # Bound to this process: a forked child inherits the finalizer with the
+                # parent's condition, which a parent thread may have held at the fork.
+                weakref.finalize(self, _wake, self._cond, os.getpid())
             self._cond.notify()
 
     def _flush_slot(self) -> float | None:
@@ -461,6 +463,8 @@ def _flusher(ref: weakref.ref[Delivery], state: _FlushState) -> None:
         del delivery
 
 
-def _wake(cond: threading.Condition) -> None:
+def _wake(cond: threading.Condition, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # the flusher it would wake lives in another process
     with cond:
         cond.notify_all()
