@@ -1076,3 +1076,88 @@ def test_a_forked_child_exits_though_a_parent_thread_held_the_flusher_condition(
     # The child's final state (1 inherited + 7 of its own) under its own instance; the
     # parent's single call at its own exit.
     assert per_instance == [1.0, 8.0]
+
+
+# -- wave 3: an answer's body is read up to a bound, however much the server sends ----------------
+
+
+class EndlessAnswer:
+    """A server on loopback answering every request with ``status`` and a body that does
+    not end (a Content-Length of 4 GB, sent as fast as the client reads); ``sent`` counts
+    the body bytes the client took before it hung up."""
+
+    def __init__(self, status: str) -> None:
+        import socket
+
+        self.status = status
+        self.sent = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        chunk = b"x" * (1 << 20)
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            # The request body (a push's state) is not read: the answer starts at once.
+            head = f"HTTP/1.1 {self.status}\r\nContent-Length: 4000000000\r\n\r\n"
+            deadline = time.monotonic() + 20
+            try:
+                conn.sendall(head.encode())
+                while time.monotonic() < deadline and self.sent < (1 << 30):
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            except OSError:
+                return  # the client hung up: what the test is after
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# Socket buffers on both sides hold a few MiB the client never asked for.
+_BUFFERED = 32 << 20
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+def test_a_push_reads_at_most_a_bounded_part_of_an_endless_answer(transport: str) -> None:
+    server = EndlessAnswer("500 Oops")
+    try:
+        inst = Instrumentation(
+            registry=CollectorRegistry(), pushgateway=server.url, push_mode="off"
+        )
+        inst.record_analysis("m", "t", 1.0)
+        ok = inst.push() if transport == "sync" else asyncio.run(inst.push_metrics())
+        assert ok is False
+        assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+        assert server.sent < _BUFFERED
+        inst.close()
+    finally:
+        server.close()
+
+
+def test_the_grafana_client_reads_at_most_a_bounded_part_of_an_endless_answer() -> None:
+    from instrument.grafana import GrafanaClient, GrafanaServerError
+
+    server = EndlessAnswer("502 Bad Gateway")
+
+    async def ask() -> None:
+        async with GrafanaClient(server.url, token=TOKEN, timeout=10, retries=0) as grafana:
+            await grafana.health()
+
+    try:
+        with pytest.raises(GrafanaServerError, match="502"):
+            asyncio.run(ask())
+        assert server.sent < _BUFFERED
+    finally:
+        server.close()
