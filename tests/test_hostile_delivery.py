@@ -1161,3 +1161,52 @@ def test_the_grafana_client_reads_at_most_a_bounded_part_of_an_endless_answer() 
         assert server.sent < _BUFFERED
     finally:
         server.close()
+
+
+# -- wave 3: concurrent async pushes leave the newest state on the gateway ------------------------
+
+
+def test_concurrent_async_pushes_in_each_mode_leave_the_newest_state_on_the_gateway(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
+    )
+
+    @inst.monitored_analysis("m", "t")
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.001 * (i % 5))
+        return i
+
+    async def round_of(calls: int) -> list[int]:
+        return await asyncio.gather(*(work(i) for i in range(calls)))
+
+    try:
+        for round_number in range(1, 6):
+            assert asyncio.run(round_of(40)) == list(range(40))
+            expected = 40.0 * round_number
+            assert inst.registry.get_sample_value("codomyrmex_analyses_total", ANALYSIS) == expected
+            assert analyses(pushgateway, job=job_name) == expected
+    finally:
+        inst.close()
+
+
+def test_concurrent_push_metrics_calls_leave_the_newest_state_on_the_gateway(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
+    )
+
+    async def one() -> bool:
+        inst.record_analysis("m", "t", 0.1)
+        return await inst.push_metrics()
+
+    async def main() -> list[bool]:
+        return await asyncio.gather(*(one() for _ in range(50)))
+
+    try:
+        assert asyncio.run(main()) == [True] * 50
+        assert analyses(pushgateway, job=job_name) == 50
+    finally:
+        inst.close()

@@ -106,6 +106,10 @@ class Delivery:
         # snapshots are numbered (under this short lock), and one landing after a newer
         # one marks the state dirty, so the newest goes out again.
         self._snapshot_lock = threading.Lock()
+        # ... which the numbering alone cannot repair once every push has returned: async
+        # sends on one loop go one at a time, so the last to return sent the newest state.
+        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
+        self._loop_locks = weakref.WeakKeyDictionary()
         self._taken = 0
         self._newest_landed = 0
         # While dirty, the flusher keeps the delivery alive until it has pushed.
@@ -240,6 +244,23 @@ class Delivery:
 
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
         limit = self._default_timeout() if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        lock = self._loop_locks.get(loop)
+        if lock is None:
+            lock = self._loop_locks[loop] = asyncio.Lock()
+        deadline = loop.time() + limit  # waiting for the send before counts against it
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            self._dirty = True  # not delivered: the next push must carry it
+            return False
+        try:
+            return await self._send_async(target, max(deadline - loop.time(), 0.001))
+        finally:
+            lock.release()
+
+    async def _send_async(self, target: PushTarget | None, limit: float) -> bool:
         snapshot = self._take_snapshot()
         if snapshot is None:
             return False
