@@ -1210,3 +1210,73 @@ def test_concurrent_push_metrics_calls_leave_the_newest_state_on_the_gateway(
         assert analyses(pushgateway, job=job_name) == 50
     finally:
         inst.close()
+
+
+# -- wave 3: each target is delivered to on its own -----------------------------------------------
+
+
+def pushed_states(server: GatewayStandIn) -> int:
+    return len([body for body in server.bodies if body])
+
+
+def textfile_analyses(path: Path) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            if sample.name == "codomyrmex_analyses_total" and sample.labels == ANALYSIS:
+                return sample.value
+    return None
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+def test_the_textfile_is_written_while_the_gateway_is_down(
+    stand_in: GatewayStandIn, tmp_path: Path, transport: str
+) -> None:
+    stand_in.mode = "error"
+    path = tmp_path / "state.prom"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, textfile=str(path), push_mode="off"
+    )
+    inst.record_analysis("m", "t", 1.0)
+    ok = inst.push() if transport == "sync" else asyncio.run(inst.push_metrics())
+    assert ok is False
+    assert textfile_analyses(path) == 1
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()
+
+
+def test_the_final_state_reaches_the_textfile_at_close_while_the_gateway_is_down(
+    stand_in: GatewayStandIn, tmp_path: Path
+) -> None:
+    stand_in.mode = "error"
+    path = tmp_path / "state.prom"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, textfile=str(path), push_interval=60
+    )
+    for _ in range(5):
+        inst.record_analysis("m", "t", 1.0)
+    inst.close()
+    assert textfile_analyses(path) == 5
+    # The gateway's state stays marked for a push that never landed.
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") >= 1
+    assert pushed_states(stand_in) == 0
+
+
+def test_a_failing_textfile_does_not_undo_a_push_that_landed(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.prom"
+    path.mkdir()  # a directory where the file should be: every write fails
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=pushgateway.url,
+        job=job_name,
+        textfile=str(path),
+        push_mode="off",
+    )
+    inst.record_analysis("m", "t", 1.0)
+    assert inst.push() is False
+    assert analyses(pushgateway, job=job_name) == 1
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()

@@ -231,14 +231,20 @@ class Delivery:
             snapshot = self._take_snapshot()
             if snapshot is None:
                 return False
-            try:
-                if self.gateway is not None:
+            # Each target on its own: a gateway that is down must not keep the textfile
+            # stale, nor a failing textfile undo a push that landed.
+            ok = True
+            if self.gateway is not None:
+                try:
                     self.gateway.push(snapshot, deadline - time.monotonic())
-                if self._file is not None:
+                except BaseException as exc:
+                    ok = self._failed(exc, mask_url(self.gateway.group_url))
+            if self._file is not None:
+                try:
                     self._file.write(snapshot)
-            except BaseException as exc:
-                return self._failed(exc)
-            return self._landed(snapshot)
+                except BaseException as exc:
+                    ok = self._failed(exc, self.textfile)
+            return ok and self._landed(snapshot)
         finally:
             self._send_lock.release()
 
@@ -264,14 +270,18 @@ class Delivery:
         snapshot = self._take_snapshot()
         if snapshot is None:
             return False
-        try:
-            if target is not None:
+        ok = True  # each target on its own, as in deliver_now
+        if target is not None:
+            try:
                 await target.push_async(await self._sessions.session(), snapshot, limit)
-            if self._file is not None:
+            except BaseException as exc:  # a cancelled push did not land either
+                ok = self._failed(exc, mask_url(target.group_url))
+        if self._file is not None:
+            try:
                 await self._file.awrite(snapshot)  # off the loop
-        except BaseException as exc:  # a cancelled push did not land either
-            return self._failed(exc)
-        return self._landed(snapshot)
+            except BaseException as exc:
+                ok = self._failed(exc, self.textfile)
+        return ok and self._landed(snapshot)
 
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
@@ -324,9 +334,11 @@ class Delivery:
         self._failures = 0
         return True
 
-    def _failed(self, exc: BaseException) -> bool:
-        """Record a failed attempt: the state stays dirty for the next one. False, or ``exc``
-        raised again if it is no Exception (a cancellation, an interrupt)."""
+    def _failed(self, exc: BaseException, where: str | None = None) -> bool:
+        """Record a failed attempt to deliver to ``where`` (default: every target): the
+        state stays dirty for the next one. False, or ``exc`` raised again if it is no
+        Exception (a cancellation, an interrupt)."""
+        where = self._target_text() if where is None else where
         with self._snapshot_lock:
             self._dirty = True
             self.metrics.push_failures.inc()
@@ -338,11 +350,11 @@ class Delivery:
             logger.warning(
                 "instrument: push to %s failed (%s); retrying with backoff, counts are kept "
                 "and the next successful push carries them",
-                self._target_text(),
+                where,
                 reason,
             )
         else:
-            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
+            logger.debug("instrument: push to %s failed again (%s)", where, reason)
         if not isinstance(exc, Exception):
             raise exc
         return False
