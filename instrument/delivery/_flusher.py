@@ -106,10 +106,9 @@ class Delivery:
         # snapshots are numbered (under this short lock), and one landing after a newer
         # one marks the state dirty, so the newest goes out again.
         self._snapshot_lock = threading.Lock()
-        # ... which the numbering alone cannot repair once every push has returned: async
-        # sends on one loop go one at a time, so the last to return sent the newest state.
-        self._loop_locks: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, asyncio.Lock]
-        self._loop_locks = weakref.WeakKeyDictionary()
+        # Which cannot help once every push returned: so async sends on one loop go one at
+        # a time, and the last to return sent the newest state.
+        self._loop_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._taken = 0
         self._newest_landed = 0
         # While dirty, the flusher keeps the delivery alive until it has pushed.
@@ -251,9 +250,7 @@ class Delivery:
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
         limit = self._default_timeout() if timeout is None else timeout
         loop = asyncio.get_running_loop()
-        lock = self._loop_locks.get(loop)
-        if lock is None:
-            lock = self._loop_locks[loop] = asyncio.Lock()
+        lock = self._loop_locks.setdefault(loop, asyncio.Lock())
         deadline = loop.time() + limit  # waiting for the send before counts against it
         try:
             async with asyncio.timeout_at(deadline):
