@@ -1016,3 +1016,267 @@ def test_a_sigterm_while_the_main_thread_sleeps_ends_it_with_the_final_totals(
         if name == "codomyrmex_analyses_total" and labels.get("job") == job_name
     ]
     assert per_instance == [123.0] * 4
+
+
+# -- wave 3: a forked child never waits on a lock or condition it inherited -----------------------
+
+FORK_WHILE_CONDITION_HELD = """
+import os, sys, threading, time
+from instrument import Instrumentation
+
+inst = Instrumentation(pushgateway={gateway!r}, job={job!r}, instance=True, push_interval=60)
+
+@inst.monitored_analysis("m", "t")
+def work():
+    pass
+
+work()  # the parent's flusher starts, with its weakref finalizer
+held = threading.Event()
+
+def hold_condition():  # as the flusher does between its waits, for the length of the fork
+    with inst.delivery._cond:
+        held.set()
+        time.sleep(3)
+
+threading.Thread(target=hold_condition).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    for _ in range(7):
+        work()
+    sys.exit(0)
+deadline = time.monotonic() + 20
+while time.monotonic() < deadline:
+    done, status = os.waitpid(pid, os.WNOHANG)
+    if done:
+        print("exit", os.waitstatus_to_exitcode(status))
+        break
+    time.sleep(0.05)
+else:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+    print("hung")
+"""
+
+
+def test_a_forked_child_exits_though_a_parent_thread_held_the_flusher_condition(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path
+) -> None:
+    code = FORK_WHILE_CONDITION_HELD.format(gateway=pushgateway.url, job=job_name)
+    result = run_script(tmp_path / "fork_held.py", code)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "exit 0"
+    per_instance = sorted(
+        value
+        for name, labels, value in pushgateway.samples()
+        if name == "codomyrmex_analyses_total"
+        and labels.get("job") == job_name
+        and labels.get("status") == "success"
+    )
+    # The child's final state (1 inherited + 7 of its own) under its own instance; the
+    # parent's single call at its own exit.
+    assert per_instance == [1.0, 8.0]
+
+
+# -- wave 3: an answer's body is read up to a bound, however much the server sends ----------------
+
+
+class EndlessAnswer:
+    """A server on loopback answering every request with ``status`` and a body that does
+    not end (a Content-Length of 4 GB, sent as fast as the client reads); ``sent`` counts
+    the body bytes the client took before it hung up."""
+
+    def __init__(self, status: str) -> None:
+        import socket
+
+        self.status = status
+        self.sent = 0
+        self._sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self._sock.getsockname()[1]}"
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self._sock.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._answer, args=(conn,), daemon=True).start()
+
+    def _answer(self, conn: Any) -> None:
+        chunk = b"x" * (1 << 20)
+        with conn:
+            conn.settimeout(10)
+            data = b""
+            while b"\r\n\r\n" not in data:
+                data += conn.recv(65536)
+            # The request body (a push's state) is not read: the answer starts at once.
+            head = f"HTTP/1.1 {self.status}\r\nContent-Length: 4000000000\r\n\r\n"
+            deadline = time.monotonic() + 20
+            try:
+                conn.sendall(head.encode())
+                while time.monotonic() < deadline and self.sent < (1 << 30):
+                    conn.sendall(chunk)
+                    self.sent += len(chunk)
+            except OSError:
+                return  # the client hung up: what the test is after
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+# Socket buffers on both sides hold a few MiB the client never asked for.
+_BUFFERED = 32 << 20
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+def test_a_push_reads_at_most_a_bounded_part_of_an_endless_answer(transport: str) -> None:
+    server = EndlessAnswer("500 Oops")
+    try:
+        inst = Instrumentation(
+            registry=CollectorRegistry(), pushgateway=server.url, push_mode="off"
+        )
+        inst.record_analysis("m", "t", 1.0)
+        ok = inst.push() if transport == "sync" else asyncio.run(inst.push_metrics())
+        assert ok is False
+        assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+        assert server.sent < _BUFFERED
+        inst.close()
+    finally:
+        server.close()
+
+
+def test_the_grafana_client_reads_at_most_a_bounded_part_of_an_endless_answer() -> None:
+    from instrument.grafana import GrafanaClient, GrafanaServerError
+
+    server = EndlessAnswer("502 Bad Gateway")
+
+    async def ask() -> None:
+        async with GrafanaClient(server.url, token=TOKEN, timeout=10, retries=0) as grafana:
+            await grafana.health()
+
+    try:
+        with pytest.raises(GrafanaServerError, match="502"):
+            asyncio.run(ask())
+        assert server.sent < _BUFFERED
+    finally:
+        server.close()
+
+
+# -- wave 3: concurrent async pushes leave the newest state on the gateway ------------------------
+
+
+def test_concurrent_async_pushes_in_each_mode_leave_the_newest_state_on_the_gateway(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
+    )
+
+    @inst.monitored_analysis("m", "t")
+    async def work(i: int) -> int:
+        await asyncio.sleep(0.001 * (i % 5))
+        return i
+
+    async def round_of(calls: int) -> list[int]:
+        return await asyncio.gather(*(work(i) for i in range(calls)))
+
+    try:
+        for round_number in range(1, 6):
+            assert asyncio.run(round_of(40)) == list(range(40))
+            expected = 40.0 * round_number
+            assert inst.registry.get_sample_value("codomyrmex_analyses_total", ANALYSIS) == expected
+            assert analyses(pushgateway, job=job_name) == expected
+    finally:
+        inst.close()
+
+
+def test_concurrent_push_metrics_calls_leave_the_newest_state_on_the_gateway(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
+    )
+
+    async def one() -> bool:
+        inst.record_analysis("m", "t", 0.1)
+        return await inst.push_metrics()
+
+    async def main() -> list[bool]:
+        return await asyncio.gather(*(one() for _ in range(50)))
+
+    try:
+        assert asyncio.run(main()) == [True] * 50
+        assert analyses(pushgateway, job=job_name) == 50
+    finally:
+        inst.close()
+
+
+# -- wave 3: each target is delivered to on its own -----------------------------------------------
+
+
+def pushed_states(server: GatewayStandIn) -> int:
+    return len([body for body in server.bodies if body])
+
+
+def textfile_analyses(path: Path) -> float | None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    for family in text_string_to_metric_families(path.read_text()):
+        for sample in family.samples:
+            if sample.name == "codomyrmex_analyses_total" and sample.labels == ANALYSIS:
+                return sample.value
+    return None
+
+
+@pytest.mark.parametrize("transport", ["sync", "async"])
+def test_the_textfile_is_written_while_the_gateway_is_down(
+    stand_in: GatewayStandIn, tmp_path: Path, transport: str
+) -> None:
+    stand_in.mode = "error"
+    path = tmp_path / "state.prom"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, textfile=str(path), push_mode="off"
+    )
+    inst.record_analysis("m", "t", 1.0)
+    ok = inst.push() if transport == "sync" else asyncio.run(inst.push_metrics())
+    assert ok is False
+    assert textfile_analyses(path) == 1
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()
+
+
+def test_the_final_state_reaches_the_textfile_at_close_while_the_gateway_is_down(
+    stand_in: GatewayStandIn, tmp_path: Path
+) -> None:
+    stand_in.mode = "error"
+    path = tmp_path / "state.prom"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, textfile=str(path), push_interval=60
+    )
+    for _ in range(5):
+        inst.record_analysis("m", "t", 1.0)
+    inst.close()
+    assert textfile_analyses(path) == 5
+    # The gateway's state stays marked for a push that never landed.
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") >= 1
+    assert pushed_states(stand_in) == 0
+
+
+def test_a_failing_textfile_does_not_undo_a_push_that_landed(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path
+) -> None:
+    path = tmp_path / "state.prom"
+    path.mkdir()  # a directory where the file should be: every write fails
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=pushgateway.url,
+        job=job_name,
+        textfile=str(path),
+        push_mode="off",
+    )
+    inst.record_analysis("m", "t", 1.0)
+    assert inst.push() is False
+    assert analyses(pushgateway, job=job_name) == 1
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()

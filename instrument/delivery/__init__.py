@@ -8,8 +8,9 @@ and async transports, and what an answer means), ``_textfile`` (the textfile tar
 ``_snappy`` and ``_prompb`` are the groundwork of remote write, not yet a target.
 """
 
+from ._aiohttp import read_capped
 from ._flusher import PUSH_MODES, Delivery
-from ._http import PushFailed
+from ._http import ANSWER_LIMIT, PushFailed
 from ._lifecycle import exit_flush_running, install_sigterm_handler, multiprocess_enabled
 from ._pushgateway import (
     PushTarget,
@@ -22,6 +23,7 @@ from ._pushgateway import (
 from ._snapshot import BeforeCollect, register_before_snapshot
 
 __all__ = [
+    "ANSWER_LIMIT",
     "PUSH_MODES",
     "BeforeCollect",
     "Delivery",
@@ -35,5 +37,6 @@ __all__ = [
     "grouping_path",
     "install_sigterm_handler",
     "multiprocess_enabled",
+    "read_capped",
     "register_before_snapshot",
 ]

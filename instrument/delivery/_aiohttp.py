@@ -14,12 +14,12 @@ from typing import TYPE_CHECKING, Any
 
 from .._scrub import Scrubber
 from .._threads import start_daemon
-from ._http import PushFailed, check_answer, describe
+from ._http import ANSWER_LIMIT, PushFailed, check_answer, describe
 
 if TYPE_CHECKING:
     import aiohttp
 
-__all__ = ["LoopSession", "LoopSessions", "arequest"]
+__all__ = ["LoopSession", "LoopSessions", "arequest", "read_capped"]
 
 logger = logging.getLogger("instrument")
 
@@ -49,11 +49,26 @@ async def arequest(
             # A redirected PUT lands somewhere else, or nowhere: never follow one.
             allow_redirects=False,
         ) as resp:
-            answer = await resp.read()
+            answer = await read_capped(resp, ANSWER_LIMIT)
             status, reason, location = resp.status, resp.reason, resp.headers.get("Location")
     except Exception as exc:  # aiohttp's errors, timeouts, and whatever a bad answer raises
         raise PushFailed(scrubber.one_line(describe(exc))) from None
     check_answer(status, reason or "", location, answer, scrubber)
+
+
+async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:
+    """At most ``limit`` bytes of ``response``'s body: ``resp.read()`` would hold all of it
+    (gigabytes, or no end) in memory. The rest is left unread; closing the response then
+    drops its connection."""
+    parts: list[bytes] = []
+    size = 0
+    while size < limit:
+        chunk = await response.content.read(limit - size)
+        if not chunk:
+            break
+        parts.append(chunk)
+        size += len(chunk)
+    return b"".join(parts)
 
 
 class LoopSessions(dict[int, "LoopSession"]):

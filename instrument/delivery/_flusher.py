@@ -106,6 +106,9 @@ class Delivery:
         # snapshots are numbered (under this short lock), and one landing after a newer
         # one marks the state dirty, so the newest goes out again.
         self._snapshot_lock = threading.Lock()
+        # Which cannot help once every push returned: so async sends on one loop go one at
+        # a time, and the last to return sent the newest state.
+        self._loop_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._taken = 0
         self._newest_landed = 0
         # While dirty, the flusher keeps the delivery alive until it has pushed.
@@ -190,7 +193,9 @@ class Delivery:
                 self._thread = start_daemon(
                     _flusher, "instrument-flusher", weakref.ref(self), self._flush_state
                 )
-                weakref.finalize(self, _wake, self._cond)
+                # Bound to this process: a forked child inherits the finalizer with the
+                # parent's condition, which a parent thread may have held at the fork.
+                weakref.finalize(self, _wake, self._cond, os.getpid())
             self._cond.notify()
 
     def _flush_slot(self) -> float | None:
@@ -225,30 +230,55 @@ class Delivery:
             snapshot = self._take_snapshot()
             if snapshot is None:
                 return False
-            try:
-                if self.gateway is not None:
+            # Each target on its own: a gateway that is down must not keep the textfile
+            # stale, nor a failing textfile undo a push that landed.
+            ok = True
+            if self.gateway is not None:
+                try:
                     self.gateway.push(snapshot, deadline - time.monotonic())
-                if self._file is not None:
+                except BaseException as exc:
+                    ok = self._failed(exc, mask_url(self.gateway.group_url))
+            if self._file is not None:
+                try:
                     self._file.write(snapshot)
-            except BaseException as exc:
-                return self._failed(exc)
-            return self._landed(snapshot)
+                except BaseException as exc:
+                    ok = self._failed(exc, self.textfile)
+            return ok and self._landed(snapshot)
         finally:
             self._send_lock.release()
 
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
         limit = self._default_timeout() if timeout is None else timeout
+        loop = asyncio.get_running_loop()
+        lock = self._loop_locks.setdefault(loop, asyncio.Lock())
+        deadline = loop.time() + limit  # waiting for the send before counts against it
+        try:
+            async with asyncio.timeout_at(deadline):
+                await lock.acquire()
+        except TimeoutError:
+            self._dirty = True  # not delivered: the next push must carry it
+            return False
+        try:
+            return await self._send_async(target, max(deadline - loop.time(), 0.001))
+        finally:
+            lock.release()
+
+    async def _send_async(self, target: PushTarget | None, limit: float) -> bool:
         snapshot = self._take_snapshot()
         if snapshot is None:
             return False
-        try:
-            if target is not None:
+        ok = True  # each target on its own, as in deliver_now
+        if target is not None:
+            try:
                 await target.push_async(await self._sessions.session(), snapshot, limit)
-            if self._file is not None:
+            except BaseException as exc:  # a cancelled push did not land either
+                ok = self._failed(exc, mask_url(target.group_url))
+        if self._file is not None:
+            try:
                 await self._file.awrite(snapshot)  # off the loop
-        except BaseException as exc:  # a cancelled push did not land either
-            return self._failed(exc)
-        return self._landed(snapshot)
+            except BaseException as exc:
+                ok = self._failed(exc, self.textfile)
+        return ok and self._landed(snapshot)
 
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
@@ -301,9 +331,11 @@ class Delivery:
         self._failures = 0
         return True
 
-    def _failed(self, exc: BaseException) -> bool:
-        """Record a failed attempt: the state stays dirty for the next one. False, or ``exc``
-        raised again if it is no Exception (a cancellation, an interrupt)."""
+    def _failed(self, exc: BaseException, where: str | None = None) -> bool:
+        """Record a failed attempt to deliver to ``where`` (default: every target): the
+        state stays dirty for the next one. False, or ``exc`` raised again if it is no
+        Exception (a cancellation, an interrupt)."""
+        where = self._target_text() if where is None else where
         with self._snapshot_lock:
             self._dirty = True
             self.metrics.push_failures.inc()
@@ -315,11 +347,11 @@ class Delivery:
             logger.warning(
                 "instrument: push to %s failed (%s); retrying with backoff, counts are kept "
                 "and the next successful push carries them",
-                self._target_text(),
+                where,
                 reason,
             )
         else:
-            logger.debug("instrument: push to %s failed again (%s)", self._target_text(), reason)
+            logger.debug("instrument: push to %s failed again (%s)", where, reason)
         if not isinstance(exc, Exception):
             raise exc
         return False
@@ -461,6 +493,8 @@ def _flusher(ref: weakref.ref[Delivery], state: _FlushState) -> None:
         del delivery
 
 
-def _wake(cond: threading.Condition) -> None:
+def _wake(cond: threading.Condition, pid: int) -> None:
+    if os.getpid() != pid:
+        return  # the flusher it would wake lives in another process
     with cond:
         cond.notify_all()

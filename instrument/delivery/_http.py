@@ -18,7 +18,11 @@ from .._scrub import Scrubber
 from .._threads import start_daemon
 from .._urls import mask_url
 
-__all__ = ["PushFailed", "check_answer", "describe", "request"]
+__all__ = ["ANSWER_LIMIT", "PushFailed", "check_answer", "describe", "request"]
+
+#: Bytes of an answer's body ever read: enough for any error text worth quoting, and a
+#: gateway (or anything at its address) sending gigabytes, or no end, cannot fill memory.
+ANSWER_LIMIT = 64 * 1024
 
 
 class PushFailed(Exception):
@@ -90,7 +94,7 @@ def request(
         try:
             conn.request(method, target, body=body or None, headers=dict(headers))
             response = conn.getresponse()
-            outcome.append((response, response.read()))
+            outcome.append((response, response.read(ANSWER_LIMIT)))
         except BaseException as exc:
             outcome.append(exc)
 

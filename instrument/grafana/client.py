@@ -30,6 +30,7 @@ import aiohttp
 
 from .._scrub import DETAIL_LIMIT, Scrubber
 from .._urls import authorization, split_url, ssl_context
+from ..delivery import ANSWER_LIMIT, read_capped
 from .errors import GrafanaConflictError, GrafanaError, GrafanaNotFoundError, error_for
 
 __all__ = ["DashboardResult", "GrafanaClient"]
@@ -41,6 +42,8 @@ _BACKOFF_BASE = 0.5
 _BACKOFF_CAP = 10.0
 # A Retry-After longer than this is not waited out: the caller hears about it instead.
 _RETRY_AFTER_CAP = 60.0
+# Far above any dashboard, far below what would hurt: an answer larger is not Grafana's.
+_SUCCESS_LIMIT = 32 << 20
 # Module-level so tests can swap it for a recorder instead of really sleeping.
 _sleep = asyncio.sleep
 
@@ -346,7 +349,9 @@ class GrafanaClient:
                     ssl=self._ssl if self._ssl is not None else True,
                 ) as response:
                     status = response.status
-                    raw = await response.read()
+                    # A dashboard may be large; an error's text is worth a few lines at most.
+                    limit = _SUCCESS_LIMIT if 200 <= status < 300 else ANSWER_LIMIT
+                    raw = await read_capped(response, limit + 1)
                     wait = _retry_after(response.headers.get("Retry-After"))
             except TimeoutError:
                 error: GrafanaError = self._error(
@@ -380,6 +385,13 @@ class GrafanaClient:
             else:
                 logger.debug("instrument: Grafana %s %s -> %s", method, path, status)
                 if 200 <= status < 300:
+                    if len(raw) > _SUCCESS_LIMIT:
+                        raise self._error(
+                            "not grafana",
+                            method,
+                            path,
+                            answered=f"an answer of more than {_SUCCESS_LIMIT >> 20} MiB",
+                        )
                     return self._decode(raw, method, path)
                 error = self._http_error(status, raw, method, path, what, attempt, wait)
                 # 429 is refused before any work; 503 means "not now", so nothing was done
