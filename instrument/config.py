@@ -97,6 +97,19 @@ def _token(value: str) -> str:
     return header_safe("the token", value)
 
 
+def _price_table(value: str) -> str:
+    # Imported here, not at the top: instrument.ai's package sits above this module (its
+    # tracker reads the default instrumentation, which reads the settings); by the time a
+    # variable is parsed, the package is loaded.
+    from .ai._prices import load_prices
+
+    try:
+        load_prices(value)
+    except TypeError as exc:  # a file that holds JSON of the wrong shape
+        raise ValueError(str(exc)) from None
+    return value
+
+
 def _hidden(value: str) -> str:
     return "(value not shown)"
 
@@ -165,7 +178,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Distinct model label values kept per provider; more are reported as 'other'.",
             _positive_int),
     Setting("prices", "INSTRUMENT_AI_PRICES", "None",
-            "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path."),
+            "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path.",
+            _price_table),
 )  # fmt: skip
 
 

@@ -11,7 +11,9 @@ from instrument.config import SETTINGS, from_environment
 README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
 
 
-def test_every_variable_is_parsed() -> None:
+def test_every_variable_is_parsed(tmp_path: Path) -> None:
+    prices = tmp_path / "prices.json"  # read as it is parsed: it must exist
+    prices.write_text('{"gpt-4o": {"input_cost_per_token": 2.5e-06}}')
     found = from_environment(
         {
             "INSTRUMENT_NAMESPACE": "acme",
@@ -31,7 +33,7 @@ def test_every_variable_is_parsed() -> None:
             "INSTRUMENT_TLS_VERIFY": "off",
             "INSTRUMENT_CA_FILE": "/etc/ca.pem",
             "INSTRUMENT_MAX_MODELS": "20",
-            "INSTRUMENT_AI_PRICES": "/etc/prices.json",
+            "INSTRUMENT_AI_PRICES": str(prices),
             "UNRELATED": "x",
         }
     )
@@ -52,7 +54,7 @@ def test_every_variable_is_parsed() -> None:
         "tls_verify": False,
         "ca_file": "/etc/ca.pem",
         "max_models": 20,
-        "prices": "/etc/prices.json",
+        "prices": str(prices),
     }
 
 

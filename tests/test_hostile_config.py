@@ -1080,11 +1080,6 @@ def test_start_http_server_refuses_a_bool_port(inst: Instrumentation) -> None:
         inst.start_http_server(True)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="rev-ai 9: config cannot load prices without an import cycle until ai/_prices.py "
-    "(main's ai/ package) is merged in",
-)
 def test_a_price_table_path_with_a_typo_is_the_only_variable_ignored(
     clean_environment: pytest.MonkeyPatch,
     caplog: pytest.LogCaptureFixture,
