@@ -1792,3 +1792,48 @@ def test_the_server_rejects_bad_options(option: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     print(supported_paths_table(), end="")
+
+
+# -- wave 3 (rev-ai): paths the reviewers found losing usage -----------------------------------
+
+
+def test_a_generator_relaying_two_openai_streams_adds_both(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """A tool-call round then the answer, each a real stream, relayed by one generator:
+    both responses count, as they do when recorded in one with-block."""
+    client = openai_client(Ctx(llm_server, inst, require_sdk("openai")))
+
+    def one(prompt: str) -> Any:
+        return client.chat.completions.create(
+            model=GPT,
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            **INCLUDE_USAGE,
+        )
+
+    @inst.track_ai_call("openai", "agent")
+    def agent() -> Iterator[Any]:
+        yield from one("a b c d e f g h i j")
+        yield from one("a b c")
+
+    with inst.track_ai_call("openai", "block") as call:
+        for stream in (one("a b c d e f g h i j"), one("a b c")):
+            drain(call.record_response(stream))
+    reported = [chunk.usage for chunk in agent() if chunk.usage]
+    assert [u.prompt_tokens for u in reported] == [10, 3]
+    output = sum(u.completion_tokens for u in reported)
+    for model in ("agent", "block"):
+        labels = {"provider": "openai", "model": model}
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_ai_tokens_used_total", {**labels, "token_type": "input"}
+            )
+            == 13
+        )
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_ai_tokens_used_total", {**labels, "token_type": "output"}
+            )
+            == output
+        )

@@ -10,7 +10,13 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._engine import Probe, aend_job, defer, end_job, report_failure, run_deferred
 from ..metrics import check_label_value
-from ._content import carries_content, response_body, stream_finished, stream_snapshot
+from ._content import (
+    carries_content,
+    response_body,
+    response_identity,
+    stream_finished,
+    stream_snapshot,
+)
 from ._proxies import MANAGER, Manager, RawResponse, not_iterable, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
@@ -292,17 +298,23 @@ class AICall(Probe):
 class _Chunks:
     """The chunks of one stream, and the usage they reported.
 
-    Providers stream running totals, so one stream's reports are merged (``Usage.latest``),
-    never added. The merged usage is added to the call's total exactly once: when the
-    stream ends, or when the call ends first. Several streams of one call thus add up.
+    Providers stream running totals, so the reports on one response are merged
+    (``Usage.latest``), never added. What a generator function yields may come from
+    several responses (a tool-call round, then the answer): a report on another response
+    (another id, or a complete response that is not the one reported so far) starts a new
+    running total, and the finished ones add up (``done``). The sum is added to the call's
+    total exactly once: when the stream ends, or when the call ends first.
     """
 
-    __slots__ = ("call", "open", "usage")
+    __slots__ = ("call", "done", "open", "usage", "usage_id")
 
     def __init__(self, call: AICall, *, ends_call: bool = False) -> None:
         self.call = call
         self.open = True
         self.usage: Usage | None = None
+        # The response the running total ``usage`` is about, when its reports said.
+        self.usage_id: str | None = None
+        self.done: Usage | None = None
         if not ends_call:  # the call may end first: it settles what is still open
             with _usage_lock:
                 streams = call._streams
@@ -324,13 +336,29 @@ class _Chunks:
                 call._first = now - call._t0
             usage = call._tracker._extract(chunk)
             if usage is not None:
-                latest = self.usage
-                self.usage = usage if latest is None else latest.latest(usage)
+                self._report(chunk, usage)
             if call._seek_model:
                 call._see_model(chunk)
         except Exception as exc:
             call._note(chunk)
             call._failed(chunk, exc)
+
+    def _report(self, chunk: Any, usage: Usage) -> None:
+        """Merge a usage report into the running total of its response, or start the
+        next response's (only reports are read for their id: one read per report, not
+        per chunk)."""
+        rid, complete = response_identity(chunk)
+        latest = self.usage
+        if latest is None:
+            self.usage, self.usage_id = usage, rid
+            return
+        # An id-less report is a running total of the response so far (Anthropic's
+        # message_delta after its message_start), unless it is a whole response.
+        if complete if rid is None else rid != self.usage_id:
+            self.done = latest if self.done is None else self.done + latest
+            self.usage, self.usage_id = usage, rid
+        else:
+            self.usage = latest.latest(usage)
 
     def settle(self) -> None:
         """Stop recording this stream and add its usage to the call: once, whichever of
@@ -339,7 +367,9 @@ class _Chunks:
             if not self.open:
                 return
             self.open = False
-            usage = self.usage
+            usage, done = self.usage, self.done
+            if done is not None:
+                usage = done if usage is None else done + usage
             if usage is not None:
                 call = self.call
                 call._usage = usage if call._usage is None else call._usage + usage

@@ -128,6 +128,49 @@ def carries_content(chunk: Any) -> bool:
     return not any(get(chunk, name) is not None for name in _ENVELOPE_FIELDS)
 
 
+# -- which response a usage report belongs to ---------------------------------------------------
+
+# Where an event keeps the response it reports on (Anthropic's message_start, OpenAI
+# Responses' events, the OpenAI stream helper's chunk event, Mistral's events).
+_ID_HOLDERS = ("message", "response", "chunk", "data")
+
+
+def response_identity(report: Any) -> tuple[str | None, bool]:
+    """Which response a usage-carrying chunk (or response) reports on, and whether it is a
+    complete response rather than a stream chunk.
+
+    The id is the report's own ``id`` (OpenAI and Mistral chunks, Cohere events), Gemini's
+    ``response_id``, or the id of the response an event holds. Complete by shape: a Chat
+    response's choices hold a ``message`` (a chunk's hold a ``delta``), an Anthropic Message
+    says ``type: "message"``, an OpenAI Response ``object: "response"``.
+
+    >>> response_identity({"id": "msg_1", "type": "message", "usage": {}})
+    ('msg_1', True)
+    """
+    get = READERS.get(type(report)) or reader_of(report)
+    found = get(report, "id")
+    if not isinstance(found, str):
+        found = get(report, "response_id")
+    if not isinstance(found, str):
+        found = None
+        for holder in _ID_HOLDERS:
+            inner = get(report, holder)
+            if inner is not None and not isinstance(inner, str | bytes):
+                value = read_field(inner, "id")
+                if isinstance(value, str):
+                    found = value
+                    break
+    complete = get(report, "type") == "message" or get(report, "object") == "response"
+    if not complete:
+        choices = get(report, "choices")
+        complete = (
+            isinstance(choices, list | tuple)
+            and bool(choices)
+            and read_field(choices[0], "message") is not None
+        )
+    return found or None, complete
+
+
 # -- the response a stream helper accumulates ---------------------------------------------------
 
 _snapshot_names: dict[type, tuple[str, ...]] = {}
