@@ -571,6 +571,95 @@ async def _(ctx: Ctx) -> None:
         await ask()
 
 
+# Read through the stream helpers' own methods (rev-ai 3): the chunks never pass the proxy,
+# so the call's end reads the helper's accumulated response (no first token to time).
+
+
+@case(
+    "openai",
+    "chat.completions.stream() read by get_final_completion()",
+    usage_of("openai"),
+    model=GPT,
+    path="chat.completions.stream() in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+    with (
+        ctx.track("openai", GPT) as call,
+        client.chat.completions.stream(model=GPT, messages=MESSAGES, **INCLUDE_USAGE) as stream,
+    ):
+        final = call.record_response(stream).get_final_completion()
+    assert final.usage.prompt_tokens == PROMPT_TOKENS
+
+
+@case(
+    "openai",
+    "AsyncOpenAI chat.completions.stream() read by get_final_completion()",
+    usage_of("openai"),
+    model=GPT,
+    path="chat.completions.stream() in a with-block",
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+    async with (
+        ctx.track("openai", GPT) as call,
+        client.chat.completions.stream(model=GPT, messages=MESSAGES, **INCLUDE_USAGE) as stream,
+    ):
+        await call.record_response(stream).get_final_completion()
+
+
+@case(
+    "openai",
+    "responses.stream() read by get_final_response()",
+    usage_of("openai"),
+    model=GPT,
+    path="responses.stream() in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+    with (
+        ctx.track("openai", GPT) as call,
+        client.responses.stream(model=GPT, instructions=SYSTEM, input=PROMPT) as stream,
+    ):
+        assert call.record_response(stream).get_final_response().status == "completed"
+
+
+@case(
+    "openai",
+    "responses.stream() returned, read by get_final_response()",
+    usage_of("openai"),
+    model=GPT,
+    path="responses.stream() in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+
+    @ctx.track("openai", GPT)
+    def open_stream() -> Any:
+        return client.responses.stream(model=GPT, instructions=SYSTEM, input=PROMPT)
+
+    with open_stream() as stream:
+        stream.get_final_response()
+
+
+@case(
+    "openai",
+    "AsyncOpenAI responses.stream() returned, read by until_done()",
+    usage_of("openai"),
+    model=GPT,
+    path="responses.stream() in a with-block",
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+
+    @ctx.track("openai", GPT)
+    def open_stream() -> Any:
+        return client.responses.stream(model=GPT, instructions=SYSTEM, input=PROMPT)
+
+    async with open_stream() as stream:
+        await stream.until_done()
+
+
 # Anthropic ----------------------------------------------------------------------------------
 
 CLAUDE = "claude-sonnet-4-5"
@@ -744,6 +833,62 @@ async def _(ctx: Ctx) -> None:
 
     raw = await ask()
     assert (await raw.parse()).usage.output_tokens == LIMIT  # the async raw parse() awaits
+
+
+@case(
+    "anthropic",
+    "messages.stream() read by get_final_message()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+    path="messages.stream() events in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+    with ctx.track("anthropic", CLAUDE) as call, client.messages.stream(**CLAUDE_ARGS) as stream:
+        assert call.record_response(stream).get_final_message().usage.output_tokens == LIMIT
+
+
+@case(
+    "anthropic",
+    "messages.stream() read by get_final_text()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+    path="messages.stream() events in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+    with ctx.track("anthropic", CLAUDE) as call, client.messages.stream(**CLAUDE_ARGS) as stream:
+        assert count_tokens(call.record_response(stream).get_final_text()) == LIMIT
+
+
+@case(
+    "anthropic",
+    "AsyncAnthropic messages.stream() read by until_done()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+    path="messages.stream() events in a with-block",
+)
+async def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx, asynchronous=True)
+    async with (
+        ctx.track("anthropic", CLAUDE) as call,
+        client.messages.stream(**CLAUDE_ARGS) as stream,
+    ):
+        await call.record_response(stream).until_done()
+
+
+@case(
+    "anthropic",
+    "messages.stream().text_stream of a proxy not kept (rev-ai 4)",
+    streamed(usage_of("anthropic", reply=LIMIT)),
+    model=CLAUDE,
+    path="messages.stream().text_stream in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+    with ctx.track("anthropic", CLAUDE) as call, client.messages.stream(**CLAUDE_ARGS) as stream:
+        text = "".join(call.record_response(stream).text_stream)
+    assert count_tokens(text) == LIMIT
 
 
 @case(

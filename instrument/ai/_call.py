@@ -3,7 +3,9 @@ of its streams: the chunks each stream reported, and the end of the call a strea
 
 from __future__ import annotations
 
+import contextlib
 import threading
+import weakref
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
@@ -269,7 +271,7 @@ class AICall(Probe):
             if streams is not None:
                 # Still open at the call's end: what they reported so far counts.
                 for stream in streams:
-                    stream.settle()
+                    stream.settle_open()
             series, name = self._series(b)
             usage = self._usage
             series.record(
@@ -360,6 +362,10 @@ class _Chunks:
         else:
             self.usage = latest.latest(usage)
 
+    def settle_open(self) -> None:
+        """The call ends while this stream is open: what it reported so far counts."""
+        self.settle()
+
     def settle(self) -> None:
         """Stop recording this stream and add its usage to the call: once, whichever of
         the stream's end and the call's end comes first, in whatever thread."""
@@ -384,7 +390,7 @@ class Stream(_Chunks):
     more, and the per-chunk path would make a few.
     """
 
-    __slots__ = ("astep", "owner", "source", "step")
+    __slots__ = ("astep", "gone", "owner", "source", "step")
 
     def __init__(self, call: AICall, owner: bool) -> None:
         super().__init__(call, ends_call=owner)
@@ -396,6 +402,9 @@ class Stream(_Chunks):
         self.source: Any = None
         self.step: Callable[..., Any] = not_iterable
         self.astep: Callable[..., Awaitable[Any]] = not_iterable
+        #: The stream, weakly, once its proxy was collected: the caller may still read it
+        #: (``call.record_response(s).get_final_message()`` drops the proxy at once).
+        self.gone: weakref.ref[Any] | None = None
 
     def restart(self) -> None:
         """A manager was entered: its request starts now, so the call's clock does."""
@@ -447,17 +456,13 @@ class Stream(_Chunks):
         if not self.open:
             return False
         try:
-            # The response the stream helper accumulated has the usage when the caller read
-            # the stream another way (``text_stream``, ``get_final_message()``).
-            snapshot = None if self.source is None else stream_snapshot(self.source)
-            if snapshot is not None:
-                self.read(snapshot, timed=False)  # read at the end: no first token to time
-                if closed and stream_finished(snapshot):
-                    closed = False  # read to its end another way, then closed: a success
+            snapshot = self._read_snapshot()
+            if closed and snapshot is not None and stream_finished(snapshot):
+                closed = False  # read to its end another way, then closed: a success
             self.settle()
         except Exception:
             report_failure("recording the usage of a stream")
-        self.source = None
+        self.source = self.gone = None
         if not self.owner:
             return False
         call = self.call
@@ -477,6 +482,26 @@ class Stream(_Chunks):
             report_failure("recording the end of a stream")
         return True
 
+    def _read_snapshot(self) -> Any:
+        """Read the response the stream helper accumulated, and return it (or None): it
+        has the usage when the caller read the stream another way (``text_stream``,
+        ``get_final_message()``, ``until_done()``), whose chunks never passed here."""
+        source = self.source
+        if source is None and self.gone is not None:
+            source = self.gone()
+        snapshot = None if source is None else stream_snapshot(source)
+        if snapshot is not None:
+            self.read(snapshot, timed=False)  # read at the end: no first token to time
+        return snapshot
+
+    def settle_open(self) -> None:
+        if self.open:
+            try:
+                self._read_snapshot()
+            except Exception:
+                report_failure("recording the usage of a stream")
+        self.settle()
+
     def end_sync(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
         if self.end(exc, closed=closed):
             end_job(self.call, exc)
@@ -489,9 +514,14 @@ class Stream(_Chunks):
         """From the garbage collector, which may run while this thread holds a lock that
         recording takes (prometheus_client's, the model guard's): queue, record nothing."""
         if self.open:
-            # Let the SDK stream go now, as collection would.
+            # Let the SDK stream go now, as collection would; while the caller still
+            # holds it, its helper's snapshot is read when the call ends.
             self.step = self.astep = _collected
-            self.source = None
+            source, self.source = self.source, None
+            if source is not None:
+                # Not weakly referenceable: nothing to read later.
+                with contextlib.suppress(TypeError):
+                    self.gone = weakref.ref(source)
             defer(self.record_abandoned)
 
     def record_abandoned(self) -> None:

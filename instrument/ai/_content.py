@@ -182,6 +182,7 @@ def stream_snapshot(stream: Any) -> Any:
     The SDKs' stream helpers keep it as a ``current_<kind>_snapshot`` property (Anthropic's
     ``MessageStream.current_message_snapshot``, OpenAI's ``current_completion_snapshot``);
     it carries the usage when a caller reads the stream another way (``text_stream``).
+    OpenAI's ``ResponseStream`` keeps the completed response in its ``_state`` instead.
     """
     kind = type(stream)
     names = _snapshot_names.get(kind)
@@ -193,6 +194,12 @@ def stream_snapshot(stream: Any) -> Any:
         value = attribute(stream, name)  # the property raises until the first event
         if value is not None:
             return value
+    if not names:
+        # OpenAI's ResponseStream offers no snapshot property: its state keeps the
+        # response of the ``response.completed`` event, which get_final_response() returns.
+        state = attribute(stream, "_state")
+        if state is not None:
+            return attribute(state, "_completed_response")
     return None
 
 
