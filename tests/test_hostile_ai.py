@@ -16,6 +16,7 @@ import asyncio
 import gc
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -1497,3 +1498,29 @@ def test_running_totals_of_one_response_still_merge(
     list(totals())
     assert token_counts(registry, "openai", "totals")["input"] == 39.0
     assert token_counts(registry, "openai", "totals")["output"] == 9.0
+
+
+# -- wave 3 (rev-ai) defect 13: details larger than the totals that include them ---------------
+
+
+@pytest.mark.parametrize(
+    ("counts", "named"),
+    [
+        ({"input_tokens": 5, "cache_read": 100, "output_tokens": 1}, "cache_read + cache_creation"),
+        ({"input_tokens": 5, "cache_read": 3, "cache_creation": 3}, "exceed input_tokens"),
+        ({"output_tokens": 1, "reasoning": 50}, "reasoning (50) exceeds output_tokens (1)"),
+    ],
+)
+def test_add_usage_refuses_details_above_their_total(
+    inst: Instrumentation, registry: CollectorRegistry, counts: dict[str, int], named: str
+) -> None:
+    with inst.track_ai_call("anthropic", "m") as call:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            call.add_usage(**counts)
+        call.add_usage(input_tokens=105, cache_read=100, output_tokens=50, reasoning=50)
+    assert token_counts(registry, "anthropic", "m") == {
+        "input": 105.0,
+        "output": 50.0,
+        "cache_read": 100.0,
+        "reasoning": 50.0,
+    }
