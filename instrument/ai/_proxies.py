@@ -1,5 +1,5 @@
 """What the caller holds instead of a stream: the same object in a transparent wrapt proxy,
-whose every step goes through the call's :class:`~instrument.ai._call.Stream`.
+whose every step goes through the call's :class:`~instrument.ai._streams.Stream`.
 
 A stream iterated both ways (LiteLLM's) is watched both ways; a stream manager (an SDK's
 ``messages.stream(...)``) from the caller's ``with`` to the end of the stream it hands out;
@@ -18,7 +18,7 @@ import wrapt
 from .._engine import report_failure
 
 if TYPE_CHECKING:
-    from ._call import Stream
+    from ._streams import Stream
 
 # What a result is, as flags: iterated with for (SYNC), with async for (ASYNC), or both;
 # MANAGER: a with-block that hands out the stream (its protocols, SYNC and/or ASYNC).
