@@ -28,6 +28,7 @@ import instrument
 from instrument import AICall, AICallTracker, Instrumentation, _jobs, track_ai_call
 from instrument import defaults as defaults_module
 from instrument.ai import _call as call_module
+from instrument.ai import _streams as streams_module
 from instrument.ai import _tracker as tracker_module
 from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
@@ -82,6 +83,7 @@ class Clock:
 def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
     fake = Clock()
     monkeypatch.setattr(call_module, "perf_counter", fake)
+    monkeypatch.setattr(streams_module, "perf_counter", fake)  # a stream's chunks and end
     return fake
 
 

@@ -16,6 +16,7 @@ import asyncio
 import gc
 import logging
 import math
+import re
 import threading
 from collections.abc import Callable, Iterator, Mapping
 from pathlib import Path
@@ -1430,3 +1431,96 @@ def test_options_are_refused_at_decoration_or_never_fail_a_call(options: dict[st
             assert getattr(tracker, name) is value
     finally:
         inst.close()
+
+
+# -- wave 3 (rev-ai) defect 1: a generator relaying several responses -------------------------
+
+
+def _with_id(events: list[dict[str, Any]], message_id: str) -> list[dict[str, Any]]:
+    """Anthropic events whose message_start is about message ``message_id``."""
+    first = {**events[0], "message": {**events[0]["message"], "id": message_id}}
+    return [first, *events[1:]]
+
+
+def test_a_generator_relaying_two_streams_adds_their_usage(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Each stream's reports are running totals (merged); two responses add up."""
+
+    @inst.track_ai_call("anthropic", "agent")
+    def agent() -> Iterator[Any]:
+        yield from _with_id(anthropic_events(25, output_steps=(3, 15)), "msg_a")
+        yield from _with_id(anthropic_events(7, output_steps=(2, 4)), "msg_b")
+
+    assert len(list(agent())) == 2 * len(anthropic_events(output_steps=(3, 15)))
+    assert token_counts(registry, "anthropic", "agent") == {"input": 32.0, "output": 19.0}
+    assert calls(registry, "anthropic", "agent") == {"success": 1.0}
+
+
+def test_a_generator_yielding_complete_responses_adds_each(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Whole responses, with ids or without: each is a report of its own."""
+    first, second = openai_chat(100, 10), openai_chat(20, 5)
+    second["id"] = "chatcmpl-second"
+    anonymous = [
+        {k: v for k, v in openai_chat(p, c).items() if k != "id"} for p, c in ((7, 1),) * 2
+    ]
+
+    @inst.track_ai_call("openai", "rounds")
+    def rounds() -> Iterator[Any]:
+        yield first
+        yield second
+        yield from anonymous
+
+    list(rounds())
+    assert token_counts(registry, "openai", "rounds") == {"input": 134.0, "output": 17.0}
+
+
+def test_running_totals_of_one_response_still_merge(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Id-less chunk reports (no whole response) are one stream's running totals; a whole
+    response with the stream's own id (the helper's snapshot) is the same response."""
+    chunks: list[Any] = [
+        {"usage": {"prompt_tokens": 9, "completion_tokens": 1}},
+        {"usage": {"prompt_tokens": 9, "completion_tokens": 6}},
+    ]
+    stream = openai_chat_chunks(prompt=30, completion=3)
+    snapshot = {**openai_chat(30, 3), "id": stream[0]["id"]}
+
+    @inst.track_ai_call("openai", "totals")
+    def totals() -> Iterator[Any]:
+        yield from chunks
+        yield from stream
+        yield snapshot
+
+    list(totals())
+    assert token_counts(registry, "openai", "totals")["input"] == 39.0
+    assert token_counts(registry, "openai", "totals")["output"] == 9.0
+
+
+# -- wave 3 (rev-ai) defect 13: details larger than the totals that include them ---------------
+
+
+@pytest.mark.parametrize(
+    ("counts", "named"),
+    [
+        ({"input_tokens": 5, "cache_read": 100, "output_tokens": 1}, "cache_read + cache_creation"),
+        ({"input_tokens": 5, "cache_read": 3, "cache_creation": 3}, "exceed input_tokens"),
+        ({"output_tokens": 1, "reasoning": 50}, "reasoning (50) exceeds output_tokens (1)"),
+    ],
+)
+def test_add_usage_refuses_details_above_their_total(
+    inst: Instrumentation, registry: CollectorRegistry, counts: dict[str, int], named: str
+) -> None:
+    with inst.track_ai_call("anthropic", "m") as call:
+        with pytest.raises(ValueError, match=re.escape(named)):
+            call.add_usage(**counts)
+        call.add_usage(input_tokens=105, cache_read=100, output_tokens=50, reasoning=50)
+    assert token_counts(registry, "anthropic", "m") == {
+        "input": 105.0,
+        "output": 50.0,
+        "cache_read": 100.0,
+        "reasoning": 50.0,
+    }

@@ -571,6 +571,95 @@ async def _(ctx: Ctx) -> None:
         await ask()
 
 
+# Read through the stream helpers' own methods (rev-ai 3): the chunks never pass the proxy,
+# so the call's end reads the helper's accumulated response (no first token to time).
+
+
+@case(
+    "openai",
+    "chat.completions.stream() read by get_final_completion()",
+    usage_of("openai"),
+    model=GPT,
+    path="chat.completions.stream() in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+    with (
+        ctx.track("openai", GPT) as call,
+        client.chat.completions.stream(model=GPT, messages=MESSAGES, **INCLUDE_USAGE) as stream,
+    ):
+        final = call.record_response(stream).get_final_completion()
+    assert final.usage.prompt_tokens == PROMPT_TOKENS
+
+
+@case(
+    "openai",
+    "AsyncOpenAI chat.completions.stream() read by get_final_completion()",
+    usage_of("openai"),
+    model=GPT,
+    path="chat.completions.stream() in a with-block",
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+    async with (
+        ctx.track("openai", GPT) as call,
+        client.chat.completions.stream(model=GPT, messages=MESSAGES, **INCLUDE_USAGE) as stream,
+    ):
+        await call.record_response(stream).get_final_completion()
+
+
+@case(
+    "openai",
+    "responses.stream() read by get_final_response()",
+    usage_of("openai"),
+    model=GPT,
+    path="responses.stream() in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+    with (
+        ctx.track("openai", GPT) as call,
+        client.responses.stream(model=GPT, instructions=SYSTEM, input=PROMPT) as stream,
+    ):
+        assert call.record_response(stream).get_final_response().status == "completed"
+
+
+@case(
+    "openai",
+    "responses.stream() returned, read by get_final_response()",
+    usage_of("openai"),
+    model=GPT,
+    path="responses.stream() in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+
+    @ctx.track("openai", GPT)
+    def open_stream() -> Any:
+        return client.responses.stream(model=GPT, instructions=SYSTEM, input=PROMPT)
+
+    with open_stream() as stream:
+        stream.get_final_response()
+
+
+@case(
+    "openai",
+    "AsyncOpenAI responses.stream() returned, read by until_done()",
+    usage_of("openai"),
+    model=GPT,
+    path="responses.stream() in a with-block",
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+
+    @ctx.track("openai", GPT)
+    def open_stream() -> Any:
+        return client.responses.stream(model=GPT, instructions=SYSTEM, input=PROMPT)
+
+    async with open_stream() as stream:
+        await stream.until_done()
+
+
 # Anthropic ----------------------------------------------------------------------------------
 
 CLAUDE = "claude-sonnet-4-5"
@@ -744,6 +833,62 @@ async def _(ctx: Ctx) -> None:
 
     raw = await ask()
     assert (await raw.parse()).usage.output_tokens == LIMIT  # the async raw parse() awaits
+
+
+@case(
+    "anthropic",
+    "messages.stream() read by get_final_message()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+    path="messages.stream() events in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+    with ctx.track("anthropic", CLAUDE) as call, client.messages.stream(**CLAUDE_ARGS) as stream:
+        assert call.record_response(stream).get_final_message().usage.output_tokens == LIMIT
+
+
+@case(
+    "anthropic",
+    "messages.stream() read by get_final_text()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+    path="messages.stream() events in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+    with ctx.track("anthropic", CLAUDE) as call, client.messages.stream(**CLAUDE_ARGS) as stream:
+        assert count_tokens(call.record_response(stream).get_final_text()) == LIMIT
+
+
+@case(
+    "anthropic",
+    "AsyncAnthropic messages.stream() read by until_done()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+    path="messages.stream() events in a with-block",
+)
+async def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx, asynchronous=True)
+    async with (
+        ctx.track("anthropic", CLAUDE) as call,
+        client.messages.stream(**CLAUDE_ARGS) as stream,
+    ):
+        await call.record_response(stream).until_done()
+
+
+@case(
+    "anthropic",
+    "messages.stream().text_stream of a proxy not kept (rev-ai 4)",
+    streamed(usage_of("anthropic", reply=LIMIT)),
+    model=CLAUDE,
+    path="messages.stream().text_stream in a with-block",
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+    with ctx.track("anthropic", CLAUDE) as call, client.messages.stream(**CLAUDE_ARGS) as stream:
+        text = "".join(call.record_response(stream).text_stream)
+    assert count_tokens(text) == LIMIT
 
 
 @case(
@@ -1792,3 +1937,48 @@ def test_the_server_rejects_bad_options(option: dict[str, Any]) -> None:
 
 if __name__ == "__main__":
     print(supported_paths_table(), end="")
+
+
+# -- wave 3 (rev-ai): paths the reviewers found losing usage -----------------------------------
+
+
+def test_a_generator_relaying_two_openai_streams_adds_both(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """A tool-call round then the answer, each a real stream, relayed by one generator:
+    both responses count, as they do when recorded in one with-block."""
+    client = openai_client(Ctx(llm_server, inst, require_sdk("openai")))
+
+    def one(prompt: str) -> Any:
+        return client.chat.completions.create(
+            model=GPT,
+            messages=[{"role": "user", "content": prompt}],
+            stream=True,
+            **INCLUDE_USAGE,
+        )
+
+    @inst.track_ai_call("openai", "agent")
+    def agent() -> Iterator[Any]:
+        yield from one("a b c d e f g h i j")
+        yield from one("a b c")
+
+    with inst.track_ai_call("openai", "block") as call:
+        for stream in (one("a b c d e f g h i j"), one("a b c")):
+            drain(call.record_response(stream))
+    reported = [chunk.usage for chunk in agent() if chunk.usage]
+    assert [u.prompt_tokens for u in reported] == [10, 3]
+    output = sum(u.completion_tokens for u in reported)
+    for model in ("agent", "block"):
+        labels = {"provider": "openai", "model": model}
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_ai_tokens_used_total", {**labels, "token_type": "input"}
+            )
+            == 13
+        )
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_ai_tokens_used_total", {**labels, "token_type": "output"}
+            )
+            == output
+        )

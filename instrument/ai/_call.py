@@ -1,18 +1,18 @@
-"""One LLM call in flight (:class:`AICall`, the with-block's handle) and the recording side
-of its streams: the chunks each stream reported, and the end of the call a stream brings."""
+"""One LLM call in flight (:class:`AICall`, the with-block's handle): what it read, and its
+end; the recording side of its streams is in ``_streams``."""
 
 from __future__ import annotations
 
-import threading
 from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
-from .._engine import Probe, aend_job, defer, end_job, report_failure, run_deferred
+from .._engine import Probe, report_failure, run_deferred
 from ..metrics import check_label_value
-from ._content import carries_content, response_body, stream_finished, stream_snapshot
-from ._proxies import MANAGER, Manager, RawResponse, not_iterable, stream_kind, wrap_stream
+from ._content import response_body
+from ._proxies import MANAGER, Manager, RawResponse, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries
+from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
 if TYPE_CHECKING:
@@ -64,8 +64,8 @@ class AICall(Probe):
         self._usage: Usage | None = None
         # The streams whose usage the call's end adds, unless they ended first: those
         # recorded in a with-block, and a generator function's own yields (``_items``).
-        self._streams: list[_Chunks] | None = None
-        self._items: _Chunks | None = None
+        self._streams: list[Chunks] | None = None
+        self._items: Chunks | None = None
         self._first: float | None = None
         self._done = False
         # The type of the first response (or stream, or chunk) recorded, and how reading
@@ -169,7 +169,7 @@ class AICall(Probe):
         if self._b is not None and not self._done:
             items = self._items
             if items is None:  # a generator function's yields: one stream, settled at the end
-                items = self._items = _Chunks(self)
+                items = self._items = Chunks(self)
             items.read(value)
 
     def after_job_async(self) -> Awaitable[None] | None:
@@ -181,7 +181,7 @@ class AICall(Probe):
     # -- recording -------------------------------------------------------------------------
 
     def _add(self, usage: Usage) -> None:
-        with _usage_lock:  # streams of one call may end in different threads
+        with usage_lock:  # streams of one call may end in different threads
             self._usage = usage if self._usage is None else self._usage + usage
 
     def _take(self, result: Any, owner: bool) -> Any:
@@ -258,12 +258,12 @@ class AICall(Probe):
             return
         try:
             now = perf_counter() if end is None else end
-            with _usage_lock:
+            with usage_lock:
                 streams, self._streams = self._streams, None
             if streams is not None:
                 # Still open at the call's end: what they reported so far counts.
                 for stream in streams:
-                    stream.settle()
+                    stream.settle_open()
             series, name = self._series(b)
             usage = self._usage
             series.record(
@@ -284,203 +284,6 @@ class AICall(Probe):
                 return b.static, fixed
             model = self._seen_model or UNKNOWN_MODEL
         return b.models.series(self._tracker._label(model)), model
-
-
-# -- streams -----------------------------------------------------------------------------------
-
-
-class _Chunks:
-    """The chunks of one stream, and the usage they reported.
-
-    Providers stream running totals, so one stream's reports are merged (``Usage.latest``),
-    never added. The merged usage is added to the call's total exactly once: when the
-    stream ends, or when the call ends first. Several streams of one call thus add up.
-    """
-
-    __slots__ = ("call", "open", "usage")
-
-    def __init__(self, call: AICall, *, ends_call: bool = False) -> None:
-        self.call = call
-        self.open = True
-        self.usage: Usage | None = None
-        if not ends_call:  # the call may end first: it settles what is still open
-            with _usage_lock:
-                streams = call._streams
-                if streams is None:
-                    call._streams = [self]
-                else:
-                    streams.append(self)
-
-    def read(self, chunk: Any, *, timed: bool = True) -> None:
-        """Read one chunk (``timed``: as it arrives, for the first token); never raises (a
-        failure is noted on the call, reported once)."""
-        call = self.call
-        now = perf_counter()
-        call._last = now
-        try:
-            # The first token is the first chunk with generated content, not the first
-            # event: a role-only chunk or a start event comes before the model wrote anything.
-            if timed and call._first is None and carries_content(chunk):
-                call._first = now - call._t0
-            usage = call._tracker._extract(chunk)
-            if usage is not None:
-                latest = self.usage
-                self.usage = usage if latest is None else latest.latest(usage)
-            if call._seek_model:
-                call._see_model(chunk)
-        except Exception as exc:
-            call._note(chunk)
-            call._failed(chunk, exc)
-
-    def settle(self) -> None:
-        """Stop recording this stream and add its usage to the call: once, whichever of
-        the stream's end and the call's end comes first, in whatever thread."""
-        with _usage_lock:
-            if not self.open:
-                return
-            self.open = False
-            usage = self.usage
-            if usage is not None:
-                call = self.call
-                call._usage = usage if call._usage is None else call._usage + usage
-
-
-class Stream(_Chunks):
-    """The recording side of one stream proxy: it reads each chunk on the way and ends the
-    call exactly once. Recording runs outside the engine here, so every step is guarded:
-    the caller sees the stream's own chunks and exceptions.
-
-    A plain object beside the wrapt proxy: attribute reads on the proxy cost several times
-    more, and the per-chunk path would make a few.
-    """
-
-    __slots__ = ("astep", "owner", "source", "step")
-
-    def __init__(self, call: AICall, owner: bool) -> None:
-        super().__init__(call, ends_call=owner)
-        # owner: this stream ends the call (a decorated function's result); otherwise the
-        # with-block it was recorded in does.
-        self.owner = owner
-        #: The stream itself and its own ``__next__`` / ``__anext__``; set by wrap_stream(),
-        #: for a stream manager once it is entered.
-        self.source: Any = None
-        self.step: Callable[..., Any] = not_iterable
-        self.astep: Callable[..., Awaitable[Any]] = not_iterable
-
-    def restart(self) -> None:
-        """A manager was entered: its request starts now, so the call's clock does."""
-        if self.owner and self.open:
-            call = self.call
-            call._t0 = call._last = perf_counter()
-
-    def next(self, step: Callable[..., Any] | None = None, *args: Any) -> Any:
-        """The next chunk from ``step`` (default: ``__next__``), read on the way."""
-        try:
-            chunk = (step or self.step)(*args)
-        except StopIteration:
-            self.end_sync()
-            raise
-        except BaseException as exc:
-            self.end_sync(exc)
-            raise
-        if self.open:
-            self.read(chunk)
-        return chunk
-
-    async def anext(self, step: Callable[..., Awaitable[Any]] | None = None, *args: Any) -> Any:
-        """The next chunk from ``step`` (default: ``__anext__``), read on the way."""
-        try:
-            chunk = await (step or self.astep)(*args)
-        except StopAsyncIteration:
-            await self.end_async()
-            raise
-        except BaseException as exc:
-            await self.end_async(exc)
-            raise
-        if self.open:
-            self.read(chunk)
-        return chunk
-
-    def read_response(self, response: Any) -> None:
-        """What a stream manager handed out when it is no stream: read as a response (the
-        raw response of ``with_streaming_response``, through its body)."""
-        body = self.call._body(response)
-        self.call._read(response if body is None else body)
-
-    def end(
-        self, exc: BaseException | None = None, *, closed: bool = False, abandoned: bool = False
-    ) -> bool:
-        """End once: exhausted (success), failed with ``exc``, ``closed`` or left before the
-        end (cancelled, unless the stream's own record says it finished), or ``abandoned``.
-        True when this ended the call: ``end_job`` then records ``exc`` and runs the
-        post-job step."""
-        if not self.open:
-            return False
-        try:
-            # The response the stream helper accumulated has the usage when the caller read
-            # the stream another way (``text_stream``, ``get_final_message()``).
-            snapshot = None if self.source is None else stream_snapshot(self.source)
-            if snapshot is not None:
-                self.read(snapshot, timed=False)  # read at the end: no first token to time
-                if closed and stream_finished(snapshot):
-                    closed = False  # read to its end another way, then closed: a success
-            self.settle()
-        except Exception:
-            report_failure("recording the usage of a stream")
-        self.source = None
-        if not self.owner:
-            return False
-        call = self.call
-        if call._b is not None:
-            call.after_job = call._b.after_job
-        if exc is not None:
-            return True  # the engine's rule: error, or cancelled for CancelledError & co
-        try:
-            if abandoned:
-                # Its duration runs to the last moment it was seen alive, not to collection.
-                call._finish("cancelled", None, call._last)
-            elif closed:
-                call.cancel()
-            else:
-                call._finish("success", None)
-        except Exception:
-            report_failure("recording the end of a stream")
-        return True
-
-    def end_sync(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
-        if self.end(exc, closed=closed):
-            end_job(self.call, exc)
-
-    async def end_async(self, exc: BaseException | None = None, *, closed: bool = False) -> None:
-        if self.end(exc, closed=closed):
-            await aend_job(self.call, exc)
-
-    def abandon(self) -> None:
-        """From the garbage collector, which may run while this thread holds a lock that
-        recording takes (prometheus_client's, the model guard's): queue, record nothing."""
-        if self.open:
-            # Let the SDK stream go now, as collection would.
-            self.step = self.astep = _collected
-            self.source = None
-            defer(self.record_abandoned)
-
-    def record_abandoned(self) -> None:
-        """At a safe point: end the call as cancelled, for the next push to carry."""
-        try:
-            if self.end(abandoned=True):
-                b = self.call._b
-                if b is not None:
-                    b.inst.delivery.note_change()
-        except Exception:
-            report_failure("recording an abandoned stream")
-
-
-def _collected(*args: Any) -> Any:
-    raise RuntimeError("this stream was garbage collected")
-
-
-# Guards the usage a call adds up from its streams, which may end in different threads.
-_usage_lock = threading.Lock()
 
 
 def record_abandoned_streams() -> None:

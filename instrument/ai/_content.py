@@ -128,6 +128,49 @@ def carries_content(chunk: Any) -> bool:
     return not any(get(chunk, name) is not None for name in _ENVELOPE_FIELDS)
 
 
+# -- which response a usage report belongs to ---------------------------------------------------
+
+# Where an event keeps the response it reports on (Anthropic's message_start, OpenAI
+# Responses' events, the OpenAI stream helper's chunk event, Mistral's events).
+_ID_HOLDERS = ("message", "response", "chunk", "data")
+
+
+def response_identity(report: Any) -> tuple[str | None, bool]:
+    """Which response a usage-carrying chunk (or response) reports on, and whether it is a
+    complete response rather than a stream chunk.
+
+    The id is the report's own ``id`` (OpenAI and Mistral chunks, Cohere events), Gemini's
+    ``response_id``, or the id of the response an event holds. Complete by shape: a Chat
+    response's choices hold a ``message`` (a chunk's hold a ``delta``), an Anthropic Message
+    says ``type: "message"``, an OpenAI Response ``object: "response"``.
+
+    >>> response_identity({"id": "msg_1", "type": "message", "usage": {}})
+    ('msg_1', True)
+    """
+    get = READERS.get(type(report)) or reader_of(report)
+    found = get(report, "id")
+    if not isinstance(found, str):
+        found = get(report, "response_id")
+    if not isinstance(found, str):
+        found = None
+        for holder in _ID_HOLDERS:
+            inner = get(report, holder)
+            if inner is not None and not isinstance(inner, str | bytes):
+                value = read_field(inner, "id")
+                if isinstance(value, str):
+                    found = value
+                    break
+    complete = get(report, "type") == "message" or get(report, "object") == "response"
+    if not complete:
+        choices = get(report, "choices")
+        complete = (
+            isinstance(choices, list | tuple)
+            and bool(choices)
+            and read_field(choices[0], "message") is not None
+        )
+    return found or None, complete
+
+
 # -- the response a stream helper accumulates ---------------------------------------------------
 
 _snapshot_names: dict[type, tuple[str, ...]] = {}
@@ -139,6 +182,7 @@ def stream_snapshot(stream: Any) -> Any:
     The SDKs' stream helpers keep it as a ``current_<kind>_snapshot`` property (Anthropic's
     ``MessageStream.current_message_snapshot``, OpenAI's ``current_completion_snapshot``);
     it carries the usage when a caller reads the stream another way (``text_stream``).
+    OpenAI's ``ResponseStream`` keeps the completed response in its ``_state`` instead.
     """
     kind = type(stream)
     names = _snapshot_names.get(kind)
@@ -150,6 +194,12 @@ def stream_snapshot(stream: Any) -> Any:
         value = attribute(stream, name)  # the property raises until the first event
         if value is not None:
             return value
+    if not names:
+        # OpenAI's ResponseStream offers no snapshot property: its state keeps the
+        # response of the ``response.completed`` event, which get_final_response() returns.
+        state = attribute(stream, "_state")
+        if state is not None:
+            return attribute(state, "_completed_response")
     return None
 
 

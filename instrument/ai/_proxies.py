@@ -1,5 +1,5 @@
 """What the caller holds instead of a stream: the same object in a transparent wrapt proxy,
-whose every step goes through the call's :class:`~instrument.ai._call.Stream`.
+whose every step goes through the call's :class:`~instrument.ai._streams.Stream`.
 
 A stream iterated both ways (LiteLLM's) is watched both ways; a stream manager (an SDK's
 ``messages.stream(...)``) from the caller's ``with`` to the end of the stream it hands out;
@@ -18,7 +18,7 @@ import wrapt
 from .._engine import report_failure
 
 if TYPE_CHECKING:
-    from ._call import Stream
+    from ._streams import Stream
 
 # What a result is, as flags: iterated with for (SYNC), with async for (ASYNC), or both;
 # MANAGER: a with-block that hands out the stream (its protocols, SYNC and/or ASYNC).
@@ -101,16 +101,20 @@ class _StreamProxy(_ObjectProxy):
         # and its end is the stream's end.
         kind = iterator_kind(value)
         if kind and self._self_stream.open:
-            return _SubStream(value, self._self_stream, kind)
+            return _SubStream(value, self, kind)
         return value
 
 
 class _SubStream(_ObjectProxy):
-    """An iterator a stream hands out over its own events (``stream.text_stream``)."""
+    """An iterator a stream hands out over its own events (``stream.text_stream``).
 
-    def __init__(self, wrapped: Any, stream: Stream, kind: int) -> None:
+    It keeps the stream's proxy alive: ``"".join(call.record_response(s).text_stream)``
+    drops the proxy at once, and its collection must not abandon a stream still read."""
+
+    def __init__(self, wrapped: Any, proxy: _StreamProxy, kind: int) -> None:
         super().__init__(wrapped)
-        self._self_stream = stream
+        self._self_proxy = proxy
+        self._self_stream = proxy._self_stream
         self._self_step = wrapped.__next__ if kind & SYNC else not_iterable
         self._self_astep = wrapped.__anext__ if kind & ASYNC else not_iterable
 

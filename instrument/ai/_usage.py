@@ -95,7 +95,8 @@ USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
 
 def checked_usage(*counts: int) -> Usage:
     """Token counts given by hand (in :class:`Usage`'s field order) as a Usage; a TypeError
-    or ValueError naming the first that is not an int from 0 to 2**53."""
+    or ValueError naming the first that is not an int from 0 to 2**53, or details that
+    exceed the total that includes them."""
     for name, count in zip(USAGE_FIELDS, counts, strict=True):
         if isinstance(count, bool) or not isinstance(count, int):
             raise TypeError(f"{name} must be an int, got {type(count).__name__}")
@@ -103,7 +104,22 @@ def checked_usage(*counts: int) -> Usage:
             raise ValueError(f"{name} must not be negative, got {count}")
         if count > MAX_TOKENS:
             raise ValueError(f"{name} must be at most 2**53 (a token count), got {count}")
-    return Usage(*counts)
+    usage = Usage(*counts)
+    # The totals include their details; Anthropic's own input_tokens does not (it counts
+    # only what follows the cache), so the likely mistake is passing that one.
+    if usage.cache_read + usage.cache_creation > usage.input_tokens:
+        raise ValueError(
+            f"cache_read + cache_creation ({usage.cache_read} + {usage.cache_creation}) "
+            f"exceed input_tokens ({usage.input_tokens}): input_tokens includes cached "
+            "input; for Anthropic pass input_tokens + cache_read_input_tokens + "
+            "cache_creation_input_tokens"
+        )
+    if usage.reasoning > usage.output_tokens:
+        raise ValueError(
+            f"reasoning ({usage.reasoning}) exceeds output_tokens ({usage.output_tokens}): "
+            "output_tokens includes reasoning; pass their sum"
+        )
+    return usage
 
 
 class ExtractorFailed(Exception):
