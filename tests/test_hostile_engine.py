@@ -990,6 +990,21 @@ def test_a_decorated_object_without_a_module_level_name_says_why_it_cannot_pickl
         pickle.dumps(inst.monitored_analysis("m", "t")(functools.partial(quadruple, 1)))
 
 
+@pytest.mark.parametrize("name", ["tracked_bound", "alias"])
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_decorated_callable_whose_name_finds_another_object_says_why_it_cannot_pickle(
+    name: str, protocol: int
+) -> None:
+    # rev-ai 15: its qualified name resolves to the undecorated method or function, so
+    # pickle's own "not the same object" would blame the wrong thing.
+    from . import pickled
+
+    decorated = getattr(pickled, name)
+    with pytest.raises(pickle.PicklingError, match="pickles by its module-level name") as info:
+        pickle.dumps(decorated, protocol)
+    assert "not the same object" not in str(info.value)
+
+
 @pytest.fixture(scope="module")
 def spawned_pool() -> Iterator[ProcessPoolExecutor]:
     """One worker started fresh (spawn): it imports this module and counts from zero."""
