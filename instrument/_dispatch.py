@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Generator
 from functools import partial
-from types import AsyncGeneratorType, CoroutineType, GeneratorType
+from inspect import CO_ITERABLE_COROUTINE
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, coroutine
 from typing import Any
 
 from ._jobs import Probe, aend_job, defer, end_job, record_end, record_success, report_failure
@@ -184,6 +185,35 @@ def _generator_job(
     return value
 
 
+@coroutine
+def _iterable_coroutine_job(
+    work: Generator[Any, Any, Any],
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    """A generator-based coroutine's job (``@types.coroutine``): awaitable as the work it
+    carries is, and timed over the await. What the work yields goes to the event loop: no
+    items to report."""
+    return (yield from _generator_job(work, False, start, wrapped, args, kwargs))
+
+
+def _any_generator_job(
+    work: Any,
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The job for a generator: one that is a generator-based coroutine stays awaitable."""
+    if isinstance(work, GeneratorType) and work.gi_code.co_flags & CO_ITERABLE_COROUTINE:
+        return _iterable_coroutine_job(work, observed, start, wrapped, args, kwargs)
+    return _generator_job(work, observed, start, wrapped, args, kwargs)
+
+
 async def _async_generator_job(
     work: AsyncGenerator[Any, Any],
     observed: bool,
@@ -278,7 +308,7 @@ def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
         if isinstance(result, CoroutineType):
             job = _awaited_job
         elif isinstance(result, GeneratorType):
-            job = _generator_job
+            job = _any_generator_job
         elif isinstance(result, AsyncGeneratorType):
             job = _async_generator_job
         if job is not None:
@@ -296,7 +326,7 @@ def wrapper_for(func: Any, start: Start, observed: bool) -> Wrapper:
     if kind == COROUTINE:
         return _async_wrapper(start)
     if kind == GENERATOR:
-        return _generator_wrapper(start, _generator_job, observed)
+        return _generator_wrapper(start, _any_generator_job, observed)
     if kind == ASYNC_GENERATOR:
         return _generator_wrapper(start, _async_generator_job, observed)
     if kind == BY_RESULT:

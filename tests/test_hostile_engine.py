@@ -24,6 +24,7 @@ import pickle
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -1745,3 +1746,42 @@ def test_a_decorated_bound_method_binds_arguments_by_its_own_signature(
         )
         is None
     )
+
+
+@types.coroutine
+def _legacy_work(x: int) -> Generator[Any, None, int]:
+    """A generator-based coroutine: awaitable, and a generator to whoever iterates it."""
+    yield from _failing_work(0)  # type: ignore[misc]  # suspends on the event loop
+    analysis_module.perf_counter.now += 5.0  # type: ignore[attr-defined]
+    if x < 0:
+        raise ValueError(x)
+    return x * 3
+
+
+@pytest.mark.parametrize(
+    "shape", ["function", "partial", "wraps"], ids=["function", "partial", "wraps"]
+)
+async def test_a_generator_based_coroutine_stays_awaitable_and_is_timed_over_the_await(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    # rev-ai 14: a @types.coroutine generator function, decorated, gave a plain generator
+    # that cannot be awaited.
+    original: Callable[..., Any] = {
+        "function": lambda: _legacy_work,
+        "partial": lambda: functools.partial(_legacy_work),
+        "wraps": lambda: _passthrough(_legacy_work),
+    }[shape]()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    pending = wrapped(4)
+    assert inspect.isawaitable(pending) and inspect.isgenerator(pending)  # as undecorated
+    assert outcomes(registry) == (0, 0, 0)  # making it is not the job
+    assert await asyncio.ensure_future(pending) == 12  # a task takes it too
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(15.0)  # the awaited work
+    with pytest.raises(ValueError) as info:
+        await wrapped(-1)
+    assert info.value.args == (-1,)
+    assert outcomes(registry) == (1, 1, 0)
+    assert errors(registry, "ValueError") == 1
+    assert duration(registry, "sum") == pytest.approx(30.0)
+    assert active(registry) == 0
