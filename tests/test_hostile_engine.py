@@ -1785,3 +1785,28 @@ async def test_a_generator_based_coroutine_stays_awaitable_and_is_timed_over_the
     assert errors(registry, "ValueError") == 1
     assert duration(registry, "sum") == pytest.approx(30.0)
     assert active(registry) == 0
+
+
+def _is_async_callable(obj: Any) -> bool:
+    """Starlette's ``is_async_callable`` (starlette._utils), how ASGI frameworks decide."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return inspect.iscoroutinefunction(obj) or (
+        callable(obj) and inspect.iscoroutinefunction(obj.__call__)
+    )
+
+
+@pytest.mark.parametrize("shape", [*ASYNC_SHAPES, "async-def"])
+async def test_a_coroutine_kind_proxy_looks_async_to_frameworks(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    # rev-ai 10: a decorated callable instance answered False where the undecorated one
+    # answers True, so a framework ran it as sync and got a coroutine back.
+    original = _failing_work if shape == "async-def" else ASYNC_SHAPES[shape]()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    assert _is_async_callable(wrapped) == _is_async_callable(original)
+    if inspect.iscoroutinefunction(type(original).__call__):  # a callable instance
+        assert inspect.iscoroutinefunction(wrapped.__call__)
+        assert asyncio.iscoroutinefunction(wrapped.__call__)
+    assert await wrapped(3) == 6
+    assert outcomes(registry) == (1, 0, 0)
