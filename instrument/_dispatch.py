@@ -7,7 +7,8 @@ from __future__ import annotations
 
 from collections.abc import AsyncGenerator, Callable, Generator
 from functools import partial
-from types import AsyncGeneratorType, CoroutineType, GeneratorType
+from inspect import CO_ITERABLE_COROUTINE
+from types import AsyncGeneratorType, CoroutineType, GeneratorType, coroutine
 from typing import Any
 
 from ._jobs import Probe, aend_job, defer, end_job, record_end, record_success, report_failure
@@ -116,7 +117,7 @@ def _sync_wrapper(start: Start) -> Wrapper:
         # A plain def may hand on a coroutine (``return client.create(...)``): the job is
         # the awaited work. One exact type check keeps the hot path as it was.
         if type(result) is CoroutineType:
-            return _awaited_job(result, False, _Handover(probe, result), wrapped, args, kwargs)
+            return _awaited_job(result, _Handover(probe, result), wrapped, *args, **kwargs)
         try:
             result = probe.success(result)
         except Exception:
@@ -133,17 +134,16 @@ def _sync_wrapper(start: Start) -> Wrapper:
 
 
 # The jobs that outlive the call: each takes ``work`` (what the call made, or
-# _CALL_AT_START), whether to report items, and what starts its probe.
+# _CALL_AT_START) and what starts its probe; a generator's job also whether to report items.
 
 
 async def _awaited_job(
-    work: Any,
-    observed: bool,
-    start: Start,
-    wrapped: Callable[..., Any],
-    args: tuple[Any, ...],
-    kwargs: dict[str, Any],
+    work: Any, start: Start, wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any
 ) -> Any:
+    """The job of a coroutine: its own wrapper is a partial of this (``_async_wrapper``),
+    so a decorated object's ``__call__`` is seen as a coroutine function, as the
+    undecorated one's is (frameworks check ``inspect.iscoroutinefunction(obj.__call__)``).
+    """
     probe = _start_guarded(start, wrapped, args, kwargs)
     if probe is None:
         return await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
@@ -182,6 +182,35 @@ def _generator_job(
     record_success(probe, value)
     end_job(probe)
     return value
+
+
+@coroutine
+def _iterable_coroutine_job(
+    work: Generator[Any, Any, Any],
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Generator[Any, Any, Any]:
+    """A generator-based coroutine's job (``@types.coroutine``): awaitable as the work it
+    carries is, and timed over the await. What the work yields goes to the event loop: no
+    items to report."""
+    return (yield from _generator_job(work, False, start, wrapped, args, kwargs))
+
+
+def _any_generator_job(
+    work: Any,
+    observed: bool,
+    start: Start,
+    wrapped: Callable[..., Any],
+    args: tuple[Any, ...],
+    kwargs: dict[str, Any],
+) -> Any:
+    """The job for a generator: one that is a generator-based coroutine stays awaitable."""
+    if isinstance(work, GeneratorType) and work.gi_code.co_flags & CO_ITERABLE_COROUTINE:
+        return _iterable_coroutine_job(work, observed, start, wrapped, args, kwargs)
+    return _generator_job(work, observed, start, wrapped, args, kwargs)
 
 
 async def _async_generator_job(
@@ -230,10 +259,9 @@ Job = Callable[[Any, bool, Start, Callable[..., Any], tuple[Any, ...], dict[str,
 
 
 def _async_wrapper(start: Start) -> Wrapper:
-    def call_async(wrapped: Callable[..., Any], /, *args: Any, **kwargs: Any) -> Any:
-        return _awaited_job(_CALL_AT_START, False, start, wrapped, args, kwargs)
-
-    return call_async
+    # A partial, not a closure: partials of partials flatten, so the proxy's ``__call__``
+    # (``partial(wrapper, wrapped)``) is a partial of the coroutine function itself.
+    return partial(_awaited_job, _CALL_AT_START, start)
 
 
 def _generator_wrapper(start: Start, job: Job, observed: bool) -> Wrapper:
@@ -274,11 +302,11 @@ def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
             except RecursionError:  # see _jobs
                 defer(partial(record_end, probe, exc))
             raise
-        job: Job | None = None
         if isinstance(result, CoroutineType):
-            job = _awaited_job
-        elif isinstance(result, GeneratorType):
-            job = _generator_job
+            return _awaited_job(result, _Handover(probe, result), wrapped, *args, **kwargs)
+        job: Job | None = None
+        if isinstance(result, GeneratorType):
+            job = _any_generator_job
         elif isinstance(result, AsyncGeneratorType):
             job = _async_generator_job
         if job is not None:
@@ -296,7 +324,7 @@ def wrapper_for(func: Any, start: Start, observed: bool) -> Wrapper:
     if kind == COROUTINE:
         return _async_wrapper(start)
     if kind == GENERATOR:
-        return _generator_wrapper(start, _generator_job, observed)
+        return _generator_wrapper(start, _any_generator_job, observed)
     if kind == ASYNC_GENERATOR:
         return _generator_wrapper(start, _async_generator_job, observed)
     if kind == BY_RESULT:

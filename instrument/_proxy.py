@@ -12,6 +12,7 @@ import functools
 import inspect
 import logging
 import pickle
+import sys
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -156,10 +157,13 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         # By reference, as a function pickles: pickle resolves the module-level name (and
         # checks that it is this very wrapper), so the unpickling process imports the
         # module, whose decorator records there.
-        qualname = getattr(self.__wrapped__, "__qualname__", None)
-        if not isinstance(qualname, str):
+        wrapped = self.__wrapped__
+        qualname = getattr(wrapped, "__qualname__", None)
+        # A bound method, or a function decorated under another name, has a qualified name
+        # that finds the undecorated one: pickle would only say "not the same object".
+        if not isinstance(qualname, str) or inspect.ismethod(wrapped) or _finds_other(self):
             raise pickle.PicklingError(
-                f"cannot pickle a decorated {type(self.__wrapped__).__name__}: a decorated "
+                f"cannot pickle a decorated {type(wrapped).__name__}: a decorated "
                 "callable pickles by its module-level name, and this one has none; decorate "
                 "a module-level function or method instead"
             )
@@ -178,6 +182,23 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return self._rewrapped(copy.deepcopy(self.__wrapped__, memo))
+
+
+def _finds_other(proxy: InstrumentedFunction) -> bool:
+    """Whether the proxy's module and qualified name lead to an object other than it.
+
+    A name that leads nowhere (a local function) is left to pickle, whose message for it
+    is the one an undecorated function gets.
+    """
+    found: Any = sys.modules.get(getattr(proxy, "__module__", None) or "")
+    if found is None:
+        return False
+    for part in proxy.__qualname__.split("."):
+        try:
+            found = getattr(found, part)
+        except Exception:  # a class attribute that raises: as good as no name
+            return False
+    return found is not proxy
 
 
 # Python calls ``type(proxy).__call__`` as a descriptor: the slot's gives the partial, which

@@ -108,6 +108,13 @@ class Instrumentation:
         group = check_grouping_key(grouping_key or {}, instance=instance)
         push_interval = check_seconds("push_interval", push_interval)
         check_seconds("push_timeout", push_timeout)
+        if pushgateway is None and (basic_auth is not None or bearer_token is not None):
+            # No other target sends credentials: dropping them would hide a forgotten URL.
+            given = "basic_auth" if basic_auth is not None else "bearer_token"
+            raise ValueError(
+                f"{given} is set but pushgateway is not, and only the Pushgateway sends "
+                "credentials; set pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL), or drop them"
+            )
         gateway = None
         if pushgateway is not None:
             gateway = PushTarget(

@@ -20,6 +20,7 @@ import threading
 import uuid
 import weakref
 from collections.abc import Callable, Iterator
+from pathlib import Path
 from typing import Any
 from unittest import mock
 
@@ -1107,3 +1108,22 @@ def test_a_price_table_path_with_a_typo_is_the_only_variable_ignored(
     clean_environment.setenv("INSTRUMENT_AI_PRICES", str(not_a_table))
     with pytest.raises(ValueError, match=r"INSTRUMENT_AI_PRICES.*must be a mapping"):
         from_environment()
+
+
+@pytest.mark.parametrize(
+    "credentials",
+    [{"bearer_token": "s3cret-token"}, {"basic_auth": ("user", "s3cret-pass")}],
+    ids=["bearer_token", "basic_auth"],
+)
+@pytest.mark.parametrize("target", [{}, {"textfile": "metrics.prom"}], ids=["none", "textfile"])
+def test_credentials_without_a_pushgateway_are_refused(
+    credentials: dict[str, Any], target: dict[str, Any], tmp_path: Path
+) -> None:
+    # Only the Pushgateway sends them: given without one, they were dropped silently.
+    if target:
+        target = {"textfile": str(tmp_path / target["textfile"])}
+    registry = CollectorRegistry()
+    with pytest.raises(ValueError, match="only the Pushgateway sends credentials") as info:
+        Instrumentation(registry=registry, **credentials, **target)
+    assert "s3cret" not in str(info.value)
+    assert list(registry.collect()) == []  # refused before the registry was touched

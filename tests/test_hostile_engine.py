@@ -24,6 +24,7 @@ import pickle
 import sys
 import threading
 import time
+import types
 import warnings
 from collections.abc import AsyncGenerator, AsyncIterator, Callable, Coroutine, Generator, Iterator
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
@@ -990,6 +991,21 @@ def test_a_decorated_object_without_a_module_level_name_says_why_it_cannot_pickl
         pickle.dumps(inst.monitored_analysis("m", "t")(functools.partial(quadruple, 1)))
 
 
+@pytest.mark.parametrize("name", ["tracked_bound", "alias"])
+@pytest.mark.parametrize("protocol", [0, 2, pickle.HIGHEST_PROTOCOL])
+def test_a_decorated_callable_whose_name_finds_another_object_says_why_it_cannot_pickle(
+    name: str, protocol: int
+) -> None:
+    # rev-ai 15: its qualified name resolves to the undecorated method or function, so
+    # pickle's own "not the same object" would blame the wrong thing.
+    from . import pickled
+
+    decorated = getattr(pickled, name)
+    with pytest.raises(pickle.PicklingError, match="pickles by its module-level name") as info:
+        pickle.dumps(decorated, protocol)
+    assert "not the same object" not in str(info.value)
+
+
 @pytest.fixture(scope="module")
 def spawned_pool() -> Iterator[ProcessPoolExecutor]:
     """One worker started fresh (spawn): it imports this module and counts from zero."""
@@ -1730,3 +1746,67 @@ def test_a_decorated_bound_method_binds_arguments_by_its_own_signature(
         )
         is None
     )
+
+
+@types.coroutine
+def _legacy_work(x: int) -> Generator[Any, None, int]:
+    """A generator-based coroutine: awaitable, and a generator to whoever iterates it."""
+    yield from _failing_work(0)  # type: ignore[misc]  # suspends on the event loop
+    analysis_module.perf_counter.now += 5.0  # type: ignore[attr-defined]
+    if x < 0:
+        raise ValueError(x)
+    return x * 3
+
+
+@pytest.mark.parametrize(
+    "shape", ["function", "partial", "wraps"], ids=["function", "partial", "wraps"]
+)
+async def test_a_generator_based_coroutine_stays_awaitable_and_is_timed_over_the_await(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    # rev-ai 14: a @types.coroutine generator function, decorated, gave a plain generator
+    # that cannot be awaited.
+    original: Callable[..., Any] = {
+        "function": lambda: _legacy_work,
+        "partial": lambda: functools.partial(_legacy_work),
+        "wraps": lambda: _passthrough(_legacy_work),
+    }[shape]()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    pending = wrapped(4)
+    assert inspect.isawaitable(pending) and inspect.isgenerator(pending)  # as undecorated
+    assert outcomes(registry) == (0, 0, 0)  # making it is not the job
+    assert await asyncio.ensure_future(pending) == 12  # a task takes it too
+    assert outcomes(registry) == (1, 0, 0)
+    assert duration(registry, "sum") == pytest.approx(15.0)  # the awaited work
+    with pytest.raises(ValueError) as info:
+        await wrapped(-1)
+    assert info.value.args == (-1,)
+    assert outcomes(registry) == (1, 1, 0)
+    assert errors(registry, "ValueError") == 1
+    assert duration(registry, "sum") == pytest.approx(30.0)
+    assert active(registry) == 0
+
+
+def _is_async_callable(obj: Any) -> bool:
+    """Starlette's ``is_async_callable`` (starlette._utils), how ASGI frameworks decide."""
+    while isinstance(obj, functools.partial):
+        obj = obj.func
+    return inspect.iscoroutinefunction(obj) or (
+        callable(obj) and inspect.iscoroutinefunction(obj.__call__)
+    )
+
+
+@pytest.mark.parametrize("shape", [*ASYNC_SHAPES, "async-def"])
+async def test_a_coroutine_kind_proxy_looks_async_to_frameworks(
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+) -> None:
+    # rev-ai 10: a decorated callable instance answered False where the undecorated one
+    # answers True, so a framework ran it as sync and got a coroutine back.
+    original = _failing_work if shape == "async-def" else ASYNC_SHAPES[shape]()
+    wrapped = inst.monitored_analysis("m", "t")(original)
+    assert _is_async_callable(wrapped) == _is_async_callable(original)
+    if inspect.iscoroutinefunction(type(original).__call__):  # a callable instance
+        assert inspect.iscoroutinefunction(wrapped.__call__)
+        assert asyncio.iscoroutinefunction(wrapped.__call__)
+    assert await wrapped(3) == 6
+    assert outcomes(registry) == (1, 0, 0)
