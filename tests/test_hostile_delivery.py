@@ -1280,3 +1280,60 @@ def test_a_failing_textfile_does_not_undo_a_push_that_landed(
     assert analyses(pushgateway, job=job_name) == 1
     assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
     inst.close()
+
+
+# -- wave 4: an interrupt during a push loses nothing ---------------------------------------------
+
+
+def test_an_interrupt_during_a_main_thread_push_leaves_the_state_for_the_final_push(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def work() -> int:
+        return 7
+
+    for _ in range(3):
+        assert work() == 7
+    pushes = inst.metrics.pushes
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:  # Ctrl-C landing inside the attempt
+        del pushes.inc  # once: the counter's own method is back
+        raise KeyboardInterrupt
+
+    pushes.inc = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    assert calls_counted(inst) == 4
+    inst.close()  # the final state: the interrupted attempt left it to deliver
+    assert analyses(pushgateway, job=job_name) == 4
+    # And the send lock was let go: another push goes out at once.
+    inst.record_analysis("m", "t", 0.1)
+    assert inst.push(timeout=2.0) is True
+    assert analyses(pushgateway, job=job_name) == 5
+
+
+def test_an_interrupt_during_an_async_push_leaves_the_state_for_the_final_push(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = make_inst(pushgateway.url, job=job_name, push_mode="each")
+
+    @inst.monitored_analysis("m", "t")
+    async def work() -> int:
+        return 7
+
+    pushes = inst.metrics.pushes
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        del pushes.inc
+        raise KeyboardInterrupt
+
+    pushes.inc = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(work())
+    assert calls_counted(inst) == 1
+    inst.close()
+    assert analyses(pushgateway, job=job_name) == 1
