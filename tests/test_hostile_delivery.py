@@ -588,9 +588,12 @@ def test_a_textfile_that_cannot_be_written_then_can_gets_exact_totals(
 ) -> None:
     folder = tmp_path / "textfiles"
     path = folder / "metrics.prom"
-    if obstacle == "a directory in the way":
-        path.mkdir(parents=True)
+    folder.mkdir()  # a directory missing at configure time is refused: it goes missing later
     inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_interval=0.02)
+    if obstacle == "a directory in the way":
+        path.mkdir()
+    else:
+        folder.rmdir()
     with caplog.at_level(logging.WARNING, logger="instrument"):
         for _ in range(20):
             inst.record_analysis("m", "t", 0.5)
@@ -1337,3 +1340,49 @@ def test_an_interrupt_during_an_async_push_leaves_the_state_for_the_final_push(
     assert calls_counted(inst) == 1
     inst.close()
     assert analyses(pushgateway, job=job_name) == 1
+
+
+# -- wave 4: the textfile path is checked at configure time --------------------------------------
+
+
+def test_a_pathlib_textfile_outlives_failed_writes_and_ends_with_exact_totals(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.prom"
+    inst = Instrumentation(registry=CollectorRegistry(), textfile=path, push_interval=0.01)
+    try:
+        inst.record_analysis("m", "t", 1.0)
+        wait_until(lambda: path.exists() and textfile_analyses(path) == 1, "the first write")
+        path.unlink()
+        path.mkdir()  # every write fails for a while: the flusher logs and retries
+        for _ in range(4):
+            inst.record_analysis("m", "t", 1.0)
+        wait_until(
+            lambda: (inst.registry.get_sample_value("codomyrmex_push_failures_total") or 0) >= 2,
+            "failed writes",
+        )
+        path.rmdir()
+        inst.record_analysis("m", "t", 1.0)
+        wait_until(lambda: path.is_file() and textfile_analyses(path) == 6, "the exact totals")
+        assert inst.delivery._thread is not None and inst.delivery._thread.is_alive()
+    finally:
+        inst.close()
+    assert textfile_analyses(path) == 6
+
+
+@pytest.mark.parametrize(
+    ("textfile", "error", "says"),
+    [
+        (123, TypeError, "textfile must be a path"),
+        (b"/tmp/x.prom", TypeError, "textfile must be a path"),
+        (Path("/nonexistent-dir-w4/x.prom"), ValueError, "does not exist; create it"),
+        ("/nonexistent-dir-w4/x.prom", ValueError, "does not exist; create it"),
+    ],
+)
+def test_a_textfile_that_can_never_be_written_is_refused_at_configure_time(
+    textfile: object, error: type[Exception], says: str
+) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(error, match=says):
+        Instrumentation(registry=registry, textfile=textfile)  # type: ignore[arg-type]
+    assert list(registry.collect()) == []  # refused before the registry was touched

@@ -22,6 +22,7 @@ from ._pushgateway import (
     grouping_path,
 )
 from ._snapshot import BeforeCollect, register_before_snapshot
+from ._textfile import check_textfile
 
 __all__ = [
     "ANSWER_LIMIT",
@@ -34,6 +35,7 @@ __all__ = [
     "check_grouping_key",
     "check_job",
     "check_seconds",
+    "check_textfile",
     "exit_flush_running",
     "grouping_path",
     "install_sigterm_handler",
