@@ -11,6 +11,7 @@ import html
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 __all__ = ["DETAIL_LIMIT", "Scrubber"]
@@ -63,6 +64,19 @@ class Scrubber:
         if self._pattern is None:
             return text
         return self._pattern.sub(_MASK, text)
+
+    def scrub_data(self, data: Any) -> Any:
+        """A decoded JSON answer with every string in it (keys too) scrubbed: a success
+        answer reaches results, logs and a CLI's output as much as an error's text."""
+        if self._pattern is None:
+            return data
+        if isinstance(data, str):
+            return self.scrub(data)
+        if isinstance(data, dict):
+            return {self.scrub_data(key): self.scrub_data(value) for key, value in data.items()}
+        if isinstance(data, list):
+            return [self.scrub_data(item) for item in data]
+        return data
 
     def one_line(self, text: str, limit: int = DETAIL_LIMIT) -> str:
         """``text`` as an exception message may quote it: credentials scrubbed, one line.
