@@ -28,7 +28,8 @@ _MASK = "***"
 def _spellings(secret: str) -> set[str]:
     """The ways a secret can come back: as sent, percent-encoded (a Location, a query),
     escaped as Python (an exception quoting a line with repr) or JSON (a body) does, and
-    its UTF-8 bytes read as Latin-1 (http.client's reading of a reason phrase)."""
+    its UTF-8 bytes read as Latin-1 (http.client's reading of a reason phrase), and
+    HTML-escaped (a proxy's error page)."""
     forms = {
         secret,
         quote(secret, safe=""),
@@ -39,6 +40,8 @@ def _spellings(secret: str) -> set[str]:
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
         secret.encode("utf-8", "surrogatepass").decode("latin-1"),
+        html.escape(secret),  # an HTML error page quoting what it received
+        html.escape(secret, quote=False),
     }
     return {form for form in forms if form}
 

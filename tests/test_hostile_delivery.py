@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import os
@@ -1386,3 +1387,12 @@ def test_a_textfile_that_can_never_be_written_is_refused_at_configure_time(
     with pytest.raises(error, match=says):
         Instrumentation(registry=registry, textfile=textfile)  # type: ignore[arg-type]
     assert list(registry.collect()) == []  # refused before the registry was touched
+
+
+@pytest.mark.parametrize("secret", [PASSWORD, "to<k>&en'\"x", TOKEN])
+def test_an_html_escaped_echo_of_a_secret_is_scrubbed(secret: str) -> None:
+    scrubber = Scrubber((secret,))
+    for form in {html.escape(secret), html.escape(secret, quote=False)}:
+        text = f"<p>Unauthorized: {form}</p>"
+        assert secret not in scrubber.scrub(text) and form not in scrubber.scrub(text)
+        assert form not in scrubber.one_line(text) and secret not in scrubber.one_line(text)
