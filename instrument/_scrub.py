@@ -11,6 +11,7 @@ import html
 import json
 import re
 from collections.abc import Iterable
+from typing import Any
 from urllib.parse import quote, quote_plus
 
 __all__ = ["DETAIL_LIMIT", "Scrubber"]
@@ -27,7 +28,8 @@ _MASK = "***"
 def _spellings(secret: str) -> set[str]:
     """The ways a secret can come back: as sent, percent-encoded (a Location, a query),
     escaped as Python (an exception quoting a line with repr) or JSON (a body) does, and
-    its UTF-8 bytes read as Latin-1 (http.client's reading of a reason phrase)."""
+    its UTF-8 bytes read as Latin-1 (http.client's reading of a reason phrase), and
+    HTML-escaped (a proxy's error page)."""
     forms = {
         secret,
         quote(secret, safe=""),
@@ -38,6 +40,8 @@ def _spellings(secret: str) -> set[str]:
         json.dumps(secret)[1:-1],
         json.dumps(secret, ensure_ascii=False)[1:-1],
         secret.encode("utf-8", "surrogatepass").decode("latin-1"),
+        html.escape(secret),  # an HTML error page quoting what it received
+        html.escape(secret, quote=False),
     }
     return {form for form in forms if form}
 
@@ -63,6 +67,19 @@ class Scrubber:
         if self._pattern is None:
             return text
         return self._pattern.sub(_MASK, text)
+
+    def scrub_data(self, data: Any) -> Any:
+        """A decoded JSON answer with every string in it (keys too) scrubbed: a success
+        answer reaches results, logs and a CLI's output as much as an error's text."""
+        if self._pattern is None:
+            return data
+        if isinstance(data, str):
+            return self.scrub(data)
+        if isinstance(data, dict):
+            return {self.scrub_data(key): self.scrub_data(value) for key, value in data.items()}
+        if isinstance(data, list):
+            return [self.scrub_data(item) for item in data]
+        return data
 
     def one_line(self, text: str, limit: int = DETAIL_LIMIT) -> str:
         """``text`` as an exception message may quote it: credentials scrubbed, one line.

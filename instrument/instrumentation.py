@@ -8,6 +8,7 @@ shares in ``policy.py``; both are re-exported here, where they used to be.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import warnings
 import weakref
@@ -33,6 +34,7 @@ from .delivery import (
     check_grouping_key,
     check_job,
     check_seconds,
+    check_textfile,
     multiprocess_enabled,
     register_before_snapshot,
 )
@@ -80,7 +82,7 @@ class Instrumentation:
         grouping_key: Mapping[str, str] | None = None,
         instance: bool | str = False,
         delete_on_exit: bool = False,
-        textfile: str | None = None,
+        textfile: str | os.PathLike[str] | None = None,
         basic_auth: tuple[str, str] | None = None,
         bearer_token: str | None = None,
         tls_verify: bool = True,
@@ -115,6 +117,7 @@ class Instrumentation:
                 f"{given} is set but pushgateway is not, and only the Pushgateway sends "
                 "credentials; set pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL), or drop them"
             )
+        textfile_path = check_textfile(textfile)
         gateway = None
         if pushgateway is not None:
             gateway = PushTarget(
@@ -138,13 +141,13 @@ class Instrumentation:
         self._collect_registry: CollectorRegistry | None = None
         if not self.enabled:
             # Validated above, then dropped: disabled means no request ever leaves.
-            push_mode, gateway, textfile = "off", None, None
+            push_mode, gateway, textfile_path = "off", None, None
 
         def make_delivery(metrics: Metrics) -> Delivery:
             return Delivery(
                 metrics,
                 gateway=gateway,
-                textfile=textfile,
+                textfile=textfile_path,
                 mode=push_mode,
                 interval=push_interval,
                 instance=instance,

@@ -288,8 +288,10 @@ async def test_the_textfile_is_written_while_the_event_loop_goes_on(
 def test_textfile_failure_is_reported_with_its_path(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
-    path = tmp_path / "no-such-dir" / "metrics.prom"
+    path = tmp_path / "gone" / "metrics.prom"
+    path.parent.mkdir()  # a missing directory is refused at configure time: it goes later
     inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_mode="off")
+    path.parent.rmdir()
     with caplog.at_level(logging.WARNING, logger="instrument"):
         assert inst.push() is False
     assert f"push to {path} failed" in caplog.text

@@ -1307,3 +1307,43 @@ def test_every_refusing_answer_is_a_status_error_carrying_its_status(
     if isinstance(error, GrafanaStatusError):
         assert error.http_status == status
     assert TOKEN not in str(error) and fake.scripted == []
+
+
+# -- wave 4: a success answer echoing the credentials is scrubbed ---------------------------------
+
+
+def echoing_answer(seen: Any) -> dict[str, Any]:
+    """A saved dashboard's answer whose url and slug quote the request's credentials."""
+    header = seen.headers["Authorization"]
+    return {
+        "id": 1,
+        "uid": "codomyrmex-analytics",
+        "status": "success",
+        "version": 1,
+        "slug": f"s-{header}",
+        "url": f"/d/codomyrmex-analytics/s?note={header}&again={TOKEN}",
+    }
+
+
+async def test_a_success_answer_echoing_the_token_is_scrubbed(
+    fake: FakeGrafana, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake.script("POST", "/api/dashboards/db", 200, echoing_answer)
+    with caplog.at_level(logging.DEBUG, logger="instrument"):
+        async with client(fake) as g:
+            result = await g.upsert_dashboard(dashboard())
+    assert result.uid == "codomyrmex-analytics" and result.version == 1
+    assert result.url.startswith(f"{fake.url}/d/codomyrmex-analytics/s?note=")
+    assert TOKEN not in result.url and "***" in result.url
+    assert TOKEN not in caplog.text
+
+
+def test_the_cli_never_prints_a_token_grafana_echoed_in_its_answer(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+    fake.script("POST", "/api/dashboards/db", 200, echoing_answer)
+    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 0
+    captured = capsys.readouterr()
+    assert "saved in Grafana, version 1" in captured.out
+    assert TOKEN not in captured.out + captured.err

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import html
 import json
 import logging
 import os
@@ -588,9 +589,12 @@ def test_a_textfile_that_cannot_be_written_then_can_gets_exact_totals(
 ) -> None:
     folder = tmp_path / "textfiles"
     path = folder / "metrics.prom"
-    if obstacle == "a directory in the way":
-        path.mkdir(parents=True)
+    folder.mkdir()  # a directory missing at configure time is refused: it goes missing later
     inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_interval=0.02)
+    if obstacle == "a directory in the way":
+        path.mkdir()
+    else:
+        folder.rmdir()
     with caplog.at_level(logging.WARNING, logger="instrument"):
         for _ in range(20):
             inst.record_analysis("m", "t", 0.5)
@@ -1280,3 +1284,115 @@ def test_a_failing_textfile_does_not_undo_a_push_that_landed(
     assert analyses(pushgateway, job=job_name) == 1
     assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
     inst.close()
+
+
+# -- wave 4: an interrupt during a push loses nothing ---------------------------------------------
+
+
+def test_an_interrupt_during_a_main_thread_push_leaves_the_state_for_the_final_push(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def work() -> int:
+        return 7
+
+    for _ in range(3):
+        assert work() == 7
+    pushes = inst.metrics.pushes
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:  # Ctrl-C landing inside the attempt
+        del pushes.inc  # once: the counter's own method is back
+        raise KeyboardInterrupt
+
+    pushes.inc = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    assert calls_counted(inst) == 4
+    inst.close()  # the final state: the interrupted attempt left it to deliver
+    assert analyses(pushgateway, job=job_name) == 4
+    # And the send lock was let go: another push goes out at once.
+    inst.record_analysis("m", "t", 0.1)
+    assert inst.push(timeout=2.0) is True
+    assert analyses(pushgateway, job=job_name) == 5
+
+
+def test_an_interrupt_during_an_async_push_leaves_the_state_for_the_final_push(
+    pushgateway: Pushgateway, job_name: str
+) -> None:
+    inst = make_inst(pushgateway.url, job=job_name, push_mode="each")
+
+    @inst.monitored_analysis("m", "t")
+    async def work() -> int:
+        return 7
+
+    pushes = inst.metrics.pushes
+
+    def interrupted(*args: Any, **kwargs: Any) -> None:
+        del pushes.inc
+        raise KeyboardInterrupt
+
+    pushes.inc = interrupted  # type: ignore[method-assign]
+    with pytest.raises(KeyboardInterrupt):
+        asyncio.run(work())
+    assert calls_counted(inst) == 1
+    inst.close()
+    assert analyses(pushgateway, job=job_name) == 1
+
+
+# -- wave 4: the textfile path is checked at configure time --------------------------------------
+
+
+def test_a_pathlib_textfile_outlives_failed_writes_and_ends_with_exact_totals(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "state.prom"
+    inst = Instrumentation(registry=CollectorRegistry(), textfile=path, push_interval=0.01)
+    try:
+        inst.record_analysis("m", "t", 1.0)
+        wait_until(lambda: path.exists() and textfile_analyses(path) == 1, "the first write")
+        path.unlink()
+        path.mkdir()  # every write fails for a while: the flusher logs and retries
+        for _ in range(4):
+            inst.record_analysis("m", "t", 1.0)
+        wait_until(
+            lambda: (inst.registry.get_sample_value("codomyrmex_push_failures_total") or 0) >= 2,
+            "failed writes",
+        )
+        path.rmdir()
+        inst.record_analysis("m", "t", 1.0)
+        wait_until(lambda: path.is_file() and textfile_analyses(path) == 6, "the exact totals")
+        assert inst.delivery._thread is not None and inst.delivery._thread.is_alive()
+    finally:
+        inst.close()
+    assert textfile_analyses(path) == 6
+
+
+@pytest.mark.parametrize(
+    ("textfile", "error", "says"),
+    [
+        (123, TypeError, "textfile must be a path"),
+        (b"/tmp/x.prom", TypeError, "textfile must be a path"),
+        (Path("/nonexistent-dir-w4/x.prom"), ValueError, "does not exist; create it"),
+        ("/nonexistent-dir-w4/x.prom", ValueError, "does not exist; create it"),
+    ],
+)
+def test_a_textfile_that_can_never_be_written_is_refused_at_configure_time(
+    textfile: object, error: type[Exception], says: str
+) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(error, match=says):
+        Instrumentation(registry=registry, textfile=textfile)  # type: ignore[arg-type]
+    assert list(registry.collect()) == []  # refused before the registry was touched
+
+
+@pytest.mark.parametrize("secret", [PASSWORD, "to<k>&en'\"x", TOKEN])
+def test_an_html_escaped_echo_of_a_secret_is_scrubbed(secret: str) -> None:
+    scrubber = Scrubber((secret,))
+    for form in {html.escape(secret), html.escape(secret, quote=False)}:
+        text = f"<p>Unauthorized: {form}</p>"
+        assert secret not in scrubber.scrub(text) and form not in scrubber.scrub(text)
+        assert form not in scrubber.one_line(text) and secret not in scrubber.one_line(text)

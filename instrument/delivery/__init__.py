@@ -1,10 +1,11 @@
 """Delivery of the registry's state to where it is stored (see the README's "Delivery").
 
-One module per job: ``_flusher`` (the push modes, the flusher thread, the send on either
-transport), ``_lifecycle`` (exit, fork, multiprocessing children, SIGTERM),
-``_pushgateway`` (the gateway target and its checks), ``_http`` and ``_aiohttp`` (the sync
-and async transports, and what an answer means), ``_textfile`` (the textfile target),
-``_snapshot`` (the state of one moment, and the hooks run before it is taken).
+One module per job: ``_flusher`` (the push modes, the send on either transport),
+``_flusher_thread`` (the coalescing thread), ``_lifecycle`` (exit, fork, multiprocessing
+children, SIGTERM), ``_pushgateway`` (the gateway target and its checks), ``_http`` and
+``_aiohttp`` (the sync and async transports, and what an answer means), ``_textfile`` (the
+textfile target), ``_snapshot`` (the state of one moment, and the hooks run before it is
+taken).
 ``_snappy`` and ``_prompb`` are the groundwork of remote write, not yet a target.
 """
 
@@ -21,6 +22,7 @@ from ._pushgateway import (
     grouping_path,
 )
 from ._snapshot import BeforeCollect, register_before_snapshot
+from ._textfile import check_textfile
 
 __all__ = [
     "ANSWER_LIMIT",
@@ -33,6 +35,7 @@ __all__ = [
     "check_grouping_key",
     "check_job",
     "check_seconds",
+    "check_textfile",
     "exit_flush_running",
     "grouping_path",
     "install_sigterm_handler",

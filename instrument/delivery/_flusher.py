@@ -27,6 +27,7 @@ from .._threads import start_daemon
 from .._urls import mask_url
 from ..metrics import Metrics
 from ._aiohttp import LoopSessions
+from ._flusher_thread import FlushState, flusher, wake
 from ._http import PushFailed, describe
 from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
 from ._pushgateway import PushTarget
@@ -112,7 +113,7 @@ class Delivery:
         self._taken = 0
         self._newest_landed = 0
         # While dirty, the flusher keeps the delivery alive until it has pushed.
-        self._flush_state = _FlushState(self._cond)
+        self._flush_state = FlushState(self._cond)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failures = 0
@@ -191,11 +192,11 @@ class Delivery:
                 # dropped without close() is pushed, then collected, and its flusher ends.
                 # Set once started: a thread that could not start is tried again next time.
                 self._thread = start_daemon(
-                    _flusher, "instrument-flusher", weakref.ref(self), self._flush_state
+                    flusher, "instrument-flusher", weakref.ref(self), self._flush_state
                 )
                 # Bound to this process: a forked child inherits the finalizer with the
                 # parent's condition, which a parent thread may have held at the fork.
-                weakref.finalize(self, _wake, self._cond, os.getpid())
+                weakref.finalize(self, wake, self._cond, os.getpid())
             self._cond.notify()
 
     def _flush_slot(self) -> float | None:
@@ -223,10 +224,13 @@ class Delivery:
             return False
         limit = self._default_timeout() if timeout is None else timeout
         deadline = time.monotonic() + limit
-        if not self._send_lock.acquire(timeout=limit):
-            self._dirty = True  # not delivered: the next push must carry it
-            return False
+        held = False
         try:
+            # Acquired inside the try: an interrupt once it returned still lets it go.
+            held = self._send_lock.acquire(timeout=limit)
+            if not held:
+                self._dirty = True  # not delivered: the next push must carry it
+                return False
             snapshot = self._take_snapshot()
             if snapshot is None:
                 return False
@@ -244,8 +248,14 @@ class Delivery:
                 except BaseException as exc:
                     ok = self._failed(exc, self.textfile)
             return ok and self._landed(snapshot)
+        except BaseException:
+            # An interrupt (a signal in the main thread) anywhere in the attempt, once the
+            # snapshot cleared dirty: the state did not land, the next push must carry it.
+            self._dirty = True
+            raise
         finally:
-            self._send_lock.release()
+            if held:
+                self._send_lock.release()
 
     async def _deliver_async(self, target: PushTarget | None, timeout: float | None) -> bool:
         limit = self._default_timeout() if timeout is None else timeout
@@ -260,6 +270,9 @@ class Delivery:
             return False
         try:
             return await self._send_async(target, max(deadline - loop.time(), 0.001))
+        except BaseException:
+            self._dirty = True  # interrupted before it landed, as in deliver_now
+            raise
         finally:
             lock.release()
 
@@ -457,44 +470,3 @@ class Delivery:
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
         self._closed = True
         await self._sessions.aclose_all()
-
-
-class _FlushState:
-    """What the flusher thread shares with its delivery: the condition it waits on, and
-    the delivery itself while it has something to push (a strong reference, so a dirty
-    instrumentation dropped without close() is still pushed)."""
-
-    __slots__ = ("cond", "pending")
-
-    def __init__(self, cond: threading.Condition) -> None:
-        self.cond = cond
-        self.pending: Delivery | None = None
-
-
-def _flusher(ref: weakref.ref[Delivery], state: _FlushState) -> None:
-    """The flusher thread: push when dirty, at most once per interval, backing off after
-    failures. It holds the delivery strongly only while there is something to push."""
-    cond = state.cond
-    while True:
-        with cond:
-            while True:
-                delivery = state.pending or ref()
-                if delivery is None or delivery._stopping:
-                    return
-                delay = delivery._flush_slot()
-                if delay is not None and delay <= 0:
-                    break
-                if delay is None:
-                    state.pending = None  # clean: let it be collected
-                del delivery
-                cond.wait(delay)
-        ok = delivery.deliver_now(None)
-        delivery._schedule(ok)
-        del delivery
-
-
-def _wake(cond: threading.Condition, pid: int) -> None:
-    if os.getpid() != pid:
-        return  # the flusher it would wake lives in another process
-    with cond:
-        cond.notify_all()

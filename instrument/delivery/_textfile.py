@@ -10,13 +10,36 @@ that stalls never stalls an event loop.
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 
 from prometheus_client import write_to_textfile
 
 from ._snapshot import Snapshot
 
-__all__ = ["TextfileTarget"]
+__all__ = ["TextfileTarget", "check_textfile"]
+
+
+def check_textfile(textfile: object) -> str | None:
+    """``textfile`` as a str path (None for none), or a TypeError/ValueError saying what to
+    do: checked at configure time, so a path the flusher could never write (or not even
+    name in its log) is refused before any call is recorded."""
+    if textfile is None:
+        return None
+    if not isinstance(textfile, str | os.PathLike):
+        raise TypeError(f"textfile must be a path (str or os.PathLike), got {textfile!r}")
+    path = os.fspath(textfile)
+    if not isinstance(path, str):
+        raise TypeError(f"textfile must be a str path, not bytes: got {textfile!r}")
+    if not path:
+        return None  # an empty setting (INSTRUMENT_TEXTFILE=) means no textfile
+    directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise ValueError(
+            f"textfile {path!r}: its directory {directory!r} does not exist; create it (the "
+            "directory node_exporter's --collector.textfile.directory reads) before configuring"
+        )
+    return path
 
 
 class TextfileTarget:

@@ -430,7 +430,7 @@ class GrafanaClient:
         if not raw.strip():
             return {}
         try:
-            return json.loads(raw)
+            return self._scrubber.scrub_data(json.loads(raw))
         except ValueError:
             text = self._one_line(raw.decode(errors="replace"), 80)
             raise self._not_grafana(method, path, f"something that is not JSON: {text!r}") from None
