@@ -19,7 +19,7 @@ from prometheus_client import CollectorRegistry
 
 from ._engine import run_deferred
 from ._validation import check_flag, check_label, check_number
-from .ai import AICallTracker, load_prices
+from .ai import AICallTracker, ModelPrice, load_prices
 from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
@@ -131,7 +131,7 @@ class Instrumentation:
                 ca_file=ca_file,
                 timeout=push_timeout,
             )
-        self._prices: dict[str, Any] | None = None
+        self._prices: dict[str, ModelPrice] | None = None
         if prices is not None:
             self.set_prices(prices)
         self.enabled = enabled
@@ -277,6 +277,11 @@ class Instrumentation:
     def set_prices(self, prices: Mapping[str, Any] | str) -> None:
         """Per-token prices in LiteLLM's model price map format (a mapping or a JSON file)."""
         self._prices = load_prices(prices)
+
+    @property
+    def prices(self) -> Mapping[str, ModelPrice] | None:
+        """The price table AI calls are costed by (None: no cost recorded); see set_prices."""
+        return self._prices
 
     # -- delivery -----------------------------------------------------------------------------
 

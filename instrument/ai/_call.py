@@ -16,7 +16,6 @@ from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
 if TYPE_CHECKING:
-    from ._prices import ModelPrice
     from ._tracker import AIBinding, AICallTracker
 
 R = TypeVar("R")
@@ -269,7 +268,7 @@ class AICall(Probe):
             series.record(
                 status, now - self._t0, self._first, usage, exc, self._seen, self._failure
             )
-            prices: dict[str, ModelPrice] | None = b.inst._prices
+            prices = b.inst.prices
             if prices is not None:
                 series.price(prices, name, usage, status)
         finally:

@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
+from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
 from ..metrics import check_label_value
@@ -137,7 +138,7 @@ class ModelSeries:
         )
 
     def price(
-        self, prices: dict[str, ModelPrice], model: str, usage: Usage | None, status: str
+        self, prices: Mapping[str, ModelPrice], model: str, usage: Usage | None, status: str
     ) -> None:
         """Count the cost of a call to ``model`` (the name its price is looked up by), or
         count it as unpriced."""
