@@ -5,14 +5,36 @@ there is something to push."""
 from __future__ import annotations
 
 import os
+import random
 import threading
+import time
 import weakref
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from ._flusher import Delivery
 
-__all__ = ["FlushState", "flusher", "wake"]
+__all__ = ["PUSH_CPU_SHARE", "FlushState", "backoff", "flusher", "stretched_gap", "wake"]
+
+#: The most of the wall time the flusher may spend on the CPU work of its pushes: collecting
+#: and serializing hold the GIL, so the callers wait as long. A slower push stretches the
+#: wait after it to this share.
+PUSH_CPU_SHARE = 0.10
+_RETRY_BASE = 0.5
+_RETRY_CAP = 30.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: capped exponential, with
+    jitter so that processes failing together do not retry together."""
+    step: float = _RETRY_BASE * 2 ** min(failures, 16)
+    return min(_RETRY_CAP, step) * random.uniform(0.5, 1.0)
+
+
+def stretched_gap(gap: float, cpu_seconds: float) -> float:
+    """The wait after a push that took ``cpu_seconds`` of the flusher's CPU: at least
+    ``gap``, and long enough that pushing takes at most PUSH_CPU_SHARE of the time."""
+    return max(gap, cpu_seconds * (1 - PUSH_CPU_SHARE) / PUSH_CPU_SHARE)
 
 
 class FlushState:
@@ -44,8 +66,11 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                     state.pending = None  # clean: let it be collected
                 del delivery
                 cond.wait(delay)
+        # This thread's CPU time, not the wall time: waiting for the network or for the GIL
+        # costs the callers nothing, collecting and serializing the registry does.
+        started = time.thread_time()
         ok = delivery.deliver_now(None)
-        delivery._schedule(ok)
+        delivery._schedule(ok, time.thread_time() - started)
         del delivery
 
 
