@@ -22,6 +22,7 @@ from typing import Any, Protocol
 __all__ = [
     "EXIT_FLUSH_TIMEOUT",
     "exit_flush_running",
+    "follow_multiprocess_env",
     "install_sigterm_handler",
     "multiprocess_enabled",
     "track",
@@ -48,6 +49,24 @@ def multiprocess_enabled() -> bool:
     return bool(
         os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
     )
+
+
+def follow_multiprocess_env() -> bool:
+    """Make prometheus_client's value class agree with ``PROMETHEUS_MULTIPROC_DIR`` as it
+    is now, before metrics are created; True in multiprocess mode.
+
+    prometheus_client picks the class once, when it is imported. A variable set after
+    ``import instrument`` (which imports it) but before configuring would leave the metrics
+    in memory while delivery and ``/metrics`` collect from the directory: every push and
+    scrape empty. The metrics created from here on follow the variable; ones created
+    before keep their values where they are.
+    """
+    from prometheus_client import values
+
+    wanted = multiprocess_enabled()
+    if wanted != (values.ValueClass is not values.MutexValue):
+        values.ValueClass = values.MultiProcessValue() if wanted else values.MutexValue  # type: ignore[no-untyped-call]
+    return wanted
 
 
 def track(delivery: _Closable) -> None:
