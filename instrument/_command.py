@@ -16,7 +16,14 @@ from ._urls import header_safe
 if TYPE_CHECKING:
     from .grafana import GrafanaClient
 
-__all__ = ["CommandError", "GrafanaApply", "UsageError", "detach_stdout", "standard_output"]
+__all__ = [
+    "CommandError",
+    "GrafanaApply",
+    "UsageError",
+    "detach_stdout",
+    "standard_output",
+    "tls_options",
+]
 
 T = TypeVar("T")
 
@@ -84,6 +91,15 @@ def standard_output() -> TextIO:
     return cast(TextIO, _Stdout(sys.stdout))
 
 
+def tls_options(args: Any) -> dict[str, Any]:
+    """``tls_verify`` and ``ca_file`` for a client or a Pushgateway target, from a command's
+    ``--insecure`` and ``--ca-file`` (either may be absent from its parser)."""
+    return {
+        "tls_verify": not getattr(args, "insecure", False),
+        "ca_file": getattr(args, "ca_file", None),
+    }
+
+
 _GRAFANA_TOKEN_VARIABLES = ("GRAFANA_TOKEN", "GRAFANA_API_KEY")
 
 
@@ -113,9 +129,12 @@ class GrafanaApply:
     Raises :class:`UsageError` without a URL, :class:`CommandError` for a bad GRAFANA_URL or
     token; :meth:`check` and :meth:`apply` turn Grafana's errors into one-line ones whose
     advice names the command's options and variables, not the Python API's.
+    ``tls_verify`` and ``ca_file`` come from ``--insecure`` and ``--ca-file``.
     """
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(
+        self, url: str | None, *, tls_verify: bool = True, ca_file: str | None = None
+    ) -> None:
         from .grafana import GrafanaClient
 
         given = url or os.environ.get("GRAFANA_URL")
@@ -125,7 +144,9 @@ class GrafanaApply:
             )
         token = _grafana_token(os.environ)
         try:
-            self.client = GrafanaClient(given, token=token)
+            self.client = GrafanaClient(
+                given, token=token, tls_verify=tls_verify, ca_file=ca_file, audience="cli"
+            )
         except ValueError as exc:
             raise CommandError(str(exc) if url else f"GRAFANA_URL is not valid: {exc}") from None
 
@@ -164,7 +185,7 @@ class GrafanaApply:
     def _run(self, work: Callable[[GrafanaClient], Awaitable[T]]) -> T:
         import asyncio
 
-        from .grafana import GrafanaAuthError, GrafanaError
+        from .grafana import GrafanaError
 
         async def run() -> T:
             async with self.client:
@@ -172,11 +193,5 @@ class GrafanaApply:
 
         try:
             return asyncio.run(run())
-        except GrafanaAuthError as exc:
-            if exc.credentials_sent:
-                raise CommandError(str(exc)) from None
-            raise CommandError(
-                f"{exc.refusal}; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token"
-            ) from None
-        except GrafanaError as exc:
+        except GrafanaError as exc:  # its advice already in the command's words
             raise CommandError(str(exc)) from None

@@ -1,21 +1,40 @@
 """Delivery defects from the hostile review, each against the real Pushgateway in a process of
 its own: who deletes a group at exit after a fork, multiprocess mode turned on after
-``import instrument``, and one group per host in multiprocess mode with ``instance=True``.
+``import instrument``, and one group per host in multiprocess mode with ``instance=True``;
+then the command line against the tests' fake Grafana: ``dashboard --apply -o FILE`` writes
+FILE only once Grafana saved it, ``--ca-file`` / ``--insecure``, and error advice worded for
+where it appears.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from .servers import Pushgateway
+from instrument import grafana
+from instrument._command import tls_options
+from instrument.cli import build_parser, main
+from instrument.grafana import GrafanaClient
+from instrument.grafana.errors import _MESSAGES, error_for
+
+from . import test_grafana
+from .servers import GatewayStandIn, Pushgateway
+from .test_grafana import TOKEN, FakeGrafana
 from .test_push import ROOT, analyses
+
+# test_grafana's fake Grafana, its environment without Grafana variables, and its TLS pair.
+fake = test_grafana.fake
+grafana_env = test_grafana.grafana_env
+certificate = test_grafana.certificate
+tls_fake = test_grafana.tls_fake
 
 
 def run_script(
@@ -209,3 +228,147 @@ def test_multiprocess_mode_with_instance_true_counts_each_call_once(
     groups = job_groups(pushgateway, job_name)
     assert len(groups) == 1, groups
     assert groups[0]["instance"] == os.uname().nodename
+
+
+# -- rev-delivery 15c: `dashboard --apply -o FILE` writes FILE only once Grafana saved it ------
+
+
+@pytest.fixture
+def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The client's retry waits, skipped (what they are is tested in test_grafana)."""
+
+    async def skip(delay: float) -> None:
+        return None
+
+    monkeypatch.setattr(grafana.client, "_sleep", skip)
+
+
+def test_apply_with_output_writes_the_file_only_after_grafana_saved_it(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+    out = tmp_path / "dashboard.json"
+    assert main(["dashboard", "--apply", "--grafana-url", fake.url, "-o", str(out)]) == 0
+    saved = fake.dashboards["codomyrmex-analytics"]["dashboard"]
+    written = json.loads(out.read_text())
+    assert written["uid"] == saved["uid"] == "codomyrmex-analytics"
+    assert [p["title"] for p in written["panels"]] == [p["title"] for p in saved["panels"]]
+    assert "saved in Grafana, version 1" in capsys.readouterr().out
+    assert oct(out.stat().st_mode & 0o777) == oct(0o666 & ~current_umask())
+
+
+@pytest.mark.parametrize("server", ["not grafana", "auth refused"])
+def test_a_failed_apply_leaves_the_output_file_as_it_was(
+    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, tmp_path: Path, server: str,
+    capsys: pytest.CaptureFixture[str], no_waits: None,
+) -> None:  # fmt: skip
+    stand_in = GatewayStandIn()  # answers like a Pushgateway, not like Grafana
+    try:
+        if server == "not grafana":
+            grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+            url = stand_in.url
+            stand_in.answer(404, "Not Found", body="404 page not found\n")
+        else:
+            url = fake.url  # no token: refused
+        fresh, kept = tmp_path / "fresh.json", tmp_path / "kept.json"
+        kept.write_text('{"old": true}\n')
+        for path in (fresh, kept):
+            assert main(["dashboard", "--apply", "--grafana-url", url, "-o", str(path)]) == 1
+            assert capsys.readouterr().err.startswith("instrument: error: ")
+        assert not fresh.exists()
+        assert kept.read_text() == '{"old": true}\n'
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]  # no temporary left
+        assert fake.dashboards == {}
+    finally:
+        stand_in.close()
+
+
+def test_a_write_that_fails_leaves_no_half_file(
+    grafana_env: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    missing = tmp_path / "no-such-dir" / "dashboard.json"
+    assert main(["dashboard", "-o", str(missing)]) == 1
+    assert capsys.readouterr().err.startswith(f"instrument: error: cannot write {missing}: ")
+    assert not missing.parent.exists()
+
+
+def current_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+# -- rev-delivery 14: --ca-file / --insecure, and advice in the words of where it appears -----
+
+
+def test_the_cli_trusts_a_private_ca_or_skips_the_check_when_asked(
+    tls_fake: FakeGrafana, certificate: tuple[Path, Path], grafana_env: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+) -> None:  # fmt: skip
+    grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
+    apply = ["dashboard", "--apply", "--grafana-url", tls_fake.url]
+    assert main(apply) == 1
+    err = capsys.readouterr().err
+    assert "is not trusted" in err
+    assert "--ca-file FILE" in err and "--insecure" in err
+    assert "ca_file=" not in err and "tls_verify" not in err
+    assert tls_fake.dashboards == {}
+    assert main([*apply, "--ca-file", str(certificate[0])]) == 0
+    assert "version 1" in capsys.readouterr().out
+    assert main([*apply, "--insecure"]) == 0
+    assert "version 2" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--ca-file", "/no/such/ca.pem"], "cannot be read as PEM certificates"),
+        (["--ca-file", "{junk}"], "cannot be read as PEM certificates"),
+        (["--ca-file", "{cert}", "--insecure"], "not allowed with argument"),
+    ],
+)
+def test_tls_options_that_cannot_work_are_usage_errors(
+    grafana_env: pytest.MonkeyPatch, tmp_path: Path, certificate: tuple[Path, Path],
+    capsys: pytest.CaptureFixture[str], options: list[str], message: str,
+) -> None:  # fmt: skip
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate\n")
+    filled = [o.format(junk=junk, cert=certificate[0]) for o in options]
+    for command in (["dashboard", "--apply"], ["demo"]):
+        assert main([*command, *filled]) == 2
+        err = capsys.readouterr().err
+        assert message in err and err.count("\n") == 1
+
+
+def test_the_demo_takes_the_tls_options_for_the_pushgateway_and_grafana() -> None:
+    parser = build_parser()
+    args = parser.parse_args(["demo", "--insecure"])
+    assert tls_options(args) == {"tls_verify": False, "ca_file": None}
+    assert tls_options(parser.parse_args(["dashboard"])) == {"tls_verify": True, "ca_file": None}
+
+
+KEYWORD_ARGUMENT = re.compile(r"(?<![-\w])[a-z_]+=")
+COMMAND_OPTION = re.compile(r"--[a-z]")
+FACTS: dict[str, Any] = {
+    "url": "https://grafana.example", "where": "Grafana at https://grafana.example",
+    "method": "POST", "path": "/api/dashboards/db", "said": "412: conflict", "what": "dashboard",
+    "cause": "self-signed certificate", "timeout": 10.0, "attempt": 1, "attempts": 4,
+    "answered": "404", "type": "prometheus", "name": "Prom", "found": "loki",
+    "tries": "after 4 attempts", "status": 503, "delay": 30,
+}  # fmt: skip
+
+
+@pytest.mark.parametrize("condition", sorted(_MESSAGES, key=str))
+def test_every_message_gives_advice_in_the_words_of_its_audience(condition: int | str) -> None:
+    api = str(error_for(condition, **FACTS))
+    cli = str(error_for(condition, audience="cli", **FACTS))
+    assert "{" not in api and "{" not in cli  # every template filled
+    assert not KEYWORD_ARGUMENT.search(cli), cli  # no `ca_file=` for a command line user
+    assert not COMMAND_OPTION.search(api), api  # no `--insecure` for Python code
+    assert api.split("; ")[0] == cli.split("; ")[0]  # the same facts, other advice
+
+
+def test_an_unknown_audience_is_refused_when_the_client_is_made() -> None:
+    with pytest.raises(ValueError, match="audience must be one of python, cli"):
+        GrafanaClient("http://127.0.0.1:3000", audience="shell")
