@@ -8,20 +8,28 @@ where it appears.
 
 from __future__ import annotations
 
+import asyncio
 import json
+import logging
 import os
 import re
 import subprocess
 import sys
 import textwrap
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
+from urllib.parse import unquote
 
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
 
-from instrument import grafana
+from instrument import PrometheusIntegration, grafana
 from instrument._command import tls_options
 from instrument.cli import build_parser, main
+from instrument.delivery import grouping_path
 from instrument.grafana import GrafanaClient
 from instrument.grafana.errors import _MESSAGES, error_for
 
@@ -372,3 +380,57 @@ def test_every_message_gives_advice_in_the_words_of_its_audience(condition: int 
 def test_an_unknown_audience_is_refused_when_the_client_is_made() -> None:
     with pytest.raises(ValueError, match="audience must be one of python, cli"):
         GrafanaClient("http://127.0.0.1:3000", audience="shell")
+
+
+# -- rev-delivery 15a: push_metrics(job) never raises into its caller ---------------------------
+
+
+@pytest.fixture
+def gateway_stand_in() -> Iterator[GatewayStandIn]:
+    server = GatewayStandIn()
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize(("job", "why"), [("", "non-empty"), ("..", "path segment")])
+async def test_push_metrics_with_a_job_the_gateway_cannot_take_is_a_failed_push(
+    gateway_stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture, job: str, why: str
+) -> None:
+    monitoring = PrometheusIntegration(gateway_stand_in.url, registry=CollectorRegistry())
+    monitoring.record_analysis("m", "t", 0.5)
+    assert await monitoring.push_metrics(job) is False  # returned, not raised
+    assert gateway_stand_in.requests == []  # nothing sent under a job it cannot name
+    assert monitoring.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    errors = [r for r in caplog.records if r.levelno == logging.ERROR]
+    assert len(errors) == 1 and why in errors[0].getMessage()
+    assert errors[0].exc_info is None  # a clear line, not a traceback
+    # The instrumentation goes on: its own job still pushes, and so does a good one.
+    assert await monitoring.push_metrics() is True
+    assert await monitoring.push_metrics("other-job") is True
+    paths = [path for _, path, _ in gateway_stand_in.requests]
+    assert paths == ["/metrics/job/codomyrmex", "/metrics/job/other-job"]
+    await monitoring.aclose()
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(job=st.text(max_size=12))
+def test_push_metrics_never_raises_whatever_the_job(
+    gateway_stand_in: GatewayStandIn, job: str
+) -> None:
+    monitoring = PrometheusIntegration(gateway_stand_in.url, registry=CollectorRegistry())
+    before = len(gateway_stand_in.requests)
+    try:
+        pushed = asyncio.run(monitoring.push_metrics(job))
+    finally:
+        monitoring.close()
+    sent = gateway_stand_in.requests[before:]
+    failures = monitoring.registry.get_sample_value("codomyrmex_push_failures_total")
+    if pushed:
+        # It landed under that job, escaped as the gateway's rules say (the gateway reads a
+        # path percent-decoded, as aiohttp may send the characters that need no escape).
+        assert [unquote(path) for _, path, _ in sent] == [unquote(grouping_path(job, {}))]
+        assert failures == 0
+    else:
+        assert sent == [] and failures == 1

@@ -26,7 +26,7 @@ from .._threads import start_daemon
 from .._urls import mask_url
 from ..metrics import Metrics
 from ._aiohttp import LoopSessions
-from ._flusher_thread import PUSH_CPU_SHARE, FlushState, backoff, flusher, stretched_gap, wake
+from ._flusher_thread import FlushState, backoff, flusher, log_stretch, stretched_gap, wake
 from ._http import PushFailed, describe
 from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
 from ._pushgateway import PushTarget
@@ -221,15 +221,7 @@ class Delivery:
         stretched = stretched_gap(gap, cpu_seconds)
         if ok and stretched > gap and not self._stretch_logged:
             self._stretch_logged = True
-            logger.info(
-                "instrument: one push of this registry takes %.3f s of CPU; the flusher waits "
-                "%.2f s between pushes instead of push_interval=%g s, so that pushing takes "
-                "at most %d %% of the time (logged once)",
-                cpu_seconds,
-                stretched,
-                self.interval,
-                round(PUSH_CPU_SHARE * 100),
-            )
+            log_stretch(cpu_seconds, stretched, self.interval)
         with self._cond:
             self._next_attempt = time.monotonic() + stretched
 
@@ -316,12 +308,10 @@ class Delivery:
 
     def _take_snapshot(self) -> Snapshot | None:
         """Clear dirty, count the attempt and take the next numbered snapshot: a job ending
-        after this marks dirty again.
-
-        The snapshot gives its own time as the last successful push, so a state that lands
-        already says when it was pushed; the registry itself keeps the last push that did
-        land. A registry that cannot be collected (a collector raising) is a failed attempt,
-        ended here: None, and the state stays dirty for the next attempt."""
+        after this marks dirty again. The snapshot gives its own time as the last successful
+        push, so a state that lands says when it was pushed; the registry keeps the last push
+        that did land. A registry that cannot be collected (a collector raising) is a failed
+        attempt, ended here: None, and the state stays dirty for the next attempt."""
         run_before_snapshot()
         gauge = self.metrics.last_push_success
         with self._snapshot_lock:
@@ -352,8 +342,7 @@ class Delivery:
         self._failures += 1
         return False
 
-    def _landed(self, snapshot: Snapshot) -> bool:
-        """Record that ``snapshot`` reached every target; True."""
+    def _landed(self, snapshot: Snapshot) -> bool:  # it reached every target
         with self._snapshot_lock:
             if snapshot.number > self._newest_landed:
                 self._newest_landed = snapshot.number
@@ -417,12 +406,17 @@ class Delivery:
 
     async def push_async(self, job: str | None = None, timeout: float | None = None) -> bool:
         """Push the full state now over aiohttp (one session per event loop), under ``job``
-        if given; never raises."""
+        if given; never raises: a ``job`` the gateway cannot take is a failed push, logged."""
         if self._is_worker() or not self._has_target:
             return False
         target = self.gateway
-        if job is not None and target is not None and job != target.job:
-            target = target.for_job(job)
+        try:
+            if job is not None and target is not None and job != target.job:
+                target = target.for_job(job)
+        except ValueError as exc:
+            self.metrics.push_failures.inc()
+            logger.error("instrument: nothing pushed: %s", exc)
+            return False
         try:
             return await self._deliver_async(target, timeout)
         except Exception:

@@ -4,6 +4,7 @@ there is something to push."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import threading
@@ -14,7 +15,17 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._flusher import Delivery
 
-__all__ = ["PUSH_CPU_SHARE", "FlushState", "backoff", "flusher", "stretched_gap", "wake"]
+__all__ = [
+    "PUSH_CPU_SHARE",
+    "FlushState",
+    "backoff",
+    "flusher",
+    "log_stretch",
+    "stretched_gap",
+    "wake",
+]
+
+logger = logging.getLogger("instrument")
 
 #: The most of the wall time the flusher may spend on the CPU work of its pushes: collecting
 #: and serializing hold the GIL, so the callers wait as long. A slower push stretches the
@@ -35,6 +46,20 @@ def stretched_gap(gap: float, cpu_seconds: float) -> float:
     """The wait after a push that took ``cpu_seconds`` of the flusher's CPU: at least
     ``gap``, and long enough that pushing takes at most PUSH_CPU_SHARE of the time."""
     return max(gap, cpu_seconds * (1 - PUSH_CPU_SHARE) / PUSH_CPU_SHARE)
+
+
+def log_stretch(cpu_seconds: float, stretched: float, interval: float) -> None:
+    """Say (once per delivery: its caller keeps count) that pushes are further apart than
+    ``push_interval``, and why."""
+    logger.info(
+        "instrument: one push of this registry takes %.3f s of CPU; the flusher waits %.2f s "
+        "between pushes instead of push_interval=%g s, so that pushing takes at most %d %% "
+        "of the time (logged once)",
+        cpu_seconds,
+        stretched,
+        interval,
+        round(PUSH_CPU_SHARE * 100),
+    )
 
 
 class FlushState:
