@@ -88,6 +88,7 @@ class Delivery:
         self._closed = False
         self._last_success = 0.0
         self._stretch_logged = False
+        self._push_seconds = 0.0  # the last push's Snapshot.seconds: it outlives a fork
         self.reset_process_state()
         track(self)
         if self._multiprocess and self.mode == "coalesce":
@@ -214,14 +215,15 @@ class Delivery:
             return None
         return self._next_attempt - time.monotonic()
 
-    def _schedule(self, ok: bool, cpu_seconds: float = 0.0) -> None:
-        """After a flusher push that took ``cpu_seconds`` of its thread's CPU: the next slot,
-        an interval or a backoff away, stretched to keep pushing within PUSH_CPU_SHARE."""
+    def _schedule(self, ok: bool) -> None:
+        """After a push: the next slot, an interval or a backoff away, stretched so that
+        collecting and serializing (what the last push spent, while the callers wait for
+        the GIL) take at most SERIALIZE_SHARE of the time."""
         gap = self.interval if ok else backoff(self._failures)
-        stretched = stretched_gap(gap, cpu_seconds)
+        stretched = stretched_gap(gap, self._push_seconds)
         if ok and stretched > gap and not self._stretch_logged:
             self._stretch_logged = True
-            log_stretch(cpu_seconds, stretched, self.interval)
+            log_stretch(self._push_seconds, stretched, self.interval)
         with self._cond:
             self._next_attempt = time.monotonic() + stretched
 
@@ -337,6 +339,7 @@ class Delivery:
     def _ended(self, snapshot: Snapshot, ok: bool) -> bool:
         """End the attempt that sent ``snapshot``: ``ok`` when every target took it. A
         failed attempt is one backoff step, whichever and however many targets failed."""
+        self._push_seconds = snapshot.seconds
         if ok:
             return self._landed(snapshot)
         self._failures += 1

@@ -8,7 +8,6 @@ import logging
 import os
 import random
 import threading
-import time
 import weakref
 from typing import TYPE_CHECKING
 
@@ -16,7 +15,7 @@ if TYPE_CHECKING:
     from ._flusher import Delivery
 
 __all__ = [
-    "PUSH_CPU_SHARE",
+    "SERIALIZE_SHARE",
     "FlushState",
     "backoff",
     "flusher",
@@ -27,10 +26,11 @@ __all__ = [
 
 logger = logging.getLogger("instrument")
 
-#: The most of the wall time the flusher may spend on the CPU work of its pushes: collecting
-#: and serializing hold the GIL, so the callers wait as long. A slower push stretches the
-#: wait after it to this share.
-PUSH_CPU_SHARE = 0.10
+#: The most of the wall time pushes may spend collecting and serializing the registry: that
+#: work holds the GIL, and handing the GIL back and forth leaves the callers waiting about
+#: as long as it takes (measured as wall time, it includes those hand-offs; the time on the
+#: network is not counted). A slower push stretches the wait after it to this share.
+SERIALIZE_SHARE = 0.10
 _RETRY_BASE = 0.5
 _RETRY_CAP = 30.0
 
@@ -42,23 +42,23 @@ def backoff(failures: int) -> float:
     return min(_RETRY_CAP, step) * random.uniform(0.5, 1.0)
 
 
-def stretched_gap(gap: float, cpu_seconds: float) -> float:
-    """The wait after a push that took ``cpu_seconds`` of the flusher's CPU: at least
-    ``gap``, and long enough that pushing takes at most PUSH_CPU_SHARE of the time."""
-    return max(gap, cpu_seconds * (1 - PUSH_CPU_SHARE) / PUSH_CPU_SHARE)
+def stretched_gap(gap: float, seconds: float) -> float:
+    """The wait after a push that spent ``seconds`` collecting and serializing: at least
+    ``gap``, and long enough that this takes at most SERIALIZE_SHARE of the time."""
+    return max(gap, seconds * (1 - SERIALIZE_SHARE) / SERIALIZE_SHARE)
 
 
-def log_stretch(cpu_seconds: float, stretched: float, interval: float) -> None:
+def log_stretch(seconds: float, stretched: float, interval: float) -> None:
     """Say (once per delivery: its caller keeps count) that pushes are further apart than
     ``push_interval``, and why."""
     logger.info(
-        "instrument: one push of this registry takes %.3f s of CPU; the flusher waits %.2f s "
-        "between pushes instead of push_interval=%g s, so that pushing takes at most %d %% "
-        "of the time (logged once)",
-        cpu_seconds,
+        "instrument: collecting and serializing this registry takes %.3f s per push; the "
+        "flusher waits %.2f s between pushes instead of push_interval=%g s, so that this "
+        "takes at most %d %% of the time (logged once)",
+        seconds,
         stretched,
         interval,
-        round(PUSH_CPU_SHARE * 100),
+        round(SERIALIZE_SHARE * 100),
     )
 
 
@@ -91,11 +91,8 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                     state.pending = None  # clean: let it be collected
                 del delivery
                 cond.wait(delay)
-        # This thread's CPU time, not the wall time: waiting for the network or for the GIL
-        # costs the callers nothing, collecting and serializing the registry does.
-        started = time.thread_time()
         ok = delivery.deliver_now(None)
-        delivery._schedule(ok, time.thread_time() - started)
+        delivery._schedule(ok)
         del delivery
 
 
