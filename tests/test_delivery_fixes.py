@@ -24,9 +24,9 @@ from urllib.parse import unquote
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from prometheus_client import CollectorRegistry
+from prometheus_client import CollectorRegistry, values
 
-from instrument import PrometheusIntegration, grafana
+from instrument import Instrumentation, PrometheusIntegration, grafana
 from instrument._command import tls_options
 from instrument.cli import build_parser, main
 from instrument.delivery import grouping_path
@@ -434,3 +434,33 @@ def test_push_metrics_never_raises_whatever_the_job(
         assert failures == 0
     else:
         assert sent == [] and failures == 1
+
+
+def test_multiprocess_mode_follows_the_variable_with_one_value_class_per_process(
+    monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)  # restored afterwards
+    monkeypatch.delenv("prometheus_multiproc_dir", raising=False)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR", raising=False)
+    assert Instrumentation(registry=CollectorRegistry()).delivery.mode == "off"
+    assert values.ValueClass is values.MutexValue
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    first = Instrumentation(registry=CollectorRegistry())
+    made = values.ValueClass
+    assert made is not values.MutexValue
+    first.record_analysis("m", "t", 0.5)
+    monkeypatch.delenv("PROMETHEUS_MULTIPROC_DIR")
+    plain = Instrumentation(registry=CollectorRegistry())
+    assert values.ValueClass is values.MutexValue
+    plain.record_analysis("m", "t", 0.5)
+    assert plain.collect_registry() is plain.registry
+    monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    again = Instrumentation(registry=CollectorRegistry())
+    assert values.ValueClass is made  # the same files, mapped once
+    again.record_analysis("m", "t", 0.5)
+    labels = {"module": "m", "analysis_type": "t", "status": "success"}
+    # The directory holds both multiprocess instrumentations' records, not the plain one's.
+    assert again.collect_registry().get_sample_value("codomyrmex_analyses_total", labels) == 2
+    assert plain.registry.get_sample_value("codomyrmex_analyses_total", labels) == 1
+    for inst in (first, plain, again):
+        inst.close()

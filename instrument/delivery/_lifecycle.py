@@ -42,6 +42,7 @@ class _Closable(Protocol):
 
 _live: weakref.WeakSet[_Closable] = weakref.WeakSet()
 _exit_flush_running = False
+_multiprocess_values: Any = None  # prometheus_client's multiprocess value class, once made
 
 
 def multiprocess_enabled() -> bool:
@@ -61,11 +62,19 @@ def follow_multiprocess_env() -> bool:
     scrape empty. The metrics created from here on follow the variable; ones created
     before keep their values where they are.
     """
+    global _multiprocess_values
     from prometheus_client import values
 
     wanted = multiprocess_enabled()
-    if wanted != (values.ValueClass is not values.MutexValue):
-        values.ValueClass = values.MultiProcessValue() if wanted else values.MutexValue  # type: ignore[no-untyped-call]
+    if values.ValueClass is not values.MutexValue:
+        _multiprocess_values = values.ValueClass
+        if not wanted:
+            values.ValueClass = values.MutexValue
+    elif wanted:
+        # One class per process: a second would map the same per-pid files twice.
+        if _multiprocess_values is None:
+            _multiprocess_values = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        values.ValueClass = _multiprocess_values
     return wanted
 
 
