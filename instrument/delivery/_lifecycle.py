@@ -42,7 +42,8 @@ class _Closable(Protocol):
 
 _live: weakref.WeakSet[_Closable] = weakref.WeakSet()
 _exit_flush_running = False
-_multiprocess_values: Any = None  # prometheus_client's multiprocess value class, once made
+#: The multiprocess value classes made here, by directory.
+_multiprocess_values: dict[str, Any] = {}
 
 
 def multiprocess_enabled() -> bool:
@@ -62,19 +63,20 @@ def follow_multiprocess_env() -> bool:
     scrape empty. The metrics created from here on follow the variable; ones created
     before keep their values where they are.
     """
-    global _multiprocess_values
     from prometheus_client import values
 
     wanted = multiprocess_enabled()
     if values.ValueClass is not values.MutexValue:
-        _multiprocess_values = values.ValueClass
         if not wanted:
             values.ValueClass = values.MutexValue
     elif wanted:
-        # One class per process: a second would map the same per-pid files twice.
-        if _multiprocess_values is None:
-            _multiprocess_values = values.MultiProcessValue()  # type: ignore[no-untyped-call]
-        values.ValueClass = _multiprocess_values
+        # One class per directory and process: a class keeps its files open, and a second
+        # one would map the same per-pid files twice.
+        # (prometheus_client copies the old lower-case variable into this one.)
+        key = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        if key not in _multiprocess_values:
+            _multiprocess_values[key] = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        values.ValueClass = _multiprocess_values[key]
     return wanted
 
 
