@@ -1,13 +1,15 @@
 """What a command is made of, shared by the CLI (``cli.py``) and the demo (``demo/``), so
-neither imports the other: its errors (one line and an exit status), its standard output,
-and saving a dashboard in Grafana with the command's own advice.
+neither imports the other: its errors (one line and an exit status), its standard output
+and output files, and saving a dashboard in Grafana with the command's own advice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
@@ -19,6 +21,7 @@ if TYPE_CHECKING:
 __all__ = [
     "CommandError",
     "GrafanaApply",
+    "Output",
     "UsageError",
     "detach_stdout",
     "standard_output",
@@ -89,6 +92,61 @@ def standard_output() -> TextIO:
         raise CommandError("cannot write standard output: it is closed")
     # Duck-typed: rich and print() only call write, flush and the stream's own attributes.
     return cast(TextIO, _Stdout(sys.stdout))
+
+
+class Output:
+    """Where a command's text goes: stdout for None or "-", else a file replaced at once.
+
+    :meth:`prepare` writes the text beside the file first, so a file that cannot be written
+    fails before any other work (a dashboard applied); :meth:`commit` puts it in place
+    (a rename: never half a file), :meth:`discard` leaves the file as it was."""
+
+    def __init__(self, path: str | None, text: str) -> None:
+        self.path = None if path in (None, "-") else path
+        self.text = text
+        self._temporary: str | None = None
+
+    def prepare(self) -> Output:
+        if self.path is None:
+            return self
+        try:
+            if os.path.isdir(self.path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            directory, name = os.path.split(os.path.abspath(self.path))
+            # Named after the file: a name too long for the file fails here too.
+            fd, self._temporary = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
+            with open(fd, "w", encoding="utf-8") as file:
+                file.write(self.text)
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from None
+        return self
+
+    def commit(self) -> None:
+        if self.path is None:
+            out = standard_output()
+            out.write(self.text)
+            out.flush()
+            return
+        assert self._temporary is not None, "prepare() first"
+        try:
+            os.replace(self._temporary, self.path)
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from None
+        self._temporary = None
+
+    def discard(self) -> None:
+        if self._temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temporary)
+            self._temporary = None
+
+    def _failed(self, exc: OSError) -> CommandError:
+        return CommandError(f"cannot write {self.path}: {exc.strerror or exc}")
 
 
 def tls_options(args: Any) -> dict[str, Any]:

@@ -11,11 +11,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import os
 import re
 import ssl
 import sys
-import tempfile
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, TypeAlias
@@ -26,6 +24,7 @@ if TYPE_CHECKING:
 from ._command import (
     CommandError,
     GrafanaApply,
+    Output,
     UsageError,
     detach_stdout,
     standard_output,
@@ -201,31 +200,8 @@ def _namespace(args: argparse.Namespace) -> str:
 
 
 def _write_output(path: str | None, text: str) -> None:
-    """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line.
-
-    The file is replaced at once (a temporary file beside it, then a rename): a write that
-    fails midway (a full disk) leaves the file as it was, never half of the new one."""
-    if path in (None, "-"):
-        out = standard_output()
-        out.write(text)
-        out.flush()
-        return
-    assert path is not None
-    temporary = None
-    try:
-        directory = os.path.dirname(os.path.abspath(path))
-        fd, temporary = tempfile.mkstemp(prefix=".instrument-", dir=directory)
-        mask = os.umask(0)
-        os.umask(mask)
-        os.fchmod(fd, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
-        with open(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(temporary, path)
-    except OSError as exc:
-        if temporary is not None:
-            with contextlib.suppress(OSError):
-                os.unlink(temporary)
-        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+    """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line."""
+    Output(path, text).prepare().commit()
 
 
 # -- Grafana ----------------------------------------------------------------------------------
@@ -347,14 +323,25 @@ def _add_dashboard(commands: _Commands) -> None:
             raise UsageError(str(exc)) from None
         # Before anything is written: a half-done command helps nobody.
         target = GrafanaApply(args.grafana_url, **tls_options(args)) if args.apply else None
-        if target is not None:
+        if target is None:
+            _write_output(args.output, dashboard_json(dashboard))
+            return 0
+        # FILE is written beside itself first (one that cannot be written stops the command
+        # before Grafana is asked), and put in place only once Grafana saved the dashboard:
+        # a refused or unreachable Grafana leaves it as it was.
+        output = None
+        if args.output is not None:
+            output = Output(args.output, dashboard_json(dashboard)).prepare()
+        try:
             # With the JSON on stdout, the line saying where it was saved goes to stderr.
             out = sys.stderr if args.output == "-" else standard_output()
             target.apply(dashboard, out, folder_uid=args.folder_uid, message=args.message)
-        # With --apply, only once Grafana saved it: a FILE written means what Grafana holds,
-        # and a refused or unreachable Grafana leaves FILE as it was.
-        if args.output is not None or target is None:
-            _write_output(args.output, dashboard_json(dashboard))
+        except BaseException:
+            if output is not None:
+                output.discard()
+            raise
+        if output is not None:
+            output.commit()
         return 0
 
     parser.set_defaults(handler=run)

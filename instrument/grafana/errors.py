@@ -130,12 +130,6 @@ _ADVICE: dict[str, tuple[str, str]] = {
         "pass token= (a service account token)",
         "set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token",
     ),
-    "check_credentials": (
-        "check the service account token (API keys are deprecated in favour of service "
-        "account tokens) or the basic auth password",
-        "check the service account token in GRAFANA_TOKEN (API keys are deprecated in favour "
-        "of service account tokens) or the password in the URL",
-    ),
     "other_org": (" or use another org_id", ""),
     "overwrite": (
         "upsert with overwrite=True, or fetch the latest version and apply the change to it",
@@ -220,7 +214,8 @@ _MESSAGES: dict[int | str, _Say] = {
     401: _Say(
         GrafanaAuthError,
         "{where} refused the credentials ({said})",
-        "{check_credentials}",
+        "check the service account token (API keys are deprecated in favour of service "
+        "account tokens) or the basic auth password",
     ),
     403: _Say(
         GrafanaAuthError,
