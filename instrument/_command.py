@@ -1,13 +1,15 @@
 """What a command is made of, shared by the CLI (``cli.py``) and the demo (``demo/``), so
-neither imports the other: its errors (one line and an exit status), its standard output,
-and saving a dashboard in Grafana with the command's own advice.
+neither imports the other: its errors (one line and an exit status), its standard output
+and output files, and saving a dashboard in Grafana with the command's own advice.
 """
 
 from __future__ import annotations
 
 import contextlib
+import errno
 import os
 import sys
+import tempfile
 from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING, Any, TextIO, TypeVar, cast
 
@@ -16,7 +18,15 @@ from ._urls import header_safe
 if TYPE_CHECKING:
     from .grafana import GrafanaClient
 
-__all__ = ["CommandError", "GrafanaApply", "UsageError", "detach_stdout", "standard_output"]
+__all__ = [
+    "CommandError",
+    "GrafanaApply",
+    "Output",
+    "UsageError",
+    "detach_stdout",
+    "standard_output",
+    "tls_options",
+]
 
 T = TypeVar("T")
 
@@ -84,6 +94,70 @@ def standard_output() -> TextIO:
     return cast(TextIO, _Stdout(sys.stdout))
 
 
+class Output:
+    """Where a command's text goes: stdout for None or "-", else a file replaced at once.
+
+    :meth:`prepare` writes the text beside the file first, so a file that cannot be written
+    fails before any other work (a dashboard applied); :meth:`commit` puts it in place
+    (a rename: never half a file), :meth:`discard` leaves the file as it was."""
+
+    def __init__(self, path: str | None, text: str) -> None:
+        self.path = None if path in (None, "-") else path
+        self.text = text
+        self._temporary: str | None = None
+
+    def prepare(self) -> Output:
+        if self.path is None:
+            return self
+        try:
+            if os.path.isdir(self.path):
+                raise IsADirectoryError(errno.EISDIR, os.strerror(errno.EISDIR))
+            directory, name = os.path.split(os.path.abspath(self.path))
+            # Named after the file: a name too long for the file fails here too.
+            fd, self._temporary = tempfile.mkstemp(prefix=f".{name}.", dir=directory)
+            mask = os.umask(0)
+            os.umask(mask)
+            os.fchmod(fd, 0o666 & ~mask)  # as open() would create it, not mkstemp's 0600
+            with open(fd, "w", encoding="utf-8") as file:
+                file.write(self.text)
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from None
+        return self
+
+    def commit(self) -> None:
+        if self.path is None:
+            out = standard_output()
+            out.write(self.text)
+            out.flush()
+            return
+        assert self._temporary is not None, "prepare() first"
+        try:
+            os.replace(self._temporary, self.path)
+        except OSError as exc:
+            self.discard()
+            raise self._failed(exc) from None
+        self._temporary = None
+
+    def discard(self) -> None:
+        if self._temporary is not None:
+            with contextlib.suppress(OSError):
+                os.unlink(self._temporary)
+            self._temporary = None
+
+    def _failed(self, exc: OSError) -> CommandError:
+        return CommandError(f"cannot write {self.path}: {exc.strerror or exc}")
+
+
+def tls_options(args: Any) -> dict[str, Any]:
+    """``tls_verify`` and ``ca_file`` for a client or a Pushgateway target, from a command's
+    ``--insecure`` and ``--ca-file`` (either may be absent from its parser)."""
+    return {
+        "tls_verify": not getattr(args, "insecure", False),
+        "ca_file": getattr(args, "ca_file", None),
+    }
+
+
 _GRAFANA_TOKEN_VARIABLES = ("GRAFANA_TOKEN", "GRAFANA_API_KEY")
 
 
@@ -113,9 +187,12 @@ class GrafanaApply:
     Raises :class:`UsageError` without a URL, :class:`CommandError` for a bad GRAFANA_URL or
     token; :meth:`check` and :meth:`apply` turn Grafana's errors into one-line ones whose
     advice names the command's options and variables, not the Python API's.
+    ``tls_verify`` and ``ca_file`` come from ``--insecure`` and ``--ca-file``.
     """
 
-    def __init__(self, url: str | None) -> None:
+    def __init__(
+        self, url: str | None, *, tls_verify: bool = True, ca_file: str | None = None
+    ) -> None:
         from .grafana import GrafanaClient
 
         given = url or os.environ.get("GRAFANA_URL")
@@ -125,7 +202,9 @@ class GrafanaApply:
             )
         token = _grafana_token(os.environ)
         try:
-            self.client = GrafanaClient(given, token=token)
+            self.client = GrafanaClient(
+                given, token=token, tls_verify=tls_verify, ca_file=ca_file, audience="cli"
+            )
         except ValueError as exc:
             raise CommandError(str(exc) if url else f"GRAFANA_URL is not valid: {exc}") from None
 
@@ -164,7 +243,7 @@ class GrafanaApply:
     def _run(self, work: Callable[[GrafanaClient], Awaitable[T]]) -> T:
         import asyncio
 
-        from .grafana import GrafanaAuthError, GrafanaError
+        from .grafana import GrafanaError
 
         async def run() -> T:
             async with self.client:
@@ -172,11 +251,5 @@ class GrafanaApply:
 
         try:
             return asyncio.run(run())
-        except GrafanaAuthError as exc:
-            if exc.credentials_sent:
-                raise CommandError(str(exc)) from None
-            raise CommandError(
-                f"{exc.refusal}; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token"
-            ) from None
-        except GrafanaError as exc:
+        except GrafanaError as exc:  # its advice already in the command's words
             raise CommandError(str(exc)) from None

@@ -12,6 +12,7 @@ import argparse
 import contextlib
 import logging
 import re
+import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
@@ -23,9 +24,11 @@ if TYPE_CHECKING:
 from ._command import (
     CommandError,
     GrafanaApply,
+    Output,
     UsageError,
     detach_stdout,
     standard_output,
+    tls_options,
 )
 from ._urls import mask_url
 from .metrics import DEFAULT_NAMESPACE, check_namespace
@@ -115,6 +118,33 @@ def _output(text: str) -> str:
     return text
 
 
+def _ca_file(text: str) -> str:
+    try:
+        ssl.create_default_context(cafile=text)  # as the clients load it
+    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
+        raise argparse.ArgumentTypeError(
+            f"{text!r} cannot be read as PEM certificates ({exc}); give the file of the CA "
+            "certificate that signed the server's"
+        ) from None
+    return text
+
+
+def add_tls_options(parser: argparse.ArgumentParser, servers: str) -> None:
+    """``--ca-file`` and ``--insecure`` for a command talking to ``servers`` over https."""
+    group = parser.add_mutually_exclusive_group()
+    group.add_argument(
+        "--ca-file",
+        type=_ca_file,
+        metavar="FILE",
+        help=f"trust the CA certificate (PEM) in FILE for {servers} over https",
+    )
+    group.add_argument(
+        "--insecure",
+        action="store_true",
+        help=f"do not verify the TLS certificate of {servers} (only for testing)",
+    )
+
+
 def _metric_namespace(text: str) -> str:
     try:
         check_namespace(text)  # as recording checks it
@@ -171,17 +201,7 @@ def _namespace(args: argparse.Namespace) -> str:
 
 def _write_output(path: str | None, text: str) -> None:
     """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line."""
-    if path in (None, "-"):
-        out = standard_output()
-        out.write(text)
-        out.flush()
-        return
-    assert path is not None
-    try:
-        with open(path, "w", encoding="utf-8") as file:
-            file.write(text)
-    except OSError as exc:
-        raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
+    Output(path, text).prepare().commit()
 
 
 # -- Grafana ----------------------------------------------------------------------------------
@@ -239,6 +259,7 @@ def _add_demo(commands: _Commands) -> None:
         metavar="URL",
         help="apply the dashboard to this Grafana (token from GRAFANA_TOKEN)",
     )
+    add_tls_options(parser, "the Pushgateway and Grafana")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
     def run(args: argparse.Namespace) -> int:
@@ -284,6 +305,7 @@ def _add_dashboard(commands: _Commands) -> None:
     parser.add_argument(
         "--grafana-url", type=_grafana_url, metavar="URL", help="Grafana base URL (GRAFANA_URL)"
     )
+    add_tls_options(parser, "Grafana")
     parser.add_argument("--folder-uid", metavar="UID", help="save it in this folder")
     parser.add_argument(
         "--message", default="saved by instrument dashboard", help="version history note"
@@ -300,13 +322,26 @@ def _add_dashboard(commands: _Commands) -> None:
         except ValueError as exc:
             raise UsageError(str(exc)) from None
         # Before anything is written: a half-done command helps nobody.
-        target = GrafanaApply(args.grafana_url) if args.apply else None
-        if args.output is not None or target is None:
+        target = GrafanaApply(args.grafana_url, **tls_options(args)) if args.apply else None
+        if target is None:
             _write_output(args.output, dashboard_json(dashboard))
-        if target is not None:
+            return 0
+        # FILE is written beside itself first (one that cannot be written stops the command
+        # before Grafana is asked), and put in place only once Grafana saved the dashboard:
+        # a refused or unreachable Grafana leaves it as it was.
+        output = None
+        if args.output is not None:
+            output = Output(args.output, dashboard_json(dashboard)).prepare()
+        try:
             # With the JSON on stdout, the line saying where it was saved goes to stderr.
             out = sys.stderr if args.output == "-" else standard_output()
             target.apply(dashboard, out, folder_uid=args.folder_uid, message=args.message)
+        except BaseException:
+            if output is not None:
+                output.discard()
+            raise
+        if output is not None:
+            output.commit()
         return 0
 
     parser.set_defaults(handler=run)

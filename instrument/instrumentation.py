@@ -35,6 +35,7 @@ from .delivery import (
     check_job,
     check_seconds,
     check_textfile,
+    follow_multiprocess_env,
     multiprocess_enabled,
     register_before_snapshot,
 )
@@ -139,6 +140,9 @@ class Instrumentation:
         self.namespace = namespace
         self.max_models = max_models
         self._collect_registry: CollectorRegistry | None = None
+        # Before the metrics exist: they follow the variable as it is now, not as it was
+        # when prometheus_client was imported.
+        follow_multiprocess_env()
         if not self.enabled:
             # Validated above, then dropped: disabled means no request ever leaves.
             push_mode, gateway, textfile_path = "off", None, None
@@ -181,6 +185,9 @@ class Instrumentation:
             from prometheus_client import multiprocess
 
             collected = CollectorRegistry()
+            # First, as on the registry itself: a scrape across processes records deferred
+            # work (abandoned streams) before the metrics are read.
+            collected.register(BeforeCollect())
             multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
             self._collect_registry = collected
         return self._collect_registry

@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import")
+SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import", "coalesce")
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
 ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")
 

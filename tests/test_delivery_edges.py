@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from prometheus_client import CollectorRegistry, Counter
+from prometheus_client import CollectorRegistry, Counter, values
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
@@ -772,6 +772,9 @@ def test_multiprocess_mode_collects_what_worker_files_hold(
     stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
     monkeypatch.setenv("PROMETHEUS_MULTIPROC_DIR", str(tmp_path))
+    # The Instrumentation switches prometheus_client to multiprocess values (the variable is
+    # set after its import): switched back for the tests after this one.
+    monkeypatch.setattr(values, "ValueClass", values.ValueClass)
     # A worker's counter file, as prometheus_client writes it in a worker process.
     name = "codomyrmex_analyses_total"
     labels = {**ANALYSIS, "status": "success"}

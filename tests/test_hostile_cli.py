@@ -321,6 +321,15 @@ USAGE_ERRORS = [
         "(see instrument --help)",
     ),
     (["--bogus"], "unrecognized arguments: --bogus (see instrument --help)"),
+    *[
+        (
+            [command, "--ca-file", "/no/such/ca.pem"],
+            "argument --ca-file: '/no/such/ca.pem' cannot be read as PEM certificates ([Errno 2] "
+            "No such file or directory); give the file of the CA certificate that signed the "
+            f"server's (see instrument {command} --help)",
+        )
+        for command in ("demo", "dashboard")
+    ],
     (
         ["rules", "-v=x"],
         "argument -v/--verbose: ignored explicit argument '***' (see instrument rules --help)",

@@ -32,7 +32,7 @@ from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
 from instrument._scrub import Scrubber
-from instrument.delivery import _flusher as flusher
+from instrument.delivery import _flusher_thread as flusher_thread
 from instrument.delivery import _textfile as textfile_module
 from instrument.delivery._snapshot import Snapshot
 from instrument.delivery._textfile import TextfileTarget
@@ -60,7 +60,7 @@ def stand_in() -> Iterator[GatewayStandIn]:
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry after ~10 ms instead of ~0.5 s, so an outage test sees several attempts."""
-    monkeypatch.setattr(flusher, "_RETRY_BASE", 0.01)
+    monkeypatch.setattr(flusher_thread, "_RETRY_BASE", 0.01)  # the schedule lives there
 
 
 def make_inst(url: str, **options: Any) -> Instrumentation:

@@ -12,7 +12,12 @@ taken).
 from ._aiohttp import read_capped
 from ._flusher import PUSH_MODES, Delivery
 from ._http import ANSWER_LIMIT, PushFailed
-from ._lifecycle import exit_flush_running, install_sigterm_handler, multiprocess_enabled
+from ._lifecycle import (
+    exit_flush_running,
+    follow_multiprocess_env,
+    install_sigterm_handler,
+    multiprocess_enabled,
+)
 from ._pushgateway import (
     PushTarget,
     check_group_value,
@@ -37,6 +42,7 @@ __all__ = [
     "check_seconds",
     "check_textfile",
     "exit_flush_running",
+    "follow_multiprocess_env",
     "grouping_path",
     "install_sigterm_handler",
     "multiprocess_enabled",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 import socket
 import threading
 import time
@@ -27,7 +26,7 @@ from .._threads import start_daemon
 from .._urls import mask_url
 from ..metrics import Metrics
 from ._aiohttp import LoopSessions
-from ._flusher_thread import FlushState, flusher, wake
+from ._flusher_thread import FlushState, backoff, flusher, log_stretch, stretched_gap, wake
 from ._http import PushFailed, describe
 from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
 from ._pushgateway import PushTarget
@@ -39,13 +38,14 @@ __all__ = ["PUSH_MODES", "Delivery"]
 logger = logging.getLogger("instrument")
 
 PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
-_RETRY_BASE = 0.5
-_RETRY_CAP = 30.0
 _NO_SECRETS = Scrubber(())
 
 
-def _instance_label() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
+def _instance_label(multiprocess: bool) -> str:
+    # In multiprocess mode a push carries the whole directory's totals, the same from any
+    # process of the host: one group per host, or each owner's group would count them again.
+    host = socket.gethostname()
+    return host if multiprocess else f"{host}-{os.getpid()}"
 
 
 class Delivery:
@@ -87,6 +87,8 @@ class Delivery:
         self._multiprocess = multiprocess_enabled()
         self._closed = False
         self._last_success = 0.0
+        self._stretch_logged = False
+        self._push_seconds = 0.0  # the last push's Snapshot.seconds: it outlives a fork
         self.reset_process_state()
         track(self)
         if self._multiprocess and self.mode == "coalesce":
@@ -124,7 +126,8 @@ class Delivery:
         # Its lock may have been held by a thread of the parent, which the child lacks.
         self._file = TextfileTarget(self.textfile) if self.textfile else None
         if self.gateway is not None and self._instance:
-            label = _instance_label() if self._instance is True else str(self._instance)
+            mp = self._multiprocess
+            label = _instance_label(mp) if self._instance is True else str(self._instance)
             self.gateway.grouping_key["instance"] = label
 
     def __repr__(self) -> str:
@@ -136,6 +139,12 @@ class Delivery:
 
     def _is_worker(self) -> bool:
         return self._multiprocess and os.getpid() != self._owner_pid
+
+    def _owns_group(self) -> bool:
+        """Whether this process may delete the group: the one that configured it, or a forked
+        child with a group of its own (its pid as instance), never one sharing its parent's."""
+        own_pid = self._instance is True and not self._multiprocess
+        return own_pid or os.getpid() == self._owner_pid
 
     # -- the hot path: called at the end of every instrumented job ---------------------------
 
@@ -207,13 +216,16 @@ class Delivery:
         return self._next_attempt - time.monotonic()
 
     def _schedule(self, ok: bool) -> None:
-        """After a flusher push: the next slot, an interval away or a backoff away."""
+        """After a push: the next slot, an interval or a backoff away, stretched so that
+        collecting and serializing (what the last push spent, while the callers wait for
+        the GIL) take at most SERIALIZE_SHARE of the time."""
+        gap = self.interval if ok else backoff(self._failures)
+        stretched = stretched_gap(gap, self._push_seconds)
+        if ok and stretched > gap and not self._stretch_logged:
+            self._stretch_logged = True
+            log_stretch(self._push_seconds, stretched, self.interval)
         with self._cond:
-            if ok:
-                self._next_attempt = time.monotonic() + self.interval
-            else:
-                backoff = min(_RETRY_CAP, _RETRY_BASE * 2 ** min(self._failures, 16))
-                self._next_attempt = time.monotonic() + backoff * random.uniform(0.5, 1.0)
+            self._next_attempt = time.monotonic() + stretched
 
     # -- sending: the same steps on either transport ----------------------------------------
 
@@ -247,7 +259,7 @@ class Delivery:
                     self._file.write(snapshot)
                 except BaseException as exc:
                     ok = self._failed(exc, self.textfile)
-            return ok and self._landed(snapshot)
+            return self._ended(snapshot, ok)
         except BaseException:
             # An interrupt (a signal in the main thread) anywhere in the attempt, once the
             # snapshot cleared dirty: the state did not land, the next push must carry it.
@@ -291,19 +303,17 @@ class Delivery:
                 await self._file.awrite(snapshot)  # off the loop
             except BaseException as exc:
                 ok = self._failed(exc, self.textfile)
-        return ok and self._landed(snapshot)
+        return self._ended(snapshot, ok)
 
     def _default_timeout(self) -> float:
         return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
 
     def _take_snapshot(self) -> Snapshot | None:
         """Clear dirty, count the attempt and take the next numbered snapshot: a job ending
-        after this marks dirty again.
-
-        The snapshot gives its own time as the last successful push, so a state that lands
-        already says when it was pushed; the registry itself keeps the last push that did
-        land. A registry that cannot be collected (a collector raising) is a failed attempt,
-        ended here: None, and the state stays dirty for the next attempt."""
+        after this marks dirty again. The snapshot gives its own time as the last successful
+        push, so a state that lands says when it was pushed; the registry keeps the last push
+        that did land. A registry that cannot be collected (a collector raising) is a failed
+        attempt, ended here: None, and the state stays dirty for the next attempt."""
         run_before_snapshot()
         gauge = self.metrics.last_push_success
         with self._snapshot_lock:
@@ -320,13 +330,22 @@ class Delivery:
                 gauge.set(self._last_success)
         scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
         text = scrubber.one_line(f"collecting the metrics failed ({describe(error)})")
+        self._failures += 1  # an attempt that ends here, before any target
         self._failed(PushFailed(text))
         if not isinstance(error, Exception):
             raise error
         return None
 
-    def _landed(self, snapshot: Snapshot) -> bool:
-        """Record that ``snapshot`` reached every target; True."""
+    def _ended(self, snapshot: Snapshot, ok: bool) -> bool:
+        """End the attempt that sent ``snapshot``: ``ok`` when every target took it. A
+        failed attempt is one backoff step, whichever and however many targets failed."""
+        self._push_seconds = snapshot.seconds
+        if ok:
+            return self._landed(snapshot)
+        self._failures += 1
+        return False
+
+    def _landed(self, snapshot: Snapshot) -> bool:  # it reached every target
         with self._snapshot_lock:
             if snapshot.number > self._newest_landed:
                 self._newest_landed = snapshot.number
@@ -352,7 +371,6 @@ class Delivery:
         with self._snapshot_lock:
             self._dirty = True
             self.metrics.push_failures.inc()
-        self._failures += 1
         # A PushFailed says what failed; anything else (a textfile's OSError) by its type too.
         reason = str(exc) if isinstance(exc, PushFailed) else describe(exc)
         if not self._outage:
@@ -391,12 +409,17 @@ class Delivery:
 
     async def push_async(self, job: str | None = None, timeout: float | None = None) -> bool:
         """Push the full state now over aiohttp (one session per event loop), under ``job``
-        if given; never raises."""
+        if given; never raises: a ``job`` the gateway cannot take is a failed push, logged."""
         if self._is_worker() or not self._has_target:
             return False
         target = self.gateway
-        if job is not None and target is not None and job != target.job:
-            target = target.for_job(job)
+        try:
+            if job is not None and target is not None and job != target.job:
+                target = target.for_job(job)
+        except ValueError as exc:
+            self.metrics.push_failures.inc()
+            logger.error("instrument: nothing pushed: %s", exc)
+            return False
         try:
             return await self._deliver_async(target, timeout)
         except Exception:
@@ -452,7 +475,7 @@ class Delivery:
             thread.join(max(deadline - time.monotonic(), 0))
         if self._final_pending():
             self.deliver_now(max(deadline - time.monotonic(), 0.001))
-        if self._delete_on_exit and not self._is_worker():
+        if self._delete_on_exit and self._owns_group():
             self.delete(max(deadline - time.monotonic(), 0.001))
         self._closed = True
         self._sessions.close_all()
@@ -466,7 +489,7 @@ class Delivery:
             await asyncio.to_thread(thread.join, max(deadline - time.monotonic(), 0))
         if self._final_pending():
             await self.push_async(timeout=max(deadline - time.monotonic(), 0.001))
-        if self._delete_on_exit and not self._is_worker():
+        if self._delete_on_exit and self._owns_group():
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
         self._closed = True
         await self._sessions.aclose_all()

@@ -4,7 +4,9 @@ there is something to push."""
 
 from __future__ import annotations
 
+import logging
 import os
+import random
 import threading
 import weakref
 from typing import TYPE_CHECKING
@@ -12,7 +14,52 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     from ._flusher import Delivery
 
-__all__ = ["FlushState", "flusher", "wake"]
+__all__ = [
+    "SERIALIZE_SHARE",
+    "FlushState",
+    "backoff",
+    "flusher",
+    "log_stretch",
+    "stretched_gap",
+    "wake",
+]
+
+logger = logging.getLogger("instrument")
+
+#: The most of the wall time pushes may spend collecting and serializing the registry: that
+#: work holds the GIL, and handing the GIL back and forth leaves the callers waiting about
+#: as long as it takes (measured as wall time, it includes those hand-offs; the time on the
+#: network is not counted). A slower push stretches the wait after it to this share.
+SERIALIZE_SHARE = 0.10
+_RETRY_BASE = 0.5
+_RETRY_CAP = 30.0
+
+
+def backoff(failures: int) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: capped exponential, with
+    jitter so that processes failing together do not retry together."""
+    step: float = _RETRY_BASE * 2 ** min(failures, 16)
+    return min(_RETRY_CAP, step) * random.uniform(0.5, 1.0)
+
+
+def stretched_gap(gap: float, seconds: float) -> float:
+    """The wait after a push that spent ``seconds`` collecting and serializing: at least
+    ``gap``, and long enough that this takes at most SERIALIZE_SHARE of the time."""
+    return max(gap, seconds * (1 - SERIALIZE_SHARE) / SERIALIZE_SHARE)
+
+
+def log_stretch(seconds: float, stretched: float, interval: float) -> None:
+    """Say (once per delivery: its caller keeps count) that pushes are further apart than
+    ``push_interval``, and why."""
+    logger.info(
+        "instrument: collecting and serializing this registry takes %.3f s per push; the "
+        "flusher waits %.2f s between pushes instead of push_interval=%g s, so that this "
+        "takes at most %d %% of the time (logged once)",
+        seconds,
+        stretched,
+        interval,
+        round(SERIALIZE_SHARE * 100),
+    )
 
 
 class FlushState:

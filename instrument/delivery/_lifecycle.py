@@ -22,6 +22,7 @@ from typing import Any, Protocol
 __all__ = [
     "EXIT_FLUSH_TIMEOUT",
     "exit_flush_running",
+    "follow_multiprocess_env",
     "install_sigterm_handler",
     "multiprocess_enabled",
     "track",
@@ -41,6 +42,8 @@ class _Closable(Protocol):
 
 _live: weakref.WeakSet[_Closable] = weakref.WeakSet()
 _exit_flush_running = False
+#: The multiprocess value classes made here, by directory.
+_multiprocess_values: dict[str, Any] = {}
 
 
 def multiprocess_enabled() -> bool:
@@ -48,6 +51,33 @@ def multiprocess_enabled() -> bool:
     return bool(
         os.environ.get("PROMETHEUS_MULTIPROC_DIR") or os.environ.get("prometheus_multiproc_dir")  # noqa: SIM112
     )
+
+
+def follow_multiprocess_env() -> bool:
+    """Make prometheus_client's value class agree with ``PROMETHEUS_MULTIPROC_DIR`` as it
+    is now, before metrics are created; True in multiprocess mode.
+
+    prometheus_client picks the class once, when it is imported. A variable set after
+    ``import instrument`` (which imports it) but before configuring would leave the metrics
+    in memory while delivery and ``/metrics`` collect from the directory: every push and
+    scrape empty. The metrics created from here on follow the variable; ones created
+    before keep their values where they are.
+    """
+    from prometheus_client import values
+
+    wanted = multiprocess_enabled()
+    if values.ValueClass is not values.MutexValue:
+        if not wanted:
+            values.ValueClass = values.MutexValue
+    elif wanted:
+        # One class per directory and process: a class keeps its files open, and a second
+        # one would map the same per-pid files twice.
+        # (prometheus_client copies the old lower-case variable into this one.)
+        key = os.environ.get("PROMETHEUS_MULTIPROC_DIR", "")
+        if key not in _multiprocess_values:
+            _multiprocess_values[key] = values.MultiProcessValue()  # type: ignore[no-untyped-call]
+        values.ValueClass = _multiprocess_values[key]
+    return wanted
 
 
 def track(delivery: _Closable) -> None:

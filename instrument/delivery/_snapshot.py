@@ -9,6 +9,7 @@ registered here: before each snapshot a push or a file takes, and before each sc
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Iterator
 
 from prometheus_client import CollectorRegistry
@@ -53,15 +54,24 @@ class Snapshot(Collector):
     """The metric families of one moment, a collector that pushes and files can read.
 
     ``number`` orders the snapshots of one delivery; ``at`` is when it was taken (the
-    wall-clock time the pushed state gives as its last successful push).
+    wall-clock time the pushed state gives as its last successful push). ``seconds`` is
+    the wall time spent collecting it and reading it through: each target serializes it
+    by iterating :meth:`collect`, so whatever the format, that time is counted and the
+    time on the network is not.
     """
 
-    __slots__ = ("at", "families", "number")
+    __slots__ = ("at", "families", "number", "seconds")
 
     def __init__(self, registry: CollectorRegistry, number: int, at: float) -> None:
+        started = time.monotonic()
         self.families = list(registry.collect())
+        self.seconds = time.monotonic() - started
         self.number = number
         self.at = at
 
     def collect(self) -> Iterator[Metric]:
-        return iter(self.families)
+        started = time.monotonic()
+        try:
+            yield from self.families  # the reader's work on each family runs in between
+        finally:
+            self.seconds += time.monotonic() - started

@@ -20,7 +20,7 @@ from typing import Any, TextIO
 
 from prometheus_client import CollectorRegistry
 
-from .._command import CommandError, GrafanaApply, standard_output
+from .._command import CommandError, GrafanaApply, standard_output, tls_options
 from .._urls import mask_url
 from ..dashboard import build_dashboard
 from ..instrumentation import Instrumentation
@@ -325,9 +325,10 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     asked, so a bad one fails in a second, not after the run."""
     out = out if out is not None else standard_output()
     root = Path(args.path) if args.path else PACKAGE_DIR
-    grafana = GrafanaApply(args.grafana_url) if args.grafana_url else None
+    grafana = GrafanaApply(args.grafana_url, **tls_options(args)) if args.grafana_url else None
     try:
         inst = Instrumentation(
+            **tls_options(args),
             pushgateway=args.pushgateway,
             job="instrument-demo",
             push_mode="coalesce" if args.pushgateway else "off",

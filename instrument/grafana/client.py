@@ -31,7 +31,7 @@ import aiohttp
 from .._scrub import DETAIL_LIMIT, Scrubber
 from .._urls import authorization, split_url, ssl_context
 from ..delivery import ANSWER_LIMIT, read_capped
-from .errors import GrafanaConflictError, GrafanaError, GrafanaNotFoundError, error_for
+from .errors import AUDIENCES, GrafanaConflictError, GrafanaError, GrafanaNotFoundError, error_for
 
 __all__ = ["DashboardResult", "GrafanaClient"]
 
@@ -92,9 +92,9 @@ class GrafanaClient:
     newline is stripped from the credentials; one holding a control character is refused.
     ``timeout`` bounds each attempt in seconds; ``retries`` is the number of further
     attempts where retrying is safe. A ``session`` you pass is used as is and left open.
-
     Over https the certificate is verified against the system's CAs, or ``ca_file`` (a
-    PEM bundle, for a private CA); ``tls_verify=False`` skips the check.
+    PEM bundle, for a private CA); ``tls_verify=False`` skips the check. The errors' advice
+    names the Python API's arguments (``audience="python"``) or the command's (``"cli"``).
     """
 
     def __init__(
@@ -109,7 +109,11 @@ class GrafanaClient:
         session: aiohttp.ClientSession | None = None,
         tls_verify: bool = True,
         ca_file: str | None = None,
+        audience: str = "python",
     ) -> None:
+        if audience not in AUDIENCES:
+            raise ValueError(f"audience must be one of {', '.join(AUDIENCES)}, got {audience!r}")
+        self._audience = audience
         base, userinfo = split_url(url, what="Grafana URL", example="http://127.0.0.1:3000")
         if token is not None and (not isinstance(token, str) or not token.strip()):
             raise ValueError("token must be a non-empty string (a service account token)")
@@ -308,15 +312,12 @@ class GrafanaClient:
             sources: list[dict[str, Any]] = await self._request("GET", "/api/datasources")
             matching = [s for s in sources if type is None or s.get("type") == type]
             if not matching:
-                raise error_for("no data source", url=self.url, type=type)
+                raise self._error("no data source", "GET", "/api/datasources", type=type)
             return next((s for s in matching if s.get("isDefault")), matching[0])
         if type is not None and source.get("type") != type:
-            raise error_for(
-                "data source type",
-                url=self.url,
-                name=source.get("name"),
-                found=source.get("type"),
-                type=type,
+            found = source.get("type")
+            raise self._error(
+                "data source type", "GET", path, name=source.get("name"), found=found, type=type
             )
         return source
 
@@ -443,6 +444,7 @@ class GrafanaClient:
     def _error(self, condition: int | str, method: str, path: str, **facts: Any) -> GrafanaError:
         return error_for(
             condition,
+            audience=self._audience,
             url=self.url,
             where=f"Grafana at {self.url}",
             method=method,

@@ -8,7 +8,9 @@ gathers the transport errors and the answers asking to come back later. A server
 not answer as Grafana does raises :class:`GrafanaError` itself.
 
 Every message comes from one table, :data:`_MESSAGES`, keyed by HTTP status or by
-condition: what happened, then what to do next.
+condition: what happened, then what to do next. The advice names what the reader can
+change where the error appears: the Python API's arguments, or the ``instrument``
+command's options and variables (:data:`_ADVICE`, one column per audience).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 __all__ = [
+    "AUDIENCES",
     "GrafanaAuthError",
     "GrafanaBadRequestError",
     "GrafanaConflictError",
@@ -111,6 +114,36 @@ class GrafanaRetryLaterError(GrafanaStatusError, GrafanaUnavailableError):
         self.retry_after = retry_after
 
 
+#: Who reads a message: code calling the client ("python") or a user of the command ("cli").
+AUDIENCES = ("python", "cli")
+
+#: The words of the advice, per audience: each ``then`` template names these.
+_ADVICE: dict[str, tuple[str, str]] = {
+    "trust": (
+        "pass ca_file= with the CA certificate (PEM) that signed it, or tls_verify=False to "
+        "skip the check",
+        "pass --ca-file FILE with the CA certificate (PEM) that signed it, or --insecure to "
+        "skip the check",
+    ),
+    "wait_longer": (", or raise timeout=", ""),
+    "credentials": (
+        "pass token= (a service account token)",
+        "set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token",
+    ),
+    "other_org": (" or use another org_id", ""),
+    "overwrite": (
+        "upsert with overwrite=True, or fetch the latest version and apply the change to it",
+        "apply it again (the command overwrites), or fetch the latest version and apply the "
+        "change to it",
+    ),
+    "rename": (
+        "use another title or uid, or overwrite=True to replace it",
+        "use another --title or --uid",
+    ),
+    "pick_source": ("pass name= or uid=", "pass --datasource-uid UID"),
+}
+
+
 @dataclass(frozen=True)
 class _Say:
     """One message: ``says`` what happened, ``then`` what to do; both are ``str.format``
@@ -143,13 +176,12 @@ _MESSAGES: dict[int | str, _Say] = {
         GrafanaTransportError,
         "Grafana at {url} did not answer {method} {path} within {timeout:g} s "
         "(attempt {attempt} of {attempts})",
-        "check that it is up and reachable, or raise timeout=",
+        "check that it is up and reachable{wait_longer}",
     ),
     "certificate": _Say(
         GrafanaTransportError,
         "the TLS certificate of Grafana at {url} is not trusted ({cause})",
-        "pass ca_file= with the CA certificate (PEM) that signed it, or tls_verify=False to "
-        "skip the check",
+        "{trust}",
     ),
     "tls": _Say(
         GrafanaTransportError,
@@ -177,7 +209,7 @@ _MESSAGES: dict[int | str, _Say] = {
     "no credentials": _Say(
         GrafanaAuthError,
         "{where} refused {method} {path} ({said}): no credentials were sent",
-        "pass token= (a service account token)",
+        "{credentials}",
     ),
     401: _Say(
         GrafanaAuthError,
@@ -188,8 +220,8 @@ _MESSAGES: dict[int | str, _Say] = {
     403: _Say(
         GrafanaAuthError,
         "{where} denied {method} {path} ({said})",
-        "give the service account a role that may do this (Editor for dashboards and folders) "
-        "or use another org_id",
+        "give the service account a role that may do this (Editor for dashboards and folders)"
+        "{other_org}",
     ),
     404: _Say(
         GrafanaNotFoundError,
@@ -199,7 +231,7 @@ _MESSAGES: dict[int | str, _Say] = {
     "no data source": _Say(
         GrafanaNotFoundError,
         "Grafana at {url} has no {type} data source",
-        "add one (Connections > Data sources), or pass name= or uid=",
+        "add one (Connections > Data sources), or {pick_source}",
     ),
     "data source type": _Say(
         GrafanaNotFoundError,
@@ -216,15 +248,13 @@ _MESSAGES: dict[int | str, _Say] = {
     "conflict version-mismatch": _Say(
         GrafanaConflictError,
         _REFUSED_TO_SAVE,
-        "the dashboard changed in Grafana since this version was read; upsert with "
-        "overwrite=True, or fetch the latest version and apply the change to it",
+        "the dashboard changed in Grafana since this version was read; {overwrite}",
         sep=": ",
     ),
     "conflict name-exists": _Say(
         GrafanaConflictError,
         _REFUSED_TO_SAVE,
-        "another dashboard in that folder has the same title; use another title or uid, or "
-        "overwrite=True to replace it",
+        "another dashboard in that folder has the same title; {rename}",
         sep=": ",
     ),
     "conflict plugin-dashboard": _Say(
@@ -280,17 +310,20 @@ def error_for(
     reason: str | None = None,
     credentials_sent: bool = True,
     retry_after: float | None = None,
+    audience: str = "python",
     **facts: Any,
 ) -> GrafanaError:
     """The error for an HTTP status (Grafana's ``reason`` for a conflict) or a condition of
-    :data:`_MESSAGES`, its message filled in from ``facts``. A status is also the error's
-    ``http_status``."""
+    :data:`_MESSAGES`, its message filled in from ``facts``, its advice in the words of
+    ``audience`` (one of :data:`AUDIENCES`). A status is also the error's ``http_status``."""
     if isinstance(condition, int):
         http_status = condition
         condition = _key(condition, reason, credentials_sent)
     say = _MESSAGES[condition]
+    column = AUDIENCES.index(audience)
+    words = {name: spelled[column] for name, spelled in _ADVICE.items()}
     says = say.says.format(**facts)
-    message = f"{says}{say.sep}{say.then.format(**facts)}"
+    message = f"{says}{say.sep}{say.then.format(**words, **facts)}"
     if say.error is GrafanaAuthError:
         return GrafanaAuthError(
             message, http_status=http_status, refusal=says, credentials_sent=credentials_sent

@@ -1,0 +1,260 @@
+"""The coalescing flusher's schedule: a push whose CPU work is large stretches the wait after
+it, so that pushing never takes more than a tenth of the time (said once in the log); one
+failed attempt is one backoff step, however many targets failed in it; and pushes keep
+their schedule while the main thread does frequent short I/O.
+
+Against the ``GatewayStandIn`` (what a gateway received is read back from its bodies) and a
+collector that burns a known amount of the flusher's CPU on each collect.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
+
+from instrument import Instrumentation
+from instrument.delivery._flusher_thread import SERIALIZE_SHARE, stretched_gap
+
+from .servers import GatewayStandIn
+
+ANALYSIS = {"module": "m", "analysis_type": "t"}
+
+
+@pytest.fixture
+def stand_in() -> Iterator[GatewayStandIn]:
+    server = GatewayStandIn()
+    yield server
+    server.close()
+
+
+class CpuBurner(Collector):
+    """A collector whose collect() costs ``seconds`` of the collecting thread's CPU, as a
+    registry of many series does; it counts the CPU it burnt in the flusher."""
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.burnt = 0.0
+        self.collects = 0
+
+    def collect(self) -> Iterator[Metric]:
+        if threading.current_thread().name == "instrument-flusher":
+            end = time.thread_time() + self.seconds
+            while time.thread_time() < end:
+                pass
+            self.burnt += self.seconds
+            self.collects += 1
+        return iter(())
+
+
+def pushed_states(server: GatewayStandIn) -> list[bytes]:
+    return [body for body in server.bodies if body]
+
+
+# -- the stretch: at most a tenth of the time pushing -----------------------------------------
+
+
+@given(
+    gap=st.floats(min_value=1e-3, max_value=3600, allow_nan=False),
+    cpu=st.floats(min_value=0, max_value=600, allow_nan=False),
+)
+def test_a_stretched_gap_keeps_pushing_within_its_share(gap: float, cpu: float) -> None:
+    wait = stretched_gap(gap, cpu)
+    assert wait >= gap
+    assert cpu <= SERIALIZE_SHARE * (cpu + wait) * (1 + 1e-9)
+    if cpu * 9 <= gap:
+        assert wait == gap  # a cheap push keeps the configured interval
+
+
+def test_an_expensive_push_stretches_the_interval_and_says_so_once(
+    stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    registry = CollectorRegistry()
+    burner = CpuBurner(0.04)
+    registry.register(burner)
+    inst = Instrumentation(registry=registry, pushgateway=stand_in.url, push_interval=0.02)
+
+    @inst.monitored_analysis("m", "t")
+    def work() -> int:
+        return 7
+
+    caplog.set_level(logging.INFO, logger="instrument")
+    start = time.monotonic()
+    calls = 0
+    while time.monotonic() - start < 2.0:
+        assert work() == 7
+        calls += 1
+        time.sleep(0.002)
+    elapsed = time.monotonic() - start
+    inst.close()
+    # Unstretched, it would push every 0.02 s + 0.04 s of CPU: two thirds of the time.
+    assert burner.collects >= 2, "the flusher never pushed"
+    assert burner.burnt / elapsed <= SERIALIZE_SHARE * 1.5
+    stretched = [r for r in caplog.records if "instead of push_interval" in r.getMessage()]
+    assert len(stretched) == 1
+    assert "push_interval=0.02 s" in stretched[0].getMessage()
+    # Nothing lost by pushing less often: the final state holds every call.
+    assert (
+        inst.registry.get_sample_value(
+            "codomyrmex_analyses_total", {**ANALYSIS, "status": "success"}
+        )
+        == calls
+    )
+    assert pushed_states(stand_in), "nothing reached the gateway"
+    assert f'status="success"}} {float(calls)}'.encode() in pushed_states(stand_in)[-1]
+
+
+def test_a_cheap_push_keeps_the_interval_and_logs_nothing(
+    stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def work() -> None:
+        time.sleep(0.005)
+
+    caplog.set_level(logging.INFO, logger="instrument")
+    start = time.monotonic()
+    while time.monotonic() - start < 1.0:
+        work()
+    inst.close()
+    # About 20 pushes at 0.05 s; generously more than a third of them.
+    assert len(pushed_states(stand_in)) >= 7
+    assert not [r for r in caplog.records if "instead of push_interval" in r.getMessage()]
+
+
+def test_time_on_the_network_does_not_stretch_the_interval(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    slow = GatewayStandIn(mode="slow", hang=0.4)  # each answer 0.4 s late, then 200
+    try:
+        inst = Instrumentation(
+            registry=CollectorRegistry(), pushgateway=slow.url, push_interval=0.05
+        )
+
+        @inst.monitored_analysis("m", "t")
+        def work() -> None:
+            time.sleep(0.005)
+
+        caplog.set_level(logging.INFO, logger="instrument")
+        start = time.monotonic()
+        while time.monotonic() - start < 2.5:
+            work()
+        inst.close()
+        # About one push per 0.45 s (0.4 s waiting for the answer, then the interval); had
+        # the wait counted, the flusher would wait 3.6 s after each.
+        assert len(pushed_states(slow)) >= 3
+        assert not [r for r in caplog.records if "instead of push_interval" in r.getMessage()]
+    finally:
+        slow.close()
+
+
+# -- backoff: one failed attempt is one step, whatever failed in it ---------------------------
+
+
+def test_one_attempt_failing_at_every_target_is_one_backoff_step(
+    stand_in: GatewayStandIn, tmp_path: Path
+) -> None:
+    stand_in.mode = "error"
+    directory = tmp_path / "textfiles"
+    directory.mkdir()
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=stand_in.url,
+        textfile=str(directory / "job.prom"),
+        push_mode="off",
+    )
+    shutil.rmtree(directory)  # the textfile cannot be written any more either
+    for attempt in range(1, 4):
+        assert inst.push() is False
+        assert inst.registry.get_sample_value("codomyrmex_pushes_total") == attempt
+        # Each target's failure is counted...
+        assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 2 * attempt
+        # ...but the attempt is one step of the backoff: after the first failure the next
+        # try is at most 1 s away (0.5 s doubled once, with jitter), not 2 s.
+        assert inst.delivery._failures == attempt
+    inst.delivery._failures = 0
+    assert inst.push() is False
+    inst.delivery._schedule(False)
+    wait = inst.delivery._next_attempt - time.monotonic()
+    assert 0.4 <= wait <= 1.0
+    inst.close()
+
+
+def test_the_flusher_backs_off_per_attempt_with_two_failing_targets(
+    stand_in: GatewayStandIn, tmp_path: Path
+) -> None:
+    stand_in.mode = "error"
+    directory = tmp_path / "out"
+    directory.mkdir()
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=stand_in.url,
+        textfile=str(directory / "job.prom"),
+        push_interval=0.05,
+    )
+    shutil.rmtree(directory)
+
+    @inst.monitored_analysis("m", "t")
+    def work() -> None:
+        pass
+
+    work()
+    # Backoffs of one step per attempt: at most 1, 2, 4 s after attempts 1, 2, 3 (with
+    # jitter at least half), so by 3.6 s the flusher has tried at least three times; two
+    # steps per attempt (2, 8 s at most) would leave it at two.
+    deadline = time.monotonic() + 3.6
+    while time.monotonic() < deadline:
+        time.sleep(0.05)
+    attempts = inst.registry.get_sample_value("codomyrmex_pushes_total")
+    inst.delivery._stop_flusher()
+    assert attempts is not None and attempts >= 3
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 2 * attempts
+    inst.close()
+
+
+# -- starvation: pushes on schedule while the main thread does short I/O ----------------------
+
+
+def test_pushes_keep_their_schedule_while_the_main_thread_does_frequent_short_io(
+    stand_in: GatewayStandIn, tmp_path: Path
+) -> None:
+    small = tmp_path / "small.txt"
+    small.write_text("x" * 100)
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
+    )
+
+    @inst.monitored_analysis("m", "t")
+    def step() -> str:
+        # CPU for about 2.5 ms, then a small read: the GIL is dropped and retaken at once.
+        end = time.perf_counter() + 0.0025
+        while time.perf_counter() < end:
+            pass
+        with open(small) as handle:
+            return handle.read()
+
+    start = time.monotonic()
+    calls = 0
+    while time.monotonic() - start < 3.0:
+        assert step() == "x" * 100
+        calls += 1
+    pushes = len(pushed_states(stand_in))
+    inst.close()
+    # About 60 slots of 0.05 s in 3 s: generously, at least a fifth of them were used.
+    assert pushes >= 12, f"{pushes} pushes in 3 s with push_interval=0.05"
+    assert f'status="success"}} {float(calls)}'.encode() in pushed_states(stand_in)[-1]
+    assert os.getpid() == inst.delivery._owner_pid
