@@ -6,13 +6,15 @@ children, SIGTERM), ``_pushgateway`` (the gateway target and its checks), ``_htt
 ``_aiohttp`` (the sync and async transports, and what an answer means), ``_textfile`` (the
 textfile target), ``_snapshot`` (the state of one moment, and the hooks run before it is
 taken).
-``_snappy`` and ``_prompb`` are the groundwork of remote write, not yet a target.
+``_remote_write`` (the remote-write target: imported only with ``remote_write=``, with its
+encoders ``_prompb`` and ``_snappy``), ``_prune`` (deleting a gateway's old groups).
 """
 
 from ._aiohttp import read_capped
 from ._flusher import PUSH_MODES, Delivery
 from ._http import ANSWER_LIMIT, PushFailed
 from ._lifecycle import exit_flush_running, install_sigterm_handler, multiprocess_enabled
+from ._prune import Pruned, prune_groups
 from ._pushgateway import (
     PushTarget,
     check_group_value,
@@ -29,6 +31,7 @@ __all__ = [
     "PUSH_MODES",
     "BeforeCollect",
     "Delivery",
+    "Pruned",
     "PushFailed",
     "PushTarget",
     "check_group_value",
@@ -40,6 +43,7 @@ __all__ = [
     "grouping_path",
     "install_sigterm_handler",
     "multiprocess_enabled",
+    "prune_groups",
     "read_capped",
     "register_before_snapshot",
 ]

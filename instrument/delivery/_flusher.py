@@ -18,7 +18,7 @@ import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -33,6 +33,9 @@ from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
 from ._pushgateway import PushTarget
 from ._snapshot import Snapshot, run_before_snapshot
 from ._textfile import TextfileTarget
+
+if TYPE_CHECKING:
+    from ._remote_write import RemoteWriteTarget
 
 __all__ = ["PUSH_MODES", "Delivery"]
 
@@ -62,21 +65,24 @@ class Delivery:
         instance: bool | str,
         delete_on_exit: bool,
         collect: Callable[[], CollectorRegistry],
+        remote_write: RemoteWriteTarget | None = None,
     ) -> None:
         if mode is None:
-            mode = "coalesce" if gateway is not None or textfile else "off"
+            mode = "coalesce" if gateway or remote_write or textfile else "off"
         if mode not in PUSH_MODES:
             raise ValueError(f"push_mode must be one of {', '.join(PUSH_MODES)}; got {mode!r}")
         if not interval > 0:
             raise ValueError(
                 f"push_interval must be a positive number of seconds, got {interval!r}"
             )
-        if mode != "off" and gateway is None and not textfile:
+        if mode != "off" and not (gateway or remote_write or textfile):
             raise ValueError(
-                f"push_mode={mode!r} needs a target: pass pushgateway=URL or textfile=PATH"
+                f"push_mode={mode!r} needs a target: pass pushgateway=URL, remote_write=URL "
+                "or textfile=PATH"
             )
         self.metrics = metrics
         self.gateway = gateway
+        self.remote_write = remote_write
         self.textfile = textfile
         self.mode = mode
         self.interval = float(interval)
@@ -123,16 +129,20 @@ class Delivery:
         self._sessions = LoopSessions()
         # Its lock may have been held by a thread of the parent, which the child lacks.
         self._file = TextfileTarget(self.textfile) if self.textfile else None
+        label = _instance_label() if self._instance in (True, False, "") else str(self._instance)
         if self.gateway is not None and self._instance:
-            label = _instance_label() if self._instance is True else str(self._instance)
             self.gateway.grouping_key["instance"] = label
+        if self.remote_write is not None:  # always labelled: two writers of one series corrupt it
+            self.remote_write.reset(label)
 
     def __repr__(self) -> str:
-        return f"Delivery(mode={self.mode!r}, gateway={self.gateway!r}, textfile={self.textfile!r})"
+        remote = "" if self.remote_write is None else f", remote_write={self.remote_write!r}"
+        targets = f"gateway={self.gateway!r}{remote}, textfile={self.textfile!r}"
+        return f"Delivery(mode={self.mode!r}, {targets})"
 
     @property
     def _has_target(self) -> bool:
-        return self.gateway is not None or bool(self.textfile)
+        return self.gateway is not None or self.remote_write is not None or bool(self.textfile)
 
     def _is_worker(self) -> bool:
         return self._multiprocess and os.getpid() != self._owner_pid
@@ -242,6 +252,11 @@ class Delivery:
                     self.gateway.push(snapshot, deadline - time.monotonic())
                 except BaseException as exc:
                     ok = self._failed(exc, mask_url(self.gateway.group_url))
+            if self.remote_write is not None:
+                try:
+                    self.remote_write.push(snapshot, deadline - time.monotonic())
+                except BaseException as exc:
+                    ok = self._failed(exc, self.remote_write.url)
             if self._file is not None:
                 try:
                     self._file.write(snapshot)
@@ -286,6 +301,11 @@ class Delivery:
                 await target.push_async(await self._sessions.session(), snapshot, limit)
             except BaseException as exc:  # a cancelled push did not land either
                 ok = self._failed(exc, mask_url(target.group_url))
+        if self.remote_write is not None:
+            try:
+                await self.remote_write.push_async(await self._sessions.session(), snapshot, limit)
+            except BaseException as exc:
+                ok = self._failed(exc, self.remote_write.url)
         if self._file is not None:
             try:
                 await self._file.awrite(snapshot)  # off the loop
@@ -294,7 +314,8 @@ class Delivery:
         return ok and self._landed(snapshot)
 
     def _default_timeout(self) -> float:
-        return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
+        target = self.gateway or self.remote_write
+        return target.timeout if target is not None else EXIT_FLUSH_TIMEOUT
 
     def _take_snapshot(self) -> Snapshot | None:
         """Clear dirty, count the attempt and take the next numbered snapshot: a job ending
@@ -318,8 +339,9 @@ class Delivery:
                 error = exc
             finally:
                 gauge.set(self._last_success)
-        scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
-        text = scrubber.one_line(f"collecting the metrics failed ({describe(error)})")
+        text = f"collecting the metrics failed ({describe(error)})"
+        for target in (self.gateway, self.remote_write):
+            text = (_NO_SECRETS if target is None else target.scrubber).one_line(text)
         self._failed(PushFailed(text))
         if not isinstance(error, Exception):
             raise error
@@ -370,12 +392,9 @@ class Delivery:
         return False
 
     def _target_text(self) -> str:
-        parts = []
-        if self.gateway is not None:
-            parts.append(mask_url(self.gateway.group_url))
-        if self.textfile:
-            parts.append(self.textfile)
-        return " and ".join(parts)
+        gateway = None if self.gateway is None else mask_url(self.gateway.group_url)
+        remote = None if self.remote_write is None else self.remote_write.url
+        return " and ".join(filter(None, (gateway, remote, self.textfile)))
 
     # -- explicit operations -------------------------------------------------------------------
 
@@ -454,6 +473,8 @@ class Delivery:
             self.deliver_now(max(deadline - time.monotonic(), 0.001))
         if self._delete_on_exit and not self._is_worker():
             self.delete(max(deadline - time.monotonic(), 0.001))
+        if self.remote_write is not None:  # staleness markers, after the final values
+            self.remote_write.end(max(deadline - time.monotonic(), 0.001), self._failed)
         self._closed = True
         self._sessions.close_all()
 
@@ -468,5 +489,8 @@ class Delivery:
             await self.push_async(timeout=max(deadline - time.monotonic(), 0.001))
         if self._delete_on_exit and not self._is_worker():
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
+        if self.remote_write is not None:
+            limit = max(deadline - time.monotonic(), 0.001)
+            await self.remote_write.aend(await self._sessions.session(), limit, self._failed)
         self._closed = True
         await self._sessions.aclose_all()
