@@ -12,20 +12,29 @@ import asyncio
 import http.server
 import logging
 import os
+import signal
 import socket
 import struct
+import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import cramjam
 import pytest
-from prometheus_client import CollectorRegistry
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry, Counter
 
 from instrument import Instrumentation
+from instrument.config import from_environment
 from instrument.delivery import _remote_write
 
+from .servers import Prometheus, Pushgateway
 from .test_remote_write_codec import decode_request
 
 STALE_BITS = struct.pack("<Q", 0x7FF0000000000002)
@@ -465,3 +474,388 @@ def test_a_hanging_receiver_never_holds_a_coalesced_call() -> None:
     )
     inst.delivery.close(timeout=0.5)  # the final write hangs too: bounded
     hanging.close()
+
+
+# -- secrets: header values and URL credentials never shown -----------------------------------
+
+TOKEN = "s3cr3t-T0ken-value"
+TENANT = "tenant-Secret-42"
+PASSWORD = "pa55-W0rd"
+
+
+def _everything_shown(inst: Instrumentation, caplog: pytest.LogCaptureFixture) -> str:
+    return "\n".join([repr(inst), repr(inst.delivery), *(r.getMessage() for r in caplog.records)])
+
+
+@pytest.mark.parametrize("status", [500, 400, 429, 302])
+def test_an_echoing_receiver_never_gets_a_secret_into_logs_or_reprs(
+    status: int, caplog: pytest.LogCaptureFixture
+) -> None:
+    echo = Receiver(default=(status, {"Location": "{headers}"}, "you sent {headers}"))
+    inst = _inst(
+        echo.url,
+        push_timeout=0.5,
+        remote_write_headers={"Authorization": f"Bearer {TOKEN}", "X-Scope-OrgID": TENANT},
+    )
+    _analyses(inst, 1)
+    with caplog.at_level(logging.DEBUG, logger="instrument"):
+        assert not inst.push()
+        assert not asyncio.run(inst.apush())
+    shown = _everything_shown(inst, caplog)
+    assert echo.writes and echo.writes[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert "you sent" in shown or status == 302  # the receiver's message is quoted...
+    for secret in (TOKEN, TENANT):
+        assert secret not in shown and secret.lower() not in shown.lower()  # ...scrubbed
+    echo.close()
+
+
+def test_url_credentials_become_basic_auth_and_are_never_shown(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    import base64
+
+    echo = Receiver(default=(500, {}, "echo {headers}"))
+    url = echo.url.replace("http://", f"http://writer:{PASSWORD}@")
+    inst = _inst(url, push_timeout=0.3)
+    _analyses(inst, 1)
+    with caplog.at_level(logging.DEBUG, logger="instrument"):
+        assert not inst.push()
+    encoded = base64.b64encode(f"writer:{PASSWORD}".encode()).decode()
+    assert echo.writes[0].headers["Authorization"] == f"Basic {encoded}"
+    shown = _everything_shown(inst, caplog)
+    assert PASSWORD not in shown and encoded not in shown
+    assert "echo" in shown
+    echo.close()
+
+
+def test_the_environment_gives_url_and_headers_and_never_shows_a_value() -> None:
+    env = {
+        "INSTRUMENT_REMOTE_WRITE_URL": "http://u:p@127.0.0.1:9090/api/v1/write",
+        "INSTRUMENT_REMOTE_WRITE_HEADERS": f"X-Scope-OrgID={TENANT}, Authorization=Basic YWI6Y2Q=",
+    }
+    found = from_environment(env)
+    assert found["remote_write"] == env["INSTRUMENT_REMOTE_WRITE_URL"]
+    assert found["remote_write_headers"] == {
+        "X-Scope-OrgID": TENANT,
+        "Authorization": "Basic YWI6Y2Q=",
+    }
+    bad = {"INSTRUMENT_REMOTE_WRITE_HEADERS": f"X-Scope-OrgID={TENANT}\x01,oops"}
+    with pytest.raises(ValueError, match="INSTRUMENT_REMOTE_WRITE_HEADERS") as info:
+        from_environment(bad)
+    assert TENANT not in str(info.value)
+    with pytest.raises(ValueError, match="Name=value pairs"):
+        from_environment({"INSTRUMENT_REMOTE_WRITE_HEADERS": "no-equals-sign"})
+    with pytest.raises(ValueError, match="INSTRUMENT_REMOTE_WRITE_URL") as info:
+        from_environment({"INSTRUMENT_REMOTE_WRITE_URL": f"ftp://u:{PASSWORD}@host/x"})
+    assert PASSWORD not in str(info.value)
+
+
+header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True).filter(
+    lambda n: n.lower() not in _remote_write._PROTOCOL_HEADERS
+)
+header_values = st.text(
+    st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=","),
+    min_size=1,
+    max_size=40,
+)
+
+
+@given(st.dictionaries(header_names, header_values, max_size=4))
+@settings(max_examples=100, deadline=None)
+def test_any_valid_headers_go_through_the_environment_form_unchanged(
+    headers: dict[str, str],
+) -> None:
+    if len({n.lower() for n in headers}) != len(headers):
+        return  # names differing only in case: refused, tested below
+    text = ",".join(f"{name}={value}" for name, value in headers.items())
+    got = from_environment({"INSTRUMENT_REMOTE_WRITE_HEADERS": text})
+    assert got["remote_write_headers"] == {n: v.strip() for n, v in headers.items()}
+    target = _remote_write.RemoteWriteTarget(
+        "http://127.0.0.1:9/api/v1/write", headers=got["remote_write_headers"], labels={}
+    )
+    shown = repr(target)
+    for value in headers.values():
+        if len(value) >= 4:
+            assert value not in shown.replace(repr(list(headers)), "")
+        assert target.scrubber.scrub(value) == "***"
+
+
+@given(
+    header_names,
+    st.text(min_size=1, max_size=20).filter(
+        lambda v: any(ord(c) < 0x20 or ord(c) == 0x7F for c in v.strip())
+    ),
+)
+@settings(max_examples=100, deadline=None, suppress_health_check=[HealthCheck.filter_too_much])
+def test_a_header_value_with_a_control_character_is_refused_without_showing_it(
+    name: str, value: str
+) -> None:
+    with pytest.raises(ValueError) as info:
+        Instrumentation(remote_write="http://127.0.0.1:9/w", remote_write_headers={name: value})
+    assert value.strip() not in str(info.value)
+    assert name in str(info.value)
+
+
+@given(
+    st.text(
+        st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters="@/?#[]"),
+        min_size=1,
+        max_size=20,
+    )
+)
+@settings(max_examples=100, deadline=None)
+def test_a_password_in_any_url_never_reaches_a_repr_or_an_error(password: str) -> None:
+    from urllib.parse import quote
+
+    url = f"http://user:{quote(password, safe='')}@127.0.0.1:9/api/v1/write"
+    inst = Instrumentation(
+        registry=CollectorRegistry(), remote_write=url, push_mode="off", stale_on_exit=False
+    )
+    shown = repr(inst)
+    assert "'http://127.0.0.1:9/api/v1/write'" in shown
+    assert "user:" not in shown and "@" not in shown
+    inst.close()
+    with pytest.raises(ValueError) as info:
+        Instrumentation(remote_write=url.replace("/api", " /api"))
+    assert "***@127.0.0.1" in str(info.value) and "user:" not in str(info.value)
+
+
+@pytest.mark.parametrize(
+    ("options", "error", "match"),
+    [
+        ({"external_labels": {"module": "x"}}, ValueError, "label of the toolkit's own metrics"),
+        ({"external_labels": {"job": "x"}}, ValueError, "pass job= instead"),
+        ({"external_labels": {"instance": "x"}}, ValueError, "instance= adds it too"),
+        ({"external_labels": {"__x": "x"}}, ValueError, "reserved"),
+        ({"external_labels": {"1x": "x"}}, ValueError, "not a valid label name"),
+        ({"external_labels": {"cluster": ""}}, ValueError, "is empty"),
+        ({"external_labels": {"cluster": 3}}, TypeError, "must be a string"),
+        ({"external_labels": ["cluster"]}, TypeError, "must be a mapping"),
+        (
+            {"external_labels": {"team": "a"}, "grouping_key": {"team": "b"}},
+            ValueError,
+            "both hold 'team'",
+        ),
+        ({"grouping_key": {"instance": "x"}}, ValueError, "pass instance="),
+        ({"remote_write_headers": {"Content-Type": "text/plain"}}, ValueError, "protocol sets"),
+        ({"remote_write_headers": {"Bad Name": "x"}}, ValueError, "not an HTTP header name"),
+        ({"remote_write_headers": {"X-A": "1", "x-a": "2"}}, ValueError, "twice"),
+        ({"remote_write_headers": {"X-A": ""}}, ValueError, "is empty"),
+        ({"remote_write_headers": "X-A=1"}, TypeError, "must be a mapping"),
+        ({"stale_on_exit": "no"}, TypeError, "stale_on_exit"),
+    ],
+)
+def test_bad_remote_write_settings_are_refused_at_configure_time(
+    options: dict[str, Any], error: type[Exception], match: str
+) -> None:
+    registry = CollectorRegistry()
+    with pytest.raises(error, match=match):
+        Instrumentation(registry=registry, remote_write="http://127.0.0.1:9/w", **options)
+    assert list(registry.collect()) == []  # refused before anything was registered
+
+
+def test_settings_that_need_remote_write_are_refused_without_it() -> None:
+    with pytest.raises(ValueError, match="external_labels is set but remote_write is not"):
+        Instrumentation(external_labels={"cluster": "eu"})
+    with pytest.raises(ValueError, match="remote_write_headers is set but remote_write is not"):
+        Instrumentation(remote_write_headers={"X-Scope-OrgID": "a"})
+    with pytest.raises(ValueError, match="pass only one"):
+        Instrumentation(
+            remote_write=f"http://u:{PASSWORD}@127.0.0.1:9/w",
+            remote_write_headers={"authorization": "Bearer x"},
+        )
+    with pytest.raises(ValueError, match="remote write URL"):
+        Instrumentation(remote_write="127.0.0.1:9090")
+
+
+def test_a_label_of_a_users_own_metric_that_remote_write_adds_is_refused() -> None:
+    registry = CollectorRegistry()
+    Counter("orders", "Orders", ["cluster"], registry=registry).labels("a").inc()
+    with pytest.raises(ValueError, match="'orders_total' already has the label 'cluster'"):
+        Instrumentation(
+            registry=registry, remote_write="http://127.0.0.1:9/w", external_labels={"cluster": "x"}
+        )
+    Counter("jobs", "Jobs", ["instance"], registry=registry).labels("a").inc()
+    with pytest.raises(ValueError, match="already has the label 'instance'"):
+        Instrumentation(registry=registry, remote_write="http://127.0.0.1:9/w")
+
+
+def test_the_encoders_load_only_with_remote_write() -> None:
+    probe = (
+        "import sys, instrument\n"
+        "from instrument import Instrumentation, configure\n"
+        "names = ('instrument.delivery._remote_write', 'instrument.delivery._prompb', "
+        "'instrument.delivery._snappy')\n"
+        "i = Instrumentation(pushgateway='http://127.0.0.1:9', textfile=None, push_mode='off')\n"
+        "i.push(); configure()\n"
+        "print([n for n in names if n in sys.modules])\n"
+        "Instrumentation(remote_write='http://127.0.0.1:9/w', push_mode='off', "
+        "stale_on_exit=False)\n"
+        "print([n for n in names if n in sys.modules])\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    without, with_remote = result.stdout.splitlines()
+    assert without == "[]"
+    assert with_remote == repr(
+        ["instrument.delivery._remote_write", "instrument.delivery._prompb",
+         "instrument.delivery._snappy"]
+    )  # fmt: skip
+
+
+# -- the real receiver: Prometheus 2.42 with --web.enable-remote-write-receiver -----------------
+
+WORKER = """
+import sys, time
+from instrument import Instrumentation
+
+url, job, calls, mode = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
+options = {"pushgateway": sys.argv[5], "instance": True} if len(sys.argv) > 5 else {}
+inst = Instrumentation(remote_write=url, job=job, push_interval=0.2, **options)
+
+@inst.monitored_analysis("static_analysis", "codebase")
+def work(i):
+    return i
+
+for i in range(calls):
+    work(i)
+if mode == "hang":  # flushed, then killed by the test
+    assert inst.flush(10)
+    print("flushed", flush=True)
+    time.sleep(120)
+"""
+
+
+@pytest.fixture
+def worker(tmp_path: Path) -> Path:
+    path = tmp_path / "worker.py"
+    path.write_text(WORKER)
+    return path
+
+
+def _run_workers(worker: Path, args: list[list[str]], at_once: int = 5) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+    for start in range(0, len(args), at_once):
+        procs = [
+            subprocess.Popen([sys.executable, str(worker), *a], env=env, stderr=subprocess.PIPE)
+            for a in args[start : start + at_once]
+        ]
+        for proc in procs:
+            _, err = proc.communicate(timeout=120)
+            assert proc.returncode == 0, err.decode()
+
+
+def _scalar(prometheus: Prometheus, expr: str) -> float | None:
+    result = prometheus.query(expr)
+    assert len(result) <= 1, result
+    return float(result[0]["value"][1]) if result else None
+
+
+def _wait_value(
+    prometheus: Prometheus, expr: str, want: float, timeout: float = 20
+) -> float | None:
+    deadline = time.monotonic() + timeout
+    while True:
+        got = _scalar(prometheus, expr)
+        if got == want or time.monotonic() > deadline:
+            return got
+        time.sleep(0.2)
+
+
+def test_twenty_short_lived_workers_sum_exactly_and_end_stale(
+    remote_write_prometheus: Prometheus, worker: Path
+) -> None:
+    job = f"rw-{uuid.uuid4().hex[:8]}"
+    url = f"{remote_write_prometheus.url}/api/v1/write"
+    _run_workers(worker, [[url, job, "50", "exit"] for _ in range(20)])
+    selector = f'codomyrmex_analyses_total{{job="{job}",status="success"}}'
+    total = _wait_value(remote_write_prometheus, f"sum(last_over_time({selector}[10m]))", 1000)
+    assert total == 1000
+    # One series per worker (its host-pid instance), each ended by a staleness marker.
+    assert _scalar(remote_write_prometheus, f"count(last_over_time({selector}[10m]))") == 20
+    assert remote_write_prometheus.query(selector) == []
+    assert remote_write_prometheus.query(f'{{job="{job}"}}') == []
+    count = f'codomyrmex_analysis_duration_seconds_count{{job="{job}"}}'
+    assert _scalar(remote_write_prometheus, f"sum(last_over_time({count}[10m]))") == 1000
+
+
+@pytest.mark.integration
+def test_a_receiver_down_at_the_start_then_up_loses_nothing() -> None:
+    receiver = Prometheus(Pushgateway(), flags=("--web.enable-remote-write-receiver",))
+    job = f"rw-{uuid.uuid4().hex[:8]}"
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        remote_write=f"{receiver.url}/api/v1/write",
+        job=job,
+        push_interval=0.1,
+        push_timeout=0.5,
+    )
+    try:
+        _analyses(inst, 30)
+        deadline = time.monotonic() + 20
+        while (_samples(inst, "push_failures_total") or 0) < 1 and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert (_samples(inst, "push_failures_total") or 0) >= 1
+        receiver.start()
+        _analyses(inst, 12)
+        assert inst.flush(timeout=10)
+        selector = f'codomyrmex_analyses_total{{job="{job}",status="success"}}'
+        assert _wait_value(receiver, f"sum({selector})", 42) == 42
+        inst.close()
+        assert receiver.query(selector) == []
+        assert _scalar(receiver, f"sum(last_over_time({selector}[10m]))") == 42
+    finally:
+        inst.close()
+        receiver.stop()
+
+
+def test_a_killed_workers_last_written_values_stay_queryable(
+    remote_write_prometheus: Prometheus, worker: Path
+) -> None:
+    job = f"rw-{uuid.uuid4().hex[:8]}"
+    url = f"{remote_write_prometheus.url}/api/v1/write"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+    proc = subprocess.Popen(
+        [sys.executable, str(worker), url, job, "17", "hang"], env=env, stdout=subprocess.PIPE
+    )
+    try:
+        assert proc.stdout is not None
+        assert proc.stdout.readline() == b"flushed\n"
+    finally:
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    selector = f'codomyrmex_analyses_total{{job="{job}",status="success"}}'
+    # No staleness marker from a killed process: even an instant query still returns it.
+    assert _wait_value(remote_write_prometheus, f"sum({selector})", 17) == 17
+    assert _scalar(remote_write_prometheus, f"sum(last_over_time({selector}[10m]))") == 17
+
+
+def test_a_worker_with_both_targets_gives_the_same_totals_in_both(
+    remote_write_prometheus: Prometheus, pushgateway: Pushgateway, worker: Path
+) -> None:
+    job = f"rw-{uuid.uuid4().hex[:8]}"
+    url = f"{remote_write_prometheus.url}/api/v1/write"
+    _run_workers(worker, [[url, job, str(n), "exit", pushgateway.url] for n in (7, 11, 13)])
+    on_gateway = sum(
+        value
+        for name, labels, value in pushgateway.samples()
+        if name == "codomyrmex_analyses_total"
+        and labels.get("job") == job
+        and labels.get("status") == "success"
+    )
+    assert on_gateway == 31
+    selector = f'codomyrmex_analyses_total{{job="{job}",status="success"}}'
+    assert _wait_value(remote_write_prometheus, f"sum(last_over_time({selector}[10m]))", 31) == 31
+    gateway_instances = {
+        labels["instance"]
+        for name, labels, _ in pushgateway.samples()
+        if name == "codomyrmex_analyses_total" and labels.get("job") == job
+    }
+    written = remote_write_prometheus.query(
+        f"count by (instance) (last_over_time({selector}[10m]))"
+    )
+    assert {r["metric"]["instance"] for r in written} == gateway_instances
+    assert len(gateway_instances) == 3
