@@ -354,9 +354,9 @@ class Instrumentation:
         if self.delivery.gateway is None:
             raise ValueError("prune_gateway needs pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL)")
         found = prune_groups(self.delivery.gateway, older_than, job=job, dry_run=dry_run)
-        for labels, reason in found.failed:
-            logger.warning("instrument: deleting the group %s failed (%s)", labels, reason)
-        return found.deleted
+        for group, reason in found.failed:
+            logger.warning("instrument: deleting the group %s failed (%s)", group.labels, reason)
+        return [group.labels for group in found.deleted]
 
     def close(self) -> None:
         """Stop the flusher, deliver the final state, close sessions."""

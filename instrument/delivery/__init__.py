@@ -14,7 +14,7 @@ from ._aiohttp import read_capped
 from ._flusher import PUSH_MODES, Delivery
 from ._http import ANSWER_LIMIT, PushFailed
 from ._lifecycle import exit_flush_running, install_sigterm_handler, multiprocess_enabled
-from ._prune import Pruned, prune_groups
+from ._prune import Group, Pruned, prune_groups
 from ._pushgateway import (
     PushTarget,
     check_group_value,
@@ -31,6 +31,7 @@ __all__ = [
     "PUSH_MODES",
     "BeforeCollect",
     "Delivery",
+    "Group",
     "Pruned",
     "PushFailed",
     "PushTarget",

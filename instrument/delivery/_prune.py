@@ -16,19 +16,26 @@ from typing import Any, NamedTuple
 from ._http import PushFailed
 from ._pushgateway import PushTarget, grouping_path
 
-__all__ = ["Pruned", "prune_groups"]
+__all__ = ["Group", "Pruned", "prune_groups"]
 
 #: Bytes of the group listing ever read: a gateway full of stale groups (the reason to
 #: prune) lists megabytes, and one sending without end must not fill memory.
 LISTING_LIMIT = 256 * 1024 * 1024
 
 
-class Pruned(NamedTuple):
-    """What a prune did: the labels of each group deleted (or, in a dry run, that would
-    be), and each group whose delete failed, with why."""
+class Group(NamedTuple):
+    """A group on the gateway: its labels (``job`` among them) and its last push time."""
 
-    deleted: list[dict[str, str]]
-    failed: list[tuple[dict[str, str], str]]
+    labels: dict[str, str]
+    pushed: float
+
+
+class Pruned(NamedTuple):
+    """What a prune did: each group deleted (or, in a dry run, that would be), and each
+    group whose delete failed, with why."""
+
+    deleted: list[Group]
+    failed: list[tuple[Group, str]]
 
 
 def _push_time(group: dict[str, Any]) -> float | None:
@@ -40,7 +47,7 @@ def _push_time(group: dict[str, Any]) -> float | None:
     return value if math.isfinite(value) else None
 
 
-def _groups(target: PushTarget, timeout: float) -> list[tuple[dict[str, str], float]]:
+def _groups(target: PushTarget, timeout: float) -> list[Group]:
     body = target.call("GET", "/api/v1/metrics", timeout, LISTING_LIMIT)
     if len(body) >= LISTING_LIMIT:
         raise PushFailed(
@@ -48,15 +55,16 @@ def _groups(target: PushTarget, timeout: float) -> list[tuple[dict[str, str], fl
             "job at a time with job="
         )
     try:
-        listing = json.loads(body)
-        entries = listing["data"]
+        entries = json.loads(body)["data"]
+        if not isinstance(entries, list):
+            raise TypeError(entries)
     except (ValueError, KeyError, TypeError):
         raise PushFailed(
             "the answer to GET /api/v1/metrics is not the Pushgateway's group listing; point "
             "the URL at the gateway itself (1.0 or newer)"
         ) from None
     found = []
-    for entry in entries if isinstance(entries, list) else ():
+    for entry in entries:
         labels = entry.get("labels") if isinstance(entry, dict) else None
         pushed = _push_time(entry) if isinstance(entry, dict) else None
         if not isinstance(labels, dict) or pushed is None:
@@ -64,7 +72,7 @@ def _groups(target: PushTarget, timeout: float) -> list[tuple[dict[str, str], fl
         if not all(isinstance(k, str) and isinstance(v, str) for k, v in labels.items()):
             continue
         if isinstance(labels.get("job"), str):
-            found.append((dict(labels), pushed))
+            found.append(Group(dict(labels), pushed))
     return found
 
 
@@ -87,15 +95,16 @@ def prune_groups(
         raise ValueError(f"job must be a non-empty string (or None for every job), got {job!r}")
     cutoff = time.time() - older_than
     result = Pruned([], [])
-    for labels, pushed in _groups(target, timeout):
-        if pushed >= cutoff or (job is not None and labels["job"] != job):
+    for group in _groups(target, timeout):
+        labels = group.labels
+        if group.pushed >= cutoff or (job is not None and labels["job"] != job):
             continue
         if not dry_run:
             key = {k: v for k, v in labels.items() if k != "job"}
             try:
                 target.call("DELETE", grouping_path(labels["job"], key), timeout)
             except (PushFailed, ValueError) as exc:  # ValueError: a value URLs cannot carry
-                result.failed.append((labels, str(exc)))
+                result.failed.append((group, str(exc)))
                 continue
-        result.deleted.append(labels)
+        result.deleted.append(group)
     return result
