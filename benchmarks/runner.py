@@ -24,6 +24,7 @@ from .calls import run_async, run_sync
 from .imports import run_imports
 from .memory import run_memory
 from .push import run_push
+from .remote_write import run_remote_write
 from .report import Section, render
 from .settings import Settings
 from .streams import run_streams
@@ -39,6 +40,7 @@ SECTIONS: tuple[tuple[int, str, Callable[[Settings], Section]], ...] = (
     (5, "push", run_push),
     (6, "memory", run_memory),
     (7, "import", run_imports),
+    (8, "remote_write", run_remote_write),
 )
 
 
@@ -87,7 +89,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         metavar="N,N",
-        help="run only these section numbers, e.g. 1,2 (default: all seven)",
+        help=f"run only these section numbers, e.g. 1,2 (default: all {len(SECTIONS)})",
     )
     return parser.parse_args(argv)
 
@@ -116,7 +118,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             wanted = set()
         if not wanted or not wanted <= {number for number, _, _ in SECTIONS}:
-            print(f"--sections takes numbers 1-7 separated by commas, got {args.sections!r}")
+            print(
+                f"--sections takes numbers 1-{len(SECTIONS)} separated by commas, "
+                f"got {args.sections!r}"
+            )
             return 2
     info = machine()
     mode = "quick" if settings.quick else "full"

@@ -859,3 +859,46 @@ def test_a_worker_with_both_targets_gives_the_same_totals_in_both(
     )
     assert {r["metric"]["instance"] for r in written} == gateway_instances
     assert len(gateway_instances) == 3
+
+
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+
+
+@pytest.mark.integration
+def test_the_deploy_example_writes_into_a_receiver_started_as_compose_starts_it(
+    tmp_path: Path,
+) -> None:
+    import yaml
+
+    compose = yaml.safe_load((DEPLOY / "docker-compose.yml").read_text())
+    flags = [
+        flag
+        for flag in compose["services"]["prometheus"]["command"]
+        if not flag.startswith(("--config.file", "--storage.tsdb.path"))  # the launcher's own
+    ]
+    assert "--web.enable-remote-write-receiver" in flags
+    receiver = Prometheus(Pushgateway(), flags=tuple(flags)).start()
+    try:
+        for name, lines in (("a.py", 3), ("b.py", 5)):
+            (tmp_path / name).write_text("x = 1\n" * lines)
+        job = f"deploy-{uuid.uuid4().hex[:6]}"
+        env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+        env |= {
+            "INSTRUMENT_REMOTE_WRITE_URL": f"{receiver.url}/api/v1/write",
+            "INSTRUMENT_JOB": job,
+        }
+        for _ in range(2):  # two workers, one after the other
+            result = subprocess.run(
+                [sys.executable, str(DEPLOY / "remote-write" / "worker.py"), str(tmp_path)],
+                env=env,
+                capture_output=True,
+                text=True,
+                timeout=120,
+            )
+            assert result.returncode == 0, result.stderr
+            assert result.stdout == f"analysed {tmp_path}: 8 lines\n"
+        selector = f'codomyrmex_analyses_total{{job="{job}",status="success"}}'
+        assert _scalar(receiver, f"sum(last_over_time({selector}[1h]))") == 4
+        assert receiver.query(selector) == []  # both ended their series at exit
+    finally:
+        receiver.stop()

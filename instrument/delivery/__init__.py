@@ -23,7 +23,7 @@ from ._pushgateway import (
     check_seconds,
     grouping_path,
 )
-from ._snapshot import BeforeCollect, register_before_snapshot
+from ._snapshot import BeforeCollect, Snapshot, register_before_snapshot
 from ._textfile import check_textfile
 
 __all__ = [
@@ -35,6 +35,7 @@ __all__ = [
     "Pruned",
     "PushFailed",
     "PushTarget",
+    "Snapshot",
     "check_group_value",
     "check_grouping_key",
     "check_job",
