@@ -902,3 +902,106 @@ def test_the_deploy_example_writes_into_a_receiver_started_as_compose_starts_it(
         assert receiver.query(selector) == []  # both ended their series at exit
     finally:
         receiver.stop()
+
+
+# -- more hostile cases -----------------------------------------------------------------------
+
+
+def test_a_receiver_that_refuses_connections_fails_an_each_mode_call_fast() -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]  # closed again: nothing listens there
+    inst = _inst(f"http://127.0.0.1:{port}/api/v1/write", push_mode="each", push_timeout=20)
+    started = time.monotonic()
+    _analyses(inst, 3)
+    took = time.monotonic() - started
+    assert took < 10, f"3 calls took {took:.1f} s: a refused connection was retried in the call"
+    assert _samples(inst, "push_failures_total") == 3
+    inst.close()
+
+
+def test_a_series_the_registry_drops_ends_with_the_next_write(receiver: Receiver) -> None:
+    registry = CollectorRegistry()
+    orders = Counter("orders", "Orders", ["kind"], registry=registry)
+    orders.labels("a").inc()
+    orders.labels("b").inc(2)
+    inst = _inst(receiver.url, registry=registry)
+    assert inst.push()
+    orders.remove("a")
+    orders.labels("b").inc()
+    assert inst.push()
+    first, second = receiver.writes
+    assert first.value("orders_total", kind="a") == 1
+    ended = [bits for key, (bits, _) in second.values().items() if ("kind", "a") in key]
+    assert ended == [STALE_BITS]
+    assert second.value("orders_total", kind="b") == 3
+    inst.close()
+    stale = receiver.writes[-1]
+    assert not any(("kind", "a") in key for key in stale.values())  # ended once, not twice
+    assert {bits for bits, _ in stale.values().values()} == {STALE_BITS}
+
+
+def test_a_forked_child_writes_its_own_series_under_its_own_pid(receiver: Receiver) -> None:
+    import multiprocessing
+
+    inst = _inst(receiver.url, push_mode="coalesce", push_interval=30)
+    assert inst.push()  # the parent's series, before the fork
+
+    def child() -> None:
+        _analyses(inst, 4, module="in_child")  # the finalizer closes it: final values, markers
+
+    process = multiprocessing.get_context("fork").Process(target=child)
+    process.start()
+    process.join(60)
+    assert process.exitcode == 0
+    host = socket.gethostname()
+    child_writes = [
+        w for w in receiver.writes if w.value("codomyrmex_analyses_total", module="in_child",
+                                              status="success") is not None
+    ]  # fmt: skip
+    assert child_writes, "the child wrote nothing"
+    instances = {dict(k)["instance"] for w in child_writes for k in w.values()}
+    assert instances == {f"{host}-{process.pid}"}
+    assert child_writes[-1].value("codomyrmex_analyses_total", module="in_child", status="success")
+    parent = inst.delivery.remote_write
+    assert parent is not None and parent.labels["instance"] == f"{host}-{os.getpid()}"
+    inst.close()
+
+
+label_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=16)
+
+
+@pytest.mark.integration
+@given(st.dictionaries(st.sampled_from(["cluster", "region", "tier"]), label_text, max_size=3))
+@settings(
+    max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+def test_any_label_value_reaches_prometheus_as_given(
+    remote_write_prometheus: Prometheus, labels: dict[str, str]
+) -> None:
+    job = f"prop-{uuid.uuid4().hex[:8]}"
+    inst = _inst(
+        f"{remote_write_prometheus.url}/api/v1/write",
+        job=job,
+        external_labels=labels,
+        instance="inst-ü/x y",
+    )
+    _analyses(inst, 2)
+    assert inst.push()
+    found = remote_write_prometheus.query(
+        f'codomyrmex_analyses_total{{job="{job}",status="success"}}'
+    )
+    assert [r["metric"] for r in found] == [
+        {
+            "__name__": "codomyrmex_analyses_total",
+            "job": job,
+            "instance": "inst-ü/x y",
+            "module": "static_analysis",
+            "analysis_type": "codebase",
+            "status": "success",
+            **labels,
+        }
+    ]
+    assert float(found[0]["value"][1]) == 2
+    inst.close()
+    assert remote_write_prometheus.query(f'{{job="{job}"}}') == []

@@ -208,9 +208,8 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), _RETRY_AFTER_CAP)
 
 
-def _retryable(exc: PushFailed) -> bool:
-    # No status: the connection failed or no answer came; the spec's 5xx MUST and 429 MAY.
-    return exc.status is None or exc.status >= 500 or exc.status == 429
+def _retryable(status: int) -> bool:
+    return status >= 500 or status == 429  # the spec's 5xx MUST, and its 429 MAY
 
 
 class RemoteWriteTarget:
@@ -290,13 +289,18 @@ class RemoteWriteTarget:
         if snapshot.number < self._newest:
             return None
         self._newest = snapshot.number
-        series, metadata = series_of(snapshot.families, self.labels, self._timestamp_ms())
-        for one in series:
-            self._written[one.labels] = None
+        at = self._timestamp_ms()
+        series, metadata = series_of(snapshot.families, self.labels, at)
+        written = dict.fromkeys(one.labels for one in series)
+        # A series the registry no longer has (a child removed, a dead process's gauge in
+        # multiprocess mode) ends now, as a scrape that misses it would end it.
+        marker = (Sample(STALE_NAN, at),)
+        series += [Series(labels, marker) for labels in self._written if labels not in written]
+        self._written = written
         return compress(encode_write_request(series, metadata))
 
     def _stale_body(self) -> bytes | None:
-        """Staleness markers for every series written, or None when there is nothing to
+        """Staleness markers for every series last written, or None when there is nothing to
         end: none written, opted out, or the last values never landed (a marker after an
         older value would hide the final one's loss behind a clean end). Lock held."""
         if not (self.stale_on_exit and self._written and self._current):
@@ -412,7 +416,12 @@ class RemoteWriteTarget:
         """Seconds to wait before retrying the write that failed with ``exc``; raises (the
         write failed) when it is not to be retried or the wait would pass the deadline."""
         self._current = False
-        if not _retryable(exc):
+        if exc.status is None:
+            # No answer (refused, reset, timed out): fail now, as a gateway push does, and
+            # leave the retry to the flusher's backoff; a caller in each mode never spends
+            # its whole timeout on a receiver that is down.
+            raise exc
+        if not _retryable(exc.status):
             raise PushFailed(
                 f"{exc} (the receiver refused this write, which is not retried; the next "
                 "write sends the newest state)",
