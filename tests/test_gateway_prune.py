@@ -97,7 +97,7 @@ def test_prune_gateway_returns_what_it_deleted(aged: tuple[Pushgateway, str, str
 
 
 label_values = st.text(
-    st.characters(blacklist_categories=("Cs",), blacklist_characters="\x00"), max_size=12
+    st.characters(exclude_categories=["Cs"], exclude_characters="\x00"), max_size=12
 )
 
 

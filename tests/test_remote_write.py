@@ -968,7 +968,7 @@ def test_a_forked_child_writes_its_own_series_under_its_own_pid(receiver: Receiv
     inst.close()
 
 
-label_text = st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=16)
+label_text = st.text(st.characters(exclude_categories=["Cs"]), min_size=1, max_size=16)
 
 
 @pytest.mark.integration
