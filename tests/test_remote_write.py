@@ -1005,3 +1005,56 @@ def test_any_label_value_reaches_prometheus_as_given(
     assert float(found[0]["value"][1]) == 2
     inst.close()
     assert remote_write_prometheus.query(f'{{job="{job}"}}') == []
+
+
+@given(st.lists(st.sampled_from(["a", "b", "c", "d"]), min_size=1, max_size=12))
+@settings(max_examples=50, deadline=None)
+def test_cached_label_encodings_give_the_same_bytes(names: list[str]) -> None:
+    from instrument.delivery._prompb import Sample, Series, encode_write_request
+
+    cache: dict[tuple[tuple[str, str], ...], bytes] = {}
+    for ts, name in enumerate(names):  # writes that repeat, drop and bring back series
+        series = [Series((("__name__", n), ("job", "j")), (Sample(ts, ts),)) for n in {name, "a"}]
+        assert encode_write_request(series, (), cache) == encode_write_request(series)
+
+
+def test_a_hanging_receiver_holds_an_async_each_mode_call_at_most_the_push_timeout() -> None:
+    hanging = Receiver(hang=30)
+    inst = _inst(hanging.url, push_mode="each", push_timeout=0.5, stale_on_exit=False)
+
+    @inst.monitored_analysis("async_module", "codebase")
+    async def work() -> str:
+        return "result"
+
+    async def main() -> float:
+        started = time.monotonic()
+        assert await work() == "result"
+        return time.monotonic() - started
+
+    took = asyncio.run(main())
+    assert took < 5, f"the awaited call waited {took:.1f} s on a 0.5 s push timeout"
+    assert _samples(inst, "push_failures_total") == 1
+    inst.delivery.close(timeout=0.5)
+    hanging.close()
+
+
+def test_a_cancelled_write_is_not_followed_by_stale_markers(receiver: Receiver) -> None:
+    inst = _inst(receiver.url, push_timeout=10)
+    _analyses(inst, 1)
+    assert inst.push()
+    receiver.hang = 30
+    _analyses(inst, 1)
+
+    async def cancelled() -> None:
+        task = asyncio.ensure_future(inst.apush())
+        while len(receiver.writes) < 2:
+            await asyncio.sleep(0.01)
+        task.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await task
+
+    asyncio.run(cancelled())
+    receiver.hang = 0
+    inst.delivery.close(timeout=0.5)  # push_mode="off": no final write, only the markers' turn
+    assert all(STALE_BITS not in (b for b, _ in w.values().values()) for w in receiver.writes)
+    assert _samples(inst, "push_failures_total") == 1  # the cancelled write

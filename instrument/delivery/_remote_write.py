@@ -270,6 +270,8 @@ class RemoteWriteTarget:
         self._newest = 0
         self._not_before = 0.0
         self._written: dict[tuple[tuple[str, str], ...], None] = {}
+        #: The encoded labels of the series last written, for the next write.
+        self._encoded: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._current = False
 
     def __repr__(self) -> str:
@@ -297,7 +299,10 @@ class RemoteWriteTarget:
         marker = (Sample(STALE_NAN, at),)
         series += [Series(labels, marker) for labels in self._written if labels not in written]
         self._written = written
-        return compress(encode_write_request(series, metadata))
+        # Only the series of this write are kept: a dropped one's labels go with it.
+        cache = {labels: self._encoded[labels] for labels in written if labels in self._encoded}
+        self._encoded = cache
+        return compress(encode_write_request(series, metadata, cache))
 
     def _stale_body(self) -> bytes | None:
         """Staleness markers for every series last written, or None when there is nothing to
@@ -333,6 +338,7 @@ class RemoteWriteTarget:
             body = build()
             attempt = 0
             while body is not None:
+                self._current = False  # until it landed: not if cancelled, or interrupted
                 wait = self._not_before - time.monotonic()
                 if wait > 0:
                     self._check_wait(wait, deadline)
@@ -379,6 +385,7 @@ class RemoteWriteTarget:
             attempt = 0
             headers = dict(self._headers)
             while body is not None:
+                self._current = False  # until it landed: not if cancelled, or interrupted
                 wait = self._not_before - time.monotonic()
                 if wait > 0:
                     self._check_wait(wait, deadline)
@@ -406,7 +413,6 @@ class RemoteWriteTarget:
 
     def _check_wait(self, wait: float, deadline: float) -> None:
         if time.monotonic() + wait >= deadline:
-            self._current = False
             raise PushFailed(
                 f"the receiver asked to wait {wait:.1f} s more (Retry-After) before the "
                 "next write; the first write after that carries the newest state"
@@ -415,7 +421,6 @@ class RemoteWriteTarget:
     def _after_failure(self, exc: PushFailed, attempt: int, deadline: float) -> float:
         """Seconds to wait before retrying the write that failed with ``exc``; raises (the
         write failed) when it is not to be retried or the wait would pass the deadline."""
-        self._current = False
         if exc.status is None:
             # No answer (refused, reset, timed out): fail now, as a gateway push does, and
             # leave the retry to the flusher's backoff; a caller in each mode never spends
