@@ -46,8 +46,9 @@ STALE_BITS = struct.pack("<Q", 0x7FF0000000000002)
 class Write:
     """One request the stand-in received, decoded with an independent snappy (cramjam)."""
 
-    def __init__(self, headers: dict[str, str], body: bytes, at: float) -> None:
+    def __init__(self, headers: dict[str, str], body: bytes, at: float, path: str = "") -> None:
         self.headers = headers
+        self.path = path
         self.at = at
         self.body = body
         self.series, self.metadata = decode_request(bytes(cramjam.snappy.decompress_raw(body)))
@@ -93,7 +94,7 @@ class Receiver:
                 body = self.rfile.read(int(self.headers.get("Content-Length", "0")))
                 headers = {k: v for k, v in self.headers.items()}
                 with receiver.lock:
-                    receiver.writes.append(Write(headers, body, time.monotonic()))
+                    receiver.writes.append(Write(headers, body, time.monotonic(), self.path))
                     status, extra, text = (
                         receiver.answers.pop(0) if receiver.answers else receiver.default
                     )
@@ -1058,3 +1059,22 @@ def test_a_cancelled_write_is_not_followed_by_stale_markers(receiver: Receiver) 
     inst.delivery.close(timeout=0.5)  # push_mode="off": no final write, only the markers' turn
     assert all(STALE_BITS not in (b for b, _ in w.values().values()) for w in receiver.writes)
     assert _samples(inst, "push_failures_total") == 1  # the cancelled write
+
+
+def test_a_query_in_the_url_is_sent_but_never_shown(
+    receiver: Receiver, caplog: pytest.LogCaptureFixture
+) -> None:
+    url = f"{receiver.url}?extra_label=site%3Dlab&api_key=Query-Secret-7"
+    inst = _inst(url, push_timeout=0.5)
+    _analyses(inst, 1)
+    assert inst.push()
+    assert asyncio.run(inst.apush())
+    assert [w.path for w in receiver.writes] == [
+        "/api/v1/write?extra_label=site%3Dlab&api_key=Query-Secret-7"
+    ] * 2
+    receiver.default = (500, {}, "you sent {headers} to api_key=Query-Secret-7")
+    with caplog.at_level(logging.DEBUG, logger="instrument"):
+        assert not inst.push()
+    shown = _everything_shown(inst, caplog)
+    assert "you sent" in shown and "Query-Secret-7" not in shown and "api_key" not in repr(inst)
+    inst.delivery.close(timeout=0.5)

@@ -23,6 +23,7 @@ import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
+from urllib.parse import parse_qsl, quote, urlsplit
 
 from prometheus_client import CollectorRegistry
 
@@ -48,6 +49,7 @@ __all__ = [
 ]
 
 EXAMPLE_URL = "http://127.0.0.1:9090/api/v1/write"
+_QUERY_SAFE = "".join(chr(i) for i in range(0x21, 0x7F))
 #: Headers the protocol sets itself: a user's value would break every write.
 _PROTOCOL_HEADERS = frozenset(
     {
@@ -67,9 +69,14 @@ _RETRY_CAP = 5.0
 _RETRY_AFTER_CAP = 300.0
 
 
-def check_remote_write_url(url: object) -> tuple[str, tuple[str, str] | None]:
-    """The receiver's URL without credentials, and any ``user:password`` in it."""
-    return split_url(url, what="remote write URL", example=EXAMPLE_URL)
+def check_remote_write_url(url: object) -> tuple[str, str, tuple[str, str] | None]:
+    """The receiver's URL without credentials or query (as logs show it), its query
+    (``extra_label=...`` for VictoriaMetrics; "" for none), and any ``user:password``."""
+    base, credentials = split_url(url, what="remote write URL", example=EXAMPLE_URL)
+    assert isinstance(url, str)  # split_url refused anything else
+    # Kept as given, only what a request line cannot carry percent-encoded.
+    query = quote(urlsplit(url.strip()).query, safe=_QUERY_SAFE)
+    return base, query, credentials
 
 
 def check_headers(headers: object) -> dict[str, str]:
@@ -228,9 +235,11 @@ class RemoteWriteTarget:
         stale_on_exit: bool = True,
         instance: str = "",
     ) -> None:
-        self.url, credentials = check_remote_write_url(url)
+        self.url, query, credentials = check_remote_write_url(url)
+        #: Where writes go: the URL with its query, which logs never show (it may hold a key).
+        self._endpoint = f"{self.url}?{query}" if query else self.url
         given = check_headers(headers or {})
-        secrets: list[str] = []
+        secrets: list[str] = [value for _, value in parse_qsl(query) if len(value) > 3]
         for value in given.values():
             # "Bearer abc" may come back as "abc" alone, in a proxy's complaint.
             secrets += [value, *value.split()[1:2]]
@@ -344,7 +353,7 @@ class RemoteWriteTarget:
                     self._check_wait(wait, deadline)
                     time.sleep(wait)
                 try:
-                    request(self.url, "POST", self._headers, body, self._left(deadline),
+                    request(self._endpoint, "POST", self._headers, body, self._left(deadline),
                             self._ssl, self.scrubber)  # fmt: skip
                 except PushFailed as exc:
                     time.sleep(self._after_failure(exc, attempt, deadline))
@@ -391,7 +400,7 @@ class RemoteWriteTarget:
                     self._check_wait(wait, deadline)
                     await asyncio.sleep(wait)
                 try:
-                    await arequest(session, self.url, "POST", headers, body,
+                    await arequest(session, self._endpoint, "POST", headers, body,
                                    self._left(deadline), self._ssl, self.scrubber)  # fmt: skip
                 except PushFailed as exc:
                     await asyncio.sleep(self._after_failure(exc, attempt, deadline))
