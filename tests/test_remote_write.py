@@ -1078,3 +1078,57 @@ def test_a_query_in_the_url_is_sent_but_never_shown(
     shown = _everything_shown(inst, caplog)
     assert "you sent" in shown and "Query-Secret-7" not in shown and "api_key" not in repr(inst)
     inst.delivery.close(timeout=0.5)
+
+
+@pytest.fixture
+def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.MonkeyPatch]:
+    """No INSTRUMENT_* variable from outside, and the default restored afterwards."""
+    from instrument.defaults import replace_default
+
+    for name in list(os.environ):
+        if name.startswith("INSTRUMENT_"):
+            monkeypatch.delenv(name)
+    saved = replace_default(None)
+    try:
+        yield monkeypatch
+    finally:
+        current = replace_default(saved)
+        if current is not None and current is not saved:
+            current.close()
+
+
+def test_configure_and_the_implicit_default_read_remote_write_from_the_environment(
+    receiver: Receiver, clean_environment: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import instrument
+    from instrument import configure, get_instrumentation
+
+    env = clean_environment
+    env.setenv("INSTRUMENT_REMOTE_WRITE_URL", receiver.url)
+    env.setenv("INSTRUMENT_REMOTE_WRITE_HEADERS", f"X-Scope-OrgID={TENANT}")
+    env.setenv("INSTRUMENT_PUSH_MODE", "off")
+    inst = configure(registry=CollectorRegistry(), job="from-env")
+    _analyses(inst, 2)
+    assert instrument.push()
+    assert receiver.writes[-1].headers["X-Scope-OrgID"] == TENANT
+    assert receiver.writes[-1].value("codomyrmex_analyses_total", job="from-env", status="success")
+    env.setenv("INSTRUMENT_REMOTE_WRITE_HEADERS", f"X-Scope-OrgID={TENANT}\x7f")
+    with pytest.raises(ValueError, match="INSTRUMENT_REMOTE_WRITE_HEADERS") as info:
+        configure()
+    assert TENANT not in str(info.value)
+    # The implicit default logs the bad variable once, leaves it out, and still writes.
+    from instrument.defaults import replace_default
+
+    replaced = replace_default(None)
+    assert replaced is not None
+    replaced.close()
+    with caplog.at_level(logging.ERROR, logger="instrument"):
+        default = get_instrumentation()
+    assert [
+        r.getMessage()
+        for r in caplog.records
+        if "INSTRUMENT_REMOTE_WRITE_HEADERS" in r.getMessage()
+    ]
+    assert all(TENANT not in r.getMessage() for r in caplog.records)
+    assert default.delivery.remote_write is not None
+    assert default.delivery.remote_write.header_names == ()
