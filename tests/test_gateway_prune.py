@@ -101,14 +101,17 @@ label_values = st.text(
 )
 
 
-@given(st.lists(label_values, min_size=1, max_size=4, unique=True))
+@given(
+    st.lists(label_values, min_size=1, max_size=4, unique=True),
+    label_values.filter(lambda job: job not in ("", ".", "..")),
+)
 @settings(
     max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 def test_any_label_value_is_deleted_by_its_grouping_key(
-    pushgateway: Pushgateway, values: list[str]
+    pushgateway: Pushgateway, values: list[str], name: str
 ) -> None:
-    job = f"prop-{uuid.uuid4().hex[:6]}"
+    job = f"{name}-{uuid.uuid4().hex[:6]}"
     for value in values:
         _push(pushgateway, job, instance=value)
     target = PushTarget(pushgateway.url, job="x", grouping_key={})

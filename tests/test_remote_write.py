@@ -1132,3 +1132,23 @@ def test_configure_and_the_implicit_default_read_remote_write_from_the_environme
     assert all(TENANT not in r.getMessage() for r in caplog.records)
     assert default.delivery.remote_write is not None
     assert default.delivery.remote_write.header_names == ()
+
+
+def test_retry_after_as_an_http_date_is_honoured_and_garbage_ignored(receiver: Receiver) -> None:
+    import email.utils
+
+    soon = email.utils.formatdate(time.time() + 3, usegmt=True)
+    receiver.answers = [(503, {"Retry-After": soon}, "maintenance")]
+    inst = _inst(receiver.url, push_timeout=0.5)
+    _analyses(inst, 1)
+    assert not inst.push()
+    assert not inst.push()  # held back until the date: nothing sent
+    assert len(receiver.writes) == 1
+    receiver.answers = [(429, {"Retry-After": "soon, maybe"}, "slow down")]
+    inst.delivery.remote_write._not_before = 0.0  # type: ignore[union-attr]  # the date passed
+    slow = _inst(receiver.url, push_timeout=5)
+    _analyses(slow, 1)
+    assert slow.push()  # garbage: retried after the backoff alone
+    assert receiver.writes[-1].value("codomyrmex_analyses_total", status="success") == 1
+    slow.close()
+    inst.delivery.close(timeout=0.5)
