@@ -120,7 +120,8 @@ class Instrumentation:
             given = "basic_auth" if basic_auth is not None else "bearer_token"
             raise ValueError(
                 f"{given} is set but pushgateway is not, and only the Pushgateway sends "
-                "credentials; set pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL), or drop them"
+                "credentials; set pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL), or drop them "
+                "(remote write takes user:pass@ in its URL, or remote_write_headers)"
             )
         if remote_write is None and (remote_write_headers or external_labels):
             given = "remote_write_headers" if remote_write_headers else "external_labels"
