@@ -169,7 +169,7 @@ def test_a_write_is_the_remote_write_protocol_with_every_series_labelled(
     assert write.headers["Content-Type"] == "application/x-protobuf"
     assert write.headers["X-Prometheus-Remote-Write-Version"] == "0.1.0"
     assert write.headers["X-Scope-OrgID"] == "tenant-a"
-    assert write.headers["User-Agent"]
+    assert write.headers["User-Agent"].startswith("instrument/")
     for labels in write.values():
         names = [name for name, _ in labels]
         assert names == sorted(names) and len(set(names)) == len(names)

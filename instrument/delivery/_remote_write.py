@@ -215,6 +215,15 @@ def _retry_after(value: str | None) -> float | None:
     return min(max(seconds, 0.0), _RETRY_AFTER_CAP)
 
 
+def _user_agent() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return f"instrument/{version('instrument')} (remote write)"
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "instrument (remote write)"
+
+
 def _retryable(status: int) -> bool:
     return status >= 500 or status == 429  # the spec's 5xx MUST, and its 429 MAY
 
@@ -261,7 +270,7 @@ class RemoteWriteTarget:
             ("Content-Encoding", "snappy"),
             ("Content-Type", "application/x-protobuf"),
             ("X-Prometheus-Remote-Write-Version", "0.1.0"),
-            ("User-Agent", "instrument-remote-write/1.0"),
+            ("User-Agent", _user_agent()),
             *given.items(),
         ]
         #: Removes this target's header values and credentials from texts sent back.
