@@ -150,6 +150,10 @@ def add_gateway(commands: argparse._SubParsersAction[Any]) -> None:
     prune.add_argument(
         "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
     )
+    # -v also after the action's name, as after any command's (cli.py adds it to those).
+    prune.add_argument(
+        "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="show the library's log"
+    )
     prune.set_defaults(handler=_prune)
 
     def usage(args: argparse.Namespace) -> int:

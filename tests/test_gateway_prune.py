@@ -243,3 +243,13 @@ def test_prune_gateway_needs_a_gateway_and_sane_arguments() -> None:
         prune_groups(target, "1h")  # type: ignore[arg-type]
     with pytest.raises(ValueError, match="non-empty string"):
         prune_groups(target, 1, job="")
+
+
+def test_verbose_after_the_action_shows_the_log(capsys: pytest.CaptureFixture[str]) -> None:
+    stand_in = GatewayStandIn()
+    stand_in.answer(200, "OK", {}, '{"status": "success", "data": []}')
+    argv = ["gateway", "prune", "--pushgateway", stand_in.url, "--older-than", "1h"]
+    assert main([*argv, "-v"]) == 0
+    assert main(["-v", *argv]) == 0
+    assert capsys.readouterr().out == "0 group(s) older than 1h deleted\n" * 2
+    stand_in.close()
