@@ -1152,3 +1152,19 @@ def test_retry_after_as_an_http_date_is_honoured_and_garbage_ignored(receiver: R
     assert receiver.writes[-1].value("codomyrmex_analyses_total", status="success") == 1
     slow.close()
     inst.delivery.close(timeout=0.5)
+
+
+def test_aclose_with_nothing_to_write_opens_no_session() -> None:
+    probe = (
+        "import asyncio, sys\n"
+        "from instrument import Instrumentation\n"
+        "inst = Instrumentation(remote_write='http://127.0.0.1:9/w', push_mode='coalesce')\n"
+        "asyncio.run(inst.aclose())\n"
+        "print('aiohttp' in sys.modules)\n"
+    )
+    env = {k: v for k, v in os.environ.items() if not k.startswith("INSTRUMENT_")}
+    result = subprocess.run(
+        [sys.executable, "-c", probe], capture_output=True, text=True, timeout=120, env=env
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout == "False\n"

@@ -303,7 +303,7 @@ class Delivery:
                 ok = self._failed(exc, mask_url(target.group_url))
         if self.remote_write is not None:
             try:
-                await self.remote_write.push_async(await self._sessions.session(), snapshot, limit)
+                await self.remote_write.push_async(self._sessions.session, snapshot, limit)
             except BaseException as exc:
                 ok = self._failed(exc, self.remote_write.url)
         if self._file is not None:
@@ -491,6 +491,6 @@ class Delivery:
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
         if self.remote_write is not None:
             limit = max(deadline - time.monotonic(), 0.001)
-            await self.remote_write.aend(await self._sessions.session(), limit, self._failed)
+            await self.remote_write.aend(self._sessions.session, limit, self._failed)
         self._closed = True
         await self._sessions.aclose_all()

@@ -376,21 +376,20 @@ class RemoteWriteTarget:
     # -- async transport: aiohttp ----------------------------------------------------------
 
     async def push_async(
-        self, session: aiohttp.ClientSession, snapshot: Snapshot, timeout: float | None = None
+        self, session: _Session, snapshot: Snapshot, timeout: float | None = None
     ) -> None:
-        """The async twin of :meth:`push`, on ``session``."""
+        """The async twin of :meth:`push`, on the aiohttp session ``session()`` gives (asked
+        for only when there is something to send)."""
         await self._send_async(session, lambda: self._state_body(snapshot), timeout)
 
-    async def aend(self, session: aiohttp.ClientSession, timeout: float, failed: _Failed) -> None:
+    async def aend(self, session: _Session, timeout: float, failed: _Failed) -> None:
         """The async twin of :meth:`end`."""
         try:
             await self._send_async(session, self._stale_body, timeout)
         except BaseException as exc:
             failed(exc, self.url)
 
-    async def _send_async(
-        self, session: aiohttp.ClientSession, build: _Build, timeout: float | None
-    ) -> None:
+    async def _send_async(self, session: _Session, build: _Build, timeout: float | None) -> None:
         deadline = time.monotonic() + self._limit(timeout)
         # A thread lock, polled: an event loop must never block on one, and a sync write
         # from another thread may hold it.
@@ -409,7 +408,7 @@ class RemoteWriteTarget:
                     self._check_wait(wait, deadline)
                     await asyncio.sleep(wait)
                 try:
-                    await arequest(session, self._endpoint, "POST", headers, body,
+                    await arequest(await session(), self._endpoint, "POST", headers, body,
                                    self._left(deadline), self._ssl, self.scrubber)  # fmt: skip
                 except PushFailed as exc:
                     await asyncio.sleep(self._after_failure(exc, attempt, deadline))
@@ -461,7 +460,8 @@ class RemoteWriteTarget:
 
 
 if TYPE_CHECKING:
-    from collections.abc import Callable
+    from collections.abc import Awaitable, Callable
 
     _Build = Callable[[], bytes | None]
     _Failed = Callable[[BaseException, str], object]
+    _Session = Callable[[], Awaitable[aiohttp.ClientSession]]
