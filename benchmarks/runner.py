@@ -25,6 +25,7 @@ from .coalesce import run_coalesce
 from .imports import run_imports
 from .memory import run_memory
 from .push import run_push
+from .remote_write import run_remote_write
 from .report import Section, render
 from .settings import Settings
 from .streams import run_streams
@@ -41,6 +42,7 @@ SECTIONS: tuple[tuple[int, str, Callable[[Settings], Section]], ...] = (
     (6, "memory", run_memory),
     (7, "import", run_imports),
     (8, "coalesce", run_coalesce),
+    (9, "remote_write", run_remote_write),
 )
 
 
@@ -89,7 +91,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         metavar="N,N",
-        help="run only these section numbers, e.g. 1,2 (default: all)",
+        help=f"run only these section numbers, e.g. 1,2 (default: all {len(SECTIONS)})",
     )
     return parser.parse_args(argv)
 

@@ -1,4 +1,4 @@
-"""The ``instrument`` command: ``demo``, ``dashboard``, ``rules``.
+"""The ``instrument`` command: ``demo``, ``dashboard``, ``rules``, ``gateway prune``.
 
 Every argument is checked before any work starts. A command line that cannot work is a
 usage error: one line, exit status 2, as argparse's own. A failure while working (a server
@@ -30,6 +30,7 @@ from ._command import (
     standard_output,
     tls_options,
 )
+from ._gateway_command import add_gateway
 from ._urls import mask_url
 from .metrics import DEFAULT_NAMESPACE, check_namespace
 
@@ -382,6 +383,7 @@ SUBCOMMANDS: list[Callable[[_Commands], None]] = [
     _add_demo,
     _add_dashboard,
     _add_rules,
+    add_gateway,
 ]
 
 

@@ -93,6 +93,18 @@ def _pushgateway(value: str) -> str:
     return value
 
 
+def _remote_write_url(value: str) -> str:
+    split_url(value, what="remote write URL", example="http://127.0.0.1:9090/api/v1/write")
+    return value
+
+
+def _remote_write_headers(value: str) -> dict[str, str]:
+    # Imported here: only remote write loads its module (and the encoders with it).
+    from .delivery._remote_write import parse_headers
+
+    return parse_headers(value)
+
+
 def _token(value: str) -> str:
     return header_safe("the token", value)
 
@@ -149,7 +161,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Extra grouping labels, e.g. {'team': 'x'}; env form team=x,region=y.", _grouping_key),
     Setting("instance", "INSTRUMENT_INSTANCE", "False",
             "Add an instance grouping label: True for host-pid, or a string of your own, so "
-            "several processes do not overwrite each other's group.", _instance),
+            "several processes do not overwrite each other's group. Remote-written series "
+            "always carry one: host-pid unless a string is given.", _instance),
     Setting("delete_on_exit", "INSTRUMENT_DELETE_ON_EXIT", "False",
             "Delete this process's group from the Pushgateway at a clean exit.", _flag),
     Setting("push_mode", "INSTRUMENT_PUSH_MODE", "coalesce with a target, else off",
@@ -172,8 +185,23 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("bearer_token", "INSTRUMENT_PUSHGATEWAY_TOKEN", "None",
             "Bearer token for the Pushgateway.", _token, _hidden),
     Setting("tls_verify", "INSTRUMENT_TLS_VERIFY", "True",
-            "Verify the Pushgateway's TLS certificate.", _flag),
-    Setting("ca_file", "INSTRUMENT_CA_FILE", "None", "CA bundle used to verify the Pushgateway."),
+            "Verify the Pushgateway's (and the remote-write receiver's) TLS certificate.",
+            _flag),
+    Setting("ca_file", "INSTRUMENT_CA_FILE", "None",
+            "CA bundle used to verify the Pushgateway (and the remote-write receiver)."),
+    Setting("remote_write", "INSTRUMENT_REMOTE_WRITE_URL", "None",
+            "Prometheus remote-write receiver, e.g. http://127.0.0.1:9090/api/v1/write "
+            "(Mimir: /api/v1/push); user:pass@ in it becomes basic auth.",
+            _remote_write_url, _masked),
+    Setting("remote_write_headers", "INSTRUMENT_REMOTE_WRITE_HEADERS", "{}",
+            "Headers sent with every write, e.g. {'X-Scope-OrgID': 'team-a'}; env form "
+            "Name=value,Name2=value2. Values are secrets: never shown.",
+            _remote_write_headers, _hidden),
+    Setting("external_labels", None, "{}",
+            "Labels added to every remote-written series, e.g. {'cluster': 'eu-1'}."),
+    Setting("stale_on_exit", None, "True",
+            "At close() and exit, end every remote-written series with a staleness marker "
+            "after its final values, so instant queries stop returning a finished worker."),
     Setting("max_models", "INSTRUMENT_MAX_MODELS", "50",
             "Distinct model label values kept per provider; more are reported as 'other'.",
             _positive_int),

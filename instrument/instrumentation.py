@@ -90,6 +90,10 @@ class Instrumentation:
         ca_file: str | None = None,
         max_models: int = 50,
         prices: Mapping[str, Any] | str | None = None,
+        remote_write: str | None = None,
+        remote_write_headers: Mapping[str, str] | None = None,
+        external_labels: Mapping[str, str] | None = None,
+        stale_on_exit: bool = True,
     ) -> None:
         if args:
             raise TypeError(
@@ -105,6 +109,7 @@ class Instrumentation:
         enabled = check_flag("enabled", enabled)
         delete_on_exit = check_flag("delete_on_exit", delete_on_exit)
         tls_verify = check_flag("tls_verify", tls_verify)
+        stale_on_exit = check_flag("stale_on_exit", stale_on_exit)
         check_namespace(namespace)
         check_buckets(buckets)
         self.job = check_job(job)
@@ -116,9 +121,33 @@ class Instrumentation:
             given = "basic_auth" if basic_auth is not None else "bearer_token"
             raise ValueError(
                 f"{given} is set but pushgateway is not, and only the Pushgateway sends "
-                "credentials; set pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL), or drop them"
+                "credentials; set pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL), or drop them "
+                "(remote write takes user:pass@ in its URL, or remote_write_headers)"
+            )
+        if remote_write is None and (remote_write_headers or external_labels):
+            given = "remote_write_headers" if remote_write_headers else "external_labels"
+            raise ValueError(
+                f"{given} is set but remote_write is not, and only remote write uses it; set "
+                "remote_write= (or INSTRUMENT_REMOTE_WRITE_URL), or drop it"
             )
         textfile_path = check_textfile(textfile)
+        remote = None
+        if remote_write is not None:
+            # Imported only here: without remote write, its encoders are never loaded.
+            from .delivery._remote_write import remote_write_target
+
+            remote = remote_write_target(
+                remote_write,
+                headers=remote_write_headers,
+                job=self.job,
+                grouping_key=group,
+                external_labels=external_labels,
+                registry=registry,
+                tls_verify=tls_verify,
+                ca_file=ca_file,
+                timeout=push_timeout,
+                stale_on_exit=stale_on_exit,
+            )
         gateway = None
         if pushgateway is not None:
             gateway = PushTarget(
@@ -145,7 +174,7 @@ class Instrumentation:
         follow_multiprocess_env()
         if not self.enabled:
             # Validated above, then dropped: disabled means no request ever leaves.
-            push_mode, gateway, textfile_path = "off", None, None
+            push_mode, gateway, textfile_path, remote = "off", None, None, None
 
         def make_delivery(metrics: Metrics) -> Delivery:
             return Delivery(
@@ -157,6 +186,7 @@ class Instrumentation:
                 instance=instance,
                 delete_on_exit=delete_on_exit,
                 collect=self.collect_registry,
+                remote_write=remote,
             )
 
         self.metrics, self.delivery = _register(self.registry, namespace, buckets, make_delivery)
@@ -315,6 +345,26 @@ class Instrumentation:
     def delete_from_gateway(self) -> bool:
         """Delete this instrumentation's group from the Pushgateway."""
         return self.delivery.delete()
+
+    def prune_gateway(
+        self, older_than: float = 3600, *, job: str | None = None, dry_run: bool = False
+    ) -> list[dict[str, str]]:
+        """Delete the Pushgateway's groups last pushed more than ``older_than`` seconds ago
+        (only ``job``'s, if given; every job's by default): the labels of each group deleted
+        (or, with ``dry_run``, that would be). A failed listing raises PushFailed; a group
+        that cannot be deleted is logged and left for the next prune.
+
+        >>> inst.prune_gateway(older_than=3600)  # doctest: +SKIP
+        [{'job': 'nightly', 'instance': 'host-4711'}]
+        """
+        from .delivery import prune_groups
+
+        if self.delivery.gateway is None:
+            raise ValueError("prune_gateway needs pushgateway= (or INSTRUMENT_PUSHGATEWAY_URL)")
+        found = prune_groups(self.delivery.gateway, older_than, job=job, dry_run=dry_run)
+        for group, reason in found.failed:
+            logger.warning("instrument: deleting the group %s failed (%s)", group.labels, reason)
+        return [group.labels for group in found.deleted]
 
     def close(self) -> None:
         """Stop the flusher, deliver the final state, close sessions."""

@@ -52,6 +52,16 @@ def prometheus_server(pushgateway_server: Pushgateway) -> Iterator[Prometheus]:
     server.stop()
 
 
+@pytest.fixture(scope="session")
+def remote_write_prometheus() -> Iterator[Prometheus]:
+    """A real Prometheus with its remote-write receiver on (``/api/v1/write``). It scrapes
+    no gateway (the one it is given is never started), so every series it holds was
+    written to it."""
+    server = Prometheus(Pushgateway(), flags=("--web.enable-remote-write-receiver",)).start()
+    yield server
+    server.stop()
+
+
 # -- the dashboard and rules end to end: real calls -> Pushgateway -> Prometheus ----------------
 
 #: The namespace of the end-to-end workload; the e2e Prometheus loads the rules generated for it.
@@ -219,7 +229,9 @@ class E2EWorkload:
 
 #: Fixtures that start a real server: a test using one (directly or through another fixture)
 #: is an integration test, whether or not its module says so.
-_SERVER_FIXTURES = frozenset({"pushgateway_server", "prometheus_server", "e2e_prometheus"})
+_SERVER_FIXTURES = frozenset(
+    {"pushgateway_server", "prometheus_server", "e2e_prometheus", "remote_write_prometheus"}
+)
 
 
 #: Modules whose tests run the CLI or a build in child processes, most of them.

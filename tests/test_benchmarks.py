@@ -17,7 +17,7 @@ import pytest
 pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import", "coalesce")
+SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import", "coalesce", "remote_write")
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
 ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")
 
@@ -74,6 +74,11 @@ def test_optional_sections_run_when_they_can(report: dict[str, Any]) -> None:
         assert {"models", "models_unguarded"} <= {r["key"] for r in sections["memory"]["rows"]}
     if shutil.which("prometheus-pushgateway") is not None:
         assert sections["push"]["status"] == "ok"
+        if shutil.which("prometheus") is not None:
+            assert sections["remote_write"]["status"] == "ok"
+            keys = {r["key"] for r in sections["remote_write"]["rows"]}
+            assert keys == {f"{t}_{n}" for t in ("gateway", "remote") for n in (100, 1000, 10000)}
+            assert all(positive(r["info"]["bytes"]) for r in sections["remote_write"]["rows"])
 
 
 @pytest.mark.parametrize("key", [s for s in SECTIONS if s != "memory"])

@@ -195,7 +195,22 @@ def test_demo_with_a_pushgateway_as_grafana_fails_before_the_demo(
     assert result.stdout == ""
 
 
+PRUNE_HELP = "(see instrument gateway prune --help)"
 USAGE_ERRORS = [
+    (
+        ["gateway", "prune", "--older-than", "1w", "--pushgateway", "http://127.0.0.1:9"],
+        "argument --older-than: '1w' is not a duration: give a positive number with a unit, "
+        f"such as 90s, 30m, 1h or 2d {PRUNE_HELP}",
+    ),
+    (
+        ["gateway", "prune", "--older-than", "1h", "--pushgateway", "ftp://u:pw@x"],
+        "argument --pushgateway: the pushgateway URL 'ftp://***@x' is not an http(s) URL; use "
+        f"one such as http://127.0.0.1:9091 {PRUNE_HELP}",
+    ),
+    (
+        ["gateway", "prune", "--older-than", "1h", "--job="],
+        f"argument --job: the job is empty; give a job name, or leave --job out {PRUNE_HELP}",
+    ),
     (["demo", "--serve", "-1"], f"argument --serve: '-1' is not a TCP port: {PORT_FIX}"),
     (["demo", "--serve", ""], f"argument --serve: '' is not a TCP port: {PORT_FIX}"),
     (["demo", "--serve", "65536"], f"argument --serve: '65536' is not a TCP port: {PORT_FIX}"),
@@ -317,7 +332,7 @@ USAGE_ERRORS = [
     (["rules", "extra"], "unrecognized arguments: extra (see instrument --help)"),
     (
         ["bogus"],
-        "argument COMMAND: invalid choice: 'bogus' (choose from 'demo', 'dashboard', 'rules') "
+        "argument COMMAND: invalid choice: 'bogus' (choose from 'demo', 'dashboard', 'rules', 'gateway') "
         "(see instrument --help)",
     ),
     (["--bogus"], "unrecognized arguments: --bogus (see instrument --help)"),
@@ -350,14 +365,33 @@ def test_a_bad_argument_is_one_line_and_exit_2(argv: list[str], message: str) ->
 def test_every_option_is_attacked() -> None:
     """Each option of each command that takes a value has a bad value above, or is free text."""
     free_text = {("dashboard", "--message"), ("dashboard", "--folder-uid")}  # any string works
-    attacked = {(argv[0], arg.split("=")[0]) for argv, _ in USAGE_ERRORS for arg in argv[1:]}
+    # A nested command ("gateway prune") is named by its words.
+    nested = {"gateway"}
+
+    def command_of(argv: list[str]) -> tuple[str, list[str]]:
+        words = 2 if argv[0] in nested else 1
+        return " ".join(argv[:words]), argv[words:]
+
+    attacked = {
+        (command_of(argv)[0], arg.split("=")[0])
+        for argv, _ in USAGE_ERRORS
+        for arg in command_of(argv)[1]
+    }
     attacked |= {
         ("demo", "path") for argv, _ in USAGE_ERRORS if argv[0] == "demo" and argv[1][:1] != "-"
     }
-    parser = build_parser()
-    commands = next(a for a in parser._actions if isinstance(a, argparse._SubParsersAction))
+
+    def subcommands(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
+        found = [a for a in parser._actions if isinstance(a, argparse._SubParsersAction)]
+        return dict(found[0].choices) if found else {}
+
+    leaves = {}
+    for name, command in subcommands(build_parser()).items():
+        inner = subcommands(command)
+        assert (name in nested) == bool(inner), name
+        leaves.update({f"{name} {n}": c for n, c in inner.items()} if inner else {name: command})
     missing = []
-    for name, command in commands.choices.items():
+    for name, command in leaves.items():
         for action in command._actions:
             if action.nargs == 0 or isinstance(action, argparse._HelpAction):
                 continue

@@ -6,7 +6,8 @@ children, SIGTERM), ``_pushgateway`` (the gateway target and its checks), ``_htt
 ``_aiohttp`` (the sync and async transports, and what an answer means), ``_textfile`` (the
 textfile target), ``_snapshot`` (the state of one moment, and the hooks run before it is
 taken).
-``_snappy`` and ``_prompb`` are the groundwork of remote write, not yet a target.
+``_remote_write`` (the remote-write target: imported only with ``remote_write=``, with its
+encoders ``_prompb`` and ``_snappy``), ``_prune`` (deleting a gateway's old groups).
 """
 
 from ._aiohttp import read_capped
@@ -18,6 +19,7 @@ from ._lifecycle import (
     install_sigterm_handler,
     multiprocess_enabled,
 )
+from ._prune import Group, Pruned, prune_groups
 from ._pushgateway import (
     PushTarget,
     check_group_value,
@@ -26,7 +28,7 @@ from ._pushgateway import (
     check_seconds,
     grouping_path,
 )
-from ._snapshot import BeforeCollect, register_before_snapshot
+from ._snapshot import BeforeCollect, Snapshot, register_before_snapshot
 from ._textfile import check_textfile
 
 __all__ = [
@@ -34,8 +36,11 @@ __all__ = [
     "PUSH_MODES",
     "BeforeCollect",
     "Delivery",
+    "Group",
+    "Pruned",
     "PushFailed",
     "PushTarget",
+    "Snapshot",
     "check_group_value",
     "check_grouping_key",
     "check_job",
@@ -46,6 +51,7 @@ __all__ = [
     "grouping_path",
     "install_sigterm_handler",
     "multiprocess_enabled",
+    "prune_groups",
     "read_capped",
     "register_before_snapshot",
 ]

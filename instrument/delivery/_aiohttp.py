@@ -51,9 +51,10 @@ async def arequest(
         ) as resp:
             answer = await read_capped(resp, ANSWER_LIMIT)
             status, reason, location = resp.status, resp.reason, resp.headers.get("Location")
+            retry_after = resp.headers.get("Retry-After")
     except Exception as exc:  # aiohttp's errors, timeouts, and whatever a bad answer raises
         raise PushFailed(scrubber.one_line(describe(exc))) from None
-    check_answer(status, reason or "", location, answer, scrubber)
+    check_answer(status, reason or "", location, answer, scrubber, retry_after)
 
 
 async def read_capped(response: aiohttp.ClientResponse, limit: int) -> bytes:

@@ -12,26 +12,29 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import socket
 import threading
 import time
 import weakref
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
 from .._scrub import Scrubber
 from .._threads import start_daemon
-from .._urls import mask_url
 from ..metrics import Metrics
 from ._aiohttp import LoopSessions
 from ._flusher_thread import FlushState, backoff, flusher, log_stretch, stretched_gap, wake
 from ._http import PushFailed, describe
-from ._lifecycle import EXIT_FLUSH_TIMEOUT, multiprocess_enabled, track
+from ._lifecycle import EXIT_FLUSH_TIMEOUT, instance_label, multiprocess_enabled, track
 from ._pushgateway import PushTarget
 from ._snapshot import Snapshot, run_before_snapshot
 from ._textfile import TextfileTarget
+
+if TYPE_CHECKING:
+    from ._remote_write import RemoteWriteTarget
+
+    _Target = PushTarget | RemoteWriteTarget | TextfileTarget
 
 __all__ = ["PUSH_MODES", "Delivery"]
 
@@ -39,13 +42,6 @@ logger = logging.getLogger("instrument")
 
 PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
 _NO_SECRETS = Scrubber(())
-
-
-def _instance_label(multiprocess: bool) -> str:
-    # In multiprocess mode a push carries the whole directory's totals, the same from any
-    # process of the host: one group per host, or each owner's group would count them again.
-    host = socket.gethostname()
-    return host if multiprocess else f"{host}-{os.getpid()}"
 
 
 class Delivery:
@@ -62,21 +58,24 @@ class Delivery:
         instance: bool | str,
         delete_on_exit: bool,
         collect: Callable[[], CollectorRegistry],
+        remote_write: RemoteWriteTarget | None = None,
     ) -> None:
         if mode is None:
-            mode = "coalesce" if gateway is not None or textfile else "off"
+            mode = "coalesce" if gateway or remote_write or textfile else "off"
         if mode not in PUSH_MODES:
             raise ValueError(f"push_mode must be one of {', '.join(PUSH_MODES)}; got {mode!r}")
         if not interval > 0:
             raise ValueError(
                 f"push_interval must be a positive number of seconds, got {interval!r}"
             )
-        if mode != "off" and gateway is None and not textfile:
+        if mode != "off" and not (gateway or remote_write or textfile):
             raise ValueError(
-                f"push_mode={mode!r} needs a target: pass pushgateway=URL or textfile=PATH"
+                f"push_mode={mode!r} needs a target: pass pushgateway=URL, remote_write=URL "
+                "or textfile=PATH"
             )
         self.metrics = metrics
         self.gateway = gateway
+        self.remote_write = remote_write
         self.textfile = textfile
         self.mode = mode
         self.interval = float(interval)
@@ -125,17 +124,21 @@ class Delivery:
         self._sessions = LoopSessions()
         # Its lock may have been held by a thread of the parent, which the child lacks.
         self._file = TextfileTarget(self.textfile) if self.textfile else None
+        mp = self._multiprocess
+        label = instance_label(mp) if self._instance in (True, False, "") else str(self._instance)
         if self.gateway is not None and self._instance:
-            mp = self._multiprocess
-            label = _instance_label(mp) if self._instance is True else str(self._instance)
             self.gateway.grouping_key["instance"] = label
+        if self.remote_write is not None:  # always labelled: two writers of one series corrupt it
+            self.remote_write.reset(label)
 
     def __repr__(self) -> str:
-        return f"Delivery(mode={self.mode!r}, gateway={self.gateway!r}, textfile={self.textfile!r})"
+        remote = "" if self.remote_write is None else f", remote_write={self.remote_write!r}"
+        targets = f"gateway={self.gateway!r}{remote}, textfile={self.textfile!r}"
+        return f"Delivery(mode={self.mode!r}, {targets})"
 
     @property
     def _has_target(self) -> bool:
-        return self.gateway is not None or bool(self.textfile)
+        return self.gateway is not None or self.remote_write is not None or bool(self.textfile)
 
     def _is_worker(self) -> bool:
         return self._multiprocess and os.getpid() != self._owner_pid
@@ -249,16 +252,11 @@ class Delivery:
             # Each target on its own: a gateway that is down must not keep the textfile
             # stale, nor a failing textfile undo a push that landed.
             ok = True
-            if self.gateway is not None:
+            for target in self._targets(self.gateway):
                 try:
-                    self.gateway.push(snapshot, deadline - time.monotonic())
+                    target.send(snapshot, deadline - time.monotonic())
                 except BaseException as exc:
-                    ok = self._failed(exc, mask_url(self.gateway.group_url))
-            if self._file is not None:
-                try:
-                    self._file.write(snapshot)
-                except BaseException as exc:
-                    ok = self._failed(exc, self.textfile)
+                    ok = self._failed(exc, target.where)
             return self._ended(snapshot, ok)
         except BaseException:
             # An interrupt (a signal in the main thread) anywhere in the attempt, once the
@@ -293,20 +291,22 @@ class Delivery:
         if snapshot is None:
             return False
         ok = True  # each target on its own, as in deliver_now
-        if target is not None:
+        for each in self._targets(target):
             try:
-                await target.push_async(await self._sessions.session(), snapshot, limit)
+                await each.asend(self._sessions.session, snapshot, limit)
             except BaseException as exc:  # a cancelled push did not land either
-                ok = self._failed(exc, mask_url(target.group_url))
-        if self._file is not None:
-            try:
-                await self._file.awrite(snapshot)  # off the loop
-            except BaseException as exc:
-                ok = self._failed(exc, self.textfile)
+                ok = self._failed(exc, each.where)
         return self._ended(snapshot, ok)
 
+    def _targets(self, gateway: PushTarget | None) -> list[_Target]:
+        """Every target of one attempt: ``gateway`` (the usual one, or a job's own), then
+        remote write and the textfile."""
+        targets: list[_Target | None] = [gateway, self.remote_write, self._file]
+        return [target for target in targets if target is not None]
+
     def _default_timeout(self) -> float:
-        return self.gateway.timeout if self.gateway is not None else EXIT_FLUSH_TIMEOUT
+        target = self.gateway or self.remote_write
+        return target.timeout if target is not None else EXIT_FLUSH_TIMEOUT
 
     def _take_snapshot(self) -> Snapshot | None:
         """Clear dirty, count the attempt and take the next numbered snapshot: a job ending
@@ -328,8 +328,9 @@ class Delivery:
                 error = exc
             finally:
                 gauge.set(self._last_success)
-        scrubber = _NO_SECRETS if self.gateway is None else self.gateway.scrubber
-        text = scrubber.one_line(f"collecting the metrics failed ({describe(error)})")
+        text = f"collecting the metrics failed ({describe(error)})"
+        for target in (self.gateway, self.remote_write):
+            text = (_NO_SECRETS if target is None else target.scrubber).one_line(text)
         self._failures += 1  # an attempt that ends here, before any target
         self._failed(PushFailed(text))
         if not isinstance(error, Exception):
@@ -388,12 +389,7 @@ class Delivery:
         return False
 
     def _target_text(self) -> str:
-        parts = []
-        if self.gateway is not None:
-            parts.append(mask_url(self.gateway.group_url))
-        if self.textfile:
-            parts.append(self.textfile)
-        return " and ".join(parts)
+        return " and ".join(target.where for target in self._targets(self.gateway))
 
     # -- explicit operations -------------------------------------------------------------------
 
@@ -477,6 +473,8 @@ class Delivery:
             self.deliver_now(max(deadline - time.monotonic(), 0.001))
         if self._delete_on_exit and self._owns_group():
             self.delete(max(deadline - time.monotonic(), 0.001))
+        if self.remote_write is not None:  # staleness markers, after the final values
+            self.remote_write.end(max(deadline - time.monotonic(), 0.001), self._failed)
         self._closed = True
         self._sessions.close_all()
 
@@ -491,5 +489,8 @@ class Delivery:
             await self.push_async(timeout=max(deadline - time.monotonic(), 0.001))
         if self._delete_on_exit and self._owns_group():
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
+        if self.remote_write is not None:
+            limit = max(deadline - time.monotonic(), 0.001)
+            await self.remote_write.aend(self._sessions.session, limit, self._failed)
         self._closed = True
         await self._sessions.aclose_all()

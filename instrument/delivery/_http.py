@@ -26,7 +26,17 @@ ANSWER_LIMIT = 64 * 1024
 
 
 class PushFailed(Exception):
-    """A push (or a delete) did not land; the message says why and never holds credentials."""
+    """A push (or a delete) did not land; the message says why and never holds credentials.
+
+    ``status`` is the HTTP status of the answer (None when none came), ``retry_after`` its
+    ``Retry-After`` header as sent: what a target that retries decides by."""
+
+    def __init__(
+        self, message: str, *, status: int | None = None, retry_after: str | None = None
+    ) -> None:
+        super().__init__(message)
+        self.status = status
+        self.retry_after = retry_after
 
 
 def describe(exc: BaseException) -> str:
@@ -39,7 +49,12 @@ def describe(exc: BaseException) -> str:
 
 
 def check_answer(
-    status: int, reason: str, location: str | None, body: bytes, scrubber: Scrubber
+    status: int,
+    reason: str,
+    location: str | None,
+    body: bytes,
+    scrubber: Scrubber,
+    retry_after: str | None = None,
 ) -> None:
     """Raise PushFailed unless the gateway answered 2xx: only then did the push land.
 
@@ -57,10 +72,13 @@ def check_answer(
         )
         raise PushFailed(
             f"{said}, {where}: a push is never redirected, so nothing landed; point the "
-            "pushgateway URL at the gateway itself"
+            "URL at the server itself",
+            status=status,
         )
     detail = scrubber.one_line(body.decode("utf-8", errors="replace"))
-    raise PushFailed(f"{said}: {detail}" if detail else said)
+    raise PushFailed(
+        f"{said}: {detail}" if detail else said, status=status, retry_after=retry_after
+    )
 
 
 def request(
@@ -71,8 +89,10 @@ def request(
     timeout: float | None,
     context: ssl.SSLContext | None,
     scrubber: Scrubber,
-) -> None:
-    """One HTTP request that ends within ``timeout`` seconds in all, name lookup included.
+    limit: int = ANSWER_LIMIT,
+) -> bytes:
+    """One HTTP request that ends within ``timeout`` seconds in all, name lookup included;
+    the first ``limit`` bytes of a 2xx answer's body.
 
     A socket timeout alone bounds each read, not the request (a gateway trickling a byte a
     second holds it as long as it likes), and does not bound the name lookup. The request
@@ -94,7 +114,7 @@ def request(
         try:
             conn.request(method, target, body=body or None, headers=dict(headers))
             response = conn.getresponse()
-            outcome.append((response, response.read(ANSWER_LIMIT)))
+            outcome.append((response, response.read(limit)))
         except BaseException as exc:
             outcome.append(exc)
 
@@ -111,8 +131,14 @@ def request(
             raise PushFailed(f"{type(result).__name__} while sending the request") from None
         response, answer = result
         check_answer(
-            response.status, response.reason, response.getheader("Location"), answer, scrubber
+            response.status,
+            response.reason,
+            response.getheader("Location"),
+            answer,
+            scrubber,
+            response.getheader("Retry-After"),
         )
+        return answer
     finally:
         sock = conn.sock
         if sock is not None:

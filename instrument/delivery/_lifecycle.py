@@ -13,6 +13,7 @@ import atexit
 import logging
 import os
 import signal
+import socket
 import sys
 import time
 import weakref
@@ -24,6 +25,7 @@ __all__ = [
     "exit_flush_running",
     "follow_multiprocess_env",
     "install_sigterm_handler",
+    "instance_label",
     "multiprocess_enabled",
     "track",
 ]
@@ -44,6 +46,14 @@ _live: weakref.WeakSet[_Closable] = weakref.WeakSet()
 _exit_flush_running = False
 #: The multiprocess value classes made here, by directory.
 _multiprocess_values: dict[str, Any] = {}
+
+
+def instance_label(multiprocess: bool) -> str:
+    """This process's ``instance``: host-pid. In multiprocess mode a push carries the whole
+    directory's totals, the same from any process of the host: one group per host, or each
+    owner's group would count them again."""
+    host = socket.gethostname()
+    return host if multiprocess else f"{host}-{os.getpid()}"
 
 
 def multiprocess_enabled() -> bool:

@@ -107,8 +107,13 @@ def _labels(labels: Labels) -> bytes:
     return b"".join(_bytes(1, _string(1, name) + _string(2, value)) for name, value in labels)
 
 
-def _series(series: Series) -> bytes:
-    parts = [_labels(series.labels)]
+def _series(series: Series, cache: dict[Labels, bytes] | None) -> bytes:
+    labels = None if cache is None else cache.get(series.labels)
+    if labels is None:
+        labels = _labels(series.labels)
+        if cache is not None:
+            cache[series.labels] = labels
+    parts = [labels]
     parts += [
         _bytes(2, _double(1, s.value) + _key(2, _VARINT) + _varint(s.timestamp_ms))
         for s in series.samples
@@ -135,9 +140,15 @@ def _metadata(meta: Metadata) -> bytes:
     return body
 
 
-def encode_write_request(series: Iterable[Series], metadata: Iterable[Metadata] = ()) -> bytes:
-    """A serialized ``WriteRequest`` (not yet compressed)."""
-    return b"".join(_bytes(1, _series(s)) for s in series) + b"".join(
+def encode_write_request(
+    series: Iterable[Series],
+    metadata: Iterable[Metadata] = (),
+    labels_cache: dict[Labels, bytes] | None = None,
+) -> bytes:
+    """A serialized ``WriteRequest`` (not yet compressed). ``labels_cache`` keeps each
+    series' encoded labels for the next request: a writer sends the same series again and
+    again, and their labels are most of the work."""
+    return b"".join(_bytes(1, _series(s, labels_cache)) for s in series) + b"".join(
         _bytes(3, _metadata(m)) for m in metadata
     )
 

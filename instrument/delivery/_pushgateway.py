@@ -14,7 +14,7 @@ import copy
 import math
 import re
 import threading
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
 
@@ -28,13 +28,15 @@ from prometheus_client.exposition import (
 from prometheus_client.registry import Collector
 
 from .._scrub import Scrubber
-from .._urls import authorization, split_url, ssl_context
+from .._urls import authorization, mask_url, split_url, ssl_context
 from ..metrics import SAMPLE_LABELS, check_label_value
 from ._aiohttp import arequest
-from ._http import request
+from ._http import ANSWER_LIMIT, request
 
 if TYPE_CHECKING:
     import aiohttp
+
+    from ._snapshot import Snapshot
 
 __all__ = [
     "PushTarget",
@@ -79,13 +81,17 @@ def check_job(job: object) -> str:
     return check_group_value("job", job)
 
 
-def check_grouping_key(grouping_key: object, *, instance: bool | str = False) -> dict[str, str]:
+def check_grouping_key(
+    grouping_key: object, *, instance: bool | str = False, what: str = "grouping_key"
+) -> dict[str, str]:
     """The grouping labels as a dict, or a TypeError/ValueError saying what to do.
 
     A name must be a valid Prometheus label name, not reserved (``__*``), not ``job``
     (that is the job keyword), not one our own metrics use (the gateway would reject every
     push, or overwrite that label of every sample), and not ``instance`` when
     ``instance=`` adds that label. A string ``instance`` is checked as a label value.
+    ``what`` names the mapping in messages: remote write's ``external_labels`` obey the
+    same rules, as they land on every series beside the grouping labels.
     """
     if not isinstance(instance, bool | str):
         raise TypeError(f"instance must be True, False or a string, got {type(instance).__name__}")
@@ -93,34 +99,32 @@ def check_grouping_key(grouping_key: object, *, instance: bool | str = False) ->
         check_group_value("instance", instance)
     if not isinstance(grouping_key, Mapping):
         raise TypeError(
-            f"grouping_key must be a mapping of label to value, got {type(grouping_key).__name__}"
+            f"{what} must be a mapping of label to value, got {type(grouping_key).__name__}"
         )
     group: dict[str, str] = {}
     for name, value in grouping_key.items():
         if not isinstance(name, str) or not name:
-            raise TypeError(f"grouping_key label must be a non-empty string, got {name!r}")
+            raise TypeError(f"{what} label must be a non-empty string, got {name!r}")
         if not isinstance(value, str):
-            raise TypeError(f"grouping_key[{name!r}] must be a string, got {type(value).__name__}")
+            raise TypeError(f"{what}[{name!r}] must be a string, got {type(value).__name__}")
         if not _LABEL_NAME_RE.fullmatch(name):
             raise ValueError(
-                f"grouping_key label {name!r} is not a valid label name; use letters, "
+                f"{what} label {name!r} is not a valid label name; use letters, "
                 "digits and underscores, not starting with a digit"
             )
         if name.startswith("__"):
-            raise ValueError(f"grouping_key label {name!r} is reserved (names starting with __)")
+            raise ValueError(f"{what} label {name!r} is reserved (names starting with __)")
         if name == "job":
-            raise ValueError("grouping_key must not hold 'job': pass job= instead")
+            raise ValueError(f"{what} must not hold 'job': pass job= instead")
         if name in SAMPLE_LABELS:
             raise ValueError(
-                f"grouping_key label {name!r} is a label of the toolkit's own metrics, which "
+                f"{what} label {name!r} is a label of the toolkit's own metrics, which "
                 f"the gateway would overwrite or refuse; pick another name (not one of "
                 f"{sorted(SAMPLE_LABELS)})"
             )
         if name == "instance" and instance:
-            raise ValueError(
-                "grouping_key holds 'instance' and instance= adds it too; pass only one"
-            )
-        group[name] = check_group_value(f"grouping_key[{name!r}]", value)
+            raise ValueError(f"{what} holds 'instance' and instance= adds it too; pass only one")
+        group[name] = check_group_value(f"{what}[{name!r}]", value)
     return group
 
 
@@ -190,6 +194,11 @@ class PushTarget:
     def group_url(self) -> str:
         return self.url + grouping_path(self.job, self.grouping_key)
 
+    @property
+    def where(self) -> str:
+        """The group's URL as a log line may show it (credentials masked)."""
+        return mask_url(self.group_url)
+
     # -- sync transport: prometheus_client's gateway functions with our handler --------------
 
     def _handler(
@@ -238,6 +247,26 @@ class PushTarget:
         other.job = check_job(job)
         other.grouping_key = dict(self.grouping_key)
         return other
+
+    def call(self, method: str, path: str, timeout: float, limit: int = ANSWER_LIMIT) -> bytes:
+        """The body (at most ``limit`` bytes) of the answer to ``method`` on ``path`` of the
+        gateway, sent with this target's credentials and TLS; raises PushFailed."""
+        return request(
+            self.url + path, method, self._headers, b"", timeout, self._ssl, self.scrubber, limit
+        )
+
+    def send(self, snapshot: Snapshot, timeout: float) -> None:
+        """One delivery target's step, as the flusher calls every target's."""
+        self.push(snapshot, timeout)
+
+    async def asend(
+        self,
+        session: Callable[[], Awaitable[aiohttp.ClientSession]],
+        snapshot: Snapshot,
+        timeout: float,
+    ) -> None:
+        """The async twin of :meth:`send`, on the session ``session()`` gives."""
+        await self.push_async(await session(), snapshot, timeout)
 
     # -- async transport: aiohttp ------------------------------------------------------------
 

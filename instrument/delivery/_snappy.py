@@ -15,6 +15,7 @@ __all__ = ["compress", "decompress"]
 _MIN_MATCH = 4
 _MAX_OFFSET = 65535  # copies use 2-byte offsets
 _BLOCK = 65536  # the reference compressor's fragment size: matches stay inside one
+_STRIDES = (64, 16, 4, 1)
 
 
 def _varint(value: int) -> bytes:
@@ -63,8 +64,16 @@ def compress(data: bytes) -> bytes:
                 pos += 1
                 continue
             length = _MIN_MATCH
-            while pos + length < block_end and data[candidate + length] == data[pos + length]:
-                length += 1
+            room = block_end - pos
+            # Extended in shrinking strides: a slice comparison runs in C, a byte at a time
+            # in Python, and matches in a write are tens of bytes long.
+            for stride in _STRIDES:
+                while (
+                    length + stride <= room
+                    and data[candidate + length : candidate + length + stride]
+                    == data[pos + length : pos + length + stride]
+                ):
+                    length += stride
             _literal(out, data, literal_start, pos)
             _copy(out, pos - candidate, length)
             pos += length

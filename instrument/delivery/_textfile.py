@@ -63,3 +63,15 @@ class TextfileTarget:
     async def awrite(self, snapshot: Snapshot) -> None:
         """:meth:`write` in a worker thread; the running event loop goes on meanwhile."""
         await asyncio.to_thread(self.write, snapshot)
+
+    @property
+    def where(self) -> str:
+        return self.path
+
+    def send(self, snapshot: Snapshot, timeout: float) -> None:
+        """One delivery target's step (a local write: no timeout applies)."""
+        self.write(snapshot)
+
+    async def asend(self, session: object, snapshot: Snapshot, timeout: float) -> None:
+        """The async twin of :meth:`send`: off the loop, no session needed."""
+        await self.awrite(snapshot)

@@ -42,3 +42,15 @@ async def main() -> int:
     pushed: bool = await inst.push_metrics()
     pushed_too: bool = await inst.apush(timeout=2.0)
     return total + int(pushed) + int(pushed_too)
+
+
+def fleet_worker() -> list[dict[str, str]]:
+    writer = Instrumentation(
+        remote_write="http://127.0.0.1:9090/api/v1/write",
+        remote_write_headers={"X-Scope-OrgID": "team-a"},
+        external_labels={"cluster": "eu-1"},
+        stale_on_exit=False,
+        pushgateway="http://127.0.0.1:9091",
+    )
+    deleted: list[dict[str, str]] = writer.prune_gateway(older_than=3600, job="n", dry_run=True)
+    return deleted
