@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh Instrumentation per test, and real servers on loopback."""
+"""Shared fixtures: a fresh Instrumentation per test, a fake clock, the stand-ins (a gateway
+whose answers a test switches, a Grafana), and real servers on loopback."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
+from instrument import analysis as analysis_module
+from instrument.ai import _call as call_module
+from instrument.ai import _streams as streams_module
 
-from .servers import Prometheus, Pushgateway
+from .fake_grafana import FakeGrafana
+from .servers import GatewayStandIn, Prometheus, Pushgateway
+from .support import FakeClock
 
 
 @pytest.fixture
@@ -24,6 +30,38 @@ def inst(registry: CollectorRegistry) -> Iterator[Instrumentation]:
     instrumentation = Instrumentation(registry=registry)
     yield instrumentation
     instrumentation.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Both policies' ``perf_counter`` (an analysis, an AI call and its stream) swapped for a
+    clock that moves only when the test says so: durations are exact, nothing sleeps."""
+    fake = FakeClock()
+    for module in (analysis_module, call_module, streams_module):
+        monkeypatch.setattr(module, "perf_counter", fake)
+    return fake
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No INSTRUMENT_NAMESPACE from the environment the suite runs in."""
+    monkeypatch.delenv("INSTRUMENT_NAMESPACE", raising=False)
+
+
+@pytest.fixture
+def stand_in() -> Iterator[GatewayStandIn]:
+    """A Pushgateway stand-in on loopback, answering 200 until the test switches its mode."""
+    server = GatewayStandIn()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_grafana() -> Iterator[FakeGrafana]:
+    """The Grafana stand-in, with its dashboards, folders and data sources, on loopback."""
+    server = FakeGrafana().start()
+    yield server
+    server.stop()
 
 
 @pytest.fixture(scope="session")

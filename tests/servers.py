@@ -48,6 +48,11 @@ def free_port() -> int:
         return port
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then released."""
+    return free_port()
+
+
 def http(method: str, url: str, data: bytes | None = None, timeout: float = 5.0) -> bytes:
     request = urllib.request.Request(url, data=data, method=method)
     with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -368,10 +373,12 @@ class GatewayStandIn:
         return head.encode() + b"Connection: close\r\n\r\n" + answer
 
     def last_value(self, name: str, **labels: str) -> float | None:
-        """A sample's value in the last body received in ``ok``/``slow`` mode."""
-        if not self.bodies:
+        """A sample's value in the last state received in ``ok``/``slow`` mode (a DELETE's
+        empty body is not a state)."""
+        states = [body for body in self.bodies if body]
+        if not states:
             return None
-        for family in text_string_to_metric_families(self.bodies[-1].decode()):
+        for family in text_string_to_metric_families(states[-1].decode()):
             for sample in family.samples:
                 if sample.name == name and labels.items() <= dict(sample.labels).items():
                     return float(sample.value)

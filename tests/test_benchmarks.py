@@ -9,14 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
+from .support import ROOT
+
 pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
 
-ROOT = Path(__file__).resolve().parents[1]
 SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import")
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
 ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")

@@ -14,30 +14,23 @@ from instrument import Instrumentation, compat, defaults, instrumentation, polic
 from instrument.testing import isolated_instrumentation
 
 from .servers import Pushgateway
-
-
-def analyses(gateway: Pushgateway, job: str) -> float | None:
-    return gateway.value(
-        "codomyrmex_analyses_total", module="m", analysis_type="t", status="success", job=job
-    )
+from .support import gateway_inst, pushed_analyses
 
 
 @pytest.mark.integration
 async def test_apush_aflush_aclose_deliver_to_a_real_gateway(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="off")
     inst.record_analysis("m", "t", 1.0)
     assert await inst.apush() is True
-    assert analyses(pushgateway, job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 1
     inst.record_analysis("m", "t", 1.0)
     assert await inst.push_metrics() is True  # the seed's name, the same push
-    assert analyses(pushgateway, job_name) == 2
+    assert pushed_analyses(pushgateway, job=job_name) == 2
     assert await inst.aflush() is True
     await inst.aclose()
-    assert analyses(pushgateway, job_name) == 2
+    assert pushed_analyses(pushgateway, job=job_name) == 2
 
 
 @pytest.mark.integration
@@ -47,13 +40,13 @@ async def test_module_level_apush_and_push_metrics_push_the_default(
     with isolated_instrumentation(pushgateway=pushgateway.url, job=job_name, push_mode="off"):
         instrument.record_analysis("m", "t", 0.5)
         assert await instrument.apush() is True
-        assert analyses(pushgateway, job_name) == 1
+        assert pushed_analyses(pushgateway, job=job_name) == 1
         instrument.record_analysis("m", "t", 0.5)
         assert await instrument.push_metrics() is True
-        assert analyses(pushgateway, job_name) == 2
+        assert pushed_analyses(pushgateway, job=job_name) == 2
         instrument.record_analysis("m", "t", 0.5)
         assert instrument.push() is True
-        assert analyses(pushgateway, job_name) == 3
+        assert pushed_analyses(pushgateway, job=job_name) == 3
 
 
 async def test_apush_without_a_target_is_false_and_never_raises() -> None:

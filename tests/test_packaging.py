@@ -19,7 +19,8 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .support import ROOT
+
 # What a checkout holds besides its sources: caches, the environment, build output.
 NOT_SOURCE = (
     ".git",

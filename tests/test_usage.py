@@ -28,8 +28,8 @@ from .ai_fakes import (
     openai_chat_chunks,
     openai_response,
     openai_response_events,
-    token_counts,
 )
+from .support import token_counts
 
 FORMS: dict[str, Callable[[Any], Any]] = {"dict": lambda d: d, "object": as_object}
 
