@@ -80,6 +80,33 @@ def test_moved_names_are_still_found_where_they_were() -> None:
         assert getattr(instrument, name) is not None, name
 
 
+#: The seed's names: compatibility shims in ``compat``, importable from ``instrument``.
+SEED_NAMES = (
+    "PrometheusIntegration",
+    "push_metrics",
+    "record_ai_api_call",
+    "record_analysis",
+    "record_quality_score",
+    "update_active_jobs",
+)
+
+
+def test_all_lists_the_toolkits_api_and_the_seed_names_stay_importable() -> None:
+    from instrument import grafana
+
+    assert set(compat.__all__) == set(SEED_NAMES)
+    for name in SEED_NAMES:
+        assert name not in instrument.__all__, name
+        assert getattr(instrument, name) is getattr(compat, name), name
+    assert "GrafanaIntegration" not in instrument.__all__
+    assert instrument.GrafanaIntegration is grafana.GrafanaIntegration  # the seed's, too
+    # What a star import gives is the toolkit itself: its decorators, facade and default.
+    namespace: dict[str, object] = {}
+    exec("from instrument import *", namespace)
+    assert {"monitored_analysis", "track_ai_call", "Instrumentation", "configure"} <= set(namespace)
+    assert not set(SEED_NAMES) & set(namespace)
+
+
 def test_the_default_is_an_instance_of_the_facades_class() -> None:
     with isolated_instrumentation():
         saved = defaults.replace_default(None)
