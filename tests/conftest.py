@@ -16,7 +16,7 @@ from instrument.ai import _streams as streams_module
 
 from .fake_grafana import FakeGrafana
 from .servers import GatewayStandIn, Prometheus, Pushgateway
-from .support import FakeClock
+from .support import NETWORK_GUARD, OFFLINE_ENVIRONMENT, FakeClock
 
 
 @pytest.fixture
@@ -59,9 +59,22 @@ def stand_in() -> Iterator[GatewayStandIn]:
 @pytest.fixture
 def fake_grafana() -> Iterator[FakeGrafana]:
     """The Grafana stand-in, with its dashboards, folders and data sources, on loopback."""
-    server = FakeGrafana().start()
-    yield server
-    server.stop()
+    with FakeGrafana() as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def offline() -> Iterator[None]:
+    """The SDKs' offline switches, set before the first SDK import; the network guard on."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in OFFLINE_ENVIRONMENT.items():
+            patch.setenv(name, value)
+        NETWORK_GUARD.install()
+        NETWORK_GUARD.on = True
+        try:
+            yield
+        finally:
+            NETWORK_GUARD.on = False
 
 
 @pytest.fixture(scope="session")

@@ -276,6 +276,12 @@ class FakeGrafana:
         port = self.runner.addresses[0][1]
         self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
 
+    def __enter__(self) -> FakeGrafana:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
     def stop(self) -> None:
         async def _stop() -> None:
             self.release.set()

@@ -9,7 +9,11 @@ to the (module "m", analysis_type "t") most tests decorate with.
 from __future__ import annotations
 
 import asyncio
+import importlib
+import os
+import sys
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 from prometheus_client import CollectorRegistry
@@ -218,3 +222,98 @@ def pushed_analyses(
     if isinstance(gateway, Pushgateway):
         return gateway.value(f"{NS}_analyses_total", **labels)
     return gateway.last_value(f"{NS}_analyses_total", **labels)
+
+
+# -- the LLM SDKs, offline ------------------------------------------------------------------------
+
+#: Each SDK the suite drives, by the name its package is imported under.
+SDK_MODULES = {
+    "openai": "openai",
+    "anthropic": "anthropic",
+    "google-genai": "google.genai",
+    "mistralai": "mistralai.client",
+    "cohere": "cohere",
+    "litellm": "litellm",
+}
+
+#: Turned on before any SDK is imported: nothing may fetch price maps, send telemetry, or
+#: reach any host but 127.0.0.1.
+OFFLINE_ENVIRONMENT = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "LITELLM_OFFLINE_MODE": "true",
+    "LITELLM_TELEMETRY": "False",
+    "MISTRAL_SDK_TELEMETRY": "false",
+    "HF_HUB_OFFLINE": "1",
+    "HF_HUB_DISABLE_TELEMETRY": "1",
+    "DO_NOT_TRACK": "1",
+}
+
+
+def under_ci() -> bool:
+    return os.environ.get("CI", "").lower() in {"1", "true", "yes"}
+
+
+def require_sdk(sdk: str) -> ModuleType:
+    """The SDK's module; skip when it is not installed, but fail under CI."""
+    import pytest
+
+    try:
+        module = importlib.import_module(SDK_MODULES[sdk])
+    except ImportError as exc:
+        message = f"{sdk} is not installed ({exc}): pip install -e '.[sdk]' (scripts/test.sh does)"
+        if under_ci():
+            pytest.fail(message + " -- under CI a missing SDK is a failure")
+        pytest.skip(message)
+    if sdk == "litellm":
+        module.suppress_debug_info = True  # its "Give Feedback" banner on every error
+    return module
+
+
+class NetworkGuard:
+    """An audit hook that refuses (and notes) any host but loopback while it is on.
+
+    Audit hooks cannot be removed, so it is installed once per process and switched."""
+
+    LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost", b"127.0.0.1", b"localhost"})
+
+    def __init__(self) -> None:
+        self.on = False
+        #: Non-loopback network attempts seen while on.
+        self.outside: list[str] = []
+        #: How many loopback connections it saw: proof that it is watching.
+        self.loopback_seen = 0
+        self._installed = False
+
+    def install(self) -> None:
+        if not self._installed:
+            sys.addaudithook(self._hook)
+            self._installed = True
+
+    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
+        if not self.on:
+            return
+        if event == "socket.getaddrinfo":
+            host = args[0]
+        elif event == "socket.connect":
+            address = args[1]
+            if not isinstance(address, tuple):  # a Unix socket
+                return
+            host = address[0]
+            if host in self.LOOPBACK:
+                self.loopback_seen += 1
+        else:
+            return
+        if host is not None and host not in self.LOOPBACK:
+            self.outside.append(f"{event} {host!r}")
+            raise ConnectionRefusedError(f"the test suite allows 127.0.0.1 only, not {host!r}")
+
+
+#: This process's guard (the ``offline`` fixture turns it on).
+NETWORK_GUARD = NetworkGuard()
+
+
+def go_offline() -> None:
+    """For a child process the suite starts: the SDKs' offline switches and the guard on."""
+    os.environ.update(OFFLINE_ENVIRONMENT)
+    NETWORK_GUARD.install()
+    NETWORK_GUARD.on = True

@@ -22,8 +22,6 @@ import asyncio
 import importlib
 import inspect
 import logging
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
 from types import ModuleType
@@ -38,7 +36,7 @@ from instrument import Instrumentation
 from instrument.ai import AICallTracker
 from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer, count_tokens
 
-from .support import ROOT
+from .support import NETWORK_GUARD, ROOT, require_sdk
 
 pytestmark = pytest.mark.sdk
 
@@ -71,28 +69,6 @@ KEYS = {
     "gemini": "AIza-matrix-0123456789abcdef",
     "mistral": "mistral-matrix-0123456789abcdef",
     "cohere": "cohere-matrix-0123456789abcdef",
-}
-
-#: The SDK of each case, by the name its package is imported under.
-SDK_MODULES = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "google-genai": "google.genai",
-    "mistralai": "mistralai.client",
-    "cohere": "cohere",
-    "litellm": "litellm",
-}
-
-#: Turned on before any SDK is imported: nothing may fetch price maps, send telemetry, or
-#: reach any host but 127.0.0.1.
-OFFLINE_ENVIRONMENT = {
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    "LITELLM_OFFLINE_MODE": "true",
-    "LITELLM_TELEMETRY": "False",
-    "MISTRAL_SDK_TELEMETRY": "false",
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
 }
 
 
@@ -1411,63 +1387,6 @@ async def _(ctx: Ctx) -> None:
 
 # -- the network guard, the SDKs, the server -------------------------------------------------
 
-_LOOPBACK = {"127.0.0.1", "::1", "localhost", b"127.0.0.1", b"localhost"}
-#: Non-loopback network attempts seen while the guard is on.
-_outside: list[str] = []
-#: How many loopback connections the guard saw: proof that it is watching.
-_loopback_seen: list[int] = [0]
-_guard_on: list[bool] = [False]
-
-
-def _network_guard(event: str, args: tuple[Any, ...]) -> None:
-    """An audit hook: refuse (and note) any host but loopback while the guard is on."""
-    if not _guard_on[0]:
-        return
-    if event == "socket.getaddrinfo":
-        host = args[0]
-    elif event == "socket.connect":
-        address = args[1]
-        if not isinstance(address, tuple):  # a Unix socket
-            return
-        host = address[0]
-        if host in _LOOPBACK:
-            _loopback_seen[0] += 1
-    else:
-        return
-    if host is not None and host not in _LOOPBACK:
-        _outside.append(f"{event} {host!r}")
-        raise ConnectionRefusedError(f"the SDK matrix allows 127.0.0.1 only, not {host!r}")
-
-
-@pytest.fixture(scope="session")
-def offline() -> Iterator[None]:
-    """The SDKs' offline switches, set before the first SDK import; the network guard on."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in OFFLINE_ENVIRONMENT.items():
-            patch.setenv(name, value)
-        if not getattr(_network_guard, "installed", False):
-            sys.addaudithook(_network_guard)
-            _network_guard.installed = True  # type: ignore[attr-defined]
-        _guard_on[0] = True
-        try:
-            yield
-        finally:
-            _guard_on[0] = False
-
-
-def require_sdk(sdk: str) -> ModuleType:
-    """The SDK's module; skip when it is not installed, but fail under CI."""
-    try:
-        module = importlib.import_module(SDK_MODULES[sdk])
-    except ImportError as exc:
-        message = f"{sdk} is not installed ({exc}): pip install -e '.[sdk]' (scripts/test.sh does)"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(message + " -- under CI a missing SDK is a failure")
-        pytest.skip(message)
-    if sdk == "litellm":
-        module.suppress_debug_info = True  # its "Give Feedback" banner on every error
-    return module
-
 
 @pytest.fixture(scope="session")
 def llm_server(offline: None) -> Iterator[LocalLLMServer]:
@@ -1486,9 +1405,9 @@ def llm_server(offline: None) -> Iterator[LocalLLMServer]:
 
 @pytest.fixture(autouse=True)
 def _nothing_leaves_loopback(offline: None) -> Iterator[None]:
-    before = len(_outside)
+    before = len(NETWORK_GUARD.outside)
     yield
-    assert _outside[before:] == [], "network use outside 127.0.0.1"
+    assert NETWORK_GUARD.outside[before:] == [], "network use outside 127.0.0.1"
 
 
 # -- running a case and reading what it recorded ----------------------------------------------
@@ -1581,13 +1500,13 @@ def test_the_guard_watches_the_sdks(llm_server: LocalLLMServer) -> None:
     refuses a connection anywhere else."""
     import socket
 
-    seen = _loopback_seen[0]
+    seen = NETWORK_GUARD.loopback_seen
     with socket.create_connection((llm_server.host, llm_server.port), timeout=5):
         pass
-    assert _loopback_seen[0] == seen + 1
+    assert NETWORK_GUARD.loopback_seen == seen + 1
     with pytest.raises(ConnectionRefusedError, match=r"127\.0\.0\.1 only"):
         socket.getaddrinfo("example.com", 443)
-    assert _outside.pop() == "socket.getaddrinfo 'example.com'"
+    assert NETWORK_GUARD.outside.pop() == "socket.getaddrinfo 'example.com'"
 
 
 # -- hostile cases: echoed secrets, streams failing midway, concurrency, early exits --------
