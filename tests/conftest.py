@@ -273,13 +273,7 @@ class E2EWorkload:
 _SERVER_FIXTURES = frozenset({"pushgateway_server", "prometheus_server", "e2e_prometheus"})
 
 
-#: Modules whose tests run the CLI or a build in child processes, most of them.
-_SUBPROCESS_MODULES = frozenset({"test_cli", "test_hostile_cli", "test_packaging"})
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        if item.path.stem in _SUBPROCESS_MODULES:
-            item.add_marker(pytest.mark.subprocess)

@@ -15,7 +15,8 @@ import pytest
 
 from .support import ROOT
 
-pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
+# The smoke run is a child process; its section 5 starts a real Pushgateway.
+pytestmark = [pytest.mark.integration, pytest.mark.subprocess]
 
 SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import")
 #: Sections that must have run, not been skipped, on a machine with the bench extra.

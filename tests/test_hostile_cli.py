@@ -33,6 +33,9 @@ from .fake_grafana import TOKEN, FakeGrafana
 from .servers import Pushgateway, closed_port
 from .test_cli import SAMPLE
 
+# Most tests run the command in a child process, as a user does.
+pytestmark = pytest.mark.subprocess
+
 SECRET = "S3cr3t-Passw0rd"
 DEMO_HELP = "(see instrument demo --help)"
 PORT_FIX = "give a number from 1 to 65535, or 0 for any free port " + DEMO_HELP

@@ -21,6 +21,9 @@ import pytest
 
 from .support import ROOT
 
+# Builds the sdist and wheel, and runs them, in child processes.
+pytestmark = pytest.mark.subprocess
+
 # What a checkout holds besides its sources: caches, the environment, build output.
 NOT_SOURCE = (
     ".git",
