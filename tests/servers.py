@@ -73,6 +73,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
     raise RuntimeError(f"{what} was not ready at {url} after {timeout} s")
 
 
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """Stop a server process: SIGTERM, and SIGKILL if it is still there after ``grace`` s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
 class Pushgateway:
     """A real ``prometheus-pushgateway`` process. ``start()``/``stop()`` keep the same port."""
 
@@ -103,14 +115,8 @@ class Pushgateway:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc, 10)
+        self.proc = None
 
     def wipe(self) -> None:
         http("PUT", f"{self.url}/api/v1/admin/wipe")
@@ -199,14 +205,8 @@ class Prometheus:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc, 15)
+        self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def query(self, expr: str) -> list[dict[str, Any]]:

@@ -12,6 +12,8 @@ import asyncio
 import importlib
 import os
 import sys
+import threading
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -54,6 +56,15 @@ def push_once(inst: Instrumentation, transport: str, *job: str) -> bool:
     return asyncio.run(push())
 
 
+def in_threads(work: Callable[[], object], count: int) -> None:
+    """Run ``work`` in ``count`` threads at once, and wait for all of them."""
+    threads = [threading.Thread(target=work) for _ in range(count)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+
+
 class FakeClock:
     """Stands in for ``perf_counter``: reads ``now``, which moves only when the test moves
     it (``advance``, or setting ``now``), or by ``step`` after every reading."""
@@ -74,6 +85,11 @@ class FakeClock:
 def sample(registry: CollectorRegistry, suffix: str, **labels: str) -> float | None:
     """``codomyrmex_<suffix>{labels}`` read back from the registry."""
     return sample_value(registry, f"{NS}_{suffix}", labels)
+
+
+def counted(registry: CollectorRegistry, suffix: str, **labels: str) -> float:
+    """Like :func:`sample`, but 0 when the series does not exist (nothing was counted)."""
+    return sample(registry, suffix, **labels) or 0.0
 
 
 def local(inst: Instrumentation, suffix: str, **labels: str) -> float | None:

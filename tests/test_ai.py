@@ -55,6 +55,7 @@ from .support import (
     ai_errors,
     calls,
     gateway_inst,
+    in_threads,
     sample,
     token_counts,
     token_detail,
@@ -275,11 +276,7 @@ class TestFunctions:
                         barrier.wait()
                     call.add_usage(input_tokens=2, output_tokens=1)
 
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 8)
         assert seen_active == [8.0] * 8
         assert calls(registry, "openai", "gpt-4o") == {"success": 400}
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 800, "output": 400}
@@ -833,11 +830,7 @@ class TestStreamEnds:
                 for _chunk in ask():
                     pass
 
-        threads = [threading.Thread(target=work) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 6)
         assert calls(registry, "openai", "gpt-4o-mini") == {"success": 240}
         assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 2400, "output": 720}
         assert ttft(registry, "openai", "gpt-4o-mini")[0] == 240

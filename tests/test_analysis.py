@@ -23,7 +23,7 @@ import instrument
 from instrument import Instrumentation, configure, monitored_analysis
 
 from .pickled import module_level_analysis
-from .support import FakeClock, active, analyses, analysis_duration, analysis_errors
+from .support import FakeClock, active, analyses, analysis_duration, analysis_errors, in_threads
 
 
 @pytest.fixture
@@ -878,11 +878,7 @@ def test_first_with_block_entries_racing_from_threads_stay_exact(
                 with shared:
                     pass
 
-            threads = [threading.Thread(target=work) for _ in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            in_threads(work, 8)
     finally:
         sys.setswitchinterval(switch)
     assert analyses(registry, "success") == 160

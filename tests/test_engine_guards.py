@@ -22,7 +22,7 @@ from instrument._engine import Instrumenter, Probe, bind_arguments, wraps_signat
 from instrument.analysis import AnalysisMonitor
 from instrument.instrumentation import Policy
 
-from .support import Boom, explode
+from .support import Boom, explode, sample
 
 #: What the engine's log line says for a failure in each hook.
 GUARD_TEXT = {
@@ -466,10 +466,6 @@ def test_exiting_a_with_block_in_another_context_ends_the_job_entered_there(
 # -- the shipping policy: failures injected into its binding ------------------------------------
 
 
-def count_of(inst: Instrumentation, status: str, labels: dict[str, str]) -> float | None:
-    return inst.registry.get_sample_value("codomyrmex_analyses_total", {**labels, "status": status})
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("broken", ["success_inc", "error_inc", "after_job", "after_job_async"])
 async def test_monitored_analysis_survives_a_broken_binding(
@@ -501,8 +497,8 @@ async def test_monitored_analysis_survives_a_broken_binding(
         # Recording was complete before delivery failed.
         labels = {"module": "m", "analysis_type": "t"}
         assert inst.registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "m"}) == 0
-        assert count_of(inst, "success", labels) == 2
-        assert count_of(inst, "error", labels) == 1
+        assert sample(inst.registry, "analyses_total", status="success", **labels) == 2
+        assert sample(inst.registry, "analyses_total", status="error", **labels) == 1
     inst.close()
 
 

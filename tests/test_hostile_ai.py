@@ -44,7 +44,17 @@ from .ai_fakes import (
     openai_chat_chunks,
     openai_response_events,
 )
-from .support import FakeClock, active, ai_duration, ai_errors, calls, sample, token_counts, ttft
+from .support import (
+    FakeClock,
+    active,
+    ai_duration,
+    ai_errors,
+    calls,
+    in_threads,
+    sample,
+    token_counts,
+    ttft,
+)
 
 
 def missing(registry: CollectorRegistry, provider: str, model: str) -> float | None:
@@ -910,11 +920,7 @@ def test_a_stream_read_from_two_threads_counts_each_chunk_once(
     def drain() -> None:
         seen.append(sum(1 for _ in stream))
 
-    threads = [threading.Thread(target=drain) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(drain, 2)
     assert sum(seen) == len(chunks)
     assert calls(registry, "anthropic", "claude") == {"success": 1}
     assert token_counts(registry, "anthropic", "claude") == {"input": 9, "output": 399}

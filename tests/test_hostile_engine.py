@@ -38,7 +38,7 @@ from prometheus_client import CollectorRegistry, generate_latest
 from instrument import Instrumentation, get_instrumentation, monitored_analysis
 from instrument import analysis as analysis_module
 
-from .support import FakeClock, active, analyses, analysis_duration, analysis_errors
+from .support import FakeClock, active, analyses, analysis_duration, analysis_errors, counted
 from .test_engine_guards import GUARD_TEXT, ScriptedPolicy, guard_records, make_job, outcome
 
 # -- reading the registry --------------------------------------------------------------------
@@ -53,10 +53,9 @@ def bucket(reg: CollectorRegistry, le: str, module: str = "m") -> float | None:
 
 def outcomes(reg: CollectorRegistry, module: str = "m") -> tuple[float, float, float]:
     """(success, error, cancelled), a status never counted as 0."""
-    return (
-        analyses(reg, "success", module) or 0.0,
-        analyses(reg, "error", module) or 0.0,
-        analyses(reg, "cancelled", module) or 0.0,
+    return tuple(  # type: ignore[return-value]
+        counted(reg, "analyses_total", module=module, analysis_type="t", status=status)
+        for status in ("success", "error", "cancelled")
     )
 
 

@@ -36,7 +36,7 @@ from instrument import Instrumentation
 from instrument.ai import AICallTracker
 from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer, count_tokens
 
-from .support import NETWORK_GUARD, ROOT, require_sdk
+from .support import NETWORK_GUARD, ROOT, counted, require_sdk
 
 pytestmark = pytest.mark.sdk
 
@@ -1413,35 +1413,30 @@ def _nothing_leaves_loopback(offline: None) -> Iterator[None]:
 # -- running a case and reading what it recorded ----------------------------------------------
 
 
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A counter or histogram sample; 0 when the series does not exist (nothing counted)."""
-    return registry.get_sample_value(f"codomyrmex_{name}", labels) or 0.0
-
-
 def check(registry: CollectorRegistry, case: Case) -> None:
     """Compare everything at once, so a failure shows every wrong number of the case."""
     expect = case.expect
     labels = {"provider": case.provider, "model": case.model}
-    ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
-    duration = sample(registry, "ai_call_duration_seconds_sum", **labels)
+    ttft = counted(registry, "ai_time_to_first_token_seconds_sum", **labels)
+    duration = counted(registry, "ai_call_duration_seconds_sum", **labels)
     error_type, http_status = expect.error or ("", "")
     observed = {
-        "calls": sample(registry, "ai_api_calls_total", status=expect.status, **labels),
-        "input": sample(registry, "ai_tokens_used_total", token_type="input", **labels),
-        "output": sample(registry, "ai_tokens_used_total", token_type="output", **labels),
+        "calls": counted(registry, "ai_api_calls_total", status=expect.status, **labels),
+        "input": counted(registry, "ai_tokens_used_total", token_type="input", **labels),
+        "output": counted(registry, "ai_tokens_used_total", token_type="output", **labels),
         **{
-            detail: sample(registry, "ai_token_details_total", detail=detail, **labels)
+            detail: counted(registry, "ai_token_details_total", detail=detail, **labels)
             for detail in Expect.DETAILS
         },
-        "ttft_count": sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        "ttft_count": counted(registry, "ai_time_to_first_token_seconds_count", **labels),
         # Time to first token runs to the first generated content, after the staged delay;
         # a stream's call lasts at least as long.
         "ttft_after_first_content": (
             ttft >= expect.calls * FIRST_CONTENT_DELAY if expect.streamed else None
         ),
-        "duration_count": sample(registry, "ai_call_duration_seconds_count", **labels),
+        "duration_count": counted(registry, "ai_call_duration_seconds_count", **labels),
         "duration_covers_ttft": duration >= ttft,
-        "errors": sample(
+        "errors": counted(
             registry,
             "ai_api_errors_total",
             error_type=error_type,
@@ -1666,14 +1661,14 @@ def test_a_stream_failing_midway_is_one_error_after_its_first_token(
     labels = {"provider": provider, "model": model}
     errors = {"error_type": error_type, "http_status": http_status}
     observed = {
-        "errors": sample(registry, "ai_api_errors_total", **labels, **errors),
-        "error calls": sample(registry, "ai_api_calls_total", status="error", **labels),
-        "success calls": sample(registry, "ai_api_calls_total", status="success", **labels),
-        "ttft": sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        "errors": counted(registry, "ai_api_errors_total", **labels, **errors),
+        "error calls": counted(registry, "ai_api_calls_total", status="error", **labels),
+        "success calls": counted(registry, "ai_api_calls_total", status="success", **labels),
+        "ttft": counted(registry, "ai_time_to_first_token_seconds_count", **labels),
         "active": registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}),
     }
     assert observed == {"errors": 1, "error calls": 1, "success calls": 0, "ttft": 1, "active": 0}
-    ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
+    ttft = counted(registry, "ai_time_to_first_token_seconds_sum", **labels)
     assert ttft >= FIRST_CONTENT_DELAY
 
 
@@ -1740,12 +1735,12 @@ def test_a_stream_left_early_is_one_cancelled_call(
                 break
     labels = {"provider": "openai", "model": GPT}
     observed = {
-        status: sample(registry, "ai_api_calls_total", status=status, **labels)
+        status: counted(registry, "ai_api_calls_total", status=status, **labels)
         for status in ("success", "error", "cancelled")
     }
     assert observed == {"success": 0, "error": 0, "cancelled": 1}
-    assert sample(registry, "ai_time_to_first_token_seconds_count", **labels) == 1
-    assert sample(registry, "ai_time_to_first_token_seconds_sum", **labels) >= FIRST_CONTENT_DELAY
+    assert counted(registry, "ai_time_to_first_token_seconds_count", **labels) == 1
+    assert counted(registry, "ai_time_to_first_token_seconds_sum", **labels) >= FIRST_CONTENT_DELAY
     assert registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
 
 
@@ -1777,11 +1772,11 @@ def test_any_model_name_and_prompt_are_counted_exactly(
         ask(model)
         labels = {"provider": "openai", "model": model}
         tokens = {
-            kind: sample(registry, "ai_tokens_used_total", token_type=kind, **labels)
+            kind: counted(registry, "ai_tokens_used_total", token_type=kind, **labels)
             for kind in ("input", "output")
         }
         assert tokens == {"input": count_tokens(prompt), "output": reply + REASONING}
-        assert sample(registry, "ai_api_calls_total", status="success", **labels) == 1
+        assert counted(registry, "ai_api_calls_total", status="success", **labels) == 1
     finally:
         inst.close()
 
