@@ -39,8 +39,8 @@ from instrument.delivery import PushTarget
 from instrument.metrics import METRICS, Metrics
 from instrument.testing import isolated_instrumentation
 
-from .servers import Pushgateway
-from .support import ROOT, gateway_inst, push_once
+from ..servers import Pushgateway
+from ..support import ROOT, gateway_inst, push_once
 
 LABELS = {"module": "m", "analysis_type": "t"}
 #: The label names a sample of ours can carry, derived here from the definitions.

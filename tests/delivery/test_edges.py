@@ -35,8 +35,8 @@ from instrument.delivery import _flusher as flusher_module
 from instrument.delivery import _lifecycle as lifecycle
 from instrument.delivery import _textfile as textfile_module
 
-from .servers import GatewayStandIn, Pushgateway
-from .support import explode, gateway_inst, local, pushed_analyses
+from ..servers import GatewayStandIn, Pushgateway
+from ..support import explode, gateway_inst, local, pushed_analyses
 
 ANALYSIS = {"module": "m", "analysis_type": "t"}
 

@@ -8,7 +8,7 @@ import pytest
 
 from instrument.config import SETTINGS, from_environment
 
-from .support import ROOT
+from ..support import ROOT
 
 README = (ROOT / "README.md").read_text()
 

@@ -46,8 +46,8 @@ from instrument.grafana import (
     GrafanaUnavailableError,
 )
 
-from .fake_grafana import TOKEN, VIEWER_TOKEN, FakeGrafana, Seen
-from .servers import closed_port
+from ..fake_grafana import TOKEN, VIEWER_TOKEN, FakeGrafana, Seen
+from ..servers import closed_port
 
 NGINX_502 = """<html>
 <head><title>502 Bad Gateway</title></head>

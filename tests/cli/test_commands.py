@@ -12,8 +12,8 @@ import pytest
 from instrument.cli import main
 from instrument.demo import quantile_of_buckets, tour
 
-from .fake_grafana import TOKEN, FakeGrafana
-from .servers import Pushgateway, free_port
+from ..fake_grafana import TOKEN, FakeGrafana
+from ..servers import Pushgateway, free_port
 
 # Most tests run the command in a child process, as a user does.
 pytestmark = pytest.mark.subprocess

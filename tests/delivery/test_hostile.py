@@ -38,8 +38,8 @@ from instrument.delivery import _textfile as textfile_module
 from instrument.delivery._snapshot import Snapshot
 from instrument.delivery._textfile import TextfileTarget
 
-from .servers import GatewayStandIn, Pushgateway
-from .support import ROOT, gateway_inst, local, push_once, pushed_analyses
+from ..servers import GatewayStandIn, Pushgateway
+from ..support import ROOT, gateway_inst, local, push_once, pushed_analyses
 
 pytestmark = pytest.mark.integration
 

@@ -7,7 +7,7 @@ type, streams abandoned, closed, shared between threads, read after the call end
 property tests over usage dicts. Every value is read back from the registry.
 
 The fakes have the SDKs' shapes (attribute names, methods, protocols), not their classes:
-the real SDKs are driven against a local server in test_sdk_matrix.py.
+the real SDKs are driven against a local server in test_sdk_matrix.py (this directory).
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ from instrument import ai as ai_module
 from instrument.ai import record_abandoned_streams
 from instrument.usage import MAX_TOKENS, carries_content
 
-from .ai_fakes import (
+from ..ai_fakes import (
     FakeAsyncStream,
     FakeStream,
     RateLimitError,
@@ -44,7 +44,7 @@ from .ai_fakes import (
     openai_chat_chunks,
     openai_response_events,
 )
-from .support import (
+from ..support import (
     FakeClock,
     active,
     ai_duration,

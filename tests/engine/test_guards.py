@@ -22,7 +22,7 @@ from instrument._engine import Instrumenter, Probe, bind_arguments, wraps_signat
 from instrument.analysis import AnalysisMonitor
 from instrument.instrumentation import Policy
 
-from .support import Boom, explode, sample
+from ..support import Boom, explode, sample
 
 #: What the engine's log line says for a failure in each hook.
 GUARD_TEXT = {

@@ -38,8 +38,8 @@ from prometheus_client import CollectorRegistry, generate_latest
 from instrument import Instrumentation, get_instrumentation, monitored_analysis
 from instrument import analysis as analysis_module
 
-from .support import FakeClock, active, analyses, analysis_duration, analysis_errors, counted
-from .test_engine_guards import GUARD_TEXT, ScriptedPolicy, guard_records, make_job, outcome
+from ..support import FakeClock, active, analyses, analysis_duration, analysis_errors, counted
+from .test_guards import GUARD_TEXT, ScriptedPolicy, guard_records, make_job, outcome
 
 # -- reading the registry --------------------------------------------------------------------
 
@@ -968,7 +968,7 @@ def test_a_decorated_callable_whose_name_finds_another_object_says_why_it_cannot
 ) -> None:
     # rev-ai 15: its qualified name resolves to the undecorated method or function, so
     # pickle's own "not the same object" would blame the wrong thing.
-    from . import pickled
+    from .. import pickled
 
     decorated = getattr(pickled, name)
     with pytest.raises(pickle.PicklingError, match="pickles by its module-level name") as info:

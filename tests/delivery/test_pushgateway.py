@@ -26,8 +26,8 @@ from instrument import Instrumentation
 from instrument._urls import mask_url
 from instrument.delivery import grouping_path
 
-from .servers import GatewayStandIn, Pushgateway, free_port
-from .support import ROOT, gateway_inst, push_once, pushed_analyses
+from ..servers import GatewayStandIn, Pushgateway, free_port
+from ..support import ROOT, gateway_inst, push_once, pushed_analyses
 
 pytestmark = pytest.mark.integration
 

@@ -32,7 +32,7 @@ from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
 
-from .ai_fakes import (
+from ..ai_fakes import (
     FakeAsyncStream,
     FakeStream,
     RateLimitError,
@@ -47,8 +47,8 @@ from .ai_fakes import (
     openai_response,
     openai_response_events,
 )
-from .servers import GatewayStandIn
-from .support import (
+from ..servers import GatewayStandIn
+from ..support import (
     FakeClock,
     active,
     ai_duration,

@@ -29,9 +29,9 @@ from instrument.cli import build_parser, main
 from instrument.demo import tour
 from instrument.grafana import GrafanaClient, GrafanaError, GrafanaNotFoundError
 
-from .fake_grafana import TOKEN, FakeGrafana
-from .servers import Pushgateway, closed_port
-from .test_cli import SAMPLE
+from ..fake_grafana import TOKEN, FakeGrafana
+from ..servers import Pushgateway, closed_port
+from .test_commands import SAMPLE
 
 # Most tests run the command in a child process, as a user does.
 pytestmark = pytest.mark.subprocess
