@@ -63,9 +63,11 @@ def fake_grafana() -> Iterator[FakeGrafana]:
         yield server
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def offline() -> Iterator[None]:
-    """The SDKs' offline switches, set before the first SDK import; the network guard on."""
+    """The SDKs' offline switches, set before the first SDK import; the network guard on.
+
+    For the module that asks for it only: the modules after it run as they would alone."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in OFFLINE_ENVIRONMENT.items():
             patch.setenv(name, value)

@@ -1388,9 +1388,10 @@ async def _(ctx: Ctx) -> None:
 # -- the network guard, the SDKs, the server -------------------------------------------------
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def llm_server(offline: None) -> Iterator[LocalLLMServer]:
-    """One server for the matrix, in a background thread: sync and async SDKs share it."""
+    """One server for the matrix, in a background thread: sync and async SDKs share it.
+    It stops with the module, so no later test finds its thread."""
     server = LocalLLMServer(
         first_content_delay=FIRST_CONTENT_DELAY,
         cache_read_tokens=CACHE_READ,
