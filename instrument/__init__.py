@@ -7,14 +7,16 @@ from typing import Any
 
 from .ai import AICall, AICallTracker, track_ai_call
 from .analysis import AnalysisJob, AnalysisMonitor, monitored_analysis
-from .compat import (
-    PrometheusIntegration,
-    push_metrics,
-    record_ai_api_call,
-    record_analysis,
-    record_quality_score,
-    update_active_jobs,
-)
+
+# The seed's names stay importable from here (``from instrument import
+# PrometheusIntegration``), re-exported explicitly, but they are compatibility, not the
+# toolkit's API, so __all__ leaves them out.
+from .compat import PrometheusIntegration as PrometheusIntegration
+from .compat import push_metrics as push_metrics
+from .compat import record_ai_api_call as record_ai_api_call
+from .compat import record_analysis as record_analysis
+from .compat import record_quality_score as record_quality_score
+from .compat import update_active_jobs as update_active_jobs
 from .defaults import apush, configure, flush, get_instrumentation, push
 from .instrumentation import Instrumentation
 from .metrics import METRICS, Metrics
@@ -36,7 +38,6 @@ __all__ = [
     "GrafanaClient",
     "GrafanaConflictError",
     "GrafanaError",
-    "GrafanaIntegration",
     "GrafanaNotFoundError",
     "GrafanaRetryLaterError",
     "GrafanaServerError",
@@ -45,7 +46,6 @@ __all__ = [
     "GrafanaUnavailableError",
     "Instrumentation",
     "Metrics",
-    "PrometheusIntegration",
     "__version__",
     "apush",
     "build_dashboard",
@@ -55,18 +55,14 @@ __all__ = [
     "get_instrumentation",
     "monitored_analysis",
     "push",
-    "push_metrics",
-    "record_ai_api_call",
-    "record_analysis",
-    "record_quality_score",
     "rules_yaml",
     "track_ai_call",
-    "update_active_jobs",
 ]
 
 
 def __getattr__(name: str) -> Any:
-    # The Grafana client pulls in aiohttp: import it only when it is asked for.
+    # The Grafana client pulls in aiohttp: import it only when it is asked for. The seed's
+    # GrafanaIntegration is found here too, outside __all__ as the other shims are.
     if name in _LAZY:
         import importlib
 

@@ -11,10 +11,6 @@ from collections.abc import AsyncIterator, Iterator
 from types import SimpleNamespace
 from typing import Any
 
-from prometheus_client import CollectorRegistry
-
-NS = "codomyrmex"
-
 
 def as_object(value: Any) -> Any:
     """Dicts (nested, in lists too) as attribute objects, like an SDK's response models."""
@@ -23,41 +19,6 @@ def as_object(value: Any) -> Any:
     if isinstance(value, list):
         return [as_object(v) for v in value]
     return value
-
-
-def sample(registry: CollectorRegistry, suffix: str, **labels: str) -> float | None:
-    """``codomyrmex_<suffix>{labels}`` read back from the registry."""
-    return registry.get_sample_value(f"{NS}_{suffix}", labels)
-
-
-def token_counts(registry: CollectorRegistry, provider: str, model: str) -> dict[str, float]:
-    """Every token counter of one (provider, model) that exists, by token_type or detail."""
-    found: dict[str, float] = {}
-    for kind in ("input", "output"):
-        value = sample(
-            registry, "ai_tokens_used_total", provider=provider, model=model, token_type=kind
-        )
-        if value is not None:
-            found[kind] = value
-    for detail in ("cache_read", "cache_creation", "reasoning"):
-        value = sample(
-            registry, "ai_token_details_total", provider=provider, model=model, detail=detail
-        )
-        if value is not None:
-            found[detail] = value
-    return found
-
-
-def calls(registry: CollectorRegistry, provider: str, model: str) -> dict[str, float]:
-    """Calls of one (provider, model) by status, statuses never seen left out."""
-    found = {}
-    for status in ("success", "error", "cancelled"):
-        value = sample(
-            registry, "ai_api_calls_total", provider=provider, model=model, status=status
-        )
-        if value:
-            found[status] = value
-    return found
 
 
 # -- OpenAI Chat Completions -----------------------------------------------------------------

@@ -1,4 +1,5 @@
-"""Shared fixtures: a fresh Instrumentation per test, and real servers on loopback."""
+"""Shared fixtures: a fresh Instrumentation per test, a fake clock, the stand-ins (a gateway
+whose answers a test switches, a Grafana), and real servers on loopback."""
 
 from __future__ import annotations
 
@@ -9,8 +10,13 @@ import pytest
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
+from instrument import analysis as analysis_module
+from instrument.ai import _call as call_module
+from instrument.ai import _streams as streams_module
 
-from .servers import Prometheus, Pushgateway
+from .fake_grafana import FakeGrafana
+from .servers import GatewayStandIn, Prometheus, Pushgateway
+from .support import NETWORK_GUARD, OFFLINE_ENVIRONMENT, FakeClock
 
 
 @pytest.fixture
@@ -24,6 +30,53 @@ def inst(registry: CollectorRegistry) -> Iterator[Instrumentation]:
     instrumentation = Instrumentation(registry=registry)
     yield instrumentation
     instrumentation.close()
+
+
+@pytest.fixture
+def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
+    """Both policies' ``perf_counter`` (an analysis, an AI call and its stream) swapped for a
+    clock that moves only when the test says so: durations are exact, nothing sleeps."""
+    fake = FakeClock()
+    for module in (analysis_module, call_module, streams_module):
+        monkeypatch.setattr(module, "perf_counter", fake)
+    return fake
+
+
+@pytest.fixture
+def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No INSTRUMENT_NAMESPACE from the environment the suite runs in."""
+    monkeypatch.delenv("INSTRUMENT_NAMESPACE", raising=False)
+
+
+@pytest.fixture
+def stand_in() -> Iterator[GatewayStandIn]:
+    """A Pushgateway stand-in on loopback, answering 200 until the test switches its mode."""
+    server = GatewayStandIn()
+    yield server
+    server.close()
+
+
+@pytest.fixture
+def fake_grafana() -> Iterator[FakeGrafana]:
+    """The Grafana stand-in, with its dashboards, folders and data sources, on loopback."""
+    with FakeGrafana() as server:
+        yield server
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[None]:
+    """The SDKs' offline switches, set before the first SDK import; the network guard on.
+
+    For the module that asks for it only: the modules after it run as they would alone."""
+    with pytest.MonkeyPatch.context() as patch:
+        for name, value in OFFLINE_ENVIRONMENT.items():
+            patch.setenv(name, value)
+        NETWORK_GUARD.install()
+        NETWORK_GUARD.on = True
+        try:
+            yield
+        finally:
+            NETWORK_GUARD.on = False
 
 
 @pytest.fixture(scope="session")
@@ -234,13 +287,7 @@ _SERVER_FIXTURES = frozenset(
 )
 
 
-#: Modules whose tests run the CLI or a build in child processes, most of them.
-_SUBPROCESS_MODULES = frozenset({"test_cli", "test_hostile_cli", "test_packaging"})
-
-
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-        if item.path.stem in _SUBPROCESS_MODULES:
-            item.add_marker(pytest.mark.subprocess)

@@ -48,6 +48,11 @@ def free_port() -> int:
         return port
 
 
+def closed_port() -> int:
+    """A loopback port nothing listens on: bound, then released."""
+    return free_port()
+
+
 def http(method: str, url: str, data: bytes | None = None, timeout: float = 5.0) -> bytes:
     request = urllib.request.Request(url, data=data, method=method)
     with urllib.request.urlopen(request, timeout=timeout) as resp:
@@ -66,6 +71,18 @@ def wait_ready(url: str, proc: subprocess.Popen[bytes], what: str, timeout: floa
         except (urllib.error.URLError, OSError):
             time.sleep(0.05)
     raise RuntimeError(f"{what} was not ready at {url} after {timeout} s")
+
+
+def terminate(proc: subprocess.Popen[bytes] | None, grace: float) -> None:
+    """Stop a server process: SIGTERM, and SIGKILL if it is still there after ``grace`` s."""
+    if proc is None:
+        return
+    proc.terminate()
+    try:
+        proc.wait(grace)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
 
 
 class Pushgateway:
@@ -98,14 +115,8 @@ class Pushgateway:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(10)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc, 10)
+        self.proc = None
 
     def wipe(self) -> None:
         http("PUT", f"{self.url}/api/v1/admin/wipe")
@@ -194,14 +205,8 @@ class Prometheus:
         return self
 
     def stop(self) -> None:
-        if self.proc is not None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(15)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait()
-            self.proc = None
+        terminate(self.proc, 15)
+        self.proc = None
         shutil.rmtree(self.dir, ignore_errors=True)
 
     def query(self, expr: str) -> list[dict[str, Any]]:
@@ -368,10 +373,12 @@ class GatewayStandIn:
         return head.encode() + b"Connection: close\r\n\r\n" + answer
 
     def last_value(self, name: str, **labels: str) -> float | None:
-        """A sample's value in the last body received in ``ok``/``slow`` mode."""
-        if not self.bodies:
+        """A sample's value in the last state received in ``ok``/``slow`` mode (a DELETE's
+        empty body is not a state)."""
+        states = [body for body in self.bodies if body]
+        if not states:
             return None
-        for family in text_string_to_metric_families(self.bodies[-1].decode()):
+        for family in text_string_to_metric_families(states[-1].decode()):
             for sample in family.samples:
                 if sample.name == name and labels.items() <= dict(sample.labels).items():
                     return float(sample.value)

@@ -21,54 +21,16 @@ from prometheus_client.parser import text_string_to_metric_families
 
 import instrument
 from instrument import Instrumentation, configure, monitored_analysis
-from instrument import analysis as analysis_module
 
 from .pickled import module_level_analysis
-
-
-class FakeClock:
-    """Stands in for perf_counter: each reading advances by ``step`` seconds."""
-
-    def __init__(self, step: float = 0.25) -> None:
-        self.now = 100.0
-        self.step = step
-
-    def __call__(self) -> float:
-        value = self.now
-        self.now += self.step
-        return value
+from .support import FakeClock, active, analyses, analysis_duration, analysis_errors, in_threads
 
 
 @pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> FakeClock:
-    fake = FakeClock()
-    monkeypatch.setattr(analysis_module, "perf_counter", fake)
-    return fake
-
-
-def count(reg: CollectorRegistry, status: str, module: str = "m", kind: str = "t") -> float | None:
-    return reg.get_sample_value(
-        "codomyrmex_analyses_total", {"module": module, "analysis_type": kind, "status": status}
-    )
-
-
-def duration(reg: CollectorRegistry, suffix: str, module: str = "m", kind: str = "t") -> float:
-    value = reg.get_sample_value(
-        f"codomyrmex_analysis_duration_seconds_{suffix}", {"module": module, "analysis_type": kind}
-    )
-    assert value is not None
-    return value
-
-
-def active(reg: CollectorRegistry, job_type: str = "m") -> float | None:
-    return reg.get_sample_value("codomyrmex_active_jobs", {"job_type": job_type})
-
-
-def errors(reg: CollectorRegistry, error_type: str) -> float | None:
-    return reg.get_sample_value(
-        "codomyrmex_analysis_errors_total",
-        {"module": "m", "analysis_type": "t", "error_type": error_type},
-    )
+def clock(clock: FakeClock) -> FakeClock:
+    """The shared clock, moving 0.25 s at each reading: a job's start and end differ by it."""
+    clock.now, clock.step = 100.0, 0.25
+    return clock
 
 
 # -- every kind of function -------------------------------------------------------------------
@@ -88,10 +50,10 @@ def test_sync_function_records_count_duration_and_gauge(
     assert analyze("src", depth=2) == "src:2"
     assert analyze("lib") == "lib:1"
     assert seen_active == [1.0, 1.0]
-    assert count(registry, "success") == 2
-    assert count(registry, "error") == 0
-    assert duration(registry, "count") == 2
-    assert duration(registry, "sum") == pytest.approx(0.5)  # one 0.25 s step per call
+    assert analyses(registry, "success") == 2
+    assert analyses(registry, "error") == 0
+    assert analysis_duration(registry, "count") == 2
+    assert analysis_duration(registry, "sum") == pytest.approx(0.5)  # one 0.25 s step per call
     assert active(registry) == 0
 
 
@@ -134,8 +96,8 @@ async def test_async_function_times_the_awaited_work(
     coroutine = analyze(21)
     assert active(registry) == 0  # creating the coroutine starts nothing
     assert await coroutine == 42
-    assert count(registry, "success") == 1
-    assert duration(registry, "sum") == pytest.approx(10.25)
+    assert analyses(registry, "success") == 1
+    assert analysis_duration(registry, "sum") == pytest.approx(10.25)
     assert active(registry) == 0
 
 
@@ -150,12 +112,12 @@ def test_generator_job_spans_first_next_to_exhaustion(
         return None
 
     gen = files(3)
-    assert active(registry) == 0 and count(registry, "success") == 0
+    assert active(registry) == 0 and analyses(registry, "success") == 0
     assert next(gen) == 0
     assert active(registry) == 1
     assert list(gen) == [1, 2]
-    assert count(registry, "success") == 1
-    assert duration(registry, "sum") == pytest.approx(3.25)
+    assert analyses(registry, "success") == 1
+    assert analysis_duration(registry, "sum") == pytest.approx(3.25)
     assert active(registry) == 0
 
 
@@ -169,9 +131,9 @@ def test_generator_never_started_records_nothing(
     gen = files()
     gen.close()
     del gen
-    assert count(registry, "success") == 0
-    assert count(registry, "cancelled") == 0
-    assert duration(registry, "count") == 0
+    assert analyses(registry, "success") == 0
+    assert analyses(registry, "cancelled") == 0
+    assert analysis_duration(registry, "count") == 0
 
 
 def test_generator_closed_early_is_cancelled_and_send_throw_pass_through(
@@ -191,9 +153,9 @@ def test_generator_closed_early_is_cancelled_and_send_throw_pass_through(
     assert gen.send("hello") == "hello"
     assert gen.throw(ValueError("x")) == "caught"
     gen.close()
-    assert count(registry, "cancelled") == 1
-    assert count(registry, "success") == 0
-    assert duration(registry, "count") == 1
+    assert analyses(registry, "cancelled") == 1
+    assert analyses(registry, "success") == 0
+    assert analysis_duration(registry, "count") == 1
     assert active(registry) == 0
 
 
@@ -205,8 +167,8 @@ def test_generator_error_counts_error(inst: Instrumentation, registry: Collector
 
     with pytest.raises(KeyError):
         list(broken())
-    assert count(registry, "error") == 1
-    assert errors(registry, "KeyError") == 1
+    assert analyses(registry, "error") == 1
+    assert analysis_errors(registry, "KeyError") == 1
 
 
 async def test_async_generator(
@@ -219,14 +181,14 @@ async def test_async_generator(
             yield i
 
     assert [c async for c in chunks(3)] == [0, 1, 2]
-    assert count(registry, "success") == 1
+    assert analyses(registry, "success") == 1
 
     agen = chunks(5)
     assert await agen.__anext__() == 0
     assert active(registry) == 1
     await agen.aclose()
-    assert count(registry, "cancelled") == 1
-    assert duration(registry, "count") == 2
+    assert analyses(registry, "cancelled") == 1
+    assert analysis_duration(registry, "count") == 2
     assert active(registry) == 0
 
 
@@ -250,8 +212,8 @@ async def test_async_generator_asend_athrow_and_error(
     assert await agen.athrow(ValueError("x")) == "caught"
     with pytest.raises(RuntimeError, match="stopped"):
         await agen.asend("stop")
-    assert count(registry, "error") == 1
-    assert errors(registry, "RuntimeError") == 1
+    assert analyses(registry, "error") == 1
+    assert analysis_errors(registry, "RuntimeError") == 1
     assert active(registry) == 0
 
 
@@ -289,7 +251,7 @@ def test_methods_classmethods_staticmethods(
     assert Analyzer.klass(2) == 6 and obj.klass(1) == 3
     assert Analyzer.static(4) == -4 and obj.static(5) == -5
     assert Analyzer.inner_classmethod(1) == 6
-    assert count(registry, "success") == 7
+    assert analyses(registry, "success") == 7
 
 
 # -- outcomes ------------------------------------------------------------------------------------
@@ -309,9 +271,9 @@ def test_exception_is_reraised_unchanged(
     assert info.value is error
     # The traceback still ends in the user's function.
     assert info.traceback[-1].name == "analyze"
-    assert count(registry, "error") == 1
-    assert errors(registry, "ValueError") == 1
-    assert duration(registry, "count") == 1
+    assert analyses(registry, "error") == 1
+    assert analysis_errors(registry, "ValueError") == 1
+    assert analysis_duration(registry, "count") == 1
     assert active(registry) == 0
 
 
@@ -331,8 +293,8 @@ async def test_cancelled_task_counts_cancelled(
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert count(registry, "cancelled") == 1
-    assert count(registry, "error") == 0
+    assert analyses(registry, "cancelled") == 1
+    assert analyses(registry, "error") == 0
     assert active(registry) == 0
 
 
@@ -346,7 +308,7 @@ def test_interrupts_count_cancelled(
 
     with pytest.raises(exc_type):
         analyze()
-    assert count(registry, "cancelled") == 1
+    assert analyses(registry, "cancelled") == 1
     assert active(registry) == 0
 
 
@@ -373,9 +335,9 @@ def test_fifty_overlapping_threads(inst: Instrumentation, registry: CollectorReg
     with ThreadPoolExecutor(50) as pool:
         list(pool.map(call, range(50)))
     assert set(peak) == {50.0}
-    assert count(registry, "success") == 40
-    assert count(registry, "error") == 10
-    assert duration(registry, "count") == 50
+    assert analyses(registry, "success") == 40
+    assert analyses(registry, "error") == 10
+    assert analysis_duration(registry, "count") == 50
     assert active(registry) == 0
 
 
@@ -394,7 +356,7 @@ async def test_fifty_overlapping_tasks(inst: Instrumentation, registry: Collecto
     assert active(registry) == 50
     gate.set()
     assert sorted(await asyncio.gather(*tasks)) == list(range(50))
-    assert count(registry, "success") == 50
+    assert analyses(registry, "success") == 50
     assert active(registry) == 0
 
 
@@ -408,10 +370,10 @@ def test_with_block(inst: Instrumentation, registry: CollectorRegistry, clock: F
         job.record_quality(91.5)
     with pytest.raises(OSError), job_monitor:
         raise OSError("disk")
-    assert count(registry, "success") == 1
-    assert count(registry, "error") == 1
-    assert errors(registry, "OSError") == 1
-    assert duration(registry, "sum") == pytest.approx(0.5)
+    assert analyses(registry, "success") == 1
+    assert analyses(registry, "error") == 1
+    assert analysis_errors(registry, "OSError") == 1
+    assert analysis_duration(registry, "sum") == pytest.approx(0.5)
     assert (
         registry.get_sample_value(
             "codomyrmex_code_quality_score", {"project": "proj", "module": "m"}
@@ -425,7 +387,7 @@ async def test_async_with_block(inst: Instrumentation, registry: CollectorRegist
     async with inst.monitored_analysis("indexer", "reindex") as job:
         job.record_quality(80, project="repo")
         assert active(registry, "indexer") == 1
-    assert count(registry, "success", "indexer", "reindex") == 1
+    assert analyses(registry, "success", "indexer", "reindex") == 1
     assert (
         registry.get_sample_value(
             "codomyrmex_code_quality_score", {"project": "repo", "module": "indexer"}
@@ -450,7 +412,7 @@ def test_one_with_block_object_shared_by_threads(
 
     with ThreadPoolExecutor(20) as pool:
         list(pool.map(work, range(20)))
-    assert count(registry, "success") == 25
+    assert analyses(registry, "success") == 25
     assert active(registry) == 0
 
 
@@ -467,8 +429,8 @@ async def test_one_with_block_object_shared_by_tasks(
 
     results = await asyncio.gather(*(work(i) for i in range(30)), return_exceptions=True)
     assert sum(isinstance(r, LookupError) for r in results) == 15
-    assert count(registry, "success") == 15
-    assert count(registry, "error") == 15
+    assert analyses(registry, "success") == 15
+    assert analyses(registry, "error") == 15
     assert active(registry) == 0
 
 
@@ -544,7 +506,7 @@ def test_bad_quality_callable_is_logged_and_skipped(
 
     with caplog.at_level(logging.WARNING, logger="instrument"):
         assert analyze() == "result"
-    assert count(registry, "success") == 1
+    assert analyses(registry, "success") == 1
     assert (
         registry.get_sample_value("codomyrmex_code_quality_score", {"project": "m", "module": "m"})
         is None
@@ -637,7 +599,7 @@ def test_two_instrumentations_share_a_registry_without_duplicates() -> None:
     b = Instrumentation(registry=shared)
     a.record_analysis("m", "t", 0.2)
     b.record_analysis("m", "t", 0.3)
-    assert count(shared, "success") == 2
+    assert analyses(shared, "success") == 2
     other = Instrumentation(registry=shared, namespace="other")
     other.record_analysis("m", "t", 0.1)
     assert (
@@ -685,8 +647,8 @@ def test_original_methods(inst: Instrumentation, registry: CollectorRegistry) ->
     with pytest.warns(RuntimeWarning, match="sets the gauge outright"):
         inst.update_active_jobs("static_analysis", 1)
     inst.update_active_jobs("static_analysis", 0)  # warned once only
-    assert count(registry, "error") == 1
-    assert duration(registry, "sum") == 2.0
+    assert analyses(registry, "error") == 1
+    assert analysis_duration(registry, "sum") == 2.0
     calls = "codomyrmex_ai_api_calls_total"
     assert (
         registry.get_sample_value(
@@ -833,7 +795,7 @@ def test_quality_callable_applies_to_decorated_results_not_with_blocks(
     with caplog.at_level(logging.WARNING, logger="instrument"), monitor as job:
         job.record_quality(12.5)
     assert not caplog.records  # the with-block has no result to score
-    assert count(registry, "success") == 2
+    assert analyses(registry, "success") == 2
     assert (
         registry.get_sample_value(
             "codomyrmex_code_quality_score", {"project": "static", "module": "m"}
@@ -916,14 +878,10 @@ def test_first_with_block_entries_racing_from_threads_stay_exact(
                 with shared:
                     pass
 
-            threads = [threading.Thread(target=work) for _ in range(8)]
-            for t in threads:
-                t.start()
-            for t in threads:
-                t.join()
+            in_threads(work, 8)
     finally:
         sys.setswitchinterval(switch)
-    assert count(registry, "success") == 160
+    assert analyses(registry, "success") == 160
     assert active(registry) == 0
 
 
@@ -935,7 +893,7 @@ def test_module_level_original_methods_act_on_the_default() -> None:
     with pytest.warns(RuntimeWarning):
         instrument.update_active_jobs("batch", 2)
     assert instrument.flush() is True  # nothing to deliver to
-    assert count(inst.registry, "error") == 1
+    assert analyses(inst.registry, "error") == 1
     assert active(inst.registry, "batch") == 2
     assert (
         inst.registry.get_sample_value(

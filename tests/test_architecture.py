@@ -7,7 +7,9 @@ import ast
 from collections.abc import Iterator
 from pathlib import Path
 
-PACKAGE = Path(__file__).resolve().parent.parent / "instrument"
+from .support import ROOT
+
+PACKAGE = ROOT / "instrument"
 
 #: Lines a module may have before it is doing more than one job.
 MAX_LINES = 500

@@ -9,15 +9,26 @@ import os
 import shutil
 import subprocess
 import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
 
-pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
+from .support import ROOT
 
-ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import", "coalesce", "remote_write")
+# The smoke run is a child process; its section 5 starts a real Pushgateway.
+pytestmark = [pytest.mark.integration, pytest.mark.subprocess]
+
+SECTIONS = (
+    "sync",
+    "async",
+    "streams",
+    "ai",
+    "push",
+    "memory",
+    "import",
+    "coalesce",
+    "remote_write",
+)
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
 ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")
 

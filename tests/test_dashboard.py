@@ -16,7 +16,6 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation, dashboard
-from instrument._promql import Expr, Series
 from instrument.cli import main
 from instrument.dashboard import SCHEMA_VERSION, build_dashboard, dashboard_json, panel_queries
 from instrument.metrics import METRICS, metric_names
@@ -24,8 +23,8 @@ from instrument.rules import to_yaml
 
 from .conftest import E2E_NAMESPACE, E2EWorkload
 from .servers import require_binary
+from .support import ROOT, promql_keys
 
-ROOT = Path(__file__).resolve().parent.parent
 DASHBOARD = build_dashboard(E2E_NAMESPACE)
 QUERIES = panel_queries(DASHBOARD)
 UNITS = {"s", "ops", "percentunit", "short", "currencyUSD"}
@@ -430,11 +429,6 @@ def test_deploy_dashboard_is_current() -> None:
     assert current == dashboard_json(build_dashboard("codomyrmex"))
 
 
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("INSTRUMENT_NAMESPACE", raising=False)
-
-
 @pytest.mark.usefixtures("no_env")
 def test_cli_writes_the_json(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["dashboard"]) == 0
@@ -466,17 +460,6 @@ def test_cli_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_path: P
 # -- the panels are a table, rendered by one function ----------------------------------------
 
 
-def _keys(expr: Expr) -> set[str]:
-    """The metric keys a query tree names."""
-    found: set[str] = set()
-    if isinstance(expr, Series):
-        found.add(expr.key)
-    for value in vars(expr).values():
-        if isinstance(value, Expr):
-            found |= _keys(value)
-    return found
-
-
 def test_the_panels_are_one_table_rendered_in_order() -> None:
     rendered = iter(DASHBOARD["panels"])
     for row_title, entries in dashboard._ROWS:
@@ -497,7 +480,7 @@ def test_the_panels_are_one_table_rendered_in_order() -> None:
             ]
             # Every key a query names is a metric of METRICS: a typo fails here, not in Grafana.
             for query in entry.queries:
-                assert _keys(query.expr) <= {spec.attr for spec in METRICS}, entry.title
+                assert promql_keys(query.expr) <= {spec.attr for spec in METRICS}, entry.title
     assert next(rendered, None) is None
 
 

@@ -9,8 +9,9 @@ import pytest
 import yaml
 
 from .servers import require_binary
+from .support import ROOT
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = ROOT / "deploy"
 
 pytestmark = pytest.mark.integration
 

@@ -14,30 +14,23 @@ from instrument import Instrumentation, compat, defaults, instrumentation, polic
 from instrument.testing import isolated_instrumentation
 
 from .servers import Pushgateway
-
-
-def analyses(gateway: Pushgateway, job: str) -> float | None:
-    return gateway.value(
-        "codomyrmex_analyses_total", module="m", analysis_type="t", status="success", job=job
-    )
+from .support import gateway_inst, pushed_analyses
 
 
 @pytest.mark.integration
 async def test_apush_aflush_aclose_deliver_to_a_real_gateway(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="off")
     inst.record_analysis("m", "t", 1.0)
     assert await inst.apush() is True
-    assert analyses(pushgateway, job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 1
     inst.record_analysis("m", "t", 1.0)
     assert await inst.push_metrics() is True  # the seed's name, the same push
-    assert analyses(pushgateway, job_name) == 2
+    assert pushed_analyses(pushgateway, job=job_name) == 2
     assert await inst.aflush() is True
     await inst.aclose()
-    assert analyses(pushgateway, job_name) == 2
+    assert pushed_analyses(pushgateway, job=job_name) == 2
 
 
 @pytest.mark.integration
@@ -47,13 +40,13 @@ async def test_module_level_apush_and_push_metrics_push_the_default(
     with isolated_instrumentation(pushgateway=pushgateway.url, job=job_name, push_mode="off"):
         instrument.record_analysis("m", "t", 0.5)
         assert await instrument.apush() is True
-        assert analyses(pushgateway, job_name) == 1
+        assert pushed_analyses(pushgateway, job=job_name) == 1
         instrument.record_analysis("m", "t", 0.5)
         assert await instrument.push_metrics() is True
-        assert analyses(pushgateway, job_name) == 2
+        assert pushed_analyses(pushgateway, job=job_name) == 2
         instrument.record_analysis("m", "t", 0.5)
         assert instrument.push() is True
-        assert analyses(pushgateway, job_name) == 3
+        assert pushed_analyses(pushgateway, job=job_name) == 3
 
 
 async def test_apush_without_a_target_is_false_and_never_raises() -> None:
@@ -85,6 +78,33 @@ def test_moved_names_are_still_found_where_they_were() -> None:
     assert sorted(instrument.__all__) == sorted(set(instrument.__all__))
     for name in instrument.__all__:
         assert getattr(instrument, name) is not None, name
+
+
+#: The seed's names: compatibility shims in ``compat``, importable from ``instrument``.
+SEED_NAMES = (
+    "PrometheusIntegration",
+    "push_metrics",
+    "record_ai_api_call",
+    "record_analysis",
+    "record_quality_score",
+    "update_active_jobs",
+)
+
+
+def test_all_lists_the_toolkits_api_and_the_seed_names_stay_importable() -> None:
+    from instrument import grafana
+
+    assert set(compat.__all__) == set(SEED_NAMES)
+    for name in SEED_NAMES:
+        assert name not in instrument.__all__, name
+        assert getattr(instrument, name) is getattr(compat, name), name
+    assert "GrafanaIntegration" not in instrument.__all__
+    assert instrument.GrafanaIntegration is grafana.GrafanaIntegration  # the seed's, too
+    # What a star import gives is the toolkit itself: its decorators, facade and default.
+    namespace: dict[str, object] = {}
+    exec("from instrument import *", namespace)
+    assert {"monitored_analysis", "track_ai_call", "Instrumentation", "configure"} <= set(namespace)
+    assert not set(SEED_NAMES) & set(namespace)
 
 
 def test_the_default_is_an_instance_of_the_facades_class() -> None:

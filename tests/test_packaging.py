@@ -19,7 +19,11 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[1]
+from .support import ROOT
+
+# Builds the sdist and wheel, and runs them, in child processes.
+pytestmark = pytest.mark.subprocess
+
 # What a checkout holds besides its sources: caches, the environment, build output.
 NOT_SOURCE = (
     ".git",
@@ -40,7 +44,12 @@ NOT_SOURCE = (
 SHIPPED_DIRS = ("instrument", "tests", "benchmarks", "deploy", "scripts")
 SHIPPED_FILES = ("README.md", "LICENSE", "CHANGELOG.md", "pyproject.toml", "MANIFEST.in")
 # Files of the test tree that read the rest of the checkout (deploy/, README.md, benchmarks/).
-READS_THE_CHECKOUT = ("test_config.py", "test_dashboard.py", "test_rules.py", "test_deploy.py")
+READS_THE_CHECKOUT = (
+    "config/test_settings.py",
+    "test_dashboard.py",
+    "test_rules.py",
+    "test_deploy.py",
+)
 
 
 @pytest.fixture(scope="module")

@@ -18,15 +18,14 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from instrument import rules as rules_module
-from instrument._promql import Expr, Series
 from instrument.cli import main
 from instrument.metrics import METRICS, Metrics, metric_names
 from instrument.rules import build_rules, rules_yaml, to_yaml
 
 from .conftest import E2E_NAMESPACE, E2EWorkload
 from .servers import http, require_binary
+from .support import ROOT, promql_keys
 
-ROOT = Path(__file__).resolve().parent.parent
 RULES = build_rules("codomyrmex")
 E2E_RULES = [rule for group in build_rules(E2E_NAMESPACE)["groups"] for rule in group["rules"]]
 THRESHOLD = re.compile(r"^(?P<value>.+) > (?P<threshold>[0-9.e+-]+)$")
@@ -452,11 +451,6 @@ def test_to_yaml_refuses_what_it_cannot_write() -> None:
 # -- CLI -----------------------------------------------------------------------------------
 
 
-@pytest.fixture
-def no_env(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.delenv("INSTRUMENT_NAMESPACE", raising=False)
-
-
 @pytest.mark.usefixtures("no_env")
 def test_cli_writes_the_rules(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     assert main(["rules"]) == 0
@@ -482,17 +476,6 @@ def test_cli_rules_errors_are_one_line(capsys: pytest.CaptureFixture[str], tmp_p
 # -- the rules are a table, rendered by one function ---------------------------------------
 
 
-def _keys(expr: Expr) -> set[str]:
-    """The keys a rule's PromQL tree reads: metrics, or series recorded by other rules."""
-    found: set[str] = set()
-    if isinstance(expr, Series):
-        found.add(expr.key)
-    for value in vars(expr).values():
-        if isinstance(value, Expr):
-            found |= _keys(value)
-    return found
-
-
 def test_the_rules_are_one_table_rendered_in_order() -> None:
     keywords = set(inspect.signature(build_rules).parameters) - {"inst_or_metrics"}
     metrics = {spec.attr for spec in METRICS}
@@ -505,7 +488,7 @@ def test_the_rules_are_one_table_rendered_in_order() -> None:
             expr = entry.expr if isinstance(entry, rules_module._Record) else entry.value
             # A rule reads metrics, or what its own group recorded before it: a later or
             # another group's recording would be read an evaluation late, or not at all.
-            assert _keys(expr) <= metrics | recorded, written
+            assert promql_keys(expr) <= metrics | recorded, written
             if isinstance(entry, rules_module._Record):
                 assert ":" in entry.key and entry.key not in recorded
                 recorded.add(entry.key)

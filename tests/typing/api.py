@@ -4,7 +4,15 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-from instrument import Instrumentation, configure, monitored_analysis, track_ai_call
+# The seed's names, outside __all__, are still exported to a strict type checker.
+from instrument import (
+    Instrumentation,
+    PrometheusIntegration,
+    configure,
+    monitored_analysis,
+    record_analysis,
+    track_ai_call,
+)
 
 inst: Instrumentation = configure(namespace="typed")
 
@@ -41,7 +49,9 @@ async def main() -> int:
         call.add_usage(input_tokens=10, output_tokens=5)
     pushed: bool = await inst.push_metrics()
     pushed_too: bool = await inst.apush(timeout=2.0)
-    return total + int(pushed) + int(pushed_too)
+    record_analysis("static_analysis", "codebase", 1.5, success=True)
+    seed_pushed: bool = await PrometheusIntegration("http://127.0.0.1:9091").push_metrics()
+    return total + int(pushed) + int(pushed_too) + int(seed_pushed)
 
 
 def fleet_worker() -> list[dict[str, str]]:

@@ -20,7 +20,7 @@ from instrument._gateway_command import format_duration, parse_duration
 from instrument.cli import main
 from instrument.delivery import PushTarget, grouping_path, prune_groups
 
-from .servers import GatewayStandIn, Pushgateway, http
+from ..servers import GatewayStandIn, Pushgateway, http
 
 pytestmark = pytest.mark.integration
 

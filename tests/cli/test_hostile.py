@@ -19,7 +19,6 @@ import socket
 import subprocess
 import sys
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -30,9 +29,12 @@ from instrument.cli import build_parser, main
 from instrument.demo import tour
 from instrument.grafana import GrafanaClient, GrafanaError, GrafanaNotFoundError
 
-from .servers import Pushgateway, free_port
-from .test_cli import SAMPLE
-from .test_grafana import TOKEN, FakeGrafana
+from ..fake_grafana import TOKEN, FakeGrafana
+from ..servers import Pushgateway, closed_port
+from .test_commands import SAMPLE
+
+# Most tests run the command in a child process, as a user does.
+pytestmark = pytest.mark.subprocess
 
 SECRET = "S3cr3t-Passw0rd"
 DEMO_HELP = "(see instrument demo --help)"
@@ -112,17 +114,6 @@ def tree(tmp_path: Path) -> Path:
     return root
 
 
-@pytest.fixture
-def grafana() -> Iterator[FakeGrafana]:
-    server = FakeGrafana().start()
-    yield server
-    server.stop()
-
-
-def closed_port() -> int:
-    return free_port()  # bound, then released: nothing listens there
-
-
 # -- item 16: every argument checked before the demo runs -------------------------------------
 
 
@@ -170,17 +161,17 @@ def test_demo_with_an_unreachable_pushgateway_fails_before_the_demo(tree: Path) 
 
 
 def test_demo_with_grafana_refusing_the_missing_token_fails_before_the_demo(
-    tree: Path, grafana: FakeGrafana
+    tree: Path, fake_grafana: FakeGrafana
 ) -> None:
-    result = run("demo", str(tree), "--quiet", "--grafana-url", grafana.url)
+    result = run("demo", str(tree), "--quiet", "--grafana-url", fake_grafana.url)
     assert result.returncode == 1
     assert one_line(result) == (
-        f"instrument: error: Grafana at {grafana.url} refused GET "
+        f"instrument: error: Grafana at {fake_grafana.url} refused GET "
         "/api/dashboards/uid/codomyrmex-analytics (401: invalid API key): no credentials were "
         "sent; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token"
     )
     assert result.stdout == ""
-    assert grafana.seen("POST", "/api/dashboards/db") == []
+    assert fake_grafana.seen("POST", "/api/dashboards/db") == []
 
 
 def test_demo_with_a_pushgateway_as_grafana_fails_before_the_demo(
@@ -499,54 +490,58 @@ async def test_the_client_tells_a_pushgateway_from_grafana(pushgateway: Pushgate
     ],
 )  # fmt: skip
 def test_an_answer_not_shaped_as_grafanas_is_named(
-    grafana: FakeGrafana, path: str, status: int, body: object, answered: str
+    fake_grafana: FakeGrafana, path: str, status: int, body: object, answered: str
 ) -> None:
     method = "POST" if path.endswith("/db") else "GET"
-    grafana.script(method, path, status, body)
-    result = run("dashboard", "--apply", "--grafana-url", grafana.url, env={"GRAFANA_TOKEN": TOKEN})
+    fake_grafana.script(method, path, status, body)
+    result = run(
+        "dashboard", "--apply", "--grafana-url", fake_grafana.url, env={"GRAFANA_TOKEN": TOKEN}
+    )
     assert result.returncode == 1
     assert one_line(result) == (
-        f"instrument: error: the server at {grafana.url} did not answer as Grafana does "
+        f"instrument: error: the server at {fake_grafana.url} did not answer as Grafana does "
         f"({method} {path} answered {answered}); {NOT_GRAFANA}"
     )
-    assert grafana.dashboards == {}
+    assert fake_grafana.dashboards == {}
 
 
-def test_a_redirect_is_not_followed_with_the_token(grafana: FakeGrafana) -> None:
+def test_a_redirect_is_not_followed_with_the_token(fake_grafana: FakeGrafana) -> None:
     """A proxy sending the client elsewhere (a login page on another host) gets no token."""
     elsewhere = FakeGrafana().start()
     try:
         path = "/api/dashboards/uid/codomyrmex-analytics"
-        grafana.script("GET", path, 302, "", headers={"Location": f"{elsewhere.url}/login"})
-        result = run("dashboard", "--apply", "--grafana-url", grafana.url,
+        fake_grafana.script("GET", path, 302, "", headers={"Location": f"{elsewhere.url}/login"})
+        result = run("dashboard", "--apply", "--grafana-url", fake_grafana.url,
                      env={"GRAFANA_TOKEN": TOKEN})  # fmt: skip
         assert result.returncode == 1
         assert one_line(result) == (
-            f"instrument: error: Grafana at {grafana.url} answered GET {path} with 302; this "
+            f"instrument: error: Grafana at {fake_grafana.url} answered GET {path} with 302; this "
             "client does not expect that here: check the URL (proxies, sub-path) and "
             "Grafana's version"
         )
-        assert elsewhere.requests == [] and grafana.dashboards == {}
+        assert elsewhere.requests == [] and fake_grafana.dashboards == {}
     finally:
         elsewhere.stop()
 
 
-async def test_grafanas_own_404_is_still_not_found(grafana: FakeGrafana) -> None:
-    async with GrafanaClient(grafana.url, token=TOKEN) as client:
+async def test_grafanas_own_404_is_still_not_found(fake_grafana: FakeGrafana) -> None:
+    async with GrafanaClient(fake_grafana.url, token=TOKEN) as client:
         with pytest.raises(GrafanaNotFoundError, match="has no such dashboard 'nope'"):
             await client.get_dashboard("nope")
 
 
-def test_apply_without_a_token_names_the_variable_not_the_parameter(grafana: FakeGrafana) -> None:
+def test_apply_without_a_token_names_the_variable_not_the_parameter(
+    fake_grafana: FakeGrafana,
+) -> None:
     """Anonymous access that Grafana answers with 403 needs a token too, not another role."""
-    grafana.script(
+    fake_grafana.script(
         "GET", "/api/dashboards/uid/codomyrmex-analytics", 403, {"message": "Permission denied"}
     )
-    result = run("dashboard", "--apply", "--grafana-url", grafana.url)
+    result = run("dashboard", "--apply", "--grafana-url", fake_grafana.url)
     assert result.returncode == 1
     line = one_line(result)
     assert line == (
-        f"instrument: error: Grafana at {grafana.url} refused GET "
+        f"instrument: error: Grafana at {fake_grafana.url} refused GET "
         "/api/dashboards/uid/codomyrmex-analytics (403: Permission denied): no credentials "
         "were sent; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token"
     )
@@ -571,14 +566,14 @@ def test_apply_without_a_token_names_the_variable_not_the_parameter(grafana: Fak
     ],
 )  # fmt: skip
 def test_a_bad_environment_fails_before_anything_is_written(
-    tmp_path: Path, grafana: FakeGrafana, env: dict[str, str], message: str
+    tmp_path: Path, fake_grafana: FakeGrafana, env: dict[str, str], message: str
 ) -> None:
     target = tmp_path / "dashboard.json"
-    env = {"GRAFANA_URL": grafana.url, **env}
+    env = {"GRAFANA_URL": fake_grafana.url, **env}
     result = run("dashboard", "--apply", "--output", str(target), env=env)
     assert result.returncode == 1
     assert one_line(result) == f"instrument: error: {message}"
-    assert not target.exists() and grafana.requests == []
+    assert not target.exists() and fake_grafana.requests == []
     assert SECRET not in result.stderr
 
 
@@ -605,10 +600,10 @@ def test_the_demo_on_a_full_stdout_is_one_line(tree: Path, quiet: bool) -> None:
 
 @pytest.mark.parametrize("quiet", [True, False], ids=["quiet", "progress-bar"])
 def test_the_demo_into_a_closed_pipe_still_pushes_and_saves_the_dashboard(
-    tree: Path, pushgateway: Pushgateway, grafana: FakeGrafana, quiet: bool
+    tree: Path, pushgateway: Pushgateway, fake_grafana: FakeGrafana, quiet: bool
 ) -> None:
     """A reader that left ends the output only, not what the command was asked to do."""
-    args = ["demo", str(tree), "--pushgateway", pushgateway.url, "--grafana-url", grafana.url]
+    args = ["demo", str(tree), "--pushgateway", pushgateway.url, "--grafana-url", fake_grafana.url]
     result = run_into_a_closed_pipe(
         *args, *(["--quiet"] if quiet else []), env={"GRAFANA_TOKEN": TOKEN}
     )
@@ -616,7 +611,7 @@ def test_the_demo_into_a_closed_pipe_still_pushes_and_saves_the_dashboard(
     labels = {"job": "instrument-demo", "module": "static_analysis", "analysis_type": "file"}
     assert pushgateway.value("codomyrmex_analyses_total", **labels, status="success") == 1
     assert pushgateway.value("codomyrmex_analyses_total", **labels, status="error") == 1
-    assert grafana.dashboards["codomyrmex-analytics"]["version"] == 1
+    assert fake_grafana.dashboards["codomyrmex-analytics"]["version"] == 1
 
 
 @pytest.mark.parametrize("command", [["rules"], ["dashboard"], ["--help"], ["demo", "--help"]])
@@ -625,17 +620,17 @@ def test_output_into_a_closed_pipe_is_a_quiet_exit(command: list[str]) -> None:
     assert (result.returncode, result.stderr) == (0, "")
 
 
-def test_apply_with_the_json_into_a_closed_pipe_still_saves(grafana: FakeGrafana) -> None:
+def test_apply_with_the_json_into_a_closed_pipe_still_saves(fake_grafana: FakeGrafana) -> None:
     result = run_into_a_closed_pipe(
-        "dashboard", "--apply", "--grafana-url", grafana.url, "-o", "-",
+        "dashboard", "--apply", "--grafana-url", fake_grafana.url, "-o", "-",
         env={"GRAFANA_TOKEN": TOKEN},
     )  # fmt: skip
     assert result.returncode == 0
     assert result.stderr == (
         "dashboard 'codomyrmex-analytics' saved in Grafana, version 1: "
-        f"{grafana.url}/d/codomyrmex-analytics/codomyrmex-analytics\n"
+        f"{fake_grafana.url}/d/codomyrmex-analytics/codomyrmex-analytics\n"
     )
-    assert grafana.dashboards["codomyrmex-analytics"]["version"] == 1
+    assert fake_grafana.dashboards["codomyrmex-analytics"]["version"] == 1
 
 
 @pytest.mark.parametrize(
@@ -647,16 +642,16 @@ def test_apply_with_the_json_into_a_closed_pipe_still_saves(grafana: FakeGrafana
     ],
 )
 def test_an_unwritable_output_is_one_line_and_nothing_is_applied(
-    tmp_path: Path, grafana: FakeGrafana, where: str, reason: str
+    tmp_path: Path, fake_grafana: FakeGrafana, where: str, reason: str
 ) -> None:
     target = str(tmp_path / where)
     result = run(
-        "dashboard", "--apply", "--grafana-url", grafana.url, "-o", target,
+        "dashboard", "--apply", "--grafana-url", fake_grafana.url, "-o", target,
         env={"GRAFANA_TOKEN": TOKEN},
     )  # fmt: skip
     assert result.returncode == 1
     assert one_line(result) == f"instrument: error: cannot write {target}: {reason}"
-    assert grafana.requests == [] and result.stdout == ""
+    assert fake_grafana.requests == [] and result.stdout == ""
 
 
 # -- secrets: never in an error line, a log line (-vv) or anything printed --------------------
@@ -676,23 +671,23 @@ def test_gateway_credentials_never_show_even_with_vv(tree: Path) -> None:
     assert len(result.stderr.splitlines()) > 1  # -vv did show the library's log
 
 
-def test_a_token_grafana_echoes_back_never_shows_even_with_vv(grafana: FakeGrafana) -> None:
+def test_a_token_grafana_echoes_back_never_shows_even_with_vv(fake_grafana: FakeGrafana) -> None:
     wrong = "glsa_WrongButSecret_0099887766"
-    result = run("-vv", "dashboard", "--apply", "--grafana-url", grafana.url,
+    result = run("-vv", "dashboard", "--apply", "--grafana-url", fake_grafana.url,
                  env={"GRAFANA_TOKEN": wrong})  # fmt: skip
     assert result.returncode == 1
-    (seen,) = grafana.requests
+    (seen,) = fake_grafana.requests
     assert seen.headers["Authorization"] == f"Bearer {wrong}"  # sent, and echoed back
     assert wrong not in result.stderr + result.stdout
     assert result.stderr.splitlines()[-1] == (
-        f"instrument: error: Grafana at {grafana.url} refused the credentials (401: invalid "
+        f"instrument: error: Grafana at {fake_grafana.url} refused the credentials (401: invalid "
         "API key (Authorization: ***)); check the service account token (API keys are "
         "deprecated in favour of service account tokens) or the basic auth password"
     )
 
 
-def test_grafana_basic_auth_in_the_url_never_shows(grafana: FakeGrafana) -> None:
-    url = grafana.url.replace("http://", f"http://admin:{SECRET}@")
+def test_grafana_basic_auth_in_the_url_never_shows(fake_grafana: FakeGrafana) -> None:
+    url = fake_grafana.url.replace("http://", f"http://admin:{SECRET}@")
     result = run("-vv", "dashboard", "--apply", "--grafana-url", url)
     assert result.returncode == 1
     encoded = base64.b64encode(f"admin:{SECRET}".encode()).decode()

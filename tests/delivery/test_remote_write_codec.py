@@ -28,7 +28,7 @@ from instrument.delivery._prompb import (
     series_of,
 )
 
-from .servers import Prometheus, Pushgateway
+from ..servers import Prometheus, Pushgateway
 
 # -- a protobuf reader that knows only the wire format, not our messages -----------------------
 

@@ -27,16 +27,9 @@ from prometheus_client.registry import Collector
 from instrument import Instrumentation
 from instrument.delivery._flusher_thread import SERIALIZE_SHARE, stretched_gap
 
-from .servers import GatewayStandIn
+from ..servers import GatewayStandIn
 
 ANALYSIS = {"module": "m", "analysis_type": "t"}
-
-
-@pytest.fixture
-def stand_in() -> Iterator[GatewayStandIn]:
-    server = GatewayStandIn()
-    yield server
-    server.close()
 
 
 class CpuBurner(Collector):

@@ -34,7 +34,8 @@ from instrument import Instrumentation
 from instrument.config import from_environment
 from instrument.delivery import _remote_write
 
-from .servers import Prometheus, Pushgateway
+from ..servers import Prometheus, Pushgateway
+from ..support import ROOT
 from .test_remote_write_codec import decode_request
 
 STALE_BITS = struct.pack("<Q", 0x7FF0000000000002)
@@ -571,13 +572,13 @@ def test_any_valid_headers_go_through_the_environment_form_unchanged(
     text = ",".join(f"{name}={value}" for name, value in headers.items())
     got = from_environment({"INSTRUMENT_REMOTE_WRITE_HEADERS": text})
     assert got["remote_write_headers"] == {n: v.strip() for n, v in headers.items()}
-    target = _remote_write.RemoteWriteTarget(
-        "http://127.0.0.1:9/api/v1/write", headers=got["remote_write_headers"], labels={}
-    )
-    shown = repr(target)
+    url = "http://127.0.0.1:9/api/v1/write"
+    target = _remote_write.RemoteWriteTarget(url, headers=got["remote_write_headers"], labels={})
+    # What the repr shows besides the URL and the header names: never a value.
+    shown = repr(target).replace(repr(url), "").replace(repr(list(headers)), "")
     for value in headers.values():
         if len(value) >= 4:
-            assert value not in shown.replace(repr(list(headers)), "")
+            assert value not in shown
         assert target.scrubber.scrub(value) == "***"
 
 
@@ -862,7 +863,7 @@ def test_a_worker_with_both_targets_gives_the_same_totals_in_both(
     assert len(gateway_instances) == 3
 
 
-DEPLOY = Path(__file__).resolve().parents[1] / "deploy"
+DEPLOY = ROOT / "deploy"
 
 
 @pytest.mark.integration

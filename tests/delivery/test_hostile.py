@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import functools
 import html
 import json
 import logging
@@ -37,8 +38,8 @@ from instrument.delivery import _textfile as textfile_module
 from instrument.delivery._snapshot import Snapshot
 from instrument.delivery._textfile import TextfileTarget
 
-from .servers import GatewayStandIn, Pushgateway
-from .test_push import ROOT, analyses
+from ..servers import GatewayStandIn, Pushgateway
+from ..support import ROOT, gateway_inst, local, push_once, pushed_analyses
 
 pytestmark = pytest.mark.integration
 
@@ -50,35 +51,14 @@ USER = "deploy"
 PASSWORD = "pa ss/w\\o'rd\"ü"
 
 
-@pytest.fixture
-def stand_in() -> Iterator[GatewayStandIn]:
-    server = GatewayStandIn()
-    yield server
-    server.close()
-
-
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Retry after ~10 ms instead of ~0.5 s, so an outage test sees several attempts."""
     monkeypatch.setattr(flusher_thread, "_RETRY_BASE", 0.01)  # the schedule lives there
 
 
-def make_inst(url: str, **options: Any) -> Instrumentation:
-    options.setdefault("push_mode", "off")
-    return Instrumentation(
-        registry=options.pop("registry", CollectorRegistry()), pushgateway=url, **options
-    )
-
-
-def local(inst: Instrumentation, name: str, **labels: str) -> float | None:
-    """A sample of the instrumentation's registry, read without collecting the other
-    collectors on it (a Flaky one would raise here, and count the collect)."""
-    full = f"codomyrmex_{name}"
-    for metric in inst.registry.restricted_registry([full]).collect():
-        for sample in metric.samples:
-            if sample.name == full and sample.labels == labels:
-                return float(sample.value)
-    return None
+#: Pushing only when a test says so.
+make_inst = functools.partial(gateway_inst, push_mode="off")
 
 
 def calls_counted(inst: Instrumentation) -> float | None:
@@ -90,18 +70,6 @@ def wait_until(check: Callable[[], bool], what: str, timeout: float = 15.0) -> N
     while not check():
         assert time.monotonic() < deadline, f"timed out waiting until {what}"
         time.sleep(0.02)
-
-
-def push_once(inst: Instrumentation, transport: str) -> bool:
-    if transport == "sync":
-        return inst.push()
-
-    async def run() -> bool:
-        ok = await inst.push_metrics()
-        await inst.aclose()
-        return ok
-
-    return asyncio.run(run())
 
 
 def spellings(secret: str) -> set[str]:
@@ -171,7 +139,7 @@ def test_a_redirect_is_a_failed_push_that_names_the_location_and_is_not_followed
     assert local(inst, "last_push_success_timestamp_seconds") == 0
     assert inst.delivery._dirty  # the next push carries it
     assert len(stand_in.requests) == 1
-    assert analyses(pushgateway, job=job_name) is None  # not followed, nothing landed
+    assert pushed_analyses(pushgateway, job=job_name) is None  # not followed, nothing landed
     (record,) = warnings_about(caplog, f"HTTP {status} Moved")
     shown_location = pushgateway.url.replace("http://", "http://***@") + f"/metrics/job/{job_name}"
     assert f"a redirect to {shown_location}" in record.getMessage()
@@ -440,13 +408,19 @@ def test_a_collector_failing_for_a_while_is_an_outage_the_flusher_outlives(
         wait_until(lambda: (local(inst, "push_failures_total") or 0) >= 3, "the flusher retried")
         assert local(inst, "last_push_success_timestamp_seconds") == 0
         assert inst.delivery._thread is not None and inst.delivery._thread.is_alive()
-        assert analyses(pushgateway, job=job_name) is None
+        assert pushed_analyses(pushgateway, job=job_name) is None
         broken["now"] = False
         assert [work(i) for i in range(25)] == list(range(25))
-        wait_until(lambda: analyses(pushgateway, job=job_name) == 75, "the flusher pushed again")
+        wait_until(
+            lambda: pushed_analyses(pushgateway, job=job_name) == 75, "the flusher pushed again"
+        )
+        # The flusher logs the recovery after the push landed: the gateway may show it first.
+        wait_until(
+            lambda: any("recovered after" in r.getMessage() for r in caplog.records),
+            "the flusher logged the recovery",
+        )
     (warning,) = warnings_about(caplog, "collecting the metrics failed")
     assert "RuntimeError: collector broke" in warning.getMessage()
-    assert any("recovered after" in r.getMessage() for r in caplog.records)
     failures = local(inst, "push_failures_total")
     assert failures is not None and failures >= 3
     stamp = local(inst, "last_push_success_timestamp_seconds")
@@ -481,7 +455,7 @@ def test_an_intermittent_collector_loses_no_count(
     # A failed collect leaves the state dirty: flushing again gets it there.
     wait_until(lambda: inst.flush(timeout=5), "a flush landed")
     inst.close()
-    assert analyses(pushgateway, job=job_name) == 40
+    assert pushed_analyses(pushgateway, job=job_name) == 40
     failures = pushgateway.value("codomyrmex_push_failures_total", job=job_name)
     assert failures is not None and failures >= 1
 
@@ -710,8 +684,8 @@ async def test_each_mode_in_async_code_through_an_outage_ends_with_exact_totals(
     assert local(inst, "last_push_success_timestamp_seconds") == 0
     stand_in.upstream, stand_in.mode = pushgateway.url, "forward"  # the outage ends
     assert await work(5) == 5
-    assert analyses(pushgateway, job=job_name) == 4
-    assert analyses(pushgateway, job=job_name, status="error") == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 4
+    assert pushed_analyses(pushgateway, job=job_name, status="error") == 1
     assert await inst.aflush() is True
     await inst.aclose()
     assert pushgateway.value("codomyrmex_push_failures_total", job=job_name) == 4
@@ -735,9 +709,11 @@ def test_coalesce_through_an_outage_ends_with_exact_totals(
     assert local(inst, "last_push_success_timestamp_seconds") == 0
     stand_in.upstream, stand_in.mode = pushgateway.url, "forward"
     assert [work(i) for i in range(200)] == [-i for i in range(200)]
-    wait_until(lambda: analyses(pushgateway, job=job_name) == 500, "the flusher delivered it all")
+    wait_until(
+        lambda: pushed_analyses(pushgateway, job=job_name) == 500, "the flusher delivered it all"
+    )
     inst.close()
-    assert analyses(pushgateway, job=job_name) == 500
+    assert pushed_analyses(pushgateway, job=job_name) == 500
 
 
 # -- item 8: multiprocess mode, the owner's final push collects across processes ----------------------
@@ -793,7 +769,7 @@ def test_multiprocess_owner_ends_with_the_exact_totals_of_all_workers(
     code = MULTIPROCESS_SCRIPT.format(gateway=pushgateway.url, job=job_name, calls=250, end=end)
     result = run_script(tmp_path / "owner.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(shared)})
     assert result.returncode == 0, result.stderr
-    assert analyses(pushgateway, job=job_name) == 1000
+    assert pushed_analyses(pushgateway, job=job_name) == 1000
     assert pushgateway.value("codomyrmex_active_jobs", job_type="m", job=job_name) == 0
     # Summed over processes: the owner's first and final pushes, none by a worker (whose
     # end, where the final flush now runs, must not push a snapshot of its own).
@@ -834,7 +810,7 @@ def test_a_multiprocessing_child_with_its_own_config_delivers_its_final_state(
     code = CHILD_WITH_OWN_CONFIG.format(method=method, gateway=pushgateway.url, job=job_name)
     result = run_script(tmp_path / "parent.py", code)
     assert result.returncode == 0, result.stderr
-    assert analyses(pushgateway, job=job_name) == 300
+    assert pushed_analyses(pushgateway, job=job_name) == 300
 
 
 INHERITED_CONFIG = """
@@ -969,7 +945,7 @@ def test_a_sigterm_during_the_exit_flush_lets_it_finish(
     result = run_script(tmp_path / "child.py", code)
     assert "Traceback" not in result.stderr, result.stderr
     assert result.returncode == 0
-    assert analyses(pushgateway, job=job_name) == 321
+    assert pushed_analyses(pushgateway, job=job_name) == 321
 
 
 def test_a_sigterm_while_the_main_thread_sleeps_ends_it_with_the_final_totals(
@@ -1137,9 +1113,7 @@ _BUFFERED = 32 << 20
 def test_a_push_reads_at_most_a_bounded_part_of_an_endless_answer(transport: str) -> None:
     server = EndlessAnswer("500 Oops")
     try:
-        inst = Instrumentation(
-            registry=CollectorRegistry(), pushgateway=server.url, push_mode="off"
-        )
+        inst = gateway_inst(server, push_mode="off")
         inst.record_analysis("m", "t", 1.0)
         ok = inst.push() if transport == "sync" else asyncio.run(inst.push_metrics())
         assert ok is False
@@ -1173,9 +1147,7 @@ def test_the_grafana_client_reads_at_most_a_bounded_part_of_an_endless_answer() 
 def test_concurrent_async_pushes_in_each_mode_leave_the_newest_state_on_the_gateway(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="each")
 
     @inst.monitored_analysis("m", "t")
     async def work(i: int) -> int:
@@ -1190,7 +1162,7 @@ def test_concurrent_async_pushes_in_each_mode_leave_the_newest_state_on_the_gate
             assert asyncio.run(round_of(40)) == list(range(40))
             expected = 40.0 * round_number
             assert inst.registry.get_sample_value("codomyrmex_analyses_total", ANALYSIS) == expected
-            assert analyses(pushgateway, job=job_name) == expected
+            assert pushed_analyses(pushgateway, job=job_name) == expected
     finally:
         inst.close()
 
@@ -1198,9 +1170,7 @@ def test_concurrent_async_pushes_in_each_mode_leave_the_newest_state_on_the_gate
 def test_concurrent_push_metrics_calls_leave_the_newest_state_on_the_gateway(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="off")
 
     async def one() -> bool:
         inst.record_analysis("m", "t", 0.1)
@@ -1211,7 +1181,7 @@ def test_concurrent_push_metrics_calls_leave_the_newest_state_on_the_gateway(
 
     try:
         assert asyncio.run(main()) == [True] * 50
-        assert analyses(pushgateway, job=job_name) == 50
+        assert pushed_analyses(pushgateway, job=job_name) == 50
     finally:
         inst.close()
 
@@ -1239,9 +1209,7 @@ def test_the_textfile_is_written_while_the_gateway_is_down(
 ) -> None:
     stand_in.mode = "error"
     path = tmp_path / "state.prom"
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, textfile=str(path), push_mode="off"
-    )
+    inst = gateway_inst(stand_in, textfile=str(path), push_mode="off")
     inst.record_analysis("m", "t", 1.0)
     ok = inst.push() if transport == "sync" else asyncio.run(inst.push_metrics())
     assert ok is False
@@ -1255,9 +1223,7 @@ def test_the_final_state_reaches_the_textfile_at_close_while_the_gateway_is_down
 ) -> None:
     stand_in.mode = "error"
     path = tmp_path / "state.prom"
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, textfile=str(path), push_interval=60
-    )
+    inst = gateway_inst(stand_in, textfile=str(path), push_interval=60)
     for _ in range(5):
         inst.record_analysis("m", "t", 1.0)
     inst.close()
@@ -1272,16 +1238,15 @@ def test_a_failing_textfile_does_not_undo_a_push_that_landed(
 ) -> None:
     path = tmp_path / "state.prom"
     path.mkdir()  # a directory where the file should be: every write fails
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=pushgateway.url,
+    inst = gateway_inst(
+        pushgateway,
         job=job_name,
         textfile=str(path),
         push_mode="off",
     )
     inst.record_analysis("m", "t", 1.0)
     assert inst.push() is False
-    assert analyses(pushgateway, job=job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 1
     assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
     inst.close()
 
@@ -1292,9 +1257,7 @@ def test_a_failing_textfile_does_not_undo_a_push_that_landed(
 def test_an_interrupt_during_a_main_thread_push_leaves_the_state_for_the_final_push(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="each")
 
     @inst.monitored_analysis("m", "t")
     def work() -> int:
@@ -1313,11 +1276,11 @@ def test_an_interrupt_during_a_main_thread_push_leaves_the_state_for_the_final_p
         work()
     assert calls_counted(inst) == 4
     inst.close()  # the final state: the interrupted attempt left it to deliver
-    assert analyses(pushgateway, job=job_name) == 4
+    assert pushed_analyses(pushgateway, job=job_name) == 4
     # And the send lock was let go: another push goes out at once.
     inst.record_analysis("m", "t", 0.1)
     assert inst.push(timeout=2.0) is True
-    assert analyses(pushgateway, job=job_name) == 5
+    assert pushed_analyses(pushgateway, job=job_name) == 5
 
 
 def test_an_interrupt_during_an_async_push_leaves_the_state_for_the_final_push(
@@ -1340,7 +1303,7 @@ def test_an_interrupt_during_an_async_push_leaves_the_state_for_the_final_push(
         asyncio.run(work())
     assert calls_counted(inst) == 1
     inst.close()
-    assert analyses(pushgateway, job=job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 1
 
 
 # -- wave 4: the textfile path is checked at configure time --------------------------------------

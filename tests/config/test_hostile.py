@@ -8,7 +8,6 @@ and names with whitespace) and 15 (a bad environment variable).
 
 from __future__ import annotations
 
-import asyncio
 import gc
 import http.client
 import itertools
@@ -40,7 +39,8 @@ from instrument.delivery import PushTarget
 from instrument.metrics import METRICS, Metrics
 from instrument.testing import isolated_instrumentation
 
-from .servers import Pushgateway
+from ..servers import Pushgateway
+from ..support import ROOT, gateway_inst, push_once
 
 LABELS = {"module": "m", "analysis_type": "t"}
 #: The label names a sample of ours can carry, derived here from the definitions.
@@ -129,7 +129,7 @@ def test_the_real_gateway_redirects_dot_segments_and_we_refuse_them(
     # So they are refused when configuring, with what to do.
     for kwargs in ({"job": value}, {"grouping_key": {"team": value}}, {"instance": value}):
         with pytest.raises(ValueError, match="use a name with other characters"):
-            Instrumentation(registry=CollectorRegistry(), pushgateway=pushgateway.url, **kwargs)
+            gateway_inst(pushgateway, **kwargs)
     with pytest.raises(ValueError, match="cannot be a Pushgateway path segment"):
         PushTarget(pushgateway.url, job=value, grouping_key={})
 
@@ -152,9 +152,8 @@ def push_and_read_group(
 ) -> dict[str, str]:
     """Record one analysis, push it, and return the labels of the one group that landed."""
     gateway.wipe()
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=gateway.url,
+    inst = gateway_inst(
+        gateway,
         job=job,
         grouping_key=key,
         push_mode="off",
@@ -162,17 +161,7 @@ def push_and_read_group(
     )
     try:
         inst.record_analysis("m", "t", 0.25)
-        if use_async:
-
-            async def push() -> bool:
-                try:
-                    return await inst.push_metrics()
-                finally:
-                    await inst.aclose()
-
-            assert asyncio.run(push())
-        else:
-            assert inst.push()
+        assert push_once(inst, "async" if use_async else "sync")
     finally:
         inst.close()
     groups = [group["labels"] for group in gateway.groups()]
@@ -440,7 +429,7 @@ def test_a_namespace_or_dashboard_uid_with_a_final_newline_is_refused() -> None:
 def test_urls_with_whitespace_or_control_characters_are_refused(url: str) -> None:
     for build in (
         lambda: PushTarget(url, job="j", grouping_key={}),
-        lambda: Instrumentation(registry=CollectorRegistry(), pushgateway=url),
+        lambda: gateway_inst(url),
     ):
         with pytest.raises(ValueError, match="whitespace or a control character") as info:
             build()
@@ -1008,9 +997,8 @@ def test_any_value_of_any_variable_configures_or_names_the_variable(
 
 
 def test_every_variable_in_the_readme_sentence_about_bad_values() -> None:
-    from pathlib import Path
 
-    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+    readme = (ROOT / "README.md").read_text()
     section = readme.split("## Configuration", 1)[1].split("\n## ", 1)[0]
     assert "logs that error once and ignores the variable" in section
     assert "`configure()` raise a `ValueError` naming it" in section

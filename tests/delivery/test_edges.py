@@ -24,7 +24,6 @@ from typing import Any
 import pytest
 from prometheus_client import CollectorRegistry, Counter, values
 from prometheus_client.mmap_dict import MmapedDict, mmap_key
-from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import Collector
 
 import instrument
@@ -36,49 +35,14 @@ from instrument.delivery import _flusher as flusher_module
 from instrument.delivery import _lifecycle as lifecycle
 from instrument.delivery import _textfile as textfile_module
 
-from .servers import GatewayStandIn, Pushgateway
+from ..servers import GatewayStandIn, Pushgateway
+from ..support import explode, gateway_inst, local, pushed_analyses
 
 ANALYSIS = {"module": "m", "analysis_type": "t"}
 
 
-@pytest.fixture
-def stand_in() -> Iterator[GatewayStandIn]:
-    server = GatewayStandIn()
-    yield server
-    server.close()
-
-
-def gateway_inst(server: GatewayStandIn | Pushgateway, **kwargs: Any) -> Instrumentation:
-    return Instrumentation(registry=CollectorRegistry(), pushgateway=server.url, **kwargs)
-
-
-def pushed_analyses(server: GatewayStandIn, status: str = "success") -> float | None:
-    """The count in the last state pushed (a DELETE's empty body is not a state)."""
-    states = [body for body in server.bodies if body]
-    if not states:
-        return None
-    labels = {**ANALYSIS, "status": status}
-    for family in text_string_to_metric_families(states[-1].decode()):
-        for sample in family.samples:
-            if sample.name == "codomyrmex_analyses_total" and sample.labels == labels:
-                return float(sample.value)
-    return None
-
-
-def local(inst: Instrumentation, name: str, **labels: str) -> float | None:
-    return inst.registry.get_sample_value(f"codomyrmex_{name}", labels)
-
-
 def methods(server: GatewayStandIn) -> list[tuple[str, str]]:
     return [(method, path) for method, path, _ in server.requests]
-
-
-class Boom(Exception):
-    """A failure injected into delivery."""
-
-
-def explode(*_: Any) -> Any:
-    raise Boom("injected")
 
 
 # -- PushTarget and mask_url --------------------------------------------------------------------

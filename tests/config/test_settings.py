@@ -8,7 +8,9 @@ import pytest
 
 from instrument.config import SETTINGS, from_environment
 
-README = (Path(__file__).resolve().parents[1] / "README.md").read_text()
+from ..support import ROOT
+
+README = (ROOT / "README.md").read_text()
 
 
 def test_every_variable_is_parsed(tmp_path: Path) -> None:

@@ -1,9 +1,6 @@
-"""GrafanaClient against a local server that answers as Grafana's HTTP API documents.
-
-The fake runs in its own thread and event loop on 127.0.0.1, so both the async client
-tests and the CLI (which runs its own ``asyncio.run``) can talk to it. It keeps state
-(dashboards with versions and folders, folders, data sources) and records every request
-as Grafana would read it. Retry waits are recorded instead of slept.
+"""GrafanaClient against a local server that answers as Grafana's HTTP API documents
+(``fake_grafana``, the stand-in of tests/fake_grafana.py). Retry waits are recorded instead
+of slept.
 """
 
 from __future__ import annotations
@@ -15,12 +12,9 @@ import json
 import logging
 import re
 import shutil
-import socket
 import ssl
 import subprocess
-import threading
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from email.utils import format_datetime
 from pathlib import Path
@@ -31,7 +25,6 @@ import pytest
 from aiohttp import web
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
-from multidict import CIMultiDict
 
 import instrument
 from instrument import grafana
@@ -53,8 +46,9 @@ from instrument.grafana import (
     GrafanaUnavailableError,
 )
 
-TOKEN = "glsa_Secr3tServiceAccountToken_0a1b2c3d"
-VIEWER_TOKEN = "glsa_ViewerOnlyToken_99887766"
+from ..fake_grafana import TOKEN, VIEWER_TOKEN, FakeGrafana, Seen
+from ..servers import closed_port
+
 NGINX_502 = """<html>
 <head><title>502 Bad Gateway</title></head>
 <body>
@@ -63,275 +57,6 @@ NGINX_502 = """<html>
 </body>
 </html>
 """
-
-
-@dataclass
-class Seen:
-    """One request as the server received it."""
-
-    method: str
-    path: str
-    query: list[tuple[str, str]]
-    headers: CIMultiDict[str]
-    body: Any
-
-
-@dataclass
-class FakeGrafana:
-    """A small Grafana: dashboards, folders, data sources, auth, and scripted failures."""
-
-    url: str = ""
-    requests: list[Seen] = field(default_factory=list)
-    dashboards: dict[str, dict[str, Any]] = field(default_factory=dict)
-    folders: dict[str, dict[str, Any]] = field(default_factory=dict)
-    datasources: list[dict[str, Any]] = field(
-        default_factory=lambda: [
-            {"id": 1, "uid": "loki-1", "name": "Logs", "type": "loki", "isDefault": False},
-            {"id": 2, "uid": "prom-a", "name": "Prom A", "type": "prometheus", "isDefault": False},
-            {"id": 3, "uid": "prom-b", "name": "Prom B", "type": "prometheus", "isDefault": True},
-        ]
-    )
-    scripted: list[tuple[str, str, int | str, Any, dict[str, str]]] = field(default_factory=list)
-    tls: ssl.SSLContext | None = None
-    next_id: int = 1
-
-    # -- scripting -------------------------------------------------------------------------
-
-    def script(
-        self,
-        method: str,
-        path: str,
-        status: int | str,
-        body: Any = None,
-        headers: dict[str, str] | None = None,
-        times: int = 1,
-    ) -> None:
-        """Answer the next ``times`` matching requests with this (``"hang"``: never answer).
-
-        A ``body`` that is a string, or a function of the request returning one, is sent
-        as an HTML page; anything else as JSON.
-        """
-        for _ in range(times):
-            self.scripted.append((method, path, status, body, headers or {}))
-
-    def seen(self, method: str, path: str) -> list[Seen]:
-        return [r for r in self.requests if r.method == method and r.path == path]
-
-    # -- the server ------------------------------------------------------------------------
-
-    async def handle(self, request: web.Request) -> web.StreamResponse:
-        raw = await request.read()
-        try:
-            body = json.loads(raw) if raw else None
-        except ValueError:
-            body = raw
-        seen = Seen(
-            request.method,
-            request.path,
-            list(request.query.items()),
-            CIMultiDict(request.headers),
-            body,
-        )
-        self.requests.append(seen)
-        for index, (method, path, status, answer, headers) in enumerate(self.scripted):
-            if method == request.method and path == request.path:
-                del self.scripted[index]
-                if status == "hang":
-                    await self.release.wait()
-                    return web.json_response({})
-                if status == "html":
-                    return web.Response(text="<html>Sign in</html>", content_type="text/html")
-                assert isinstance(status, int)
-                if callable(answer):
-                    answer = answer(seen)
-                if isinstance(answer, str):
-                    return web.Response(
-                        text=answer, status=status, headers=headers, content_type="text/html"
-                    )
-                return web.json_response(answer, status=status, headers=headers)
-        if request.path == "/api/health":
-            return web.json_response({"commit": "0a1b2c3", "database": "ok", "version": "11.3.0"})
-        role = self.role(seen.headers)
-        # As some proxies in front of Grafana do, the refusals echo the credentials sent.
-        auth = seen.headers.get("Authorization")
-        echoed = f" (Authorization: {auth})" if auth else ""
-        if role is None:
-            return web.json_response({"message": f"invalid API key{echoed}"}, status=401)
-        if request.method != "GET" and role != "Editor":
-            return web.json_response(
-                {"message": f"You'll need additional permissions to perform this action.{echoed}"},
-                status=403,
-            )
-        return self.route(seen)
-
-    def role(self, headers: CIMultiDict[str]) -> str | None:
-        auth = headers.get("Authorization", "")
-        if auth == f"Bearer {TOKEN}":
-            return "Editor"
-        if auth == f"Bearer {VIEWER_TOKEN}":
-            return "Viewer"
-        if auth == "Basic " + base64.b64encode(b"admin:admin-pass").decode():
-            return "Editor"
-        return None
-
-    def route(self, r: Seen) -> web.Response:
-        parts = r.path.strip("/").split("/")
-        if r.method == "POST" and r.path == "/api/dashboards/db":
-            return self.save_dashboard(r.body)
-        if parts[:3] == ["api", "dashboards", "uid"] and len(parts) == 4:
-            stored = self.dashboards.get(parts[3])
-            if stored is None:
-                return web.json_response({"message": "Dashboard not found"}, status=404)
-            if r.method == "DELETE":
-                del self.dashboards[parts[3]]
-                title = stored["dashboard"]["title"]
-                return web.json_response(
-                    {"title": title, "message": f"Dashboard {title} deleted", "id": stored["id"]}
-                )
-            return web.json_response(
-                {
-                    "dashboard": stored["dashboard"],
-                    "meta": {
-                        "folderUid": stored["folderUid"],
-                        "slug": stored["slug"],
-                        "url": f"/d/{parts[3]}/{stored['slug']}",
-                        "version": stored["version"],
-                    },
-                }
-            )
-        if r.path == "/api/search":
-            query = dict(r.query).get("query", "").lower()
-            tags = {value for key, value in r.query if key == "tag"}
-            hits = [
-                {
-                    "uid": uid,
-                    "title": d["dashboard"]["title"],
-                    "type": "dash-db",
-                    "url": f"/d/{uid}/{d['slug']}",
-                    "tags": d["dashboard"].get("tags", []),
-                    "folderUid": d["folderUid"],
-                }
-                for uid, d in self.dashboards.items()
-                if query in d["dashboard"]["title"].lower()
-                and tags <= set(d["dashboard"].get("tags", []))
-            ]
-            return web.json_response(hits)
-        if r.path == "/api/folders":
-            if r.method == "GET":
-                return web.json_response(list(self.folders.values()))
-            title, uid = r.body.get("title"), r.body.get("uid") or f"f{self.next_id}"
-            if uid in self.folders or any(f["title"] == title for f in self.folders.values()):
-                return web.json_response(
-                    {"message": "a folder with the same name already exists"}, status=409
-                )
-            self.next_id += 1
-            self.folders[uid] = {"id": self.next_id, "uid": uid, "title": title, "url": f"/f/{uid}"}
-            return web.json_response(self.folders[uid])
-        if parts[:2] == ["api", "folders"] and len(parts) == 3:
-            folder = self.folders.get(parts[2])
-            if folder is None:
-                return web.json_response({"message": "folder not found"}, status=404)
-            return web.json_response(folder)
-        if r.path == "/api/datasources":
-            return web.json_response(self.datasources)
-        if parts[:2] == ["api", "datasources"] and len(parts) == 4 and parts[2] in ("uid", "name"):
-            key = parts[2]
-            found = [s for s in self.datasources if s[key] == parts[3]]
-            if not found:
-                return web.json_response({"message": "Data source not found"}, status=404)
-            return web.json_response(found[0])
-        return web.json_response({"message": "Not found"}, status=404)
-
-    def save_dashboard(self, body: Any) -> web.Response:
-        if not isinstance(body, dict) or not isinstance(body.get("dashboard"), dict):
-            return web.json_response({"message": "bad request data"}, status=400)
-        model = dict(body["dashboard"])
-        title = model.get("title")
-        if not title:
-            return web.json_response({"message": "Dashboard title cannot be empty"}, status=400)
-        uid = model.get("uid") or f"gen{self.next_id}"
-        if len(uid) > 40:
-            return web.json_response({"message": "uid too long, max 40 characters"}, status=400)
-        folder = body.get("folderUid", "")
-        if folder and folder not in self.folders:
-            return web.json_response({"message": "folder not found"}, status=400)
-        existing = self.dashboards.get(uid)
-        if not body.get("overwrite"):
-            if existing is not None and model.get("version") != existing["version"]:
-                return web.json_response(
-                    {"message": "The dashboard has been changed by someone else",
-                     "status": "version-mismatch"},
-                    status=412,
-                )  # fmt: skip
-            if any(
-                other_uid != uid and d["dashboard"]["title"] == title and d["folderUid"] == folder
-                for other_uid, d in self.dashboards.items()
-            ):
-                return web.json_response(
-                    {"message": "A dashboard with the same name in the folder already exists",
-                     "status": "name-exists"},
-                    status=412,
-                )  # fmt: skip
-        version = existing["version"] + 1 if existing else 1
-        ident = existing["id"] if existing else self.next_id
-        self.next_id += 1
-        slug = re.sub(r"[^a-z0-9]+", "-", title.lower()).strip("-")
-        model.update({"id": ident, "uid": uid, "version": version})
-        self.dashboards[uid] = {
-            "dashboard": model,
-            "version": version,
-            "folderUid": folder,  # omitted folderUid: Grafana moves it to the root
-            "slug": slug,
-            "id": ident,
-            "message": body.get("message"),
-        }
-        return web.json_response(
-            {
-                "id": ident,
-                "uid": uid,
-                "url": f"/d/{uid}/{slug}",
-                "status": "success",
-                "version": version,
-                "slug": slug,
-            }
-        )
-
-    # -- lifecycle -------------------------------------------------------------------------
-
-    def start(self) -> FakeGrafana:
-        self.loop = asyncio.new_event_loop()
-        self.thread = threading.Thread(target=self.loop.run_forever, daemon=True)
-        self.thread.start()
-        asyncio.run_coroutine_threadsafe(self._start(), self.loop).result(10)
-        return self
-
-    async def _start(self) -> None:
-        self.release = asyncio.Event()
-        app = web.Application()
-        app.router.add_route("*", "/{tail:.*}", self.handle)
-        self.runner = web.AppRunner(app, access_log=None, shutdown_timeout=1)
-        await self.runner.setup()
-        site = web.TCPSite(self.runner, "127.0.0.1", 0, ssl_context=self.tls)
-        await site.start()
-        port = self.runner.addresses[0][1]
-        self.url = f"{'https' if self.tls else 'http'}://127.0.0.1:{port}"
-
-    def stop(self) -> None:
-        async def _stop() -> None:
-            self.release.set()
-            await self.runner.cleanup()
-
-        asyncio.run_coroutine_threadsafe(_stop(), self.loop).result(10)
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self.thread.join(10)
-        self.loop.close()
-
-
-@pytest.fixture
-def fake() -> Iterator[FakeGrafana]:
-    server = FakeGrafana().start()
-    yield server
-    server.stop()
 
 
 @pytest.fixture(autouse=True)
@@ -346,9 +71,9 @@ def sleeps(monkeypatch: pytest.MonkeyPatch) -> list[float]:
     return waited
 
 
-def client(fake: FakeGrafana, **kwargs: Any) -> GrafanaClient:
+def client(fake_grafana: FakeGrafana, **kwargs: Any) -> GrafanaClient:
     kwargs.setdefault("token", TOKEN)
-    return GrafanaClient(kwargs.pop("url", fake.url), **kwargs)
+    return GrafanaClient(kwargs.pop("url", fake_grafana.url), **kwargs)
 
 
 def dashboard(
@@ -362,32 +87,25 @@ def echo_page(before: str) -> Callable[[Seen], str]:
     return lambda seen: f"{before}Authorization: {seen.headers.get('Authorization')}\n</pre>"
 
 
-def closed_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-    return port
-
-
 # -- health, requests and headers ----------------------------------------------------------
 
 
-async def test_health_returns_grafanas_answer(fake: FakeGrafana) -> None:
-    async with client(fake, token=None) as g:
+async def test_health_returns_grafanas_answer(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana, token=None) as g:
         health = await g.health()
     assert health == {"commit": "0a1b2c3", "database": "ok", "version": "11.3.0"}
-    assert "Authorization" not in fake.requests[0].headers
+    assert "Authorization" not in fake_grafana.requests[0].headers
 
 
-async def test_upsert_posts_what_grafana_reads(fake: FakeGrafana) -> None:
-    async with client(fake, org_id=2) as g:
+async def test_upsert_posts_what_grafana_reads(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana, org_id=2) as g:
         result = await g.upsert_dashboard({**dashboard(), "id": 77}, message="first version")
     assert result == DashboardResult(
         uid="codomyrmex-analytics",
-        url=f"{fake.url}/d/codomyrmex-analytics/codomyrmex-analytics",
+        url=f"{fake_grafana.url}/d/codomyrmex-analytics/codomyrmex-analytics",
         version=1,
     )
-    (post,) = fake.seen("POST", "/api/dashboards/db")
+    (post,) = fake_grafana.seen("POST", "/api/dashboards/db")
     assert post.headers["Authorization"] == f"Bearer {TOKEN}"
     assert post.headers["X-Grafana-Org-Id"] == "2"
     assert post.headers["Content-Type"].startswith("application/json")
@@ -398,49 +116,49 @@ async def test_upsert_posts_what_grafana_reads(fake: FakeGrafana) -> None:
     assert post.body["message"] == "first version"
     # A new dashboard goes to the root: no folderUid sent.
     assert "folderUid" not in post.body
-    assert fake.dashboards["codomyrmex-analytics"]["message"] == "first version"
+    assert fake_grafana.dashboards["codomyrmex-analytics"]["message"] == "first version"
 
 
-async def test_upsert_again_bumps_the_version(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_upsert_again_bumps_the_version(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         first = await g.upsert_dashboard(dashboard())
         second = await g.upsert_dashboard(dashboard())
     assert (first.version, second.version) == (1, 2)
-    assert "message" not in fake.seen("POST", "/api/dashboards/db")[1].body
+    assert "message" not in fake_grafana.seen("POST", "/api/dashboards/db")[1].body
 
 
-async def test_update_keeps_the_dashboard_in_its_folder(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_update_keeps_the_dashboard_in_its_folder(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         folder = await g.ensure_folder("Analytics", uid="analytics")
         await g.upsert_dashboard(dashboard(), folder_uid=folder["uid"])
         await g.upsert_dashboard(dashboard())  # no folder given: Grafana would move it to root
-    last = fake.seen("POST", "/api/dashboards/db")[-1]
+    last = fake_grafana.seen("POST", "/api/dashboards/db")[-1]
     assert last.body["folderUid"] == "analytics"
-    assert fake.dashboards["codomyrmex-analytics"]["folderUid"] == "analytics"
+    assert fake_grafana.dashboards["codomyrmex-analytics"]["folderUid"] == "analytics"
 
 
-async def test_empty_folder_uid_moves_to_the_root(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_empty_folder_uid_moves_to_the_root(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         await g.ensure_folder("Analytics", uid="analytics")
         await g.upsert_dashboard(dashboard(), folder_uid="analytics")
         await g.upsert_dashboard(dashboard(), folder_uid="")
-    assert fake.seen("POST", "/api/dashboards/db")[-1].body["folderUid"] == ""
-    assert fake.dashboards["codomyrmex-analytics"]["folderUid"] == ""
+    assert fake_grafana.seen("POST", "/api/dashboards/db")[-1].body["folderUid"] == ""
+    assert fake_grafana.dashboards["codomyrmex-analytics"]["folderUid"] == ""
 
 
-async def test_basic_auth_from_arguments_or_url(fake: FakeGrafana) -> None:
-    async with client(fake, token=None, basic_auth=("admin", "admin-pass")) as g:
+async def test_basic_auth_from_arguments_or_url(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana, token=None, basic_auth=("admin", "admin-pass")) as g:
         await g.upsert_dashboard(dashboard())
-    with_userinfo = fake.url.replace("http://", "http://admin:admin-pass@")
+    with_userinfo = fake_grafana.url.replace("http://", "http://admin:admin-pass@")
     async with GrafanaClient(with_userinfo) as g:
         result = await g.upsert_dashboard(dashboard())
         assert "admin-pass" not in repr(g)
     assert result.version == 2
-    assert result.url.startswith(fake.url)  # the credentials are not part of the URL
+    assert result.url.startswith(fake_grafana.url)  # the credentials are not part of the URL
 
 
-async def test_get_search_and_delete(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_get_search_and_delete(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         await g.upsert_dashboard({**dashboard(), "tags": ["codomyrmex", "llm"]})
         await g.upsert_dashboard(dashboard("Other board", "other"))
         got = await g.get_dashboard("codomyrmex-analytics")
@@ -451,7 +169,7 @@ async def test_get_search_and_delete(fake: FakeGrafana) -> None:
     assert got["dashboard"]["title"] == "Codomyrmex Analytics"
     assert got["meta"]["version"] == 1
     assert [hit["uid"] for hit in hits] == ["codomyrmex-analytics"]
-    (search,) = fake.seen("GET", "/api/search")
+    (search,) = fake_grafana.seen("GET", "/api/search")
     assert search.query == [
         ("type", "dash-db"),
         ("query", "codomyrmex"),
@@ -460,17 +178,17 @@ async def test_get_search_and_delete(fake: FakeGrafana) -> None:
     ]
     assert missing.value.http_status == 404
     assert "check the uid" in str(missing.value)
-    assert list(fake.dashboards) == ["other"]
+    assert list(fake_grafana.dashboards) == ["other"]
 
 
-async def test_delete_of_a_missing_dashboard_is_not_found(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_delete_of_a_missing_dashboard_is_not_found(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaNotFoundError, match="no such dashboard 'gone'"):
             await g.delete_dashboard("gone")
 
 
-async def test_ensure_folder_creates_once(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_ensure_folder_creates_once(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         first = await g.ensure_folder("Codomyrmex")
         second = await g.ensure_folder("Codomyrmex")
         by_uid = await g.ensure_folder("Pinned", uid="pinned")
@@ -478,17 +196,17 @@ async def test_ensure_folder_creates_once(fake: FakeGrafana) -> None:
     assert first == second
     assert by_uid == by_uid_again
     assert by_uid["uid"] == "pinned"
-    posts = fake.seen("POST", "/api/folders")
+    posts = fake_grafana.seen("POST", "/api/folders")
     assert [p.body for p in posts] == [
         {"title": "Codomyrmex"},
         {"title": "Pinned", "uid": "pinned"},
     ]
 
 
-async def test_ensure_folder_created_meanwhile(fake: FakeGrafana) -> None:
+async def test_ensure_folder_created_meanwhile(fake_grafana: FakeGrafana) -> None:
     """409 on create (someone else made it between our look and our create): fetch it."""
 
-    original = fake.route
+    original = fake_grafana.route
 
     def create_first(r: Seen) -> web.Response:
         if r.method == "POST" and r.path == "/api/folders":
@@ -496,15 +214,15 @@ async def test_ensure_folder_created_meanwhile(fake: FakeGrafana) -> None:
             return web.json_response({"message": "folder already exists"}, status=409)
         return original(r)
 
-    fake.route = create_first  # type: ignore[method-assign]
-    async with client(fake) as g:
+    fake_grafana.route = create_first  # type: ignore[method-assign]
+    async with client(fake_grafana) as g:
         folder = await g.ensure_folder("Raced", uid="raced")
     assert folder["title"] == "Raced"
-    assert len(fake.seen("GET", "/api/folders/raced")) == 2
+    assert len(fake_grafana.seen("GET", "/api/folders/raced")) == 2
 
 
-async def test_find_datasource(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_find_datasource(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         default = await g.find_datasource()
         by_name = await g.find_datasource(name="Prom A")
         by_uid = await g.find_datasource(uid="prom-a")
@@ -518,14 +236,14 @@ async def test_find_datasource(fake: FakeGrafana) -> None:
     assert default["uid"] == "prom-b"  # the default one of its type
     assert by_name["uid"] == by_uid["uid"] == "prom-a"
     assert loki["uid"] == "loki-1"
-    assert fake.seen("GET", "/api/datasources/name/Prom A")
+    assert fake_grafana.seen("GET", "/api/datasources/name/Prom A")
 
 
 # -- answers that are errors ---------------------------------------------------------------
 
 
-async def test_version_mismatch_is_a_conflict_and_not_retried(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_version_mismatch_is_a_conflict_and_not_retried(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         await g.upsert_dashboard(dashboard())
         await g.upsert_dashboard(dashboard())
         with pytest.raises(GrafanaConflictError) as caught:
@@ -533,12 +251,12 @@ async def test_version_mismatch_is_a_conflict_and_not_retried(fake: FakeGrafana)
     assert caught.value.status == "version-mismatch"
     assert caught.value.http_status == 412
     assert "overwrite=True" in str(caught.value)
-    assert len(fake.seen("POST", "/api/dashboards/db")) == 3
-    assert fake.seen("POST", "/api/dashboards/db")[-1].body["overwrite"] is False
+    assert len(fake_grafana.seen("POST", "/api/dashboards/db")) == 3
+    assert fake_grafana.seen("POST", "/api/dashboards/db")[-1].body["overwrite"] is False
 
 
-async def test_name_exists_is_a_conflict(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_name_exists_is_a_conflict(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         await g.upsert_dashboard(dashboard("Shared title", "one"))
         with pytest.raises(GrafanaConflictError) as caught:
             await g.upsert_dashboard(dashboard("Shared title", "two"), overwrite=False)
@@ -546,76 +264,76 @@ async def test_name_exists_is_a_conflict(fake: FakeGrafana) -> None:
     assert "another title or uid" in str(caught.value)
 
 
-async def test_409_from_newer_grafana_is_a_conflict(fake: FakeGrafana) -> None:
-    fake.script(
+async def test_409_from_newer_grafana_is_a_conflict(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script(
         "POST",
         "/api/dashboards/db",
         409,
         {"message": "The dashboard has been changed by someone else", "status": "version-mismatch"},
     )
-    async with client(fake) as g:
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaConflictError) as caught:
             await g.upsert_dashboard(dashboard())
     assert (caught.value.http_status, caught.value.status) == (409, "version-mismatch")
     assert "The dashboard has been changed by someone else" in str(caught.value)
 
 
-async def test_plugin_dashboard_conflict(fake: FakeGrafana) -> None:
-    fake.script(
+async def test_plugin_dashboard_conflict(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script(
         "POST",
         "/api/dashboards/db",
         412,
         {"message": "The dashboard belongs to plugin x", "status": "plugin-dashboard"},
     )
-    async with client(fake) as g:
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaConflictError, match="a plugin owns that dashboard"):
             await g.upsert_dashboard(dashboard())
 
 
 @pytest.mark.parametrize("status", [400, 422])
-async def test_invalid_request_is_a_bad_request(fake: FakeGrafana, status: int) -> None:
-    fake.script(
+async def test_invalid_request_is_a_bad_request(fake_grafana: FakeGrafana, status: int) -> None:
+    fake_grafana.script(
         "POST", "/api/dashboards/db", status, {"message": "bad request data", "status": "error"}
     )
-    async with client(fake) as g:
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaBadRequestError) as caught:
             await g.upsert_dashboard(dashboard())
     assert caught.value.http_status == status
     assert "bad request data" in str(caught.value)
-    assert len(fake.requests) == 2  # the folder lookup, then one POST: never retried
+    assert len(fake_grafana.requests) == 2  # the folder lookup, then one POST: never retried
 
 
-async def test_unknown_folder_is_a_bad_request(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_unknown_folder_is_a_bad_request(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaBadRequestError, match="folder not found"):
             await g.upsert_dashboard(dashboard(), folder_uid="nope")
 
 
 async def test_wrong_token_is_an_auth_error_without_the_token(
-    fake: FakeGrafana, caplog: pytest.LogCaptureFixture
+    fake_grafana: FakeGrafana, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG, logger="instrument")
     wrong = "glsa_WrongToken_5566778899"
-    async with GrafanaClient(fake.url, token=wrong) as g:
+    async with GrafanaClient(fake_grafana.url, token=wrong) as g:
         with pytest.raises(GrafanaAuthError) as caught:
             await g.upsert_dashboard(dashboard())
         shown = repr(g)
     assert caught.value.http_status == 401
     assert "service account token" in str(caught.value)
-    assert "(Authorization: ***)" in str(caught.value)  # the fake echoed the header
+    assert "(Authorization: ***)" in str(caught.value)  # the stand-in echoed the header
     assert wrong not in str(caught.value) + repr(caught.value) + shown + caplog.text
-    assert len(fake.requests) == 1  # 401 is final: never retried
+    assert len(fake_grafana.requests) == 1  # 401 is final: never retried
 
 
-async def test_missing_token_says_so(fake: FakeGrafana) -> None:
-    async with client(fake, token=None) as g:
+async def test_missing_token_says_so(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana, token=None) as g:
         with pytest.raises(GrafanaAuthError, match="no credentials were sent"):
             await g.search()
 
 
-async def test_token_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana) -> None:
-    fake.script("GET", "/api/search", 401, {"message": f"token {TOKEN} is expired"})
-    async with client(fake) as g:
+async def test_token_echoed_by_a_proxy_is_scrubbed(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script("GET", "/api/search", 401, {"message": f"token {TOKEN} is expired"})
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaAuthError) as caught:
             await g.search()
     assert TOKEN not in str(caught.value)
@@ -623,18 +341,20 @@ async def test_token_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana) -> None:
 
 
 @pytest.mark.parametrize("from_url", [False, True], ids=["basic_auth", "in-url"])
-async def test_basic_auth_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana, from_url: bool) -> None:
+async def test_basic_auth_echoed_by_a_proxy_is_scrubbed(
+    fake_grafana: FakeGrafana, from_url: bool
+) -> None:
     """The echoed header holds base64(user:password), not the password verbatim."""
     password = "Wr0ngPassw0rd"
     encoded = base64.b64encode(f"admin:{password}".encode()).decode()
     if from_url:
-        g = GrafanaClient(fake.url.replace("http://", f"http://admin:{password}@"))
+        g = GrafanaClient(fake_grafana.url.replace("http://", f"http://admin:{password}@"))
     else:
-        g = client(fake, token=None, basic_auth=("admin", password))
+        g = client(fake_grafana, token=None, basic_auth=("admin", password))
     async with g:
         with pytest.raises(GrafanaAuthError) as caught:
             await g.search()
-    (request,) = fake.requests
+    (request,) = fake_grafana.requests
     assert request.headers["Authorization"] == f"Basic {encoded}"
     text = str(caught.value)
     assert "(401: invalid API key (Authorization: ***))" in text
@@ -655,10 +375,10 @@ async def test_basic_auth_echoed_by_a_proxy_is_scrubbed(fake: FakeGrafana, from_
     ],
 )
 async def test_a_long_page_is_scrubbed_before_it_is_cut(
-    fake: FakeGrafana, status: int, before: str, error: type[GrafanaError]
+    fake_grafana: FakeGrafana, status: int, before: str, error: type[GrafanaError]
 ) -> None:
-    fake.script("GET", "/api/health", status, echo_page(before))
-    async with client(fake, retries=0) as g:
+    fake_grafana.script("GET", "/api/health", status, echo_page(before))
+    async with client(fake_grafana, retries=0) as g:
         with pytest.raises(error) as caught:
             await g.health()
     text = str(caught.value)
@@ -666,10 +386,10 @@ async def test_a_long_page_is_scrubbed_before_it_is_cut(
     assert TOKEN[:8] not in text and "Bearer" not in text
 
 
-async def test_an_html_error_page_is_one_line(fake: FakeGrafana) -> None:
-    fake.script("GET", "/api/health", 502, NGINX_502)
-    fake.script("GET", "/api/health", 504, "<p>Gateway\r\n\tTime-out &amp; more</p>\n" * 40)
-    async with client(fake, retries=0) as g:
+async def test_an_html_error_page_is_one_line(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script("GET", "/api/health", 502, NGINX_502)
+    fake_grafana.script("GET", "/api/health", 504, "<p>Gateway\r\n\tTime-out &amp; more</p>\n" * 40)
+    async with client(fake_grafana, retries=0) as g:
         with pytest.raises(GrafanaServerError) as bad_gateway:
             await g.health()
         with pytest.raises(GrafanaServerError) as timed_out:
@@ -685,8 +405,8 @@ async def test_an_html_error_page_is_one_line(fake: FakeGrafana) -> None:
         assert message.isprintable() and "<" not in message and "  " not in message
 
 
-async def test_viewer_token_is_forbidden(fake: FakeGrafana) -> None:
-    async with client(fake, token=VIEWER_TOKEN) as g:
+async def test_viewer_token_is_forbidden(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana, token=VIEWER_TOKEN) as g:
         with pytest.raises(GrafanaAuthError) as caught:
             await g.upsert_dashboard(dashboard())
     assert caught.value.http_status == 403
@@ -695,49 +415,51 @@ async def test_viewer_token_is_forbidden(fake: FakeGrafana) -> None:
     assert "(Authorization: ***)" in str(caught.value)
 
 
-async def test_not_json_says_check_the_url(fake: FakeGrafana) -> None:
-    fake.script("GET", "/api/health", "html")  # e.g. a login page behind a proxy
-    async with client(fake) as g:
+async def test_not_json_says_check_the_url(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script("GET", "/api/health", "html")  # e.g. a login page behind a proxy
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaError, match="is not JSON") as caught:
             await g.health()
     assert "is this URL a Grafana server" in str(caught.value)
 
 
-async def test_a_sub_path_that_is_not_grafana_is_not_found(fake: FakeGrafana) -> None:
-    async with GrafanaClient(fake.url + "/not-grafana/", token=TOKEN) as g:
+async def test_a_sub_path_that_is_not_grafana_is_not_found(fake_grafana: FakeGrafana) -> None:
+    async with GrafanaClient(fake_grafana.url + "/not-grafana/", token=TOKEN) as g:
         with pytest.raises(GrafanaNotFoundError, match="sub-path"):
             await g.get_dashboard("x")
-    assert fake.requests[0].path == "/not-grafana/api/dashboards/uid/x"
+    assert fake_grafana.requests[0].path == "/not-grafana/api/dashboards/uid/x"
 
 
 # -- retries -------------------------------------------------------------------------------
 
 
 async def test_5xx_then_success_is_retried_with_growing_backoff(
-    fake: FakeGrafana, sleeps: list[float]
+    fake_grafana: FakeGrafana, sleeps: list[float]
 ) -> None:
-    fake.script("GET", "/api/health", 502, {"message": "Bad Gateway"})
-    fake.script("GET", "/api/health", 500, {"message": "Internal Server Error"})
-    async with client(fake) as g:
+    fake_grafana.script("GET", "/api/health", 502, {"message": "Bad Gateway"})
+    fake_grafana.script("GET", "/api/health", 500, {"message": "Internal Server Error"})
+    async with client(fake_grafana) as g:
         health = await g.health()
     assert health["database"] == "ok"
-    assert len(fake.seen("GET", "/api/health")) == 3
+    assert len(fake_grafana.seen("GET", "/api/health")) == 3
     assert len(sleeps) == 2
     # base 0.5 s doubling, jittered down to half at most
     assert 0.25 <= sleeps[0] <= 0.5 and 0.5 <= sleeps[1] <= 1.0
 
 
-async def test_5xx_on_upsert_then_success(fake: FakeGrafana) -> None:
-    fake.script("POST", "/api/dashboards/db", 500, {"message": "database is locked"})
-    async with client(fake) as g:
+async def test_5xx_on_upsert_then_success(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script("POST", "/api/dashboards/db", 500, {"message": "database is locked"})
+    async with client(fake_grafana) as g:
         result = await g.upsert_dashboard(dashboard())
     assert result.version == 1
-    assert len(fake.seen("POST", "/api/dashboards/db")) == 2
+    assert len(fake_grafana.seen("POST", "/api/dashboards/db")) == 2
 
 
-async def test_5xx_that_persists_is_a_server_error(fake: FakeGrafana, sleeps: list[float]) -> None:
-    fake.script("GET", "/api/health", 503, {"commit": "x", "database": "failing"}, times=4)
-    async with client(fake, retries=3) as g:
+async def test_5xx_that_persists_is_a_server_error(
+    fake_grafana: FakeGrafana, sleeps: list[float]
+) -> None:
+    fake_grafana.script("GET", "/api/health", 503, {"commit": "x", "database": "failing"}, times=4)
+    async with client(fake_grafana, retries=3) as g:
         with pytest.raises(GrafanaServerError) as caught:
             await g.health()
     assert caught.value.http_status == 503
@@ -745,47 +467,55 @@ async def test_5xx_that_persists_is_a_server_error(fake: FakeGrafana, sleeps: li
     assert len(sleeps) == 3
 
 
-async def test_5xx_on_a_create_that_may_have_happened_is_not_retried(fake: FakeGrafana) -> None:
-    fake.script("POST", "/api/dashboards/db", 500, {"message": "timeout writing"})
-    async with client(fake) as g:
+async def test_5xx_on_a_create_that_may_have_happened_is_not_retried(
+    fake_grafana: FakeGrafana,
+) -> None:
+    fake_grafana.script("POST", "/api/dashboards/db", 500, {"message": "timeout writing"})
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaServerError, match="after 1 attempt;"):
             await g.upsert_dashboard(dashboard(), overwrite=False)
-    assert len(fake.seen("POST", "/api/dashboards/db")) == 1
+    assert len(fake_grafana.seen("POST", "/api/dashboards/db")) == 1
 
 
-async def test_503_on_a_create_is_retried(fake: FakeGrafana) -> None:
-    fake.script("POST", "/api/dashboards/db", 503, {"message": "Service Unavailable"})
-    async with client(fake) as g:
+async def test_503_on_a_create_is_retried(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script("POST", "/api/dashboards/db", 503, {"message": "Service Unavailable"})
+    async with client(fake_grafana) as g:
         result = await g.upsert_dashboard(dashboard(), overwrite=False)
     assert result.version == 1
 
 
-async def test_429_waits_as_retry_after_says(fake: FakeGrafana, sleeps: list[float]) -> None:
-    fake.script("GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": "7"})
+async def test_429_waits_as_retry_after_says(
+    fake_grafana: FakeGrafana, sleeps: list[float]
+) -> None:
+    fake_grafana.script(
+        "GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": "7"}
+    )
     http_date = format_datetime(datetime.now(UTC) + timedelta(seconds=30), usegmt=True)
-    fake.script(
+    fake_grafana.script(
         "GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": http_date}
     )
-    async with client(fake) as g:
+    async with client(fake_grafana) as g:
         assert await g.search() == []
     assert sleeps[0] == 7.0
     assert 25 <= sleeps[1] <= 30
-    assert len(fake.seen("GET", "/api/search")) == 3
+    assert len(fake_grafana.seen("GET", "/api/search")) == 3
 
 
-async def test_429_on_a_create_is_retried(fake: FakeGrafana, sleeps: list[float]) -> None:
-    fake.script("POST", "/api/dashboards/db", 429, {"message": "slow down"}, {"Retry-After": "2"})
-    async with client(fake) as g:
+async def test_429_on_a_create_is_retried(fake_grafana: FakeGrafana, sleeps: list[float]) -> None:
+    fake_grafana.script(
+        "POST", "/api/dashboards/db", 429, {"message": "slow down"}, {"Retry-After": "2"}
+    )
+    async with client(fake_grafana) as g:
         result = await g.upsert_dashboard(dashboard(), overwrite=False)
     assert result.version == 1
     assert sleeps == [2.0]
 
 
-async def test_429_that_persists_is_unavailable(fake: FakeGrafana) -> None:
-    fake.script(
+async def test_429_that_persists_is_unavailable(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script(
         "GET", "/api/search", 429, {"message": "Too many requests"}, {"Retry-After": "1"}, times=3
     )
-    async with client(fake, retries=2) as g:
+    async with client(fake_grafana, retries=2) as g:
         with pytest.raises(GrafanaUnavailableError) as caught:
             await g.search()
     assert caught.value.http_status == 429
@@ -793,32 +523,34 @@ async def test_429_that_persists_is_unavailable(fake: FakeGrafana) -> None:
 
 
 async def test_429_asking_for_a_long_wait_is_not_waited_out(
-    fake: FakeGrafana, sleeps: list[float]
+    fake_grafana: FakeGrafana, sleeps: list[float]
 ) -> None:
-    fake.script("GET", "/api/search", 429, {"message": "quota"}, {"Retry-After": "3600"})
-    async with client(fake) as g:
+    fake_grafana.script("GET", "/api/search", 429, {"message": "quota"}, {"Retry-After": "3600"})
+    async with client(fake_grafana) as g:
         with pytest.raises(GrafanaUnavailableError, match="asks to wait 3600 s"):
             await g.search()
     assert sleeps == []
 
 
-async def test_hang_past_the_timeout_is_unavailable(fake: FakeGrafana, sleeps: list[float]) -> None:
-    fake.script("GET", "/api/health", "hang", times=2)
-    async with client(fake, timeout=0.2, retries=1) as g:
+async def test_hang_past_the_timeout_is_unavailable(
+    fake_grafana: FakeGrafana, sleeps: list[float]
+) -> None:
+    fake_grafana.script("GET", "/api/health", "hang", times=2)
+    async with client(fake_grafana, timeout=0.2, retries=1) as g:
         with pytest.raises(GrafanaUnavailableError) as caught:
             await g.health()
     assert caught.value.http_status is None
     assert "did not answer GET /api/health within 0.2 s" in str(caught.value)
-    assert len(fake.seen("GET", "/api/health")) == 2
+    assert len(fake_grafana.seen("GET", "/api/health")) == 2
     assert len(sleeps) == 1
 
 
-async def test_hang_on_a_create_is_not_repeated(fake: FakeGrafana) -> None:
-    fake.script("POST", "/api/dashboards/db", "hang")
-    async with client(fake, timeout=0.2) as g:
+async def test_hang_on_a_create_is_not_repeated(fake_grafana: FakeGrafana) -> None:
+    fake_grafana.script("POST", "/api/dashboards/db", "hang")
+    async with client(fake_grafana, timeout=0.2) as g:
         with pytest.raises(GrafanaUnavailableError, match="raise timeout="):
             await g.upsert_dashboard(dashboard(), overwrite=False)
-    assert len(fake.seen("POST", "/api/dashboards/db")) == 1
+    assert len(fake_grafana.seen("POST", "/api/dashboards/db")) == 1
 
 
 async def test_refused_connection_is_retried_then_unavailable(sleeps: list[float]) -> None:
@@ -892,9 +624,9 @@ async def test_a_private_ca_or_no_verification(
 
 
 async def test_https_to_a_plain_http_server_is_not_retried(
-    fake: FakeGrafana, sleeps: list[float]
+    fake_grafana: FakeGrafana, sleeps: list[float]
 ) -> None:
-    async with client(fake, url=fake.url.replace("http://", "https://")) as g:
+    async with client(fake_grafana, url=fake_grafana.url.replace("http://", "https://")) as g:
         with pytest.raises(GrafanaUnavailableError, match="the TLS handshake with Grafana"):
             await g.health()
     assert sleeps == []
@@ -913,11 +645,14 @@ def test_a_ca_file_that_cannot_be_read(tmp_path: Path) -> None:
 # -- the client object ---------------------------------------------------------------------
 
 
-async def test_a_token_read_with_a_trailing_newline_works(fake: FakeGrafana) -> None:
-    async with client(fake, token=f"  {TOKEN}\n") as g:
+async def test_a_token_read_with_a_trailing_newline_works(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana, token=f"  {TOKEN}\n") as g:
         result = await g.upsert_dashboard(dashboard())
     assert result.version == 1
-    assert fake.seen("POST", "/api/dashboards/db")[0].headers["Authorization"] == f"Bearer {TOKEN}"
+    assert (
+        fake_grafana.seen("POST", "/api/dashboards/db")[0].headers["Authorization"]
+        == f"Bearer {TOKEN}"
+    )
 
 
 @pytest.mark.parametrize(
@@ -938,7 +673,7 @@ def test_a_credential_with_a_control_character_is_refused_unshown(kwargs: dict[s
     assert "SECRETPART" not in str(caught.value)
 
 
-async def test_one_session_is_reused_and_a_given_one_left_open(fake: FakeGrafana) -> None:
+async def test_one_session_is_reused_and_a_given_one_left_open(fake_grafana: FakeGrafana) -> None:
     connections = 0
 
     async def on_create(*_: Any) -> None:
@@ -948,17 +683,17 @@ async def test_one_session_is_reused_and_a_given_one_left_open(fake: FakeGrafana
     trace = aiohttp.TraceConfig()
     trace.on_connection_create_end.append(on_create)
     async with aiohttp.ClientSession(trace_configs=[trace]) as session:
-        async with client(fake, session=session) as g:
+        async with client(fake_grafana, session=session) as g:
             for _ in range(5):
                 await g.health()
             await g.upsert_dashboard(dashboard())
         assert not session.closed
     assert connections == 1
-    assert len(fake.requests) == 7
+    assert len(fake_grafana.requests) == 7
 
 
-async def test_own_session_is_closed_on_exit(fake: FakeGrafana) -> None:
-    g = client(fake)
+async def test_own_session_is_closed_on_exit(fake_grafana: FakeGrafana) -> None:
+    g = client(fake_grafana)
     async with g:
         await g.health()
         session = g._session
@@ -1001,11 +736,11 @@ def test_bad_options_are_rejected(kwargs: dict[str, Any]) -> None:
         GrafanaClient("http://127.0.0.1:3000", **kwargs)
 
 
-async def test_dashboard_uid_longer_than_grafana_allows(fake: FakeGrafana) -> None:
-    async with client(fake) as g:
+async def test_dashboard_uid_longer_than_grafana_allows(fake_grafana: FakeGrafana) -> None:
+    async with client(fake_grafana) as g:
         with pytest.raises(ValueError, match="1 to 40 characters"):
             await g.upsert_dashboard(dashboard(uid="x" * 41))
-    assert fake.requests == []
+    assert fake_grafana.requests == []
 
 
 def test_errors_are_one_family() -> None:
@@ -1024,23 +759,25 @@ def test_errors_are_one_family() -> None:
 # -- the original entry point and the CLI --------------------------------------------------
 
 
-async def test_grafana_integration_creates_the_generated_dashboard(fake: FakeGrafana) -> None:
-    integration = GrafanaIntegration(fake.url + "/", TOKEN)
+async def test_grafana_integration_creates_the_generated_dashboard(
+    fake_grafana: FakeGrafana,
+) -> None:
+    integration = GrafanaIntegration(fake_grafana.url + "/", TOKEN)
     url = await integration.create_codomyrmex_dashboard()
-    assert url == f"{fake.url}/d/codomyrmex-analytics/codomyrmex-analytics"
-    stored = fake.dashboards["codomyrmex-analytics"]["dashboard"]
+    assert url == f"{fake_grafana.url}/d/codomyrmex-analytics/codomyrmex-analytics"
+    stored = fake_grafana.dashboards["codomyrmex-analytics"]["dashboard"]
     expected = build_dashboard("codomyrmex")
     assert stored["panels"] == expected["panels"]
     assert all(panel["type"] != "graph" for panel in stored["panels"])
     assert TOKEN not in repr(integration)
     # Twice is an update, not a failure.
     assert await integration.create_codomyrmex_dashboard() == url
-    assert fake.dashboards["codomyrmex-analytics"]["version"] == 2
+    assert fake_grafana.dashboards["codomyrmex-analytics"]["version"] == 2
 
 
-async def test_grafana_integration_failure_is_a_grafana_error(fake: FakeGrafana) -> None:
+async def test_grafana_integration_failure_is_a_grafana_error(fake_grafana: FakeGrafana) -> None:
     with pytest.raises(GrafanaAuthError):
-        await GrafanaIntegration(fake.url, "wrong").create_codomyrmex_dashboard()
+        await GrafanaIntegration(fake_grafana.url, "wrong").create_codomyrmex_dashboard()
 
 
 @pytest.fixture
@@ -1051,27 +788,27 @@ def grafana_env(monkeypatch: pytest.MonkeyPatch) -> pytest.MonkeyPatch:
 
 
 def test_cli_apply_upserts_the_dashboard(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
-    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 0
+    assert main(["dashboard", "--apply", "--grafana-url", fake_grafana.url]) == 0
     out = capsys.readouterr().out
     assert out == (
         "dashboard 'codomyrmex-analytics' saved in Grafana, version 1: "
-        f"{fake.url}/d/codomyrmex-analytics/codomyrmex-analytics\n"
+        f"{fake_grafana.url}/d/codomyrmex-analytics/codomyrmex-analytics\n"
     )
-    stored = fake.dashboards["codomyrmex-analytics"]
+    stored = fake_grafana.dashboards["codomyrmex-analytics"]
     assert stored["dashboard"]["panels"] == build_dashboard("codomyrmex")["panels"]
     assert stored["message"] == "saved by instrument dashboard"
 
 
 def test_cli_apply_reads_grafana_url_and_api_key(
-    fake: FakeGrafana,
+    fake_grafana: FakeGrafana,
     grafana_env: pytest.MonkeyPatch,
     capsys: pytest.CaptureFixture[str],
     tmp_path: Any,
 ) -> None:
-    grafana_env.setenv("GRAFANA_URL", fake.url)
+    grafana_env.setenv("GRAFANA_URL", fake_grafana.url)
     grafana_env.setenv("GRAFANA_API_KEY", TOKEN)
     grafana_env.setenv("INSTRUMENT_NAMESPACE", "myapp")
     output = tmp_path / "dashboard.json"
@@ -1080,8 +817,11 @@ def test_cli_apply_reads_grafana_url_and_api_key(
     assert "version 1" in capsys.readouterr().out
     written = json.loads(output.read_text())
     assert written == build_dashboard("myapp", uid="myapp")
-    assert fake.seen("POST", "/api/dashboards/db")[0].headers["Authorization"] == f"Bearer {TOKEN}"
-    assert "myapp_analyses_total" in json.dumps(fake.dashboards["myapp"]["dashboard"])
+    assert (
+        fake_grafana.seen("POST", "/api/dashboards/db")[0].headers["Authorization"]
+        == f"Bearer {TOKEN}"
+    )
+    assert "myapp_analyses_total" in json.dumps(fake_grafana.dashboards["myapp"]["dashboard"])
 
 
 @pytest.mark.parametrize(
@@ -1130,11 +870,11 @@ def test_cli_apply_unreachable_grafana(
 
 
 def test_cli_apply_proxy_error_page_is_one_line(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
-    fake.script("GET", "/api/dashboards/uid/codomyrmex-analytics", 502, NGINX_502, times=4)
-    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
+    fake_grafana.script("GET", "/api/dashboards/uid/codomyrmex-analytics", 502, NGINX_502, times=4)
+    assert main(["dashboard", "--apply", "--grafana-url", fake_grafana.url]) == 1
     err = capsys.readouterr().err
     assert err.startswith("instrument: error: the proxy in front of Grafana at ")
     assert "with 502: 502 Bad Gateway nginx/1.22.1 after 4 attempts:" in err
@@ -1142,36 +882,36 @@ def test_cli_apply_proxy_error_page_is_one_line(
 
 
 def test_cli_apply_token_with_a_newline_inside(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grafana_env.setenv("GRAFANA_TOKEN", "glsa_abc\ndef_SECRETPART")
-    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
+    assert main(["dashboard", "--apply", "--grafana-url", fake_grafana.url]) == 1
     err = capsys.readouterr().err
     assert err == (
         "instrument: error: GRAFANA_TOKEN contains a control character; check how the secret "
         "is read\n"
     )
-    assert fake.requests == []
+    assert fake_grafana.requests == []
 
 
 def test_cli_apply_auth_refused(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    code = main(["dashboard", "--apply", "--grafana-url", fake.url])
+    code = main(["dashboard", "--apply", "--grafana-url", fake_grafana.url])
     err = capsys.readouterr().err
     assert code == 1
     assert err == (
-        f"instrument: error: Grafana at {fake.url} refused GET "
+        f"instrument: error: Grafana at {fake_grafana.url} refused GET "
         "/api/dashboards/uid/codomyrmex-analytics (401: invalid API key): no credentials were "
         "sent; set GRAFANA_TOKEN (or GRAFANA_API_KEY) to a service account token\n"
     )
 
     grafana_env.setenv("GRAFANA_TOKEN", "glsa_stale_token_000")
-    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 1
+    assert main(["dashboard", "--apply", "--grafana-url", fake_grafana.url]) == 1
     err = capsys.readouterr().err
     assert "check the service account token" in err
     assert "glsa_stale_token_000" not in err
-    assert fake.dashboards == {}
+    assert fake_grafana.dashboards == {}
 
 
 # -- the errors in httpx's shape: a transport error, a status error carrying the status --------
@@ -1232,15 +972,15 @@ async def test_an_answer_cut_midway_is_a_transport_error(sleeps: list[float]) ->
 
 @pytest.mark.parametrize("how", ["refused", "hang", "tls to plain http"])
 async def test_no_answer_is_a_transport_error(
-    fake: FakeGrafana, sleeps: list[float], how: str
+    fake_grafana: FakeGrafana, sleeps: list[float], how: str
 ) -> None:
     url = {
         "refused": f"http://127.0.0.1:{closed_port()}",
-        "hang": fake.url,
-        "tls to plain http": fake.url.replace("http://", "https://"),
+        "hang": fake_grafana.url,
+        "tls to plain http": fake_grafana.url.replace("http://", "https://"),
     }[how]
-    fake.script("GET", "/api/health", "hang", times=2)
-    async with client(fake, url=url, timeout=0.2, retries=1) as g:
+    fake_grafana.script("GET", "/api/health", "hang", times=2)
+    async with client(fake_grafana, url=url, timeout=0.2, retries=1) as g:
         with pytest.raises(GrafanaTransportError) as caught:
             await g.health()
     assert caught.value.http_status is None
@@ -1248,14 +988,18 @@ async def test_no_answer_is_a_transport_error(
 
 
 async def test_come_back_later_carries_the_wait_asked_for(
-    fake: FakeGrafana, sleeps: list[float]
+    fake_grafana: FakeGrafana, sleeps: list[float]
 ) -> None:
-    fake.script("GET", "/api/search", 429, {"message": "slow"}, {"Retry-After": "2"}, times=2)
-    async with client(fake, retries=1) as g:
+    fake_grafana.script(
+        "GET", "/api/search", 429, {"message": "slow"}, {"Retry-After": "2"}, times=2
+    )
+    async with client(fake_grafana, retries=1) as g:
         with pytest.raises(GrafanaRetryLaterError) as caught:
             await g.search()
         assert (caught.value.http_status, caught.value.retry_after, sleeps) == (429, 2.0, [2.0])
-        fake.script("GET", "/api/search", 503, {"message": "maintenance"}, {"Retry-After": "7200"})
+        fake_grafana.script(
+            "GET", "/api/search", 503, {"message": "maintenance"}, {"Retry-After": "7200"}
+        )
         with pytest.raises(GrafanaRetryLaterError, match="asks to wait 7200 s") as caught:
             await g.search()
         assert (caught.value.http_status, caught.value.retry_after) == (503, 7200.0)
@@ -1288,15 +1032,15 @@ def expected_error(status: int, grafana_shaped: bool) -> type[GrafanaError]:
     detail=st.text(max_size=20),
 )
 def test_every_refusing_answer_is_a_status_error_carrying_its_status(
-    fake: FakeGrafana, status: int, grafana_shaped: bool, detail: str
+    fake_grafana: FakeGrafana, status: int, grafana_shaped: bool, detail: str
 ) -> None:
     # The answer echoes the token, as some proxies do: no error text may show it.
     said = f"{detail} (Authorization: Bearer {TOKEN})"
     body: Any = {"message": said} if grafana_shaped else f"<p>{said}</p>"
-    fake.script("GET", "/api/search", status, body)
+    fake_grafana.script("GET", "/api/search", status, body)
 
     async def search() -> None:
-        async with client(fake, retries=0) as g:
+        async with client(fake_grafana, retries=0) as g:
             await g.search()
 
     with pytest.raises(GrafanaError) as caught:
@@ -1306,7 +1050,7 @@ def test_every_refusing_answer_is_a_status_error_carrying_its_status(
     assert not isinstance(error, GrafanaTransportError)
     if isinstance(error, GrafanaStatusError):
         assert error.http_status == status
-    assert TOKEN not in str(error) and fake.scripted == []
+    assert TOKEN not in str(error) and fake_grafana.scripted == []
 
 
 # -- wave 4: a success answer echoing the credentials is scrubbed ---------------------------------
@@ -1326,24 +1070,24 @@ def echoing_answer(seen: Any) -> dict[str, Any]:
 
 
 async def test_a_success_answer_echoing_the_token_is_scrubbed(
-    fake: FakeGrafana, caplog: pytest.LogCaptureFixture
+    fake_grafana: FakeGrafana, caplog: pytest.LogCaptureFixture
 ) -> None:
-    fake.script("POST", "/api/dashboards/db", 200, echoing_answer)
+    fake_grafana.script("POST", "/api/dashboards/db", 200, echoing_answer)
     with caplog.at_level(logging.DEBUG, logger="instrument"):
-        async with client(fake) as g:
+        async with client(fake_grafana) as g:
             result = await g.upsert_dashboard(dashboard())
     assert result.uid == "codomyrmex-analytics" and result.version == 1
-    assert result.url.startswith(f"{fake.url}/d/codomyrmex-analytics/s?note=")
+    assert result.url.startswith(f"{fake_grafana.url}/d/codomyrmex-analytics/s?note=")
     assert TOKEN not in result.url and "***" in result.url
     assert TOKEN not in caplog.text
 
 
 def test_the_cli_never_prints_a_token_grafana_echoed_in_its_answer(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
     grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
-    fake.script("POST", "/api/dashboards/db", 200, echoing_answer)
-    assert main(["dashboard", "--apply", "--grafana-url", fake.url]) == 0
+    fake_grafana.script("POST", "/api/dashboards/db", 200, echoing_answer)
+    assert main(["dashboard", "--apply", "--grafana-url", fake_grafana.url]) == 0
     captured = capsys.readouterr()
     assert "saved in Grafana, version 1" in captured.out
     assert TOKEN not in captured.out + captured.err

@@ -12,8 +12,11 @@ import pytest
 from instrument.cli import main
 from instrument.demo import quantile_of_buckets, tour
 
-from .servers import Pushgateway, free_port
-from .test_grafana import TOKEN, FakeGrafana
+from ..fake_grafana import TOKEN, FakeGrafana
+from ..servers import Pushgateway, free_port
+
+# Most tests run the command in a child process, as a user does.
+pytestmark = pytest.mark.subprocess
 
 SAMPLE = '''
 def documented(x):
@@ -94,18 +97,17 @@ def test_demo_bad_input_is_one_line(
 
 
 def test_demo_applies_the_dashboard_to_grafana(
-    project: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    project: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
+    fake_grafana: FakeGrafana,
 ) -> None:
-    grafana = FakeGrafana().start()
-    try:
-        monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
-        assert main(["demo", str(project), "--quiet", "--grafana-url", grafana.url]) == 0
-        assert "dashboard 'codomyrmex-analytics' saved in Grafana" in capsys.readouterr().out
-        saved = grafana.seen("POST", "/api/dashboards/db")
-        assert len(saved) == 1
-        assert saved[0].body["dashboard"]["uid"] == "codomyrmex-analytics"
-    finally:
-        grafana.stop()
+    monkeypatch.setenv("GRAFANA_TOKEN", TOKEN)
+    assert main(["demo", str(project), "--quiet", "--grafana-url", fake_grafana.url]) == 0
+    assert "dashboard 'codomyrmex-analytics' saved in Grafana" in capsys.readouterr().out
+    saved = fake_grafana.seen("POST", "/api/dashboards/db")
+    assert len(saved) == 1
+    assert saved[0].body["dashboard"]["uid"] == "codomyrmex-analytics"
 
 
 def test_demo_serve_keeps_metrics_up_until_interrupted(

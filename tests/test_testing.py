@@ -5,6 +5,8 @@ from __future__ import annotations
 import contextlib
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation, get_instrumentation, monitored_analysis
@@ -124,3 +126,21 @@ def test_a_namespace_that_starts_a_metric_name_is_still_added(namespace: str) ->
         labels = {"provider": "openai", "model": "gpt-4o", "status": "success"}
         assert sample_value(inst, "ai_api_calls_total", labels) == 1
         assert sample_value(inst, f"{namespace}_ai_api_calls_total", labels) == 1
+
+
+@settings(max_examples=40, deadline=None)
+@given(namespace=st.from_regex(r"[a-zA-Z_][a-zA-Z0-9_]{0,12}", fullmatch=True))
+def test_every_sample_reads_back_by_its_short_and_its_full_name(namespace: str) -> None:
+    """Whatever the namespace (one that starts a metric's own name included), each sample
+    the toolkit exposes is found under both spellings, and assert_sample agrees."""
+    with isolated_instrumentation(namespace=namespace, as_default=False) as inst:
+        inst.record_analysis("static_analysis", "codebase", 0.5)
+        inst.record_quality_score("shop", "static_analysis", 80.0)
+        inst.record_ai_api_call("openai", "gpt-4o", input_tokens=3, output_tokens=2)
+        exposed = [s for family in inst.registry.collect() for s in family.samples]
+        assert exposed
+        for found in exposed:
+            short = found.name.removeprefix(f"{namespace}_")
+            assert sample_value(inst, short, found.labels) == found.value, short
+            assert sample_value(inst, found.name, found.labels) == found.value, found.name
+            assert_sample(inst, short, found.labels, found.value)

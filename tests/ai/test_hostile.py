@@ -7,7 +7,7 @@ type, streams abandoned, closed, shared between threads, read after the call end
 property tests over usage dicts. Every value is read back from the registry.
 
 The fakes have the SDKs' shapes (attribute names, methods, protocols), not their classes:
-the real SDKs are driven against a local server in test_sdk_matrix.py.
+the real SDKs are driven against a local server in test_sdk_matrix.py (this directory).
 """
 
 from __future__ import annotations
@@ -33,22 +33,28 @@ from instrument import ai as ai_module
 from instrument.ai import record_abandoned_streams
 from instrument.usage import MAX_TOKENS, carries_content
 
-from .ai_fakes import (
+from ..ai_fakes import (
     FakeAsyncStream,
     FakeStream,
     RateLimitError,
     anthropic_events,
     anthropic_message,
     as_object,
-    calls,
     openai_chat,
     openai_chat_chunks,
     openai_response_events,
+)
+from ..support import (
+    FakeClock,
+    active,
+    ai_duration,
+    ai_errors,
+    calls,
+    in_threads,
     sample,
     token_counts,
+    ttft,
 )
-from .test_ai import Clock, active, duration, errors, ttft
-from .test_ai import clock as clock  # a fixture
 
 
 def missing(registry: CollectorRegistry, provider: str, model: str) -> float | None:
@@ -134,9 +140,9 @@ def test_a_response_that_raises_when_read_ends_the_job_and_is_counted(
     for _ in range(3):
         assert ask() is response
     label = model or "unknown"
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
     assert calls(registry, "openai", label) == {"success": 3}
-    assert duration(registry, "openai", label)[0] == 3
+    assert ai_duration(registry, "openai", label)[0] == 3
     assert missing(registry, "openai", label) == 3
     # Once per provider and model, naming the type, not once per call.
     (warning,) = warnings_of(caplog)
@@ -160,7 +166,7 @@ def test_a_raising_response_in_a_with_block_and_an_async_call(
     assert calls(registry, "anthropic", "claude") == {"success": 2}
     assert token_counts(registry, "anthropic", "claude") == {"input": 4, "output": 2}
     assert missing(registry, "anthropic", "claude") == 1  # the with-block had usage
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
     (warning,) = warnings_of(caplog)  # one for the provider and model, whatever went wrong
     assert "anthropic/claude: reading RaisingMapping raised ConnectionError" in warning
 
@@ -185,7 +191,7 @@ def test_stream_chunks_that_raise_on_every_access_pass_through_untouched(
     # attributes raise too, but as absent fields: it has no usage, which is no failure.)
     (warning,) = warnings_of(caplog)
     assert "reading RaisingMapping raised ConnectionError; its usage is not read" in warning
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 def test_a_raising_chunk_from_a_generator_function(
@@ -270,7 +276,7 @@ class BothProtocols:
 
 
 def test_a_sync_for_over_a_stream_that_is_also_async_is_watched(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     """Regression (issue 11 defect 1): ``for`` bypassed the async-only proxy, the call was
     recorded as cancelled at collection, with 0 tokens and no TTFT."""
@@ -291,7 +297,7 @@ def test_a_sync_for_over_a_stream_that_is_also_async_is_watched(
     assert calls(registry, "litellm", "gpt-4o") == {"success": 1}
     assert token_counts(registry, "litellm", "gpt-4o") == {"input": 9, "output": 3}
     assert ttft(registry, "litellm", "gpt-4o") == (1, 0.75)  # the role chunk came first
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 async def test_an_async_for_over_the_same_kind_of_stream(
@@ -307,7 +313,7 @@ async def test_an_async_for_over_the_same_kind_of_stream(
     assert stream.closed
     assert calls(registry, "litellm", "gpt-4o") == {"success": 1, "cancelled": 1}
     assert token_counts(registry, "litellm", "gpt-4o") == {"input": 9, "output": 3}
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 async def test_both_protocols_used_on_one_object_count_once(
@@ -381,12 +387,12 @@ def test_a_raw_response_whose_body_is_a_stream(
 
     handed = ask()
     assert handed.headers == {"x-request-id": "r1"}
-    assert active(registry) == 1  # the stream has not been read yet
+    assert active(registry, "ai_call") == 1  # the stream has not been read yet
     assert len(list(handed.parse())) == 6
     assert calls(registry, "openai", "gpt-4o") == {"success": 1}
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 6, "output": 3}
     assert ttft(registry, "openai", "gpt-4o")[0] == 1
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 def test_a_raw_response_whose_parse_fails(
@@ -420,7 +426,7 @@ def chat_helper_events(prompt: int, completion: int) -> list[Any]:
 
 
 def test_usage_of_the_openai_stream_helper_is_at_event_chunk_usage(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     """Regression (issue 11 defect 3)."""
     events = chat_helper_events(11, 3)
@@ -514,7 +520,7 @@ EVENT_TOKENS = {"input": 175, "output": 40, "cache_read": 100, "cache_creation":
 
 
 def test_text_stream_after_record_response_keeps_tokens_and_ttft(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     """Regression (issue 11 defect 4): text_stream read the events past the proxy."""
     with inst.track_ai_call("anthropic", "claude") as call:
@@ -532,7 +538,7 @@ def test_text_stream_after_record_response_keeps_tokens_and_ttft(
 
 
 def test_a_returned_manager_is_tracked_from_the_callers_with(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     """Regression (issue 11 defect 4): recorded as a success when returned, before any
     request was sent."""
@@ -544,7 +550,7 @@ def test_a_returned_manager_is_tracked_from_the_callers_with(
 
     handed = ask()
     assert isinstance(handed, MessageStreamManager)
-    assert active(registry) == 1
+    assert active(registry, "ai_call") == 1
     assert calls(registry, "anthropic", "claude") == {}
     clock.advance(5.0)  # before the caller enters: no request yet, not part of the call
     with handed as stream:
@@ -559,8 +565,8 @@ def test_a_returned_manager_is_tracked_from_the_callers_with(
     assert stream.closed
     assert token_counts(registry, "anthropic", "claude") == EVENT_TOKENS
     assert ttft(registry, "anthropic", "claude") == (1, 0.5)
-    assert duration(registry, "anthropic", "claude") == (1, 1.0)  # from the with, not the call
-    assert active(registry) == 0
+    assert ai_duration(registry, "anthropic", "claude") == (1, 1.0)  # from the with, not the call
+    assert active(registry, "ai_call") == 0
 
 
 def test_a_returned_manager_iterated_as_events_or_read_to_its_final_message(
@@ -599,9 +605,9 @@ def test_a_manager_whose_enter_fails_is_the_calls_error(
         pass
     assert raised.value is error
     assert calls(registry, "anthropic", "claude") == {"error": 1}
-    assert errors(registry, "anthropic", "claude", "RateLimitError", "429") == 1
+    assert ai_errors(registry, "anthropic", "claude", "RateLimitError", "429") == 1
     assert missing(registry, "anthropic", "claude") == 0  # an error is not a missing usage
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 def test_a_manager_never_entered_is_cancelled_when_collected(
@@ -616,7 +622,7 @@ def test_a_manager_never_entered_is_cancelled_when_collected(
     gc.collect()
     record_abandoned_streams()
     assert calls(registry, "anthropic", "claude") == {"cancelled": 1}
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 async def test_an_async_manager(inst: Instrumentation, registry: CollectorRegistry) -> None:
@@ -727,7 +733,7 @@ def test_a_closable_or_iterable_context_manager_is_a_plain_result(
 def test_ttft_is_the_first_chunk_with_generated_content(
     inst: Instrumentation,
     registry: CollectorRegistry,
-    clock: Clock,
+    clock: FakeClock,
     chunks: list[Any],
     first: int,
     form: str,
@@ -914,15 +920,11 @@ def test_a_stream_read_from_two_threads_counts_each_chunk_once(
     def drain() -> None:
         seen.append(sum(1 for _ in stream))
 
-    threads = [threading.Thread(target=drain) for _ in range(2)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
+    in_threads(drain, 2)
     assert sum(seen) == len(chunks)
     assert calls(registry, "anthropic", "claude") == {"success": 1}
     assert token_counts(registry, "anthropic", "claude") == {"input": 9, "output": 399}
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 def test_a_stream_iterated_after_its_with_block_ended(
@@ -935,7 +937,7 @@ def test_a_stream_iterated_after_its_with_block_ended(
     assert calls(registry, "openai", "gpt-4o") == {"success": 1}
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 0, "output": 0}
     assert missing(registry, "openai", "gpt-4o") == 1
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 def test_streams_dropped_in_every_state(inst: Instrumentation, registry: CollectorRegistry) -> None:
@@ -953,7 +955,7 @@ def test_streams_dropped_in_every_state(inst: Instrumentation, registry: Collect
     assert calls(registry, "openai", "gpt-4o") == {"success": 1, "cancelled": 2}
     assert token_counts(registry, "openai", "gpt-4o") == {"input": 2, "output": 3}
     assert missing(registry, "openai", "gpt-4o") == 2
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 async def test_an_async_stream_closed_twice_and_a_consumer_failure(
@@ -972,12 +974,12 @@ async def test_an_async_stream_closed_twice_and_a_consumer_failure(
         async for _chunk in failing:
             1 / 0  # noqa: B018
     assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
-    assert active(registry) == 1  # still open: its consumer failed, the stream did not
+    assert active(registry, "ai_call") == 1  # still open: its consumer failed, the stream did not
     del failing
     gc.collect()
     record_abandoned_streams()
     assert calls(registry, "openai", "gpt-4o") == {"cancelled": 2}
-    assert active(registry) == 0
+    assert active(registry, "ai_call") == 0
 
 
 def test_a_substream_attribute_that_is_not_an_iterator_is_untouched(
@@ -1061,7 +1063,7 @@ def test_openai_usage_counts_exactly_the_valid_fields(
         values = (prompt, completion, cached, reasoning)
         has_usage = shaped and any(_is_valid(v) for v in values)
         assert missing(registry, "openai", "m") == (0 if has_usage else 1)
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
     finally:
         inst.close()
 
@@ -1097,7 +1099,7 @@ def test_anthropic_stream_usage_is_never_negative_and_never_raises(
         assert counts.get("cache_read", 0) == read
         assert counts.get("cache_creation", 0) == written
         assert calls(registry, "anthropic", "m") == {"success": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
     finally:
         inst.close()
 
@@ -1139,7 +1141,7 @@ class Unset:
 
 
 def test_a_falsy_sentinel_is_no_tool_call(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     def event(content: str) -> Any:
         delta = SimpleNamespace(role="assistant", content=content, tool_calls=Unset())
@@ -1177,8 +1179,8 @@ def test_an_error_raised_mid_stream_with_its_200_has_no_http_status(
         )()
         with pytest.raises(type(error)):
             list(stream)
-    assert errors(registry, "p", "m", "APIStatusError", "") == 1
-    assert errors(registry, "p", "m", "ServerError", "503") == 1
+    assert ai_errors(registry, "p", "m", "APIStatusError", "") == 1
+    assert ai_errors(registry, "p", "m", "ServerError", "503") == 1
     assert calls(registry, "p", "m") == {"error": 2}
     assert ttft(registry, "p", "m")[0] == 2
 
@@ -1264,7 +1266,7 @@ def test_any_json_stream_is_passed_through_and_counted_once(
         assert calls(registry, "p", "m") == {"success": 1}
         assert all(v >= 0 for v in token_counts(registry, "p", "m").values())
         assert (ttft(registry, "p", "m")[0] or 0) <= 1
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
     finally:
         inst.close()
 

@@ -3,8 +3,8 @@ returned (``end_job`` / ``aend_job``), deferred work (``defer`` / ``run_deferred
 guard (``report_failure``); and the proxy's call, which hands the engine every argument as
 given. Each test reads back what a user would check: the registry, or what was pushed.
 
-(The engine's guards under fault injection are in test_engine_guards.py, its hostile
-cases in test_hostile_engine.py.)"""
+(The engine's guards under fault injection are in test_guards.py, its hostile cases in
+test_hostile.py, both beside this file.)"""
 
 from __future__ import annotations
 

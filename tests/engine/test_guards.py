@@ -11,7 +11,7 @@ import asyncio
 import inspect
 import logging
 import threading
-from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator
+from collections.abc import AsyncGenerator, AsyncIterator, Callable, Generator, Sequence
 from typing import Any
 
 import pytest
@@ -22,6 +22,8 @@ from instrument._engine import Instrumenter, Probe, bind_arguments, wraps_signat
 from instrument.analysis import AnalysisMonitor
 from instrument.instrumentation import Policy
 
+from ..support import Boom, explode, sample
+
 #: What the engine's log line says for a failure in each hook.
 GUARD_TEXT = {
     "start": "starting a job failed",
@@ -31,10 +33,6 @@ GUARD_TEXT = {
     "item": "recording an item failed",
     "deliver": "delivery failed",
 }
-
-
-class Boom(Exception):
-    """The failure injected into a hook."""
 
 
 class ScriptedProbe(Probe):
@@ -112,8 +110,11 @@ def assert_logged(caplog: pytest.LogCaptureFixture, hook: str, times: int = 1) -
 ITEMS = ("a", "b")
 
 
-def make_job(kind: str, result: Any, error: BaseException | None) -> Callable[..., Any]:
-    """A plain function of ``kind`` that yields ITEMS (generators), then returns or raises."""
+def make_job(
+    kind: str, result: Any, error: BaseException | None, items: Sequence[Any] = ITEMS
+) -> Callable[..., Any]:
+    """A plain function of ``kind`` that yields ``items`` (generators), then returns or
+    raises."""
     if kind == "sync":
 
         def sync_job() -> Any:
@@ -134,7 +135,7 @@ def make_job(kind: str, result: Any, error: BaseException | None) -> Callable[..
     if kind == "generator":
 
         def generator_job() -> Generator[Any, None, Any]:
-            yield from ITEMS
+            yield from items
             if error is not None:
                 raise error
             return result
@@ -142,7 +143,7 @@ def make_job(kind: str, result: Any, error: BaseException | None) -> Callable[..
         return generator_job
 
     async def async_generator_job() -> AsyncIterator[Any]:
-        for item in ITEMS:
+        for item in items:
             await asyncio.sleep(0)
             yield item
         if error is not None:
@@ -465,14 +466,6 @@ def test_exiting_a_with_block_in_another_context_ends_the_job_entered_there(
 # -- the shipping policy: failures injected into its binding ------------------------------------
 
 
-def explode(*_: Any) -> Any:
-    raise Boom("metric backend down")
-
-
-def count_of(inst: Instrumentation, status: str, labels: dict[str, str]) -> float | None:
-    return inst.registry.get_sample_value("codomyrmex_analyses_total", {**labels, "status": status})
-
-
 @pytest.mark.parametrize("kind", KINDS)
 @pytest.mark.parametrize("broken", ["success_inc", "error_inc", "after_job", "after_job_async"])
 async def test_monitored_analysis_survives_a_broken_binding(
@@ -504,8 +497,8 @@ async def test_monitored_analysis_survives_a_broken_binding(
         # Recording was complete before delivery failed.
         labels = {"module": "m", "analysis_type": "t"}
         assert inst.registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "m"}) == 0
-        assert count_of(inst, "success", labels) == 2
-        assert count_of(inst, "error", labels) == 1
+        assert sample(inst.registry, "analyses_total", status="success", **labels) == 2
+        assert sample(inst.registry, "analyses_total", status="error", **labels) == 1
     inst.close()
 
 

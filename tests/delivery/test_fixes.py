@@ -16,7 +16,6 @@ import re
 import subprocess
 import sys
 import textwrap
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 from urllib.parse import unquote
@@ -33,16 +32,16 @@ from instrument.delivery import grouping_path
 from instrument.grafana import GrafanaClient
 from instrument.grafana.errors import _MESSAGES, error_for
 
-from . import test_grafana
-from .servers import GatewayStandIn, Pushgateway
-from .test_grafana import TOKEN, FakeGrafana
-from .test_push import ROOT, analyses
+from ..fake_grafana import TOKEN, FakeGrafana
+from ..grafana import test_client
+from ..servers import GatewayStandIn, Pushgateway
+from ..support import ROOT
+from ..support import pushed_analyses as analyses
 
-# test_grafana's fake Grafana, its environment without Grafana variables, and its TLS pair.
-fake = test_grafana.fake
-grafana_env = test_grafana.grafana_env
-certificate = test_grafana.certificate
-tls_fake = test_grafana.tls_fake
+# The Grafana tests' environment without Grafana variables, and their TLS pair.
+grafana_env = test_client.grafana_env
+certificate = test_client.certificate
+tls_fake = test_client.tls_fake
 
 
 def run_script(
@@ -252,13 +251,13 @@ def no_waits(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 def test_apply_with_output_writes_the_file_only_after_grafana_saved_it(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, tmp_path: Path,
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, tmp_path: Path,
     capsys: pytest.CaptureFixture[str],
 ) -> None:  # fmt: skip
     grafana_env.setenv("GRAFANA_TOKEN", TOKEN)
     out = tmp_path / "dashboard.json"
-    assert main(["dashboard", "--apply", "--grafana-url", fake.url, "-o", str(out)]) == 0
-    saved = fake.dashboards["codomyrmex-analytics"]["dashboard"]
+    assert main(["dashboard", "--apply", "--grafana-url", fake_grafana.url, "-o", str(out)]) == 0
+    saved = fake_grafana.dashboards["codomyrmex-analytics"]["dashboard"]
     written = json.loads(out.read_text())
     assert written["uid"] == saved["uid"] == "codomyrmex-analytics"
     assert [p["title"] for p in written["panels"]] == [p["title"] for p in saved["panels"]]
@@ -268,7 +267,7 @@ def test_apply_with_output_writes_the_file_only_after_grafana_saved_it(
 
 @pytest.mark.parametrize("server", ["not grafana", "auth refused"])
 def test_a_failed_apply_leaves_the_output_file_as_it_was(
-    fake: FakeGrafana, grafana_env: pytest.MonkeyPatch, tmp_path: Path, server: str,
+    fake_grafana: FakeGrafana, grafana_env: pytest.MonkeyPatch, tmp_path: Path, server: str,
     capsys: pytest.CaptureFixture[str], no_waits: None,
 ) -> None:  # fmt: skip
     stand_in = GatewayStandIn()  # answers like a Pushgateway, not like Grafana
@@ -278,7 +277,7 @@ def test_a_failed_apply_leaves_the_output_file_as_it_was(
             url = stand_in.url
             stand_in.answer(404, "Not Found", body="404 page not found\n")
         else:
-            url = fake.url  # no token: refused
+            url = fake_grafana.url  # no token: refused
         fresh, kept = tmp_path / "fresh.json", tmp_path / "kept.json"
         kept.write_text('{"old": true}\n')
         for path in (fresh, kept):
@@ -287,7 +286,7 @@ def test_a_failed_apply_leaves_the_output_file_as_it_was(
         assert not fresh.exists()
         assert kept.read_text() == '{"old": true}\n'
         assert sorted(p.name for p in tmp_path.iterdir()) == ["kept.json"]  # no temporary left
-        assert fake.dashboards == {}
+        assert fake_grafana.dashboards == {}
     finally:
         stand_in.close()
 
@@ -385,21 +384,14 @@ def test_an_unknown_audience_is_refused_when_the_client_is_made() -> None:
 # -- rev-delivery 15a: push_metrics(job) never raises into its caller ---------------------------
 
 
-@pytest.fixture
-def gateway_stand_in() -> Iterator[GatewayStandIn]:
-    server = GatewayStandIn()
-    yield server
-    server.close()
-
-
 @pytest.mark.parametrize(("job", "why"), [("", "non-empty"), ("..", "path segment")])
 async def test_push_metrics_with_a_job_the_gateway_cannot_take_is_a_failed_push(
-    gateway_stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture, job: str, why: str
+    stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture, job: str, why: str
 ) -> None:
-    monitoring = PrometheusIntegration(gateway_stand_in.url, registry=CollectorRegistry())
+    monitoring = PrometheusIntegration(stand_in.url, registry=CollectorRegistry())
     monitoring.record_analysis("m", "t", 0.5)
     assert await monitoring.push_metrics(job) is False  # returned, not raised
-    assert gateway_stand_in.requests == []  # nothing sent under a job it cannot name
+    assert stand_in.requests == []  # nothing sent under a job it cannot name
     assert monitoring.registry.get_sample_value("codomyrmex_push_failures_total") == 1
     errors = [r for r in caplog.records if r.levelno == logging.ERROR]
     assert len(errors) == 1 and why in errors[0].getMessage()
@@ -407,7 +399,7 @@ async def test_push_metrics_with_a_job_the_gateway_cannot_take_is_a_failed_push(
     # The instrumentation goes on: its own job still pushes, and so does a good one.
     assert await monitoring.push_metrics() is True
     assert await monitoring.push_metrics("other-job") is True
-    paths = [path for _, path, _ in gateway_stand_in.requests]
+    paths = [path for _, path, _ in stand_in.requests]
     assert paths == ["/metrics/job/codomyrmex", "/metrics/job/other-job"]
     await monitoring.aclose()
 
@@ -416,16 +408,14 @@ async def test_push_metrics_with_a_job_the_gateway_cannot_take_is_a_failed_push(
     max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(job=st.text(max_size=12))
-def test_push_metrics_never_raises_whatever_the_job(
-    gateway_stand_in: GatewayStandIn, job: str
-) -> None:
-    monitoring = PrometheusIntegration(gateway_stand_in.url, registry=CollectorRegistry())
-    before = len(gateway_stand_in.requests)
+def test_push_metrics_never_raises_whatever_the_job(stand_in: GatewayStandIn, job: str) -> None:
+    monitoring = PrometheusIntegration(stand_in.url, registry=CollectorRegistry())
+    before = len(stand_in.requests)
     try:
         pushed = asyncio.run(monitoring.push_metrics(job))
     finally:
         monitoring.close()
-    sent = gateway_stand_in.requests[before:]
+    sent = stand_in.requests[before:]
     failures = monitoring.registry.get_sample_value("codomyrmex_push_failures_total")
     if pushed:
         # It landed under that job, escaped as the gateway's rules say (the gateway reads a

@@ -24,7 +24,7 @@ from instrument.demo.llm_server import (
     run_demo_calls,
 )
 
-from .servers import Pushgateway
+from ..servers import Pushgateway
 
 pytestmark = pytest.mark.integration
 

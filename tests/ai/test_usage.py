@@ -17,7 +17,7 @@ from prometheus_client import CollectorRegistry
 from instrument import Instrumentation
 from instrument.usage import Usage, extract_usage, response_model, usage_from
 
-from .ai_fakes import (
+from ..ai_fakes import (
     anthropic_events,
     anthropic_message,
     as_object,
@@ -28,8 +28,8 @@ from .ai_fakes import (
     openai_chat_chunks,
     openai_response,
     openai_response_events,
-    token_counts,
 )
+from ..support import token_counts
 
 FORMS: dict[str, Callable[[Any], Any]] = {"dict": lambda d: d, "object": as_object}
 

@@ -12,7 +12,7 @@ the module turns any other network use into a test failure. An SDK that is not i
 skips its cases (install the ``sdk`` extra: ``pip install -e '.[sdk]'``; scripts/test.sh
 does), except under CI, where it fails them.
 
-``python -m tests.test_sdk_matrix`` prints the README's table of supported paths, made from
+``python -m tests.ai.test_sdk_matrix`` prints the README's table of supported paths, made from
 :data:`CASES`; :func:`test_the_readme_lists_the_matrix` keeps the README in step with it.
 """
 
@@ -22,11 +22,8 @@ import asyncio
 import importlib
 import inspect
 import logging
-import os
-import sys
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field, replace
-from pathlib import Path
 from types import ModuleType
 from typing import Any, ClassVar
 
@@ -38,6 +35,8 @@ from prometheus_client import CollectorRegistry
 from instrument import Instrumentation
 from instrument.ai import AICallTracker
 from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer, count_tokens
+
+from ..support import NETWORK_GUARD, ROOT, counted, require_sdk
 
 pytestmark = pytest.mark.sdk
 
@@ -70,28 +69,6 @@ KEYS = {
     "gemini": "AIza-matrix-0123456789abcdef",
     "mistral": "mistral-matrix-0123456789abcdef",
     "cohere": "cohere-matrix-0123456789abcdef",
-}
-
-#: The SDK of each case, by the name its package is imported under.
-SDK_MODULES = {
-    "openai": "openai",
-    "anthropic": "anthropic",
-    "google-genai": "google.genai",
-    "mistralai": "mistralai.client",
-    "cohere": "cohere",
-    "litellm": "litellm",
-}
-
-#: Turned on before any SDK is imported: nothing may fetch price maps, send telemetry, or
-#: reach any host but 127.0.0.1.
-OFFLINE_ENVIRONMENT = {
-    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
-    "LITELLM_OFFLINE_MODE": "true",
-    "LITELLM_TELEMETRY": "False",
-    "MISTRAL_SDK_TELEMETRY": "false",
-    "HF_HUB_OFFLINE": "1",
-    "HF_HUB_DISABLE_TELEMETRY": "1",
-    "DO_NOT_TRACK": "1",
 }
 
 
@@ -1410,67 +1387,11 @@ async def _(ctx: Ctx) -> None:
 
 # -- the network guard, the SDKs, the server -------------------------------------------------
 
-_LOOPBACK = {"127.0.0.1", "::1", "localhost", b"127.0.0.1", b"localhost"}
-#: Non-loopback network attempts seen while the guard is on.
-_outside: list[str] = []
-#: How many loopback connections the guard saw: proof that it is watching.
-_loopback_seen: list[int] = [0]
-_guard_on: list[bool] = [False]
 
-
-def _network_guard(event: str, args: tuple[Any, ...]) -> None:
-    """An audit hook: refuse (and note) any host but loopback while the guard is on."""
-    if not _guard_on[0]:
-        return
-    if event == "socket.getaddrinfo":
-        host = args[0]
-    elif event == "socket.connect":
-        address = args[1]
-        if not isinstance(address, tuple):  # a Unix socket
-            return
-        host = address[0]
-        if host in _LOOPBACK:
-            _loopback_seen[0] += 1
-    else:
-        return
-    if host is not None and host not in _LOOPBACK:
-        _outside.append(f"{event} {host!r}")
-        raise ConnectionRefusedError(f"the SDK matrix allows 127.0.0.1 only, not {host!r}")
-
-
-@pytest.fixture(scope="session")
-def offline() -> Iterator[None]:
-    """The SDKs' offline switches, set before the first SDK import; the network guard on."""
-    with pytest.MonkeyPatch.context() as patch:
-        for name, value in OFFLINE_ENVIRONMENT.items():
-            patch.setenv(name, value)
-        if not getattr(_network_guard, "installed", False):
-            sys.addaudithook(_network_guard)
-            _network_guard.installed = True  # type: ignore[attr-defined]
-        _guard_on[0] = True
-        try:
-            yield
-        finally:
-            _guard_on[0] = False
-
-
-def require_sdk(sdk: str) -> ModuleType:
-    """The SDK's module; skip when it is not installed, but fail under CI."""
-    try:
-        module = importlib.import_module(SDK_MODULES[sdk])
-    except ImportError as exc:
-        message = f"{sdk} is not installed ({exc}): pip install -e '.[sdk]' (scripts/test.sh does)"
-        if os.environ.get("CI", "").lower() in {"1", "true", "yes"}:
-            pytest.fail(message + " -- under CI a missing SDK is a failure")
-        pytest.skip(message)
-    if sdk == "litellm":
-        module.suppress_debug_info = True  # its "Give Feedback" banner on every error
-    return module
-
-
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def llm_server(offline: None) -> Iterator[LocalLLMServer]:
-    """One server for the matrix, in a background thread: sync and async SDKs share it."""
+    """One server for the matrix, in a background thread: sync and async SDKs share it.
+    It stops with the module, so no later test finds its thread."""
     server = LocalLLMServer(
         first_content_delay=FIRST_CONTENT_DELAY,
         cache_read_tokens=CACHE_READ,
@@ -1485,43 +1406,38 @@ def llm_server(offline: None) -> Iterator[LocalLLMServer]:
 
 @pytest.fixture(autouse=True)
 def _nothing_leaves_loopback(offline: None) -> Iterator[None]:
-    before = len(_outside)
+    before = len(NETWORK_GUARD.outside)
     yield
-    assert _outside[before:] == [], "network use outside 127.0.0.1"
+    assert NETWORK_GUARD.outside[before:] == [], "network use outside 127.0.0.1"
 
 
 # -- running a case and reading what it recorded ----------------------------------------------
-
-
-def sample(registry: CollectorRegistry, name: str, **labels: str) -> float:
-    """A counter or histogram sample; 0 when the series does not exist (nothing counted)."""
-    return registry.get_sample_value(f"codomyrmex_{name}", labels) or 0.0
 
 
 def check(registry: CollectorRegistry, case: Case) -> None:
     """Compare everything at once, so a failure shows every wrong number of the case."""
     expect = case.expect
     labels = {"provider": case.provider, "model": case.model}
-    ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
-    duration = sample(registry, "ai_call_duration_seconds_sum", **labels)
+    ttft = counted(registry, "ai_time_to_first_token_seconds_sum", **labels)
+    duration = counted(registry, "ai_call_duration_seconds_sum", **labels)
     error_type, http_status = expect.error or ("", "")
     observed = {
-        "calls": sample(registry, "ai_api_calls_total", status=expect.status, **labels),
-        "input": sample(registry, "ai_tokens_used_total", token_type="input", **labels),
-        "output": sample(registry, "ai_tokens_used_total", token_type="output", **labels),
+        "calls": counted(registry, "ai_api_calls_total", status=expect.status, **labels),
+        "input": counted(registry, "ai_tokens_used_total", token_type="input", **labels),
+        "output": counted(registry, "ai_tokens_used_total", token_type="output", **labels),
         **{
-            detail: sample(registry, "ai_token_details_total", detail=detail, **labels)
+            detail: counted(registry, "ai_token_details_total", detail=detail, **labels)
             for detail in Expect.DETAILS
         },
-        "ttft_count": sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        "ttft_count": counted(registry, "ai_time_to_first_token_seconds_count", **labels),
         # Time to first token runs to the first generated content, after the staged delay;
         # a stream's call lasts at least as long.
         "ttft_after_first_content": (
             ttft >= expect.calls * FIRST_CONTENT_DELAY if expect.streamed else None
         ),
-        "duration_count": sample(registry, "ai_call_duration_seconds_count", **labels),
+        "duration_count": counted(registry, "ai_call_duration_seconds_count", **labels),
         "duration_covers_ttft": duration >= ttft,
-        "errors": sample(
+        "errors": counted(
             registry,
             "ai_api_errors_total",
             error_type=error_type,
@@ -1580,13 +1496,13 @@ def test_the_guard_watches_the_sdks(llm_server: LocalLLMServer) -> None:
     refuses a connection anywhere else."""
     import socket
 
-    seen = _loopback_seen[0]
+    seen = NETWORK_GUARD.loopback_seen
     with socket.create_connection((llm_server.host, llm_server.port), timeout=5):
         pass
-    assert _loopback_seen[0] == seen + 1
+    assert NETWORK_GUARD.loopback_seen == seen + 1
     with pytest.raises(ConnectionRefusedError, match=r"127\.0\.0\.1 only"):
         socket.getaddrinfo("example.com", 443)
-    assert _outside.pop() == "socket.getaddrinfo 'example.com'"
+    assert NETWORK_GUARD.outside.pop() == "socket.getaddrinfo 'example.com'"
 
 
 # -- hostile cases: echoed secrets, streams failing midway, concurrency, early exits --------
@@ -1746,14 +1662,14 @@ def test_a_stream_failing_midway_is_one_error_after_its_first_token(
     labels = {"provider": provider, "model": model}
     errors = {"error_type": error_type, "http_status": http_status}
     observed = {
-        "errors": sample(registry, "ai_api_errors_total", **labels, **errors),
-        "error calls": sample(registry, "ai_api_calls_total", status="error", **labels),
-        "success calls": sample(registry, "ai_api_calls_total", status="success", **labels),
-        "ttft": sample(registry, "ai_time_to_first_token_seconds_count", **labels),
+        "errors": counted(registry, "ai_api_errors_total", **labels, **errors),
+        "error calls": counted(registry, "ai_api_calls_total", status="error", **labels),
+        "success calls": counted(registry, "ai_api_calls_total", status="success", **labels),
+        "ttft": counted(registry, "ai_time_to_first_token_seconds_count", **labels),
         "active": registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}),
     }
     assert observed == {"errors": 1, "error calls": 1, "success calls": 0, "ttft": 1, "active": 0}
-    ttft = sample(registry, "ai_time_to_first_token_seconds_sum", **labels)
+    ttft = counted(registry, "ai_time_to_first_token_seconds_sum", **labels)
     assert ttft >= FIRST_CONTENT_DELAY
 
 
@@ -1820,12 +1736,12 @@ def test_a_stream_left_early_is_one_cancelled_call(
                 break
     labels = {"provider": "openai", "model": GPT}
     observed = {
-        status: sample(registry, "ai_api_calls_total", status=status, **labels)
+        status: counted(registry, "ai_api_calls_total", status=status, **labels)
         for status in ("success", "error", "cancelled")
     }
     assert observed == {"success": 0, "error": 0, "cancelled": 1}
-    assert sample(registry, "ai_time_to_first_token_seconds_count", **labels) == 1
-    assert sample(registry, "ai_time_to_first_token_seconds_sum", **labels) >= FIRST_CONTENT_DELAY
+    assert counted(registry, "ai_time_to_first_token_seconds_count", **labels) == 1
+    assert counted(registry, "ai_time_to_first_token_seconds_sum", **labels) >= FIRST_CONTENT_DELAY
     assert registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
 
 
@@ -1857,11 +1773,11 @@ def test_any_model_name_and_prompt_are_counted_exactly(
         ask(model)
         labels = {"provider": "openai", "model": model}
         tokens = {
-            kind: sample(registry, "ai_tokens_used_total", token_type=kind, **labels)
+            kind: counted(registry, "ai_tokens_used_total", token_type=kind, **labels)
             for kind in ("input", "output")
         }
         assert tokens == {"input": count_tokens(prompt), "output": reply + REASONING}
-        assert sample(registry, "ai_api_calls_total", status="success", **labels) == 1
+        assert counted(registry, "ai_api_calls_total", status="success", **labels) == 1
     finally:
         inst.close()
 
@@ -1900,8 +1816,8 @@ def supported_paths_table(cases: list[Case] = CASES) -> str:
     return "\n".join(lines) + "\n"
 
 
-README = Path(__file__).resolve().parent.parent / "README.md"
-TABLE_START = "<!-- sdk-matrix: generated by `python -m tests.test_sdk_matrix` -->\n"
+README = ROOT / "README.md"
+TABLE_START = "<!-- sdk-matrix: generated by `python -m tests.ai.test_sdk_matrix` -->\n"
 TABLE_END = "<!-- /sdk-matrix -->"
 
 
@@ -1910,7 +1826,7 @@ def test_the_readme_lists_the_matrix() -> None:
     assert TABLE_START in text and TABLE_END in text, "README lost the sdk-matrix markers"
     table = text.split(TABLE_START, 1)[1].split(TABLE_END, 1)[0]
     assert table == supported_paths_table(), (
-        "README's table of SDK paths is out of date: run `python -m tests.test_sdk_matrix` "
+        "README's table of SDK paths is out of date: run `python -m tests.ai.test_sdk_matrix` "
         "and paste its output between the sdk-matrix markers"
     )
 

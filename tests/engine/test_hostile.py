@@ -38,27 +38,10 @@ from prometheus_client import CollectorRegistry, generate_latest
 from instrument import Instrumentation, get_instrumentation, monitored_analysis
 from instrument import analysis as analysis_module
 
-from .test_engine_guards import GUARD_TEXT, ScriptedPolicy, guard_records, make_job, outcome
+from ..support import FakeClock, active, analyses, analysis_duration, analysis_errors, counted
+from .test_guards import GUARD_TEXT, ScriptedPolicy, guard_records, make_job, outcome
 
 # -- reading the registry --------------------------------------------------------------------
-
-
-def count(reg: CollectorRegistry, status: str, module: str = "m", kind: str = "t") -> float:
-    value = reg.get_sample_value(
-        "codomyrmex_analyses_total", {"module": module, "analysis_type": kind, "status": status}
-    )
-    return 0.0 if value is None else value
-
-
-def active(reg: CollectorRegistry, job_type: str = "m") -> float | None:
-    return reg.get_sample_value("codomyrmex_active_jobs", {"job_type": job_type})
-
-
-def duration(reg: CollectorRegistry, suffix: str, module: str = "m", kind: str = "t") -> float:
-    value = reg.get_sample_value(
-        f"codomyrmex_analysis_duration_seconds_{suffix}", {"module": module, "analysis_type": kind}
-    )
-    return 0.0 if value is None else value
 
 
 def bucket(reg: CollectorRegistry, le: str, module: str = "m") -> float | None:
@@ -68,36 +51,23 @@ def bucket(reg: CollectorRegistry, le: str, module: str = "m") -> float | None:
     )
 
 
-def errors(reg: CollectorRegistry, error_type: str, module: str = "m") -> float | None:
-    return reg.get_sample_value(
-        "codomyrmex_analysis_errors_total",
-        {"module": module, "analysis_type": "t", "error_type": error_type},
-    )
-
-
 def outcomes(reg: CollectorRegistry, module: str = "m") -> tuple[float, float, float]:
-    return (
-        count(reg, "success", module),
-        count(reg, "error", module),
-        count(reg, "cancelled", module),
+    """(success, error, cancelled), a status never counted as 0."""
+    return tuple(  # type: ignore[return-value]
+        counted(reg, "analyses_total", module=module, analysis_type="t", status=status)
+        for status in ("success", "error", "cancelled")
     )
 
 
-class Clock:
-    """Stands in for perf_counter: reads ``now``, which the test moves."""
-
-    def __init__(self) -> None:
-        self.now = 1000.0
-
-    def __call__(self) -> float:
-        return self.now
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(analysis_module, "perf_counter", fake)
-    return fake
+@pytest.fixture(scope="module")
+def frozen_heap() -> Iterator[None]:
+    """What the run left on the heap so far, moved out of the collector's sight: a
+    ``gc.collect()`` per hypothesis example then scans what the example made, not the whole
+    run's heap (in a full run, seconds per test instead of a quarter of a minute)."""
+    gc.collect()
+    gc.freeze()
+    yield
+    gc.unfreeze()
 
 
 @pytest.fixture
@@ -141,7 +111,7 @@ async def test_async_generator_whose_steps_run_in_different_tasks_ends_its_block
     assert seen == [1.0]
     assert outcomes(registry) == (1, 0, 0)
     assert active(registry) == 0
-    assert duration(registry, "count") == 1
+    assert analysis_duration(registry, "count") == 1
 
 
 async def test_async_generator_body_error_in_another_task_propagates_untouched(
@@ -162,7 +132,7 @@ async def test_async_generator_body_error_in_another_task_propagates_untouched(
     assert info.value is failure
     assert info.value.__context__ is None  # nothing of the toolkit's chained onto it
     assert outcomes(registry) == (0, 1, 0)
-    assert errors(registry, "KeyError") == 1
+    assert analysis_errors(registry, "KeyError") == 1
     assert active(registry) == 0
 
 
@@ -224,7 +194,7 @@ def test_sync_generator_consumed_by_two_threads_keeps_the_body_exception(
     assert caught == [failure] and caught[0] is failure
     assert failure.__context__ is None
     assert outcomes(registry) == (0, 1, 0)
-    assert errors(registry, "KeyError") == 1
+    assert analysis_errors(registry, "KeyError") == 1
     assert active(registry) == 0
 
 
@@ -264,7 +234,7 @@ def test_copy_context_run_at_enter_or_exit(
 
 
 async def test_many_generators_sharing_one_block_pair_each_exit_with_its_own_enter(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     """Enters and exits interleaved across tasks: each generator's duration is its own."""
     blk = inst.monitored_analysis("m", "t")
@@ -287,7 +257,7 @@ async def test_many_generators_sharing_one_block_pair_each_exit_with_its_own_ent
             await asyncio.create_task(g.__anext__())  # type: ignore[arg-type]
     assert active(registry) == 0
     assert outcomes(registry) == (5, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(sum(holds))
+    assert analysis_duration(registry, "sum") == pytest.approx(sum(holds))
     cumulative = {"0.1": 1, "0.5": 2, "1.0": 2, "5.0": 3, "10.0": 3, "30.0": 4, "300.0": 5}
     for le, expected in cumulative.items():
         assert bucket(registry, le) == expected, le
@@ -375,7 +345,7 @@ def test_garbage_collected_generator_mid_block_ends_cancelled(
 
 
 def test_nested_and_reentrant_use_of_one_block_object(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     blk = inst.monitored_analysis("m", "t")
     inner_failure = ValueError("inner")
@@ -579,7 +549,7 @@ ASYNC_SHAPES: dict[str, Callable[[], Callable[..., Any]]] = {
 
 @pytest.mark.parametrize("shape", list(ASYNC_SHAPES))
 async def test_async_callables_are_timed_and_counted_when_awaited(
-    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     original = ASYNC_SHAPES[shape]()
     wrapped = inst.monitored_analysis("m", "t")(original)
@@ -590,13 +560,13 @@ async def test_async_callables_are_timed_and_counted_when_awaited(
     assert outcomes(registry) == (0, 0, 0)  # making the coroutine is not the job
     assert await pending == 42
     assert outcomes(registry) == (1, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(10.0)  # the awaited work
+    assert analysis_duration(registry, "sum") == pytest.approx(10.0)  # the awaited work
     with pytest.raises(ValueError) as info:
         await wrapped(-1)
     assert info.value.args == (-1,)
     assert outcomes(registry) == (1, 1, 0)
-    assert errors(registry, "ValueError") == 1
-    assert duration(registry, "sum") == pytest.approx(20.0)
+    assert analysis_errors(registry, "ValueError") == 1
+    assert analysis_duration(registry, "sum") == pytest.approx(20.0)
     assert active(registry) == 0
 
 
@@ -624,7 +594,7 @@ ASYNC_GEN_SHAPES: dict[str, Callable[[], Callable[..., Any]]] = {
 
 @pytest.mark.parametrize("shape", list(ASYNC_GEN_SHAPES))
 async def test_async_generator_callables_span_their_iteration(
-    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     original = ASYNC_GEN_SHAPES[shape]()
     wrapped = inst.monitored_analysis("m", "t")(original)
@@ -635,12 +605,12 @@ async def test_async_generator_callables_span_their_iteration(
     assert active(registry) == 1 and outcomes(registry) == (0, 0, 0)
     assert [i async for i in stream] == [1, 2]
     assert outcomes(registry) == (1, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(3.0)
+    assert analysis_duration(registry, "sum") == pytest.approx(3.0)
     assert active(registry) == 0
 
 
 def test_sync_generator_behind_a_wraps_layer_spans_its_iteration(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     def items(n: int) -> Iterator[int]:
         for i in range(n):
@@ -653,7 +623,7 @@ def test_sync_generator_behind_a_wraps_layer_spans_its_iteration(
     assert inspect.isgenerator(gen)
     assert list(gen) == [0, 1, 2, 3]
     assert outcomes(registry) == (1, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(4.0)
+    assert analysis_duration(registry, "sum") == pytest.approx(4.0)
 
 
 class SyncRunner:
@@ -669,12 +639,12 @@ class SyncRunner:
 
 
 def test_a_sync_runner_over_a_coroutine_function_stays_a_sync_call(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     wrapped = inst.monitored_analysis("m", "t")(SyncRunner(_failing_work))
     assert wrapped(4) == 8  # a value, not a coroutine
     assert outcomes(registry) == (1, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(10.0)  # the job spans the run
+    assert analysis_duration(registry, "sum") == pytest.approx(10.0)  # the job spans the run
     with pytest.raises(ValueError):
         wrapped(-4)
     assert outcomes(registry) == (1, 1, 0)
@@ -729,7 +699,7 @@ def test_generator_function_called_with_bad_arguments_raises_at_the_call(
         needs_one(1, 2)  # type: ignore[call-arg]
     assert str(decorated.value) == str(plain.value)
     assert outcomes(registry) == (0, 1, 0)
-    assert errors(registry, "TypeError") == 1
+    assert analysis_errors(registry, "TypeError") == 1
     assert active(registry) == 0
 
 
@@ -864,7 +834,7 @@ def quadruple(x: int) -> int:
 
 def counted_here(module: str, analysis_type: str) -> float:
     """In whichever process runs it: the default instrumentation's success count."""
-    return count(get_instrumentation().registry, "success", module, analysis_type)
+    return analyses(get_instrumentation().registry, "success", module, analysis_type)
 
 
 def call_unpickled(data: bytes, arg: int) -> tuple[Any, float]:
@@ -952,7 +922,7 @@ def test_a_decorated_function_inside_deep_copied_objects_is_kept_as_it_is(
     twin = copy.deepcopy(step)
     assert twin.options["nested"][0] is analyze and twin.options["nested"][1]["again"] is analyze
     assert twin.options is not step.options
-    assert count(registry, "success") == 3
+    assert analyses(registry, "success") == 3
 
 
 def test_a_copied_callable_instance_is_a_decorated_copy(
@@ -974,7 +944,7 @@ def test_a_copied_callable_instance_is_a_decorated_copy(
         assert copied(2) == 6
     assert shallow.weights is original.weights  # as copy.copy(original) shares them
     assert deep.weights == original.weights and deep.weights is not original.weights
-    assert count(registry, "success") == 2  # the copies still record
+    assert analyses(registry, "success") == 2  # the copies still record
 
 
 def test_a_decorated_object_without_a_module_level_name_says_why_it_cannot_pickle(
@@ -998,7 +968,7 @@ def test_a_decorated_callable_whose_name_finds_another_object_says_why_it_cannot
 ) -> None:
     # rev-ai 15: its qualified name resolves to the undecorated method or function, so
     # pickle's own "not the same object" would blame the wrong thing.
-    from . import pickled
+    from .. import pickled
 
     decorated = getattr(pickled, name)
     with pytest.raises(pickle.PicklingError, match="pickles by its module-level name") as info:
@@ -1082,43 +1052,6 @@ results = st.one_of(
 )
 
 
-def _job(kind: str, result: Any, raised: BaseException | None, items: list[Any]) -> Any:
-    if kind == "sync":
-
-        def sync_job() -> Any:
-            if raised is not None:
-                raise raised
-            return result
-
-        return sync_job
-    if kind == "async":
-
-        async def async_job() -> Any:
-            await asyncio.sleep(0)
-            if raised is not None:
-                raise raised
-            return result
-
-        return async_job
-    if kind == "generator":
-
-        def generator_job() -> Generator[Any, None, Any]:
-            yield from items
-            if raised is not None:
-                raise raised
-            return result
-
-        return generator_job
-
-    async def async_generator_job() -> AsyncIterator[Any]:
-        for item in items:
-            yield item
-        if raised is not None:
-            raise raised
-
-    return async_generator_job
-
-
 def _observe(kind: str, func: Callable[..., Any]) -> tuple[str, Any, list[Any]]:
     """What the caller sees: ("returned", value, items) or ("raised", exception, items)."""
     seen: list[Any] = []
@@ -1177,7 +1110,7 @@ def test_results_and_exceptions_are_identical_and_counted(
     exception = raised() if raised is not None else None
     inst = fresh()
     try:
-        original = _job(kind, result, exception, items)
+        original = make_job(kind, result, exception, items)
         plain = _observe(kind, original)
         seen = _observe(kind, inst.monitored_analysis("m", "t")(original))
         assert _same(seen, plain), (seen, plain)
@@ -1195,8 +1128,8 @@ def test_results_and_exceptions_are_identical_and_counted(
             )
             assert outcomes(reg) == ((0, 1, 0) if as_error else (0, 0, 1))
             if as_error:
-                assert errors(reg, type(final).__name__) == 1
-        assert duration(reg, "count") == 1
+                assert analysis_errors(reg, type(final).__name__) == 1
+        assert analysis_duration(reg, "count") == 1
     finally:
         inst.close()
 
@@ -1254,6 +1187,7 @@ def _script(gen: Any, script: list[tuple[Any, ...]]) -> list[Any]:
     return trace
 
 
+@pytest.mark.usefixtures("frozen_heap")
 @settings(max_examples=80, deadline=None)
 @given(script=operations)
 def test_send_throw_and_close_through_the_wrapper_behave_as_without_it(
@@ -1276,6 +1210,7 @@ def test_send_throw_and_close_through_the_wrapper_behave_as_without_it(
         inst.close()
 
 
+@pytest.mark.usefixtures("frozen_heap")
 @settings(max_examples=80, deadline=None)
 @given(script=operations)
 def test_the_same_script_through_an_item_observing_policy(script: list[tuple[Any, ...]]) -> None:
@@ -1353,7 +1288,7 @@ def test_stop_iteration_inside_a_decorated_generator_is_python_s_runtime_error(
         next(gen)
     assert info.value.__cause__ is stop
     assert outcomes(registry) == (0, 1, 0)
-    assert errors(registry, "RuntimeError") == 1
+    assert analysis_errors(registry, "RuntimeError") == 1
 
 
 @settings(max_examples=60, deadline=None)
@@ -1374,7 +1309,7 @@ def test_any_label_text_records_and_exposes(module: str, analysis_type: str, pro
         with inst.monitored_analysis(module, analysis_type) as job:
             job.record_quality(3.0, project=project)
         reg = inst.registry
-        assert count(reg, "success", module, analysis_type) == 2
+        assert analyses(reg, "success", module, analysis_type) == 2
         assert active(reg, module) == 0
         assert (
             reg.get_sample_value(
@@ -1421,12 +1356,12 @@ def test_recursion_to_the_limit_through_a_decorated_function_loses_no_count(
             list(gdown(0))
     assert len(levels) > 50
     assert active(registry) == 0
-    failed = count(registry, "error")
+    failed = analyses(registry, "error")
     # Every level that ran is one error; the call that could not enter its function may be
     # one more.
     assert failed in (len(levels), len(levels) + 1)
-    assert errors(registry, "RecursionError") == failed
-    assert duration(registry, "count") == failed
+    assert analysis_errors(registry, "RecursionError") == failed
+    assert analysis_duration(registry, "count") == failed
     assert outcomes(registry) == (0, failed, 0)
 
 
@@ -1443,7 +1378,7 @@ def test_an_end_left_for_later_is_in_the_next_snapshot(
     defer(functools.partial(record_end, probe, RecursionError("too deep")))
     assert active(registry) == 0
     assert outcomes(registry) == (0, 1, 0)
-    assert errors(registry, "RecursionError") == 1
+    assert analysis_errors(registry, "RecursionError") == 1
     assert b"codomyrmex_analyses_total" in generate_latest(registry)
 
 
@@ -1500,8 +1435,8 @@ def test_misbehaving_policy_callables_never_change_the_call(
         options: dict[str, Any] = {"project": "p", "quality": lambda r: 50.0, **bad}
         result = object() if kind != "async_generator" else None
         failure = OSError("the job's own")
-        ok = inst.monitored_analysis("m", "t", **options)(_job(kind, result, None, [1]))
-        failing = inst.monitored_analysis("m", "t", **options)(_job(kind, None, failure, [1]))
+        ok = inst.monitored_analysis("m", "t", **options)(make_job(kind, result, None, [1]))
+        failing = inst.monitored_analysis("m", "t", **options)(make_job(kind, None, failure, [1]))
         items = [1] if kind in ("generator", "async_generator") else []
         with caplog.at_level(logging.WARNING, logger="instrument"):
             assert _observe(kind, ok) == ("returned", result, items)
@@ -1509,7 +1444,7 @@ def test_misbehaving_policy_callables_never_change_the_call(
         reg = inst.registry
         assert outcomes(reg) == (1, 1, 0)
         assert active(reg) == 0
-        assert errors(reg, "OSError") == 1
+        assert analysis_errors(reg, "OSError") == 1
         # Each case breaks the project or the score: no score is recorded, and nothing else.
         score = reg.get_sample_value(
             "codomyrmex_code_quality_score", {"project": "p", "module": "m"}
@@ -1583,7 +1518,7 @@ def test_one_decorated_function_from_many_threads_counts_exactly(
     assert got == [(-1 if i % 7 == 0 else i) for i in range(4000)]
     failures = len(range(0, 4000, 7))
     assert outcomes(registry) == (4000 - failures, failures, 0)
-    assert duration(registry, "count") == 4000
+    assert analysis_duration(registry, "count") == 4000
     assert active(registry) == 0
 
 
@@ -1663,7 +1598,7 @@ def test_a_coroutine_closed_before_its_first_await_records_nothing(
 
 
 async def test_a_plain_function_returning_a_coroutine_spans_the_awaited_work(
-    inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     # A plain def handing on a coroutine (``return client.create(...)``): the job is the
     # awaited work, its error and its time, not the coroutine's creation.
@@ -1676,13 +1611,13 @@ async def test_a_plain_function_returning_a_coroutine_spans_the_awaited_work(
     assert outcomes(registry) == (0, 0, 0) and active(registry) == 1
     assert await pending == 8
     assert outcomes(registry) == (1, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(10.0)
+    assert analysis_duration(registry, "sum") == pytest.approx(10.0)
     with pytest.raises(ValueError) as info:
         await hands_on(-1)
     assert info.value.args == (-1,)
     assert outcomes(registry) == (1, 1, 0)
-    assert errors(registry, "ValueError") == 1
-    assert duration(registry, "sum") == pytest.approx(20.0)
+    assert analysis_errors(registry, "ValueError") == 1
+    assert analysis_duration(registry, "sum") == pytest.approx(20.0)
     assert active(registry) == 0
 
 
@@ -1762,7 +1697,7 @@ def _legacy_work(x: int) -> Generator[Any, None, int]:
     "shape", ["function", "partial", "wraps"], ids=["function", "partial", "wraps"]
 )
 async def test_a_generator_based_coroutine_stays_awaitable_and_is_timed_over_the_await(
-    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     # rev-ai 14: a @types.coroutine generator function, decorated, gave a plain generator
     # that cannot be awaited.
@@ -1777,13 +1712,13 @@ async def test_a_generator_based_coroutine_stays_awaitable_and_is_timed_over_the
     assert outcomes(registry) == (0, 0, 0)  # making it is not the job
     assert await asyncio.ensure_future(pending) == 12  # a task takes it too
     assert outcomes(registry) == (1, 0, 0)
-    assert duration(registry, "sum") == pytest.approx(15.0)  # the awaited work
+    assert analysis_duration(registry, "sum") == pytest.approx(15.0)  # the awaited work
     with pytest.raises(ValueError) as info:
         await wrapped(-1)
     assert info.value.args == (-1,)
     assert outcomes(registry) == (1, 1, 0)
-    assert errors(registry, "ValueError") == 1
-    assert duration(registry, "sum") == pytest.approx(30.0)
+    assert analysis_errors(registry, "ValueError") == 1
+    assert analysis_duration(registry, "sum") == pytest.approx(30.0)
     assert active(registry) == 0
 
 
@@ -1798,7 +1733,7 @@ def _is_async_callable(obj: Any) -> bool:
 
 @pytest.mark.parametrize("shape", [*ASYNC_SHAPES, "async-def"])
 async def test_a_coroutine_kind_proxy_looks_async_to_frameworks(
-    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+    shape: str, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
 ) -> None:
     # rev-ai 10: a decorated callable instance answered False where the undecorated one
     # answers True, so a framework ran it as sync and got a coroutine back.

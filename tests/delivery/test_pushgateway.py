@@ -15,7 +15,6 @@ import textwrap
 import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -27,36 +26,17 @@ from instrument import Instrumentation
 from instrument._urls import mask_url
 from instrument.delivery import grouping_path
 
-from .servers import GatewayStandIn, Pushgateway, free_port
+from ..servers import GatewayStandIn, Pushgateway, free_port
+from ..support import ROOT, gateway_inst, push_once, pushed_analyses
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def analyses(
-    value_source: Pushgateway | GatewayStandIn, status: str = "success", **extra: str
-) -> float | None:
-    labels = {"module": "m", "analysis_type": "t", "status": status, **extra}
-    if isinstance(value_source, Pushgateway):
-        return value_source.value("codomyrmex_analyses_total", **labels)
-    return value_source.last_value("codomyrmex_analyses_total", **labels)
-
-
-@pytest.fixture
-def stand_in() -> Iterator[GatewayStandIn]:
-    server = GatewayStandIn()
-    yield server
-    server.close()
 
 
 # -- each mode: push in the finally block -------------------------------------------------------
 
 
 def test_each_mode_sync_lands_exact_values(pushgateway: Pushgateway, job_name: str) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="each")
 
     @inst.monitored_analysis("m", "t", quality=lambda r: r)
     def analyze(x: int) -> int:
@@ -68,8 +48,8 @@ def test_each_mode_sync_lands_exact_values(pushgateway: Pushgateway, job_name: s
         with contextlib.suppress(ValueError):
             analyze(x)
         # Each call pushed before returning: the gateway already has it.
-    assert analyses(pushgateway, job=job_name) == 2
-    assert analyses(pushgateway, "error", job=job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 2
+    assert pushed_analyses(pushgateway, "error", job=job_name) == 1
     assert (
         pushgateway.value(
             "codomyrmex_analysis_duration_seconds_count",
@@ -95,9 +75,7 @@ def test_each_mode_sync_lands_exact_values(pushgateway: Pushgateway, job_name: s
 async def test_each_mode_async_awaits_aiohttp_push_on_one_session(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="each")
 
     @inst.monitored_analysis("m", "t")
     async def analyze() -> str:
@@ -110,7 +88,7 @@ async def test_each_mode_async_awaits_aiohttp_push_on_one_session(
     async with inst.monitored_analysis("m", "t"):
         pass
     assert inst.delivery._sessions[id(asyncio.get_running_loop())].session is session
-    assert analyses(pushgateway, job=job_name) == 3
+    assert pushed_analyses(pushgateway, job=job_name) == 3
     await inst.aclose()
     assert session.closed
 
@@ -118,21 +96,17 @@ async def test_each_mode_async_awaits_aiohttp_push_on_one_session(
 async def test_push_and_push_metrics_return_bools_and_never_raise(
     pushgateway: Pushgateway, job_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="off")
     inst.record_analysis("m", "t", 1.0)
     assert inst.push() is True
-    assert analyses(pushgateway, job=job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 1
     inst.record_analysis("m", "t", 1.0)
     assert await inst.push_metrics() is True
-    assert analyses(pushgateway, job=job_name) == 2
+    assert pushed_analyses(pushgateway, job=job_name) == 2
     await inst.aclose()
 
     dead = f"http://admin:s3cret@127.0.0.1:{free_port()}"
-    broken = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=dead, push_mode="off", push_timeout=1
-    )
+    broken = gateway_inst(dead, push_mode="off", push_timeout=1)
     with caplog.at_level(logging.DEBUG, logger="instrument"):
         assert broken.push() is False
         assert await broken.push_metrics() is False
@@ -177,9 +151,8 @@ def test_grouping_key_with_slash_and_empty_value_and_delete(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
     key = {"path": "src/app/main.py", "empty": "", "team": "a b"}
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=pushgateway.url,
+    inst = gateway_inst(
+        pushgateway,
         job=job_name,
         grouping_key=key,
         push_mode="off",
@@ -190,18 +163,13 @@ def test_grouping_key_with_slash_and_empty_value_and_delete(
     assert groups == [{"job": job_name, "path": "src/app/main.py", "team": "a b"}] or groups == [
         {"job": job_name, "path": "src/app/main.py", "empty": "", "team": "a b"}
     ]
-    assert analyses(pushgateway, job=job_name, path="src/app/main.py") == 1
-
-    async def push_async() -> bool:
-        ok = await inst.push_metrics()
-        await inst.aclose()
-        return ok
+    assert pushed_analyses(pushgateway, job=job_name, path="src/app/main.py") == 1
 
     inst.record_analysis("m", "t", 0.5)
-    assert asyncio.run(push_async())  # the aiohttp path lands in the same group
-    assert analyses(pushgateway, job=job_name, path="src/app/main.py") == 2
+    assert push_once(inst, "async")  # the aiohttp path lands in the same group
+    assert pushed_analyses(pushgateway, job=job_name, path="src/app/main.py") == 2
     assert inst.delete_from_gateway()
-    assert analyses(pushgateway, job=job_name) is None
+    assert pushed_analyses(pushgateway, job=job_name) is None
 
 
 @given(
@@ -239,9 +207,7 @@ def test_mask_url_hides_any_password(password: str) -> None:
 def test_coalesce_ten_thousand_calls_from_threads_and_tasks(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_interval=0.2
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_interval=0.2)
 
     @inst.monitored_analysis("m", "t")
     def work(i: int) -> int:
@@ -273,7 +239,7 @@ def test_coalesce_ten_thousand_calls_from_threads_and_tasks(
         t.join()
     elapsed = time.monotonic() - started
     assert inst.flush(timeout=10)
-    assert analyses(pushgateway, job=job_name) == 10_000
+    assert pushed_analyses(pushgateway, job=job_name) == 10_000
     assert pushgateway.value("codomyrmex_active_jobs", job_type="m", job=job_name) == 0
     pushes = inst.registry.get_sample_value("codomyrmex_pushes_total")
     assert pushes is not None and 1 <= pushes <= elapsed / 0.2 + 3
@@ -284,9 +250,8 @@ def test_gateway_down_then_up_ends_with_exact_totals(
     job_name: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     gateway = Pushgateway()  # not started yet: its port refuses connections
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=gateway.url,
+    inst = gateway_inst(
+        gateway,
         job=job_name,
         push_interval=0.1,
         push_timeout=1,
@@ -308,7 +273,7 @@ def test_gateway_down_then_up_ends_with_exact_totals(
             # The flusher is backing off (1 s or more after 3 failures); flush does not wait.
             assert inst.delivery._next_attempt > time.monotonic()
             assert inst.flush(timeout=10)
-            assert analyses(gateway, job=job_name) == 1000
+            assert pushed_analyses(gateway, job=job_name) == 1000
             failures = gateway.value("codomyrmex_push_failures_total", job=job_name)
             assert failures is not None and failures >= 2
         finally:
@@ -324,9 +289,7 @@ def test_faulty_gateway_never_slows_calls(stand_in: GatewayStandIn, fault: str) 
     """p95 call latency in coalesce mode against a push_mode='off' baseline, same run."""
     stand_in.mode = fault
     stand_in.hang = 3.0
-    faulty = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05, push_timeout=5
-    )
+    faulty = gateway_inst(stand_in, push_interval=0.05, push_timeout=5)
     baseline = Instrumentation(registry=CollectorRegistry(), push_mode="off")
 
     def measure(inst: Instrumentation) -> list[float]:
@@ -378,7 +341,7 @@ def test_faulty_gateway_never_slows_calls(stand_in: GatewayStandIn, fault: str) 
         "codomyrmex_analyses_total", {"module": "m", "analysis_type": "t", "status": "success"}
     )
     assert recorded is not None and recorded > 6000  # the sync calls plus the async ones
-    assert analyses(stand_in) == recorded
+    assert pushed_analyses(stand_in) == recorded
     faulty.close()
     baseline.close()
 
@@ -388,29 +351,22 @@ def test_faulty_gateway_never_slows_calls(stand_in: GatewayStandIn, fault: str) 
 
 def test_basic_auth_from_url_and_bearer_token_reach_the_gateway(stand_in: GatewayStandIn) -> None:
     url = stand_in.url.replace("http://", "http://alice:pa55@")
-    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=url, push_mode="off")
+    inst = gateway_inst(url, push_mode="off")
     assert inst.push()
     expected = "Basic " + base64.b64encode(b"alice:pa55").decode()
     assert stand_in.requests[-1][2]["authorization"] == expected
     assert "pa55" not in repr(inst)
 
-    token = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=stand_in.url,
+    token = gateway_inst(
+        stand_in,
         bearer_token="tok-123",
         push_mode="off",
     )
-    assert asyncio.run(_push_and_close(token))
+    assert push_once(token, "async")
     assert stand_in.requests[-1][2]["authorization"] == "Bearer tok-123"
     assert "tok-123" not in repr(token) and "tok-123" not in repr(token.delivery.gateway)
     with pytest.raises(ValueError, match="either bearer_token or basic_auth, not both"):
         Instrumentation(pushgateway=url, bearer_token="x")
-
-
-async def _push_and_close(inst: Instrumentation, *job: str) -> bool:
-    ok = await inst.push_metrics(*job)  # type: ignore[call-arg]  # PrometheusIntegration's
-    await inst.aclose()
-    return ok
 
 
 def test_https_verification_is_on_by_default() -> None:
@@ -432,9 +388,7 @@ def test_https_verification_is_on_by_default() -> None:
 
 
 def test_aclose_leaves_no_unclosed_session_warning(pushgateway: Pushgateway, job_name: str) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="each"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="each")
 
     @inst.monitored_analysis("m", "t")
     async def analyze() -> None:
@@ -448,9 +402,8 @@ def test_aclose_leaves_no_unclosed_session_warning(pushgateway: Pushgateway, job
         warnings.simplefilter("always")
         asyncio.run(main())
         # A second loop whose session is never closed by hand: close() handles it.
-        inst2 = Instrumentation(
-            registry=CollectorRegistry(),
-            pushgateway=pushgateway.url,
+        inst2 = gateway_inst(
+            pushgateway,
             job=job_name + "-2",
             push_mode="each",
         )
@@ -458,7 +411,7 @@ def test_aclose_leaves_no_unclosed_session_warning(pushgateway: Pushgateway, job
         inst2.close()
         gc.collect()
     assert not [w for w in caught if "Unclosed" in str(w.message)]
-    assert analyses(pushgateway, job=job_name) == 1
+    assert pushed_analyses(pushgateway, job=job_name) == 1
 
 
 def run_child(
@@ -492,7 +445,7 @@ def test_child_exiting_normally_leaves_final_totals(
         """
     )
     assert result.returncode == 0, result.stderr
-    assert analyses(pushgateway, job=job_name) == 1234
+    assert pushed_analyses(pushgateway, job=job_name) == 1234
 
 
 def test_child_killed_with_sigterm_leaves_final_totals_when_opted_in(
@@ -523,16 +476,15 @@ def test_child_killed_with_sigterm_leaves_final_totals_when_opted_in(
     assert proc.stdout.readline().strip() == "ready"
     proc.terminate()
     assert proc.wait(30) == 128 + 15
-    assert analyses(pushgateway, job=job_name) == 321
+    assert pushed_analyses(pushgateway, job=job_name) == 321
 
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_forked_child_gets_a_working_flusher_and_its_own_group(
     pushgateway: Pushgateway, job_name: str
 ) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=pushgateway.url,
+    inst = gateway_inst(
+        pushgateway,
         job=job_name,
         instance=True,
         push_interval=0.1,
@@ -569,8 +521,11 @@ def test_forked_child_gets_a_working_flusher_and_its_own_group(
     child_instance = next(i for i in groups if i.endswith(f"-{pid}"))
     # The child started from the registry as it was at the fork (1 call) and added 7; the
     # README's scaling section says so (sum over instances counts pre-fork calls twice).
-    assert analyses(pushgateway, job=job_name, instance=child_instance) == 8
-    assert analyses(pushgateway, job=job_name, instance=next(iter(groups - {child_instance}))) == 1
+    assert pushed_analyses(pushgateway, job=job_name, instance=child_instance) == 8
+    assert (
+        pushed_analyses(pushgateway, job=job_name, instance=next(iter(groups - {child_instance})))
+        == 1
+    )
     inst.close()
 
 
@@ -587,7 +542,7 @@ def test_delete_on_exit_removes_the_group(pushgateway: Pushgateway, job_name: st
         """
     )
     assert result.returncode == 0, result.stderr
-    assert analyses(pushgateway, job=job_name) is None
+    assert pushed_analyses(pushgateway, job=job_name) is None
 
 
 # -- multiprocess mode ---------------------------------------------------------------------------------------
@@ -635,7 +590,7 @@ def test_multiprocess_workers_are_collected_and_only_the_owner_pushes(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith(" 1000.0")
-    assert analyses(pushgateway, job=job_name) == 1000
+    assert pushed_analyses(pushgateway, job=job_name) == 1000
     assert pushgateway.value("codomyrmex_active_jobs", job_type="m", job=job_name) == 0
 
 
@@ -716,9 +671,7 @@ def test_textfile_target(tmp_path: Path) -> None:
 
 
 def test_pushed_state_says_when_it_was_pushed(pushgateway: Pushgateway, job_name: str) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=pushgateway.url, job=job_name, push_mode="off"
-    )
+    inst = gateway_inst(pushgateway, job=job_name, push_mode="off")
     before = time.time()
     assert inst.push()
     stamp = pushgateway.value("codomyrmex_last_push_success_timestamp_seconds", job=job_name)
@@ -749,7 +702,7 @@ def test_password_with_a_slash_never_shows_and_encoded_one_works(
     assert mask_url("http://u:123/x@host:9091/p") == "http://***@host:9091/p"
 
     url = stand_in.url.replace("http://", "http://u:s3cr%2Fet@")
-    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=url, push_mode="off")
+    inst = gateway_inst(url, push_mode="off")
     assert inst.push()
     expected = "Basic " + base64.b64encode(b"u:s3cr/et").decode()
     assert stand_in.requests[-1][2]["authorization"] == expected
@@ -757,9 +710,8 @@ def test_password_with_a_slash_never_shows_and_encoded_one_works(
 
 
 def test_disabled_instrumentation_sends_nothing(stand_in: GatewayStandIn) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=stand_in.url,
+    inst = gateway_inst(
+        stand_in,
         enabled=False,
         delete_on_exit=True,
         instance="w1",
@@ -780,11 +732,9 @@ TRICKLE_SECONDS = 30  # the stand-in's whole answer, one byte every half second
 def test_push_timeout_bounds_the_whole_push(stand_in: GatewayStandIn, transport: str) -> None:
     """A gateway answering a byte at a time cannot hold a push past push_timeout."""
     stand_in.mode = "trickle"
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_mode="off", push_timeout=1
-    )
+    inst = gateway_inst(stand_in, push_mode="off", push_timeout=1)
     started = time.monotonic()
-    ok = inst.push() if transport == "sync" else asyncio.run(_push_and_close(inst))
+    ok = push_once(inst, transport)
     elapsed = time.monotonic() - started
     assert ok is False
     assert elapsed < TRICKLE_SECONDS / 5  # bounded by push_timeout, not by the trickle
@@ -814,7 +764,7 @@ def test_exit_flush_is_bounded_however_many_instrumentations(stand_in: GatewaySt
 def test_an_instrumentation_dropped_without_close_lets_its_flusher_end(
     stand_in: GatewayStandIn,
 ) -> None:
-    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url)
+    inst = gateway_inst(stand_in)
     inst.record_analysis("m", "t", 1.0)
     assert inst.flush(timeout=5)
     thread = inst.delivery._thread
@@ -835,9 +785,9 @@ def test_original_push_metrics_takes_a_job_name(pushgateway: Pushgateway, job_na
 
     monitoring = PrometheusIntegration(pushgateway.url, registry=CollectorRegistry())
     monitoring.record_analysis("m", "t", 1.0)
-    assert asyncio.run(_push_and_close(monitoring, job_name)) is True
-    assert analyses(pushgateway, job=job_name) == 1
-    assert analyses(pushgateway, job="codomyrmex") is None
+    assert push_once(monitoring, "async", job_name) is True
+    assert pushed_analyses(pushgateway, job=job_name) == 1
+    assert pushed_analyses(pushgateway, job="codomyrmex") is None
     assert asyncio.run(PrometheusIntegration(registry=CollectorRegistry()).push_metrics()) is False
 
 
@@ -849,7 +799,7 @@ async def test_an_older_state_landing_after_a_newer_one_is_pushed_again(
     land last. The newest state still ends on the gateway, with exact totals."""
     stand_in.mode = "slow"
     stand_in.hang = 1.0
-    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_mode="each")
+    inst = gateway_inst(stand_in, push_mode="each")
 
     @inst.monitored_analysis("m", "t")
     async def analyze_async() -> None:
@@ -869,11 +819,11 @@ async def test_an_older_state_landing_after_a_newer_one_is_pushed_again(
         await asyncio.to_thread(analyze_sync)
     else:
         analyze_sync()
-    assert analyses(stand_in) == 2  # the newer state landed first
+    assert pushed_analyses(stand_in) == 2  # the newer state landed first
     await older
-    assert analyses(stand_in) == 1  # then the older one, over it
+    assert pushed_analyses(stand_in) == 1  # then the older one, over it
     await inst.aclose()
-    assert analyses(stand_in) == 2
+    assert pushed_analyses(stand_in) == 2
     assert stand_in.last_value("codomyrmex_pushes_total") == 3
     assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 0
     assert len(stand_in.bodies) == 3
@@ -884,9 +834,7 @@ async def test_sync_push_inside_an_event_loop_does_not_wait_for_an_async_one(
 ) -> None:
     stand_in.mode = "slow"
     stand_in.hang = 1.0
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_mode="each", push_timeout=8
-    )
+    inst = gateway_inst(stand_in, push_mode="each", push_timeout=8)
 
     @inst.monitored_analysis("m", "async")
     async def analyze_async() -> None:
@@ -914,7 +862,7 @@ async def test_sync_push_inside_an_event_loop_does_not_wait_for_an_async_one(
 
 async def test_a_cancelled_push_leaves_the_state_for_the_next_one(stand_in: GatewayStandIn) -> None:
     stand_in.mode = "trickle"
-    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=60)
+    inst = gateway_inst(stand_in, push_interval=60)
     for _ in range(10):
         inst.record_analysis("m", "t", 0.1)
     with pytest.raises(TimeoutError):
@@ -923,7 +871,7 @@ async def test_a_cancelled_push_leaves_the_state_for_the_next_one(stand_in: Gate
     assert inst.registry.get_sample_value("codomyrmex_push_failures_total") >= 1
     stand_in.mode = "ok"
     await inst.aclose()
-    assert analyses(stand_in) == 10
+    assert pushed_analyses(stand_in) == 10
 
 
 def test_an_instrumentation_dropped_while_dirty_still_delivers(
@@ -949,13 +897,12 @@ def test_an_instrumentation_dropped_while_dirty_still_delivers(
         """
     )
     assert result.returncode == 0, result.stderr
-    assert analyses(pushgateway, job=job_name) == 10
+    assert pushed_analyses(pushgateway, job=job_name) == 10
 
 
 def test_credentials_are_cleaned_and_never_echoed(stand_in: GatewayStandIn) -> None:
-    inst = Instrumentation(
-        registry=CollectorRegistry(),
-        pushgateway=stand_in.url,
+    inst = gateway_inst(
+        stand_in,
         bearer_token="tok-from-a-file\n",
         push_mode="off",
     )

@@ -27,14 +27,12 @@ from prometheus_client import CollectorRegistry, generate_latest
 import instrument
 from instrument import AICall, AICallTracker, Instrumentation, _jobs, track_ai_call
 from instrument import defaults as defaults_module
-from instrument.ai import _call as call_module
-from instrument.ai import _streams as streams_module
 from instrument.ai import _tracker as tracker_module
 from instrument.ai import load_prices, record_abandoned_streams
 from instrument.config import from_environment
 from instrument.usage import Usage
 
-from .ai_fakes import (
+from ..ai_fakes import (
     FakeAsyncStream,
     FakeStream,
     RateLimitError,
@@ -42,17 +40,28 @@ from .ai_fakes import (
     anthropic_events,
     anthropic_message,
     as_object,
-    calls,
     gemini_chunks,
     gemini_response,
     openai_chat,
     openai_chat_chunks,
     openai_response,
     openai_response_events,
+)
+from ..servers import GatewayStandIn
+from ..support import (
+    FakeClock,
+    active,
+    ai_duration,
+    ai_errors,
+    calls,
+    gateway_inst,
+    in_threads,
     sample,
     token_counts,
+    token_detail,
+    tokens_used,
+    ttft,
 )
-from .servers import GatewayStandIn
 
 GPT4O_PRICES = {
     "gpt-4o": {
@@ -66,83 +75,26 @@ GPT4O_PRICES = {
 }
 
 
-class Clock:
-    """Stands in for ``perf_counter``: time moves only when the test says so."""
-
-    def __init__(self) -> None:
-        self.now = 0.0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-@pytest.fixture
-def clock(monkeypatch: pytest.MonkeyPatch) -> Clock:
-    fake = Clock()
-    monkeypatch.setattr(call_module, "perf_counter", fake)
-    monkeypatch.setattr(streams_module, "perf_counter", fake)  # a stream's chunks and end
-    return fake
-
-
-def duration(
-    registry: CollectorRegistry, provider: str, model: str
-) -> tuple[float | None, float | None]:
-    """(count, sum) of the call duration histogram."""
-    labels = {"provider": provider, "model": model}
-    return (
-        sample(registry, "ai_call_duration_seconds_count", **labels),
-        sample(registry, "ai_call_duration_seconds_sum", **labels),
-    )
-
-
-def ttft(
-    registry: CollectorRegistry, provider: str, model: str
-) -> tuple[float | None, float | None]:
-    labels = {"provider": provider, "model": model}
-    return (
-        sample(registry, "ai_time_to_first_token_seconds_count", **labels),
-        sample(registry, "ai_time_to_first_token_seconds_sum", **labels),
-    )
-
-
-def active(registry: CollectorRegistry, job_type: str = "ai_call") -> float | None:
-    return sample(registry, "active_jobs", job_type=job_type)
-
-
-def errors(
-    registry: CollectorRegistry, provider: str, model: str, error_type: str, http_status: str
-) -> float | None:
-    return sample(
-        registry,
-        "ai_api_errors_total",
-        provider=provider,
-        model=model,
-        error_type=error_type,
-        http_status=http_status,
-    )
-
-
 # -- plain calls: sync, async, generator, async generator, with-blocks ------------------------
 
 
 class TestFunctions:
-    def test_sync(self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock) -> None:
+    def test_sync(
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
+    ) -> None:
         response = as_object(openai_chat(120, 40, cached=100, reasoning=16))
         seen_active = []
 
         @inst.track_ai_call("openai", "gpt-4o")
         def ask(prompt: str) -> Any:
-            seen_active.append(active(registry))
+            seen_active.append(active(registry, "ai_call"))
             clock.advance(1.25)
             return response
 
         assert ask("hi") is response
         assert seen_active == [1.0]
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
-        assert duration(registry, "openai", "gpt-4o") == (1, 1.25)
+        assert ai_duration(registry, "openai", "gpt-4o") == (1, 1.25)
         assert token_counts(registry, "openai", "gpt-4o") == {
             "input": 120,
             "output": 40,
@@ -150,10 +102,10 @@ class TestFunctions:
             "reasoning": 16,
         }
         assert ttft(registry, "openai", "gpt-4o") == (None, None)  # not streamed
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     async def test_async(
-        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
     ) -> None:
         response = anthropic_message(21, 393, cache_read=1800, cache_creation=200)
 
@@ -166,7 +118,7 @@ class TestFunctions:
         assert inspect.iscoroutinefunction(ask)
         assert await ask("hi") is response
         assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
-        assert duration(registry, "anthropic", "claude-sonnet-4") == (1, 0.5)
+        assert ai_duration(registry, "anthropic", "claude-sonnet-4") == (1, 0.5)
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {
             "input": 2021,
             "output": 393,
@@ -176,7 +128,7 @@ class TestFunctions:
         assert active(registry, "llm") == 0
 
     def test_generator_function(
-        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
     ) -> None:
         chunks = [as_object(c) for c in openai_chat_chunks(prompt=30, completion=3)]
 
@@ -197,17 +149,17 @@ class TestFunctions:
                 assert stop.value == "done"
                 break
             if len(received) == 1:
-                assert active(registry) == 1
+                assert active(registry, "ai_call") == 1
         assert all(a is b for a, b in zip(received, chunks, strict=True))
         assert calls(registry, "openai", "gpt-4o-mini") == {"success": 1}
         # The first chunk only says role=assistant: the first token is the next one.
         assert ttft(registry, "openai", "gpt-4o-mini") == (1, 0.25 + 0.125)
-        assert duration(registry, "openai", "gpt-4o-mini") == (1, 0.25 + 0.125 * len(chunks))
+        assert ai_duration(registry, "openai", "gpt-4o-mini") == (1, 0.25 + 0.125 * len(chunks))
         assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 30, "output": 3}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     async def test_async_generator_function(
-        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
     ) -> None:
         events = anthropic_events(25, cache_read=100, output_steps=(10, 40))
 
@@ -222,14 +174,17 @@ class TestFunctions:
         assert all(a is b for a, b in zip(received, events, strict=True))
         # message_start, content_block_start and ping carry no token: the first text delta does.
         assert ttft(registry, "anthropic", "claude-sonnet-4") == (1, 0.5 + 3 * 0.25)
-        assert duration(registry, "anthropic", "claude-sonnet-4") == (1, 0.5 + 0.25 * len(events))
+        assert ai_duration(registry, "anthropic", "claude-sonnet-4") == (
+            1,
+            0.5 + 0.25 * len(events),
+        )
         # message_delta totals are cumulative: 40, not 1 + 10 + 40.
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {
             "input": 125,
             "output": 40,
             "cache_read": 100,
         }
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_generator_closed_early_is_cancelled(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -244,20 +199,20 @@ class TestFunctions:
         gen.close()
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_with_block(
-        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
     ) -> None:
         tracker = inst.track_ai_call("openai", "gpt-4o")
         with tracker as call:
             assert isinstance(call, AICall)
-            assert active(registry) == 1
+            assert active(registry, "ai_call") == 1
             clock.advance(2.0)
             assert call.record_response(openai_chat(10, 5)) == openai_chat(10, 5)
             call.add_usage(input_tokens=7, output_tokens=3, cache_read=2, reasoning=1)
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
-        assert duration(registry, "openai", "gpt-4o") == (1, 2.0)
+        assert ai_duration(registry, "openai", "gpt-4o") == (1, 2.0)
         assert token_counts(registry, "openai", "gpt-4o") == {
             "input": 17,
             "output": 8,
@@ -267,11 +222,11 @@ class TestFunctions:
         with pytest.raises(KeyError), tracker:
             raise KeyError("boom")
         assert calls(registry, "openai", "gpt-4o") == {"success": 1, "error": 1}
-        assert errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
-        assert active(registry) == 0
+        assert ai_errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
+        assert active(registry, "ai_call") == 0
 
     async def test_async_with_block(
-        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
     ) -> None:
         async with inst.track_ai_call("gemini") as call:
             clock.advance(0.75)
@@ -280,16 +235,16 @@ class TestFunctions:
             )
             assert call.model == "gemini-2.5-flash"
         assert calls(registry, "gemini", "gemini-2.5-flash") == {"success": 1}
-        assert duration(registry, "gemini", "gemini-2.5-flash") == (1, 0.75)
+        assert ai_duration(registry, "gemini", "gemini-2.5-flash") == (1, 0.75)
         assert token_counts(registry, "gemini", "gemini-2.5-flash") == {
             "input": 20,
             "output": 42,
             "reasoning": 12,
         }
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_with_block_records_a_stream_it_is_given(
-        self, inst: Instrumentation, registry: CollectorRegistry, clock: Clock
+        self, inst: Instrumentation, registry: CollectorRegistry, clock: FakeClock
     ) -> None:
         chunks = openai_chat_chunks(prompt=12, completion=3)
         with inst.track_ai_call("openai", "gpt-4o") as call:
@@ -301,7 +256,7 @@ class TestFunctions:
                 clock.advance(0.25)
         assert received == chunks
         assert ttft(registry, "openai", "gpt-4o") == (1, 0.5 + 0.25)  # after the role chunk
-        assert duration(registry, "openai", "gpt-4o") == (1, 0.5 + 0.25 * len(chunks))
+        assert ai_duration(registry, "openai", "gpt-4o") == (1, 0.5 + 0.25 * len(chunks))
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 12, "output": 3}
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
 
@@ -317,19 +272,15 @@ class TestFunctions:
                 with tracker as call:
                     if i == 0:  # all eight threads inside the block at once
                         barrier.wait()
-                        seen_active.append(active(registry))
+                        seen_active.append(active(registry, "ai_call"))
                         barrier.wait()
                     call.add_usage(input_tokens=2, output_tokens=1)
 
-        threads = [threading.Thread(target=work) for _ in range(8)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 8)
         assert seen_active == [8.0] * 8
         assert calls(registry, "openai", "gpt-4o") == {"success": 400}
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 800, "output": 400}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_methods(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
         class Client:
@@ -377,7 +328,7 @@ class TestStreams:
         self,
         inst: Instrumentation,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: FakeClock,
         provider: str,
         form: str,
     ) -> None:
@@ -390,7 +341,7 @@ class TestStreams:
             return sdk_stream
 
         stream = ask()
-        assert active(registry) == 1
+        assert active(registry, "ai_call") == 1
         assert isinstance(stream, FakeStream)
         assert stream.response.headers == {"x-request-id": "req_123"}
         clock.advance(0.5)  # waiting for the first chunk
@@ -401,9 +352,9 @@ class TestStreams:
         assert all(a is b for a, b in zip(received, chunks, strict=True))
         assert calls(registry, provider, "m") == {"success": 1}
         assert ttft(registry, provider, "m") == (1, 0.75 + 0.125 * FIRST_CONTENT[provider])
-        assert duration(registry, provider, "m") == (1, 0.75 + 0.125 * len(chunks))
+        assert ai_duration(registry, provider, "m") == (1, 0.75 + 0.125 * len(chunks))
         assert token_counts(registry, provider, "m") == STREAMS[provider][1]
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
         assert list(stream) == []  # exhausted: iterating again records nothing more
         assert calls(registry, provider, "m") == {"success": 1}
 
@@ -411,7 +362,7 @@ class TestStreams:
         self,
         inst: Instrumentation,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: FakeClock,
         provider: str,
         form: str,
     ) -> None:
@@ -425,7 +376,7 @@ class TestStreams:
 
         stream = await ask()
         assert isinstance(stream, FakeAsyncStream)
-        assert active(registry) == 1
+        assert active(registry, "ai_call") == 1
         clock.advance(0.25)
         received = []
         async for chunk in stream:
@@ -433,16 +384,16 @@ class TestStreams:
             clock.advance(0.5)
         assert all(a is b for a, b in zip(received, chunks, strict=True))
         assert ttft(registry, provider, "m") == (1, 0.5 + 0.5 * FIRST_CONTENT[provider])
-        assert duration(registry, provider, "m") == (1, 0.5 + 0.5 * len(chunks))
+        assert ai_duration(registry, provider, "m") == (1, 0.5 + 0.5 * len(chunks))
         assert token_counts(registry, provider, "m") == STREAMS[provider][1]
         assert calls(registry, provider, "m") == {"success": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_abandoned_stream_is_cancelled_when_collected(
         self,
         inst: Instrumentation,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: FakeClock,
         provider: str,
         form: str,
     ) -> None:
@@ -462,13 +413,13 @@ class TestStreams:
         gc.collect()
         record_abandoned_streams()
         assert calls(registry, provider, "m") == {"cancelled": 1}
-        assert duration(registry, provider, "m") == (1, 0.5)
+        assert ai_duration(registry, provider, "m") == (1, 0.5)
         # Two chunks were read, at 0.25 and 0.5: a first token only if one of them had one.
         first = FIRST_CONTENT[provider]
         assert ttft(registry, provider, "m") == (
             (1, 0.25 * (first + 1)) if first < 2 else (None, None)
         )
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     async def test_abandoned_async_stream(
         self, inst: Instrumentation, registry: CollectorRegistry, provider: str, form: str
@@ -483,7 +434,7 @@ class TestStreams:
         gc.collect()
         record_abandoned_streams()
         assert calls(registry, provider, "m") == {"cancelled": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_failing_stream(
         self, inst: Instrumentation, registry: CollectorRegistry, provider: str, form: str
@@ -500,8 +451,8 @@ class TestStreams:
                 pass
         assert raised.value is error
         assert calls(registry, provider, "m") == {"error": 1}
-        assert errors(registry, provider, "m", "RateLimitError", "529") == 1
-        assert active(registry) == 0
+        assert ai_errors(registry, provider, "m", "RateLimitError", "529") == 1
+        assert active(registry, "ai_call") == 0
 
     async def test_failing_async_stream(
         self, inst: Instrumentation, registry: CollectorRegistry, provider: str, form: str
@@ -516,9 +467,9 @@ class TestStreams:
             async for _ in await ask():
                 pass
         assert raised.value is error
-        assert errors(registry, provider, "m", "ServiceUnavailableError", "503") == 1
+        assert ai_errors(registry, provider, "m", "ServiceUnavailableError", "503") == 1
         assert calls(registry, provider, "m") == {"error": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
 
 class TestAbandonedStreams:
@@ -567,7 +518,7 @@ class TestAbandonedStreams:
         assert _jobs._deferred.empty()
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
         record_abandoned_streams()  # once
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
 
@@ -587,7 +538,7 @@ class TestAbandonedStreams:
             assert _jobs._deferred.empty()
             assert calls(registry, "anthropic", "claude-sonnet-4") == {"cancelled": 1}
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_recorded_by_a_scrape(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
         @inst.track_ai_call("openai", "gpt-4o")
@@ -635,9 +586,7 @@ class TestAbandonedStreams:
     def test_each_mode_pushes_it_at_close(self) -> None:
         gateway = GatewayStandIn("ok")
         try:
-            inst = Instrumentation(
-                registry=CollectorRegistry(), pushgateway=gateway.url, push_mode="each"
-            )
+            inst = gateway_inst(gateway, push_mode="each")
 
             @inst.track_ai_call("openai", "gpt-4o")
             def ask() -> Iterator[dict[str, Any]]:
@@ -668,7 +617,7 @@ class TestStreamEnds:
         stream.close()
         assert sdk_stream.closed
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_context_manager(self, inst: Instrumentation, registry: CollectorRegistry) -> None:
         @inst.track_ai_call("openai", "gpt-4o")
@@ -692,8 +641,8 @@ class TestStreamEnds:
             raise ValueError("the consumer failed")
         # The LLM call did not fail; its consumer stopped reading.
         assert calls(registry, "openai", "gpt-4o") == {"success": 1, "cancelled": 2}
-        assert errors(registry, "openai", "gpt-4o", "ValueError", "") is None
-        assert active(registry) == 0
+        assert ai_errors(registry, "openai", "gpt-4o", "ValueError", "") is None
+        assert active(registry, "ai_call") == 0
 
     def test_a_plain_iterator_stays_no_context_manager(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -723,7 +672,7 @@ class TestStreamEnds:
         assert len(received) == 6
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1, "success": 1}
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 3}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     async def test_async_generator_result(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -762,7 +711,7 @@ class TestStreamEnds:
         with pytest.raises(KeyError):
             await stream.athrow(KeyError("stop"))
         assert calls(registry, "openai", "gpt-4o") == {"error": 1}
-        assert errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
+        assert ai_errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
 
     async def test_async_iterable_with_stream_true(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -790,7 +739,7 @@ class TestStreamEnds:
         assert stream.closed
         assert calls(registry, "gemini", "gemini-2.5-flash") == {"success": 1, "cancelled": 1}
         assert token_counts(registry, "gemini", "gemini-2.5-flash") == {"input": 9, "output": 5}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_generator_result_send_and_throw(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -806,7 +755,7 @@ class TestStreamEnds:
         assert stream.send("a") == {"echo": "a"}
         with pytest.raises(KeyError):
             stream.throw(KeyError("stop"))
-        assert errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
+        assert ai_errors(registry, "openai", "gpt-4o", "KeyError", "") == 1
         assert calls(registry, "openai", "gpt-4o") == {"error": 1}
 
     @pytest.mark.parametrize(("option", "wrapped"), [("auto", False), (True, True), (False, False)])
@@ -822,14 +771,14 @@ class TestStreamEnds:
         result = ask()
         assert result == chunks
         if wrapped:
-            assert active(registry) == 1
+            assert active(registry, "ai_call") == 1
             assert list(result) == chunks
             assert token_counts(registry, "openai", "gpt-4o") == {"input": 5, "output": 2}
         else:
             assert type(result) is list
             assert token_counts(registry, "openai", "gpt-4o") == {"input": 0, "output": 0}
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_stream_false_leaves_iterators_alone(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -853,7 +802,7 @@ class TestStreamEnds:
         assert inst.track_ai_call("openai", "gpt-4o", stream=True)(lambda: 42)() == 42
         assert calls(registry, "openai", "gpt-4o") == {"success": 2}
         assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 2}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
         assert any("wrapping a stream" in r.getMessage() for r in caplog.records)
 
     def test_a_stream_given_to_a_with_block_and_dropped(
@@ -867,7 +816,7 @@ class TestStreamEnds:
         # The block, not the stream, ends the call: once, as a success.
         assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_concurrent_streams_in_threads(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -881,15 +830,11 @@ class TestStreamEnds:
                 for _chunk in ask():
                     pass
 
-        threads = [threading.Thread(target=work) for _ in range(6)]
-        for t in threads:
-            t.start()
-        for t in threads:
-            t.join()
+        in_threads(work, 6)
         assert calls(registry, "openai", "gpt-4o-mini") == {"success": 240}
         assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 2400, "output": 720}
         assert ttft(registry, "openai", "gpt-4o-mini")[0] == 240
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     async def test_concurrent_streams_in_tasks(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -911,7 +856,7 @@ class TestStreamEnds:
                 "input": 350,
                 "output": 250,
             }
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
 
 # -- several responses and streams in one call --------------------------------------------------
@@ -925,22 +870,6 @@ SONNET_PRICES = {
         "cache_creation_input_token_cost": 3.75e-06,
     }
 }
-
-
-def tokens_used(registry: CollectorRegistry, provider: str, model: str, kind: str) -> float | None:
-    return registry.get_sample_value(
-        "codomyrmex_ai_tokens_used_total",
-        {"provider": provider, "model": model, "token_type": kind},
-    )
-
-
-def token_detail(
-    registry: CollectorRegistry, provider: str, model: str, detail: str
-) -> float | None:
-    return registry.get_sample_value(
-        "codomyrmex_ai_token_details_total",
-        {"provider": provider, "model": model, "detail": detail},
-    )
 
 
 class TestSeveralStreams:
@@ -1018,7 +947,7 @@ class TestSeveralStreams:
             registry, "ai_cost_usd_total", provider="openai", model="gpt-4o"
         ) == pytest.approx(200 * 2.5e-06 + 100 * 1.25e-06 + 30 * 1e-05)
         assert calls(registry, "openai", "gpt-4o") == {"success": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     async def test_two_async_streams_in_one_async_with_block(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -1056,7 +985,7 @@ class TestSeveralStreams:
             registry, "ai_cost_usd_total", provider="anthropic", model="claude-sonnet-4"
         ) == pytest.approx(30 * 3e-06 + 300 * 3e-07 + 50 * 3.75e-06 + 47 * 1.5e-05)
         assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_a_stream_a_response_and_add_usage(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -1100,7 +1029,7 @@ class TestSeveralStreams:
         gc.collect()
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == expected
         assert calls(registry, "anthropic", "claude-sonnet-4") == {"success": 1}
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
 
     def test_a_generator_function_and_a_returned_stream_keep_one_running_total(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -1292,7 +1221,7 @@ class TestCardinality:
         assert sum(per_model.values()) == 800
         assert per_model["other"] == 800 - sum(per_model[m] for m in kept)
         assert token_counts(registry, "openai", "other")["input"] == 2 * per_model["other"]
-        assert active(registry) == 0
+        assert active(registry, "ai_call") == 0
         inst.close()
 
     def test_the_limit_is_shared_by_trackers_of_one_instrumentation(
@@ -1368,7 +1297,7 @@ class TestErrors:
         self,
         inst: Instrumentation,
         registry: CollectorRegistry,
-        clock: Clock,
+        clock: FakeClock,
         error: Exception,
         status: str,
     ) -> None:
@@ -1380,10 +1309,10 @@ class TestErrors:
         with pytest.raises(type(error)) as raised:
             ask()
         assert raised.value is error
-        assert errors(registry, "openai", "gpt-4o", type(error).__name__, status) == 1
+        assert ai_errors(registry, "openai", "gpt-4o", type(error).__name__, status) == 1
         assert calls(registry, "openai", "gpt-4o") == {"error": 1}
-        assert duration(registry, "openai", "gpt-4o") == (1, 0.25)
-        assert active(registry) == 0
+        assert ai_duration(registry, "openai", "gpt-4o") == (1, 0.25)
+        assert active(registry, "ai_call") == 0
 
     async def test_async_errors_and_cancellation(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -1405,8 +1334,8 @@ class TestErrors:
         with pytest.raises(asyncio.CancelledError):
             await task
         assert calls(registry, "anthropic", "claude-sonnet-4") == {"error": 1, "cancelled": 1}
-        assert errors(registry, "anthropic", "claude-sonnet-4", "RateLimitError", "429") == 1
-        assert active(registry) == 0
+        assert ai_errors(registry, "anthropic", "claude-sonnet-4", "RateLimitError", "429") == 1
+        assert active(registry, "ai_call") == 0
 
 
 # -- cost -------------------------------------------------------------------------------------
@@ -1611,7 +1540,7 @@ def test_bad_input_is_rejected_at_decoration(
         inst.track_ai_call(*args, **options)
     with pytest.raises(error, match=message):
         track_ai_call(*args, **options)
-    assert active(registry) is None  # nothing was recorded
+    assert active(registry, "ai_call") is None  # nothing was recorded
 
 
 def test_decorator_without_arguments(inst: Instrumentation, registry: CollectorRegistry) -> None:
@@ -1627,7 +1556,7 @@ def test_decorator_without_arguments(inst: Instrumentation, registry: CollectorR
         @inst.track_ai_call  # type: ignore[arg-type]
         def ask_too() -> None: ...
 
-    assert active(registry) is None
+    assert active(registry, "ai_call") is None
 
 
 def test_options_cannot_change_after_decoration(
@@ -1720,7 +1649,7 @@ class TestTransparency:
             assert call.record_response(openai_chat()) == openai_chat()
             call.add_usage(input_tokens=3)
         assert calls(registry, "openai", "gpt-4o") == {}
-        assert active(registry) is None
+        assert active(registry, "ai_call") is None
 
     def test_add_usage_rejects_bad_counts(
         self, inst: Instrumentation, registry: CollectorRegistry
@@ -1809,7 +1738,7 @@ def test_module_level_follows_configure_and_disabled(monkeypatch: pytest.MonkeyP
     # Disabled: not even a series.
     assert calls(off.registry, "openai", "gpt-4o") == {}
     assert token_counts(off.registry, "openai", "gpt-4o") == {}
-    assert active(off.registry) is None
+    assert active(off.registry, "ai_call") is None
     assert calls(third.registry, "openai", "gpt-4o") == {"success": 2}
     assert token_counts(third.registry, "openai", "gpt-4o") == {"input": 6, "output": 4}
     third.close()

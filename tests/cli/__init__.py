@@ -1,0 +1,1 @@
+"""cli.py and _command.py: the commands, and the command line attacked."""

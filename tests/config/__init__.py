@@ -1,0 +1,1 @@
+"""config.py: every setting and its variable; configure() and validation attacked."""

@@ -1,0 +1,1 @@
+"""instrument/delivery/: the Pushgateway target and transports, the flusher and its lifecycle, hostile gateways, the remote-write codec."""

@@ -1,0 +1,1 @@
+"""instrument/grafana/: the client against the Grafana stand-in."""
