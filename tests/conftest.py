@@ -7,6 +7,7 @@ import uuid
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import HealthCheck, settings
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
@@ -17,6 +18,11 @@ from instrument.ai import _streams as streams_module
 from .fake_grafana import FakeGrafana
 from .servers import GatewayStandIn, Prometheus, Pushgateway
 from .support import NETWORK_GUARD, OFFLINE_ENVIRONMENT, FakeClock
+
+# The suite runs on shared, noisy machines: a property is about values, never about how
+# long one example took, so no example has a deadline (a test may still set its own).
+settings.register_profile("instrument", deadline=None, suppress_health_check=[HealthCheck.too_slow])
+settings.load_profile("instrument")
 
 
 @pytest.fixture
