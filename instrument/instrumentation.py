@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ._cells import fold_all
 from ._engine import run_deferred
 from ._validation import check_flag, check_label, check_number
 from .ai import AICallTracker, ModelPrice, load_prices
@@ -54,6 +55,9 @@ logger = logging.getLogger("instrument")
 # Work the engine deferred (abandoned streams, job ends at the recursion limit) is done
 # before every snapshot: a push, a scrape, a read of the registry.
 register_before_snapshot(run_deferred)
+# Then what calls recorded in their threads' cells reaches the children (after the deferred
+# work, which may record into cells too).
+register_before_snapshot(fold_all)
 
 
 class Instrumentation:

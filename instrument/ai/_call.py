@@ -177,6 +177,10 @@ class AICall(Probe):
             return waiter
         return None
 
+    def note_change(self) -> None:
+        if self._b is not None:
+            self._b.note_change()
+
     # -- recording -------------------------------------------------------------------------
 
     def _add(self, usage: Usage) -> None:
