@@ -35,7 +35,7 @@ import os
 import threading
 import weakref
 from bisect import bisect_left
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from functools import partial
 from typing import Any
 
@@ -97,14 +97,14 @@ class CellSeries:
         gauge: int = 0,
         histogram: int = 0,
     ) -> None:
-        self._targets: list[tuple[int, Callable[[float], None]]] = []
-        for index, child in {**counters, **gauges}.items():
-            self._targets.append((index, child.inc))
+        # What each number is added to: a child, or a histogram's sum or bucket value (it
+        # has no public way to add a count to one bucket).
+        self._targets: list[tuple[int, Any]] = [*counters.items(), *gauges.items()]
         self._buckets: dict[int, Any] = {}
         for index, child in histograms.items():
-            self._targets.append((index, child._sum.inc))
+            self._targets.append((index, child._sum))
             for i, bucket in enumerate(child._buckets):
-                self._targets.append((index + 1 + i, bucket.inc))
+                self._targets.append((index + 1 + i, bucket))
                 self._buckets[index + 1 + i] = bucket
         self.size = 1 + max(index for index, _ in self._targets)
         self._gauge = gauge
@@ -221,10 +221,10 @@ class CellSeries:
                 exemplars, cell.exemplars = cell.exemplars, None
             folded = cell.folded
             if values != folded:
-                for index, apply in self._targets:
+                for index, target in self._targets:
                     delta = values[index] - folded[index]
                     if delta:
-                        apply(delta)
+                        target.inc(delta)
                         folded[index] = values[index]
             if exemplars:
                 for index, exemplar in exemplars.items():

@@ -1,0 +1,507 @@
+"""Recording through per-thread cells (``instrument._cells``) is exact at every read.
+
+Every read (``get_sample_value``, ``registry.collect()``, a push, the textfile) sees every
+call that ended before it began; ``active_jobs`` is exact at every read; totals are exact
+under thread churn, scrape storms, a fork and a tiny switch interval; a fold that fails
+half-way loses nothing; finalizers never record inside the garbage collector.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import os
+import subprocess
+import sys
+import textwrap
+import threading
+import time
+from collections.abc import Callable, Generator, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from prometheus_client import CollectorRegistry
+from prometheus_client.values import MutexValue
+
+from instrument import Instrumentation
+from instrument.ai._streams import usage_lock
+from instrument.analysis import AnalysisMonitor
+
+from .servers import Pushgateway
+
+ROOT = Path(__file__).resolve().parent.parent
+LABELS = {"module": "m", "analysis_type": "t"}
+
+
+@pytest.fixture
+def off() -> Iterator[Instrumentation]:
+    inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    yield inst
+    inst.close()
+
+
+def reading(inst: Instrumentation) -> dict[str, float]:
+    """One read of the registry (one collect): the numbers of the ``m``/``t`` analysis."""
+    out = {"success": 0.0, "error": 0.0, "cancelled": 0.0, "count": 0.0, "sum": 0.0}
+    out["active"] = 0.0
+    for family in inst.registry.collect():
+        for s in family.samples:
+            if s.name == "codomyrmex_analyses_total" and s.labels.get("module") == "m":
+                out[s.labels["status"]] = s.value
+            elif s.name == "codomyrmex_analysis_duration_seconds_count":
+                out["count"] = s.value
+            elif s.name == "codomyrmex_analysis_duration_seconds_sum":
+                out["sum"] = s.value
+            elif s.name == "codomyrmex_active_jobs" and s.labels == {"job_type": "m"}:
+                out["active"] = s.value
+    return out
+
+
+def work_of(inst: Instrumentation) -> tuple[AnalysisMonitor, Callable[[int], int]]:
+    monitor = inst.monitored_analysis("m", "t")
+
+    @monitor
+    def work(i: int) -> int:
+        return i
+
+    return monitor, work
+
+
+def hammer(
+    inst: Instrumentation, threads: int, calls: int, scrape_every: float
+) -> list[dict[str, float]]:
+    """``threads`` threads make ``calls`` calls each while a scraper reads every
+    ``scrape_every`` seconds; each read must see at least the calls that ended before it."""
+    _, work = work_of(inst)
+    finished = [0] * threads  # written by each thread after its call returned
+    stop = threading.Event()
+    reads: list[dict[str, float]] = []
+    failures: list[str] = []
+
+    def run(n: int) -> None:
+        for i in range(calls):
+            work(i)
+            if i % 64 == 0:
+                finished[n] = i + 1
+
+    def scrape() -> None:
+        while not stop.is_set():
+            before = sum(finished)
+            now = reading(inst)
+            reads.append(now)
+            if now["success"] < before:
+                failures.append(f"a read saw {now['success']} of {before} ended calls")
+            # One collect folds every cell once: the counter and the histogram agree, and
+            # the gauge counts only the jobs in flight.
+            if now["count"] != now["success"]:
+                failures.append(f"torn read: {now}")
+            if not 0 <= now["active"] <= threads:
+                failures.append(f"active_jobs {now['active']} with {threads} threads")
+            time.sleep(scrape_every)
+
+    scraper = threading.Thread(target=scrape)
+    scraper.start()
+    workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
+    for t in workers:
+        t.start()
+    for t in workers:
+        t.join()
+    stop.set()
+    scraper.join()
+    assert failures == []
+    final = reading(inst)
+    assert final["success"] == final["count"] == threads * calls
+    assert final["active"] == 0
+    return reads
+
+
+def test_threads_with_a_scrape_every_5ms_are_exact(off: Instrumentation) -> None:
+    reads = hammer(off, threads=4, calls=20_000, scrape_every=0.005)
+    assert len(reads) > 3  # the reads really ran while the threads recorded
+    values = [r["success"] for r in reads]
+    assert values == sorted(values)  # never goes back
+
+
+def test_8_threads_x_200000_calls_with_a_scrape_every_5ms(off: Instrumentation) -> None:
+    hammer(off, threads=8, calls=200_000, scrape_every=0.005)
+
+
+def test_a_tiny_switch_interval_changes_nothing(off: Instrumentation) -> None:
+    previous = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        hammer(off, threads=4, calls=5_000, scrape_every=0.001)
+    finally:
+        sys.setswitchinterval(previous)
+
+
+def test_active_jobs_is_exact_at_every_read(off: Instrumentation) -> None:
+    monitor = off.monitored_analysis("m", "t")
+    inside, release = threading.Event(), threading.Event()
+
+    @monitor
+    def held() -> None:
+        inside.set()
+        release.wait(10)
+
+    t = threading.Thread(target=held)
+    t.start()
+    assert inside.wait(10)
+    assert reading(off)["active"] == 1  # started in another thread, seen at once
+    release.set()
+    t.join()
+    assert reading(off)["active"] == 0
+    with monitor:
+        assert reading(off)["active"] == 1
+    final = reading(off)
+    assert (final["active"], final["success"], final["count"]) == (0, 2, 2)
+
+
+def test_a_job_ended_in_another_thread_than_it_started(off: Instrumentation) -> None:
+    monitor = off.monitored_analysis("m", "t")
+    _, work = work_of(off)
+
+    def items() -> Generator[int, None, None]:
+        yield 1
+        yield 2
+
+    gen = monitor(items)()
+    assert next(gen) == 1  # started here
+    t = threading.Thread(target=lambda: (list(gen), work(0)))
+    t.start()
+    t.join()
+    assert reading(off)["success"] == 2
+    assert reading(off)["active"] == 0
+
+
+def test_threads_that_die_mid_run_lose_nothing(off: Instrumentation) -> None:
+    monitor, work = work_of(off)
+    stop = threading.Event()
+
+    def forever() -> None:
+        while not stop.is_set():
+            work(0)
+
+    steady = threading.Thread(target=forever)
+    steady.start()
+    for _ in range(20):  # threads come and go while another keeps recording
+        short = [threading.Thread(target=lambda: [work(i) for i in range(500)]) for _ in range(4)]
+        for t in short:
+            t.start()
+        reading(off)
+        for t in short:
+            t.join()
+    stop.set()
+    steady.join()
+    final = reading(off)
+    steady_calls = final["success"] - 20 * 4 * 500
+    assert steady_calls > 0 and final["count"] == final["success"]
+    assert final["active"] == 0
+    binding = monitor._binding
+    assert binding is not None
+    assert binding.series.cell_count() == 0  # every thread that recorded is gone, and folded
+
+
+def test_10000_short_lived_threads_leave_no_cells(off: Instrumentation) -> None:
+    monitor, work = work_of(off)
+    most = 0
+    binding = None
+    for _ in range(100):
+        batch = [threading.Thread(target=work, args=(1,)) for _ in range(100)]
+        for t in batch:
+            t.start()
+        for t in batch:
+            t.join()
+        binding = monitor._binding
+        assert binding is not None
+        most = max(most, binding.series.cell_count())
+    assert binding is not None
+    # Dropped as new threads make theirs, with no read at all: at most a batch's worth.
+    assert most <= 101
+    assert reading(off)["success"] == 10_000
+    assert binding.series.cell_count() == 0
+
+
+def rss() -> int:
+    with open("/proc/self/statm") as statm:
+        return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+@pytest.mark.skipif(not os.path.exists("/proc/self/statm"), reason="reads /proc")
+def test_a_million_calls_grow_rss_by_under_2_mib(off: Instrumentation) -> None:
+    _, work = work_of(off)
+    for i in range(10_000):  # cells, children and caches made
+        work(i)
+    reading(off)
+    gc.collect()
+    before = rss()
+    for i in range(1_000_000):
+        work(i)
+    reading(off)
+    gc.collect()
+    assert rss() - before < 2 * 1024 * 1024
+    assert reading(off)["success"] == 1_010_000
+
+
+def test_a_fold_failing_half_way_loses_and_doubles_nothing(
+    off: Instrumentation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, work = work_of(off)
+    for i in range(10):
+        work(i)
+    real = MutexValue.inc
+    calls = [0]
+
+    def flaky(self: MutexValue, amount: float) -> None:
+        calls[0] += 1
+        if calls[0] == 3:  # part of the fold is applied, then a child fails
+            raise OSError("injected")
+        real(self, amount)
+
+    monkeypatch.setattr(MutexValue, "inc", flaky)
+    half = reading(off)
+    monkeypatch.setattr(MutexValue, "inc", real)
+    assert half["success"] + half["count"] < 20  # not everything got through
+    for i in range(5):
+        work(i)
+    final = reading(off)
+    assert final["success"] == final["count"] == 15
+    assert final["active"] == 0
+    assert 0 < final["sum"] < 1
+
+
+def test_every_reader_sees_the_folded_values(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "metrics.prom"
+    inst = Instrumentation(registry=CollectorRegistry(), textfile=str(path), push_mode="each")
+    try:
+        _, work = work_of(inst)
+        t = threading.Thread(target=lambda: [work(i) for i in range(7)])
+        t.start()
+        t.join()
+        # The textfile: written by the last call's own end, in that thread.
+        text = path.read_text()
+        assert (
+            'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"} 7.0' in text
+        )
+        assert (
+            inst.registry.get_sample_value("codomyrmex_analysis_duration_seconds_count", LABELS)
+            == 7
+        )
+        from prometheus_client import generate_latest
+
+        assert b'status="success"} 7.0' in generate_latest(inst.registry)
+    finally:
+        inst.close()
+
+
+def test_a_push_carries_the_folded_values(pushgateway: Pushgateway, job_name: str) -> None:
+    inst = Instrumentation(pushgateway=pushgateway.url, job=job_name, push_mode="off")
+    try:
+        _, work = work_of(inst)
+        threads = [threading.Thread(target=lambda: [work(i) for i in range(50)]) for _ in range(3)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+        assert inst.push()
+        value = pushgateway.value(
+            "codomyrmex_analyses_total", status="success", job=job_name, **LABELS
+        )
+        assert value == 150
+        assert pushgateway.value("codomyrmex_active_jobs", job_type="m", job=job_name) == 0
+    finally:
+        inst.close()
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_a_forked_child_starts_from_the_state_at_the_fork(off: Instrumentation) -> None:
+    _, work = work_of(off)
+    stop = threading.Event()
+    busy = threading.Thread(target=lambda: [work(0) for _ in iter(stop.is_set, True)])
+    busy.start()  # records while the fork happens
+    for i in range(100):
+        work(i)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: its own cells, from the parent's state at the fork
+        try:
+            at_fork = reading(off)
+            for i in range(25):
+                work(i)
+            after = reading(off)
+            ok = (
+                after["success"] == at_fork["success"] + 25 == after["count"]
+                and after["active"] == at_fork["active"]
+            )
+            os.write(write, f"{int(ok)} {at_fork['success']} {after['success']}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    _, status = os.waitpid(pid, 0)
+    answer = os.read(read, 200).decode().split()
+    os.close(read)
+    stop.set()
+    busy.join()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert answer[0] == "1", answer
+    assert float(answer[1]) >= 100  # the child saw the parent's calls up to the fork
+    final = reading(off)
+    assert final["success"] == final["count"] and final["active"] == 0
+
+
+@pytest.mark.subprocess
+def test_multiprocess_mode_keeps_the_direct_path_and_is_exact(tmp_path: Path) -> None:
+    code = """
+        import multiprocessing
+        from prometheus_client import CollectorRegistry, multiprocess
+        from instrument import Instrumentation
+
+        inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+        monitor = inst.monitored_analysis("m", "t")
+
+        @monitor
+        def work(i):
+            return i
+
+        def worker(n):
+            for i in range(300):
+                work(i)
+
+        if __name__ == "__main__":
+            work(0)
+            assert not monitor._binding.cells, "multiprocess mode must update the children"
+            ctx = multiprocessing.get_context("fork")
+            procs = [ctx.Process(target=worker, args=(n,)) for n in range(3)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            collected = CollectorRegistry()
+            multiprocess.MultiProcessCollector(collected)
+            labels = {"module": "m", "analysis_type": "t", "status": "success"}
+            print(collected.get_sample_value("codomyrmex_analyses_total", labels))
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "901.0"
+
+
+# -- ends outside a call: finalizers (rev-ai 5) ---------------------------------------------------
+
+
+def within(seconds: float, action: Callable[[], Any]) -> None:
+    """Run ``action`` in a thread; fail (rather than hang the suite) if it deadlocks."""
+    errors: list[BaseException] = []
+
+    def run() -> None:
+        try:
+            action()
+        except BaseException as exc:  # pragma: no cover - reported below
+            errors.append(exc)
+
+    t = threading.Thread(target=run, daemon=True)
+    t.start()
+    t.join(seconds)
+    assert not t.is_alive(), "deadlocked"
+    assert errors == []
+
+
+def test_a_suspended_ai_generator_collected_under_the_usage_lock(off: Instrumentation) -> None:
+    @off.track_ai_call("openai", "gpt-4o")
+    def chunks() -> Generator[dict[str, Any], None, None]:
+        yield {"choices": [{"delta": {"content": "hi"}}]}
+        yield {"choices": [{"delta": {"content": "!"}}]}
+
+    def collect_holding_the_lock() -> None:
+        gen = chunks()
+        next(gen)  # suspended mid-stream
+        cycle: list[Any] = [gen]
+        cycle.append(cycle)  # only the cyclic collector frees it
+        del gen, cycle
+        with usage_lock:  # held by this very thread while the collector finalizes the stream
+            gc.collect()
+
+    within(10, collect_holding_the_lock)
+    calls = off.registry.get_sample_value(
+        "codomyrmex_ai_api_calls_total",
+        {"provider": "openai", "model": "gpt-4o", "status": "cancelled"},
+    )
+    assert calls == 1
+    assert off.registry.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
+
+
+@pytest.mark.filterwarnings("ignore:coroutine .* was never awaited:RuntimeWarning")
+def test_a_never_awaited_handover_collected_under_the_usage_lock(off: Instrumentation) -> None:
+    async def answer() -> int:
+        return 1
+
+    @off.track_ai_call("openai", "gpt-4o")
+    def create() -> Any:
+        return answer()  # a sync function handing on a coroutine
+
+    def collect_holding_the_lock() -> None:
+        pending = create()
+        cycle: list[Any] = [pending]
+        cycle.append(cycle)
+        del pending, cycle
+        with usage_lock:
+            gc.collect()
+
+    within(10, collect_holding_the_lock)
+    labels = {"provider": "openai", "model": "gpt-4o", "status": "cancelled"}
+    assert off.registry.get_sample_value("codomyrmex_ai_api_calls_total", labels) == 1
+
+
+def test_a_call_nested_in_its_own_threads_write_is_deferred_not_interleaved(
+    off: Instrumentation,
+) -> None:
+    # What a finalizer or signal handler calling a decorated function inside this thread's
+    # own write would see: the cell marked as being written.
+    monitor, work = work_of(off)
+    work(0)
+    reading(off)  # folded: the cell's numbers are all applied
+    binding = monitor._binding
+    assert binding is not None
+    cell = binding.series.cell()
+    cell.writing = True
+    try:
+        work(1)
+        assert cell.values == cell.folded  # nothing written into the cell meanwhile
+    finally:
+        cell.writing = False
+    final = reading(off)  # the deferred numbers are recorded before the read
+    assert final["success"] == final["count"] == 2
+    assert final["active"] == 0
+
+
+async def test_an_async_call_makes_one_coroutine(off: Instrumentation) -> None:
+    @off.monitored_analysis("m", "t")
+    async def work() -> int:
+        return 1
+
+    started: list[str] = []
+
+    def profile(frame: Any, event: str, arg: Any) -> None:
+        if event == "call" and frame.f_code.co_flags & 0x80:  # CO_COROUTINE
+            started.append(frame.f_code.co_name)
+
+    await work()
+    sys.setprofile(profile)
+    try:
+        await work()
+    finally:
+        sys.setprofile(None)
+    # The decorated function's own coroutine, and the engine's one around it.
+    assert sorted(started) == ["_awaited_job", "work"]
+    assert reading(off)["success"] == 2
+    await asyncio.sleep(0)
