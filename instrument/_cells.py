@@ -94,7 +94,7 @@ class CellSeries:
         counters: Mapping[int, Any],
         gauges: Mapping[int, Any],
         histograms: Mapping[int, Any],
-        gauge: int = 0,
+        gauge: int | None = None,
         histogram: int = 0,
     ) -> None:
         # What each number is added to: a child, or a histogram's sum or bucket value (it
@@ -107,7 +107,9 @@ class CellSeries:
                 self._targets.append((index + 1 + i, bucket))
                 self._buckets[index + 1 + i] = bucket
         self.size = 1 + max(index for index, _ in self._targets)
-        self._gauge = gauge
+        # Without a gauge, an end takes 0 from number 0: no branch on the hot path.
+        self._gauge = 0 if gauge is None else gauge
+        self._step = 0 if gauge is None else 1
         self._histogram = histogram
         self._bounds: list[float] = (
             list(histograms[histogram]._upper_bounds) if histogram in histograms else []
@@ -164,14 +166,15 @@ class CellSeries:
         finally:
             cell.writing = False
 
-    def end(self, status: int, seconds: float) -> None:
-        """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed."""
+    def end(self, status: int, seconds: float, amounts: tuple[tuple[int, float], ...] = ()) -> None:
+        """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed, and
+        each ``(index, amount)`` added."""
         try:
             cell: Cell = self._local.cell
         except AttributeError:
             cell = self._new_cell()
         if cell.writing:
-            defer(partial(self.end, status, seconds))
+            defer(partial(self.end, status, seconds, amounts))
             return
         cell.writing = True
         # acquire()/release() rather than ``with``: half the cost of the lock.
@@ -179,14 +182,20 @@ class CellSeries:
         lock.acquire()
         try:
             values = cell.values
-            values[self._gauge] -= 1
+            values[self._gauge] -= self._step
             values[status] += 1
             hist = self._histogram
             values[hist] += seconds
             values[hist + 1 + bisect_left(self._bounds, seconds)] += 1
+            for index, amount in amounts:
+                values[index] += amount
         finally:
             lock.release()
             cell.writing = False
+
+    def down(self) -> None:
+        """The gauge down by one, alone (a job's end that records the rest elsewhere)."""
+        self.add(((self._gauge, -1),))
 
     def add(self, amounts: tuple[tuple[int, float], ...]) -> None:
         """Add each ``(index, amount)`` at once (the slow paths)."""
