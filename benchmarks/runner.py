@@ -21,6 +21,7 @@ from typing import Any
 
 from .ai_calls import run_ai
 from .calls import run_async, run_sync
+from .collect import run_collect
 from .imports import run_imports
 from .memory import run_memory
 from .push import run_push
@@ -39,6 +40,7 @@ SECTIONS: tuple[tuple[int, str, Callable[[Settings], Section]], ...] = (
     (5, "push", run_push),
     (6, "memory", run_memory),
     (7, "import", run_imports),
+    (8, "collect", run_collect),
 )
 
 
@@ -87,7 +89,7 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--sections",
         metavar="N,N",
-        help="run only these section numbers, e.g. 1,2 (default: all seven)",
+        help="run only these section numbers, e.g. 1,2 (default: all eight)",
     )
     return parser.parse_args(argv)
 
@@ -116,7 +118,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         except ValueError:
             wanted = set()
         if not wanted or not wanted <= {number for number, _, _ in SECTIONS}:
-            print(f"--sections takes numbers 1-7 separated by commas, got {args.sections!r}")
+            print(f"--sections takes numbers 1-8 separated by commas, got {args.sections!r}")
             return 2
     info = machine()
     mode = "quick" if settings.quick else "full"

@@ -17,7 +17,7 @@ from instrument import Instrumentation
 from .calls import KIND, MODULE, observations
 from .fakes import COMPLETION_TOKENS, PROMPT_TOKENS, ai_unavailable, make_items, make_stream
 from .harness import Batch, Variant, measure
-from .report import Check, Row, Section, ratio
+from .report import Check, Row, Section, Target, ratio
 from .settings import Settings
 
 __all__ = ["run_streams"]
@@ -85,6 +85,14 @@ def run_streams(settings: Settings) -> Section:
         if timing.key in baselines:
             row.detail = f"+{(row.median - base) * 1e9:.0f} ns per item over bare"
         section.rows.append(row)
+    section.targets.append(
+        Target(
+            "@monitored_analysis generator: ns per item over bare (unchanged: about 40)",
+            section.row("monitored_generator").info["overhead_per_item"] * 1e9,
+            "<=",
+            45,
+        )
+    )
     section.notes.append(
         f"per item includes each call's start and end, spread over its {length} items"
     )

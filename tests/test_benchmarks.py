@@ -17,9 +17,9 @@ import pytest
 pytestmark = pytest.mark.integration  # section 5 starts a real Pushgateway
 
 ROOT = Path(__file__).resolve().parents[1]
-SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import")
+SECTIONS = ("sync", "async", "streams", "ai", "push", "memory", "import", "collect")
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
-ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")
+ALWAYS_RUN = ("sync", "async", "streams", "import", "memory", "collect")
 
 
 def positive(value: Any) -> bool:
@@ -94,7 +94,7 @@ def test_memory_rows_are_numbers(report: dict[str, Any]) -> None:
 def test_ratios_are_against_the_baselines(report: dict[str, Any]) -> None:
     for key in ("sync", "async"):
         rows = {row["key"]: row for row in report["sections"][key]["rows"]}
-        assert set(rows) == {"bare", "inlined", "monitored", "stacked", "labels_per_call"}
+        assert set(rows) == {"bare", "inlined", "monitored", "stacked", "labels_per_call", "before"}
         assert rows["bare"]["ratios"]["vs_bare"] == 1
         assert rows["inlined"]["ratios"]["vs_inlined"] == 1
 
