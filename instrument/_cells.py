@@ -87,6 +87,20 @@ class CellSeries:
     folded, so is the series.
     """
 
+    __slots__ = (
+        "_bounds",
+        "_buckets",
+        "_cells",
+        "_gauge",
+        "_histogram",
+        "_keeper",
+        "_local",
+        "_lock",
+        "_step",
+        "_targets",
+        "size",
+    )
+
     def __init__(
         self,
         keeper: object,
@@ -150,19 +164,20 @@ class CellSeries:
 
     # The two below run once per decorated call: the lookup of the cell is inlined.
 
-    def begin(self) -> None:
-        """A job's start: the gauge up by one."""
+    def begin(self, step: int = 1) -> None:
+        """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's end
+        that records the rest elsewhere)."""
         try:
             cell: Cell = self._local.cell
         except AttributeError:
             cell = self._new_cell()
         if cell.writing:  # inside this thread's own write: see the module's docstring
-            defer(partial(self.add, ((self._gauge, 1),)))
+            defer(partial(self.add, ((self._gauge, step),)))
             return
         cell.writing = True
         try:
             values = cell.values
-            values[self._gauge] += 1
+            values[self._gauge] += step
         finally:
             cell.writing = False
 
@@ -192,10 +207,6 @@ class CellSeries:
         finally:
             lock.release()
             cell.writing = False
-
-    def down(self) -> None:
-        """The gauge down by one, alone (a job's end that records the rest elsewhere)."""
-        self.add(((self._gauge, -1),))
 
     def add(self, amounts: tuple[tuple[int, float], ...]) -> None:
         """Add each ``(index, amount)`` at once (the slow paths)."""

@@ -6,6 +6,7 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
 from .._cells import CellSeries
@@ -38,7 +39,7 @@ class AIBinding(Binding):
         active = inst.metrics.active_jobs.labels(options.job_type)
         if self.cells:  # see policy.Binding.cells
             cells = CellSeries(self, counters={}, gauges={0: active}, histograms={}, gauge=0)
-            self.active_inc, self.active_dec = cells.begin, cells.down
+            self.active_inc, self.active_dec = cells.begin, partial(cells.begin, -1)
         else:
             self.active_inc, self.active_dec = active.inc, active.dec
         self.models = provider_models(inst, options.provider)

@@ -190,11 +190,16 @@ def _openai_chat(usage: Any) -> Usage | None:
     if details is not None:
         cached = _count(details, "cached_tokens")
         written = _count(details, "cache_write_tokens", "cache_creation_tokens")
+    # The LiteLLM spellings only when the details did not say (read lazily).
+    if cached is None:
+        cached = _count(usage, "cache_read_input_tokens")
+    if written is None:
+        written = _count(usage, "cache_creation_input_tokens")
     return _usage(
         _count(usage, "prompt_tokens"),
         _count(usage, "completion_tokens"),
-        cache_read=_first(cached, _count(usage, "cache_read_input_tokens")),
-        cache_creation=_first(written, _count(usage, "cache_creation_input_tokens")),
+        cache_read=cached,
+        cache_creation=written,
         reasoning=_nested(usage, "completion_tokens_details", "reasoning_tokens"),
     )
 
