@@ -11,16 +11,20 @@ from __future__ import annotations
 import asyncio
 import gc
 import os
+import queue
 import subprocess
 import sys
 import textwrap
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.values import MutexValue
 
@@ -69,9 +73,9 @@ def work_of(inst: Instrumentation) -> tuple[AnalysisMonitor, Callable[[int], int
 
 
 def hammer(
-    inst: Instrumentation, threads: int, calls: int, scrape_every: float
+    inst: Instrumentation, threads: int, calls: int, scrape_every: float, scrapers: int = 1
 ) -> list[dict[str, float]]:
-    """``threads`` threads make ``calls`` calls each while a scraper reads every
+    """``threads`` threads make ``calls`` calls each while ``scrapers`` threads read every
     ``scrape_every`` seconds; each read must see at least the calls that ended before it."""
     _, work = work_of(inst)
     finished = [0] * threads  # written by each thread after its call returned
@@ -92,23 +96,26 @@ def hammer(
             reads.append(now)
             if now["success"] < before:
                 failures.append(f"a read saw {now['success']} of {before} ended calls")
-            # One collect folds every cell once: the counter and the histogram agree, and
-            # the gauge counts only the jobs in flight.
-            if now["count"] != now["success"]:
+            # One collect folds every cell once: the counter and the histogram agree (unless
+            # another scraper's fold lands between the two families), and the gauge counts
+            # only the jobs in flight.
+            if scrapers == 1 and now["count"] != now["success"]:
                 failures.append(f"torn read: {now}")
             if not 0 <= now["active"] <= threads:
                 failures.append(f"active_jobs {now['active']} with {threads} threads")
             time.sleep(scrape_every)
 
-    scraper = threading.Thread(target=scrape)
-    scraper.start()
+    readers = [threading.Thread(target=scrape) for _ in range(scrapers)]
+    for scraper in readers:
+        scraper.start()
     workers = [threading.Thread(target=run, args=(n,)) for n in range(threads)]
     for t in workers:
         t.start()
     for t in workers:
         t.join()
     stop.set()
-    scraper.join()
+    for scraper in readers:
+        scraper.join()
     assert failures == []
     final = reading(inst)
     assert final["success"] == final["count"] == threads * calls
@@ -125,6 +132,10 @@ def test_threads_with_a_scrape_every_5ms_are_exact(off: Instrumentation) -> None
 
 def test_8_threads_x_200000_calls_with_a_scrape_every_5ms(off: Instrumentation) -> None:
     hammer(off, threads=8, calls=200_000, scrape_every=0.005)
+
+
+def test_concurrent_scrapes_never_apply_a_difference_twice(off: Instrumentation) -> None:
+    hammer(off, threads=4, calls=10_000, scrape_every=0.0005, scrapers=3)
 
 
 def test_a_tiny_switch_interval_changes_nothing(off: Instrumentation) -> None:
@@ -505,3 +516,89 @@ async def test_an_async_call_makes_one_coroutine(off: Instrumentation) -> None:
     assert sorted(started) == ["_awaited_job", "work"]
     assert reading(off)["success"] == 2
     await asyncio.sleep(0)
+
+
+# -- property: any sequence of calls, reads and thread deaths reads back exactly ----------------
+
+
+class _Worker:
+    """A thread that runs what it is given, one thing at a time, until retired."""
+
+    def __init__(self) -> None:
+        self.jobs: queue.Queue[Callable[[], Any] | None] = queue.Queue()
+        self.done: queue.Queue[BaseException | None] = queue.Queue()
+        self.thread = threading.Thread(target=self._run)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while (job := self.jobs.get()) is not None:
+            try:
+                job()
+                self.done.put(None)
+            except BaseException as exc:
+                self.done.put(exc)
+
+    def run(self, job: Callable[[], Any]) -> None:
+        self.jobs.put(job)
+        outcome = self.done.get(timeout=10)
+        if outcome is not None and not isinstance(outcome, LookupError):
+            raise outcome
+
+    def retire(self) -> None:
+        self.jobs.put(None)
+        self.thread.join(10)
+
+
+OPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("call"), st.sampled_from(["success", "error"]), st.integers(0, 3)),
+        st.tuples(st.just("enter"), st.integers(0, 3), st.integers(0, 3)),
+        st.tuples(st.just("read"), st.just(""), st.just(0)),
+        st.tuples(st.just("retire"), st.just(""), st.integers(0, 3)),
+    ),
+    max_size=40,
+)
+
+
+@settings(max_examples=40, deadline=None)
+@given(OPS)
+def test_any_mix_of_threads_calls_and_reads_reads_back_exactly(
+    ops: list[tuple[str, str, int]],
+) -> None:
+    inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    monitor = inst.monitored_analysis("m", "t")
+
+    @monitor
+    def work(fail: bool) -> None:
+        if fail:
+            raise LookupError("failed")
+
+    workers = [_Worker() for _ in range(4)]
+    model = {"success": 0, "error": 0, "active": 0}
+    try:
+        for op, status, n in ops:
+            if op == "call":
+                workers[n].run(partial(work, status == "error"))
+                model[status] += 1
+            elif op == "enter":  # a with-block entered in one thread, exited in another
+                exit_in = workers[(n + 1) % 4]
+                workers[n].run(monitor.__enter__)
+                model["active"] += 1
+                assert reading(inst)["active"] == model["active"]
+                exit_in.run(lambda: monitor.__exit__(None, None, None))
+                model["active"] -= 1
+                model["success"] += 1
+            elif op == "retire":
+                workers[n].retire()
+                workers[n] = _Worker()
+            now = reading(inst)
+            assert (now["success"], now["error"], now["active"]) == (
+                model["success"],
+                model["error"],
+                model["active"],
+            )
+            assert now["count"] == model["success"] + model["error"]
+    finally:
+        for w in workers:
+            w.retire()
+        inst.close()
