@@ -158,6 +158,8 @@ class CellSeries:
         if _fold_lock.acquire(blocking=False):
             try:
                 self._fold(dead_only=True)
+            except Exception:  # what was not applied stays for the next fold; this call counts
+                report_failure("folding recorded values")
             finally:
                 _fold_lock.release()
         return cell

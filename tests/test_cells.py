@@ -602,3 +602,24 @@ def test_any_mix_of_threads_calls_and_reads_reads_back_exactly(
         for w in workers:
             w.retire()
         inst.close()
+
+
+def test_a_failing_fold_as_a_new_thread_starts_loses_neither_count(
+    off: Instrumentation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    _, work = work_of(off)
+    t = threading.Thread(target=work, args=(0,))
+    t.start()
+    t.join()  # a dead thread's cell, folded when the next thread makes its first
+
+    def broken(self: MutexValue, amount: float) -> None:
+        raise OSError("injected")
+
+    monkeypatch.setattr(MutexValue, "inc", broken)
+    t = threading.Thread(target=work, args=(1,))
+    t.start()
+    t.join()
+    monkeypatch.undo()
+    final = reading(off)
+    assert final["success"] == final["count"] == 2
+    assert final["active"] == 0
