@@ -43,7 +43,7 @@ from prometheus_client.samples import Exemplar
 
 from ._jobs import defer, report_failure
 
-__all__ = ["Cell", "CellSeries", "fold_all", "histogram_size"]
+__all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
 
 
 class Cell:
@@ -182,6 +182,8 @@ class CellSeries:
             values[self._gauge] += step
         finally:
             cell.writing = False
+        global _changed
+        _changed = True
 
     def end(self, status: int, seconds: float, amounts: tuple[tuple[int, float], ...] = ()) -> None:
         """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed, and
@@ -209,6 +211,8 @@ class CellSeries:
         finally:
             lock.release()
             cell.writing = False
+        global _changed
+        _changed = True
 
     def add(self, amounts: tuple[tuple[int, float], ...]) -> None:
         """Add each ``(index, amount)`` at once (the slow paths)."""
@@ -224,6 +228,8 @@ class CellSeries:
                     values[index] += amount
         finally:
             cell.writing = False
+        global _changed
+        _changed = True
 
     # -- the fold --------------------------------------------------------------------------
 
@@ -274,11 +280,16 @@ _series: list[CellSeries] = []
 _series_lock = threading.Lock()
 # One fold at a time: two at once would both apply the same difference.
 _fold_lock = threading.Lock()
+#: Set after every write to a cell, cleared as a fold starts: a read that finds it clear
+#: has nothing to fold (once a fold in progress is done).
+_changed = False
 
 
 def fold_all() -> None:
     """Fold every series' cells into its children: a before-snapshot hook. Never raises."""
+    global _changed
     with _fold_lock:
+        _changed = False
         with _series_lock:
             every = list(_series)
         for series in every:
@@ -290,6 +301,16 @@ def fold_all() -> None:
         if done:
             with _series_lock:
                 _series[:] = [series for series in _series if series not in done]
+
+
+def fold_if_changed() -> None:
+    """:func:`fold_all` when a cell was written since the last fold; else wait for a fold
+    in progress (another read's), so what it applies is in the children. Never raises."""
+    if _changed:
+        fold_all()
+    else:
+        with _fold_lock:
+            pass
 
 
 # -- fork: the child starts from a consistent state, with no lock held by a thread it lacks ----

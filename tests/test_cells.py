@@ -96,11 +96,9 @@ def hammer(
             reads.append(now)
             if now["success"] < before:
                 failures.append(f"a read saw {now['success']} of {before} ended calls")
-            # One collect folds every cell once: the counter and the histogram agree (unless
-            # another scraper's fold lands between the two families), and the gauge counts
-            # only the jobs in flight.
-            if scrapers == 1 and now["count"] != now["success"]:
-                failures.append(f"torn read: {now}")
+            # The gauge counts only the jobs in flight. (A family read later in the same
+            # collect may include calls that ended meanwhile: each metric folds as it is
+            # read, for reads of some names only; so no check that the families agree.)
             if not 0 <= now["active"] <= threads:
                 failures.append(f"active_jobs {now['active']} with {threads} threads")
             time.sleep(scrape_every)
@@ -623,3 +621,28 @@ def test_a_failing_fold_as_a_new_thread_starts_loses_neither_count(
     final = reading(off)
     assert final["success"] == final["count"] == 2
     assert final["active"] == 0
+
+
+def test_a_read_of_some_names_or_of_one_metric_sees_the_folded_values(
+    off: Instrumentation,
+) -> None:
+    # prometheus_client collects a restricted registry (a scrape with ?name[]=) in no set
+    # order: the registry-wide fold may come after the metric was read.
+    _, work = work_of(off)
+    name = "codomyrmex_analyses_total"
+    for round_ in range(1, 30):
+        t = threading.Thread(target=work, args=(round_,))
+        t.start()
+        t.join()
+        restricted = off.registry.restricted_registry([name, "codomyrmex_active_jobs"])
+        values = {
+            (s.name, s.labels.get("status")): s.value
+            for family in restricted.collect()
+            for s in family.samples
+            if s.labels.get("module", s.labels.get("job_type")) == "m"
+        }
+        assert values[(name, "success")] == round_
+        assert values[("codomyrmex_active_jobs", None)] == 0
+        (family,) = off.metrics.analysis_duration.collect()
+        count = [s.value for s in family.samples if s.name.endswith("_count")]
+        assert count == [round_]
