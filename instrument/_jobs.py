@@ -251,7 +251,10 @@ def run_deferred() -> None:
     keep a push waiting. Near the recursion limit, what has no stack to run on waits for
     the next safe point.
     """
-    for _ in range(_deferred.qsize()):
+    waiting = _deferred.qsize()
+    if not waiting:  # the usual case, before every read and AI call
+        return
+    for _ in range(waiting):
         if not _has_room():
             return
         try:

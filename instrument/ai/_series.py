@@ -150,6 +150,8 @@ class ModelSeries:
         self._details(usage)
 
     def _details(self, usage: Usage) -> None:
+        if not (usage.cache_read or usage.cache_creation or usage.reasoning):
+            return  # the usual case: one check
         for detail in ("cache_read", "cache_creation", "reasoning"):
             count = getattr(usage, detail)
             if count:
