@@ -646,3 +646,22 @@ def test_a_read_of_some_names_or_of_one_metric_sees_the_folded_values(
         (family,) = off.metrics.analysis_duration.collect()
         count = [s.value for s in family.samples if s.name.endswith("_count")]
         assert count == [round_]
+
+
+def test_a_cell_carries_the_latest_exemplar_of_a_bucket_to_the_fold(off: Instrumentation) -> None:
+    # Room for the traces work: no public way to attach one yet, so it is set on the cell.
+    from prometheus_client.openmetrics.exposition import generate_latest as openmetrics
+    from prometheus_client.samples import Exemplar
+
+    monitor, work = work_of(off)
+    work(0)
+    binding = monitor._binding
+    assert binding is not None
+    cell = binding.series.cell()
+    first_bucket = 5  # the duration histogram's sum is number 4, its buckets follow
+    with cell.lock:
+        cell.exemplars = {first_bucket: Exemplar({"trace_id": "abc123"}, 0.05, 1.0)}
+    text = openmetrics(off.registry).decode()
+    (line,) = [ln for ln in text.splitlines() if 'le="0.1"' in ln and "duration" in ln]
+    assert line.endswith('# {trace_id="abc123"} 0.05 1.0')
+    assert cell.exemplars is None  # taken by the fold
