@@ -156,8 +156,11 @@ async def _awaited_job(
     so a decorated object's ``__call__`` is seen as a coroutine function, as the
     undecorated one's is (frameworks check ``inspect.iscoroutinefunction(obj.__call__)``).
     """
-    probe = _start_guarded(start, wrapped, args, kwargs)
-    if probe is None:
+    # The hot path of coroutines: the guards inlined, as in call_sync.
+    try:
+        probe = start(wrapped, args, kwargs)
+    except Exception:
+        report_failure("starting a job")
         return await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
     try:
         result = await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
@@ -170,7 +173,10 @@ async def _awaited_job(
         except RecursionError:  # nothing recorded: see _jobs
             defer(partial(record_end, probe, exc))
         raise
-    result = record_success(probe, result)
+    try:
+        result = probe.success(result)
+    except Exception:
+        report_failure("recording a result")
     # Not ``await aend_job(probe)``: that is a second coroutine per call, to await nothing.
     waiter = post_job_async(probe)
     if waiter is not None:

@@ -102,7 +102,10 @@ class AnalysisJob(Probe):
     _arguments: dict[str, Any] | None = None
 
     def after_job_async(self) -> Awaitable[None] | None:
-        waiter: Awaitable[None] | None = self._b.after_job_async()
+        step = self._b.after_job_async
+        if step is None:  # nothing is ever pushed (push_mode "off")
+            return None
+        waiter: Awaitable[None] | None = step()
         return waiter
 
     def note_change(self) -> None:

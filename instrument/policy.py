@@ -37,7 +37,10 @@ class Binding:
         self.stale = not inst.enabled or inst.retired
         #: What a probe's ``after_job`` should be: None when nothing is ever pushed.
         self.after_job = inst.delivery.call_hook()
-        self.after_job_async = inst.delivery.after_call_async
+        #: Its async counterpart, None too when nothing is ever pushed.
+        self.after_job_async: Callable[[], Any] | None = (
+            None if self.after_job is None else inst.delivery.after_call_async
+        )
         #: What a job ended outside a call does instead: mark the state, never push.
         self.note_change = inst.delivery.note_change
         #: Record through per-thread cells (``_cells``), folded before every read. Not in
