@@ -27,7 +27,7 @@ from .fakes import (
     chat_completion_dict,
 )
 from .harness import Variant, measure
-from .report import Check, Row, Section, ratio
+from .report import Check, Row, Section, Target, ratio
 from .settings import Settings
 
 __all__ = ["run_ai", "tokens"]
@@ -127,6 +127,14 @@ def run_ai(settings: Settings) -> Section:
         if timing.key != "bare":
             row.detail = f"+{(row.median - bare) * 1e6:.2f} µs over bare"
         section.rows.append(row)
+    section.targets.append(
+        Target(
+            "@track_ai_call with a usage dict / hand-inlined updates",
+            ratio(timings["tracked_dict"].median, floor),
+            "<=",
+            1.0,
+        )
+    )
     for key, inst in (("tracked", object_inst), ("tracked_dict", dict_inst)):
         calls = timings[key].calls
         expected = {"input": calls * PROMPT_TOKENS, "output": calls * COMPLETION_TOKENS}

@@ -13,7 +13,9 @@ registry with the toolkit's metric definitions (same labels, same buckets):
   prometheus-async's ``aio.time`` / ``aio.track_inprogress`` / ``aio.count_exceptions``
   (coroutines), on pre-bound children. They count errors only, not successes, so they do
   slightly less work than the others;
-- hand-written with ``.labels(...)`` looked up on every call, as the original design did.
+- hand-written with ``.labels(...)`` looked up on every call, as the original design did;
+- before: instrument 0.1.0's recording path (``before.py``), kept for one release so the
+  table shows the step to per-thread cells.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from prometheus_client import CollectorRegistry
 from instrument import Instrumentation
 from instrument.metrics import Metrics
 
+from .before import BeforeMonitor, before_async
 from .fakes import make_async_work, make_work
 from .harness import Batch, Timing, Variant, measure
 from .report import Check, Row, Section, Target, ratio
@@ -152,6 +155,7 @@ def stacked_sync(work: Callable[[int], int], c: Children) -> Callable[[int], int
 def run_sync(settings: Settings) -> Section:
     section = Section("sync", 1, "Sync call: per-call time", ratio_columns=RATIOS)
     inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    before_inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
     inlined_m, stacked_m, per_call_m = fresh_metrics(), fresh_metrics(), fresh_metrics()
     variants = [
         Variant("bare", "bare call", sync_batch(make_work())),
@@ -175,25 +179,40 @@ def run_sync(settings: Settings) -> Section:
             "hand-written, .labels() on every call",
             sync_batch(labels_per_call_sync(make_work(), per_call_m)),
         ),
+        Variant(
+            "before",
+            "before: @monitored_analysis of 0.1.0",
+            sync_batch(BeforeMonitor(before_inst, MODULE, KIND)(make_work())),
+        ),
     ]
     try:
         timings = measure(variants, rounds=settings.rounds, batch_seconds=settings.batch_seconds)
     finally:
         inst.close()
+        before_inst.close()
     fill(section, timings)
-    monitored, stacked, inlined = (
-        section.row(k).median for k in ("monitored", "stacked", "inlined")
+    monitored, stacked, inlined, before = (
+        section.row(k).median for k in ("monitored", "stacked", "inlined", "before")
     )
     section.targets += [
-        Target("@monitored_analysis / hand-inlined", ratio(monitored, inlined), "<=", 1.3),
+        Target("@monitored_analysis / hand-inlined", ratio(monitored, inlined), "<=", 0.5),
+        Target(
+            "@monitored_analysis / hand-inlined (stretch)", ratio(monitored, inlined), "<=", 0.35
+        ),
         Target(
             "@monitored_analysis / prometheus_client stacked", ratio(monitored, stacked), "<", 1
         ),
+        Target("@monitored_analysis / before (0.1.0)", ratio(monitored, before), "<", 1),
     ]
     check_counts(
         section,
         timings,
-        {"monitored": inst.metrics, "inlined": inlined_m, "labels_per_call": per_call_m},
+        {
+            "monitored": inst.metrics,
+            "inlined": inlined_m,
+            "labels_per_call": per_call_m,
+            "before": before_inst.metrics,
+        },
         stacked_m,
     )
     return section
@@ -277,6 +296,8 @@ def run_async(settings: Settings) -> Section:
         )
         return section
     inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    before_inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    before_monitor = BeforeMonitor(before_inst, MODULE, KIND)
     inlined_m, stacked_m, per_call_m = fresh_metrics(), fresh_metrics(), fresh_metrics()
     loop = asyncio.new_event_loop()
     variants = [
@@ -301,26 +322,41 @@ def run_async(settings: Settings) -> Section:
             "hand-written, .labels() on every call",
             async_batch(loop, labels_per_call_async(make_async_work(), per_call_m)),
         ),
+        Variant(
+            "before",
+            "before: @monitored_analysis of 0.1.0",
+            async_batch(loop, before_async(before_monitor, make_async_work())),
+        ),
     ]
     try:
         timings = measure(variants, rounds=settings.rounds, batch_seconds=settings.batch_seconds)
     finally:
         loop.close()
         inst.close()
+        before_inst.close()
     fill(section, timings)
-    bare, monitored, stacked = (section.row(k).median for k in ("bare", "monitored", "stacked"))
-    section.targets.append(
+    bare, monitored, stacked, inlined, before = (
+        section.row(k).median for k in ("bare", "monitored", "stacked", "inlined", "before")
+    )
+    section.targets += [
+        Target("@monitored_analysis / hand-inlined async", ratio(monitored, inlined), "<=", 0.6),
         Target(
             "overhead of @monitored_analysis / overhead of prometheus-async stacked",
             ratio(monitored - bare, stacked - bare),
             "<",
             1,
-        )
-    )
+        ),
+        Target("@monitored_analysis / before (0.1.0)", ratio(monitored, before), "<", 1),
+    ]
     check_counts(
         section,
         timings,
-        {"monitored": inst.metrics, "inlined": inlined_m, "labels_per_call": per_call_m},
+        {
+            "monitored": inst.metrics,
+            "inlined": inlined_m,
+            "labels_per_call": per_call_m,
+            "before": before_inst.metrics,
+        },
         stacked_m,
     )
     return section

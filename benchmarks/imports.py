@@ -4,10 +4,13 @@ Each command runs in a fresh interpreter, interleaved with the others, and is ti
 outside (interpreter start-up included, as a user's script would pay it). ``python -c pass``
 gives the start-up alone, so the import-only ratio can be shown as well.
 
-Both sides import from cached bytecode: the children write and read it under a temporary
+Cached: both sides import from bytecode the children write and read under a temporary
 ``PYTHONPYCACHEPREFIX`` (the first, untimed round fills it). Otherwise, with
 ``PYTHONDONTWRITEBYTECODE`` set, a source checkout recompiles on every import while
 site-packages ship their ``.pyc``, and the comparison would time the compiler.
+Uncached: the same with an empty prefix that is never written, so every run of either
+side compiles all it imports from source (a first import after an install or upgrade).
+The targets are on the import alone: each run minus the median start-up of its kind.
 """
 
 from __future__ import annotations
@@ -40,11 +43,13 @@ WATCHED = ("aiohttp", "asyncio", "ssl", "urllib.request", "http.client", "json")
 class _Interpreter:
     """Runs fresh interpreters with a clean environment and a private bytecode cache."""
 
-    def __init__(self, pycache: str) -> None:
+    def __init__(self, pycache: str, *, cached: bool = True) -> None:
         env = {k: v for k, v in os.environ.items() if k.lower() != "prometheus_multiproc_dir"}
         for name in ("PYTHONPROFILEIMPORTTIME", "PYTHONDONTWRITEBYTECODE"):
             env.pop(name, None)
         env["PYTHONPYCACHEPREFIX"] = pycache
+        if not cached:
+            env["PYTHONDONTWRITEBYTECODE"] = "1"
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(ROOT), env.get("PYTHONPATH")]))
         self.env = env
 
@@ -81,11 +86,14 @@ class _Interpreter:
 
 
 def run_imports(settings: Settings) -> Section:
-    with tempfile.TemporaryDirectory(prefix="instrument-bench-pycache-") as pycache:
-        return _measure(settings, _Interpreter(pycache))
+    with (
+        tempfile.TemporaryDirectory(prefix="instrument-bench-pycache-") as pycache,
+        tempfile.TemporaryDirectory(prefix="instrument-bench-nocache-") as empty,
+    ):
+        return _measure(settings, _Interpreter(pycache), _Interpreter(empty, cached=False))
 
 
-def _measure(settings: Settings, python: _Interpreter) -> Section:
+def _measure(settings: Settings, python: _Interpreter, uncached: _Interpreter) -> Section:
     section = Section(
         "import",
         7,
@@ -93,7 +101,12 @@ def _measure(settings: Settings, python: _Interpreter) -> Section:
         display=("ms", 1e3),
         ratio_columns=[("vs_baseline", "vs baseline"), ("import_only", "import only")],
     )
-    runs = {key: python.timed(code) for key, (_, code) in COMMANDS.items()}
+    runs: dict[str, Callable[[], float]] = {}
+    labels: dict[str, str] = {}
+    for suffix, interpreter in (("", python), ("_uncached", uncached)):
+        for key, (command, code) in COMMANDS.items():
+            runs[key + suffix] = interpreter.timed(code)
+            labels[key + suffix] = command + (" (uncached)" if suffix else "")
     keys = list(runs)
     for key in keys:  # warm-up: fill the bytecode cache and the page cache
         runs[key]()
@@ -103,30 +116,33 @@ def _measure(settings: Settings, python: _Interpreter) -> Section:
             key = keys[(r + i) % len(keys)]
             samples[key].append(runs[key]())
     rows = {
-        key: Row.from_timing(Timing(key, COMMANDS[key][0], samples[key], len(samples[key]), 1))
+        key: Row.from_timing(Timing(key, labels[key], samples[key], len(samples[key]), 1))
         for key in keys
     }
-    startup, baseline = rows["startup"].median, rows["baseline"].median
-    for key, row in rows.items():
-        row.info = {"command": COMMANDS[key][1]}
-        if key != "startup":
-            row.ratios = {
-                "vs_baseline": ratio(row.median, baseline),
-                "import_only": ratio(row.median - startup, baseline - startup),
-            }
-            row.detail = f"{(row.median - startup) * 1e3:.1f} ms over start-up"
-        section.rows.append(row)
-    section.targets.append(
-        Target(
-            "import instrument / import prometheus_client, wrapt (whole process)",
-            ratio(rows["instrument"].median, baseline),
-            "<=",
-            1.2,
+    for suffix, kind in (("", "cached"), ("_uncached", "uncached")):
+        startup = rows["startup" + suffix].median
+        baseline = rows["baseline" + suffix].median
+        for key in COMMANDS:
+            row = rows[key + suffix]
+            row.info = {"command": COMMANDS[key][1], "bytecode": kind}
+            if key != "startup":
+                row.ratios = {
+                    "vs_baseline": ratio(row.median, baseline),
+                    "import_only": ratio(row.median - startup, baseline - startup),
+                }
+                row.detail = f"{(row.median - startup) * 1e3:.1f} ms over start-up"
+            section.rows.append(row)
+        section.targets.append(
+            Target(
+                f"import instrument / import prometheus_client, wrapt (import only, {kind})",
+                ratio(rows["instrument" + suffix].median - startup, baseline - startup),
+                "<=",
+                1.2,
+            )
         )
-    )
     section.notes.append(
-        "both sides import from cached bytecode (a private PYTHONPYCACHEPREFIX, filled by an "
-        "untimed first round)"
+        "cached: both sides import from bytecode (a private PYTHONPYCACHEPREFIX, filled by an "
+        "untimed first round); uncached: both compile from source on every run"
     )
     probe = "import instrument, sys, json; print(json.dumps({m: m in sys.modules for m in %r}))"
     loaded = json.loads(python.run("-c", probe % (WATCHED,)).stdout)

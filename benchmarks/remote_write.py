@@ -1,4 +1,4 @@
-"""Section 8: one push of the full state, remote write against the Pushgateway, at 100,
+"""Section 9: one push of the full state, remote write against the Pushgateway, at 100,
 1,000 and 10,000 series: time per push and bytes on the wire, side by side.
 
 Both targets are real and local, the tests' own servers (``tests.servers``): a

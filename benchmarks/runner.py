@@ -22,6 +22,7 @@ from typing import Any
 from .ai_calls import run_ai
 from .calls import run_async, run_sync
 from .coalesce import run_coalesce
+from .collect import run_collect
 from .imports import run_imports
 from .memory import run_memory
 from .push import run_push
@@ -43,6 +44,7 @@ SECTIONS: tuple[tuple[int, str, Callable[[Settings], Section]], ...] = (
     (7, "import", run_imports),
     (8, "coalesce", run_coalesce),
     (9, "remote_write", run_remote_write),
+    (10, "collect", run_collect),
 )
 
 

@@ -14,10 +14,11 @@ from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
 
+from .before import BeforeMonitor
 from .calls import KIND, MODULE, observations
 from .fakes import COMPLETION_TOKENS, PROMPT_TOKENS, ai_unavailable, make_items, make_stream
 from .harness import Batch, Variant, measure
-from .report import Check, Row, Section, ratio
+from .report import Check, Row, Section, Target, ratio
 from .settings import Settings
 
 __all__ = ["run_streams"]
@@ -44,6 +45,7 @@ def run_streams(settings: Settings) -> Section:
     )
     length = settings.stream_length
     inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+    before_inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
     variants = [
         Variant("bare_generator", "bare generator", consume_batch(make_items(length)), length),
         Variant(
@@ -52,8 +54,14 @@ def run_streams(settings: Settings) -> Section:
             consume_batch(inst.monitored_analysis(MODULE, KIND)(make_items(length))),
             length,
         ),
+        Variant(
+            "before_generator",
+            "before: @monitored_analysis generator of 0.1.0",
+            consume_batch(BeforeMonitor(before_inst, MODULE, KIND)(make_items(length))),
+            length,
+        ),
     ]
-    baselines = {"monitored_generator": "bare_generator"}
+    baselines = {"monitored_generator": "bare_generator", "before_generator": "bare_generator"}
     unavailable = ai_unavailable()
     if unavailable is None:
         variants += [
@@ -77,6 +85,7 @@ def run_streams(settings: Settings) -> Section:
         timings = measure(variants, rounds=settings.rounds, batch_seconds=settings.batch_seconds)
     finally:
         inst.close()
+        before_inst.close()
     for timing in timings.values():
         row = Row.from_timing(timing)
         base = timings[baselines.get(timing.key, timing.key)].median
@@ -85,6 +94,19 @@ def run_streams(settings: Settings) -> Section:
         if timing.key in baselines:
             row.detail = f"+{(row.median - base) * 1e9:.0f} ns per item over bare"
         section.rows.append(row)
+    # "Unchanged (about 40 ns)": against 0.1.0's, measured beside it, as the machine's
+    # speed moves both.
+    section.targets.append(
+        Target(
+            "generator: per-item overhead over bare / 0.1.0's",
+            ratio(
+                section.row("monitored_generator").info["overhead_per_item"],
+                section.row("before_generator").info["overhead_per_item"],
+            ),
+            "<=",
+            1.1,
+        )
+    )
     section.notes.append(
         f"per item includes each call's start and end, spread over its {length} items"
     )

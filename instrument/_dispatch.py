@@ -11,7 +11,18 @@ from inspect import CO_ITERABLE_COROUTINE
 from types import AsyncGeneratorType, CoroutineType, GeneratorType, coroutine
 from typing import Any
 
-from ._jobs import Probe, aend_job, defer, end_job, record_end, record_success, report_failure
+from ._jobs import (
+    Probe,
+    aend_job,
+    collector_closing,
+    defer,
+    end_job,
+    end_outside,
+    post_job_async,
+    record_end,
+    record_success,
+    report_failure,
+)
 from ._proxy import ASYNC_GENERATOR, BY_RESULT, COROUTINE, GENERATOR, Wrapper, kind_of
 
 __all__ = ["Start", "wrapper_for"]
@@ -93,7 +104,8 @@ class _Handover:
         if probe is None:
             return
         self.probe = self.work = None
-        end_job(probe, GeneratorExit())  # first: closing runs the caller's code
+        # From the garbage collector: recorded at the next safe point, not here.
+        end_outside(probe, GeneratorExit())
         if isinstance(work, CoroutineType | GeneratorType):
             work.close()
 
@@ -144,19 +156,31 @@ async def _awaited_job(
     so a decorated object's ``__call__`` is seen as a coroutine function, as the
     undecorated one's is (frameworks check ``inspect.iscoroutinefunction(obj.__call__)``).
     """
-    probe = _start_guarded(start, wrapped, args, kwargs)
-    if probe is None:
+    # The hot path of coroutines: the guards inlined, as in call_sync.
+    try:
+        probe = start(wrapped, args, kwargs)
+    except Exception:
+        report_failure("starting a job")
         return await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
     try:
         result = await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
     except BaseException as exc:
+        if collector_closing(exc):
+            end_outside(probe, exc)
+            raise
         try:
             await aend_job(probe, exc)
         except RecursionError:  # nothing recorded: see _jobs
             defer(partial(record_end, probe, exc))
         raise
-    result = record_success(probe, result)
-    await aend_job(probe)
+    try:
+        result = probe.success(result)
+    except Exception:
+        report_failure("recording a result")
+    # Not ``await aend_job(probe)``: that is a second coroutine per call, to await nothing.
+    waiter = post_job_async(probe)
+    if waiter is not None:
+        await waiter
     return result
 
 
@@ -174,6 +198,9 @@ def _generator_job(
     try:
         value = yield from (_observe(work, probe) if observed else work)
     except BaseException as exc:
+        if collector_closing(exc):
+            end_outside(probe, exc)
+            raise
         try:
             end_job(probe, exc)
         except RecursionError:  # see _jobs
@@ -244,7 +271,9 @@ async def _async_generator_job(
             except BaseException as exc:
                 thrown = exc
     except BaseException as exc:
-        if probe is not None:
+        if probe is not None and collector_closing(exc):
+            end_outside(probe, exc)
+        elif probe is not None:
             try:
                 await aend_job(probe, exc)
             except RecursionError:  # nothing recorded: see _jobs

@@ -8,8 +8,9 @@ the wrapped function.
 
 A policy imports from here only. Its hooks for code that runs outside the engine:
 :func:`end_job` / :func:`aend_job` end a job after the wrapper returned (a stream it
-handed out, a manager entered later), :func:`defer` / :func:`run_deferred` move work to a
-safe point, and :func:`report_failure` logs a failure the way the engine's guards do.
+handed out, a manager entered later), :func:`end_outside` one from a finalizer,
+:func:`defer` / :func:`run_deferred` move work to a safe point, and
+:func:`report_failure` logs a failure the way the engine's guards do.
 
 The engine's parts: ``_jobs`` (a job's end, the guards, deferred work), ``_dispatch`` (one
 wrapper per kind of function), ``_proxy`` (the wrapt proxy a decorated function becomes)
@@ -28,8 +29,10 @@ from ._jobs import (
     CANCELLING,
     Probe,
     aend_job,
+    collector_closing,
     defer,
     end_job,
+    end_outside,
     record_success,
     report_failure,
     run_deferred,
@@ -45,6 +48,7 @@ __all__ = [
     "bind_arguments",
     "defer",
     "end_job",
+    "end_outside",
     "report_failure",
     "run_deferred",
     "wraps_signature",
@@ -150,7 +154,10 @@ class Instrumenter(Generic[P]):
     ) -> None:
         probe = self._exit(exc, caller_frame())
         if probe is not None:
-            end_job(probe, exc)
+            if exc is not None and collector_closing(exc):  # freed by the garbage collector
+                end_outside(probe, exc)
+            else:
+                end_job(probe, exc)
 
     async def __aenter__(self) -> P:
         return self._push(caller_frame())
@@ -163,7 +170,10 @@ class Instrumenter(Generic[P]):
     ) -> None:
         probe = self._exit(exc, caller_frame())
         if probe is not None:
-            await aend_job(probe, exc)
+            if exc is not None and collector_closing(exc):
+                end_outside(probe, exc)
+            else:
+                await aend_job(probe, exc)
 
 
 def wraps_signature(func: Callable[..., Any]) -> inspect.Signature | None:

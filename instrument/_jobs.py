@@ -7,6 +7,7 @@ Everything here is re-exported by ``_engine``, which is what a policy imports.
 from __future__ import annotations
 
 import asyncio
+import gc
 import logging
 import queue
 from collections.abc import Awaitable, Callable
@@ -17,8 +18,11 @@ __all__ = [
     "CANCELLING",
     "Probe",
     "aend_job",
+    "collector_closing",
     "defer",
     "end_job",
+    "end_outside",
+    "post_job_async",
     "record_end",
     "record_success",
     "report_failure",
@@ -66,6 +70,10 @@ class Probe:
         if self.after_job is not None:
             self.after_job()
         return None
+
+    def note_change(self) -> None:
+        """The post-job step of a job that ended outside a call (see :func:`end_outside`):
+        mark the state for the next push, never push."""
 
 
 def report_failure(what: str) -> None:
@@ -127,15 +135,72 @@ async def aend_job(probe: Probe, exc: BaseException | None = None) -> None:
     """:func:`end_job` in async code: the post-job step may be awaited (a push)."""
     if exc is not None:
         _end(probe, exc)
+    waiter = post_job_async(probe)
+    if waiter is not None:
+        await waiter
+
+
+def post_job_async(probe: Probe) -> Awaitable[None] | None:
+    """The post-job step in async code, guarded: None when there is nothing to await (the
+    usual case: then a job's end makes no coroutine), else one to await. Never raises."""
     try:
         try:
             waiter = probe.after_job_async()
-            if waiter is not None:
-                await waiter
         except Exception:
             report_failure("delivery")
+            return None
     except RecursionError:  # no room for the post-job step: the next one carries this end
+        return None
+    return None if waiter is None else _delivered(waiter)
+
+
+async def _delivered(waiter: Awaitable[None]) -> None:
+    try:
+        try:
+            await waiter
+        except Exception:
+            report_failure("delivery")
+    except RecursionError:
         pass
+
+
+def end_outside(probe: Probe, exc: BaseException) -> None:
+    """End ``probe``'s job from outside any call, recording nothing now: from a finalizer
+    (``__del__``, a generator the garbage collector closes), which may run while this
+    thread holds a lock that recording takes. The end is deferred (see below): it is
+    recorded before the next read, and marks the state for the next push, never pushes.
+
+    The engine ends this way what the collector's GeneratorExit ends in its wrappers and
+    with-blocks (:func:`collector_closing`). Reads see no difference: deferred work runs
+    before each of them.
+    """
+    defer(partial(_ended_outside, probe, exc))
+
+
+def collector_closing(exc: BaseException) -> bool:
+    """Whether ``exc`` ends a job from inside the garbage collector: a GeneratorExit while
+    a collection runs (it closes the suspended generators and coroutines it frees). Such
+    an end goes to :func:`end_outside`; a ``close()`` the caller made is recorded at once."""
+    return _collecting and isinstance(exc, GeneratorExit)
+
+
+_collecting = False
+
+
+def _collection(phase: str, info: dict[str, int]) -> None:
+    global _collecting
+    _collecting = phase == "start"
+
+
+gc.callbacks.append(_collection)
+
+
+def _ended_outside(probe: Probe, exc: BaseException) -> None:
+    record_end(probe, exc)
+    try:
+        probe.note_change()
+    except Exception:
+        report_failure("delivery")
 
 
 def _end(probe: Probe, exc: BaseException) -> None:
@@ -186,7 +251,10 @@ def run_deferred() -> None:
     keep a push waiting. Near the recursion limit, what has no stack to run on waits for
     the next safe point.
     """
-    for _ in range(_deferred.qsize()):
+    waiting = _deferred.qsize()
+    if not waiting:  # the usual case, before every read and AI call
+        return
+    for _ in range(waiting):
         if not _has_room():
             return
         try:

@@ -11,6 +11,7 @@ from collections.abc import Awaitable, Callable
 from time import perf_counter
 from typing import TYPE_CHECKING, Any
 
+from ._cells import CellSeries
 from ._engine import Probe, bind_arguments, wraps_signature
 from ._validation import check_label, check_number
 from .policy import Binding, Policy
@@ -23,6 +24,12 @@ __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
 logger = logging.getLogger("instrument")
 
 ProjectArg = str | Callable[[dict[str, Any]], str] | None
+
+# Where a job's numbers go in its binding's cells (``_cells``): the active-jobs gauge, one
+# counter per status, then the duration histogram's sum and buckets.
+_STATUSES = ("success", "error", "cancelled")
+_ACTIVE, _SUCCESS, _ERROR, _CANCELLED, _DURATION = range(5)
+_STATUS_INDEXES = (_SUCCESS, _ERROR, _CANCELLED)
 
 
 class _AnalysisBinding(Binding):
@@ -37,16 +44,39 @@ class _AnalysisBinding(Binding):
         m = inst.metrics
         module, analysis_type = monitor.module, monitor.analysis_type
         self.module = module
-        self.active_inc = m.active_jobs.labels(monitor.job_type).inc
-        self.active_dec = m.active_jobs.labels(monitor.job_type).dec
-        self.observe = m.analysis_duration.labels(module, analysis_type).observe
-        self.success_inc = m.analyses.labels(module, analysis_type, "success").inc
-        self.error_inc = m.analyses.labels(module, analysis_type, "error").inc
-        self.cancel_inc = m.analyses.labels(module, analysis_type, "cancelled").inc
+        active = m.active_jobs.labels(monitor.job_type)
+        duration = m.analysis_duration.labels(module, analysis_type)
+        statuses = [m.analyses.labels(module, analysis_type, s) for s in _STATUSES]
+        #: ``begin()`` at a job's start, ``end(status, seconds)`` at its end.
+        self.begin: Callable[[], None]
+        self.end: Callable[[int, float], None]
+        if self.cells:
+            series = CellSeries(
+                self,
+                counters=dict(zip(_STATUS_INDEXES, statuses, strict=True)),
+                gauges={_ACTIVE: active},
+                histograms={_DURATION: duration},
+                gauge=_ACTIVE,
+                histogram=_DURATION,
+            )
+            self.series = series
+            self.begin = series.begin
+            self.end = series.end
+        else:
+            self.begin = active.inc
+            self._active_dec = active.dec
+            self._observe = duration.observe
+            self._status_inc = {i: c.inc for i, c in zip(_STATUS_INDEXES, statuses, strict=True)}
+            self.end = self._end_direct
         self._errors = m.analysis_errors
         self._error_children: dict[str, Callable[[], None]] = {}
         self._analysis_type = analysis_type
         self._quality = m.code_quality_score
+
+    def _end_direct(self, status: int, seconds: float) -> None:
+        self._observe(seconds)
+        self._status_inc[status]()
+        self._active_dec()
 
     def count_error(self, exc: BaseException) -> None:
         name = type(exc).__name__
@@ -72,8 +102,14 @@ class AnalysisJob(Probe):
     _arguments: dict[str, Any] | None = None
 
     def after_job_async(self) -> Awaitable[None] | None:
-        waiter: Awaitable[None] | None = self._b.after_job_async()
+        step = self._b.after_job_async
+        if step is None:  # nothing is ever pushed (push_mode "off")
+            return None
+        waiter: Awaitable[None] | None = step()
         return waiter
+
+    def note_change(self) -> None:
+        self._b.note_change()
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
         """Record a code quality score for this job's project (or ``project``) and module."""
@@ -86,24 +122,16 @@ class AnalysisJob(Probe):
             b.set_quality(name, value)
 
     def success(self, result: Any) -> Any:
-        b = self._b
-        b.observe(perf_counter() - self._t0)
-        b.success_inc()
-        b.active_dec()
+        self._b.end(_SUCCESS, perf_counter() - self._t0)
         return result
 
     def error(self, exc: BaseException) -> None:
         b = self._b
-        b.observe(perf_counter() - self._t0)
-        b.error_inc()
         b.count_error(exc)
-        b.active_dec()
+        b.end(_ERROR, perf_counter() - self._t0)
 
     def cancel(self) -> None:
-        b = self._b
-        b.observe(perf_counter() - self._t0)
-        b.cancel_inc()
-        b.active_dec()
+        self._b.end(_CANCELLED, perf_counter() - self._t0)
 
 
 class _ScoredJob(AnalysisJob):
@@ -142,6 +170,9 @@ class _DisabledJob(AnalysisJob):
         self.after_job = None
 
     def after_job_async(self) -> None:
+        return None
+
+    def note_change(self) -> None:
         return None
 
     def record_quality(self, score: float, *, project: str | None = None) -> None:
@@ -248,7 +279,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job = _new(kind)
         job._b = b
         job.after_job = b.after_job
-        b.active_inc()
+        b.begin()
         job._t0 = perf_counter()
         return job
 

@@ -17,6 +17,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
+from ._cells import fold_all, fold_if_changed
 from ._engine import run_deferred
 from ._validation import check_flag, check_label, check_number
 from .ai import AICallTracker, ModelPrice, load_prices
@@ -42,6 +43,7 @@ from .delivery import (
 from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
+    before_read,
     check_buckets,
     check_namespace,
 )
@@ -55,6 +57,12 @@ logger = logging.getLogger("instrument")
 # Work the engine deferred (abandoned streams, job ends at the recursion limit) is done
 # before every snapshot: a push, a scrape, a read of the registry.
 register_before_snapshot(run_deferred)
+# Then what calls recorded in their threads' cells reaches the children (after the deferred
+# work, which may record into cells too).
+register_before_snapshot(fold_all)
+# And as each metric is read, for reads that do not go through the registry's whole collect.
+before_read(run_deferred)
+before_read(fold_if_changed)
 
 
 class Instrumentation:

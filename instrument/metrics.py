@@ -11,12 +11,13 @@ import math
 import numbers
 import re
 import threading
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 __all__ = [
@@ -28,6 +29,7 @@ __all__ = [
     "TIME_TO_FIRST_TOKEN_BUCKETS",
     "MetricSpec",
     "Metrics",
+    "before_read",
     "check_buckets",
     "check_label_value",
     "check_namespace",
@@ -114,6 +116,44 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("last_push_success", "last_push_success_timestamp_seconds", "gauge",
                "Unix time of the last successful push", multiprocess_mode="max"),
 )  # fmt: skip
+
+# -- reading: what must happen before any of these metrics is read ----------------------------
+# Decorated calls record into per-thread cells (``_cells``), folded into the children before
+# a read. A whole-registry read runs the fold first (a collector registered ahead of the
+# metrics); a read of only some names (``registry.restricted_registry``, a scrape with
+# ``?name[]=``) or of one metric (``metric.collect()``) collects in no set order, so each
+# metric also runs the hooks as it is read: when nothing changed, a flag check.
+
+_before_read: list[Callable[[], None]] = []
+
+
+def before_read(hook: Callable[[], None]) -> None:
+    """Run ``hook`` (which never raises) whenever one of these metrics is collected."""
+    if hook not in _before_read:
+        _before_read.append(hook)
+
+
+class _Read:
+    def collect(self) -> Iterable[Metric]:
+        for hook in _before_read:
+            hook()
+        collected: Iterable[Metric] = super().collect()  # type: ignore[misc]
+        return collected
+
+
+# prometheus_client's own types, each with the read hook: ``labels()`` makes children of the
+# same class, and everything else is theirs.
+class _Counter(_Read, Counter):
+    pass
+
+
+class _Gauge(_Read, Gauge):
+    pass
+
+
+class _Histogram(_Read, Histogram):
+    pass
+
 
 _SPEC_BY_SUFFIX = {spec.suffix: spec for spec in METRICS}
 _NAMESPACE_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
@@ -288,16 +328,16 @@ class Metrics:
     def _create(self, spec: MetricSpec) -> Counter | Gauge | Histogram:
         name = spec.name(self.namespace)
         if spec.kind == "counter":
-            return Counter(name, spec.documentation, spec.labels, registry=None)
+            return _Counter(name, spec.documentation, spec.labels, registry=None)
         if spec.kind == "gauge":
-            return Gauge(
+            return _Gauge(
                 name,
                 spec.documentation,
                 spec.labels,
                 registry=None,
                 multiprocess_mode=spec.multiprocess_mode,  # type: ignore[arg-type]
             )
-        return Histogram(
+        return _Histogram(
             name, spec.documentation, spec.labels, registry=None, buckets=self.buckets[spec.suffix]
         )
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
 from ._engine import Instrumenter, Probe
 from .defaults import get_instrumentation, instrumentation_class, track_binding
+from .delivery import multiprocess_enabled
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -36,7 +37,16 @@ class Binding:
         self.stale = not inst.enabled or inst.retired
         #: What a probe's ``after_job`` should be: None when nothing is ever pushed.
         self.after_job = inst.delivery.call_hook()
-        self.after_job_async = inst.delivery.after_call_async
+        #: Its async counterpart, None too when nothing is ever pushed.
+        self.after_job_async: Callable[[], Any] | None = (
+            None if self.after_job is None else inst.delivery.after_call_async
+        )
+        #: What a job ended outside a call does instead: mark the state, never push.
+        self.note_change = inst.delivery.note_change
+        #: Record through per-thread cells (``_cells``), folded before every read. Not in
+        #: prometheus_client's multiprocess mode: there a process's values must be in its
+        #: files as it records them, so the children are updated directly.
+        self.cells = not multiprocess_enabled()
 
 
 class Policy(Instrumenter[P], Generic[P, B]):

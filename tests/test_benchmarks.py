@@ -28,9 +28,10 @@ SECTIONS = (
     "import",
     "coalesce",
     "remote_write",
+    "collect",
 )
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
-ALWAYS_RUN = ("sync", "async", "streams", "import", "memory")
+ALWAYS_RUN = ("sync", "async", "streams", "import", "memory", "collect")
 
 
 def positive(value: Any) -> bool:
@@ -110,7 +111,7 @@ def test_memory_rows_are_numbers(report: dict[str, Any]) -> None:
 def test_ratios_are_against_the_baselines(report: dict[str, Any]) -> None:
     for key in ("sync", "async"):
         rows = {row["key"]: row for row in report["sections"][key]["rows"]}
-        assert set(rows) == {"bare", "inlined", "monitored", "stacked", "labels_per_call"}
+        assert set(rows) == {"bare", "inlined", "monitored", "stacked", "labels_per_call", "before"}
         assert rows["bare"]["ratios"]["vs_bare"] == 1
         assert rows["inlined"]["ratios"]["vs_inlined"] == 1
 

@@ -173,9 +173,15 @@ class AICall(Probe):
 
     def after_job_async(self) -> Awaitable[None] | None:
         if self.after_job is not None and self._b is not None:
-            waiter: Awaitable[None] | None = self._b.after_job_async()
-            return waiter
+            step = self._b.after_job_async
+            if step is not None:
+                waiter: Awaitable[None] | None = step()
+                return waiter
         return None
+
+    def note_change(self) -> None:
+        if self._b is not None:
+            self._b.note_change()
 
     # -- recording -------------------------------------------------------------------------
 

@@ -9,6 +9,8 @@ import weakref
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
+from .._cells import CellSeries
+from ..delivery import multiprocess_enabled
 from ..metrics import check_label_value
 from ._fields import attribute
 
@@ -25,6 +27,10 @@ UNKNOWN_MODEL = "unknown"
 #: The model label of models beyond ``max_models`` for one provider.
 OTHER_MODEL = "other"
 _STATUSES = ("success", "error", "cancelled")
+# Where a call's numbers go in a model's cells: one counter per status, the input and
+# output tokens, then the duration histogram's sum and buckets.
+_STATUS_INDEX = {status: i for i, status in enumerate(_STATUSES)}
+_INPUT, _OUTPUT, _DURATION = 3, 4, 5
 
 
 def http_status(exc: BaseException) -> str:
@@ -50,6 +56,8 @@ class ModelSeries:
     here; the rest on first use, so a series appears only once it has something to say."""
 
     __slots__ = (
+        "__weakref__",
+        "_cells",
         "_lazy",
         "_metrics",
         "_warned",
@@ -65,10 +73,23 @@ class ModelSeries:
         self._metrics = metrics
         self.provider = provider
         self.model = model
-        self.calls = {s: metrics.ai_api_calls.labels(provider, model, s).inc for s in _STATUSES}
-        self.observe = metrics.ai_call_duration.labels(provider, model).observe
-        self.inc_input = metrics.ai_tokens.labels(provider, model, "input").inc
-        self.inc_output = metrics.ai_tokens.labels(provider, model, "output").inc
+        calls = [metrics.ai_api_calls.labels(provider, model, s) for s in _STATUSES]
+        duration = metrics.ai_call_duration.labels(provider, model)
+        tokens = [metrics.ai_tokens.labels(provider, model, kind) for kind in ("input", "output")]
+        #: The children every call touches, through per-thread cells (``_cells``); None in
+        #: prometheus_client's multiprocess mode, where they are updated directly.
+        self._cells: CellSeries | None = None
+        if not multiprocess_enabled():
+            self._cells = CellSeries(
+                self,
+                counters={**dict(enumerate(calls)), _INPUT: tokens[0], _OUTPUT: tokens[1]},
+                gauges={},
+                histograms={_DURATION: duration},
+                histogram=_DURATION,
+            )
+        self.calls = {s: child.inc for s, child in zip(_STATUSES, calls, strict=True)}
+        self.observe = duration.observe
+        self.inc_input, self.inc_output = tokens[0].inc, tokens[1].inc
         # Bound now, so the series reads 0 from the first call: usage coverage (1 - missing
         # / calls) is then a number for a model whose every call reported usage.
         self._lazy: dict[tuple[str, ...], Any] = {
@@ -97,13 +118,24 @@ class ModelSeries:
         """One call's end: its ``status``, duration, time to first token, tokens (or that
         they are missing) and error. ``seen``: the type of the first response recorded;
         ``failure``: how reading one failed, warned about once."""
-        self.observe(seconds)
-        self.calls[status]()
+        cells = self._cells
+        if cells is None:
+            self.observe(seconds)
+            self.calls[status]()
+            if usage is not None:
+                self.tokens(usage)
+        elif usage is None:
+            cells.end(_STATUS_INDEX[status], seconds)
+        else:
+            cells.end(
+                _STATUS_INDEX[status],
+                seconds,
+                ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens)),
+            )
+            self._details(usage)
         if first_token is not None:
             self._child("ai_time_to_first_token").observe(first_token)
-        if usage is not None:
-            self.tokens(usage)
-        elif status != "error":
+        if usage is None and status != "error":
             self._usage_missing(status, seen, failure)
         if failure is not None and (usage is not None or status != "success"):
             self.warn_once("usage", "%s; its usage is not read", failure)
@@ -115,6 +147,11 @@ class ModelSeries:
             self.inc_input(usage.input_tokens)
         if usage.output_tokens:
             self.inc_output(usage.output_tokens)
+        self._details(usage)
+
+    def _details(self, usage: Usage) -> None:
+        if not (usage.cache_read or usage.cache_creation or usage.reasoning):
+            return  # the usual case: one check
         for detail in ("cache_read", "cache_creation", "reasoning"):
             count = getattr(usage, detail)
             if count:

@@ -6,8 +6,10 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable
+from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
+from .._cells import CellSeries
 from .._engine import bind_arguments, run_deferred, wraps_signature
 from ..policy import Binding, Policy
 from ._call import AICall
@@ -35,8 +37,11 @@ class AIBinding(Binding):
             return  # records nothing, so creates no series either
         options = tracker.options
         active = inst.metrics.active_jobs.labels(options.job_type)
-        self.active_inc = active.inc
-        self.active_dec = active.dec
+        if self.cells:  # see policy.Binding.cells
+            cells = CellSeries(self, counters={}, gauges={0: active}, histograms={}, gauge=0)
+            self.active_inc, self.active_dec = cells.begin, partial(cells.begin, -1)
+        else:
+            self.active_inc, self.active_dec = active.inc, active.dec
         self.models = provider_models(inst, options.provider)
         self.static = None if options.label is None else self.models.series(options.label)
 

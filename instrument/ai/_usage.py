@@ -36,7 +36,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ._fields import READERS, no_fields, read_field, reader_of
+from ._fields import READERS, Reader, attribute, no_fields, read_field, reader_of
 
 logger = logging.getLogger("instrument")
 
@@ -132,10 +132,14 @@ def _count(container: Any, *names: str) -> int | None:
     None (not reported) is silent; a negative, fractional or huge number, a string or any
     other type is logged at debug level and skipped.
     """
+    # The reader once, not per name (read_field would look it up each time).
+    read = READERS.get(type(container)) or reader_of(container)
     for name in names:
-        value = read_field(container, name)
+        value = read(container, name)
         if value is None:
             continue
+        if type(value) is int and 0 <= value <= MAX_TOKENS:  # the usual case, first
+            return value
         if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
             return value
         if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TOKENS:
@@ -186,11 +190,16 @@ def _openai_chat(usage: Any) -> Usage | None:
     if details is not None:
         cached = _count(details, "cached_tokens")
         written = _count(details, "cache_write_tokens", "cache_creation_tokens")
+    # The LiteLLM spellings only when the details did not say (read lazily).
+    if cached is None:
+        cached = _count(usage, "cache_read_input_tokens")
+    if written is None:
+        written = _count(usage, "cache_creation_input_tokens")
     return _usage(
         _count(usage, "prompt_tokens"),
         _count(usage, "completion_tokens"),
-        cache_read=_first(cached, _count(usage, "cache_read_input_tokens")),
-        cache_creation=_first(written, _count(usage, "cache_creation_input_tokens")),
+        cache_read=cached,
+        cache_creation=written,
         reasoning=_nested(usage, "completion_tokens_details", "reasoning_tokens"),
     )
 
@@ -258,10 +267,8 @@ def _cohere(usage: Any) -> Usage | None:
 
 def _read_usage(usage: Any) -> Usage | None:
     """Pick the reader by the usage block's own fields."""
-    if (
-        read_field(usage, "prompt_tokens") is not None
-        or read_field(usage, "completion_tokens") is not None
-    ):
+    get = READERS.get(type(usage)) or reader_of(usage)
+    if get(usage, "prompt_tokens") is not None or get(usage, "completion_tokens") is not None:
         return _openai_chat(usage)
     if (
         read_field(usage, "input_tokens") is not None
@@ -297,8 +304,12 @@ def extract_usage(response: Any) -> Usage | None:
     get = READERS.get(type(response)) or reader_of(response)
     if get is no_fields:
         return None
-    usage = get(response, "usage")
-    if usage is not None and not callable(usage):
+    usage = _usage_field(response, get)
+    if usage is None:
+        # A shape whose usage is its own field, empty in this one: an OpenAI-style
+        # stream's chunk before the last. Nothing else in it holds usage.
+        return None
+    if usage is not _ABSENT and not callable(usage):
         return _read_usage(usage)
     meta = get(response, "usage_metadata")
     if meta is None:
@@ -315,6 +326,20 @@ def extract_usage(response: Any) -> Usage | None:
             if usage is not None and not callable(usage):
                 return _read_usage(usage)
     return None
+
+
+#: What ``_usage_field`` gives for a response with no ``usage`` field at all.
+_ABSENT: Any = object()
+
+
+def _usage_field(response: Any, get: Reader) -> Any:
+    """The ``usage`` field of ``response`` (None when it is there but empty), or _ABSENT."""
+    try:
+        if get is attribute:
+            return getattr(response, "usage", _ABSENT)
+        return response.get("usage", _ABSENT)  # a dict or another mapping
+    except Exception:  # a property of a foreign object may raise anything
+        return _ABSENT
 
 
 def response_model(response: Any) -> str | None:

@@ -1,0 +1,338 @@
+"""Per-thread cells: where decorated calls record, folded into the prometheus_client
+children before every read.
+
+Every prometheus_client update takes its value's lock; a call's end made five of them.
+Here a call writes plain numbers into a cell its own thread owns, and a fold, run before
+the registry's families are read (the before-snapshot hooks: every scrape, push, file and
+``get_sample_value``), adds what changed since its last look to the real children. What a
+user reads stays prometheus_client metrics; only when the numbers get there changes.
+
+Why it is exact, without relying on the GIL or on ``+=`` being atomic:
+
+- A cell is written by its owner thread only: a job that ends in another thread than it
+  started in writes its end into that thread's cell (the gauge is summed over cells).
+- An end's writes are made holding the cell's lock, which the fold holds while it copies
+  the cell: the copy is a consistent snapshot (count, sum, bucket and gauge of one end
+  all, or none). A start writes one number, which a copy sees whole either way.
+- ``writing`` is set around the owner's writes: code that runs inside them in the same
+  thread (a finalizer, a signal handler calling a decorated function) sees it and defers
+  its numbers to the engine's deferred work instead of interleaving a read-modify-write.
+- The fold keeps what it last applied per number and moves it on number by number, after
+  each child accepted the difference: a fold that fails half-way applies the rest later,
+  and nothing twice.
+- Cells of exited threads are folded one last time and dropped: at the next fold, and
+  when a new thread makes its first cell of the series (so thread churn leaves none).
+- A fork waits for every cell's lock and the fold's, so the child starts from a
+  consistent state at the fork and never inherits a lock held by a thread it lacks.
+
+prometheus_client's multiprocess mode keeps the direct updates: there each process's values
+must be in its files when it writes them (``policy.Binding.cells``).
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+import weakref
+from bisect import bisect_left
+from collections.abc import Mapping
+from functools import partial
+from typing import Any
+
+from prometheus_client.samples import Exemplar
+
+from ._jobs import defer, report_failure
+
+__all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
+
+
+class Cell:
+    """One thread's numbers for one :class:`CellSeries`."""
+
+    __slots__ = ("exemplars", "folded", "lock", "owner", "values", "writing")
+
+    def __init__(self, size: int, owner: weakref.ref[Any]) -> None:
+        self.values: list[float] = [0] * size
+        #: What the fold has applied so far, number by number (touched by folds only).
+        self.folded: list[float] = [0] * size
+        # Reentrant: a fold copying its own thread's cell may be interrupted by a
+        # finalizer that records into that cell.
+        self.lock = threading.RLock()
+        self.writing = False
+        #: Alive while the owner thread is: its thread-local storage holds the referent.
+        self.owner = owner
+        #: The latest exemplar per bucket index since the last fold (for traces).
+        self.exemplars: dict[int, Exemplar] | None = None
+
+
+class _Owner:
+    """Held in the owner thread's local storage beside its cell; it goes with the thread."""
+
+    __slots__ = ("__weakref__",)
+
+
+def histogram_size(child: Any) -> int:
+    """The numbers a histogram child takes in a cell: its sum, then one per bucket."""
+    return 1 + len(child._upper_bounds)
+
+
+class CellSeries:
+    """A fixed set of prometheus_client children recorded through per-thread cells.
+
+    ``counters`` and ``gauges`` map a number's index to the child it is added to;
+    ``histograms`` map the index of a histogram's sum, followed by its buckets, to the
+    histogram child. :meth:`begin` and :meth:`end` are the shape of a job: ``gauge`` up by
+    one, then down, the ``status`` counter up, the seconds observed by ``histogram``.
+    ``keeper`` is what uses the series (a binding): once it is gone and everything is
+    folded, so is the series.
+    """
+
+    __slots__ = (
+        "_bounds",
+        "_buckets",
+        "_cells",
+        "_gauge",
+        "_histogram",
+        "_keeper",
+        "_local",
+        "_lock",
+        "_step",
+        "_targets",
+        "size",
+    )
+
+    def __init__(
+        self,
+        keeper: object,
+        *,
+        counters: Mapping[int, Any],
+        gauges: Mapping[int, Any],
+        histograms: Mapping[int, Any],
+        gauge: int | None = None,
+        histogram: int = 0,
+    ) -> None:
+        # What each number is added to: a child, or a histogram's sum or bucket value (it
+        # has no public way to add a count to one bucket).
+        self._targets: list[tuple[int, Any]] = [*counters.items(), *gauges.items()]
+        self._buckets: dict[int, Any] = {}
+        for index, child in histograms.items():
+            self._targets.append((index, child._sum))
+            for i, bucket in enumerate(child._buckets):
+                self._targets.append((index + 1 + i, bucket))
+                self._buckets[index + 1 + i] = bucket
+        self.size = 1 + max(index for index, _ in self._targets)
+        # Without a gauge, an end takes 0 from number 0: no branch on the hot path.
+        self._gauge = 0 if gauge is None else gauge
+        self._step = 0 if gauge is None else 1
+        self._histogram = histogram
+        self._bounds: list[float] = (
+            list(histograms[histogram]._upper_bounds) if histogram in histograms else []
+        )
+        self._local = threading.local()
+        self._keeper = weakref.ref(keeper)
+        #: Every cell not yet dropped; changed under ``_lock``.
+        self._cells: list[Cell] = []
+        self._lock = threading.RLock()
+        with _series_lock:
+            _series.append(self)
+
+    # -- the owner's side ------------------------------------------------------------------
+
+    def cell(self) -> Cell:
+        """The current thread's cell, made on its first use."""
+        try:
+            cell: Cell = self._local.cell
+        except AttributeError:
+            return self._new_cell()
+        return cell
+
+    def _new_cell(self) -> Cell:
+        owner = _Owner()
+        cell = Cell(self.size, weakref.ref(owner))
+        with self._lock:
+            self._cells.append(cell)
+        self._local.owner = owner
+        self._local.cell = cell
+        # A good moment to drop cells of threads gone since the last fold, unless a fold
+        # runs (possibly this thread's own, interrupted by whatever is calling now).
+        if _fold_lock.acquire(blocking=False):
+            try:
+                self._fold(dead_only=True)
+            except Exception:  # what was not applied stays for the next fold; this call counts
+                report_failure("folding recorded values")
+            finally:
+                _fold_lock.release()
+        return cell
+
+    # The two below run once per decorated call: the lookup of the cell is inlined.
+
+    def begin(self, step: int = 1) -> None:
+        """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's end
+        that records the rest elsewhere)."""
+        try:
+            cell: Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        if cell.writing:  # inside this thread's own write: see the module's docstring
+            defer(partial(self.add, ((self._gauge, step),)))
+            return
+        cell.writing = True
+        try:
+            values = cell.values
+            values[self._gauge] += step
+        finally:
+            cell.writing = False
+        global _changed
+        _changed = True
+
+    def end(self, status: int, seconds: float, amounts: tuple[tuple[int, float], ...] = ()) -> None:
+        """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed, and
+        each ``(index, amount)`` added."""
+        try:
+            cell: Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        if cell.writing:
+            defer(partial(self.end, status, seconds, amounts))
+            return
+        cell.writing = True
+        # acquire()/release() rather than ``with``: half the cost of the lock.
+        lock = cell.lock
+        lock.acquire()
+        try:
+            values = cell.values
+            values[self._gauge] -= self._step
+            values[status] += 1
+            hist = self._histogram
+            values[hist] += seconds
+            values[hist + 1 + bisect_left(self._bounds, seconds)] += 1
+            for index, amount in amounts:
+                values[index] += amount
+        finally:
+            lock.release()
+            cell.writing = False
+        global _changed
+        _changed = True
+
+    def add(self, amounts: tuple[tuple[int, float], ...]) -> None:
+        """Add each ``(index, amount)`` at once (the slow paths)."""
+        cell = self.cell()
+        if cell.writing:
+            defer(partial(self.add, amounts))
+            return
+        cell.writing = True
+        try:
+            with cell.lock:
+                values = cell.values
+                for index, amount in amounts:
+                    values[index] += amount
+        finally:
+            cell.writing = False
+        global _changed
+        _changed = True
+
+    # -- the fold --------------------------------------------------------------------------
+
+    def _fold(self, dead_only: bool) -> None:
+        """Apply what each cell gained since the last fold; drop the cells of exited threads.
+        Holding ``_fold_lock``."""
+        with self._lock:
+            cells = list(self._cells)
+        gone = []
+        for cell in cells:
+            # Decided before the copy: a thread that had exited wrote its last already.
+            dead = cell.owner() is None
+            if dead_only and not dead:
+                continue
+            with cell.lock:
+                values = cell.values[:]
+                exemplars, cell.exemplars = cell.exemplars, None
+            folded = cell.folded
+            if values != folded:
+                for index, target in self._targets:
+                    delta = values[index] - folded[index]
+                    if delta:
+                        target.inc(delta)
+                        folded[index] = values[index]
+            if exemplars:
+                for index, exemplar in exemplars.items():
+                    self._buckets[index].set_exemplar(exemplar)
+            if dead:
+                gone.append(cell)
+        if gone:
+            with self._lock:
+                self._cells = [cell for cell in self._cells if cell not in gone]
+
+    def retired(self) -> bool:
+        """Nothing uses this series any more and every cell is folded."""
+        if self._keeper() is not None:
+            return False
+        with self._lock:
+            return all(cell.values == cell.folded for cell in self._cells)
+
+    def cell_count(self) -> int:
+        """How many cells the series holds (live threads', and exited ones not yet folded)."""
+        with self._lock:
+            return len(self._cells)
+
+
+_series: list[CellSeries] = []
+_series_lock = threading.Lock()
+# One fold at a time: two at once would both apply the same difference.
+_fold_lock = threading.Lock()
+#: Set after every write to a cell, cleared as a fold starts: a read that finds it clear
+#: has nothing to fold (once a fold in progress is done).
+_changed = False
+
+
+def fold_all() -> None:
+    """Fold every series' cells into its children: a before-snapshot hook. Never raises."""
+    global _changed
+    with _fold_lock:
+        _changed = False
+        with _series_lock:
+            every = list(_series)
+        for series in every:
+            try:
+                series._fold(dead_only=False)
+            except Exception:  # what was not applied stays in the cells for the next fold
+                report_failure("folding recorded values")
+        done = [series for series in every if series.retired()]
+        if done:
+            with _series_lock:
+                _series[:] = [series for series in _series if series not in done]
+
+
+def fold_if_changed() -> None:
+    """:func:`fold_all` when a cell was written since the last fold; else wait for a fold
+    in progress (another read's), so what it applies is in the children. Never raises."""
+    if _changed:
+        fold_all()
+    else:
+        with _fold_lock:
+            pass
+
+
+# -- fork: the child starts from a consistent state, with no lock held by a thread it lacks ----
+
+_held: list[Any] = []
+
+
+def _before_fork() -> None:
+    for lock in (_fold_lock, _series_lock):
+        lock.acquire()
+        _held.append(lock)
+    for series in _series:
+        series._lock.acquire()
+        _held.append(series._lock)
+        for cell in series._cells:
+            cell.lock.acquire()
+            _held.append(cell.lock)
+
+
+def _after_fork() -> None:
+    while _held:
+        _held.pop().release()
+
+
+os.register_at_fork(before=_before_fork, after_in_parent=_after_fork, after_in_child=_after_fork)
