@@ -1,0 +1,766 @@
+"""Regressions for the AI tracking defects of the last hostile review (rev-ai 7, 8, 11, 12,
+and the coroutine-function look of decorated callable instances), and the hostile tests
+around them.
+
+SDK paths run the real SDKs against the local wire-format server, as tests/test_sdk_matrix.py
+does (its fixtures, cases and checks are reused; they are marked ``sdk``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import gc
+import inspect
+import itertools
+from collections.abc import AsyncIterator, Callable
+from typing import Any
+
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from prometheus_client import CollectorRegistry
+
+from instrument import Instrumentation
+from instrument.ai import record_abandoned_streams
+from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer
+
+from .ai_fakes import as_object, calls, openai_chat_chunks, sample, token_counts
+from .test_ai import active, ttft
+from .test_sdk_matrix import (
+    CLAUDE,
+    CLAUDE_ARGS,
+    COMMAND,
+    GEMINI,
+    GPT,
+    INCLUDE_USAGE,
+    LIMIT,
+    MESSAGES,
+    MISTRAL,
+    NO_RETRIES,
+    PROMPT,
+    Case,
+    Ctx,
+    Expect,
+    adrain,
+    anthropic_client,
+    check,
+    cohere_client,
+    drain,
+    genai_client,
+    litellm_args,
+    mistral_client,
+    openai_client,
+    require_sdk,
+    run,
+    streamed,
+    usage_of,
+)
+from .test_sdk_matrix import _nothing_leaves_loopback as _nothing_leaves_loopback
+from .test_sdk_matrix import llm_server as llm_server
+from .test_sdk_matrix import offline as offline
+
+sdk = pytest.mark.sdk
+
+# == rev-ai 7: a raw or streaming response whose parse() gives the stream ======================
+
+RAW_CASES: list[Case] = []
+
+
+def raw_case(
+    sdk_name: str, call: str, expect: Expect, *, model: str, provider: str | None = None
+) -> Callable[[Callable[[Ctx], Any]], Callable[[Ctx], Any]]:
+    """A case like the matrix's, kept out of the matrix's own list (and README table)."""
+
+    def register(body: Callable[[Ctx], Any]) -> Callable[[Ctx], Any]:
+        RAW_CASES.append(Case(sdk_name, call, call, provider or sdk_name, model, expect, body))
+        return body
+
+    return register
+
+
+CLAUDE_STREAMED = streamed(usage_of("anthropic", reply=LIMIT))
+GPT_STREAMED = streamed(usage_of("openai"))
+
+
+@raw_case(
+    "anthropic",
+    "AsyncAnthropic messages.with_raw_response.create(stream=True), await raw.parse()",
+    CLAUDE_STREAMED,
+    model=CLAUDE,
+)
+async def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx, asynchronous=True)
+
+    @ctx.track("anthropic", CLAUDE)
+    async def ask() -> Any:
+        return await client.messages.with_raw_response.create(**CLAUDE_ARGS, stream=True)
+
+    raw = await ask()
+    assert raw.headers["request-id"]  # the raw response, headers and all
+    stream = await raw.parse()
+    assert await raw.parse() is stream  # the SDK's cached body, the same proxy
+    assert await adrain(stream) == LIMIT + 5
+
+
+@raw_case(
+    "anthropic",
+    "AsyncAnthropic messages.with_streaming_response.create(stream=True) in async with",
+    CLAUDE_STREAMED,
+    model=CLAUDE,
+)
+async def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx, asynchronous=True)
+
+    @ctx.track("anthropic", CLAUDE)
+    def ask() -> Any:
+        return client.messages.with_streaming_response.create(**CLAUDE_ARGS, stream=True)
+
+    async with ask() as response:
+        assert response.http_response.status_code == 200
+        assert await adrain(await response.parse()) == LIMIT + 5
+
+
+@raw_case(
+    "anthropic",
+    "messages.with_streaming_response.create(stream=True) in a with-block",
+    CLAUDE_STREAMED,
+    model=CLAUDE,
+)
+def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx)
+
+    @ctx.track("anthropic", CLAUDE)
+    def ask() -> Any:
+        return client.messages.with_streaming_response.create(**CLAUDE_ARGS, stream=True)
+
+    with ask() as response:
+        assert drain(response.parse()) == LIMIT + 5
+
+
+@raw_case(
+    "anthropic",
+    "AsyncAnthropic messages.with_streaming_response.create, await response.parse()",
+    usage_of("anthropic", reply=LIMIT),
+    model=CLAUDE,
+)
+async def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx, asynchronous=True)
+
+    @ctx.track("anthropic", CLAUDE)
+    def ask() -> Any:
+        return client.messages.with_streaming_response.create(**CLAUDE_ARGS)
+
+    async with ask() as response:
+        assert (await response.parse()).usage.output_tokens == LIMIT
+
+
+@raw_case(
+    "anthropic",
+    "messages.with_raw_response.create(stream=True) recorded in a with-block",
+    CLAUDE_STREAMED,
+    model=CLAUDE,
+)
+async def _(ctx: Ctx) -> None:
+    client = anthropic_client(ctx, asynchronous=True)
+    async with ctx.track("anthropic", CLAUDE) as call:
+        raw = call.record_response(
+            await client.messages.with_raw_response.create(**CLAUDE_ARGS, stream=True)
+        )
+        assert await adrain(await raw.parse()) == LIMIT + 5
+
+
+@raw_case(
+    "openai",
+    "chat.completions.with_streaming_response.create(stream=True) in a with-block",
+    GPT_STREAMED,
+    model=GPT,
+)
+def _(ctx: Ctx) -> None:
+    client = openai_client(ctx)
+
+    @ctx.track("openai", GPT)
+    def ask() -> Any:
+        return client.chat.completions.with_streaming_response.create(
+            model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        )
+
+    with ask() as response:
+        assert drain(response.parse()) == DEFAULT_COMPLETION_TOKENS + 3
+
+
+@raw_case(
+    "openai",
+    "AsyncOpenAI chat.completions.with_streaming_response.create(stream=True) in async with",
+    GPT_STREAMED,
+    model=GPT,
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+
+    @ctx.track("openai", GPT)
+    def ask() -> Any:
+        return client.chat.completions.with_streaming_response.create(
+            model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        )
+
+    async with ask() as response:
+        assert await adrain(await response.parse()) == DEFAULT_COMPLETION_TOKENS + 3
+
+
+@raw_case(
+    "openai",
+    "AsyncOpenAI responses.with_streaming_response.create(stream=True) in async with",
+    GPT_STREAMED,
+    model=GPT,
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+
+    @ctx.track("openai", GPT)
+    def ask() -> Any:
+        return client.responses.with_streaming_response.create(
+            model=GPT, input=PROMPT, instructions="You are terse.", stream=True
+        )
+
+    async with ask() as response:
+        assert await adrain(await response.parse()) == DEFAULT_COMPLETION_TOKENS + 8
+
+
+@raw_case(
+    "openai",
+    "AsyncOpenAI chat.completions.with_raw_response.create(stream=True)",
+    GPT_STREAMED,
+    model=GPT,
+)
+async def _(ctx: Ctx) -> None:
+    client = openai_client(ctx, asynchronous=True)
+
+    @ctx.track("openai", GPT)
+    async def ask() -> Any:
+        return await client.chat.completions.with_raw_response.create(
+            model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        )
+
+    raw = await ask()
+    assert raw.headers["x-request-id"] == "req_local"
+    assert await adrain(raw.parse()) == DEFAULT_COMPLETION_TOKENS + 3  # openai's parse() is sync
+
+
+@raw_case(
+    "cohere",
+    "ClientV2.with_raw_response.chat_stream in a with-block",
+    streamed(usage_of("cohere")),
+    model=COMMAND,
+)
+def _(ctx: Ctx) -> None:
+    client = cohere_client(ctx)
+
+    @ctx.track("cohere", COMMAND)
+    def ask() -> Any:
+        return client.with_raw_response.chat_stream(
+            model=COMMAND, messages=MESSAGES, request_options=NO_RETRIES
+        )
+
+    with ask() as response:
+        assert response.headers["x-endpoint-monthly-call-limit"] == "1000"
+        assert drain(response.data) == DEFAULT_COMPLETION_TOKENS + 4
+
+
+@raw_case(
+    "cohere",
+    "AsyncClientV2.with_raw_response.chat_stream in async with",
+    streamed(usage_of("cohere")),
+    model=COMMAND,
+)
+async def _(ctx: Ctx) -> None:
+    client = cohere_client(ctx, asynchronous=True)
+
+    @ctx.track("cohere", COMMAND)
+    def ask() -> Any:
+        return client.with_raw_response.chat_stream(
+            model=COMMAND, messages=MESSAGES, request_options=NO_RETRIES
+        )
+
+    async with ask() as response:
+        assert await adrain(response.data) == DEFAULT_COMPLETION_TOKENS + 4
+
+
+@sdk
+@pytest.mark.parametrize("case", RAW_CASES, ids=[c.call for c in RAW_CASES])
+def test_a_raw_response_is_followed_to_the_stream_its_parse_gives(
+    case: Case, llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """rev-ai 7: exact tokens and time to first token (at least the server's delay), no
+    usage_missing, one request, nothing left in flight."""
+    requests = len(llm_server.requests)
+    run(case, Ctx(llm_server, inst, require_sdk(case.sdk)))
+    assert len(llm_server.requests) - requests == case.expect.requests
+    check(registry, case)
+
+
+@sdk
+def test_an_async_raw_stream_left_early_is_one_cancelled_call(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """The first text, then the caller leaves: cancelled, its first token kept."""
+    client = anthropic_client(Ctx(llm_server, inst, require_sdk("anthropic")), asynchronous=True)
+
+    @inst.track_ai_call("anthropic", CLAUDE)
+    async def ask() -> Any:
+        return await client.messages.with_raw_response.create(**CLAUDE_ARGS, stream=True)
+
+    async def leave_early() -> None:
+        stream = await (await ask()).parse()
+        async for event in stream:
+            if event.type == "content_block_delta":
+                break
+        await stream.close()
+
+    asyncio.run(leave_early())
+    assert calls(registry, "anthropic", CLAUDE) == {"cancelled": 1}
+    assert ttft(registry, "anthropic", CLAUDE)[0] == 1
+    assert active(registry) == 0
+
+
+@sdk
+def test_an_async_raw_stream_never_parsed_is_cancelled_when_dropped(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    client = anthropic_client(Ctx(llm_server, inst, require_sdk("anthropic")), asynchronous=True)
+
+    @inst.track_ai_call("anthropic", CLAUDE)
+    async def ask() -> Any:
+        return await client.messages.with_raw_response.create(**CLAUDE_ARGS, stream=True)
+
+    async def drop() -> None:
+        raw = await ask()
+        assert active(registry) == 1  # its stream is still to be read
+        await raw.http_response.aclose()
+
+    asyncio.run(drop())
+    gc.collect()
+    record_abandoned_streams()
+    assert calls(registry, "anthropic", CLAUDE) == {"cancelled": 1}
+    assert active(registry) == 0
+
+
+@sdk
+def test_a_raw_stream_whose_parse_fails_is_one_error(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """parse() raising (here: the SDK refuses a cast) is the caller's error, and the call's."""
+    client = anthropic_client(Ctx(llm_server, inst, require_sdk("anthropic")), asynchronous=True)
+
+    @inst.track_ai_call("anthropic", CLAUDE)
+    async def ask() -> Any:
+        return await client.messages.with_raw_response.create(**CLAUDE_ARGS, stream=True)
+
+    async def parse_badly() -> None:
+        raw = await ask()
+        with pytest.raises(Exception) as raised:
+            await raw.parse(to=int)
+        assert type(raised.value).__name__ != "AssertionError"
+        await raw.http_response.aclose()
+
+    asyncio.run(parse_badly())
+    assert sum(calls(registry, "anthropic", CLAUDE).values()) == 1
+    assert calls(registry, "anthropic", CLAUDE).get("error") == 1
+    assert active(registry) == 0
+
+
+# == rev-ai 8: a stream proxy has the methods its stream has, and no others ====================
+
+#: The protocol methods a proxy watches when the stream has them; each must be present on
+#: the proxy exactly when it is on the stream.
+PROTOCOL = (
+    "send",
+    "throw",
+    "close",
+    "asend",
+    "athrow",
+    "aclose",
+    "__next__",
+    "__anext__",
+    "__iter__",
+    "__aiter__",
+)
+
+
+def _has(obj: Any, name: str) -> bool | str:
+    try:
+        getattr(obj, name)
+    except AttributeError:
+        return False
+    except Exception as exc:  # a property that raises (a snapshot before its first event)
+        return type(exc).__name__
+    return True
+
+
+def differences(stream: Any, proxy: Any) -> dict[str, tuple[bool | str, bool | str]]:
+    """The names (the protocol's, and every public one of either type) on which the
+    stream and its proxy disagree."""
+    names = {*PROTOCOL}
+    for obj in (stream, proxy):
+        names |= {n for n in dir(type(obj)) if not n.startswith("_")}
+    found = {n: (_has(stream, n), _has(proxy, n)) for n in sorted(names)}
+    return {n: pair for n, pair in found.items() if pair[0] != pair[1]}
+
+
+def _litellm_stream(ctx: Ctx) -> Any:
+    return ctx.sdk.completion(**litellm_args(ctx, stream=True, **INCLUDE_USAGE))
+
+
+async def _litellm_astream(ctx: Ctx) -> Any:
+    return await ctx.sdk.acompletion(**litellm_args(ctx, stream=True, **INCLUDE_USAGE))
+
+
+async def _openai_astream(ctx: Ctx) -> Any:
+    return await openai_client(ctx, asynchronous=True).chat.completions.create(
+        model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+    )
+
+
+async def _anthropic_astream(ctx: Ctx) -> Any:
+    client = anthropic_client(ctx, asynchronous=True)
+    return await client.messages.create(**CLAUDE_ARGS, stream=True)
+
+
+async def _genai_astream(ctx: Ctx) -> Any:
+    return await genai_client(ctx).aio.models.generate_content_stream(model=GEMINI, contents=PROMPT)
+
+
+async def _mistral_astream(ctx: Ctx) -> Any:
+    return await mistral_client(ctx).chat.stream_async(model=MISTRAL, messages=MESSAGES)
+
+
+#: Every SDK's stream class: (SDK, provider, model, how it is iterated, how it is made).
+SDK_STREAMS: dict[str, tuple[str, str, str, str, Callable[[Ctx], Any]]] = {
+    "openai Stream": (
+        "openai",
+        "openai",
+        GPT,
+        "sync",
+        lambda ctx: openai_client(ctx).chat.completions.create(
+            model=GPT, messages=MESSAGES, stream=True, **INCLUDE_USAGE
+        ),
+    ),
+    "openai AsyncStream": ("openai", "openai", GPT, "async", _openai_astream),
+    "anthropic Stream": (
+        "anthropic",
+        "anthropic",
+        CLAUDE,
+        "sync",
+        lambda ctx: anthropic_client(ctx).messages.create(**CLAUDE_ARGS, stream=True),
+    ),
+    "anthropic AsyncStream": ("anthropic", "anthropic", CLAUDE, "async", _anthropic_astream),
+    "anthropic MessageStream": (
+        "anthropic",
+        "anthropic",
+        CLAUDE,
+        "manager",
+        lambda ctx: anthropic_client(ctx).messages.stream(**CLAUDE_ARGS),
+    ),
+    "anthropic AsyncMessageStream": (
+        "anthropic",
+        "anthropic",
+        CLAUDE,
+        "async manager",
+        lambda ctx: anthropic_client(ctx, asynchronous=True).messages.stream(**CLAUDE_ARGS),
+    ),
+    "google-genai generator": (
+        "google-genai",
+        "gemini",
+        GEMINI,
+        "sync",
+        lambda ctx: genai_client(ctx).models.generate_content_stream(model=GEMINI, contents=PROMPT),
+    ),
+    "google-genai async generator": ("google-genai", "gemini", GEMINI, "async", _genai_astream),
+    "mistralai EventStream": (
+        "mistralai",
+        "mistral",
+        MISTRAL,
+        "sync",
+        lambda ctx: mistral_client(ctx).chat.stream(model=MISTRAL, messages=MESSAGES),
+    ),
+    "mistralai EventStreamAsync": ("mistralai", "mistral", MISTRAL, "async", _mistral_astream),
+    "cohere generator": (
+        "cohere",
+        "cohere",
+        COMMAND,
+        "sync",
+        lambda ctx: cohere_client(ctx).chat_stream(
+            model=COMMAND, messages=MESSAGES, request_options=NO_RETRIES
+        ),
+    ),
+    "cohere async generator": (
+        "cohere",
+        "cohere",
+        COMMAND,
+        "async",
+        lambda ctx: cohere_client(ctx, asynchronous=True).chat_stream(
+            model=COMMAND, messages=MESSAGES, request_options=NO_RETRIES
+        ),
+    ),
+    "litellm CustomStreamWrapper": ("litellm", "litellm", GPT, "sync", _litellm_stream),
+    "litellm CustomStreamWrapper (acompletion)": (
+        "litellm",
+        "litellm",
+        GPT,
+        "async",
+        _litellm_astream,
+    ),
+}
+
+
+async def _made(make: Callable[[Ctx], Any], ctx: Ctx) -> Any:
+    made = make(ctx)
+    return await made if inspect.isawaitable(made) else made
+
+
+@sdk
+@pytest.mark.parametrize("path", sorted(SDK_STREAMS))
+def test_a_stream_proxy_has_exactly_the_methods_of_its_stream(
+    path: str, llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """rev-ai 8: ``hasattr(proxy, name) == hasattr(stream, name)`` for the protocol methods
+    and every public name, on each SDK's own stream class; read to its end, the call counts
+    once."""
+    sdk_name, provider, model, protocol, make = SDK_STREAMS[path]
+    ctx = Ctx(llm_server, inst, require_sdk(sdk_name))
+    tracked = inst.track_ai_call(provider, model)(make)
+
+    async def compare_async() -> dict[str, Any]:
+        stream, proxy = await _made(make, ctx), await _made(tracked, ctx)
+        if protocol == "async manager":
+            async with stream as plain, proxy as watched:
+                found = differences(plain, watched)
+                await adrain(plain), await adrain(watched)
+            return found
+        found = differences(stream, proxy)
+        await adrain(stream), await adrain(proxy)
+        return found
+
+    if protocol == "sync":
+        stream, proxy = make(ctx), tracked(ctx)
+        found = differences(stream, proxy)
+        drain(stream), drain(proxy)
+    elif protocol == "manager":
+        with make(ctx) as stream, tracked(ctx) as proxy:
+            found = differences(stream, proxy)
+            drain(stream), drain(proxy)
+    else:
+        found = asyncio.run(compare_async())
+    assert found == {}
+    assert calls(registry, provider, model) == {"success": 1}
+    assert active(registry) == 0
+
+
+@sdk
+@pytest.mark.parametrize("path", sorted(SDK_STREAMS))
+def test_closing_an_sdk_stream_through_its_proxy_after_the_first_chunk_is_one_cancel(
+    path: str, llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Every close the stream has (close, aclose) is watched: one cancelled call."""
+    sdk_name, provider, model, protocol, make = SDK_STREAMS[path]
+    if "manager" in protocol:
+        pytest.skip("a manager's stream is closed by its with-block")
+    ctx = Ctx(llm_server, inst, require_sdk(sdk_name))
+    tracked = inst.track_ai_call(provider, model)(make)
+
+    async def first_then_close() -> None:
+        proxy = await _made(tracked, ctx)
+        await proxy.__anext__()
+        closed = proxy.aclose() if hasattr(proxy, "aclose") else proxy.close()
+        if inspect.isawaitable(closed):
+            await closed
+
+    if protocol == "sync":
+        proxy = tracked(ctx)
+        next(proxy)
+        proxy.close()
+    else:
+        asyncio.run(first_then_close())
+    assert calls(registry, provider, model) == {"cancelled": 1}
+    assert active(registry) == 0
+
+
+# A property over stream types made up of any subset of the protocol: the proxy of each
+# has exactly the subset, and whichever protocol it has reads the chunks and ends the call.
+
+_SYNC_ONLY = ("send", "throw", "close")
+_ASYNC_ONLY = ("asend", "athrow", "aclose")
+
+
+async def _each(chunks: list[Any]) -> AsyncIterator[Any]:
+    for chunk in chunks:
+        yield chunk
+
+
+def _stream_type(names: frozenset[str]) -> type:
+    """A stream class with the given protocol methods over a fixed list of chunks."""
+
+    def init(self: Any, chunks: list[Any]) -> None:
+        self.chunks = list(chunks)
+        self.closed = False
+
+    def step(self: Any) -> Any:
+        if self.closed or not self.chunks:
+            raise StopIteration
+        return self.chunks.pop(0)
+
+    async def astep(self: Any) -> Any:
+        if self.closed or not self.chunks:
+            raise StopAsyncIteration
+        return self.chunks.pop(0)
+
+    def close(self: Any) -> None:
+        self.closed = True
+
+    async def aclose(self: Any) -> None:
+        self.closed = True
+
+    namespace: dict[str, Any] = {"__init__": init}
+    methods: dict[str, Any] = {
+        "__next__": step,
+        "__iter__": lambda self: self if hasattr(type(self), "__next__") else iter(self.chunks),
+        "__anext__": astep,
+        "__aiter__": lambda self: self if hasattr(type(self), "__anext__") else _each(self.chunks),
+        "send": lambda self, value: step(self),
+        "throw": lambda self, *exc: step(self),
+        "close": close,
+        "asend": lambda self, value: astep(self),
+        "athrow": lambda self, *exc: astep(self),
+        "aclose": aclose,
+    }
+    namespace.update((name, methods[name]) for name in names)
+    return type("Made", (), namespace)
+
+
+@settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(names=st.frozensets(st.sampled_from(PROTOCOL)))
+def test_any_mix_of_protocol_methods_is_mirrored_by_the_proxy(names: frozenset[str]) -> None:
+    cls = _stream_type(names)
+    chunks = openai_chat_chunks(prompt=5, completion=3)
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    try:
+        proxy = inst.track_ai_call("openai", "gpt-4o", stream=True)(lambda: cls(chunks))()
+        stream = cls(chunks)
+        assert {n: _has(proxy, n) for n in PROTOCOL} == {n: _has(stream, n) for n in PROTOCOL}
+        if "__iter__" in names:
+            assert list(proxy) == chunks
+        elif "__next__" in names:
+            assert [next(proxy) for _ in chunks] == chunks
+            with pytest.raises(StopIteration):
+                next(proxy)
+        elif "__aiter__" in names or "__anext__" in names:
+
+            async def read() -> list[Any]:
+                if "__aiter__" in names:
+                    return [c async for c in proxy]
+                read = [await proxy.__anext__() for _ in chunks]
+                with pytest.raises(StopAsyncIteration):
+                    await proxy.__anext__()
+                return read
+
+            assert asyncio.run(read()) == chunks
+        else:  # not a stream: handed back as it is, read as a response
+            assert type(proxy) is cls
+            assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+            return
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 5, "output": 3}
+        assert active(registry) == 0
+    finally:
+        inst.close()
+
+
+# == rev-ai 11: an iterable (a list of chunks) under stream=True, iterated more than once =====
+
+
+def test_a_returned_list_iterated_twice_gives_its_chunks_both_times_and_counts_once(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    chunks = openai_chat_chunks(prompt=6, completion=3)
+
+    @inst.track_ai_call("openai", "gpt-4o", stream=True)
+    def ask() -> list[Any]:
+        return list(chunks)
+
+    handed = ask()
+    assert isinstance(handed, list) and len(handed) == len(chunks) and handed[1] == chunks[1]
+    first = list(handed)
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    second = list(handed)
+    assert first == second == chunks
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 6, "output": 3}
+    assert ttft(registry, "openai", "gpt-4o")[0] == 1
+    assert active(registry) == 0
+
+
+class AsyncChunks:
+    """An async iterable that is no async iterator: each ``async for`` starts afresh."""
+
+    def __init__(self, chunks: list[Any]) -> None:
+        self.chunks = chunks
+
+    def __aiter__(self) -> AsyncIterator[Any]:
+        return _each(self.chunks)
+
+
+def test_an_async_iterable_iterated_twice_gives_its_chunks_both_times_and_counts_once(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    chunks = [as_object(c) for c in openai_chat_chunks(prompt=4, completion=2)]
+
+    @inst.track_ai_call("openai", "gpt-4o", stream=True)
+    async def ask() -> AsyncChunks:
+        return AsyncChunks(chunks)
+
+    async def twice() -> tuple[list[Any], list[Any]]:
+        handed = await ask()
+        return [c async for c in handed], [c async for c in handed]
+
+    first, second = asyncio.run(twice())
+    assert first == second == chunks
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 2}
+    assert active(registry) == 0
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    container=st.sampled_from([list, tuple]),
+    stops=st.lists(st.integers(min_value=0, max_value=8), max_size=3),
+    passes_after=st.integers(min_value=1, max_value=3),
+)
+def test_passes_left_early_then_read_to_the_end_count_the_chunks_once(
+    container: Callable[[list[Any]], Any], stops: list[int], passes_after: int
+) -> None:
+    """Any passes broken off after a few chunks, then whole passes: every pass gives the
+    same chunks, and the call is one success with the usage counted once."""
+    chunks = openai_chat_chunks(prompt=7, completion=3)
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    try:
+        handed = inst.track_ai_call("openai", "gpt-4o", stream=True)(lambda: container(chunks))()
+        for stop in stops:
+            assert list(itertools.islice(handed, stop)) == chunks[:stop]
+        for _ in range(passes_after):
+            assert list(handed) == chunks
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 7, "output": 3}
+        assert active(registry) == 0
+    finally:
+        inst.close()
+
+
+def test_an_empty_list_is_one_call_without_usage(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    handed = inst.track_ai_call("openai", "gpt-4o", stream=True)(list)()
+    assert list(handed) == [] and list(handed) == []
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert sample(registry, "ai_usage_missing_total", provider="openai", model="gpt-4o") == 1
+    assert active(registry) == 0
