@@ -20,9 +20,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
+import instrument
 from instrument import Instrumentation
-from instrument.ai import record_abandoned_streams
+from instrument.ai import OTHER_MODEL, record_abandoned_streams
 from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer
+from instrument.testing import isolated_instrumentation
 
 from .ai_fakes import as_object, calls, openai_chat_chunks, sample, token_counts
 from .test_ai import active, ttft
@@ -764,3 +766,82 @@ def test_an_empty_list_is_one_call_without_usage(
     assert calls(registry, "openai", "gpt-4o") == {"success": 1}
     assert sample(registry, "ai_usage_missing_total", provider="openai", model="gpt-4o") == 1
     assert active(registry) == 0
+
+
+# == rev-ai 12: record_ai_api_call goes through the model guard ===============================
+
+
+def _models(registry: CollectorRegistry, provider: str) -> dict[str, float]:
+    """Calls per model label of one provider, read back from the registry."""
+    found: dict[str, float] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.name == "codomyrmex_ai_api_calls_total" and s.labels["provider"] == provider:
+                found[s.labels["model"]] = found.get(s.labels["model"], 0) + s.value
+    return found
+
+
+def test_record_ai_api_call_beyond_max_models_reports_other() -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, max_models=3)
+    try:
+        for i in range(10):
+            inst.record_ai_api_call("openai", f"m{i}", success=i % 2 == 0, input_tokens=i)
+        assert _models(registry, "openai") == {"m0": 1, "m1": 1, "m2": 1, OTHER_MODEL: 7}
+        other = {"provider": "openai", "model": OTHER_MODEL}
+        assert sample(registry, "ai_api_calls_total", **other, status="success") == 3
+        assert sample(registry, "ai_api_calls_total", **other, status="error") == 4
+        assert sample(registry, "ai_tokens_used_total", **other, token_type="input") == sum(
+            range(3, 10)
+        )
+    finally:
+        inst.close()
+
+
+def test_the_seeds_record_ai_api_call_shares_the_guard_with_tracked_calls() -> None:
+    """compat.record_ai_api_call on the default instrumentation, mixed with decorated
+    calls: one model budget per provider, whoever records."""
+    with isolated_instrumentation(max_models=2) as inst:
+        tracked = inst.track_ai_call("anthropic", None)
+
+        @tracked
+        def ask(model: str) -> dict[str, Any]:
+            return {"usage": {"input_tokens": 2, "output_tokens": 1}}
+
+        ask("claude-a")
+        instrument.record_ai_api_call("anthropic", "claude-b", True, 5, 6)
+        instrument.record_ai_api_call("anthropic", "claude-c", True, 7, 8)
+        ask("claude-d")
+        registry = inst.registry
+        assert _models(registry, "anthropic") == {"claude-a": 1, "claude-b": 1, OTHER_MODEL: 2}
+        assert token_counts(registry, "anthropic", OTHER_MODEL) == {"input": 9, "output": 9}
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    models=st.lists(
+        st.text(st.characters(blacklist_categories=("Cs",)), min_size=1, max_size=12),
+        min_size=1,
+        max_size=30,
+    ),
+    limit=st.integers(min_value=1, max_value=6),
+)
+def test_no_sequence_of_record_ai_api_call_grows_past_max_models(
+    models: list[str], limit: int
+) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, max_models=limit)
+    try:
+        for model in models:
+            inst.record_ai_api_call("p", model, input_tokens=1)
+        seen = _models(registry, "p")
+        first = list(dict.fromkeys(models))[:limit]  # the models that get their own series
+        assert set(seen) - {OTHER_MODEL} == set(first) - {OTHER_MODEL}
+        assert sum(seen.values()) == len(models)  # no call lost
+        tokens = sum(
+            sample(registry, "ai_tokens_used_total", provider="p", model=m, token_type="input") or 0
+            for m in seen
+        )
+        assert tokens == len(models)
+    finally:
+        inst.close()
