@@ -9,10 +9,12 @@ does (its fixtures, cases and checks are reused; they are marked ``sdk``).
 from __future__ import annotations
 
 import asyncio
+import copy
+import functools
 import gc
 import inspect
 import itertools
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
@@ -845,3 +847,95 @@ def test_no_sequence_of_record_ai_api_call_grows_past_max_models(
         assert tokens == len(models)
     finally:
         inst.close()
+
+
+# == a decorated async callable instance looks like the coroutine function it is ==============
+
+
+class AskAsync:
+    """A client object whose calls are coroutines (``async def __call__``)."""
+
+    async def __call__(self, prompt: str, *, model: str = "gpt-4o") -> dict[str, Any]:
+        await asyncio.sleep(0)
+        return {"model": model, "usage": {"prompt_tokens": len(prompt), "completion_tokens": 1}}
+
+
+class StreamAsync:
+    async def __call__(self, n: int) -> AsyncIterator[dict[str, Any]]:
+        for chunk in openai_chat_chunks(prompt=n, completion=2):
+            yield chunk
+
+
+class StreamSync:
+    def __call__(self, n: int) -> Iterator[dict[str, Any]]:
+        yield from openai_chat_chunks(prompt=n, completion=2)
+
+
+class AskSync:
+    def __call__(self, prompt: str) -> dict[str, Any]:
+        return {"usage": {"prompt_tokens": len(prompt), "completion_tokens": 1}}
+
+
+#: (callable instance, the inspect check that must say True of the decorated one)
+INSTANCES: dict[str, tuple[Callable[[], Any], Callable[[Any], bool] | None]] = {
+    "async __call__": (AskAsync, inspect.iscoroutinefunction),
+    "async generator __call__": (StreamAsync, inspect.isasyncgenfunction),
+    "generator __call__": (StreamSync, inspect.isgeneratorfunction),
+    "sync __call__": (AskSync, None),
+}
+CHECKS = (inspect.iscoroutinefunction, inspect.isasyncgenfunction, inspect.isgeneratorfunction)
+
+
+@pytest.mark.parametrize("shape", list(INSTANCES))
+@pytest.mark.parametrize("decorate", ["track_ai_call", "monitored_analysis"])
+def test_a_decorated_callable_instance_says_what_its_calls_make(
+    shape: str, decorate: str, inst: Instrumentation
+) -> None:
+    make, says = INSTANCES[shape]
+    original = make()
+    if decorate == "track_ai_call":
+        wrapped = inst.track_ai_call("openai", "gpt-4o")(original)
+    else:
+        wrapped = inst.monitored_analysis("m", "t")(original)
+    assert {c.__name__: c(wrapped) for c in CHECKS} == {c.__name__: c is says for c in CHECKS}
+    assert asyncio.iscoroutinefunction(wrapped) == (says is inspect.iscoroutinefunction)
+    # The rest of its look is the instance's own.
+    assert inspect.signature(wrapped) == inspect.signature(original)
+    assert isinstance(wrapped, make) and not inspect.isfunction(wrapped)
+    if says is None:
+        assert not hasattr(wrapped, "__name__")  # as the instance: nothing added
+    else:
+        assert wrapped.__name__ == make.__name__  # the instance has none: its class's
+    copied = copy.copy(wrapped)
+    assert type(copied) is type(wrapped) and copied.__wrapped__ is not original
+    assert all(c(copied) == c(wrapped) for c in CHECKS)
+
+
+async def test_a_decorated_async_callable_instance_is_awaited_and_counted(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    asked = inst.track_ai_call("openai", None)(AskAsync())
+    assert inspect.iscoroutinefunction(asked)
+    pending = asked("abc", model="gpt-4o-mini")
+    assert inspect.iscoroutine(pending)
+    assert (await pending)["model"] == "gpt-4o-mini"
+    assert calls(registry, "openai", "gpt-4o-mini") == {"success": 1}
+    assert token_counts(registry, "openai", "gpt-4o-mini") == {"input": 3, "output": 1}
+
+    streamed = inst.track_ai_call("openai", "gpt-4o")(StreamAsync())
+    assert inspect.isasyncgenfunction(streamed)
+    assert len([c async for c in streamed(4)]) == 6
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 4, "output": 2}
+    assert active(registry) == 0
+
+
+def test_a_partial_of_an_async_callable_instance_still_answers_as_the_partial_does(
+    inst: Instrumentation,
+) -> None:
+    """inspect looks through a partial by its ``func``, which the proxy must leave as the
+    partial's own (the instance): the answer stays the undecorated partial's."""
+    original = functools.partial(AskAsync(), "abc")
+    wrapped = inst.track_ai_call("openai", "gpt-4o")(original)
+    assert inspect.iscoroutinefunction(wrapped) == inspect.iscoroutinefunction(original)
+    assert wrapped.func is original.func
+    assert inspect.iscoroutinefunction(wrapped.__call__)  # what Starlette asks next
