@@ -9,12 +9,14 @@ does (its fixtures, cases and checks are reused; they are marked ``sdk``).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import copy
 import functools
 import gc
 import inspect
 import itertools
 from collections.abc import AsyncIterator, Callable, Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -939,3 +941,243 @@ def test_a_partial_of_an_async_callable_instance_still_answers_as_the_partial_do
     assert inspect.iscoroutinefunction(wrapped) == inspect.iscoroutinefunction(original)
     assert wrapped.func is original.func
     assert inspect.iscoroutinefunction(wrapped.__call__)  # what Starlette asks next
+
+
+# == hostile: any chunk sequence, usage anywhere, any way of ending ============================
+
+from .ai_fakes import FakeAsyncStream, FakeStream, RateLimitError  # noqa: E402
+
+
+def _chunk(content: str | None, usage: tuple[int, int] | None) -> dict[str, Any]:
+    """An OpenAI Chat chunk: a content delta (or none: a bookkeeping chunk), and a usage
+    report when given."""
+    choices = [] if content is None else [{"index": 0, "delta": {"content": content}}]
+    chunk: dict[str, Any] = {"id": "chatcmpl-1", "model": "gpt-4o", "choices": choices}
+    chunk["usage"] = None
+    if usage is not None:
+        chunk["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+    return chunk
+
+
+_report = st.tuples(st.integers(0, 10**6), st.integers(0, 10**6))
+_chunks = st.lists(
+    st.tuples(st.one_of(st.none(), st.text(max_size=3)), st.one_of(st.none(), _report)),
+    max_size=8,
+)
+_SOURCES = ("stream", "async stream", "list", "generator", "async generator")
+
+
+def _relay(chunks: list[Any], fail_at: int | None) -> Iterator[Any]:
+    for i, chunk in enumerate(chunks):
+        if i == fail_at:
+            raise RateLimitError()
+        yield chunk
+    if fail_at is not None and fail_at >= len(chunks):
+        raise RateLimitError()
+
+
+async def _arelay(chunks: list[Any], fail_at: int | None) -> AsyncIterator[Any]:
+    for chunk in _relay(chunks, fail_at):
+        await asyncio.sleep(0)
+        yield chunk
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    spec=_chunks,
+    objects=st.booleans(),
+    source=st.sampled_from(_SOURCES),
+    ending=st.sampled_from(["end", "close", "fail", "drop"]),
+    at=st.integers(0, 9),
+)
+def test_any_chunk_sequence_counts_what_was_reported_before_the_end(
+    spec: list[tuple[str | None, tuple[int, int] | None]],
+    objects: bool,
+    source: str,
+    ending: str,
+    at: int,
+) -> None:
+    """Usage in no chunk, the first, the last or many (running totals merge to the largest
+    of each field); dicts or SDK-like objects; read to the end, closed, failing or dropped
+    after ``at`` chunks: one call, its status, exactly the usage reported up to then, the
+    first token if content came, usage_missing when nothing was reported, nothing open."""
+    if source == "list" and ending == "fail":
+        ending = "drop"  # a list cannot fail midway
+    chunks = [_chunk(content, usage) for content, usage in spec]
+    if objects:
+        chunks = [as_object(c) for c in chunks]
+    at = min(at, len(chunks))
+    read = chunks if ending == "end" else chunks[:at]
+    fail_at = at if ending == "fail" else None
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    track = inst.track_ai_call("openai", "gpt-4o", stream=True)
+    made: dict[str, Callable[[], Any]] = {
+        "stream": lambda: FakeStream(
+            chunks, fail_after=fail_at, error=RateLimitError() if fail_at is not None else None
+        ),
+        "async stream": lambda: FakeAsyncStream(
+            chunks, fail_after=fail_at, error=RateLimitError() if fail_at is not None else None
+        ),
+        "list": lambda: list(chunks),
+        "generator": lambda: _relay(chunks, fail_at),
+        "async generator": lambda: _arelay(chunks, fail_at),
+    }
+    ask: Any = track(made[source]) if "generator" not in source else None
+    if source == "generator":
+
+        @track
+        def ask() -> Iterator[Any]:
+            yield from _relay(chunks, fail_at)
+
+    elif source == "async generator":
+
+        @track
+        async def ask() -> AsyncIterator[Any]:
+            async for chunk in _arelay(chunks, fail_at):
+                yield chunk
+
+    async def consume_async(stream: Any) -> list[Any]:
+        if ending in ("close", "drop"):  # ``at`` chunks, then the caller leaves
+            it = aiter(stream)
+            got = [await anext(it) for _ in range(at)]
+            if ending == "close":
+                await (stream.aclose() if hasattr(stream, "aclose") else stream.close())
+            return got
+        got = []
+        with contextlib.suppress(RateLimitError):
+            async for chunk in stream:
+                got.append(chunk)
+        return got
+
+    def consume(stream: Any) -> list[Any]:
+        if ending in ("close", "drop"):
+            it = iter(stream)
+            got = [next(it) for _ in range(at)]
+            if ending == "close" and hasattr(stream, "close"):
+                stream.close()
+            return got
+        got = []
+        with contextlib.suppress(RateLimitError):
+            for chunk in stream:
+                got.append(chunk)
+        return got
+
+    try:
+        got = asyncio.run(consume_async(ask())) if "async" in source else consume(ask())
+        gc.collect()
+        record_abandoned_streams()
+        assert got == read
+        if "generator" in source and at == 0 and ending in ("close", "drop"):
+            # A generator function's job starts at its first step: never started, no call.
+            assert calls(registry, "openai", "gpt-4o") == {}
+            assert active(registry) == 0
+            return
+        status = {"end": "success", "fail": "error"}.get(ending, "cancelled")
+        if ending == "close" and source == "list":
+            status = "cancelled"  # a list has no close: dropped, so abandoned
+        assert calls(registry, "openai", "gpt-4o") == {status: 1}
+        reports = [usage for _, usage in spec[: len(read)] if usage is not None]
+        tokens = {
+            kind: sample(
+                registry, "ai_tokens_used_total", provider="openai", model="gpt-4o", token_type=kind
+            )
+            for kind in ("input", "output")
+        }
+        assert tokens == {
+            "input": max((r[0] for r in reports), default=0),
+            "output": max((r[1] for r in reports), default=0),
+        }
+        missing = sample(registry, "ai_usage_missing_total", provider="openai", model="gpt-4o")
+        assert missing == (1 if not reports and status != "error" else 0)
+        first_token = any(content for content, _ in spec[: len(read)])
+        assert ttft(registry, "openai", "gpt-4o")[0] == (1 if first_token else None)
+        assert active(registry) == 0
+    finally:
+        inst.close()
+
+
+class _Unread:
+    """httpx's Response before its body is read: ``content`` raises."""
+
+    status_code = 200
+
+    @property
+    def content(self) -> bytes:
+        raise RuntimeError("Attempted to access streaming response content, without read()")
+
+
+class AsyncRaw:
+    """Like anthropic's AsyncAPIResponse of a stream: ``await parse()``, cached."""
+
+    def __init__(self, body: Any) -> None:
+        self.http_response = _Unread()
+        self._body = body
+        self.parsed = 0
+
+    async def parse(self) -> Any:
+        self.parsed += 1
+        return self._body
+
+
+class Unwrappable:
+    """An iterator whose step cannot even be looked up: wrapping it fails."""
+
+    def __iter__(self) -> Unwrappable:
+        return self
+
+    @property
+    def __next__(self) -> Any:
+        raise RuntimeError("no step")
+
+
+def test_an_async_raw_stream_read_through_a_cached_parse_counts_once(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    chunks = [as_object(c) for c in openai_chat_chunks(prompt=5, completion=3)]
+    raw = AsyncRaw(FakeAsyncStream(chunks))
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    async def ask() -> AsyncRaw:
+        return raw
+
+    async def read() -> list[Any]:
+        handed = await ask()
+        stream = await handed.parse()
+        assert await handed.parse() is stream
+        return [c async for c in stream]
+
+    assert asyncio.run(read()) == chunks
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert token_counts(registry, "openai", "gpt-4o") == {"input": 5, "output": 3}
+    assert active(registry) == 0
+
+
+@pytest.mark.parametrize("parse", ["sync", "async"])
+def test_a_raw_body_that_cannot_be_wrapped_is_handed_back_and_the_call_ends(
+    parse: str, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Fault injection: the parsed stream breaks our wrapping. The caller gets the body as
+    the SDK gave it, and the call ends once (not left open for ever)."""
+    body = Unwrappable()
+
+    class SyncRaw:
+        http_response = SimpleNamespace(status_code=200)
+
+        def parse(self) -> Any:
+            return body
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    async def ask() -> Any:
+        return SyncRaw() if parse == "sync" else AsyncRaw(body)
+
+    async def read() -> Any:
+        handed = await ask()
+        parsed = handed.parse()
+        return await parsed if inspect.isawaitable(parsed) else parsed
+
+    assert asyncio.run(read()) is body
+    gc.collect()
+    record_abandoned_streams()
+    assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+    assert active(registry) == 0

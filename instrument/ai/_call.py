@@ -204,7 +204,9 @@ class AICall(Probe):
             return None
         kind = stream_kind(body, mode)
         if kind and not kind & MANAGER:
-            return RawResponse(result, Stream(self, owner), mode, ends=True, body=body)
+            stream = Stream(self, owner)
+            handed = wrap_stream(body, kind, stream)
+            return RawResponse(result, stream, mode, ends=True, body=body, handed=handed)
         self._read(body)
         return None
 

@@ -204,17 +204,23 @@ class RawResponse(_ObjectProxy):
     """
 
     def __init__(
-        self, wrapped: Any, stream: Stream, mode: str | bool, *, ends: bool, body: Any = _NOTHING
+        self,
+        wrapped: Any,
+        stream: Stream,
+        mode: str | bool,
+        *,
+        ends: bool,
+        body: Any = _NOTHING,
+        handed: Any = None,
     ) -> None:
         super().__init__(wrapped)
         self._self_stream = stream
         self._self_mode = mode
         self._self_ends = ends
-        # The body parse() gave first, and what the caller got for it (its proxy).
-        self._self_parsed: Any = _NOTHING
-        self._self_handed: Any = None
-        if body is not _NOTHING:
-            self._ai_hand(body)
+        # The body parse() gave first (``body``, when it was parsed already), and what
+        # the caller gets for it (``handed``: its stream's proxy).
+        self._self_parsed: Any = body
+        self._self_handed: Any = handed
 
     def __del__(self) -> None:
         try:
