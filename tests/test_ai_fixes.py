@@ -54,7 +54,9 @@ from .test_sdk_matrix import (
     drain,
     genai_client,
     litellm_args,
+    matrix_server,
     mistral_client,
+    offline_environment,
     openai_client,
     require_sdk,
     run,
@@ -62,10 +64,24 @@ from .test_sdk_matrix import (
     usage_of,
 )
 from .test_sdk_matrix import _nothing_leaves_loopback as _nothing_leaves_loopback
-from .test_sdk_matrix import llm_server as llm_server
-from .test_sdk_matrix import offline as offline
 
 sdk = pytest.mark.sdk
+
+
+@pytest.fixture(scope="module")
+def offline() -> Iterator[None]:
+    """The matrix's offline switches and network guard, for this module only."""
+    with offline_environment():
+        yield
+
+
+@pytest.fixture(scope="module")
+def llm_server(offline: None) -> Iterator[LocalLLMServer]:
+    """The matrix's server, for this module only: its thread must not outlive the module
+    (tests/test_hostile_delivery.py checks every ``instrument-*`` thread it finds)."""
+    with matrix_server() as server:
+        yield server
+
 
 # == rev-ai 7: a raw or streaming response whose parse() gives the stream ======================
 
@@ -1181,3 +1197,66 @@ def test_a_raw_body_that_cannot_be_wrapped_is_handed_back_and_the_call_ends(
     record_abandoned_streams()
     assert calls(registry, "openai", "gpt-4o") == {"success": 1}
     assert active(registry) == 0
+
+
+def test_record_ai_api_call_from_many_threads_loses_nothing_and_stays_bounded() -> None:
+    import threading
+
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, max_models=5)
+    try:
+
+        def work(offset: int) -> None:
+            for i in range(200):
+                inst.record_ai_api_call("p", f"m{(i + offset) % 20}", input_tokens=2)
+
+        threads = [threading.Thread(target=work, args=(n,)) for n in range(8)]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        seen = _models(registry, "p")
+        assert len(set(seen) - {OTHER_MODEL}) == 5 and OTHER_MODEL in seen
+        assert sum(seen.values()) == 1600
+        tokens = sum(
+            sample(registry, "ai_tokens_used_total", provider="p", model=m, token_type="input") or 0
+            for m in seen
+        )
+        assert tokens == 3200
+    finally:
+        inst.close()
+
+
+@sdk
+def test_concurrent_async_raw_streams_each_count_once(
+    llm_server: LocalLLMServer, inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """Eight AsyncAnthropic raw streams and eight streaming responses at once, each parsed
+    once or twice: every token and first token counted once."""
+    client = anthropic_client(Ctx(llm_server, inst, require_sdk("anthropic")), asynchronous=True)
+
+    @inst.track_ai_call("anthropic", CLAUDE)
+    async def ask() -> Any:
+        return await client.messages.with_raw_response.create(**CLAUDE_ARGS, stream=True)
+
+    @inst.track_ai_call("anthropic", CLAUDE)
+    def open_response() -> Any:
+        return client.messages.with_streaming_response.create(**CLAUDE_ARGS, stream=True)
+
+    async def raw(twice: bool) -> int:
+        response = await ask()
+        if twice:
+            await response.parse()
+        return await adrain(await response.parse())
+
+    async def streaming() -> int:
+        async with open_response() as response:
+            return await adrain(await response.parse())
+
+    async def all_at_once() -> list[int]:
+        jobs = [raw(n % 2 == 0) for n in range(8)] + [streaming() for _ in range(8)]
+        return list(await asyncio.gather(*jobs))
+
+    assert asyncio.run(all_at_once()) == [LIMIT + 5] * 16
+    expect = usage_of("anthropic", reply=LIMIT, calls=16)
+    check(registry, Case("", "", "", "anthropic", CLAUDE, streamed(expect), drain))

@@ -19,6 +19,7 @@ does), except under CI, where it fails them.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import importlib
 import inspect
 import logging
@@ -1441,6 +1442,13 @@ def _network_guard(event: str, args: tuple[Any, ...]) -> None:
 @pytest.fixture(scope="session")
 def offline() -> Iterator[None]:
     """The SDKs' offline switches, set before the first SDK import; the network guard on."""
+    with offline_environment():
+        yield
+
+
+@contextlib.contextmanager
+def offline_environment() -> Iterator[None]:
+    """What ``offline`` sets up, for as long as the block runs."""
     with pytest.MonkeyPatch.context() as patch:
         for name, value in OFFLINE_ENVIRONMENT.items():
             patch.setenv(name, value)
@@ -1468,10 +1476,9 @@ def require_sdk(sdk: str) -> ModuleType:
     return module
 
 
-@pytest.fixture(scope="session")
-def llm_server(offline: None) -> Iterator[LocalLLMServer]:
-    """One server for the matrix, in a background thread: sync and async SDKs share it."""
-    server = LocalLLMServer(
+def matrix_server() -> LocalLLMServer:
+    """The server the matrix's expectations are written for (not started)."""
+    return LocalLLMServer(
         first_content_delay=FIRST_CONTENT_DELAY,
         cache_read_tokens=CACHE_READ,
         cache_creation_tokens=CACHE_CREATION,
@@ -1479,7 +1486,12 @@ def llm_server(offline: None) -> Iterator[LocalLLMServer]:
         failures={RATE_LIMITED: 429, BROKEN: 500, UNAUTHORIZED: 401},
         stream_failures={OVERLOADED_MIDWAY: 529, UNAVAILABLE_MIDWAY: 503},
     )
-    with server:
+
+
+@pytest.fixture(scope="session")
+def llm_server(offline: None) -> Iterator[LocalLLMServer]:
+    """One server for the matrix, in a background thread: sync and async SDKs share it."""
+    with matrix_server() as server:
         yield server
 
 
