@@ -13,6 +13,7 @@ import inspect
 import logging
 import pickle
 import sys
+import types
 from collections.abc import Callable
 from typing import Any, Protocol
 
@@ -149,6 +150,12 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
     # slot, whose descriptor serves as ``__call__`` (set below the class).
     __slots__ = ("_self_call",)
 
+    def __new__(cls, wrapped: Callable[..., Any], wrapper: Wrapper) -> InstrumentedFunction:
+        if cls is InstrumentedFunction and _call_function(wrapped) is not None:
+            cls = _InstrumentedInstance
+        proxy: InstrumentedFunction = super().__new__(cls)
+        return proxy
+
     def __init__(self, wrapped: Callable[..., Any], wrapper: Wrapper) -> None:
         super().__init__(wrapped, wrapper)
         self._self_call = functools.partial(wrapper, wrapped)
@@ -182,6 +189,75 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
 
     def __deepcopy__(self, memo: dict[int, Any]) -> Any:
         return self._rewrapped(copy.deepcopy(self.__wrapped__, memo))
+
+
+def _call_function(obj: Any) -> Any:
+    """The function a callable instance's calls run, when it makes a coroutine or an
+    (async) generator; None for anything else (functions, classes, partials, sync calls)."""
+    if inspect.isroutine(obj) or isinstance(obj, type | functools.partial):
+        return None
+    try:
+        func = type(obj).__call__
+        for _ in range(_MAX_LAYERS):
+            if inspect.ismethod(func):
+                func = func.__func__
+            elif isinstance(func, functools.partial):
+                func = func.func
+            else:
+                break
+        code = func.__code__ if inspect.isfunction(func) else None
+    except Exception:  # a class whose attributes raise: left as it is
+        return None
+    if not isinstance(code, types.CodeType) or not code.co_flags & _PRODUCES:
+        return None
+    return func
+
+
+# What calling a function whose code has one of these flags makes: a coroutine, an async
+# generator or a generator.
+_PRODUCES = inspect.CO_COROUTINE | inspect.CO_ASYNC_GENERATOR | inspect.CO_GENERATOR
+
+
+class _InstrumentedInstance(InstrumentedFunction):
+    """A decorated callable instance whose ``__call__`` makes a coroutine or an (async)
+    generator, as calling the proxy then does.
+
+    ``inspect.iscoroutinefunction`` (which ``asyncio.iscoroutinefunction`` asks first),
+    ``isasyncgenfunction`` and ``isgeneratorfunction`` answer False for any instance on
+    3.11, which has no ``inspect.markcoroutinefunction``; a framework that asks them would
+    run the proxy as sync. They take an object with a function's attributes for a function
+    (as they do Cython's functions), so the proxy has those of the ``__call__`` it runs:
+    ``__code__``, ``__defaults__``, ``__kwdefaults__``, and a ``__name__`` (the class's,
+    where the instance has none). ``inspect.signature`` still follows ``__wrapped__`` to the
+    instance, so the signature is the instance's own.
+    """
+
+    __slots__ = ()
+
+    @property
+    def __code__(self) -> types.CodeType:
+        code: types.CodeType = _call_function(self.__wrapped__).__code__
+        return code
+
+    @property
+    def __defaults__(self) -> tuple[Any, ...] | None:
+        defaults: tuple[Any, ...] | None = _call_function(self.__wrapped__).__defaults__
+        return defaults
+
+    @property
+    def __kwdefaults__(self) -> dict[str, Any] | None:
+        kwdefaults: dict[str, Any] | None = _call_function(self.__wrapped__).__kwdefaults__
+        return kwdefaults
+
+    @property
+    def __name__(self) -> str:
+        wrapped = self.__wrapped__
+        name = getattr(wrapped, "__name__", None)
+        return name if isinstance(name, str) else type(wrapped).__name__
+
+    @__name__.setter
+    def __name__(self, value: str) -> None:
+        self.__wrapped__.__name__ = value
 
 
 def _finds_other(proxy: InstrumentedFunction) -> bool:

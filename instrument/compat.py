@@ -92,7 +92,8 @@ def record_ai_api_call(
     input_tokens: int = 0,
     output_tokens: int = 0,
 ) -> None:
-    """Count one AI API call and its tokens on the default instrumentation."""
+    """Count one AI API call and its tokens on the default instrumentation, under the
+    same ``max_models`` guard as tracked calls (models beyond it report as ``other``)."""
     get_instrumentation().record_ai_api_call(provider, model, success, input_tokens, output_tokens)
 
 

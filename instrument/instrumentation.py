@@ -20,7 +20,7 @@ from prometheus_client import CollectorRegistry
 from ._cells import fold_all, fold_if_changed
 from ._engine import run_deferred
 from ._validation import check_flag, check_label, check_number
-from .ai import AICallTracker, ModelPrice, load_prices
+from .ai import AICallTracker, ModelPrice, load_prices, record_counted_call
 from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
@@ -303,7 +303,8 @@ class Instrumentation:
         input_tokens: int = 0,
         output_tokens: int = 0,
     ) -> None:
-        """Count one AI API call and its tokens, as the original did."""
+        """Count one AI API call and its tokens, as the original did; models beyond
+        ``max_models`` report as ``other``, as tracked calls do."""
         check_label("provider", provider)
         check_label("model", model)
         tokens = {"input": input_tokens, "output": output_tokens}
@@ -312,11 +313,7 @@ class Instrumentation:
                 raise ValueError(f"{kind}_tokens must not be negative, got {count}")
         if not self.enabled:
             return
-        m = self.metrics
-        m.ai_api_calls.labels(provider, model, "success" if success else "error").inc()
-        for kind, count in tokens.items():
-            if count > 0:
-                m.ai_tokens.labels(provider, model, kind).inc(count)
+        record_counted_call(self, provider, model, success, input_tokens, output_tokens)
         self.delivery.after_call()
 
     def set_prices(self, prices: Mapping[str, Any] | str) -> None:

@@ -34,10 +34,11 @@ from ._prices import ModelPrice, load_prices
 from ._series import OTHER_MODEL as OTHER_MODEL
 from ._series import UNKNOWN_MODEL as UNKNOWN_MODEL
 from ._tracker import AICallTracker, track_ai_call
+from ._tracker import record_counted_call as record_counted_call
 from ._usage import Usage as Usage
 
 # OTHER_MODEL, UNKNOWN_MODEL and Usage are importable from here too, outside __all__ as
-# they always were.
+# they always were; record_counted_call is the facade's record_ai_api_call.
 
 __all__ = [
     "AICall",

@@ -10,7 +10,8 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast
 from .._engine import Probe, report_failure, run_deferred
 from ..metrics import check_label_value
 from ._content import response_body
-from ._proxies import MANAGER, Manager, RawResponse, stream_kind, wrap_stream
+from ._managers import Manager, RawResponse, unread_raw_response
+from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries
 from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
@@ -203,10 +204,15 @@ class AICall(Probe):
             return wrap_stream(result, kind, Stream(self, owner))
         body = self._body(result)
         if body is None:
+            if unread_raw_response(result):  # its awaited parse() may give a stream
+                self._note(result)
+                return RawResponse(result, Stream(self, owner), mode, ends=True)
             return None
         kind = stream_kind(body, mode)
         if kind and not kind & MANAGER:
-            return RawResponse(result, body, wrap_stream(body, kind, Stream(self, owner)))
+            stream = Stream(self, owner)
+            handed = wrap_stream(body, kind, stream)
+            return RawResponse(result, stream, mode, ends=True, body=body, handed=handed)
         self._read(body)
         return None
 

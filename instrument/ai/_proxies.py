@@ -1,21 +1,23 @@
 """What the caller holds instead of a stream: the same object in a transparent wrapt proxy,
 whose every step goes through the call's :class:`~instrument.ai._streams.Stream`.
 
-A stream iterated both ways (LiteLLM's) is watched both ways; a stream manager (an SDK's
-``messages.stream(...)``) from the caller's ``with`` to the end of the stream it hands out;
-a raw HTTP response (``with_raw_response``) through its ``parse()``.
+A stream iterated both ways (LiteLLM's) is watched both ways; an iterable that is no
+iterator (a list, under ``stream=True``) is watched on each pass. Stream managers and raw
+HTTP responses, which hand out a stream later, are in ``_managers``.
+
+A proxy has the methods its stream has, and only those: ``send``, ``throw``, ``close``,
+``asend``, ``athrow`` and ``aclose`` are watched where the stream's own type defines them,
+and absent where it does not, so ``hasattr(proxy, "send")`` answers as the stream does.
 """
 
 from __future__ import annotations
 
 import inspect
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any
 
 import wrapt
-
-from .._engine import report_failure
 
 if TYPE_CHECKING:
     from ._streams import Stream
@@ -66,17 +68,22 @@ def not_iterable(*args: Any) -> Any:
 
 if TYPE_CHECKING:
     _ObjectProxy = wrapt.ObjectProxy[Any]
+    _StepsProxy = wrapt.ObjectProxy[Any]
 else:  # wrapt 1.x proxies are not subscriptable
     _ObjectProxy = wrapt.ObjectProxy
+    # wrapt 2's base proxy has no __iter__ of its own: a stream proxy then has one only
+    # when its stream does (wrapt 1.x's proxies all have one).
+    _StepsProxy = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 
 def _is_generator(value: Any) -> bool:
     return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
 
-class _StreamProxy(_ObjectProxy):
+class _StreamProxy(_StepsProxy):
     """What the caller gets instead of a stream: the same object, chunks read on the way
-    by its :class:`Stream`, which ends the call exactly once."""
+    by its :class:`Stream`, which ends the call exactly once. Its steps and optional
+    methods are added per stream type by :func:`_proxy_class`."""
 
     def __init__(self, wrapped: Any, stream: Stream) -> None:
         super().__init__(wrapped)
@@ -104,9 +111,56 @@ class _StreamProxy(_ObjectProxy):
             return _SubStream(value, self, kind)
         return value
 
+    # The with-block protocol is always there: wrapt's base proxy has it, so these only
+    # make leaving the block end the stream, and keep Python's own TypeError otherwise.
 
-class _SubStream(_ObjectProxy):
-    """An iterator a stream hands out over its own events (``stream.text_stream``).
+    def __enter__(self) -> Any:
+        wrapped = self.__wrapped__
+        if not hasattr(type(wrapped), "__enter__"):
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
+            )
+        entered = wrapped.__enter__()
+        return self if entered is wrapped else entered
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return self.__wrapped__.__exit__(exc_type, exc, tb)
+        finally:
+            # Leaving the block before the end cancels the rest, whatever the body raised:
+            # the LLM call itself did not fail.
+            self._self_stream.end_sync(closed=True)
+
+    async def __aenter__(self) -> Any:
+        wrapped = self.__wrapped__
+        if not hasattr(type(wrapped), "__aenter__"):
+            raise TypeError(
+                f"'{type(wrapped).__name__}' object does not support the asynchronous "
+                "context manager protocol"
+            )
+        entered = await wrapped.__aenter__()
+        return self if entered is wrapped else entered
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> Any:
+        try:
+            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
+        finally:
+            await self._self_stream.end_async(closed=True)
+
+
+class _SubStream(_StepsProxy):
+    """An iterator over a stream's chunks that is not the stream itself: one a stream
+    hands out over its own events (``stream.text_stream``), or one pass over an iterable.
 
     It keeps the stream's proxy alive: ``"".join(call.record_response(s).text_stream)``
     drops the proxy at once, and its collection must not abandon a stream still read."""
@@ -131,241 +185,149 @@ class _SubStream(_ObjectProxy):
         return self._self_stream.anext(self._self_astep)
 
 
-class _SyncStream(_StreamProxy):
-    def __iter__(self) -> _SyncStream:
-        return self
-
-    def __next__(self) -> Any:
-        return self._self_stream.next()
-
-    def send(self, value: Any) -> Any:
-        return self._self_stream.next(self.__wrapped__.send, value)
-
-    def throw(self, *args: Any) -> Any:
-        return self._self_stream.next(self.__wrapped__.throw, *args)
-
-    def close(self) -> Any:
-        close = self.__wrapped__.close
-        try:
-            return close()
-        finally:
-            self._self_stream.end_sync(closed=True)
-
-    def __enter__(self) -> Any:
-        wrapped = self.__wrapped__
-        if not hasattr(type(wrapped), "__enter__"):
-            raise TypeError(
-                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
-            )
-        entered = wrapped.__enter__()
-        return self if entered is wrapped else entered
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        try:
-            return self.__wrapped__.__exit__(exc_type, exc, tb)
-        finally:
-            # Leaving the block before the end cancels the rest, whatever the body raised:
-            # the LLM call itself did not fail.
-            self._self_stream.end_sync(closed=True)
+# -- the steps and optional methods a proxy class is made of ------------------------------------
 
 
-class _AsyncStream(_StreamProxy):
-    def __aiter__(self) -> _AsyncStream:
-        return self
+def _iter_self(self: _StreamProxy) -> _StreamProxy:
+    return self
 
-    def __anext__(self) -> Awaitable[Any]:
-        return self._self_stream.anext()
 
-    def asend(self, value: Any) -> Awaitable[Any]:
-        return self._self_stream.anext(self.__wrapped__.asend, value)
+def _next(self: _StreamProxy) -> Any:
+    return self._self_stream.next()
 
-    def athrow(self, *args: Any) -> Awaitable[Any]:
-        return self._self_stream.anext(self.__wrapped__.athrow, *args)
 
-    async def _ai_closing(self, closing: Awaitable[Any]) -> Any:
-        try:
-            return await closing
-        finally:
-            await self._self_stream.end_async(closed=True)
+def _anext(self: _StreamProxy) -> Awaitable[Any]:
+    return self._self_stream.anext()
 
-    def aclose(self) -> Awaitable[Any]:
-        aclose = self.__wrapped__.aclose
-        return self._ai_closing(aclose())
 
-    def close(self) -> Any:
-        # SDK async streams have ``async def close()``; keep whichever kind it is.
-        result = self.__wrapped__.close()
-        if inspect.isawaitable(result):
-            return self._ai_closing(result)
+def _pass(self: _StreamProxy, kind: int) -> Any:
+    """A new pass over an iterable: watched while the call is open, the same chunks
+    read again (so what an earlier pass read is forgotten, not added); the first pass to
+    reach the end ends the call, and later ones only hand out the chunks."""
+    wrapped = self.__wrapped__
+    stream = self._self_stream
+    try:
+        steps = iter(wrapped) if kind == SYNC else wrapped.__aiter__()
+    except BaseException as exc:  # as a stream failing at its first step
+        stream.end_sync(exc)
+        raise
+    if not stream.open:
+        return steps
+    stream.forget()
+    return _SubStream(steps, self, kind)
+
+
+def _iter_pass(self: _StreamProxy) -> Any:
+    return _pass(self, SYNC)
+
+
+def _aiter_pass(self: _StreamProxy) -> Any:
+    return _pass(self, ASYNC)
+
+
+def _send(self: _StreamProxy, value: Any) -> Any:
+    return self._self_stream.next(self.__wrapped__.send, value)
+
+
+def _throw(self: _StreamProxy, *args: Any) -> Any:
+    return self._self_stream.next(self.__wrapped__.throw, *args)
+
+
+def _close(self: _StreamProxy) -> Any:
+    close = self.__wrapped__.close
+    try:
+        return close()
+    finally:
         self._self_stream.end_sync(closed=True)
-        return result
-
-    async def __aenter__(self) -> Any:
-        wrapped = self.__wrapped__
-        if not hasattr(type(wrapped), "__aenter__"):
-            raise TypeError(
-                f"'{type(wrapped).__name__}' object does not support the asynchronous "
-                "context manager protocol"
-            )
-        entered = await wrapped.__aenter__()
-        return self if entered is wrapped else entered
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        try:
-            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
-        finally:
-            await self._self_stream.end_async(closed=True)
 
 
-class _DualStream(_AsyncStream, _SyncStream):
-    """A stream iterated with ``for`` or ``async for`` (LiteLLM's): both are watched.
-    Its ``close()`` is the async proxy's, which handles a sync and an async close alike."""
+def _asend(self: _StreamProxy, value: Any) -> Awaitable[Any]:
+    return self._self_stream.anext(self.__wrapped__.asend, value)
 
 
-_PROXIES: dict[int, type[_StreamProxy]] = {
-    SYNC: _SyncStream,
-    ASYNC: _AsyncStream,
-    SYNC | ASYNC: _DualStream,
+def _athrow(self: _StreamProxy, *args: Any) -> Awaitable[Any]:
+    return self._self_stream.anext(self.__wrapped__.athrow, *args)
+
+
+async def _closing(self: _StreamProxy, closing: Awaitable[Any]) -> Any:
+    try:
+        return await closing
+    finally:
+        await self._self_stream.end_async(closed=True)
+
+
+def _aclose(self: _StreamProxy) -> Awaitable[Any]:
+    aclose = self.__wrapped__.aclose
+    return _closing(self, aclose())
+
+
+def _close_either(self: _StreamProxy) -> Any:
+    # SDK async streams have ``async def close()``; keep whichever kind it is.
+    result = self.__wrapped__.close()
+    if inspect.isawaitable(result):
+        return _closing(self, result)
+    self._self_stream.end_sync(closed=True)
+    return result
+
+
+#: The methods a stream may have, and what its proxy does for each, by the protocols the
+#: proxy watches: a method the stream lacks is left out of its proxy's class.
+_OPTIONAL: dict[int, dict[str, Callable[..., Any]]] = {
+    SYNC: {"send": _send, "throw": _throw, "close": _close},
+    ASYNC: {"asend": _asend, "athrow": _athrow, "aclose": _aclose, "close": _close_either},
+    SYNC | ASYNC: {
+        "send": _send,
+        "throw": _throw,
+        "asend": _asend,
+        "athrow": _athrow,
+        "aclose": _aclose,
+        "close": _close_either,
+    },
 }
+_OPTIONAL_NAMES = ("send", "throw", "close", "asend", "athrow", "aclose")
+_classes: dict[tuple[int, tuple[bool, ...], tuple[str, ...]], type[_StreamProxy]] = {}
+
+
+def _proxy_class(source: Any, kind: int) -> type[_StreamProxy]:
+    """The proxy class for a stream of ``source``'s type watched as ``kind``: its steps
+    (an iterator's own, or a new pass for each ``iter()`` of an iterable) and exactly the
+    optional methods the type has; made once per shape."""
+    cls = type(source)
+    steps = tuple(hasattr(cls, name) for name in ("__iter__", "__next__", "__aiter__", "__anext__"))
+    present = tuple(name for name in _OPTIONAL_NAMES if hasattr(cls, name))
+    key = (kind, steps, present)
+    made = _classes.get(key)
+    if made is None:
+        namespace: dict[str, Any] = {}
+        iterable, iterator, aiterable, aiterator = steps
+        if kind & SYNC:
+            if iterator:  # its own steps, and iter() of it only if the stream has one
+                namespace["__next__"] = _next
+                if iterable:
+                    namespace["__iter__"] = _iter_self
+            else:
+                namespace["__iter__"] = _iter_pass
+        if kind & ASYNC:
+            if aiterator:
+                namespace["__anext__"] = _anext
+                if aiterable:
+                    namespace["__aiter__"] = _iter_self
+            else:
+                namespace["__aiter__"] = _aiter_pass
+        methods = _OPTIONAL[kind]
+        namespace.update((name, methods[name]) for name in present if name in methods)
+        name = {SYNC: "_SyncStream", ASYNC: "_AsyncStream"}.get(kind, "_DualStream")
+        made = _classes.setdefault(key, type(name, (_StreamProxy,), namespace))
+    return made
 
 
 def wrap_stream(source: Any, kind: int, stream: Stream) -> Any:
     """``source`` in its proxy, iterated by ``for`` (kind ``SYNC``), ``async for``
     (``ASYNC``) or both: whichever protocol the caller uses goes through ``stream``."""
+    kind &= SYNC | ASYNC
     if kind & SYNC:
-        step = getattr(source, "__next__", None)
-        stream.step = step if step is not None else iter(source).__next__
+        stream.step = getattr(source, "__next__", not_iterable)
     if kind & ASYNC:
-        astep = getattr(source, "__anext__", None)
-        stream.astep = astep if astep is not None else source.__aiter__().__anext__
+        stream.astep = getattr(source, "__anext__", not_iterable)
     stream.source = source
-    return _PROXIES[kind & (SYNC | ASYNC)](source, stream)
-
-
-_NOTHING = object()
-
-
-class Manager(_ObjectProxy):
-    """A stream manager (``client.messages.stream(...)``, ``chat.completions.stream(...)``):
-    the request starts when the caller enters it, and what it hands out is watched until
-    its end. Entered with ``with`` or ``async with``, whichever it supports."""
-
-    def __init__(self, wrapped: Any, stream: Stream, mode: str | bool) -> None:
-        super().__init__(wrapped)
-        self._self_stream = stream
-        self._self_mode = mode  # the tracker's stream option
-        self._self_entered = False
-        # What the manager handed out, when it is no stream: read before the manager
-        # closes it (a raw response whose body the caller parsed).
-        self._self_value: Any = _NOTHING
-
-    def __del__(self) -> None:
-        try:
-            stream, entered = self._self_stream, self._self_entered
-        except Exception:  # never initialised
-            return
-        if not entered:  # once entered, the stream it handed out is watched instead
-            stream.abandon()
-
-    def _ai_hand_out(self, entered: Any) -> Any:
-        try:
-            kind = stream_kind(entered, self._self_mode)
-            if kind and not kind & MANAGER:
-                return wrap_stream(entered, kind, self._self_stream)
-        except Exception:
-            report_failure("wrapping a stream")
-        self._self_value = entered
-        return entered
-
-    def _ai_leave(self) -> bool:
-        """Before the manager's own exit: read what it handed out. True when that was no
-        stream, whose exit ends the call as a success (the request had completed)."""
-        value = self._self_value
-        if value is _NOTHING:
-            return False
-        self._self_value = _NOTHING
-        stream = self._self_stream
-        if stream.open:
-            stream.read_response(value)
-        return True
-
-    def __enter__(self) -> Any:
-        wrapped = self.__wrapped__
-        if not hasattr(type(wrapped), "__enter__"):
-            raise TypeError(
-                f"'{type(wrapped).__name__}' object does not support the context manager protocol"
-            )
-        stream = self._self_stream
-        self._self_entered = True
-        stream.restart()
-        try:
-            entered = wrapped.__enter__()
-        except BaseException as exc:  # the request failed: a 429 is raised here
-            stream.end_sync(exc)
-            raise
-        return self._ai_hand_out(entered)
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        done = self._ai_leave()
-        try:
-            return self.__wrapped__.__exit__(exc_type, exc, tb)
-        finally:
-            self._self_stream.end_sync(closed=not done)
-
-    async def __aenter__(self) -> Any:
-        wrapped = self.__wrapped__
-        if not hasattr(type(wrapped), "__aenter__"):
-            raise TypeError(
-                f"'{type(wrapped).__name__}' object does not support the asynchronous "
-                "context manager protocol"
-            )
-        stream = self._self_stream
-        self._self_entered = True
-        stream.restart()
-        try:
-            entered = await wrapped.__aenter__()
-        except BaseException as exc:
-            await stream.end_async(exc)
-            raise
-        return self._ai_hand_out(entered)
-
-    async def __aexit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> Any:
-        done = self._ai_leave()
-        try:
-            return await self.__wrapped__.__aexit__(exc_type, exc, tb)
-        finally:
-            await self._self_stream.end_async(closed=not done)
-
-
-class RawResponse(_ObjectProxy):
-    """A raw HTTP response (``with_raw_response``) whose ``parse()`` gives a stream: the
-    same object, whose ``parse()`` hands out that stream in its proxy."""
-
-    def __init__(self, wrapped: Any, body: Any, stream: Any) -> None:
-        super().__init__(wrapped)
-        self._self_body = body
-        self._self_proxy = stream
-
-    def parse(self, *args: Any, **kwargs: Any) -> Any:
-        parsed = self.__wrapped__.parse(*args, **kwargs)
-        return self._self_proxy if parsed is self._self_body else parsed
+    return _proxy_class(source, kind)(source, stream)

@@ -84,6 +84,12 @@ class Chunks:
         else:
             self.usage = latest.latest(usage)
 
+    def forget(self) -> None:
+        """A new pass over the same chunks (an iterable iterated again) reads them again:
+        what the earlier pass reported is replaced, never added."""
+        with usage_lock:
+            self.usage = self.usage_id = self.done = None
+
     def settle_open(self) -> None:
         """The call ends while this stream is open: what it reported so far counts."""
         self.settle()

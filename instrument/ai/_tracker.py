@@ -223,6 +223,25 @@ def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:
     return _ModelParameter(signature if positional else None, default)
 
 
+def record_counted_call(
+    inst: Instrumentation,
+    provider: str,
+    model: str,
+    success: bool,
+    input_tokens: float,
+    output_tokens: float,
+) -> None:
+    """One call whose counts the caller gives (the original ``record_ai_api_call``),
+    recorded through the same model guard as tracked calls: the model's series, or
+    ``other`` beyond ``max_models``, so no caller can grow the label set without bound."""
+    series = provider_models(inst, provider).series(model)
+    series.calls["success" if success else "error"]()
+    if input_tokens:
+        series.inc_input(input_tokens)
+    if output_tokens:
+        series.inc_output(output_tokens)
+
+
 def track_ai_call(
     provider: str, model: str | None = None, **options: Unpack[AICallOptions]
 ) -> AICallTracker:

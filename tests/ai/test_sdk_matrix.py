@@ -1388,11 +1388,9 @@ async def _(ctx: Ctx) -> None:
 # -- the network guard, the SDKs, the server -------------------------------------------------
 
 
-@pytest.fixture(scope="module")
-def llm_server(offline: None) -> Iterator[LocalLLMServer]:
-    """One server for the matrix, in a background thread: sync and async SDKs share it.
-    It stops with the module, so no later test finds its thread."""
-    server = LocalLLMServer(
+def matrix_server() -> LocalLLMServer:
+    """The server the matrix's expectations are written for (not started)."""
+    return LocalLLMServer(
         first_content_delay=FIRST_CONTENT_DELAY,
         cache_read_tokens=CACHE_READ,
         cache_creation_tokens=CACHE_CREATION,
@@ -1400,7 +1398,13 @@ def llm_server(offline: None) -> Iterator[LocalLLMServer]:
         failures={RATE_LIMITED: 429, BROKEN: 500, UNAUTHORIZED: 401},
         stream_failures={OVERLOADED_MIDWAY: 529, UNAVAILABLE_MIDWAY: 503},
     )
-    with server:
+
+
+@pytest.fixture(scope="module")
+def llm_server(offline: None) -> Iterator[LocalLLMServer]:
+    """One server for the matrix, in a background thread: sync and async SDKs share it.
+    It stops with the module, so no later test finds its thread."""
+    with matrix_server() as server:
         yield server
 
 

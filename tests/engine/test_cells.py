@@ -32,7 +32,7 @@ from instrument import Instrumentation
 from instrument.ai._streams import usage_lock
 from instrument.analysis import AnalysisMonitor
 
-from .servers import Pushgateway
+from ..servers import Pushgateway
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"module": "m", "analysis_type": "t"}

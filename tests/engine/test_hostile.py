@@ -553,8 +553,10 @@ async def test_async_callables_are_timed_and_counted_when_awaited(
 ) -> None:
     original = ASYNC_SHAPES[shape]()
     wrapped = inst.monitored_analysis("m", "t")(original)
-    # It still looks like what it wraps.
-    assert inspect.iscoroutinefunction(wrapped) == inspect.iscoroutinefunction(original)
+    # It still looks like what it wraps; a callable instance like the coroutine function
+    # its calls run, which the instance itself cannot say on 3.11 (tests/test_ai_fixes.py).
+    expected = inspect.iscoroutinefunction(original) or shape == "callable-instance"
+    assert inspect.iscoroutinefunction(wrapped) == expected
     pending = wrapped(21)
     assert inspect.iscoroutine(pending)
     assert outcomes(registry) == (0, 0, 0)  # making the coroutine is not the job
@@ -598,7 +600,9 @@ async def test_async_generator_callables_span_their_iteration(
 ) -> None:
     original = ASYNC_GEN_SHAPES[shape]()
     wrapped = inst.monitored_analysis("m", "t")(original)
-    assert inspect.isasyncgenfunction(wrapped) == inspect.isasyncgenfunction(original)
+    # A callable instance looks like the async generator function its calls run.
+    expected = inspect.isasyncgenfunction(original) or shape == "callable-instance"
+    assert inspect.isasyncgenfunction(wrapped) == expected
     stream = wrapped(3)
     assert inspect.isasyncgen(stream)
     assert await stream.__anext__() == 0
@@ -764,7 +768,10 @@ def test_wrapped_callables_look_like_what_they_wrap(inst: Instrumentation) -> No
             inspect.isfunction,
             callable,
         ):
-            assert check(wrapped) == check(original), (original, check)
+            expected = check(original)
+            if isinstance(original, AsyncCallable) and check is inspect.iscoroutinefunction:
+                expected = True  # what its calls make (tests/test_ai_fixes.py)
+            assert check(wrapped) == expected, (original, check)
 
 
 # == 3. Pickling and copying ======================================================================
