@@ -18,6 +18,7 @@ from .compat import (
 from .defaults import apush, configure, flush, get_instrumentation, push
 from .instrumentation import Instrumentation
 from .metrics import METRICS, Metrics
+from .objectives import Objective
 
 try:
     __version__ = version("instrument")
@@ -45,6 +46,7 @@ __all__ = [
     "GrafanaUnavailableError",
     "Instrumentation",
     "Metrics",
+    "Objective",
     "PrometheusIntegration",
     "__version__",
     "apush",

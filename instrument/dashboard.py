@@ -32,7 +32,7 @@ from ._promql import (
 )
 from .metrics import metric_names
 
-__all__ = ["SCHEMA_VERSION", "build_dashboard", "dashboard_json", "panel_queries"]
+__all__ = ["SCHEMA_VERSION", "build_dashboard", "check_uid", "dashboard_json", "panel_queries"]
 
 #: The dashboard model version written (Grafana 12).
 SCHEMA_VERSION = 41
@@ -391,6 +391,15 @@ def _templating(n: dict[str, str], datasource_uid: str | None) -> list[dict[str,
     ]
 
 
+def check_uid(uid: object) -> str:
+    """``uid`` if Grafana takes it as a dashboard uid, else a ValueError saying what does."""
+    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
+        raise ValueError(
+            f"uid {uid!r} is not a Grafana dashboard uid: use 1 to 40 letters, digits, '-' or '_'"
+        )
+    return uid
+
+
 def build_dashboard(
     inst_or_metrics: Source,
     *,
@@ -412,10 +421,7 @@ def build_dashboard(
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
-    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
-        raise ValueError(
-            f"uid {uid!r} is not a Grafana dashboard uid: use 1 to 40 letters, digits, '-' or '_'"
-        )
+    check_uid(uid)
     if datasource_uid is not None and (not isinstance(datasource_uid, str) or not datasource_uid):
         raise ValueError("datasource_uid must be a non-empty string or None")
     namespace = namespace_of(inst_or_metrics)

@@ -24,6 +24,7 @@ from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
     get_instrumentation,
+    is_default,
     register_instrumentation_class,
     set_retired,
 )
@@ -44,6 +45,7 @@ from .metrics import (
     check_buckets,
     check_namespace,
 )
+from .objectives import Coverage, Objective, ObjectiveArg, declared
 from .policy import Binding as Binding
 from .policy import Policy
 
@@ -170,6 +172,16 @@ class Instrumentation:
         return f"Instrumentation(namespace={self.namespace!r}, {self.delivery!r}{state})"
 
     @property
+    def objectives(self) -> list[Objective]:
+        """The objectives its decorators declared (``objective=``), in declaration order;
+        the default instrumentation's include those of the decorators following it."""
+        return [item for item, _ in self.objective_coverage()]
+
+    def objective_coverage(self) -> list[tuple[Objective, tuple[Coverage, ...]]]:
+        """Each of :attr:`objectives` with the decorators' series it covers."""
+        return declared(self, following_default=is_default(self))
+
+    @property
     def push_mode(self) -> str:
         return self.delivery.mode
 
@@ -196,10 +208,17 @@ class Instrumentation:
         job_type: str | None = None,
         project: str | Callable[[dict[str, Any]], str] | None = None,
         quality: Callable[[Any], float] | None = None,
+        objective: ObjectiveArg = None,
     ) -> AnalysisMonitor:
         """Decorate a function (sync, async, generator) or open a with-block as one analysis job."""
         return AnalysisMonitor(
-            self, module, analysis_type, job_type=job_type, project=project, quality=quality
+            self,
+            module,
+            analysis_type,
+            job_type=job_type,
+            project=project,
+            quality=quality,
+            objective=objective,
         )
 
     def track_ai_call(

@@ -308,7 +308,9 @@ def test_every_alert_ends_with_its_threshold_and_has_annotations() -> None:
             if "alert" in r:
                 assert THRESHOLD.match(r["expr"]), r["expr"]
                 assert r["labels"]["severity"] == "warning"
-                assert set(r["annotations"]) == {"summary", "description"}
+                # runbook_url only with runbook_base_url= (tests/test_slo_rules.py)
+                assert set(r["annotations"]) == {"summary", "description", "dashboard_url"}
+                assert r["annotations"]["dashboard_url"] == "/d/codomyrmex-analytics"
 
 
 def test_thresholds_are_keywords() -> None:
@@ -392,7 +394,8 @@ def test_descriptions_show_small_ratios_as_set() -> None:
 
 
 def test_a_renamed_namespace_renames_every_rule() -> None:
-    acme = json.dumps(build_rules("acme"))
+    # The dashboard's uid is its own (codomyrmex-analytics by default, in any namespace).
+    acme = json.dumps(build_rules("acme", dashboard_uid="acme-analytics"))
     assert "codomyrmex" not in acme.lower()
     assert acme.replace("acme", "codomyrmex").replace("Acme", "Codomyrmex") == json.dumps(RULES)
 
@@ -509,7 +512,9 @@ def test_the_rules_are_one_table_rendered_in_order() -> None:
             if isinstance(entry, rules_module._Record):
                 assert ":" in entry.key and entry.key not in recorded
                 recorded.add(entry.key)
-                assert written["record"].startswith("_".join(entry.labels) + ":")
+                # Every recording keeps job, which the level leaves out.
+                assert entry.labels[0] == "job"
+                assert written["record"].startswith("_".join(entry.labels[1:]) + ":")
             else:
                 assert written["alert"] == f"Codomyrmex{entry.name}"
                 for keyword in (entry.threshold, entry.for_):
