@@ -18,7 +18,7 @@ from typing import Any
 from ._promql import duration_ms, increase, number, quoted, rate, ratio, series, sum_by
 from .objectives import Coverage, Objective, le_value
 
-__all__ = ["ALERT_WINDOWS", "BURNS", "objective_group", "objective_tests"]
+__all__ = ["ALERT_WINDOWS", "BURNS", "objective_group", "objective_tests", "recorded_series"]
 
 #: The windows the alerts read, shortest first.
 ALERT_WINDOWS = ("5m", "30m", "1h", "2h", "6h", "1d", "3d")
@@ -190,6 +190,18 @@ def objective_group(
     rules.append(_alert(prefix, namespace, objective, "page", page_for, links))
     rules.append(_alert(prefix, namespace, objective, "ticket", ticket_for, links))
     return {"name": f"{namespace}.slo.{objective.name}", "rules": rules}
+
+
+def recorded_series(namespace: str) -> dict[str, str]:
+    """What the dashboard reads of these rules, by its key there, kept to ``namespace``."""
+    own = f"{{sloth_service={quoted(namespace)}}}"
+    return {
+        "slo:budget_remaining": "slo:period_error_budget_remaining:ratio" + own,
+        "slo:budget": "slo:error_budget:ratio" + own,
+        "slo:error_ratio_5m": "slo:sli_error:ratio_rate5m" + own,
+        "slo:error_ratio_1h": "slo:sli_error:ratio_rate1h" + own,
+        "slo:events_1h": "slo:sli_events:increase1h" + own,
+    }
 
 
 # -- promtool unit tests ----------------------------------------------------------------------

@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
@@ -184,6 +185,20 @@ def _write_output(path: str | None, text: str) -> None:
         raise CommandError(f"cannot write {path}: {exc.strerror or exc}") from None
 
 
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules whose decorators declare objectives, from the current directory
+    too (as ``python -m`` would); a failure is one line naming the module."""
+    import importlib
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise CommandError(f"cannot import {name}: {type(exc).__name__}: {exc}") from None
+
+
 # -- Grafana ----------------------------------------------------------------------------------
 
 
@@ -327,16 +342,47 @@ def _add_rules(commands: _Commands) -> None:
         type=_metric_namespace,
         help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
     )
+    parser.add_argument(
+        "--import",
+        dest="modules",
+        action="append",
+        default=[],
+        type=_nonblank("module name"),
+        metavar="MODULE",
+        help="import this module (repeatable) and add the objectives its decorators declare",
+    )
+    parser.add_argument(
+        "--tests", type=_output, metavar="FILE", help="also write promtool unit tests here"
+    )
+    parser.add_argument("--runbook-base-url", metavar="URL", help="runbook_url: URL/<alert>")
+    parser.add_argument("--monthly-budget-usd", type=float, metavar="USD", help="AI spend alert")
 
     def run(args: argparse.Namespace) -> int:
-        from .rules import rules_yaml
+        from .objectives import every_declared
+        from .rules import rules_tests_yaml, rules_yaml
 
+        if args.tests is not None and args.output in (None, "-"):
+            raise UsageError("--tests reads the rules from a file: give --output FILE too")
         namespace = _namespace(args)
+        _import_modules(args.modules)
+        options = {
+            "objectives": every_declared(),
+            "runbook_base_url": args.runbook_base_url,
+            "monthly_budget_usd": args.monthly_budget_usd,
+        }
+        if args.tests is not None and not options["objectives"]:
+            raise UsageError("--tests tests the objectives' alerts, and none is declared: "
+                             "--import the modules that declare them")  # fmt: skip
         try:
-            text = rules_yaml(namespace)
-        except ValueError as exc:
+            text = rules_yaml(namespace, **options)
+            if args.tests is not None:
+                relative = os.path.relpath(args.output, os.path.dirname(args.tests) or ".")
+                tests = rules_tests_yaml(namespace, relative, **options)
+        except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from None
         _write_output(args.output, text)
+        if args.tests is not None:
+            _write_output(args.tests, tests)
         return 0
 
     parser.set_defaults(handler=run)

@@ -43,6 +43,7 @@ from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
     check_buckets,
+    check_build_info,
     check_namespace,
 )
 from .objectives import Coverage, Objective, ObjectiveArg, declared
@@ -91,6 +92,7 @@ class Instrumentation:
         ca_file: str | None = None,
         max_models: int = 50,
         prices: Mapping[str, Any] | str | None = None,
+        build_info: Mapping[str, str] | None = None,
     ) -> None:
         if args:
             raise TypeError(
@@ -108,6 +110,7 @@ class Instrumentation:
         tls_verify = check_flag("tls_verify", tls_verify)
         check_namespace(namespace)
         check_buckets(buckets)
+        build = check_build_info(build_info)
         self.job = check_job(job)
         group = check_grouping_key(grouping_key or {}, instance=instance)
         push_interval = check_seconds("push_interval", push_interval)
@@ -158,6 +161,8 @@ class Instrumentation:
             )
 
         self.metrics, self.delivery = _register(self.registry, namespace, buckets, make_delivery)
+        if build is not None and self.enabled:
+            self.metrics.build_info.labels(**build).set(1)
         self._warned_job_types: set[str] = set()
         #: No longer the default: decorators following the default rebind.
         self.retired = False
