@@ -289,6 +289,10 @@ def _cases(
     return [
         burn(15, check(1, page, False), check(page_at, page, True)),
         burn(4, check(ticket_at, ticket, True), check(ticket_at, page, False)),
+        # Each slower pair on its own: 10x pages only through 6h/30m, 2x opens a ticket
+        # only through 3d/6h.
+        burn(10, check(page_at, page, True)),
+        burn(2, check(ticket_at, ticket, True), check(ticket_at, page, False)),
         burn(0.5, *quiet),
         case(f"below {objective.min_events} events", max(sparse, 0), -1, *quiet),
     ]
@@ -306,7 +310,8 @@ def objective_tests(
 ) -> dict[str, Any]:
     """A promtool unit-test file (``promtool test rules``) for the objectives' alerts in
     ``groups``: per objective a 15x burn pages within its ``for``, a 4x burn opens a ticket
-    but does not page, a 0.5x burn stays quiet, and traffic below the minimum stays quiet."""
+    but does not page, 10x and 2x burns fire through the slower pairs, a 0.5x burn stays
+    quiet, and traffic below the minimum stays quiet."""
     alerts = {
         (rule["alert"], rule["labels"]["objective"]): rule
         for group in groups

@@ -441,8 +441,7 @@ def rules_yaml(inst_or_metrics: Source, **thresholds: Any) -> str:
 def rules_tests_yaml(inst_or_metrics: Source, rule_file: str, **thresholds: Any) -> str:
     """A promtool unit-test file (``promtool test rules FILE``) for the objectives' alerts
     of the rules :func:`build_rules` makes with ``thresholds``, read from ``rule_file``
-    (relative to the test file). Per objective: a 15x burn pages within its ``for``, a 4x
-    burn opens a ticket but does not page, a 0.5x burn and sparse traffic stay quiet."""
+    (relative to the test file); the cases are listed in ``_slo.objective_tests``."""
     rules = build_rules(inst_or_metrics, **thresholds)
     ns = namespace_of(inst_or_metrics)
     tests = objective_tests(

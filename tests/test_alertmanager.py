@@ -4,6 +4,7 @@ webhook receiver run here that gets the page and then its resolution."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import threading
 import time
@@ -109,10 +110,8 @@ def test_a_burning_objective_pages_through_alertmanager_and_resolves(
         return "ok"
 
     def call() -> None:
-        try:
+        with contextlib.suppress(RuntimeError):
             assert ingest() == "ok"
-        except RuntimeError:
-            pass
 
     rules = tmp_path / "slo.rules.yml"
     rules.write_text(
