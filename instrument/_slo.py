@@ -34,6 +34,15 @@ _COUNTED = 'status=~"success|error"'
 _ERROR = 'status="error"'
 
 Links = Callable[[str], dict[str, str]]
+# Annotations name the job and the objective through the alert's labels: a name is text the
+# user chose, and as template text a "{{" in it would be run by Prometheus.
+_JOB = "{{ $labels.job }}"
+_NAME = "{{ $labels.objective }}"
+
+
+def _matchers(coverage: Coverage) -> tuple[str, ...]:
+    """The label matchers that select one decorator's series."""
+    return tuple(f"{name}={quoted(value)}" for name, value in coverage.labels)
 
 
 def _union(parts: Sequence[str]) -> str:
@@ -53,8 +62,8 @@ def _per_window(
 
 def _total(names: Mapping[str, str], objective: Objective, coverage: Coverage) -> str:
     if objective.kind == "success":
-        return series(names[coverage.counter], *coverage.matchers(), _COUNTED)
-    return series(names[coverage.histogram] + "_count", *coverage.matchers())
+        return series(names[coverage.counter], *_matchers(coverage), _COUNTED)
+    return series(names[coverage.histogram] + "_count", *_matchers(coverage))
 
 
 def error_ratio(
@@ -64,12 +73,12 @@ def error_ratio(
     total = _per_window(names, covered, lambda c: _total(names, objective, c))(window, rate)
     if objective.kind == "success":
         bad = _per_window(
-            names, covered, lambda c: series(names[c.counter], *c.matchers(), _ERROR)
+            names, covered, lambda c: series(names[c.counter], *_matchers(c), _ERROR)
         )(window, rate)
         return ratio(bad, total, _BY)
     le = f"le={quoted(le_value(objective.threshold or 0))}"
     good = _per_window(
-        names, covered, lambda c: series(names[c.histogram] + "_bucket", *c.matchers(), le)
+        names, covered, lambda c: series(names[c.histogram] + "_bucket", *_matchers(c), le)
     )(window, rate)
     return f"({total} - {good}) / {total}"
 
@@ -106,6 +115,12 @@ def _condition(namespace: str, objective: Objective, burn: float, long: str, sho
     )
 
 
+def _literal(text: str) -> str:
+    """``text`` as an alert label Prometheus expands to itself: labels are templates, so a
+    name holding ``{{`` is written as a template printing a string constant."""
+    return f"{{{{ {quoted(text)} }}}}" if "{{" in text else text
+
+
 def _what(objective: Objective) -> str:
     if objective.kind == "success":
         return "succeed"
@@ -127,23 +142,27 @@ def _alert(
     )
     days = _days(objective.window)
     summary = (
-        f"{{{{ $labels.job }}}}: objective {objective.name} burns its error budget "
+        f"{_JOB}: objective {_NAME} burns its error budget "
         f"{number(slow)}x or more as fast as it allows"
     )
     description = (
-        f"{_percent(objective.target)} of the events of objective {objective.name} must "
-        f"{_what(objective)} over {objective.window}. In {{{{ $labels.job }}}} the error "
+        f"{_percent(objective.target)} of the events of objective {_NAME} must "
+        f"{_what(objective)} over {objective.window}. In {_JOB} the error "
         f"ratio over {fast_long} and {fast_short} is above {number(fast)}x the budget of "
         f"{_percent(objective.budget)}, or over {slow_long} and {slow_short} above "
         f"{number(slow)}x (with at least {objective.min_events} events): at {number(fast)}x "
         f"the {objective.window} budget lasts {days / fast:.3g} days. What is left: "
-        f'slo:period_error_budget_remaining:ratio{{objective="{objective.name}"}}.'
+        f'slo:period_error_budget_remaining:ratio{{objective="{_NAME}"}}.'
     )
     return {
         "alert": name,
         "expr": expr,
         "for": for_,
-        "labels": {"severity": severity, "objective": objective.name, "slo_kind": objective.kind},
+        "labels": {
+            "severity": severity,
+            "objective": _literal(objective.name),
+            "slo_kind": objective.kind,
+        },
         "annotations": {"summary": summary, "description": description, **links(name)},
     }
 
@@ -220,7 +239,7 @@ def _input(
 ) -> list[dict[str, str]]:
     """Series for one scenario: ``bad`` and ``good`` events per minute, or (with ``good``
     negative) a single jump of ``bad`` bad events after ten quiet minutes."""
-    labels = (f"job={quoted(_TEST_JOB)}", *coverage.matchers())
+    labels = (f"job={quoted(_TEST_JOB)}", *_matchers(coverage))
 
     def values(per_minute: float) -> str:
         if good < 0:
@@ -244,10 +263,10 @@ def _input(
 
 def _expected(namespace: str, objective: Objective, alert: Mapping[str, Any]) -> dict[str, Any]:
     annotations = {
-        key: text.replace("{{ $labels.job }}", _TEST_JOB)
+        key: text.replace(_JOB, _TEST_JOB).replace(_NAME, objective.name)
         for key, text in alert["annotations"].items()
     }
-    labels = {"job": _TEST_JOB, **_labels(namespace, objective), **alert["labels"]}
+    labels = {"job": _TEST_JOB, **alert["labels"], **_labels(namespace, objective)}
     return {"exp_labels": labels, "exp_annotations": annotations}
 
 
@@ -313,10 +332,11 @@ def objective_tests(
     but does not page, 10x and 2x burns fire through the slower pairs, a 0.5x burn stays
     quiet, and traffic below the minimum stays quiet."""
     alerts = {
-        (rule["alert"], rule["labels"]["objective"]): rule
+        (rule["alert"], group["name"].partition(".slo.")[2]): rule
         for group in groups
+        if ".slo." in group["name"]
         for rule in group["rules"]
-        if "alert" in rule and "objective" in rule.get("labels", {})
+        if "alert" in rule
     }
     page_at = _minutes(page_for) + 2
     at = (page_at, max(_minutes(ticket_for), page_at) + 2)

@@ -22,7 +22,6 @@ from typing import TYPE_CHECKING, Literal
 
 from prometheus_client.utils import floatToGoString
 
-from ._promql import quoted
 from .metrics import METRICS, check_label_value
 
 if TYPE_CHECKING:
@@ -193,9 +192,6 @@ class Coverage:
     def histogram_suffix(self) -> str:
         """The duration histogram's name after the namespace, as ``buckets=`` names it."""
         return _SUFFIX_BY_ATTR[self.histogram]
-
-    def matchers(self) -> tuple[str, ...]:
-        return tuple(f"{name}={quoted(value)}" for name, value in self.labels)
 
 
 def le_value(bound: float) -> str:

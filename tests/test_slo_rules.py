@@ -126,7 +126,7 @@ def test_names_follow_the_namespace() -> None:
 
 def test_the_fors_are_keywords_and_checked() -> None:
     rules = build_rules("codomyrmex", objectives=ENTRIES, slo_page_for="30s", slo_ticket_for="2h")
-    fors = {(r["alert"], r["for"]) for r in alerts(rules) if "objective" in r["labels"]}
+    fors = {(r["alert"], r["for"]) for r in alerts(rules) if "slo_kind" in r["labels"]}
     assert fors == {("CodomyrmexSLOBurnRatePage", "30s"), ("CodomyrmexSLOBurnRateTicket", "2h")}
     with pytest.raises(ValueError, match="slo_page_for must be a Prometheus duration"):
         build_rules("codomyrmex", objectives=ENTRIES, slo_page_for="soon")
@@ -310,10 +310,11 @@ def test_command_errors_are_one_line(project: Path, args: tuple[str, ...], messa
 
 
 @settings(
-    max_examples=6, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+    max_examples=10, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
 )
 @given(
-    name=st.text(min_size=1, max_size=12).filter(lambda s: s.strip() and "\x00" not in s),
+    name=st.text(min_size=1, max_size=12).filter(lambda s: s.strip() and "\x00" not in s)
+    | st.sampled_from(["{{ $value }}", "{{ .Foo", 'a"b\\c {{', "x\ny{{", "}}", "{{{"]),
     success=st.floats(min_value=0.84, max_value=0.9999),
     window=st.sampled_from(["7d", "14d", "28d", "30d"]),
     min_events=st.integers(min_value=1, max_value=50),
