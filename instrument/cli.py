@@ -11,6 +11,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import math
 import os
 import re
 import sys
@@ -124,6 +125,26 @@ def _metric_namespace(text: str) -> str:
     return text
 
 
+def _link(text: str) -> str:
+    from .rules import check_link_base
+
+    try:
+        check_link_base("runbook base URL", text)
+    except (TypeError, ValueError) as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    return text
+
+
+def _usd(text: str) -> float:
+    try:
+        amount = float(text)
+    except ValueError:
+        amount = math.nan
+    if not (math.isfinite(amount) and amount > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not an amount of US dollars, such as 500")
+    return amount
+
+
 def _pushgateway_url(text: str) -> str:
     from .delivery import PushTarget
 
@@ -186,8 +207,7 @@ def _write_output(path: str | None, text: str) -> None:
 
 
 def _import_modules(names: Sequence[str]) -> None:
-    """Import the modules whose decorators declare objectives, from the current directory
-    too (as ``python -m`` would); a failure is one line naming the module."""
+    """Import the modules that declare objectives, from the current directory too."""
     import importlib
 
     if "" not in sys.path and os.getcwd() not in sys.path:
@@ -354,8 +374,10 @@ def _add_rules(commands: _Commands) -> None:
     parser.add_argument(
         "--tests", type=_output, metavar="FILE", help="also write promtool unit tests here"
     )
-    parser.add_argument("--runbook-base-url", metavar="URL", help="runbook_url: URL/<alert>")
-    parser.add_argument("--monthly-budget-usd", type=float, metavar="USD", help="AI spend alert")
+    parser.add_argument(
+        "--runbook-base-url", type=_link, metavar="URL", help="runbook_url: URL/<alert>"
+    )
+    parser.add_argument("--monthly-budget-usd", type=_usd, metavar="USD", help="AI spend alert")
 
     def run(args: argparse.Namespace) -> int:
         from .objectives import every_declared

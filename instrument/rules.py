@@ -43,7 +43,7 @@ from .dashboard import check_uid
 from .metrics import metric_names
 from .objectives import Coverage, Objective, check_measurable
 
-__all__ = ["build_rules", "rules_tests_yaml", "rules_yaml", "to_yaml"]
+__all__ = ["build_rules", "check_link_base", "rules_tests_yaml", "rules_yaml", "to_yaml"]
 
 
 def _duration(what: str, value: str) -> str:
@@ -260,9 +260,11 @@ class _Links:
 
     def __init__(self, runbook_base_url: str | None, grafana_url: str | None, uid: str) -> None:
         self.runbook = (
-            None if runbook_base_url is None else _link_base("runbook_base_url", runbook_base_url)
+            None
+            if runbook_base_url is None
+            else check_link_base("runbook_base_url", runbook_base_url)
         )
-        grafana = "" if grafana_url is None else _link_base("grafana_url", grafana_url)
+        grafana = "" if grafana_url is None else check_link_base("grafana_url", grafana_url)
         self.dashboard = f"{grafana}/d/{check_uid(uid)}"
 
     def __call__(self, alert: str) -> dict[str, str]:
@@ -270,7 +272,9 @@ class _Links:
         return {**runbook, "dashboard_url": self.dashboard}
 
 
-def _link_base(what: str, url: str) -> str:
+def check_link_base(what: str, url: str) -> str:
+    """The base of a link annotation (no trailing slash), or a ValueError naming ``what``:
+    an http(s) URL without credentials, which every receiver of the alert would show."""
     base, credentials = split_url(url, what=what, example="https://wiki.example.com/runbooks")
     if credentials is not None:
         # Annotations go to every receiver and UI that shows the alert.
