@@ -388,7 +388,7 @@ def _add_rules(commands: _Commands) -> None:
         namespace = _namespace(args)
         _import_modules(args.modules)
         options = {
-            "objectives": every_declared(),
+            "objectives": every_declared() if args.modules else [],  # only asked for with --import
             "runbook_base_url": args.runbook_base_url,
             "monthly_budget_usd": args.monthly_budget_usd,
         }

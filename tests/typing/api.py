@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Iterator
 
-from instrument import Instrumentation, configure, monitored_analysis, track_ai_call
+from instrument import Instrumentation, Objective, configure, monitored_analysis, track_ai_call
 
 inst: Instrumentation = configure(namespace="typed")
 
@@ -29,6 +29,22 @@ async def stream(model: str) -> AsyncIterator[str]:
     yield model
 
 
+available = Objective("typed-availability", success=0.99)
+
+
+@inst.track_ai_call(
+    "openai", "gpt-4o", objective=[available, Objective("typed-fast", latency=(2.56, 0.9))]
+)
+def ask(prompt: str) -> str:
+    return prompt
+
+
+@monitored_analysis("typed", "objective", objective=available)
+def checked(path: str) -> int:
+    return len(path)
+
+
+answer: str = ask("hi")
 files: list[str] = analyze("src", depth=2)
 count: int = sum(walk(3))
 
