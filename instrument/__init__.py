@@ -20,6 +20,7 @@ from .compat import update_active_jobs as update_active_jobs
 from .defaults import apush, configure, flush, get_instrumentation, push
 from .instrumentation import Instrumentation
 from .metrics import METRICS, Metrics
+from .objectives import Objective
 
 try:
     __version__ = version("instrument")
@@ -46,6 +47,7 @@ __all__ = [
     "GrafanaUnavailableError",
     "Instrumentation",
     "Metrics",
+    "Objective",
     "__version__",
     "apush",
     "build_dashboard",

@@ -9,6 +9,7 @@ query and no expression is copy-pasted with a twist.
 
 from __future__ import annotations
 
+import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -47,6 +48,35 @@ def buckets_of(source: Source, suffix: str) -> tuple[float, ...]:
         (default,) = [s.buckets for s in METRICS if s.suffix == suffix and s.buckets]
         return default
     return _metrics(source).buckets[suffix]
+
+
+# Prometheus' own duration syntax (model.ParseDuration): each unit at most once, largest
+# first. ASCII digits only, as Go's \d means.
+DURATION_RE = re.compile(
+    r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$", re.ASCII
+)
+_DURATION_UNITS_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+
+
+def duration_ms(what: str, value: str) -> int:
+    """A Prometheus duration (``'5m'``, ``'1h30m'``) in milliseconds, or a ValueError naming
+    ``what``: Prometheus keeps durations in int64 nanoseconds and refuses 0 for a window."""
+    match = DURATION_RE.fullmatch(value) if isinstance(value, str) else None
+    total = 0
+    if match:
+        total = sum(int(match[2 * i + 2] or 0) * ms for i, ms in enumerate(_DURATION_UNITS_MS))
+    if not 0 < total * 1_000_000 < 2**63:
+        raise ValueError(
+            f"{what} must be a Prometheus duration above zero, its units largest first, such "
+            f"as '5m', '1h30m' or '90s', got {value!r}"
+        )
+    return total
+
+
+def quoted(value: str) -> str:
+    """``value`` as a PromQL string literal: Go's escapes for a backslash, quote, newline."""
+    escaped = value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+    return f'"{escaped}"'
 
 
 def number(value: float) -> str:
@@ -170,10 +200,15 @@ class Sum(Expr):
 
 @dataclass(frozen=True)
 class Max(Expr):
+    """``max by (by)``, or with ``without``, ``max without (without)``."""
+
     of: Expr
     by: tuple[str, ...] = ()
+    without: tuple[str, ...] = ()
 
     def promql(self, ctx: Context) -> str:
+        if self.without:
+            return f"max without ({', '.join(self.without)}) ({self.of.promql(ctx)})"
         return max_by(self.of.promql(ctx), self.by)
 
 

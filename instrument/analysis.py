@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 from ._cells import CellSeries
 from ._engine import Probe, bind_arguments, wraps_signature
 from ._validation import check_label, check_number
+from .objectives import Coverage, ObjectiveArg, declare
 from .policy import Binding, Policy
 
 if TYPE_CHECKING:
@@ -205,6 +206,7 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job_type: str | None = None,
         project: ProjectArg = None,
         quality: Callable[[Any], float] | None = None,
+        objective: ObjectiveArg = None,
     ) -> None:
         if callable(module) and not isinstance(module, str):
             raise TypeError(
@@ -234,6 +236,8 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         self.project = project
         self.quality = quality
         self._null = _DisabledJob()
+        coverage = (("module", module), ("analysis_type", analysis_type))
+        declare(inst, objective, Coverage("analysis", coverage))
 
     def __repr__(self) -> str:
         return f"monitored_analysis({self.module!r}, {self.analysis_type!r})"
@@ -320,12 +324,22 @@ def monitored_analysis(
     job_type: str | None = None,
     project: ProjectArg = None,
     quality: Callable[[Any], float] | None = None,
+    objective: ObjectiveArg = None,
 ) -> AnalysisMonitor:
     """Monitor each call (or with-block) as one analysis, on the default instrumentation.
 
     >>> @monitored_analysis("static_analysis", "codebase", quality=lambda r: r.score)
     ... def analyze_codebase(path): ...
+
+    ``objective=`` (an :class:`~instrument.Objective` or a list) makes these analyses count
+    towards it in the rules ``build_rules`` generates.
     """
     return AnalysisMonitor(
-        None, module, analysis_type, job_type=job_type, project=project, quality=quality
+        None,
+        module,
+        analysis_type,
+        job_type=job_type,
+        project=project,
+        quality=quality,
+        objective=objective,
     )

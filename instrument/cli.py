@@ -11,16 +11,17 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
+import os
 import re
-import ssl
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from pathlib import Path
 from typing import TYPE_CHECKING, NoReturn, TextIO, TypeAlias
 
 if TYPE_CHECKING:
     from ._promql import Source
 
+from . import _arguments as arguments
+from ._arguments import add_tls_options
 from ._command import (
     CommandError,
     GrafanaApply,
@@ -80,106 +81,6 @@ class _Parser(argparse.ArgumentParser):
 _Commands: TypeAlias = "argparse._SubParsersAction[_Parser]"
 
 
-# -- argument types: each refuses a value that cannot work, before the command starts ---------
-
-
-def _port(text: str) -> int:
-    # ASCII digits only: int() also reads " 80", "8_0" and other scripts' digits.
-    if text.isascii() and text.isdigit() and int(text) <= 65535:
-        return int(text)
-    raise argparse.ArgumentTypeError(
-        f"{text!r} is not a TCP port: give a number from 1 to 65535, or 0 for any free port"
-    )
-
-
-def _directory(text: str) -> str:
-    try:
-        found = bool(text) and Path(text).is_dir()
-    except (OSError, ValueError):  # a name too long, a NUL: is_dir() raises for those
-        found = False
-    if not found:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a directory; give a directory of Python files"
-        )
-    return text
-
-
-def _nonblank(what: str) -> Callable[[str], str]:
-    def check(text: str) -> str:
-        if not text.strip():
-            raise argparse.ArgumentTypeError(f"the {what} is blank; give one")
-        return text
-
-    return check
-
-
-def _output(text: str) -> str:
-    if not text:
-        raise argparse.ArgumentTypeError("the file name is empty; give one, or '-' for stdout")
-    return text
-
-
-def _ca_file(text: str) -> str:
-    try:
-        ssl.create_default_context(cafile=text)  # as the clients load it
-    except (OSError, ValueError) as exc:  # ssl.SSLError is an OSError
-        raise argparse.ArgumentTypeError(
-            f"{text!r} cannot be read as PEM certificates ({exc}); give the file of the CA "
-            "certificate that signed the server's"
-        ) from None
-    return text
-
-
-def add_tls_options(parser: argparse.ArgumentParser, servers: str) -> None:
-    """``--ca-file`` and ``--insecure`` for a command talking to ``servers`` over https."""
-    group = parser.add_mutually_exclusive_group()
-    group.add_argument(
-        "--ca-file",
-        type=_ca_file,
-        metavar="FILE",
-        help=f"trust the CA certificate (PEM) in FILE for {servers} over https",
-    )
-    group.add_argument(
-        "--insecure",
-        action="store_true",
-        help=f"do not verify the TLS certificate of {servers} (only for testing)",
-    )
-
-
-def _metric_namespace(text: str) -> str:
-    try:
-        check_namespace(text)  # as recording checks it
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
-def _pushgateway_url(text: str) -> str:
-    from .delivery import PushTarget
-
-    try:
-        PushTarget(text, job="instrument-demo", grouping_key={})
-    except (TypeError, ValueError) as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    # The library also takes prometheus_client's bare "host:port"; a bare word is a typo far
-    # more often than a gateway on port 80, and would only fail once the demo has run.
-    if "://" not in text and ":" not in text:
-        raise argparse.ArgumentTypeError(
-            f"{text!r} is not a URL: give one such as http://127.0.0.1:9091 (or host:port)"
-        )
-    return text
-
-
-def _grafana_url(text: str) -> str:
-    from .grafana import GrafanaClient
-
-    try:
-        GrafanaClient(text)
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(str(exc)) from None
-    return text
-
-
 # -- shared by the commands -------------------------------------------------------------------
 
 
@@ -203,6 +104,19 @@ def _namespace(args: argparse.Namespace) -> str:
 def _write_output(path: str | None, text: str) -> None:
     """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line."""
     Output(path, text).prepare().commit()
+
+
+def _import_modules(names: Sequence[str]) -> None:
+    """Import the modules that declare objectives, from the current directory too."""
+    import importlib
+
+    if "" not in sys.path and os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    for name in names:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            raise CommandError(f"cannot import {name}: {type(exc).__name__}: {exc}") from None
 
 
 # -- Grafana ----------------------------------------------------------------------------------
@@ -246,17 +160,26 @@ def _add_demo(commands: _Commands) -> None:
         "Pushgateway and Grafana are checked before the tour starts.",
     )
     parser.add_argument(
-        "path", nargs="?", type=_directory, help="directory to analyse (default: this package)"
+        "path",
+        nargs="?",
+        type=arguments.directory,
+        help="directory to analyse (default: this package)",
     )
     parser.add_argument(
-        "--serve", type=_port, metavar="PORT", help="keep /metrics up on PORT (0: a free one)"
+        "--serve",
+        type=arguments.port,
+        metavar="PORT",
+        help="keep /metrics up on PORT (0: a free one)",
     )
     parser.add_argument(
-        "--pushgateway", type=_pushgateway_url, metavar="URL", help="also push to this Pushgateway"
+        "--pushgateway",
+        type=arguments.pushgateway_url,
+        metavar="URL",
+        help="also push to this Pushgateway",
     )
     parser.add_argument(
         "--grafana-url",
-        type=_grafana_url,
+        type=arguments.grafana_url,
         metavar="URL",
         help="apply the dashboard to this Grafana (token from GRAFANA_TOKEN)",
     )
@@ -282,29 +205,36 @@ def _add_dashboard(commands: _Commands) -> None:
         "GRAFANA_API_KEY).",
     )
     parser.add_argument(
-        "--output", "-o", type=_output, metavar="FILE", help="write the JSON here ('-': stdout)"
+        "--output",
+        "-o",
+        type=arguments.output_file,
+        metavar="FILE",
+        help="write the JSON here ('-': stdout)",
     )
     parser.add_argument(
         "--namespace",
-        type=_metric_namespace,
+        type=arguments.metric_namespace,
         help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
     )
     parser.add_argument(
         "--title",
-        type=_nonblank("dashboard title"),
+        type=arguments.nonblank("dashboard title"),
         default="Codomyrmex Analytics",
         help="dashboard title",
     )
     parser.add_argument("--uid", default="codomyrmex-analytics", help="dashboard uid")
     parser.add_argument(
         "--datasource-uid",
-        type=_nonblank("data source uid"),
+        type=arguments.nonblank("data source uid"),
         metavar="UID",
         help="preselect this data source",
     )
     parser.add_argument("--apply", action="store_true", help="create or update it in Grafana")
     parser.add_argument(
-        "--grafana-url", type=_grafana_url, metavar="URL", help="Grafana base URL (GRAFANA_URL)"
+        "--grafana-url",
+        type=arguments.grafana_url,
+        metavar="URL",
+        help="Grafana base URL (GRAFANA_URL)",
     )
     add_tls_options(parser, "Grafana")
     parser.add_argument("--folder-uid", metavar="UID", help="save it in this folder")
@@ -356,23 +286,68 @@ def _add_rules(commands: _Commands) -> None:
         "metric definitions; check it with `promtool check rules FILE`.",
     )
     parser.add_argument(
-        "--output", "-o", type=_output, metavar="FILE", help="write the YAML here ('-': stdout)"
+        "--output",
+        "-o",
+        type=arguments.output_file,
+        metavar="FILE",
+        help="write the YAML here ('-': stdout)",
     )
     parser.add_argument(
         "--namespace",
-        type=_metric_namespace,
+        type=arguments.metric_namespace,
         help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
+    )
+    parser.add_argument(
+        "--import",
+        dest="modules",
+        action="append",
+        default=[],
+        type=arguments.nonblank("module name"),
+        metavar="MODULE",
+        help="import this module (repeatable) and add the objectives its decorators declare",
+    )
+    parser.add_argument(
+        "--tests",
+        type=arguments.output_file,
+        metavar="FILE",
+        help="also write promtool unit tests here",
+    )
+    parser.add_argument(
+        "--runbook-base-url",
+        type=arguments.link_base,
+        metavar="URL",
+        help="runbook_url: URL/<alert>",
+    )
+    parser.add_argument(
+        "--monthly-budget-usd", type=arguments.usd, metavar="USD", help="AI spend alert"
     )
 
     def run(args: argparse.Namespace) -> int:
-        from .rules import rules_yaml
+        from .objectives import every_declared
+        from .rules import rules_tests_yaml, rules_yaml
 
+        if args.tests is not None and args.output in (None, "-"):
+            raise UsageError("--tests reads the rules from a file: give --output FILE too")
         namespace = _namespace(args)
+        _import_modules(args.modules)
+        options = {
+            "objectives": every_declared() if args.modules else [],  # only asked for with --import
+            "runbook_base_url": args.runbook_base_url,
+            "monthly_budget_usd": args.monthly_budget_usd,
+        }
+        if args.tests is not None and not options["objectives"]:
+            raise UsageError("--tests tests the objectives' alerts, and none is declared: "
+                             "--import the modules that declare them")  # fmt: skip
         try:
-            text = rules_yaml(namespace)
-        except ValueError as exc:
+            text = rules_yaml(namespace, **options)
+            if args.tests is not None:
+                relative = os.path.relpath(args.output, os.path.dirname(args.tests) or ".")
+                tests = rules_tests_yaml(namespace, relative, **options)
+        except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from None
         _write_output(args.output, text)
+        if args.tests is not None:
+            _write_output(args.tests, tests)
         return 0
 
     parser.set_defaults(handler=run)

@@ -19,9 +19,9 @@ from .delivery import (
     check_job,
     check_seconds,
 )
-from .metrics import check_namespace
+from .metrics import BUILD_INFO_KEYS, check_build_info, check_namespace
 
-__all__ = ["SETTINGS", "Setting", "from_environment", "read_environment"]
+__all__ = ["BUILD_INFO_VARIABLES", "SETTINGS", "Setting", "from_environment", "read_environment"]
 
 # Each parser takes the variable's text and returns the keyword's value, or raises a
 # ValueError saying what is expected. They check with the same functions Instrumentation
@@ -208,6 +208,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("prices", "INSTRUMENT_AI_PRICES", "None",
             "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path.",
             _price_table),
+    Setting("build_info", None, "None",
+            "The build's version, commit and branch as the build_info series (value 1), e.g. "
+            "{'version': '1.4.0', 'commit': 'a1b2c3d'}; env INSTRUMENT_BUILD_VERSION, "
+            "INSTRUMENT_BUILD_COMMIT and INSTRUMENT_BUILD_BRANCH."),
 )  # fmt: skip
 
 
@@ -234,7 +238,26 @@ def read_environment(
         auth = _basic_auth(env, problems)
         if auth is not None:
             found["basic_auth"] = auth
+    if only is None or "build_info" in only:
+        build = _build_info(env, problems)
+        if build is not None:
+            found["build_info"] = build
     return found, problems
+
+
+BUILD_INFO_VARIABLES = {key: f"INSTRUMENT_BUILD_{key.upper()}" for key in BUILD_INFO_KEYS}
+
+
+def _build_info(env: Mapping[str, str], problems: list[str]) -> dict[str, str] | None:
+    given = {key: env[name] for key, name in BUILD_INFO_VARIABLES.items() if name in env}
+    if not given:
+        return None
+    try:
+        return check_build_info(given)
+    except ValueError as exc:
+        names = ", ".join(BUILD_INFO_VARIABLES[key] for key in given)
+        problems.append(f"{names}: {exc}")
+        return None
 
 
 def _basic_auth(env: Mapping[str, str], problems: list[str]) -> tuple[str, str] | None:

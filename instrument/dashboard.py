@@ -27,12 +27,14 @@ from ._promql import (
     Series,
     Source,
     Sum,
+    max_by,
     namespace_of,
     series,
 )
+from ._slo import recorded_series
 from .metrics import metric_names
 
-__all__ = ["SCHEMA_VERSION", "build_dashboard", "dashboard_json", "panel_queries"]
+__all__ = ["SCHEMA_VERSION", "build_dashboard", "check_uid", "dashboard_json", "panel_queries"]
 
 #: The dashboard model version written (Grafana 12).
 SCHEMA_VERSION = 41
@@ -108,6 +110,21 @@ _QUALITY = _Query(
     "{{project}} / {{module}}",
 )
 _SHARE = {"min": 0, "max": 1}
+_PER_OBJECTIVE = "{{objective}} ({{job}})"
+_PER_BUDGET = "/ on (sloth_id) group_left()"  # one budget per objective, a ratio per job
+
+
+def _releases(names: dict[str, str]) -> dict[str, Any]:
+    """Where a build starts reporting: a latency step lines up with its release."""
+    now = max_by(names["build_info"], by := ("job", "version", "commit", "branch"))
+    return {
+        "name": "Releases", "datasource": dict(_DATASOURCE), "enable": True, "iconColor": "blue",
+        "expr": f"{now} unless {max_by(names['build_info'] + ' offset 5m', by)}", "step": "1m",
+        "titleFormat": "{{job}} {{version}}", "textFormat": "commit {{commit}} on {{branch}}",
+        "tagKeys": "job,version",
+    }  # fmt: skip
+
+
 _NONE_IS_ZERO = {"noValue": "0"}
 
 #: The dashboard: its rows top to bottom (the first without a title bar), each row's panels
@@ -222,6 +239,23 @@ _ROWS: tuple[tuple[str | None, tuple[_Panel, ...]], ...] = (
                "out.", "short",
                (_Query(OrZero(_ai("ai_unpriced_calls", over_range=True)), "unpriced"),),
                width=4, height=8, defaults={"decimals": 0}),
+    )),
+    # The objectives' recordings (rules.py): empty until objective= is declared.
+    ("Objectives", (
+        _Panel("stat", "Error budget remaining",
+               "Share of each objective's error budget left over its window, per job; below 0 "
+               "the objective is missed.", "percentunit",
+               (_Query(Series("slo:budget_remaining"), _PER_OBJECTIVE),), width=8, height=8),
+        _ts("Burn rate (page windows)",
+            "How many times faster than allowed each objective burns its error budget, over "
+            "the 5m and 1h windows of the page alert (it pages above 14.4 on both).", "short",
+            *(_Query(Op(Series(f"slo:error_ratio_{window}"), _PER_BUDGET, Series("slo:budget")),
+                     f"{_PER_OBJECTIVE} {window}") for window in ("5m", "1h")),
+            min=0),
+        _ts("Objective events (last hour)",
+            "Events each objective counted over the last hour, per job: the alerts wait for "
+            "the minimum-traffic guard (min_events) over their long window.", "short",
+            _Query(Series("slo:events_1h"), _PER_OBJECTIVE), min=0, decimals=0),
     )),
     ("Delivery", (
         _ts("Pushgateway pushes per second",
@@ -391,6 +425,15 @@ def _templating(n: dict[str, str], datasource_uid: str | None) -> list[dict[str,
     ]
 
 
+def check_uid(uid: object) -> str:
+    """``uid`` if Grafana takes it as a dashboard uid, else a ValueError saying what does."""
+    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
+        raise ValueError(
+            f"uid {uid!r} is not a Grafana dashboard uid: use 1 to 40 letters, digits, '-' or '_'"
+        )
+    return uid
+
+
 def build_dashboard(
     inst_or_metrics: Source,
     *,
@@ -412,10 +455,7 @@ def build_dashboard(
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
-    if not isinstance(uid, str) or not _UID_RE.fullmatch(uid):
-        raise ValueError(
-            f"uid {uid!r} is not a Grafana dashboard uid: use 1 to 40 letters, digits, '-' or '_'"
-        )
+    check_uid(uid)
     if datasource_uid is not None and (not isinstance(datasource_uid, str) or not datasource_uid):
         raise ValueError("datasource_uid must be a non-empty string or None")
     namespace = namespace_of(inst_or_metrics)
@@ -433,19 +473,20 @@ def build_dashboard(
         "schemaVersion": SCHEMA_VERSION,
         "time": {"from": "now-1h", "to": "now"},
         "templating": {"list": _templating(names, datasource_uid)},
-        "annotations": {"list": []},
+        "annotations": {"list": [_releases(names)]},
         "links": [],
-        "panels": _layout(names),
+        "panels": _layout({**names, **recorded_series(namespace)}),
     }
 
 
 def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:
-    """``(panel title, expr)`` for every query target of a dashboard model."""
+    """``(panel title, expr)`` for every query target of a dashboard model, then
+    ``(annotation name, expr)`` for its annotations'."""
     return [
         (panel["title"], target["expr"])
         for panel in dashboard["panels"]
         for target in panel.get("targets", ())
-    ]
+    ] + [(a["name"], a["expr"]) for a in dashboard["annotations"]["list"] if "expr" in a]
 
 
 def dashboard_json(dashboard: dict[str, Any]) -> str:

@@ -30,6 +30,7 @@ __all__ = [
     "flush",
     "get_instrumentation",
     "instrumentation_class",
+    "is_default",
     "push",
     "register_instrumentation_class",
     "replace_default",
@@ -77,6 +78,11 @@ def get_instrumentation() -> Instrumentation:
         if _default is None:
             _default = _default_from_environment()
         return _default
+
+
+def is_default(inst: Instrumentation) -> bool:
+    """True if ``inst`` is the default instrumentation now; never creates one."""
+    return _default is inst
 
 
 def _default_from_environment() -> Instrumentation:

@@ -25,6 +25,7 @@ from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
     get_instrumentation,
+    is_default,
     register_instrumentation_class,
     set_retired,
 )
@@ -45,8 +46,10 @@ from .metrics import (
     Metrics,
     before_read,
     check_buckets,
+    check_build_info,
     check_namespace,
 )
+from .objectives import Coverage, Objective, ObjectiveArg, declared
 from .policy import Binding as Binding
 from .policy import Policy
 
@@ -102,6 +105,7 @@ class Instrumentation:
         remote_write_headers: Mapping[str, str] | None = None,
         external_labels: Mapping[str, str] | None = None,
         stale_on_exit: bool = True,
+        build_info: Mapping[str, str] | None = None,
     ) -> None:
         if args:
             raise TypeError(
@@ -120,6 +124,7 @@ class Instrumentation:
         stale_on_exit = check_flag("stale_on_exit", stale_on_exit)
         check_namespace(namespace)
         check_buckets(buckets)
+        build = check_build_info(build_info)
         self.job = check_job(job)
         group = check_grouping_key(grouping_key or {}, instance=instance)
         push_interval = check_seconds("push_interval", push_interval)
@@ -198,6 +203,8 @@ class Instrumentation:
             )
 
         self.metrics, self.delivery = _register(self.registry, namespace, buckets, make_delivery)
+        if build is not None and self.enabled:
+            self.metrics.build_info.labels(**build).set(1)
         self._warned_job_types: set[str] = set()
         #: No longer the default: decorators following the default rebind.
         self.retired = False
@@ -210,6 +217,16 @@ class Instrumentation:
     def __repr__(self) -> str:
         state = "" if self.enabled else ", enabled=False"
         return f"Instrumentation(namespace={self.namespace!r}, {self.delivery!r}{state})"
+
+    @property
+    def objectives(self) -> list[Objective]:
+        """The objectives its decorators declared (``objective=``), in declaration order;
+        the default instrumentation's include those of the decorators following it."""
+        return [item for item, _ in self.objective_coverage()]
+
+    def objective_coverage(self) -> list[tuple[Objective, tuple[Coverage, ...]]]:
+        """Each of :attr:`objectives` with the decorators' series it covers."""
+        return declared(self, following_default=is_default(self))
 
     @property
     def push_mode(self) -> str:
@@ -241,10 +258,17 @@ class Instrumentation:
         job_type: str | None = None,
         project: str | Callable[[dict[str, Any]], str] | None = None,
         quality: Callable[[Any], float] | None = None,
+        objective: ObjectiveArg = None,
     ) -> AnalysisMonitor:
         """Decorate a function (sync, async, generator) or open a with-block as one analysis job."""
         return AnalysisMonitor(
-            self, module, analysis_type, job_type=job_type, project=project, quality=quality
+            self,
+            module,
+            analysis_type,
+            job_type=job_type,
+            project=project,
+            quality=quality,
+            objective=objective,
         )
 
     def track_ai_call(

@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "AI_DURATION_BUCKETS",
     "ANALYSIS_DURATION_BUCKETS",
+    "BUILD_INFO_KEYS",
     "DEFAULT_NAMESPACE",
     "METRICS",
     "SAMPLE_LABELS",
@@ -31,6 +32,7 @@ __all__ = [
     "Metrics",
     "before_read",
     "check_buckets",
+    "check_build_info",
     "check_label_value",
     "check_namespace",
     "metric_names",
@@ -49,6 +51,9 @@ AI_DURATION_BUCKETS: tuple[float, ...] = (
 TIME_TO_FIRST_TOKEN_BUCKETS: tuple[float, ...] = tuple(round(0.01 * 2**i, 2) for i in range(14))
 
 Kind = Literal["counter", "gauge", "histogram"]
+
+#: The labels of build_info, the keys of ``build_info=``.
+BUILD_INFO_KEYS = ("version", "commit", "branch")
 
 
 @dataclass(frozen=True)
@@ -115,6 +120,10 @@ METRICS: tuple[MetricSpec, ...] = (
                "Failed push attempts to the Pushgateway"),
     MetricSpec("last_push_success", "last_push_success_timestamp_seconds", "gauge",
                "Unix time of the last successful push", multiprocess_mode="max"),
+    # Build
+    MetricSpec("build_info", "build_info", "gauge",
+               "The running build (always 1): its version, commit and branch", BUILD_INFO_KEYS,
+               multiprocess_mode="max"),
 )  # fmt: skip
 
 # -- reading: what must happen before any of these metrics is read ----------------------------
@@ -222,6 +231,30 @@ def check_label_value(what: str, value: str) -> str:
     return value
 
 
+def check_build_info(build_info: object) -> dict[str, str] | None:
+    """``build_info`` (a mapping of version, commit, branch; None: no build_info series) as
+    the labels of build_info, a key not given read as "unknown"; else a TypeError or
+    ValueError saying what to pass."""
+    if build_info is None:
+        return None
+    example = "{'version': '1.4.0', 'commit': 'a1b2c3d', 'branch': 'main'}"
+    if not isinstance(build_info, Mapping):
+        raise TypeError(f"build_info must be a mapping such as {example}")
+    unknown = sorted(map(repr, set(build_info) - set(BUILD_INFO_KEYS)))
+    if unknown:
+        raise ValueError(
+            f"build_info has unknown key(s) {', '.join(unknown)}; use version, commit and branch, "
+            f"e.g. {example}"
+        )
+    labels = {}
+    for key in BUILD_INFO_KEYS:
+        value = build_info.get(key, "unknown")
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError(f"build_info[{key!r}] must be a non-empty string, got {value!r}")
+        labels[key] = check_label_value(f"build_info[{key!r}]", value)
+    return labels
+
+
 def _bounds(suffix: str, values: object) -> tuple[float, ...]:
     """One histogram's bucket bounds, checked as prometheus_client and Prometheus need
     them: finite, strictly increasing, at least one. A last +Inf is implied, so it is
@@ -306,6 +339,7 @@ class Metrics:
     pushes: Counter
     push_failures: Counter
     last_push_success: Gauge
+    build_info: Gauge
 
     def __init__(
         self,

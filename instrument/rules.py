@@ -15,14 +15,15 @@ live in one group per area and are evaluated in order.
 from __future__ import annotations
 
 import math
-import re
-from collections.abc import Mapping
-from dataclasses import dataclass
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
 from typing import Any
 
 from ._promql import (
     Context,
     Expr,
+    Increase,
+    Max,
     Op,
     Quantile,
     Rate,
@@ -31,32 +32,22 @@ from ._promql import (
     Source,
     Sum,
     buckets_of,
+    duration_ms,
     namespace_of,
     number,
 )
+from ._slo import objective_group, objective_tests
+from ._urls import split_url
+from ._yaml import to_yaml
+from .dashboard import check_uid
 from .metrics import metric_names
+from .objectives import Coverage, Objective, check_measurable
 
-__all__ = ["build_rules", "rules_yaml", "to_yaml"]
-
-# Prometheus' own duration syntax (model.ParseDuration): each unit at most once, largest
-# first. ASCII digits only, as Go's \d means.
-_DURATION_RE = re.compile(
-    r"^((\d+)y)?((\d+)w)?((\d+)d)?((\d+)h)?((\d+)m)?((\d+)s)?((\d+)ms)?$", re.ASCII
-)
-_DURATION_UNITS_MS = (365 * 86_400_000, 7 * 86_400_000, 86_400_000, 3_600_000, 60_000, 1000, 1)
+__all__ = ["build_rules", "check_link_base", "rules_tests_yaml", "rules_yaml", "to_yaml"]
 
 
 def _duration(what: str, value: str) -> str:
-    match = _DURATION_RE.fullmatch(value) if isinstance(value, str) else None
-    total = 0
-    if match:
-        total = sum(int(match[2 * i + 2] or 0) * ms for i, ms in enumerate(_DURATION_UNITS_MS))
-    # Prometheus keeps a duration in int64 nanoseconds and refuses 0 for a rate window.
-    if not 0 < total * 1_000_000 < 2**63:
-        raise ValueError(
-            f"{what} must be a Prometheus duration above zero, its units largest first, such "
-            f"as '5m', '1h30m' or '90s', got {value!r}"
-        )
+    duration_ms(what, value)
     return value
 
 
@@ -101,8 +92,10 @@ class _Record:
 
     def name(self, names: Mapping[str, str], window: str) -> str:
         # level:metric:operations, the naming Prometheus' docs recommend; counters drop _total.
+        # job is kept by every rule, so it is not part of the level (as those docs do).
         metric = (names[self.metric] + self.suffix).removesuffix("_total")
-        return f"{'_'.join(self.labels)}:{metric}:{self.op}{window}"
+        level = "_".join(label for label in self.labels if label != "job")
+        return f"{level}:{metric}:{self.op}{window}"
 
 
 @dataclass(frozen=True)
@@ -132,8 +125,9 @@ def _share(part: Series, whole: str, by: tuple[str, ...]) -> Ratio:
     return Ratio(Sum(part, by), Sum(Series(whole), by), by)
 
 
-_BY_ANALYSIS = ("module", "analysis_type")
-_BY_MODEL = ("provider", "model")
+# job stays in every recording, so an alert says which job is failing.
+_BY_ANALYSIS = ("job", "module", "analysis_type")
+_BY_MODEL = ("job", "provider", "model")
 _ERROR = ('status="error"',)
 
 #: The rule groups, by area. Recording rules keep the rates the alerts after them share;
@@ -201,23 +195,34 @@ _GROUPS: tuple[tuple[str, tuple[_Record | _Alert, ...]], ...] = (
                "%(window)s. Check for loops or retries resending large prompts."),
     )),
     ("delivery", (
-        # A process's first push carries 0 (no success yet): not a silence.
-        _Alert("PushSilent", Op("time()", "-", Op(Series("last_push_success"), ">", 0, True)),
+        # A process's first push carries 0 (no success yet): not a silence. A group whose
+        # last push says no job is in flight (every active_jobs gauge at 0: what a batch
+        # process pushes as it finishes) is done, not silent; a deleted group has no series.
+        _Alert("PushSilent",
+               Op(Op("time()", "-", Op(Series("last_push_success"), ">", 0, True), True),
+                  "unless", Op(Max(Series("active_jobs"), without=("job_type",)), "==", 0, True),
+                  True),
                "push_silent_seconds", None,
                summary="{{ $labels.job }}: no successful push for "
                "{{ $value | humanizeDuration }}",
                description="The last successful Pushgateway push of job {{ $labels.job }} is "
                "more than %(push_silent_seconds)s s old: the process is stuck, idle, or cannot "
-               "reach the gateway. If it ended on purpose, delete its group from the "
-               "Pushgateway (delete_on_exit=True)."),
+               "reach the gateway. A process that finished (no job in flight in its last push) "
+               "or deleted its group (delete_on_exit=True) does not fire this."),
     )),
 )  # fmt: skip
 
 # build_rules' keywords by kind, each kind checked in this order.
-_DURATIONS = ("window", "error_ratio_for", "duration_for", "job_active_for", "ai_for", "tokens_for")
+_DURATIONS = (
+    "window", "error_ratio_for", "duration_for", "job_active_for", "ai_for", "tokens_for",
+    "slo_page_for", "slo_ticket_for", "spend_for",
+)  # fmt: skip
 _SHARES = ("error_ratio", "ai_error_ratio", "ai_rate_limited_ratio")
 _AMOUNTS = ("duration_p95_seconds", "tokens_per_hour", "push_silent_seconds")
 _DURATION_BUCKETS = "analysis_duration_seconds"
+# How long a burn must last before the objectives' alerts fire.
+_SLO_PAGE_FOR = "2m"
+_SLO_TICKET_FOR = "15m"
 
 
 def _render(
@@ -226,8 +231,10 @@ def _render(
     prefix: str,
     settings: Mapping[str, Any],
     texts: Mapping[str, str],
+    links: _Links,
 ) -> dict[str, Any]:
-    """One rule of the table as Prometheus reads it; ``texts`` fill its annotations."""
+    """One rule of the table as Prometheus reads it; ``texts`` fill its annotations,
+    ``links`` add its runbook and dashboard."""
     if isinstance(rule, _Record):
         return {"record": ctx.names[rule.key], "expr": rule.expr.promql(ctx)}
     threshold = settings[rule.threshold] if isinstance(rule.threshold, str) else rule.threshold
@@ -239,8 +246,71 @@ def _render(
     if rule.for_ is not None:
         out["for"] = settings[rule.for_]
     out["labels"] = {"severity": rule.severity}
-    out["annotations"] = {"summary": rule.summary % texts, "description": rule.description % texts}
+    out["annotations"] = {
+        "summary": rule.summary % texts,
+        "description": rule.description % texts,
+        **links(out["alert"]),
+    }
     return out
+
+
+class _Links:
+    """The annotations that link an alert: its runbook (``runbook_base_url`` + its name)
+    and the generated dashboard (``grafana_url`` + ``/d/`` + its uid)."""
+
+    def __init__(self, runbook_base_url: str | None, grafana_url: str | None, uid: str) -> None:
+        self.runbook = (
+            None
+            if runbook_base_url is None
+            else check_link_base("runbook_base_url", runbook_base_url)
+        )
+        grafana = "" if grafana_url is None else check_link_base("grafana_url", grafana_url)
+        self.dashboard = f"{grafana}/d/{check_uid(uid)}"
+
+    def __call__(self, alert: str) -> dict[str, str]:
+        runbook = {} if self.runbook is None else {"runbook_url": f"{self.runbook}/{alert}"}
+        return {**runbook, "dashboard_url": self.dashboard}
+
+
+def check_link_base(what: str, url: str) -> str:
+    """The base of a link annotation (no trailing slash), or a ValueError naming ``what``:
+    an http(s) URL without credentials, which every receiver of the alert would show."""
+    base, credentials = split_url(url, what=what, example="https://wiki.example.com/runbooks")
+    if credentials is not None:
+        # Annotations go to every receiver and UI that shows the alert.
+        raise ValueError(
+            f"{what} holds credentials; an annotation is shown wherever the alert goes, so "
+            "give the URL without user:password@"
+        )
+    return base
+
+
+def _slo_entries(
+    source: Source, given: Sequence[tuple[Objective, Sequence[Coverage]]] | None
+) -> list[tuple[Objective, tuple[Coverage, ...]]]:
+    """The objectives to write rules for: ``given``, else what an Instrumentation's decorators
+    declared; each checked against the histograms ``source`` records."""
+    if given is None:
+        coverage = getattr(source, "objective_coverage", None)
+        given = coverage() if callable(coverage) else []
+    entries: list[tuple[Objective, tuple[Coverage, ...]]] = []
+    seen: dict[str, Objective] = {}
+    for entry in given:
+        objective, covered = entry
+        if not isinstance(objective, Objective) or not all(
+            isinstance(c, Coverage) for c in covered
+        ):
+            raise TypeError(
+                "objectives= takes (Objective, coverage) pairs, as Instrumentation."
+                "objective_coverage() returns them"
+            )
+        if seen.setdefault(objective.name, objective) != objective:
+            raise ValueError(f"two different objectives are named {objective.name!r}; rename one")
+        for c in covered:
+            check_measurable(objective, c.histogram_suffix, buckets_of(source, c.histogram_suffix))
+        if covered:
+            entries.append((objective, tuple(covered)))
+    return entries
 
 
 def build_rules(
@@ -258,6 +328,14 @@ def build_rules(
     tokens_per_hour: float = 1_000_000,
     tokens_for: str = "15m",
     push_silent_seconds: float = 900,
+    objectives: Sequence[tuple[Objective, Sequence[Coverage]]] | None = None,
+    slo_page_for: str = _SLO_PAGE_FOR,
+    slo_ticket_for: str = _SLO_TICKET_FOR,
+    monthly_budget_usd: float | None = None,
+    spend_for: str = "1h",
+    runbook_base_url: str | None = None,
+    grafana_url: str | None = None,
+    dashboard_uid: str = "codomyrmex-analytics",
 ) -> dict[str, Any]:
     """The rule groups (``{"groups": [...]}``) for the metrics of one namespace.
 
@@ -267,6 +345,12 @@ def build_rules(
 
     Thresholds are keywords: ratios are shares (0.05 is 5%), durations Prometheus
     durations ('10m'), ``window`` the rate window every recording rule uses.
+
+    For an Instrumentation, each objective its decorators declared (``objective=``) adds a
+    group of burn-rate rules (``objectives=`` gives them for any source, as
+    :meth:`Instrumentation.objective_coverage` lists them); ``monthly_budget_usd`` adds the
+    AI spend alert. Every alert links ``runbook_base_url``/<alert name> and the dashboard
+    (``grafana_url``/d/``dashboard_uid``).
     """
     given: dict[str, Any] = {
         "window": window,
@@ -281,6 +365,9 @@ def build_rules(
         "tokens_per_hour": tokens_per_hour,
         "tokens_for": tokens_for,
         "push_silent_seconds": push_silent_seconds,
+        "slo_page_for": slo_page_for,
+        "slo_ticket_for": slo_ticket_for,
+        "spend_for": spend_for,
     }
     settings: dict[str, Any] = {name: _duration(name, given[name]) for name in _DURATIONS}
     settings.update((name, _ratio_threshold(name, given[name])) for name in _SHARES)
@@ -309,15 +396,40 @@ def build_rules(
         **{name: number(settings[name]) for name in _AMOUNTS},
     }
     prefix = _camel(ns)
-    return {
-        "groups": [
-            {
-                "name": f"{ns}.{area}",
-                "rules": [_render(rule, ctx, prefix, settings, texts) for rule in rules],
-            }
-            for area, rules in _GROUPS
-        ]
-    }
+    links = _Links(runbook_base_url, grafana_url, dashboard_uid)
+    groups: list[dict[str, Any]] = [
+        {
+            "name": f"{ns}.{area}",
+            "rules": [_render(rule, ctx, prefix, settings, texts, links) for rule in rules],
+        }
+        for area, rules in _GROUPS
+    ]
+    if monthly_budget_usd is not None:
+        settings["monthly_budget_usd"] = _positive("monthly_budget_usd", monthly_budget_usd)
+        texts["monthly_budget_usd"] = number(settings["monthly_budget_usd"])
+        spend = _render(_SPEND, replace(ctx, range_window="1d"), prefix, settings, texts, links)
+        groups[1]["rules"].append(spend)
+    for objective, covered in _slo_entries(inst_or_metrics, objectives):
+        groups.append(
+            objective_group(
+                ns, prefix, names, objective, covered,
+                page_for=settings["slo_page_for"],
+                ticket_for=settings["slo_ticket_for"],
+                links=links,
+            )
+        )  # fmt: skip
+    return {"groups": groups}
+
+
+# The spend projected over 30 days from the last day's: the budget is monthly.
+_SPEND = _Alert(
+    "AISpendOverBudget", Op(Sum(Increase(Series("ai_cost"))), "*", 30), "monthly_budget_usd",
+    "spend_for",
+    summary="AI spend projected at {{ $value | printf \"%%.2f\" }} USD over 30 days",
+    description="At the last day's rate, AI calls would cost {{ $value | printf \"%%.2f\" }} "
+    "USD over 30 days, above the monthly budget of %(monthly_budget_usd)s USD. "
+    "%(ai_cost)s by provider and model tells which calls spend it.",
+)  # fmt: skip
 
 
 def rules_yaml(inst_or_metrics: Source, **thresholds: Any) -> str:
@@ -330,103 +442,20 @@ def rules_yaml(inst_or_metrics: Source, **thresholds: Any) -> str:
     return header + to_yaml(build_rules(inst_or_metrics, **thresholds))
 
 
-# -- a small YAML emitter ------------------------------------------------------------------
-
-_PLAIN_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_./-]*(:[A-Za-z0-9_./-]+)*$")
-# Words that YAML 1.1 (Go's yaml.v2, PyYAML) or 1.2 read as booleans or null.
-_RESERVED = {"y", "n", "yes", "no", "on", "off", "true", "false", "null"}
-_ESCAPES = {
-    "\\": "\\\\",
-    '"': '\\"',
-    "\n": "\\n",
-    "\t": "\\t",
-    "\r": "\\r",
-    "\0": "\\0",
-}
-
-
-def _string(value: str) -> str:
-    # fullmatch: "$" alone would also match before a final newline, which plain YAML drops.
-    plain = _PLAIN_RE.fullmatch(value) or (value and _DURATION_RE.fullmatch(value))
-    if plain and value.lower() not in _RESERVED:
-        return value
-    if value.isprintable():
-        # Single quotes take everything printable literally; only ' is doubled.
-        return "'" + value.replace("'", "''") + "'"
-    out = []
-    for char in value:
-        if char in _ESCAPES:
-            out.append(_ESCAPES[char])
-        elif char.isprintable():
-            out.append(char)
-        elif ord(char) <= 0xFFFF:
-            out.append(f"\\u{ord(char):04x}")
-        else:
-            out.append(f"\\U{ord(char):08x}")
-    return '"' + "".join(out) + '"'
-
-
-def _scalar(value: Any) -> str:
-    if value is None:
-        return "null"
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int):
-        return str(value)
-    if isinstance(value, float):
-        if value != value:
-            return ".nan"
-        if value in (float("inf"), float("-inf")):
-            return ".inf" if value > 0 else "-.inf"
-        text = repr(value)
-        # YAML 1.1 needs a dot in a float ("1e-05" would read as a string).
-        mantissa, e, exponent = text.partition("e")
-        if "." not in mantissa:
-            mantissa += ".0"
-        return mantissa + (e + exponent if e else "")
-    if isinstance(value, str):
-        return _string(value)
-    raise TypeError(f"cannot write {type(value).__name__} as YAML: use dicts, lists, str, numbers")
-
-
-def _emit(value: Any, indent: int, lines: list[str]) -> None:
-    pad = " " * indent
-    if isinstance(value, Mapping):
-        for key, item in value.items():
-            if not isinstance(key, str):
-                raise TypeError(f"YAML keys must be strings here, got {key!r}")
-            head = f"{pad}{_string(key)}:"
-            if isinstance(item, Mapping | list | tuple) and item:
-                lines.append(head)
-                _emit(item, indent + 2, lines)
-            else:
-                lines.append(f"{head} {_inline(item)}")
-    elif isinstance(value, list | tuple):
-        for item in value:
-            if isinstance(item, Mapping | list | tuple) and item:
-                nested: list[str] = []
-                _emit(item, indent + 2, nested)
-                # The first line of the nested block goes after the dash.
-                lines.append(f"{pad}- {nested[0][indent + 2 :]}")
-                lines.extend(nested[1:])
-            else:
-                lines.append(f"{pad}- {_inline(item)}")
-    else:
-        lines.append(pad + _scalar(value))
-
-
-def _inline(value: Any) -> str:
-    if isinstance(value, Mapping):
-        return "{}"
-    if isinstance(value, list | tuple):
-        return "[]"
-    return _scalar(value)
-
-
-def to_yaml(data: Mapping[str, Any] | list[Any] | tuple[Any, ...]) -> str:
-    """``data`` (dicts with string keys, lists, str, int, float, bool, None) as block YAML."""
-    if not isinstance(data, Mapping | list | tuple):
-        raise TypeError("to_yaml writes a mapping or a list")
-    lines: list[str] = []
-    _emit(data, 0, lines)
-    return "\n".join(lines) + "\n" if lines else ("{}\n" if isinstance(data, Mapping) else "[]\n")
+def rules_tests_yaml(inst_or_metrics: Source, rule_file: str, **thresholds: Any) -> str:
+    """A promtool unit-test file (``promtool test rules FILE``) for the objectives' alerts
+    of the rules :func:`build_rules` makes with ``thresholds``, read from ``rule_file``
+    (relative to the test file); the cases are listed in ``_slo.objective_tests``."""
+    rules = build_rules(inst_or_metrics, **thresholds)
+    ns = namespace_of(inst_or_metrics)
+    tests = objective_tests(
+        rule_file,
+        ns,
+        metric_names(ns),
+        rules["groups"],
+        _slo_entries(inst_or_metrics, thresholds.get("objectives")),
+        page_for=_duration("slo_page_for", thresholds.get("slo_page_for", _SLO_PAGE_FOR)),
+        ticket_for=_duration("slo_ticket_for", thresholds.get("slo_ticket_for", _SLO_TICKET_FOR)),
+    )
+    header = "# promtool unit tests of the objectives' alerts, generated by `instrument rules`.\n"
+    return header + to_yaml(tests)

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Set up everything the tests need on a fresh machine, then run lint, types and the suite.
-# Installs Debian's prometheus-pushgateway and prometheus when missing (the tests start
-# them on free loopback ports themselves) and the package with its test extras (the LLM SDKs
+# Installs Debian's prometheus-pushgateway, prometheus and prometheus-alertmanager when missing
+# (the tests start them on free loopback ports themselves) and the package with its test extras (the LLM SDKs
 # of the sdk matrix included) into .venv.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -10,6 +10,7 @@ need=()
 command -v prometheus-pushgateway >/dev/null || need+=(prometheus-pushgateway)
 command -v prometheus >/dev/null || need+=(prometheus)
 command -v promtool >/dev/null || need+=(prometheus)
+command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 if ((${#need[@]})); then
   sudo=""
   [[ $(id -u) -eq 0 ]] || sudo="sudo"

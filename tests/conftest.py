@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, settings
@@ -127,6 +128,21 @@ def remote_write_prometheus() -> Iterator[Prometheus]:
 E2E_NAMESPACE = "e2e"
 
 
+def e2e_objectives() -> list[Any]:
+    """The objectives the e2e rules carry, over series the workload records: analyses of
+    static_analysis/codebase succeed, gpt-4o answers within 2.56 s. Their minimum traffic
+    (10 events) is above the workload's, so they record but never alert."""
+    from instrument import Objective
+    from instrument.objectives import Coverage
+
+    analyses = Coverage("analysis", (("module", "static_analysis"), ("analysis_type", "codebase")))
+    gpt = Coverage("ai", (("provider", "openai"), ("model", "gpt-4o")))
+    return [
+        (Objective("e2e-availability", success=0.99), (analyses,)),
+        (Objective("e2e-latency", latency=(2.56, 0.99), window="7d"), (gpt,)),
+    ]
+
+
 @pytest.fixture(scope="session")
 def e2e_prometheus(
     pushgateway_server: Pushgateway, tmp_path_factory: pytest.TempPathFactory
@@ -135,7 +151,7 @@ def e2e_prometheus(
     from instrument.rules import rules_yaml
 
     rules = tmp_path_factory.mktemp("rules") / f"{E2E_NAMESPACE}.rules.yml"
-    rules.write_text(rules_yaml(E2E_NAMESPACE))
+    rules.write_text(rules_yaml(E2E_NAMESPACE, objectives=e2e_objectives()))
     server = Prometheus(pushgateway_server)
     server.rule_files.append(rules)
     server.start()
@@ -183,6 +199,7 @@ class E2EWorkload:
             job=self.job,
             push_mode="off",
             prices={"gpt-4o": {"input_cost_per_token": 2.5e-06, "output_cost_per_token": 1e-05}},
+            build_info={"version": "1.0.0", "commit": "e2e0001", "branch": "main"},
         )
         self._open = contextlib.ExitStack()
         # Debian's gateway reloads /var/lib/prometheus/pushgateway.data on start: drop
@@ -204,6 +221,10 @@ class E2EWorkload:
         # The gauge is set after each successful push, so the gateway holds the previous one's.
         assert self.inst.push()
         self.wait(f'{E2E_NAMESPACE}_last_push_success_timestamp_seconds{{job="{self.job}"}} > 0')
+        # The objectives' recordings are evaluated after the scrape: wait until both read
+        # the last round (a rate over one round's samples is 0, its ratio NaN).
+        for record in ("slo:current_burn_rate:ratio", "slo:period_error_budget_remaining:ratio"):
+            self.wait(f'count({record}{{job="{self.job}"}} > -Inf) >= 2')
 
     def wait(self, expr: str) -> None:
         assert self.prometheus.wait_for(expr), f"Prometheus never saw {expr}"

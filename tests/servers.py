@@ -19,8 +19,8 @@ from typing import Any
 from prometheus_client.parser import text_string_to_metric_families
 
 INSTALL_HINT = (
-    "install it with `apt-get update && apt-get install -y prometheus-pushgateway prometheus` "
-    "(the README's test command does this)"
+    "install it with `apt-get update && apt-get install -y prometheus-pushgateway prometheus "
+    "prometheus-alertmanager` (the README's test command does this)"
 )
 
 
@@ -160,6 +160,8 @@ class Prometheus:
         self.rule_files: list[Path] = []
         self.pushgateway = pushgateway
         self.extra_targets = extra_targets
+        #: host:port of Alertmanagers to send alerts to.
+        self.alertmanagers: list[str] = []
         self.proc: subprocess.Popen[bytes] | None = None
 
     def config(self) -> str:
@@ -172,6 +174,12 @@ class Prometheus:
         if self.rule_files:
             lines.append("rule_files:")
             lines += [f"  - '{path}'" for path in self.rule_files]
+        if self.alertmanagers:
+            joined = ", ".join(f"'{t}'" for t in self.alertmanagers)
+            lines += [
+                "alerting:",
+                f"  alertmanagers: [{{static_configs: [{{targets: [{joined}]}}]}}]",
+            ]
         lines += [
             "scrape_configs:",
             "  - job_name: pushgateway",
@@ -230,6 +238,75 @@ class Prometheus:
             if result or time.monotonic() > deadline:
                 return result
             time.sleep(0.25)
+
+
+class Alertmanager:
+    """A real ``prometheus-alertmanager`` process (clustering off, its own storage) sending
+    every alert to one webhook; its group timings are short, so a test sees a notification
+    and its resolution within seconds."""
+
+    def __init__(self, webhook_url: str) -> None:
+        self.binary = require_binary("prometheus-alertmanager")
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.dir = Path(tempfile.mkdtemp(prefix="instrument-am-"))
+        self.webhook_url = webhook_url
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def config(self) -> str:
+        return (
+            "\n".join(
+                [
+                    "global:",
+                    "  resolve_timeout: 5s",
+                    "route:",
+                    "  receiver: webhook",
+                    "  group_by: [alertname, objective, job]",
+                    "  group_wait: 1s",
+                    "  group_interval: 1s",
+                    "  repeat_interval: 1h",
+                    "receivers:",
+                    "  - name: webhook",
+                    "    webhook_configs:",
+                    f"      - url: '{self.webhook_url}'",
+                    "        send_resolved: true",
+                ]
+            )
+            + "\n"
+        )
+
+    def start(self) -> Alertmanager:
+        config = self.dir / "alertmanager.yml"
+        config.write_text(self.config())
+        self.proc = subprocess.Popen(
+            [
+                self.binary,
+                f"--config.file={config}",
+                f"--storage.path={self.dir / 'data'}",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--cluster.listen-address=",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_ready(f"{self.url}/-/ready", self.proc, "prometheus-alertmanager", timeout=30)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+            self.proc = None
+        shutil.rmtree(self.dir, ignore_errors=True)
 
 
 class GatewayStandIn:

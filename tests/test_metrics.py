@@ -79,8 +79,10 @@ def test_generated_artifacts_make_no_registry_and_no_collector(made: list[str]) 
     Metrics.get(CollectorRegistry(), "acme")
     assert made == ["CollectorRegistry", "Metrics"]
     # What was built without them still queries the namespace's metrics.
-    assert all("acme_" in expr for _, expr in panel_queries(dashboard))
-    assert rules["groups"][0]["rules"][0]["expr"].startswith("sum by (module, analysis_type")
+    assert all(
+        "acme_" in expr or 'sloth_service="acme"' in expr for _, expr in panel_queries(dashboard)
+    )
+    assert rules["groups"][0]["rules"][0]["expr"].startswith("sum by (job, module, analysis_type")
 
 
 def test_artifacts_of_an_instrumentation_follow_its_buckets(registry: CollectorRegistry) -> None:

@@ -22,7 +22,7 @@ from instrument.cli import main
 from instrument.metrics import METRICS, Metrics, metric_names
 from instrument.rules import build_rules, rules_yaml, to_yaml
 
-from .conftest import E2E_NAMESPACE, E2EWorkload
+from .conftest import E2E_NAMESPACE, E2EWorkload, e2e_objectives
 from .servers import http, require_binary
 from .support import ROOT, promql_keys
 
@@ -245,7 +245,9 @@ def test_prometheus_loads_every_rule_healthy(e2e_workload: E2EWorkload) -> None:
     assert prometheus.wait_for(f"provider_model:{E2E_NAMESPACE}_ai_api_calls:error_ratio_rate5m")
     body = json.loads(http("GET", f"{prometheus.url}/api/v1/rules"))
     loaded = {g["name"]: g["rules"] for g in body["data"]["groups"]}
-    generated = {g["name"]: g["rules"] for g in build_rules(E2E_NAMESPACE)["groups"]}
+    # The e2e Prometheus also loads the objectives' groups (tests/test_slo_rules.py).
+    slo = build_rules(E2E_NAMESPACE, objectives=e2e_objectives())
+    generated = {g["name"]: g["rules"] for g in slo["groups"]}
     assert set(loaded) == set(generated)
     for name, rules in generated.items():
         assert [(r["name"], r["health"], r.get("lastError", "")) for r in loaded[name]] == [
@@ -290,12 +292,16 @@ def test_rule_values_match_the_workload(e2e_workload: E2EWorkload) -> None:
         (match,) = [s for s in result if labels.items() <= s["metric"].items()]
         return float(match["value"][1])
 
-    assert value_of("E2eAnalysisErrorRatioHigh", module="security_scan") == pytest.approx(0.5)
-    assert value_of("E2eAIRateLimited", model="claude-sonnet") == pytest.approx(0.5)
-    assert value_of("E2eAIRateLimited", model="gpt-4o") == 0
-    assert value_of("E2eJobActiveTooLong", job_type="nightly", job=e2e_workload.job) == 1
-    assert 0 <= value_of("E2ePushSilent", job=e2e_workload.job) < 900
-    assert 0 < value_of("E2eAnalysisDurationHigh", module="static_analysis") <= 0.1
+    # Every rule keeps job: an earlier workload's job may still be in the rate windows.
+    job = e2e_workload.job
+    assert value_of("E2eAnalysisErrorRatioHigh", module="security_scan", job=job) == (
+        pytest.approx(0.5)
+    )
+    assert value_of("E2eAIRateLimited", model="claude-sonnet", job=job) == pytest.approx(0.5)
+    assert value_of("E2eAIRateLimited", model="gpt-4o", job=job) == 0
+    assert value_of("E2eJobActiveTooLong", job_type="nightly", job=job) == 1
+    assert 0 <= value_of("E2ePushSilent", job=job) < 900
+    assert 0 < value_of("E2eAnalysisDurationHigh", module="static_analysis", job=job) <= 0.1
 
 
 # -- the rules as data ---------------------------------------------------------------------
@@ -307,7 +313,9 @@ def test_every_alert_ends_with_its_threshold_and_has_annotations() -> None:
             if "alert" in r:
                 assert THRESHOLD.match(r["expr"]), r["expr"]
                 assert r["labels"]["severity"] == "warning"
-                assert set(r["annotations"]) == {"summary", "description"}
+                # runbook_url only with runbook_base_url= (tests/test_slo_rules.py)
+                assert set(r["annotations"]) == {"summary", "description", "dashboard_url"}
+                assert r["annotations"]["dashboard_url"] == "/d/codomyrmex-analytics"
 
 
 def test_thresholds_are_keywords() -> None:
@@ -391,7 +399,8 @@ def test_descriptions_show_small_ratios_as_set() -> None:
 
 
 def test_a_renamed_namespace_renames_every_rule() -> None:
-    acme = json.dumps(build_rules("acme"))
+    # The dashboard's uid is its own (codomyrmex-analytics by default, in any namespace).
+    acme = json.dumps(build_rules("acme", dashboard_uid="acme-analytics"))
     assert "codomyrmex" not in acme.lower()
     assert acme.replace("acme", "codomyrmex").replace("Acme", "Codomyrmex") == json.dumps(RULES)
 
@@ -492,7 +501,9 @@ def test_the_rules_are_one_table_rendered_in_order() -> None:
             if isinstance(entry, rules_module._Record):
                 assert ":" in entry.key and entry.key not in recorded
                 recorded.add(entry.key)
-                assert written["record"].startswith("_".join(entry.labels) + ":")
+                # Every recording keeps job, which the level leaves out.
+                assert entry.labels[0] == "job"
+                assert written["record"].startswith("_".join(entry.labels[1:]) + ":")
             else:
                 assert written["alert"] == f"Codomyrmex{entry.name}"
                 for keyword in (entry.threshold, entry.for_):

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from typing import Any, TypedDict
 
 from ..metrics import check_label_value
+from ..objectives import Objective, ObjectiveArg, objectives_of
 
 
 class AICallOptions(TypedDict, total=False):
@@ -28,6 +29,8 @@ class AICallOptions(TypedDict, total=False):
     job_type: str
     #: Maps a model name to its label, e.g. to fold dated versions together.
     normalize_model: Callable[[str], str] | None
+    #: An :class:`~instrument.Objective` (or a list) these calls count towards.
+    objective: ObjectiveArg
 
 
 OPTION_NAMES = frozenset(AICallOptions.__optional_keys__)
@@ -49,6 +52,7 @@ class TrackerOptions:
     stream: str | bool = "auto"
     job_type: str = "ai_call"
     normalize_model: Callable[[str], str] | None = None
+    objective: ObjectiveArg = None
     #: The fixed model's label (``normalize_model`` applied once); None for model=None.
     label: str | None = field(init=False, default=None)
 
@@ -122,3 +126,8 @@ class TrackerOptions:
                 )
             check_label_value(f"the label normalize_model({model!r}) returned", label)
         object.__setattr__(self, "label", label)  # derived once, like the checks
+        object.__setattr__(self, "objective", objectives_of(self.objective))
+
+    @property
+    def objectives(self) -> tuple[Objective, ...]:
+        return self.objective  # type: ignore[return-value]  # a tuple since __post_init__

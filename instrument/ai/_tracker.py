@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
 from .._cells import CellSeries
 from .._engine import bind_arguments, run_deferred, wraps_signature
+from ..objectives import Coverage, declare
 from ..policy import Binding, Policy
 from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
@@ -77,6 +78,11 @@ class AICallTracker(Policy[AICall, AIBinding]):
         )
         self._warned: set[str] = set()
         self._null = AICall(None, self, None)
+        # model=None covers every model of the provider: the label is the call's.
+        covered: tuple[tuple[str, str], ...] = (("provider", provider),)
+        if self.options.label is not None:
+            covered += (("model", self.options.label),)
+        declare(inst, self.options.objectives, Coverage("ai", covered))
 
     def __repr__(self) -> str:
         return f"track_ai_call({self.provider!r}, {self.model!r})"

@@ -322,6 +322,26 @@ USAGE_ERRORS = [
     ),
     (["rules", "extra"], "unrecognized arguments: extra (see instrument --help)"),
     (
+        ["rules", "--import", " "],
+        "argument --import: the module name is blank; give one (see instrument rules --help)",
+    ),
+    (
+        ["rules", "--tests", ""],
+        "argument --tests: the file name is empty; give one, or '-' for stdout "
+        "(see instrument rules --help)",
+    ),
+    (
+        ["rules", "--runbook-base-url", "https://bob:hunter2@wiki.example.test"],
+        "argument --runbook-base-url: runbook base URL holds credentials; an annotation is "
+        "shown wherever the alert goes, so give the URL without user:password@ "
+        "(see instrument rules --help)",
+    ),
+    (
+        ["rules", "--monthly-budget-usd", "-5"],
+        "argument --monthly-budget-usd: '-5' is not an amount of US dollars, such as 500 "
+        "(see instrument rules --help)",
+    ),
+    (
         ["bogus"],
         "argument COMMAND: invalid choice: 'bogus' (choose from 'demo', 'dashboard', 'rules', 'gateway') "
         "(see instrument --help)",

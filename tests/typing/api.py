@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator, Iterator
 # The seed's names, outside __all__, are still exported to a strict type checker.
 from instrument import (
     Instrumentation,
+    Objective,
     PrometheusIntegration,
     configure,
     monitored_analysis,
@@ -37,6 +38,22 @@ async def stream(model: str) -> AsyncIterator[str]:
     yield model
 
 
+available = Objective("typed-availability", success=0.99)
+
+
+@inst.track_ai_call(
+    "openai", "gpt-4o", objective=[available, Objective("typed-fast", latency=(2.56, 0.9))]
+)
+def ask(prompt: str) -> str:
+    return prompt
+
+
+@monitored_analysis("typed", "objective", objective=available)
+def checked(path: str) -> int:
+    return len(path)
+
+
+answer: str = ask("hi")
 files: list[str] = analyze("src", depth=2)
 count: int = sum(walk(3))
 
