@@ -20,8 +20,18 @@ from typing import TYPE_CHECKING, NoReturn, TextIO, TypeAlias
 if TYPE_CHECKING:
     from ._promql import Source
 
-from . import _arguments as arguments
-from ._arguments import add_tls_options
+from ._arguments import (
+    add_tls_options,
+    directory,
+    grafana_url,
+    link_base,
+    metric_namespace,
+    nonblank,
+    output_file,
+    port,
+    pushgateway_url,
+    usd,
+)
 from ._command import (
     CommandError,
     GrafanaApply,
@@ -162,24 +172,24 @@ def _add_demo(commands: _Commands) -> None:
     parser.add_argument(
         "path",
         nargs="?",
-        type=arguments.directory,
+        type=directory,
         help="directory to analyse (default: this package)",
     )
     parser.add_argument(
         "--serve",
-        type=arguments.port,
+        type=port,
         metavar="PORT",
         help="keep /metrics up on PORT (0: a free one)",
     )
     parser.add_argument(
         "--pushgateway",
-        type=arguments.pushgateway_url,
+        type=pushgateway_url,
         metavar="URL",
         help="also push to this Pushgateway",
     )
     parser.add_argument(
         "--grafana-url",
-        type=arguments.grafana_url,
+        type=grafana_url,
         metavar="URL",
         help="apply the dashboard to this Grafana (token from GRAFANA_TOKEN)",
     )
@@ -207,32 +217,32 @@ def _add_dashboard(commands: _Commands) -> None:
     parser.add_argument(
         "--output",
         "-o",
-        type=arguments.output_file,
+        type=output_file,
         metavar="FILE",
         help="write the JSON here ('-': stdout)",
     )
     parser.add_argument(
         "--namespace",
-        type=arguments.metric_namespace,
+        type=metric_namespace,
         help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
     )
     parser.add_argument(
         "--title",
-        type=arguments.nonblank("dashboard title"),
+        type=nonblank("dashboard title"),
         default="Codomyrmex Analytics",
         help="dashboard title",
     )
     parser.add_argument("--uid", default="codomyrmex-analytics", help="dashboard uid")
     parser.add_argument(
         "--datasource-uid",
-        type=arguments.nonblank("data source uid"),
+        type=nonblank("data source uid"),
         metavar="UID",
         help="preselect this data source",
     )
     parser.add_argument("--apply", action="store_true", help="create or update it in Grafana")
     parser.add_argument(
         "--grafana-url",
-        type=arguments.grafana_url,
+        type=grafana_url,
         metavar="URL",
         help="Grafana base URL (GRAFANA_URL)",
     )
@@ -288,13 +298,13 @@ def _add_rules(commands: _Commands) -> None:
     parser.add_argument(
         "--output",
         "-o",
-        type=arguments.output_file,
+        type=output_file,
         metavar="FILE",
         help="write the YAML here ('-': stdout)",
     )
     parser.add_argument(
         "--namespace",
-        type=arguments.metric_namespace,
+        type=metric_namespace,
         help="metric prefix (default: INSTRUMENT_NAMESPACE, else codomyrmex)",
     )
     parser.add_argument(
@@ -302,25 +312,23 @@ def _add_rules(commands: _Commands) -> None:
         dest="modules",
         action="append",
         default=[],
-        type=arguments.nonblank("module name"),
+        type=nonblank("module name"),
         metavar="MODULE",
         help="import this module (repeatable) and add the objectives its decorators declare",
     )
     parser.add_argument(
         "--tests",
-        type=arguments.output_file,
+        type=output_file,
         metavar="FILE",
         help="also write promtool unit tests here",
     )
     parser.add_argument(
         "--runbook-base-url",
-        type=arguments.link_base,
+        type=link_base,
         metavar="URL",
         help="runbook_url: URL/<alert>",
     )
-    parser.add_argument(
-        "--monthly-budget-usd", type=arguments.usd, metavar="USD", help="AI spend alert"
-    )
+    parser.add_argument("--monthly-budget-usd", type=usd, metavar="USD", help="AI spend alert")
 
     def run(args: argparse.Namespace) -> int:
         from .objectives import every_declared
