@@ -25,9 +25,11 @@ from prometheus_client.metrics_core import Metric
 from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
+from instrument._scrub import Scrubber
 from instrument.delivery._flusher_thread import SERIALIZE_SHARE, stretched_gap
+from instrument.delivery._http import request
 
-from ..servers import GatewayStandIn
+from ..servers import GatewayStandIn, Pushgateway
 
 ANALYSIS = {"module": "m", "analysis_type": "t"}
 
@@ -53,6 +55,21 @@ class CpuBurner(Collector):
 
 def pushed_states(server: GatewayStandIn) -> list[bytes]:
     return [body for body in server.bodies if body]
+
+
+def short_io_step(small: Path) -> str:
+    """What the issue's main thread does: CPU for about 2.5 ms, then a small read, which
+    drops the GIL and retakes it at once."""
+    end = time.perf_counter() + 0.0025
+    while time.perf_counter() < end:
+        pass
+    with open(small) as handle:
+        return handle.read()
+
+
+def landed_pushes(inst: Instrumentation) -> float:
+    pushes = inst.registry.get_sample_value("codomyrmex_pushes_total") or 0.0
+    return pushes - (inst.registry.get_sample_value("codomyrmex_push_failures_total") or 0.0)
 
 
 # -- the stretch: at most a tenth of the time pushing -----------------------------------------
@@ -230,20 +247,12 @@ def test_pushes_keep_their_schedule_while_the_main_thread_does_frequent_short_io
     inst = Instrumentation(
         registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
     )
-
-    @inst.monitored_analysis("m", "t")
-    def step() -> str:
-        # CPU for about 2.5 ms, then a small read: the GIL is dropped and retaken at once.
-        end = time.perf_counter() + 0.0025
-        while time.perf_counter() < end:
-            pass
-        with open(small) as handle:
-            return handle.read()
+    step = inst.monitored_analysis("m", "t")(short_io_step)
 
     start = time.monotonic()
     calls = 0
     while time.monotonic() - start < 3.0:
-        assert step() == "x" * 100
+        assert step(small) == "x" * 100
         calls += 1
     pushes = len(pushed_states(stand_in))
     inst.close()
@@ -251,3 +260,90 @@ def test_pushes_keep_their_schedule_while_the_main_thread_does_frequent_short_io
     assert pushes >= 12, f"{pushes} pushes in 3 s with push_interval=0.05"
     assert f'status="success"}} {float(calls)}'.encode() in pushed_states(stand_in)[-1]
     assert os.getpid() == inst.delivery._owner_pid
+
+
+def test_a_push_hands_the_gil_over_no_more_than_its_own_io_needs(
+    stand_in: GatewayStandIn, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A main thread that drops the GIL for short I/O more often than the switch interval
+    restarts the wait of every thread waiting for it, so such a thread gets the GIL only
+    when it wins a race: each time a push waits for the GIL is a chance to stall. The push
+    runs its request in the flusher, with no thread started and joined per push (which
+    added a start, a bootstrap and a join to every push: three more waits)."""
+    started: list[str] = []
+    start_thread = threading.Thread.start
+
+    def recording_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        start_thread(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    small = tmp_path / "small.txt"
+    small.write_text("x" * 100)
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
+    )
+    step = inst.monitored_analysis("m", "t")(short_io_step)
+    begin = time.monotonic()
+    calls = 0
+    while time.monotonic() - begin < 2.0:
+        assert step(small) == "x" * 100
+        calls += 1
+    pushes = landed_pushes(inst)
+    inst.close()
+    assert pushes >= 8, f"{pushes} pushes in 2 s with push_interval=0.05"
+    assert [name for name in started if name.startswith("instrument-")] == ["instrument-flusher"]
+    assert f'status="success"}} {float(calls)}'.encode() in pushed_states(stand_in)[-1]
+
+
+@pytest.mark.integration
+@pytest.mark.parametrize("interval", [0.1, 1.0])
+def test_a_real_gateway_gets_pushes_on_schedule_while_the_main_thread_does_short_io(
+    pushgateway: Pushgateway, job_name: str, tmp_path: Path, interval: float
+) -> None:
+    small = tmp_path / "small.txt"
+    small.write_text("x" * 100)
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=pushgateway.url,
+        job=job_name,
+        push_interval=interval,
+    )
+    step = inst.monitored_analysis("m", "t")(short_io_step)
+    window = 10 * interval + 1.0
+    begin = time.monotonic()
+    calls = 0
+    while time.monotonic() - begin < window:
+        assert step(small) == "x" * 100
+        calls += 1
+    pushes = landed_pushes(inst)
+    last_push = inst.registry.get_sample_value("codomyrmex_last_push_success_timestamp_seconds")
+    inst.close()
+    # At least 10 slots in the window; generously, half of them were used.
+    assert pushes >= 5, f"{pushes} pushes in {window:g} s with push_interval={interval:g}"
+    assert last_push is not None and last_push > time.time() - window / 2
+    assert pushgateway.value("codomyrmex_analyses_total", job=job_name, status="success") == calls
+
+
+# -- the inline request keeps its promises ------------------------------------------------------
+
+
+def test_a_request_to_a_host_name_still_lands_and_one_by_address_looks_nothing_up(
+    stand_in: GatewayStandIn, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    started: list[str] = []
+    start_thread = threading.Thread.start
+
+    def recording_start(self: threading.Thread) -> None:
+        started.append(self.name)
+        start_thread(self)
+
+    monkeypatch.setattr(threading.Thread, "start", recording_start)
+    stand_in.answer(200, body="by name")
+    named = f"http://localhost:{stand_in.port}/x"
+    assert request(named, "GET", [], b"", 5.0, None, Scrubber(())) == b"by name"
+    assert "instrument-name-lookup" in started  # a lookup has no timeout of its own
+    started.clear()
+    stand_in.answer(200, body="by address")
+    assert request(stand_in.url + "/x", "GET", [], b"", 5.0, None, Scrubber(())) == b"by address"
+    assert not [name for name in started if name.startswith("instrument-")]
