@@ -12,13 +12,17 @@ from __future__ import annotations
 import logging
 import os
 import shutil
+import ssl
+import string
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from hypothesis import given
+from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 from prometheus_client.metrics_core import Metric
@@ -347,3 +351,134 @@ def test_a_request_to_a_host_name_still_lands_and_one_by_address_looks_nothing_u
     stand_in.answer(200, body="by address")
     assert request(stand_in.url + "/x", "GET", [], b"", 5.0, None, Scrubber(())) == b"by address"
     assert not [name for name in started if name.startswith("instrument-")]
+
+
+URL_TEXT = string.ascii_letters + string.digits + "-._~%/=&+:@!$'()*,;"
+
+
+@settings(
+    max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(path=st.text(URL_TEXT, max_size=40), query=st.text(URL_TEXT + "?", max_size=30))
+def test_any_path_and_query_reach_the_gateway_as_written(
+    stand_in: GatewayStandIn, path: str, query: str
+) -> None:
+    target = f"/{path}" + (f"?{query}" if query else "")
+    body = f"pushed to {target}".encode()
+    assert request(stand_in.url + target, "PUT", [], body, 5.0, None, Scrubber(())) == b""
+    method, seen, headers = stand_in.requests[-1]
+    assert (method, seen) == ("PUT", target)
+    assert headers["content-length"] == str(len(body))
+    assert stand_in.bodies[-1] == body
+
+
+# -- TLS through the same inline request ----------------------------------------------------------
+
+
+class TlsGateway:
+    """An HTTPS gateway on loopback with a certificate of its own (for 127.0.0.1 and
+    localhost), recording each body it was sent."""
+
+    def __init__(self, directory: Path) -> None:
+        openssl = shutil.which("openssl")
+        if openssl is None:
+            pytest.skip("needs the openssl command to make a certificate")
+        self.cert, key = directory / "cert.pem", directory / "key.pem"
+        names = "subjectAltName=DNS:localhost,IP:127.0.0.1"
+        command = [openssl, "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1"]
+        command += ["-subj", "/CN=localhost", "-addext", names]
+        command += ["-keyout", str(key), "-out", str(self.cert)]
+        subprocess.run(
+            command,
+            check=True,
+            capture_output=True,
+        )
+        bodies: list[bytes] = []
+        self.bodies = bodies
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_PUT(self) -> None:
+                bodies.append(self.rfile.read(int(self.headers["Content-Length"])))
+                self.send_response(200)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.load_cert_chain(self.cert, key)
+        self.server.socket = context.wrap_socket(self.server.socket, server_side=True)
+        self.port = self.server.server_address[1]
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def tls_gateway(tmp_path: Path) -> Iterator[TlsGateway]:
+    server = TlsGateway(tmp_path)
+    yield server
+    server.close()
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "localhost"])
+def test_a_push_over_tls_lands_when_the_certificate_checks_out(
+    tls_gateway: TlsGateway, host: str
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=f"https://{host}:{tls_gateway.port}",
+        ca_file=str(tls_gateway.cert),
+        push_mode="off",
+    )
+    inst.record_analysis("m", "t", 0.25)
+    assert inst.push() is True
+    assert (
+        b'codomyrmex_analyses_total{analysis_type="t",module="m",status="success"} 1.0'
+        in (tls_gateway.bodies[-1])
+    )
+    inst.close()
+
+
+def test_a_push_over_tls_to_a_certificate_nobody_vouches_for_fails_clearly(
+    tls_gateway: TlsGateway, caplog: pytest.LogCaptureFixture
+) -> None:
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=f"https://127.0.0.1:{tls_gateway.port}",
+        bearer_token="tls-s3cret",
+        push_mode="off",
+    )
+    inst.record_analysis("m", "t", 0.25)
+    caplog.set_level(logging.WARNING, logger="instrument")
+    assert inst.push() is False
+    assert not tls_gateway.bodies
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    assert "CERTIFICATE_VERIFY_FAILED" in caplog.text
+    assert "tls-s3cret" not in caplog.text
+    inst.close()
+
+
+def test_a_tls_handshake_that_never_comes_ends_at_the_push_timeout(
+    stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture
+) -> None:
+    # The stand-in reads the ClientHello as the start of an HTTP head and waits for its
+    # end, holding the connection about 10 s: the handshake never completes.
+    inst = Instrumentation(
+        registry=CollectorRegistry(),
+        pushgateway=f"https://127.0.0.1:{stand_in.port}",
+        push_timeout=0.5,
+        push_mode="off",
+    )
+    caplog.set_level(logging.WARNING, logger="instrument")
+    begin = time.monotonic()
+    assert inst.push() is False
+    elapsed = time.monotonic() - begin
+    assert elapsed < 5.0, f"{elapsed:.1f} s: the push outlived its timeout by far"
+    assert "no complete answer within 0.4" in caplog.text  # what was left of 0.5 s
+    assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
+    inst.close()
