@@ -190,18 +190,18 @@ def _addresses(host: str, port: int, deadline: _Deadline) -> Sequence[_AddrInfo]
         pass
     else:
         return socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM, 0, socket.AI_NUMERICHOST)
-    found: list[Sequence[_AddrInfo] | OSError] = []
+    found: list[Sequence[_AddrInfo] | Exception] = []
 
     def look_up() -> None:
         try:
             found.append(socket.getaddrinfo(host, port, 0, socket.SOCK_STREAM))
-        except OSError as exc:
+        except Exception as exc:  # a name IDNA cannot encode raises UnicodeError
             found.append(exc)
 
     start_daemon(look_up, "instrument-name-lookup").join(deadline.left())
     if not found:
         raise TimeoutError(f"looking up {host} took too long")
-    if isinstance(found[0], OSError):
+    if isinstance(found[0], Exception):
         raise found[0]
     return found[0]
 

@@ -30,6 +30,7 @@ from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
 from instrument._scrub import Scrubber
+from instrument.delivery import PushFailed
 from instrument.delivery._flusher_thread import SERIALIZE_SHARE, stretched_gap
 from instrument.delivery._http import request
 
@@ -351,6 +352,14 @@ def test_a_request_to_a_host_name_still_lands_and_one_by_address_looks_nothing_u
     stand_in.answer(200, body="by address")
     assert request(stand_in.url + "/x", "GET", [], b"", 5.0, None, Scrubber(())) == b"by address"
     assert not [name for name in started if name.startswith("instrument-")]
+
+
+def test_a_host_name_no_lookup_can_encode_fails_at_once_and_says_so() -> None:
+    host = "a" * 70 + ".example"  # a label longer than IDNA allows: the lookup raises
+    with pytest.raises(PushFailed) as caught:
+        request(f"http://{host}:9091/x", "PUT", [], b"", 30.0, None, Scrubber(()))
+    # Not a lookup that seemed to hang until the deadline: the error it raised.
+    assert str(caught.value) == "UnicodeError while sending the request"
 
 
 URL_TEXT = string.ascii_letters + string.digits + "-._~%/=&+:@!$'()*,;"
