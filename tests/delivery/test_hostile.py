@@ -887,10 +887,7 @@ def test_toolkit_threads_leave_sigterm_to_the_main_thread(stand_in: GatewayStand
     stand_in.mode, stand_in.hang = "slow", 3.0
     inst = make_inst(stand_in.url, push_mode="coalesce", push_interval=60)
     inst.record_analysis("m", "t", 0.5)  # starts the flusher, whose push hangs
-    wait_until(
-        lambda: any(t.name == "instrument-push-request" for t in threading.enumerate()),
-        "a push was in flight",
-    )
+    wait_until(lambda: bool(stand_in.requests), "a push was in flight")  # in the flusher
     before = set(threading.enumerate())
     server = inst.start_http_server(0)
     try:
@@ -898,8 +895,8 @@ def test_toolkit_threads_leave_sigterm_to_the_main_thread(stand_in: GatewayStand
             t for t in threading.enumerate() if t.name.startswith("instrument-") or t not in before
         ]
         names = {t.name for t in ours}
-        assert {"instrument-flusher", "instrument-push-request"} <= names
-        assert len(ours) >= 3, names  # and the pull-mode server's thread
+        assert "instrument-flusher" in names
+        assert len(ours) >= 2, names  # and the pull-mode server's thread
         for thread in ours:
             blocked = blocked_signals(thread)
             assert {signal.SIGTERM, signal.SIGINT, signal.SIGHUP} <= blocked, thread.name
