@@ -49,10 +49,11 @@ __all__ = [
 
 
 def _escape(label: str, value: str) -> str:
-    # The Pushgateway's rule: an empty value, or one with "/" (or a space), goes base64.
+    # The Pushgateway's rule: an empty value, or one with "/" (or a space), goes base64;
+    # so do "." and "..", path segments its router would clean away with a 301 redirect.
     if value == "":
         return f"{label}@base64/="
-    if "/" in value or " " in value:
+    if "/" in value or " " in value or value in (".", ".."):
         encoded = base64.urlsafe_b64encode(value.encode()).decode()
         return f"{label}@base64/{encoded}"
     return f"{label}/{quote_plus(value)}"
@@ -64,13 +65,8 @@ _LABEL_NAME_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 def check_group_value(what: str, value: str) -> str:
     """``value`` if the Pushgateway can take it in a group's URL path, else a ValueError
     saying what to do. ``what`` names it in the message ("job")."""
-    # The base64 escape carries "/" and "" (see _escape); "." and ".." stay plain path
-    # segments, which the gateway's router cleans away and answers with a 301 redirect.
-    if value in (".", ".."):
-        raise ValueError(
-            f"{what} {value!r} cannot be a Pushgateway path segment (the gateway redirects "
-            "it instead of storing the push); use a name with other characters"
-        )
+    # The base64 escape carries "/", "", "." and ".." (see _escape): any text a label
+    # value can hold lands.
     return check_label_value(what, value)
 
 
@@ -209,9 +205,18 @@ class PushTarget:
         headers: list[tuple[str, str]],
         data: bytes,
     ) -> Callable[[], None]:
+        # The group's path as we escape it, not prometheus_client's: its escaping leaves
+        # "." and ".." plain, which the gateway's router answers with a redirect.
         def send() -> None:
+            group_url = self.group_url
             request(
-                url, method, [*headers, *self._headers], data, timeout, self._ssl, self.scrubber
+                group_url,
+                method,
+                [*headers, *self._headers],
+                data,
+                timeout,
+                self._ssl,
+                self.scrubber,
             )
 
         return send

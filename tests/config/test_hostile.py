@@ -92,14 +92,14 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch) -> Iterator[pytest.Monkey
 
 
 def gateway_refuses_value(value: str, *, job: bool) -> bool:
-    """The oracle, worked out against Pushgateway 1.5.1: "." and ".." are path segments its
-    router redirects (301); an empty job is "job name is required" (400); a lone surrogate
-    is no UTF-8 at all. Everything else, "/" and "" included (base64), lands."""
+    """The oracle, worked out against Pushgateway 1.5.1: an empty job is "job name is
+    required" (400); a lone surrogate is no UTF-8 at all. Everything else lands: "/", "",
+    "." and ".." (the router would redirect the last two as path segments) go base64."""
     try:
         value.encode("utf-8")
     except UnicodeEncodeError:
         return True
-    return value in (".", "..") or (job and value == "")
+    return job and value == ""
 
 
 def raw_put(gateway: Pushgateway, job: str, key: dict[str, str]) -> int:
@@ -119,32 +119,32 @@ def raw_put(gateway: Pushgateway, job: str, key: dict[str, str]) -> int:
 
 @pytest.mark.integration
 @pytest.mark.parametrize("value", [".", ".."])
-def test_the_real_gateway_redirects_dot_segments_and_we_refuse_them(
+def test_dot_segments_the_gateway_would_redirect_land_base64_encoded(
     pushgateway: Pushgateway, value: str
 ) -> None:
-    # The premise, checked on the real gateway: such a push is answered 301 and lost.
+    # The premise, checked on the real gateway: escaped as prometheus_client escapes them,
+    # such a push is answered 301 and lost.
     assert raw_put(pushgateway, value, {}) == 301
     assert raw_put(pushgateway, "j", {"team": value}) == 301
     assert pushgateway.groups() == []
-    # So they are refused when configuring, with what to do.
+    # Ours go base64 (``job@base64/Lg==``), so the group lands with the value as given.
     for kwargs in ({"job": value}, {"grouping_key": {"team": value}}, {"instance": value}):
-        with pytest.raises(ValueError, match="use a name with other characters"):
-            gateway_inst(pushgateway, **kwargs)
-    with pytest.raises(ValueError, match="cannot be a Pushgateway path segment"):
-        PushTarget(pushgateway.url, job=value, grouping_key={})
+        inst = gateway_inst(pushgateway, push_mode="off", **kwargs)
+        inst.metrics.analyses.labels("m", "t", "success").inc()
+        assert inst.push()
+        inst.close()
+    labels = sorted(sorted(group["labels"].items()) for group in pushgateway.groups())
+    assert labels == sorted(
+        [
+            [("job", value)],
+            [("job", "codomyrmex"), ("team", value)],
+            [("instance", value), ("job", "codomyrmex")],
+        ]
+    )
 
 
-def test_dot_jobs_are_refused_without_a_gateway_too() -> None:
-    # Configure time means configure time, not "when a gateway is added later".
-    with pytest.raises(ValueError, match="cannot be a Pushgateway path segment"):
-        Instrumentation(registry=CollectorRegistry(), job="..")
-
-
-def test_a_dot_job_refused_in_the_environment_names_the_variable() -> None:
-    with pytest.raises(ValueError, match=r"INSTRUMENT_JOB='\.' is not valid: job '\.' cannot"):
-        from_environment({"INSTRUMENT_JOB": "."})
-    with pytest.raises(ValueError, match=r"INSTRUMENT_INSTANCE='\.\.' is not valid"):
-        from_environment({"INSTRUMENT_INSTANCE": ".."})
+def test_a_dot_job_in_the_environment_is_taken_as_given() -> None:
+    assert from_environment({"INSTRUMENT_JOB": "."})["job"] == "."
 
 
 def push_and_read_group(
@@ -337,7 +337,7 @@ def test_every_accepted_label_value_lands_as_given(
     try:
         inst.record_analysis(module, "t", 0.5)
     except (TypeError, ValueError) as exc:
-        bad_utf8 = gateway_refuses_value(module, job=False) and module not in (".", "..")
+        bad_utf8 = gateway_refuses_value(module, job=False)
         assert module == "" or bad_utf8, f"{module!r} refused: {exc}"
         # Nothing was half recorded, and the registry still pushes.
         assert inst.push()

@@ -384,7 +384,7 @@ def test_an_unknown_audience_is_refused_when_the_client_is_made() -> None:
 # -- rev-delivery 15a: push_metrics(job) never raises into its caller ---------------------------
 
 
-@pytest.mark.parametrize(("job", "why"), [("", "non-empty"), ("..", "path segment")])
+@pytest.mark.parametrize(("job", "why"), [("", "non-empty"), ("bad\udc80", "lone surrogate")])
 async def test_push_metrics_with_a_job_the_gateway_cannot_take_is_a_failed_push(
     stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture, job: str, why: str
 ) -> None:

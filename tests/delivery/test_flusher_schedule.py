@@ -134,7 +134,7 @@ def test_a_cheap_push_keeps_the_interval_and_logs_nothing(
     stand_in: GatewayStandIn, caplog: pytest.LogCaptureFixture
 ) -> None:
     inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.5
     )
 
     @inst.monitored_analysis("m", "t")
@@ -143,11 +143,12 @@ def test_a_cheap_push_keeps_the_interval_and_logs_nothing(
 
     caplog.set_level(logging.INFO, logger="instrument")
     start = time.monotonic()
-    while time.monotonic() - start < 1.0:
+    while time.monotonic() - start < 1.6:
         work()
     inst.close()
-    # About 20 pushes at 0.05 s; generously more than a third of them.
-    assert len(pushed_states(stand_in)) >= 7
+    # A registry this small costs far under 10 % of 0.5 s even on a loaded machine (at
+    # 0.05 s the test depended on the machine's load); about 3 pushes, and the final one.
+    assert len(pushed_states(stand_in)) >= 2
     assert not [r for r in caplog.records if "instead of push_interval" in r.getMessage()]
 
 
