@@ -1,6 +1,9 @@
 """The process-wide default instrumentation behind the module-level API, and configure().
 
 The default is created from the environment on first use; :func:`configure` replaces it.
+Unless given a registry, the default is shown on ``prometheus_client.REGISTRY`` (what
+``start_http_server``, ``make_asgi_app`` and ``generate_latest()`` serve by default), while it
+pushes only its own families: not the process_*/python_gc_* collectors that registry holds.
 Decorators that follow the default (made without an ``inst``) hold a binding to it; when
 it is replaced, the old one is retired: its bindings go stale and those decorators rebind
 at their next call.
@@ -15,8 +18,10 @@ from __future__ import annotations
 import logging
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
+
+from prometheus_client import REGISTRY, CollectorRegistry, Metric
 
 from . import config as _config
 
@@ -47,6 +52,28 @@ _bindings: weakref.WeakKeyDictionary[Instrumentation, weakref.WeakSet[Binding]] 
     weakref.WeakKeyDictionary()
 )
 _bindings_lock = threading.Lock()
+
+
+class _Shown:
+    """Shows one default's own registry on the global REGISTRY.
+
+    A collector on REGISTRY rather than the metrics themselves: each default keeps a registry
+    of its own, so configure() starts from fresh counts and other buckets without clashing
+    with the previous default's collectors, and a push never carries REGISTRY's process_*
+    families. Its names are REGISTRY's to check, so a user's own clashing metric is refused.
+    """
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        self.registry = registry
+
+    def collect(self) -> Iterable[Metric]:
+        return self.registry.collect()
+
+
+#: The defaults made without a registry of their own, each with what shows it on REGISTRY.
+_shown_by: weakref.WeakKeyDictionary[Instrumentation, _Shown] = weakref.WeakKeyDictionary()
+#: What is on REGISTRY now: at most one, the current default's.
+_on_global: list[_Shown] = []
 
 
 def register_instrumentation_class(cls: type[Instrumentation]) -> None:
@@ -80,12 +107,11 @@ def get_instrumentation() -> Instrumentation:
 
 
 def _default_from_environment() -> Instrumentation:
-    make = instrumentation_class()
     settings, problems = _config.read_environment()
     for problem in problems:
         logger.error("instrument: %s; ignoring it, its default applies", problem)
     try:
-        return make(**settings)
+        new = _make_default(settings)
     except Exception as exc:
         # Values that are each fine, but not together (push_mode=each with no target).
         logger.error(
@@ -93,11 +119,62 @@ def _default_from_environment() -> Instrumentation:
             "recording with the defaults instead",
             _with_environment(exc, settings),
         )
-        return make()
+        new = _make_default({})
+    try:
+        _show_on_global(new)
+    except ValueError as exc:
+        # Called from a decorated function's first call, which must not fail for it.
+        logger.error(
+            "instrument: the default instrumentation's metrics are not shown on "
+            "prometheus_client.REGISTRY (%s); they are still recorded and pushed. Give the "
+            "clashing metric another name, or call configure(namespace=...)",
+            exc,
+        )
+    return new
+
+
+def _make_default(settings: Mapping[str, Any]) -> Instrumentation:
+    """An Instrumentation for the default; without a registry given, on one of its own that
+    REGISTRY shows once it becomes the default."""
+    new = instrumentation_class()(**settings)
+    if "registry" not in settings:
+        _shown_by[new] = _Shown(new.registry)
+    return new
+
+
+def _show_on_global(new: Instrumentation | None) -> None:
+    """Make REGISTRY show ``new`` (if it was made without a registry) instead of the
+    defaults before it; a ValueError, with REGISTRY as it was, if its names clash there."""
+    with _default_lock:
+        wanted = _shown_by.get(new) if new is not None else None
+        if _on_global == [wanted]:
+            return
+        previous = list(_on_global)
+        # The old ones first: the new one has the same names.
+        for shown in previous:
+            REGISTRY.unregister(shown)
+        _on_global.clear()
+        if wanted is None:
+            return
+        try:
+            REGISTRY.register(wanted)
+        except ValueError as exc:
+            for shown in previous:
+                REGISTRY.register(shown)
+            _on_global.extend(previous)
+            raise ValueError(
+                f"the default instrumentation's metrics clash with a collector already on "
+                f"prometheus_client.REGISTRY ({exc}); rename yours, or pass namespace= or "
+                "registry= to configure()"
+            ) from None
+        _on_global.append(wanted)
 
 
 def configure(**kwargs: Any) -> Instrumentation:
     """Replace the default instrumentation; environment variables fill what is not given.
+
+    Without ``registry=``, the new default is shown on ``prometheus_client.REGISTRY`` in
+    place of the old one, and pushes only its own metrics (``push_registry=`` to push more).
 
     Functions decorated with the module-level decorators before this call report to the
     new instrumentation from their next call on. A bad environment variable raises a
@@ -106,13 +183,17 @@ def configure(**kwargs: Any) -> Instrumentation:
     unset = [s.keyword for s in _config.SETTINGS if s.keyword not in kwargs]
     from_env = _config.from_environment(only=unset)
     try:
-        new = instrumentation_class()(**{**from_env, **kwargs})
+        new = _make_default({**from_env, **kwargs})
     except (TypeError, ValueError) as exc:
         if not from_env:
             raise
         error = ValueError if isinstance(exc, ValueError) else TypeError
         raise error(_with_environment(exc, from_env)) from None
-    old = replace_default(new)
+    try:
+        old = replace_default(new)
+    except ValueError:
+        new.close()
+        raise
     if old is not None:
         old.close()
     return new
@@ -147,9 +228,13 @@ def _with_environment(exc: BaseException, from_env: Mapping[str, Any]) -> str:
 def replace_default(new: Instrumentation | None) -> Instrumentation | None:
     """Make ``new`` the default (None: create it from the environment on next use) and
     return the previous one, retired: decorators following the default rebind. The
-    caller closes what it gets back, if it is done with it."""
+    caller closes what it gets back, if it is done with it.
+
+    REGISTRY shows the new default if configure() (or the first use) made it without a
+    registry, else none. A ValueError, with nothing replaced, if its names clash there."""
     global _default
     with _default_lock:
+        _show_on_global(new)
         old, _default = _default, new
     if old is not None and old is not new:
         set_retired(old, True)
