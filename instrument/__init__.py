@@ -22,7 +22,7 @@ from .instrumentation import Instrumentation
 from .metrics import METRICS, Metrics
 
 try:
-    __version__ = version("instrument")
+    __version__ = version("codomyrmex-instrument")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 

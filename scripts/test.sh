@@ -20,7 +20,7 @@ fi
 
 source scripts/_venv.sh
 echo "== installing the package with its test extras"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cli,bench,sdk]"
+.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[dev,cli,sdk]"
 
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"
