@@ -45,4 +45,4 @@ if ((status == 0)); then
 fi
 ((status == 0)) || exit "$status"
 echo "== benchmarks (quick smoke run)"
-python -m benchmarks --quick --output .benchmarks-quick.json
+python -m benchmarks --quick --summary --output .benchmarks-quick.json

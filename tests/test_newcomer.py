@@ -302,3 +302,21 @@ def test_a_wheel_in_a_new_venv_runs_the_readme_example_and_the_demo(tmp_path: Pa
     )
     assert demo.returncode == 0, demo.stdout[-2000:] + demo.stderr[-2000:]
     assert "analysed proj" in demo.stdout and "Next steps:" in demo.stdout
+
+
+# -- quiet CI output ----------------------------------------------------------------------------
+
+
+def test_the_benchmarks_summary_prints_one_line_per_section(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    from benchmarks.runner import main as benchmarks_main
+
+    assert benchmarks_main(["--quick", "--summary", "--sections", "1,2"]) == 0
+    lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
+    assert len(lines) == 4, lines  # the machine line, one per section, the totals
+    for number, line in zip(("1", "2"), lines[1:3], strict=True):
+        assert re.match(rf"{number}\. .*: (pass|FAIL); targets met \d/\d; .* \[\d+\.\d s\]$", line)
+    assert "variant" not in "\n".join(lines)  # no table
+    assert re.match(r"2 sections in .*; targets missed: \d+; checks failed: 0$", lines[3])
+    assert "python -m benchmarks --quick --summary" in (ROOT / "scripts" / "test.sh").read_text()
