@@ -15,15 +15,19 @@ part of the package does first.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import re
 import threading
 import weakref
 from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
+from prometheus_client.registry import Collector
 
 from . import config as _config
+from .metrics import DEFAULT_NAMESPACE, METRICS, Metrics
 
 if TYPE_CHECKING:
     from .instrumentation import Instrumentation
@@ -32,6 +36,7 @@ if TYPE_CHECKING:
 __all__ = [
     "apush",
     "configure",
+    "discard",
     "flush",
     "get_instrumentation",
     "instrumentation_class",
@@ -72,8 +77,12 @@ class _Shown:
 
 #: The defaults made without a registry of their own, each with what shows it on REGISTRY.
 _shown_by: weakref.WeakKeyDictionary[Instrumentation, _Shown] = weakref.WeakKeyDictionary()
-#: What is on REGISTRY now: at most one, the current default's.
-_on_global: list[_Shown] = []
+#: The metrics a default made with registry=REGISTRY registered there itself (or took over
+#: from the default before it): they leave REGISTRY with that default.
+_owned: weakref.WeakKeyDictionary[Instrumentation, Metrics] = weakref.WeakKeyDictionary()
+#: What of the defaults' is on REGISTRY now (by id): the current default's, and the
+#: collectors a default made with registry=REGISTRY until it is replaced.
+_present: dict[int, Collector] = {}
 
 
 def register_instrumentation_class(cls: type[Instrumentation]) -> None:
@@ -136,38 +145,73 @@ def _default_from_environment() -> Instrumentation:
 def _make_default(settings: Mapping[str, Any]) -> Instrumentation:
     """An Instrumentation for the default; without a registry given, on one of its own that
     REGISTRY shows once it becomes the default."""
+    on_global = settings.get("registry") is REGISTRY
+    namespace = settings.get("namespace", DEFAULT_NAMESPACE)
+    existed = on_global and Metrics.shared(REGISTRY, namespace) is not None
     new = instrumentation_class()(**settings)
     if "registry" not in settings:
         _shown_by[new] = _Shown(new.registry)
+    elif on_global and not existed:
+        _owned[new] = new.metrics
+        _present.update((id(c), c) for c in _collectors(new.metrics))
+    elif on_global and any(m is new.metrics for m in _owned.values()):
+        _owned[new] = new.metrics  # shared with a default made the same way: it counts on
     return new
 
 
+def _collectors(metrics: Metrics) -> list[Collector]:
+    return [getattr(metrics, spec.attr) for spec in METRICS]
+
+
+def _presence(inst: Instrumentation | None) -> list[Collector]:
+    """What REGISTRY holds of ``inst`` while it is the default."""
+    if inst is None:
+        return []
+    shown = _shown_by.get(inst)
+    if shown is not None:
+        return [shown]
+    owned = _owned.get(inst)
+    return _collectors(owned) if owned is not None else []
+
+
 def _show_on_global(new: Instrumentation | None) -> None:
-    """Make REGISTRY show ``new`` (if it was made without a registry) instead of the
-    defaults before it; a ValueError, with REGISTRY as it was, if its names clash there."""
+    """Make REGISTRY hold what ``new`` shows there (nothing, for one given a registry of its
+    own) instead of what the defaults before it did; a ValueError, with REGISTRY as it was,
+    if its names clash there."""
     with _default_lock:
-        wanted = _shown_by.get(new) if new is not None else None
-        if _on_global == [wanted]:
-            return
-        previous = list(_on_global)
-        # The old ones first: the new one has the same names.
-        for shown in previous:
-            REGISTRY.unregister(shown)
-        _on_global.clear()
-        if wanted is None:
-            return
+        wanted = {id(c): c for c in _presence(new)}
+        leaving = [c for key, c in _present.items() if key not in wanted]
+        coming = [c for key, c in wanted.items() if key not in _present]
+        # The leaving first: what comes has the same names.
+        for collector in leaving:
+            with contextlib.suppress(KeyError):
+                REGISTRY.unregister(collector)
+        added: list[Collector] = []
         try:
-            REGISTRY.register(wanted)
+            for collector in coming:
+                REGISTRY.register(collector)
+                added.append(collector)
         except ValueError as exc:
-            for shown in previous:
-                REGISTRY.register(shown)
-            _on_global.extend(previous)
+            for collector in added:
+                REGISTRY.unregister(collector)
+            for collector in leaving:
+                REGISTRY.register(collector)
             raise ValueError(
-                f"the default instrumentation's metrics clash with a collector already on "
-                f"prometheus_client.REGISTRY ({exc}); rename yours, or pass namespace= or "
-                "registry= to configure()"
+                "the default instrumentation's metrics clash with a collector already on "
+                f"prometheus_client.REGISTRY ({_clashing(exc)}); rename yours, or pass "
+                "namespace= or registry= to configure()"
             ) from None
-        _on_global.append(wanted)
+        _present.clear()
+        _present.update(wanted)
+
+
+def _clashing(exc: ValueError) -> str:
+    """prometheus_client's duplicate error lists every sample name (dozens): a few do."""
+    names = sorted(set(re.findall(r"'([^']+)'", str(exc))))
+    if not names:
+        return str(exc)
+    shown = ", ".join(names[:3])
+    return f"{shown} and {len(names) - 3} more" if len(names) > 3 else shown
 
 
 def configure(**kwargs: Any) -> Instrumentation:
@@ -182,21 +226,45 @@ def configure(**kwargs: Any) -> Instrumentation:
     """
     unset = [s.keyword for s in _config.SETTINGS if s.keyword not in kwargs]
     from_env = _config.from_environment(only=unset)
-    try:
-        new = _make_default({**from_env, **kwargs})
-    except (TypeError, ValueError) as exc:
-        if not from_env:
+    settings = {**from_env, **kwargs}
+    with _default_lock:
+        current = _default
+        # What the current default has on REGISTRY gives way while the new one is made (it
+        # may register the same names there), and comes back if that fails.
+        _show_on_global(None)
+        try:
+            try:
+                new = _make_default(settings)
+            except (TypeError, ValueError) as exc:
+                if not from_env:
+                    raise
+                error = ValueError if isinstance(exc, ValueError) else TypeError
+                raise error(_with_environment(exc, from_env)) from None
+            try:
+                old = replace_default(new)
+            except ValueError:
+                new.close()
+                raise
+        except BaseException:
+            _show_on_global(current)
             raise
-        error = ValueError if isinstance(exc, ValueError) else TypeError
-        raise error(_with_environment(exc, from_env)) from None
-    try:
-        old = replace_default(new)
-    except ValueError:
-        new.close()
-        raise
     if old is not None:
-        old.close()
+        discard(old)
     return new
+
+
+def discard(inst: Instrumentation) -> None:
+    """Close a default replaced for good (what :func:`replace_default` gave back) and take
+    the collectors it registered on REGISTRY itself (made with registry=REGISTRY) off, unless
+    the current default counts on them: the registry's table of shared metrics forgets them
+    too, so the next registry=REGISTRY starts afresh and nothing stale stays exported."""
+    inst.close()
+    with _default_lock:
+        owned = _owned.pop(inst, None)
+        if owned is not None and (_default is None or _default.metrics is not owned):
+            for collector in _collectors(owned):
+                _present.pop(id(collector), None)
+            owned.unregister()
 
 
 def push(timeout: float | None = None) -> bool:
@@ -228,10 +296,11 @@ def _with_environment(exc: BaseException, from_env: Mapping[str, Any]) -> str:
 def replace_default(new: Instrumentation | None) -> Instrumentation | None:
     """Make ``new`` the default (None: create it from the environment on next use) and
     return the previous one, retired: decorators following the default rebind. The
-    caller closes what it gets back, if it is done with it.
+    caller passes what it gets back to :func:`discard`, if it is done with it.
 
-    REGISTRY shows the new default if configure() (or the first use) made it without a
-    registry, else none. A ValueError, with nothing replaced, if its names clash there."""
+    REGISTRY holds what the new default shows there (its own registry, if configure() or
+    the first use made it without one; the collectors it made, with registry=REGISTRY) in
+    place of the old one's. A ValueError, with nothing replaced, if its names clash there."""
     global _default
     with _default_lock:
         _show_on_global(new)

@@ -18,7 +18,7 @@ from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .defaults import replace_default
+from .defaults import discard, replace_default
 from .instrumentation import Instrumentation
 
 __all__ = [
@@ -50,7 +50,7 @@ def isolated_instrumentation(
             # gives way to the one from before, and is closed.
             current = replace_default(saved)
             if current is not None:
-                current.close()
+                discard(current)
 
 
 def _registry(source: Instrumentation | CollectorRegistry) -> CollectorRegistry:

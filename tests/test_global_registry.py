@@ -9,12 +9,14 @@ import urllib.request
 from collections.abc import Iterator
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 from prometheus_client import REGISTRY, CollectorRegistry, Counter, generate_latest
 from prometheus_client import start_http_server as client_http_server
 from prometheus_client.parser import text_string_to_metric_families
 
 from instrument import Instrumentation, configure, get_instrumentation, monitored_analysis
-from instrument.defaults import replace_default
+from instrument.defaults import discard, replace_default
 from instrument.testing import isolated_instrumentation
 
 from .servers import Pushgateway, free_port
@@ -42,7 +44,7 @@ def fresh_default(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     finally:
         current = replace_default(saved)
         if current is not None:
-            current.close()
+            discard(current)
 
 
 def test_decorated_calls_show_on_the_global_registry_and_its_http_server() -> None:
@@ -184,5 +186,118 @@ def test_the_testing_helpers_keep_a_tests_numbers_off_the_global_registry() -> N
         assert inst.registry.get_sample_value("codomyrmex_analyses_total", LABELS) == 2
         assert global_count() is None  # neither the test's nor the saved default's
     assert global_count() == 1  # the saved default is shown again, as it was
+    scan(1)
+    assert global_count() == 2
+
+
+def test_configure_between_the_global_registry_and_its_own_never_clashes() -> None:
+    """registry=REGISTRY and a registry of its own, in every order: each configure() works,
+    REGISTRY holds the current default's numbers only, and registry=REGISTRY twice keeps
+    counting on the same collectors."""
+    direct = configure(registry=REGISTRY)
+    assert direct.registry is REGISTRY
+    scan(1)
+    assert global_count() == 1
+    configure()  # the old default's own collectors leave REGISTRY
+    scan(1)
+    scan(1)
+    assert global_count() == 2
+    configure(registry=REGISTRY)  # the shown default gives way: fresh collectors
+    scan(1)
+    assert global_count() == 1
+    again = configure(registry=REGISTRY)  # the same collectors, counting on
+    scan(1)
+    assert global_count() == 2
+    configure(registry=REGISTRY, namespace="globalother")
+    scan(1)
+    assert global_count() is None and global_count("globalother") == 1
+    assert again.retired
+    configure(buckets=[1.0, 2.0])
+    assert global_count("globalother") is None
+    scan(1)
+    assert global_count() == 1
+
+
+def test_a_refused_configure_leaves_the_global_registry_as_it_was() -> None:
+    direct = configure(registry=REGISTRY)
+    scan(1)
+    mine = Counter("globalbad_analyses_total", "a user's own", registry=REGISTRY)
+    try:
+        with pytest.raises(ValueError, match=r"globalbad_analyses_total"):
+            configure(namespace="globalbad")
+        with pytest.raises(ValueError, match="push_interval"):
+            configure(push_interval=-1)
+        assert get_instrumentation() is direct and not direct.retired
+        scan(1)
+        assert global_count() == 2  # its collectors were put back, still counting
+    finally:
+        REGISTRY.unregister(mine)
+
+
+def test_a_clash_message_names_a_few_samples_not_dozens() -> None:
+    mine = Counter("globalmsg_analyses_total", "a user's own", registry=REGISTRY)
+    try:
+        with pytest.raises(ValueError) as info:
+            configure(namespace="globalmsg")
+        message = str(info.value)
+        assert "globalmsg_analyses" in message and len(message) < 400, message
+        assert "rename yours, or pass namespace= or registry= to configure()" in message
+    finally:
+        REGISTRY.unregister(mine)
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    steps=st.lists(
+        st.tuples(st.booleans(), st.sampled_from(["codomyrmex", "globalprop_a", "globalprop_b"])),
+        min_size=1,
+        max_size=6,
+    )
+)
+def test_any_sequence_of_configures_leaves_only_the_current_default_on_registry(
+    steps: list[tuple[bool, str]],
+) -> None:
+    namespaces = {"codomyrmex", "globalprop_a", "globalprop_b"}
+    saved = replace_default(None)
+    try:
+        expected = 0
+        previous: tuple[bool, str] | None = None
+        for on_global, namespace in steps:
+            kwargs = {"registry": REGISTRY} if on_global else {}
+            configure(namespace=namespace, **kwargs)
+            # registry=REGISTRY after the same on REGISTRY keeps counting; all else is fresh.
+            expected = expected if previous == (True, namespace) and on_global else 0
+            scan(1)
+            expected += 1
+            previous = (on_global, namespace)
+            assert global_count(namespace) == expected
+            for other in namespaces - {namespace}:
+                assert global_count(other) is None
+    finally:
+        current = replace_default(saved)
+        if current is not None:
+            discard(current)
+
+
+def test_configure_registry_global_inside_an_isolated_block_leaves_nothing_on_registry() -> None:
+    with isolated_instrumentation():
+        configure(registry=REGISTRY, namespace="globaliso")
+        scan(1)
+        assert global_count("globaliso") == 1
+    assert global_count("globaliso") is None  # discarded with the block
+    configure(registry=REGISTRY, namespace="globaliso")
+    scan(1)
+    assert global_count("globaliso") == 1  # afresh, not the block's collectors
+
+
+def test_the_shown_default_comes_back_after_a_block_that_used_the_global_registry() -> None:
+    scan(1)  # a default shown on REGISTRY, same namespace as the block's below
+    assert global_count() == 1
+    with isolated_instrumentation():
+        configure(registry=REGISTRY)
+        scan(1)
+        scan(1)
+        assert global_count() == 2  # the block's own collectors, not the default's
+    assert global_count() == 1  # the default before the block, shown again
     scan(1)
     assert global_count() == 2
