@@ -91,11 +91,36 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     )
     parser.add_argument("--output", metavar="FILE.json", help="also write the results as JSON")
     parser.add_argument(
+        "--summary",
+        action="store_true",
+        help="one line per section (status, targets met, checks, first ratio) instead of its "
+        "table: for CI logs, where a quick run's noisy numbers are not the README's",
+    )
+    parser.add_argument(
         "--sections",
         metavar="N,N",
         help=f"run only these section numbers, e.g. 1,2 (default: all {len(SECTIONS)})",
     )
     return parser.parse_args(argv)
+
+
+def summary_line(section: Section) -> str:
+    """One section in one line: pass or fail, the targets met, and the first target's ratio."""
+    failed = [c for c in section.checks if not c.ok]
+    verdict = "FAIL" if section.error is not None or failed else "pass"
+    if section.status == "skipped":
+        verdict = "skipped"
+    parts = [f"{section.number}. {section.title}: {verdict}"]
+    if section.targets:
+        met = sum(t.met for t in section.targets)
+        first = section.targets[0]
+        parts.append(f"targets met {met}/{len(section.targets)}")
+        parts.append(f"{first.description} {first.value:.2f} (target {first.op} {first.limit:g})")
+    if failed:
+        parts.append(f"checks failed: {', '.join(c.description for c in failed)}")
+    if section.error is not None:
+        parts.append(f"error: {section.error}")
+    return "; ".join(parts) + f" [{section.seconds:.1f} s]"
 
 
 def _run(
@@ -142,7 +167,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             continue
         section = _run(number, key, runner, settings)
         sections.append(section)
-        print(render(section) + "\n", flush=True)
+        print(summary_line(section) if args.summary else render(section) + "\n", flush=True)
     total = time.perf_counter() - started
     missed = [t.description for s in sections for t in s.targets if not t.met]
     failed = [c.description for s in sections for c in s.checks if not c.ok]

@@ -23,7 +23,7 @@ from .metrics import METRICS, Metrics
 from .objectives import Objective
 
 try:
-    __version__ = version("instrument")
+    __version__ = version("codomyrmex-instrument")
 except PackageNotFoundError:  # pragma: no cover - running from a source tree
     __version__ = "0.0.0"
 

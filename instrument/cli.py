@@ -15,7 +15,8 @@ import os
 import re
 import sys
 from collections.abc import Callable, Iterator, Sequence
-from typing import TYPE_CHECKING, NoReturn, TextIO, TypeAlias
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, NoReturn, TextIO, TypeAlias
 
 if TYPE_CHECKING:
     from ._promql import Source
@@ -111,9 +112,18 @@ def _namespace(args: argparse.Namespace) -> str:
     return namespace
 
 
-def _write_output(path: str | None, text: str) -> None:
+def _write_output(path: str | None, text: str, what: str) -> None:
     """Write ``text`` to ``path``, or to stdout for None or "-"; failures are one line."""
     Output(path, text).prepare().commit()
+    _wrote(path, text, what)
+
+
+def _wrote(path: str | None, text: str, what: str) -> None:
+    """Say what a file now holds and where it is: a silent command leaves a first-time
+    user wondering whether anything happened, and where."""
+    if path not in (None, "-"):
+        size = len(text.encode())
+        print(f"wrote {what} to {Path(path).resolve()} ({size} bytes)", file=standard_output())
 
 
 def _import_modules(names: Sequence[str]) -> None:
@@ -252,6 +262,10 @@ def _add_dashboard(commands: _Commands) -> None:
         "--message", default="saved by instrument dashboard", help="version history note"
     )
 
+    def what(dashboard: dict[str, Any]) -> str:
+        panels = len(dashboard.get("panels", []))
+        return f"the dashboard {dashboard['title']!r} (uid {dashboard['uid']}, {panels} panels)"
+
     def run(args: argparse.Namespace) -> int:
         from .dashboard import build_dashboard, dashboard_json
 
@@ -265,7 +279,7 @@ def _add_dashboard(commands: _Commands) -> None:
         # Before anything is written: a half-done command helps nobody.
         target = GrafanaApply(args.grafana_url, **tls_options(args)) if args.apply else None
         if target is None:
-            _write_output(args.output, dashboard_json(dashboard))
+            _write_output(args.output, dashboard_json(dashboard), what(dashboard))
             return 0
         # FILE is written beside itself first (one that cannot be written stops the command
         # before Grafana is asked), and put in place only once Grafana saved the dashboard:
@@ -283,6 +297,7 @@ def _add_dashboard(commands: _Commands) -> None:
             raise
         if output is not None:
             output.commit()
+            _wrote(args.output, output.text, what(dashboard))
         return 0
 
     parser.set_defaults(handler=run)
@@ -353,9 +368,11 @@ def _add_rules(commands: _Commands) -> None:
                 tests = rules_tests_yaml(namespace, relative, **options)
         except (TypeError, ValueError) as exc:
             raise CommandError(str(exc)) from None
-        _write_output(args.output, text)
+        alerts, records = text.count("- alert:"), text.count("- record:")
+        what = f"the rules of namespace {namespace} ({alerts} alerts, {records} recording rules)"
+        _write_output(args.output, text, what)
         if args.tests is not None:
-            _write_output(args.tests, tests)
+            _write_output(args.tests, tests, "the rules' promtool unit tests")
         return 0
 
     parser.set_defaults(handler=run)
@@ -429,6 +446,15 @@ def _print_error(message: str) -> None:
             print(f"instrument: error: {line}", file=sys.stderr)
 
 
+class _CommandFormatter(logging.Formatter):
+    """``instrument: WARNING: ...``: the library's messages carry the ``instrument:`` prefix
+    themselves (for an application's log), which this line already starts with."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        message = super().format(record).removeprefix("instrument: ")
+        return f"instrument: {record.levelname}: {message}"
+
+
 @contextlib.contextmanager
 def _command_logging(verbose: int) -> Iterator[None]:
     """The library logs under ``instrument`` (retries, push outages). A command reports
@@ -438,7 +464,7 @@ def _command_logging(verbose: int) -> Iterator[None]:
     handler: logging.Handler
     if verbose:
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("instrument: %(levelname)s: %(message)s"))
+        handler.setFormatter(_CommandFormatter())
         level = logger.level
         logger.setLevel(logging.DEBUG if verbose > 1 else logging.INFO)
     else:

@@ -144,7 +144,11 @@ class Setting:
 SETTINGS: tuple[Setting, ...] = (
     Setting("registry", None, "a new CollectorRegistry",
             "The registry holding every metric; pass prometheus_client.REGISTRY to share "
-            "the global one."),
+            "the global one. The default instrumentation (module-level decorators, "
+            "configure()) keeps one of its own, shown on prometheus_client.REGISTRY."),
+    Setting("push_registry", None, "the registry's own metrics",
+            "What a push, a textfile write and remote write carry instead, e.g. "
+            "prometheus_client.REGISTRY to include its process_* and python_gc_* families."),
     Setting("namespace", "INSTRUMENT_NAMESPACE", "codomyrmex", "Prefix of every metric name.",
             check_namespace),
     Setting("buckets", None, "see metrics.py",

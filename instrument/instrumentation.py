@@ -82,6 +82,7 @@ class Instrumentation:
         self,
         *args: Any,
         registry: CollectorRegistry | None = None,
+        push_registry: CollectorRegistry | None = None,
         namespace: str = DEFAULT_NAMESPACE,
         pushgateway: str | None = None,
         job: str = "codomyrmex",
@@ -114,6 +115,11 @@ class Instrumentation:
             )
         if registry is not None and not isinstance(registry, CollectorRegistry):
             raise TypeError(f"registry must be a CollectorRegistry, got {type(registry).__name__}")
+        if push_registry is not None and not isinstance(push_registry, CollectorRegistry):
+            raise TypeError(
+                "push_registry must be a CollectorRegistry (e.g. prometheus_client.REGISTRY), "
+                f"got {type(push_registry).__name__}"
+            )
         if not isinstance(max_models, int) or max_models < 1:
             raise ValueError(f"max_models must be a positive integer, got {max_models!r}")
         # Everything that can be refused is checked before the registry is touched, so a
@@ -155,7 +161,7 @@ class Instrumentation:
                 job=self.job,
                 grouping_key=group,
                 external_labels=external_labels,
-                registry=registry,
+                registry=push_registry if push_registry is not None else registry,
                 tls_verify=tls_verify,
                 ca_file=ca_file,
                 timeout=push_timeout,
@@ -182,6 +188,7 @@ class Instrumentation:
         self.namespace = namespace
         self.max_models = max_models
         self._collect_registry: CollectorRegistry | None = None
+        self.push_registry = push_registry
         # Before the metrics exist: they follow the variable as it is now, not as it was
         # when prometheus_client was imported.
         follow_multiprocess_env()
@@ -198,7 +205,7 @@ class Instrumentation:
                 interval=push_interval,
                 instance=instance,
                 delete_on_exit=delete_on_exit,
-                collect=self.collect_registry,
+                collect=self._registry_to_deliver,
                 remote_write=remote,
             )
 
@@ -246,6 +253,9 @@ class Instrumentation:
             multiprocess.MultiProcessCollector(collected)  # type: ignore[no-untyped-call]
             self._collect_registry = collected
         return self._collect_registry
+
+    def _registry_to_deliver(self) -> CollectorRegistry:
+        return self.push_registry if self.push_registry is not None else self.collect_registry()
 
     # -- decorators and with-blocks -------------------------------------------------------------
 

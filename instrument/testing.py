@@ -1,19 +1,24 @@
 """Helpers for your own tests: an isolated instrumentation, a pytest fixture, assertions.
 
->>> def test_pipeline(instrumentation):           # the fixture this plugin registers
+>>> def test_pipeline(instrument_isolated):       # the fixture this plugin registers
 ...     run_pipeline()                              # uses @monitored_analysis(...)
-...     assert_analyses(instrumentation, "static_analysis", "codebase", success=2, error=1)
+...     assert_analyses(instrument_isolated, "static_analysis", "codebase", success=2, error=1)
+
+The plugin is loaded in every pytest run of a project that installs the package, so its
+fixture carries the package's prefix: ``instrumentation``, its old name, is a common word a
+project's own fixture may use. That name stays for one release, with a DeprecationWarning.
 """
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
 from prometheus_client import CollectorRegistry
 
-from .defaults import replace_default
+from .defaults import discard, replace_default
 from .instrumentation import Instrumentation
 
 __all__ = [
@@ -45,7 +50,7 @@ def isolated_instrumentation(
             # gives way to the one from before, and is closed.
             current = replace_default(saved)
             if current is not None:
-                current.close()
+                discard(current)
 
 
 def _registry(source: Instrumentation | CollectorRegistry) -> CollectorRegistry:
@@ -126,10 +131,26 @@ def _fresh_default() -> Iterator[Instrumentation]:
         yield inst
 
 
+#: The fixture's name, and the name it had before (kept for one release).
+FIXTURE = "instrument_isolated"
+OLD_FIXTURE = "instrumentation"
+
+
+def _fresh_default_by_its_old_name() -> Iterator[Instrumentation]:
+    warnings.warn(
+        f"the pytest fixture {OLD_FIXTURE!r} of instrument.testing is renamed {FIXTURE!r}; "
+        "the old name is removed in the next release",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    yield from _fresh_default()
+
+
 # The pytest plugin part: the rest of this module works without pytest installed.
 try:
     import pytest
 except ImportError:  # pragma: no cover - exercised only where pytest is absent
     pass
 else:
-    instrumentation = pytest.fixture(name="instrumentation")(_fresh_default)
+    instrument_isolated = pytest.fixture(name=FIXTURE)(_fresh_default)
+    instrumentation = pytest.fixture(name=OLD_FIXTURE)(_fresh_default_by_its_old_name)

@@ -3,5 +3,6 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/_venv.sh
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[cli]"
+install_once cli
+echo "== running the demo: instrument demo $*"
 exec .venv/bin/instrument demo "$@"

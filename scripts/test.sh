@@ -13,15 +13,20 @@ command -v promtool >/dev/null || need+=(prometheus)
 command -v prometheus-alertmanager >/dev/null || need+=(prometheus-alertmanager)
 if ((${#need[@]})); then
   sudo=""
-  [[ $(id -u) -eq 0 ]] || sudo="sudo"
+  if [[ $(id -u) -ne 0 ]]; then
+    command -v sudo >/dev/null || {
+      echo "tests need ${need[*]}: install them with apt-get as root (there is no sudo here)" >&2
+      exit 1
+    }
+    sudo="sudo"
+  fi
   echo "== installing ${need[*]} (apt-get)"
   $sudo apt-get update -qq
   DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${need[@]}" >/dev/null
 fi
 
 source scripts/_venv.sh
-echo "== installing the package with its test extras"
-.venv/bin/python -m pip install -q --disable-pip-version-check -e ".[test,cli,bench,sdk]"
+install_once dev,cli,sdk
 
 export PATH="$PWD/.venv/bin:$PATH"
 echo "== ruff"
@@ -41,4 +46,4 @@ if ((status == 0)); then
 fi
 ((status == 0)) || exit "$status"
 echo "== benchmarks (quick smoke run)"
-python -m benchmarks --quick --output .benchmarks-quick.json
+python -m benchmarks --quick --summary --output .benchmarks-quick.json

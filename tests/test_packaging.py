@@ -101,7 +101,7 @@ def test_the_sdist_ships_every_source_file_and_nothing_else(checkout: Path, dist
     assert {"tests/conftest.py", "tests/servers.py", "tests/ai_fakes.py"} <= sources
     names = sdist_names(dist)
     generated = {"PKG-INFO", "setup.cfg"} | {
-        n for n in names if n.startswith("instrument.egg-info/")
+        n for n in names if n.startswith("codomyrmex_instrument.egg-info/")
     }
     assert names - generated == sources
     assert not [n for n in names if "__pycache__" in n or n.endswith((".pyc", ".pyo"))]
@@ -115,7 +115,7 @@ def test_the_wheel_ships_the_package_alone(dist: Path) -> None:
             archive.read(next(n for n in names if n.endswith(".dist-info/METADATA"))).decode()
         )
     tops = {name.split("/", 1)[0] for name in names}
-    assert tops == {"instrument", "instrument-0.1.0.dist-info"}
+    assert tops == {"instrument", "codomyrmex_instrument-0.1.0.dist-info"}
     assert "instrument/py.typed" in names and "instrument/cli.py" in names
     # The demo and its LLM server are shipped: `instrument demo` works from a wheel.
     assert {"instrument/demo/__init__.py", "instrument/demo/llm_server.py"} <= set(names)

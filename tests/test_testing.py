@@ -33,15 +33,15 @@ def run_pipeline() -> None:
 
 
 def test_the_plugin_fixture_collects_module_level_decorators(
-    instrumentation: Instrumentation,
+    instrument_isolated: Instrumentation,
 ) -> None:
-    assert get_instrumentation() is instrumentation
+    assert get_instrumentation() is instrument_isolated
     run_pipeline()
-    assert_analyses(instrumentation, "static_analysis", "codebase", success=2, error=1)
-    assert_sample(instrumentation, "active_jobs", {"job_type": "static_analysis"}, 0)
+    assert_analyses(instrument_isolated, "static_analysis", "codebase", success=2, error=1)
+    assert_sample(instrument_isolated, "active_jobs", {"job_type": "static_analysis"}, 0)
     assert (
         sample_value(
-            instrumentation,
+            instrument_isolated,
             "codomyrmex_analyses_total",
             {"module": "static_analysis", "analysis_type": "codebase", "status": "cancelled"},
         )
@@ -49,20 +49,22 @@ def test_the_plugin_fixture_collects_module_level_decorators(
     )
 
 
-def test_each_test_gets_a_fresh_instrumentation(instrumentation: Instrumentation) -> None:
+def test_each_test_gets_a_fresh_instrumentation(instrument_isolated: Instrumentation) -> None:
     analyze(True)
-    assert_analyses(instrumentation, "static_analysis", "codebase", success=1, error=0)
+    assert_analyses(instrument_isolated, "static_analysis", "codebase", success=1, error=0)
 
 
-def test_a_failed_assertion_lists_the_samples_that_exist(instrumentation: Instrumentation) -> None:
+def test_a_failed_assertion_lists_the_samples_that_exist(
+    instrument_isolated: Instrumentation,
+) -> None:
     run_pipeline()
     with pytest.raises(AssertionError) as info:
-        assert_analyses(instrumentation, "static_analysis", "codebase", success=3)
+        assert_analyses(instrument_isolated, "static_analysis", "codebase", success=3)
     message = str(info.value)
     assert "expected codomyrmex_analyses_total" in message and "== 3, found 2.0" in message
     assert "'status': 'error'} = 1.0" in message
     with pytest.raises(AssertionError, match="no samples with that name"):
-        assert_sample(instrumentation, "no_such_metric", {}, 1)
+        assert_sample(instrument_isolated, "no_such_metric", {}, 1)
 
 
 def test_isolated_instrumentation_restores_the_previous_default() -> None:

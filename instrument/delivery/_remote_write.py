@@ -219,7 +219,8 @@ def _user_agent() -> str:
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        return f"instrument/{version('instrument')} (remote write)"
+        # The distribution's name, not the import name (instrument on PyPI is another project).
+        return f"instrument/{version('codomyrmex-instrument')} (remote write)"
     except PackageNotFoundError:  # run from a source tree that was never installed
         return "instrument (remote write)"
 

@@ -251,6 +251,15 @@ def _table(title: str, header: list[str], rows: list[list[str]], out: TextIO) ->
         out.write("  " + "  ".join(cells) + "\n")
 
 
+#: What each quality gauge of the tour holds: a gauge keeps only the latest value set, so
+#: the per-file one shows the last file's score, not a total.
+_SCORE_MEANING = {
+    "static_analysis": "the last file analysed",
+    "indexer": "mean of the files, set by the reindex job",
+    "overall": "mean of the files",
+}
+
+
 def summarize(inst: Instrumentation, out: TextIO) -> None:
     """Print what the registry holds, read back the way Prometheus would."""
     reg, metric = inst.registry, inst.metrics.names()
@@ -281,12 +290,17 @@ def summarize(inst: Instrumentation, out: TextIO) -> None:
     active = [[lab["job_type"], f"{v:.0f}"] for lab, v in _samples(reg, metric["active_jobs"])]
     _table("Active jobs (0: all ended)", ["job_type", "active"], active, out)
     scores = sorted(
-        [f"{lab['project']}/{lab['module']}", f"{v:.1f}"]
+        [f"{lab['project']}/{lab['module']}", f"{v:.1f}", _SCORE_MEANING.get(lab["module"], "")]
         for lab, v in _samples(reg, metric["code_quality_score"])
     )
     if len(scores) > 12:
-        scores = [*scores[:12], [f"... {len(scores) - 12} more", ""]]
-    _table("Quality scores", ["project/module", "score"], scores, out)
+        scores = [*scores[:12], [f"... {len(scores) - 12} more", "", ""]]
+    _table(
+        "Quality scores (a gauge: the latest value set)",
+        ["project/module", "score", "what it is"],
+        scores,
+        out,
+    )
 
     calls: dict[tuple[str, str], dict[str, float]] = {}
     for labels, value in _samples(reg, metric["ai_api_calls"]):
@@ -354,16 +368,15 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
                     f"could not push to the Pushgateway at {mask_url(args.pushgateway)}: is it "
                     "running and reachable? (the run's numbers are shown above)"
                 )
-            out.write(f"\nPushed to {mask_url(args.pushgateway)} (job instrument-demo).\n")
+            out.write(
+                f"\nPushed to the Pushgateway at {mask_url(args.pushgateway)}: every metric above"
+                " (job instrument-demo); see it there under /metrics.\n"
+            )
         if grafana is not None:
             grafana.apply(build_dashboard(inst, uid=DASHBOARD_UID), out)
+        out.write(next_steps(bool(args.pushgateway)))
         if server is not None:
             _serve(server, out)
-        else:
-            out.write(
-                "\nSee the raw metrics: instrument demo --serve 9464, then curl "
-                "http://127.0.0.1:9464/metrics\n"
-            )
     finally:
         if server is not None:
             server.shutdown()
@@ -371,7 +384,32 @@ def run_demo(args: argparse.Namespace, out: TextIO | None = None) -> int:
     return 0
 
 
+#: Said before the tour: what a first-time reader would otherwise take for real.
+STAGED = (
+    "What is staged: the LLM calls go to a local OpenAI-compatible stand-in on 127.0.0.1\n"
+    "(no real API is called, nothing is spent); broken_example.py is broken on purpose\n"
+    "(the error path); the stand-in answers gpt-4o-overloaded with a staged 429.\n"
+)
+
+
+def next_steps(pushed: bool) -> str:
+    """The tour's last words: what was delivered where, and three things to do next."""
+    where = (
+        "" if pushed else "\nNothing was pushed: the numbers above lived in this process only.\n"
+    )
+    return (
+        f"{where}\nNext steps:\n"
+        "  1. Decorate your own function:\n"
+        '       @monitored_analysis("static_analysis", "codebase")  (from instrument)\n'
+        "  2. Serve /metrics (prometheus_client's start_http_server(8000) shows it; here:\n"
+        "     instrument demo --serve 9464) or push: configure(pushgateway=URL)\n"
+        "  3. Import the dashboard: instrument dashboard --output dashboard.json, then\n"
+        "     Grafana's Dashboards > New > Import (or instrument dashboard --apply)\n"
+    )
+
+
 def _tour(inst: Instrumentation, root: Path, args: argparse.Namespace, out: TextIO) -> None:
+    out.write(STAGED)
     started = time.perf_counter()
     _pipeline(inst, root, not args.quiet, out)
     with_ai = _ai_calls(inst)
