@@ -142,7 +142,8 @@ class AICall(Probe):
         if self._b is None:
             return result
         # A generator function's chunks came through item(); its return value is no stream.
-        if self._items is None:
+        # Nor is a result of a type already found plain (see _take): one set lookup.
+        if self._items is None and type(result) not in self._tracker.plain_types:
             try:
                 handed = self._take(result, owner=True)
             except Exception:
@@ -207,6 +208,10 @@ class AICall(Probe):
             if unread_raw_response(result):  # its awaited parse() may give a stream
                 self._note(result)
                 return RawResponse(result, Stream(self, owner), mode, ends=True)
+            if getattr(type(result), "parse", None) is None:
+                # Neither a stream nor a raw response, by its type alone (``stream_kind``
+                # and ``is_raw_response`` read the class): every result of it is plain.
+                remember_plain(self._tracker.plain_types, type(result))
             return None
         kind = stream_kind(body, mode)
         if kind and not kind & MANAGER:
@@ -269,8 +274,10 @@ class AICall(Probe):
             return
         try:
             now = perf_counter() if end is None else end
-            with usage_lock:
-                streams, self._streams = self._streams, None
+            streams = None
+            if self._streams is not None:  # the usual call had none: no lock taken
+                with usage_lock:
+                    streams, self._streams = self._streams, None
             if streams is not None:
                 # Still open at the call's end: what they reported so far counts.
                 for stream in streams:
@@ -295,6 +302,16 @@ class AICall(Probe):
                 return b.static, fixed
             model = self._seen_model or UNKNOWN_MODEL
         return b.models.series(self._tracker._label(model)), model
+
+
+#: How many result types one tracker remembers as plain: a bound, as a program may make
+#: types as it runs.
+PLAIN_TYPES_KEPT = 64
+
+
+def remember_plain(plain: set[type], cls: type) -> None:
+    if len(plain) < PLAIN_TYPES_KEPT:
+        plain.add(cls)
 
 
 def record_abandoned_streams() -> None:
