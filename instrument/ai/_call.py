@@ -249,7 +249,8 @@ class AICall(Probe):
         """Read the usage (and the model) of a response; never raises."""
         if response is None:
             return
-        self._note(response)
+        if self._seen is None:  # _note, inlined: this runs for every response and chunk
+            self._seen = type(response).__name__
         try:
             usage = self._tracker._extract(response)
             if usage is not None:

@@ -314,7 +314,8 @@ def extract_usage(response: Any) -> Usage | None:
     get = READERS.get(type(response)) or reader_of(response)
     if get is no_fields:
         return None
-    usage = _usage_field(response, get)
+    # A dict's get never raises: only other objects go through the guarded read.
+    usage = response.get("usage", _ABSENT) if get is dict.get else _usage_field(response, get)
     if usage is None:
         # A shape whose usage is its own field, empty in this one: an OpenAI-style
         # stream's chunk before the last. Nothing else in it holds usage.
