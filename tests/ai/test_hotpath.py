@@ -18,11 +18,13 @@ from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
 
 from instrument import Instrumentation
-from instrument.ai._call import PLAIN_TYPES_KEPT
 from instrument.usage import MAX_TOKENS, extract_usage
 
 from ..ai_fakes import as_object, openai_chat, openai_chat_chunks
 from ..support import calls, token_counts
+
+#: The bound on the plain result types one tracker remembers (``ai._call``).
+PLAIN_TYPES_KEPT = 64
 
 
 @pytest.fixture
