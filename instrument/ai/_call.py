@@ -283,7 +283,11 @@ class AICall(Probe):
                 # Still open at the call's end: what they reported so far counts.
                 for stream in streams:
                     stream.settle_open()
-            series, name = self._series(b)
+            # The fixed model's series, bound at the binding: the usual case, no call.
+            if self._model is None and b.static is not None:
+                series, name = b.static, cast(str, self._tracker.options.model)
+            else:
+                series, name = self._series(b)
             usage = self._usage
             series.record(
                 status, now - self._t0, self._first, usage, exc, self._seen, self._failure

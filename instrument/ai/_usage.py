@@ -211,7 +211,9 @@ def _openai_chat(usage: Any, get: Reader) -> Usage | None:
     reasoning = get(usage, "completion_tokens_details")
     if reasoning is not None:
         reasoning = _count(reasoning, "reasoning_tokens")
-    return _usage(prompt, completion, cached, written, reasoning)
+    if prompt is None and completion is None:  # a chat block whose counts are all malformed
+        return _usage(prompt, completion, cached, written, reasoning)
+    return Usage(prompt or 0, completion or 0, cached or 0, written or 0, reasoning or 0)
 
 
 def _input_output(usage: Any) -> Usage | None:
