@@ -292,7 +292,7 @@ def run_async(settings: Settings) -> Section:
         import prometheus_async  # noqa: F401
     except ImportError:
         section.skipped.append(
-            "prometheus-async is not installed: pip install -e '.[bench]' (the bench extra)"
+            "prometheus-async is not installed: pip install -e '.[dev]' (the dev extra)"
         )
         return section
     inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from .ai import AICall, AICallTracker, track_ai_call
@@ -21,11 +20,6 @@ from .defaults import apush, configure, flush, get_instrumentation, push
 from .instrumentation import Instrumentation
 from .metrics import METRICS, Metrics
 from .objectives import Objective
-
-try:
-    __version__ = version("codomyrmex-instrument")
-except PackageNotFoundError:  # pragma: no cover - running from a source tree
-    __version__ = "0.0.0"
 
 __all__ = [
     "METRICS",
@@ -65,6 +59,17 @@ __all__ = [
 def __getattr__(name: str) -> Any:
     # The Grafana client pulls in aiohttp: import it only when it is asked for. The seed's
     # GrafanaIntegration is found here too, outside __all__ as the other shims are.
+    if name == "__version__":
+        # Looked up on first use: finding the installed distribution scans sys.path, a
+        # few ms that every ``import instrument`` would otherwise pay.
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            found = version("codomyrmex-instrument")
+        except PackageNotFoundError:  # pragma: no cover - running from a source tree
+            found = "0.0.0"
+        globals()["__version__"] = found
+        return found
     if name in _LAZY:
         import importlib
 

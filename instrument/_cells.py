@@ -91,6 +91,7 @@ class CellSeries:
         "_bounds",
         "_buckets",
         "_cells",
+        "_first_bucket",
         "_gauge",
         "_histogram",
         "_keeper",
@@ -125,6 +126,7 @@ class CellSeries:
         self._gauge = 0 if gauge is None else gauge
         self._step = 0 if gauge is None else 1
         self._histogram = histogram
+        self._first_bucket = histogram + 1  # one addition less per end
         self._bounds: list[float] = (
             list(histograms[histogram]._upper_bounds) if histogram in histograms else []
         )
@@ -203,11 +205,11 @@ class CellSeries:
             values = cell.values
             values[self._gauge] -= self._step
             values[status] += 1
-            hist = self._histogram
-            values[hist] += seconds
-            values[hist + 1 + bisect_left(self._bounds, seconds)] += 1
-            for index, amount in amounts:
-                values[index] += amount
+            values[self._histogram] += seconds
+            values[self._first_bucket + bisect_left(self._bounds, seconds)] += 1
+            if amounts:
+                for index, amount in amounts:
+                    values[index] += amount
         finally:
             lock.release()
             cell.writing = False

@@ -11,7 +11,6 @@ import copy
 import functools
 import inspect
 import logging
-import pickle
 import sys
 import types
 from collections.abc import Callable
@@ -169,6 +168,8 @@ class InstrumentedFunction(wrapt.FunctionWrapper):  # type: ignore[type-arg]
         # A bound method, or a function decorated under another name, has a qualified name
         # that finds the undecorated one: pickle would only say "not the same object".
         if not isinstance(qualname, str) or inspect.ismethod(wrapped) or _finds_other(self):
+            import pickle  # here: only a pickling process needs it, not every import
+
             raise pickle.PicklingError(
                 f"cannot pickle a decorated {type(wrapped).__name__}: a decorated "
                 "callable pickles by its module-level name, and this one has none; decorate "

@@ -142,7 +142,8 @@ class AICall(Probe):
         if self._b is None:
             return result
         # A generator function's chunks came through item(); its return value is no stream.
-        if self._items is None:
+        # Nor is a result of a type already found plain (see _take): one set lookup.
+        if self._items is None and type(result) not in self._tracker.plain_types:
             try:
                 handed = self._take(result, owner=True)
             except Exception:
@@ -207,6 +208,10 @@ class AICall(Probe):
             if unread_raw_response(result):  # its awaited parse() may give a stream
                 self._note(result)
                 return RawResponse(result, Stream(self, owner), mode, ends=True)
+            if getattr(type(result), "parse", None) is None:
+                # Neither a stream nor a raw response, by its type alone (``stream_kind``
+                # and ``is_raw_response`` read the class): every result of it is plain.
+                remember_plain(self._tracker.plain_types, type(result))
             return None
         kind = stream_kind(body, mode)
         if kind and not kind & MANAGER:
@@ -244,7 +249,8 @@ class AICall(Probe):
         """Read the usage (and the model) of a response; never raises."""
         if response is None:
             return
-        self._note(response)
+        if self._seen is None:  # _note, inlined: this runs for every response and chunk
+            self._seen = type(response).__name__
         try:
             usage = self._tracker._extract(response)
             if usage is not None:
@@ -269,13 +275,19 @@ class AICall(Probe):
             return
         try:
             now = perf_counter() if end is None else end
-            with usage_lock:
-                streams, self._streams = self._streams, None
+            streams = None
+            if self._streams is not None:  # the usual call had none: no lock taken
+                with usage_lock:
+                    streams, self._streams = self._streams, None
             if streams is not None:
                 # Still open at the call's end: what they reported so far counts.
                 for stream in streams:
                     stream.settle_open()
-            series, name = self._series(b)
+            # The fixed model's series, bound at the binding: the usual case, no call.
+            if self._model is None and b.static is not None:
+                series, name = b.static, cast(str, self._tracker.options.model)
+            else:
+                series, name = self._series(b)
             usage = self._usage
             series.record(
                 status, now - self._t0, self._first, usage, exc, self._seen, self._failure
@@ -295,6 +307,16 @@ class AICall(Probe):
                 return b.static, fixed
             model = self._seen_model or UNKNOWN_MODEL
         return b.models.series(self._tracker._label(model)), model
+
+
+#: How many result types one tracker remembers as plain: a bound, as a program may make
+#: types as it runs.
+PLAIN_TYPES_KEPT = 64
+
+
+def remember_plain(plain: set[type], cls: type) -> None:
+    if len(plain) < PLAIN_TYPES_KEPT:
+        plain.add(cls)
 
 
 def record_abandoned_streams() -> None:

@@ -132,7 +132,8 @@ class ModelSeries:
                 seconds,
                 ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens)),
             )
-            self._details(usage)
+            if usage.cache_read or usage.cache_creation or usage.reasoning:
+                self._details(usage)
         if first_token is not None:
             self._child("ai_time_to_first_token").observe(first_token)
         if usage is None and status != "error":

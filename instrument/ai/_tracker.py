@@ -77,6 +77,9 @@ class AICallTracker(Policy[AICall, AIBinding]):
             extract_usage if self.options.usage is None else self._extract_with
         )
         self._warned: set[str] = set()
+        #: Result types that are neither streams nor raw responses (found by ``AICall``):
+        #: a type's protocols do not change, so each is inspected once.
+        self.plain_types: set[type] = set()
         self._null = AICall(None, self, None)
         # model=None covers every model of the provider: the label is the call's.
         covered: tuple[tuple[str, str], ...] = (("provider", provider),)

@@ -136,16 +136,21 @@ def _count(container: Any, *names: str) -> int | None:
     read = READERS.get(type(container)) or reader_of(container)
     for name in names:
         value = read(container, name)
-        if value is None:
-            continue
-        if type(value) is int and 0 <= value <= MAX_TOKENS:  # the usual case, first
-            return value
-        if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
-            return value
-        if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TOKENS:
-            return int(value)
-        logger.debug("instrument: malformed usage field %s=%r skipped", name, value)
-        return None
+        if value is not None:
+            if type(value) is int and 0 <= value <= MAX_TOKENS:  # the usual case, inlined
+                return value
+            return _unusual_count(name, value)
+    return None
+
+
+def _unusual_count(name: str, value: Any) -> int | None:
+    """A reported count that is not a plain int in range: an int subclass or a whole
+    float is taken, anything else logged and skipped."""
+    if isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= MAX_TOKENS:
+        return value
+    if isinstance(value, float) and value.is_integer() and 0 <= value <= MAX_TOKENS:
+        return int(value)
+    logger.debug("instrument: malformed usage field %s=%r skipped", name, value)
     return None
 
 
@@ -182,10 +187,18 @@ def _first(*counts: int | None) -> int | None:
     return None
 
 
-def _openai_chat(usage: Any) -> Usage | None:
+def _openai_chat(usage: Any, get: Reader) -> Usage | None:
+    # The most common shape, read for every response and chunk: fields read with ``get``
+    # (a C call for a dict) and the usual plain int checked inline, not a call per field.
+    prompt = get(usage, "prompt_tokens")
+    if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_TOKENS):
+        prompt = _unusual_count("prompt_tokens", prompt)
+    completion = get(usage, "completion_tokens")
+    if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_TOKENS):
+        completion = _unusual_count("completion_tokens", completion)
     # prompt_tokens includes the cache, reads and writes alike (LiteLLM adds Anthropic's
     # cache fields into it); LiteLLM also repeats them beside prompt_tokens, Anthropic-named.
-    details = read_field(usage, "prompt_tokens_details")
+    details = get(usage, "prompt_tokens_details")
     cached = written = None
     if details is not None:
         cached = _count(details, "cached_tokens")
@@ -195,13 +208,12 @@ def _openai_chat(usage: Any) -> Usage | None:
         cached = _count(usage, "cache_read_input_tokens")
     if written is None:
         written = _count(usage, "cache_creation_input_tokens")
-    return _usage(
-        _count(usage, "prompt_tokens"),
-        _count(usage, "completion_tokens"),
-        cache_read=cached,
-        cache_creation=written,
-        reasoning=_nested(usage, "completion_tokens_details", "reasoning_tokens"),
-    )
+    reasoning = get(usage, "completion_tokens_details")
+    if reasoning is not None:
+        reasoning = _count(reasoning, "reasoning_tokens")
+    if prompt is None and completion is None:  # a chat block whose counts are all malformed
+        return _usage(prompt, completion, cached, written, reasoning)
+    return Usage(prompt or 0, completion or 0, cached or 0, written or 0, reasoning or 0)
 
 
 def _input_output(usage: Any) -> Usage | None:
@@ -269,7 +281,7 @@ def _read_usage(usage: Any) -> Usage | None:
     """Pick the reader by the usage block's own fields."""
     get = READERS.get(type(usage)) or reader_of(usage)
     if get(usage, "prompt_tokens") is not None or get(usage, "completion_tokens") is not None:
-        return _openai_chat(usage)
+        return _openai_chat(usage, get)
     if (
         read_field(usage, "input_tokens") is not None
         or read_field(usage, "output_tokens") is not None
@@ -304,7 +316,8 @@ def extract_usage(response: Any) -> Usage | None:
     get = READERS.get(type(response)) or reader_of(response)
     if get is no_fields:
         return None
-    usage = _usage_field(response, get)
+    # A dict's get never raises: only other objects go through the guarded read.
+    usage = response.get("usage", _ABSENT) if get is dict.get else _usage_field(response, get)
     if usage is None:
         # A shape whose usage is its own field, empty in this one: an OpenAI-style
         # stream's chunk before the last. Nothing else in it holds usage.

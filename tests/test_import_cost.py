@@ -1,0 +1,83 @@
+"""What ``import instrument`` costs beyond its dependencies (issue 13, import target).
+
+Each test runs a fresh interpreter (about a second: not marked ``subprocess``, which is for
+the CLI and builds): ``sys.modules`` of this one already holds everything.
+The target compares ``import instrument`` with ``import prometheus_client, wrapt``, so what
+matters is what instrument adds to them: its own modules and as little else as possible.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+#: Loaded by ``import instrument`` only on demand: the Grafana client and aiohttp, the
+#: generated artifacts, the CLI, the demo, and pickle (for a decorated callable's pickling).
+_ON_DEMAND = (
+    "aiohttp",
+    "pickle",
+    "instrument.grafana",
+    "instrument.dashboard",
+    "instrument.rules",
+    "instrument.cli",
+    "instrument.demo",
+)
+#: Modules the delivery uses, which the dependencies already import (prometheus_client's
+#: exposition: ssl, urllib.request, http.client; wrapt: asyncio). If a dependency stops
+#: importing one, instrument must not be what brings it in at import.
+_DELIVERY_STDLIB = ("asyncio", "ssl", "urllib.request", "http.client")
+
+
+def _run(code: str) -> str:
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_import_adds_nothing_heavy_beyond_the_dependencies() -> None:
+    out = _run(
+        """
+        import json, sys
+        import prometheus_client, wrapt
+        deps = set(sys.modules)
+        import instrument
+        print(json.dumps({"deps": sorted(deps), "added": sorted(set(sys.modules) - deps)}))
+        """
+    )
+    found = json.loads(out)
+    deps, added = set(found["deps"]), set(found["added"])
+    assert "instrument" in added
+    loaded = [m for m in added if any(m == p or m.startswith(p + ".") for p in _ON_DEMAND)]
+    assert sorted(loaded) == []
+    assert [m for m in _DELIVERY_STDLIB if m in added] == []
+    # What the dependencies bring is theirs, not a cost of ours: said here so that a change
+    # in them shows (then the delivery's imports of these must become lazy).
+    assert [m for m in _DELIVERY_STDLIB if m not in deps] == []
+
+
+def test_the_version_is_looked_up_on_first_use_only() -> None:
+    """Finding the installed distribution scans sys.path: ``import instrument`` must not
+    pay it; ``instrument.__version__`` (and the CLI's ``--version``) still give it."""
+    out = _run(
+        """
+        import importlib.metadata as metadata
+        real = metadata.version
+        def refuse(name):
+            raise SystemExit("version() called during import instrument")
+        metadata.version = refuse
+        import instrument
+        metadata.version = real
+        print(instrument.__version__ == real("instrument"), instrument.__version__)
+        """
+    )
+    same, version = out.split()
+    assert same == "True"
+    assert version[0].isdigit()
