@@ -182,6 +182,7 @@ def claim_series(target: _Writer, *, refuse: bool = True) -> None:
         _release_locked(target)
         other = _writers.get(identity)
         if refuse and other is not None and other is not target:
+            other = None  # held here, it could not be collected
             gc.collect()  # an instrumentation dropped without close() is no writer
             other = _writers.get(identity)
         if refuse and other is not None and other is not target:
