@@ -13,7 +13,8 @@ import re
 import time
 from typing import TYPE_CHECKING, Any
 
-from ._command import CommandError, UsageError, standard_output
+from ._arguments import add_tls_options
+from ._command import CommandError, UsageError, standard_output, tls_options
 
 if TYPE_CHECKING:
     from .delivery import Group, PushTarget
@@ -62,9 +63,10 @@ def _job(text: str) -> str:
     return text
 
 
-def _target(url: str | None) -> PushTarget:
+def _target(url: str | None, args: argparse.Namespace) -> PushTarget:
     """The gateway of --pushgateway (else INSTRUMENT_PUSHGATEWAY_URL), with the credentials
-    and TLS settings the library reads from the environment."""
+    and TLS settings the library reads from the environment (--ca-file and --insecure
+    over them)."""
     from .config import from_environment
     from .delivery import PushTarget
 
@@ -74,6 +76,8 @@ def _target(url: str | None) -> PushTarget:
     except ValueError as exc:
         raise CommandError(str(exc)) from None
     given = url or settings.pop("pushgateway", None)
+    if args.insecure or args.ca_file:
+        settings.update(tls_options(args))
     if not given:
         raise UsageError(
             "gateway prune needs the gateway: pass --pushgateway URL or set "
@@ -85,36 +89,61 @@ def _target(url: str | None) -> PushTarget:
         raise CommandError(str(exc)) from None
 
 
-def _shown(group: Group) -> str:
-    names = sorted(group.labels, key=lambda name: (name != "job", name))  # job first
-    labels = ", ".join(f"{name}={json.dumps(group.labels[name])}" for name in names)
+def _shown(group: Group, target: PushTarget) -> str:
+    # What the gateway listed may hold what it was sent (an echoing proxy): scrubbed.
+    shown = target.scrubber.scrub_data(group.labels)
+    names = sorted(shown, key=lambda name: (name != "job", name))  # job first
+    labels = ", ".join(f"{name}={json.dumps(shown[name])}" for name in names)
     return f"{{{labels}}}"
 
 
 def _prune(args: argparse.Namespace) -> int:
     from .delivery import PushFailed, prune_groups
 
-    target = _target(args.pushgateway)
-    try:
-        found = prune_groups(target, args.older_than, job=args.job, dry_run=args.dry_run)
-    except PushFailed as exc:
-        raise CommandError(f"cannot list the gateway's groups: {exc}") from None
+    target = _target(args.pushgateway, args)
     out = standard_output()
     now = time.time()
     verb = "would delete" if args.dry_run else "deleted"
-    for group in found.deleted:
-        out.write(
-            f"{verb} {_shown(group)}, last pushed {format_duration(now - group.pushed)} ago\n"
-        )
+    done: list[Group] = []
+
+    def each(group: Group, reason: str | None) -> None:
+        # Said as it happens: a prune interrupted, or stopped by its limit, still said
+        # what it had deleted.
+        if reason is None:
+            done.append(group)
+            ago = format_duration(now - group.pushed)
+            out.write(f"{verb} {_shown(group, target)}, last pushed {ago} ago\n")
+            out.flush()
+
+    try:
+        found = prune_groups(target, args.older_than, job=args.job, dry_run=args.dry_run,
+                             timeout=args.timeout, within=args.max_time, each=each)  # fmt: skip
+    except PushFailed as exc:
+        raise CommandError(f"cannot list the gateway's groups: {exc}") from None
+    except KeyboardInterrupt:
+        out.write(f"interrupted: {len(done)} group(s) {verb} before it\n")
+        out.flush()
+        raise
     older = format_duration(args.older_than)
     out.write(f"{len(found.deleted)} group(s) older than {older} {verb}\n")
     out.flush()
     if found.failed:
         group, reason = found.failed[0]
         raise CommandError(
-            f"{len(found.failed)} group(s) could not be deleted, e.g. {_shown(group)}: {reason}"
+            f"{len(found.failed)} group(s) could not be deleted, e.g. "
+            f"{_shown(group, target)}: {reason}"
         )
     return 0
+
+
+def _seconds(text: str) -> float:
+    try:
+        seconds = float(text)
+    except ValueError:
+        seconds = 0.0
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a positive number of seconds")
+    return seconds
 
 
 def add_gateway(commands: argparse._SubParsersAction[Any]) -> None:
@@ -129,9 +158,9 @@ def add_gateway(commands: argparse._SubParsersAction[Any]) -> None:
         "prune",
         help="delete the groups last pushed longer ago than --older-than",
         description="Delete every group whose push_time_seconds is older than --older-than "
-        "(only --job's, if given) and print each one deleted. Credentials come from the URL "
-        "(user:pass@) or INSTRUMENT_PUSHGATEWAY_TOKEN / _USERNAME / _PASSWORD, TLS from "
-        "INSTRUMENT_TLS_VERIFY and INSTRUMENT_CA_FILE.",
+        "(only --job's, if given) and print each one as it is deleted. Credentials come from "
+        "the URL (user:pass@) or INSTRUMENT_PUSHGATEWAY_TOKEN / _USERNAME / _PASSWORD, TLS "
+        "from INSTRUMENT_TLS_VERIFY and INSTRUMENT_CA_FILE (or --ca-file, --insecure).",
     )
     prune.add_argument(
         "--pushgateway",
@@ -150,6 +179,21 @@ def add_gateway(commands: argparse._SubParsersAction[Any]) -> None:
     prune.add_argument(
         "--dry-run", action="store_true", help="print what would be deleted, delete nothing"
     )
+    prune.add_argument(
+        "--timeout",
+        type=_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="the longest each request to the gateway may take (default: 10)",
+    )
+    prune.add_argument(
+        "--max-time",
+        type=_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="the longest the whole prune may take; groups left are reported (default: 300)",
+    )
+    add_tls_options(prune, "the gateway")
     # -v also after the action's name, as after any command's (cli.py adds it to those).
     prune.add_argument(
         "-v", "--verbose", action="count", default=argparse.SUPPRESS, help="show the library's log"

@@ -15,7 +15,9 @@ _SCHEME_RE = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*")
 
 
 def mask_url(url: str) -> str:
-    """``url`` with any ``user:password@`` replaced by ``***@``, safe to log. Never raises.
+    """``url`` with any ``user:password@`` replaced by ``***@`` and every query value and
+    fragment by ``***`` (an ``?api_key=`` is as secret as a password), safe to log. Never
+    raises.
 
     Everything up to the last ``@`` is masked, so a password holding a ``/`` (which URL
     parsers take for the start of the path) is masked too.
@@ -24,10 +26,15 @@ def mask_url(url: str) -> str:
     # Only a real scheme counts: in "user:pa://ss@host" the "://" is the password's.
     if not sep or not _SCHEME_RE.fullmatch(scheme):
         scheme, sep, rest = "", "", url
-    if "@" not in rest:
-        return url
-    host_and_path = rest.rpartition("@")[2]
-    return f"{scheme}{sep}***@{host_and_path}"
+    if "@" in rest:
+        rest = "***@" + rest.rpartition("@")[2]
+    rest, hashed, _ = rest.partition("#")
+    rest, asked, query = rest.partition("?")
+    if asked:
+        # Names stay (they say which setting it is), values go; a bare part may be a key.
+        parts = (p.partition("=") for p in query.split("&"))
+        rest += "?" + "&".join(f"{n}=***" if eq else ("***" if n else "") for n, eq, _ in parts)
+    return f"{scheme}{sep}{rest}{'#***' if hashed else ''}"
 
 
 def split_url(

@@ -24,7 +24,17 @@ from .._scrub import Scrubber
 from .._threads import start_daemon
 from ..metrics import Metrics
 from ._aiohttp import LoopSessions
-from ._flusher_thread import FlushState, backoff, flusher, log_stretch, stretched_gap, wake
+from ._flusher_thread import (
+    PUSH_MODES,
+    FlushState,
+    backoff,
+    check_mode,
+    flusher,
+    log_stretch,
+    log_undelivered,
+    stretched_gap,
+    wake,
+)
 from ._http import PushFailed, describe
 from ._lifecycle import EXIT_FLUSH_TIMEOUT, instance_label, multiprocess_enabled, track
 from ._pushgateway import PushTarget
@@ -40,7 +50,6 @@ __all__ = ["PUSH_MODES", "Delivery"]
 
 logger = logging.getLogger("instrument")
 
-PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
 _NO_SECRETS = Scrubber(())
 
 
@@ -60,19 +69,7 @@ class Delivery:
         collect: Callable[[], CollectorRegistry],
         remote_write: RemoteWriteTarget | None = None,
     ) -> None:
-        if mode is None:
-            mode = "coalesce" if gateway or remote_write or textfile else "off"
-        if mode not in PUSH_MODES:
-            raise ValueError(f"push_mode must be one of {', '.join(PUSH_MODES)}; got {mode!r}")
-        if not interval > 0:
-            raise ValueError(
-                f"push_interval must be a positive number of seconds, got {interval!r}"
-            )
-        if mode != "off" and not (gateway or remote_write or textfile):
-            raise ValueError(
-                f"push_mode={mode!r} needs a target: pass pushgateway=URL, remote_write=URL "
-                "or textfile=PATH"
-            )
+        mode = check_mode(mode, interval, bool(gateway or remote_write or textfile))
         self.metrics = metrics
         self.gateway = gateway
         self.remote_write = remote_write
@@ -84,7 +81,7 @@ class Delivery:
         self._collect = collect
         self._owner_pid = os.getpid()
         self._multiprocess = multiprocess_enabled()
-        self._closed = False
+        self._closed = self._remote_only = False  # remote write alone: set at close
         self._last_success = 0.0
         self._stretch_logged = False
         self._push_seconds = 0.0  # the last push's Snapshot.seconds: it outlives a fork
@@ -129,7 +126,7 @@ class Delivery:
         if self.gateway is not None and self._instance:
             self.gateway.grouping_key["instance"] = label
         if self.remote_write is not None:  # always labelled: two writers of one series corrupt it
-            self.remote_write.reset(label)
+            self.remote_write.reset(label, given=label == self._instance)
 
     def __repr__(self) -> str:
         remote = "" if self.remote_write is None else f", remote_write={self.remote_write!r}"
@@ -300,7 +297,9 @@ class Delivery:
 
     def _targets(self, gateway: PushTarget | None) -> list[_Target]:
         """Every target of one attempt: ``gateway`` (the usual one, or a job's own), then
-        remote write and the textfile."""
+        remote write and the textfile; remote write alone at the close of ``off`` mode."""
+        if self._remote_only:
+            return [self.remote_write] if self.remote_write else []
         targets: list[_Target | None] = [gateway, self.remote_write, self._file]
         return [target for target in targets if target is not None]
 
@@ -426,8 +425,7 @@ class Delivery:
         """Wait until the latest state is delivered (or ``timeout`` passes); True if it was."""
         if self._is_worker() or not self._has_target or self.mode == "off":
             return True
-        ok = self.deliver_now(timeout)
-        if ok:
+        if ok := self.deliver_now(timeout):
             self._schedule(True)
         return ok
 
@@ -455,10 +453,15 @@ class Delivery:
         return thread
 
     def _final_pending(self) -> bool:
+        """Whether close delivers once more (in ``off`` mode: RemoteWriteTarget.closing)."""
         run_before_snapshot()  # deferred recording may still mark the state dirty
         # In multiprocess mode the workers' records never make the owner dirty: only a
         # push collecting across processes leaves their final totals on the gateway.
-        return self.mode != "off" and not self._is_worker() and (self._dirty or self._multiprocess)
+        dirty = self._dirty or self._multiprocess
+        pending = self.mode != "off" and not self._is_worker() and dirty
+        if self.remote_write is not None:
+            self._remote_only = self.remote_write.closing(pending, off=self.mode == "off")
+        return pending or self._remote_only
 
     def close(self, timeout: float = EXIT_FLUSH_TIMEOUT) -> None:
         """Stop the flusher, deliver the final state, optionally delete the group: all within
@@ -469,8 +472,8 @@ class Delivery:
         thread = self._stop_flusher()
         if thread is not None and thread is not threading.current_thread():
             thread.join(max(deadline - time.monotonic(), 0))
-        if self._final_pending():
-            self.deliver_now(max(deadline - time.monotonic(), 0.001))
+        if self._final_pending() and not self.deliver_now(max(deadline - time.monotonic(), 0.001)):
+            log_undelivered(self._target_text())
         if self._delete_on_exit and self._owns_group():
             self.delete(max(deadline - time.monotonic(), 0.001))
         if self.remote_write is not None:  # staleness markers, after the final values
@@ -485,8 +488,9 @@ class Delivery:
         thread = self._stop_flusher()
         if thread is not None:
             await asyncio.to_thread(thread.join, max(deadline - time.monotonic(), 0))
-        if self._final_pending():
-            await self.push_async(timeout=max(deadline - time.monotonic(), 0.001))
+        limit = max(deadline - time.monotonic(), 0.001)
+        if self._final_pending() and not await self.push_async(timeout=limit):
+            log_undelivered(self._target_text())
         if self._delete_on_exit and self._owns_group():
             await asyncio.to_thread(self.delete, max(deadline - time.monotonic(), 0.001))
         if self.remote_write is not None:

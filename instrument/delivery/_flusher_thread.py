@@ -15,11 +15,14 @@ if TYPE_CHECKING:
     from ._flusher import Delivery
 
 __all__ = [
+    "PUSH_MODES",
     "SERIALIZE_SHARE",
     "FlushState",
     "backoff",
+    "check_mode",
     "flusher",
     "log_stretch",
+    "log_undelivered",
     "stretched_gap",
     "wake",
 ]
@@ -33,6 +36,26 @@ logger = logging.getLogger("instrument")
 SERIALIZE_SHARE = 0.10
 _RETRY_BASE = 0.5
 _RETRY_CAP = 30.0
+
+
+PUSH_MODES: tuple[str, ...] = ("each", "coalesce", "off")
+
+
+def check_mode(mode: str | None, interval: float, has_target: bool) -> str:
+    """The push mode a delivery runs in (None: coalesce with a target, else off), or a
+    ValueError saying what to pass."""
+    if mode is None:
+        mode = "coalesce" if has_target else "off"
+    if mode not in PUSH_MODES:
+        raise ValueError(f"push_mode must be one of {', '.join(PUSH_MODES)}; got {mode!r}")
+    if not interval > 0:
+        raise ValueError(f"push_interval must be a positive number of seconds, got {interval!r}")
+    if mode != "off" and not has_target:
+        raise ValueError(
+            f"push_mode={mode!r} needs a target: pass pushgateway=URL, remote_write=URL "
+            "or textfile=PATH"
+        )
+    return mode
 
 
 def backoff(failures: int) -> float:
@@ -101,3 +124,13 @@ def wake(cond: threading.Condition, pid: int) -> None:
         return  # the flusher it would wake lives in another process
     with cond:
         cond.notify_all()
+
+
+def log_undelivered(where: str) -> None:
+    """The final push at close failed: said even in an outage logged before, as nothing
+    will carry these counts later."""
+    logger.warning(
+        "instrument: the final push to %s at close failed: the counts recorded since the "
+        "last successful push were not delivered",
+        where,
+    )

@@ -9,6 +9,7 @@ protobuf reader and Prometheus's own receiver.
 
 from __future__ import annotations
 
+import functools
 import struct
 from collections.abc import Iterable, Iterator, Mapping
 from typing import NamedTuple
@@ -156,9 +157,32 @@ def encode_write_request(
 # -- from prometheus_client's families ------------------------------------------------------------
 
 
+try:
+    from prometheus_client.openmetrics.exposition import escape_label_name, escape_metric_name
+except ImportError:  # prometheus_client before 0.22: it accepts legacy names only, kept as they are
+
+    def escape_metric_name(s: str, escaping: str = "") -> str:
+        return s
+
+    def escape_label_name(s: str, escaping: str = "") -> str:
+        return s
+
+
+@functools.lru_cache(maxsize=8192)
+def _label_name(name: str) -> str:
+    return escape_label_name(name, "underscores")
+
+
+@functools.lru_cache(maxsize=8192)
+def _metric_name(name: str) -> str:
+    # A UTF-8 name ("my.metric") as the text format's default escaping gives it to a scrape
+    # and a gateway push ("my_metric"), so one query matches the series of every target.
+    return escape_metric_name(name, "underscores")
+
+
 def _family_name(family: Metric) -> str:
     # The name the text format (and so a scrape) gives the family: counters with _total.
-    return f"{family.name}_total" if family.type == "counter" else family.name
+    return _metric_name(f"{family.name}_total" if family.type == "counter" else family.name)
 
 
 def series_of(
@@ -167,13 +191,15 @@ def series_of(
     timestamp_ms: int,
     *,
     stale: bool = False,
+    clashed: set[str] | None = None,
 ) -> tuple[list[Series], list[Metadata]]:
     """Every sample of ``families`` as a series with ``extra`` labels added, one sample at
     ``timestamp_ms`` (the staleness marker instead when ``stale``), and each family's
-    metadata. Histograms go out as their ``_bucket``/``_sum``/``_count`` series;
-    ``_created`` samples are left out, and empty label values too (in Prometheus an empty
-    label is an absent one). A sample's own label wins over nothing: clashes with ``extra``
-    are refused at configure time, not here."""
+    metadata. Names are escaped as a scrape escapes them. Histograms go out as their
+    ``_bucket``/``_sum``/``_count`` series; ``_created`` samples are left out, and empty
+    label values too (in Prometheus an empty label is an absent one). ``extra`` wins over
+    a sample's own label of the same name (the series identity must hold); the names of
+    the samples that had one are added to ``clashed``."""
     out: list[Series] = []
     meta: list[Metadata] = []
     for family in families:
@@ -186,7 +212,10 @@ def series_of(
             )
         )
         for sample in _samples(family):
-            labels = {**extra, **sample.labels, "__name__": sample.name}
+            own = {_label_name(k): v for k, v in sample.labels.items()}
+            if clashed is not None and not own.keys().isdisjoint(extra):
+                clashed.add(sample.name)
+            labels = {**own, **extra, "__name__": _metric_name(sample.name)}
             ordered = tuple(sorted((k, v) for k, v in labels.items() if v != ""))
             value = STALE_NAN if stale else float(sample.value)
             exemplars: tuple[Exemplar, ...] = ()

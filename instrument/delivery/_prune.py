@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any, NamedTuple
 
 from ._http import PushFailed
@@ -83,28 +84,46 @@ def prune_groups(
     job: str | None = None,
     dry_run: bool = False,
     timeout: float = 30.0,
+    within: float | None = None,
+    each: Callable[[Group, str | None], object] | None = None,
 ) -> Pruned:
     """Delete the groups on ``target``'s gateway whose last push is more than
     ``older_than`` seconds old (only ``job``'s, if given). Each request gets ``timeout``
-    seconds. A listing that fails raises PushFailed; a delete that fails is reported."""
+    seconds, and all of them ``within`` seconds (none once it passed: those groups are
+    reported failed, left for the next prune). ``each`` hears of every group as it is
+    done: with None when it was deleted, else why not. A listing that fails raises
+    PushFailed; a delete that fails is reported."""
     if isinstance(older_than, bool) or not isinstance(older_than, int | float):
         raise TypeError(f"older_than must be a number of seconds, got {older_than!r}")
     if not (math.isfinite(older_than) and older_than > 0):
         raise ValueError(f"older_than must be a positive number of seconds, got {older_than!r}")
     if job is not None and (not isinstance(job, str) or not job):
         raise ValueError(f"job must be a non-empty string (or None for every job), got {job!r}")
+    deadline = math.inf if within is None else time.monotonic() + within
     cutoff = time.time() - older_than
     result = Pruned([], [])
-    for group in _groups(target, timeout):
+    for group in _groups(target, min(timeout, max(deadline - time.monotonic(), 0.001))):
         labels = group.labels
         if group.pushed >= cutoff or (job is not None and labels["job"] != job):
             continue
-        if not dry_run:
-            key = {k: v for k, v in labels.items() if k != "job"}
-            try:
-                target.call("DELETE", grouping_path(labels["job"], key), timeout)
-            except (PushFailed, ValueError) as exc:  # ValueError: a value URLs cannot carry
-                result.failed.append((group, str(exc)))
-                continue
-        result.deleted.append(group)
+        reason = None if dry_run else _delete(target, group, timeout, deadline)
+        if reason is None:
+            result.deleted.append(group)
+        else:
+            result.failed.append((group, reason))
+        if each is not None:
+            each(group, reason)
     return result
+
+
+def _delete(target: PushTarget, group: Group, timeout: float, deadline: float) -> str | None:
+    """Delete ``group``: None when it went, else why not."""
+    left = deadline - time.monotonic()
+    if left <= 0:
+        return "not tried: the prune's overall time limit passed"
+    key = {k: v for k, v in group.labels.items() if k != "job"}
+    try:
+        target.call("DELETE", grouping_path(group.labels["job"], key), min(timeout, left))
+    except (PushFailed, ValueError) as exc:  # ValueError: a value URLs cannot carry
+        return str(exc)
+    return None

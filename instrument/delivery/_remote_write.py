@@ -17,22 +17,32 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
+import logging
+import os
 import random
-import re
 import threading
 import time
 from collections.abc import Mapping
 from typing import TYPE_CHECKING
-from urllib.parse import parse_qsl, quote, urlsplit
+from urllib.parse import parse_qsl
 
 from prometheus_client import CollectorRegistry
 
 from .._scrub import Scrubber
-from .._urls import authorization, header_safe, split_url, ssl_context
+from .._urls import authorization, ssl_context
 from ._aiohttp import arequest
 from ._http import PushFailed, request
 from ._prompb import STALE_NAN, Sample, Series, encode_write_request, series_of
-from ._pushgateway import check_grouping_key, check_seconds
+from ._pushgateway import check_seconds
+from ._remote_write_checks import (
+    check_external_labels,
+    check_headers,
+    check_remote_write_url,
+    claim_series,
+    parse_headers,
+    refuse_clashes,
+    release_series,
+)
 from ._snappy import compress
 from ._snapshot import Snapshot
 
@@ -48,102 +58,12 @@ __all__ = [
     "remote_write_target",
 ]
 
-EXAMPLE_URL = "http://127.0.0.1:9090/api/v1/write"
-_QUERY_SAFE = "".join(chr(i) for i in range(0x21, 0x7F))
-#: Headers the protocol sets itself: a user's value would break every write.
-_PROTOCOL_HEADERS = frozenset(
-    {
-        "content-encoding",
-        "content-type",
-        "content-length",
-        "transfer-encoding",
-        "connection",
-        "host",
-        "x-prometheus-remote-write-version",
-    }
-)
-_TOKEN_RE = re.compile(r"[!#$%&'*+.^_`|~0-9A-Za-z-]+")  # RFC 9110's token: a header name
+logger = logging.getLogger("instrument")
+
 _RETRY_BASE = 0.1
 _RETRY_CAP = 5.0
 #: The longest Retry-After honoured: a receiver asking for days must not silence a worker.
 _RETRY_AFTER_CAP = 300.0
-
-
-def check_remote_write_url(url: object) -> tuple[str, str, tuple[str, str] | None]:
-    """The receiver's URL without credentials or query (as logs show it), its query
-    (``extra_label=...`` for VictoriaMetrics; "" for none), and any ``user:password``."""
-    base, credentials = split_url(url, what="remote write URL", example=EXAMPLE_URL)
-    assert isinstance(url, str)  # split_url refused anything else
-    # Kept as given, only what a request line cannot carry percent-encoded.
-    query = quote(urlsplit(url.strip()).query, safe=_QUERY_SAFE)
-    return base, query, credentials
-
-
-def check_headers(headers: object) -> dict[str, str]:
-    """``remote_write_headers`` as a dict, or a TypeError/ValueError saying what to do;
-    values are never shown, they are credentials as often as not."""
-    if not isinstance(headers, Mapping):
-        raise TypeError(
-            "remote_write_headers must be a mapping of header name to value, e.g. "
-            f"{{'X-Scope-OrgID': 'team-a'}}; got {type(headers).__name__}"
-        )
-    checked: dict[str, str] = {}
-    seen: set[str] = set()
-    for name, value in headers.items():
-        if not isinstance(name, str) or not _TOKEN_RE.fullmatch(name):
-            raise ValueError(
-                f"remote_write_headers name {name!r} is not an HTTP header name; use letters, "
-                "digits and '-', as in X-Scope-OrgID"
-            )
-        lowered = name.lower()
-        if lowered in _PROTOCOL_HEADERS:
-            raise ValueError(
-                f"remote_write_headers must not set {name!r}: the remote-write protocol sets it"
-            )
-        if lowered in seen:
-            raise ValueError(f"remote_write_headers holds {name!r} twice (names ignore case)")
-        seen.add(lowered)
-        what = f"remote_write_headers[{name!r}]"
-        if not isinstance(value, str):
-            raise TypeError(f"{what} must be a string, got {type(value).__name__}")
-        text = header_safe(what, value)
-        if not text:
-            raise ValueError(f"{what} is empty; give its value, or leave the header out")
-        checked[name] = text
-    return checked
-
-
-def parse_headers(text: str) -> dict[str, str]:
-    """``INSTRUMENT_REMOTE_WRITE_HEADERS``'s ``Name=value,Name2=value2``, checked; a value
-    may hold '=' (base64 tokens end with it), not ','."""
-    pairs: dict[str, str] = {}
-    for part in filter(None, (p.strip() for p in text.split(","))):
-        name, sep, value = part.partition("=")
-        if not sep or not name.strip():
-            raise ValueError("expected Name=value pairs separated by commas")
-        pairs[name.strip()] = value.strip()
-    return check_headers(pairs)
-
-
-def check_external_labels(
-    external_labels: object, grouping_key: Mapping[str, str]
-) -> dict[str, str]:
-    """``external_labels`` as a dict, or a TypeError/ValueError saying what to do: the rules
-    of grouping labels (they land on every series the same way), no name of the grouping
-    key, no ``instance`` (``instance=`` sets it), no empty value (an empty label is none)."""
-    labels = check_grouping_key(external_labels, instance=True, what="external_labels")
-    for name, value in labels.items():
-        if name in grouping_key:
-            raise ValueError(
-                f"external_labels and grouping_key both hold {name!r}; every series gets "
-                "both, so pass it in only one"
-            )
-        if not value:
-            raise ValueError(
-                f"external_labels[{name!r}] is empty, and an empty label is no label in "
-                "Prometheus; give a value or leave it out"
-            )
-    return labels
 
 
 def remote_write_target(
@@ -170,7 +90,7 @@ def remote_write_target(
         )
     labels = {**grouping_key, **external, "job": job}
     if registry is not None:
-        _refuse_clashes(registry, {*labels, "instance"})
+        refuse_clashes(registry, {*labels, "instance"})
     return RemoteWriteTarget(
         url,
         headers=headers,
@@ -180,21 +100,6 @@ def remote_write_target(
         timeout=timeout,
         stale_on_exit=stale_on_exit,
     )
-
-
-def _refuse_clashes(registry: CollectorRegistry, names: set[str]) -> None:
-    """A ValueError if a metric already on ``registry`` has a label of ``names``: one of
-    the two values would be lost from every series it is on. (The toolkit's own labels are
-    refused by the grouping-key rules; this finds those of a user's shared registry.)"""
-    for family in registry.collect():
-        for sample in family.samples:
-            clash = names.intersection(sample.labels)
-            if clash:
-                raise ValueError(
-                    f"the metric {sample.name!r} already has the label {sorted(clash)[0]!r}, "
-                    "which remote write adds to every series (job, instance, grouping_key, "
-                    "external_labels); rename one of them"
-                )
 
 
 def _retry_after(value: str | None) -> float | None:
@@ -277,21 +182,51 @@ class RemoteWriteTarget:
         #: Removes this target's header values and credentials from texts sent back.
         self.scrubber = Scrubber(secrets)
         self._ssl = ssl_context(self.url, tls_verify=tls_verify, ca_file=ca_file)
+        self._born = os.getpid()
         self.reset(instance)
 
-    def reset(self, instance: str) -> None:
+    def reset(self, instance: str, *, given: bool = False) -> None:
         """Start writing as ``instance``: state that belongs to one process, as a forked
-        child writes series of its own (the delivery resets it at its start and in a child)."""
+        child writes series of its own (the delivery resets it at its start and in a child).
+        A forked child's ``given`` instance (not a host-pid) gets its pid after it, or it
+        would write its parent's series and end them at its exit. A ValueError if another
+        live target of this process writes the same series."""
+        if given and os.getpid() != self._born:
+            instance = f"{instance}-{os.getpid()}"
         self.labels["instance"] = instance
+        # Refused where it is configured; in a forked child every inherited target resets
+        # at once (a dead one among them), and nothing there may raise.
+        claim_series(self, refuse=os.getpid() == self._born)
+        self._pid = os.getpid()
         # Held for a whole write, retries included: writes to one receiver never overlap.
         self._lock = threading.Lock()
         self._last_ms = 0
         self._newest = 0
         self._not_before = 0.0
+        #: The series of the last write built: what the markers at the end are for.
         self._written: dict[tuple[tuple[str, str], ...], None] = {}
+        #: Series the registry dropped whose staleness marker has not landed yet.
+        self._unended: dict[tuple[tuple[str, str], ...], None] = {}
+        self._sending: tuple[tuple[tuple[str, str], ...], ...] = ()
         #: The encoded labels of the series last written, for the next write.
         self._encoded: dict[tuple[tuple[str, str], ...], bytes] = {}
         self._current = False
+        self._final = False
+        self._clashes_logged: set[str] = set()
+
+    def closing(self, pending: bool, *, off: bool) -> bool:
+        """At close, whether to write the final values to this target alone: in ``off``
+        mode when a write landed before (``pending``: the delivery writes every target).
+        The staleness markers follow, and a marker after an older value would end the
+        series short of the final counts. From now on every write is tried at least once,
+        even when a ``Retry-After`` asked to wait past the exit's budget: the receiver may
+        refuse it again, but a worker's final counts are not dropped without asking."""
+        self._final = True
+        return off and not pending and bool(self._written) and self._current
+
+    def identity(self) -> tuple[str, tuple[tuple[str, str], ...]]:
+        """Where this target writes and the labels every series of it carries."""
+        return self._endpoint, tuple(sorted(self.labels.items()))
 
     def __repr__(self) -> str:
         headers = f", headers={list(self.header_names)}" if self.header_names else ""
@@ -306,33 +241,68 @@ class RemoteWriteTarget:
 
     def _state_body(self, snapshot: Snapshot) -> bytes | None:
         """The write of ``snapshot``'s values, or None if a newer state was sent already
-        (sending the older one after it would take counters back). Lock held."""
+        (sending the older one after it would take counters back). Lock held. Its time
+        counts in the snapshot's: encoding is the flusher's cost as much as collecting."""
+        with snapshot.timing():
+            return self._encode_state(snapshot)
+
+    def _encode_state(self, snapshot: Snapshot) -> bytes | None:
         if snapshot.number < self._newest:
             return None
         self._newest = snapshot.number
         at = self._timestamp_ms()
-        series, metadata = series_of(snapshot.families, self.labels, at)
+        clashed: set[str] = set()
+        series, metadata = series_of(snapshot.families, self.labels, at, clashed=clashed)
+        self._log_clashes(clashed)
         written = dict.fromkeys(one.labels for one in series)
         # A series the registry no longer has (a child removed, a dead process's gauge in
-        # multiprocess mode) ends now, as a scrape that misses it would end it.
+        # multiprocess mode) ends now, as a scrape that misses it would end it; its marker
+        # is sent again with every write until one lands.
+        self._unended.update(dict.fromkeys(k for k in self._written if k not in written))
+        for labels in [k for k in self._unended if k in written]:
+            del self._unended[labels]  # back in the registry: its new value ends nothing
         marker = (Sample(STALE_NAN, at),)
-        series += [Series(labels, marker) for labels in self._written if labels not in written]
+        self._sending = tuple(self._unended)
+        series += [Series(labels, marker) for labels in self._sending]
         self._written = written
         # Only the series of this write are kept: a dropped one's labels go with it.
         cache = {labels: self._encoded[labels] for labels in written if labels in self._encoded}
         self._encoded = cache
         return compress(encode_write_request(series, metadata, cache))
 
+    def _log_clashes(self, clashed: set[str]) -> None:
+        """Say once per metric that its own label gave way to one remote write adds: a
+        metric registered after the configuration check could not be refused then."""
+        for name in sorted(clashed - self._clashes_logged):
+            self._clashes_logged.add(name)
+            logger.warning(
+                "instrument: the metric %r has a label that remote write adds to every series "
+                "(job, instance, grouping_key, external_labels); its own value is replaced in "
+                "what is written to %s: rename the label",
+                name,
+                self.url,
+            )
+
     def _stale_body(self) -> bytes | None:
         """Staleness markers for every series last written, or None when there is nothing to
-        end: none written, opted out, or the last values never landed (a marker after an
-        older value would hide the final one's loss behind a clean end). Lock held."""
-        if not (self.stale_on_exit and self._written and self._current):
+        end: none written, opted out, the last values never landed (a marker after an
+        older value would hide the final one's loss behind a clean end), or the series are
+        another process's (a forked child's copy of its parent's). Lock held."""
+        if os.getpid() != self._pid:
+            return None
+        if not (self.stale_on_exit and (self._written or self._unended) and self._current):
             return None
         marker = (Sample(STALE_NAN, self._timestamp_ms()),)
-        series = [Series(labels, marker) for labels in self._written]
+        self._sending = tuple({**self._written, **self._unended})
+        series = [Series(labels, marker) for labels in self._sending]
         self._written = {}
         return compress(encode_write_request(series))
+
+    def _landed(self) -> None:
+        self._current = True
+        for labels in self._sending:
+            self._unended.pop(labels, None)
+        self._sending = ()
 
     # -- sync transport --------------------------------------------------------------------
 
@@ -348,6 +318,8 @@ class RemoteWriteTarget:
             self._send_sync(self._stale_body, timeout)
         except BaseException as exc:
             failed(exc, self.url)
+        finally:
+            release_series(self)  # it writes no more: another may take its series
 
     def _send_sync(self, build: _Build, timeout: float | None) -> None:
         deadline = time.monotonic() + self._limit(timeout)
@@ -358,9 +330,8 @@ class RemoteWriteTarget:
             attempt = 0
             while body is not None:
                 self._current = False  # until it landed: not if cancelled, or interrupted
-                wait = self._not_before - time.monotonic()
+                wait = self._wait(deadline)
                 if wait > 0:
-                    self._check_wait(wait, deadline)
                     time.sleep(wait)
                 try:
                     request(self._endpoint, "POST", self._headers, body, self._left(deadline),
@@ -369,7 +340,7 @@ class RemoteWriteTarget:
                     time.sleep(self._after_failure(exc, attempt, deadline))
                     attempt += 1
                     continue
-                self._current = True
+                self._landed()
                 return
         finally:
             self._lock.release()
@@ -401,6 +372,8 @@ class RemoteWriteTarget:
             await self._send_async(session, self._stale_body, timeout)
         except BaseException as exc:
             failed(exc, self.url)
+        finally:
+            release_series(self)
 
     async def _send_async(self, session: _Session, build: _Build, timeout: float | None) -> None:
         deadline = time.monotonic() + self._limit(timeout)
@@ -416,9 +389,8 @@ class RemoteWriteTarget:
             headers = dict(self._headers)
             while body is not None:
                 self._current = False  # until it landed: not if cancelled, or interrupted
-                wait = self._not_before - time.monotonic()
+                wait = self._wait(deadline)
                 if wait > 0:
-                    self._check_wait(wait, deadline)
                     await asyncio.sleep(wait)
                 try:
                     await arequest(await session(), self._endpoint, "POST", headers, body,
@@ -427,7 +399,7 @@ class RemoteWriteTarget:
                     await asyncio.sleep(self._after_failure(exc, attempt, deadline))
                     attempt += 1
                     continue
-                self._current = True
+                self._landed()
                 return
         finally:
             self._lock.release()
@@ -441,12 +413,21 @@ class RemoteWriteTarget:
     def _left(deadline: float) -> float:
         return max(deadline - time.monotonic(), 0.001)
 
-    def _check_wait(self, wait: float, deadline: float) -> None:
-        if time.monotonic() + wait >= deadline:
-            raise PushFailed(
-                f"the receiver asked to wait {wait:.1f} s more (Retry-After) before the "
-                "next write; the first write after that carries the newest state"
-            )
+    def _wait(self, deadline: float) -> float:
+        """Seconds to wait before the next request for the ``Retry-After`` asked earlier;
+        raises when it would pass the deadline, except for a final write, which goes now:
+        the next write that would carry the counts will never come."""
+        wait = self._not_before - time.monotonic()
+        if wait <= 0:
+            return 0.0
+        if time.monotonic() + wait < deadline:
+            return wait
+        if self._final:
+            return 0.0
+        raise PushFailed(
+            f"the receiver asked to wait {wait:.1f} s more (Retry-After) before the "
+            "next write; the first write after that carries the newest state"
+        )
 
     def _after_failure(self, exc: PushFailed, attempt: int, deadline: float) -> float:
         """Seconds to wait before retrying the write that failed with ``exc``; raises (the

@@ -8,6 +8,7 @@ registered here: before each snapshot a push or a file takes, and before each sc
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterator
@@ -70,8 +71,15 @@ class Snapshot(Collector):
         self.at = at
 
     def collect(self) -> Iterator[Metric]:
+        with self.timing():
+            yield from self.families  # the reader's work on each family runs in between
+
+    @contextlib.contextmanager
+    def timing(self) -> Iterator[None]:
+        """Count the time of the block in :attr:`seconds`: for a reader that takes
+        :attr:`families` directly and encodes them in its own steps (remote write)."""
         started = time.monotonic()
         try:
-            yield from self.families  # the reader's work on each family runs in between
+            yield
         finally:
             self.seconds += time.monotonic() - started

@@ -202,6 +202,20 @@ USAGE_ERRORS = [
         ["gateway", "prune", "--older-than", "1h", "--job="],
         f"argument --job: the job is empty; give a job name, or leave --job out {PRUNE_HELP}",
     ),
+    (
+        ["gateway", "prune", "--older-than", "1h", "--timeout", "0"],
+        f"argument --timeout: '0' is not a positive number of seconds {PRUNE_HELP}",
+    ),
+    (
+        ["gateway", "prune", "--older-than", "1h", "--max-time", "nan"],
+        f"argument --max-time: 'nan' is not a positive number of seconds {PRUNE_HELP}",
+    ),
+    (
+        ["gateway", "prune", "--older-than", "1h", "--ca-file", "/no/such/ca.pem"],
+        "argument --ca-file: '/no/such/ca.pem' cannot be read as PEM certificates ([Errno 2] "
+        "No such file or directory); give the file of the CA certificate that signed the "
+        f"server's {PRUNE_HELP}",
+    ),
     (["demo", "--serve", "-1"], f"argument --serve: '-1' is not a TCP port: {PORT_FIX}"),
     (["demo", "--serve", ""], f"argument --serve: '' is not a TCP port: {PORT_FIX}"),
     (["demo", "--serve", "65536"], f"argument --serve: '65536' is not a TCP port: {PORT_FIX}"),

@@ -5,10 +5,18 @@ answer what a gateway never would."""
 from __future__ import annotations
 
 import argparse
+import http.server as http_server
+import json
 import re
+import signal
+import ssl
+import subprocess
+import sys
+import threading
 import time
 import uuid
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -20,9 +28,12 @@ from instrument._gateway_command import format_duration, parse_duration
 from instrument.cli import main
 from instrument.delivery import PushTarget, grouping_path, prune_groups
 
+from ..grafana import test_client as grafana_tests
 from ..servers import GatewayStandIn, Pushgateway, http
 
 pytestmark = pytest.mark.integration
+
+certificate = grafana_tests.certificate  # the self-signed certificate for 127.0.0.1, a fixture
 
 
 def _push(gateway: Pushgateway, job: str, **key: str) -> None:
@@ -253,3 +264,136 @@ def test_verbose_after_the_action_shows_the_log(capsys: pytest.CaptureFixture[st
     assert main(["-v", *argv]) == 0
     assert capsys.readouterr().out == "0 group(s) older than 1h deleted\n" * 2
     stand_in.close()
+
+
+# -- a gateway that lists old groups and is slow (or stuck) to delete them -----------------------
+
+
+class _StuckGateway:
+    """Lists ``groups`` old groups; each DELETE after the first ``quick`` ones hangs
+    ``hang`` seconds. ``tls`` serves it over https. Records every DELETE path."""
+
+    def __init__(
+        self, groups: int, *, quick: int = 0, hang: float = 30.0, tls: ssl.SSLContext | None = None
+    ) -> None:
+        old = time.time() - 3600
+        listing = json.dumps({"status": "success", "data": [
+            {"labels": {"job": f"j{i}"}, "push_time_seconds": {"metrics": [{"value": str(old)}]}}
+            for i in range(groups)
+        ]}).encode()  # fmt: skip
+        self.deleted: list[str] = []
+        gateway = self
+
+        class Handler(http_server.BaseHTTPRequestHandler):
+            def do_GET(self) -> None:
+                self.send_response(200)
+                self.send_header("Content-Length", str(len(listing)))
+                self.end_headers()
+                self.wfile.write(listing)
+
+            def do_DELETE(self) -> None:
+                if len(gateway.deleted) >= quick:
+                    time.sleep(hang)
+                gateway.deleted.append(self.path)
+                self.send_response(202)
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self.server = http_server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        if tls is not None:
+            self.server.socket = tls.wrap_socket(self.server.socket, server_side=True)
+        scheme = "https" if tls else "http"
+        self.url = f"{scheme}://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def test_hanging_deletes_are_bounded_per_request_and_in_all(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    stuck = _StuckGateway(5, hang=30)
+    args = ["--timeout", "0.3", "--max-time", "0.8"]
+    code = main(["gateway", "prune", "--pushgateway", stuck.url, "--older-than", "1s", *args])
+    captured = capsys.readouterr()
+    assert code == 1
+    assert "0 group(s) older than 1s deleted" in captured.out
+    assert "5 group(s) could not be deleted" in captured.err
+    # Only the deletes that fit in the overall limit were tried; none landed in time.
+    assert stuck.deleted == []
+    stuck.close()
+
+
+def test_prune_groups_reports_each_group_as_it_goes_and_what_was_left() -> None:
+    stuck = _StuckGateway(4, quick=2, hang=30)
+    heard: list[tuple[str, str | None]] = []
+    found = prune_groups(
+        PushTarget(stuck.url, job="x", grouping_key={}), 1.0, timeout=0.3, within=2.0,
+        each=lambda group, reason: heard.append((group.labels["job"], reason)),
+    )  # fmt: skip
+    assert [job for job, reason in heard if reason is None] == ["j0", "j1"]
+    assert [g.labels["job"] for g in found.deleted] == ["j0", "j1"]
+    assert len(found.failed) == 2 and all(reason for _, reason in heard[2:])
+    assert sorted(stuck.deleted[:2]) == ["/metrics/job/j0", "/metrics/job/j1"]
+    stuck.close()
+
+
+def test_an_interrupted_prune_has_printed_every_deletion_it_made() -> None:
+    stuck = _StuckGateway(6, quick=3, hang=60)
+    command = [sys.executable, "-m", "instrument", "gateway", "prune", "--pushgateway",
+               stuck.url, "--older-than", "1s"]  # fmt: skip
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 30
+    while len(stuck.deleted) < 3 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(0.3)  # the fourth DELETE is hanging now
+    process.send_signal(signal.SIGINT)
+    out, _ = process.communicate(timeout=30)
+    assert len(stuck.deleted) == 3
+    lines = out.splitlines()
+    assert [line.split(",")[0] for line in lines[:3]] == [
+        'deleted {job="j0"}', 'deleted {job="j1"}', 'deleted {job="j2"}'
+    ]  # fmt: skip
+    assert lines[-1] == "interrupted: 3 group(s) deleted before it"
+    assert process.returncode == 130
+    stuck.close()
+
+
+def test_a_listing_echoing_credentials_is_shown_scrubbed(
+    capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    old = time.time() - 3600
+    stand_in = GatewayStandIn("answer")
+    listing = {"status": "success", "data": [{"labels": {"job": "leak {auth}", "k{auth}": "v"},
+               "push_time_seconds": {"metrics": [{"value": str(old)}]}}]}  # fmt: skip
+    stand_in.answer(200, "OK", {"Content-Type": "application/json"}, json.dumps(listing))
+    monkeypatch.setenv("INSTRUMENT_PUSHGATEWAY_TOKEN", "TOKsecret99")
+    code = main(["gateway", "prune", "--pushgateway", stand_in.url, "--older-than", "1s",
+                 "--dry-run"])  # fmt: skip
+    captured = capsys.readouterr()
+    assert code == 0
+    assert "would delete {job=" in captured.out and "1 group(s)" in captured.out
+    assert "TOKsecret99" not in captured.out + captured.err
+    stand_in.close()
+
+
+def test_prune_takes_ca_file_and_insecure_for_an_https_gateway(
+    certificate: tuple[Path, Path], capsys: pytest.CaptureFixture[str]
+) -> None:
+    context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+    context.load_cert_chain(*certificate)
+    gateway = _StuckGateway(1, quick=5, tls=context)
+    base = ["gateway", "prune", "--pushgateway", gateway.url, "--older-than", "1s", "--dry-run"]
+    assert main(base) == 1  # a self-signed certificate: refused
+    assert "certificate" in capsys.readouterr().err.lower()
+    assert main([*base, "--ca-file", str(certificate[0])]) == 0
+    assert 'would delete {job="j0"}' in capsys.readouterr().out
+    assert main([*base, "--insecure"]) == 0
+    assert 'would delete {job="j0"}' in capsys.readouterr().out
+    gateway.close()

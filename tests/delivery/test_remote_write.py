@@ -32,7 +32,7 @@ from prometheus_client import CollectorRegistry, Counter
 
 from instrument import Instrumentation
 from instrument.config import from_environment
-from instrument.delivery import _remote_write
+from instrument.delivery import _remote_write, _remote_write_checks
 
 from ..servers import Prometheus, Pushgateway
 from ..support import ROOT
@@ -256,8 +256,11 @@ def test_timestamps_strictly_increase_when_the_clock_steps_back_or_stands_still(
         4,
     ]
     inst.close()
-    stale = receiver.writes[-1]
-    assert {ts for _, ts in stale.values().values()} == {1_000_004}
+    # close() in off mode writes the final values again, then the markers, each later.
+    final, stale = receiver.writes[-2:]
+    assert {ts for _, ts in final.values().values()} == {1_000_004}
+    assert final.value("codomyrmex_analyses_total", status="success") == 4
+    assert {ts for _, ts in stale.values().values()} == {1_000_005}
 
 
 # -- retries -----------------------------------------------------------------------------------
@@ -553,7 +556,7 @@ def test_the_environment_gives_url_and_headers_and_never_shows_a_value() -> None
 
 
 header_names = st.from_regex(r"[A-Za-z][A-Za-z0-9-]{0,20}", fullmatch=True).filter(
-    lambda n: n.lower() not in _remote_write._PROTOCOL_HEADERS
+    lambda n: n.lower() not in _remote_write_checks._PROTOCOL_HEADERS
 )
 header_values = st.text(
     st.characters(min_codepoint=0x21, max_codepoint=0x7E, exclude_characters=","),
@@ -1147,7 +1150,7 @@ def test_retry_after_as_an_http_date_is_honoured_and_garbage_ignored(receiver: R
     assert len(receiver.writes) == 1
     receiver.answers = [(429, {"Retry-After": "soon, maybe"}, "slow down")]
     inst.delivery.remote_write._not_before = 0.0  # type: ignore[union-attr]  # the date passed
-    slow = _inst(receiver.url, push_timeout=5)
+    slow = _inst(receiver.url, push_timeout=5, instance="slow")  # a writer of its own
     _analyses(slow, 1)
     assert slow.push()  # garbage: retried after the backoff alone
     assert receiver.writes[-1].value("codomyrmex_analyses_total", status="success") == 1
