@@ -80,6 +80,9 @@ def hammer(
     _, work = work_of(inst)
     finished = [0] * threads  # written by each thread after its call returned
     stop = threading.Event()
+    # Halfway, each thread waits for a few reads: on a loaded machine the threads could
+    # otherwise finish before a scraper ever ran, and nothing would have been attacked.
+    reads_made = threading.Event()
     reads: list[dict[str, float]] = []
     failures: list[str] = []
 
@@ -88,12 +91,16 @@ def hammer(
             work(i)
             if i % 64 == 0:
                 finished[n] = i + 1
+            if i == calls // 2:
+                reads_made.wait(30)
 
     def scrape() -> None:
         while not stop.is_set():
             before = sum(finished)
             now = reading(inst)
             reads.append(now)
+            if len(reads) >= 4:
+                reads_made.set()
             if now["success"] < before:
                 failures.append(f"a read saw {now['success']} of {before} ended calls")
             # The gauge counts only the jobs in flight. (A family read later in the same
