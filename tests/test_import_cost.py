@@ -75,7 +75,7 @@ def test_the_version_is_looked_up_on_first_use_only() -> None:
         metadata.version = refuse
         import instrument
         metadata.version = real
-        print(instrument.__version__ == real("instrument"), instrument.__version__)
+        print(instrument.__version__ == real("codomyrmex-instrument"), instrument.__version__)
         """
     )
     same, version = out.split()
