@@ -230,12 +230,14 @@ class Prometheus:
             return [{"metric": {}, "value": result}]
         return result
 
-    def wait_for(self, expr: str, timeout: float = 20.0) -> list[dict[str, Any]]:
-        """Poll ``expr`` until it returns at least one sample."""
+    def wait_for(self, expr: str, timeout: float = 20.0, **labels: str) -> list[dict[str, Any]]:
+        """Poll ``expr`` until it returns at least one sample (one carrying ``labels``, when
+        given: series of one scrape can appear in the result one evaluation apart)."""
         deadline = time.monotonic() + timeout
         while True:
             result = self.query(expr)
-            if result or time.monotonic() > deadline:
+            found = [s for s in result if labels.items() <= s["metric"].items()]
+            if found or time.monotonic() > deadline:
                 return result
             time.sleep(0.25)
 

@@ -288,7 +288,7 @@ def test_rule_values_match_the_workload(e2e_workload: E2EWorkload) -> None:
     rules = build_rules(E2E_NAMESPACE)
 
     def value_of(alert: str, **labels: str) -> float:
-        result = prometheus.wait_for(without_threshold(rule(alert, rules)["expr"]))
+        result = prometheus.wait_for(without_threshold(rule(alert, rules)["expr"]), **labels)
         (match,) = [s for s in result if labels.items() <= s["metric"].items()]
         return float(match["value"][1])
 
