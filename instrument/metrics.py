@@ -114,6 +114,15 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ai_usage_missing", "ai_usage_missing_total", "counter",
                "AI API calls whose response or stream ended without readable usage",
                ("provider", "model")),
+    MetricSpec("ai_operations", "ai_operations_total", "counter",
+               "AI API calls by operation (chat, embeddings, execute_tool, ...)",
+               ("provider", "model", "operation", "status")),
+    MetricSpec("ai_finish_reasons", "ai_finish_reasons_total", "counter",
+               "Why responses ended, one per choice or candidate (length: truncated)",
+               ("provider", "model", "finish_reason")),
+    MetricSpec("ai_tool_calls", "ai_tool_calls_total", "counter",
+               "Tool or function calls requested by AI responses and streams",
+               ("provider", "model")),
     # Delivery self-metrics
     MetricSpec("pushes", "pushes_total", "counter", "Push attempts to the Pushgateway"),
     MetricSpec("push_failures", "push_failures_total", "counter",
@@ -336,6 +345,9 @@ class Metrics:
     ai_cost: Counter
     ai_unpriced_calls: Counter
     ai_usage_missing: Counter
+    ai_operations: Counter
+    ai_finish_reasons: Counter
+    ai_tool_calls: Counter
     pushes: Counter
     push_failures: Counter
     last_push_success: Gauge

@@ -11,6 +11,7 @@ from .._engine import Probe, report_failure, run_deferred
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
+from ._outcome import Outcome, extract_outcome
 from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries
 from ._streams import Chunks, Stream, usage_lock
@@ -40,6 +41,7 @@ class AICall(Probe):
         "_items",
         "_last",
         "_model",
+        "_outcome",
         "_seek_model",
         "_seen",
         "_seen_model",
@@ -62,6 +64,7 @@ class AICall(Probe):
         # Whether responses are still read for the model: one check per chunk.
         self._seek_model = binding is not None and binding.static is None and model is None
         self._usage: Usage | None = None
+        self._outcome: Outcome | None = None  # finish reasons and tool calls
         # The streams whose usage the call's end adds, unless they ended first: those
         # recorded in a with-block, and a generator function's own yields (``_items``).
         self._streams: list[Chunks] | None = None
@@ -132,8 +135,8 @@ class AICall(Probe):
 
     @property
     def operation(self) -> str:
-        """The tracker's ``operation`` ("chat" unless given): informational, for logs and
-        custom ``usage=`` extraction; no metric has an operation label."""
+        """The tracker's ``operation`` ("chat" unless given): the ``operation`` label of
+        ai_operations_total."""
         return self._tracker.options.operation
 
     # -- the engine's side -----------------------------------------------------------------
@@ -249,6 +252,10 @@ class AICall(Probe):
             usage = self._tracker._extract(response)
             if usage is not None:
                 self._add(usage)
+            outcome = extract_outcome(response)[0]
+            if outcome is not None:
+                with usage_lock:
+                    self._outcome = outcome if self._outcome is None else self._outcome + outcome
             if self._seek_model:
                 self._see_model(response)
         except Exception as exc:
@@ -280,6 +287,7 @@ class AICall(Probe):
             series.record(
                 status, now - self._t0, self._first, usage, exc, self._seen, self._failure
             )
+            series.outcome(self._tracker.options.operation, status, self._outcome)
             prices = b.inst.prices
             if prices is not None:
                 series.price(prices, name, usage, status)

@@ -14,9 +14,10 @@ from ..objectives import Objective, ObjectiveArg, objectives_of
 class AICallOptions(TypedDict, total=False):
     """The keyword options of :func:`track_ai_call`."""
 
-    #: What kind of call this is: chat (default), embeddings, ... Informational only: no
-    #: metric has an operation label. Exposed as ``call.operation`` on the with-block
-    #: handle (and ``tracker.operation``), for logs and custom ``usage=`` extraction.
+    #: What kind of call this is: "chat" (default); the OpenTelemetry GenAI names are
+    #: chat, embeddings, text_completion, generate_content, execute_tool, invoke_agent and
+    #: retrieval (others are allowed). The ``operation`` label of ai_operations_total;
+    #: also ``call.operation`` on the with-block handle (and ``tracker.operation``).
     operation: str
     #: Reads usage from responses (and stream chunks) of other shapes: returns a
     #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
@@ -92,6 +93,7 @@ class TrackerOptions:
                 f"operation must be a non-empty string such as 'chat' or 'embeddings', "
                 f"got {self.operation!r}"
             )
+        check_label_value("operation", self.operation)
         if self.usage is not None and not callable(self.usage):
             raise TypeError(
                 "usage must be a callable taking a response (or stream chunk) and returning "

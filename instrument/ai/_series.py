@@ -17,6 +17,7 @@ from ._fields import attribute
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
     from ..metrics import Metrics
+    from ._outcome import Outcome
     from ._prices import ModelPrice
     from ._usage import Usage
 
@@ -60,6 +61,7 @@ class ModelSeries:
         "_cells",
         "_lazy",
         "_metrics",
+        "_operations",
         "_warned",
         "calls",
         "inc_input",
@@ -96,6 +98,9 @@ class ModelSeries:
             ("ai_usage_missing",): metrics.ai_usage_missing.labels(provider, model)
         }
         self._warned: set[str] = set()
+        #: Per operation, what a call's end adds to ai_operations_total: the status
+        #: counters through cells like the calls', or their ``inc``s in multiprocess mode.
+        self._operations: dict[str, Any] = {}
 
     def _child(self, attr: str, *labels: str) -> Any:
         key = (attr, *labels)
@@ -141,6 +146,31 @@ class ModelSeries:
             self.warn_once("usage", "%s; its usage is not read", failure)
         if exc is not None:
             self._child("ai_api_errors", type(exc).__name__, http_status(exc)).inc()
+
+    def outcome(self, operation: str, status: str, outcome: Outcome | None) -> None:
+        """What a call's end adds beside :meth:`record`: its operation, the finish reasons
+        and tool calls its responses reported."""
+        ops = self._operations.get(operation)
+        if ops is None:
+            ops = self._operations[operation] = self._operation(operation)
+        if isinstance(ops, CellSeries):
+            ops.add(((_STATUS_INDEX[status], 1),))
+        else:
+            ops[status]()
+        if outcome is not None:
+            for reason in outcome.finish_reasons:
+                self._child("ai_finish_reasons", reason).inc()
+            if outcome.tool_calls:
+                self._child("ai_tool_calls").inc(outcome.tool_calls)
+
+    def _operation(self, operation: str) -> Any:
+        children = [
+            self._metrics.ai_operations.labels(self.provider, self.model, operation, s)
+            for s in _STATUSES
+        ]
+        if self._cells is None:
+            return {s: child.inc for s, child in zip(_STATUSES, children, strict=True)}
+        return CellSeries(self, counters=dict(enumerate(children)), gauges={}, histograms={})
 
     def tokens(self, usage: Usage) -> None:
         if usage.input_tokens:

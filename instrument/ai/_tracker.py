@@ -261,9 +261,9 @@ def track_ai_call(
     "unknown". Options: ``operation``, ``usage``, ``stream``, ``job_type``, ``normalize_model``
     (see :class:`AICallOptions`).
 
-    ``operation`` ("chat" by default, or "embeddings", ...) is informational: no metric has
-    an operation label, so it never splits a series. It is exposed as ``call.operation`` on
-    the with-block handle (and ``tracker.operation``), for logs and for code that reads
-    usage itself (a ``usage=`` extractor, ``call.add_usage``).
+    ``operation`` ("chat" by default, or "embeddings", "execute_tool", ...) is the
+    ``operation`` label of ai_operations_total (the seed's ai_api_calls_total keeps its
+    labels). It is also ``call.operation`` on the with-block handle (and
+    ``tracker.operation``).
     """
     return AICallTracker(None, provider, model, **options)
