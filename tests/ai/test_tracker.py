@@ -1722,7 +1722,10 @@ def test_operation_is_on_the_handle_and_only_on_the_operations_counter(
     assert token_counts(registry, "openai", "text-embedding-3-small") == {"input": 8, "output": 0}
     # The operation splits ai_operations_total only: the seed's series keep their labels.
     labelled = {
-        metric.name for metric in registry.collect() for s in metric.samples if "operation" in s.labels
+        metric.name
+        for metric in registry.collect()
+        for s in metric.samples
+        if "operation" in s.labels
     }
     assert labelled == {"codomyrmex_ai_operations"}
     disabled = Instrumentation(registry=CollectorRegistry(), enabled=False)
