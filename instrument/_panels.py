@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from ._promql import Expr, Increase, Quantile, Rate, Ratio, Series, Sum
+from ._promql import Expr, Increase, Max, Quantile, Rate, Ratio, Series, Sum
 
 PanelKind = Literal["timeseries", "stat", "piechart", "gauge"]
 
@@ -89,4 +89,12 @@ LLM_OUTCOMES: tuple[Panel, ...] = (
     ts("AI tool calls per second",
        "Tool or function calls the models asked for, by provider and model.", "ops",
        Query(ai("ai_tool_calls", BY_MODEL), PER_MODEL), min=0, **NONE_IS_ZERO),
+    ts("AI rate-limit headroom",
+       "Requests and tokens left in each provider's rate limit, from the last response's "
+       "headers (a gauge: its value, never a rate).", "short",
+       Query(Max(Series("ai_rate_limit_remaining", AI), (*BY_MODEL, "limit")),
+             PER_MODEL + " {{limit}}"), min=0),
+    ts("AI retry-after on 429s",
+       "The retry-after the provider sent with its last rate-limited answer.", "s",
+       Query(Max(Series("ai_retry_after", AI), BY_MODEL), PER_MODEL), min=0),
 )  # fmt: skip

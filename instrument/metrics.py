@@ -123,6 +123,12 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ai_tool_calls", "ai_tool_calls_total", "counter",
                "Tool or function calls requested by AI responses and streams",
                ("provider", "model")),
+    MetricSpec("ai_rate_limit_remaining", "ai_rate_limit_remaining", "gauge",
+               "Requests or tokens left in the provider's rate limit, from the last response's "
+               "headers", ("provider", "model", "limit"), multiprocess_mode="mostrecent"),
+    MetricSpec("ai_retry_after", "ai_retry_after_seconds", "gauge",
+               "The retry-after of the last rate-limited (429) AI call", ("provider", "model"),
+               multiprocess_mode="mostrecent"),
     # Delivery self-metrics
     MetricSpec("pushes", "pushes_total", "counter", "Push attempts to the Pushgateway"),
     MetricSpec("push_failures", "push_failures_total", "counter",
@@ -348,6 +354,8 @@ class Metrics:
     ai_operations: Counter
     ai_finish_reasons: Counter
     ai_tool_calls: Counter
+    ai_rate_limit_remaining: Gauge
+    ai_retry_after: Gauge
     pushes: Counter
     push_failures: Counter
     last_push_success: Gauge

@@ -11,9 +11,9 @@ from .._engine import Probe, report_failure, run_deferred
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
-from ._outcome import Outcome, extract_outcome
+from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
 from ._proxies import MANAGER, stream_kind, wrap_stream
-from ._series import UNKNOWN_MODEL, ModelSeries
+from ._series import UNKNOWN_MODEL, ModelSeries, http_status
 from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
@@ -40,6 +40,7 @@ class AICall(Probe):
         "_first",
         "_items",
         "_last",
+        "_limits",
         "_model",
         "_outcome",
         "_seek_model",
@@ -65,6 +66,7 @@ class AICall(Probe):
         self._seek_model = binding is not None and binding.static is None and model is None
         self._usage: Usage | None = None
         self._outcome: Outcome | None = None  # finish reasons and tool calls
+        self._limits: dict[str, float] | None = None  # rate-limit headroom, by limit
         # The streams whose usage the call's end adds, unless they ended first: those
         # recorded in a with-block, and a generator function's own yields (``_items``).
         self._streams: list[Chunks] | None = None
@@ -204,6 +206,7 @@ class AICall(Probe):
             return Manager(result, Stream(self, owner), mode)
         if kind:
             self._note(result)
+            self._headers(result)
             return wrap_stream(result, kind, Stream(self, owner))
         body = self._body(result)
         if body is None:
@@ -228,7 +231,19 @@ class AICall(Probe):
             return None
         if body is not None:
             self._note(response)
+            self._headers(response)
         return body
+
+    def _headers(self, source: Any) -> None:
+        """Note the rate-limit headroom the headers of ``source`` report; never raises."""
+        try:
+            headers = headers_of(source)
+            limits = None if headers is None else rate_limits(headers)
+        except Exception:
+            report_failure("reading rate-limit headers")
+            return
+        if limits:
+            self._limits = limits if self._limits is None else {**self._limits, **limits}
 
     def _note(self, response: Any) -> None:
         if self._seen is None:
@@ -248,6 +263,7 @@ class AICall(Probe):
         if response is None:
             return
         self._note(response)
+        self._headers(response)
         try:
             usage = self._tracker._extract(response)
             if usage is not None:
@@ -288,6 +304,14 @@ class AICall(Probe):
                 status, now - self._t0, self._first, usage, exc, self._seen, self._failure
             )
             series.outcome(self._tracker.options.operation, status, self._outcome)
+            retry = None
+            if exc is not None:  # an SDK error keeps the response it failed with
+                self._headers(exc)
+                if http_status(exc) == "429":
+                    headers = headers_of(exc)
+                    retry = None if headers is None else retry_after(headers)
+            if self._limits is not None or retry is not None:
+                series.headroom(self._limits or {}, retry)
             prices = b.inst.prices
             if prices is not None:
                 series.price(prices, name, usage, status)

@@ -17,17 +17,21 @@ The shapes, as SDK objects (attributes) or plain dicts (keys) alike:
 - Cohere v2: the response's ``finish_reason`` and ``message.tool_calls``; in a stream,
   ``message-end``'s ``delta.finish_reason`` and each ``tool-call-start`` event.
 
-Reasons are lower-cased (``STOP`` and ``stop`` are one series). Nothing here raises: what
+Reasons are lower-cased (``STOP`` and ``stop`` are one series). Rate-limit headroom comes
+from the headers of what carries them (:func:`headers_of`). Nothing here raises: what
 cannot be read is absent.
 """
 
 from __future__ import annotations
 
+import math
+import time
 from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
-from ._fields import READERS, no_fields, read_field, reader_of
+from ._fields import READERS, attribute, no_fields, read_field, reader_of
 
 #: The longest finish reason kept as it is: a label value from a foreign server is bounded.
 _MAX_REASON = 64
@@ -180,3 +184,75 @@ def _event(event: Any, kind: str) -> tuple[Outcome | None, bool]:
     if kind == "chunk":  # the OpenAI stream helper's ChunkEvent
         return extract_outcome(read_field(event, "chunk"))
     return None, False
+
+
+# -- rate-limit headroom, from response headers ------------------------------------------------
+
+#: The headers that say how much of a rate limit is left, and the ``limit`` label of each.
+LIMIT_HEADERS = (
+    ("x-ratelimit-remaining-requests", "requests"),
+    ("x-ratelimit-remaining-tokens", "tokens"),
+    ("anthropic-ratelimit-requests-remaining", "requests"),
+    ("anthropic-ratelimit-tokens-remaining", "tokens"),
+    ("anthropic-ratelimit-input-tokens-remaining", "input_tokens"),
+    ("anthropic-ratelimit-output-tokens-remaining", "output_tokens"),
+)
+
+
+def headers_of(source: Any) -> Any:
+    """The HTTP headers ``source`` carries: its own ``headers`` (a raw SDK response, an
+    httpx or aiohttp response, aiohttp's ClientResponseError), else its ``response``'s (an
+    SDK error, an SDK stream); None when there are none."""
+    headers = attribute(source, "headers")
+    if headers is None:
+        response = attribute(source, "response")
+        if response is not None and not isinstance(response, str | bytes):
+            headers = attribute(response, "headers")
+    return headers if callable(attribute(headers, "get")) else None
+
+
+def _header(headers: Any, name: str) -> str | None:
+    try:
+        value = headers.get(name)
+        if value is None and isinstance(headers, dict):  # a plain dict: case as sent
+            value = next((v for k, v in headers.items() if str(k).lower() == name), None)
+    except Exception:  # a foreign mapping may raise anything
+        return None
+    if isinstance(value, bytes):
+        value = value.decode("latin-1")
+    return value if isinstance(value, str) else None
+
+
+def _number(text: str | None) -> float | None:
+    if text is None or len(text) > 32:
+        return None
+    try:
+        value = float(text.strip())
+    except ValueError:
+        return None
+    return value if math.isfinite(value) and value >= 0 else None
+
+
+def rate_limits(headers: Any) -> dict[str, float]:
+    """The remaining requests and tokens ``headers`` report, by ``limit`` label."""
+    found: dict[str, float] = {}
+    for name, limit in LIMIT_HEADERS:
+        value = _number(_header(headers, name))
+        if value is not None:
+            found[limit] = value
+    return found
+
+
+def retry_after(headers: Any) -> float | None:
+    """``retry-after`` in seconds: a number of seconds, or an HTTP date from now."""
+    text = _header(headers, "retry-after")
+    seconds = _number(text)
+    if seconds is not None or text is None:
+        return seconds
+    try:
+        when = parsedate_to_datetime(text)
+    except (TypeError, ValueError, IndexError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, when.timestamp() - time.time())

@@ -163,6 +163,14 @@ class ModelSeries:
             if outcome.tool_calls:
                 self._child("ai_tool_calls").inc(outcome.tool_calls)
 
+    def headroom(self, limits: Mapping[str, float], retry_after: float | None) -> None:
+        """The rate-limit headroom a call's responses (or error) reported, and the
+        retry-after of a 429."""
+        for limit, remaining in limits.items():
+            self._child("ai_rate_limit_remaining", limit).set(remaining)
+        if retry_after is not None:
+            self._child("ai_retry_after").set(retry_after)
+
     def _operation(self, operation: str) -> Any:
         children = [
             self._metrics.ai_operations.labels(self.provider, self.model, operation, s)

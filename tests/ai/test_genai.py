@@ -18,7 +18,10 @@ from prometheus_client import CollectorRegistry
 from instrument import Instrumentation
 from instrument.demo.llm_server import LocalLLMServer
 
+from ..conftest import E2EWorkload
 from ..support import counted, require_sdk
+from ..test_dashboard import by_labels
+from ..test_dashboard import run as run_panel
 from .test_sdk_matrix import CASES, Case, Ctx, matrix_server, run
 
 MODEL = "gpt-4o"
@@ -409,3 +412,32 @@ def test_any_finish_reason_leaves_the_call_alone_and_the_registry_readable(reaso
     ):
         assert found == {reason.lower(): 1}
     inst.close()
+
+
+# -- the dashboard's LLM outcome panels, against the real Prometheus ---------------------------
+
+
+@pytest.mark.integration
+def test_outcome_panels_show_the_workload(e2e_workload: E2EWorkload) -> None:
+    """Per round gpt-4o answers once with a tool call (tool_calls) and streams once cut at
+    its limit (length); claude ends its turn once and is rate limited once."""
+    truncated = by_labels(
+        run_panel(e2e_workload, "AI truncation rate by model"), "provider", "model"
+    )
+    assert truncated == {("openai", "gpt-4o"): 0.5, ("anthropic", "claude-sonnet"): 0}
+    ended = by_labels(run_panel(e2e_workload, "AI finish reasons per second"), "finish_reason")
+    assert set(ended) == {("tool_calls",), ("length",), ("end_turn",)}
+    tool_calls = by_labels(run_panel(e2e_workload, "AI tool calls per second"), "provider", "model")
+    assert list(tool_calls) == [("openai", "gpt-4o")] and tool_calls[("openai", "gpt-4o")] > 0
+    mix = by_labels(run_panel(e2e_workload, "AI operation mix"), "operation")
+    assert set(mix) == {("chat",)} and mix[("chat",)] > 0  # every call of the workload
+    left = by_labels(
+        run_panel(e2e_workload, "AI rate-limit headroom"), "provider", "model", "limit"
+    )
+    assert left == {
+        ("openai", "gpt-4o", "requests"): 4999,
+        ("openai", "gpt-4o", "tokens"): 29000,
+        ("anthropic", "claude-sonnet", "requests"): 0,
+    }
+    waits = by_labels(run_panel(e2e_workload, "AI retry-after on 429s"), "provider", "model")
+    assert waits == {("anthropic", "claude-sonnet"): 7}
