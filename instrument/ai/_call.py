@@ -34,6 +34,7 @@ class AICall(Probe):
     """
 
     __slots__ = (
+        "_attrs",
         "_b",
         "_done",
         "_failure",
@@ -67,6 +68,7 @@ class AICall(Probe):
         self._usage: Usage | None = None
         self._outcome: Outcome | None = None  # finish reasons and tool calls
         self._limits: dict[str, float] | None = None  # rate-limit headroom, by limit
+        self._attrs: dict[str, Any] | None = None  # attribution values given
         # The streams whose usage the call's end adds, unless they ended first: those
         # recorded in a with-block, and a generator function's own yields (``_items``).
         self._streams: list[Chunks] | None = None
@@ -129,6 +131,18 @@ class AICall(Probe):
         if self._b is not None and not self._done:
             self._model = model
             self._seek_model = False
+
+    def attribute(self, **values: str) -> None:
+        """Set this call's attribution labels (declared by the Instrumentation's
+        ``attribution=``), e.g. ``call.attribute(tenant="acme")``."""
+        for label, value in values.items():
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"attribute({label}=...) takes a string, got {type(value).__name__}"
+                )
+            check_label_value(label, value)
+        if self._b is not None and not self._done:
+            self._attrs = values if self._attrs is None else {**self._attrs, **values}
 
     @property
     def model(self) -> str | None:
@@ -324,9 +338,15 @@ class AICall(Probe):
         if model is None:
             fixed = self._tracker.options.model
             if b.static is not None and fixed is not None:
-                return b.static, fixed
+                if b.attribution is None:
+                    return b.static, fixed
+                label = self._tracker.options.label or fixed
+                return b.models.attributed(label, b.attribution.values(self._attrs)), fixed
             model = self._seen_model or UNKNOWN_MODEL
-        return b.models.series(self._tracker._label(model)), model
+        label = self._tracker._label(model)
+        if b.attribution is not None:
+            return b.models.attributed(label, b.attribution.values(self._attrs)), model
+        return b.models.series(label), model
 
 
 def record_abandoned_streams() -> None:

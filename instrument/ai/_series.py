@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._cells import CellSeries
 from ..delivery import multiprocess_enabled
-from ..metrics import check_label_value
+from ..metrics import ATTRIBUTED, check_label_value
 from ._fields import attribute
 
 if TYPE_CHECKING:
@@ -63,6 +63,7 @@ class ModelSeries:
         "_metrics",
         "_operations",
         "_warned",
+        "attrs",
         "calls",
         "inc_input",
         "inc_output",
@@ -71,13 +72,20 @@ class ModelSeries:
         "provider",
     )
 
-    def __init__(self, metrics: Metrics, provider: str, model: str) -> None:
+    def __init__(
+        self, metrics: Metrics, provider: str, model: str, attrs: tuple[str, ...] = ()
+    ) -> None:
         self._metrics = metrics
         self.provider = provider
         self.model = model
-        calls = [metrics.ai_api_calls.labels(provider, model, s) for s in _STATUSES]
+        #: The attribution labels' values (the money metrics' last labels): "" when the
+        #: call gave none.
+        self.attrs = attrs = attrs or ("",) * len(metrics.attribution)
+        calls = [metrics.ai_api_calls.labels(provider, model, s, *attrs) for s in _STATUSES]
         duration = metrics.ai_call_duration.labels(provider, model)
-        tokens = [metrics.ai_tokens.labels(provider, model, kind) for kind in ("input", "output")]
+        tokens = [
+            metrics.ai_tokens.labels(provider, model, kind, *attrs) for kind in ("input", "output")
+        ]
         #: The children every call touches, through per-thread cells (``_cells``); None in
         #: prometheus_client's multiprocess mode, where they are updated directly.
         self._cells: CellSeries | None = None
@@ -107,6 +115,8 @@ class ModelSeries:
         child = self._lazy.get(key)
         if child is None:
             metric = getattr(self._metrics, attr)
+            if attr in ATTRIBUTED:
+                labels += self.attrs
             child = self._lazy[key] = metric.labels(self.provider, self.model, *labels)
         return child
 
@@ -250,6 +260,23 @@ class ProviderModels:
         self._series: dict[str, ModelSeries] = {}
         self._other: ModelSeries | None = None
         self._lock = threading.Lock()
+        #: The series of (model label, attribution values) other than all "".
+        self._attributed: dict[tuple[str, tuple[str, ...]], ModelSeries] = {}
+
+    def attributed(self, model: str, attrs: tuple[str, ...]) -> ModelSeries:
+        """The series of ``model`` (through the model guard) for these attribution values."""
+        base = self.series(model)
+        if attrs == base.attrs:
+            return base
+        key = (base.model, attrs)
+        found = self._attributed.get(key)
+        if found is None:
+            with self._lock:
+                found = self._attributed.get(key)
+                if found is None:
+                    found = ModelSeries(self._metrics, self.provider, base.model, attrs)
+                    self._attributed[key] = found
+        return found
 
     def series(self, model: str) -> ModelSeries:
         found = self._series.get(model)
@@ -309,3 +336,68 @@ def provider_models(inst: Instrumentation, provider: str) -> ProviderModels:
         if models is None:
             models = by_provider[provider] = ProviderModels(inst.metrics, provider, inst.max_models)
         return models
+
+
+class AttributionGuard:
+    """The values each attribution label has had on one Instrumentation: at most ``limit``
+    per label, then "other" (one warning per label)."""
+
+    def __init__(self, labels: tuple[str, ...], limit: int) -> None:
+        self.labels = labels
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {label: set() for label in labels}
+        self._lock = threading.Lock()
+
+    def values(self, given: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """The label values of a call that gave ``given``: "" where it gave none."""
+        if not given:
+            return ("",) * len(self.labels)
+        return tuple(self._value(label, given.get(label)) for label in self.labels)
+
+    def _value(self, label: str, value: Any) -> str:
+        if value is None:
+            return ""
+        text = value if isinstance(value, str) else str(value)
+        try:
+            check_label_value(label, text)
+        except ValueError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        if text == "":
+            return text
+        seen = self._seen[label]
+        if text in seen:
+            return text
+        with self._lock:
+            if len(seen) < self.limit:
+                seen.add(text)
+                return text
+            if OTHER_MODEL not in seen:
+                seen.add(OTHER_MODEL)  # marks the warning as given
+                logger.warning(
+                    "instrument: attribution label %r has more than %d values; %r and any "
+                    "further ones are reported as %s=%r. Raise max_attribution_values, or "
+                    "map the values to a bounded set",
+                    label,
+                    self.limit,
+                    text,
+                    label,
+                    OTHER_MODEL,
+                )
+        return OTHER_MODEL
+
+
+_attribution_guards: weakref.WeakKeyDictionary[Instrumentation, AttributionGuard] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def attribution_guard(inst: Instrumentation) -> AttributionGuard | None:
+    """The attribution guard of ``inst``, or None when it declares no attribution."""
+    if not inst.attribution:
+        return None
+    with _guards_lock:
+        guard = _attribution_guards.get(inst)
+        if guard is None:
+            guard = AttributionGuard(inst.attribution, inst.max_attribution_values)
+            _attribution_guards[inst] = guard
+        return guard

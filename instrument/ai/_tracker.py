@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
@@ -15,7 +15,13 @@ from ..objectives import Coverage, declare
 from ..policy import Binding, Policy
 from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
-from ._series import ModelSeries, ProviderModels, provider_models
+from ._series import (
+    AttributionGuard,
+    ModelSeries,
+    ProviderModels,
+    attribution_guard,
+    provider_models,
+)
 from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ class AIBinding(Binding):
     active_dec: Callable[[], None]
     models: ProviderModels
     static: ModelSeries | None = None
+    attribution: AttributionGuard | None = None
 
     def __init__(self, inst: Instrumentation, tracker: AICallTracker) -> None:
         super().__init__(inst)
@@ -45,6 +52,17 @@ class AIBinding(Binding):
             self.active_inc, self.active_dec = active.inc, active.dec
         self.models = provider_models(inst, options.provider)
         self.static = None if options.label is None else self.models.series(options.label)
+        self.attribution = attribution_guard(inst)
+        if self.attribution is not None and options.attribution:
+            unknown = sorted(set(options.attribution) - set(self.attribution.labels))
+            if unknown:
+                logger.warning(
+                    "instrument: %r: attribution label(s) %s are not among the "
+                    "Instrumentation's attribution=%r; they are not recorded",
+                    tracker,
+                    ", ".join(map(repr, unknown)),
+                    self.attribution.labels,
+                )
 
 
 # -- the decorator -----------------------------------------------------------------------------
@@ -129,6 +147,49 @@ class AICallTracker(Policy[AICall, AIBinding]):
         return self._null
 
     def starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
+        start = self._model_starter(func)
+        if not self.options.attribution:
+            return start
+        signature = wraps_signature(func)
+
+        def start_attributed(
+            wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> AICall:
+            call = start(wrapped, args, kwargs)
+            b = call._b
+            if b is not None and b.attribution is not None:
+                call._attrs = self._attributes(signature, wrapped, args, kwargs)
+            return call
+
+        return start_attributed
+
+    def _attributes(
+        self,
+        signature: inspect.Signature | None,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The attribution values of one call; a callable that raises gives none (the call
+        goes on, its label is "")."""
+        try:
+            bound = bind_arguments(signature, wrapped, args, kwargs)
+        except Exception:
+            bound = dict(kwargs)
+        values: dict[str, Any] = {}
+        for label, value_of in cast(Mapping[str, Any], self.options.attribution).items():
+            try:
+                values[label] = value_of(bound)
+            except Exception as exc:
+                self._complain(
+                    f"attribution {label}",
+                    'the attribution callable for %r raised %s; the label is ""',
+                    label,
+                    type(exc).__name__,
+                )
+        return values
+
+    def _model_starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
         if self.options.model is not None:
             return self.start
         # model=None: the call's ``model`` argument, found by this function's signature (one
