@@ -250,6 +250,8 @@ class AICall(Probe):
 
     def _headers(self, source: Any) -> None:
         """Note the rate-limit headroom the headers of ``source`` report; never raises."""
+        if type(source) is dict:
+            return  # a parsed body: no headers (the usual case, one check)
         try:
             headers = headers_of(source)
             limits = None if headers is None else rate_limits(headers)

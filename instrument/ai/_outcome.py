@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
@@ -37,27 +36,55 @@ from ._fields import READERS, attribute, no_fields, read_field, reader_of
 _MAX_REASON = 64
 
 
-@dataclass(frozen=True, slots=True)
 class Outcome:
-    """The finish reasons (one per choice or candidate) and tool calls of responses."""
+    """The finish reasons (one per choice or candidate) and tool calls of responses.
 
-    finish_reasons: tuple[str, ...] = ()
-    tool_calls: int = 0
+    A plain class, not a frozen dataclass: one is made for nearly every response, and a
+    frozen one's construction costs several times more."""
+
+    __slots__ = ("finish_reasons", "tool_calls")
+
+    def __init__(self, finish_reasons: tuple[str, ...] = (), tool_calls: int = 0) -> None:
+        self.finish_reasons = finish_reasons
+        self.tool_calls = tool_calls
 
     def __add__(self, other: Outcome) -> Outcome:
         return Outcome(
             self.finish_reasons + other.finish_reasons, self.tool_calls + other.tool_calls
         )
 
+    def __eq__(self, other: object) -> bool:
+        return (
+            isinstance(other, Outcome)
+            and self.finish_reasons == other.finish_reasons
+            and self.tool_calls == other.tool_calls
+        )
+
+    __hash__ = None  # type: ignore[assignment]
+
+    def __repr__(self) -> str:
+        return f"Outcome({self.finish_reasons!r}, {self.tool_calls!r})"
+
+
+# Reasons as sent mapped to their label: a few distinct ones, seen on every response.
+_REASONS: dict[str, str] = {}
+_MAX_REMEMBERED = 256
+
 
 def _reason(value: Any) -> str | None:
-    if isinstance(value, Enum):
+    if type(value) is str:  # the usual case: remembered
+        found = _REASONS.get(value)
+        if found is not None:
+            return found
+    elif isinstance(value, Enum):
         value = value.value
     if not isinstance(value, str) or not value:
         return None
     reason = value.lower()
     if len(reason) > _MAX_REASON or not reason.isascii() or not reason.isprintable():
-        return "other"  # not a provider's reason: keep the label set bounded and encodable
+        reason = "other"  # not a provider's reason: keep the label set bounded and encodable
+    if len(_REASONS) < _MAX_REMEMBERED and type(value) is str:
+        _REASONS[value] = reason
     return reason
 
 
@@ -69,7 +96,7 @@ def _outcome(reasons: list[str], tools: int) -> Outcome | None:
     return Outcome(tuple(reasons), tools) if reasons or tools else None
 
 
-def _choices(choices: list[Any]) -> tuple[Outcome | None, bool]:
+def _choices(choices: list[Any] | tuple[Any, ...]) -> tuple[Outcome | None, bool]:
     """Chat Completions choices: a response's (``message``) or a chunk's (``delta``)."""
     reasons: list[str] = []
     tools = 0
@@ -134,7 +161,7 @@ def extract_outcome(response: Any) -> tuple[Outcome | None, bool]:
         return None, False
     choices = get(response, "choices")
     if isinstance(choices, list | tuple):
-        return _choices(list(choices))
+        return _choices(choices)
     kind = get(response, "type")
     if kind == "message":  # an Anthropic Message
         tools = sum(

@@ -168,8 +168,12 @@ class ModelSeries:
         else:
             ops[status]()
         if outcome is not None:
+            lazy = self._lazy
             for reason in outcome.finish_reasons:
-                self._child("ai_finish_reasons", reason).inc()
+                child = lazy.get(("ai_finish_reasons", reason))  # _child's key, looked up inline
+                if child is None:
+                    child = self._child("ai_finish_reasons", reason)
+                child.inc()
             if outcome.tool_calls:
                 self._child("ai_tool_calls").inc(outcome.tool_calls)
 

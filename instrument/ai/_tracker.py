@@ -150,7 +150,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         start = self._model_starter(func)
         if not self.options.attribution:
             return start
-        signature = wraps_signature(func)
+        arguments = _Arguments(wraps_signature(func))
 
         def start_attributed(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -158,14 +158,14 @@ class AICallTracker(Policy[AICall, AIBinding]):
             call = start(wrapped, args, kwargs)
             b = call._b
             if b is not None and b.attribution is not None:
-                call._attrs = self._attributes(signature, wrapped, args, kwargs)
+                call._attrs = self._attributes(arguments, wrapped, args, kwargs)
             return call
 
         return start_attributed
 
     def _attributes(
         self,
-        signature: inspect.Signature | None,
+        arguments: _Arguments,
         wrapped: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
@@ -173,7 +173,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         """The attribution values of one call; a callable that raises gives none (the call
         goes on, its label is "")."""
         try:
-            bound = bind_arguments(signature, wrapped, args, kwargs)
+            bound = arguments.of(wrapped, args, kwargs)
         except Exception:
             bound = dict(kwargs)
         values: dict[str, Any] = {}
@@ -271,6 +271,36 @@ class AICallTracker(Policy[AICall, AIBinding]):
         log = logger.debug if what in self._warned else logger.warning
         self._warned.add(what)
         log("instrument: " + message, *args)
+
+
+class _Arguments:
+    """A decorated function's arguments by name, defaults filled in, for attribution=
+    callables: by position and keyword directly when the signature allows it (the usual
+    case), else through ``Signature.bind``, which costs several times more."""
+
+    def __init__(self, signature: inspect.Signature | None) -> None:
+        self.signature = signature
+        params = [] if signature is None else list(signature.parameters.values())
+        self.positional = tuple(
+            p.name
+            for p in params
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        # *args or keyword-only parameters: what lands where needs the real binding.
+        self.simple = signature is not None and all(
+            p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            for p in params
+        )
+
+    def of(
+        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        if self.simple and len(args) <= len(self.positional) and not inspect.ismethod(wrapped):
+            return {**self.defaults, **dict(zip(self.positional, args, strict=False)), **kwargs}
+        bound = {**self.defaults, **bind_arguments(self.signature, wrapped, args, kwargs)}
+        return bound
 
 
 def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:

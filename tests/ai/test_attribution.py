@@ -54,21 +54,27 @@ def test_money_metrics_split_by_tenant_and_histograms_do_not(
     ask("acme", "hi")
     ask(tenant_id="acme", prompt="again")
     ask("globex", "hi")
+
+    @attributed.track_ai_call("openai", MODEL, attribution={"tenant": lambda a: a["tenant_id"]})
+    def ask_default(prompt: str, tenant_id: str = "globex") -> dict[str, Any]:
+        return response(cached=40)
+
+    ask_default("hi")  # the default's value, as the function sees it
     labels = {"provider": "openai", "model": MODEL}
-    assert calls(registry, "acme") == 2 and calls(registry, "globex") == 1
+    assert calls(registry, "acme") == 2 and calls(registry, "globex") == 2
     assert (
         counted(registry, "ai_tokens_used_total", token_type="input", tenant="acme", **labels)
         == 200
     )
     assert (
         counted(registry, "ai_token_details_total", detail="cache_read", tenant="globex", **labels)
-        == 40
+        == 80
     )
     assert counted(registry, "ai_cost_usd_total", tenant="acme", **labels) == pytest.approx(
         2 * 120e-06
     )
     # One duration histogram for the model, whatever the tenant.
-    assert counted(registry, "ai_call_duration_seconds_count", **labels) == 3
+    assert counted(registry, "ai_call_duration_seconds_count", **labels) == 4
     for metric in registry.collect():
         if metric.name in ("codomyrmex_ai_call_duration_seconds", "codomyrmex_ai_operations"):
             assert all("tenant" not in s.labels for s in metric.samples)
