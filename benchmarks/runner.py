@@ -23,6 +23,7 @@ from .ai_calls import run_ai
 from .calls import run_async, run_sync
 from .coalesce import run_coalesce
 from .collect import run_collect
+from .genai import run_genai
 from .imports import run_imports
 from .memory import run_memory
 from .push import run_push
@@ -45,6 +46,7 @@ SECTIONS: tuple[tuple[int, str, Callable[[Settings], Section]], ...] = (
     (8, "coalesce", run_coalesce),
     (9, "remote_write", run_remote_write),
     (10, "collect", run_collect),
+    (11, "genai", run_genai),
 )
 
 

@@ -190,6 +190,17 @@ class Increase(Expr):
 
 
 @dataclass(frozen=True)
+class MaxOverTime(Expr):
+    """The largest value of a gauge over ``window``."""
+
+    of: Series
+    window: str
+
+    def promql(self, ctx: Context) -> str:
+        return f"max_over_time({self.of.promql(ctx)}[{self.window}])"
+
+
+@dataclass(frozen=True)
 class Sum(Expr):
     of: Expr
     by: tuple[str, ...] = ()

@@ -209,6 +209,12 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_models", "INSTRUMENT_MAX_MODELS", "50",
             "Distinct model label values kept per provider; more are reported as 'other'.",
             _positive_int),
+    Setting("attribution", None, "()",
+            "Labels the AI money metrics gain for spend per tenant, user or feature, e.g. "
+            "('tenant',); values come from track_ai_call(attribution=...) or call.attribute()."),
+    Setting("max_attribution_values", "INSTRUMENT_MAX_ATTRIBUTION_VALUES", "100",
+            "Distinct values kept per attribution label; more are reported as 'other'.",
+            _positive_int),
     Setting("prices", "INSTRUMENT_AI_PRICES", "None",
             "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path.",
             _price_table),

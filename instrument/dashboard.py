@@ -11,17 +11,27 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
+from ._panels import AI as _AI
+from ._panels import BY_MODEL as _BY_MODEL
+from ._panels import LLM_OUTCOMES, PanelKind
+from ._panels import NONE_IS_ZERO as _NONE_IS_ZERO
+from ._panels import PER_MODEL as _PER_MODEL
+from ._panels import SHARE as _SHARE
+from ._panels import Panel as _Panel
+from ._panels import Query as _Query
+from ._panels import ai as _ai
+from ._panels import calls as _calls
+from ._panels import count as _count
+from ._panels import quantile as _quantile
+from ._panels import stat as _stat
+from ._panels import ts as _ts
 from ._promql import (
     Context,
-    Expr,
-    Increase,
     Max,
     Op,
     OrZero,
-    Quantile,
     Rate,
     Ratio,
     Series,
@@ -39,77 +49,23 @@ __all__ = ["SCHEMA_VERSION", "build_dashboard", "check_uid", "dashboard_json", "
 #: The dashboard model version written (Grafana 12).
 SCHEMA_VERSION = 41
 
-PanelKind = Literal["timeseries", "stat", "piechart", "gauge"]
-
 _DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-# Multi-value variables with "All" need regex matchers; "All" is sent as ".*".
 _ANALYSIS = ('module=~"$module"', 'analysis_type=~"$analysis_type"')
-_AI = ('provider=~"$provider"', 'model=~"$model"')
 _UID_RE = re.compile(r"[A-Za-z0-9_-]{1,40}")
 _GRID_WIDTH = 24
-
-
-@dataclass(frozen=True)
-class _Query:
-    expr: Expr
-    legend: str = "__auto"
-
-
-@dataclass(frozen=True)
-class _Panel:
-    """One panel: what it shows and where; ``defaults`` are its fieldConfig defaults
-    (axis bounds, decimals, what "no data" reads as) beyond its unit."""
-
-    kind: PanelKind
-    title: str
-    description: str
-    unit: str
-    queries: tuple[_Query, ...]
-    width: int = 12
-    height: int = 8
-    defaults: dict[str, Any] = field(default_factory=dict)
-
-
-def _ts(title: str, description: str, unit: str, *queries: _Query, **defaults: Any) -> _Panel:
-    return _Panel("timeseries", title, description, unit, queries, defaults=defaults)
-
-
-def _stat(title: str, description: str, unit: str, *queries: _Query, **defaults: Any) -> _Panel:
-    return _Panel("stat", title, description, unit, queries, width=4, height=4, defaults=defaults)
-
-
-def _count(key: str, where: tuple[str, ...], by: tuple[str, ...], over_range: bool) -> Sum:
-    # Per second over the rate interval, or the total over the picked range.
-    selector = Series(key, where)
-    return Sum(Increase(selector) if over_range else Rate(selector), by)
 
 
 def _analyses(*where: str, by: tuple[str, ...] = (), over_range: bool = False) -> Sum:
     return _count("analyses", (*_ANALYSIS, *where), by, over_range)
 
 
-def _calls(*where: str, by: tuple[str, ...] = (), over_range: bool = False) -> Sum:
-    return _count("ai_api_calls", (*_AI, *where), by, over_range)
-
-
-def _ai(key: str, by: tuple[str, ...] = (), over_range: bool = False) -> Sum:
-    return _count(key, _AI, by, over_range)
-
-
-def _quantile(q: float, key: str, where: tuple[str, ...], by: tuple[str, ...] = ()) -> Quantile:
-    return Quantile(q, Rate(Series(key, where, "_bucket")), by)
-
-
 _BY_ANALYSIS = ("module", "analysis_type")
-_BY_MODEL = ("provider", "model")
 _ERROR = 'status="error"'
 _PER_ANALYSIS = "{{module}} / {{analysis_type}}"
-_PER_MODEL = "{{provider}} / {{model}}"
 _QUALITY = _Query(
     Max(Series("code_quality_score", _ANALYSIS[:1]), ("project", "module")),
     "{{project}} / {{module}}",
 )
-_SHARE = {"min": 0, "max": 1}
 _PER_OBJECTIVE = "{{objective}} ({{job}})"
 _PER_BUDGET = "/ on (sloth_id) group_left()"  # one budget per objective, a ratio per job
 
@@ -124,8 +80,6 @@ def _releases(names: dict[str, str]) -> dict[str, Any]:
         "tagKeys": "job,version",
     }  # fmt: skip
 
-
-_NONE_IS_ZERO = {"noValue": "0"}
 
 #: The dashboard: its rows top to bottom (the first without a title bar), each row's panels
 #: left to right, wrapping at Grafana's 24 columns.
@@ -240,6 +194,7 @@ _ROWS: tuple[tuple[str | None, tuple[_Panel, ...]], ...] = (
                (_Query(OrZero(_ai("ai_unpriced_calls", over_range=True)), "unpriced"),),
                width=4, height=8, defaults={"decimals": 0}),
     )),
+    ("LLM outcomes", LLM_OUTCOMES),
     # The objectives' recordings (rules.py): empty until objective= is declared.
     ("Objectives", (
         _Panel("stat", "Error budget remaining",

@@ -45,6 +45,7 @@ from .metrics import (
     DEFAULT_NAMESPACE,
     Metrics,
     before_read,
+    check_attribution,
     check_buckets,
     check_build_info,
     check_namespace,
@@ -107,6 +108,8 @@ class Instrumentation:
         external_labels: Mapping[str, str] | None = None,
         stale_on_exit: bool = True,
         build_info: Mapping[str, str] | None = None,
+        attribution: Sequence[str] = (),
+        max_attribution_values: int = 100,
     ) -> None:
         if args:
             raise TypeError(
@@ -122,6 +125,14 @@ class Instrumentation:
             )
         if not isinstance(max_models, int) or max_models < 1:
             raise ValueError(f"max_models must be a positive integer, got {max_models!r}")
+        if not isinstance(max_attribution_values, int) or max_attribution_values < 1:
+            raise ValueError(
+                f"max_attribution_values must be a positive integer, got {max_attribution_values!r}"
+            )
+        #: The labels the money metrics gain (track_ai_call's attribution=), each with at
+        #: most ``max_attribution_values`` values; the rest are "other".
+        self.attribution = check_attribution(attribution)
+        self.max_attribution_values = max_attribution_values
         # Everything that can be refused is checked before the registry is touched, so a
         # refused Instrumentation leaves a user's registry as it was.
         enabled = check_flag("enabled", enabled)
@@ -209,7 +220,9 @@ class Instrumentation:
                 remote_write=remote,
             )
 
-        self.metrics, self.delivery = _register(self.registry, namespace, buckets, make_delivery)
+        self.metrics, self.delivery = _register(
+            self.registry, namespace, buckets, make_delivery, self.attribution
+        )
         if build is not None and self.enabled:
             self.metrics.build_info.labels(**build).set(1)
         self._warned_job_types: set[str] = set()
@@ -449,6 +462,7 @@ def _register(
     namespace: str,
     buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
     make_delivery: Callable[[Metrics], Delivery],
+    attribution: tuple[str, ...] = (),
 ) -> tuple[Metrics, Delivery]:
     """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
     then build the delivery with them: all or nothing.
@@ -468,7 +482,7 @@ def _register(
         existed = Metrics.shared(registry, namespace) is not None
         metrics = None
         try:
-            metrics = Metrics.get(registry, namespace, buckets)
+            metrics = Metrics.get(registry, namespace, buckets, attribution)
             return metrics, make_delivery(metrics)
         except BaseException:
             if metrics is not None and not existed:

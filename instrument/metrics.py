@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 __all__ = [
     "AI_DURATION_BUCKETS",
     "ANALYSIS_DURATION_BUCKETS",
+    "ATTRIBUTED",
     "BUILD_INFO_KEYS",
     "DEFAULT_NAMESPACE",
     "METRICS",
@@ -31,6 +32,7 @@ __all__ = [
     "MetricSpec",
     "Metrics",
     "before_read",
+    "check_attribution",
     "check_buckets",
     "check_build_info",
     "check_label_value",
@@ -114,6 +116,21 @@ METRICS: tuple[MetricSpec, ...] = (
     MetricSpec("ai_usage_missing", "ai_usage_missing_total", "counter",
                "AI API calls whose response or stream ended without readable usage",
                ("provider", "model")),
+    MetricSpec("ai_operations", "ai_operations_total", "counter",
+               "AI API calls by operation (chat, embeddings, execute_tool, ...)",
+               ("provider", "model", "operation", "status")),
+    MetricSpec("ai_finish_reasons", "ai_finish_reasons_total", "counter",
+               "Why responses ended, one per choice or candidate (length: truncated)",
+               ("provider", "model", "finish_reason")),
+    MetricSpec("ai_tool_calls", "ai_tool_calls_total", "counter",
+               "Tool or function calls requested by AI responses and streams",
+               ("provider", "model")),
+    MetricSpec("ai_rate_limit_remaining", "ai_rate_limit_remaining", "gauge",
+               "Requests or tokens left in the provider's rate limit, from the last response's "
+               "headers", ("provider", "model", "limit"), multiprocess_mode="mostrecent"),
+    MetricSpec("ai_retry_after", "ai_retry_after_seconds", "gauge",
+               "The retry-after of the last rate-limited (429) AI call", ("provider", "model"),
+               multiprocess_mode="mostrecent"),
     # Delivery self-metrics
     MetricSpec("pushes", "pushes_total", "counter", "Push attempts to the Pushgateway"),
     MetricSpec("push_failures", "push_failures_total", "counter",
@@ -177,6 +194,28 @@ def _sample_labels() -> frozenset[str]:
     if any(spec.kind == "gauge" and spec.multiprocess_mode in per_process for spec in METRICS):
         names.add("pid")
     return frozenset(names)
+
+
+#: The money metrics: what ``attribution=`` labels split (histograms never are).
+ATTRIBUTED = frozenset({"ai_api_calls", "ai_tokens", "ai_token_details", "ai_cost"})
+
+
+def check_attribution(labels: object) -> tuple[str, ...]:
+    """``attribution=`` as label names the money metrics can take, else a TypeError or
+    ValueError saying what to pass."""
+    if isinstance(labels, str) or not isinstance(labels, Iterable):
+        raise TypeError("attribution must be a tuple of label names, e.g. ('tenant',)")
+    names = tuple(labels)
+    taken = {label for spec in METRICS for label in spec.labels} | {"le", "job", "instance"}
+    for name in names:
+        # A label name has a metric prefix's syntax; "__" starts Prometheus' own.
+        if not isinstance(name, str) or not _NAMESPACE_RE.fullmatch(name) or name[:2] == "__":
+            raise ValueError(f"attribution label {name!r} is not a valid label name, e.g. 'tenant'")
+        if name in taken:
+            raise ValueError(f"attribution label {name!r} is one of the toolkit's; pick another")
+    if len(set(names)) != len(names):
+        raise ValueError(f"attribution names a label twice: {names!r}")
+    return names
 
 
 #: Every label name a sample of ours can carry, "le" of histogram buckets included: a
@@ -336,6 +375,11 @@ class Metrics:
     ai_cost: Counter
     ai_unpriced_calls: Counter
     ai_usage_missing: Counter
+    ai_operations: Counter
+    ai_finish_reasons: Counter
+    ai_tool_calls: Counter
+    ai_rate_limit_remaining: Gauge
+    ai_retry_after: Gauge
     pushes: Counter
     push_failures: Counter
     last_push_success: Gauge
@@ -346,9 +390,12 @@ class Metrics:
         registry: CollectorRegistry,
         namespace: str,
         buckets: Mapping[str, tuple[float, ...]],
+        attribution: tuple[str, ...] = (),
     ) -> None:
         self.registry = registry
         self.namespace = namespace
+        #: The labels ``attribution=`` adds to the money metrics (:data:`ATTRIBUTED`).
+        self.attribution = attribution
         self.buckets = {
             s.suffix: buckets.get(s.suffix, s.buckets) for s in METRICS if s.buckets is not None
         }
@@ -362,7 +409,10 @@ class Metrics:
     def _create(self, spec: MetricSpec) -> Counter | Gauge | Histogram:
         name = spec.name(self.namespace)
         if spec.kind == "counter":
-            return _Counter(name, spec.documentation, spec.labels, registry=None)
+            labels = spec.labels
+            if spec.attr in ATTRIBUTED:
+                labels += self.attribution
+            return _Counter(name, spec.documentation, labels, registry=None)
         if spec.kind == "gauge":
             return _Gauge(
                 name,
@@ -381,6 +431,7 @@ class Metrics:
         registry: CollectorRegistry,
         namespace: str = DEFAULT_NAMESPACE,
         buckets: Sequence[float] | Mapping[str, Sequence[float]] | None = None,
+        attribution: tuple[str, ...] = (),
     ) -> Metrics:
         """The metrics of ``namespace`` on ``registry``, created on first use and shared after.
 
@@ -395,6 +446,12 @@ class Metrics:
             by_namespace: dict[str, Metrics] = vars(registry).setdefault(_SHARED_ATTR, {})
             existing = by_namespace.get(namespace)
             if existing is not None:
+                if existing.attribution != attribution:
+                    raise ValueError(
+                        f"the metrics of namespace {namespace!r} are already registered on this "
+                        f"registry with attribution={existing.attribution!r}; pass the same "
+                        "attribution, or use another namespace or registry"
+                    )
                 for suffix, bounds in overrides.items():
                     if existing.buckets[suffix] != bounds:
                         raise ValueError(
@@ -405,7 +462,7 @@ class Metrics:
                         )
                 return existing
             try:
-                metrics = cls(registry, namespace, overrides)
+                metrics = cls(registry, namespace, overrides, attribution)
             except ValueError as exc:
                 raise ValueError(
                     f"metrics of namespace {namespace!r} clash with collectors already on this "

@@ -24,6 +24,7 @@ from ._promql import (
     Expr,
     Increase,
     Max,
+    MaxOverTime,
     Op,
     Quantile,
     Rate,
@@ -186,6 +187,18 @@ _GROUPS: tuple[tuple[str, tuple[_Record | _Alert, ...]], ...] = (
                description="More than %(ai_rate_limited_ratio)s of {{ $labels.provider }}/"
                "{{ $labels.model }} calls got HTTP 429 over the last %(window)s: slow down, "
                "back off on Retry-After, or raise the quota."),
+        # The share of a rate limit used, against the most the provider said was left over
+        # the last day (its headers report what remains, not the limit itself).
+        _Alert("AIRateLimitHeadroomLow",
+               Op(1, "-", Op(Series("ai_rate_limit_remaining"), "/",
+                             MaxOverTime(Series("ai_rate_limit_remaining"), "1d"), True)),
+               0.9, "ai_for",
+               summary="{{ $labels.provider }}/{{ $labels.model }}: "
+               "{{ $value | humanizePercentage }} of the {{ $labels.limit }} rate limit used",
+               description="The {{ $labels.limit }} left in {{ $labels.provider }}/"
+               "{{ $labels.model }}'s rate limit (%(ai_rate_limit_remaining)s) is under 10%% "
+               "of the most seen over the last day: 429s come next. Slow down or raise the "
+               "quota."),
         _Alert("AITokenBurnHigh", Op(Sum(Series("ai_tokens:rate"), _BY_MODEL), "*", 3600),
                "tokens_per_hour", "tokens_for",
                summary="{{ $labels.provider }}/{{ $labels.model }}: "

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import uuid
 from collections.abc import Iterator
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -172,6 +173,12 @@ def e2e_workload(
         workload.close()
 
 
+#: What the workload's responses say is left of their rate limits: gpt-4o's successes, and
+#: the claude 429s (with their retry-after).
+GPT_HEADROOM = {"x-ratelimit-remaining-requests": "4999", "x-ratelimit-remaining-tokens": "29000"}
+CLAUDE_LIMITED = {"anthropic-ratelimit-requests-remaining": "0", "retry-after": "7"}
+
+
 class E2EWorkload:
     """Analyses (sync and async, successes and errors, quality scores) and LLM calls (plain,
     streamed, rate limited, priced and not) under their own job, with one job left running.
@@ -243,22 +250,27 @@ class E2EWorkload:
             return {"score": 80.0 + round_number}
 
         @inst.track_ai_call("openai", "gpt-4o")
-        def ask(prompt: str) -> dict[str, object]:
-            return {
-                "model": "gpt-4o",
-                "usage": {
+        def ask(prompt: str) -> object:
+            # A raw response's shape: its headers say what is left of the rate limit.
+            return SimpleNamespace(
+                headers=GPT_HEADROOM,
+                choices=[
+                    {"message": {"tool_calls": [{"id": "call_1"}]}, "finish_reason": "tool_calls"}
+                ],
+                model="gpt-4o",
+                usage={
                     "prompt_tokens": 1200,
                     "completion_tokens": 300,
                     "total_tokens": 1500,
                     "prompt_tokens_details": {"cached_tokens": 200},
                     "completion_tokens_details": {"reasoning_tokens": 50},
                 },
-            }
+            )
 
         @inst.track_ai_call("openai", "gpt-4o")
         def ask_streaming(prompt: str) -> Iterator[dict[str, object]]:
             yield {"choices": [{"delta": {"content": "Hel"}}]}
-            yield {"choices": [{"delta": {"content": "lo"}}]}
+            yield {"choices": [{"delta": {"content": "lo"}, "finish_reason": "length"}]}
             yield {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 2}}
 
         analyze("src/")
@@ -282,6 +294,7 @@ class E2EWorkload:
 
         class RateLimitError(Exception):
             status_code = 429
+            response = SimpleNamespace(headers=CLAUDE_LIMITED)
 
         @inst.track_ai_call("anthropic", "claude-sonnet")
         async def claude(prompt: str) -> dict[str, object]:
@@ -290,6 +303,7 @@ class E2EWorkload:
             return {
                 "type": "message",
                 "model": "claude-sonnet",
+                "stop_reason": "end_turn",
                 "usage": {"input_tokens": 500, "output_tokens": 120, "cache_read_input_tokens": 80},
             }
 

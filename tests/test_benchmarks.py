@@ -29,6 +29,7 @@ SECTIONS = (
     "coalesce",
     "remote_write",
     "collect",
+    "genai",
 )
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
 ALWAYS_RUN = ("sync", "async", "streams", "import", "memory", "collect")

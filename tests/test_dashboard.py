@@ -374,7 +374,7 @@ def test_ratios_show_zero_when_nothing_failed() -> None:
         if p["fieldConfig"]["defaults"]["unit"] == "percentunit"
         and p["title"] != "Error budget remaining"
     ]
-    assert len(ratios) == 4  # three error ratios and the usage coverage
+    assert len(ratios) == 5  # three error ratios, the usage coverage, the truncation rate
     for p in ratios:
         expr = p["targets"][0]["expr"]
         assert " or vector(0))" in expr or " * 0) / " in expr, p["title"]

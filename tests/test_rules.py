@@ -58,7 +58,7 @@ def test_promtool_checks_the_rule_file(tmp_path: Path) -> None:
     path.write_text(rules_yaml("codomyrmex"))
     checked = promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 15 rules found" in checked.stdout
+    assert "SUCCESS: 16 rules found" in checked.stdout
 
 
 def render(template: str, labels: dict[str, str], value: str) -> str:
@@ -146,6 +146,25 @@ INPUT = [
         model="claude",
         token_type="input",
     ),
+    # gpt-4o's requests left fall from 1000 to 50 (95 % of the most seen used); claude's
+    # stay at 1000; a limit that was always 0 says nothing (0 / 0).
+    series(
+        "ai_rate_limit_remaining",
+        "1000-50x19 50+0x100",
+        provider="openai",
+        model="gpt-4o",
+        limit="requests",
+    ),
+    series(
+        "ai_rate_limit_remaining",
+        "1000+0x120",
+        provider="anthropic",
+        model="claude",
+        limit="requests",
+    ),
+    series(
+        "ai_rate_limit_remaining", "0+0x120", provider="anthropic", model="claude", limit="tokens"
+    ),
     # Unix time of the last successful push: "silent" stopped at 5m; "live" keeps pushing;
     # "fresh" only ever pushed its first push (which carries 0).
     series("last_push_success_timestamp_seconds", "0+60x5 300+0x115", job="silent"),
@@ -160,6 +179,7 @@ ALERT_TESTS = [
     ("CodomyrmexJobActiveTooLong", "50m", "70m", {"job": "batch", "job_type": "nightly"}, "1"),
     ("CodomyrmexAIErrorSpike", "4m", "10m", {"provider": "openai", "model": "gpt-4o"}, "20%"),
     ("CodomyrmexAIRateLimited", "4m", "10m", {"provider": "openai", "model": "gpt-4o"}, "20%"),
+    ("CodomyrmexAIRateLimitHeadroomLow", "15m", "30m", {"provider": "openai", "model": "gpt-4o", "limit": "requests"}, "95%"),
     ("CodomyrmexAITokenBurnHigh", "10m", "20m", {"provider": "openai", "model": "gpt-4o"}, "1.8M"),
     ("CodomyrmexPushSilent", "19m", "25m", {"job": "silent"}, "20m 0s"),
 ]  # fmt: skip
@@ -560,4 +580,4 @@ def test_promtool_checks_the_rules_of_odd_namespaces(namespace: str, tmp_path: P
     path.write_text(rules_yaml(namespace))
     checked = promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
-    assert "SUCCESS: 15 rules found" in checked.stdout
+    assert "SUCCESS: 16 rules found" in checked.stdout

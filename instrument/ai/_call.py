@@ -11,8 +11,9 @@ from .._engine import Probe, report_failure, run_deferred
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
+from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
 from ._proxies import MANAGER, stream_kind, wrap_stream
-from ._series import UNKNOWN_MODEL, ModelSeries
+from ._series import UNKNOWN_MODEL, ModelSeries, http_status
 from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
@@ -33,13 +34,16 @@ class AICall(Probe):
     """
 
     __slots__ = (
+        "_attrs",
         "_b",
         "_done",
         "_failure",
         "_first",
         "_items",
         "_last",
+        "_limits",
         "_model",
+        "_outcome",
         "_seek_model",
         "_seen",
         "_seen_model",
@@ -62,6 +66,9 @@ class AICall(Probe):
         # Whether responses are still read for the model: one check per chunk.
         self._seek_model = binding is not None and binding.static is None and model is None
         self._usage: Usage | None = None
+        self._outcome: Outcome | None = None  # finish reasons and tool calls
+        self._limits: dict[str, float] | None = None  # rate-limit headroom, by limit
+        self._attrs: dict[str, Any] | None = None  # attribution values given
         # The streams whose usage the call's end adds, unless they ended first: those
         # recorded in a with-block, and a generator function's own yields (``_items``).
         self._streams: list[Chunks] | None = None
@@ -125,6 +132,18 @@ class AICall(Probe):
             self._model = model
             self._seek_model = False
 
+    def attribute(self, **values: str) -> None:
+        """Set this call's attribution labels (declared by the Instrumentation's
+        ``attribution=``), e.g. ``call.attribute(tenant="acme")``."""
+        for label, value in values.items():
+            if not isinstance(value, str):
+                raise TypeError(
+                    f"attribute({label}=...) takes a string, got {type(value).__name__}"
+                )
+            check_label_value(label, value)
+        if self._b is not None and not self._done:
+            self._attrs = values if self._attrs is None else {**self._attrs, **values}
+
     @property
     def model(self) -> str | None:
         """The model as known so far: set, from the call's argument, fixed, or seen."""
@@ -132,8 +151,8 @@ class AICall(Probe):
 
     @property
     def operation(self) -> str:
-        """The tracker's ``operation`` ("chat" unless given): informational, for logs and
-        custom ``usage=`` extraction; no metric has an operation label."""
+        """The tracker's ``operation`` ("chat" unless given): the ``operation`` label of
+        ai_operations_total."""
         return self._tracker.options.operation
 
     # -- the engine's side -----------------------------------------------------------------
@@ -202,6 +221,7 @@ class AICall(Probe):
             return Manager(result, Stream(self, owner), mode)
         if kind:
             self._note(result)
+            self._headers(result)
             return wrap_stream(result, kind, Stream(self, owner))
         body = self._body(result)
         if body is None:
@@ -230,7 +250,21 @@ class AICall(Probe):
             return None
         if body is not None:
             self._note(response)
+            self._headers(response)
         return body
+
+    def _headers(self, source: Any) -> None:
+        """Note the rate-limit headroom the headers of ``source`` report; never raises."""
+        if type(source) is dict:
+            return  # a parsed body: no headers (the usual case, one check)
+        try:
+            headers = headers_of(source)
+            limits = None if headers is None else rate_limits(headers)
+        except Exception:
+            report_failure("reading rate-limit headers")
+            return
+        if limits:
+            self._limits = limits if self._limits is None else {**self._limits, **limits}
 
     def _note(self, response: Any) -> None:
         if self._seen is None:
@@ -251,10 +285,15 @@ class AICall(Probe):
             return
         if self._seen is None:  # _note, inlined: this runs for every response and chunk
             self._seen = type(response).__name__
+        self._headers(response)
         try:
             usage = self._tracker._extract(response)
             if usage is not None:
                 self._add(usage)
+            outcome = extract_outcome(response)[0]
+            if outcome is not None:
+                with usage_lock:
+                    self._outcome = outcome if self._outcome is None else self._outcome + outcome
             if self._seek_model:
                 self._see_model(response)
         except Exception as exc:
@@ -284,7 +323,7 @@ class AICall(Probe):
                 for stream in streams:
                     stream.settle_open()
             # The fixed model's series, bound at the binding: the usual case, no call.
-            if self._model is None and b.static is not None:
+            if self._model is None and b.static is not None and b.attribution is None:
                 series, name = b.static, cast(str, self._tracker.options.model)
             else:
                 series, name = self._series(b)
@@ -292,6 +331,15 @@ class AICall(Probe):
             series.record(
                 status, now - self._t0, self._first, usage, exc, self._seen, self._failure
             )
+            series.outcome(self._tracker.options.operation, status, self._outcome)
+            retry = None
+            if exc is not None:  # an SDK error keeps the response it failed with
+                self._headers(exc)
+                if http_status(exc) == "429":
+                    headers = headers_of(exc)
+                    retry = None if headers is None else retry_after(headers)
+            if self._limits is not None or retry is not None:
+                series.headroom(self._limits or {}, retry)
             prices = b.inst.prices
             if prices is not None:
                 series.price(prices, name, usage, status)
@@ -304,9 +352,15 @@ class AICall(Probe):
         if model is None:
             fixed = self._tracker.options.model
             if b.static is not None and fixed is not None:
-                return b.static, fixed
+                if b.attribution is None:
+                    return b.static, fixed
+                label = self._tracker.options.label or fixed
+                return b.models.attributed(label, b.attribution.values(self._attrs)), fixed
             model = self._seen_model or UNKNOWN_MODEL
-        return b.models.series(self._tracker._label(model)), model
+        label = self._tracker._label(model)
+        if b.attribution is not None:
+            return b.models.attributed(label, b.attribution.values(self._attrs)), model
+        return b.models.series(label), model
 
 
 #: How many result types one tracker remembers as plain: a bound, as a program may make

@@ -14,9 +14,10 @@ from ..objectives import Objective, ObjectiveArg, objectives_of
 class AICallOptions(TypedDict, total=False):
     """The keyword options of :func:`track_ai_call`."""
 
-    #: What kind of call this is: chat (default), embeddings, ... Informational only: no
-    #: metric has an operation label. Exposed as ``call.operation`` on the with-block
-    #: handle (and ``tracker.operation``), for logs and custom ``usage=`` extraction.
+    #: What kind of call this is: "chat" (default); the OpenTelemetry GenAI names are
+    #: chat, embeddings, text_completion, generate_content, execute_tool, invoke_agent and
+    #: retrieval (others are allowed). The ``operation`` label of ai_operations_total;
+    #: also ``call.operation`` on the with-block handle (and ``tracker.operation``).
     operation: str
     #: Reads usage from responses (and stream chunks) of other shapes: returns a
     #: :class:`~instrument.usage.Usage`, a mapping with its field names, or None.
@@ -31,6 +32,10 @@ class AICallOptions(TypedDict, total=False):
     normalize_model: Callable[[str], str] | None
     #: An :class:`~instrument.Objective` (or a list) these calls count towards.
     objective: ObjectiveArg
+    #: The attribution labels' values per call, each a callable taking the call's
+    #: arguments by name: ``{"tenant": lambda args: args["tenant_id"]}``. The labels are
+    #: the Instrumentation's ``attribution=``.
+    attribution: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None
 
 
 OPTION_NAMES = frozenset(AICallOptions.__optional_keys__)
@@ -53,6 +58,7 @@ class TrackerOptions:
     job_type: str = "ai_call"
     normalize_model: Callable[[str], str] | None = None
     objective: ObjectiveArg = None
+    attribution: Mapping[str, Callable[[Mapping[str, Any]], Any]] | None = None
     #: The fixed model's label (``normalize_model`` applied once); None for model=None.
     label: str | None = field(init=False, default=None)
 
@@ -92,6 +98,7 @@ class TrackerOptions:
                 f"operation must be a non-empty string such as 'chat' or 'embeddings', "
                 f"got {self.operation!r}"
             )
+        check_label_value("operation", self.operation)
         if self.usage is not None and not callable(self.usage):
             raise TypeError(
                 "usage must be a callable taking a response (or stream chunk) and returning "
@@ -125,6 +132,17 @@ class TrackerOptions:
                     "non-empty string"
                 )
             check_label_value(f"the label normalize_model({model!r}) returned", label)
+        attribution = self.attribution
+        if attribution is not None:
+            example = "attribution={'tenant': lambda args: args['tenant_id']}"
+            if not isinstance(attribution, Mapping) or not all(
+                isinstance(k, str) and k and callable(v) for k, v in attribution.items()
+            ):
+                raise TypeError(
+                    "attribution must map label names to callables taking the call's "
+                    f"arguments by name, e.g. {example}"
+                )
+            object.__setattr__(self, "attribution", dict(attribution) or None)
         object.__setattr__(self, "label", label)  # derived once, like the checks
         object.__setattr__(self, "objective", objectives_of(self.objective))
 

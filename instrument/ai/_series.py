@@ -11,12 +11,13 @@ from typing import TYPE_CHECKING, Any
 
 from .._cells import CellSeries
 from ..delivery import multiprocess_enabled
-from ..metrics import check_label_value
+from ..metrics import ATTRIBUTED, check_label_value
 from ._fields import attribute
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
     from ..metrics import Metrics
+    from ._outcome import Outcome
     from ._prices import ModelPrice
     from ._usage import Usage
 
@@ -60,7 +61,9 @@ class ModelSeries:
         "_cells",
         "_lazy",
         "_metrics",
+        "_operations",
         "_warned",
+        "attrs",
         "calls",
         "inc_input",
         "inc_output",
@@ -69,13 +72,20 @@ class ModelSeries:
         "provider",
     )
 
-    def __init__(self, metrics: Metrics, provider: str, model: str) -> None:
+    def __init__(
+        self, metrics: Metrics, provider: str, model: str, attrs: tuple[str, ...] = ()
+    ) -> None:
         self._metrics = metrics
         self.provider = provider
         self.model = model
-        calls = [metrics.ai_api_calls.labels(provider, model, s) for s in _STATUSES]
+        #: The attribution labels' values (the money metrics' last labels): "" when the
+        #: call gave none.
+        self.attrs = attrs = attrs or ("",) * len(metrics.attribution)
+        calls = [metrics.ai_api_calls.labels(provider, model, s, *attrs) for s in _STATUSES]
         duration = metrics.ai_call_duration.labels(provider, model)
-        tokens = [metrics.ai_tokens.labels(provider, model, kind) for kind in ("input", "output")]
+        tokens = [
+            metrics.ai_tokens.labels(provider, model, kind, *attrs) for kind in ("input", "output")
+        ]
         #: The children every call touches, through per-thread cells (``_cells``); None in
         #: prometheus_client's multiprocess mode, where they are updated directly.
         self._cells: CellSeries | None = None
@@ -96,12 +106,17 @@ class ModelSeries:
             ("ai_usage_missing",): metrics.ai_usage_missing.labels(provider, model)
         }
         self._warned: set[str] = set()
+        #: Per operation, what a call's end adds to ai_operations_total: the status
+        #: counters through cells like the calls', or their ``inc``s in multiprocess mode.
+        self._operations: dict[str, Any] = {}
 
     def _child(self, attr: str, *labels: str) -> Any:
         key = (attr, *labels)
         child = self._lazy.get(key)
         if child is None:
             metric = getattr(self._metrics, attr)
+            if attr in ATTRIBUTED:
+                labels += self.attrs
             child = self._lazy[key] = metric.labels(self.provider, self.model, *labels)
         return child
 
@@ -142,6 +157,43 @@ class ModelSeries:
             self.warn_once("usage", "%s; its usage is not read", failure)
         if exc is not None:
             self._child("ai_api_errors", type(exc).__name__, http_status(exc)).inc()
+
+    def outcome(self, operation: str, status: str, outcome: Outcome | None) -> None:
+        """What a call's end adds beside :meth:`record`: its operation, the finish reasons
+        and tool calls its responses reported."""
+        ops = self._operations.get(operation)
+        if ops is None:
+            ops = self._operations[operation] = self._operation(operation)
+        if isinstance(ops, CellSeries):
+            ops.add(((_STATUS_INDEX[status], 1),))
+        else:
+            ops[status]()
+        if outcome is not None:
+            lazy = self._lazy
+            for reason in outcome.finish_reasons:
+                child = lazy.get(("ai_finish_reasons", reason))  # _child's key, looked up inline
+                if child is None:
+                    child = self._child("ai_finish_reasons", reason)
+                child.inc()
+            if outcome.tool_calls:
+                self._child("ai_tool_calls").inc(outcome.tool_calls)
+
+    def headroom(self, limits: Mapping[str, float], retry_after: float | None) -> None:
+        """The rate-limit headroom a call's responses (or error) reported, and the
+        retry-after of a 429."""
+        for limit, remaining in limits.items():
+            self._child("ai_rate_limit_remaining", limit).set(remaining)
+        if retry_after is not None:
+            self._child("ai_retry_after").set(retry_after)
+
+    def _operation(self, operation: str) -> Any:
+        children = [
+            self._metrics.ai_operations.labels(self.provider, self.model, operation, s)
+            for s in _STATUSES
+        ]
+        if self._cells is None:
+            return {s: child.inc for s, child in zip(_STATUSES, children, strict=True)}
+        return CellSeries(self, counters=dict(enumerate(children)), gauges={}, histograms={})
 
     def tokens(self, usage: Usage) -> None:
         if usage.input_tokens:
@@ -213,6 +265,23 @@ class ProviderModels:
         self._series: dict[str, ModelSeries] = {}
         self._other: ModelSeries | None = None
         self._lock = threading.Lock()
+        #: The series of (model label, attribution values) other than all "".
+        self._attributed: dict[tuple[str, tuple[str, ...]], ModelSeries] = {}
+
+    def attributed(self, model: str, attrs: tuple[str, ...]) -> ModelSeries:
+        """The series of ``model`` (through the model guard) for these attribution values."""
+        base = self.series(model)
+        if attrs == base.attrs:
+            return base
+        key = (base.model, attrs)
+        found = self._attributed.get(key)
+        if found is None:
+            with self._lock:
+                found = self._attributed.get(key)
+                if found is None:
+                    found = ModelSeries(self._metrics, self.provider, base.model, attrs)
+                    self._attributed[key] = found
+        return found
 
     def series(self, model: str) -> ModelSeries:
         found = self._series.get(model)
@@ -272,3 +341,68 @@ def provider_models(inst: Instrumentation, provider: str) -> ProviderModels:
         if models is None:
             models = by_provider[provider] = ProviderModels(inst.metrics, provider, inst.max_models)
         return models
+
+
+class AttributionGuard:
+    """The values each attribution label has had on one Instrumentation: at most ``limit``
+    per label, then "other" (one warning per label)."""
+
+    def __init__(self, labels: tuple[str, ...], limit: int) -> None:
+        self.labels = labels
+        self.limit = limit
+        self._seen: dict[str, set[str]] = {label: set() for label in labels}
+        self._lock = threading.Lock()
+
+    def values(self, given: Mapping[str, Any] | None) -> tuple[str, ...]:
+        """The label values of a call that gave ``given``: "" where it gave none."""
+        if not given:
+            return ("",) * len(self.labels)
+        return tuple(self._value(label, given.get(label)) for label in self.labels)
+
+    def _value(self, label: str, value: Any) -> str:
+        if value is None:
+            return ""
+        text = value if isinstance(value, str) else str(value)
+        try:
+            check_label_value(label, text)
+        except ValueError:
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        if text == "":
+            return text
+        seen = self._seen[label]
+        if text in seen:
+            return text
+        with self._lock:
+            if len(seen) < self.limit:
+                seen.add(text)
+                return text
+            if OTHER_MODEL not in seen:
+                seen.add(OTHER_MODEL)  # marks the warning as given
+                logger.warning(
+                    "instrument: attribution label %r has more than %d values; %r and any "
+                    "further ones are reported as %s=%r. Raise max_attribution_values, or "
+                    "map the values to a bounded set",
+                    label,
+                    self.limit,
+                    text,
+                    label,
+                    OTHER_MODEL,
+                )
+        return OTHER_MODEL
+
+
+_attribution_guards: weakref.WeakKeyDictionary[Instrumentation, AttributionGuard] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def attribution_guard(inst: Instrumentation) -> AttributionGuard | None:
+    """The attribution guard of ``inst``, or None when it declares no attribution."""
+    if not inst.attribution:
+        return None
+    with _guards_lock:
+        guard = _attribution_guards.get(inst)
+        if guard is None:
+            guard = AttributionGuard(inst.attribution, inst.max_attribution_values)
+            _attribution_guards[inst] = guard
+        return guard

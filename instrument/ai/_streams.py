@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._engine import aend_job, defer, end_job, report_failure
 from ._content import carries_content, response_identity, stream_finished, stream_snapshot
+from ._outcome import Outcome, extract_outcome
 from ._proxies import not_iterable
 from ._usage import Usage
 
@@ -30,7 +31,7 @@ class Chunks:
     total exactly once: when the stream ends, or when the call ends first.
     """
 
-    __slots__ = ("call", "done", "open", "usage", "usage_id")
+    __slots__ = ("call", "done", "open", "outcome", "usage", "usage_id", "wholes")
 
     def __init__(self, call: AICall, *, ends_call: bool = False) -> None:
         self.call = call
@@ -39,6 +40,11 @@ class Chunks:
         # The response the running total ``usage`` is about, when its reports said.
         self.usage_id: str | None = None
         self.done: Usage | None = None
+        # Finish reasons and tool calls: those of the chunks, and those of whole responses
+        # by id (a stream helper's snapshot, the Responses API's completed event), which
+        # supersede the chunks: they tell the same story again.
+        self.outcome: Outcome | None = None
+        self.wholes: dict[object, Outcome] | None = None
         if not ends_call:  # the call may end first: it settles what is still open
             with usage_lock:
                 streams = call._streams
@@ -61,11 +67,25 @@ class Chunks:
             usage = call._tracker._extract(chunk)
             if usage is not None:
                 self._report(chunk, usage)
+            outcome, whole = extract_outcome(chunk)
+            if outcome is not None:
+                self._outcome(chunk, outcome, whole)
             if call._seek_model:
                 call._see_model(chunk)
         except Exception as exc:
             call._note(chunk)
             call._failed(chunk, exc)
+
+    def _outcome(self, chunk: Any, outcome: Outcome, whole: bool) -> None:
+        if whole:
+            rid = response_identity(chunk)[0]
+            with usage_lock:
+                wholes = self.wholes if self.wholes is not None else {}
+                wholes[object() if rid is None else rid] = outcome
+                self.wholes = wholes
+        else:
+            with usage_lock:
+                self.outcome = outcome if self.outcome is None else self.outcome + outcome
 
     def _report(self, chunk: Any, usage: Usage) -> None:
         """Merge a usage report into the running total of its response, or start the
@@ -89,6 +109,7 @@ class Chunks:
         what the earlier pass reported is replaced, never added."""
         with usage_lock:
             self.usage = self.usage_id = self.done = None
+            self.outcome = self.wholes = None
 
     def settle_open(self) -> None:
         """The call ends while this stream is open: what it reported so far counts."""
@@ -104,9 +125,16 @@ class Chunks:
             usage, done = self.usage, self.done
             if done is not None:
                 usage = done if usage is None else done + usage
+            call = self.call
             if usage is not None:
-                call = self.call
                 call._usage = usage if call._usage is None else call._usage + usage
+            outcome = self.outcome
+            if self.wholes:
+                outcome = None
+                for whole in self.wholes.values():
+                    outcome = whole if outcome is None else outcome + whole
+            if outcome is not None:
+                call._outcome = outcome if call._outcome is None else call._outcome + outcome
 
 
 class Stream(Chunks):

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
@@ -15,7 +15,13 @@ from ..objectives import Coverage, declare
 from ..policy import Binding, Policy
 from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
-from ._series import ModelSeries, ProviderModels, provider_models
+from ._series import (
+    AttributionGuard,
+    ModelSeries,
+    ProviderModels,
+    attribution_guard,
+    provider_models,
+)
 from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
 
 if TYPE_CHECKING:
@@ -31,6 +37,7 @@ class AIBinding(Binding):
     active_dec: Callable[[], None]
     models: ProviderModels
     static: ModelSeries | None = None
+    attribution: AttributionGuard | None = None
 
     def __init__(self, inst: Instrumentation, tracker: AICallTracker) -> None:
         super().__init__(inst)
@@ -45,6 +52,17 @@ class AIBinding(Binding):
             self.active_inc, self.active_dec = active.inc, active.dec
         self.models = provider_models(inst, options.provider)
         self.static = None if options.label is None else self.models.series(options.label)
+        self.attribution = attribution_guard(inst)
+        if self.attribution is not None and options.attribution:
+            unknown = sorted(set(options.attribution) - set(self.attribution.labels))
+            if unknown:
+                logger.warning(
+                    "instrument: %r: attribution label(s) %s are not among the "
+                    "Instrumentation's attribution=%r; they are not recorded",
+                    tracker,
+                    ", ".join(map(repr, unknown)),
+                    self.attribution.labels,
+                )
 
 
 # -- the decorator -----------------------------------------------------------------------------
@@ -132,6 +150,49 @@ class AICallTracker(Policy[AICall, AIBinding]):
         return self._null
 
     def starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
+        start = self._model_starter(func)
+        if not self.options.attribution:
+            return start
+        arguments = _Arguments(wraps_signature(func))
+
+        def start_attributed(
+            wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+        ) -> AICall:
+            call = start(wrapped, args, kwargs)
+            b = call._b
+            if b is not None and b.attribution is not None:
+                call._attrs = self._attributes(arguments, wrapped, args, kwargs)
+            return call
+
+        return start_attributed
+
+    def _attributes(
+        self,
+        arguments: _Arguments,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        """The attribution values of one call; a callable that raises gives none (the call
+        goes on, its label is "")."""
+        try:
+            bound = arguments.of(wrapped, args, kwargs)
+        except Exception:
+            bound = dict(kwargs)
+        values: dict[str, Any] = {}
+        for label, value_of in cast(Mapping[str, Any], self.options.attribution).items():
+            try:
+                values[label] = value_of(bound)
+            except Exception as exc:
+                self._complain(
+                    f"attribution {label}",
+                    'the attribution callable for %r raised %s; the label is ""',
+                    label,
+                    type(exc).__name__,
+                )
+        return values
+
+    def _model_starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
         if self.options.model is not None:
             return self.start
         # model=None: the call's ``model`` argument, found by this function's signature (one
@@ -215,6 +276,36 @@ class AICallTracker(Policy[AICall, AIBinding]):
         log("instrument: " + message, *args)
 
 
+class _Arguments:
+    """A decorated function's arguments by name, defaults filled in, for attribution=
+    callables: by position and keyword directly when the signature allows it (the usual
+    case), else through ``Signature.bind``, which costs several times more."""
+
+    def __init__(self, signature: inspect.Signature | None) -> None:
+        self.signature = signature
+        params = [] if signature is None else list(signature.parameters.values())
+        self.positional = tuple(
+            p.name
+            for p in params
+            if p.kind
+            in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
+        )
+        self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
+        # *args or keyword-only parameters: what lands where needs the real binding.
+        self.simple = signature is not None and all(
+            p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
+            for p in params
+        )
+
+    def of(
+        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> dict[str, Any]:
+        if self.simple and len(args) <= len(self.positional) and not inspect.ismethod(wrapped):
+            return {**self.defaults, **dict(zip(self.positional, args, strict=False)), **kwargs}
+        bound = {**self.defaults, **bind_arguments(self.signature, wrapped, args, kwargs)}
+        return bound
+
+
 def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:
     # Through functools.wraps decorators (tenacity's @retry, caches): their ``*args``
     # pass the call on to the function that names ``model``.
@@ -264,9 +355,9 @@ def track_ai_call(
     "unknown". Options: ``operation``, ``usage``, ``stream``, ``job_type``, ``normalize_model``
     (see :class:`AICallOptions`).
 
-    ``operation`` ("chat" by default, or "embeddings", ...) is informational: no metric has
-    an operation label, so it never splits a series. It is exposed as ``call.operation`` on
-    the with-block handle (and ``tracker.operation``), for logs and for code that reads
-    usage itself (a ``usage=`` extractor, ``call.add_usage``).
+    ``operation`` ("chat" by default, or "embeddings", "execute_tool", ...) is the
+    ``operation`` label of ai_operations_total (the seed's ai_api_calls_total keeps its
+    labels). It is also ``call.operation`` on the with-block handle (and
+    ``tracker.operation``).
     """
     return AICallTracker(None, provider, model, **options)

@@ -1702,7 +1702,7 @@ def test_responses_api_response(inst: Instrumentation, registry: CollectorRegist
     }
 
 
-def test_operation_is_on_the_handle_and_in_no_label(
+def test_operation_is_on_the_handle_and_only_on_the_operations_counter(
     inst: Instrumentation, registry: CollectorRegistry
 ) -> None:
     seen = []
@@ -1720,8 +1720,14 @@ def test_operation_is_on_the_handle_and_in_no_label(
         seen.append(call.operation)
     assert seen == ["embeddings", "chat"]
     assert token_counts(registry, "openai", "text-embedding-3-small") == {"input": 8, "output": 0}
-    labels = {name for metric in registry.collect() for s in metric.samples for name in s.labels}
-    assert "operation" not in labels
+    # The operation splits ai_operations_total only: the seed's series keep their labels.
+    labelled = {
+        metric.name
+        for metric in registry.collect()
+        for s in metric.samples
+        if "operation" in s.labels
+    }
+    assert labelled == {"codomyrmex_ai_operations"}
     disabled = Instrumentation(registry=CollectorRegistry(), enabled=False)
     with disabled.track_ai_call("openai", operation="embeddings") as call:
         assert call.operation == "embeddings"
