@@ -11,7 +11,9 @@ from __future__ import annotations
 import asyncio
 import importlib
 import os
+import subprocess
 import sys
+import textwrap
 import threading
 from collections.abc import Callable
 from pathlib import Path
@@ -333,3 +335,24 @@ def go_offline() -> None:
     os.environ.update(OFFLINE_ENVIRONMENT)
     NETWORK_GUARD.install()
     NETWORK_GUARD.on = True
+
+
+def run_script(
+    path: Path, code: str, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
+    """Write ``code`` (dedented) to ``path`` and run it from the checkout's root with this
+    interpreter. The multiprocess variables of the test run's own environment are left
+    out unless ``env`` sets them: a script is in multiprocess mode only when it asks."""
+    path.write_text(textwrap.dedent(code))
+    environment = {**os.environ, **(env or {})}
+    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
+        if env is None or name not in env:
+            environment.pop(name, None)
+    return subprocess.run(
+        [sys.executable, str(path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        cwd=ROOT,
+        env=environment,
+    )

@@ -58,11 +58,12 @@ def check_mode(mode: str | None, interval: float, has_target: bool) -> str:
     return mode
 
 
-def backoff(failures: int) -> float:
-    """Seconds to wait after ``failures`` failed attempts in a row: capped exponential, with
-    jitter so that processes failing together do not retry together."""
-    step: float = _RETRY_BASE * 2 ** min(failures, 16)
-    return min(_RETRY_CAP, step) * random.uniform(0.5, 1.0)
+def backoff(failures: int, base: float = _RETRY_BASE, cap: float = _RETRY_CAP) -> float:
+    """Seconds to wait after ``failures`` failed attempts in a row: ``base`` doubled per
+    failure up to ``cap``, with jitter so that processes failing together do not retry
+    together. The defaults are the flusher's, between pushes."""
+    step: float = base * 2 ** min(failures, 16)
+    return min(cap, step) * random.uniform(0.5, 1.0)
 
 
 def stretched_gap(gap: float, seconds: float) -> float:

@@ -19,7 +19,6 @@ import asyncio
 import email.utils
 import logging
 import os
-import random
 import threading
 import time
 from collections.abc import Mapping
@@ -31,6 +30,7 @@ from prometheus_client import CollectorRegistry
 from .._scrub import Scrubber
 from .._urls import authorization, ssl_context
 from ._aiohttp import arequest
+from ._flusher_thread import backoff
 from ._http import PushFailed, request
 from ._prompb import STALE_NAN, Sample, Series, encode_write_request, series_of
 from ._pushgateway import check_seconds
@@ -444,8 +444,8 @@ class RemoteWriteTarget:
                 status=exc.status,
             ) from None
         asked = _retry_after(exc.retry_after)
-        backoff = min(_RETRY_CAP, _RETRY_BASE * 2.0**attempt) * random.uniform(0.5, 1.0)
-        delay = backoff if asked is None else max(asked, backoff)
+        step = backoff(attempt, _RETRY_BASE, _RETRY_CAP)
+        delay = step if asked is None else max(asked, step)
         if asked is not None:
             self._not_before = time.monotonic() + asked  # for the next write too
         if time.monotonic() + delay >= deadline:

@@ -35,31 +35,13 @@ from instrument.grafana.errors import _MESSAGES, error_for
 from ..fake_grafana import TOKEN, FakeGrafana
 from ..grafana import test_client
 from ..servers import GatewayStandIn, Pushgateway
-from ..support import ROOT
+from ..support import ROOT, run_script
 from ..support import pushed_analyses as analyses
 
 # The Grafana tests' environment without Grafana variables, and their TLS pair.
 grafana_env = test_client.grafana_env
 certificate = test_client.certificate
 tls_fake = test_client.tls_fake
-
-
-def run_script(
-    path: Path, code: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    path.write_text(textwrap.dedent(code))
-    environment = {**os.environ, **(env or {})}
-    for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
-        if env is None or name not in env:
-            environment.pop(name, None)
-    return subprocess.run(
-        [sys.executable, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env=environment,
-    )
 
 
 def job_groups(gateway: Pushgateway, job: str) -> list[dict[str, str]]:

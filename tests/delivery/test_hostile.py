@@ -12,7 +12,6 @@ import functools
 import html
 import json
 import logging
-import os
 import signal
 import subprocess
 import sys
@@ -39,7 +38,7 @@ from instrument.delivery._snapshot import Snapshot
 from instrument.delivery._textfile import TextfileTarget
 
 from ..servers import GatewayStandIn, Pushgateway
-from ..support import ROOT, gateway_inst, local, push_once, pushed_analyses
+from ..support import ROOT, gateway_inst, local, push_once, pushed_analyses, run_script
 
 pytestmark = pytest.mark.integration
 
@@ -742,20 +741,6 @@ if __name__ == "__main__":
         assert p.exitcode == 0, p.exitcode
     {end}
 """
-
-
-def run_script(
-    path: Path, code: str, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess[str]:
-    path.write_text(textwrap.dedent(code))
-    return subprocess.run(
-        [sys.executable, str(path)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        cwd=ROOT,
-        env={**os.environ, **(env or {})},
-    )
 
 
 @pytest.mark.parametrize(
