@@ -79,12 +79,11 @@ def offline() -> Iterator[None]:
     with pytest.MonkeyPatch.context() as patch:
         for name, value in OFFLINE_ENVIRONMENT.items():
             patch.setenv(name, value)
-        NETWORK_GUARD.install()
-        NETWORK_GUARD.on = True
+        NETWORK_GUARD.start()
         try:
             yield
         finally:
-            NETWORK_GUARD.on = False
+            NETWORK_GUARD.stop()
 
 
 @pytest.fixture(scope="session")
@@ -332,10 +331,3 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
         if _SERVER_FIXTURES.intersection(getattr(item, "fixturenames", ())):
             item.add_marker(pytest.mark.integration)
-    # The modules behind the network guard run last (in their order): its audit hook stays
-    # for the rest of the process once installed, and a Python audit hook inside a new
-    # thread's settrace (coverage's tracer) lets a thread switch in; with the tiny switch
-    # intervals the concurrency tests set, CPython 3.11 then refuses that thread's trace
-    # function and the thread dies before it runs a line of the test.
-    guarded = {item.module for item in items if "offline" in getattr(item, "fixturenames", ())}
-    items.sort(key=lambda item: item.module in guarded if hasattr(item, "module") else False)

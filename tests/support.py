@@ -288,40 +288,64 @@ def require_sdk(sdk: str) -> ModuleType:
 
 
 class NetworkGuard:
-    """An audit hook that refuses (and notes) any host but loopback while it is on.
-
-    Audit hooks cannot be removed, so it is installed once per process and switched."""
+    """While started, refuses (and notes) any host but loopback: ``socket.getaddrinfo`` and
+    ``socket.socket.connect``/``connect_ex``, which every client here goes through (http.client,
+    httpx, aiohttp and asyncio's loops), are wrapped, and unwrapped again by :meth:`stop`, so
+    nothing of it stays for the tests after the module that asked for it."""
 
     LOOPBACK = frozenset({"127.0.0.1", "::1", "localhost", b"127.0.0.1", b"localhost"})
 
     def __init__(self) -> None:
-        self.on = False
         #: Non-loopback network attempts seen while on.
         self.outside: list[str] = []
         #: How many loopback connections it saw: proof that it is watching.
         self.loopback_seen = 0
-        self._installed = False
+        self._saved: list[tuple[Any, str, Any]] = []
 
-    def install(self) -> None:
-        if not self._installed:
-            sys.addaudithook(self._hook)
-            self._installed = True
+    @property
+    def on(self) -> bool:
+        return bool(self._saved)
 
-    def _hook(self, event: str, args: tuple[Any, ...]) -> None:
-        if not self.on:
+    def start(self) -> None:
+        if self._saved:
             return
-        if event == "socket.getaddrinfo":
-            host = args[0]
-        elif event == "socket.connect":
-            address = args[1]
-            if not isinstance(address, tuple):  # a Unix socket
-                return
-            host = address[0]
-            if host in self.LOOPBACK:
+        import socket
+
+        def lookup(host: Any, *args: Any, **kwargs: Any) -> Any:
+            self._check("socket.getaddrinfo", host)
+            return real_lookup(host, *args, **kwargs)
+
+        def connecting(real: Callable[..., Any]) -> Callable[..., Any]:
+            def connect(sock: socket.socket, address: Any) -> Any:
+                if isinstance(address, tuple):  # not a Unix socket
+                    self._check("socket.connect", address[0])
+                return real(sock, address)
+
+            return connect
+
+        real_lookup = socket.getaddrinfo
+        for owner, name, replacement in (
+            (socket, "getaddrinfo", lookup),
+            (socket.socket, "connect", connecting(socket.socket.connect)),
+            (socket.socket, "connect_ex", connecting(socket.socket.connect_ex)),
+        ):
+            self._saved.append((owner, name, owner.__dict__.get(name)))
+            setattr(owner, name, replacement)
+
+    def stop(self) -> None:
+        while self._saved:
+            owner, name, original = self._saved.pop()
+            if original is None:  # inherited (socket.socket's from _socket.socket)
+                delattr(owner, name)
+            else:
+                setattr(owner, name, original)
+
+    def _check(self, event: str, host: Any) -> None:
+        if host in self.LOOPBACK:
+            if event == "socket.connect":
                 self.loopback_seen += 1
-        else:
             return
-        if host is not None and host not in self.LOOPBACK:
+        if host is not None:
             self.outside.append(f"{event} {host!r}")
             raise ConnectionRefusedError(f"the test suite allows 127.0.0.1 only, not {host!r}")
 
@@ -333,8 +357,7 @@ NETWORK_GUARD = NetworkGuard()
 def go_offline() -> None:
     """For a child process the suite starts: the SDKs' offline switches and the guard on."""
     os.environ.update(OFFLINE_ENVIRONMENT)
-    NETWORK_GUARD.install()
-    NETWORK_GUARD.on = True
+    NETWORK_GUARD.start()
 
 
 def run_script(

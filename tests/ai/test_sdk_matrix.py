@@ -36,7 +36,7 @@ from instrument import Instrumentation
 from instrument.ai import AICallTracker
 from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer, count_tokens
 
-from ..support import NETWORK_GUARD, ROOT, counted, require_sdk
+from ..support import NETWORK_GUARD, ROOT, NetworkGuard, counted, require_sdk
 
 pytestmark = pytest.mark.sdk
 
@@ -1496,7 +1496,7 @@ def test_sdk_path(
 
 
 def test_the_guard_watches_the_sdks(llm_server: LocalLLMServer) -> None:
-    """The audit hook sees the SDKs' loopback connections (so it would see others too), and
+    """The guard sees the SDKs' loopback connections (so it would see others too), and
     refuses a connection anywhere else."""
     import socket
 
@@ -1507,6 +1507,26 @@ def test_the_guard_watches_the_sdks(llm_server: LocalLLMServer) -> None:
     with pytest.raises(ConnectionRefusedError, match=r"127\.0\.0\.1 only"):
         socket.getaddrinfo("example.com", 443)
     assert NETWORK_GUARD.outside.pop() == "socket.getaddrinfo 'example.com'"
+
+
+def test_a_guard_leaves_the_socket_module_as_it_found_it() -> None:
+    """Started inside the module's guard and stopped, a second guard restores exactly what
+    it wrapped: the module's guard still refuses, and stopping that one too would leave
+    the socket module's own functions."""
+    import socket
+
+    before = (socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex)
+    guard = NetworkGuard()
+    guard.start()
+    with pytest.raises(ConnectionRefusedError):
+        socket.getaddrinfo("example.org", 443)
+    assert guard.outside == ["socket.getaddrinfo 'example.org'"]
+    guard.stop()
+    assert (socket.getaddrinfo, socket.socket.connect, socket.socket.connect_ex) == before
+    assert not guard.on and NETWORK_GUARD.on
+    with pytest.raises(ConnectionRefusedError):  # the module's guard is still in place
+        socket.getaddrinfo("example.net", 443)
+    assert NETWORK_GUARD.outside.pop() == "socket.getaddrinfo 'example.net'"
 
 
 # -- hostile cases: echoed secrets, streams failing midway, concurrency, early exits --------
