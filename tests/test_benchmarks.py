@@ -79,6 +79,12 @@ def test_every_section_is_reported(report: dict[str, Any]) -> None:
         assert report["sections"][key]["status"] == "ok", key
 
 
+def test_sections_are_numbered_as_the_runner_lists_them(report: dict[str, Any]) -> None:
+    # The numbers --sections takes, the table's and the summary's are one: the runner's.
+    numbers = {key: section["number"] for key, section in report["sections"].items()}
+    assert numbers == {key: n for n, key in enumerate(SECTIONS, start=1)}
+
+
 def test_optional_sections_run_when_they_can(report: dict[str, Any]) -> None:
     sections = report["sections"]
     if importlib.util.find_spec("instrument.ai") is not None:

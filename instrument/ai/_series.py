@@ -173,13 +173,15 @@ class ModelSeries:
             counted = by_status[index]
             if type(counted) is not tuple:
                 counted = _counted(counted, 1)
-            if usage is not None:
-                counted = ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens), *counted)
-            elif status != "error":
-                counted = (_MISSING_PAIR, *counted)
             if outcome is not None:
-                counted += self._outcome(outcome)
-            cells.end(index, seconds, counted)
+                counted = counted + self._outcome(outcome)
+            if usage is not None:
+                tokens = ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens))
+                cells.end(index, seconds, tokens + counted)
+            elif status != "error":
+                cells.end(index, seconds, (_MISSING_PAIR, *counted))
+            else:
+                cells.end(index, seconds, counted)
         if usage is not None:
             if usage.cache_read or usage.cache_creation or usage.reasoning:
                 self._details(usage)
@@ -229,14 +231,19 @@ class ModelSeries:
     def _outcome(self, outcome: Outcome) -> tuple[tuple[int, float], ...]:
         """The numbers a call's finish reasons and tool calls add (looked up once per
         reason)."""
-        counted: tuple[tuple[int, float], ...] = ()
         reasons = self._reasons
-        for reason in outcome.finish_reasons:
+        tools = outcome.tool_calls
+        finish_reasons = outcome.finish_reasons
+        if not tools and len(finish_reasons) == 1:  # the usual response: one lookup
+            found = reasons.get(finish_reasons[0])
+            if type(found) is tuple:
+                return found
+        counted: tuple[tuple[int, float], ...] = ()
+        for reason in finish_reasons:
             found = reasons.get(reason)
             if found is None:
                 found = reasons[reason] = self._slot(self._child("ai_finish_reasons", reason))
             counted += _counted(found, 1)
-        tools = outcome.tool_calls
         if tools:
             found = reasons.get(_TOOL_CALLS)
             if found is None:
