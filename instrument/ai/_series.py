@@ -433,14 +433,14 @@ class AttributionGuard:
         if value is None:
             return ""
         text = value if isinstance(value, str) else str(value)
+        seen = self._seen[label]
+        if text in seen:  # checked when it was first seen: the usual call, one lookup
+            return text
         try:
             check_label_value(label, text)
         except ValueError:
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        if text == "":
-            return text
-        seen = self._seen[label]
-        if text in seen:
+        if text == "" or text in seen:
             return text
         with self._lock:
             if len(seen) < self.limit:
