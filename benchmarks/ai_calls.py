@@ -1,9 +1,12 @@
 """Section 4: ``track_ai_call`` on a fake chat completion with usage, against hand-inlined updates.
 
-The hand-inlined version makes the same updates with pre-bound children: active jobs
-inc/dec, one duration sample, the call counter, input and output tokens read straight from
-``response.usage``. It knows the response shape; ``track_ai_call`` has to find it out,
-which is part of what it costs.
+The hand-inlined version makes the updates the decorator makes for this response, with
+pre-bound children: active jobs inc/dec, one duration sample, the call counter, input and
+output tokens read straight from ``response.usage``, the operations counter
+(``ai_operations_total{operation="chat"}``) and the finish reason of its one choice
+(``ai_finish_reasons_total{finish_reason="stop"}``, the child of another reason looked up
+when one comes). It knows the response shape; ``track_ai_call`` has to find it out, which
+is part of what it costs.
 """
 
 from __future__ import annotations
@@ -54,6 +57,9 @@ def inlined_ai(ask: Callable[[str], ChatCompletion], m: Metrics) -> Callable[[st
     error_inc = m.ai_api_calls.labels(PROVIDER, MODEL, "error").inc
     input_inc = m.ai_tokens.labels(PROVIDER, MODEL, "input").inc
     output_inc = m.ai_tokens.labels(PROVIDER, MODEL, "output").inc
+    operation_success_inc = m.ai_operations.labels(PROVIDER, MODEL, "chat", "success").inc
+    operation_error_inc = m.ai_operations.labels(PROVIDER, MODEL, "chat", "error").inc
+    stop_inc = m.ai_finish_reasons.labels(PROVIDER, MODEL, "stop").inc
 
     def inlined(prompt: str) -> ChatCompletion:
         active_inc()
@@ -63,14 +69,22 @@ def inlined_ai(ask: Callable[[str], ChatCompletion], m: Metrics) -> Callable[[st
         except Exception:
             observe(perf_counter() - t0)
             error_inc()
+            operation_error_inc()
             active_dec()
             raise
         observe(perf_counter() - t0)
         success_inc()
+        operation_success_inc()
         usage = response.usage
         if usage is not None:
             input_inc(usage.prompt_tokens)
             output_inc(usage.completion_tokens)
+        for choice in response.choices:
+            reason = choice.finish_reason
+            if reason == "stop":
+                stop_inc()
+            elif reason is not None:
+                m.ai_finish_reasons.labels(PROVIDER, MODEL, reason).inc()
         active_dec()
         return response
 
@@ -85,6 +99,19 @@ def tokens(registry: CollectorRegistry, model: str = MODEL) -> dict[str, float |
         )
         for kind in ("input", "output")
     }
+
+
+def outcomes(registry: CollectorRegistry, model: str = MODEL) -> tuple[float | None, float | None]:
+    """The successful chat operations and the "stop" finish reasons counted."""
+    labels = {"provider": PROVIDER, "model": model}
+    return (
+        registry.get_sample_value(
+            "codomyrmex_ai_operations_total", {**labels, "operation": "chat", "status": "success"}
+        ),
+        registry.get_sample_value(
+            "codomyrmex_ai_finish_reasons_total", {**labels, "finish_reason": "stop"}
+        ),
+    )
 
 
 def run_ai(settings: Settings) -> Section:
@@ -135,10 +162,17 @@ def run_ai(settings: Settings) -> Section:
             1.0,
         )
     )
-    for key, inst in (("tracked", object_inst), ("tracked_dict", dict_inst)):
+    for key, registry in (
+        ("inlined", inlined_m.registry),
+        ("tracked", object_inst.registry),
+        ("tracked_dict", dict_inst.registry),
+    ):
         calls = timings[key].calls
         expected = {"input": calls * PROMPT_TOKENS, "output": calls * COMPLETION_TOKENS}
         section.checks.append(
-            Check(f"{key}: tokens of all {calls} calls counted", tokens(inst.registry) == expected)
+            Check(
+                f"{key}: tokens, operations and finish reasons of all {calls} calls counted",
+                tokens(registry) == expected and outcomes(registry) == (calls, calls),
+            )
         )
     return section

@@ -81,7 +81,7 @@ def _reads(registry: CollectorRegistry, pool: _Pool | None) -> Batch:
 def run_collect(settings: Settings) -> Section:
     section = Section(
         "collect",
-        8,
+        10,
         "Read: one registry.collect(), by live threads that recorded since the last read",
         ratio_columns=[("vs_before", "vs before")],
     )

@@ -60,7 +60,10 @@ def _calibrate(counter: _Counter, variant: Variant, seconds: float) -> int:
         return variant.fixed_calls
     n = 1
     while True:
-        elapsed = counter.run(variant, n)
+        # The shortest of three: a stall on a loaded machine lengthens a batch, never
+        # shortens it, and one stalled batch of a few calls would otherwise set every round
+        # of this variant to a few calls (timer-bound, and as noisy as the stall).
+        elapsed = min(counter.run(variant, n) for _ in range(3))
         if elapsed >= seconds / 8 or n >= 1 << 24:
             return max(1, round(n * seconds / max(elapsed, 1e-9)))
         n *= 8 if elapsed < seconds / 100 else 2

@@ -18,7 +18,8 @@ attributed to the engine is the shipped code (``instrument._engine`` and its pro
    holding the engine's call bound at decoration, so wrapt's is never run: stock vs shipped
    pass-through is its cost. The previous way of skipping it, wrapt's private base
    ``__init__`` called again with a marker instance, is measured beside it as a baseline.
-3. cProfile of the decorated call, of ``track_ai_call`` and of its stream wrapper: which
+3. cProfile of the decorated call, of ``track_ai_call`` (a chat completion as a dict and
+   as an SDK object, each with its usage and a finish reason) and of its stream wrapper: which
    functions run per call (per chunk) and their own time (inflated by the profiler; read
    it for shares).
 """
@@ -41,8 +42,9 @@ from instrument._dispatch import _sync_wrapper
 from instrument._engine import Probe
 from instrument._proxy import InstrumentedFunction
 
+from .ai_calls import returning
 from .calls import KIND, MODULE, Children, fresh_metrics, inlined_sync, sync_batch
-from .fakes import ai_unavailable, chat_completion, make_stream, make_work
+from .fakes import ai_unavailable, chat_completion, chat_completion_dict, make_stream, make_work
 from .harness import Variant, measure
 
 __all__ = ["main"]
@@ -212,20 +214,21 @@ def profile_ai_call(calls: int) -> None:
     if unavailable is not None:
         print(f"\ntrack_ai_call: {unavailable}")
         return
-    inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
-    response = chat_completion()
-
-    def ask(prompt: str) -> Any:
-        return response
-
-    func = inst.track_ai_call("openai", "gpt-4o")(ask)
-    profile = cProfile.Profile()
-    profile.enable()
-    for _ in range(calls):
-        func("hi")
-    profile.disable()
-    inst.close()
-    _print_profile(profile, calls, "@track_ai_call call (chat completion with usage)")
+    shapes = (
+        ("usage as a dict", chat_completion_dict()),
+        ("usage as attributes", chat_completion()),
+    )
+    for shape, response in shapes:
+        inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+        func = inst.track_ai_call("openai", "gpt-4o")(returning(response))
+        profile = cProfile.Profile()
+        profile.enable()
+        for _ in range(calls):
+            func("hi")
+        profile.disable()
+        inst.close()
+        what = f"@track_ai_call call (chat completion, {shape}, finish reason stop)"
+        _print_profile(profile, calls, what)
 
 
 def profile_stream(streams: int, length: int) -> None:

@@ -67,7 +67,7 @@ def _pushes(push: Callable[[Snapshot], None], registry: CollectorRegistry) -> Ba
 def run_remote_write(settings: Settings) -> Section:
     section = Section(
         "remote_write",
-        8,
+        9,
         "Remote write vs Pushgateway: one push of the full state",
         display=("ms", 1e3),
         ratio_columns=[("vs_gateway", "vs gateway")],

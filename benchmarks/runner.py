@@ -135,6 +135,9 @@ def _run(
         traceback.print_exc()
         section = Section(key, number, f"section {number} ({key})")
         section.error = f"{type(exc).__name__}: {exc}"
+    # SECTIONS numbers the sections: whatever number a section's module gave itself (a
+    # section added or moved keeps an old one), the table, the summary and --sections agree.
+    section.number = number
     section.seconds = time.perf_counter() - t0
     return section
 

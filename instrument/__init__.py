@@ -2,20 +2,21 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .ai import AICall, AICallTracker, track_ai_call
 from .analysis import AnalysisJob, AnalysisMonitor, monitored_analysis
 
-# The seed's names stay importable from here (``from instrument import
-# PrometheusIntegration``), re-exported explicitly, but they are compatibility, not the
-# toolkit's API, so __all__ leaves them out.
-from .compat import PrometheusIntegration as PrometheusIntegration
-from .compat import push_metrics as push_metrics
-from .compat import record_ai_api_call as record_ai_api_call
-from .compat import record_analysis as record_analysis
-from .compat import record_quality_score as record_quality_score
-from .compat import update_active_jobs as update_active_jobs
+if TYPE_CHECKING:
+    # The seed's names stay importable from here (``from instrument import
+    # PrometheusIntegration``), re-exported explicitly, but they are compatibility, not the
+    # toolkit's API, so __all__ leaves them out; imported on first use (``_LAZY``).
+    from .compat import PrometheusIntegration as PrometheusIntegration
+    from .compat import push_metrics as push_metrics
+    from .compat import record_ai_api_call as record_ai_api_call
+    from .compat import record_analysis as record_analysis
+    from .compat import record_quality_score as record_quality_score
+    from .compat import update_active_jobs as update_active_jobs
 from .defaults import apush, configure, flush, get_instrumentation, push
 from .instrumentation import Instrumentation
 from .metrics import METRICS, Metrics
@@ -91,6 +92,12 @@ _LAZY: dict[str, str] = {
     "GrafanaStatusError": ".grafana",
     "GrafanaTransportError": ".grafana",
     "GrafanaUnavailableError": ".grafana",
+    "PrometheusIntegration": ".compat",
+    "push_metrics": ".compat",
+    "record_ai_api_call": ".compat",
+    "record_analysis": ".compat",
+    "record_quality_score": ".compat",
+    "update_active_jobs": ".compat",
     "build_dashboard": ".dashboard",
     "build_rules": ".rules",
     "rules_yaml": ".rules",

@@ -84,7 +84,8 @@ class CellSeries:
     histogram child. :meth:`begin` and :meth:`end` are the shape of a job: ``gauge`` up by
     one, then down, the ``status`` counter up, the seconds observed by ``histogram``.
     ``keeper`` is what uses the series (a binding): once it is gone and everything is
-    folded, so is the series.
+    folded, so is the series. ``spare`` numbers are left free in every cell for counters
+    known only later (:meth:`counter`: a finish reason first seen on the tenth call).
     """
 
     __slots__ = (
@@ -92,6 +93,7 @@ class CellSeries:
         "_buckets",
         "_cells",
         "_first_bucket",
+        "_free",
         "_gauge",
         "_histogram",
         "_keeper",
@@ -111,6 +113,7 @@ class CellSeries:
         histograms: Mapping[int, Any],
         gauge: int | None = None,
         histogram: int = 0,
+        spare: int = 0,
     ) -> None:
         # What each number is added to: a child, or a histogram's sum or bucket value (it
         # has no public way to add a count to one bucket).
@@ -121,7 +124,8 @@ class CellSeries:
             for i, bucket in enumerate(child._buckets):
                 self._targets.append((index + 1 + i, bucket))
                 self._buckets[index + 1 + i] = bucket
-        self.size = 1 + max(index for index, _ in self._targets)
+        self._free = 1 + max(index for index, _ in self._targets)
+        self.size = self._free + spare
         # Without a gauge, an end takes 0 from number 0: no branch on the hot path.
         self._gauge = 0 if gauge is None else gauge
         self._step = 0 if gauge is None else 1
@@ -137,6 +141,19 @@ class CellSeries:
         self._lock = threading.RLock()
         with _series_lock:
             _series.append(self)
+
+    def counter(self, child: Any) -> int | None:
+        """A spare number of every cell, from now on added to counter ``child`` (its
+        index, for :meth:`end`'s ``amounts``), or None when none is left: the caller
+        then increments ``child`` directly, which is as exact, only not lock-free."""
+        with self._lock:
+            index = self._free
+            if index >= self.size:
+                return None
+            self._free = index + 1
+            # A new list, not an append: a fold iterating the old one stays consistent.
+            self._targets = [*self._targets, (index, child)]
+        return index
 
     # -- the owner's side ------------------------------------------------------------------
 
@@ -240,6 +257,7 @@ class CellSeries:
         Holding ``_fold_lock``."""
         with self._lock:
             cells = list(self._cells)
+            targets = self._targets
         gone = []
         for cell in cells:
             # Decided before the copy: a thread that had exited wrote its last already.
@@ -251,7 +269,7 @@ class CellSeries:
                 exemplars, cell.exemplars = cell.exemplars, None
             folded = cell.folded
             if values != folded:
-                for index, target in self._targets:
+                for index, target in targets:
                     delta = values[index] - folded[index]
                     if delta:
                         target.inc(delta)

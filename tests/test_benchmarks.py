@@ -79,6 +79,12 @@ def test_every_section_is_reported(report: dict[str, Any]) -> None:
         assert report["sections"][key]["status"] == "ok", key
 
 
+def test_sections_are_numbered_as_the_runner_lists_them(report: dict[str, Any]) -> None:
+    # The numbers --sections takes, the table's and the summary's are one: the runner's.
+    numbers = {key: section["number"] for key, section in report["sections"].items()}
+    assert numbers == {key: n for n, key in enumerate(SECTIONS, start=1)}
+
+
 def test_optional_sections_run_when_they_can(report: dict[str, Any]) -> None:
     sections = report["sections"]
     if importlib.util.find_spec("instrument.ai") is not None:
@@ -141,3 +147,25 @@ def test_hot_path_profile_runs() -> None:
     )
     assert done.returncode == 0, done.stdout + done.stderr
     assert "Where one @monitored_analysis call goes" in done.stdout
+
+
+def test_a_stalled_calibration_batch_does_not_set_the_round_size() -> None:
+    # On a loaded machine one batch of a few calls may stall; the rounds must still be
+    # sized by what the calls cost, not by the stall (a round of one call is timer-bound).
+    import time
+
+    from benchmarks.harness import Variant, measure
+
+    stalls = [True]
+
+    def batch(n: int) -> float:
+        t0 = time.perf_counter()
+        if stalls:
+            stalls.pop()
+            time.sleep(0.05)
+        for _ in range(n):
+            pass
+        return time.perf_counter() - t0
+
+    timings = measure([Variant("loop", "empty loop", batch)], rounds=1, batch_seconds=0.01)
+    assert timings["loop"].calls_per_round > 1000

@@ -81,3 +81,35 @@ def test_the_version_is_looked_up_on_first_use_only() -> None:
     same, version = out.split()
     assert same == "True"
     assert version[0].isdigit()
+
+
+def test_the_seed_names_and_pruning_are_imported_on_first_use() -> None:
+    """The seed's compatibility names (``compat``) and the gateway's pruning are not part
+    of ``import instrument``; asked for, they are the real ones, and work."""
+    out = _run(
+        """
+        import json, sys
+        import instrument
+        before = {m: m in sys.modules for m in ("instrument.compat", "instrument.delivery._prune")}
+        from instrument import PrometheusIntegration, record_analysis, update_active_jobs
+        from instrument.delivery import Pruned, prune_groups
+        import instrument.compat as compat
+        import instrument.delivery._prune as prune
+        same = [
+            PrometheusIntegration is compat.PrometheusIntegration,
+            record_analysis is compat.record_analysis,
+            update_active_jobs is compat.update_active_jobs,
+            prune_groups is prune.prune_groups,
+            Pruned is prune.Pruned,
+        ]
+        try:
+            instrument.no_such_name
+        except AttributeError as exc:
+            missing = str(exc)
+        print(json.dumps({"before": before, "same": same, "missing": missing}))
+        """
+    )
+    found = json.loads(out)
+    assert found["before"] == {"instrument.compat": False, "instrument.delivery._prune": False}
+    assert found["same"] == [True] * 5
+    assert found["missing"] == "module 'instrument' has no attribute 'no_such_name'"

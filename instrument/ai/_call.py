@@ -285,15 +285,23 @@ class AICall(Probe):
             return
         if self._seen is None:  # _note, inlined: this runs for every response and chunk
             self._seen = type(response).__name__
-        self._headers(response)
+        if type(response) is not dict:  # a parsed body has no headers: one check
+            self._headers(response)
         try:
             usage = self._tracker._extract(response)
-            if usage is not None:
-                self._add(usage)
             outcome = extract_outcome(response)[0]
-            if outcome is not None:
-                with usage_lock:
-                    self._outcome = outcome if self._outcome is None else self._outcome + outcome
+            if usage is not None or outcome is not None:
+                # One lock for both (streams of one call may end in other threads);
+                # acquire/release rather than ``with``: half the cost.
+                usage_lock.acquire()
+                try:
+                    if usage is not None:
+                        self._usage = usage if self._usage is None else self._usage + usage
+                    if outcome is not None:
+                        had = self._outcome
+                        self._outcome = outcome if had is None else had + outcome
+                finally:
+                    usage_lock.release()
             if self._seek_model:
                 self._see_model(response)
         except Exception as exc:
@@ -323,15 +331,30 @@ class AICall(Probe):
                 for stream in streams:
                     stream.settle_open()
             # The fixed model's series, bound at the binding: the usual case, no call.
-            if self._model is None and b.static is not None and b.attribution is None:
-                series, name = b.static, cast(str, self._tracker.options.model)
+            options = self._tracker.options
+            fixed = options.model
+            static = b.static
+            if (
+                self._model is None
+                and static is not None
+                and fixed is not None
+                and b.attribution is None
+            ):
+                series, name = static, fixed
             else:
                 series, name = self._series(b)
             usage = self._usage
             series.record(
-                status, now - self._t0, self._first, usage, exc, self._seen, self._failure
+                status,
+                now - self._t0,
+                self._first,
+                usage,
+                exc,
+                self._seen,
+                self._failure,
+                options.operation,
+                self._outcome,
             )
-            series.outcome(self._tracker.options.operation, status, self._outcome)
             retry = None
             if exc is not None:  # an SDK error keeps the response it failed with
                 self._headers(exc)

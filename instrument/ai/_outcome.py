@@ -92,7 +92,25 @@ def _items(value: Any) -> list[Any]:
     return list(value) if isinstance(value, list | tuple) else []
 
 
+def _count(value: Any) -> int:
+    """How many items a list field holds (a tool-call list), 0 for anything else."""
+    return len(value) if isinstance(value, list | tuple) else 0
+
+
+#: The outcome of one choice's reason and no tool call, by reason: the usual response's,
+#: shared (an Outcome is never changed), so reading one makes no object.
+_SINGLE: dict[str, Outcome] = {}
+
+
 def _outcome(reasons: list[str], tools: int) -> Outcome | None:
+    if not tools and len(reasons) == 1:
+        reason = reasons[0]
+        found = _SINGLE.get(reason)
+        if found is None:
+            found = Outcome((reason,))
+            if len(_SINGLE) < _MAX_REMEMBERED:
+                _SINGLE[reason] = found
+        return found
     return Outcome(tuple(reasons), tools) if reasons or tools else None
 
 
@@ -102,17 +120,20 @@ def _choices(choices: list[Any] | tuple[Any, ...]) -> tuple[Outcome | None, bool
     tools = 0
     whole = False
     for choice in choices:
-        reason = _reason(read_field(choice, "finish_reason"))
+        # One reader per choice and per message: each reads several fields.
+        get = READERS.get(type(choice)) or reader_of(choice)
+        reason = _reason(get(choice, "finish_reason"))
         if reason is not None:
             reasons.append(reason)
-        message = read_field(choice, "message")
+        message = get(choice, "message")
         if message is not None:
             whole = True
-            tools += len(_items(read_field(message, "tool_calls")))
-            if read_field(message, "function_call") is not None:
+            read = READERS.get(type(message)) or reader_of(message)
+            tools += _count(read(message, "tool_calls"))
+            if read(message, "function_call") is not None:
                 tools += 1
             continue
-        delta = read_field(choice, "delta")
+        delta = get(choice, "delta")
         if delta is not None:
             for call in _items(read_field(delta, "tool_calls")):
                 if isinstance(read_field(call, "id"), str) and read_field(call, "id"):

@@ -31,7 +31,27 @@ _STATUSES = ("success", "error", "cancelled")
 # Where a call's numbers go in a model's cells: one counter per status, the input and
 # output tokens, then the duration histogram's sum and buckets.
 _STATUS_INDEX = {status: i for i, status in enumerate(_STATUSES)}
-_INPUT, _OUTPUT, _DURATION = 3, 4, 5
+_INPUT, _OUTPUT, _MISSING, _DURATION = 3, 4, 5, 6
+_MISSING_PAIR = (_MISSING, 1)
+#: Numbers each cell keeps free for the counters a model's calls name as they come:
+#: ai_operations_total per operation (3 each), ai_finish_reasons_total per reason, and
+#: ai_tool_calls_total. Past them, a counter is incremented directly (as exact).
+_SPARE = 24
+#: The key of the tool calls' counter beside the finish reasons'.
+_TOOL_CALLS = "\x00tool calls"
+
+#: How a call's end counts into one counter: ``((index, 1),)`` of the model's cells, or
+#: the counter child itself when the cells had no spare number left for it.
+Counted = Any
+
+
+def _counted(found: Counted, amount: float) -> tuple[tuple[int, float], ...]:
+    """The numbers to add for ``amount`` counted into ``found``; a counter outside the
+    cells is incremented here, and adds none."""
+    if type(found) is tuple:
+        return found if amount == 1 else ((found[0][0], amount),)
+    found.inc(amount)
+    return ()
 
 
 def http_status(exc: BaseException) -> str:
@@ -62,6 +82,7 @@ class ModelSeries:
         "_lazy",
         "_metrics",
         "_operations",
+        "_reasons",
         "_warned",
         "attrs",
         "calls",
@@ -86,29 +107,35 @@ class ModelSeries:
         tokens = [
             metrics.ai_tokens.labels(provider, model, kind, *attrs) for kind in ("input", "output")
         ]
+        # Bound now, so the series reads 0 from the first call: usage coverage (1 - missing
+        # / calls) is then a number for a model whose every call reported usage.
+        missing = metrics.ai_usage_missing.labels(provider, model)
         #: The children every call touches, through per-thread cells (``_cells``); None in
         #: prometheus_client's multiprocess mode, where they are updated directly.
         self._cells: CellSeries | None = None
         if not multiprocess_enabled():
             self._cells = CellSeries(
                 self,
-                counters={**dict(enumerate(calls)), _INPUT: tokens[0], _OUTPUT: tokens[1]},
+                counters={
+                    **dict(enumerate(calls)),
+                    _INPUT: tokens[0],
+                    _OUTPUT: tokens[1],
+                    _MISSING: missing,
+                },
                 gauges={},
                 histograms={_DURATION: duration},
                 histogram=_DURATION,
+                spare=_SPARE,
             )
         self.calls = {s: child.inc for s, child in zip(_STATUSES, calls, strict=True)}
         self.observe = duration.observe
         self.inc_input, self.inc_output = tokens[0].inc, tokens[1].inc
-        # Bound now, so the series reads 0 from the first call: usage coverage (1 - missing
-        # / calls) is then a number for a model whose every call reported usage.
-        self._lazy: dict[tuple[str, ...], Any] = {
-            ("ai_usage_missing",): metrics.ai_usage_missing.labels(provider, model)
-        }
+        self._lazy: dict[tuple[str, ...], Any] = {("ai_usage_missing",): missing}
         self._warned: set[str] = set()
-        #: Per operation, what a call's end adds to ai_operations_total: the status
-        #: counters through cells like the calls', or their ``inc``s in multiprocess mode.
-        self._operations: dict[str, Any] = {}
+        #: Per operation, how a call's end counts into ai_operations_total, by status
+        #: index; per finish reason (and ``_TOOL_CALLS``), into its counter (see Counted).
+        self._operations: dict[str, tuple[Counted, ...]] = {}
+        self._reasons: dict[str, Counted] = {}
 
     def _child(self, attr: str, *labels: str) -> Any:
         key = (attr, *labels)
@@ -129,54 +156,107 @@ class ModelSeries:
         exc: BaseException | None,
         seen: str | None,
         failure: str | None,
+        operation: str,
+        outcome: Outcome | None,
     ) -> None:
         """One call's end: its ``status``, duration, time to first token, tokens (or that
-        they are missing) and error. ``seen``: the type of the first response recorded;
+        they are missing), error, ``operation`` and the finish reasons and tool calls its
+        responses reported. ``seen``: the type of the first response recorded;
         ``failure``: how reading one failed, warned about once."""
         cells = self._cells
         if cells is None:
-            self.observe(seconds)
-            self.calls[status]()
-            if usage is not None:
-                self.tokens(usage)
-        elif usage is None:
-            cells.end(_STATUS_INDEX[status], seconds)
+            self._record_direct(status, seconds, usage, operation, outcome)
         else:
-            cells.end(
-                _STATUS_INDEX[status],
-                seconds,
-                ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens)),
-            )
+            # One write into this thread's cell for everything a call's end counts.
+            index = _STATUS_INDEX[status]
+            by_status = self._operations.get(operation) or self._operation(operation)
+            counted = by_status[index]
+            if type(counted) is not tuple:
+                counted = _counted(counted, 1)
+            if outcome is not None:
+                counted = counted + self._outcome(outcome)
+            if usage is not None:
+                tokens = ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens))
+                cells.end(index, seconds, tokens + counted)
+            elif status != "error":
+                cells.end(index, seconds, (_MISSING_PAIR, *counted))
+            else:
+                cells.end(index, seconds, counted)
+        if usage is not None:
             if usage.cache_read or usage.cache_creation or usage.reasoning:
                 self._details(usage)
+        elif status == "success":
+            self._usage_missing(seen, failure)
         if first_token is not None:
             self._child("ai_time_to_first_token").observe(first_token)
-        if usage is None and status != "error":
-            self._usage_missing(status, seen, failure)
         if failure is not None and (usage is not None or status != "success"):
             self.warn_once("usage", "%s; its usage is not read", failure)
         if exc is not None:
             self._child("ai_api_errors", type(exc).__name__, http_status(exc)).inc()
 
-    def outcome(self, operation: str, status: str, outcome: Outcome | None) -> None:
-        """What a call's end adds beside :meth:`record`: its operation, the finish reasons
-        and tool calls its responses reported."""
-        ops = self._operations.get(operation)
-        if ops is None:
-            ops = self._operations[operation] = self._operation(operation)
-        if isinstance(ops, CellSeries):
-            ops.add(((_STATUS_INDEX[status], 1),))
-        else:
-            ops[status]()
+    def _record_direct(
+        self,
+        status: str,
+        seconds: float,
+        usage: Usage | None,
+        operation: str,
+        outcome: Outcome | None,
+    ) -> None:
+        """:meth:`record`'s counters in multiprocess mode: each child updated directly."""
+        self.observe(seconds)
+        self.calls[status]()
+        if usage is not None:
+            if usage.input_tokens:
+                self.inc_input(usage.input_tokens)
+            if usage.output_tokens:
+                self.inc_output(usage.output_tokens)
+        elif status != "error":
+            self._child("ai_usage_missing").inc()
+        self._child("ai_operations", operation, status).inc()
         if outcome is not None:
-            lazy = self._lazy
             for reason in outcome.finish_reasons:
-                child = lazy.get(("ai_finish_reasons", reason))  # _child's key, looked up inline
-                if child is None:
-                    child = self._child("ai_finish_reasons", reason)
-                child.inc()
+                self._child("ai_finish_reasons", reason).inc()
             if outcome.tool_calls:
                 self._child("ai_tool_calls").inc(outcome.tool_calls)
+
+    def _operation(self, operation: str) -> tuple[Counted, ...]:
+        """What a call's end of ``operation`` adds to ai_operations_total, by status
+        index (looked up once per operation)."""
+        counted = tuple(
+            self._slot(self._child("ai_operations", operation, status)) for status in _STATUSES
+        )
+        self._operations[operation] = counted
+        return counted
+
+    def _outcome(self, outcome: Outcome) -> tuple[tuple[int, float], ...]:
+        """The numbers a call's finish reasons and tool calls add (looked up once per
+        reason)."""
+        reasons = self._reasons
+        tools = outcome.tool_calls
+        finish_reasons = outcome.finish_reasons
+        if not tools and len(finish_reasons) == 1:  # the usual response: one lookup
+            found = reasons.get(finish_reasons[0])
+            if type(found) is tuple:
+                return found
+        counted: tuple[tuple[int, float], ...] = ()
+        for reason in finish_reasons:
+            found = reasons.get(reason)
+            if found is None:
+                found = reasons[reason] = self._slot(self._child("ai_finish_reasons", reason))
+            counted += _counted(found, 1)
+        if tools:
+            found = reasons.get(_TOOL_CALLS)
+            if found is None:
+                found = reasons[_TOOL_CALLS] = self._slot(self._child("ai_tool_calls"))
+            counted += _counted(found, tools)
+        return counted
+
+    def _slot(self, child: Any) -> Counted:
+        """``((index, 1),)``: ``child`` counted through a spare number of the cells; or,
+        when none is left, ``child`` itself, then incremented directly (``_counted``)."""
+        assert self._cells is not None
+        index = self._cells.counter(child)
+        return child if index is None else ((index, 1),)
 
     def headroom(self, limits: Mapping[str, float], retry_after: float | None) -> None:
         """The rate-limit headroom a call's responses (or error) reported, and the
@@ -185,15 +265,6 @@ class ModelSeries:
             self._child("ai_rate_limit_remaining", limit).set(remaining)
         if retry_after is not None:
             self._child("ai_retry_after").set(retry_after)
-
-    def _operation(self, operation: str) -> Any:
-        children = [
-            self._metrics.ai_operations.labels(self.provider, self.model, operation, s)
-            for s in _STATUSES
-        ]
-        if self._cells is None:
-            return {s: child.inc for s, child in zip(_STATUSES, children, strict=True)}
-        return CellSeries(self, counters=dict(enumerate(children)), gauges={}, histograms={})
 
     def tokens(self, usage: Usage) -> None:
         if usage.input_tokens:
@@ -210,11 +281,10 @@ class ModelSeries:
             if count:
                 self._child("ai_token_details", detail).inc(count)
 
-    def _usage_missing(self, status: str, seen: str | None, failure: str | None) -> None:
-        """A call that ran and ended without usage: counted, so a silent 0 shows."""
-        self._child("ai_usage_missing").inc()
-        if status != "success":
-            return  # left before the end: the usage, sent last, never came
+    def _usage_missing(self, seen: str | None, failure: str | None) -> None:
+        """A call that ended successfully without usage (counted by :meth:`record`, so a
+        silent 0 shows): warned about once. A call that failed or was cancelled is not
+        warned about: the usage, sent last, never came."""
         what = f"its response ({seen})" if seen is not None else "no response was recorded"
         self.warn_once(
             "usage",
@@ -363,14 +433,14 @@ class AttributionGuard:
         if value is None:
             return ""
         text = value if isinstance(value, str) else str(value)
+        seen = self._seen[label]
+        if text in seen:  # checked when it was first seen: the usual call, one lookup
+            return text
         try:
             check_label_value(label, text)
         except ValueError:
             text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        if text == "":
-            return text
-        seen = self._seen[label]
-        if text in seen:
+        if text == "" or text in seen:
             return text
         with self._lock:
             if len(seen) < self.limit:

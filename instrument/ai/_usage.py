@@ -45,7 +45,7 @@ logger = logging.getLogger("instrument")
 MAX_TOKENS = 2**53
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, init=False)
 class Usage:
     """Token counts of one call. ``input_tokens`` includes ``cache_read`` and
     ``cache_creation``; ``output_tokens`` includes ``reasoning``."""
@@ -55,6 +55,22 @@ class Usage:
     cache_read: int = 0
     cache_creation: int = 0
     reasoning: int = 0
+
+    def __init__(
+        self,
+        input_tokens: int = 0,
+        output_tokens: int = 0,
+        cache_read: int = 0,
+        cache_creation: int = 0,
+        reasoning: int = 0,
+    ) -> None:
+        # The slots' own setters: the generated frozen __init__ goes through
+        # object.__setattr__ for each field, which made this half of reading a response.
+        _set_input(self, input_tokens)
+        _set_output(self, output_tokens)
+        _set_cache_read(self, cache_read)
+        _set_cache_creation(self, cache_creation)
+        _set_reasoning(self, reasoning)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(
@@ -91,6 +107,9 @@ class Usage:
 
 
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
+_set_input, _set_output, _set_cache_read, _set_cache_creation, _set_reasoning = (
+    Usage.__dict__[name].__set__ for name in USAGE_FIELDS
+)
 
 
 def checked_usage(*counts: int) -> Usage:
@@ -201,16 +220,28 @@ def _openai_chat(usage: Any, get: Reader) -> Usage | None:
     details = get(usage, "prompt_tokens_details")
     cached = written = None
     if details is not None:
-        cached = _count(details, "cached_tokens")
-        written = _count(details, "cache_write_tokens", "cache_creation_tokens")
+        read = READERS.get(type(details)) or reader_of(details)
+        cached = read(details, "cached_tokens")
+        if cached is not None and not (type(cached) is int and 0 <= cached <= MAX_TOKENS):
+            cached = _unusual_count("cached_tokens", cached)
+        written = read(details, "cache_write_tokens")
+        if written is None:
+            written = read(details, "cache_creation_tokens")
+        if written is not None and not (type(written) is int and 0 <= written <= MAX_TOKENS):
+            written = _unusual_count("cache_write_tokens", written)
     # The LiteLLM spellings only when the details did not say (read lazily).
     if cached is None:
         cached = _count(usage, "cache_read_input_tokens")
     if written is None:
-        written = _count(usage, "cache_creation_input_tokens")
+        written = get(usage, "cache_creation_input_tokens")
+        if written is not None and not (type(written) is int and 0 <= written <= MAX_TOKENS):
+            written = _unusual_count("cache_creation_input_tokens", written)
     reasoning = get(usage, "completion_tokens_details")
     if reasoning is not None:
-        reasoning = _count(reasoning, "reasoning_tokens")
+        read = READERS.get(type(reasoning)) or reader_of(reasoning)
+        reasoning = read(reasoning, "reasoning_tokens")
+        if reasoning is not None and not (type(reasoning) is int and 0 <= reasoning <= MAX_TOKENS):
+            reasoning = _unusual_count("reasoning_tokens", reasoning)
     if prompt is None and completion is None:  # a chat block whose counts are all malformed
         return _usage(prompt, completion, cached, written, reasoning)
     return Usage(prompt or 0, completion or 0, cached or 0, written or 0, reasoning or 0)

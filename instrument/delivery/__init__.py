@@ -10,6 +10,8 @@ taken).
 encoders ``_prompb`` and ``_snappy``), ``_prune`` (deleting a gateway's old groups).
 """
 
+from typing import TYPE_CHECKING, Any
+
 from ._aiohttp import read_capped
 from ._flusher import PUSH_MODES, Delivery
 from ._http import ANSWER_LIMIT, PushFailed
@@ -19,7 +21,6 @@ from ._lifecycle import (
     install_sigterm_handler,
     multiprocess_enabled,
 )
-from ._prune import Group, Pruned, prune_groups
 from ._pushgateway import (
     PushTarget,
     check_group_value,
@@ -30,6 +31,9 @@ from ._pushgateway import (
 )
 from ._snapshot import BeforeCollect, Snapshot, register_before_snapshot
 from ._textfile import check_textfile
+
+if TYPE_CHECKING:
+    from ._prune import Group, Pruned, prune_groups
 
 __all__ = [
     "ANSWER_LIMIT",
@@ -55,3 +59,13 @@ __all__ = [
     "read_capped",
     "register_before_snapshot",
 ]
+
+
+def __getattr__(name: str) -> Any:
+    # Pruning a gateway's old groups is an operator's command (``instrument gateway
+    # prune``, ``Instrumentation.prune_groups``), not part of delivering: imported then.
+    if name in ("Group", "Pruned", "prune_groups"):
+        from ._prune import Group, Pruned, prune_groups
+
+        return {"Group": Group, "Pruned": Pruned, "prune_groups": prune_groups}[name]
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

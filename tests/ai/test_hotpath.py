@@ -9,7 +9,14 @@ inline checks: every count a user sees must be what the shape says, for dicts an
 
 from __future__ import annotations
 
+import contextlib
+import os
+import subprocess
+import sys
+import textwrap
+import threading
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -21,7 +28,9 @@ from instrument import Instrumentation
 from instrument.usage import MAX_TOKENS, extract_usage
 
 from ..ai_fakes import as_object, openai_chat, openai_chat_chunks
-from ..support import calls, token_counts
+from ..support import calls, in_threads, token_counts
+
+ROOT = Path(__file__).resolve().parent.parent.parent
 
 #: The bound on the plain result types one tracker remembers (``ai._call``).
 PLAIN_TYPES_KEPT = 64
@@ -184,3 +193,201 @@ def test_chat_counts_of_every_type_read_as_the_shape_says(
     assert (read.input_tokens, read.output_tokens, read.cache_read) == tuple(
         0 if count is None else count for count in want
     )
+
+
+# -- a call's end: one write into the model's cells (issue 13, third pass) ----------------------
+
+
+def _chat(reasons: list[str | None], tools: int = 0) -> dict[str, Any]:
+    """A chat completion with one choice per reason; the first asks for ``tools`` tools."""
+    response = openai_chat(10, 2)
+    choices = []
+    for i, reason in enumerate(reasons):
+        message: dict[str, Any] = {"role": "assistant", "content": "x"}
+        if i == 0 and tools:
+            message["tool_calls"] = [{"id": f"call_{n}", "type": "function"} for n in range(tools)]
+        choices.append({"index": i, "message": message, "finish_reason": reason})
+    response["choices"] = choices
+    return response
+
+
+def _outcomes(registry: CollectorRegistry, model: str = "gpt-4o") -> dict[str, float]:
+    """Every operation, finish reason and tool-call sample of ``model``, read back."""
+    found: dict[str, float] = {}
+    for family in registry.collect():
+        for s in family.samples:
+            if s.labels.get("model") != model:
+                continue
+            if s.name == "codomyrmex_ai_operations_total":
+                found[f"{s.labels['operation']}/{s.labels['status']}"] = s.value
+            elif s.name == "codomyrmex_ai_finish_reasons_total":
+                found[f"reason {s.labels['finish_reason']}"] = s.value
+            elif s.name in ("codomyrmex_ai_tool_calls_total", "codomyrmex_ai_usage_missing_total"):
+                found[s.name.removeprefix("codomyrmex_ai_").removesuffix("_total")] = s.value
+    return found
+
+
+def test_a_call_end_takes_no_value_lock_of_prometheus_client(
+    inst: Instrumentation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Operations, finish reasons and tool calls are counted through the model's cells
+    like the calls' counters: once a reason has been seen, a call's end updates no
+    prometheus_client value (each update takes that value's lock); the next read has all."""
+    from prometheus_client.values import MutexValue
+
+    response = _chat(["stop"], tools=2)
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    def ask() -> Any:
+        return response
+
+    ask()  # the first call of a reason binds its counter
+    updates = [0]
+    real_inc = MutexValue.inc
+
+    def counting(self: MutexValue, amount: float) -> None:
+        updates[0] += 1
+        real_inc(self, amount)
+
+    monkeypatch.setattr(MutexValue, "inc", counting)
+    for _ in range(50):
+        ask()
+    assert updates[0] == 0
+    assert _outcomes(inst.registry) == {
+        "chat/success": 51,
+        "chat/error": 0,
+        "chat/cancelled": 0,
+        "reason stop": 51,
+        "tool_calls": 102,
+        "usage_missing": 0,
+    }
+    assert calls(inst.registry, "openai", "gpt-4o") == {"success": 51}
+
+
+def test_more_reasons_and_operations_than_the_cells_hold_all_count(
+    inst: Instrumentation,
+) -> None:
+    """Past the cells' spare numbers a counter is incremented directly: 40 reasons (one
+    new per call, several per response) and 8 operations, all exact."""
+    operations = [f"op{n}" for n in range(8)]
+    trackers = {op: inst.track_ai_call("openai", "gpt-4o", operation=op) for op in operations}
+    expected: dict[str, float] = {}
+    for n in range(40):
+        op = operations[n % len(operations)]
+        reasons = [f"r{n}", "stop", None]
+        trackers[op](lambda r=reasons, t=n % 3: _chat(r, tools=t))()
+        expected[f"reason r{n}"] = 1
+        expected[f"{op}/success"] = expected.get(f"{op}/success", 0) + 1
+        expected["tool_calls"] = expected.get("tool_calls", 0) + n % 3
+    expected["reason stop"] = 40
+    for op in operations:
+        expected[f"{op}/error"] = expected[f"{op}/cancelled"] = 0
+    expected["usage_missing"] = 0
+    assert _outcomes(inst.registry) == expected
+
+
+def test_outcomes_of_calls_in_many_threads_are_exact_at_every_read(
+    inst: Instrumentation,
+) -> None:
+    """8 threads with calls that succeed, fail and carry reasons and tool calls, reads
+    throughout: every read is at most the final totals, and the totals are exact."""
+    tracker = inst.track_ai_call("openai", "gpt-4o")
+    done = threading.Event()
+    per_thread = 400
+
+    @tracker
+    def ask(i: int) -> Any:
+        if i % 5 == 0:
+            raise ConnectionError("down")
+        return _chat(["length" if i % 2 else "stop"], tools=1)
+
+    def run() -> None:
+        for i in range(per_thread):
+            with contextlib.suppress(ConnectionError):
+                ask(i)
+
+    reads: list[dict[str, float]] = []
+
+    def scrape() -> None:
+        while not done.is_set():
+            reads.append(_outcomes(inst.registry))
+
+    reader = threading.Thread(target=scrape)
+    reader.start()
+    try:
+        in_threads(run, 8)
+    finally:
+        done.set()
+        reader.join()
+    failures = 8 * per_thread // 5
+    successes = 8 * per_thread - failures
+    final = _outcomes(inst.registry)
+    assert final["chat/success"] == successes
+    assert final["chat/error"] == failures
+    assert final["reason stop"] + final["reason length"] == successes
+    assert final["tool_calls"] == successes
+    assert final["usage_missing"] == 0
+    assert len(reads) > 1
+    previous: dict[str, float] = {}
+    for read in reads:  # every count only grows, up to its total
+        for key, value in read.items():
+            assert previous.get(key, 0) <= value <= final[key]
+        previous = read
+
+
+@pytest.mark.subprocess
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
+def test_multiprocess_mode_counts_outcomes_directly(tmp_path: Path) -> None:
+    """prometheus_client's multiprocess mode: no cells, each counter updated at the end,
+    summed over the processes by its collector."""
+    code = """
+        import multiprocessing
+        from prometheus_client import CollectorRegistry, multiprocess
+        from instrument import Instrumentation
+
+        inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+        response = {"choices": [
+            {"message": {"tool_calls": [{"id": "a"}]}, "finish_reason": "stop"},
+            {"message": {}, "finish_reason": "length"},
+        ]}
+
+        @inst.track_ai_call("openai", "gpt-4o", operation="chat")
+        def ask(i):
+            return response
+
+        def worker(n):
+            for i in range(50):
+                ask(i)
+
+        if __name__ == "__main__":
+            ctx = multiprocessing.get_context("fork")
+            procs = [ctx.Process(target=worker, args=(n,)) for n in range(3)]
+            for p in procs:
+                p.start()
+            for p in procs:
+                p.join()
+            collected = CollectorRegistry()
+            multiprocess.MultiProcessCollector(collected)
+            labels = {"provider": "openai", "model": "gpt-4o"}
+            values = [
+                collected.get_sample_value("codomyrmex_ai_operations_total",
+                    {**labels, "operation": "chat", "status": "success"}),
+                collected.get_sample_value("codomyrmex_ai_finish_reasons_total",
+                    {**labels, "finish_reason": "stop"}),
+                collected.get_sample_value("codomyrmex_ai_finish_reasons_total",
+                    {**labels, "finish_reason": "length"}),
+                collected.get_sample_value("codomyrmex_ai_tool_calls_total", labels),
+                collected.get_sample_value("codomyrmex_ai_usage_missing_total", labels),
+            ]
+            print(values)
+    """
+    result = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=ROOT,
+        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[150.0, 150.0, 150.0, 150.0, 150.0]"

@@ -694,3 +694,116 @@ def test_a_cell_carries_the_latest_exemplar_of_a_bucket_to_the_fold(off: Instrum
     (line,) = [ln for ln in text.splitlines() if 'le="0.1"' in ln and "duration" in ln]
     assert line.endswith('# {trace_id="abc123"} 0.05 1.0')
     assert cell.exemplars is None  # taken by the fold
+
+
+# -- counters known only later: the spare numbers (issue 13, third pass) ------------------------
+
+
+class _Keeper:
+    """What uses a series (a binding, in the package): the series lives as long as it."""
+
+
+def _counter_series(
+    keeper: _Keeper, spare: int
+) -> tuple[CollectorRegistry, Any, Callable[[str], Any]]:
+    """A series with one counter (index 0) and ``spare`` free numbers, on a fresh registry;
+    and what makes a further child of the same counter family."""
+    from prometheus_client import Counter
+
+    from instrument._cells import CellSeries
+
+    registry = CollectorRegistry()
+    family = Counter("spare_things", "Things", ["kind"], registry=registry)
+    series = CellSeries(
+        keeper, counters={0: family.labels("base")}, gauges={}, histograms={}, spare=spare
+    )
+    return registry, series, family.labels
+
+
+def _things(registry: CollectorRegistry, kind: str) -> float | None:
+    """A read as an Instrumentation's registry makes it: the fold first (its hook)."""
+    from instrument._cells import fold_if_changed
+
+    fold_if_changed()
+    return registry.get_sample_value("spare_things_total", {"kind": kind})
+
+
+def test_a_counter_added_later_is_counted_through_the_cells() -> None:
+    keeper = _Keeper()
+    registry, series, child = _counter_series(keeper, spare=2)
+    series.add(((0, 1),))
+    late = series.counter(child("late"))
+    assert late == 1
+    series.add(((0, 1), (late, 5)))
+    assert _things(registry, "base") == 2
+    assert _things(registry, "late") == 5
+    other = series.counter(child("other"))
+    assert other == 2
+    assert series.counter(child("none left")) is None  # the caller increments it directly
+    series.add(((other, 3),))
+    assert _things(registry, "other") == 3
+
+
+def test_counters_added_while_threads_count_and_reads_fold_are_exact() -> None:
+    """Writers add counters as they go and count into them while a reader folds all the
+    time: every read only grows, and the totals are exact (none lost, none twice)."""
+    keeper = _Keeper()
+    registry, series, child = _counter_series(keeper, spare=64)
+    stop = threading.Event()
+    failures: list[str] = []
+
+    def write(n: int) -> None:
+        for k in range(8):
+            index = series.counter(child(f"w{n}k{k}"))
+            assert index is not None
+            for _ in range(500):
+                series.add(((index, 1), (0, 1)))
+
+    def read() -> None:
+        last = 0.0
+        while not stop.is_set():
+            base = _things(registry, "base") or 0.0
+            if base < last:
+                failures.append(f"base went from {last} to {base}")
+            last = base
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    try:
+        in_threads_of(write, 4)
+    finally:
+        stop.set()
+        reader.join()
+    assert failures == []
+    assert _things(registry, "base") == 4 * 8 * 500
+    assert all(_things(registry, f"w{n}k{k}") == 500 for n in range(4) for k in range(8))
+
+
+def in_threads_of(work: Callable[[int], object], count: int) -> None:
+    threads = [threading.Thread(target=work, args=(n,)) for n in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+
+
+def test_counters_added_from_many_threads_each_get_their_own_number() -> None:
+    keeper = _Keeper()
+    registry, series, child = _counter_series(keeper, spare=16)
+    got: list[int | None] = []
+    lock = threading.Lock()
+
+    def add(n: int) -> None:
+        index = series.counter(child(f"k{n}"))
+        with lock:
+            got.append(index)
+        if index is not None:
+            series.add(((index, n + 1),))
+        else:
+            child(f"k{n}").inc(n + 1)
+
+    in_threads_of(add, 24)
+    numbers = [i for i in got if i is not None]
+    assert sorted(numbers) == list(range(1, 17))
+    assert got.count(None) == 8
+    assert all(_things(registry, f"k{n}") == n + 1 for n in range(24))
