@@ -143,7 +143,9 @@ class Instrumentation:
         check_buckets(buckets)
         build = check_build_info(build_info)
         self.job = check_job(job)
-        group = check_grouping_key(grouping_key or {}, instance=instance)
+        group = check_grouping_key(
+            grouping_key or {}, instance=instance, attribution=self.attribution
+        )
         push_interval = check_seconds("push_interval", push_interval)
         check_seconds("push_timeout", push_timeout)
         if pushgateway is None and (basic_auth is not None or bearer_token is not None):
@@ -165,7 +167,10 @@ class Instrumentation:
         if remote_write is not None:
             # Imported only here: without remote write, its encoders are never loaded.
             from .delivery._remote_write import remote_write_target
+            from .delivery._remote_write_checks import check_external_labels
 
+            if isinstance(external_labels, Mapping):  # the rest is refused just below
+                check_external_labels(external_labels, group, self.attribution)
             remote = remote_write_target(
                 remote_write,
                 headers=remote_write_headers,

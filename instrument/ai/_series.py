@@ -13,6 +13,7 @@ from .._cells import CellSeries
 from ..delivery import multiprocess_enabled
 from ..metrics import ATTRIBUTED, check_label_value
 from ._fields import attribute
+from ._outcome import KNOWN_REASONS
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
@@ -173,7 +174,8 @@ class ModelSeries:
             for reason in outcome.finish_reasons:
                 child = lazy.get(("ai_finish_reasons", reason))  # _child's key, looked up inline
                 if child is None:
-                    child = self._child("ai_finish_reasons", reason)
+                    label = reason_guard(self._metrics, self.provider).label(reason)
+                    child = self._child("ai_finish_reasons", label)
                 child.inc()
             if outcome.tool_calls:
                 self._child("ai_tool_calls").inc(outcome.tool_calls)
@@ -343,14 +345,76 @@ def provider_models(inst: Instrumentation, provider: str) -> ProviderModels:
         return models
 
 
+#: How many finish reasons outside :data:`KNOWN_REASONS` one provider may report.
+MAX_OTHER_REASONS = 16
+
+
+class ReasonGuard:
+    """The finish reasons of one provider: the known ones as they are, at most
+    ``MAX_OTHER_REASONS`` others (a foreign OpenAI-compatible server's), then "other"
+    with one warning."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._others: set[str] = set()
+        self._warned = False
+        self._lock = threading.Lock()
+
+    def label(self, reason: str) -> str:
+        if reason in KNOWN_REASONS:
+            return reason
+        with self._lock:
+            if reason in self._others:
+                return reason
+            if len(self._others) < MAX_OTHER_REASONS:
+                self._others.add(reason)
+                return reason
+            if not self._warned:
+                self._warned = True
+                logger.warning(
+                    "instrument: provider %r reported more than %d finish reasons the "
+                    "providers do not document; any further ones are reported as "
+                    "finish_reason=%r",
+                    self.provider,
+                    MAX_OTHER_REASONS,
+                    OTHER_MODEL,
+                )
+        return OTHER_MODEL
+
+
+# Per Metrics (one per Instrumentation's registry and namespace) and provider: a series
+# finds its guard only when it meets a reason for the first time.
+_reason_guards: weakref.WeakKeyDictionary[Metrics, dict[str, ReasonGuard]] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def reason_guard(metrics: Metrics, provider: str) -> ReasonGuard:
+    with _guards_lock:
+        by_provider = _reason_guards.setdefault(metrics, {})
+        guard = by_provider.get(provider)
+        if guard is None:
+            guard = by_provider[provider] = ReasonGuard(provider)
+        return guard
+
+
+#: The longest attribution value kept as it is: longer ones are "other" (a label value is
+#: repeated on every series of the money metrics, in every scrape and push).
+MAX_ATTRIBUTION_VALUE = 128
+
+
 class AttributionGuard:
     """The values each attribution label has had on one Instrumentation: at most ``limit``
-    per label, then "other" (one warning per label)."""
+    per label, then "other" (one warning per label). A value is made a label value here
+    and never raises: bytes are decoded, what is not valid UTF-8 is escaped, one whose
+    ``str()`` fails is "", one longer than ``MAX_ATTRIBUTION_VALUE`` is "other". Warnings
+    never show a value: it may be an e-mail address or a user id."""
 
     def __init__(self, labels: tuple[str, ...], limit: int) -> None:
         self.labels = labels
         self.limit = limit
         self._seen: dict[str, set[str]] = {label: set() for label in labels}
+        self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
     def values(self, given: Mapping[str, Any] | None) -> tuple[str, ...]:
@@ -362,33 +426,78 @@ class AttributionGuard:
     def _value(self, label: str, value: Any) -> str:
         if value is None:
             return ""
-        text = value if isinstance(value, str) else str(value)
-        try:
-            check_label_value(label, text)
-        except ValueError:
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        if text == "":
-            return text
         seen = self._seen[label]
-        if text in seen:
+        if type(value) is str and value in seen:
+            return value  # the usual case: a value seen before, checked then
+        text = self._text(label, value)
+        if text in seen or text == "":
             return text
+        if len(text) > MAX_ATTRIBUTION_VALUE:
+            self._warn(
+                label,
+                "long",
+                "instrument: attribution label %r got a value of %d characters (more than "
+                "%d); such values are reported as %s=%r",
+                label,
+                len(text),
+                MAX_ATTRIBUTION_VALUE,
+                label,
+                OTHER_MODEL,
+            )
+            return OTHER_MODEL
         with self._lock:
+            if text in seen:
+                return text
             if len(seen) < self.limit:
                 seen.add(text)
                 return text
-            if OTHER_MODEL not in seen:
-                seen.add(OTHER_MODEL)  # marks the warning as given
-                logger.warning(
-                    "instrument: attribution label %r has more than %d values; %r and any "
-                    "further ones are reported as %s=%r. Raise max_attribution_values, or "
-                    "map the values to a bounded set",
-                    label,
-                    self.limit,
-                    text,
-                    label,
-                    OTHER_MODEL,
-                )
+        self._warn(
+            label,
+            "cap",
+            "instrument: attribution label %r has more than %d values; further ones are "
+            "reported as %s=%r. Raise max_attribution_values, or map the values to a "
+            "bounded set",
+            label,
+            self.limit,
+            label,
+            OTHER_MODEL,
+        )
         return OTHER_MODEL
+
+    def _text(self, label: str, value: Any) -> str:
+        """``value`` as a label value the exposition can encode."""
+        try:
+            if isinstance(value, bytes | bytearray):
+                text = bytes(value).decode("utf-8", "backslashreplace")
+            else:
+                text = str(value)
+            if type(text) is not str:  # a str subclass, whose methods may misbehave
+                text = str.__str__(text)
+        except Exception as exc:
+            self._warn(
+                label,
+                "str",
+                'instrument: attribution label %r: str() of a %s value raised %s; the label is ""',
+                label,
+                type(value).__name__,
+                type(exc).__name__,
+            )
+            return ""
+        try:
+            check_label_value(label, text)
+        except ValueError:  # a lone surrogate (a header decoded with surrogateescape)
+            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
+        return text
+
+    def _warn(self, label: str, what: str, message: str, *args: Any) -> None:
+        key = (label, what)
+        if key in self._warned:
+            return
+        with self._lock:
+            if key in self._warned:
+                return
+            self._warned.add(key)
+        logger.warning(message, *args)
 
 
 _attribution_guards: weakref.WeakKeyDictionary[Instrumentation, AttributionGuard] = (
