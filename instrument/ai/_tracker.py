@@ -13,15 +13,10 @@ from .._cells import CellSeries
 from .._engine import CANCELLING, bind_arguments, run_deferred, wraps_signature
 from ..objectives import Coverage, declare
 from ..policy import Binding, Policy
+from ._attribution import AttributionGuard, attribution_guard
 from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
-from ._series import (
-    AttributionGuard,
-    ModelSeries,
-    ProviderModels,
-    attribution_guard,
-    provider_models,
-)
+from ._series import ModelSeries, ProviderModels, provider_models
 from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
 
 if TYPE_CHECKING:
@@ -153,17 +148,35 @@ class AICallTracker(Policy[AICall, AIBinding]):
         def start_attributed(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> AICall:
+            # Before the call begins: a signal a callable raises leaves nothing in flight.
+            b = self._binding
+            values = (
+                None
+                if b is not None and b.attribution is None
+                else self._values_of(arguments, wrapped, args, kwargs)
+            )
             call = start(wrapped, args, kwargs)
             b = call._b
             if b is not None and b.attribution is not None:
-                try:
-                    bound = arguments.of(wrapped, args, kwargs)
-                except Exception:
-                    bound = dict(kwargs)
-                call._attrs = self._attributes(bound)
+                if values is None:  # rebound since onto an Instrumentation with attribution
+                    values = self._values_of(arguments, wrapped, args, kwargs)
+                call._attrs = values
             return call
 
         return start_attributed
+
+    def _values_of(
+        self,
+        arguments: _Arguments,
+        wrapped: Callable[..., Any],
+        args: tuple[Any, ...],
+        kwargs: dict[str, Any],
+    ) -> dict[str, Any]:
+        try:
+            bound = arguments.of(wrapped, args, kwargs)
+        except Exception:
+            bound = dict(kwargs)
+        return self._attributes(bound)
 
     def _attributes(self, bound: Mapping[str, Any]) -> dict[str, Any]:
         """The attribution values of one call, from its arguments by name (none in a
@@ -241,11 +254,13 @@ class AICallTracker(Policy[AICall, AIBinding]):
             b = self.binding()
             if not b.enabled:
                 return self._null
-        call = AICall(b, self, model)
+        values = None
         if wrapped is None and self.options.attribution and b.attribution is not None:
             # A with-block: no arguments, so the callables get none (one returning a
             # constant applies; call.attribute() sets a block's own values).
-            call._attrs = self._attributes({})
+            values = self._attributes({})
+        call = AICall(b, self, model)
+        call._attrs = values
         return call
 
     def _extract_with(self, response: Any) -> Usage | None:
