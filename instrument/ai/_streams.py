@@ -142,8 +142,10 @@ class Chunks:
                 call._usage = usage if call._usage is None else call._usage + usage
             outcome = None
             wholes = self.wholes or {}
-            # A whole response without an id is taken to tell the id-less chunks' story.
-            superseded = set(wholes) | ({None} if any(type(k) is object for k in wholes) else set())
+            # Chunks that never said which response they are about (nor did a report
+            # before them) are taken to be about the whole one: a stream helper's snapshot
+            # of a server that sends no chunk ids.
+            superseded = set(wholes) | ({None} if wholes else set())
             for rid, part in (self.outcomes or {}).items():
                 if rid not in superseded:
                     outcome = part if outcome is None else outcome + part

@@ -182,6 +182,39 @@ def test_the_same_call_id_in_another_response_counts_again(
     assert reasons(registry) == {"tool_calls": 2}
 
 
+@settings(max_examples=100, deadline=None)
+@given(
+    calls=st.lists(
+        st.tuples(
+            st.integers(0, 2),  # the choice
+            st.integers(0, 3),  # the tool index
+            st.integers(1, 4),  # how many deltas the call takes
+            st.booleans(),  # whether every delta repeats the id
+        ),
+        max_size=8,
+    )
+)
+def test_each_streamed_call_counts_once_however_its_deltas_come(
+    calls: list[tuple[int, int, int, bool]],
+) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    chunks: list[dict[str, Any]] = []
+    for number, (choice, at, deltas, repeat) in enumerate(calls):
+        for d in range(deltas):
+            call_id = f"call_{number}" if d == 0 or repeat else None
+            chunks.append(chunk(tool_delta(at, call_id, "x"), index=choice))
+
+    @inst.track_ai_call("openai", MODEL)
+    def stream() -> Iterator[dict[str, Any]]:
+        return iter(chunks)
+
+    assert len(list(stream())) == len(chunks)
+    got = tools(registry)
+    inst.close()
+    assert got == len(calls)
+
+
 class FireworksLike(BaseHTTPRequestHandler):
     """A chat completions endpoint streaming one tool call whose id repeats on every
     delta, as Fireworks does."""
@@ -268,6 +301,26 @@ def test_a_whole_response_still_supersedes_its_own_chunks(
         yield response("tool_calls", tools=1)  # id r1: the same response, whole
 
     list(agent())
+    assert reasons(registry) == {"tool_calls": 1}
+    assert tools(registry) == 1
+
+
+def test_id_less_chunks_and_their_snapshot_count_once(
+    inst: Instrumentation, registry: CollectorRegistry
+) -> None:
+    """A server that sends no chunk ids, read through a helper that yields its snapshot
+    (with an id of its own) at the end: one story, told twice."""
+
+    def bare(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {"choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    @inst.track_ai_call("openai", MODEL)
+    def helper() -> Iterator[Any]:
+        yield bare(tool_delta(0, "call_a", "{}"))
+        yield bare({}, "tool_calls")
+        yield response("tool_calls", tools=1) | {"id": "snapshot"}
+
+    list(helper())
     assert reasons(registry) == {"tool_calls": 1}
     assert tools(registry) == 1
 
