@@ -131,7 +131,7 @@ class Instrumentation:
             )
         #: The labels the money metrics gain (track_ai_call's attribution=), each with at
         #: most ``max_attribution_values`` values; the rest are "other".
-        self.attribution = check_attribution(attribution)
+        self.attribution = attribution = check_attribution(attribution)
         self.max_attribution_values = max_attribution_values
         # Everything that can be refused is checked before the registry is touched, so a
         # refused Instrumentation leaves a user's registry as it was.
@@ -143,7 +143,7 @@ class Instrumentation:
         check_buckets(buckets)
         build = check_build_info(build_info)
         self.job = check_job(job)
-        group = check_grouping_key(grouping_key or {}, instance=instance)
+        group = check_grouping_key(grouping_key or {}, instance=instance, attribution=attribution)
         push_interval = check_seconds("push_interval", push_interval)
         check_seconds("push_timeout", push_timeout)
         if pushgateway is None and (basic_auth is not None or bearer_token is not None):
@@ -165,7 +165,9 @@ class Instrumentation:
         if remote_write is not None:
             # Imported only here: without remote write, its encoders are never loaded.
             from .delivery._remote_write import remote_write_target
+            from .delivery._remote_write_checks import check_external_labels
 
+            check_external_labels(external_labels or {}, group, attribution)  # vs attribution
             remote = remote_write_target(
                 remote_write,
                 headers=remote_write_headers,

@@ -129,6 +129,19 @@ def _share(part: Series, whole: str, by: tuple[str, ...]) -> Ratio:
 # job stays in every recording, so an alert says which job is failing.
 _BY_ANALYSIS = ("job", "module", "analysis_type")
 _BY_MODEL = ("job", "provider", "model")
+
+
+@dataclass(frozen=True)
+class _AtLeast(Expr):
+    """``of``, raised to ``minimum`` where below it (a divisor that may be 0)."""
+
+    of: Expr
+    minimum: float
+
+    def promql(self, ctx: Context) -> str:
+        return f"clamp_min({self.of.promql(ctx)}, {number(self.minimum)})"
+
+
 _ERROR = ('status="error"',)
 
 #: The rule groups, by area. Recording rules keep the rates the alerts after them share;
@@ -188,17 +201,23 @@ _GROUPS: tuple[tuple[str, tuple[_Record | _Alert, ...]], ...] = (
                "{{ $labels.model }} calls got HTTP 429 over the last %(window)s: slow down, "
                "back off on Retry-After, or raise the quota."),
         # The share of a rate limit used, against the most the provider said was left over
-        # the last day (its headers report what remains, not the limit itself).
+        # the last day (its headers report what remains, not the limit itself). A limit
+        # at 0 all day is all used (0 / 0 would be no value, never firing). Only while
+        # calls come: the gauge keeps what the last call saw, and once they stop, nobody
+        # sees the window reset (a stale 2 left would fire for a day).
         _Alert("AIRateLimitHeadroomLow",
-               Op(1, "-", Op(Series("ai_rate_limit_remaining"), "/",
-                             MaxOverTime(Series("ai_rate_limit_remaining"), "1d"), True)),
+               Op(Op(1, "-", Op(Series("ai_rate_limit_remaining"), "/",
+                                _AtLeast(MaxOverTime(Series("ai_rate_limit_remaining"), "1d"),
+                                         1), True)),
+                  "and on (job, instance, provider, model)",
+                  Op(Rate(Series("ai_api_calls")), ">", 0, True), True),
                0.9, "ai_for",
                summary="{{ $labels.provider }}/{{ $labels.model }}: "
                "{{ $value | humanizePercentage }} of the {{ $labels.limit }} rate limit used",
                description="The {{ $labels.limit }} left in {{ $labels.provider }}/"
                "{{ $labels.model }}'s rate limit (%(ai_rate_limit_remaining)s) is under 10%% "
-               "of the most seen over the last day: 429s come next. Slow down or raise the "
-               "quota."),
+               "of the most seen over the last day, and calls keep coming: 429s come next. "
+               "Slow down or raise the quota."),
         _Alert("AITokenBurnHigh", Op(Sum(Series("ai_tokens:rate"), _BY_MODEL), "*", 3600),
                "tokens_per_hour", "tokens_for",
                summary="{{ $labels.provider }}/{{ $labels.model }}: "

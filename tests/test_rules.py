@@ -147,7 +147,8 @@ INPUT = [
         token_type="input",
     ),
     # gpt-4o's requests left fall from 1000 to 50 (95 % of the most seen used); claude's
-    # stay at 1000; a limit that was always 0 says nothing (0 / 0).
+    # stay at 1000; claude-old's tokens were at 0 when its calls stopped: a stale gauge
+    # says nothing (tests/test_rules.py::test_headroom_* hold the all-day-0 case).
     series(
         "ai_rate_limit_remaining",
         "1000-50x19 50+0x100",
@@ -163,7 +164,18 @@ INPUT = [
         limit="requests",
     ),
     series(
-        "ai_rate_limit_remaining", "0+0x120", provider="anthropic", model="claude", limit="tokens"
+        "ai_rate_limit_remaining",
+        "1000-200x5 0+0x115",
+        provider="anthropic",
+        model="claude-old",
+        limit="tokens",
+    ),
+    series(
+        "ai_api_calls_total",
+        "0+10x5 50+0x115",
+        provider="anthropic",
+        model="claude-old",
+        status="success",
     ),
     # Unix time of the last successful push: "silent" stopped at 5m; "live" keeps pushing;
     # "fresh" only ever pushed its first push (which carries 0).
@@ -581,3 +593,60 @@ def test_promtool_checks_the_rules_of_odd_namespaces(namespace: str, tmp_path: P
     checked = promtool("check", "rules", str(path))
     assert checked.returncode == 0, checked.stdout + checked.stderr
     assert "SUCCESS: 16 rules found" in checked.stdout
+
+
+# -- the headroom alert's edges ------------------------------------------------------------
+
+
+def headroom_fires(tmp_path: Path, remaining: str, calls: str, at: str) -> bool:
+    """Whether AIRateLimitHeadroomLow fires at ``at`` for one gpt-4o requests limit whose
+    gauge reads ``remaining`` while its calls counter reads ``calls`` (promtool series)."""
+    labels = {"provider": "openai", "model": "gpt-4o", "limit": "requests"}
+    tests = {
+        "rule_files": ["codomyrmex.rules.yml"],
+        "evaluation_interval": "1m",
+        "tests": [
+            {
+                "interval": "1m",
+                "input_series": [
+                    series("ai_rate_limit_remaining", remaining, **labels),
+                    series(
+                        "ai_api_calls_total",
+                        calls,
+                        provider="openai",
+                        model="gpt-4o",
+                        status="success",
+                    ),
+                ],
+                "alert_rule_test": [
+                    {
+                        "eval_time": at,
+                        "alertname": "CodomyrmexAIRateLimitHeadroomLow",
+                        "exp_alerts": [
+                            expected("CodomyrmexAIRateLimitHeadroomLow", labels, "100%")
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    result = run_unit_tests(tmp_path, tests)
+    output = result.stdout + result.stderr
+    # Anything but a plain mismatch of the expected alert is a broken test file.
+    assert result.returncode == 0 or "exp:" in output, output
+    return result.returncode == 0
+
+
+def test_headroom_fires_for_a_limit_at_zero_all_day(tmp_path: Path) -> None:
+    """Every call at the limit since the window started: 0 left of at most 0 seen is all
+    used (0 / 0 gave no value, so the alert never fired)."""
+    assert headroom_fires(tmp_path, "0+0x60", "0+10x60", "30m")
+    # ...and the same limit with calls that stopped long ago stays quiet.
+    assert not headroom_fires(tmp_path, "0+0x60", "0+10x5 50+0x55", "30m")
+
+
+def test_headroom_stays_quiet_once_calls_stop(tmp_path: Path) -> None:
+    """The last call of a burst saw 0 left, then the traffic stopped: the gauge keeps 0
+    (nobody sees the window reset), and the alert must resolve rather than fire all day."""
+    assert headroom_fires(tmp_path, "100x10 0x20", "0+10x30", "25m")  # calls go on: fires
+    assert not headroom_fires(tmp_path, "100x10 0x300", "0+10x20 200+0x290", "5h")

@@ -44,6 +44,7 @@ class AICall(Probe):
         "_limits",
         "_model",
         "_outcome",
+        "_retry",
         "_seek_model",
         "_seen",
         "_seen_model",
@@ -68,6 +69,7 @@ class AICall(Probe):
         self._usage: Usage | None = None
         self._outcome: Outcome | None = None  # finish reasons and tool calls
         self._limits: dict[str, float] | None = None  # rate-limit headroom, by limit
+        self._retry: float | None = None  # a 429's retry-after, in seconds
         self._attrs: dict[str, Any] | None = None  # attribution values given
         # The streams whose usage the call's end adds, unless they ended first: those
         # recorded in a with-block, and a generator function's own yields (``_items``).
@@ -132,17 +134,24 @@ class AICall(Probe):
             self._model = model
             self._seek_model = False
 
-    def attribute(self, **values: str) -> None:
+    def attribute(self, **values: str | bytes) -> None:
         """Set this call's attribution labels (declared by the Instrumentation's
-        ``attribution=``), e.g. ``call.attribute(tenant="acme")``."""
+        ``attribution=``), e.g. ``call.attribute(tenant="acme")``. A value is made a label
+        value as a callable's is (bytes decoded, invalid UTF-8 escaped, a long one
+        "other"); a label the Instrumentation does not declare is warned about once."""
         for label, value in values.items():
-            if not isinstance(value, str):
+            if not isinstance(value, str | bytes):
                 raise TypeError(
                     f"attribute({label}=...) takes a string, got {type(value).__name__}"
                 )
-            check_label_value(label, value)
-        if self._b is not None and not self._done:
-            self._attrs = values if self._attrs is None else {**self._attrs, **values}
+        b = self._b
+        if b is None or self._done:
+            return
+        declared = () if b.attribution is None else b.attribution.labels
+        unknown = [label for label in values if label not in declared]
+        if unknown:
+            self._tracker.undeclared(unknown, declared)
+        self._attrs = values if self._attrs is None else {**self._attrs, **values}
 
     @property
     def model(self) -> str | None:
@@ -254,17 +263,24 @@ class AICall(Probe):
         return body
 
     def _headers(self, source: Any) -> None:
-        """Note the rate-limit headroom the headers of ``source`` report; never raises."""
+        """Note the rate-limit headroom the headers of ``source`` report, and the
+        retry-after of a 429 (raised, or returned: an httpx response recorded as it is);
+        never raises."""
         if type(source) is dict:
             return  # a parsed body: no headers (the usual case, one check)
         try:
             headers = headers_of(source)
-            limits = None if headers is None else rate_limits(headers)
+            if headers is None:
+                return
+            limits = rate_limits(headers)
+            retry = retry_after(headers) if http_status(source) == "429" else None
         except Exception:
             report_failure("reading rate-limit headers")
             return
         if limits:
             self._limits = limits if self._limits is None else {**self._limits, **limits}
+        if retry is not None:
+            self._retry = retry
 
     def _note(self, response: Any) -> None:
         if self._seen is None:
@@ -355,14 +371,10 @@ class AICall(Probe):
                 options.operation,
                 self._outcome,
             )
-            retry = None
             if exc is not None:  # an SDK error keeps the response it failed with
                 self._headers(exc)
-                if http_status(exc) == "429":
-                    headers = headers_of(exc)
-                    retry = None if headers is None else retry_after(headers)
-            if self._limits is not None or retry is not None:
-                series.headroom(self._limits or {}, retry)
+            if self._limits is not None or self._retry is not None:
+                series.headroom(self._limits or {}, self._retry)
             prices = b.inst.prices
             if prices is not None:
                 series.price(prices, name, usage, status)

@@ -100,6 +100,9 @@ class Manager(_ObjectProxy):
 
     def _ai_hand_out(self, entered: Any) -> Any:
         try:
+            # The request was sent on entering: the response's headers are there now
+            # (the stream's ``response``, a raw response's own ``headers``).
+            self._self_stream.call._headers(entered)
             kind = stream_kind(entered, self._self_mode)
             if kind and not kind & MANAGER:
                 return wrap_stream(entered, kind, self._self_stream)

@@ -34,6 +34,29 @@ from ._fields import READERS, attribute, no_fields, read_field, reader_of
 
 #: The longest finish reason kept as it is: a label value from a foreign server is bounded.
 _MAX_REASON = 64
+#: How deep a response's holders (``data``, ``chunk``) are followed: an SDK nests one or two;
+#: a mock (``unittest.mock.Mock`` makes every attribute) or a self-referencing object would
+#: otherwise be followed to the recursion limit on every call.
+_MAX_DEPTH = 4
+
+#: The finish reasons the providers document, lower-cased: each its own series. Any other
+#: (a foreign OpenAI-compatible server's) counts against a small cap per provider, then
+#: is "other" (:class:`~instrument.ai._series.ReasonGuard`).
+KNOWN_REASONS = frozenset({
+    # OpenAI Chat Completions, Mistral, LiteLLM
+    "stop", "length", "tool_calls", "content_filter", "function_call", "model_length",
+    "error",
+    # OpenAI Responses: the status, or incomplete_details.reason
+    "completed", "incomplete", "failed", "cancelled", "max_output_tokens",
+    # Anthropic Messages, Bedrock
+    "end_turn", "max_tokens", "stop_sequence", "tool_use", "pause_turn", "refusal",
+    "model_context_window_exceeded", "guardrail_intervened", "content_filtered",
+    # Gemini
+    "safety", "recitation", "language", "other", "blocklist", "prohibited_content", "spii",
+    "malformed_function_call", "image_safety", "unexpected_tool_call",
+    # Cohere v2
+    "complete", "tool_call", "timeout",
+})  # fmt: skip
 
 
 class Outcome:
@@ -114,12 +137,37 @@ def _outcome(reasons: list[str], tools: int) -> Outcome | None:
     return Outcome(tuple(reasons), tools) if reasons or tools else None
 
 
-def _choices(choices: list[Any] | tuple[Any, ...]) -> tuple[Outcome | None, bool]:
+class ToolCallsSeen:
+    """The tool calls one stream's deltas opened so far: by (choice index, tool index),
+    the call's id. Some OpenAI-compatible servers (Fireworks, LocalAI) repeat the id on
+    every argument delta of a call: a call counts once per position, or again when the id
+    there changes. Only the current response's are kept: another id starts afresh."""
+
+    __slots__ = ("calls", "response")
+
+    def __init__(self) -> None:
+        self.response: object = None
+        self.calls: dict[tuple[Any, Any], object] = {}
+
+    def opens(self, response: object, key: tuple[Any, Any], call_id: object) -> bool:
+        """Whether the delta naming ``call_id`` at ``key`` opens a call not counted yet."""
+        if response != self.response:
+            self.response = response
+            self.calls = {}
+        if self.calls.get(key) == call_id:
+            return False
+        self.calls[key] = call_id
+        return True
+
+
+def _choices(
+    choices: list[Any] | tuple[Any, ...], seen: ToolCallsSeen | None, response: object
+) -> tuple[Outcome | None, bool]:
     """Chat Completions choices: a response's (``message``) or a chunk's (``delta``)."""
     reasons: list[str] = []
     tools = 0
     whole = False
-    for choice in choices:
+    for position, choice in enumerate(choices):
         # One reader per choice and per message: each reads several fields.
         get = READERS.get(type(choice)) or reader_of(choice)
         reason = _reason(get(choice, "finish_reason"))
@@ -135,10 +183,19 @@ def _choices(choices: list[Any] | tuple[Any, ...]) -> tuple[Outcome | None, bool
             continue
         delta = get(choice, "delta")
         if delta is not None:
-            for call in _items(read_field(delta, "tool_calls")):
-                if isinstance(read_field(call, "id"), str) and read_field(call, "id"):
+            index = get(choice, "index")
+            if index is None:
+                index = position
+            for number, call in enumerate(_items(read_field(delta, "tool_calls"))):
+                call_id = read_field(call, "id")
+                if not isinstance(call_id, str) or not call_id:
+                    continue  # a later delta of a call: its arguments
+                at = read_field(call, "index")
+                key = (index, number if at is None else at)
+                if seen is None or seen.opens(response, key, call_id):
                     tools += 1
-            if read_field(read_field(delta, "function_call"), "name"):
+            name = read_field(read_field(delta, "function_call"), "name")
+            if name and (seen is None or seen.opens(response, (index, None), name)):
                 tools += 1
     return _outcome(reasons, tools), whole
 
@@ -151,9 +208,14 @@ def _response(response: Any) -> Outcome | None:
     reason = _reason(read_field(read_field(response, "incomplete_details"), "reason"))
     tools = sum(
         1 for item in _items(read_field(response, "output"))
-        if read_field(item, "type") == "function_call"
+        if read_field(item, "type") in _TOOL_CALL_ITEMS
     )  # fmt: skip
     return Outcome((reason or _reason(status) or "other",), tools)
+
+
+# The Responses API's output items that are a tool call the caller runs: a function's, a
+# custom (free-form input) tool's.
+_TOOL_CALL_ITEMS = ("function_call", "custom_tool_call")
 
 
 def _candidates(candidates: list[Any]) -> Outcome | None:
@@ -174,15 +236,19 @@ def _candidates(candidates: list[Any]) -> Outcome | None:
     return _outcome(reasons, tools)
 
 
-def extract_outcome(response: Any) -> tuple[Outcome | None, bool]:
+def extract_outcome(
+    response: Any, seen: ToolCallsSeen | None = None, depth: int = 0
+) -> tuple[Outcome | None, bool]:
     """The outcome a response (or stream chunk) reports, and whether it is a whole
-    response (which supersedes the chunks of its own stream) rather than a chunk."""
+    response (which supersedes the chunks of its own stream) rather than a chunk.
+    ``seen``: the tool calls the stream's earlier chunks opened (a stream's reader keeps
+    one); without it, each delta naming a call's id counts."""
     get = READERS.get(type(response)) or reader_of(response)
     if get is no_fields:
         return None, False
     choices = get(response, "choices")
     if isinstance(choices, list | tuple):
-        return _choices(choices)
+        return _choices(choices, seen, get(response, "id") if seen is not None else None)
     kind = get(response, "type")
     if kind == "message":  # an Anthropic Message
         tools = sum(
@@ -197,21 +263,24 @@ def extract_outcome(response: Any) -> tuple[Outcome | None, bool]:
     if isinstance(candidates, list | tuple):
         return _candidates(list(candidates)), False
     if isinstance(kind, str):
-        return _event(response, kind)
+        return _event(response, kind, seen, depth)
     reason = _reason(get(response, "finish_reason"))
     if reason is not None:  # Cohere v2's response
         tools = len(_items(read_field(get(response, "message"), "tool_calls")))
         return Outcome((reason,), tools), True
     # What carries a response: Mistral's stream event (``data``), the OpenAI stream
     # helper's chunk event (``chunk``).
-    for holder in ("data", "chunk"):
-        inner = get(response, holder)
-        if inner is not None and not isinstance(inner, str | bytes):
-            return extract_outcome(inner)
+    if depth < _MAX_DEPTH:
+        for holder in ("data", "chunk"):
+            inner = get(response, holder)
+            if inner is not None and not isinstance(inner, str | bytes):
+                return extract_outcome(inner, seen, depth + 1)
     return None, False
 
 
-def _event(event: Any, kind: str) -> tuple[Outcome | None, bool]:
+def _event(
+    event: Any, kind: str, seen: ToolCallsSeen | None, depth: int
+) -> tuple[Outcome | None, bool]:
     """A typed stream event of Anthropic, OpenAI Responses, Cohere or the stream helpers."""
     if kind == "message_delta":
         reason = _reason(read_field(read_field(event, "delta"), "stop_reason"))
@@ -229,8 +298,8 @@ def _event(event: Any, kind: str) -> tuple[Outcome | None, bool]:
         return _outcome([] if reason is None else [reason], 0), False
     if kind == "tool-call-start":
         return Outcome((), 1), False
-    if kind == "chunk":  # the OpenAI stream helper's ChunkEvent
-        return extract_outcome(read_field(event, "chunk"))
+    if kind == "chunk" and depth < _MAX_DEPTH:  # the OpenAI stream helper's ChunkEvent
+        return extract_outcome(read_field(event, "chunk"), seen, depth + 1)
     return None, False
 
 
@@ -250,13 +319,33 @@ LIMIT_HEADERS = (
 def headers_of(source: Any) -> Any:
     """The HTTP headers ``source`` carries: its own ``headers`` (a raw SDK response, an
     httpx or aiohttp response, aiohttp's ClientResponseError), else its ``response``'s (an
-    SDK error, an SDK stream); None when there are none."""
-    headers = attribute(source, "headers")
-    if headers is None:
-        response = attribute(source, "response")
-        if response is not None and not isinstance(response, str | bytes):
-            headers = attribute(response, "headers")
-    return headers if callable(attribute(headers, "get")) else None
+    SDK error, an SDK stream, Anthropic's stream helper), else those of the stream an
+    OpenAI stream helper reads (``_raw_stream``), else LiteLLM's copies on its response
+    (``_response_headers``, ``_hidden_params["additional_headers"]``); None when none."""
+    for path in _HEADER_PATHS:
+        headers: Any = source
+        for name in path:
+            headers = attribute(headers, name)
+            if headers is None or isinstance(headers, str | bytes):
+                break
+        else:
+            if callable(attribute(headers, "get")):
+                return headers
+    hidden = attribute(source, "_hidden_params")
+    extra = hidden.get("additional_headers") if isinstance(hidden, dict) else None
+    if isinstance(extra, dict) and extra:
+        # LiteLLM keeps a provider's own headers (Anthropic's) under its prefix.
+        return {str(k).removeprefix("llm_provider-"): v for k, v in extra.items()}
+    return None
+
+
+# Read in this order, the first that is a mapping wins.
+_HEADER_PATHS = (
+    ("headers",),
+    ("response", "headers"),
+    ("_raw_stream", "response", "headers"),
+    ("_response_headers",),
+)
 
 
 def _header(headers: Any, name: str) -> str | None:

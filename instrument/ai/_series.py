@@ -13,6 +13,7 @@ from .._cells import CellSeries
 from ..delivery import multiprocess_enabled
 from ..metrics import ATTRIBUTED, check_label_value
 from ._fields import attribute
+from ._outcome import KNOWN_REASONS
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
@@ -215,7 +216,8 @@ class ModelSeries:
         self._child("ai_operations", operation, status).inc()
         if outcome is not None:
             for reason in outcome.finish_reasons:
-                self._child("ai_finish_reasons", reason).inc()
+                label = reason_guard(self._metrics, self.provider).label(reason)
+                self._child("ai_finish_reasons", label).inc()
             if outcome.tool_calls:
                 self._child("ai_tool_calls").inc(outcome.tool_calls)
 
@@ -242,7 +244,7 @@ class ModelSeries:
         for reason in finish_reasons:
             found = reasons.get(reason)
             if found is None:
-                found = reasons[reason] = self._slot(self._child("ai_finish_reasons", reason))
+                found = self._reason_slot(reason)
             counted += _counted(found, 1)
         if tools:
             found = reasons.get(_TOOL_CALLS)
@@ -250,6 +252,16 @@ class ModelSeries:
                 found = reasons[_TOOL_CALLS] = self._slot(self._child("ai_tool_calls"))
             counted += _counted(found, tools)
         return counted
+
+    def _reason_slot(self, reason: str) -> Counted:
+        """The slot of a reason not looked up before, through the provider's bound on
+        reasons: only the reasons it lets through are remembered by name, so a server
+        sending a new reason per call grows nothing but the count of "other"."""
+        label = reason_guard(self._metrics, self.provider).label(reason)
+        found = self._reasons.get(label)
+        if found is None:
+            found = self._reasons[label] = self._slot(self._child("ai_finish_reasons", label))
+        return found
 
     def _slot(self, child: Any) -> Counted:
         """``((index, 1),)``: ``child`` counted through a spare number of the cells; or,
@@ -413,66 +425,54 @@ def provider_models(inst: Instrumentation, provider: str) -> ProviderModels:
         return models
 
 
-class AttributionGuard:
-    """The values each attribution label has had on one Instrumentation: at most ``limit``
-    per label, then "other" (one warning per label)."""
+#: How many finish reasons outside :data:`KNOWN_REASONS` one provider may report.
+MAX_OTHER_REASONS = 16
 
-    def __init__(self, labels: tuple[str, ...], limit: int) -> None:
-        self.labels = labels
-        self.limit = limit
-        self._seen: dict[str, set[str]] = {label: set() for label in labels}
+
+class ReasonGuard:
+    """The finish reasons of one provider: the known ones as they are, at most
+    ``MAX_OTHER_REASONS`` others (a foreign OpenAI-compatible server's), then "other"
+    with one warning."""
+
+    def __init__(self, provider: str) -> None:
+        self.provider = provider
+        self._others: set[str] = set()
+        self._warned = False
         self._lock = threading.Lock()
 
-    def values(self, given: Mapping[str, Any] | None) -> tuple[str, ...]:
-        """The label values of a call that gave ``given``: "" where it gave none."""
-        if not given:
-            return ("",) * len(self.labels)
-        return tuple(self._value(label, given.get(label)) for label in self.labels)
-
-    def _value(self, label: str, value: Any) -> str:
-        if value is None:
-            return ""
-        text = value if isinstance(value, str) else str(value)
-        seen = self._seen[label]
-        if text in seen:  # checked when it was first seen: the usual call, one lookup
-            return text
-        try:
-            check_label_value(label, text)
-        except ValueError:
-            text = text.encode("utf-8", "backslashreplace").decode("utf-8")
-        if text == "" or text in seen:
-            return text
+    def label(self, reason: str) -> str:
+        if reason in KNOWN_REASONS:
+            return reason
         with self._lock:
-            if len(seen) < self.limit:
-                seen.add(text)
-                return text
-            if OTHER_MODEL not in seen:
-                seen.add(OTHER_MODEL)  # marks the warning as given
+            if reason in self._others:
+                return reason
+            if len(self._others) < MAX_OTHER_REASONS:
+                self._others.add(reason)
+                return reason
+            if not self._warned:
+                self._warned = True
                 logger.warning(
-                    "instrument: attribution label %r has more than %d values; %r and any "
-                    "further ones are reported as %s=%r. Raise max_attribution_values, or "
-                    "map the values to a bounded set",
-                    label,
-                    self.limit,
-                    text,
-                    label,
+                    "instrument: provider %r reported more than %d finish reasons the "
+                    "providers do not document; any further ones are reported as "
+                    "finish_reason=%r",
+                    self.provider,
+                    MAX_OTHER_REASONS,
                     OTHER_MODEL,
                 )
         return OTHER_MODEL
 
 
-_attribution_guards: weakref.WeakKeyDictionary[Instrumentation, AttributionGuard] = (
+# Per Metrics (one per Instrumentation's registry and namespace) and provider: a series
+# finds its guard only when it meets a reason for the first time.
+_reason_guards: weakref.WeakKeyDictionary[Metrics, dict[str, ReasonGuard]] = (
     weakref.WeakKeyDictionary()
 )
 
 
-def attribution_guard(inst: Instrumentation) -> AttributionGuard | None:
-    """The attribution guard of ``inst``, or None when it declares no attribution."""
-    if not inst.attribution:
-        return None
+def reason_guard(metrics: Metrics, provider: str) -> ReasonGuard:
     with _guards_lock:
-        guard = _attribution_guards.get(inst)
+        by_provider = _reason_guards.setdefault(metrics, {})
+        guard = by_provider.get(provider)
         if guard is None:
-            guard = AttributionGuard(inst.attribution, inst.max_attribution_values)
-            _attribution_guards[inst] = guard
+            guard = by_provider[provider] = ReasonGuard(provider)
         return guard

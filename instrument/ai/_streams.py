@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from .._engine import aend_job, defer, end_job, report_failure
 from ._content import carries_content, response_identity, stream_finished, stream_snapshot
-from ._outcome import Outcome, extract_outcome
+from ._outcome import Outcome, ToolCallsSeen, extract_outcome
 from ._proxies import not_iterable
 from ._usage import Usage
 
@@ -31,7 +31,7 @@ class Chunks:
     total exactly once: when the stream ends, or when the call ends first.
     """
 
-    __slots__ = ("call", "done", "open", "outcome", "usage", "usage_id", "wholes")
+    __slots__ = ("call", "done", "open", "outcomes", "tools_seen", "usage", "usage_id", "wholes")
 
     def __init__(self, call: AICall, *, ends_call: bool = False) -> None:
         self.call = call
@@ -40,11 +40,16 @@ class Chunks:
         # The response the running total ``usage`` is about, when its reports said.
         self.usage_id: str | None = None
         self.done: Usage | None = None
-        # Finish reasons and tool calls: those of the chunks, and those of whole responses
-        # by id (a stream helper's snapshot, the Responses API's completed event), which
-        # supersede the chunks: they tell the same story again.
-        self.outcome: Outcome | None = None
+        # Finish reasons and tool calls: those of the chunks, by the response they are
+        # about, and those of whole responses by id (a stream helper's snapshot, the
+        # Responses API's completed event), which supersede the chunks of their own
+        # response: they tell the same story again. Others' chunks (an agent's streamed
+        # tool round before a whole answer) still count.
+        self.outcomes: dict[str | None, Outcome] | None = None
         self.wholes: dict[object, Outcome] | None = None
+        # The tool calls the chunks opened so far: a call counts once however many of its
+        # deltas repeat its id.
+        self.tools_seen = ToolCallsSeen()
         if not ends_call:  # the call may end first: it settles what is still open
             with usage_lock:
                 streams = call._streams
@@ -67,7 +72,7 @@ class Chunks:
             usage = call._tracker._extract(chunk)
             if usage is not None:
                 self._report(chunk, usage)
-            outcome, whole = extract_outcome(chunk)
+            outcome, whole = extract_outcome(chunk, self.tools_seen)
             if outcome is not None:
                 self._outcome(chunk, outcome, whole)
             if call._seek_model:
@@ -77,15 +82,21 @@ class Chunks:
             call._failed(chunk, exc)
 
     def _outcome(self, chunk: Any, outcome: Outcome, whole: bool) -> None:
-        if whole:
-            rid = response_identity(chunk)[0]
-            with usage_lock:
+        # An id-less chunk (Anthropic's message_delta, content_block_start) is about the
+        # response whose reports came last (its message_start's).
+        rid = response_identity(chunk)[0]
+        with usage_lock:
+            if whole:
                 wholes = self.wholes if self.wholes is not None else {}
                 wholes[object() if rid is None else rid] = outcome
                 self.wholes = wholes
-        else:
-            with usage_lock:
-                self.outcome = outcome if self.outcome is None else self.outcome + outcome
+            else:
+                if rid is None:
+                    rid = self.usage_id
+                outcomes = self.outcomes if self.outcomes is not None else {}
+                found = outcomes.get(rid)
+                outcomes[rid] = outcome if found is None else found + outcome
+                self.outcomes = outcomes
 
     def _report(self, chunk: Any, usage: Usage) -> None:
         """Merge a usage report into the running total of its response, or start the
@@ -109,7 +120,8 @@ class Chunks:
         what the earlier pass reported is replaced, never added."""
         with usage_lock:
             self.usage = self.usage_id = self.done = None
-            self.outcome = self.wholes = None
+            self.outcomes = self.wholes = None
+            self.tools_seen = ToolCallsSeen()
 
     def settle_open(self) -> None:
         """The call ends while this stream is open: what it reported so far counts."""
@@ -128,11 +140,17 @@ class Chunks:
             call = self.call
             if usage is not None:
                 call._usage = usage if call._usage is None else call._usage + usage
-            outcome = self.outcome
-            if self.wholes:
-                outcome = None
-                for whole in self.wholes.values():
-                    outcome = whole if outcome is None else outcome + whole
+            outcome = None
+            wholes = self.wholes or {}
+            # Chunks that never said which response they are about (nor did a report
+            # before them) are taken to be about the whole one: a stream helper's snapshot
+            # of a server that sends no chunk ids.
+            superseded = set(wholes) | ({None} if wholes else set())
+            for rid, part in (self.outcomes or {}).items():
+                if rid not in superseded:
+                    outcome = part if outcome is None else outcome + part
+            for whole in wholes.values():
+                outcome = whole if outcome is None else outcome + whole
             if outcome is not None:
                 call._outcome = outcome if call._outcome is None else call._outcome + outcome
 

@@ -5,23 +5,18 @@ from __future__ import annotations
 
 import inspect
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from functools import partial
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
 from .._cells import CellSeries
-from .._engine import bind_arguments, run_deferred, wraps_signature
+from .._engine import CANCELLING, bind_arguments, run_deferred, wraps_signature
 from ..objectives import Coverage, declare
 from ..policy import Binding, Policy
+from ._attribution import AttributionGuard, attribution_guard
 from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
-from ._series import (
-    AttributionGuard,
-    ModelSeries,
-    ProviderModels,
-    attribution_guard,
-    provider_models,
-)
+from ._series import ModelSeries, ProviderModels, provider_models
 from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
 
 if TYPE_CHECKING:
@@ -53,16 +48,11 @@ class AIBinding(Binding):
         self.models = provider_models(inst, options.provider)
         self.static = None if options.label is None else self.models.series(options.label)
         self.attribution = attribution_guard(inst)
-        if self.attribution is not None and options.attribution:
-            unknown = sorted(set(options.attribution) - set(self.attribution.labels))
+        if options.attribution:
+            declared = () if self.attribution is None else self.attribution.labels
+            unknown = sorted(set(options.attribution) - set(declared))
             if unknown:
-                logger.warning(
-                    "instrument: %r: attribution label(s) %s are not among the "
-                    "Instrumentation's attribution=%r; they are not recorded",
-                    tracker,
-                    ", ".join(map(repr, unknown)),
-                    self.attribution.labels,
-                )
+                tracker.undeclared(unknown, declared)
 
 
 # -- the decorator -----------------------------------------------------------------------------
@@ -158,32 +148,53 @@ class AICallTracker(Policy[AICall, AIBinding]):
         def start_attributed(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> AICall:
+            # Before the call begins: a signal a callable raises leaves nothing in flight.
+            b = self._binding
+            values = (
+                None
+                if b is not None and b.attribution is None
+                else self._values_of(arguments, wrapped, args, kwargs)
+            )
             call = start(wrapped, args, kwargs)
             b = call._b
             if b is not None and b.attribution is not None:
-                call._attrs = self._attributes(arguments, wrapped, args, kwargs)
+                if values is None:  # rebound since onto an Instrumentation with attribution
+                    values = self._values_of(arguments, wrapped, args, kwargs)
+                call._attrs = values
             return call
 
         return start_attributed
 
-    def _attributes(
+    def _values_of(
         self,
         arguments: _Arguments,
         wrapped: Callable[..., Any],
         args: tuple[Any, ...],
         kwargs: dict[str, Any],
     ) -> dict[str, Any]:
-        """The attribution values of one call; a callable that raises gives none (the call
-        goes on, its label is "")."""
         try:
             bound = arguments.of(wrapped, args, kwargs)
         except Exception:
             bound = dict(kwargs)
+        return self._attributes(bound)
+
+    def _attributes(self, bound: Mapping[str, Any]) -> dict[str, Any]:
+        """The attribution values of one call, from its arguments by name (none in a
+        with-block). A callable that raises gives none: the call goes on, its label is "".
+
+        What a callable raises that is no Exception is a signal, not a bug of the
+        callable: Ctrl-C, SystemExit, a task's cancellation (asyncio's, trio's, gevent's
+        GreenletExit) arrive wherever the thread happens to be, and had they arrived a
+        moment later they would have stopped the function itself. They propagate, as they
+        would have from the function, which then does not run; swallowing one would lose a
+        cancellation. Any other BaseException of a callable is treated as an Exception."""
         values: dict[str, Any] = {}
         for label, value_of in cast(Mapping[str, Any], self.options.attribution).items():
             try:
                 values[label] = value_of(bound)
-            except Exception as exc:
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and is_signal(exc):
+                    raise
                 self._complain(
                     f"attribution {label}",
                     'the attribution callable for %r raised %s; the label is ""',
@@ -191,6 +202,19 @@ class AICallTracker(Policy[AICall, AIBinding]):
                     type(exc).__name__,
                 )
         return values
+
+    def undeclared(self, labels: Iterable[str], declared: tuple[str, ...]) -> None:
+        """Attribution labels the Instrumentation does not declare: warned about once
+        each (a typo would otherwise be dropped silently)."""
+        for label in labels:
+            self._complain(
+                f"undeclared {label}",
+                "%r: the attribution label %r is not among the Instrumentation's "
+                "attribution=%r; it is not recorded",
+                self,
+                label,
+                declared,
+            )
 
     def _model_starter(self, func: Callable[..., Any]) -> Callable[..., AICall]:
         if self.options.model is not None:
@@ -230,7 +254,14 @@ class AICallTracker(Policy[AICall, AIBinding]):
             b = self.binding()
             if not b.enabled:
                 return self._null
-        return AICall(b, self, model)
+        values = None
+        if wrapped is None and self.options.attribution and b.attribution is not None:
+            # A with-block: no arguments, so the callables get none (one returning a
+            # constant applies; call.attribute() sets a block's own values).
+            values = self._attributes({})
+        call = AICall(b, self, model)
+        call._attrs = values
+        return call
 
     def _extract_with(self, response: Any) -> Usage | None:
         """Usage read by the ``usage=`` extractor. Its failure is the call's to report, once
@@ -274,6 +305,20 @@ class AICallTracker(Policy[AICall, AIBinding]):
         log = logger.debug if what in self._warned else logger.warning
         self._warned.add(what)
         log("instrument: " + message, *args)
+
+
+#: The packages whose BaseExceptions cancel a task or greenlet (trio.Cancelled,
+#: greenlet's GreenletExit, which gevent's kill raises).
+_CANCELLING_PACKAGES = frozenset({"trio", "anyio", "greenlet", "gevent", "curio"})
+
+
+def is_signal(exc: BaseException) -> bool:
+    """Whether ``exc`` interrupts or cancels what runs rather than reports a failure."""
+    if isinstance(exc, CANCELLING):
+        return True
+    return any(
+        cls.__module__.partition(".")[0] in _CANCELLING_PACKAGES for cls in type(exc).__mro__
+    )
 
 
 class _Arguments:

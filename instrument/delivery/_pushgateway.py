@@ -14,7 +14,7 @@ import copy
 import math
 import re
 import threading
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Collection, Mapping
 from typing import TYPE_CHECKING
 from urllib.parse import quote_plus
 
@@ -78,7 +78,11 @@ def check_job(job: object) -> str:
 
 
 def check_grouping_key(
-    grouping_key: object, *, instance: bool | str = False, what: str = "grouping_key"
+    grouping_key: object,
+    *,
+    instance: bool | str = False,
+    what: str = "grouping_key",
+    attribution: Collection[str] = (),
 ) -> dict[str, str]:
     """The grouping labels as a dict, or a TypeError/ValueError saying what to do.
 
@@ -87,7 +91,10 @@ def check_grouping_key(
     push, or overwrite that label of every sample), and not ``instance`` when
     ``instance=`` adds that label. A string ``instance`` is checked as a label value.
     ``what`` names the mapping in messages: remote write's ``external_labels`` obey the
-    same rules, as they land on every series beside the grouping labels.
+    same rules, as they land on every series beside the grouping labels. Nor may a name be
+    one of the ``attribution`` labels the money metrics carry: the gateway refuses a push
+    whose samples hold a grouping label, and remote write would overwrite every tenant's
+    value with the external one.
     """
     if not isinstance(instance, bool | str):
         raise TypeError(f"instance must be True, False or a string, got {type(instance).__name__}")
@@ -117,6 +124,13 @@ def check_grouping_key(
                 f"{what} label {name!r} is a label of the toolkit's own metrics, which "
                 f"the gateway would overwrite or refuse; pick another name (not one of "
                 f"{sorted(SAMPLE_LABELS)})"
+            )
+        if name in attribution:
+            raise ValueError(
+                f"{what} label {name!r} is also an attribution label (attribution="
+                f"{tuple(attribution)!r}), which the money metrics carry with each call's "
+                "value; the gateway would refuse every push, or remote write overwrite "
+                "every value with this one. Rename one of them"
             )
         if name == "instance" and instance:
             raise ValueError(f"{what} holds 'instance' and instance= adds it too; pass only one")

@@ -12,7 +12,7 @@ import os
 import re
 import threading
 import weakref
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Protocol
 from urllib.parse import quote, urlsplit
 
@@ -114,12 +114,17 @@ def parse_headers(text: str) -> dict[str, str]:
 
 
 def check_external_labels(
-    external_labels: object, grouping_key: Mapping[str, str]
+    external_labels: object,
+    grouping_key: Mapping[str, str],
+    attribution: Collection[str] = (),
 ) -> dict[str, str]:
     """``external_labels`` as a dict, or a TypeError/ValueError saying what to do: the rules
     of grouping labels (they land on every series the same way), no name of the grouping
-    key, no ``instance`` (``instance=`` sets it), no empty value (an empty label is none)."""
-    labels = check_grouping_key(external_labels, instance=True, what="external_labels")
+    key, no ``instance`` (``instance=`` sets it), no empty value (an empty label is none), no
+    ``attribution`` label."""
+    labels = check_grouping_key(
+        external_labels, instance=True, what="external_labels", attribution=attribution
+    )
     for name, value in labels.items():
         if name in grouping_key:
             raise ValueError(
