@@ -110,6 +110,7 @@ class Instrumentation:
         build_info: Mapping[str, str] | None = None,
         attribution: Sequence[str] = (),
         max_attribution_values: int = 100,
+        tracing: bool = True,
     ) -> None:
         if args:
             raise TypeError(
@@ -136,6 +137,7 @@ class Instrumentation:
         # Everything that can be refused is checked before the registry is touched, so a
         # refused Instrumentation leaves a user's registry as it was.
         enabled = check_flag("enabled", enabled)
+        self.tracing = check_flag("tracing", tracing)
         delete_on_exit = check_flag("delete_on_exit", delete_on_exit)
         tls_verify = check_flag("tls_verify", tls_verify)
         stale_on_exit = check_flag("stale_on_exit", stale_on_exit)

@@ -8,12 +8,14 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._engine import Probe, report_failure, run_deferred
+from .._tracing import end_span, exemplar_labels
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
 from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
 from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries, http_status
+from ._spans import end_attributes, span_name, start_call_span
 from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
@@ -52,6 +54,7 @@ class AICall(Probe):
         "_tracker",
         "_usage",
         "after_job",
+        "span",
     )
 
     after_job: Callable[[], None] | None
@@ -82,8 +85,16 @@ class AICall(Probe):
         # The binding's (None when nothing is pushed); None too while a stream proxy is
         # out, whose end runs it.
         self.after_job = None if binding is None else binding.after_job
+        self.span = None
         if binding is not None:
             binding.active_inc()
+            if binding.tracing:
+                options = tracker.options
+                self.span = start_call_span(
+                    options.operation, options.provider, model or options.model
+                )
+                if self.span is not None:  # the responses' model, for the span
+                    self._seek_model = True
         self._t0 = self._last = perf_counter()
 
     # -- the handle ------------------------------------------------------------------------
@@ -329,7 +340,14 @@ class AICall(Probe):
                 series, name = self._series(b)
             usage = self._usage
             series.record(
-                status, now - self._t0, self._first, usage, exc, self._seen, self._failure
+                status,
+                now - self._t0,
+                self._first,
+                usage,
+                exc,
+                self._seen,
+                self._failure,
+                exemplar_labels(self.span),
             )
             series.outcome(self._tracker.options.operation, status, self._outcome)
             retry = None
@@ -345,6 +363,19 @@ class AICall(Probe):
                 series.price(prices, name, usage, status)
         finally:
             b.active_dec()
+            if self.span is not None:
+                self._end_span(status, exc)
+
+    def _end_span(self, status: str, exc: BaseException | None) -> None:
+        try:
+            span = self.span
+            requested = self._model or self._tracker.options.model
+            if requested is None and self._seen_model is not None:
+                span.update_name(span_name(self._tracker.options.operation, self._seen_model))
+            attributes = end_attributes(self._seen_model, self._usage, self._outcome, self._first)
+            end_span(span, exc, cancelled=status == "cancelled", attributes=attributes)
+        except Exception:
+            report_failure("ending a span")
 
     def _series(self, b: AIBinding) -> tuple[ModelSeries, str]:
         """This call's series and the model name its price is looked up by."""

@@ -129,10 +129,12 @@ class ModelSeries:
         exc: BaseException | None,
         seen: str | None,
         failure: str | None,
+        exemplar: dict[str, str] | None = None,
     ) -> None:
         """One call's end: its ``status``, duration, time to first token, tokens (or that
         they are missing) and error. ``seen``: the type of the first response recorded;
-        ``failure``: how reading one failed, warned about once."""
+        ``failure``: how reading one failed, warned about once; ``exemplar``: the labels
+        its duration, time to first token and tokens link to (a trace, a run)."""
         cells = self._cells
         if cells is None:
             self.observe(seconds)
@@ -140,17 +142,18 @@ class ModelSeries:
             if usage is not None:
                 self.tokens(usage)
         elif usage is None:
-            cells.end(_STATUS_INDEX[status], seconds)
+            cells.end(_STATUS_INDEX[status], seconds, (), exemplar)
         else:
             cells.end(
                 _STATUS_INDEX[status],
                 seconds,
                 ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens)),
+                exemplar,
             )
             if usage.cache_read or usage.cache_creation or usage.reasoning:
                 self._details(usage)
         if first_token is not None:
-            self._child("ai_time_to_first_token").observe(first_token)
+            self._child("ai_time_to_first_token").observe(first_token, exemplar)
         if usage is None and status != "error":
             self._usage_missing(status, seen, failure)
         if failure is not None and (usage is not None or status != "success"):

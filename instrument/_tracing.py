@@ -1,0 +1,184 @@
+"""Spans for decorated calls (OpenTelemetry, optional) and what a latency observation
+carries as its exemplar.
+
+Nothing here imports opentelemetry. A tracer provider can only have been set once the
+application imported ``opentelemetry.trace``, so each call looks for that module in
+``sys.modules`` (a dictionary lookup) and, when it is there, at the provider it holds:
+the API's default (nothing set) or a no-op provider means no span, and a real one gets a
+tracer, made once per provider. ``opentelemetry.trace.get_tracer_provider()`` is not
+called per call: it reads the environment each time (about a microsecond).
+
+A policy starts its job's span with :func:`start_span` (name, kind, attributes are the
+policy's) and ends it with :func:`end_span`; the engine makes it the current span inside
+the wrapped code (:func:`enter` / :func:`leave`, around each step of a coroutine or
+generator), so what the code starts (an AI call inside an analysis) is its child.
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from contextvars import ContextVar, Token
+from typing import Any
+
+__all__ = [
+    "current_tracer",
+    "end_span",
+    "enter",
+    "exemplar_labels",
+    "leave",
+    "run_id",
+    "start_span",
+]
+
+_TRACE = "opentelemetry.trace"
+_modules = sys.modules
+#: What a module attribute read gives when opentelemetry renamed its global provider.
+_MISSING: Any = object()
+#: (provider, its tracer or None): swapped as one tuple, so a reader never sees a mix.
+_cache: tuple[Any, Any] = (None, None)
+#: The longest run id an exemplar can carry: OpenMetrics bounds an exemplar's label set to
+#: 128 characters, names included ("run_id" is 6).
+MAX_RUN_ID = 122
+
+_run_id: ContextVar[str | None] = ContextVar("instrument_run_id", default=None)
+
+
+def current_tracer() -> Any:
+    """The tracer spans are started with, or None: opentelemetry not imported, or no real
+    tracer provider set."""
+    trace = _modules.get(_TRACE)
+    if trace is None:
+        return None
+    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    cache = _cache
+    if provider is cache[0]:
+        return cache[1]
+    return _tracer_of(trace, provider)
+
+
+def _tracer_of(trace: Any, provider: Any) -> Any:
+    global _cache
+    if provider is _MISSING:  # an API that keeps it elsewhere: its public getter, slower
+        try:
+            found = trace.get_tracer_provider()
+        except Exception:
+            return None
+        return _tracer_for(trace, found)
+    if provider is None:
+        import os
+
+        # The provider named by OTEL_PYTHON_TRACER_PROVIDER is loaded by the getter.
+        if "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
+            _cache = (None, None)
+            return None
+        try:
+            provider = trace.get_tracer_provider()
+        except Exception:
+            return None
+    tracer = _tracer_for(trace, provider)
+    _cache = (provider, tracer)
+    return tracer
+
+
+def _tracer_for(trace: Any, provider: Any) -> Any:
+    if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
+        return None
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        found = version("codomyrmex-instrument")
+    except PackageNotFoundError:  # pragma: no cover - running from a source tree
+        found = None
+    return provider.get_tracer("instrument", found)
+
+
+def start_span(name: str, client: bool, attributes: Mapping[str, Any]) -> Any:
+    """A started span (kind CLIENT or INTERNAL) under the current one, or None when there
+    is no tracer. Its caller ends it with :func:`end_span`."""
+    tracer = current_tracer()
+    if tracer is None:
+        return None
+    trace = _modules[_TRACE]
+    kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
+    return tracer.start_span(name, kind=kind, attributes=attributes)
+
+
+def end_span(
+    span: Any,
+    exc: BaseException | None = None,
+    *,
+    cancelled: bool = False,
+    attributes: Mapping[str, Any] | None = None,
+) -> None:
+    """End ``span``: failed with ``exc`` (status ERROR, ``error.type``, an exception
+    event), ``cancelled`` (status left UNSET, ``instrument.cancelled``), else a success."""
+    if attributes:
+        span.set_attributes(attributes)
+    if cancelled:
+        span.set_attribute("instrument.cancelled", True)
+    elif exc is not None:
+        trace = _modules[_TRACE]
+        name = type(exc).__name__
+        span.set_attribute("error.type", name)
+        span.record_exception(exc, escaped=True)
+        # The class name only: an exception's text may hold anything (a prompt, a key).
+        span.set_status(trace.Status(trace.StatusCode.ERROR, name))
+    span.end()
+
+
+def enter(span: Any) -> Token[Any]:
+    """Make ``span`` the current span; :func:`leave` with the token undoes it."""
+    trace = _modules[_TRACE]
+    context = _modules["opentelemetry.context"]
+    token: Token[Any] = context.attach(trace.set_span_in_context(span))
+    return token
+
+
+def leave(token: Token[Any]) -> None:
+    """Undo :func:`enter`. A with-block may exit in another context than it entered (a
+    generator resumed by another task): that context never had the span current, and the
+    entering one cannot be reached from here, so there is nothing to undo."""
+    try:  # noqa: SIM105 - per traced call: a try costs nothing, suppress() a frame
+        token.var.reset(token)
+    except (ValueError, RuntimeError):
+        pass
+
+
+def exemplar_labels(span: Any) -> dict[str, str] | None:
+    """What an observation links to: the ids of ``span`` (a job's own) or else of the
+    current recording span (the caller's), else the run id set with :func:`run_id`."""
+    if span is None and current_tracer() is not None:
+        span = _modules[_TRACE].get_current_span()
+    if span is not None and span.is_recording():
+        ids = span.get_span_context()
+        return {"trace_id": format(ids.trace_id, "032x"), "span_id": format(ids.span_id, "016x")}
+    run = _run_id.get()
+    return None if run is None else {"run_id": run}
+
+
+@contextmanager
+def run_id(value: str) -> Iterator[str]:
+    """Within this block, observations without a span carry ``{run_id: value}`` as their
+    exemplar, so a slow bucket links to a batch run's logs.
+
+    >>> with instrument.run_id("nightly-2026-12-01"):
+    ...     analyze(repo)
+    """
+    if not isinstance(value, str) or not value:
+        raise TypeError(f"run_id takes a non-empty string, got {value!r}")
+    if len(value) > MAX_RUN_ID:
+        raise ValueError(
+            f"run_id is {len(value)} characters; an exemplar holds at most {MAX_RUN_ID} "
+            "(OpenMetrics' 128 for its labels): use a shorter id, or a hash of this one"
+        )
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        raise ValueError("run_id must be valid UTF-8 (it holds a lone surrogate)") from None
+    token = _run_id.set(value)
+    try:
+        yield value
+    finally:
+        leave(token)
