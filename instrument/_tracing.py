@@ -22,6 +22,8 @@ from contextlib import contextmanager
 from contextvars import ContextVar, Token
 from typing import Any
 
+from ._jobs import report_failure
+
 __all__ = [
     "current_tracer",
     "end_span",
@@ -100,9 +102,15 @@ def start_span(name: str, client: bool, attributes: Mapping[str, Any]) -> Any:
     tracer = current_tracer()
     if tracer is None:
         return None
-    trace = _modules[_TRACE]
-    kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
-    return tracer.start_span(name, kind=kind, attributes=attributes)
+    # Guarded here, not by the engine's guard on a job's start: a failing tracer (or span
+    # processor) costs the span, never the job's numbers.
+    try:
+        trace = _modules[_TRACE]
+        kind = trace.SpanKind.CLIENT if client else trace.SpanKind.INTERNAL
+        return tracer.start_span(name, kind=kind, attributes=attributes)
+    except Exception:
+        report_failure("starting a span")
+        return None
 
 
 def end_span(
@@ -113,7 +121,17 @@ def end_span(
     attributes: Mapping[str, Any] | None = None,
 ) -> None:
     """End ``span``: failed with ``exc`` (status ERROR, ``error.type``, an exception
-    event), ``cancelled`` (status left UNSET, ``instrument.cancelled``), else a success."""
+    event), ``cancelled`` (status left UNSET, ``instrument.cancelled``), else a success.
+    Never raises."""
+    try:
+        _end(span, exc, cancelled, attributes)
+    except Exception:
+        report_failure("ending a span")
+
+
+def _end(
+    span: Any, exc: BaseException | None, cancelled: bool, attributes: Mapping[str, Any] | None
+) -> None:
     if attributes:
         span.set_attributes(attributes)
     if cancelled:

@@ -367,15 +367,16 @@ class AICall(Probe):
                 self._end_span(status, exc)
 
     def _end_span(self, status: str, exc: BaseException | None) -> None:
+        span = self.span
         try:
-            span = self.span
             requested = self._model or self._tracker.options.model
             if requested is None and self._seen_model is not None:
                 span.update_name(span_name(self._tracker.options.operation, self._seen_model))
             attributes = end_attributes(self._seen_model, self._usage, self._outcome, self._first)
-            end_span(span, exc, cancelled=status == "cancelled", attributes=attributes)
         except Exception:
             report_failure("ending a span")
+            attributes = None
+        end_span(span, exc, cancelled=status == "cancelled", attributes=attributes)
 
     def _series(self, b: AIBinding) -> tuple[ModelSeries, str]:
         """This call's series and the model name its price is looked up by."""
