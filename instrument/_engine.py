@@ -39,7 +39,7 @@ from ._jobs import (
     run_deferred,
 )
 from ._proxy import InstrumentedFunction
-from ._tracing import enter, leave
+from ._tracing import enter, leave_block
 from ._with_blocks import OpenEntries, caller_frame
 
 __all__ = [
@@ -90,8 +90,9 @@ class Instrumenter(Generic[P]):
     """
 
     def __init__(self) -> None:
-        # Each entry's probe, and the token that made its span current (None: no span).
-        self._entries: OpenEntries[tuple[P, Token[Any] | None]] = OpenEntries(
+        # Each entry's probe, and the token that made its span current with the context it
+        # set (None: no span).
+        self._entries: OpenEntries[tuple[P, Token[Any] | None, Any]] = OpenEntries(
             f"instrument-{type(self).__name__}"
         )
 
@@ -139,7 +140,8 @@ class Instrumenter(Generic[P]):
             report_failure("starting a job")
             probe = self.null_probe()
         span = probe.span
-        self._entries.push((probe, None if span is None else enter(span)), frame)
+        token = None if span is None else enter(span)
+        self._entries.push((probe, token, None if token is None else token.var.get()), frame)
         return probe
 
     def _exit(self, exc: BaseException | None, frame: int) -> P | None:
@@ -147,9 +149,9 @@ class Instrumenter(Generic[P]):
         entry = self._entries.pop(frame)
         if entry is None:
             return None
-        probe, token = entry
+        probe, token, entered = entry
         if token is not None:
-            leave(token)
+            leave_block(token, entered)
         if exc is None:
             record_success(probe, None)
         return probe

@@ -30,6 +30,7 @@ __all__ = [
     "enter",
     "exemplar_labels",
     "leave",
+    "leave_block",
     "run_id",
     "start_span",
 ]
@@ -155,13 +156,27 @@ def enter(span: Any) -> Token[Any]:
 
 
 def leave(token: Token[Any]) -> None:
-    """Undo :func:`enter`. A with-block may exit in another context than it entered (a
-    generator resumed by another task): that context never had the span current, and the
-    entering one cannot be reached from here, so there is nothing to undo."""
-    try:  # noqa: SIM105 - per traced call: a try costs nothing, suppress() a frame
+    """Undo :func:`enter` in the context that entered (a call, one step of a coroutine or
+    generator): see :func:`leave_block` for a with-block."""
+    token.var.reset(token)
+
+
+def leave_block(token: Token[Any], value: Any, unset: Any = _MISSING) -> None:
+    """Undo a with-block's ``token`` that set ``value``. The block may be left in another
+    context than the one that entered it (a generator's block, resumed by another task):
+    then, if that context is a copy made inside the block (it still holds ``value``), it
+    gets back what it held before (``unset`` if nothing: the variable's default). The
+    entering context cannot be reached from another one; it keeps ``value``."""
+    try:
         token.var.reset(token)
     except (ValueError, RuntimeError):
-        pass
+        var = token.var
+        if var.get(None) is value:
+            before = token.old_value
+            if before is not Token.MISSING:
+                var.set(before)
+            elif unset is not _MISSING:
+                var.set(unset)
 
 
 def exemplar_labels(span: Any) -> dict[str, str] | None:
@@ -199,4 +214,4 @@ def run_id(value: str) -> Iterator[str]:
     try:
         yield value
     finally:
-        leave(token)
+        leave_block(token, value, None)
