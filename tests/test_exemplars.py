@@ -528,3 +528,46 @@ def test_prometheus_receives_remote_written_exemplars(
     (batch,) = [s for s in exporter.get_finished_spans() if s.name == "written batch"]
     assert by_type == {"scan": [ids(span)], "batch": [ids(batch)]}
     inst.close()
+
+
+# -- the dashboard ---------------------------------------------------------------------------
+
+
+def test_the_latency_panels_show_exemplars_linking_to_the_traces_data_source() -> None:
+    from instrument.dashboard import build_dashboard
+
+    dashboard = build_dashboard("codomyrmex")
+    panels = [p for p in dashboard["panels"] if p["type"] != "row"]
+    shown = {p["title"]: p for p in panels if any(t.get("exemplar") for t in p["targets"])}
+    assert set(shown) == {
+        "Analysis duration p50 / p95 / p99",
+        "AI call latency p95",
+        "Time to first token p95",
+    }
+    carrying = (
+        "codomyrmex_analysis_duration_seconds_bucket",
+        "codomyrmex_ai_call_duration_seconds_bucket",
+        "codomyrmex_ai_time_to_first_token_seconds_bucket",
+    )
+    for title, panel in shown.items():
+        assert all(t["exemplar"] is True for t in panel["targets"]), title
+        # Exemplars come with the series a query selects: those that carry them.
+        assert all(any(name in t["expr"] for name in carrying) for t in panel["targets"]), title
+        (override,) = panel["fieldConfig"]["overrides"]
+        assert override["matcher"] == {"id": "byName", "options": "trace_id"}
+        (link,) = override["properties"][0]["value"]
+        assert link["internal"]["datasourceUid"] == "${traces}"
+        assert link["internal"]["query"] == {"query": "${__value.raw}"}
+    for panel in panels:
+        if panel["title"] not in shown:
+            assert "exemplar" not in json.dumps(panel["targets"]), panel["title"]
+            assert panel["fieldConfig"]["overrides"] == []
+    (traces,) = [v for v in dashboard["templating"]["list"] if v["name"] == "traces"]
+    assert traces["type"] == "datasource" and traces["query"] == "tempo"
+    # Each dashboard has its own copy: editing one leaves the next one as generated.
+    traces["query"] = "jaeger"
+    shown["AI call latency p95"]["fieldConfig"]["overrides"][0]["matcher"]["options"] = "x"
+    again = build_dashboard("codomyrmex")
+    assert next(v for v in again["templating"]["list"] if v["name"] == "traces")["query"] == "tempo"
+    assert json.dumps(again) == json.dumps(build_dashboard("codomyrmex"))
+    assert '"options": "x"' not in json.dumps(again)
