@@ -17,26 +17,32 @@ generator), so what the code starts (an AI call inside an analysis) is its child
 from __future__ import annotations
 
 import sys
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from contextvars import ContextVar, Token
+from functools import cache
 from typing import Any
 
 from ._jobs import report_failure
 
 __all__ = [
+    "MODULES",
+    "TRACE_MODULE",
     "current_tracer",
     "end_span",
     "enter",
     "exemplar_labels",
     "leave",
     "leave_block",
+    "run_exemplar",
     "run_id",
     "start_span",
 ]
 
-_TRACE = "opentelemetry.trace"
-_modules = sys.modules
+#: A policy starts a span only when ``TRACE_MODULE in MODULES`` (checked inline, before
+#: calling :func:`start_span`: without opentelemetry, a call then costs what it did).
+TRACE_MODULE = _TRACE = "opentelemetry.trace"
+MODULES = _modules = sys.modules
 #: What a module attribute read gives when opentelemetry renamed its global provider.
 _MISSING: Any = object()
 #: (provider, its tracer or None): swapped as one tuple, so a reader never sees a mix.
@@ -44,8 +50,16 @@ _cache: tuple[Any, Any] = (None, None)
 #: The longest run id an exemplar can carry: OpenMetrics bounds an exemplar's label set to
 #: 128 characters, names included ("run_id" is 6).
 MAX_RUN_ID = 122
+#: What the OpenMetrics exposition escapes in a label value (and line breaks besides).
+_ESCAPED = frozenset('"\\\n\r')
 
-_run_id: ContextVar[str | None] = ContextVar("instrument_run_id", default=None)
+#: The exemplar labels of the current run (``{"run_id": ...}``), or None: what
+#: ``instrument.run_id(...)`` sets. Shared by every observation in the run; never changed.
+_run_labels: ContextVar[dict[str, str] | None] = ContextVar("instrument_run_id", default=None)
+
+#: ``run_exemplar()``: the current run's exemplar labels, or None. The context variable's own
+#: ``get`` (C, no Python frame): what a job with no span of its own and no tracer reads.
+run_exemplar: Callable[[], dict[str, str] | None] = _run_labels.get
 
 
 def current_tracer() -> Any:
@@ -54,7 +68,10 @@ def current_tracer() -> Any:
     trace = _modules.get(_TRACE)
     if trace is None:
         return None
-    provider = getattr(trace, "_TRACER_PROVIDER", _MISSING)
+    try:
+        provider = trace._TRACER_PROVIDER
+    except AttributeError:
+        provider = _MISSING
     cache = _cache
     if provider is cache[0]:
         return cache[1]
@@ -88,19 +105,34 @@ def _tracer_of(trace: Any, provider: Any) -> Any:
 def _tracer_for(trace: Any, provider: Any) -> Any:
     if isinstance(provider, trace.ProxyTracerProvider | trace.NoOpTracerProvider):
         return None
+    return provider.get_tracer("instrument", _version())
+
+
+@cache
+def _version() -> str | None:
+    """The instrumentation scope's version: this distribution's (found once: it scans
+    sys.path)."""
     from importlib.metadata import PackageNotFoundError, version
 
     try:
-        found = version("codomyrmex-instrument")
+        return version("codomyrmex-instrument")
     except PackageNotFoundError:  # pragma: no cover - running from a source tree
-        found = None
-    return provider.get_tracer("instrument", found)
+        return None
 
 
 def start_span(name: str, client: bool, attributes: Mapping[str, Any]) -> Any:
     """A started span (kind CLIENT or INTERNAL) under the current one, or None when there
     is no tracer. Its caller ends it with :func:`end_span`."""
-    tracer = current_tracer()
+    # current_tracer(), inlined: this runs once per decorated call.
+    trace = _modules.get(_TRACE)
+    if trace is None:
+        return None
+    try:
+        provider = trace._TRACER_PROVIDER
+    except AttributeError:
+        provider = _MISSING
+    cache = _cache
+    tracer = cache[1] if provider is cache[0] else _tracer_of(trace, provider)
     if tracer is None:
         return None
     # Guarded here, not by the engine's guard on a job's start: a failing tracer (or span
@@ -181,14 +213,15 @@ def leave_block(token: Token[Any], value: Any, unset: Any = _MISSING) -> None:
 
 def exemplar_labels(span: Any) -> dict[str, str] | None:
     """What an observation links to: the ids of ``span`` (a job's own) or else of the
-    current recording span (the caller's), else the run id set with :func:`run_id`."""
+    current recording span (the caller's), else the run id set with
+    :func:`run_id`. (A job that tried to start its own span and got none had no tracer, so
+    no caller's span to find either: it reads :data:`run_exemplar` instead.)"""
     if span is None and current_tracer() is not None:
         span = _modules[_TRACE].get_current_span()
     if span is not None and span.is_recording():
         ids = span.get_span_context()
         return {"trace_id": format(ids.trace_id, "032x"), "span_id": format(ids.span_id, "016x")}
-    run = _run_id.get()
-    return None if run is None else {"run_id": run}
+    return _run_labels.get()
 
 
 @contextmanager
@@ -210,8 +243,16 @@ def run_id(value: str) -> Iterator[str]:
         value.encode("utf-8")
     except UnicodeEncodeError:
         raise ValueError("run_id must be valid UTF-8 (it holds a lone surrogate)") from None
-    token = _run_id.set(value)
+    if any(char in value for char in _ESCAPED):
+        # Measured: Prometheus 2.42 keeps the exposition's escapes (\" \\ \n) in a scraped
+        # exemplar's label, so the id it stores would not be the one in the logs.
+        raise ValueError(
+            f"run_id {value!r} holds a quote, backslash or line break, which a scrape "
+            "delivers escaped; use letters, digits and punctuation such as - _ . : /"
+        )
+    labels = {"run_id": value}
+    token = _run_labels.set(labels)
     try:
         yield value
     finally:
-        leave_block(token, value, None)
+        leave_block(token, labels, None)

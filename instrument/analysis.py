@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cells import CellSeries
 from ._engine import Probe, bind_arguments, wraps_signature
-from ._tracing import end_span, exemplar_labels, start_span
+from ._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar, start_span
 from ._validation import check_label, check_number
 from .objectives import Coverage, ObjectiveArg, declare
 from .policy import Binding, Policy
@@ -143,12 +143,30 @@ class AnalysisJob(Probe):
 
     def _ended(self, status: int) -> None:
         seconds = perf_counter() - self._t0
-        self._b.end(status, seconds, (), exemplar_labels(self.span))
+        b = self._b
+        span = self.span
+        # With tracing on and no span of its own, no tracer was there: no caller's span
+        # either, only a run's id (one C call: this is every untraced call's end).
+        b.end(
+            status,
+            seconds,
+            (),
+            run_exemplar() if span is None and b.tracing else exemplar_labels(span),
+        )
 
     def success(self, result: Any) -> Any:
-        self._ended(_SUCCESS)
-        if self.span is not None:
-            end_span(self.span)
+        # _ended, inlined: the usual end of every decorated call.
+        seconds = perf_counter() - self._t0
+        b = self._b
+        span = self.span
+        b.end(
+            _SUCCESS,
+            seconds,
+            (),
+            run_exemplar() if span is None and b.tracing else exemplar_labels(span),
+        )
+        if span is not None:
+            end_span(span)
         return result
 
     def error(self, exc: BaseException) -> None:
@@ -320,7 +338,11 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job = _new(kind)
         job._b = b
         job.after_job = b.after_job
-        job.span = start_span(b.span_name, False, b.span_attributes) if b.tracing else None
+        job.span = (
+            start_span(b.span_name, False, b.span_attributes)
+            if b.tracing and TRACE_MODULE in MODULES
+            else None
+        )
         b.begin()
         job._t0 = perf_counter()
         return job

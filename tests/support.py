@@ -367,5 +367,5 @@ def tracer_provider() -> Iterator[Any]:
 def _unset_tracer_provider(trace: ModuleType) -> None:
     from opentelemetry.util._once import Once
 
-    trace._TRACER_PROVIDER_SET_ONCE = Once()  # type: ignore[attr-defined]
-    trace._TRACER_PROVIDER = None  # type: ignore[attr-defined]
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None

@@ -177,11 +177,15 @@ def test_a_run_id_an_exemplar_cannot_carry_is_refused_on_entry() -> None:
         run_id("x" * (MAX_RUN_ID + 1)).__enter__()
     with pytest.raises(ValueError, match="UTF-8"):
         run_id("bad\udc80").__enter__()
+    for bad in ('say "hi"', "back\\slash", "two\nlines", "cr\r"):
+        with pytest.raises(ValueError, match="quote, backslash or line break"):
+            run_id(bad).__enter__()
 
 
 @settings(max_examples=50)
-@given(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"]), min_size=1,
-               max_size=MAX_RUN_ID))  # fmt: skip
+@given(st.text(st.characters(codec="utf-8", exclude_categories=["Cs"],
+                             exclude_characters='"\\\n\r'),
+               min_size=1, max_size=MAX_RUN_ID))  # fmt: skip
 def test_any_run_id_that_fits_comes_back_from_the_exposition(value: str) -> None:
     inst = Instrumentation(registry=CollectorRegistry())
 
@@ -191,6 +195,9 @@ def test_any_run_id_that_fits_comes_back_from_the_exposition(value: str) -> None
 
     with run_id(value):
         job()
+    text = generate_latest(inst.collect_registry()).decode()
+    (line,) = [line for line in text.split("\n") if " # {" in line]  # not splitlines: \x85
+    assert line.split(" # ", 1)[1].startswith(f'{{run_id="{value}"}} ')
     (found,) = exposed(inst).values()
     assert found.labels == {"run_id": value}
 
@@ -571,3 +578,22 @@ def test_the_latency_panels_show_exemplars_linking_to_the_traces_data_source() -
     assert next(v for v in again["templating"]["list"] if v["name"] == "traces")["query"] == "tempo"
     assert json.dumps(again) == json.dumps(build_dashboard("codomyrmex"))
     assert '"options": "x"' not in json.dumps(again)
+
+
+@pytest.mark.integration
+def test_prometheus_scrapes_a_run_id_of_any_letters_and_punctuation_intact(
+    exemplar_prometheus: _Exemplars,
+) -> None:
+    inst = exemplar_prometheus.pulled
+    value = "batch-7 ü/ñ: {ok} #1 'q' é\u2028"
+
+    @inst.monitored_analysis("scraped", "run")
+    def job() -> None:
+        pass
+
+    with run_id(value):
+        job()
+    found = exemplar_prometheus.wait_exemplars(
+        'codomyrmex_analysis_duration_seconds_bucket{analysis_type="run"}', count=1
+    )
+    assert [e["labels"] for s in found for e in s["exemplars"]] == [{"run_id": value}]

@@ -8,7 +8,7 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._engine import Probe, report_failure, run_deferred
-from .._tracing import end_span, exemplar_labels
+from .._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
@@ -88,7 +88,7 @@ class AICall(Probe):
         self.span = None
         if binding is not None:
             binding.active_inc()
-            if binding.tracing:
+            if binding.tracing and TRACE_MODULE in MODULES:
                 options = tracker.options
                 self.span = start_call_span(
                     options.operation, options.provider, model or options.model
@@ -347,7 +347,8 @@ class AICall(Probe):
                 exc,
                 self._seen,
                 self._failure,
-                exemplar_labels(self.span),
+                # No span with tracing on: no tracer, so only a run's id (see analysis).
+                run_exemplar() if self.span is None and b.tracing else exemplar_labels(self.span),
             )
             series.outcome(self._tracker.options.operation, status, self._outcome)
             retry = None
