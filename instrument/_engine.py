@@ -39,7 +39,7 @@ from ._jobs import (
     run_deferred,
 )
 from ._proxy import InstrumentedFunction
-from ._tracing import enter, leave_block
+from ._tracing import enter, leave_span_block
 from ._with_blocks import OpenEntries, caller_frame
 
 __all__ = [
@@ -151,7 +151,7 @@ class Instrumenter(Generic[P]):
             return None
         probe, token, entered = entry
         if token is not None:
-            leave_block(token, entered)
+            leave_span_block(token, entered)
         if exc is None:
             record_success(probe, None)
         return probe

@@ -34,6 +34,7 @@ __all__ = [
     "exemplar_labels",
     "leave",
     "leave_block",
+    "leave_span_block",
     "run_exemplar",
     "run_id",
     "start_span",
@@ -193,11 +194,11 @@ def leave(token: Token[Any]) -> None:
     token.var.reset(token)
 
 
-def leave_block(token: Token[Any], value: Any, unset: Any = _MISSING) -> None:
+def leave_block(token: Token[Any], value: Any, unset: Callable[[], Any]) -> None:
     """Undo a with-block's ``token`` that set ``value``. The block may be left in another
     context than the one that entered it (a generator's block, resumed by another task):
     then, if that context is a copy made inside the block (it still holds ``value``), it
-    gets back what it held before (``unset`` if nothing: the variable's default). The
+    gets back what it held before (``unset()`` if nothing: the variable's default). The
     entering context cannot be reached from another one; it keeps ``value``."""
     try:
         token.var.reset(token)
@@ -205,10 +206,13 @@ def leave_block(token: Token[Any], value: Any, unset: Any = _MISSING) -> None:
         var = token.var
         if var.get(None) is value:
             before = token.old_value
-            if before is not Token.MISSING:
-                var.set(before)
-            elif unset is not _MISSING:
-                var.set(unset)
+            var.set(unset() if before is Token.MISSING else before)
+
+
+def leave_span_block(token: Token[Any], entered: Any) -> None:
+    """:func:`leave_block` for the token of :func:`enter` (``entered``: the context it set;
+    unset, OpenTelemetry's current context is an empty one)."""
+    leave_block(token, entered, _modules["opentelemetry.context"].Context)
 
 
 def exemplar_labels(span: Any) -> dict[str, str] | None:
@@ -222,6 +226,10 @@ def exemplar_labels(span: Any) -> dict[str, str] | None:
         ids = span.get_span_context()
         return {"trace_id": format(ids.trace_id, "032x"), "span_id": format(ids.span_id, "016x")}
     return _run_labels.get()
+
+
+def _none() -> None:
+    return None
 
 
 @contextmanager
@@ -255,4 +263,4 @@ def run_id(value: str) -> Iterator[str]:
     try:
         yield value
     finally:
-        leave_block(token, labels, None)
+        leave_block(token, labels, _none)

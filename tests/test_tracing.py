@@ -620,3 +620,128 @@ def test_without_opentelemetry_every_kind_of_call_works() -> None:
         """
     )
     assert out.split() == ["6", "4.0"]
+
+
+# -- hostile: contexts that change, threads, a failing span processor ------------------------
+
+
+def test_a_with_block_left_in_another_task_ends_its_span_and_leaves_no_span_there(
+    exporter: Any, inst: Instrumentation, caplog: Any
+) -> None:
+    after: list[int] = []
+
+    def steps() -> Iterator[int]:
+        with inst.monitored_analysis("moved", "block"):
+            yield current_span_id()
+        after.append(current_span_id())  # in the task that left the block
+
+    gen = steps()
+    inside = next(gen)
+
+    async def elsewhere() -> None:
+        with pytest.raises(StopIteration):
+            next(gen)
+
+    with caplog.at_level(logging.DEBUG, "opentelemetry"):
+        asyncio.run(elsewhere())
+    span = finished(exporter)["moved block"]
+    assert inside == span.context.span_id
+    assert after == [0]
+    assert "Failed to detach" not in caplog.text
+    assert analyses(inst.registry, "success", "moved", "block") == 1
+
+
+def test_a_stream_made_in_one_thread_and_read_in_another_ends_its_span_there(
+    exporter: Any, inst: Instrumentation
+) -> None:
+    import threading
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    def stream() -> Iterator[dict[str, Any]]:
+        return iter(chunks())
+
+    handed = stream()
+    ended: list[int] = []
+
+    def read() -> None:
+        list(handed)
+        ended.append(time.time_ns())
+
+    reader = threading.Thread(target=read)
+    reader.start()
+    reader.join(10)
+    span = finished(exporter)["chat gpt-4o"]
+    assert span.end_time is not None and span.end_time <= ended[0]
+    assert dict(span.attributes or {})["gen_ai.usage.input_tokens"] == 6
+    assert calls(inst.registry, "openai", "gpt-4o")["success"] == 1
+
+
+def test_an_async_ai_generator_is_one_span_current_in_its_steps(
+    exporter: Any, inst: Instrumentation
+) -> None:
+    inside: list[int] = []
+
+    @inst.track_ai_call("anthropic", "claude")
+    async def stream() -> AsyncIterator[dict[str, Any]]:
+        for chunk in chunks():
+            inside.append(current_span_id())
+            await asyncio.sleep(0)
+            yield chunk
+
+    async def main() -> int:
+        got = [chunk async for chunk in stream()]
+        return len(got)
+
+    assert asyncio.run(main()) == 3
+    span = finished(exporter)["chat claude"]
+    assert inside == [span.context.span_id] * 3
+    assert dict(span.attributes or {})["gen_ai.response.finish_reasons"] == ("length",)
+
+
+class _Exploding:
+    """A span processor that fails on every span, at its start or its end."""
+
+    def __init__(self, where: str) -> None:
+        self.where = where
+
+    def on_start(self, span: Any, parent_context: Any = None) -> None:
+        if self.where == "start":
+            raise RuntimeError("processor down")
+
+    def on_end(self, span: Any) -> None:
+        if self.where == "end":
+            raise RuntimeError("processor down")
+
+    def shutdown(self) -> None:
+        pass
+
+    def force_flush(self, timeout_millis: int = 30000) -> bool:
+        return True
+
+
+@pytest.mark.parametrize("where", ["start", "end"])
+def test_a_failing_span_processor_never_changes_a_result_an_exception_or_a_count(
+    where: str, exporter: Any, inst: Instrumentation
+) -> None:
+    trace.get_tracer_provider().add_span_processor(_Exploding(where))  # type: ignore[attr-defined]
+    problem = ProviderDown("as raised")
+
+    @inst.monitored_analysis("m", "t")
+    def job(fail: bool) -> int:
+        if fail:
+            raise problem
+        return 7
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    async def ask() -> dict[str, Any]:
+        return CHAT
+
+    assert job(False) == 7
+    with pytest.raises(ProviderDown) as raised:
+        job(True)
+    assert raised.value is problem
+    assert asyncio.run(ask()) is CHAT
+    assert analyses(inst.registry, "success") == 1
+    assert analyses(inst.registry, "error") == 1
+    assert calls(inst.registry, "openai", "gpt-4o")["success"] == 1
+    assert tokens_used(inst.registry, "openai", "gpt-4o", "output") == 5
