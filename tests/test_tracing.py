@@ -745,3 +745,66 @@ def test_a_failing_span_processor_never_changes_a_result_an_exception_or_a_count
     assert analyses(inst.registry, "error") == 1
     assert calls(inst.registry, "openai", "gpt-4o")["success"] == 1
     assert tokens_used(inst.registry, "openai", "gpt-4o", "output") == 5
+
+
+def test_a_plain_def_handing_on_a_coroutine_is_one_span_current_when_it_is_awaited(
+    exporter: Any, inst: Instrumentation
+) -> None:
+    seen: list[int] = []
+
+    async def create() -> dict[str, Any]:
+        seen.append(current_span_id())
+        await asyncio.sleep(0)
+        return CHAT
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    def ask() -> Any:
+        return create()  # ``return client.create(...)``: the job is the awaited work
+
+    assert asyncio.run(ask()) is CHAT
+    span = finished(exporter)["chat gpt-4o"]
+    assert seen == [span.context.span_id]
+    assert dict(span.attributes or {})["gen_ai.usage.output_tokens"] == 5
+
+
+@pytest.mark.sdk
+def test_a_real_async_sdk_streams_span_ends_when_its_stream_ends(
+    exporter: Any, inst: Instrumentation
+) -> None:
+    openai = pytest.importorskip("openai")
+    from instrument.demo.llm_server import LocalLLMServer
+
+    async def main(server: Any) -> tuple[int, int]:
+        client = openai.AsyncOpenAI(api_key="sk-test-0123", base_url=server.base_url,
+                                    max_retries=0)  # fmt: skip
+
+        @inst.monitored_analysis("agent", "answer")
+        async def answer() -> tuple[int, int]:
+            stream = await client.chat.completions.create(
+                model="gpt-4o",
+                messages=[{"role": "user", "content": "SECRET-PROMPT"}],
+                stream=True,
+                stream_options={"include_usage": True},
+            )
+            before = time.time_ns()
+            async for _ in stream:
+                before = time.time_ns()
+            return before, time.time_ns()
+
+        # The SDK's own method, decorated: its result is the stream the tracker watches.
+        tracked = inst.track_ai_call("openai", "gpt-4o")(client.chat.completions.create)
+        client.chat.completions.create = tracked  # type: ignore[method-assign]
+        try:
+            return await answer()
+        finally:
+            await client.close()
+
+    with LocalLLMServer(chunk_delay=0.01) as server:
+        before_end, after_end = asyncio.run(main(server))
+    spans = finished(exporter)
+    call, outer = spans["chat gpt-4o"], spans["agent answer"]
+    assert call.end_time is not None and before_end <= call.end_time <= after_end
+    assert parent_id(call) == outer.context.span_id
+    attributes = dict(call.attributes or {})
+    assert attributes["gen_ai.usage.output_tokens"] > 0
+    assert "gen_ai.response.time_to_first_chunk" in attributes
