@@ -180,11 +180,16 @@ def _end(
     span.end()
 
 
-def enter(span: Any) -> Token[Any]:
-    """Make ``span`` the current span; :func:`leave` with the token undoes it."""
-    trace = _modules[_TRACE]
-    context = _modules["opentelemetry.context"]
-    token: Token[Any] = context.attach(trace.set_span_in_context(span))
+def enter(span: Any) -> Token[Any] | None:
+    """Make ``span`` the current span; :func:`leave` with the token undoes it. None (and
+    the failure logged) when the context cannot take it: the job goes on without."""
+    try:
+        trace = _modules[_TRACE]
+        context = _modules["opentelemetry.context"]
+        token: Token[Any] = context.attach(trace.set_span_in_context(span))
+    except Exception:
+        report_failure("making a span current")
+        return None
     return token
 
 

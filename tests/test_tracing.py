@@ -808,3 +808,12 @@ def test_a_real_async_sdk_streams_span_ends_when_its_stream_ends(
     attributes = dict(call.attributes or {})
     assert attributes["gen_ai.usage.output_tokens"] > 0
     assert "gen_ai.response.time_to_first_chunk" in attributes
+
+
+def test_set_model_renames_the_span_it_ends_with(exporter: Any, inst: Instrumentation) -> None:
+    with inst.track_ai_call("openai", "gpt-4o") as call:
+        call.set_model("gpt-4o-mini")
+        call.record_response(CHAT)
+    span = finished(exporter)["chat gpt-4o-mini"]
+    assert dict(span.attributes or {})["gen_ai.request.model"] == "gpt-4o-mini"
+    assert calls(inst.registry, "openai", "gpt-4o-mini")["success"] == 1

@@ -370,10 +370,15 @@ class AICall(Probe):
     def _end_span(self, status: str, exc: BaseException | None) -> None:
         span = self.span
         try:
+            # The model as the call ends: set_model() may have changed the one it started
+            # with; unknown until the response, the response's names the span.
             requested = self._model or self._tracker.options.model
-            if requested is None and self._seen_model is not None:
-                span.update_name(span_name(self._tracker.options.operation, self._seen_model))
+            named = requested or self._seen_model
+            if named is not None:
+                span.update_name(span_name(self._tracker.options.operation, named))
             attributes = end_attributes(self._seen_model, self._usage, self._outcome, self._first)
+            if requested is not None:
+                attributes["gen_ai.request.model"] = requested
         except Exception:
             report_failure("ending a span")
             attributes = None
