@@ -597,3 +597,39 @@ def test_prometheus_scrapes_a_run_id_of_any_letters_and_punctuation_intact(
         'codomyrmex_analysis_duration_seconds_bucket{analysis_type="run"}', count=1
     )
     assert [e["labels"] for s in found for e in s["exemplars"]] == [{"run_id": value}]
+
+
+def test_threads_each_link_their_own_calls_and_every_call_is_counted(exporter: Any) -> None:
+    import threading
+
+    inst = Instrumentation(registry=CollectorRegistry())
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    def ask() -> dict[str, Any]:
+        return CHAT
+
+    barrier = threading.Barrier(8)
+
+    def work() -> None:
+        barrier.wait()
+        for _ in range(50):
+            ask()
+
+    threads = [threading.Thread(target=work) for _ in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    spans = {ids(span)["span_id"]: span for span in exporter.get_finished_spans()}
+    assert len(spans) == 400
+    found = exposed(inst)
+    model = {"provider": "openai", "model": "gpt-4o"}
+    tokens = found[key("codomyrmex_ai_tokens_used_total", **model, token_type="output")]
+    assert tokens.value == 5 and tokens.labels["span_id"] in spans  # one of the calls'
+    assert ids(spans[tokens.labels["span_id"]]) == tokens.labels
+    assert (
+        inst.registry.get_sample_value(
+            "codomyrmex_ai_tokens_used_total", {**model, "token_type": "output"}
+        )
+        == 2000
+    )
