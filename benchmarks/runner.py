@@ -31,6 +31,7 @@ from .remote_write import run_remote_write
 from .report import Section, render
 from .settings import Settings
 from .streams import run_streams
+from .tracing import run_tracing
 
 __all__ = ["SECTIONS", "main"]
 
@@ -47,6 +48,7 @@ SECTIONS: tuple[tuple[int, str, Callable[[Settings], Section]], ...] = (
     (9, "remote_write", run_remote_write),
     (10, "collect", run_collect),
     (11, "genai", run_genai),
+    (12, "tracing", run_tracing),
 )
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from ._tracing import run_id
 from .ai import AICall, AICallTracker, track_ai_call
 from .analysis import AnalysisJob, AnalysisMonitor, monitored_analysis
 
@@ -53,6 +54,7 @@ __all__ = [
     "monitored_analysis",
     "push",
     "rules_yaml",
+    "run_id",
     "track_ai_call",
 ]
 

@@ -37,6 +37,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Mapping
 from functools import partial
+from time import time
 from typing import Any
 
 from prometheus_client.samples import Exemplar
@@ -61,7 +62,8 @@ class Cell:
         self.writing = False
         #: Alive while the owner thread is: its thread-local storage holds the referent.
         self.owner = owner
-        #: The latest exemplar per bucket index since the last fold (for traces).
+        #: The latest exemplar per number (a histogram's bucket, a counter) since the last
+        #: fold: what links an observation to its trace.
         self.exemplars: dict[int, Exemplar] | None = None
 
 
@@ -90,8 +92,8 @@ class CellSeries:
 
     __slots__ = (
         "_bounds",
-        "_buckets",
         "_cells",
+        "_exemplars",
         "_first_bucket",
         "_free",
         "_gauge",
@@ -118,12 +120,13 @@ class CellSeries:
         # What each number is added to: a child, or a histogram's sum or bucket value (it
         # has no public way to add a count to one bucket).
         self._targets: list[tuple[int, Any]] = [*counters.items(), *gauges.items()]
-        self._buckets: dict[int, Any] = {}
+        # What holds each number's exemplar: a histogram's bucket value, a counter's value.
+        self._exemplars: dict[int, Any] = {index: child._value for index, child in counters.items()}
         for index, child in histograms.items():
             self._targets.append((index, child._sum))
             for i, bucket in enumerate(child._buckets):
                 self._targets.append((index + 1 + i, bucket))
-                self._buckets[index + 1 + i] = bucket
+                self._exemplars[index + 1 + i] = bucket
         self._free = 1 + max(index for index, _ in self._targets)
         self.size = self._free + spare
         # Without a gauge, an end takes 0 from number 0: no branch on the hot path.
@@ -204,15 +207,22 @@ class CellSeries:
         global _changed
         _changed = True
 
-    def end(self, status: int, seconds: float, amounts: tuple[tuple[int, float], ...] = ()) -> None:
+    def end(
+        self,
+        status: int,
+        seconds: float,
+        amounts: tuple[tuple[int, float], ...] = (),
+        exemplar: dict[str, str] | None = None,
+    ) -> None:
         """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed, and
-        each ``(index, amount)`` added."""
+        each ``(index, amount)`` added; the observation and the amounts carry ``exemplar``
+        (its labels) when given."""
         try:
             cell: Cell = self._local.cell
         except AttributeError:
             cell = self._new_cell()
         if cell.writing:
-            defer(partial(self.end, status, seconds, amounts))
+            defer(partial(self.end, status, seconds, amounts, exemplar))
             return
         cell.writing = True
         # acquire()/release() rather than ``with``: half the cost of the lock.
@@ -223,15 +233,36 @@ class CellSeries:
             values[self._gauge] -= self._step
             values[status] += 1
             values[self._histogram] += seconds
-            values[self._first_bucket + bisect_left(self._bounds, seconds)] += 1
+            bucket = self._first_bucket + bisect_left(self._bounds, seconds)
+            values[bucket] += 1
             if amounts:
                 for index, amount in amounts:
                     values[index] += amount
+            if exemplar is not None:
+                self._keep(cell, exemplar, bucket, seconds, amounts)
         finally:
             lock.release()
             cell.writing = False
         global _changed
         _changed = True
+
+    def _keep(
+        self,
+        cell: Cell,
+        labels: dict[str, str],
+        bucket: int,
+        seconds: float,
+        amounts: tuple[tuple[int, float], ...],
+    ) -> None:
+        """Keep the exemplars of one end, holding the cell's lock: the latest per number."""
+        now = time()
+        kept = cell.exemplars
+        if kept is None:
+            kept = cell.exemplars = {}
+        kept[bucket] = Exemplar(labels, seconds, now)
+        for index, amount in amounts:
+            if amount and index in self._exemplars:
+                kept[index] = Exemplar(labels, amount, now)
 
     def add(self, amounts: tuple[tuple[int, float], ...]) -> None:
         """Add each ``(index, amount)`` at once (the slow paths)."""
@@ -276,7 +307,7 @@ class CellSeries:
                         folded[index] = values[index]
             if exemplars:
                 for index, exemplar in exemplars.items():
-                    self._buckets[index].set_exemplar(exemplar)
+                    self._exemplars[index].set_exemplar(exemplar)
             if dead:
                 gone.append(cell)
         if gone:

@@ -24,6 +24,7 @@ from ._jobs import (
     report_failure,
 )
 from ._proxy import ASYNC_GENERATOR, BY_RESULT, COROUTINE, GENERATOR, Wrapper, kind_of
+from ._tracing import enter, leave
 
 __all__ = ["Start", "wrapper_for"]
 
@@ -37,17 +38,27 @@ def _probe_item(probe: Probe, value: Any) -> None:
         report_failure("recording an item")
 
 
-def _observe(gen: Generator[Any, Any, Any], probe: Probe) -> Generator[Any, Any, Any]:
-    """Delegate to ``gen`` like ``yield from``, telling the probe about each item."""
+def _observe(
+    gen: Generator[Any, Any, Any], probe: Probe, observed: bool
+) -> Generator[Any, Any, Any]:
+    """Delegate to ``gen`` like ``yield from``, telling the probe about each item
+    (``observed``), with the job's span current while ``gen`` runs (not between its steps:
+    then the caller's code runs)."""
     send: Any = None
     thrown: BaseException | None = None
+    span = probe.span
     while True:
+        token = None if span is None else enter(span)
         try:
             item = gen.throw(thrown) if thrown is not None else gen.send(send)
         except StopIteration as stop:
             return stop.value
+        finally:
+            if token is not None:
+                leave(token)
         thrown = None
-        _probe_item(probe, item)
+        if observed:
+            _probe_item(probe, item)
         try:
             send = yield item
         except GeneratorExit:
@@ -118,14 +129,20 @@ def _sync_wrapper(start: Start) -> Wrapper:
         except Exception:
             report_failure("starting a job")
             return wrapped(*args, **kwargs)
+        span = probe.span
+        token = None if span is None else enter(span)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
+            if token is not None:
+                leave(token)
             try:
                 end_job(probe, exc)
             except RecursionError:  # no stack even to begin recording: see _jobs
                 defer(partial(record_end, probe, exc))
             raise
+        if token is not None:
+            leave(token)
         # A plain def may hand on a coroutine (``return client.create(...)``): the job is
         # the awaited work. One exact type check keeps the hot path as it was.
         if type(result) is CoroutineType:
@@ -162,9 +179,13 @@ async def _awaited_job(
     except Exception:
         report_failure("starting a job")
         return await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
+    span = probe.span
+    token = None if span is None else enter(span)
     try:
         result = await (wrapped(*args, **kwargs) if work is _CALL_AT_START else work)
     except BaseException as exc:
+        if token is not None:
+            leave(token)
         if collector_closing(exc):
             end_outside(probe, exc)
             raise
@@ -173,6 +194,8 @@ async def _awaited_job(
         except RecursionError:  # nothing recorded: see _jobs
             defer(partial(record_end, probe, exc))
         raise
+    if token is not None:
+        leave(token)
     try:
         result = probe.success(result)
     except Exception:
@@ -196,7 +219,7 @@ def _generator_job(
     if probe is None:
         return (yield from work)
     try:
-        value = yield from (_observe(work, probe) if observed else work)
+        value = yield from (_observe(work, probe, observed) if observed or probe.span else work)
     except BaseException as exc:
         if collector_closing(exc):
             end_outside(probe, exc)
@@ -252,7 +275,10 @@ async def _async_generator_job(
     try:
         sent: Any = None
         thrown: BaseException | None = None
+        span = None if probe is None else probe.span
         while True:
+            # The span is current while the generator runs, not between its steps.
+            token = None if span is None else enter(span)
             try:
                 if thrown is not None:
                     item = await work.athrow(thrown)
@@ -260,6 +286,9 @@ async def _async_generator_job(
                     item = await work.asend(sent)
             except StopAsyncIteration:
                 break
+            finally:
+                if token is not None:
+                    leave(token)
             thrown = None
             if observed and probe is not None:
                 _probe_item(probe, item)
@@ -323,14 +352,20 @@ def _by_result_wrapper(start: Start, observed: bool) -> Wrapper:
         probe = _start_guarded(start, wrapped, args, kwargs)
         if probe is None:
             return wrapped(*args, **kwargs)
+        span = probe.span
+        token = None if span is None else enter(span)
         try:
             result = wrapped(*args, **kwargs)
         except BaseException as exc:
+            if token is not None:
+                leave(token)
             try:
                 end_job(probe, exc)
             except RecursionError:  # see _jobs
                 defer(partial(record_end, probe, exc))
             raise
+        if token is not None:
+            leave(token)
         if isinstance(result, CoroutineType):
             return _awaited_job(result, _Handover(probe, result), wrapped, *args, **kwargs)
         job: Job | None = None

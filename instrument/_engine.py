@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import inspect
 from collections.abc import Callable
+from contextvars import Token
 from types import TracebackType
 from typing import Any, Generic, TypeVar
 
@@ -38,6 +39,7 @@ from ._jobs import (
     run_deferred,
 )
 from ._proxy import InstrumentedFunction
+from ._tracing import enter, leave_span_block
 from ._with_blocks import OpenEntries, caller_frame
 
 __all__ = [
@@ -88,7 +90,11 @@ class Instrumenter(Generic[P]):
     """
 
     def __init__(self) -> None:
-        self._entries: OpenEntries[P] = OpenEntries(f"instrument-{type(self).__name__}")
+        # Each entry's probe, and the token that made its span current with the context it
+        # set (None: no span).
+        self._entries: OpenEntries[tuple[P, Token[Any] | None, Any]] = OpenEntries(
+            f"instrument-{type(self).__name__}"
+        )
 
     #: Call ``Probe.item`` for each value a wrapped generator yields.
     observes_items = False
@@ -133,13 +139,20 @@ class Instrumenter(Generic[P]):
         except Exception:
             report_failure("starting a job")
             probe = self.null_probe()
-        self._entries.push(probe, frame)
+        span = probe.span
+        token = None if span is None else enter(span)
+        self._entries.push((probe, token, None if token is None else token.var.get()), frame)
         return probe
 
     def _exit(self, exc: BaseException | None, frame: int) -> P | None:
         """The probe this exit ends (None: already ended elsewhere), its success recorded."""
-        probe = self._entries.pop(frame)
-        if probe is not None and exc is None:
+        entry = self._entries.pop(frame)
+        if entry is None:
+            return None
+        probe, token, entered = entry
+        if token is not None:
+            leave_span_block(token, entered)
+        if exc is None:
             record_success(probe, None)
         return probe
 

@@ -59,6 +59,11 @@ class Probe:
         """A generator job yielded ``value``; called only when the policy sets
         ``Instrumenter.observes_items`` (it costs a call per item)."""
 
+    #: The job's span (OpenTelemetry's, see ``_tracing``), or None: the engine makes it the
+    #: current span inside the wrapped code; the policy started it and ends it. A probe
+    #: class with ``__slots__`` that starts spans has a slot for it, set at every start.
+    span: Any = None
+
     #: The post-job step in sync code, once the job's end is recorded: a callable handing
     #: the new state to delivery, or None when there is nothing to hand over. (An
     #: attribute, not a method, so a probe can hold the delivery's bound method directly:

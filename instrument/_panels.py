@@ -44,10 +44,57 @@ class Panel:
     width: int = 12
     height: int = 8
     defaults: dict[str, Any] = field(default_factory=dict)
+    #: Show the exemplars of the queried series (a latency histogram's): a dot per traced
+    #: observation, linking to its trace in the ``traces`` data source.
+    exemplars: bool = False
 
 
 def ts(title: str, description: str, unit: str, *queries: Query, **defaults: Any) -> Panel:
     return Panel("timeseries", title, description, unit, queries, defaults=defaults)
+
+
+def latency(title: str, description: str, *queries: Query) -> Panel:
+    """A duration quantile panel, its exemplars shown."""
+    return Panel("timeseries", title, description, "s", queries, defaults={"min": 0},
+                 exemplars=True)  # fmt: skip
+
+
+#: The data source variable an exemplar's trace opens in: Tempo by default; Jaeger, Zipkin
+#: or any trace data source by changing its type (``query``) in the dashboard settings.
+TRACES_VARIABLE: dict[str, Any] = {
+    "type": "datasource",
+    "name": "traces",
+    "label": "Traces",
+    "query": "tempo",
+    "current": {},
+    "options": [],
+    "regex": "",
+    "refresh": 1,
+    "hide": 0,
+    "includeAll": False,
+    "multi": False,
+}
+
+#: What makes an exemplar's ``trace_id`` a link to its trace in the ``traces`` data source.
+TRACE_LINK: dict[str, Any] = {
+    "matcher": {"id": "byName", "options": "trace_id"},
+    "properties": [
+        {
+            "id": "links",
+            "value": [
+                {
+                    "title": "Open the trace",
+                    "url": "",
+                    "internal": {
+                        "datasourceUid": "${traces}",
+                        "datasourceName": "traces",
+                        "query": {"query": "${__value.raw}"},
+                    },
+                }
+            ],
+        }
+    ],
+}
 
 
 def stat(title: str, description: str, unit: str, *queries: Query, **defaults: Any) -> Panel:

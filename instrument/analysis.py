@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Any
 
 from ._cells import CellSeries
 from ._engine import Probe, bind_arguments, wraps_signature
+from ._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar, start_span
 from ._validation import check_label, check_number
 from .objectives import Coverage, ObjectiveArg, declare
 from .policy import Binding, Policy
@@ -48,9 +49,18 @@ class _AnalysisBinding(Binding):
         active = m.active_jobs.labels(monitor.job_type)
         duration = m.analysis_duration.labels(module, analysis_type)
         statuses = [m.analyses.labels(module, analysis_type, s) for s in _STATUSES]
-        #: ``begin()`` at a job's start, ``end(status, seconds)`` at its end.
+        #: ``begin()`` at a job's start, ``end(status, seconds, (), exemplar)`` at its end.
         self.begin: Callable[[], None]
-        self.end: Callable[[int, float], None]
+        self.end: Callable[[int, float, Any, Any], None]
+        #: A job's span: its name and first attributes (the OpenTelemetry conventions'
+        #: namespace ``analysis.``).
+        self.span_name = f"{module} {analysis_type}"
+        self.span_attributes: dict[str, Any] = {
+            "analysis.module": module,
+            "analysis.type": analysis_type,
+        }
+        if isinstance(monitor.project, str):
+            self.span_attributes["analysis.project"] = monitor.project
         if self.cells:
             series = CellSeries(
                 self,
@@ -74,7 +84,10 @@ class _AnalysisBinding(Binding):
         self._analysis_type = analysis_type
         self._quality = m.code_quality_score
 
-    def _end_direct(self, status: int, seconds: float) -> None:
+    def _end_direct(
+        self, status: int, seconds: float, amounts: Any = (), exemplar: Any = None
+    ) -> None:
+        # No exemplar: prometheus_client's multiprocess mode keeps none.
         self._observe(seconds)
         self._status_inc[status]()
         self._active_dec()
@@ -95,7 +108,7 @@ class AnalysisJob(Probe):
     """One analysis in flight; in a with-block, the handle ``as job`` gives you."""
 
     # after_job holds the delivery's bound method: one call less per job than a method.
-    __slots__ = ("_b", "_t0", "after_job")
+    __slots__ = ("_b", "_t0", "after_job", "span")
 
     _b: _AnalysisBinding
     _t0: float
@@ -121,18 +134,51 @@ class AnalysisJob(Probe):
         name = project if project is not None else b.monitor.project_for(self._arguments)
         if name is not None:
             b.set_quality(name, value)
+            self._span_quality(name, value)
+
+    def _span_quality(self, project: str, score: float) -> None:
+        span = self.span
+        if span is not None and span.is_recording():
+            span.set_attributes({"analysis.project": project, "analysis.quality_score": score})
+
+    def _ended(self, status: int) -> None:
+        seconds = perf_counter() - self._t0
+        b = self._b
+        span = self.span
+        # With tracing on and no span of its own, no tracer was there: no caller's span
+        # either, only a run's id (one C call: this is every untraced call's end).
+        b.end(
+            status,
+            seconds,
+            (),
+            run_exemplar() if span is None and b.tracing else exemplar_labels(span),
+        )
 
     def success(self, result: Any) -> Any:
-        self._b.end(_SUCCESS, perf_counter() - self._t0)
+        # _ended, inlined: the usual end of every decorated call.
+        seconds = perf_counter() - self._t0
+        b = self._b
+        span = self.span
+        b.end(
+            _SUCCESS,
+            seconds,
+            (),
+            run_exemplar() if span is None and b.tracing else exemplar_labels(span),
+        )
+        if span is not None:
+            end_span(span)
         return result
 
     def error(self, exc: BaseException) -> None:
-        b = self._b
-        b.count_error(exc)
-        b.end(_ERROR, perf_counter() - self._t0)
+        self._b.count_error(exc)
+        self._ended(_ERROR)
+        if self.span is not None:
+            end_span(self.span, exc)
 
     def cancel(self) -> None:
-        self._b.end(_CANCELLED, perf_counter() - self._t0)
+        self._ended(_CANCELLED)
+        if self.span is not None:
+            end_span(self.span, cancelled=True)
 
 
 class _ScoredJob(AnalysisJob):
@@ -141,7 +187,15 @@ class _ScoredJob(AnalysisJob):
     __slots__ = ("_arguments",)
 
     def success(self, result: Any) -> Any:
-        super().success(result)
+        self._ended(_SUCCESS)
+        try:
+            self._score(result)
+        finally:
+            if self.span is not None:  # after the score, which it carries
+                end_span(self.span)
+        return result
+
+    def _score(self, result: Any) -> None:
         b = self._b
         quality = b.quality
         assert quality is not None
@@ -155,11 +209,11 @@ class _ScoredJob(AnalysisJob):
                 type(exc).__name__,
                 exc,
             )
-            return result
+            return
         project = b.monitor.project_for(self._arguments)
         if project is not None:
             b.set_quality(project, score)
-        return result
+            self._span_quality(project, score)
 
 
 class _DisabledJob(AnalysisJob):
@@ -169,6 +223,7 @@ class _DisabledJob(AnalysisJob):
 
     def __init__(self) -> None:
         self.after_job = None
+        self.span = None
 
     def after_job_async(self) -> None:
         return None
@@ -283,6 +338,11 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job = _new(kind)
         job._b = b
         job.after_job = b.after_job
+        job.span = (
+            start_span(b.span_name, False, b.span_attributes)
+            if b.tracing and TRACE_MODULE in MODULES
+            else None
+        )
         b.begin()
         job._t0 = perf_counter()
         return job

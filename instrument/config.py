@@ -156,6 +156,10 @@ SETTINGS: tuple[Setting, ...] = (
             "(e.g. 'ai_call_duration_seconds') to buckets."),
     Setting("enabled", "INSTRUMENT_DISABLED", "True",
             "False (or INSTRUMENT_DISABLED=1) turns all recording and pushing off.", _disabled),
+    Setting("tracing", "INSTRUMENT_TRACING", "True",
+            "With opentelemetry-api and a tracer provider set, each decorated call runs in a "
+            "span and its latency observations carry the trace as exemplar; False (or "
+            "INSTRUMENT_TRACING=0) turns spans off.", _flag),
     Setting("pushgateway", "INSTRUMENT_PUSHGATEWAY_URL", "None",
             "Pushgateway base URL, e.g. http://127.0.0.1:9091 (user:pass@ in it becomes "
             "basic auth).", _pushgateway, _masked),

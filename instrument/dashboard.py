@@ -11,11 +11,12 @@ from __future__ import annotations
 
 import json
 import re
+from copy import deepcopy
 from typing import Any
 
 from ._panels import AI as _AI
 from ._panels import BY_MODEL as _BY_MODEL
-from ._panels import LLM_OUTCOMES, PanelKind
+from ._panels import LLM_OUTCOMES, TRACE_LINK, TRACES_VARIABLE, PanelKind
 from ._panels import NONE_IS_ZERO as _NONE_IS_ZERO
 from ._panels import PER_MODEL as _PER_MODEL
 from ._panels import SHARE as _SHARE
@@ -24,6 +25,7 @@ from ._panels import Query as _Query
 from ._panels import ai as _ai
 from ._panels import calls as _calls
 from ._panels import count as _count
+from ._panels import latency as _latency
 from ._panels import quantile as _quantile
 from ._panels import stat as _stat
 from ._panels import ts as _ts
@@ -116,12 +118,11 @@ _ROWS: tuple[tuple[str | None, tuple[_Panel, ...]], ...] = (
             _Query(Ratio(_analyses(_ERROR, by=_BY_ANALYSIS), _analyses(by=_BY_ANALYSIS),
                          _BY_ANALYSIS), _PER_ANALYSIS),
             **_SHARE),
-        _ts("Analysis duration p50 / p95 / p99",
-            "Duration quantiles of the selected analyses, estimated from the histogram buckets.",
-            "s",
-            *(_Query(_quantile(q, "analysis_duration", _ANALYSIS), f"p{round(q * 100)}")
-              for q in (0.5, 0.95, 0.99)),
-            min=0),
+        _latency("Analysis duration p50 / p95 / p99",
+                 "Duration quantiles of the selected analyses, estimated from the histogram "
+                 "buckets; a dot is a traced analysis (its exemplar), a click opens its trace.",
+                 *(_Query(_quantile(q, "analysis_duration", _ANALYSIS), f"p{round(q * 100)}")
+                   for q in (0.5, 0.95, 0.99))),
         _ts("Mean analysis duration",
             "Average duration by module and analysis type: rate of the sum over rate of the count.",
             "s",
@@ -170,14 +171,14 @@ _ROWS: tuple[tuple[str | None, tuple[_Panel, ...]], ...] = (
                                     _calls('status!="error"', by=_BY_MODEL), _BY_MODEL)),
                    _PER_MODEL),
             **_SHARE),
-        _ts("AI call latency p95",
-            "95th percentile duration of LLM API calls, streams included, by provider and model.",
-            "s", _Query(_quantile(0.95, "ai_call_duration", _AI, _BY_MODEL), _PER_MODEL),
-            min=0),
-        _ts("Time to first token p95",
-            "95th percentile time from the start of a streamed call to its first chunk.", "s",
-            _Query(_quantile(0.95, "ai_time_to_first_token", _AI, _BY_MODEL), _PER_MODEL),
-            min=0),
+        _latency("AI call latency p95",
+                 "95th percentile duration of LLM API calls, streams included, by provider and "
+                 "model; a dot is a traced call (its exemplar), a click opens its trace.",
+                 _Query(_quantile(0.95, "ai_call_duration", _AI, _BY_MODEL), _PER_MODEL)),
+        _latency("Time to first token p95",
+                 "95th percentile time from the start of a streamed call to its first chunk; "
+                 "a dot is a traced call (its exemplar), a click opens its trace.",
+                 _Query(_quantile(0.95, "ai_time_to_first_token", _AI, _BY_MODEL), _PER_MODEL)),
         _ts("AI errors by type and HTTP status",
             "Rate of failed LLM API calls by exception class and HTTP status (429: rate limited).",
             "ops",
@@ -276,6 +277,21 @@ def _render(panel: _Panel, ctx: Context, panel_id: int, x: int, y: int) -> dict[
             "mode": "thresholds" if panel.kind != "piechart" else "palette-classic"
         }
         defaults["thresholds"] = {"mode": "absolute", "steps": [{"color": "green", "value": None}]}
+    targets = [
+        {
+            "refId": chr(ord("A") + index),
+            "datasource": dict(_DATASOURCE),
+            "editorMode": "code",
+            "expr": query.expr.promql(ctx),
+            "legendFormat": query.legend,
+            "instant": instant,
+            "range": not instant,
+        }
+        for index, query in enumerate(panel.queries)
+    ]
+    if panel.exemplars:
+        for target in targets:
+            target["exemplar"] = True
     return {
         "id": panel_id,
         "type": panel.kind,
@@ -283,20 +299,12 @@ def _render(panel: _Panel, ctx: Context, panel_id: int, x: int, y: int) -> dict[
         "description": panel.description,
         "datasource": dict(_DATASOURCE),
         "gridPos": {"h": panel.height, "w": panel.width, "x": x, "y": y},
-        "fieldConfig": {"defaults": defaults, "overrides": []},
+        "fieldConfig": {
+            "defaults": defaults,
+            "overrides": [deepcopy(TRACE_LINK)] if panel.exemplars else [],
+        },
         "options": _options(panel.kind),
-        "targets": [
-            {
-                "refId": chr(ord("A") + index),
-                "datasource": dict(_DATASOURCE),
-                "editorMode": "code",
-                "expr": query.expr.promql(ctx),
-                "legendFormat": query.legend,
-                "instant": instant,
-                "range": not instant,
-            }
-            for index, query in enumerate(panel.queries)
-        ],
+        "targets": targets,
     }
 
 
@@ -377,6 +385,7 @@ def _templating(n: dict[str, str], datasource_uid: str | None) -> list[dict[str,
         ),
         _query_variable("provider", "Provider", f"label_values({calls}, provider)"),
         _query_variable("model", "Model", f"label_values({series(calls, _AI[0])}, model)"),
+        deepcopy(TRACES_VARIABLE),
     ]
 
 

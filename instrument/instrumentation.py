@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import warnings
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,6 +17,7 @@ from prometheus_client import CollectorRegistry
 
 from ._cells import fold_all, fold_if_changed
 from ._engine import run_deferred
+from ._registration import register
 from ._validation import check_flag, check_label, check_number
 from .ai import AICallTracker, ModelPrice, load_prices, record_counted_call
 from .analysis import AnalysisMonitor
@@ -110,6 +109,7 @@ class Instrumentation:
         build_info: Mapping[str, str] | None = None,
         attribution: Sequence[str] = (),
         max_attribution_values: int = 100,
+        tracing: bool = True,
     ) -> None:
         if args:
             raise TypeError(
@@ -136,6 +136,7 @@ class Instrumentation:
         # Everything that can be refused is checked before the registry is touched, so a
         # refused Instrumentation leaves a user's registry as it was.
         enabled = check_flag("enabled", enabled)
+        self.tracing = check_flag("tracing", tracing)
         delete_on_exit = check_flag("delete_on_exit", delete_on_exit)
         tls_verify = check_flag("tls_verify", tls_verify)
         stale_on_exit = check_flag("stale_on_exit", stale_on_exit)
@@ -222,7 +223,7 @@ class Instrumentation:
                 remote_write=remote,
             )
 
-        self.metrics, self.delivery = _register(
+        self.metrics, self.delivery = register(
             self.registry, namespace, buckets, make_delivery, self.attribution
         )
         if build is not None and self.enabled:
@@ -453,46 +454,6 @@ class Instrumentation:
         from prometheus_client import make_asgi_app
 
         return make_asgi_app(self.collect_registry())
-
-
-_registering = threading.Lock()
-_hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
-
-
-def _register(
-    registry: CollectorRegistry,
-    namespace: str,
-    buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
-    make_delivery: Callable[[Metrics], Delivery],
-    attribution: tuple[str, ...] = (),
-) -> tuple[Metrics, Delivery]:
-    """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
-    then build the delivery with them: all or nothing.
-
-    The hook goes first, so a scrape records deferred work (abandoned streams) before the
-    metrics are read; once per registry, however many instrumentations share it. If the
-    metrics clash or the delivery settings are refused, what this call registered is taken
-    back, so the registry is as it was. Under a lock, so no other Instrumentation picks up
-    metrics that are about to be taken back.
-    """
-    with _registering:
-        hook = None
-        if registry not in _hooked_registries:
-            hook = BeforeCollect()
-            registry.register(hook)
-            _hooked_registries.add(registry)
-        existed = Metrics.shared(registry, namespace) is not None
-        metrics = None
-        try:
-            metrics = Metrics.get(registry, namespace, buckets, attribution)
-            return metrics, make_delivery(metrics)
-        except BaseException:
-            if metrics is not None and not existed:
-                metrics.unregister()
-            if hook is not None:
-                _hooked_registries.discard(registry)
-                registry.unregister(hook)
-            raise
 
 
 # Defaults are instances of this class; defaults.py cannot import it (this module imports

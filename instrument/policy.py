@@ -30,6 +30,8 @@ class Binding:
     def __init__(self, inst: Instrumentation) -> None:
         self.inst = inst
         self.enabled = inst.enabled
+        #: Start a span per job when a tracer provider is set (``_tracing``).
+        self.tracing = inst.tracing
         #: The hot path's one check: True when the slow path (:meth:`Policy.binding`) must
         #: decide, because recording is off or the instrumentation stopped being the default.
         # Tracked first, so a retirement running meanwhile cannot miss this binding.

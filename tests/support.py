@@ -15,7 +15,8 @@ import subprocess
 import sys
 import textwrap
 import threading
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -379,3 +380,38 @@ def run_script(
         cwd=ROOT,
         env=environment,
     )
+
+
+# -- a real OpenTelemetry SDK for tests/test_tracing.py and tests/test_exemplars.py -------------
+
+
+@contextmanager
+def tracer_provider() -> Iterator[Any]:
+    """A real SDK tracer provider set as the global one, with an in-memory exporter (what
+    this yields): every span ended meanwhile is in ``exporter.get_finished_spans()``.
+
+    The API lets a process set its provider once; this unsets it again afterwards, as
+    opentelemetry's own test helpers do, so the tests after it run without one.
+    """
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    _unset_tracer_provider(trace)
+    trace.set_tracer_provider(provider)
+    try:
+        yield exporter
+    finally:
+        _unset_tracer_provider(trace)
+        provider.shutdown()
+
+
+def _unset_tracer_provider(trace: ModuleType) -> None:
+    from opentelemetry.util._once import Once
+
+    trace._TRACER_PROVIDER_SET_ONCE = Once()
+    trace._TRACER_PROVIDER = None

@@ -30,6 +30,7 @@ SECTIONS = (
     "remote_write",
     "collect",
     "genai",
+    "tracing",
 )
 #: Sections that must have run, not been skipped, on a machine with the bench extra.
 ALWAYS_RUN = ("sync", "async", "streams", "import", "memory", "collect")

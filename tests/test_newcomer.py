@@ -49,7 +49,8 @@ def test_the_distribution_has_a_free_name_and_the_metadata_an_index_page_shows()
 
 def test_the_test_extra_is_what_users_need_and_dev_is_the_projects_tooling() -> None:
     extras = PROJECT["optional-dependencies"]
-    assert set(extras) == {"cli", "test", "dev", "sdk"}
+    assert set(extras) == {"cli", "test", "dev", "sdk", "tracing"}
+    assert extras["tracing"] == ["opentelemetry-api>=1.20"]
     assert extras["test"] == ["pytest>=8"]
     tools = {re.split(r"[<>=]", r, maxsplit=1)[0] for r in extras["dev"]}
     assert {"pytest", "mypy", "ruff", "hypothesis", "build", "prometheus-async"} <= tools

@@ -8,12 +8,14 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._engine import Probe, report_failure, run_deferred
+from .._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
 from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
 from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries, http_status
+from ._spans import end_attributes, span_name, start_call_span
 from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
@@ -53,6 +55,7 @@ class AICall(Probe):
         "_tracker",
         "_usage",
         "after_job",
+        "span",
     )
 
     after_job: Callable[[], None] | None
@@ -84,8 +87,16 @@ class AICall(Probe):
         # The binding's (None when nothing is pushed); None too while a stream proxy is
         # out, whose end runs it.
         self.after_job = None if binding is None else binding.after_job
+        self.span = None
         if binding is not None:
             binding.active_inc()
+            if binding.tracing and TRACE_MODULE in MODULES:
+                options = tracker.options
+                self.span = start_call_span(
+                    options.operation, options.provider, model or options.model
+                )
+                if self.span is not None:  # the responses' model, for the span
+                    self._seek_model = True
         self._t0 = self._last = perf_counter()
 
     # -- the handle ------------------------------------------------------------------------
@@ -370,6 +381,8 @@ class AICall(Probe):
                 self._failure,
                 options.operation,
                 self._outcome,
+                # No span with tracing on: no tracer, so only a run's id (see analysis).
+                run_exemplar() if self.span is None and b.tracing else exemplar_labels(self.span),
             )
             if exc is not None:  # an SDK error keeps the response it failed with
                 self._headers(exc)
@@ -380,6 +393,25 @@ class AICall(Probe):
                 series.price(prices, name, usage, status)
         finally:
             b.active_dec()
+            if self.span is not None:
+                self._end_span(status, exc)
+
+    def _end_span(self, status: str, exc: BaseException | None) -> None:
+        span = self.span
+        try:
+            # The model as the call ends: set_model() may have changed the one it started
+            # with; unknown until the response, the response's names the span.
+            requested = self._model or self._tracker.options.model
+            named = requested or self._seen_model
+            if named is not None:
+                span.update_name(span_name(self._tracker.options.operation, named))
+            attributes = end_attributes(self._seen_model, self._usage, self._outcome, self._first)
+            if requested is not None:
+                attributes["gen_ai.request.model"] = requested
+        except Exception:
+            report_failure("ending a span")
+            attributes = None
+        end_span(span, exc, cancelled=status == "cancelled", attributes=attributes)
 
     def _series(self, b: AIBinding) -> tuple[ModelSeries, str]:
         """This call's series and the model name its price is looked up by."""

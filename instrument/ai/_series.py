@@ -159,11 +159,13 @@ class ModelSeries:
         failure: str | None,
         operation: str,
         outcome: Outcome | None,
+        exemplar: dict[str, str] | None = None,
     ) -> None:
         """One call's end: its ``status``, duration, time to first token, tokens (or that
         they are missing), error, ``operation`` and the finish reasons and tool calls its
         responses reported. ``seen``: the type of the first response recorded;
-        ``failure``: how reading one failed, warned about once."""
+        ``failure``: how reading one failed, warned about once; ``exemplar``: the labels
+        its duration, time to first token and tokens link to (a trace, a run)."""
         cells = self._cells
         if cells is None:
             self._record_direct(status, seconds, usage, operation, outcome)
@@ -178,18 +180,18 @@ class ModelSeries:
                 counted = counted + self._outcome(outcome)
             if usage is not None:
                 tokens = ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens))
-                cells.end(index, seconds, tokens + counted)
+                cells.end(index, seconds, tokens + counted, exemplar)
             elif status != "error":
-                cells.end(index, seconds, (_MISSING_PAIR, *counted))
+                cells.end(index, seconds, (_MISSING_PAIR, *counted), exemplar)
             else:
-                cells.end(index, seconds, counted)
+                cells.end(index, seconds, counted, exemplar)
         if usage is not None:
             if usage.cache_read or usage.cache_creation or usage.reasoning:
                 self._details(usage)
         elif status == "success":
             self._usage_missing(seen, failure)
         if first_token is not None:
-            self._child("ai_time_to_first_token").observe(first_token)
+            self._child("ai_time_to_first_token").observe(first_token, exemplar)
         if failure is not None and (usage is not None or status != "success"):
             self.warn_once("usage", "%s; its usage is not read", failure)
         if exc is not None:

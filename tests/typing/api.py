@@ -12,6 +12,7 @@ from instrument import (
     configure,
     monitored_analysis,
     record_analysis,
+    run_id,
     track_ai_call,
 )
 
@@ -81,3 +82,10 @@ def fleet_worker() -> list[dict[str, str]]:
     )
     deleted: list[dict[str, str]] = writer.prune_gateway(older_than=3600, job="n", dry_run=True)
     return deleted
+
+
+def nightly() -> int:
+    untraced = Instrumentation(tracing=False)
+    with run_id("nightly-2026-12-01") as run:
+        name: str = run
+        return len(name) + int(untraced.tracing)
