@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
-import threading
 import warnings
-import weakref
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
@@ -19,8 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from ._cells import fold_all, fold_if_changed
 from ._engine import run_deferred
+from ._registration import register_collectors
 from ._validation import check_flag, check_label, check_number
-from .ai import AICallTracker, ModelPrice, load_prices, record_counted_call
+from .ai import AICallTracker, GenAISemconv, ModelPrice, load_prices, record_counted_call
 from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
@@ -110,6 +109,7 @@ class Instrumentation:
         build_info: Mapping[str, str] | None = None,
         attribution: Sequence[str] = (),
         max_attribution_values: int = 100,
+        genai_semconv: bool = False,
     ) -> None:
         if args:
             raise TypeError(
@@ -139,6 +139,7 @@ class Instrumentation:
         delete_on_exit = check_flag("delete_on_exit", delete_on_exit)
         tls_verify = check_flag("tls_verify", tls_verify)
         stale_on_exit = check_flag("stale_on_exit", stale_on_exit)
+        self.genai_semconv = check_flag("genai_semconv", genai_semconv)
         check_namespace(namespace)
         check_buckets(buckets)
         build = check_build_info(build_info)
@@ -220,9 +221,12 @@ class Instrumentation:
                 remote_write=remote,
             )
 
-        self.metrics, self.delivery = _register(
-            self.registry, namespace, buckets, make_delivery, self.attribution
+        semconv = genai_semconv and self.enabled  # disabled: no family registered
+        self.metrics, genai, self.delivery = register_collectors(
+            self.registry, namespace, buckets, make_delivery, self.attribution, semconv
         )
+        #: What AI calls record the gen_ai_* metrics with; None when genai_semconv is off.
+        self.genai = None if genai is None else GenAISemconv(genai, max_models)
         if build is not None and self.enabled:
             self.metrics.build_info.labels(**build).set(1)
         self._warned_job_types: set[str] = set()
@@ -451,46 +455,6 @@ class Instrumentation:
         from prometheus_client import make_asgi_app
 
         return make_asgi_app(self.collect_registry())
-
-
-_registering = threading.Lock()
-_hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
-
-
-def _register(
-    registry: CollectorRegistry,
-    namespace: str,
-    buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
-    make_delivery: Callable[[Metrics], Delivery],
-    attribution: tuple[str, ...] = (),
-) -> tuple[Metrics, Delivery]:
-    """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
-    then build the delivery with them: all or nothing.
-
-    The hook goes first, so a scrape records deferred work (abandoned streams) before the
-    metrics are read; once per registry, however many instrumentations share it. If the
-    metrics clash or the delivery settings are refused, what this call registered is taken
-    back, so the registry is as it was. Under a lock, so no other Instrumentation picks up
-    metrics that are about to be taken back.
-    """
-    with _registering:
-        hook = None
-        if registry not in _hooked_registries:
-            hook = BeforeCollect()
-            registry.register(hook)
-            _hooked_registries.add(registry)
-        existed = Metrics.shared(registry, namespace) is not None
-        metrics = None
-        try:
-            metrics = Metrics.get(registry, namespace, buckets, attribution)
-            return metrics, make_delivery(metrics)
-        except BaseException:
-            if metrics is not None and not existed:
-                metrics.unregister()
-            if hook is not None:
-                _hooked_registries.discard(registry)
-                registry.unregister(hook)
-            raise
 
 
 # Defaults are instances of this class; defaults.py cannot import it (this module imports
