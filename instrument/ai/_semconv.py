@@ -27,10 +27,11 @@ from __future__ import annotations
 import logging
 import threading
 from bisect import bisect_left
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry, Histogram
+from prometheus_client.samples import Sample
 
 from .._cells import CellSeries, histogram_size
 from .._engine import report_failure
@@ -54,6 +55,15 @@ _SECONDS = [*GENAI_SECONDS_BUCKETS, float("inf")]
 _TOKENS = [*GENAI_TOKEN_BUCKETS, float("inf")]
 
 
+class _Histogram(ReadHistogram):
+    """A gen_ai_* histogram exposes what OTel's exporter exposes for it: buckets, count and
+    sum. prometheus_client adds a ``_created`` sample, which Prometheus scrapes as one more
+    series of a name the exporter never shows."""
+
+    def _child_samples(self) -> Iterable[Sample]:
+        return tuple(s for s in super()._child_samples() if s.name != "_created")
+
+
 class GenAIMetrics:
     """The gen_ai_client_* histograms on one registry, shared by every Instrumentation on
     it (their names carry no namespace). Use :meth:`get`."""
@@ -66,7 +76,7 @@ class GenAIMetrics:
     def __init__(self, registry: CollectorRegistry) -> None:
         self.registry = registry
         collectors = {
-            spec.attr: ReadHistogram(
+            spec.attr: _Histogram(
                 spec.suffix,
                 spec.documentation,
                 spec.labels,

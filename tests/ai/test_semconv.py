@@ -5,6 +5,7 @@ exporter, both scraped by the same real Prometheus."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
@@ -586,3 +587,270 @@ def test_multiprocess_mode_records_directly_and_exactly(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["150.0", "600.0"]
+
+
+# -- side by side with the OpenTelemetry SDK and its Prometheus exporter ----------------------------
+
+
+class OTelGenAI:
+    """The same calls recorded the OpenTelemetry way: the SDK's histograms, named, united
+    and bucketed as the GenAI conventions say (explicit bucket advice), attributes set only
+    when known (error.type only on an error), exported by opentelemetry-exporter-prometheus."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        from opentelemetry.exporter.prometheus import PrometheusMetricReader
+        from opentelemetry.sdk.metrics import MeterProvider
+
+        self.provider = MeterProvider(metric_readers=[PrometheusMetricReader(registry=registry)])
+        meter = self.provider.get_meter("side-by-side")
+        seconds = list(GENAI_SECONDS_BUCKETS)
+        self.tokens = meter.create_histogram(
+            "gen_ai.client.token.usage",
+            unit="{token}",
+            explicit_bucket_boundaries_advisory=list(GENAI_TOKEN_BUCKETS),
+        )
+        self.duration = meter.create_histogram(
+            "gen_ai.client.operation.duration",
+            unit="s",
+            explicit_bucket_boundaries_advisory=seconds,
+        )
+        self.first = meter.create_histogram(
+            "gen_ai.client.operation.time_to_first_chunk",
+            unit="s",
+            explicit_bucket_boundaries_advisory=seconds,
+        )
+        self.per_chunk = meter.create_histogram(
+            "gen_ai.client.operation.time_per_output_chunk",
+            unit="s",
+            explicit_bucket_boundaries_advisory=seconds,
+        )
+
+    def call(self, clock: FakeClock, call: Call) -> None:
+        attrs = {"gen_ai.operation.name": call.operation, "gen_ai.provider.name": "openai"}
+        if call.model:
+            attrs["gen_ai.request.model"] = call.model
+        t0 = clock()
+        read: list[dict[str, Any]] = []
+        first = last = None
+        gaps: list[float] = []
+        try:
+            result = call.run(clock)
+            if isinstance(result, dict):
+                read.append(result)
+            else:
+                for chunk in result:
+                    now = clock()
+                    if first is None:
+                        first = now
+                    else:
+                        gaps.append(now - last)  # type: ignore[operator]
+                    last = now
+                    read.append(chunk)
+            error = None
+        except Exception as exc:
+            error = type(exc).__name__
+        end = clock()
+        model = next((r["model"] for r in read if "model" in r), None)
+        if model is not None:
+            attrs["gen_ai.response.model"] = model
+        usage = next((r["usage"] for r in read if "usage" in r), None)
+        timed = attrs if error is None else {**attrs, "error.type": error}
+        self.duration.record(end - t0, timed)
+        if first is not None:
+            self.first.record(first - t0, timed)
+        for gap in gaps:
+            self.per_chunk.record(gap, timed)
+        if usage is not None:
+            self.tokens.record(usage["prompt_tokens"], {**attrs, "gen_ai.token.type": "input"})
+            if call.operation != "embeddings":
+                output = usage["completion_tokens"]
+                self.tokens.record(output, {**attrs, "gen_ai.token.type": "output"})
+
+
+class Call:
+    """One scripted LLM call: what it returns (or yields, or raises) and when."""
+
+    def __init__(self, kind: str, model: str | None = MODEL, operation: str = "chat") -> None:
+        self.kind = kind
+        self.model = model
+        self.operation = operation
+
+    def run(self, clock: FakeClock) -> Any:
+        if self.kind == "chat":
+            clock.advance(0.3)
+            return usage_response(prompt=1000, completion=70, cached=600)
+        if self.kind == "embeddings":
+            clock.advance(0.02)
+            return {"model": "text-embedding-3-small", "usage": {"prompt_tokens": 9}}
+        if self.kind == "no_usage":
+            clock.advance(1.1)
+            return {"choices": [{"finish_reason": "stop"}]}
+        if self.kind == "error":
+            clock.advance(0.08)
+            raise TimeoutError("the provider hung")
+        return self._stream(clock)
+
+    def _stream(self, clock: FakeClock) -> Iterator[dict[str, Any]]:
+        clock.advance(0.25)
+        yield {"model": "gpt-4o-x", "choices": [{"delta": {"role": "assistant"}}]}
+        for gap in (0.005, 0.03, 0.7, 3.0):
+            clock.advance(gap)
+            yield {"choices": [{"delta": {"content": "hi"}}]}
+        clock.advance(0.01)
+        yield {"choices": [], "usage": {"prompt_tokens": 40, "completion_tokens": 4}}
+
+
+CALLS = [
+    Call("chat"),
+    Call("chat"),
+    Call("stream"),
+    Call("error"),
+    Call("no_usage", model=None),
+    Call("embeddings", model="text-embedding-3-small", operation="embeddings"),
+]
+
+
+def ours(inst: Instrumentation, clock: FakeClock, call: Call) -> None:
+    tracker = inst.track_ai_call("openai", call.model, operation=call.operation)
+    if call.kind == "stream":
+
+        @tracker
+        def stream() -> Iterator[dict[str, Any]]:
+            yield from call.run(clock)
+
+        list(stream())
+        return
+
+    @tracker
+    def ask() -> Any:
+        return call.run(clock)
+
+    with contextlib.suppress(TimeoutError):
+        ask()
+
+
+Scraped = dict[tuple[str, frozenset[tuple[str, str]]], float]
+
+
+def scraped(result: list[dict[str, Any]], instance: str) -> Scraped:
+    """One target's gen_ai_* samples as Prometheus holds them: by name and labels, without
+    the scrape's own labels and the exporter's otel_scope_*; ``le`` read as a number."""
+    found: Scraped = {}
+    for sample in result:
+        metric = dict(sample["metric"])
+        if metric.pop("instance") != instance:
+            continue
+        name = metric.pop("__name__")
+        if name == "target_info":
+            continue
+        metric.pop("job")
+        labels = {k: v for k, v in metric.items() if not k.startswith("otel_scope_")}
+        if "le" in labels:
+            labels["le"] = repr(float(labels["le"]))
+        found[(name, frozenset(labels.items()))] = float(sample["value"][1])
+    return found
+
+
+@pytest.fixture(scope="module")
+def side_by_side() -> Iterator[tuple[Scraped, Scraped, set[str]]]:
+    from prometheus_client import start_http_server
+
+    from ..servers import Prometheus, Pushgateway, free_port
+
+    mp = pytest.MonkeyPatch()
+    clock = FakeClock()
+    from instrument.ai import _call, _streams
+
+    mp.setattr(_call, "perf_counter", clock)
+    mp.setattr(_streams, "perf_counter", clock)
+    mine, theirs = CollectorRegistry(), CollectorRegistry()
+    inst = Instrumentation(registry=mine, genai_semconv=True)
+    otel = OTelGenAI(theirs)
+    try:
+        for call in CALLS:
+            ours(inst, clock, call)
+        clock.now = 0.0  # the same readings for the same calls
+        for call in CALLS:
+            otel.call(clock, call)
+    finally:
+        mp.undo()
+    ports = free_port(), free_port()
+    servers = [inst.start_http_server(ports[0]), start_http_server(ports[1], "127.0.0.1", theirs)]
+    targets = tuple(f"127.0.0.1:{port}" for port in ports)
+    # It scrapes no gateway (the one it is given is never started): only the two targets.
+    prometheus = Prometheus(Pushgateway(), extra_targets=targets).start()
+    try:
+        expr = '{__name__=~"gen_ai_.*|target_info", job="app"}'
+        for target in targets:
+            prometheus.wait_for(f"{DURATION}_count", instance=target)
+        result = prometheus.query(expr)
+        names = {s["metric"]["__name__"] for s in result if s["metric"]["instance"] == targets[1]}
+        yield scraped(result, targets[0]), scraped(result, targets[1]), names
+    finally:
+        prometheus.stop()
+        for server in servers:
+            if isinstance(server, tuple):
+                server[0].shutdown()
+            else:
+                server.shutdown()
+        otel.provider.shutdown()
+        inst.close()
+
+
+def shape(samples: Scraped) -> dict[str, set[str]]:
+    """Each metric name with the label names its series carry."""
+    found: dict[str, set[str]] = {}
+    for name, labels in samples:
+        found.setdefault(name, set()).update(k for k, _ in labels)
+    return found
+
+
+def le_values(samples: Scraped) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for name, labels in samples:
+        for key, value in labels:
+            if key == "le":
+                found.setdefault(name, set()).add(value)
+    return found
+
+
+@pytest.mark.integration
+def test_names_and_label_names_match_the_otel_exporters(
+    side_by_side: tuple[Scraped, Scraped, set[str]],
+) -> None:
+    mine, theirs, names = side_by_side
+    assert "target_info" in names  # the exporter's own family, left out of the comparison
+    assert shape(mine) == shape(theirs)
+    assert set(shape(mine)) == {f"{f}_{s}" for f in FAMILIES for s in ("bucket", "count", "sum")}
+    assert shape(mine)[f"{TOKENS}_bucket"] == {
+        *labels(MODEL, error=None),
+        "gen_ai_token_type",
+        "le",
+    }
+
+
+@pytest.mark.integration
+def test_le_sets_match_the_otel_exporters(
+    side_by_side: tuple[Scraped, Scraped, set[str]],
+) -> None:
+    mine, theirs, _ = side_by_side
+    assert le_values(mine) == le_values(theirs)
+    assert len(le_values(mine)[f"{TOKENS}_bucket"]) == len(GENAI_TOKEN_BUCKETS) + 1
+
+
+@pytest.mark.integration
+def test_the_same_calls_give_the_same_values(
+    side_by_side: tuple[Scraped, Scraped, set[str]],
+) -> None:
+    mine, theirs, _ = side_by_side
+    assert set(mine) == set(theirs)
+    assert mine == {key: pytest.approx(value) for key, value in theirs.items()}
+    # And they are the values the calls had, not merely equal: two chats of 1000 input tokens.
+    chat = frozenset(
+        {**labels("gpt-4o-2024-08-06", error=None), "gen_ai_token_type": "input"}.items()
+    )
+    assert mine[(f"{TOKENS}_sum", chat)] == 2000
+    errors = [
+        k for k in mine if k[0] == f"{DURATION}_count" and ("error_type", "TimeoutError") in k[1]
+    ]
+    assert [mine[k] for k in errors] == [1.0]
