@@ -854,3 +854,76 @@ def test_the_same_calls_give_the_same_values(
         k for k in mine if k[0] == f"{DURATION}_count" and ("error_type", "TimeoutError") in k[1]
     ]
     assert [mine[k] for k in errors] == [1.0]
+
+
+# -- the dashboard: spend by the first attribution label ------------------------------------------
+
+PRICES = {MODEL: {"input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}}
+
+
+def spend_panels(source: Any) -> list[dict[str, Any]]:
+    from instrument.dashboard import build_dashboard
+
+    return [p for p in build_dashboard(source)["panels"] if p["title"].startswith("AI spend by")]
+
+
+def test_the_spend_panel_follows_the_first_attribution_label(registry: CollectorRegistry) -> None:
+    assert spend_panels(Instrumentation(registry=registry)) == []
+    assert spend_panels("codomyrmex") == []
+    inst = Instrumentation(registry=CollectorRegistry(), attribution=("tenant", "team"))
+    for source in (inst, inst.metrics):
+        (panel,) = spend_panels(source)
+        assert panel["title"] == "AI spend by tenant"
+        assert panel["fieldConfig"]["defaults"]["unit"] == "currencyUSD"
+        (target,) = panel["targets"]
+        assert target["expr"] == (
+            "sum by (tenant) (increase(codomyrmex_ai_cost_usd_total"
+            '{provider=~"$provider", model=~"$model"}[$__range]))'
+        )
+        assert target["legendFormat"] == "{{tenant}}"
+
+
+def test_the_spend_panel_shows_each_tenants_spend_in_prometheus(
+    pushgateway: Any, prometheus_server: Any, job_name: str
+) -> None:
+    import time
+
+    from ..test_dashboard import substitute
+
+    inst = Instrumentation(
+        pushgateway=pushgateway.url,
+        job=job_name,
+        namespace="spendpanel",
+        push_mode="off",
+        attribution=("tenant",),
+        prices=PRICES,
+    )
+
+    @inst.track_ai_call("openai", MODEL, attribution={"tenant": lambda a: a["tenant"]})
+    def ask(tenant: str) -> dict[str, Any]:
+        return usage_response(prompt=1000, completion=500)
+
+    def round_of_calls() -> None:
+        for tenant in ("acme", "acme", "acme", "globex"):
+            ask(tenant)
+        assert inst.push()
+
+    (panel,) = spend_panels(inst)
+    # The panel's query as Grafana sends it, kept to this test's job.
+    expr = substitute(panel["targets"][0]["expr"]).replace("}[", f', job="{job_name}"}}[')
+    round_of_calls()
+    prometheus_server.wait_for(f'spendpanel_ai_cost_usd_total{{job="{job_name}"}}')
+    round_of_calls()
+    deadline = time.monotonic() + 30
+    spend: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        result = prometheus_server.query(expr)
+        spend = {s["metric"]["tenant"]: float(s["value"][1]) for s in result}
+        if spend.get("globex", 0) > 0:
+            break
+        time.sleep(0.25)
+    assert set(spend) == {"acme", "globex"}
+    # Both tenants' series were scraped at the same moments: the same extrapolation, so
+    # the ratio is the calls' (three to one) exactly.
+    assert spend["acme"] / spend["globex"] == pytest.approx(3)
+    inst.close()
