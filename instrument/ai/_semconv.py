@@ -42,7 +42,6 @@ from ._series import OTHER_MODEL
 
 if TYPE_CHECKING:
     from ._call import AICall
-    from ._usage import Usage
 
 __all__ = ["GenAIMetrics", "GenAISemconv"]
 
@@ -131,7 +130,13 @@ class GenAISemconv:
     def __init__(self, metrics: GenAIMetrics, max_models: int) -> None:
         self.metrics = metrics
         self.max_models = max_models
-        self._providers: dict[str, _Provider] = {}
+        self._providers: dict[str, _Guard] = {}
+        #: By the call's own values (provider, operation, request and response model as
+        #: given, error type): the usual lookup, one per call. Only names the guard let
+        #: through are keys, so it stays bounded.
+        self._by_call: dict[tuple[str, str, str, str, str], _Series] = {}
+        #: By label values: what names folded into "other" share.
+        self._by_labels: dict[tuple[str, str, str, str, str], _Series] = {}
         self._lock = threading.Lock()
 
     def chunk(self, call: AICall, now: float) -> None:
@@ -156,158 +161,165 @@ class GenAISemconv:
         """Record a call's end; never raises."""
         try:
             options = call._tracker.options
-            provider = self._providers.get(options.provider)
-            if provider is None:
-                provider = self._provider(options.provider)
             if status == "success":
                 error = ""
             else:
                 error = "cancelled" if exc is None else type(exc).__name__
-            t0 = call._t0
-            provider.record(
-                (
-                    options.operation,
-                    provider.model(call._model or options.model or ""),
-                    provider.model(call._seen_model or ""),
-                    error,
-                ),
-                now - t0,
-                call._usage,
-                None if first is None else max(first - t0, 0.0),
-                gaps,
+            key = (
+                options.provider,
+                options.operation,
+                call._model or options.model or "",
+                call._seen_model or "",
+                error,
             )
+            series = self._by_call.get(key)
+            if series is None:
+                series = self._series(key)
+            t0 = call._t0
+            seconds = now - t0
+            amounts: tuple[tuple[int, float], ...] = (
+                (0, seconds),
+                (1 + bisect_left(_SECONDS, seconds), 1),
+            )
+            usage = call._usage
+            tokens = 0
+            if usage is not None:
+                tokens = 1
+                inputs = usage.input_tokens
+                amounts += ((_INPUT, inputs), (_INPUT + 1 + bisect_left(_TOKENS, inputs), 1))
+                outputs = usage.output_tokens
+                if outputs or options.operation != "embeddings":
+                    tokens = 2
+                    at = _OUTPUT + 1 + bisect_left(_TOKENS, outputs)
+                    amounts += ((_OUTPUT, outputs), (at, 1))
+            add = series.calls[tokens]
+            if add is None:
+                add = series.made(tokens)
+            add(amounts)
+            if first is not None:
+                first = max(first - t0, 0.0)
+                add = series.first or series.made("first")
+                add(((0, first), (1 + bisect_left(_SECONDS, first), 1)))
+            if gaps is not None:
+                add = series.gaps or series.made("gaps")
+                add(tuple((i, v) for i, v in enumerate(gaps) if v))
         except Exception:
             report_failure("recording the gen_ai metrics")
 
-    def _provider(self, name: str) -> _Provider:
+    def _series(self, key: tuple[str, str, str, str, str]) -> _Series:
+        provider, operation, request, response, error = key
         with self._lock:
-            found = self._providers.get(name)
-            if found is None:
-                found = self._providers[name] = _Provider(self, name)
-            return found
+            guard = self._providers.get(provider)
+            if guard is None:
+                guard = self._providers[provider] = _Guard(provider, self.max_models)
+            labels = (operation, provider, guard.model(request), guard.model(response), error)
+            series = self._by_labels.get(labels)
+            if series is None:
+                series = self._by_labels[labels] = _Series(self, labels)
+            if guard.admitted(request) and guard.admitted(response):
+                self._by_call[key] = series
+            return series
+
+
+# Where a call's numbers go (``_Series.calls``): the duration's sum and buckets, then the
+# input tokens' sum and buckets, then the output tokens'.
+_INPUT = 1 + len(_SECONDS)
+_OUTPUT = _INPUT + 1 + len(_TOKENS)
 
 
 class ChunkTimes:
-    """One call's chunk times once its first chunk came: that chunk's time, the last one's,
-    and the gaps between them as a histogram's numbers (sum, then one per bucket)."""
+    """One call's chunk times once its first chunk came: that chunk's time, then the times
+    of the chunks after it, folded every :data:`_FOLD_AT` chunks (and at the end) into the
+    gaps between them as a histogram's numbers (sum, then one per bucket), so a stream's
+    memory stays bounded whatever its length.
 
-    __slots__ = ("first", "gaps", "last", "recorder")
+    A chunk only appends its time (one list append is atomic): streams of one call read in
+    two threads lose none, and the per-chunk cost is an append. The fold takes the lock,
+    reads the times in order and deletes what it read; a time appended meanwhile waits for
+    the next fold."""
+
+    __slots__ = ("first", "gaps", "last", "recorder", "times")
 
     def __init__(self, recorder: GenAISemconv, now: float) -> None:
         self.recorder = recorder
         self.first = self.last = now
+        self.times: list[float] = []
         self.gaps: list[float] | None = None
 
     def chunk(self, call: AICall, now: float) -> None:
+        times = self.times
+        times.append(now)
+        if len(times) >= _FOLD_AT:
+            self.fold()
+
+    def fold(self) -> list[float] | None:
+        """Fold the times so far into the gaps; the gaps (None before any)."""
         with _chunk_lock:
-            # Taken before the lock: two threads' chunks may come in either order.
-            gap = now - self.last if now > self.last else 0.0
-            self.last = max(self.last, now)
+            times = self.times
+            read = len(times)
+            # Sorted: two threads' chunks may have appended in either order.
+            batch = sorted(times[:read])
+            del times[:read]
+            if not batch:
+                return self.gaps
             gaps = self.gaps
             if gaps is None:
-                gaps = self.gaps = [0.0] * len(_SECONDS) + [0.0]
-            gaps[0] += gap
-            gaps[1 + bisect_left(_SECONDS, gap)] += 1
+                gaps = self.gaps = [0.0] * (1 + len(_SECONDS))
+            last = self.last
+            total = 0.0
+            for now in batch:
+                if now > last:
+                    gap = now - last
+                    last = now
+                else:
+                    gap = 0.0
+                total += gap
+                gaps[1 + bisect_left(_SECONDS, gap)] += 1
+            gaps[0] += total
+            self.last = last
+            return gaps
 
     def end(self, call: AICall, status: str, exc: BaseException | None, now: float) -> None:
-        with _chunk_lock:
-            gaps = self.gaps
-        self.recorder.end(call, status, exc, now, self.first, gaps)
+        gaps = self.fold()
+        self.recorder.end(call, status, exc, now, self.first, None if gaps is None else gaps[:])
 
 
-Key = tuple[str, str, str, str]  # operation, request model, response model, error type
+#: Chunk times a stream keeps before folding them into its gaps.
+_FOLD_AT = 256
 
 
-class _Provider:
-    """The gen_ai_* series of one provider, made on first use: per label set, the histogram
-    children a call's end records together."""
+Adder = Callable[[tuple[tuple[int, float], ...]], None]
 
-    def __init__(self, recorder: GenAISemconv, provider: str) -> None:
+
+class _Series:
+    """The gen_ai_* children of one label set (operation, provider, request and response
+    model, error type), made on first use, each group recorded at once: the duration with
+    0, 1 or 2 token histograms (``calls``), the first chunk's, the chunk gaps'."""
+
+    __slots__ = ("__weakref__", "_lock", "_metrics", "calls", "first", "gaps", "labels")
+
+    def __init__(self, recorder: GenAISemconv, labels: tuple[str, str, str, str, str]) -> None:
         self._metrics = recorder.metrics
-        self.provider = provider
-        self._limit = recorder.max_models
-        #: Model name -> label value: at most ``limit`` names, the rest ``other``.
-        self._models: dict[str, str] = {"": ""}
-        self._warned = False
-        # Duration with 0, 1 or 2 token histograms; time to first chunk; chunk gaps.
-        self._calls: dict[tuple[Key, int], Callable[[Any], None]] = {}
-        self._firsts: dict[Key, Callable[[Any], None]] = {}
-        self._gaps: dict[Key, Callable[[Any], None]] = {}
+        self.labels = labels
+        self.calls: list[Adder | None] = [None, None, None]
+        self.first: Adder | None = None
+        self.gaps: Adder | None = None
         self._lock = threading.Lock()
 
-    def model(self, name: str) -> str:
-        label = self._models.get(name)
-        if label is not None:
-            return label
+    def made(self, what: int | str) -> Adder:
         with self._lock:
-            label = self._models.get(name)
-            if label is None:
-                if len(self._models) <= self._limit:  # "" is not one of them
-                    label = self._models[name] = _label_value(name)
-                else:
-                    label = OTHER_MODEL
-                    if not self._warned:
-                        self._warned = True
-                        logger.warning(
-                            "instrument: gen_ai_* metrics of provider %r: more than %d models; "
-                            "%r and any further ones are reported as %r. Raise max_models",
-                            self.provider,
-                            self._limit,
-                            name,
-                            OTHER_MODEL,
-                        )
-            return label
-
-    def record(
-        self,
-        key: Key,
-        seconds: float,
-        usage: Usage | None,
-        first: float | None,
-        gaps: list[float] | None,
-    ) -> None:
-        duration = (0, seconds), (1 + bisect_left(_SECONDS, seconds), 1)
-        amounts: tuple[tuple[int, float], ...] = duration
-        tokens = 0
-        if usage is not None:
-            tokens = 1
-            at = len(_SECONDS) + 1
-            inputs = usage.input_tokens
-            amounts += ((at, inputs), (at + 1 + bisect_left(_TOKENS, inputs), 1))
-            outputs = usage.output_tokens
-            if outputs or key[0] != "embeddings":
-                tokens = 2
-                at += len(_TOKENS) + 1
-                amounts += ((at, outputs), (at + 1 + bisect_left(_TOKENS, outputs), 1))
-        add = self._calls.get((key, tokens))
-        if add is None:
-            add = self._made(self._calls, (key, tokens), key, tokens)
-        add(amounts)
-        if first is not None:
-            add = self._firsts.get(key)
-            if add is None:
-                add = self._made(self._firsts, key, key, "first")
-            add(((0, first), (1 + bisect_left(_SECONDS, first), 1)))
-        if gaps is not None:
-            add = self._gaps.get(key)
-            if add is None:
-                add = self._made(self._gaps, key, key, "gaps")
-            add(tuple((i, v) for i, v in enumerate(gaps) if v))
-
-    def _made(self, table: dict[Any, Any], at: Any, key: Key, what: int | str) -> Any:
-        with self._lock:
-            found = table.get(at)
+            found = self.calls[what] if isinstance(what, int) else getattr(self, what)
             if found is None:
-                found = table[at] = self._adder(key, what)
+                found = self._adder(what)
+                if isinstance(what, int):
+                    self.calls[what] = found
+                else:
+                    setattr(self, what, found)
             return found
 
-    def _adder(self, key: Key, what: int | str) -> Callable[[Any], None]:
-        """The children of ``key`` a call's end adds to at once: the duration and ``what``
-        token histograms (0, 1: input, 2: input and output), or the "first" chunk's or the
-        chunk "gaps" histogram."""
+    def _adder(self, what: int | str) -> Adder:
         m = self._metrics
-        operation, request, response, error = key
-        labels = (operation, self.provider, request, response)
+        *labels, error = self.labels
         children: list[Any]
         if what == "first":
             children = [m.time_to_first_chunk.labels(*labels, error)]
@@ -336,6 +348,40 @@ class _Provider:
 
             return add
         return CellSeries(self, counters={}, gauges={}, histograms=histograms).add
+
+
+class _Guard:
+    """The model names of one provider's gen_ai_* series: at most ``limit``, the rest
+    ``other`` (one warning). Called under the recorder's lock."""
+
+    def __init__(self, provider: str, limit: int) -> None:
+        self.provider = provider
+        self.limit = limit
+        #: Name -> label value ("" is no name, and no label to Prometheus).
+        self._models: dict[str, str] = {"": ""}
+        self._warned = False
+
+    def admitted(self, name: str) -> bool:
+        return name in self._models
+
+    def model(self, name: str) -> str:
+        label = self._models.get(name)
+        if label is not None:
+            return label
+        if len(self._models) <= self.limit:  # "" is not one of them
+            label = self._models[name] = _label_value(name)
+            return label
+        if not self._warned:
+            self._warned = True
+            logger.warning(
+                "instrument: gen_ai_* metrics of provider %r: more than %d models; %r and any "
+                "further ones are reported as %r. Raise max_models",
+                self.provider,
+                self.limit,
+                name,
+                OTHER_MODEL,
+            )
+        return OTHER_MODEL
 
 
 def _label_value(name: str) -> str:
