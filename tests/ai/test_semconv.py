@@ -542,6 +542,47 @@ def test_threads_lose_no_observation(on: Instrumentation, registry: CollectorReg
     assert hist(registry, TOKENS, input_labels) == (800.0, 1600.0)
 
 
+def test_a_long_stream_folds_its_gaps_exactly(
+    on: Instrumentation, registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    @on.track_ai_call("openai", MODEL)
+    def stream() -> Iterator[dict[str, Any]]:
+        for i in range(1000):
+            clock.advance(0.5 if i == 600 else 0.001)
+            yield {"model": MODEL, "choices": [{"delta": {"content": "x"}}]}
+
+    assert len(list(stream())) == 1000
+    count, total = hist(registry, PER_CHUNK, labels(MODEL))
+    assert (count, total) == (999.0, pytest.approx(998 * 0.001 + 0.5))
+    assert bucket(registry, PER_CHUNK, labels(MODEL), 0.01) == 998
+    assert bucket(registry, PER_CHUNK, labels(MODEL), 0.32) == 998
+    assert bucket(registry, PER_CHUNK, labels(MODEL), 0.64) == 999
+
+
+def test_two_streams_of_one_call_read_in_two_threads_lose_no_chunk(
+    on: Instrumentation, registry: CollectorRegistry
+) -> None:
+    def chunks() -> Iterator[dict[str, Any]]:
+        for _ in range(700):
+            yield {"model": MODEL, "choices": [{"delta": {"content": "x"}}]}
+
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # the threads' chunks interleave
+    try:
+        with on.track_ai_call("openai", MODEL) as call:
+            streams = [call.record_response(chunks()) for _ in range(2)]
+            threads = [threading.Thread(target=lambda s=s: list(s)) for s in streams]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    # 1400 chunks of one call: the first, and 1399 gaps after it.
+    assert hist(registry, PER_CHUNK, labels(MODEL))[0] == 1399
+    assert hist(registry, FIRST, labels(MODEL))[0] == 1
+
+
 @pytest.mark.subprocess
 def test_multiprocess_mode_records_directly_and_exactly(tmp_path: Path) -> None:
     code = """
