@@ -18,8 +18,9 @@ Model names are raw (``normalize_model`` is for the toolkit's own label) and bou
 the toolkit's: at most ``max_models`` per provider, the rest ``other``.
 
 A call's numbers go through per-thread cells (``_cells``), like the toolkit's own; in
-multiprocess mode straight into the children. Chunk gaps are added up per call in the
-histogram's own layout, so a stream costs the same memory whatever its length.
+multiprocess mode straight into the children. A chunk appends its time; the call folds
+them into the gap histogram's own layout every few hundred chunks and at its end, so a
+stream's memory stays bounded whatever its length.
 """
 
 from __future__ import annotations

@@ -81,3 +81,9 @@ def fleet_worker() -> list[dict[str, str]]:
     )
     deleted: list[dict[str, str]] = writer.prune_gateway(older_than=3600, job="n", dry_run=True)
     return deleted
+
+
+def conventions() -> bool:
+    inst = Instrumentation(genai_semconv=True, attribution=("tenant",))
+    on: bool = inst.genai_semconv
+    return on
