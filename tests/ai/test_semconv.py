@@ -968,3 +968,72 @@ def test_the_spend_panel_shows_each_tenants_spend_in_prometheus(
     # the ratio is the calls' (three to one) exactly.
     assert spend["acme"] / spend["globex"] == pytest.approx(3)
     inst.close()
+
+
+# -- every SDK path of the matrix (the real SDKs against the local wire-format server) ------------
+
+
+@pytest.fixture(scope="module")
+def llm_server(offline: None) -> Iterator[Any]:
+    from .test_sdk_matrix import matrix_server
+
+    with matrix_server() as server:
+        yield server
+
+
+def _matrix() -> list[Any]:
+    from .test_sdk_matrix import CASES
+
+    return CASES
+
+
+@pytest.mark.sdk
+@pytest.mark.parametrize("case", _matrix(), ids=[c.id for c in _matrix()])
+def test_every_sdk_path_records_the_conventions_metrics(
+    case: Any, llm_server: Any, on: Instrumentation, registry: CollectorRegistry
+) -> None:
+    from ..support import require_sdk
+    from .test_sdk_matrix import Ctx, run
+
+    sdk = require_sdk(case.sdk)
+    with contextlib.suppress(Exception):  # a failing case raises, as its SDK does
+        run(case, Ctx(llm_server, on, sdk))
+    expect = case.expect
+    durations = series(registry, DURATION)
+    assert {s["gen_ai_provider_name"] for s in durations} == {case.provider}
+    assert {s["gen_ai_request_model"] for s in durations} == {case.model}
+    count = sum(registry.get_sample_value(f"{DURATION}_count", s) or 0 for s in durations)
+    assert count == expect.calls
+    errors = {s["error_type"] for s in durations}
+    if expect.status == "success":
+        assert errors == {""}
+        # Every provider's answer names its model, except Cohere v2's (its ChatResponse has
+        # no model field): the response model is read, or "" (no label) when absent.
+        named = {bool(s["gen_ai_response_model"]) for s in durations}
+        assert named == {case.provider != "cohere"}, durations
+    elif expect.error is not None:
+        assert errors == {expect.error[0]}
+    tokens = {
+        kind: sum(
+            registry.get_sample_value(f"{TOKENS}_sum", s) or 0
+            for s in series(registry, TOKENS)
+            if s["gen_ai_token_type"] == kind
+        )
+        for kind in ("input", "output")
+    }
+    if expect.usage_missing == expect.calls:
+        assert series(registry, TOKENS) == []
+    else:
+        assert tokens == {"input": expect.input, "output": expect.output}
+    if expect.streamed and expect.status == "success":
+        firsts = sum(
+            registry.get_sample_value(f"{FIRST}_count", s) or 0 for s in series(registry, FIRST)
+        )
+        assert firsts == expect.calls
+        assert (
+            sum(
+                registry.get_sample_value(f"{PER_CHUNK}_count", s) or 0
+                for s in series(registry, PER_CHUNK)
+            )
+            >= expect.calls
+        )
