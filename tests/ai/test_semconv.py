@@ -301,6 +301,40 @@ def test_a_stream_closed_early_is_cancelled(
     assert hist(registry, PER_CHUNK, where) == (1.0, pytest.approx(0.1))
 
 
+def test_a_stream_garbage_collected_unfinished_is_cancelled_at_its_last_chunk(
+    on: Instrumentation, registry: CollectorRegistry, clock: FakeClock
+) -> None:
+    import gc
+
+    from instrument.ai import record_abandoned_streams
+
+    class Stream:
+        def __iter__(self) -> Stream:
+            return self
+
+        def __next__(self) -> dict[str, Any]:
+            clock.advance(0.2)
+            return {"model": MODEL, "choices": [{"delta": {"content": "x"}}]}
+
+    @on.track_ai_call("openai", MODEL)
+    def ask() -> Stream:
+        return Stream()
+
+    def read_three() -> None:
+        stream = ask()
+        for _ in range(3):
+            next(stream)
+
+    read_three()
+    clock.advance(10)  # collected long after: the duration ends at the last chunk seen
+    gc.collect()
+    record_abandoned_streams()
+    where = labels(MODEL, error="cancelled")
+    assert hist(registry, DURATION, where) == (1.0, pytest.approx(0.6))
+    assert hist(registry, FIRST, where) == (1.0, pytest.approx(0.2))
+    assert hist(registry, PER_CHUNK, where) == (2.0, pytest.approx(0.4))
+
+
 def test_the_model_is_the_argument_and_the_response_names_its_own(
     on: Instrumentation, registry: CollectorRegistry
 ) -> None:
@@ -426,6 +460,50 @@ def test_the_environment_variable_turns_it_on_and_off(monkeypatch: pytest.Monkey
         current = replace_default(saved)
         if current is not None:
             discard(current)
+
+
+def test_the_default_shows_the_families_on_the_global_registry(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from prometheus_client import REGISTRY, generate_latest
+
+    from instrument import track_ai_call
+
+    saved = replace_default(None)
+    try:
+        configure(genai_semconv=True)
+
+        @track_ai_call("openai", MODEL)
+        def ask() -> dict[str, Any]:
+            return usage_response()
+
+        ask()
+        text = generate_latest(REGISTRY).decode()
+        assert "# TYPE gen_ai_client_token_usage histogram" in text
+        assert 'gen_ai_client_operation_duration_seconds_count{error_type=""' in text
+    finally:
+        current = replace_default(saved)
+        if current is not None:
+            discard(current)
+    assert "gen_ai_client" not in generate_latest(REGISTRY).decode()
+
+
+def test_pushed_to_a_real_pushgateway(pushgateway: Any, job_name: str) -> None:
+    inst = Instrumentation(
+        pushgateway=pushgateway.url, job=job_name, push_mode="off", genai_semconv=True
+    )
+
+    @inst.track_ai_call("openai", MODEL)
+    def ask() -> dict[str, Any]:
+        return usage_response(prompt=300, completion=20)
+
+    ask()
+    ask()
+    assert inst.push()
+    where = {"job": job_name, "gen_ai_token_type": "input"}
+    assert pushgateway.value(f"{TOKENS}_sum", **where) == 600
+    assert pushgateway.value(f"{TOKENS}_count", **where) == 2
+    inst.close()
 
 
 def test_genai_semconv_must_be_a_bool() -> None:
