@@ -178,21 +178,28 @@ class GenAISemconv:
                 series = self._series(key)
             t0 = call._t0
             seconds = now - t0
-            amounts: tuple[tuple[int, float], ...] = (
-                (0, seconds),
-                (1 + bisect_left(_SECONDS, seconds), 1),
-            )
+            at = 1 + bisect_left(_SECONDS, seconds)
             usage = call._usage
-            tokens = 0
-            if usage is not None:
-                tokens = 1
-                inputs = usage.input_tokens
-                amounts += ((_INPUT, inputs), (_INPUT + 1 + bisect_left(_TOKENS, inputs), 1))
-                outputs = usage.output_tokens
+            # One tuple per shape (building it up would copy it at each step).
+            amounts: tuple[tuple[int, float], ...]
+            if usage is None:
+                tokens, amounts = 0, ((0, seconds), (at, 1))
+            else:
+                inputs, outputs = usage.input_tokens, usage.output_tokens
+                into = _INPUT + 1 + bisect_left(_TOKENS, inputs)
                 if outputs or options.operation != "embeddings":
+                    out = _OUTPUT + 1 + bisect_left(_TOKENS, outputs)
                     tokens = 2
-                    at = _OUTPUT + 1 + bisect_left(_TOKENS, outputs)
-                    amounts += ((_OUTPUT, outputs), (at, 1))
+                    amounts = (
+                        (0, seconds),
+                        (at, 1),
+                        (_INPUT, inputs),
+                        (into, 1),
+                        (_OUTPUT, outputs),
+                        (out, 1),
+                    )
+                else:
+                    tokens, amounts = 1, ((0, seconds), (at, 1), (_INPUT, inputs), (into, 1))
             add = series.calls[tokens]
             if add is None:
                 add = series.made(tokens)
