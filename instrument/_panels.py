@@ -1,5 +1,6 @@
 """The dashboard's panel model (a panel, its queries, the shorthands that build them) and
-the panels of the LLM outcomes row: operations, finish reasons, tool calls.
+the panels of the LLM outcomes row: operations, finish reasons, tool calls, headroom, and
+spend by the first attribution label.
 
 ``dashboard.py`` renders them; they live here so each module stays one job's size.
 """
@@ -145,3 +146,13 @@ LLM_OUTCOMES: tuple[Panel, ...] = (
        "The retry-after the provider sent with its last rate-limited answer.", "s",
        Query(Max(Series("ai_retry_after", AI), BY_MODEL), PER_MODEL), min=0),
 )  # fmt: skip
+
+
+def spend_by(label: str) -> Panel:
+    """Spend per value of an attribution label (``attribution=("tenant",)``: per tenant)."""
+    return Panel("stat", f"AI spend by {label}",
+                 f"LLM spend in the picked time range by {label} (the first attribution label), "
+                 f'from the price table; "" is calls that gave none, "other" the values past '
+                 "max_attribution_values.", "currencyUSD",
+                 (Query(ai("ai_cost", (label,), True), "{{" + label + "}}"),),
+                 width=8, height=8)  # fmt: skip

@@ -1,5 +1,5 @@
-"""What an Instrumentation puts on a registry: the before-snapshot hook and its metrics,
-then its delivery, all or nothing."""
+"""What an Instrumentation registers on its registry: the before-snapshot hook, the metrics
+of its namespace and (``genai_semconv=True``) the gen_ai_* families, all or nothing."""
 
 from __future__ import annotations
 
@@ -9,22 +9,24 @@ from collections.abc import Callable, Mapping, Sequence
 
 from prometheus_client import CollectorRegistry
 
+from .ai import GenAIMetrics
 from .delivery import BeforeCollect, Delivery
 from .metrics import Metrics
 
-__all__ = ["register"]
+__all__ = ["register_collectors"]
 
 _registering = threading.Lock()
 _hooked_registries: weakref.WeakSet[CollectorRegistry] = weakref.WeakSet()
 
 
-def register(
+def register_collectors(
     registry: CollectorRegistry,
     namespace: str,
     buckets: Sequence[float] | Mapping[str, Sequence[float]] | None,
     make_delivery: Callable[[Metrics], Delivery],
     attribution: tuple[str, ...] = (),
-) -> tuple[Metrics, Delivery]:
+    genai_semconv: bool = False,
+) -> tuple[Metrics, GenAIMetrics | None, Delivery]:
     """Register the before-snapshot hook and the metrics of ``namespace`` on ``registry``,
     then build the delivery with them: all or nothing.
 
@@ -41,13 +43,18 @@ def register(
             registry.register(hook)
             _hooked_registries.add(registry)
         existed = Metrics.shared(registry, namespace) is not None
-        metrics = None
+        metrics = genai = None
+        made = False
         try:
             metrics = Metrics.get(registry, namespace, buckets, attribution)
-            return metrics, make_delivery(metrics)
+            if genai_semconv:  # the gen_ai_* families: one set per registry, no namespace
+                genai, made = GenAIMetrics.get(registry)
+            return metrics, genai, make_delivery(metrics)
         except BaseException:
             if metrics is not None and not existed:
                 metrics.unregister()
+            if genai is not None and made:
+                genai.unregister()
             if hook is not None:
                 _hooked_registries.discard(registry)
                 registry.unregister(hook)

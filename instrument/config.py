@@ -219,6 +219,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("max_attribution_values", "INSTRUMENT_MAX_ATTRIBUTION_VALUES", "100",
             "Distinct values kept per attribution label; more are reported as 'other'.",
             _positive_int),
+    Setting("genai_semconv", "INSTRUMENT_GENAI_SEMCONV", "False",
+            "Also record the OpenTelemetry GenAI client metrics (gen_ai_client_token_usage, "
+            "gen_ai_client_operation_duration_seconds, ...), beside the codomyrmex_* ones.",
+            _flag),
     Setting("prices", "INSTRUMENT_AI_PRICES", "None",
             "Per-token prices (LiteLLM's model price map format), a mapping or a JSON file path.",
             _price_table),

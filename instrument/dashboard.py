@@ -16,7 +16,7 @@ from typing import Any
 
 from ._panels import AI as _AI
 from ._panels import BY_MODEL as _BY_MODEL
-from ._panels import LLM_OUTCOMES, TRACE_LINK, TRACES_VARIABLE, PanelKind
+from ._panels import LLM_OUTCOMES, TRACE_LINK, TRACES_VARIABLE, PanelKind, spend_by
 from ._panels import NONE_IS_ZERO as _NONE_IS_ZERO
 from ._panels import PER_MODEL as _PER_MODEL
 from ._panels import SHARE as _SHARE
@@ -44,7 +44,7 @@ from ._promql import (
     series,
 )
 from ._slo import recorded_series
-from .metrics import metric_names
+from .metrics import Metrics, metric_names
 
 __all__ = ["SCHEMA_VERSION", "build_dashboard", "check_uid", "dashboard_json", "panel_queries"]
 
@@ -308,12 +308,15 @@ def _render(panel: _Panel, ctx: Context, panel_id: int, x: int, y: int) -> dict[
     }
 
 
-def _layout(names: dict[str, str]) -> list[dict[str, Any]]:
-    """The panels of :data:`_ROWS` querying ``names``, with their ids and grid positions."""
+def _layout(names: dict[str, str], attribution: tuple[str, ...] = ()) -> list[dict[str, Any]]:
+    """The panels of :data:`_ROWS` querying ``names``, with their ids and grid positions;
+    with ``attribution``, the LLM outcomes end with the spend by its first label."""
     ctx = Context(names, rate_window="$__rate_interval", range_window="$__range")
     panels: list[dict[str, Any]] = []
     y = 0
     for row_title, section in _ROWS:
+        if section is LLM_OUTCOMES and attribution:
+            section = (*section, spend_by(attribution[0]))
         if row_title is not None:
             panels.append(
                 {
@@ -415,7 +418,8 @@ def build_dashboard(
     'stat'
 
     ``datasource_uid`` preselects a Prometheus data source; otherwise Grafana picks its
-    default one, and the ``datasource`` variable switches between them.
+    default one, and the ``datasource`` variable switches between them. An Instrumentation
+    with ``attribution=`` gets a panel of the spend by its first attribution label.
     """
     if not isinstance(title, str) or not title.strip():
         raise ValueError("title must be a non-empty string")
@@ -439,8 +443,17 @@ def build_dashboard(
         "templating": {"list": _templating(names, datasource_uid)},
         "annotations": {"list": [_releases(names)]},
         "links": [],
-        "panels": _layout({**names, **recorded_series(namespace)}),
+        "panels": _layout({**names, **recorded_series(namespace)}, _attribution(inst_or_metrics)),
     }
+
+
+def _attribution(source: Source) -> tuple[str, ...]:
+    """The attribution labels of an Instrumentation or a Metrics (checked by namespace_of);
+    a namespace string has none."""
+    if isinstance(source, str):
+        return ()
+    metrics = source if isinstance(source, Metrics) else source.metrics
+    return metrics.attribution
 
 
 def panel_queries(dashboard: dict[str, Any]) -> list[tuple[str, str]]:

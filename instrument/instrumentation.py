@@ -17,9 +17,9 @@ from prometheus_client import CollectorRegistry
 
 from ._cells import fold_all, fold_if_changed
 from ._engine import run_deferred
-from ._registration import register
+from ._registration import register_collectors
 from ._validation import check_flag, check_label, check_number
-from .ai import AICallTracker, ModelPrice, load_prices, record_counted_call
+from .ai import AICallTracker, GenAISemconv, ModelPrice, load_prices, record_counted_call
 from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
@@ -110,6 +110,7 @@ class Instrumentation:
         attribution: Sequence[str] = (),
         max_attribution_values: int = 100,
         tracing: bool = True,
+        genai_semconv: bool = False,
     ) -> None:
         if args:
             raise TypeError(
@@ -140,6 +141,7 @@ class Instrumentation:
         delete_on_exit = check_flag("delete_on_exit", delete_on_exit)
         tls_verify = check_flag("tls_verify", tls_verify)
         stale_on_exit = check_flag("stale_on_exit", stale_on_exit)
+        self.genai_semconv = check_flag("genai_semconv", genai_semconv)
         check_namespace(namespace)
         check_buckets(buckets)
         build = check_build_info(build_info)
@@ -223,9 +225,12 @@ class Instrumentation:
                 remote_write=remote,
             )
 
-        self.metrics, self.delivery = register(
-            self.registry, namespace, buckets, make_delivery, self.attribution
+        semconv = genai_semconv and self.enabled  # disabled: no family registered
+        self.metrics, genai, self.delivery = register_collectors(
+            self.registry, namespace, buckets, make_delivery, self.attribution, semconv
         )
+        #: What AI calls record the gen_ai_* metrics with; None when genai_semconv is off.
+        self.genai = None if genai is None else GenAISemconv(genai, max_models)
         if build is not None and self.enabled:
             self.metrics.build_info.labels(**build).set(1)
         self._warned_job_types: set[str] = set()

@@ -11,14 +11,14 @@ import math
 import numbers
 import re
 import threading
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from itertools import pairwise
 from typing import Literal
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
-from prometheus_client.metrics_core import Metric
-from prometheus_client.registry import Collector
+
+from ._families import ReadCounter, ReadGauge, ReadHistogram, before_read, register_all
 
 __all__ = [
     "AI_DURATION_BUCKETS",
@@ -26,6 +26,10 @@ __all__ = [
     "ATTRIBUTED",
     "BUILD_INFO_KEYS",
     "DEFAULT_NAMESPACE",
+    "GENAI_LABELS",
+    "GENAI_METRICS",
+    "GENAI_SECONDS_BUCKETS",
+    "GENAI_TOKEN_BUCKETS",
     "METRICS",
     "SAMPLE_LABELS",
     "TIME_TO_FIRST_TOKEN_BUCKETS",
@@ -143,50 +147,44 @@ METRICS: tuple[MetricSpec, ...] = (
                multiprocess_mode="max"),
 )  # fmt: skip
 
-# -- reading: what must happen before any of these metrics is read ----------------------------
-# Decorated calls record into per-thread cells (``_cells``), folded into the children before
-# a read. A whole-registry read runs the fold first (a collector registered ahead of the
-# metrics); a read of only some names (``registry.restricted_registry``, a scrape with
-# ``?name[]=``) or of one metric (``metric.collect()``) collects in no set order, so each
-# metric also runs the hooks as it is read: when nothing changed, a flag check.
+# -- the OpenTelemetry GenAI client metrics (genai_semconv=True) -------------------------------
+# Named as OTel's Prometheus exporter names these instruments (dots to underscores, unit "s"
+# as "_seconds", "{token}" as nothing): no namespace, so ``suffix`` is the whole name, and
+# one set per registry. Recorded beside the metrics above, which they leave unchanged.
 
-_before_read: list[Callable[[], None]] = []
+#: gen_ai.client.token.usage's buckets: 1, then 4 times the last, to 4**13.
+GENAI_TOKEN_BUCKETS: tuple[float, ...] = tuple(4**i for i in range(14))
+#: gen_ai.client.operation.duration's buckets, also the two chunk timings': 0.01 doubling to 81.92.
+GENAI_SECONDS_BUCKETS = TIME_TO_FIRST_TOKEN_BUCKETS
+#: The labels of every gen_ai_* family (the token type or error type comes last).
+GENAI_LABELS = (
+    "gen_ai_operation_name",
+    "gen_ai_provider_name",
+    "gen_ai_request_model",
+    "gen_ai_response_model",
+)
+_TIMED = (*GENAI_LABELS, "error_type")
 
-
-def before_read(hook: Callable[[], None]) -> None:
-    """Run ``hook`` (which never raises) whenever one of these metrics is collected."""
-    if hook not in _before_read:
-        _before_read.append(hook)
-
-
-class _Read:
-    def collect(self) -> Iterable[Metric]:
-        for hook in _before_read:
-            hook()
-        collected: Iterable[Metric] = super().collect()  # type: ignore[misc]
-        return collected
-
-
-# prometheus_client's own types, each with the read hook: ``labels()`` makes children of the
-# same class, and everything else is theirs.
-class _Counter(_Read, Counter):
-    pass
-
-
-class _Gauge(_Read, Gauge):
-    pass
-
-
-class _Histogram(_Read, Histogram):
-    pass
-
+GENAI_METRICS: tuple[MetricSpec, ...] = (
+    MetricSpec("token_usage", "gen_ai_client_token_usage", "histogram",
+               "Number of input and output tokens used (input includes cached input)",
+               (*GENAI_LABELS, "gen_ai_token_type"), GENAI_TOKEN_BUCKETS),
+    MetricSpec("operation_duration", "gen_ai_client_operation_duration_seconds", "histogram",
+               "GenAI operation duration", _TIMED, GENAI_SECONDS_BUCKETS),
+    MetricSpec("time_to_first_chunk", "gen_ai_client_operation_time_to_first_chunk_seconds",
+               "histogram", "Time to receive the first chunk in a streaming operation", _TIMED,
+               GENAI_SECONDS_BUCKETS),
+    MetricSpec("time_per_output_chunk", "gen_ai_client_operation_time_per_output_chunk_seconds",
+               "histogram", "Time between consecutive chunks of a stream, after the first",
+               _TIMED, GENAI_SECONDS_BUCKETS),
+)  # fmt: skip
 
 _SPEC_BY_SUFFIX = {spec.suffix: spec for spec in METRICS}
 _NAMESPACE_RE = re.compile(r"[a-zA-Z_][a-zA-Z0-9_]*")
 
 
 def _sample_labels() -> frozenset[str]:
-    names = {label for spec in METRICS for label in spec.labels}
+    names = {label for spec in (*METRICS, *GENAI_METRICS) for label in spec.labels}
     if any(spec.kind == "histogram" for spec in METRICS):
         names.add("le")
     # prometheus_client's multiprocess collector labels these gauges' samples by process.
@@ -343,21 +341,6 @@ def check_buckets(
     return out
 
 
-def _register_all(registry: CollectorRegistry, collectors: Sequence[Collector]) -> None:
-    """Register every collector or none: a clash midway unregisters those before it."""
-    done: list[Collector] = []
-    try:
-        for collector in collectors:
-            registry.register(collector)
-            done.append(collector)
-    except BaseException:
-        for collector in reversed(done):
-            # The clash is what the caller must see, not a failure to undo.
-            with contextlib.suppress(Exception):
-                registry.unregister(collector)
-        raise
-
-
 class Metrics:
     """The collectors for one namespace on one registry. Use :meth:`get`, not the constructor."""
 
@@ -402,7 +385,7 @@ class Metrics:
         # Built unregistered first, so a collector prometheus_client refuses leaves the
         # registry untouched; then registered all or nothing.
         collectors = {spec.attr: self._create(spec) for spec in METRICS}
-        _register_all(registry, list(collectors.values()))
+        register_all(registry, list(collectors.values()))
         for attr, collector in collectors.items():
             setattr(self, attr, collector)
 
@@ -412,16 +395,16 @@ class Metrics:
             labels = spec.labels
             if spec.attr in ATTRIBUTED:
                 labels += self.attribution
-            return _Counter(name, spec.documentation, labels, registry=None)
+            return ReadCounter(name, spec.documentation, labels, registry=None)
         if spec.kind == "gauge":
-            return _Gauge(
+            return ReadGauge(
                 name,
                 spec.documentation,
                 spec.labels,
                 registry=None,
                 multiprocess_mode=spec.multiprocess_mode,  # type: ignore[arg-type]
             )
-        return _Histogram(
+        return ReadHistogram(
             name, spec.documentation, spec.labels, registry=None, buckets=self.buckets[spec.suffix]
         )
 

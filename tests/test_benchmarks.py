@@ -170,3 +170,19 @@ def test_a_stalled_calibration_batch_does_not_set_the_round_size() -> None:
 
     timings = measure([Variant("loop", "empty loop", batch)], rounds=1, batch_seconds=0.01)
     assert timings["loop"].calls_per_round > 1000
+
+
+def test_genai_section_sets_semconv_and_attribution_beside_the_plain_call(
+    report: dict[str, Any],
+) -> None:
+    section = report["sections"]["genai"]
+    if section["status"] == "skipped":
+        pytest.skip("track_ai_call cannot be benchmarked here")
+    rows = {row["key"]: row for row in section["rows"]}
+    assert set(rows) == {"plain", "attributed", "semconv", "stream", "stream_semconv"}
+    assert rows["plain"]["ratios"]["vs_plain"] == 1 and rows["stream"]["ratios"]["vs_plain"] == 1
+    limits = {target["description"]: target["limit"] for target in section["targets"]}
+    assert sorted(limits.values()) == [1.15, 1.3, 1.3]
+    assert any("genai_semconv=True" in description for description in limits)
+    checks = [check["description"] for check in section["checks"]]
+    assert any("gen_ai_client_operation_duration" in check for check in checks)

@@ -22,7 +22,8 @@ per provider get their own series, the rest are reported as ``other``.
 Modules: ``_tracker`` (the decorator and with-block, a policy on the engine) with its
 checked ``_options``; ``_call`` (one call and the recording side of its streams) and
 ``_proxies`` (what the caller holds instead of a stream); ``_series`` (label children and
-the model guard); ``_prices``; ``_usage``, ``_fields`` and ``_content`` (reading responses
+the model guard); ``_semconv`` (the OpenTelemetry GenAI metrics, opt-in); ``_prices``;
+``_usage``, ``_fields`` and ``_content`` (reading responses
 and chunks by their shape).
 """
 
@@ -31,6 +32,8 @@ from __future__ import annotations
 from ._call import AICall, record_abandoned_streams
 from ._options import AICallOptions
 from ._prices import ModelPrice, load_prices
+from ._semconv import GenAIMetrics as GenAIMetrics
+from ._semconv import GenAISemconv as GenAISemconv
 from ._series import OTHER_MODEL as OTHER_MODEL
 from ._series import UNKNOWN_MODEL as UNKNOWN_MODEL
 from ._tracker import AICallTracker, track_ai_call
@@ -38,7 +41,8 @@ from ._tracker import record_counted_call as record_counted_call
 from ._usage import Usage as Usage
 
 # OTHER_MODEL, UNKNOWN_MODEL and Usage are importable from here too, outside __all__ as
-# they always were; record_counted_call is the facade's record_ai_api_call.
+# they always were; record_counted_call is the facade's record_ai_api_call; GenAIMetrics
+# and GenAISemconv are the facade's genai_semconv=True.
 
 __all__ = [
     "AICall",

@@ -20,6 +20,7 @@ from ._streams import Chunks, Stream, usage_lock
 from ._usage import ExtractorFailed, Usage, checked_usage, response_model
 
 if TYPE_CHECKING:
+    from ._semconv import ChunkTimes, GenAISemconv
     from ._tracker import AIBinding, AICallTracker
 
 R = TypeVar("R")
@@ -50,6 +51,7 @@ class AICall(Probe):
         "_seek_model",
         "_seen",
         "_seen_model",
+        "_semconv",
         "_streams",
         "_t0",
         "_tracker",
@@ -67,8 +69,15 @@ class AICall(Probe):
         self._tracker = tracker
         self._model = model
         self._seen_model: str | None = None
+        # The gen_ai_* recorder (genai_semconv=True), else None: the one check on the chunk
+        # path and at the end. It needs the response's model, whatever the label's.
+        self._semconv: GenAISemconv | ChunkTimes | None = (
+            None if binding is None else binding.inst.genai
+        )
         # Whether responses are still read for the model: one check per chunk.
-        self._seek_model = binding is not None and binding.static is None and model is None
+        self._seek_model = binding is not None and (
+            (binding.static is None and model is None) or self._semconv is not None
+        )
         self._usage: Usage | None = None
         self._outcome: Outcome | None = None  # finish reasons and tool calls
         self._limits: dict[str, float] | None = None  # rate-limit headroom, by limit
@@ -143,7 +152,7 @@ class AICall(Probe):
         check_label_value("model", model)
         if self._b is not None and not self._done:
             self._model = model
-            self._seek_model = False
+            self._seek_model = self._semconv is not None and self._seen_model is None
 
     def attribute(self, **values: str | bytes) -> None:
         """Set this call's attribution labels (declared by the Instrumentation's
@@ -384,6 +393,8 @@ class AICall(Probe):
                 # No span with tracing on: no tracer, so only a run's id (see analysis).
                 run_exemplar() if self.span is None and b.tracing else exemplar_labels(self.span),
             )
+            if self._semconv is not None:
+                self._semconv.end(self, status, exc, now)
             if exc is not None:  # an SDK error keeps the response it failed with
                 self._headers(exc)
             if self._limits is not None or self._retry is not None:

@@ -63,6 +63,8 @@ class Chunks:
         failure is noted on the call, reported once)."""
         call = self.call
         now = perf_counter()
+        if call._semconv is not None and timed:  # the gen_ai_* chunk timings
+            call._semconv.chunk(call, now)
         call._last = now
         try:
             # The first token is the first chunk with generated content, not the first

@@ -89,3 +89,9 @@ def nightly() -> int:
     with run_id("nightly-2026-12-01") as run:
         name: str = run
         return len(name) + int(untraced.tracing)
+
+
+def conventions() -> bool:
+    inst = Instrumentation(genai_semconv=True, attribution=("tenant",))
+    on: bool = inst.genai_semconv
+    return on
