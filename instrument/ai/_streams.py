@@ -298,7 +298,12 @@ class Stream(Chunks):
                 # Not weakly referenceable: nothing to read later.
                 with contextlib.suppress(TypeError):
                     self.gone = weakref.ref(source)
-            defer(self.record_abandoned)
+            if self.owner:
+                defer(self.record_abandoned)
+            # Otherwise the call's own end (its with-block's, or its function's) settles it,
+            # reading what the stream's helper accumulated until then: settling it here
+            # would miss what the helper reads after the proxy was dropped
+            # (``call.record_response(s).get_final_completion()``).
 
     def record_abandoned(self) -> None:
         """At a safe point: end the call as cancelled, for the next push to carry."""

@@ -1251,3 +1251,61 @@ def test_concurrent_async_raw_streams_each_count_once(
     assert asyncio.run(all_at_once()) == [LIMIT + 5] * 16
     expect = usage_of("anthropic", reply=LIMIT, calls=16)
     check(registry, Case("", "", "", "anthropic", CLAUDE, streamed(expect), drain))
+
+
+# -- a with-block's stream whose proxy is dropped while its helper still reads ----------------
+
+
+class _HelperStream:
+    """A stream helper as the SDKs have: iterating yields chunks, ``get_final()`` reads to
+    the end itself and keeps the accumulated response (its snapshot); ``meanwhile`` runs
+    while it reads (what a scrape or another call in the process does at that moment)."""
+
+    def __init__(self, meanwhile: Callable[[], object]) -> None:
+        self.left = 3
+        self.snapshot: dict[str, Any] | None = None
+        self.meanwhile = meanwhile
+
+    @property
+    def current_completion_snapshot(self) -> dict[str, Any] | None:
+        return self.snapshot
+
+    def __iter__(self) -> _HelperStream:
+        return self
+
+    def __next__(self) -> dict[str, Any]:
+        if not self.left:
+            raise StopIteration
+        self.left -= 1
+        return {"model": "gpt-4o", "choices": [{"delta": {"content": "x"}}]}
+
+    def get_final(self) -> dict[str, Any]:
+        self.meanwhile()
+        for _ in self:
+            pass
+        self.snapshot = {"model": "gpt-4o", "usage": {"prompt_tokens": 13, "completion_tokens": 16}}
+        return self.snapshot
+
+
+@pytest.mark.parametrize("meanwhile", ["deferred work", "a scrape"])
+def test_a_with_blocks_stream_read_by_its_helper_after_the_proxy_is_dropped_keeps_its_usage(
+    meanwhile: str,
+) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry)
+    try:
+        run = record_abandoned_streams if meanwhile == "deferred work" else registry.collect
+        stream = _HelperStream(lambda: list(run() or ()))
+        with inst.track_ai_call("openai", "gpt-4o") as call:
+            final = call.record_response(stream).get_final()  # the proxy is dropped at once
+        assert final["usage"]["prompt_tokens"] == 13
+        assert token_counts(registry, "openai", "gpt-4o") == {"input": 13, "output": 16}
+        assert calls(registry, "openai", "gpt-4o") == {"success": 1}
+        assert (
+            registry.get_sample_value(
+                "codomyrmex_ai_usage_missing_total", {"provider": "openai", "model": "gpt-4o"}
+            )
+            == 0
+        )
+    finally:
+        inst.close()
