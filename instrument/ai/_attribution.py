@@ -36,6 +36,7 @@ class AttributionGuard:
         self.labels = labels
         self.limit = limit
         self._seen: dict[str, set[str]] = {label: set() for label in labels}
+        self._none = ("",) * len(labels)
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -52,8 +53,15 @@ class AttributionGuard:
     def values(self, given: Mapping[str, Any] | None) -> tuple[str, ...]:
         """The label values of a call that gave ``given``: "" where it gave none."""
         if not given:
-            return ("",) * len(self.labels)
-        return tuple(self._value(label, given.get(label)) for label in self.labels)
+            return self._none
+        found = []
+        seen = self._seen
+        for label in self.labels:
+            value = given.get(label)
+            # A value seen before was checked then: the usual call, one set lookup.
+            found.append(value if type(value) is str and value in seen[label] else
+                         self._value(label, value))  # fmt: skip
+        return tuple(found)
 
     def _value(self, label: str, value: Any) -> str:
         if value is None:

@@ -7,6 +7,7 @@ import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
 from functools import partial
+from types import MethodType
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
 from .._cells import CellSeries
@@ -335,6 +336,7 @@ class _Arguments:
             if p.kind
             in (inspect.Parameter.POSITIONAL_ONLY, inspect.Parameter.POSITIONAL_OR_KEYWORD)
         )
+        self.most = len(self.positional)
         self.defaults = {p.name: p.default for p in params if p.default is not p.empty}
         # *args or keyword-only parameters: what lands where needs the real binding.
         self.simple = signature is not None and all(
@@ -345,8 +347,12 @@ class _Arguments:
     def of(
         self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        if self.simple and len(args) <= len(self.positional) and not inspect.ismethod(wrapped):
-            return {**self.defaults, **dict(zip(self.positional, args, strict=False)), **kwargs}
+        if self.simple and len(args) <= self.most and type(wrapped) is not MethodType:
+            bound = self.defaults.copy()
+            bound.update(zip(self.positional, args, strict=False))
+            if kwargs:
+                bound.update(kwargs)
+            return bound
         bound = {**self.defaults, **bind_arguments(self.signature, wrapped, args, kwargs)}
         return bound
 
