@@ -51,8 +51,9 @@ _cache: tuple[Any, Any] = (None, None)
 #: The longest run id an exemplar can carry: OpenMetrics bounds an exemplar's label set to
 #: 128 characters, names included ("run_id" is 6).
 MAX_RUN_ID = 122
-#: What the OpenMetrics exposition escapes in a label value (and line breaks besides).
-_ESCAPED = frozenset('"\\\n\r')
+#: What the OpenMetrics exposition escapes in a label value (and line breaks besides), and
+#: NUL, which Prometheus refuses in an exemplar's label: the whole scrape then fails.
+_ESCAPED = frozenset('"\\\n\r\x00')
 
 #: The exemplar labels of the current run (``{"run_id": ...}``), or None: what
 #: ``instrument.run_id(...)`` sets. Shared by every observation in the run; never changed.
@@ -166,18 +167,30 @@ def end_span(
 def _end(
     span: Any, exc: BaseException | None, cancelled: bool, attributes: Mapping[str, Any] | None
 ) -> None:
-    if attributes:
-        span.set_attributes(attributes)
-    if cancelled:
-        span.set_attribute("instrument.cancelled", True)
-    elif exc is not None:
-        trace = _modules[_TRACE]
-        name = type(exc).__name__
-        span.set_attribute("error.type", name)
-        span.record_exception(exc, escaped=True)
-        # The class name only: an exception's text may hold anything (a prompt, a key).
-        span.set_status(trace.Status(trace.StatusCode.ERROR, name))
-    span.end()
+    # The span ends whatever setting its attributes, event or status did (a failing
+    # processor, an exception whose ``str()`` raises): an unended span is never exported.
+    try:
+        if attributes:
+            span.set_attributes(attributes)
+        if cancelled:
+            span.set_attribute("instrument.cancelled", True)
+        elif exc is not None:
+            _failed(span, exc)
+    finally:
+        span.end()
+
+
+def _failed(span: Any, exc: BaseException) -> None:
+    """Status ERROR, ``error.type`` and an exception event: with the exception's type only,
+    never its message or traceback (``record_exception`` records both): what an exception
+    says may hold anything, a prompt, a completion, a key."""
+    trace = _modules[_TRACE]
+    cls = type(exc)
+    name = cls.__name__
+    span.set_attribute("error.type", name)
+    qualified = name if cls.__module__ == "builtins" else f"{cls.__module__}.{cls.__qualname__}"
+    span.add_event("exception", {"exception.type": qualified})
+    span.set_status(trace.Status(trace.StatusCode.ERROR, name))
 
 
 def enter(span: Any) -> Token[Any] | None:
@@ -260,8 +273,9 @@ def run_id(value: str) -> Iterator[str]:
         # Measured: Prometheus 2.42 keeps the exposition's escapes (\" \\ \n) in a scraped
         # exemplar's label, so the id it stores would not be the one in the logs.
         raise ValueError(
-            f"run_id {value!r} holds a quote, backslash or line break, which a scrape "
-            "delivers escaped; use letters, digits and punctuation such as - _ . : /"
+            f"run_id {value!r} holds a quote, backslash, line break or NUL, which a scrape "
+            "delivers escaped (or Prometheus refuses); use letters, digits and punctuation "
+            "such as - _ . : /"
         )
     labels = {"run_id": value}
     token = _run_labels.set(labels)

@@ -472,6 +472,45 @@ def test_no_prompt_or_completion_ever_reaches_a_span(exporter: Any, inst: Instru
         assert span.events == ()
 
 
+class _Unprintable(Exception):
+    def __str__(self) -> str:
+        raise RuntimeError("no text for this one")
+
+
+def test_an_exceptions_message_never_reaches_its_span_and_a_bad_str_still_ends_it(
+    exporter: Any, inst: Instrumentation
+) -> None:
+    """The exception event carries the type only (the message may quote the prompt), and
+    an exception whose ``str()`` raises still ends its span in ERROR."""
+
+    @inst.track_ai_call("openai", "gpt-4o")
+    def ask(prompt: str) -> None:
+        raise ValueError(f"bad request for prompt {prompt!r}")
+
+    @inst.monitored_analysis("m", "t")
+    def job() -> None:
+        raise _Unprintable
+
+    with pytest.raises(ValueError, match="SECRET-PROMPT"):
+        ask("SECRET-PROMPT")
+    with pytest.raises(_Unprintable):
+        job()
+    spans = finished(exporter)
+    for name, kind in (("chat gpt-4o", "ValueError"), ("m t", "_Unprintable")):
+        span = spans[name]
+        assert span.end_time is not None
+        assert span.status.status_code is StatusCode.ERROR, name
+        assert dict(span.attributes or {})["error.type"] == kind
+        (event,) = span.events
+        assert event.name == "exception"
+        attributes = dict(event.attributes or {})
+        assert set(attributes) == {"exception.type"}
+        assert attributes["exception.type"].endswith(kind)
+        assert "SECRET" not in json.dumps({**attributes, **dict(span.attributes or {})})
+    assert calls(inst.registry, "openai", "gpt-4o")["error"] == 1
+    assert analyses(inst.registry, "error") == 1
+
+
 class _BrokenTracer:
     def start_span(self, *args: Any, **kwargs: Any) -> Any:
         raise RuntimeError("tracer down")
