@@ -8,7 +8,9 @@ raise anything, and what cannot be read is absent (None).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def attribute(obj: Any, name: str) -> Any:
@@ -65,3 +67,27 @@ def read_field(obj: Any, name: str) -> Any:
         return getattr(obj, name, None)
     except Exception:  # a property of a foreign object may raise anything
         return None
+
+
+#: How many response types a per-type cache of readers keeps: a type made per response
+#: (a class built in a loop) would otherwise grow it without end.
+TYPES_KEPT = 256
+
+
+def learn(
+    readers: dict[type, Callable[[Any], T]],
+    response: Any,
+    none: Callable[[Any], T],
+    of_dict: Callable[[Any], T],
+    of_object: Callable[[Any], T],
+) -> Callable[[Any], T]:
+    """Which of three readers applies to ``response``'s type, remembered in ``readers``:
+    ``none`` for None, str and bytes, ``of_dict`` for a plain dict (a subclass may have
+    its own get, so it is a mapping), ``of_object`` for any other mapping or object. What
+    each reads from an instance is the instance's own, so this is all a type decides."""
+    kind = type(response)
+    get = READERS.get(kind) or reader_of(response)
+    read = none if get is no_fields else of_dict if get is dict.get else of_object
+    if len(readers) < TYPES_KEPT:
+        readers[kind] = read
+    return read

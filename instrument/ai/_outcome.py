@@ -26,11 +26,12 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
-from ._fields import READERS, attribute, no_fields, read_field, reader_of
+from ._fields import READERS, Reader, attribute, learn, read_field, reader_of
 
 #: The longest finish reason kept as it is: a label value from a foreign server is bounded.
 _MAX_REASON = 64
@@ -177,12 +178,43 @@ def _candidates(candidates: list[Any]) -> Outcome | None:
 def extract_outcome(response: Any) -> tuple[Outcome | None, bool]:
     """The outcome a response (or stream chunk) reports, and whether it is a whole
     response (which supersedes the chunks of its own stream) rather than a chunk."""
+    # Every response and chunk comes through here: its type's reader, learnt once.
+    return (OUTCOME_READERS.get(type(response)) or outcome_reader(response))(response)
+
+
+def outcome_reader(response: Any) -> Callable[[Any], tuple[Outcome | None, bool]]:
+    """What reads the outcome of responses of ``response``'s type (``extract_outcome``
+    for them, without its call): learnt once per type."""
+    return learn(OUTCOME_READERS, response, _no_outcome, _outcome_of_dict, _outcome_of_object)
+
+
+def _no_outcome(response: Any) -> tuple[Outcome | None, bool]:
+    """None, str, bytes: nothing to read."""
+    return None, False
+
+
+def _outcome_of_dict(response: dict[Any, Any]) -> tuple[Outcome | None, bool]:
+    choices = response.get("choices")
+    if isinstance(choices, list | tuple):
+        return _choices(choices)
+    return _outcome_by_fields(response, dict.get)
+
+
+def _outcome_of_object(response: Any) -> tuple[Outcome | None, bool]:
     get = READERS.get(type(response)) or reader_of(response)
-    if get is no_fields:
-        return None, False
     choices = get(response, "choices")
     if isinstance(choices, list | tuple):
         return _choices(choices)
+    return _outcome_by_fields(response, get)
+
+
+#: How the outcome of each response type is read (``learn``): only whether it is read as
+#: a dict, another mapping or object, or not at all; its fields are read in every one.
+OUTCOME_READERS: dict[type, Callable[[Any], tuple[Outcome | None, bool]]] = {}
+
+
+def _outcome_by_fields(response: Any, get: Reader) -> tuple[Outcome | None, bool]:
+    """A response without Chat Completions choices, by its other fields."""
     kind = get(response, "type")
     if kind == "message":  # an Anthropic Message
         tools = sum(
