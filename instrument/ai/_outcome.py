@@ -31,7 +31,7 @@ from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
-from ._fields import READERS, Reader, attribute, learn, read_field, reader_of
+from ._fields import READERS, Reader, attribute, learn, no_fields, read_field, reader_of
 
 #: The longest finish reason kept as it is: a label value from a foreign server is bounded.
 _MAX_REASON = 64
@@ -200,12 +200,15 @@ def _outcome_of_dict(response: dict[Any, Any]) -> tuple[Outcome | None, bool]:
     return _outcome_by_fields(response, dict.get)
 
 
-def _outcome_of_object(response: Any) -> tuple[Outcome | None, bool]:
+def _outcome_of_object(response: Any, held: bool = False) -> tuple[Outcome | None, bool]:
+    """Any response (``held``: one inside a holder, read without looking for another)."""
     get = READERS.get(type(response)) or reader_of(response)
+    if get is no_fields:
+        return None, False
     choices = get(response, "choices")
     if isinstance(choices, list | tuple):
         return _choices(choices)
-    return _outcome_by_fields(response, get)
+    return _outcome_by_fields(response, get, held)
 
 
 #: How the outcome of each response type is read (``learn``): only whether it is read as
@@ -213,8 +216,14 @@ def _outcome_of_object(response: Any) -> tuple[Outcome | None, bool]:
 OUTCOME_READERS: dict[type, Callable[[Any], tuple[Outcome | None, bool]]] = {}
 
 
-def _outcome_by_fields(response: Any, get: Reader) -> tuple[Outcome | None, bool]:
-    """A response without Chat Completions choices, by its other fields."""
+def _outcome_by_fields(
+    response: Any, get: Reader, held: bool = False
+) -> tuple[Outcome | None, bool]:
+    """A response without Chat Completions choices, by its other fields.
+
+    What a holder carries is read as a response, never as a holder again: no shape nests
+    them, and an object whose every field is another such object (a Mock) would otherwise
+    be followed until the recursion limit, on every call."""
     kind = get(response, "type")
     if kind == "message":  # an Anthropic Message
         tools = sum(
@@ -229,21 +238,23 @@ def _outcome_by_fields(response: Any, get: Reader) -> tuple[Outcome | None, bool
     if isinstance(candidates, list | tuple):
         return _candidates(list(candidates)), False
     if isinstance(kind, str):
-        return _event(response, kind)
+        return _event(response, kind, held)
     reason = _reason(get(response, "finish_reason"))
     if reason is not None:  # Cohere v2's response
         tools = len(_items(read_field(get(response, "message"), "tool_calls")))
         return Outcome((reason,), tools), True
     # What carries a response: Mistral's stream event (``data``), the OpenAI stream
     # helper's chunk event (``chunk``).
+    if held:
+        return None, False
     for holder in ("data", "chunk"):
         inner = get(response, holder)
         if inner is not None and not isinstance(inner, str | bytes):
-            return extract_outcome(inner)
+            return _outcome_of_object(inner, held=True)
     return None, False
 
 
-def _event(event: Any, kind: str) -> tuple[Outcome | None, bool]:
+def _event(event: Any, kind: str, held: bool) -> tuple[Outcome | None, bool]:
     """A typed stream event of Anthropic, OpenAI Responses, Cohere or the stream helpers."""
     if kind == "message_delta":
         reason = _reason(read_field(read_field(event, "delta"), "stop_reason"))
@@ -261,8 +272,8 @@ def _event(event: Any, kind: str) -> tuple[Outcome | None, bool]:
         return _outcome([] if reason is None else [reason], 0), False
     if kind == "tool-call-start":
         return Outcome((), 1), False
-    if kind == "chunk":  # the OpenAI stream helper's ChunkEvent
-        return extract_outcome(read_field(event, "chunk"))
+    if kind == "chunk" and not held:  # the OpenAI stream helper's ChunkEvent
+        return _outcome_of_object(read_field(event, "chunk"), held=True)
     return None, False
 
 
