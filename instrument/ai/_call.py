@@ -11,14 +11,7 @@ from .._engine import Probe, report_failure, run_deferred
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
-from ._outcome import (
-    OUTCOME_READERS,
-    Outcome,
-    headers_of,
-    outcome_reader,
-    rate_limits,
-    retry_after,
-)
+from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
 from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries, http_status
 from ._streams import Chunks, Stream, usage_lock
@@ -303,15 +296,12 @@ class AICall(Probe):
         if type(response) is not dict:  # a parsed body has no headers: one check
             self._headers(response)
         try:
-            # The type's readers straight away (what extract_usage and extract_outcome
-            # would call): two lookups instead of two calls, for every response.
-            kind = type(response)
             extract = self._tracker._extract
-            if extract is extract_usage:
-                usage = (USAGE_READERS.get(kind) or usage_reader(response))(response)
+            if extract is extract_usage:  # its type's reader straight away: a call less
+                usage = (USAGE_READERS.get(type(response)) or usage_reader(response))(response)
             else:
                 usage = extract(response)
-            outcome = (OUTCOME_READERS.get(kind) or outcome_reader(response))(response)[0]
+            outcome = extract_outcome(response)[0]
             if usage is not None or outcome is not None:
                 # One lock for both (streams of one call may end in other threads);
                 # acquire/release rather than ``with``: half the cost.

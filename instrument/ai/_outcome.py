@@ -26,12 +26,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable
 from email.utils import parsedate_to_datetime
 from enum import Enum
 from typing import Any
 
-from ._fields import READERS, Reader, attribute, learn, no_fields, read_field, reader_of
+from ._fields import READERS, attribute, no_fields, read_field, reader_of
 
 #: The longest finish reason kept as it is: a label value from a foreign server is bounded.
 _MAX_REASON = 64
@@ -178,52 +177,12 @@ def _candidates(candidates: list[Any]) -> Outcome | None:
 def extract_outcome(response: Any) -> tuple[Outcome | None, bool]:
     """The outcome a response (or stream chunk) reports, and whether it is a whole
     response (which supersedes the chunks of its own stream) rather than a chunk."""
-    # Every response and chunk comes through here: its type's reader, learnt once.
-    return (OUTCOME_READERS.get(type(response)) or outcome_reader(response))(response)
-
-
-def outcome_reader(response: Any) -> Callable[[Any], tuple[Outcome | None, bool]]:
-    """What reads the outcome of responses of ``response``'s type (``extract_outcome``
-    for them, without its call): learnt once per type."""
-    return learn(OUTCOME_READERS, response, _no_outcome, _outcome_of_dict, _outcome_of_object)
-
-
-def _no_outcome(response: Any) -> tuple[Outcome | None, bool]:
-    """None, str, bytes: nothing to read."""
-    return None, False
-
-
-def _outcome_of_dict(response: dict[Any, Any]) -> tuple[Outcome | None, bool]:
-    choices = response.get("choices")
-    if isinstance(choices, list | tuple):
-        return _choices(choices)
-    return _outcome_by_fields(response, dict.get)
-
-
-def _outcome_of_object(response: Any, held: bool = False) -> tuple[Outcome | None, bool]:
-    """Any response (``held``: one inside a holder, read without looking for another)."""
     get = READERS.get(type(response)) or reader_of(response)
     if get is no_fields:
         return None, False
     choices = get(response, "choices")
     if isinstance(choices, list | tuple):
         return _choices(choices)
-    return _outcome_by_fields(response, get, held)
-
-
-#: How the outcome of each response type is read (``learn``): only whether it is read as
-#: a dict, another mapping or object, or not at all; its fields are read in every one.
-OUTCOME_READERS: dict[type, Callable[[Any], tuple[Outcome | None, bool]]] = {}
-
-
-def _outcome_by_fields(
-    response: Any, get: Reader, held: bool = False
-) -> tuple[Outcome | None, bool]:
-    """A response without Chat Completions choices, by its other fields.
-
-    What a holder carries is read as a response, never as a holder again: no shape nests
-    them, and an object whose every field is another such object (a Mock) would otherwise
-    be followed until the recursion limit, on every call."""
     kind = get(response, "type")
     if kind == "message":  # an Anthropic Message
         tools = sum(
@@ -238,23 +197,21 @@ def _outcome_by_fields(
     if isinstance(candidates, list | tuple):
         return _candidates(list(candidates)), False
     if isinstance(kind, str):
-        return _event(response, kind, held)
+        return _event(response, kind)
     reason = _reason(get(response, "finish_reason"))
     if reason is not None:  # Cohere v2's response
         tools = len(_items(read_field(get(response, "message"), "tool_calls")))
         return Outcome((reason,), tools), True
     # What carries a response: Mistral's stream event (``data``), the OpenAI stream
     # helper's chunk event (``chunk``).
-    if held:
-        return None, False
     for holder in ("data", "chunk"):
         inner = get(response, holder)
         if inner is not None and not isinstance(inner, str | bytes):
-            return _outcome_of_object(inner, held=True)
+            return extract_outcome(inner)
     return None, False
 
 
-def _event(event: Any, kind: str, held: bool) -> tuple[Outcome | None, bool]:
+def _event(event: Any, kind: str) -> tuple[Outcome | None, bool]:
     """A typed stream event of Anthropic, OpenAI Responses, Cohere or the stream helpers."""
     if kind == "message_delta":
         reason = _reason(read_field(read_field(event, "delta"), "stop_reason"))
@@ -272,8 +229,8 @@ def _event(event: Any, kind: str, held: bool) -> tuple[Outcome | None, bool]:
         return _outcome([] if reason is None else [reason], 0), False
     if kind == "tool-call-start":
         return Outcome((), 1), False
-    if kind == "chunk" and not held:  # the OpenAI stream helper's ChunkEvent
-        return _outcome_of_object(read_field(event, "chunk"), held=True)
+    if kind == "chunk":  # the OpenAI stream helper's ChunkEvent
+        return extract_outcome(read_field(event, "chunk"))
     return None, False
 
 
