@@ -21,6 +21,13 @@ _ON_DEMAND = (
     "instrument.grafana",
     "instrument.dashboard",
     "instrument.rules",
+    "instrument._slo",
+    "instrument._promql",
+    "instrument._panels",
+    "instrument._yaml",
+    "instrument.compat",
+    "instrument.delivery._remote_write",
+    "instrument.delivery._prune",
     "instrument.cli",
     "instrument.demo",
 )
@@ -113,3 +120,28 @@ def test_the_seed_names_and_pruning_are_imported_on_first_use() -> None:
     assert found["before"] == {"instrument.compat": False, "instrument.delivery._prune": False}
     assert found["same"] == [True] * 5
     assert found["missing"] == "module 'instrument' has no attribute 'no_such_name'"
+
+
+def test_the_artifacts_and_the_grafana_client_are_the_real_ones_on_first_use() -> None:
+    """Every name ``import instrument`` leaves to first use is in ``__all__`` or the seed's
+    shims, is not imported before it is asked for, and is then the defining module's own."""
+    out = _run(
+        """
+        import importlib, json, sys
+        import instrument
+        lazy = dict(instrument._LAZY)
+        before = sorted({m for m in lazy.values() if "instrument" + m in sys.modules})
+        same = {
+            name: getattr(instrument, name)
+            is getattr(importlib.import_module("instrument" + module), name)
+            for name, module in lazy.items()
+        }
+        exported = sorted(set(instrument.__all__) - set(dir(instrument)) - set(lazy))
+        print(json.dumps({"before": before, "same": same, "exported": exported}))
+        """
+    )
+    found = json.loads(out)
+    assert found["before"] == []
+    assert found["same"] and all(found["same"].values()), found["same"]
+    # What __all__ names is either defined at import or resolved on first use.
+    assert found["exported"] == ["__version__"]

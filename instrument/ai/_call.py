@@ -17,7 +17,15 @@ from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries, http_status
 from ._spans import end_attributes, span_name, start_call_span
 from ._streams import Chunks, Stream, usage_lock
-from ._usage import ExtractorFailed, Usage, checked_usage, response_model
+from ._usage import (
+    USAGE_READERS,
+    ExtractorFailed,
+    Usage,
+    checked_usage,
+    extract_usage,
+    response_model,
+    usage_reader,
+)
 
 if TYPE_CHECKING:
     from ._semconv import ChunkTimes, GenAISemconv
@@ -324,7 +332,11 @@ class AICall(Probe):
         if type(response) is not dict:  # a parsed body has no headers: one check
             self._headers(response)
         try:
-            usage = self._tracker._extract(response)
+            extract = self._tracker._extract
+            if extract is extract_usage:  # its type's reader straight away: a call less
+                usage = (USAGE_READERS.get(type(response)) or usage_reader(response))(response)
+            else:
+                usage = extract(response)
             outcome = extract_outcome(response)[0]
             if usage is not None or outcome is not None:
                 # One lock for both (streams of one call may end in other threads);

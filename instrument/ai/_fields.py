@@ -8,7 +8,9 @@ raise anything, and what cannot be read is absent (None).
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 
 def attribute(obj: Any, name: str) -> Any:
@@ -39,6 +41,7 @@ READERS: dict[type, Reader] = {
     bytes: no_fields,
     type(None): no_fields,
 }
+_SEEDED = dict(READERS)
 
 
 def reader_of(obj: Any) -> Reader:
@@ -52,6 +55,10 @@ def reader_of(obj: Any) -> Reader:
             read = _key
         else:
             read = attribute
+        if len(READERS) >= TYPES_KEPT:
+            # Types made per object (each Mock is an instance of its own class) must not
+            # be kept alive here without end: start over, the few usual ones come back.
+            forget(READERS)
         READERS[kind] = read
     return read
 
@@ -65,3 +72,36 @@ def read_field(obj: Any, name: str) -> Any:
         return getattr(obj, name, None)
     except Exception:  # a property of a foreign object may raise anything
         return None
+
+
+#: How many response types a per-type cache of readers keeps: a type made per response
+#: (a class built in a loop) would otherwise grow it without end.
+TYPES_KEPT = 256
+
+
+def learn(
+    readers: dict[type, Callable[[Any], T]],
+    response: Any,
+    none: Callable[[Any], T],
+    of_dict: Callable[[Any], T],
+    of_object: Callable[[Any], T],
+) -> Callable[[Any], T]:
+    """Which of three readers applies to ``response``'s type, remembered in ``readers``
+    (started over when it holds ``TYPES_KEPT`` types):
+    ``none`` for None, str and bytes, ``of_dict`` for a plain dict (a subclass may have
+    its own get, so it is a mapping), ``of_object`` for any other mapping or object. What
+    each reads from an instance is the instance's own, so this is all a type decides."""
+    kind = type(response)
+    get = READERS.get(kind) or reader_of(response)
+    read = none if get is no_fields else of_dict if get is dict.get else of_object
+    if len(readers) >= TYPES_KEPT:
+        forget(readers)
+    readers[kind] = read
+    return read
+
+
+def forget(readers: dict[type, Any]) -> None:
+    """Empty a full per-type cache (``READERS`` keeps the types it is seeded with)."""
+    readers.clear()
+    if readers is READERS:
+        READERS.update(_SEEDED)

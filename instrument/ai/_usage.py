@@ -32,11 +32,11 @@ debug level), never guessed; the tracker counts and reports a call that ends wit
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
 
-from ._fields import READERS, Reader, attribute, no_fields, read_field, reader_of
+from ._fields import READERS, Reader, attribute, learn, no_fields, read_field, reader_of
 
 logger = logging.getLogger("instrument")
 
@@ -206,13 +206,17 @@ def _first(*counts: int | None) -> int | None:
     return None
 
 
-def _openai_chat(usage: Any, get: Reader) -> Usage | None:
+def _openai_chat(usage: Any, get: Reader) -> Any:
+    """A chat usage block's counts, or ``_NOT_CHAT`` when neither of its two counts is
+    there: the chat shape is tried first, and trying it is reading those two fields."""
     # The most common shape, read for every response and chunk: fields read with ``get``
     # (a C call for a dict) and the usual plain int checked inline, not a call per field.
     prompt = get(usage, "prompt_tokens")
+    completion = get(usage, "completion_tokens")
+    if prompt is None and completion is None:
+        return _NOT_CHAT
     if prompt is not None and not (type(prompt) is int and 0 <= prompt <= MAX_TOKENS):
         prompt = _unusual_count("prompt_tokens", prompt)
-    completion = get(usage, "completion_tokens")
     if completion is not None and not (type(completion) is int and 0 <= completion <= MAX_TOKENS):
         completion = _unusual_count("completion_tokens", completion)
     # prompt_tokens includes the cache, reads and writes alike (LiteLLM adds Anthropic's
@@ -308,11 +312,20 @@ def _cohere(usage: Any) -> Usage | None:
     return _usage(input_tokens, output_tokens, cache_read=_count(usage, "cached_tokens"))
 
 
+#: What ``_openai_chat`` gives for a block that is not a chat block.
+_NOT_CHAT: Any = object()
+
+
 def _read_usage(usage: Any) -> Usage | None:
-    """Pick the reader by the usage block's own fields."""
-    get = READERS.get(type(usage)) or reader_of(usage)
-    if get(usage, "prompt_tokens") is not None or get(usage, "completion_tokens") is not None:
-        return _openai_chat(usage, get)
+    """Pick the reader by the usage block's own fields: which fields an instance has is
+    its own (a dict's keys, a model's extra fields), never its type's, so this is read
+    for every block; the chat shape, the usual one, is tried first by reading it."""
+    found = _openai_chat(usage, READERS.get(type(usage)) or reader_of(usage))
+    return _other_usage(usage) if found is _NOT_CHAT else found
+
+
+def _other_usage(usage: Any) -> Usage | None:
+    """A usage block without chat counts, by its fields."""
     if (
         read_field(usage, "input_tokens") is not None
         or read_field(usage, "output_tokens") is not None
@@ -343,12 +356,44 @@ def extract_usage(response: Any) -> Usage | None:
     >>> extract_usage({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
     Usage(input_tokens=12, output_tokens=5, cache_read=0, cache_creation=0, reasoning=0)
     """
-    # One reader for the response's fields: every chunk of a stream comes through here.
+    # Every response and chunk comes through here: its type's reader, learnt once.
+    return (USAGE_READERS.get(type(response)) or usage_reader(response))(response)
+
+
+def usage_reader(response: Any) -> Callable[[Any], Usage | None]:
+    """What reads the usage of responses of ``response``'s type (``extract_usage`` for
+    them, without its call): learnt once per type."""
+    return learn(USAGE_READERS, response, _no_usage, _usage_of_dict, _usage_of_object)
+
+
+def _usage_of_dict(response: dict[Any, Any]) -> Usage | None:
+    """A dict response: a dict's get never raises, and its usage block is a dict too."""
+    usage = response.get("usage", _ABSENT)
+    if type(usage) is dict:
+        found = _openai_chat(usage, dict.get)
+        return _other_usage(usage) if found is _NOT_CHAT else found
+    return _usage_in(response, dict.get, usage)
+
+
+def _usage_of_object(response: Any) -> Usage | None:
+    """An SDK object or another mapping: its fields read through the guarded reader."""
     get = READERS.get(type(response)) or reader_of(response)
-    if get is no_fields:
-        return None
-    # A dict's get never raises: only other objects go through the guarded read.
-    usage = response.get("usage", _ABSENT) if get is dict.get else _usage_field(response, get)
+    return _usage_in(response, get, _usage_field(response, get))
+
+
+def _no_usage(response: Any) -> None:
+    """None, str, bytes: nothing to read."""
+    return None
+
+
+#: How the usage of each response type is read (``learn``): the reader a type needs is
+#: its type's alone (a dict, another mapping or object, nothing); which fields an instance
+#: has is read in every response.
+USAGE_READERS: dict[type, Callable[[Any], Usage | None]] = {}
+
+
+def _usage_in(response: Any, get: Reader, usage: Any) -> Usage | None:
+    """The usage of ``response`` whose ``usage`` field is ``usage`` (_ABSENT if none)."""
     if usage is None:
         # A shape whose usage is its own field, empty in this one: an OpenAI-style
         # stream's chunk before the last. Nothing else in it holds usage.

@@ -17,6 +17,7 @@ import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pytest
@@ -394,3 +395,207 @@ def test_multiprocess_mode_counts_outcomes_directly(tmp_path: Path) -> None:
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[150.0, 150.0, 150.0, 150.0, 150.0]"
+
+
+# -- readers learnt per response type (issue 13, fourth pass) ----------------------------------
+#
+# A response type decides only how its fields are read (a dict's get, another mapping's,
+# attributes, none); which fields it has is each instance's own. A cache of readers must
+# never change what is counted: each test reads the counts back after every call.
+
+
+def _track(inst: Instrumentation, responses: list[Any]) -> Any:
+    """One tracked function answering with ``responses`` in turn."""
+    answers = iter(responses)
+
+    @inst.track_ai_call("openai", model="m")
+    def ask() -> Any:
+        return next(answers)
+
+    return ask
+
+
+def _read_back(inst: Instrumentation) -> dict[str, float]:
+    """Every count of the model "m" that is not 0 (series start at 0), read back."""
+    found = {**token_counts(inst.registry, "openai", "m"), **_outcomes(inst.registry, "m")}
+    return {name: value for name, value in found.items() if value}
+
+
+def _choice(reason: str) -> dict[str, Any]:
+    return {"index": 0, "message": {"role": "assistant", "content": "x"}, "finish_reason": reason}
+
+
+# Responses of several shapes and what each adds to the counts read back. Each is used as a
+# dict and, through as_object, as a SimpleNamespace: one type whose instances all differ.
+_SHAPES: list[tuple[dict[str, Any], dict[str, float]]] = [
+    (openai_chat(7, 3), {"input": 7, "output": 3, "reason stop": 1}),
+    (
+        _anthropic := {
+            "type": "message",
+            "content": [{"type": "tool_use", "id": "t1"}],
+            "stop_reason": "tool_use",
+            "usage": {"input_tokens": 5, "output_tokens": 4, "cache_read_input_tokens": 2},
+        },
+        {"input": 7, "output": 4, "cache_read": 2, "reason tool_use": 1, "tool_calls": 1},
+    ),
+    (
+        {
+            "candidates": [{"finish_reason": "MAX_TOKENS", "content": {"parts": []}}],
+            "usage_metadata": {"prompt_token_count": 11, "candidates_token_count": 6},
+        },
+        {"input": 11, "output": 6, "reason max_tokens": 1},
+    ),
+    ({"choices": [_choice("length")]}, {"reason length": 1, "usage_missing": 1}),
+    ({"choices": [_choice("stop")], "usage": None}, {"reason stop": 1, "usage_missing": 1}),
+    (
+        {"type": "message_start", "message": {"usage": {"input_tokens": 9, "output_tokens": 1}}},
+        {"input": 9, "output": 1},
+    ),
+    (
+        {"data": {"choices": [_choice("stop")], "usage": {"prompt_tokens": 2}}},
+        {"input": 2, "reason stop": 1},
+    ),
+]
+
+
+def _add(total: dict[str, float], more: dict[str, float]) -> dict[str, float]:
+    found = dict(total)
+    for key, value in more.items():
+        found[key] = found.get(key, 0) + value
+    return found
+
+
+@pytest.mark.parametrize("as_attributes", [False, True], ids=["dicts", "one attribute type"])
+def test_responses_of_one_type_are_each_read_by_their_own_fields(
+    inst: Instrumentation, as_attributes: bool
+) -> None:
+    """Every shape after every other, twice round: the type is learnt from the first and
+    each later one (of that same type) is still read by what it holds."""
+    order = list(range(len(_SHAPES))) + list(reversed(range(len(_SHAPES))))
+    responses = [_SHAPES[i][0] for i in order]
+    if as_attributes:
+        responses = [as_object(r) for r in responses]
+        assert len({type(r) for r in responses}) == 1
+    ask = _track(inst, responses)
+    want: dict[str, float] = {"chat/success": 0}
+    for i, response in zip(order, responses, strict=True):
+        assert ask() is response
+        want = _add(want, {"chat/success": 1, **_SHAPES[i][1]})
+        got = _read_back(inst)
+        assert {k: got.get(k, 0) for k in want} == want
+        assert got.get("cache_creation", 0) == 0
+
+
+def test_a_dict_without_usage_then_with_counts_the_later_one(inst: Instrumentation) -> None:
+    ask = _track(
+        inst,
+        [
+            {"choices": [_choice("stop")]},
+            {"choices": [_choice("stop")], "usage": {"prompt_tokens": 4, "completion_tokens": 1}},
+            {"choices": [_choice("stop")], "usage": {"input_tokens": 3, "output_tokens": 2}},
+            {"usageMetadata": {"promptTokenCount": 8, "candidatesTokenCount": 5}},
+        ],
+    )
+    ask()
+    assert _read_back(inst) == {"chat/success": 1, "reason stop": 1, "usage_missing": 1}
+    ask()
+    assert _read_back(inst) == {
+        "chat/success": 2,
+        "reason stop": 2,
+        "usage_missing": 1,
+        "input": 4,
+        "output": 1,
+    }
+    ask()
+    assert token_counts(inst.registry, "openai", "m") == {"input": 7, "output": 3}
+    ask()
+    assert token_counts(inst.registry, "openai", "m") == {"input": 15, "output": 8}
+    assert _read_back(inst)["usage_missing"] == 1
+    assert _read_back(inst)["reason stop"] == 3
+
+
+class _Aliased(dict[str, Any]):
+    """A dict subclass with its own get: read through it, as any other mapping."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return super().get(f"v1_{key}", default)
+
+
+class _Raising(SimpleNamespace):
+    """A subclass whose usage property raises: the base type's reader must not be used."""
+
+    @property
+    def usage(self) -> Any:
+        raise RuntimeError("secret-token-in-message")
+
+
+def test_subclasses_are_read_by_their_own_type(
+    inst: Instrumentation, caplog: pytest.LogCaptureFixture
+) -> None:
+    chat = openai_chat(6, 2)
+    aliased = _Aliased(v1_usage={"prompt_tokens": 30, "completion_tokens": 1}, usage=chat["usage"])
+    plain = as_object({"usage": {"prompt_tokens": 1, "completion_tokens": 1}})
+    raising = _Raising(choices=[as_object(_choice("stop"))])
+    ask = _track(inst, [chat, aliased, plain, raising, plain])
+    ask()
+    ask()  # its get gives v1_usage
+    assert token_counts(inst.registry, "openai", "m") == {"input": 36, "output": 3}
+    ask()
+    ask()  # counted, its usage missing, the error's text kept out of the log
+    assert token_counts(inst.registry, "openai", "m") == {"input": 37, "output": 4}
+    ask()
+    assert token_counts(inst.registry, "openai", "m") == {"input": 38, "output": 5}
+    got = _read_back(inst)
+    assert (got["chat/success"], got["reason stop"]) == (5, 2)
+    assert "secret-token" not in caplog.text
+
+
+def test_types_made_per_response_are_not_kept_alive(inst: Instrumentation) -> None:
+    """Each Mock is an instance of a class of its own: the per-type caches start over when
+    full instead of keeping every such class, and the readings stay right meanwhile. (Their
+    ``choices`` given: a Mock's every field is another Mock, which the outcome's holders
+    followed to the recursion limit; main bounds that depth since rev15.)"""
+    import gc
+    import weakref
+    from unittest.mock import Mock
+
+    def mock() -> Mock:
+        return Mock(usage=as_object({"prompt_tokens": 1, "completion_tokens": 1}), choices=[])
+
+    first = mock()
+    kind = weakref.ref(type(first))
+    responses = [first] + [mock() for _ in range(600)]
+    ask = _track(inst, responses)
+    for _ in responses:
+        ask()
+    assert token_counts(inst.registry, "openai", "m") == {"input": 601, "output": 601}
+    del first, responses, ask
+    gc.collect()
+    assert kind() is None
+
+
+_POOL = [shape for shape, _ in _SHAPES] + [
+    {"choices": [{"delta": {"tool_calls": [{"id": "c1"}]}, "finish_reason": None}]},
+    {"type": "chunk", "chunk": {"choices": [_choice("stop")], "usage": {"completion_tokens": 3}}},
+    {"object": "response", "status": "completed", "usage": {"input_tokens": 1}},
+    {"finish_reason": "COMPLETE", "usage": {"billed_units": {"input_tokens": 4}}},
+    {"usage": {"tokens": {"output_tokens": 2}, "cached_tokens": 1}},
+    {"usage": lambda: None},
+    {},
+]
+
+
+@settings(max_examples=200, suppress_health_check=[HealthCheck.too_slow])
+@given(picks=st.lists(st.tuples(st.sampled_from(range(len(_POOL))), st.booleans()), max_size=12))
+def test_a_learnt_reader_reads_as_a_fresh_one(picks: list[tuple[int, bool]]) -> None:
+    """Any order of shapes, as dicts and as one attribute type: what is read with the
+    readers learnt from the responses before is what a process reading it first reads."""
+    from instrument.ai import _fields, _outcome, _usage
+
+    for index, as_attributes in picks:
+        response = as_object(_POOL[index]) if as_attributes else _POOL[index]
+        warm = (extract_usage(response), _outcome.extract_outcome(response))
+        for cache in (_fields.READERS, _usage.USAGE_READERS):
+            _fields.forget(cache)
+        fresh = (extract_usage(response), _outcome.extract_outcome(response))
+        assert warm == fresh
