@@ -298,6 +298,11 @@ class CellSeries:
             with cell.lock:
                 values = cell.values[:]
                 exemplars, cell.exemplars = cell.exemplars, None
+            if dead:
+                # Its thread may have added a counter (and counted into it) after
+                # ``targets`` was read, and this is the cell's last fold: read them again.
+                with self._lock:
+                    targets = self._targets
             folded = cell.folded
             if values != folded:
                 for index, target in targets:

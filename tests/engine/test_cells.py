@@ -807,3 +807,50 @@ def test_counters_added_from_many_threads_each_get_their_own_number() -> None:
     assert sorted(numbers) == list(range(1, 17))
     assert got.count(None) == 8
     assert all(_things(registry, f"k{n}") == n + 1 for n in range(24))
+
+
+def test_a_counter_a_thread_added_and_counted_into_during_a_fold_before_it_exited_counts() -> None:
+    """A fold reads the series' counters, then a thread adds one, counts into it and exits
+    before the fold reaches its cell: that cell's last fold still applies the new counter
+    (it is dropped after it, so nothing would apply it later)."""
+    from prometheus_client import Counter
+
+    from instrument._cells import CellSeries
+
+    registry = CollectorRegistry()
+    family = Counter("late_things", "Things", ["kind"], registry=registry)
+    base = family.labels("base")
+    ready, go = threading.Event(), threading.Event()
+
+    def late_writer() -> None:
+        series.add(((0, 1),))  # its cell exists before the fold begins
+        ready.set()
+        go.wait(10)
+        index = series.counter(family.labels("late"))
+        assert index is not None
+        series.add(((index, 3),))
+
+    class Pausing:
+        """The base counter, through which the fold of the first cell lets the writer add
+        its counter, count and exit."""
+
+        _value = base._value
+
+        def inc(self, amount: float) -> None:
+            go.set()
+            writer.join(10)
+            base.inc(amount)
+
+    keeper = _Keeper()
+    series = CellSeries(keeper, counters={0: Pausing()}, gauges={}, histograms={}, spare=2)
+    series.add(((0, 1),))  # this thread's cell: the first the fold reaches
+    writer = threading.Thread(target=late_writer)
+    writer.start()
+    assert ready.wait(10)
+    from instrument._cells import fold_all
+
+    fold_all()
+    assert not writer.is_alive()
+    assert registry.get_sample_value("late_things_total", {"kind": "base"}) == 2
+    assert registry.get_sample_value("late_things_total", {"kind": "late"}) == 3
+    assert series.cell_count() == 1  # the writer's cell folded and dropped
