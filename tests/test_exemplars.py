@@ -11,11 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
 import struct
-import subprocess
-import sys
-import textwrap
 import time
 import urllib.parse
 import urllib.request
@@ -36,7 +32,7 @@ from instrument._tracing import MAX_RUN_ID
 
 from .delivery.test_remote_write import Receiver
 from .servers import Prometheus, Pushgateway, free_port, http
-from .support import ROOT, FakeClock, tracer_provider
+from .support import FakeClock, run_script, tracer_provider
 
 OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 CHAT = {
@@ -399,14 +395,8 @@ def test_multiprocess_mode_records_without_exemplars(tmp_path: Path) -> None:
             "codomyrmex_ai_tokens_used_total",
             {"provider": "openai", "model": "gpt-4o", "token_type": "input"}), "trace_id" in text)
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-    )
+    # The script beside the workers' files: the collector reads only *.db.
+    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["3.0", "False"]
 

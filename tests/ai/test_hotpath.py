@@ -11,9 +11,6 @@ from __future__ import annotations
 
 import contextlib
 import os
-import subprocess
-import sys
-import textwrap
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,7 +27,7 @@ from instrument.ai._series import MAX_OTHER_REASONS
 from instrument.usage import MAX_TOKENS, extract_usage
 
 from ..ai_fakes import as_object, openai_chat, openai_chat_chunks
-from ..support import calls, in_threads, token_counts
+from ..support import calls, in_threads, run_script, token_counts
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -385,14 +382,8 @@ def test_multiprocess_mode_counts_outcomes_directly(tmp_path: Path) -> None:
             ]
             print(values)
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-    )
+    # The script beside the workers' files: the collector reads only *.db.
+    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[150.0, 150.0, 150.0, 150.0, 150.0]"
 

@@ -6,10 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import subprocess
 import sys
-import textwrap
 import threading
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -26,7 +23,7 @@ from instrument.config import from_environment
 from instrument.defaults import discard, replace_default
 from instrument.metrics import GENAI_SECONDS_BUCKETS, GENAI_TOKEN_BUCKETS
 
-from ..support import ROOT, FakeClock
+from ..support import FakeClock, run_script
 
 MODEL = "gpt-4o"
 TOKENS = "gen_ai_client_token_usage"
@@ -696,14 +693,8 @@ def test_multiprocess_mode_records_directly_and_exactly(tmp_path: Path) -> None:
             print(collected.get_sample_value(
                 "gen_ai_client_token_usage_sum", {**base, "gen_ai_token_type": "input"}))
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-    )
+    # The script beside the workers' files: the collector reads only *.db.
+    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["150.0", "600.0"]
 

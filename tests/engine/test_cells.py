@@ -13,9 +13,7 @@ import contextlib
 import gc
 import os
 import queue
-import subprocess
 import sys
-import textwrap
 import threading
 import time
 from collections.abc import Callable, Generator, Iterator
@@ -34,6 +32,7 @@ from instrument.ai._streams import usage_lock
 from instrument.analysis import AnalysisMonitor
 
 from ..servers import Pushgateway
+from ..support import run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"module": "m", "analysis_type": "t"}
@@ -422,14 +421,8 @@ def test_multiprocess_mode_keeps_the_direct_path_and_is_exact(tmp_path: Path) ->
             labels = {"module": "m", "analysis_type": "t", "status": "success"}
             print(collected.get_sample_value("codomyrmex_analyses_total", labels))
     """
-    result = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        cwd=ROOT,
-        env={**os.environ, "PROMETHEUS_MULTIPROC_DIR": str(tmp_path)},
-    )
+    # The script beside the workers' files: the collector reads only *.db.
+    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "901.0"
 
