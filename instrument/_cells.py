@@ -9,11 +9,20 @@ user reads stays prometheus_client metrics; only when the numbers get there chan
 
 Why it is exact, without relying on the GIL or on ``+=`` being atomic:
 
-- A cell is written by its owner thread only: a job that ends in another thread than it
-  started in writes its end into that thread's cell (the gauge is summed over cells).
-- An end's writes are made holding the cell's lock, which the fold holds while it copies
-  the cell: the copy is a consistent snapshot (count, sum, bucket and gauge of one end
-  all, or none). A start writes one number, which a copy sees whole either way.
+- A job's start is one number (the gauge's starts), written by the cell's owner thread
+  only, without a lock: a copy sees it whole either way. A job that ends in another thread
+  than it started in writes its end into that thread's cell (the gauge is summed over
+  cells, its ends kept apart from its starts).
+- The usual end (the series' own status, nothing else to add, no exemplar) appends its
+  seconds to the cell's log: one ``list.append``, which is atomic in every build (the
+  free-threaded one locks the list inside). No lock, no read-modify-write. Its owner
+  compacts the log into the numbers every ``_LOG_SIZE`` ends (so memory stays bounded),
+  holding the cell's lock.
+- Every other write (any other end, a deferred addition, a compaction) is made holding the
+  cell's lock, which the fold holds while it copies the cell and adds the log to the copy:
+  a consistent snapshot (count, sum, bucket and gauge of one end all, or none). The fold
+  never writes a cell: what it has applied is kept apart (below), so a log it counted and
+  its owner compacted later is not counted twice.
 - ``writing`` is set around the owner's writes: code that runs inside them in the same
   thread (a finalizer, a signal handler calling a decorated function) sees it and defers
   its numbers to the engine's deferred work instead of interleaving a read-modify-write.
@@ -35,8 +44,10 @@ import os
 import threading
 import weakref
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Mapping
 from functools import partial
+from itertools import repeat
 from time import time
 from typing import Any
 
@@ -50,10 +61,13 @@ __all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"
 class Cell:
     """One thread's numbers for one :class:`CellSeries`."""
 
-    __slots__ = ("exemplars", "folded", "lock", "owner", "values", "writing")
+    __slots__ = ("exemplars", "folded", "lock", "log", "owner", "values", "writing")
 
     def __init__(self, size: int, owner: weakref.ref[Any]) -> None:
         self.values: list[float] = [0] * size
+        #: The seconds of the usual ends not yet compacted into ``values`` (appended by the
+        #: owner, taken holding ``lock``).
+        self.log: list[float] = []
         #: What the fold has applied so far, number by number (touched by folds only).
         self.folded: list[float] = [0] * size
         # Reentrant: a fold copying its own thread's cell may be interrupted by a
@@ -84,7 +98,8 @@ class CellSeries:
     ``counters`` and ``gauges`` map a number's index to the child it is added to;
     ``histograms`` map the index of a histogram's sum, followed by its buckets, to the
     histogram child. :meth:`begin` and :meth:`end` are the shape of a job: ``gauge`` up by
-    one, then down, the ``status`` counter up, the seconds observed by ``histogram``.
+    one, then down, the ``status`` counter up, the seconds observed by ``histogram``;
+    :meth:`end_usual` is the end with status ``usual`` and nothing else, the cheapest.
     ``keeper`` is what uses the series (a binding): once it is gone and everything is
     folded, so is the series. ``spare`` numbers are left free in every cell for counters
     known only later (:meth:`counter`: a finish reason first seen on the tenth call).
@@ -93,6 +108,7 @@ class CellSeries:
     __slots__ = (
         "_bounds",
         "_cells",
+        "_ended",
         "_exemplars",
         "_first_bucket",
         "_free",
@@ -103,6 +119,7 @@ class CellSeries:
         "_lock",
         "_step",
         "_targets",
+        "_usual",
         "size",
     )
 
@@ -115,6 +132,7 @@ class CellSeries:
         histograms: Mapping[int, Any],
         gauge: int | None = None,
         histogram: int = 0,
+        usual: int = 0,
         spare: int = 0,
     ) -> None:
         # What each number is added to: a child, or a histogram's sum or bucket value (it
@@ -128,10 +146,18 @@ class CellSeries:
                 self._targets.append((index + 1 + i, bucket))
                 self._exemplars[index + 1 + i] = bucket
         self._free = 1 + max(index for index, _ in self._targets)
-        self.size = self._free + spare
-        # Without a gauge, an end takes 0 from number 0: no branch on the hot path.
+        # Without a gauge, an end takes 0 from number 0: no branch on the hot path. With
+        # one, its ends are a number of their own (added to the same child): the starts'
+        # number is written by its owner alone and without a lock, the others under it.
         self._gauge = 0 if gauge is None else gauge
         self._step = 0 if gauge is None else 1
+        self._ended = 0
+        if gauge is not None:
+            self._ended = self._free
+            self._free += 1
+            self._targets.append((self._ended, gauges[gauge]))
+        self.size = self._free + spare
+        self._usual = usual
         self._histogram = histogram
         self._first_bucket = histogram + 1  # one addition less per end
         self._bounds: list[float] = (
@@ -230,7 +256,7 @@ class CellSeries:
         lock.acquire()
         try:
             values = cell.values
-            values[self._gauge] -= self._step
+            values[self._ended] -= self._step
             values[status] += 1
             values[self._histogram] += seconds
             bucket = self._first_bucket + bisect_left(self._bounds, seconds)
@@ -245,6 +271,58 @@ class CellSeries:
             cell.writing = False
         global _changed
         _changed = True
+
+    def end_usual(self, seconds: float) -> None:
+        """:meth:`end` with status ``usual``, no amounts and no exemplar: the seconds go
+        to the cell's log, compacted later (here every ``_LOG_SIZE`` ends, or by a fold)."""
+        try:
+            cell: Cell = self._local.cell
+        except AttributeError:
+            cell = self._new_cell()
+        log = cell.log
+        log.append(seconds)
+        if len(log) >= _LOG_SIZE and not cell.writing:
+            cell.writing = True
+            try:
+                self._compact(cell)
+            except Exception:  # the log keeps what was not compacted, for the fold
+                report_failure("folding recorded values")
+            finally:
+                cell.writing = False
+        global _changed
+        _changed = True
+
+    def _compact(self, cell: Cell) -> None:
+        """Move the seconds in ``cell``'s log into its numbers: by its owner, marked as
+        writing, holding the cell's lock (which a fold's copy holds too)."""
+        with cell.lock:
+            log = cell.log
+            n = len(log)
+            # One count for both: what a finalizer appends meanwhile stays for next time.
+            batch = log[:n]
+            del log[:n]
+            self._add_ends(cell.values, batch)
+
+    def _add_ends(self, values: list[float], batch: list[float]) -> None:
+        """Add the usual ends whose seconds are ``batch`` to ``values``."""
+        n = len(batch)
+        if not n:
+            return
+        values[self._ended] -= self._step * n
+        values[self._usual] += n
+        values[self._histogram] += sum(batch)
+        first, bounds = self._first_bucket, self._bounds
+        for bucket, count in Counter(map(bisect_left, repeat(bounds, n), batch)).items():
+            values[first + bucket] += count
+
+    def _contents(self, cell: Cell) -> list[float]:
+        """What ``cell`` holds: a copy of its numbers with its log added. Holding its lock,
+        so no compaction runs meanwhile; the cell itself is not changed (a fold may run in
+        the middle of its owner's write: see the module's docstring)."""
+        values = cell.values[:]
+        log = cell.log
+        self._add_ends(values, log[: len(log)])
+        return values
 
     def _keep(
         self,
@@ -296,7 +374,7 @@ class CellSeries:
             if dead_only and not dead:
                 continue
             with cell.lock:
-                values = cell.values[:]
+                values = self._contents(cell)
                 exemplars, cell.exemplars = cell.exemplars, None
             if dead:
                 # Its thread may have added a counter (and counted into it) after
@@ -324,13 +402,21 @@ class CellSeries:
         if self._keeper() is not None:
             return False
         with self._lock:
-            return all(cell.values == cell.folded for cell in self._cells)
+            return all(self._folded(cell) for cell in self._cells)
+
+    def _folded(self, cell: Cell) -> bool:
+        with cell.lock:
+            return self._contents(cell) == cell.folded
 
     def cell_count(self) -> int:
         """How many cells the series holds (live threads', and exited ones not yet folded)."""
         with self._lock:
             return len(self._cells)
 
+
+#: How many usual ends a cell's log holds before its owner compacts it: the log's memory
+#: (under 3 KiB a cell) against the compaction's fixed cost spread over its ends.
+_LOG_SIZE = 64
 
 _series: list[CellSeries] = []
 _series_lock = threading.Lock()
@@ -351,7 +437,9 @@ def fold_all() -> None:
         for series in every:
             try:
                 series._fold(dead_only=False)
-            except Exception:  # what was not applied stays in the cells for the next fold
+            except Exception:  # what was not applied stays in the cells for the next fold,
+                # which the next read makes even if nothing is written meanwhile
+                _changed = True
                 report_failure("folding recorded values")
         done = [series for series in every if series.retired()]
         if done:
