@@ -43,31 +43,31 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from bisect import bisect_left
-from collections import Counter
-from collections.abc import Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
 from functools import partial
-from itertools import repeat
 from time import time
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.samples import Exemplar
 
 from ._jobs import defer, report_failure
 
-__all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
+__all__ = ["Begin", "Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
 
 
 class Cell:
     """One thread's numbers for one :class:`CellSeries`."""
 
-    __slots__ = ("exemplars", "folded", "lock", "log", "owner", "values", "writing")
+    __slots__ = ("exemplars", "folded", "lock", "log", "owner", "starts", "values", "writing")
 
     def __init__(self, size: int, owner: weakref.ref[Any]) -> None:
         self.values: list[float] = [0] * size
         #: The seconds of the usual ends not yet compacted into ``values`` (appended by the
         #: owner, taken holding ``lock``).
         self.log: list[float] = []
+        #: The gauge's steps (+1 a job's start) not yet compacted, the same way.
+        self.starts: list[int] = []
         #: What the fold has applied so far, number by number (touched by folds only).
         self.folded: list[float] = [0] * size
         # Reentrant: a fold copying its own thread's cell may be interrupted by a
@@ -79,6 +79,12 @@ class Cell:
         #: The latest exemplar per number (a histogram's bucket, a counter) since the last
         #: fold: what links an observation to its trace.
         self.exemplars: dict[int, Exemplar] | None = None
+
+
+class Begin(Protocol):
+    """:meth:`CellSeries.begin`'s shape: a step of the gauge, one up by default."""
+
+    def __call__(self, step: int = 1) -> None: ...
 
 
 class _Owner:
@@ -120,6 +126,8 @@ class CellSeries:
         "_step",
         "_targets",
         "_usual",
+        "begin",
+        "end_usual",
         "size",
     )
 
@@ -168,6 +176,7 @@ class CellSeries:
         #: Every cell not yet dropped; changed under ``_lock``.
         self._cells: list[Cell] = []
         self._lock = threading.RLock()
+        self.begin, self.end_usual = self._hot_paths()
         with _series_lock:
             _series.append(self)
 
@@ -212,27 +221,6 @@ class CellSeries:
                 _fold_lock.release()
         return cell
 
-    # The two below run once per decorated call: the lookup of the cell is inlined.
-
-    def begin(self, step: int = 1) -> None:
-        """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's end
-        that records the rest elsewhere)."""
-        try:
-            cell: Cell = self._local.cell
-        except AttributeError:
-            cell = self._new_cell()
-        if cell.writing:  # inside this thread's own write: see the module's docstring
-            defer(partial(self.add, ((self._gauge, step),)))
-            return
-        cell.writing = True
-        try:
-            values = cell.values
-            values[self._gauge] += step
-        finally:
-            cell.writing = False
-        global _changed
-        _changed = True
-
     def end(
         self,
         status: int,
@@ -272,36 +260,68 @@ class CellSeries:
         global _changed
         _changed = True
 
-    def end_usual(self, seconds: float) -> None:
-        """:meth:`end` with status ``usual``, no amounts and no exemplar: the seconds go
-        to the cell's log, compacted later (here every ``_LOG_SIZE`` ends, or by a fold)."""
-        try:
-            cell: Cell = self._local.cell
-        except AttributeError:
-            cell = self._new_cell()
-        log = cell.log
-        log.append(seconds)
-        if len(log) >= _LOG_SIZE and not cell.writing:
-            cell.writing = True
+    def _hot_paths(self) -> tuple[Begin, Callable[[float], None]]:
+        """:meth:`begin` and :meth:`end_usual`, which run once per decorated call: closures
+        over what they read, with the lookup of the cell inlined."""
+        local, new_cell, compact = self._local, self._new_cell, self._compact_own
+
+        def begin(step: int = 1) -> None:
+            """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's
+            end that records the rest elsewhere)."""
             try:
-                self._compact(cell)
-            except Exception:  # the log keeps what was not compacted, for the fold
-                report_failure("folding recorded values")
-            finally:
-                cell.writing = False
-        global _changed
-        _changed = True
+                cell: Cell = local.cell
+            except AttributeError:
+                cell = new_cell()
+            starts = cell.starts
+            starts.append(step)
+            if len(starts) >= _LOG_SIZE:
+                compact(cell)
+            global _changed
+            _changed = True
+
+        def end_usual(seconds: float) -> None:
+            """:meth:`end` with status ``usual``, no amounts and no exemplar."""
+            try:
+                cell: Cell = local.cell
+            except AttributeError:
+                cell = new_cell()
+            log = cell.log
+            log.append(seconds)
+            if len(log) >= _LOG_SIZE:
+                compact(cell)
+            global _changed
+            _changed = True
+
+        return begin, end_usual
+
+    def _compact_own(self, cell: Cell) -> None:
+        """Compact the current thread's cell, unless this runs inside its own write."""
+        if cell.writing:  # a read-modify-write of this thread's is under way: next time
+            return
+        cell.writing = True
+        try:
+            self._compact(cell)
+        except Exception:  # the logs keep what was not compacted, for the fold
+            report_failure("folding recorded values")
+        finally:
+            cell.writing = False
 
     def _compact(self, cell: Cell) -> None:
-        """Move the seconds in ``cell``'s log into its numbers: by its owner, marked as
-        writing, holding the cell's lock (which a fold's copy holds too)."""
+        """Move ``cell``'s logs into its numbers: by its owner, marked as writing, holding
+        the cell's lock (which a fold's copy holds too)."""
         with cell.lock:
-            log = cell.log
+            starts, log = cell.starts, cell.log
+            # One length for the copy and the removal: what a finalizer appends meanwhile
+            # stays for next time.
+            n = len(starts)
+            steps = starts[:n]
+            del starts[:n]
             n = len(log)
-            # One count for both: what a finalizer appends meanwhile stays for next time.
             batch = log[:n]
             del log[:n]
-            self._add_ends(cell.values, batch)
+            values = cell.values
+            values[self._gauge] += sum(steps)
+            self._add_ends(values, batch)
 
     def _add_ends(self, values: list[float], batch: list[float]) -> None:
         """Add the usual ends whose seconds are ``batch`` to ``values``."""
@@ -311,16 +331,28 @@ class CellSeries:
         values[self._ended] -= self._step * n
         values[self._usual] += n
         values[self._histogram] += sum(batch)
-        first, bounds = self._first_bucket, self._bounds
-        for bucket, count in Counter(map(bisect_left, repeat(bounds, n), batch)).items():
-            values[first + bucket] += count
+        # Sorted once, each bucket's count is one bisection (bisect_left of each second
+        # into the bounds, the end's own way, costs eight times more): up to the bucket
+        # that holds the slowest.
+        ordered = sorted(batch)
+        counted = 0
+        index = self._first_bucket
+        for bound in self._bounds:
+            upto = bisect_right(ordered, bound)
+            if upto != counted:
+                values[index] += upto - counted
+                counted = upto
+                if counted == n:
+                    break
+            index += 1
 
     def _contents(self, cell: Cell) -> list[float]:
         """What ``cell`` holds: a copy of its numbers with its log added. Holding its lock,
         so no compaction runs meanwhile; the cell itself is not changed (a fold may run in
         the middle of its owner's write: see the module's docstring)."""
         values = cell.values[:]
-        log = cell.log
+        starts, log = cell.starts, cell.log
+        values[self._gauge] += sum(starts[: len(starts)])
         self._add_ends(values, log[: len(log)])
         return values
 

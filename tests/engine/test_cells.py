@@ -526,19 +526,29 @@ def test_a_call_nested_in_its_own_threads_write_is_deferred_not_interleaved(
     reading(off)  # folded: the cell's numbers are all applied
     binding = monitor._binding
     assert binding is not None
+
+    @monitor  # the same series as work's
+    def fail() -> None:
+        raise LookupError("no such module")
+
     cell = binding.series.cell()
-    numbers, logged = cell.values[:], len(cell.log)
+    numbers, logged, started = cell.values[:], len(cell.log), len(cell.starts)
     cell.writing = True
     try:
         work(1)
-        # No read-modify-write of the cell's numbers meanwhile: the start is deferred, the
-        # end (a success) only appended to the cell's log, which needs no care.
+        with pytest.raises(LookupError):
+            fail()
+        # No read-modify-write of the cell's numbers meanwhile: the starts and the usual
+        # end (a success) are appended to the cell's logs, which needs no care; the error's
+        # end (numbers written in place) is deferred.
         assert cell.values == numbers
         assert len(cell.log) == logged + 1
+        assert len(cell.starts) == started + 2
     finally:
         cell.writing = False
     final = reading(off)  # the deferred numbers are recorded before the read
-    assert final["success"] == final["count"] == 2
+    assert final["success"] == 2 and final["error"] == 1
+    assert final["count"] == 3
     assert final["active"] == 0
 
 
