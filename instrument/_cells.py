@@ -9,23 +9,23 @@ user reads stays prometheus_client metrics; only when the numbers get there chan
 
 Why it is exact, without relying on the GIL or on ``+=`` being atomic:
 
-- A job's start is one number (the gauge's starts), written by the cell's owner thread
-  only, without a lock: a copy sees it whole either way. A job that ends in another thread
-  than it started in writes its end into that thread's cell (the gauge is summed over
-  cells, its ends kept apart from its starts).
-- The usual end (the series' own status, nothing else to add, no exemplar) appends its
-  seconds to the cell's log: one ``list.append``, which is atomic in every build (the
-  free-threaded one locks the list inside). No lock, no read-modify-write. Its owner
-  compacts the log into the numbers every ``_LOG_SIZE`` ends (so memory stays bounded),
-  holding the cell's lock.
+- A job's start appends its gauge step to the cell's ``starts``, and the usual end (the
+  series' own status, nothing else to add, no exemplar) its seconds to the cell's ``log``:
+  one ``list.append`` each, which is atomic in every build (the free-threaded one locks the
+  list inside). No lock, no read-modify-write. The owner compacts the logs into the
+  numbers every ``_LOG_SIZE`` entries (so memory stays bounded), holding the cell's lock.
+  A job that ends in another thread than it started in writes its end into that thread's
+  cell (the gauge is summed over cells).
 - Every other write (any other end, a deferred addition, a compaction) is made holding the
   cell's lock, which the fold holds while it copies the cell and adds the log to the copy:
   a consistent snapshot (count, sum, bucket and gauge of one end all, or none). The fold
   never writes a cell: what it has applied is kept apart (below), so a log it counted and
   its owner compacted later is not counted twice.
-- ``writing`` is set around the owner's writes: code that runs inside them in the same
-  thread (a finalizer, a signal handler calling a decorated function) sees it and defers
-  its numbers to the engine's deferred work instead of interleaving a read-modify-write.
+- ``writing`` is set around the owner's read-modify-writes (an end written in place, a
+  compaction): code that runs inside them in the same thread (a finalizer, a signal
+  handler calling a decorated function) sees it and defers its numbers to the engine's
+  deferred work, or leaves the compaction for next time, instead of interleaving with
+  them. An append needs no such care.
 - The fold keeps what it last applied per number and moves it on number by number, after
   each child accepted the difference: a fold that fails half-way applies the rest later,
   and nothing twice.
