@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from ._cells import CellSeries
 from ._engine import Probe, bind_arguments, wraps_signature
-from ._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar, start_span
+from ._tracing import (
+    MODULES,
+    PROVIDER,
+    QUIET,
+    TRACE_MODULE,
+    end_span,
+    exemplar_labels,
+    run_exemplar,
+    start_span,
+)
 from ._validation import check_label, check_number
 from .objectives import Coverage, ObjectiveArg, declare
 from .policy import Binding, Policy
@@ -349,7 +358,12 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job.after_job = b.after_job
         job.span = (
             start_span(b.span_name, False, b.span_attributes)
-            if b.tracing and TRACE_MODULE in MODULES
+            if b.tracing
+            and TRACE_MODULE in MODULES
+            and (
+                MODULES.get(TRACE_MODULE) is not QUIET.module
+                or QUIET.globals.get(PROVIDER) is not None
+            )
             else None
         )
         b.begin()

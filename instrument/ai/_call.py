@@ -8,7 +8,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._engine import Probe, report_failure, run_deferred
-from .._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar
+from .._tracing import (
+    MODULES,
+    PROVIDER,
+    QUIET,
+    TRACE_MODULE,
+    end_span,
+    exemplar_labels,
+    run_exemplar,
+)
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
@@ -107,7 +115,14 @@ class AICall(Probe):
         self.span = None
         if binding is not None:
             binding.active_inc()
-            if binding.tracing and TRACE_MODULE in MODULES:
+            if (
+                binding.tracing
+                and TRACE_MODULE in MODULES
+                and (
+                    MODULES.get(TRACE_MODULE) is not QUIET.module
+                    or QUIET.globals.get(PROVIDER) is not None
+                )
+            ):
                 options = tracker.options
                 self.span = start_call_span(
                     options.operation, options.provider, model or options.model
