@@ -54,16 +54,16 @@ PROVIDER = "_TRACER_PROVIDER"
 class _Quiet:
     """The ``opentelemetry.trace`` module last seen with no tracer provider set (and none
     named by the environment), and its globals. While ``MODULES[TRACE_MODULE] is
-    QUIET.module`` and ``QUIET.globals.get(PROVIDER) is None``, nothing has changed: a job
-    has no tracer, and its policy, checking this inline, skips :func:`start_span` (the
-    application that imported the API but set no provider pays a dictionary read, not a
-    call). Any other module, or a provider set since, is asked about in start_span."""
+    QUIET.module`` and ``QUIET.globals[PROVIDER]`` is still None, nothing has changed: a
+    job has no tracer, and its policy, checking this inline, skips :func:`start_span` (the
+    application that imported the API but set no provider pays two dictionary reads, not
+    a call). Any other module, or a provider set since, is asked about in start_span."""
 
     __slots__ = ("globals", "module")
 
     def __init__(self) -> None:
         self.module: Any = None
-        self.globals: dict[str, Any] = {}
+        self.globals: dict[str, Any] = {PROVIDER: None}
 
 
 QUIET = _Quiet()

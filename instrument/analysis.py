@@ -356,16 +356,13 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job = _new(kind)
         job._b = b
         job.after_job = b.after_job
-        job.span = (
-            start_span(b.span_name, False, b.span_attributes)
-            if b.tracing
-            and TRACE_MODULE in MODULES
-            and (
-                MODULES.get(TRACE_MODULE) is not QUIET.module
-                or QUIET.globals.get(PROVIDER) is not None
-            )
-            else None
-        )
+        job.span = None
+        if b.tracing and TRACE_MODULE in MODULES:
+            try:  # _tracing.QUIET: no provider set since the last look, so no span
+                if MODULES[TRACE_MODULE] is not QUIET.module or QUIET.globals[PROVIDER] is not None:
+                    job.span = start_span(b.span_name, False, b.span_attributes)
+            except KeyError:  # unloaded meanwhile: no tracer
+                pass
         b.begin()
         job._t0 = perf_counter()
         return job

@@ -115,20 +115,20 @@ class AICall(Probe):
         self.span = None
         if binding is not None:
             binding.active_inc()
-            if (
-                binding.tracing
-                and TRACE_MODULE in MODULES
-                and (
-                    MODULES.get(TRACE_MODULE) is not QUIET.module
-                    or QUIET.globals.get(PROVIDER) is not None
-                )
-            ):
-                options = tracker.options
-                self.span = start_call_span(
-                    options.operation, options.provider, model or options.model
-                )
-                if self.span is not None:  # the responses' model, for the span
-                    self._seek_model = True
+            if binding.tracing and TRACE_MODULE in MODULES:
+                try:  # _tracing.QUIET: no provider set since the last look, so no span
+                    quiet = (
+                        MODULES[TRACE_MODULE] is QUIET.module and QUIET.globals[PROVIDER] is None
+                    )
+                except KeyError:  # unloaded meanwhile: no tracer
+                    quiet = True
+                if not quiet:
+                    options = tracker.options
+                    self.span = start_call_span(
+                        options.operation, options.provider, model or options.model
+                    )
+                    if self.span is not None:  # the responses' model, for the span
+                        self._seek_model = True
         self._t0 = self._last = perf_counter()
 
     # -- the handle ------------------------------------------------------------------------
