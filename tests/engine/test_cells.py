@@ -891,10 +891,12 @@ def test_a_counter_a_thread_added_and_counted_into_during_a_fold_before_it_exite
 _BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 #: One step of a job's life as the property test drives it: a usual end (its seconds), an
 #: end with another status, a read, or a read whose second increment fails.
+#: Seconds anywhere, and exactly on a bucket's bound (which belongs to that bucket).
+_SECONDS = st.one_of(st.floats(0, 20, allow_nan=False), st.sampled_from([0.0, *_BOUNDS]))
 _STEPS = st.lists(
     st.one_of(
-        st.tuples(st.just("usual"), st.floats(0, 20, allow_nan=False)),
-        st.tuples(st.just("error"), st.floats(0, 20, allow_nan=False)),
+        st.tuples(st.just("usual"), _SECONDS),
+        st.tuples(st.just("error"), _SECONDS),
         st.tuples(st.just("read"), st.just(0.0)),
         st.tuples(st.just("failing read"), st.just(0.0)),
     ),
