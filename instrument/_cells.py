@@ -9,14 +9,23 @@ user reads stays prometheus_client metrics; only when the numbers get there chan
 
 Why it is exact, without relying on the GIL or on ``+=`` being atomic:
 
-- A cell is written by its owner thread only: a job that ends in another thread than it
-  started in writes its end into that thread's cell (the gauge is summed over cells).
-- An end's writes are made holding the cell's lock, which the fold holds while it copies
-  the cell: the copy is a consistent snapshot (count, sum, bucket and gauge of one end
-  all, or none). A start writes one number, which a copy sees whole either way.
-- ``writing`` is set around the owner's writes: code that runs inside them in the same
-  thread (a finalizer, a signal handler calling a decorated function) sees it and defers
-  its numbers to the engine's deferred work instead of interleaving a read-modify-write.
+- A job's start appends its gauge step to the cell's ``starts``, and the usual end (the
+  series' own status, nothing else to add, no exemplar) its seconds to the cell's ``log``:
+  one ``list.append`` each, which is atomic in every build (the free-threaded one locks the
+  list inside). No lock, no read-modify-write. The owner compacts the logs into the
+  numbers every ``_LOG_SIZE`` entries (so memory stays bounded), holding the cell's lock.
+  A job that ends in another thread than it started in writes its end into that thread's
+  cell (the gauge is summed over cells).
+- Every other write (any other end, a deferred addition, a compaction) is made holding the
+  cell's lock, which the fold holds while it copies the cell and adds the log to the copy:
+  a consistent snapshot (count, sum, bucket and gauge of one end all, or none). The fold
+  never writes a cell: what it has applied is kept apart (below), so a log it counted and
+  its owner compacted later is not counted twice.
+- ``writing`` is set around the owner's read-modify-writes (an end written in place, a
+  compaction): code that runs inside them in the same thread (a finalizer, a signal
+  handler calling a decorated function) sees it and defers its numbers to the engine's
+  deferred work, or leaves the compaction for next time, instead of interleaving with
+  them. An append needs no such care.
 - The fold keeps what it last applied per number and moves it on number by number, after
   each child accepted the difference: a fold that fails half-way applies the rest later,
   and nothing twice.
@@ -34,26 +43,31 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from bisect import bisect_left
-from collections.abc import Mapping
+from bisect import bisect_left, bisect_right
+from collections.abc import Callable, Mapping
 from functools import partial
 from time import time
-from typing import Any
+from typing import Any, Protocol
 
 from prometheus_client.samples import Exemplar
 
 from ._jobs import defer, report_failure
 
-__all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
+__all__ = ["Begin", "Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
 
 
 class Cell:
     """One thread's numbers for one :class:`CellSeries`."""
 
-    __slots__ = ("exemplars", "folded", "lock", "owner", "values", "writing")
+    __slots__ = ("exemplars", "folded", "lock", "log", "owner", "starts", "values", "writing")
 
     def __init__(self, size: int, owner: weakref.ref[Any]) -> None:
         self.values: list[float] = [0] * size
+        #: The seconds of the usual ends not yet compacted into ``values`` (appended by the
+        #: owner, taken holding ``lock``).
+        self.log: list[float] = []
+        #: The gauge's steps (+1 a job's start) not yet compacted, the same way.
+        self.starts: list[int] = []
         #: What the fold has applied so far, number by number (touched by folds only).
         self.folded: list[float] = [0] * size
         # Reentrant: a fold copying its own thread's cell may be interrupted by a
@@ -65,6 +79,12 @@ class Cell:
         #: The latest exemplar per number (a histogram's bucket, a counter) since the last
         #: fold: what links an observation to its trace.
         self.exemplars: dict[int, Exemplar] | None = None
+
+
+class Begin(Protocol):
+    """:meth:`CellSeries.begin`'s shape: a step of the gauge, one up by default."""
+
+    def __call__(self, step: int = 1) -> None: ...
 
 
 class _Owner:
@@ -84,7 +104,8 @@ class CellSeries:
     ``counters`` and ``gauges`` map a number's index to the child it is added to;
     ``histograms`` map the index of a histogram's sum, followed by its buckets, to the
     histogram child. :meth:`begin` and :meth:`end` are the shape of a job: ``gauge`` up by
-    one, then down, the ``status`` counter up, the seconds observed by ``histogram``.
+    one, then down, the ``status`` counter up, the seconds observed by ``histogram``;
+    :meth:`end_usual` is the end with status ``usual`` and nothing else, the cheapest.
     ``keeper`` is what uses the series (a binding): once it is gone and everything is
     folded, so is the series. ``spare`` numbers are left free in every cell for counters
     known only later (:meth:`counter`: a finish reason first seen on the tenth call).
@@ -93,6 +114,7 @@ class CellSeries:
     __slots__ = (
         "_bounds",
         "_cells",
+        "_ended",
         "_exemplars",
         "_first_bucket",
         "_free",
@@ -103,6 +125,9 @@ class CellSeries:
         "_lock",
         "_step",
         "_targets",
+        "_usual",
+        "begin",
+        "end_usual",
         "size",
     )
 
@@ -115,6 +140,7 @@ class CellSeries:
         histograms: Mapping[int, Any],
         gauge: int | None = None,
         histogram: int = 0,
+        usual: int = 0,
         spare: int = 0,
     ) -> None:
         # What each number is added to: a child, or a histogram's sum or bucket value (it
@@ -128,10 +154,18 @@ class CellSeries:
                 self._targets.append((index + 1 + i, bucket))
                 self._exemplars[index + 1 + i] = bucket
         self._free = 1 + max(index for index, _ in self._targets)
-        self.size = self._free + spare
-        # Without a gauge, an end takes 0 from number 0: no branch on the hot path.
+        # Without a gauge, an end takes 0 from number 0: no branch on the hot path. With
+        # one, its ends are a number of their own (added to the same child): the starts'
+        # number is written by its owner alone and without a lock, the others under it.
         self._gauge = 0 if gauge is None else gauge
         self._step = 0 if gauge is None else 1
+        self._ended = 0
+        if gauge is not None:
+            self._ended = self._free
+            self._free += 1
+            self._targets.append((self._ended, gauges[gauge]))
+        self.size = self._free + spare
+        self._usual = usual
         self._histogram = histogram
         self._first_bucket = histogram + 1  # one addition less per end
         self._bounds: list[float] = (
@@ -142,6 +176,7 @@ class CellSeries:
         #: Every cell not yet dropped; changed under ``_lock``.
         self._cells: list[Cell] = []
         self._lock = threading.RLock()
+        self.begin, self.end_usual = self._hot_paths()
         with _series_lock:
             _series.append(self)
 
@@ -186,27 +221,6 @@ class CellSeries:
                 _fold_lock.release()
         return cell
 
-    # The two below run once per decorated call: the lookup of the cell is inlined.
-
-    def begin(self, step: int = 1) -> None:
-        """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's end
-        that records the rest elsewhere)."""
-        try:
-            cell: Cell = self._local.cell
-        except AttributeError:
-            cell = self._new_cell()
-        if cell.writing:  # inside this thread's own write: see the module's docstring
-            defer(partial(self.add, ((self._gauge, step),)))
-            return
-        cell.writing = True
-        try:
-            values = cell.values
-            values[self._gauge] += step
-        finally:
-            cell.writing = False
-        global _changed
-        _changed = True
-
     def end(
         self,
         status: int,
@@ -230,7 +244,7 @@ class CellSeries:
         lock.acquire()
         try:
             values = cell.values
-            values[self._gauge] -= self._step
+            values[self._ended] -= self._step
             values[status] += 1
             values[self._histogram] += seconds
             bucket = self._first_bucket + bisect_left(self._bounds, seconds)
@@ -245,6 +259,102 @@ class CellSeries:
             cell.writing = False
         global _changed
         _changed = True
+
+    def _hot_paths(self) -> tuple[Begin, Callable[[float], None]]:
+        """:meth:`begin` and :meth:`end_usual`, which run once per decorated call: closures
+        over what they read, with the lookup of the cell inlined."""
+        local, new_cell, compact = self._local, self._new_cell, self._compact_own
+
+        def begin(step: int = 1) -> None:
+            """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's
+            end that records the rest elsewhere)."""
+            try:
+                cell: Cell = local.cell
+            except AttributeError:
+                cell = new_cell()
+            starts = cell.starts
+            starts.append(step)
+            if len(starts) >= _LOG_SIZE:
+                compact(cell)
+            global _changed
+            _changed = True
+
+        def end_usual(seconds: float) -> None:
+            """:meth:`end` with status ``usual``, no amounts and no exemplar."""
+            try:
+                cell: Cell = local.cell
+            except AttributeError:
+                cell = new_cell()
+            log = cell.log
+            log.append(seconds)
+            if len(log) >= _LOG_SIZE:
+                compact(cell)
+            global _changed
+            _changed = True
+
+        return begin, end_usual
+
+    def _compact_own(self, cell: Cell) -> None:
+        """Compact the current thread's cell, unless this runs inside its own write."""
+        if cell.writing:  # a read-modify-write of this thread's is under way: next time
+            return
+        cell.writing = True
+        try:
+            self._compact(cell)
+        except Exception:  # the logs keep what was not compacted, for the fold
+            report_failure("folding recorded values")
+        finally:
+            cell.writing = False
+
+    def _compact(self, cell: Cell) -> None:
+        """Move ``cell``'s logs into its numbers: by its owner, marked as writing, holding
+        the cell's lock (which a fold's copy holds too)."""
+        with cell.lock:
+            starts, log = cell.starts, cell.log
+            # One length for the copy and the removal: what a finalizer appends meanwhile
+            # stays for next time.
+            n = len(starts)
+            steps = starts[:n]
+            del starts[:n]
+            n = len(log)
+            batch = log[:n]
+            del log[:n]
+            values = cell.values
+            values[self._gauge] += sum(steps)
+            self._add_ends(values, batch)
+
+    def _add_ends(self, values: list[float], batch: list[float]) -> None:
+        """Add the usual ends whose seconds are ``batch`` to ``values``."""
+        n = len(batch)
+        if not n:
+            return
+        values[self._ended] -= self._step * n
+        values[self._usual] += n
+        values[self._histogram] += sum(batch)
+        # Sorted once, each bucket's count is one bisection (bisect_left of each second
+        # into the bounds, the end's own way, costs eight times more): up to the bucket
+        # that holds the slowest.
+        ordered = sorted(batch)
+        counted = 0
+        index = self._first_bucket
+        for bound in self._bounds:
+            upto = bisect_right(ordered, bound)
+            if upto != counted:
+                values[index] += upto - counted
+                counted = upto
+                if counted == n:
+                    break
+            index += 1
+
+    def _contents(self, cell: Cell) -> list[float]:
+        """What ``cell`` holds: a copy of its numbers with its log added. Holding its lock,
+        so no compaction runs meanwhile; the cell itself is not changed (a fold may run in
+        the middle of its owner's write: see the module's docstring)."""
+        values = cell.values[:]
+        starts, log = cell.starts, cell.log
+        values[self._gauge] += sum(starts[: len(starts)])
+        self._add_ends(values, log[: len(log)])
+        return values
 
     def _keep(
         self,
@@ -296,7 +406,7 @@ class CellSeries:
             if dead_only and not dead:
                 continue
             with cell.lock:
-                values = cell.values[:]
+                values = self._contents(cell)
                 exemplars, cell.exemplars = cell.exemplars, None
             if dead:
                 # Its thread may have added a counter (and counted into it) after
@@ -324,13 +434,21 @@ class CellSeries:
         if self._keeper() is not None:
             return False
         with self._lock:
-            return all(cell.values == cell.folded for cell in self._cells)
+            return all(self._folded(cell) for cell in self._cells)
+
+    def _folded(self, cell: Cell) -> bool:
+        with cell.lock:
+            return self._contents(cell) == cell.folded
 
     def cell_count(self) -> int:
         """How many cells the series holds (live threads', and exited ones not yet folded)."""
         with self._lock:
             return len(self._cells)
 
+
+#: How many usual ends a cell's log holds before its owner compacts it: the log's memory
+#: (under 3 KiB a cell) against the compaction's fixed cost spread over its ends.
+_LOG_SIZE = 64
 
 _series: list[CellSeries] = []
 _series_lock = threading.Lock()
@@ -351,7 +469,9 @@ def fold_all() -> None:
         for series in every:
             try:
                 series._fold(dead_only=False)
-            except Exception:  # what was not applied stays in the cells for the next fold
+            except Exception:  # what was not applied stays in the cells for the next fold,
+                # which the next read makes even if nothing is written meanwhile
+                _changed = True
                 report_failure("folding recorded values")
         done = [series for series in every if series.retired()]
         if done:

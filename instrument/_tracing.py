@@ -27,6 +27,8 @@ from ._jobs import report_failure
 
 __all__ = [
     "MODULES",
+    "PROVIDER",
+    "QUIET",
     "TRACE_MODULE",
     "current_tracer",
     "end_span",
@@ -41,13 +43,36 @@ __all__ = [
 ]
 
 #: A policy starts a span only when ``TRACE_MODULE in MODULES`` (checked inline, before
-#: calling :func:`start_span`: without opentelemetry, a call then costs what it did).
+#: calling :func:`start_span`: without opentelemetry, a call then costs what it did), and
+#: not while that module is still the quiet one (:data:`QUIET`).
 TRACE_MODULE = _TRACE = "opentelemetry.trace"
 MODULES = _modules = sys.modules
+#: The name of the API's global tracer provider (None until one is set).
+PROVIDER = "_TRACER_PROVIDER"
+
+
+class _Quiet:
+    """The ``opentelemetry.trace`` module last seen with no tracer provider set (and none
+    named by the environment), and its globals. While ``MODULES[TRACE_MODULE] is
+    QUIET.module`` and ``QUIET.globals[PROVIDER]`` is still None, nothing has changed: a
+    job has no tracer, and its policy, checking this inline, skips :func:`start_span` (the
+    application that imported the API but set no provider pays two dictionary reads, not
+    a call). Any other module, or a provider set since, is asked about in start_span."""
+
+    __slots__ = ("globals", "module")
+
+    def __init__(self) -> None:
+        self.module: Any = None
+        self.globals: dict[str, Any] = {PROVIDER: None}
+
+
+QUIET = _Quiet()
 #: What a module attribute read gives when opentelemetry renamed its global provider.
 _MISSING: Any = object()
-#: (provider, its tracer or None): swapped as one tuple, so a reader never sees a mix.
-_cache: tuple[Any, Any] = (None, None)
+#: (provider, its tracer or None): swapped as one tuple, so a reader never sees a mix. At
+#: first no provider at all, not even None: a first call finding none set looks at the
+#: environment, which may name one.
+_cache: tuple[Any, Any] = (object(), None)
 #: The longest run id an exemplar can carry: OpenMetrics bounds an exemplar's label set to
 #: 128 characters, names included ("run_id" is 6).
 MAX_RUN_ID = 122
@@ -94,6 +119,8 @@ def _tracer_of(trace: Any, provider: Any) -> Any:
         # The provider named by OTEL_PYTHON_TRACER_PROVIDER is loaded by the getter.
         if "OTEL_PYTHON_TRACER_PROVIDER" not in os.environ:
             _cache = (None, None)
+            QUIET.globals = vars(trace)
+            QUIET.module = trace
             return None
         try:
             provider = trace.get_tracer_provider()

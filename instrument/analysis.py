@@ -13,7 +13,16 @@ from typing import TYPE_CHECKING, Any
 
 from ._cells import CellSeries
 from ._engine import Probe, bind_arguments, wraps_signature
-from ._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar, start_span
+from ._tracing import (
+    MODULES,
+    PROVIDER,
+    QUIET,
+    TRACE_MODULE,
+    end_span,
+    exemplar_labels,
+    run_exemplar,
+    start_span,
+)
 from ._validation import check_label, check_number
 from .objectives import Coverage, ObjectiveArg, declare
 from .policy import Binding, Policy
@@ -49,9 +58,11 @@ class _AnalysisBinding(Binding):
         active = m.active_jobs.labels(monitor.job_type)
         duration = m.analysis_duration.labels(module, analysis_type)
         statuses = [m.analyses.labels(module, analysis_type, s) for s in _STATUSES]
-        #: ``begin()`` at a job's start, ``end(status, seconds, (), exemplar)`` at its end.
+        #: ``begin()`` at a job's start, ``end(status, seconds, (), exemplar)`` at its end,
+        #: ``end_usual(seconds)`` at a success with no exemplar (the usual end).
         self.begin: Callable[[], None]
         self.end: Callable[[int, float, Any, Any], None]
+        self.end_usual: Callable[[float], None]
         #: A job's span: its name and first attributes (the OpenTelemetry conventions'
         #: namespace ``analysis.``).
         self.span_name = f"{module} {analysis_type}"
@@ -69,16 +80,19 @@ class _AnalysisBinding(Binding):
                 histograms={_DURATION: duration},
                 gauge=_ACTIVE,
                 histogram=_DURATION,
+                usual=_SUCCESS,
             )
             self.series = series
             self.begin = series.begin
             self.end = series.end
+            self.end_usual = series.end_usual
         else:
             self.begin = active.inc
             self._active_dec = active.dec
             self._observe = duration.observe
             self._status_inc = {i: c.inc for i, c in zip(_STATUS_INDEXES, statuses, strict=True)}
             self.end = self._end_direct
+            self.end_usual = self._end_usual_direct
         self._errors = m.analysis_errors
         self._error_children: dict[str, Callable[[], None]] = {}
         self._analysis_type = analysis_type
@@ -90,6 +104,11 @@ class _AnalysisBinding(Binding):
         # No exemplar: prometheus_client's multiprocess mode keeps none.
         self._observe(seconds)
         self._status_inc[status]()
+        self._active_dec()
+
+    def _end_usual_direct(self, seconds: float) -> None:
+        self._observe(seconds)
+        self._status_inc[_SUCCESS]()
         self._active_dec()
 
     def count_error(self, exc: BaseException) -> None:
@@ -159,12 +178,11 @@ class AnalysisJob(Probe):
         seconds = perf_counter() - self._t0
         b = self._b
         span = self.span
-        b.end(
-            _SUCCESS,
-            seconds,
-            (),
-            run_exemplar() if span is None and b.tracing else exemplar_labels(span),
-        )
+        exemplar = run_exemplar() if span is None and b.tracing else exemplar_labels(span)
+        if exemplar is None:
+            b.end_usual(seconds)
+        else:
+            b.end(_SUCCESS, seconds, (), exemplar)
         if span is not None:
             end_span(span)
         return result
@@ -338,11 +356,13 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         job = _new(kind)
         job._b = b
         job.after_job = b.after_job
-        job.span = (
-            start_span(b.span_name, False, b.span_attributes)
-            if b.tracing and TRACE_MODULE in MODULES
-            else None
-        )
+        job.span = None
+        if b.tracing and TRACE_MODULE in MODULES:
+            try:  # _tracing.QUIET: no provider set since the last look, so no span
+                if MODULES[TRACE_MODULE] is not QUIET.module or QUIET.globals[PROVIDER] is not None:
+                    job.span = start_span(b.span_name, False, b.span_attributes)
+            except KeyError:  # unloaded meanwhile: no tracer
+                pass
         b.begin()
         job._t0 = perf_counter()
         return job

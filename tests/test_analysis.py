@@ -528,7 +528,7 @@ def test_failing_metric_update_never_reaches_the_call(
 
     assert analyze() == 7  # binds the label children
     assert monitor._binding is not None
-    monitor._binding.end = explode
+    monitor._binding.end = monitor._binding.end_usual = explode
     with caplog.at_level(logging.ERROR, logger="instrument"):
         assert analyze() == 7
     assert "recording a result failed" in caplog.text

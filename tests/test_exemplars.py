@@ -10,6 +10,7 @@ Prometheus with exemplar storage (``/api/v1/query_exemplars``).
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import json
 import struct
 import time
@@ -215,13 +216,18 @@ def test_a_run_id_block_left_in_another_task_raises_nothing_and_ends_there(
         job()  # after the block, in the task that left it
 
     gen = steps()
-    next(gen)
 
     async def elsewhere() -> None:
         with pytest.raises(StopIteration):
             next(gen)
 
-    asyncio.run(elsewhere())
+    def enter_here_leave_there() -> None:
+        next(gen)
+        asyncio.run(elsewhere())  # its task's context is a copy of this one, in the block
+
+    # In a context of its own: the one that entered the block keeps the run (it never
+    # left it there), which must not leak into the tests after this one.
+    contextvars.copy_context().run(enter_here_leave_there)
     assert exposed(inst) == {}
     assert (
         inst.registry.get_sample_value(

@@ -13,6 +13,7 @@ import asyncio
 import gc
 import json
 import logging
+import os
 import subprocess
 import sys
 import textwrap
@@ -604,6 +605,90 @@ def test_without_a_tracer_provider_there_is_no_span(inst: Instrumentation) -> No
 
     assert ask() == 0
     assert calls(inst.registry, "openai", "gpt-4o")["success"] == 1
+
+
+def test_a_provider_set_after_calls_without_one_traces_the_next_call(
+    inst: Instrumentation,
+) -> None:
+    # The calls without a provider skip asking for a tracer (the quiet module is noted);
+    # a provider set since is seen at the very next call, and unset again, no longer.
+    from instrument._tracing import QUIET
+
+    monitor = inst.monitored_analysis("m", "t")
+
+    @monitor
+    def work() -> int:
+        return current_span_id()
+
+    assert work() == 0 and work() == 0
+    assert QUIET.module is trace
+    with tracer_provider() as exporter:
+        assert work() != 0
+        assert [span.name for span in exporter.get_finished_spans()] == ["m t"]
+    assert work() == 0
+    assert analyses(inst.registry, "success") == 4
+
+
+def test_a_trace_module_imported_again_is_asked_about_again(
+    inst: Instrumentation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # What a test suite that purges and re-imports opentelemetry does: the module noted as
+    # quiet is no longer the one in sys.modules, and the new one's provider counts.
+    import importlib.util
+
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from instrument._tracing import QUIET
+
+    @inst.monitored_analysis("m", "t")
+    def work() -> None:
+        return None
+
+    work()
+    assert QUIET.module is trace
+    spec = importlib.util.find_spec("opentelemetry.trace")
+    assert spec is not None and spec.loader is not None
+    again = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(again)
+    exporter = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(exporter))
+    again._TRACER_PROVIDER = provider  # type: ignore[attr-defined]
+    monkeypatch.setitem(sys.modules, "opentelemetry.trace", again)
+    work()
+    assert [span.name for span in exporter.get_finished_spans()] == ["m t"]
+    provider.shutdown()
+
+
+def test_a_provider_named_by_the_environment_traces_the_first_call() -> None:
+    # OTEL_PYTHON_TRACER_PROVIDER names the SDK's provider (an entry point): the API loads
+    # it when asked, and nothing was set before the first decorated call asks.
+    code = """
+        import opentelemetry.trace as trace
+        from prometheus_client import CollectorRegistry
+        from instrument import Instrumentation
+
+        inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
+
+        @inst.monitored_analysis("m", "t")
+        def work():
+            return trace.get_current_span().get_span_context().span_id
+
+        print(work() != 0, type(trace.get_tracer_provider()).__module__)
+    """
+    env = {**os.environ, "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}
+    done = subprocess.run(
+        [sys.executable, "-c", textwrap.dedent(code)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+        env=env,
+    )
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["True", "opentelemetry.sdk.trace"]
 
 
 def _python(code: str) -> str:

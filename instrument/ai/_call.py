@@ -8,7 +8,15 @@ from time import perf_counter
 from typing import TYPE_CHECKING, Any, TypeVar, cast
 
 from .._engine import Probe, report_failure, run_deferred
-from .._tracing import MODULES, TRACE_MODULE, end_span, exemplar_labels, run_exemplar
+from .._tracing import (
+    MODULES,
+    PROVIDER,
+    QUIET,
+    TRACE_MODULE,
+    end_span,
+    exemplar_labels,
+    run_exemplar,
+)
 from ..metrics import check_label_value
 from ._content import response_body
 from ._managers import Manager, RawResponse, unread_raw_response
@@ -108,12 +116,19 @@ class AICall(Probe):
         if binding is not None:
             binding.active_inc()
             if binding.tracing and TRACE_MODULE in MODULES:
-                options = tracker.options
-                self.span = start_call_span(
-                    options.operation, options.provider, model or options.model
-                )
-                if self.span is not None:  # the responses' model, for the span
-                    self._seek_model = True
+                try:  # _tracing.QUIET: no provider set since the last look, so no span
+                    quiet = (
+                        MODULES[TRACE_MODULE] is QUIET.module and QUIET.globals[PROVIDER] is None
+                    )
+                except KeyError:  # unloaded meanwhile: no tracer
+                    quiet = True
+                if not quiet:
+                    options = tracker.options
+                    self.span = start_call_span(
+                        options.operation, options.provider, model or options.model
+                    )
+                    if self.span is not None:  # the responses' model, for the span
+                        self._seek_model = True
         self._t0 = self._last = perf_counter()
 
     # -- the handle ------------------------------------------------------------------------

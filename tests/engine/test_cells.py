@@ -292,7 +292,7 @@ def test_a_fold_failing_half_way_loses_and_doubles_nothing(
 
     def flaky(self: MutexValue, amount: float) -> None:
         calls[0] += 1
-        if calls[0] == 3:  # part of the fold is applied, then a child fails
+        if calls[0] >= 3:  # part of the fold is applied, then the children fail
             raise OSError("injected")
         real(self, amount)
 
@@ -306,6 +306,29 @@ def test_a_fold_failing_half_way_loses_and_doubles_nothing(
     assert final["success"] == final["count"] == 15
     assert final["active"] == 0
     assert 0 < final["sum"] < 1
+
+
+def test_a_read_right_after_a_failed_fold_sees_every_call(
+    off: Instrumentation, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Nothing is recorded between the failed read and the next: that one still folds.
+    _, work = work_of(off)
+    for i in range(10):
+        work(i)
+    real = MutexValue.inc
+
+    def failing(self: MutexValue, amount: float) -> None:
+        raise OSError("injected")
+
+    monkeypatch.setattr(MutexValue, "inc", failing)
+    assert reading(off)["success"] == 0
+    monkeypatch.setattr(MutexValue, "inc", real)
+    # A read of one metric (not the registry's whole collect, which always folds).
+    (family,) = off.metrics.analysis_duration.collect()
+    assert [s.value for s in family.samples if s.name.endswith("_count")] == [10]
+    again = reading(off)
+    assert again["success"] == again["count"] == 10
+    assert again["active"] == 0
 
 
 def test_every_reader_sees_the_folded_values(
@@ -503,15 +526,29 @@ def test_a_call_nested_in_its_own_threads_write_is_deferred_not_interleaved(
     reading(off)  # folded: the cell's numbers are all applied
     binding = monitor._binding
     assert binding is not None
+
+    @monitor  # the same series as work's
+    def fail() -> None:
+        raise LookupError("no such module")
+
     cell = binding.series.cell()
+    numbers, logged, started = cell.values[:], len(cell.log), len(cell.starts)
     cell.writing = True
     try:
         work(1)
-        assert cell.values == cell.folded  # nothing written into the cell meanwhile
+        with pytest.raises(LookupError):
+            fail()
+        # No read-modify-write of the cell's numbers meanwhile: the starts and the usual
+        # end (a success) are appended to the cell's logs, which needs no care; the error's
+        # end (numbers written in place) is deferred.
+        assert cell.values == numbers
+        assert len(cell.log) == logged + 1
+        assert len(cell.starts) == started + 2
     finally:
         cell.writing = False
     final = reading(off)  # the deferred numbers are recorded before the read
-    assert final["success"] == final["count"] == 2
+    assert final["success"] == 2 and final["error"] == 1
+    assert final["count"] == 3
     assert final["active"] == 0
 
 
@@ -847,3 +884,164 @@ def test_a_counter_a_thread_added_and_counted_into_during_a_fold_before_it_exite
     assert registry.get_sample_value("late_things_total", {"kind": "base"}) == 2
     assert registry.get_sample_value("late_things_total", {"kind": "late"}) == 3
     assert series.cell_count() == 1  # the writer's cell folded and dropped
+
+
+# -- the log of usual ends: against a plain prometheus_client histogram -------------------------
+
+_BOUNDS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+#: One step of a job's life as the property test drives it: a usual end (its seconds), an
+#: end with another status, a read, or a read whose second increment fails.
+#: Seconds anywhere, and exactly on a bucket's bound (which belongs to that bucket).
+_SECONDS = st.one_of(st.floats(0, 20, allow_nan=False), st.sampled_from([0.0, *_BOUNDS]))
+_STEPS = st.lists(
+    st.one_of(
+        st.tuples(st.just("usual"), _SECONDS),
+        st.tuples(st.just("error"), _SECONDS),
+        st.tuples(st.just("read"), st.just(0.0)),
+        st.tuples(st.just("failing read"), st.just(0.0)),
+    ),
+    max_size=300,
+)
+
+
+def _job_series(
+    keeper: _Keeper,
+) -> tuple[CollectorRegistry, Any, Callable[[], dict[str, float]]]:
+    """A job's series (gauge, two statuses, a histogram) on a fresh registry, and what
+    reads its numbers the way a scrape does (the fold first)."""
+    from prometheus_client import Counter, Gauge, Histogram
+
+    from instrument._cells import CellSeries, fold_if_changed
+
+    registry = CollectorRegistry()
+    active = Gauge("log_active", "Active", registry=registry)
+    done = Counter("log_done", "Done", ["status"], registry=registry)
+    seconds = Histogram("log_seconds", "Seconds", buckets=_BOUNDS, registry=registry)
+    series = CellSeries(
+        keeper,
+        counters={1: done.labels("success"), 2: done.labels("error")},
+        gauges={0: active},
+        histograms={3: seconds},
+        gauge=0,
+        histogram=3,
+        usual=1,
+    )
+
+    def read() -> dict[str, float]:
+        fold_if_changed()
+        numbers = {
+            "active": registry.get_sample_value("log_active"),
+            "success": registry.get_sample_value("log_done_total", {"status": "success"}),
+            "error": registry.get_sample_value("log_done_total", {"status": "error"}),
+            "sum": registry.get_sample_value("log_seconds_sum"),
+            "count": registry.get_sample_value("log_seconds_count"),
+        }
+        for bound in (*_BOUNDS, float("inf")):
+            numbers[f"le={bound}"] = registry.get_sample_value(
+                "log_seconds_bucket", {"le": str(bound) if bound != float("inf") else "+Inf"}
+            )
+        return {name: value or 0.0 for name, value in numbers.items()}
+
+    return registry, series, read
+
+
+def _second_fails(real: Callable[..., None], calls: list[int]) -> Callable[..., None]:
+    """An increment that fails the second time it is called."""
+
+    def inc(self: MutexValue, amount: float) -> None:
+        calls[0] += 1
+        if calls[0] == 2:
+            raise OSError("injected")
+        real(self, amount)
+
+    return inc
+
+
+@settings(max_examples=60, deadline=None)
+@given(_STEPS)
+def test_usual_ends_through_the_log_read_back_as_a_plain_histogram_would(
+    steps: list[tuple[str, float]],
+) -> None:
+    """Ends logged, compacted by their owner every so many, counted by folds in between
+    (some failing half-way): every read equals a prometheus_client histogram that saw the
+    same ends, bucket by bucket, none lost and none counted twice."""
+    from prometheus_client import Histogram
+
+    keeper = _Keeper()
+    _, series, read = _job_series(keeper)
+    plain = Histogram("plain_seconds", "Seconds", buckets=_BOUNDS, registry=CollectorRegistry())
+    ended = {"success": 0, "error": 0}
+    real = MutexValue.inc
+    for step, seconds in steps:
+        if step in ("usual", "error"):
+            series.begin()
+            if step == "usual":
+                series.end_usual(seconds)
+                ended["success"] += 1
+            else:
+                series.end(2, seconds)
+                ended["error"] += 1
+            plain.observe(seconds)
+            continue
+        if step == "failing read":
+            MutexValue.inc = _second_fails(real, [0])  # type: ignore[method-assign]
+            try:
+                read()
+            finally:
+                MutexValue.inc = real  # type: ignore[method-assign]
+            continue
+        got = read()
+        assert got["active"] == 0
+        assert got["success"] == ended["success"] and got["error"] == ended["error"]
+        assert got["count"] == ended["success"] + ended["error"]
+        expected_sum = plain._sum.get()
+        assert got["sum"] == pytest.approx(expected_sum, rel=1e-9, abs=1e-9)
+        for bound, bucket in zip((*_BOUNDS, float("inf")), plain._buckets, strict=True):
+            below = sum(b.get() for b in plain._buckets[: plain._buckets.index(bucket) + 1])
+            assert got[f"le={bound}"] == below
+    final = read()
+    assert (
+        final["count"]
+        == ended["success"] + ended["error"]
+        == len([s for s in steps if s[0] in ("usual", "error")])
+    )
+    assert all(len(cell.log) < 64 for cell in series._cells)  # bounded
+
+
+def test_a_log_counted_by_a_read_then_compacted_is_not_counted_again(off: Instrumentation) -> None:
+    monitor, work = work_of(off)
+    for i in range(10):
+        work(i)
+    assert reading(off)["success"] == 10  # counted from the log
+    binding = monitor._binding
+    assert binding is not None
+    cell = binding.series.cell()
+    assert len(cell.log) == 10  # the read did not change the cell
+    for i in range(200):  # the owner compacts three times, the ten read above included
+        work(i)
+    assert len(cell.log) < 64
+    final = reading(off)
+    assert final["success"] == final["count"] == 210
+    assert final["active"] == 0
+
+
+def test_a_forked_child_gets_the_logged_ends_of_its_parent(off: Instrumentation) -> None:
+    _, work = work_of(off)
+    for i in range(30):  # in the log, not yet compacted
+        work(i)
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:
+        try:
+            for i in range(40):  # across a compaction in the child
+                work(i)
+            got = reading(off)
+            os.write(write, f"{got['success']} {got['count']} {got['active']}".encode())
+        finally:
+            os._exit(0)
+    os.close(write)
+    os.waitpid(pid, 0)
+    answer = os.read(read, 200).decode().split()
+    os.close(read)
+    assert [float(x) for x in answer] == [70, 70, 0]
+    assert reading(off)["success"] == 30  # the parent's own, unchanged by the child
