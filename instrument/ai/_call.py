@@ -349,8 +349,11 @@ class AICall(Probe):
                         self._outcome = outcome if had is None else had + outcome
                 finally:
                     usage_lock.release()
-            if self._seek_model:
-                self._see_model(response)
+            if self._seek_model:  # _see_model, inlined: gen_ai_* calls read it every time
+                model = response_model(response)
+                if model is not None:
+                    self._seen_model = model
+                    self._seek_model = False
         except Exception as exc:
             self._failed(response, exc)
 

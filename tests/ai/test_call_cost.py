@@ -16,6 +16,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry
+from prometheus_client.utils import floatToGoString
 
 import instrument
 from instrument import Instrumentation
@@ -471,4 +472,111 @@ def test_two_labels_are_remembered_together_and_exactly(registry: CollectorRegis
     assert counted(registry, "ai_api_calls_total", team="x", **labels) == 2
     assert counted(registry, "ai_api_calls_total", team="liar", **labels) == 1
     assert counted(registry, "ai_api_calls_total", team="", **labels) == 1
+    inst.close()
+
+
+# -- gen_ai_* histograms recorded the way a job's end is ------------------------------------
+
+GENAI_BASE = {
+    "gen_ai_operation_name": "chat",
+    "gen_ai_provider_name": "openai",
+    "gen_ai_request_model": MODEL,
+    "gen_ai_response_model": MODEL,
+    "error_type": "",
+}
+
+
+def genai_value(registry: CollectorRegistry, name: str, **labels: str) -> float:
+    """A gen_ai_* sample of the chat calls; the token histogram has no error_type."""
+    base = dict(GENAI_BASE)
+    if "gen_ai_token_type" in labels:
+        del base["error_type"]
+    return registry.get_sample_value(name, {**base, **labels}) or 0.0
+
+
+@settings(max_examples=25, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.one_of(st.sampled_from([0, 1, 4, 5, 16, 4**13, 4**13 + 1]), st.integers(0, 10**6)),
+            st.integers(0, 5000),
+            st.sampled_from([0.0, 0.01, 0.0100001, 0.5, 81.92, 500.0]),
+        ),
+        min_size=1,
+        max_size=12,
+    )
+)
+def test_gen_ai_buckets_count_every_call_exactly(calls: list[tuple[int, int, float]]) -> None:
+    """Each call's tokens in the bucket at or above them (their boundaries included), its
+    duration likewise, the counts and sums those of the calls made."""
+    from instrument.ai import _call as call_module
+    from instrument.metrics import GENAI_SECONDS_BUCKETS, GENAI_TOKEN_BUCKETS
+
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, push_mode="off", genai_semconv=True)
+    tracker = inst.track_ai_call("openai", MODEL)
+    now = [0.0]
+    real = call_module.perf_counter
+    call_module.perf_counter = lambda: now[0]  # type: ignore[assignment]
+    try:
+        for inputs, outputs, seconds in calls:
+            now[0] = 0.0  # each call from 0: its duration is exactly ``seconds``
+            with tracker as call:
+                call.record_response(
+                    {
+                        "model": MODEL,
+                        "usage": {"prompt_tokens": inputs, "completion_tokens": outputs},
+                    }
+                )
+                now[0] += seconds
+    finally:
+        call_module.perf_counter = real  # type: ignore[assignment]
+    tokens = "gen_ai_client_token_usage"
+    duration = "gen_ai_client_operation_duration_seconds"
+    for kind, counts in (("input", [c[0] for c in calls]), ("output", [c[1] for c in calls])):
+        for bound in (*GENAI_TOKEN_BUCKETS, float("inf")):
+            le = floatToGoString(bound)
+            expected = sum(1 for n in counts if n <= bound)
+            got = genai_value(registry, f"{tokens}_bucket", gen_ai_token_type=kind, le=le)
+            assert got == expected, (kind, le)
+        assert genai_value(registry, f"{tokens}_sum", gen_ai_token_type=kind) == sum(counts)
+        assert genai_value(registry, f"{tokens}_count", gen_ai_token_type=kind) == len(calls)
+    for bound in (*GENAI_SECONDS_BUCKETS, float("inf")):
+        le = floatToGoString(bound)
+        expected = sum(1 for c in calls if c[2] <= bound)
+        assert genai_value(registry, f"{duration}_bucket", le=le) == expected, le
+    assert genai_value(registry, f"{duration}_count") == len(calls)
+    assert genai_value(registry, f"{duration}_sum") == pytest.approx(sum(c[2] for c in calls))
+    inst.close()
+
+
+def test_gen_ai_embeddings_and_calls_without_usage(registry: CollectorRegistry) -> None:
+    inst = Instrumentation(registry=registry, push_mode="off", genai_semconv=True)
+    embed = inst.track_ai_call("openai", MODEL, operation="embeddings")
+    for _ in range(3):
+        with embed as call:
+            call.record_response({"model": MODEL, "usage": {"prompt_tokens": 7}})
+    with inst.track_ai_call("openai", MODEL) as call:
+        call.record_response({"model": MODEL})
+    embeddings = {**GENAI_BASE, "gen_ai_operation_name": "embeddings"}
+    tokens = "gen_ai_client_token_usage"
+    token_labels = {k: v for k, v in embeddings.items() if k != "error_type"}
+    input_count = registry.get_sample_value(
+        f"{tokens}_count", {**token_labels, "gen_ai_token_type": "input"}
+    )
+    assert input_count == 3
+    assert (
+        registry.get_sample_value(f"{tokens}_sum", {**token_labels, "gen_ai_token_type": "input"})
+        == 21
+    )
+    assert (
+        registry.get_sample_value(
+            f"{tokens}_count", {**token_labels, "gen_ai_token_type": "output"}
+        )
+        is None
+    )
+    duration = "gen_ai_client_operation_duration_seconds_count"
+    assert registry.get_sample_value(duration, embeddings) == 3
+    assert genai_value(registry, duration) == 1
+    assert genai_value(registry, f"{tokens}_count", gen_ai_token_type="input") == 0
     inst.close()
