@@ -17,6 +17,7 @@ from ._series import OTHER_MODEL
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
+    from ._series import ModelSeries, ProviderModels
 
 logger = logging.getLogger("instrument")
 
@@ -36,7 +37,8 @@ class AttributionGuard:
         self.labels = labels
         self.limit = limit
         self._seen: dict[str, set[str]] = {label: set() for label in labels}
-        self._none = ("",) * len(labels)
+        #: The values of a call that gave none.
+        self.none = ("",) * len(labels)
         self._warned: set[tuple[str, str]] = set()
         self._lock = threading.Lock()
 
@@ -53,7 +55,7 @@ class AttributionGuard:
     def values(self, given: Mapping[str, Any] | None) -> tuple[str, ...]:
         """The label values of a call that gave ``given``: "" where it gave none."""
         if not given:
-            return self._none
+            return self.none
         found = []
         seen = self._seen
         for label in self.labels:
@@ -138,6 +140,58 @@ class AttributionGuard:
                 return
             self._warned.add(key)
         logger.warning(message, *args)
+
+
+#: How many value combinations one :class:`AttributedSeries` remembers: the values a call
+#: may give are unbounded (those past the guard's cap all lead to "other").
+ATTRIBUTED_KEPT = 1024
+
+
+class AttributedSeries:
+    """The series of one fixed model by the attribution values a call gave, remembered
+    by those values as given: the guard maps a value the same way every time (a value it
+    admitted stays admitted, one past its cap or too long stays "other"), so the series
+    a value led to once is the one it leads to again. Only values that are exactly
+    strings are looked up or remembered: another type's ``str()`` may change, and a str
+    subclass equal to a remembered string may say something else. At most
+    ``ATTRIBUTED_KEPT`` combinations are remembered."""
+
+    __slots__ = ("_by_values", "_empty", "_labels", "_one", "_strs", "guard", "label", "model",
+                 "models")  # fmt: skip
+
+    def __init__(
+        self, guard: AttributionGuard, models: ProviderModels, label: str, model: str
+    ) -> None:
+        self.guard = guard
+        self.models = models
+        #: The model's label, and its name as given (what its price is looked up by).
+        self.label = label
+        self.model = model
+        labels = guard.labels
+        self._labels = labels
+        # One label (the usual case): remembered by its value alone, no tuple per call.
+        self._one = labels[0] if len(labels) == 1 else None
+        self._empty: Any = "" if self._one is not None else guard.none
+        self._strs = (str,) * len(labels)
+        self._by_values: dict[Any, ModelSeries] = {}
+
+    def series(self, given: Mapping[str, Any] | None) -> ModelSeries:
+        """The series of a call that gave ``given`` (its attribution values by label)."""
+        if not given:
+            key: Any = self._empty
+            exact = True
+        elif self._one is not None:
+            key = given.get(self._one)
+            exact = type(key) is str
+        else:
+            key = tuple(map(given.get, self._labels))
+            exact = tuple(map(type, key)) == self._strs
+        found = self._by_values.get(key) if exact else None
+        if found is None:
+            found = self.models.attributed(self.label, self.guard.values(given))
+            if exact and len(self._by_values) < ATTRIBUTED_KEPT:
+                self._by_values[key] = found
+        return found
 
 
 _lock = threading.Lock()

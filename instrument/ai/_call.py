@@ -87,9 +87,7 @@ class AICall(Probe):
         self._seen_model: str | None = None
         # The gen_ai_* recorder (genai_semconv=True), else None: the one check on the chunk
         # path and at the end. It needs the response's model, whatever the label's.
-        self._semconv: GenAISemconv | ChunkTimes | None = (
-            None if binding is None else binding.inst.genai
-        )
+        self._semconv: GenAISemconv | ChunkTimes | None = None if binding is None else binding.genai
         # Whether responses are still read for the model: one check per chunk.
         self._seek_model = binding is not None and (
             (binding.static is None and model is None) or self._semconv is not None
@@ -342,14 +340,15 @@ class AICall(Probe):
         """Read the usage (and the model) of a response; never raises."""
         if response is None:
             return
+        kind = type(response)
         if self._seen is None:  # _note, inlined: this runs for every response and chunk
-            self._seen = type(response).__name__
-        if type(response) is not dict:  # a parsed body has no headers: one check
+            self._seen = kind.__name__
+        if kind is not dict:  # a parsed body has no headers: one check
             self._headers(response)
         try:
             extract = self._tracker._extract
             if extract is extract_usage:  # its type's reader straight away: a call less
-                usage = (USAGE_READERS.get(type(response)) or usage_reader(response))(response)
+                usage = (USAGE_READERS.get(kind) or usage_reader(response))(response)
             else:
                 usage = extract(response)
             outcome = extract_outcome(response)[0]
@@ -365,8 +364,11 @@ class AICall(Probe):
                         self._outcome = outcome if had is None else had + outcome
                 finally:
                     usage_lock.release()
-            if self._seek_model:
-                self._see_model(response)
+            if self._seek_model:  # _see_model, inlined: gen_ai_* calls read it every time
+                model = response_model(response)
+                if model is not None:
+                    self._seen_model = model
+                    self._seek_model = False
         except Exception as exc:
             self._failed(response, exc)
 
@@ -385,25 +387,19 @@ class AICall(Probe):
             return
         try:
             now = perf_counter() if end is None else end
-            streams = None
             if self._streams is not None:  # the usual call had none: no lock taken
                 with usage_lock:
                     streams, self._streams = self._streams, None
-            if streams is not None:
                 # Still open at the call's end: what they reported so far counts.
-                for stream in streams:
+                for stream in streams or ():
                     stream.settle_open()
             # The fixed model's series, bound at the binding: the usual case, no call.
             options = self._tracker.options
-            fixed = options.model
-            static = b.static
-            if (
-                self._model is None
-                and static is not None
-                and fixed is not None
-                and b.attribution is None
-            ):
-                series, name = static, fixed
+            if self._model is None and b.plain is not None:
+                series, name = b.plain
+            elif self._model is None and b.fixed_attributed is not None:
+                series = b.fixed_attributed.series(self._attrs)
+                name = b.fixed_attributed.model
             else:
                 series, name = self._series(b)
             usage = self._usage
@@ -452,15 +448,10 @@ class AICall(Probe):
         end_span(span, exc, cancelled=status == "cancelled", attributes=attributes)
 
     def _series(self, b: AIBinding) -> tuple[ModelSeries, str]:
-        """This call's series and the model name its price is looked up by."""
+        """This call's series and the model name its price is looked up by, when it is not
+        the fixed model's (which the binding holds: ``plain``, ``fixed_attributed``)."""
         model = self._model
         if model is None:
-            fixed = self._tracker.options.model
-            if b.static is not None and fixed is not None:
-                if b.attribution is None:
-                    return b.static, fixed
-                label = self._tracker.options.label or fixed
-                return b.models.attributed(label, b.attribution.values(self._attrs)), fixed
             model = self._seen_model or UNKNOWN_MODEL
         label = self._tracker._label(model)
         if b.attribution is not None:

@@ -170,14 +170,20 @@ def _choices(
     for position, choice in enumerate(choices):
         # One reader per choice and per message: each reads several fields.
         get = READERS.get(type(choice)) or reader_of(choice)
-        reason = _reason(get(choice, "finish_reason"))
+        value = get(choice, "finish_reason")
+        # A reason seen before, straight from _reason's memory: every response has one.
+        reason = _REASONS.get(value) if type(value) is str else None
+        if reason is None:
+            reason = _reason(value)
         if reason is not None:
             reasons.append(reason)
         message = get(choice, "message")
         if message is not None:
             whole = True
             read = READERS.get(type(message)) or reader_of(message)
-            tools += _count(read(message, "tool_calls"))
+            calls = read(message, "tool_calls")
+            if calls is not None:  # the usual message has none: no call
+                tools += _count(calls)
             if read(message, "function_call") is not None:
                 tools += 1
             continue
@@ -197,6 +203,10 @@ def _choices(
             name = read_field(read_field(delta, "function_call"), "name")
             if name and (seen is None or seen.opens(response, (index, None), name)):
                 tools += 1
+    if not tools and len(reasons) == 1:  # the usual response: _outcome's shared one
+        found = _SINGLE.get(reasons[0])
+        if found is not None:
+            return found, whole
     return _outcome(reasons, tools), whole
 
 

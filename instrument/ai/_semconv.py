@@ -29,7 +29,7 @@ import logging
 import threading
 from bisect import bisect_left
 from collections.abc import Callable, Iterable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from prometheus_client import CollectorRegistry, Histogram
 from prometheus_client.samples import Sample
@@ -178,32 +178,22 @@ class GenAISemconv:
                 series = self._series(key)
             t0 = call._t0
             seconds = now - t0
-            at = 1 + bisect_left(_SECONDS, seconds)
             usage = call._usage
-            # One tuple per shape (building it up would copy it at each step).
-            amounts: tuple[tuple[int, float], ...]
             if usage is None:
-                tokens, amounts = 0, ((0, seconds), (at, 1))
+                add = series.calls[0] or series.made(0)
+                add(((0, seconds), (1 + bisect_left(_SECONDS, seconds), 1)))
             else:
+                # The duration observed by the cells' end (see _Series.ends), the input
+                # tokens' bucket as the number it counts one into; one tuple per shape.
                 inputs, outputs = usage.input_tokens, usage.output_tokens
                 into = _INPUT + 1 + bisect_left(_TOKENS, inputs)
                 if outputs or options.operation != "embeddings":
                     out = _OUTPUT + 1 + bisect_left(_TOKENS, outputs)
-                    tokens = 2
-                    amounts = (
-                        (0, seconds),
-                        (at, 1),
-                        (_INPUT, inputs),
-                        (into, 1),
-                        (_OUTPUT, outputs),
-                        (out, 1),
-                    )
+                    end = series.ends[2] or series.made_end(2)
+                    end(into, seconds, ((_INPUT, inputs), (_OUTPUT, outputs), (out, 1)))
                 else:
-                    tokens, amounts = 1, ((0, seconds), (at, 1), (_INPUT, inputs), (into, 1))
-            add = series.calls[tokens]
-            if add is None:
-                add = series.made(tokens)
-            add(amounts)
+                    end = series.ends[1] or series.made_end(1)
+                    end(into, seconds, ((_INPUT, inputs),))
             if first is not None:
                 first = max(first - t0, 0.0)
                 add = series.first or series.made("first")
@@ -297,19 +287,26 @@ _FOLD_AT = 256
 
 
 Adder = Callable[[tuple[tuple[int, float], ...]], None]
+#: ``end(index, seconds, amounts)``, :meth:`CellSeries.end`'s shape: ``seconds`` into the
+#: duration histogram (its sum and bucket), one into number ``index``, then the amounts.
+Ender = Callable[[int, float, tuple[tuple[int, float], ...]], None]
 
 
 class _Series:
     """The gen_ai_* children of one label set (operation, provider, request and response
     model, error type), made on first use, each group recorded at once: the duration with
-    0, 1 or 2 token histograms (``calls``), the first chunk's, the chunk gaps'."""
+    0, 1 or 2 token histograms (``calls``), the first chunk's, the chunk gaps'. A group
+    with token histograms is also recorded the way a job's end is (``ends``): the duration
+    observed as the cells observe a job's, its bucket found by them, and one counted into
+    the input tokens' bucket, the one number every such call adds one to."""
 
-    __slots__ = ("__weakref__", "_lock", "_metrics", "calls", "first", "gaps", "labels")
+    __slots__ = ("__weakref__", "_lock", "_metrics", "calls", "ends", "first", "gaps", "labels")
 
     def __init__(self, recorder: GenAISemconv, labels: tuple[str, str, str, str, str]) -> None:
         self._metrics = recorder.metrics
         self.labels = labels
         self.calls: list[Adder | None] = [None, None, None]
+        self.ends: list[Ender | None] = [None, None, None]
         self.first: Adder | None = None
         self.gaps: Adder | None = None
         self._lock = threading.Lock()
@@ -318,14 +315,19 @@ class _Series:
         with self._lock:
             found = self.calls[what] if isinstance(what, int) else getattr(self, what)
             if found is None:
-                found = self._adder(what)
+                found, end = self._adder(what)
                 if isinstance(what, int):
+                    self.ends[what] = end
                     self.calls[what] = found
                 else:
                     setattr(self, what, found)
             return found
 
-    def _adder(self, what: int | str) -> Adder:
+    def made_end(self, tokens: int) -> Ender:
+        self.made(tokens)
+        return cast(Ender, self.ends[tokens])  # made with its adder
+
+    def _adder(self, what: int | str) -> tuple[Adder, Ender]:
         m = self._metrics
         *labels, error = self.labels
         children: list[Any]
@@ -354,8 +356,14 @@ class _Series:
                 for i, amount in amounts:
                     targets[i].inc(amount)
 
-            return add
-        return CellSeries(self, counters={}, gauges={}, histograms=histograms).add
+            bounds = list(children[0]._upper_bounds)
+
+            def end(index: int, seconds: float, amounts: tuple[tuple[int, float], ...]) -> None:
+                add(((0, seconds), (1 + bisect_left(bounds, seconds), 1), (index, 1), *amounts))
+
+            return add, end
+        cells = CellSeries(self, counters={}, gauges={}, histograms=histograms, histogram=0)
+        return cells.add, cells.end
 
 
 class _Guard:

@@ -172,12 +172,19 @@ class ModelSeries:
         else:
             # One write into this thread's cell for everything a call's end counts.
             index = _STATUS_INDEX[status]
-            by_status = self._operations.get(operation) or self._operation(operation)
-            counted = by_status[index]
+            counted = (self._operations.get(operation) or self._operation(operation))[index]
             if type(counted) is not tuple:
                 counted = _counted(counted, 1)
             if outcome is not None:
-                counted = counted + self._outcome(outcome)
+                # The usual response, one reason whose slot is known and no tool call:
+                # its slot straight away (what _outcome looks up first, without the call).
+                reasons = outcome.finish_reasons
+                found = (
+                    self._reasons.get(reasons[0])
+                    if len(reasons) == 1 and not outcome.tool_calls
+                    else None
+                )
+                counted += found if type(found) is tuple else self._outcome(outcome)
             if usage is not None:
                 tokens = ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens))
                 cells.end(index, seconds, tokens + counted, exemplar)
@@ -234,14 +241,10 @@ class ModelSeries:
 
     def _outcome(self, outcome: Outcome) -> tuple[tuple[int, float], ...]:
         """The numbers a call's finish reasons and tool calls add (looked up once per
-        reason)."""
+        reason; :meth:`record` takes the usual response's one known reason itself)."""
         reasons = self._reasons
         tools = outcome.tool_calls
         finish_reasons = outcome.finish_reasons
-        if not tools and len(finish_reasons) == 1:  # the usual response: one lookup
-            found = reasons.get(finish_reasons[0])
-            if type(found) is tuple:
-                return found
         counted: tuple[tuple[int, float], ...] = ()
         for reason in finish_reasons:
             found = reasons.get(reason)
@@ -299,6 +302,8 @@ class ModelSeries:
         """A call that ended successfully without usage (counted by :meth:`record`, so a
         silent 0 shows): warned about once. A call that failed or was cancelled is not
         warned about: the usage, sent last, never came."""
+        if "usage" in self._warned:
+            return  # the usual repeat: the message (and the metric's name) is not built
         what = f"its response ({seen})" if seen is not None else "no response was recorded"
         self.warn_once(
             "usage",
