@@ -9,15 +9,17 @@ user reads stays prometheus_client metrics; only when the numbers get there chan
 
 Why it is exact, without relying on the GIL or on ``+=`` being atomic:
 
-- A job's start appends its gauge step to the cell's ``starts``, and the usual end (the
-  series' own status, nothing else to add, no exemplar) its seconds to the cell's ``log``:
-  one ``list.append`` each, which is atomic in every build (the free-threaded one locks the
+- A job's start appends its gauge step to the cell's ``starts``, the usual end (the
+  series' own status, nothing else to add, no exemplar) its seconds to the cell's ``log``,
+  and any other end without an exemplar its (status, seconds, amounts) to ``ends``: one
+  ``list.append`` each, which is atomic in every build (the free-threaded one locks the
   list inside). No lock, no read-modify-write. The owner compacts the logs into the
   numbers every ``_LOG_SIZE`` entries (so memory stays bounded), holding the cell's lock.
   A job that ends in another thread than it started in writes its end into that thread's
   cell (the gauge is summed over cells).
-- Every other write (any other end, a deferred addition, a compaction) is made holding the
-  cell's lock, which the fold holds while it copies the cell and adds the log to the copy:
+- Every other write (an end with an exemplar, a deferred addition, a compaction) is made
+  holding the cell's lock, which the fold holds while it copies the cell and adds the logs
+  to the copy:
   a consistent snapshot (count, sum, bucket and gauge of one end all, or none). The fold
   never writes a cell: what it has applied is kept apart (below), so a log it counted and
   its owner compacted later is not counted twice.
@@ -53,13 +55,23 @@ from prometheus_client.samples import Exemplar
 
 from ._jobs import defer, report_failure
 
-__all__ = ["Begin", "Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
+__all__ = ["Begin", "Cell", "CellSeries", "End", "fold_all", "fold_if_changed", "histogram_size"]
 
 
 class Cell:
     """One thread's numbers for one :class:`CellSeries`."""
 
-    __slots__ = ("exemplars", "folded", "lock", "log", "owner", "starts", "values", "writing")
+    __slots__ = (
+        "ends",
+        "exemplars",
+        "folded",
+        "lock",
+        "log",
+        "owner",
+        "starts",
+        "values",
+        "writing",
+    )
 
     def __init__(self, size: int, owner: weakref.ref[Any]) -> None:
         self.values: list[float] = [0] * size
@@ -68,6 +80,8 @@ class Cell:
         self.log: list[float] = []
         #: The gauge's steps (+1 a job's start) not yet compacted, the same way.
         self.starts: list[int] = []
+        #: Every other end without an exemplar: (status, seconds, amounts), the same way.
+        self.ends: list[_End] = []
         #: What the fold has applied so far, number by number (touched by folds only).
         self.folded: list[float] = [0] * size
         # Reentrant: a fold copying its own thread's cell may be interrupted by a
@@ -85,6 +99,31 @@ class Begin(Protocol):
     """:meth:`CellSeries.begin`'s shape: a step of the gauge, one up by default."""
 
     def __call__(self, step: int = 1) -> None: ...
+
+
+class End(Protocol):
+    """:meth:`CellSeries.end`'s shape."""
+
+    def __call__(
+        self,
+        status: int,
+        seconds: float,
+        amounts: tuple[tuple[int, float], ...] = (),
+        exemplar: dict[str, str] | None = None,
+    ) -> None: ...
+
+
+#: A logged end: its status, seconds and amounts.
+_End = tuple[int, float, tuple[tuple[int, float], ...]]
+
+
+def _taken(log: list[Any]) -> list[Any]:
+    """What ``log`` holds, removed from it: one length for the copy and the removal, so
+    what a finalizer appends meanwhile stays for next time."""
+    n = len(log)
+    entries = log[:n]
+    del log[:n]
+    return entries
 
 
 class _Owner:
@@ -127,6 +166,7 @@ class CellSeries:
         "_targets",
         "_usual",
         "begin",
+        "end",
         "end_usual",
         "size",
     )
@@ -176,7 +216,7 @@ class CellSeries:
         #: Every cell not yet dropped; changed under ``_lock``.
         self._cells: list[Cell] = []
         self._lock = threading.RLock()
-        self.begin, self.end_usual = self._hot_paths()
+        self.begin, self.end, self.end_usual = self._hot_paths()
         with _series_lock:
             _series.append(self)
 
@@ -221,22 +261,21 @@ class CellSeries:
                 _fold_lock.release()
         return cell
 
-    def end(
+    def _end_in_place(
         self,
         status: int,
         seconds: float,
-        amounts: tuple[tuple[int, float], ...] = (),
-        exemplar: dict[str, str] | None = None,
+        amounts: tuple[tuple[int, float], ...],
+        exemplar: dict[str, str] | None,
     ) -> None:
-        """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed, and
-        each ``(index, amount)`` added; the observation and the amounts carry ``exemplar``
-        (its labels) when given."""
+        """:meth:`end` written into the cell's numbers, holding its lock: an end whose
+        exemplar the cell keeps (the latest per bucket) beside them."""
         try:
             cell: Cell = self._local.cell
         except AttributeError:
             cell = self._new_cell()
         if cell.writing:
-            defer(partial(self.end, status, seconds, amounts, exemplar))
+            defer(partial(self._end_in_place, status, seconds, amounts, exemplar))
             return
         cell.writing = True
         # acquire()/release() rather than ``with``: half the cost of the lock.
@@ -260,10 +299,11 @@ class CellSeries:
         global _changed
         _changed = True
 
-    def _hot_paths(self) -> tuple[Begin, Callable[[float], None]]:
-        """:meth:`begin` and :meth:`end_usual`, which run once per decorated call: closures
-        over what they read, with the lookup of the cell inlined."""
+    def _hot_paths(self) -> tuple[Begin, End, Callable[[float], None]]:
+        """:meth:`begin`, :meth:`end` and :meth:`end_usual`, which run once per decorated
+        call: closures over what they read, with the lookup of the cell inlined."""
         local, new_cell, compact = self._local, self._new_cell, self._compact_own
+        in_place = self._end_in_place
 
         def begin(step: int = 1) -> None:
             """A job's start: the gauge up by one (``partial(begin, -1)``: down, a job's
@@ -275,6 +315,29 @@ class CellSeries:
             starts = cell.starts
             starts.append(step)
             if len(starts) >= _LOG_SIZE:
+                compact(cell)
+            global _changed
+            _changed = True
+
+        def end(
+            status: int,
+            seconds: float,
+            amounts: tuple[tuple[int, float], ...] = (),
+            exemplar: dict[str, str] | None = None,
+        ) -> None:
+            """A job's end: the gauge down, counter ``status`` up, ``seconds`` observed,
+            and each ``(index, amount)`` added; the observation and the amounts carry
+            ``exemplar`` (its labels) when given."""
+            if exemplar is not None:
+                in_place(status, seconds, amounts, exemplar)
+                return
+            try:
+                cell: Cell = local.cell
+            except AttributeError:
+                cell = new_cell()
+            ends = cell.ends
+            ends.append((status, seconds, amounts))
+            if len(ends) >= _LOG_SIZE:
                 compact(cell)
             global _changed
             _changed = True
@@ -292,7 +355,7 @@ class CellSeries:
             global _changed
             _changed = True
 
-        return begin, end_usual
+        return begin, end, end_usual
 
     def _compact_own(self, cell: Cell) -> None:
         """Compact the current thread's cell, unless this runs inside its own write."""
@@ -310,31 +373,38 @@ class CellSeries:
         """Move ``cell``'s logs into its numbers: by its owner, marked as writing, holding
         the cell's lock (which a fold's copy holds too)."""
         with cell.lock:
-            starts, log = cell.starts, cell.log
-            # One length for the copy and the removal: what a finalizer appends meanwhile
-            # stays for next time.
-            n = len(starts)
-            steps = starts[:n]
-            del starts[:n]
-            n = len(log)
-            batch = log[:n]
-            del log[:n]
-            values = cell.values
-            values[self._gauge] += sum(steps)
-            self._add_ends(values, batch)
+            self._add_logs(cell.values, _taken(cell.starts), _taken(cell.log), _taken(cell.ends))
 
-    def _add_ends(self, values: list[float], batch: list[float]) -> None:
-        """Add the usual ends whose seconds are ``batch`` to ``values``."""
-        n = len(batch)
-        if not n:
-            return
-        values[self._ended] -= self._step * n
-        values[self._usual] += n
-        values[self._histogram] += sum(batch)
-        # Sorted once, each bucket's count is one bisection (bisect_left of each second
-        # into the bounds, the end's own way, costs eight times more): up to the bucket
-        # that holds the slowest.
-        ordered = sorted(batch)
+    def _add_logs(
+        self, values: list[float], steps: list[int], usual: list[float], ends: list[_End]
+    ) -> None:
+        """Add logged entries to ``values``: gauge steps, the seconds of usual ends, and
+        other ends (status, seconds, amounts)."""
+        if steps:
+            values[self._gauge] += sum(steps)
+        n = len(usual)
+        if n:
+            values[self._ended] -= self._step * n
+            values[self._usual] += n
+            values[self._histogram] += sum(usual)
+            self._add_buckets(values, usual)
+        if ends:
+            seconds = []
+            for status, second, amounts in ends:
+                values[status] += 1
+                seconds.append(second)
+                for index, amount in amounts:
+                    values[index] += amount
+            values[self._ended] -= self._step * len(ends)
+            values[self._histogram] += sum(seconds)
+            self._add_buckets(values, seconds)
+
+    def _add_buckets(self, values: list[float], seconds: list[float]) -> None:
+        """Count each of ``seconds`` into its bucket. Sorted once, each bucket's count is
+        one bisection (bisect_left of each second into the bounds, an end's own way, costs
+        eight times more), up to the bucket that holds the slowest."""
+        n = len(seconds)
+        ordered = sorted(seconds)
         counted = 0
         index = self._first_bucket
         for bound in self._bounds:
@@ -351,9 +421,8 @@ class CellSeries:
         so no compaction runs meanwhile; the cell itself is not changed (a fold may run in
         the middle of its owner's write: see the module's docstring)."""
         values = cell.values[:]
-        starts, log = cell.starts, cell.log
-        values[self._gauge] += sum(starts[: len(starts)])
-        self._add_ends(values, log[: len(log)])
+        starts, log, ends = cell.starts, cell.log, cell.ends
+        self._add_logs(values, starts[: len(starts)], log[: len(log)], ends[: len(ends)])
         return values
 
     def _keep(

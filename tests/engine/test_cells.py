@@ -533,23 +533,57 @@ def test_a_call_nested_in_its_own_threads_write_is_deferred_not_interleaved(
 
     cell = binding.series.cell()
     numbers, logged, started = cell.values[:], len(cell.log), len(cell.starts)
+    ended = len(cell.ends)
     cell.writing = True
     try:
         work(1)
         with pytest.raises(LookupError):
             fail()
-        # No read-modify-write of the cell's numbers meanwhile: the starts and the usual
-        # end (a success) are appended to the cell's logs, which needs no care; the error's
-        # end (numbers written in place) is deferred.
+        # No read-modify-write of the cell's numbers meanwhile: the starts, the usual end
+        # (a success) and the error's end are appended to the cell's logs, which needs no
+        # care.
         assert cell.values == numbers
         assert len(cell.log) == logged + 1
         assert len(cell.starts) == started + 2
+        assert len(cell.ends) == ended + 1
     finally:
         cell.writing = False
     final = reading(off)  # the deferred numbers are recorded before the read
     assert final["success"] == 2 and final["error"] == 1
     assert final["count"] == 3
     assert final["active"] == 0
+
+
+def test_an_end_with_an_exemplar_inside_its_threads_write_is_deferred(
+    off: Instrumentation,
+) -> None:
+    # An end whose exemplar the cell keeps is written in place: inside this thread's own
+    # write it waits for the engine's deferred work, run before the next read.
+    from instrument import run_id
+
+    monitor, work = work_of(off)
+    work(0)
+    binding = monitor._binding
+    assert binding is not None
+    cell = binding.series.cell()
+    numbers, exemplars = cell.values[:], cell.exemplars
+    cell.writing = True
+    try:
+        with run_id("nightly"):
+            work(1)
+        assert cell.values == numbers and cell.exemplars == exemplars
+    finally:
+        cell.writing = False
+    final = reading(off)
+    assert final["success"] == final["count"] == 2
+    assert final["active"] == 0
+    samples = [
+        s
+        for family in off.registry.collect()
+        for s in family.samples
+        if s.name == "codomyrmex_analysis_duration_seconds_bucket" and s.exemplar is not None
+    ]
+    assert [s.exemplar.labels for s in samples] == [{"run_id": "nightly"}]
 
 
 async def test_an_async_call_makes_one_coroutine(off: Instrumentation) -> None:
@@ -897,6 +931,7 @@ _STEPS = st.lists(
     st.one_of(
         st.tuples(st.just("usual"), _SECONDS),
         st.tuples(st.just("error"), _SECONDS),
+        st.tuples(st.just("exemplar"), _SECONDS),
         st.tuples(st.just("read"), st.just(0.0)),
         st.tuples(st.just("failing read"), st.just(0.0)),
     ),
@@ -973,10 +1008,13 @@ def test_usual_ends_through_the_log_read_back_as_a_plain_histogram_would(
     ended = {"success": 0, "error": 0}
     real = MutexValue.inc
     for step, seconds in steps:
-        if step in ("usual", "error"):
+        if step in ("usual", "error", "exemplar"):
             series.begin()
             if step == "usual":
                 series.end_usual(seconds)
+                ended["success"] += 1
+            elif step == "exemplar":  # written in place, beside the logs
+                series.end(1, seconds, (), {"run_id": "r"})
                 ended["success"] += 1
             else:
                 series.end(2, seconds)
@@ -1003,9 +1041,9 @@ def test_usual_ends_through_the_log_read_back_as_a_plain_histogram_would(
     assert (
         final["count"]
         == ended["success"] + ended["error"]
-        == len([s for s in steps if s[0] in ("usual", "error")])
+        == len([s for s in steps if s[0] in ("usual", "error", "exemplar")])
     )
-    assert all(len(cell.log) < 64 for cell in series._cells)  # bounded
+    assert all(len(c.log) < 64 and len(c.ends) < 64 for c in series._cells)  # bounded
 
 
 def test_a_log_counted_by_a_read_then_compacted_is_not_counted_again(off: Instrumentation) -> None:
