@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
@@ -296,6 +295,8 @@ def _bounds(suffix: str, values: object) -> tuple[float, ...]:
     """One histogram's bucket bounds, checked as prometheus_client and Prometheus need
     them: finite, strictly increasing, at least one. A last +Inf is implied, so it is
     dropped here and two spellings of the same buckets compare equal."""
+    import numbers  # here: buckets are checked at configure time, the import is paid by all
+
     what = f"buckets for {suffix!r}"
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise TypeError(f"{what} must be a sequence of numbers, got {type(values).__name__}")
