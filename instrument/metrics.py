@@ -11,9 +11,8 @@ import math
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -61,10 +60,12 @@ Kind = Literal["counter", "gauge", "histogram"]
 BUILD_INFO_KEYS = ("version", "commit", "branch")
 
 
-@dataclass(frozen=True)
-class MetricSpec:
+class MetricSpec(NamedTuple):
     """One metric: ``attr`` is its attribute on :class:`Metrics`, ``suffix`` its name
     after the namespace (counters include ``_total``)."""
+
+    # A NamedTuple, not a frozen dataclass: as immutable and comparable, and about a
+    # millisecond less on every ``import instrument`` (dataclasses is not loaded for it).
 
     attr: str
     suffix: str
