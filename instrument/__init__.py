@@ -68,8 +68,8 @@ def __getattr__(name: str) -> Any:
     # What a program may never use is imported when it is first asked for: the AI tracker,
     # the objectives, the Grafana client (it pulls in aiohttp), the generated artifacts and
     # the seed's shims (GrafanaIntegration is found here too, outside __all__ as the other
-    # shims are). Under the import lock, so a first use from a thread, a forked child or a
-    # signal handler gets the same objects as any other.
+    # shims are). Threads racing to a first use import it once (importlib's module locks)
+    # and all get the same objects.
     if name == "__version__":
         # Looked up on first use: finding the installed distribution scans sys.path, a
         # few ms that every ``import instrument`` would otherwise pay.

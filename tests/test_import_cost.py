@@ -14,10 +14,15 @@ import sys
 import textwrap
 
 #: Loaded by ``import instrument`` only on demand: the Grafana client and aiohttp, the
-#: generated artifacts, the CLI, the demo, and pickle (for a decorated callable's pickling).
+#: generated artifacts, the CLI, the demo, pickle (for a decorated callable's pickling), the
+#: AI package, the objectives, the settings table and dataclasses (tests/test_imports_lazy.py).
 _ON_DEMAND = (
     "aiohttp",
     "pickle",
+    "dataclasses",
+    "instrument.ai",
+    "instrument.objectives",
+    "instrument.config",
     "instrument.grafana",
     "instrument.dashboard",
     "instrument.rules",
