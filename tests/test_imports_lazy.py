@@ -17,6 +17,8 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from hypothesis import assume, given
+from hypothesis import strategies as st
 
 from .support import run_script
 
@@ -449,3 +451,20 @@ def test_threads_racing_to_first_use_get_one_set_of_objects_and_every_count(
         """,
     )
     assert found == {"errors": [], "distinct": 1, "ai_calls": 800.0, "analyses": 800.0}
+
+
+@given(st.text(min_size=1, max_size=20))
+def test_an_unknown_name_is_an_attribute_error_and_imports_nothing(name: str) -> None:
+    """Tools probe modules for names (``__wrapped__``, ``__path__`` of a plain module,
+    whatever a user mistypes): anything the package does not define or leave to first
+    use is Python's usual AttributeError, and no module is imported looking for it."""
+    import instrument
+
+    assume(name not in dir(instrument) and name not in instrument.__dict__)
+    assume(name not in instrument._LAZY and name != "__version__")
+    before = set(sys.modules)
+    with pytest.raises(AttributeError) as raised:
+        getattr(instrument, name)
+    assert str(raised.value) == f"module 'instrument' has no attribute {name!r}"
+    assert hasattr(instrument, name) is False
+    assert set(sys.modules) == before
