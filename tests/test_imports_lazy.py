@@ -468,3 +468,19 @@ def test_an_unknown_name_is_an_attribute_error_and_imports_nothing(name: str) ->
     assert str(raised.value) == f"module 'instrument' has no attribute {name!r}"
     assert hasattr(instrument, name) is False
     assert set(sys.modules) == before
+
+
+def test_metric_specs_stay_immutable_values() -> None:
+    """MetricSpec is a NamedTuple now (no dataclasses at import): still immutable, equal by
+    value, hashable, with its fields and name() as before."""
+    from instrument.metrics import METRICS, MetricSpec
+
+    spec = METRICS[0]
+    with pytest.raises(AttributeError):
+        spec.suffix = "changed"  # type: ignore[misc]
+    assert spec.suffix == "analyses_total"
+    copy = MetricSpec(*spec)
+    assert copy == spec and hash(copy) == hash(spec) and copy is not spec
+    assert spec.name("ns") == "ns_analyses_total"
+    assert spec._replace(suffix="other_total").name("ns") == "ns_other_total"
+    assert {s.attr for s in METRICS} >= {"analyses", "ai_api_calls", "build_info"}
