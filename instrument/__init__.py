@@ -5,10 +5,18 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from ._tracing import run_id
-from .ai import AICall, AICallTracker, track_ai_call
 from .analysis import AnalysisJob, AnalysisMonitor, monitored_analysis
+from .defaults import apush, configure, flush, get_instrumentation, push
+from .instrumentation import Instrumentation
+from .metrics import METRICS, Metrics
 
 if TYPE_CHECKING:
+    # Imported on first use (``_LAZY``): the AI tracker and the objectives are a few
+    # thousand lines that a program recording only analyses never runs.
+    from .ai import AICall as AICall
+    from .ai import AICallTracker as AICallTracker
+    from .ai import track_ai_call as track_ai_call
+
     # The seed's names stay importable from here (``from instrument import
     # PrometheusIntegration``), re-exported explicitly, but they are compatibility, not the
     # toolkit's API, so __all__ leaves them out; imported on first use (``_LAZY``).
@@ -18,10 +26,7 @@ if TYPE_CHECKING:
     from .compat import record_analysis as record_analysis
     from .compat import record_quality_score as record_quality_score
     from .compat import update_active_jobs as update_active_jobs
-from .defaults import apush, configure, flush, get_instrumentation, push
-from .instrumentation import Instrumentation
-from .metrics import METRICS, Metrics
-from .objectives import Objective
+    from .objectives import Objective as Objective
 
 __all__ = [
     "METRICS",
@@ -60,8 +65,11 @@ __all__ = [
 
 
 def __getattr__(name: str) -> Any:
-    # The Grafana client pulls in aiohttp: import it only when it is asked for. The seed's
-    # GrafanaIntegration is found here too, outside __all__ as the other shims are.
+    # What a program may never use is imported when it is first asked for: the AI tracker,
+    # the objectives, the Grafana client (it pulls in aiohttp), the generated artifacts and
+    # the seed's shims (GrafanaIntegration is found here too, outside __all__ as the other
+    # shims are). Threads racing to a first use import it once (importlib's module locks)
+    # and all get the same objects.
     if name == "__version__":
         # Looked up on first use: finding the installed distribution scans sys.path, a
         # few ms that every ``import instrument`` would otherwise pay.
@@ -73,14 +81,30 @@ def __getattr__(name: str) -> Any:
             found = "0.0.0"
         globals()["__version__"] = found
         return found
-    if name in _LAZY:
+    if name in _LAZY or name in _SUBMODULES:
         import importlib
 
-        return getattr(importlib.import_module(_LAZY[name], __name__), name)
+        if name in _SUBMODULES:  # ``instrument.ai`` after a plain ``import instrument``
+            return importlib.import_module(f".{name}", __name__)
+        value = getattr(importlib.import_module(_LAZY[name], __name__), name)
+        globals()[name] = value  # the next look-up is a plain attribute
+        return value
     raise AttributeError(f"module 'instrument' has no attribute {name!r}")
 
 
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, *_SUBMODULES})
+
+
+#: Subpackages and modules that ``import instrument`` used to load and now leaves to first
+#: use, still reachable as attributes of the package.
+_SUBMODULES = frozenset({"ai", "config", "objectives"})
+
 _LAZY: dict[str, str] = {
+    "AICall": ".ai",
+    "AICallTracker": ".ai",
+    "track_ai_call": ".ai",
+    "Objective": ".objectives",
     "DashboardResult": ".grafana",
     "GrafanaAuthError": ".grafana",
     "GrafanaBadRequestError": ".grafana",

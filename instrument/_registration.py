@@ -6,12 +6,15 @@ from __future__ import annotations
 import threading
 import weakref
 from collections.abc import Callable, Mapping, Sequence
+from typing import TYPE_CHECKING
 
 from prometheus_client import CollectorRegistry
 
-from .ai import GenAIMetrics
 from .delivery import BeforeCollect, Delivery
 from .metrics import Metrics
+
+if TYPE_CHECKING:
+    from .ai import GenAIMetrics
 
 __all__ = ["register_collectors"]
 
@@ -36,6 +39,10 @@ def register_collectors(
     back, so the registry is as it was. Under a lock, so no other Instrumentation picks up
     metrics that are about to be taken back.
     """
+    if genai_semconv:
+        # Imported only for the families that need it, and before the lock is taken: an
+        # import waits for any other thread importing the same module.
+        from .ai import GenAIMetrics
     with _registering:
         hook = None
         if registry not in _hooked_registries:

@@ -24,11 +24,11 @@ from ._tracing import (
     start_span,
 )
 from ._validation import check_label, check_number
-from .objectives import Coverage, ObjectiveArg, declare
 from .policy import Binding, Policy
 
 if TYPE_CHECKING:
     from .instrumentation import Instrumentation
+    from .objectives import ObjectiveArg
 
 __all__ = ["AnalysisJob", "AnalysisMonitor", "monitored_analysis"]
 
@@ -309,8 +309,11 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
         self.project = project
         self.quality = quality
         self._null = _DisabledJob()
-        coverage = (("module", module), ("analysis_type", analysis_type))
-        declare(inst, objective, Coverage("analysis", coverage))
+        if objective is not None:  # objectives are opt-in: their module loads on first use
+            from .objectives import Coverage, declare
+
+            coverage = (("module", module), ("analysis_type", analysis_type))
+            declare(inst, objective, Coverage("analysis", coverage))
 
     def __repr__(self) -> str:
         return f"monitored_analysis({self.module!r}, {self.analysis_type!r})"

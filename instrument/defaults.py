@@ -26,7 +26,6 @@ from typing import TYPE_CHECKING, Any
 from prometheus_client import REGISTRY, CollectorRegistry, Metric
 from prometheus_client.registry import Collector
 
-from . import config as _config
 from .metrics import DEFAULT_NAMESPACE, METRICS, Metrics
 
 if TYPE_CHECKING:
@@ -122,6 +121,10 @@ def is_default(inst: Instrumentation) -> bool:
 
 
 def _default_from_environment() -> Instrumentation:
+    # The settings table is imported when the environment is first read: a program that
+    # builds its own Instrumentation never needs it.
+    from . import config as _config
+
     settings, problems = _config.read_environment()
     for problem in problems:
         logger.error("instrument: %s; ignoring it, its default applies", problem)
@@ -230,6 +233,8 @@ def configure(**kwargs: Any) -> Instrumentation:
     new instrumentation from their next call on. A bad environment variable raises a
     ValueError naming it (a variable whose keyword is given is not read).
     """
+    from . import config as _config
+
     unset = [s.keyword for s in _config.SETTINGS if s.keyword not in kwargs]
     from_env = _config.from_environment(only=unset)
     settings = {**from_env, **kwargs}
@@ -291,6 +296,8 @@ def flush(timeout: float = 5.0) -> bool:
 def _with_environment(exc: BaseException, from_env: Mapping[str, Any]) -> str:
     """``exc``'s message, plus which variables supplied settings: the message names
     keywords, which a user who set only variables would not recognise."""
+    from . import config as _config
+
     names = [s.env for s in _config.SETTINGS if s.keyword in from_env and s.env]
     if "basic_auth" in from_env:
         names.append("INSTRUMENT_PUSHGATEWAY_USERNAME")

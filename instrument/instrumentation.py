@@ -11,7 +11,7 @@ import logging
 import os
 import warnings
 from collections.abc import Awaitable, Callable, Mapping, Sequence
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client import CollectorRegistry
 
@@ -19,7 +19,6 @@ from ._cells import fold_all, fold_if_changed
 from ._engine import run_deferred
 from ._registration import register_collectors
 from ._validation import check_flag, check_label, check_number
-from .ai import AICallTracker, GenAISemconv, ModelPrice, load_prices, record_counted_call
 from .analysis import AnalysisMonitor
 from .defaults import (
     configure,
@@ -49,9 +48,14 @@ from .metrics import (
     check_build_info,
     check_namespace,
 )
-from .objectives import Coverage, Objective, ObjectiveArg, declared
 from .policy import Binding as Binding
 from .policy import Policy
+
+if TYPE_CHECKING:
+    # The AI tracker and the objectives are imported where they are first used: a program
+    # that only records analyses never loads them.
+    from .ai import AICallTracker, ModelPrice
+    from .objectives import Coverage, Objective, ObjectiveArg
 
 __all__ = ["Instrumentation", "Policy", "configure", "get_instrumentation"]
 
@@ -230,7 +234,11 @@ class Instrumentation:
             self.registry, namespace, buckets, make_delivery, self.attribution, semconv
         )
         #: What AI calls record the gen_ai_* metrics with; None when genai_semconv is off.
-        self.genai = None if genai is None else GenAISemconv(genai, max_models)
+        self.genai = None
+        if genai is not None:
+            from .ai import GenAISemconv
+
+            self.genai = GenAISemconv(genai, max_models)
         if build is not None and self.enabled:
             self.metrics.build_info.labels(**build).set(1)
         self._warned_job_types: set[str] = set()
@@ -254,6 +262,8 @@ class Instrumentation:
 
     def objective_coverage(self) -> list[tuple[Objective, tuple[Coverage, ...]]]:
         """Each of :attr:`objectives` with the decorators' series it covers."""
+        from .objectives import declared
+
         return declared(self, following_default=is_default(self))
 
     @property
@@ -306,6 +316,8 @@ class Instrumentation:
         self, provider: str, model: str | None = None, **options: Any
     ) -> AICallTracker:
         """Decorate an LLM client call (or open a with-block) to record calls, latency, tokens."""
+        from .ai import AICallTracker
+
         return AICallTracker(self, provider, model, **options)
 
     # -- the original PrometheusIntegration's methods --------------------------------------------
@@ -368,11 +380,15 @@ class Instrumentation:
                 raise ValueError(f"{kind}_tokens must not be negative, got {count}")
         if not self.enabled:
             return
+        from .ai import record_counted_call
+
         record_counted_call(self, provider, model, success, input_tokens, output_tokens)
         self.delivery.after_call()
 
     def set_prices(self, prices: Mapping[str, Any] | str) -> None:
         """Per-token prices in LiteLLM's model price map format (a mapping or a JSON file)."""
+        from .ai import load_prices
+
         self._prices = load_prices(prices)
 
     @property

@@ -8,13 +8,11 @@ from __future__ import annotations
 
 import contextlib
 import math
-import numbers
 import re
 import threading
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
 from itertools import pairwise
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
@@ -62,10 +60,12 @@ Kind = Literal["counter", "gauge", "histogram"]
 BUILD_INFO_KEYS = ("version", "commit", "branch")
 
 
-@dataclass(frozen=True)
-class MetricSpec:
+class MetricSpec(NamedTuple):
     """One metric: ``attr`` is its attribute on :class:`Metrics`, ``suffix`` its name
     after the namespace (counters include ``_total``)."""
+
+    # A NamedTuple, not a frozen dataclass: as immutable and comparable, and about a
+    # millisecond less on every ``import instrument`` (dataclasses is not loaded for it).
 
     attr: str
     suffix: str
@@ -296,6 +296,8 @@ def _bounds(suffix: str, values: object) -> tuple[float, ...]:
     """One histogram's bucket bounds, checked as prometheus_client and Prometheus need
     them: finite, strictly increasing, at least one. A last +Inf is implied, so it is
     dropped here and two spellings of the same buckets compare equal."""
+    import numbers  # here: buckets are checked at configure time, the import is paid by all
+
     what = f"buckets for {suffix!r}"
     if isinstance(values, str | bytes) or not isinstance(values, Iterable):
         raise TypeError(f"{what} must be a sequence of numbers, got {type(values).__name__}")
