@@ -49,13 +49,31 @@ from bisect import bisect_left, bisect_right
 from collections.abc import Callable, Mapping
 from functools import partial
 from time import time
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from prometheus_client.samples import Exemplar
 
 from ._jobs import defer, report_failure
 
-__all__ = ["Begin", "Cell", "CellSeries", "End", "fold_all", "fold_if_changed", "histogram_size"]
+__all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
+
+if TYPE_CHECKING:  # the closures' shapes, for the type checker only (a Protocol costs import time)
+
+    class Begin(Protocol):
+        """:meth:`CellSeries.begin`'s shape: a step of the gauge, one up by default."""
+
+        def __call__(self, step: int = 1) -> None: ...
+
+    class End(Protocol):
+        """:meth:`CellSeries.end`'s shape."""
+
+        def __call__(
+            self,
+            status: int,
+            seconds: float,
+            amounts: tuple[tuple[int, float], ...] = (),
+            exemplar: dict[str, str] | None = None,
+        ) -> None: ...
 
 
 class Cell:
@@ -93,24 +111,6 @@ class Cell:
         #: The latest exemplar per number (a histogram's bucket, a counter) since the last
         #: fold: what links an observation to its trace.
         self.exemplars: dict[int, Exemplar] | None = None
-
-
-class Begin(Protocol):
-    """:meth:`CellSeries.begin`'s shape: a step of the gauge, one up by default."""
-
-    def __call__(self, step: int = 1) -> None: ...
-
-
-class End(Protocol):
-    """:meth:`CellSeries.end`'s shape."""
-
-    def __call__(
-        self,
-        status: int,
-        seconds: float,
-        amounts: tuple[tuple[int, float], ...] = (),
-        exemplar: dict[str, str] | None = None,
-    ) -> None: ...
 
 
 #: A logged end: its status, seconds and amounts.

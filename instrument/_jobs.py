@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import gc
 import logging
-import queue
+from collections import deque
 from collections.abc import Awaitable, Callable
 from functools import partial
 from typing import Any
@@ -239,13 +239,14 @@ def _end(probe: Probe, exc: BaseException) -> None:
 
 #: Frames that recording an end may need: the probe, prometheus_client, the guard's logging.
 _HEADROOM = 60
-_deferred: queue.SimpleQueue[Callable[[], object]] = queue.SimpleQueue()
+_deferred: deque[Callable[[], object]] = deque()
 
 #: ``defer(work)``: run ``work`` (no arguments) at the next safe point instead of now. It
-#: is the queue's own put, a C method: it runs no Python frame, so it works with no stack
-#: left (a RecursionError unwinding), and takes no lock a garbage collector could find
-#: held, so it is safe in a finalizer (``__del__``, a weakref callback).
-defer: Callable[[Callable[[], object]], None] = _deferred.put
+#: is the deque's own append, a C method (thread-safe, as the documentation says of a
+#: deque's appends and pops): it runs no Python frame, so it works with no stack left (a
+#: RecursionError unwinding), and takes no lock a garbage collector could find held, so it
+#: is safe in a finalizer (``__del__``, a weakref callback) and a signal handler.
+defer: Callable[[Callable[[], object]], None] = _deferred.append
 
 
 def run_deferred() -> None:
@@ -256,15 +257,15 @@ def run_deferred() -> None:
     keep a push waiting. Near the recursion limit, what has no stack to run on waits for
     the next safe point.
     """
-    waiting = _deferred.qsize()
+    waiting = len(_deferred)
     if not waiting:  # the usual case, before every read and AI call
         return
     for _ in range(waiting):
         if not _has_room():
             return
         try:
-            work = _deferred.get_nowait()
-        except queue.Empty:  # taken by a run in another thread
+            work = _deferred.popleft()
+        except IndexError:  # taken by a run in another thread
             return
         try:
             work()
