@@ -9,20 +9,15 @@ user reads stays prometheus_client metrics; only when the numbers get there chan
 
 Why it is exact, without relying on the GIL or on ``+=`` being atomic:
 
-- A job's start appends its gauge step to the cell's ``starts``, the usual end (the
-  series' own status, nothing else to add, no exemplar) its seconds to the cell's ``log``,
-  and any other end without an exemplar its (status, seconds, amounts) to ``ends``: one
-  ``list.append`` each, which is atomic in every build (the free-threaded one locks the
-  list inside). No lock, no read-modify-write. The owner compacts the logs into the
-  numbers every ``_LOG_SIZE`` entries (so memory stays bounded), holding the cell's lock.
-  A job that ends in another thread than it started in writes its end into that thread's
-  cell (the gauge is summed over cells).
+- A job's start and end are appended to the cell's logs, without a lock and with no
+  read-modify-write (``_cell_logs``); its owner compacts them every ``LOG_SIZE`` entries,
+  so memory stays bounded. A job that ends in another thread than it started in writes
+  its end into that thread's cell (the gauge is summed over cells).
 - Every other write (an end with an exemplar, a deferred addition, a compaction) is made
   holding the cell's lock, which the fold holds while it copies the cell and adds the logs
-  to the copy:
-  a consistent snapshot (count, sum, bucket and gauge of one end all, or none). The fold
-  never writes a cell: what it has applied is kept apart (below), so a log it counted and
-  its owner compacted later is not counted twice.
+  to the copy: a consistent snapshot (count, sum, bucket and gauge of one end all, or
+  none). The fold never writes a cell: what it has applied is kept apart (below), so a log
+  it counted and its owner compacted later is not counted twice.
 - ``writing`` is set around the owner's read-modify-writes (an end written in place, a
   compaction): code that runs inside them in the same thread (a finalizer, a signal
   handler calling a decorated function) sees it and defers its numbers to the engine's
@@ -45,85 +40,21 @@ from __future__ import annotations
 import os
 import threading
 import weakref
-from bisect import bisect_left, bisect_right
+from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from functools import partial
 from time import time
-from typing import TYPE_CHECKING, Any, Protocol
+from typing import TYPE_CHECKING, Any
 
 from prometheus_client.samples import Exemplar
 
+from ._cell_logs import LOG_SIZE, Cell, Layout
 from ._jobs import defer, report_failure
 
+if TYPE_CHECKING:
+    from ._cell_logs import Begin, End
+
 __all__ = ["Cell", "CellSeries", "fold_all", "fold_if_changed", "histogram_size"]
-
-if TYPE_CHECKING:  # the closures' shapes, for the type checker only (a Protocol costs import time)
-
-    class Begin(Protocol):
-        """:meth:`CellSeries.begin`'s shape: a step of the gauge, one up by default."""
-
-        def __call__(self, step: int = 1) -> None: ...
-
-    class End(Protocol):
-        """:meth:`CellSeries.end`'s shape."""
-
-        def __call__(
-            self,
-            status: int,
-            seconds: float,
-            amounts: tuple[tuple[int, float], ...] = (),
-            exemplar: dict[str, str] | None = None,
-        ) -> None: ...
-
-
-class Cell:
-    """One thread's numbers for one :class:`CellSeries`."""
-
-    __slots__ = (
-        "ends",
-        "exemplars",
-        "folded",
-        "lock",
-        "log",
-        "owner",
-        "starts",
-        "values",
-        "writing",
-    )
-
-    def __init__(self, size: int, owner: weakref.ref[Any]) -> None:
-        self.values: list[float] = [0] * size
-        #: The seconds of the usual ends not yet compacted into ``values`` (appended by the
-        #: owner, taken holding ``lock``).
-        self.log: list[float] = []
-        #: The gauge's steps (+1 a job's start) not yet compacted, the same way.
-        self.starts: list[int] = []
-        #: Every other end without an exemplar: (status, seconds, amounts), the same way.
-        self.ends: list[_End] = []
-        #: What the fold has applied so far, number by number (touched by folds only).
-        self.folded: list[float] = [0] * size
-        # Reentrant: a fold copying its own thread's cell may be interrupted by a
-        # finalizer that records into that cell.
-        self.lock = threading.RLock()
-        self.writing = False
-        #: Alive while the owner thread is: its thread-local storage holds the referent.
-        self.owner = owner
-        #: The latest exemplar per number (a histogram's bucket, a counter) since the last
-        #: fold: what links an observation to its trace.
-        self.exemplars: dict[int, Exemplar] | None = None
-
-
-#: A logged end: its status, seconds and amounts.
-_End = tuple[int, float, tuple[tuple[int, float], ...]]
-
-
-def _taken(log: list[Any]) -> list[Any]:
-    """What ``log`` holds, removed from it: one length for the copy and the removal, so
-    what a finalizer appends meanwhile stays for next time."""
-    n = len(log)
-    entries = log[:n]
-    del log[:n]
-    return entries
 
 
 class _Owner:
@@ -151,20 +82,14 @@ class CellSeries:
     """
 
     __slots__ = (
-        "_bounds",
         "_cells",
-        "_ended",
         "_exemplars",
-        "_first_bucket",
         "_free",
-        "_gauge",
-        "_histogram",
         "_keeper",
+        "_layout",
         "_local",
         "_lock",
-        "_step",
         "_targets",
-        "_usual",
         "begin",
         "end",
         "end_usual",
@@ -197,19 +122,19 @@ class CellSeries:
         # Without a gauge, an end takes 0 from number 0: no branch on the hot path. With
         # one, its ends are a number of their own (added to the same child): the starts'
         # number is written by its owner alone and without a lock, the others under it.
-        self._gauge = 0 if gauge is None else gauge
-        self._step = 0 if gauge is None else 1
-        self._ended = 0
+        ended = 0
         if gauge is not None:
-            self._ended = self._free
+            ended = self._free
             self._free += 1
-            self._targets.append((self._ended, gauges[gauge]))
+            self._targets.append((ended, gauges[gauge]))
         self.size = self._free + spare
-        self._usual = usual
-        self._histogram = histogram
-        self._first_bucket = histogram + 1  # one addition less per end
-        self._bounds: list[float] = (
-            list(histograms[histogram]._upper_bounds) if histogram in histograms else []
+        self._layout = Layout(
+            0 if gauge is None else gauge,
+            ended,
+            0 if gauge is None else 1,
+            usual,
+            histogram,
+            list(histograms[histogram]._upper_bounds) if histogram in histograms else [],
         )
         self._local = threading.local()
         self._keeper = weakref.ref(keeper)
@@ -283,10 +208,11 @@ class CellSeries:
         lock.acquire()
         try:
             values = cell.values
-            values[self._ended] -= self._step
+            layout = self._layout
+            values[layout.ended] -= layout.step
             values[status] += 1
-            values[self._histogram] += seconds
-            bucket = self._first_bucket + bisect_left(self._bounds, seconds)
+            values[layout.histogram] += seconds
+            bucket = layout.first_bucket + bisect_left(layout.bounds, seconds)
             values[bucket] += 1
             if amounts:
                 for index, amount in amounts:
@@ -314,7 +240,7 @@ class CellSeries:
                 cell = new_cell()
             starts = cell.starts
             starts.append(step)
-            if len(starts) >= _LOG_SIZE:
+            if len(starts) >= LOG_SIZE:
                 compact(cell)
             global _changed
             _changed = True
@@ -337,7 +263,7 @@ class CellSeries:
                 cell = new_cell()
             ends = cell.ends
             ends.append((status, seconds, amounts))
-            if len(ends) >= _LOG_SIZE:
+            if len(ends) >= LOG_SIZE:
                 compact(cell)
             global _changed
             _changed = True
@@ -350,7 +276,7 @@ class CellSeries:
                 cell = new_cell()
             log = cell.log
             log.append(seconds)
-            if len(log) >= _LOG_SIZE:
+            if len(log) >= LOG_SIZE:
                 compact(cell)
             global _changed
             _changed = True
@@ -363,67 +289,11 @@ class CellSeries:
             return
         cell.writing = True
         try:
-            self._compact(cell)
+            self._layout.compact(cell)
         except Exception:  # the logs keep what was not compacted, for the fold
             report_failure("folding recorded values")
         finally:
             cell.writing = False
-
-    def _compact(self, cell: Cell) -> None:
-        """Move ``cell``'s logs into its numbers: by its owner, marked as writing, holding
-        the cell's lock (which a fold's copy holds too)."""
-        with cell.lock:
-            self._add_logs(cell.values, _taken(cell.starts), _taken(cell.log), _taken(cell.ends))
-
-    def _add_logs(
-        self, values: list[float], steps: list[int], usual: list[float], ends: list[_End]
-    ) -> None:
-        """Add logged entries to ``values``: gauge steps, the seconds of usual ends, and
-        other ends (status, seconds, amounts)."""
-        if steps:
-            values[self._gauge] += sum(steps)
-        n = len(usual)
-        if n:
-            values[self._ended] -= self._step * n
-            values[self._usual] += n
-            values[self._histogram] += sum(usual)
-            self._add_buckets(values, usual)
-        if ends:
-            seconds = []
-            for status, second, amounts in ends:
-                values[status] += 1
-                seconds.append(second)
-                for index, amount in amounts:
-                    values[index] += amount
-            values[self._ended] -= self._step * len(ends)
-            values[self._histogram] += sum(seconds)
-            self._add_buckets(values, seconds)
-
-    def _add_buckets(self, values: list[float], seconds: list[float]) -> None:
-        """Count each of ``seconds`` into its bucket. Sorted once, each bucket's count is
-        one bisection (bisect_left of each second into the bounds, an end's own way, costs
-        eight times more), up to the bucket that holds the slowest."""
-        n = len(seconds)
-        ordered = sorted(seconds)
-        counted = 0
-        index = self._first_bucket
-        for bound in self._bounds:
-            upto = bisect_right(ordered, bound)
-            if upto != counted:
-                values[index] += upto - counted
-                counted = upto
-                if counted == n:
-                    break
-            index += 1
-
-    def _contents(self, cell: Cell) -> list[float]:
-        """What ``cell`` holds: a copy of its numbers with its log added. Holding its lock,
-        so no compaction runs meanwhile; the cell itself is not changed (a fold may run in
-        the middle of its owner's write: see the module's docstring)."""
-        values = cell.values[:]
-        starts, log, ends = cell.starts, cell.log, cell.ends
-        self._add_logs(values, starts[: len(starts)], log[: len(log)], ends[: len(ends)])
-        return values
 
     def _keep(
         self,
@@ -475,7 +345,7 @@ class CellSeries:
             if dead_only and not dead:
                 continue
             with cell.lock:
-                values = self._contents(cell)
+                values = self._layout.contents(cell)
                 exemplars, cell.exemplars = cell.exemplars, None
             if dead:
                 # Its thread may have added a counter (and counted into it) after
@@ -507,17 +377,13 @@ class CellSeries:
 
     def _folded(self, cell: Cell) -> bool:
         with cell.lock:
-            return self._contents(cell) == cell.folded
+            return self._layout.contents(cell) == cell.folded
 
     def cell_count(self) -> int:
         """How many cells the series holds (live threads', and exited ones not yet folded)."""
         with self._lock:
             return len(self._cells)
 
-
-#: How many usual ends a cell's log holds before its owner compacts it: the log's memory
-#: (under 3 KiB a cell) against the compaction's fixed cost spread over its ends.
-_LOG_SIZE = 64
 
 _series: list[CellSeries] = []
 _series_lock = threading.Lock()
