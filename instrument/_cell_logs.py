@@ -88,15 +88,6 @@ class Cell:
         self.exemplars: dict[int, Exemplar] | None = None
 
 
-def _taken(log: list[Any]) -> list[Any]:
-    """What ``log`` holds, removed from it: one length for the copy and the removal, so
-    what a finalizer appends meanwhile stays for next time."""
-    n = len(log)
-    entries = log[:n]
-    del log[:n]
-    return entries
-
-
 class Layout:
     """Where a series' numbers sit in its cells: the gauge's starts and ends (``step``
     0 without a gauge), the usual status, the histogram's sum, its first bucket and its
@@ -120,17 +111,32 @@ class Layout:
 
     def compact(self, cell: Cell) -> None:
         """Move ``cell``'s logs into its numbers: by its owner, marked as writing, holding
-        the cell's lock (which a fold's copy holds too)."""
+        the cell's lock (which a fold's copy holds too).
+
+        The numbers are added up in a copy, then published and the logs trimmed by what
+        went in, with no call, jump or finalizer in between, so no Python code (a signal
+        handler, a finalizer reading the registry, an exception it raises) runs between
+        them: what anything sees is the cell before the compaction or after it, never a
+        log emptied into numbers not yet there."""
         with cell.lock:
-            self.add(cell.values, _taken(cell.starts), _taken(cell.log), _taken(cell.ends))
+            starts, log, ends = cell.starts, cell.log, cell.ends
+            n_starts, n_log, n_ends = len(starts), len(log), len(ends)
+            values = cell.values[:]
+            self.add(values, starts[:n_starts], log[:n_log], ends[:n_ends])
+            cell.values = values
+            del starts[:n_starts]
+            del log[:n_log]
+            del ends[:n_ends]
 
     def contents(self, cell: Cell) -> list[float]:
         """What ``cell`` holds: a copy of its numbers with its logs added. Holding its
         lock, so no compaction runs meanwhile; the cell itself is not changed (a fold may
         run in the middle of its owner's write)."""
         values = cell.values[:]
-        starts, log, ends = cell.starts, cell.log, cell.ends
-        self.add(values, starts[: len(starts)], log[: len(log)], ends[: len(ends)])
+        # Ends before starts: a job that starts and ends in between (its owner appends
+        # meanwhile) counts as in flight, which it was, never as an end without a start.
+        log, ends, starts = cell.log[:], cell.ends[:], cell.starts[:]
+        self.add(values, starts, log, ends)
         return values
 
     def add(

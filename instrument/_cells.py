@@ -43,6 +43,7 @@ import weakref
 from bisect import bisect_left
 from collections.abc import Callable, Mapping
 from functools import partial
+from threading import get_ident
 from time import time
 from typing import TYPE_CHECKING, Any
 
@@ -339,14 +340,29 @@ class CellSeries:
             cells = list(self._cells)
             targets = self._targets
         gone = []
+        own = getattr(self._local, "cell", None)
         for cell in cells:
             # Decided before the copy: a thread that had exited wrote its last already.
             dead = cell.owner() is None
             if dead_only and not dead:
                 continue
-            with cell.lock:
-                values = self._layout.contents(cell)
-                exemplars, cell.exemplars = cell.exemplars, None
+            if cell is own:
+                # This thread's cell, read by this thread: mid-way through its own write
+                # (the read is a finalizer's or a signal handler's) its numbers are half
+                # changed, so they wait for the next read; else it is marked written while
+                # copied, so a finalizer recording meanwhile does not compact under the copy.
+                if cell.writing:
+                    global _changed
+                    _changed = True
+                    continue
+                cell.writing = True
+            try:
+                with cell.lock:
+                    values = self._layout.contents(cell)
+                    exemplars, cell.exemplars = cell.exemplars, None
+            finally:
+                if cell is own:
+                    cell.writing = False
             if dead:
                 # Its thread may have added a counter (and counted into it) after
                 # ``targets`` was read, and this is the cell's last fold: read them again.
@@ -389,6 +405,9 @@ _series: list[CellSeries] = []
 _series_lock = threading.Lock()
 # One fold at a time: two at once would both apply the same difference.
 _fold_lock = threading.Lock()
+#: The thread holding ``_fold_lock`` (None: none), so a read nested in its fold returns
+#: rather than waiting for itself.
+_folding: int | None = None
 #: Set after every write to a cell, cleared as a fold starts: a read that finds it clear
 #: has nothing to fold (once a fold in progress is done).
 _changed = False
@@ -396,22 +415,28 @@ _changed = False
 
 def fold_all() -> None:
     """Fold every series' cells into its children: a before-snapshot hook. Never raises."""
-    global _changed
+    global _changed, _folding
+    if _folding == get_ident():
+        return  # a read inside this thread's own fold (a finalizer's): that fold goes on
     with _fold_lock:
-        _changed = False
-        with _series_lock:
-            every = list(_series)
-        for series in every:
-            try:
-                series._fold(dead_only=False)
-            except Exception:  # what was not applied stays in the cells for the next fold,
-                # which the next read makes even if nothing is written meanwhile
-                _changed = True
-                report_failure("folding recorded values")
-        done = [series for series in every if series.retired()]
-        if done:
+        _folding = get_ident()
+        try:
+            _changed = False
             with _series_lock:
-                _series[:] = [series for series in _series if series not in done]
+                every = list(_series)
+            for series in every:
+                try:
+                    series._fold(dead_only=False)
+                except Exception:  # what was not applied stays in the cells for the next
+                    # fold, which the next read makes even if nothing is written meanwhile
+                    _changed = True
+                    report_failure("folding recorded values")
+            done = [series for series in every if series.retired()]
+            if done:
+                with _series_lock:
+                    _series[:] = [series for series in _series if series not in done]
+        finally:
+            _folding = None
 
 
 def fold_if_changed() -> None:
@@ -419,7 +444,7 @@ def fold_if_changed() -> None:
     in progress (another read's), so what it applies is in the children. Never raises."""
     if _changed:
         fold_all()
-    else:
+    elif _folding != get_ident():
         with _fold_lock:
             pass
 

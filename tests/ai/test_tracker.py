@@ -513,9 +513,9 @@ class TestAbandonedStreams:
             assert collected.wait(5), "recording from the garbage collector deadlocked"
         finally:
             gc.enable()
-        assert _jobs._deferred.qsize() == 1  # queued by the collector, not recorded
+        assert len(_jobs._deferred) == 1  # queued by the collector, not recorded
         record_abandoned_streams()
-        assert _jobs._deferred.empty()
+        assert not _jobs._deferred
         assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
         assert ttft(registry, "openai", "gpt-4o")[0] == 1
         assert active(registry, "ai_call") == 0
@@ -533,9 +533,9 @@ class TestAbandonedStreams:
         next(stream)  # message_start: input known, output 1 so far
         del stream
         gc.collect()
-        assert _jobs._deferred.qsize() == 1
+        assert len(_jobs._deferred) == 1
         with inst.track_ai_call("openai", "gpt-4o"):  # any tracker's next call
-            assert _jobs._deferred.empty()
+            assert not _jobs._deferred
             assert calls(registry, "anthropic", "claude-sonnet-4") == {"cancelled": 1}
         assert token_counts(registry, "anthropic", "claude-sonnet-4") == {"input": 9, "output": 1}
         assert active(registry, "ai_call") == 0
@@ -549,7 +549,7 @@ class TestAbandonedStreams:
         next(stream)
         del stream
         gc.collect()
-        assert _jobs._deferred.qsize() == 1
+        assert len(_jobs._deferred) == 1
         text = generate_latest(registry).decode()  # what /metrics serves in pull mode
         assert (
             'codomyrmex_ai_api_calls_total{model="gpt-4o",provider="openai",status="cancelled"} 1.0'
@@ -569,9 +569,9 @@ class TestAbandonedStreams:
             next(stream)
             del stream
             gc.collect()
-            assert _jobs._deferred.qsize() == 1
+            assert len(_jobs._deferred) == 1
             assert inst.push()
-            assert _jobs._deferred.empty()
+            assert not _jobs._deferred
             assert calls(registry, "openai", "gpt-4o") == {"cancelled": 1}
             pushed = textfile.read_text()
             assert re.search(

@@ -1083,3 +1083,121 @@ def test_a_forked_child_gets_the_logged_ends_of_its_parent(off: Instrumentation)
     os.close(read)
     assert [float(x) for x in answer] == [70, 70, 0]
     assert reading(off)["success"] == 30  # the parent's own, unchanged by the child
+
+
+# -- interleavings a review found: a read between the owner's appends, inside its compaction --
+
+
+class _Tripwire(list):  # type: ignore[type-arg]
+    """A cell's log that runs ``then`` when it is copied or trimmed: what another thread or
+    a signal handler does at that very moment."""
+
+    def __init__(self, entries: list[Any], then: Callable[[], None], on: str) -> None:
+        super().__init__(entries)
+        self.then, self.on, self.armed = then, on, True
+
+    def _fire(self, what: str) -> None:
+        if self.armed and what == self.on:
+            self.armed = False
+            self.then()
+
+    def __getitem__(self, index: Any) -> Any:
+        if isinstance(index, slice):
+            self._fire("copy")
+        return super().__getitem__(index)
+
+    def __delitem__(self, index: Any) -> None:
+        self._fire("trim")
+        super().__delitem__(index)
+
+
+def test_a_job_that_starts_and_ends_while_a_read_copies_the_logs_is_in_flight() -> None:
+    # Another thread reads while the owner starts and ends a job between the read's copy
+    # of the ends and of the starts: the job counts as in flight, never as -1 active.
+    keeper = _Keeper()
+    _, series, read = _job_series(keeper)
+    series.begin()
+    series.end_usual(0.001)
+    cell = series.cell()
+
+    def owner_starts_and_ends() -> None:
+        cell.starts.append(1)
+        cell.log.append(0.002)
+
+    cell.log = _Tripwire(cell.log, owner_starts_and_ends, "copy")
+    seen: list[dict[str, float]] = []
+    reader = threading.Thread(target=lambda: seen.append(read()))
+    reader.start()
+    reader.join()
+    assert seen[0]["active"] in (0, 1)  # the job in flight, or not yet begun
+    assert seen[0]["success"] == seen[0]["count"] >= 1
+    final = read()
+    assert final["active"] == 0 and final["success"] == final["count"] == 2
+
+
+@pytest.mark.parametrize("moment", ["trim", "copy"])
+def test_a_read_inside_the_owners_compaction_sees_every_call_once(moment: str) -> None:
+    # A signal handler or finalizer reading while its thread compacts the logs: at the
+    # trim (the numbers already published) and at the copy (before anything changed).
+    # Mid-way through its own thread's write the read leaves that cell to the next one,
+    # so it never sees a log emptied into numbers not yet there, nor one counted twice.
+    keeper = _Keeper()
+    _, series, read = _job_series(keeper)
+    for _ in range(10):
+        series.begin()
+        series.end_usual(0.001)
+    assert read()["success"] == 10
+    cell = series.cell()
+    inside: list[dict[str, float]] = []
+    cell.log = _Tripwire(cell.log, lambda: inside.append(read()), moment)
+    for _ in range(60):  # the 64th entry compacts
+        series.begin()
+        series.end_usual(0.001)
+    assert len(inside) == 1
+    assert inside[0]["success"] == inside[0]["count"] in (10, 70)  # whole, never half
+    final = read()
+    assert final["success"] == final["count"] == 70
+    assert final["active"] == 0
+
+
+def test_an_exception_raised_inside_a_compaction_loses_nothing(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # What a signal handler raising (a timeout, KeyboardInterrupt) at the copy does: the
+    # compaction stops before it changed anything, and the logs keep every call.
+    keeper = _Keeper()
+    _, series, read = _job_series(keeper)
+    cell = series.cell()
+
+    def interrupt() -> None:
+        raise TimeoutError("alarm")
+
+    cell.log = _Tripwire(cell.log, interrupt, "copy")
+    for _ in range(100):
+        series.begin()
+        series.end_usual(0.001)
+    final = read()
+    assert final["success"] == final["count"] == 100
+    assert final["active"] == 0
+
+
+def test_a_read_nested_in_its_own_threads_read_returns() -> None:
+    # A finalizer that reads the registry while this thread folds: it returns (the fold
+    # under way applies everything) instead of waiting for its own thread forever.
+    from instrument._cells import fold_all
+
+    keeper = _Keeper()
+    registry, series, read = _job_series(keeper)
+    series.begin()
+    series.end_usual(0.001)
+    nested: list[float | None] = []
+    cell = series.cell()
+
+    def read_inside() -> None:
+        fold_all()
+        nested.append(registry.get_sample_value("log_done_total", {"status": "success"}))
+
+    cell.log = _Tripwire(cell.log, read_inside, "copy")
+    within(10, read)
+    assert len(nested) == 1
+    assert read()["success"] == 1
