@@ -121,8 +121,8 @@ class CellSeries:
                 self._exemplars[index + 1 + i] = bucket
         self._free = 1 + max(index for index, _ in self._targets)
         # Without a gauge, an end takes 0 from number 0: no branch on the hot path. With
-        # one, its ends are a number of their own (added to the same child): the starts'
-        # number is written by its owner alone and without a lock, the others under it.
+        # one, its ends are a number of their own (added to the same child), counted from
+        # the ends' logs as its starts are from theirs.
         ended = 0
         if gauge is not None:
             ended = self._free
