@@ -361,13 +361,36 @@ def go_offline() -> None:
     NETWORK_GUARD.start()
 
 
+#: A prelude for :func:`run_script`: ``run_forked(worker, count)`` runs ``worker(n)`` in
+#: ``count`` forked processes, waits for them, and returns a registry of what their
+#: multiprocess files hold.
+FORKED_WORKERS = """
+    import multiprocessing
+
+    from prometheus_client import CollectorRegistry, multiprocess
+
+
+    def run_forked(worker, count):
+        ctx = multiprocessing.get_context("fork")
+        procs = [ctx.Process(target=worker, args=(n,)) for n in range(count)]
+        for p in procs:
+            p.start()
+        for p in procs:
+            p.join()
+        collected = CollectorRegistry()
+        multiprocess.MultiProcessCollector(collected)
+        return collected
+"""
+
+
 def run_script(
-    path: Path, code: str, env: dict[str, str] | None = None
+    path: Path, code: str, env: dict[str, str] | None = None, *, prelude: str = ""
 ) -> subprocess.CompletedProcess[str]:
-    """Write ``code`` (dedented) to ``path`` and run it from the checkout's root with this
-    interpreter. The multiprocess variables of the test run's own environment are left
-    out unless ``env`` sets them: a script is in multiprocess mode only when it asks."""
-    path.write_text(textwrap.dedent(code))
+    """Write ``prelude`` and ``code`` (each dedented) to ``path`` and run it from the
+    checkout's root with this interpreter. The multiprocess variables of the test run's own
+    environment are left out unless ``env`` sets them: a script is in multiprocess mode only
+    when it asks."""
+    path.write_text(textwrap.dedent(prelude) + textwrap.dedent(code))
     environment = {**os.environ, **(env or {})}
     for name in ("PROMETHEUS_MULTIPROC_DIR", "prometheus_multiproc_dir"):
         if env is None or name not in env:

@@ -13,12 +13,12 @@ import asyncio
 import gc
 import json
 import logging
-import os
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -31,7 +31,7 @@ from opentelemetry.trace import SpanKind, StatusCode
 from instrument import Instrumentation, configure
 from instrument.ai import record_abandoned_streams
 
-from .support import analyses, calls, counted, tokens_used, tracer_provider
+from .support import analyses, calls, counted, run_script, tokens_used, tracer_provider
 
 CHAT = {
     "model": "gpt-4o-2024-08-06",
@@ -662,7 +662,7 @@ def test_a_trace_module_imported_again_is_asked_about_again(
     provider.shutdown()
 
 
-def test_a_provider_named_by_the_environment_traces_the_first_call() -> None:
+def test_a_provider_named_by_the_environment_traces_the_first_call(tmp_path: Path) -> None:
     # OTEL_PYTHON_TRACER_PROVIDER names the SDK's provider (an entry point): the API loads
     # it when asked, and nothing was set before the first decorated call asks.
     code = """
@@ -678,15 +678,8 @@ def test_a_provider_named_by_the_environment_traces_the_first_call() -> None:
 
         print(work() != 0, type(trace.get_tracer_provider()).__module__)
     """
-    env = {**os.environ, "OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}
-    done = subprocess.run(
-        [sys.executable, "-c", textwrap.dedent(code)],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=False,
-        env=env,
-    )
+    env = {"OTEL_PYTHON_TRACER_PROVIDER": "sdk_tracer_provider"}
+    done = run_script(tmp_path / "script.py", code, env)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split() == ["True", "opentelemetry.sdk.trace"]
 

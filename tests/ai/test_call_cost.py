@@ -24,7 +24,7 @@ from instrument.ai import _attribution
 from instrument.ai._outcome import KNOWN_REASONS
 from instrument.metrics import Metrics
 
-from ..support import counted, run_script
+from ..support import FORKED_WORKERS, counted, run_script
 
 MODEL = "gpt-4o"
 
@@ -415,8 +415,6 @@ def test_a_tool_calls_field_of_a_foreign_type_counts_no_tool_call(
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork")
 def test_multiprocess_mode_counts_attributed_calls(tmp_path: Path) -> None:
     code = """
-        import multiprocessing
-        from prometheus_client import CollectorRegistry, multiprocess
         from instrument import Instrumentation
 
         inst = Instrumentation(
@@ -434,14 +432,7 @@ def test_multiprocess_mode_counts_attributed_calls(tmp_path: Path) -> None:
                 ask(("acme", "globex", "initech")[i % 3])
 
         if __name__ == "__main__":
-            ctx = multiprocessing.get_context("fork")
-            procs = [ctx.Process(target=worker, args=(n,)) for n in range(2)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-            collected = CollectorRegistry()
-            multiprocess.MultiProcessCollector(collected)
+            collected = run_forked(worker, 2)
             labels = {"provider": "openai", "model": "gpt-4o", "status": "success"}
             print([
                 collected.get_sample_value("codomyrmex_ai_api_calls_total",
@@ -449,7 +440,8 @@ def test_multiprocess_mode_counts_attributed_calls(tmp_path: Path) -> None:
                 for tenant in ("acme", "globex", "other")
             ])
     """
-    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = run_script(tmp_path / "script.py", code, env, prelude=FORKED_WORKERS)
     assert result.returncode == 0, result.stderr
     # Per worker: 7 acme, 7 globex, 6 initech past the cap of 2.
     assert result.stdout.strip() == "[14.0, 14.0, 12.0]"

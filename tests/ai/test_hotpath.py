@@ -27,7 +27,7 @@ from instrument.ai._series import MAX_OTHER_REASONS
 from instrument.usage import MAX_TOKENS, extract_usage
 
 from ..ai_fakes import as_object, openai_chat, openai_chat_chunks
-from ..support import calls, in_threads, run_script, token_counts
+from ..support import FORKED_WORKERS, calls, in_threads, run_script, token_counts
 
 ROOT = Path(__file__).resolve().parent.parent.parent
 
@@ -342,8 +342,6 @@ def test_multiprocess_mode_counts_outcomes_directly(tmp_path: Path) -> None:
     """prometheus_client's multiprocess mode: no cells, each counter updated at the end,
     summed over the processes by its collector."""
     code = """
-        import multiprocessing
-        from prometheus_client import CollectorRegistry, multiprocess
         from instrument import Instrumentation
 
         inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
@@ -361,14 +359,7 @@ def test_multiprocess_mode_counts_outcomes_directly(tmp_path: Path) -> None:
                 ask(i)
 
         if __name__ == "__main__":
-            ctx = multiprocessing.get_context("fork")
-            procs = [ctx.Process(target=worker, args=(n,)) for n in range(3)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-            collected = CollectorRegistry()
-            multiprocess.MultiProcessCollector(collected)
+            collected = run_forked(worker, 3)
             labels = {"provider": "openai", "model": "gpt-4o"}
             values = [
                 collected.get_sample_value("codomyrmex_ai_operations_total",
@@ -383,7 +374,8 @@ def test_multiprocess_mode_counts_outcomes_directly(tmp_path: Path) -> None:
             print(values)
     """
     # The script beside the workers' files: the collector reads only *.db.
-    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = run_script(tmp_path / "script.py", code, env, prelude=FORKED_WORKERS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[150.0, 150.0, 150.0, 150.0, 150.0]"
 

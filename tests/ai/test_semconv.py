@@ -23,7 +23,7 @@ from instrument.config import from_environment
 from instrument.defaults import discard, replace_default
 from instrument.metrics import GENAI_SECONDS_BUCKETS, GENAI_TOKEN_BUCKETS
 
-from ..support import FakeClock, run_script
+from ..support import FORKED_WORKERS, FakeClock, run_script
 
 MODEL = "gpt-4o"
 TOKENS = "gen_ai_client_token_usage"
@@ -661,8 +661,6 @@ def test_two_streams_of_one_call_read_in_two_threads_lose_no_chunk(
 @pytest.mark.subprocess
 def test_multiprocess_mode_records_directly_and_exactly(tmp_path: Path) -> None:
     code = """
-        import multiprocessing
-        from prometheus_client import CollectorRegistry, multiprocess
         from instrument import Instrumentation
 
         inst = Instrumentation(registry=CollectorRegistry(), genai_semconv=True)
@@ -672,19 +670,12 @@ def test_multiprocess_mode_records_directly_and_exactly(tmp_path: Path) -> None:
             yield {"model": "gpt-4o"}
             yield {"usage": {"prompt_tokens": 4, "completion_tokens": 1}}
 
-        def worker():
+        def worker(n):
             for _ in range(50):
                 list(stream())
 
         if __name__ == "__main__":
-            ctx = multiprocessing.get_context("fork")
-            procs = [ctx.Process(target=worker) for _ in range(3)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-            collected = CollectorRegistry()
-            multiprocess.MultiProcessCollector(collected)
+            collected = run_forked(worker, 3)
             base = {"gen_ai_operation_name": "chat", "gen_ai_provider_name": "openai",
                     "gen_ai_request_model": "gpt-4o", "gen_ai_response_model": "gpt-4o"}
             print(collected.get_sample_value(
@@ -694,7 +685,8 @@ def test_multiprocess_mode_records_directly_and_exactly(tmp_path: Path) -> None:
                 "gen_ai_client_token_usage_sum", {**base, "gen_ai_token_type": "input"}))
     """
     # The script beside the workers' files: the collector reads only *.db.
-    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = run_script(tmp_path / "script.py", code, env, prelude=FORKED_WORKERS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["150.0", "600.0"]
 

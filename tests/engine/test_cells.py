@@ -32,7 +32,7 @@ from instrument.ai._streams import usage_lock
 from instrument.analysis import AnalysisMonitor
 
 from ..servers import Pushgateway
-from ..support import run_script
+from ..support import FORKED_WORKERS, run_script
 
 ROOT = Path(__file__).resolve().parent.parent
 LABELS = {"module": "m", "analysis_type": "t"}
@@ -415,8 +415,6 @@ def test_a_forked_child_starts_from_the_state_at_the_fork(off: Instrumentation) 
 @pytest.mark.subprocess
 def test_multiprocess_mode_keeps_the_direct_path_and_is_exact(tmp_path: Path) -> None:
     code = """
-        import multiprocessing
-        from prometheus_client import CollectorRegistry, multiprocess
         from instrument import Instrumentation
 
         inst = Instrumentation(registry=CollectorRegistry(), push_mode="off")
@@ -433,19 +431,13 @@ def test_multiprocess_mode_keeps_the_direct_path_and_is_exact(tmp_path: Path) ->
         if __name__ == "__main__":
             work(0)
             assert not monitor._binding.cells, "multiprocess mode must update the children"
-            ctx = multiprocessing.get_context("fork")
-            procs = [ctx.Process(target=worker, args=(n,)) for n in range(3)]
-            for p in procs:
-                p.start()
-            for p in procs:
-                p.join()
-            collected = CollectorRegistry()
-            multiprocess.MultiProcessCollector(collected)
+            collected = run_forked(worker, 3)
             labels = {"module": "m", "analysis_type": "t", "status": "success"}
             print(collected.get_sample_value("codomyrmex_analyses_total", labels))
     """
     # The script beside the workers' files: the collector reads only *.db.
-    result = run_script(tmp_path / "script.py", code, {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)})
+    env = {"PROMETHEUS_MULTIPROC_DIR": str(tmp_path)}
+    result = run_script(tmp_path / "script.py", code, env, prelude=FORKED_WORKERS)
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "901.0"
 
