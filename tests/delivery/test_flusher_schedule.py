@@ -171,9 +171,16 @@ def test_time_on_the_network_does_not_stretch_the_interval(
             work()
         inst.close()
         # About one push per 0.45 s (0.4 s waiting for the answer, then the interval); had
-        # the wait counted, the flusher would wait 3.6 s after each.
+        # the wait counted, the flusher would wait 7.6 s after each.
         assert len(pushed_states(slow)) >= 3
-        assert not [r for r in caplog.records if "instead of push_interval" in r.getMessage()]
+        # A loaded machine may take a few milliseconds to serialize even this registry, and
+        # a stretch for that is right; what must never be counted is the 0.4 s answer.
+        counted = [
+            r.args[0]
+            for r in caplog.records
+            if "instead of push_interval" in r.getMessage() and isinstance(r.args, tuple)
+        ]
+        assert all(isinstance(s, float) and s < 0.1 for s in counted), counted
     finally:
         slow.close()
 
