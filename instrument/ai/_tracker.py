@@ -103,6 +103,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         self._warned: set[str] = set()
         #: The attribution callables by label, as pairs: read by every call that has them.
         self._value_of = tuple((self.options.attribution or {}).items())
+        self._block_attribution = _Attribution(None, self._value_of, self._complain)
         #: Result types that are neither streams nor raw responses (found by ``AICall``):
         #: a type's protocols do not change, so each is inspected once.
         self.plain_types: set[type] = set()
@@ -161,7 +162,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         start = self._model_starter(func)
         if not self.options.attribution:
             return start
-        arguments = _Arguments(wraps_signature(func))
+        values_of = _Attribution(wraps_signature(func), self._value_of, self._complain).values
 
         def start_attributed(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -171,42 +172,18 @@ class AICallTracker(Policy[AICall, AIBinding]):
             values = (
                 None
                 if b is not None and b.attribution is None
-                else self._attributes(arguments.bound(wrapped, args, kwargs))
+                else values_of(wrapped, args, kwargs)
             )
             call = start(wrapped, args, kwargs)
             b = call._b
-            if b is not None and b.attribution is not None:
-                if values is None:  # rebound since onto an Instrumentation with attribution
-                    values = self._attributes(arguments.bound(wrapped, args, kwargs))
-                call._attrs = values
+            if b is not None:
+                if values is None and b.attribution is not None:
+                    # Rebound since onto an Instrumentation with attribution.
+                    values = values_of(wrapped, args, kwargs)
+                call._attrs = values  # read only where the binding has attribution
             return call
 
         return start_attributed
-
-    def _attributes(self, bound: Mapping[str, Any]) -> dict[str, Any]:
-        """The attribution values of one call, from its arguments by name (none in a
-        with-block). A callable that raises gives none: the call goes on, its label is "".
-
-        What a callable raises that is no Exception is a signal, not a bug of the
-        callable: Ctrl-C, SystemExit, a task's cancellation (asyncio's, trio's, gevent's
-        GreenletExit) arrive wherever the thread happens to be, and had they arrived a
-        moment later they would have stopped the function itself. They propagate, as they
-        would have from the function, which then does not run; swallowing one would lose a
-        cancellation. Any other BaseException of a callable is treated as an Exception."""
-        values: dict[str, Any] = {}
-        for label, value_of in self._value_of:
-            try:
-                values[label] = value_of(bound)
-            except BaseException as exc:
-                if not isinstance(exc, Exception) and is_signal(exc):
-                    raise
-                self._complain(
-                    f"attribution {label}",
-                    'the attribution callable for %r raised %s; the label is ""',
-                    label,
-                    type(exc).__name__,
-                )
-        return values
 
     def undeclared(self, labels: Iterable[str], declared: tuple[str, ...]) -> None:
         """Attribution labels the Instrumentation does not declare: warned about once
@@ -263,7 +240,7 @@ class AICallTracker(Policy[AICall, AIBinding]):
         if wrapped is None and self.options.attribution and b.attribution is not None:
             # A with-block: no arguments, so the callables get none (one returning a
             # constant applies; call.attribute() sets a block's own values).
-            values = self._attributes({})
+            values = self._block_attribution.values(None, (), {})
         call = AICall(b, self, model)
         call._attrs = values
         return call
@@ -326,13 +303,30 @@ def is_signal(exc: BaseException) -> bool:
     )
 
 
-class _Arguments:
-    """A decorated function's arguments by name, defaults filled in, for attribution=
-    callables: by position and keyword directly when the signature allows it (the usual
-    case), else through ``Signature.bind``, which costs several times more."""
+class _Attribution:
+    """The attribution values of one decorated function's calls: its ``attribution=``
+    callables, each given the call's arguments by name, defaults filled in (by position
+    and keyword directly when the signature allows it, the usual case; else through
+    ``Signature.bind``, which costs several times more). A with-block's callables get no
+    arguments (``signature`` None).
 
-    def __init__(self, signature: inspect.Signature | None) -> None:
+    A callable that raises gives no value: the call goes on, its label is "". What one
+    raises that is no Exception is a signal, not a bug of the callable: Ctrl-C,
+    SystemExit, a task's cancellation (asyncio's, trio's, gevent's GreenletExit) arrive
+    wherever the thread happens to be, and had they arrived a moment later they would
+    have stopped the function itself. They propagate, as they would have from the
+    function, which then does not run; swallowing one would lose a cancellation. Any
+    other BaseException of a callable is treated as an Exception."""
+
+    def __init__(
+        self,
+        signature: inspect.Signature | None,
+        value_of: tuple[tuple[str, Callable[[Mapping[str, Any]], Any]], ...],
+        complain: Callable[..., None],
+    ) -> None:
         self.signature = signature
+        self.value_of = value_of
+        self.complain = complain
         params = [] if signature is None else list(signature.parameters.values())
         self.positional = tuple(
             p.name
@@ -348,24 +342,43 @@ class _Arguments:
             for p in params
         )
 
-    def bound(
-        self, wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
+    def values(
+        self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
-        """The call's arguments by name; only the keyword ones when they cannot be bound
-        (the call then fails as it would undecorated)."""
+        """The attribution values of one call (one step: this runs before every call)."""
+        bound: dict[str, Any]
         if self.simple and len(args) <= self.most and type(wrapped) is not MethodType:
-            # zip stops at the shorter: the parameters given by position (no try: none of
-            # this raises, and a zip without strict= costs a third less).
-            bound = dict(zip(self.positional, args))  # noqa: B905
+            if len(args) == 1:  # the usual LLM call's wrapper, ask(prompt): no zip
+                bound = {self.positional[0]: args[0]}
+            else:
+                # zip stops at the shorter: the parameters given by position (no try:
+                # none of this raises, and a zip without strict= costs a third less).
+                bound = dict(zip(self.positional, args))  # noqa: B905
             if self.defaults:
                 bound = {**self.defaults, **bound}
             if kwargs:
                 bound.update(kwargs)
-            return bound
-        try:
-            return {**self.defaults, **bind_arguments(self.signature, wrapped, args, kwargs)}
-        except Exception:
-            return dict(kwargs)
+        elif wrapped is None:
+            bound = {}
+        else:
+            try:
+                bound = {**self.defaults, **bind_arguments(self.signature, wrapped, args, kwargs)}
+            except Exception:  # the call then fails as it would undecorated
+                bound = dict(kwargs)
+        values: dict[str, Any] = {}
+        for label, value_of in self.value_of:
+            try:
+                values[label] = value_of(bound)
+            except BaseException as exc:
+                if not isinstance(exc, Exception) and is_signal(exc):
+                    raise
+                self.complain(
+                    f"attribution {label}",
+                    'the attribution callable for %r raised %s; the label is ""',
+                    label,
+                    type(exc).__name__,
+                )
+        return values
 
 
 def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:

@@ -5,12 +5,14 @@ every label set is exactly today's."""
 
 from __future__ import annotations
 
+import inspect
 import logging
 import threading
+from collections.abc import Callable
 from typing import Any
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from prometheus_client import CollectorRegistry, generate_latest
 
@@ -220,4 +222,92 @@ def test_any_attribution_value_leaves_the_call_alone(value: Any) -> None:
         for s in m.samples if s.name.endswith("_total")
     )  # fmt: skip
     assert total == 1
+    inst.close()
+
+
+# -- what the callables are given: the call's arguments by name, defaults filled in ---------
+
+
+def _one(tenant: Any) -> Any: ...
+def _two(tenant: Any, prompt: Any = "hi") -> Any: ...
+def _keyword_only(tenant: Any = "t", *, user: Any = "u") -> Any: ...
+def _positional_only(tenant: Any, /, prompt: Any = "p") -> Any: ...
+def _variadic(tenant: Any, *rest: Any, **extra: Any) -> Any: ...
+
+
+class _Client:
+    def ask(self, tenant: Any, prompt: Any = "p") -> Any: ...
+
+
+_SIGNED: list[Callable[..., Any]] = [
+    _one,
+    _two,
+    _keyword_only,
+    _positional_only,
+    _variadic,
+    _Client.ask,
+]
+
+
+def _expected(func: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    """What Signature.bind gives, defaults applied (an empty *args or **kwargs not given is
+    left out), or None when the call does not bind (the function itself then raises)."""
+    signature = inspect.signature(func)
+    try:
+        bound = signature.bind(*args, **kwargs)
+    except TypeError:
+        return None
+    given = set(bound.arguments)
+    bound.apply_defaults()
+    variadic = (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
+    return {
+        name: value
+        for name, value in bound.arguments.items()
+        if name in given or signature.parameters[name].kind not in variadic
+    }
+
+
+@settings(max_examples=150, deadline=None)
+@given(
+    which=st.sampled_from(range(len(_SIGNED))),
+    positional=st.lists(st.integers(), max_size=3),
+    keywords=st.dictionaries(st.sampled_from(["tenant", "prompt", "user", "other"]), st.integers()),
+    through_instance=st.booleans(),
+)
+# One argument by position, the usual call (read without binding): each signature, always.
+@example(which=0, positional=[5], keywords={}, through_instance=False)
+@example(which=1, positional=[5], keywords={}, through_instance=False)
+@example(which=1, positional=[5], keywords={"prompt": 6}, through_instance=False)
+@example(which=2, positional=[5], keywords={}, through_instance=False)
+@example(which=3, positional=[5], keywords={}, through_instance=False)
+@example(which=4, positional=[5], keywords={}, through_instance=False)
+@example(which=5, positional=[5], keywords={}, through_instance=True)
+def test_the_callables_get_the_arguments_as_signature_bind_gives_them(
+    which: int, positional: list[int], keywords: dict[str, int], through_instance: bool
+) -> None:
+    func = _SIGNED[which]
+    inst = Instrumentation(registry=CollectorRegistry(), push_mode="off", attribution=("tenant",))
+    seen: list[dict[str, Any]] = []
+
+    def capture(arguments: Any) -> str:
+        seen.append(dict(arguments))
+        return "acme"
+
+    decorated = inst.track_ai_call("openai", MODEL, attribution={"tenant": capture})(func)
+    args: tuple[Any, ...] = tuple(positional)
+    if func is _Client.ask and through_instance:
+        client = _Client()
+        call = decorated.__get__(client, _Client)  # as a method: wrapped is a bound method
+        expected = _expected(func, (client, *args), keywords)
+    else:
+        call = decorated
+        expected = _expected(func, args, keywords)
+    try:
+        call(*args, **keywords)
+    except TypeError:
+        assert expected is None  # refused exactly when the plain function refuses it
+    else:
+        assert expected is not None
+        assert seen == [expected]
+        assert calls(inst.registry, "acme") == 1
     inst.close()
