@@ -111,13 +111,18 @@ def _reason(value: Any) -> str | None:
     return reason
 
 
+#: ``isinstance``'s tuple, built once: ``list | tuple`` written in a call makes a new union
+#: each time, which costs twice the check (this runs for every response and chunk).
+_SEQUENCE = (list, tuple)
+
+
 def _items(value: Any) -> list[Any]:
-    return list(value) if isinstance(value, list | tuple) else []
+    return list(value) if isinstance(value, _SEQUENCE) else []
 
 
 def _count(value: Any) -> int:
     """How many items a list field holds (a tool-call list), 0 for anything else."""
-    return len(value) if isinstance(value, list | tuple) else 0
+    return len(value) if isinstance(value, _SEQUENCE) else 0
 
 
 #: The outcome of one choice's reason and no tool call, by reason: the usual response's,
@@ -167,7 +172,9 @@ def _choices(
     reasons: list[str] = []
     tools = 0
     whole = False
-    for position, choice in enumerate(choices):
+    position = -1  # counted, not enumerate(): its tuple per choice costs more
+    for choice in choices:
+        position += 1
         # One reader per choice and per message: each reads several fields.
         get = READERS.get(type(choice)) or reader_of(choice)
         value = get(choice, "finish_reason")
@@ -257,7 +264,7 @@ def extract_outcome(
     if get is no_fields:
         return None, False
     choices = get(response, "choices")
-    if isinstance(choices, list | tuple):
+    if isinstance(choices, _SEQUENCE):
         return _choices(choices, seen, get(response, "id") if seen is not None else None)
     kind = get(response, "type")
     if kind == "message":  # an Anthropic Message
@@ -270,7 +277,7 @@ def extract_outcome(
     if get(response, "object") == "response":
         return _response(response), True
     candidates = get(response, "candidates")
-    if isinstance(candidates, list | tuple):
+    if isinstance(candidates, _SEQUENCE):
         return _candidates(list(candidates)), False
     if isinstance(kind, str):
         return _event(response, kind, seen, depth)
