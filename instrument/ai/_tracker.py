@@ -167,20 +167,18 @@ class AICallTracker(Policy[AICall, AIBinding]):
         def start_attributed(
             wrapped: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]
         ) -> AICall:
-            # Before the call begins: a signal a callable raises leaves nothing in flight.
+            # Before the call begins, on the binding it will record into (rebound first
+            # when the default Instrumentation changed): a signal a callable raises then
+            # leaves nothing in flight.
             b = self._binding
-            values = (
-                None
-                if b is not None and b.attribution is None
-                else values_of(wrapped, args, kwargs)
-            )
+            if b is None or b.stale:
+                b = self.binding()
+            values = None if b.attribution is None else values_of(wrapped, args, kwargs)
             call = start(wrapped, args, kwargs)
-            b = call._b
-            if b is not None:
-                if values is None and b.attribution is not None:
-                    # Rebound since onto an Instrumentation with attribution.
-                    values = values_of(wrapped, args, kwargs)
-                call._attrs = values  # read only where the binding has attribution
+            if call._b is not None:
+                # Read only where the binding has attribution; None (every label "") when
+                # another thread's configure() rebound it onto one with attribution meanwhile.
+                call._attrs = values
             return call
 
         return start_attributed

@@ -242,6 +242,42 @@ def test_the_remembered_series_follow_a_reconfigured_default(no_env: None) -> No
         instrument.configure(registry=CollectorRegistry(), push_mode="off")
 
 
+@pytest.mark.parametrize("signal", [KeyboardInterrupt, SystemExit])
+def test_a_signal_in_a_callable_after_a_rebind_leaves_nothing_in_flight(
+    no_env: None, signal: type[BaseException]
+) -> None:
+    """Rebound onto an Instrumentation with attribution (configure() changed the default),
+    the values are still read before the call begins: a signal there leaves no job in
+    flight (the values used to be read after the call had started, for this first call)."""
+    instrument.configure(registry=CollectorRegistry(), push_mode="off")
+    interrupt = False
+
+    def tenant_of(arguments: Any) -> str:
+        if interrupt:
+            raise signal
+        return str(arguments["t"])
+
+    try:
+
+        @instrument.track_ai_call("openai", MODEL, attribution={"tenant": tenant_of})
+        def ask(t: str) -> dict[str, Any]:
+            return chat()
+
+        ask("before")  # bound to a default without attribution
+        rebound = CollectorRegistry()
+        instrument.configure(registry=rebound, push_mode="off", attribution=("tenant",))
+        interrupt = True
+        with pytest.raises(signal):
+            ask("acme")
+        assert rebound.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
+        interrupt = False
+        ask("acme")  # and the next call is counted for its tenant
+        assert tenant_calls(rebound, "acme") == 1
+        assert rebound.get_sample_value("codomyrmex_active_jobs", {"job_type": "ai_call"}) == 0
+    finally:
+        instrument.configure(registry=CollectorRegistry(), push_mode="off")
+
+
 def test_undeclared_labels_do_not_split_the_remembered_series(
     registry: CollectorRegistry, caplog: pytest.LogCaptureFixture
 ) -> None:
