@@ -356,8 +356,10 @@ class _Attribution:
                 bound = {**self.defaults, **bound}
             if kwargs:
                 bound.update(kwargs)
-        elif wrapped is None:
-            bound = {}
+        elif self.signature is None or wrapped is None:
+            # A with-block's callables get no arguments (it passes none); a callable whose
+            # signature cannot be read (a builtin such as dict) its keyword ones.
+            bound = dict(kwargs)
         else:
             try:
                 bound = {**self.defaults, **bind_arguments(self.signature, wrapped, args, kwargs)}

@@ -311,3 +311,19 @@ def test_the_callables_get_the_arguments_as_signature_bind_gives_them(
         assert seen == [expected]
         assert calls(inst.registry, "acme") == 1
     inst.close()
+
+
+def test_a_callable_without_a_signature_gives_the_callables_its_keywords() -> None:
+    """``inspect.signature(dict)`` fails: nothing binds the arguments, so the callables get
+    the keyword ones as given (they got none)."""
+    inst = Instrumentation(registry=CollectorRegistry(), push_mode="off", attribution=("tenant",))
+    tracked = inst.track_ai_call("openai", MODEL, attribution={"tenant": lambda a: a["tenant"]})(
+        dict
+    )
+    assert tracked(tenant="acme", usage={"prompt_tokens": 3, "completion_tokens": 1}) == {
+        "tenant": "acme",
+        "usage": {"prompt_tokens": 3, "completion_tokens": 1},
+    }
+    assert calls(inst.registry, "acme") == 1
+    assert calls(inst.registry, "") == 0
+    inst.close()
