@@ -19,7 +19,7 @@ from .._tracing import (
 )
 from ..metrics import check_label_value
 from ._content import response_body
-from ._managers import Manager, RawResponse, unread_raw_response
+from ._managers import Manager, RawResponse, stream_of, unread_raw_response
 from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
 from ._proxies import MANAGER, stream_kind, wrap_stream
 from ._series import UNKNOWN_MODEL, ModelSeries, http_status
@@ -265,6 +265,9 @@ class AICall(Probe):
         or a stream manager in its proxy, or a raw HTTP response whose ``parse()`` gives a
         stream. None when ``result`` is read as it is (a raw response's body is read here).
         """
+        watched = stream_of(result)
+        if watched is not None and watched.call is self:
+            return result  # a proxy this call gave out, recorded again: watched already
         mode = self._tracker.options.stream
         kind = stream_kind(result, mode)
         if kind & MANAGER:

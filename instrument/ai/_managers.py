@@ -15,7 +15,7 @@ import wrapt
 
 from .._engine import report_failure
 from ._fields import attribute
-from ._proxies import MANAGER, stream_kind, wrap_stream
+from ._proxies import MANAGER, STREAM_PROXIES, Transparent, stream_kind, wrap_stream
 
 if TYPE_CHECKING:
     from ._streams import Stream
@@ -62,7 +62,7 @@ def _streamed_data(value: Any) -> Any:
     return data if kind and not kind & MANAGER else None
 
 
-class DataResponse(_ObjectProxy):
+class DataResponse(Transparent, _ObjectProxy):
     """A raw HTTP response whose ``data`` is the stream (Cohere's): the same object, whose
     ``data`` is that stream in its proxy."""
 
@@ -75,7 +75,7 @@ class DataResponse(_ObjectProxy):
         return self._self_data
 
 
-class Manager(_ObjectProxy):
+class Manager(Transparent, _ObjectProxy):
     """A stream manager (``client.messages.stream(...)``, ``chat.completions.stream(...)``,
     ``with_streaming_response.create(...)``): the request starts when the caller enters
     it, and what it hands out is watched until its end. Entered with ``with`` or ``async
@@ -196,7 +196,7 @@ class Manager(_ObjectProxy):
             await self._self_stream.end_async(closed=not done)
 
 
-class RawResponse(_ObjectProxy):
+class RawResponse(Transparent, _ObjectProxy):
     """A raw HTTP response whose body is (or may be) a stream: the same object, whose
     ``parse()`` (sync, or awaited) hands out that stream in its proxy, the same proxy for
     the SDK's cached body. A body that is no stream is read when parsed.
@@ -289,3 +289,19 @@ class RawResponse(_ObjectProxy):
             return False
         self._self_parsed = None  # settled: no abandonment at collection
         return True
+
+
+def stream_of(value: Any) -> Stream | None:
+    """The :class:`Stream` a proxy of ours watches ``value`` through (a stream's, a
+    manager's, a raw response's, its data's), or None for anything else: what
+    ``record_response`` finds when it is handed a proxy it gave out."""
+    if isinstance(value, DataResponse):
+        value = value._self_data
+    if isinstance(value, _WATCHING):
+        proxy: Any = value  # each of them keeps its Stream as _self_stream
+        stream: Stream = proxy._self_stream
+        return stream
+    return None
+
+
+_WATCHING = (*STREAM_PROXIES, Manager, RawResponse)

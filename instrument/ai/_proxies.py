@@ -76,11 +76,37 @@ else:  # wrapt 1.x proxies are not subscriptable
     _StepsProxy = getattr(wrapt, "BaseObjectProxy", wrapt.ObjectProxy)
 
 
+class Transparent:
+    """Copy and pickle as the wrapped object does: wrapt's proxies refuse both, where the
+    stream itself may allow them. What comes out is the wrapped object's own copy or
+    pickle, unwatched (a copy read on its own is not this call's: counting it too would
+    count the chunks twice)."""
+
+    __slots__ = ()
+    __wrapped__: Any
+
+    def __copy__(self) -> Any:
+        import copy
+
+        return copy.copy(self.__wrapped__)
+
+    def __deepcopy__(self, memo: dict[int, Any]) -> Any:
+        import copy
+
+        return copy.deepcopy(self.__wrapped__, memo)
+
+    def __reduce__(self) -> str | tuple[Any, ...]:
+        return self.__wrapped__.__reduce__()  # type: ignore[no-any-return]
+
+    def __reduce_ex__(self, protocol: Any) -> str | tuple[Any, ...]:
+        return self.__wrapped__.__reduce_ex__(protocol)  # type: ignore[no-any-return]
+
+
 def _is_generator(value: Any) -> bool:
     return inspect.isgenerator(value) or inspect.isasyncgen(value)
 
 
-class _StreamProxy(_StepsProxy):
+class _StreamProxy(Transparent, _StepsProxy):
     """What the caller gets instead of a stream: the same object, chunks read on the way
     by its :class:`Stream`, which ends the call exactly once. Its steps and optional
     methods are added per stream type by :func:`_proxy_class`."""
@@ -158,7 +184,7 @@ class _StreamProxy(_StepsProxy):
             await self._self_stream.end_async(closed=True)
 
 
-class _SubStream(_StepsProxy):
+class _SubStream(Transparent, _StepsProxy):
     """An iterator over a stream's chunks that is not the stream itself: one a stream
     hands out over its own events (``stream.text_stream``), or one pass over an iterable.
 
@@ -319,6 +345,10 @@ def _proxy_class(source: Any, kind: int) -> type[_StreamProxy]:
         name = {SYNC: "_SyncStream", ASYNC: "_AsyncStream"}.get(kind, "_DualStream")
         made = _classes.setdefault(key, type(name, (_StreamProxy,), namespace))
     return made
+
+
+#: The proxies a stream's chunks go through (``stream_of`` in ``_managers`` finds theirs).
+STREAM_PROXIES: tuple[type, ...] = (_StreamProxy, _SubStream)
 
 
 def wrap_stream(source: Any, kind: int, stream: Stream) -> Any:

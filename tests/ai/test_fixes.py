@@ -31,7 +31,7 @@ from instrument.demo.llm_server import DEFAULT_COMPLETION_TOKENS, LocalLLMServer
 from instrument.testing import isolated_instrumentation
 
 from ..ai_fakes import as_object, openai_chat_chunks
-from ..support import active, calls, require_sdk, sample, token_counts, ttft
+from ..support import active, calls, counted, require_sdk, sample, token_counts, ttft
 from .test_sdk_matrix import (
     CLAUDE,
     CLAUDE_ARGS,
@@ -1309,3 +1309,111 @@ def test_a_with_blocks_stream_read_by_its_helper_after_the_proxy_is_dropped_keep
         )
     finally:
         inst.close()
+
+
+# -- a second review of the streams (the sixth pass) ------------------------------------------
+
+
+def _delta_chunk(
+    rid: str | None, usage: tuple[int, int] | None = None, finish: str | None = None
+) -> Any:
+    found: dict[str, Any] = {
+        "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": finish}]
+    }
+    if rid is not None:
+        found["id"] = rid
+    if usage is not None:
+        found["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+    return found
+
+
+def _stops(registry: CollectorRegistry) -> float:
+    return counted(
+        registry, "ai_finish_reasons_total", provider="openai", model="m", finish_reason="stop"
+    )
+
+
+def test_a_stream_recorded_again_in_its_own_call_counts_once() -> None:
+    """``call.record_response(s)`` of the proxy it gave out wrapped it a second time, and
+    both proxies read every chunk: the tokens and the finish reason counted twice."""
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, push_mode="off")
+    with inst.track_ai_call("openai", "m") as call:
+        stream = call.record_response(
+            iter([_delta_chunk("c1"), _delta_chunk("c1", (10, 5), "stop")])
+        )
+        again = call.record_response(stream)
+        assert again is stream
+        assert [c.get("id") for c in again] == ["c1", "c1"]
+    assert token_counts(registry, "openai", "m") == {"input": 10, "output": 5}
+    assert _stops(registry) == 1
+    assert calls(registry, "openai", "m") == {"success": 1}
+    inst.close()
+
+
+@pytest.mark.parametrize(
+    ("chunks", "expected"),
+    [
+        # An id-less running total after the reports with an id: the same response.
+        ([_delta_chunk("c1", (10, 2)), _delta_chunk(None, (10, 5))], {"input": 10, "output": 5}),
+        # Two responses by their ids: they add up.
+        ([_delta_chunk("c1", (10, 5)), _delta_chunk("c2", (3, 1))], {"input": 13, "output": 6}),
+        # A whole response without an id, then another one's chunk: two responses.
+        (
+            [
+                {
+                    "choices": [{"message": {"content": "a"}}],
+                    "usage": _delta_chunk(None, (10, 5))["usage"],
+                },
+                _delta_chunk("c2", (3, 1)),
+            ],
+            {"input": 13, "output": 6},
+        ),
+    ],
+    ids=["id then id-less", "two ids", "whole id-less then an id"],
+)
+def test_running_totals_merge_and_responses_by_id_add_up(
+    chunks: list[Any], expected: dict[str, float]
+) -> None:
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, push_mode="off")
+    with inst.track_ai_call("openai", "m") as call:
+        for _ in call.record_response(iter(chunks)):
+            pass
+    assert token_counts(registry, "openai", "m") == expected
+    inst.close()
+
+
+def test_a_watched_stream_copies_and_pickles_as_the_stream_itself_does() -> None:
+    """wrapt's proxy refused copy and pickle (NotImplementedError) where the stream allows
+    them, or raises its own error: the proxy now does what the stream does, and the copy
+    is the stream's own (read on its own, it is not the call's)."""
+    import pickle
+
+    registry = CollectorRegistry()
+    inst = Instrumentation(registry=registry, push_mode="off")
+    chunks = [_delta_chunk("c1"), _delta_chunk("c1", (10, 5), "stop")]
+
+    @inst.track_ai_call("openai", "m")
+    def listed() -> Any:
+        return iter(chunks)
+
+    @inst.track_ai_call("openai", "m")
+    def generated() -> Any:
+        return (c for c in chunks)
+
+    watched = listed()
+    assert list(copy.copy(watched)) == chunks == list(copy.copy(iter(chunks)))
+    assert list(copy.deepcopy(watched)) == chunks
+    assert list(pickle.loads(pickle.dumps(watched))) == chunks
+    with pytest.raises(TypeError, match="generator"):
+        pickle.dumps(c for c in chunks)  # the stream's own error...
+    with pytest.raises(TypeError, match="generator"):
+        pickle.dumps(generated())  # ... is the proxy's
+    assert list(watched) == chunks  # and the call still reads its own chunks, once
+    del watched
+    gc.collect()
+    record_abandoned_streams()
+    assert token_counts(registry, "openai", "m") == {"input": 10, "output": 5}
+    assert calls(registry, "openai", "m") == {"success": 1, "cancelled": 1}
+    inst.close()
