@@ -452,6 +452,10 @@ def fold_if_changed() -> None:
 # -- fork: the child starts from a consistent state, with no lock held by a thread it lacks ----
 
 _held: list[Any] = []
+#: What else a fork waits for, after the cells' own locks: functions giving more locks. A
+#: fold holds the fold lock while it updates prometheus_client's values, never the other
+#: way round, so those come last (``delivery._lifecycle`` adds their multiprocess lock).
+more_fork_locks: list[Callable[[], list[Any]]] = []
 
 
 def _before_fork() -> None:
@@ -464,6 +468,10 @@ def _before_fork() -> None:
         for cell in series._cells:
             cell.lock.acquire()
             _held.append(cell.lock)
+    for more in more_fork_locks:
+        for lock in more():
+            lock.acquire()
+            _held.append(lock)
 
 
 def _after_fork() -> None:

@@ -20,6 +20,8 @@ import weakref
 from types import FrameType
 from typing import Any, Protocol
 
+from .._cells import more_fork_locks
+
 __all__ = [
     "EXIT_FLUSH_TIMEOUT",
     "exit_flush_running",
@@ -28,6 +30,7 @@ __all__ = [
     "instance_label",
     "multiprocess_enabled",
     "track",
+    "values_locks",
 ]
 
 logger = logging.getLogger("instrument")
@@ -88,6 +91,28 @@ def follow_multiprocess_env() -> bool:
             _multiprocess_values[key] = values.MultiProcessValue()  # type: ignore[no-untyped-call]
         values.ValueClass = _multiprocess_values[key]
     return wanted
+
+
+def values_locks() -> list[Any]:
+    """The locks of prometheus_client's multiprocess value classes in this process.
+
+    Each class keeps one lock for all its values (in its methods' closure), taken by every
+    update: the flusher's own counters update from its thread. A fork while a thread holds
+    it would leave the child a lock nobody releases, and the child's first update would
+    wait forever; so a fork waits for these, after the cells' locks (``_cells``). None are
+    found (and nothing waits) if prometheus_client keeps its lock elsewhere."""
+    values = sys.modules.get("prometheus_client.values")
+    if values is None:
+        return []
+    locks = []
+    for cls in {values.ValueClass, *_multiprocess_values.values()}:
+        inc = getattr(cls, "inc", None) if getattr(cls, "_multiprocess", False) else None
+        code, closure = getattr(inc, "__code__", None), getattr(inc, "__closure__", None)
+        if code is not None and closure:
+            for name, cell in zip(code.co_freevars, closure, strict=False):
+                if name == "lock" and hasattr(cell.cell_contents, "acquire"):
+                    locks.append(cell.cell_contents)
+    return locks
 
 
 def track(delivery: _Closable) -> None:
@@ -181,3 +206,4 @@ def _after_fork_in_child() -> None:
 
 atexit.register(_close_all_at_exit)
 os.register_at_fork(after_in_child=_after_fork_in_child)
+more_fork_locks.append(values_locks)

@@ -762,6 +762,61 @@ def test_multiprocess_owner_ends_with_the_exact_totals_of_all_workers(
     assert pushes is not None and pushes <= 2
 
 
+FORK_WHILE_A_VALUE_IS_WRITTEN = """
+import multiprocessing, threading, time
+from prometheus_client import values
+from instrument import Instrumentation
+from instrument.delivery._lifecycle import values_locks
+
+inst = Instrumentation(push_mode="off")
+
+@inst.monitored_analysis("m", "t")
+def work(i):
+    return i
+
+def worker():
+    work(1)
+
+# prometheus_client's one lock for its multiprocess values, held by another thread as the
+# flusher's own counters hold it while they write: the fork comes in the middle.
+(lock,) = values_locks()
+held, release = threading.Event(), threading.Event()
+
+def writer():
+    with lock:
+        held.set()
+        release.wait()
+
+threading.Thread(target=writer).start()
+held.wait()
+threading.Timer(0.3, release.set).start()
+p = multiprocessing.get_context("fork").Process(target=worker)
+p.start()  # waits for the writer: the child must not start with the lock held
+p.join(20)
+assert not p.is_alive(), "the forked worker hung on the lock its parent's thread held"
+assert p.exitcode == 0, p.exitcode
+print("ok")
+"""
+
+
+def test_a_fork_while_another_thread_writes_a_multiprocess_value_does_not_hang_the_child(
+    tmp_path: Path,
+) -> None:
+    """prometheus_client's multiprocess values share one lock, taken by every update; the
+    owner's flusher updates its counters from its own thread. A fork at that moment left the
+    worker a lock no thread of its would release: its first call hung (CI: the owner test
+    above timed out). The fork now waits for that lock."""
+    shared = tmp_path / "multiproc"
+    shared.mkdir()
+    result = run_script(
+        tmp_path / "fork.py",
+        FORK_WHILE_A_VALUE_IS_WRITTEN,
+        {"PROMETHEUS_MULTIPROC_DIR": str(shared)},
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"
+
+
 # -- item 9: a multiprocessing child that ends normally delivers its final state ----------------------
 
 CHILD_WITH_OWN_CONFIG = """
