@@ -955,11 +955,23 @@ def test_a_partial_of_an_async_callable_instance_still_answers_as_the_partial_do
 from ..ai_fakes import FakeAsyncStream, FakeStream, RateLimitError  # noqa: E402
 
 
-def _chunk(content: str | None, usage: tuple[int, int] | None) -> dict[str, Any]:
+def _chunk(
+    content: str | None,
+    usage: tuple[int, int] | None,
+    *,
+    rid: str | None = "chatcmpl-1",
+    finish: str | None = None,
+) -> dict[str, Any]:
     """An OpenAI Chat chunk: a content delta (or none: a bookkeeping chunk), and a usage
-    report when given."""
-    choices = [] if content is None else [{"index": 0, "delta": {"content": content}}]
-    chunk: dict[str, Any] = {"id": "chatcmpl-1", "model": "gpt-4o", "choices": choices}
+    report when given; ``rid`` None: a chunk without an id; ``finish``: its reason."""
+    choices: list[dict[str, Any]] = (
+        [] if content is None else [{"index": 0, "delta": {"content": content}}]
+    )
+    if finish is not None and choices:
+        choices[0]["finish_reason"] = finish
+    chunk: dict[str, Any] = {"model": "gpt-4o", "choices": choices}
+    if rid is not None:
+        chunk["id"] = rid
     chunk["usage"] = None
     if usage is not None:
         chunk["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
@@ -1314,19 +1326,6 @@ def test_a_with_blocks_stream_read_by_its_helper_after_the_proxy_is_dropped_keep
 # -- a second review of the streams (the sixth pass) ------------------------------------------
 
 
-def _delta_chunk(
-    rid: str | None, usage: tuple[int, int] | None = None, finish: str | None = None
-) -> Any:
-    found: dict[str, Any] = {
-        "choices": [{"index": 0, "delta": {"content": "x"}, "finish_reason": finish}]
-    }
-    if rid is not None:
-        found["id"] = rid
-    if usage is not None:
-        found["usage"] = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
-    return found
-
-
 def _stops(registry: CollectorRegistry) -> float:
     return counted(
         registry, "ai_finish_reasons_total", provider="openai", model="m", finish_reason="stop"
@@ -1340,7 +1339,7 @@ def test_a_stream_recorded_again_in_its_own_call_counts_once() -> None:
     inst = Instrumentation(registry=registry, push_mode="off")
     with inst.track_ai_call("openai", "m") as call:
         stream = call.record_response(
-            iter([_delta_chunk("c1"), _delta_chunk("c1", (10, 5), "stop")])
+            iter([_chunk("x", None, rid="c1"), _chunk("x", (10, 5), rid="c1", finish="stop")])
         )
         again = call.record_response(stream)
         assert again is stream
@@ -1355,17 +1354,23 @@ def test_a_stream_recorded_again_in_its_own_call_counts_once() -> None:
     ("chunks", "expected"),
     [
         # An id-less running total after the reports with an id: the same response.
-        ([_delta_chunk("c1", (10, 2)), _delta_chunk(None, (10, 5))], {"input": 10, "output": 5}),
+        (
+            [_chunk("x", (10, 2), rid="c1"), _chunk("x", (10, 5), rid=None)],
+            {"input": 10, "output": 5},
+        ),
         # Two responses by their ids: they add up.
-        ([_delta_chunk("c1", (10, 5)), _delta_chunk("c2", (3, 1))], {"input": 13, "output": 6}),
+        (
+            [_chunk("x", (10, 5), rid="c1"), _chunk("x", (3, 1), rid="c2")],
+            {"input": 13, "output": 6},
+        ),
         # A whole response without an id, then another one's chunk: two responses.
         (
             [
                 {
                     "choices": [{"message": {"content": "a"}}],
-                    "usage": _delta_chunk(None, (10, 5))["usage"],
+                    "usage": _chunk("x", (10, 5), rid=None)["usage"],
                 },
-                _delta_chunk("c2", (3, 1)),
+                _chunk("x", (3, 1), rid="c2"),
             ],
             {"input": 13, "output": 6},
         ),
@@ -1392,7 +1397,7 @@ def test_a_watched_stream_copies_and_pickles_as_the_stream_itself_does() -> None
 
     registry = CollectorRegistry()
     inst = Instrumentation(registry=registry, push_mode="off")
-    chunks = [_delta_chunk("c1"), _delta_chunk("c1", (10, 5), "stop")]
+    chunks = [_chunk("x", None, rid="c1"), _chunk("x", (10, 5), rid="c1", finish="stop")]
 
     @inst.track_ai_call("openai", "m")
     def listed() -> Any:
