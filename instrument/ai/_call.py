@@ -28,9 +28,11 @@ from ._streams import Chunks, Stream, usage_lock
 from ._usage import (
     USAGE_READERS,
     ExtractorFailed,
-    Usage,
-    checked_usage,
-    extract_usage,
+    Tokens,
+    add_tokens,
+    as_usage,
+    checked_tokens,
+    read_tokens,
     response_model,
     usage_reader,
 )
@@ -92,7 +94,7 @@ class AICall(Probe):
         self._seek_model = binding is not None and (
             (binding.static is None and model is None) or self._semconv is not None
         )
-        self._usage: Usage | None = None
+        self._usage: Tokens | None = None
         self._outcome: Outcome | None = None  # finish reasons and tool calls
         self._limits: dict[str, float] | None = None  # rate-limit headroom, by limit
         self._retry: float | None = None  # a 429's retry-after, in seconds
@@ -162,7 +164,7 @@ class AICall(Probe):
     ) -> None:
         """Add token counts by hand: ``input_tokens`` includes cached input (``cache_read``,
         ``cache_creation``) and ``output_tokens`` includes ``reasoning``."""
-        usage = checked_usage(input_tokens, output_tokens, cache_read, cache_creation, reasoning)
+        usage = checked_tokens(input_tokens, output_tokens, cache_read, cache_creation, reasoning)
         if self._b is not None and not self._done:
             self._add(usage)
 
@@ -256,9 +258,9 @@ class AICall(Probe):
 
     # -- recording -------------------------------------------------------------------------
 
-    def _add(self, usage: Usage) -> None:
+    def _add(self, usage: Tokens) -> None:
         with usage_lock:  # streams of one call may end in different threads
-            self._usage = usage if self._usage is None else self._usage + usage
+            self._usage = usage if self._usage is None else add_tokens(self._usage, usage)
 
     def _take(self, result: Any, owner: bool) -> Any:
         """What the caller gets instead of ``result`` when it must be watched on: a stream
@@ -350,7 +352,7 @@ class AICall(Probe):
             self._headers(response)
         try:
             extract = self._tracker._extract
-            if extract is extract_usage:  # its type's reader straight away: a call less
+            if extract is read_tokens:  # its type's reader straight away: a call less
                 usage = (USAGE_READERS.get(kind) or usage_reader(response))(response)
             else:
                 usage = extract(response)
@@ -361,7 +363,8 @@ class AICall(Probe):
                 usage_lock.acquire()
                 try:
                     if usage is not None:
-                        self._usage = usage if self._usage is None else self._usage + usage
+                        had_usage = self._usage
+                        self._usage = usage if had_usage is None else add_tokens(had_usage, usage)
                     if outcome is not None:
                         had = self._outcome
                         self._outcome = outcome if had is None else had + outcome
@@ -442,7 +445,9 @@ class AICall(Probe):
             named = requested or self._seen_model
             if named is not None:
                 span.update_name(span_name(self._tracker.options.operation, named))
-            attributes = end_attributes(self._seen_model, self._usage, self._outcome, self._first)
+            attributes = end_attributes(
+                self._seen_model, as_usage(self._usage), self._outcome, self._first
+            )
             if requested is not None:
                 attributes["gen_ai.request.model"] = requested
         except Exception:

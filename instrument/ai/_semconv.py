@@ -185,7 +185,7 @@ class GenAISemconv:
             else:
                 # The duration observed by the cells' end (see _Series.ends), the input
                 # tokens' bucket as the number it counts one into; one tuple per shape.
-                inputs, outputs = usage.input_tokens, usage.output_tokens
+                inputs, outputs = usage[0], usage[1]  # Tokens: input, output first
                 into = _INPUT + 1 + bisect_left(_TOKENS, inputs)
                 if outputs or options.operation != "embeddings":
                     out = _OUTPUT + 1 + bisect_left(_TOKENS, outputs)

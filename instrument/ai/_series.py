@@ -14,13 +14,14 @@ from ..delivery import multiprocess_enabled
 from ..metrics import ATTRIBUTED, check_label_value
 from ._fields import attribute
 from ._outcome import KNOWN_REASONS
+from ._usage import Usage
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
     from ..metrics import Metrics
     from ._outcome import Outcome
     from ._prices import ModelPrice
-    from ._usage import Usage
+    from ._usage import Tokens
 
 logger = logging.getLogger("instrument")
 
@@ -40,6 +41,8 @@ _MISSING_PAIR = (_MISSING, 1)
 _SPARE = 24
 #: The key of the tool calls' counter beside the finish reasons'.
 _TOOL_CALLS = "\x00tool calls"
+#: ai_token_details' ``detail`` of Tokens' last three counts, in their order.
+_DETAILS = ("cache_read", "cache_creation", "reasoning")
 
 #: How a call's end counts into one counter: ``((index, 1),)`` of the model's cells, or
 #: the counter child itself when the cells had no spare number left for it.
@@ -153,7 +156,7 @@ class ModelSeries:
         status: str,
         seconds: float,
         first_token: float | None,
-        usage: Usage | None,
+        usage: Tokens | None,
         exc: BaseException | None,
         seen: str | None,
         failure: str | None,
@@ -186,14 +189,14 @@ class ModelSeries:
                 )
                 counted += found if type(found) is tuple else self._outcome(outcome)
             if usage is not None:
-                tokens = ((_INPUT, usage.input_tokens), (_OUTPUT, usage.output_tokens))
+                tokens = ((_INPUT, usage[0]), (_OUTPUT, usage[1]))  # Tokens: input, output
                 cells.end(index, seconds, tokens + counted, exemplar)
             elif status != "error":
                 cells.end(index, seconds, (_MISSING_PAIR, *counted), exemplar)
             else:
                 cells.end(index, seconds, counted, exemplar)
         if usage is not None:
-            if usage.cache_read or usage.cache_creation or usage.reasoning:
+            if usage[2] or usage[3] or usage[4]:  # cache_read, cache_creation, reasoning
                 self._details(usage)
         elif status == "success":
             self._usage_missing(seen, failure)
@@ -208,7 +211,7 @@ class ModelSeries:
         self,
         status: str,
         seconds: float,
-        usage: Usage | None,
+        usage: Tokens | None,
         operation: str,
         outcome: Outcome | None,
     ) -> None:
@@ -216,10 +219,10 @@ class ModelSeries:
         self.observe(seconds)
         self.calls[status]()
         if usage is not None:
-            if usage.input_tokens:
-                self.inc_input(usage.input_tokens)
-            if usage.output_tokens:
-                self.inc_output(usage.output_tokens)
+            if usage[0]:
+                self.inc_input(usage[0])
+            if usage[1]:
+                self.inc_output(usage[1])
         elif status != "error":
             self._child("ai_usage_missing").inc()
         self._child("ai_operations", operation, status).inc()
@@ -283,18 +286,17 @@ class ModelSeries:
         if retry_after is not None:
             self._child("ai_retry_after").set(retry_after)
 
-    def tokens(self, usage: Usage) -> None:
-        if usage.input_tokens:
-            self.inc_input(usage.input_tokens)
-        if usage.output_tokens:
-            self.inc_output(usage.output_tokens)
+    def tokens(self, usage: Tokens) -> None:
+        input_tokens, output_tokens = usage[0], usage[1]
+        if input_tokens:
+            self.inc_input(input_tokens)
+        if output_tokens:
+            self.inc_output(output_tokens)
         self._details(usage)
 
-    def _details(self, usage: Usage) -> None:
-        if not (usage.cache_read or usage.cache_creation or usage.reasoning):
-            return  # the usual case: one check
-        for detail in ("cache_read", "cache_creation", "reasoning"):
-            count = getattr(usage, detail)
+    def _details(self, usage: Tokens) -> None:
+        """The token details: ``usage``'s last three counts."""
+        for detail, count in zip(_DETAILS, usage[2:], strict=True):
             if count:
                 self._child("ai_token_details", detail).inc(count)
 
@@ -317,7 +319,7 @@ class ModelSeries:
         )
 
     def price(
-        self, prices: Mapping[str, ModelPrice], model: str, usage: Usage | None, status: str
+        self, prices: Mapping[str, ModelPrice], model: str, usage: Tokens | None, status: str
     ) -> None:
         """Count the cost of a call to ``model`` (the name its price is looked up by), or
         count it as unpriced."""
@@ -329,7 +331,7 @@ class ModelSeries:
         price = prices.get(f"{self.provider}/{model}") or prices.get(model)
         if price is None and self.model != model:
             price = prices.get(self.model)
-        dollars = None if price is None else price.cost(usage)
+        dollars = None if price is None else price.cost(Usage(*usage))
         if dollars is None:
             self._child("ai_unpriced_calls").inc()
         else:

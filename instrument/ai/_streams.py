@@ -14,7 +14,7 @@ from .._engine import aend_job, defer, end_job, report_failure
 from ._content import carries_content, response_identity, stream_finished, stream_snapshot
 from ._outcome import Outcome, ToolCallsSeen, extract_outcome
 from ._proxies import not_iterable
-from ._usage import Usage
+from ._usage import Tokens, add_tokens, latest_tokens
 
 if TYPE_CHECKING:
     from ._call import AICall
@@ -24,7 +24,7 @@ class Chunks:
     """The chunks of one stream, and the usage they reported.
 
     Providers stream running totals, so the reports on one response are merged
-    (``Usage.latest``), never added. What a generator function yields may come from
+    (``latest_tokens``), never added. What a generator function yields may come from
     several responses (a tool-call round, then the answer): a report on another response
     (another id, or a complete response that is not the one reported so far) starts a new
     running total, and the finished ones add up (``done``). The sum is added to the call's
@@ -36,10 +36,10 @@ class Chunks:
     def __init__(self, call: AICall, *, ends_call: bool = False) -> None:
         self.call = call
         self.open = True
-        self.usage: Usage | None = None
+        self.usage: Tokens | None = None
         # The response the running total ``usage`` is about, when its reports said.
         self.usage_id: str | None = None
-        self.done: Usage | None = None
+        self.done: Tokens | None = None
         # Finish reasons and tool calls: those of the chunks, by the response they are
         # about, and those of whole responses by id (a stream helper's snapshot, the
         # Responses API's completed event), which supersede the chunks of their own
@@ -100,7 +100,7 @@ class Chunks:
                 outcomes[rid] = outcome if found is None else found + outcome
                 self.outcomes = outcomes
 
-    def _report(self, chunk: Any, usage: Usage) -> None:
+    def _report(self, chunk: Any, usage: Tokens) -> None:
         """Merge a usage report into the running total of its response, or start the
         next response's (only reports are read for their id: one read per report, not
         per chunk)."""
@@ -112,10 +112,10 @@ class Chunks:
         # An id-less report is a running total of the response so far (Anthropic's
         # message_delta after its message_start), unless it is a whole response.
         if complete if rid is None else rid != self.usage_id:
-            self.done = latest if self.done is None else self.done + latest
+            self.done = latest if self.done is None else add_tokens(self.done, latest)
             self.usage, self.usage_id = usage, rid
         else:
-            self.usage = latest.latest(usage)
+            self.usage = latest_tokens(latest, usage)
 
     def forget(self) -> None:
         """A new pass over the same chunks (an iterable iterated again) reads them again:
@@ -138,10 +138,10 @@ class Chunks:
             self.open = False
             usage, done = self.usage, self.done
             if done is not None:
-                usage = done if usage is None else done + usage
+                usage = done if usage is None else add_tokens(done, usage)
             call = self.call
             if usage is not None:
-                call._usage = usage if call._usage is None else call._usage + usage
+                call._usage = usage if call._usage is None else add_tokens(call._usage, usage)
             outcome = None
             wholes = self.wholes or {}
             # Chunks that never said which response they are about (nor did a report

@@ -18,7 +18,7 @@ from ._attribution import AttributedSeries, AttributionGuard, attribution_guard
 from ._call import AICall
 from ._options import AICallOptions, TrackerOptions
 from ._series import ModelSeries, ProviderModels, provider_models
-from ._usage import ExtractorFailed, Usage, extract_usage, usage_from
+from ._usage import ExtractorFailed, Tokens, read_tokens, tokens_from
 
 if TYPE_CHECKING:
     from ..instrumentation import Instrumentation
@@ -97,8 +97,8 @@ class AICallTracker(Policy[AICall, AIBinding]):
         self.options = TrackerOptions.of(provider, model, options)
         super().__init__(inst)
         #: Reads usage from a response or chunk: picked once, as it runs for every chunk.
-        self._extract: Callable[[Any], Usage | None] = (
-            extract_usage if self.options.usage is None else self._extract_with
+        self._extract: Callable[[Any], Tokens | None] = (
+            read_tokens if self.options.usage is None else self._extract_with
         )
         self._warned: set[str] = set()
         #: The attribution callables by label, as pairs: read by every call that has them.
@@ -243,12 +243,12 @@ class AICallTracker(Policy[AICall, AIBinding]):
         call._attrs = values
         return call
 
-    def _extract_with(self, response: Any) -> Usage | None:
+    def _extract_with(self, response: Any) -> Tokens | None:
         """Usage read by the ``usage=`` extractor. Its failure is the call's to report, once
         per provider and model, like any response that cannot be read."""
         extractor = cast(Callable[[Any], Any], self.options.usage)  # installed only when set
         try:
-            return usage_from(extractor(response))
+            return tokens_from(extractor(response))
         except Exception as exc:
             raise ExtractorFailed(
                 f"the usage extractor of {self!r} raised {type(exc).__name__}"

@@ -73,37 +73,63 @@ class Usage:
         _set_reasoning(self, reasoning)
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(
-            self.input_tokens + other.input_tokens,
-            self.output_tokens + other.output_tokens,
-            self.cache_read + other.cache_read,
-            self.cache_creation + other.cache_creation,
-            self.reasoning + other.reasoning,
-        )
+        return Usage(*add_tokens(self.tokens(), other.tokens()))
 
     def latest(self, other: Usage) -> Usage:
-        """Merge two usage reports of one stream.
+        """Merge two usage reports of one stream (see :func:`latest_tokens`)."""
+        merged = latest_tokens(self.tokens(), other.tokens())
+        return other if merged == other.tokens() else Usage(*merged)
 
-        Every provider streams running totals (OpenAI and OpenAI Responses once at the end,
-        Anthropic in message_start then message_delta, Gemini on each chunk), so the larger
-        count of each field is the later one and reports are never added up; a field one
-        chunk leaves out (Anthropic's message_delta carries only output) keeps its value.
-        """
-        if (
-            other.input_tokens >= self.input_tokens
-            and other.output_tokens >= self.output_tokens
-            and other.cache_read >= self.cache_read
-            and other.cache_creation >= self.cache_creation
-            and other.reasoning >= self.reasoning
-        ):
-            return other  # the usual running total: no new object for every chunk
-        return Usage(
-            max(self.input_tokens, other.input_tokens),
-            max(self.output_tokens, other.output_tokens),
-            max(self.cache_read, other.cache_read),
-            max(self.cache_creation, other.cache_creation),
-            max(self.reasoning, other.reasoning),
+    def tokens(self) -> Tokens:
+        """The counts as a tuple, in the fields' order."""
+        return (
+            self.input_tokens,
+            self.output_tokens,
+            self.cache_read,
+            self.cache_creation,
+            self.reasoning,
         )
+
+
+#: Token counts as the readers give them: Usage's fields in their order (input, output,
+#: cache_read, cache_creation, reasoning), as a plain tuple. One is read for nearly every
+#: response and chunk, and a Usage costs ten times a tuple to make; what the public API
+#: gives back is a Usage (:func:`as_usage`).
+Tokens = tuple[int, int, int, int, int]
+
+
+def as_usage(tokens: Tokens | None) -> Usage | None:
+    return None if tokens is None else Usage(*tokens)
+
+
+def add_tokens(a: Tokens, b: Tokens) -> Tokens:
+    """The counts of two calls (or responses) together."""
+    return (a[0] + b[0], a[1] + b[1], a[2] + b[2], a[3] + b[3], a[4] + b[4])
+
+
+def latest_tokens(earlier: Tokens, later: Tokens) -> Tokens:
+    """Merge two usage reports of one stream.
+
+    Every provider streams running totals (OpenAI and OpenAI Responses once at the end,
+    Anthropic in message_start then message_delta, Gemini on each chunk), so the larger
+    count of each field is the later one and reports are never added up; a field one
+    chunk leaves out (Anthropic's message_delta carries only output) keeps its value.
+    """
+    if (
+        later[0] >= earlier[0]
+        and later[1] >= earlier[1]
+        and later[2] >= earlier[2]
+        and later[3] >= earlier[3]
+        and later[4] >= earlier[4]
+    ):
+        return later  # the usual running total
+    return (
+        max(earlier[0], later[0]),
+        max(earlier[1], later[1]),
+        max(earlier[2], later[2]),
+        max(earlier[3], later[3]),
+        max(earlier[4], later[4]),
+    )
 
 
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
@@ -112,8 +138,8 @@ _set_input, _set_output, _set_cache_read, _set_cache_creation, _set_reasoning = 
 )
 
 
-def checked_usage(*counts: int) -> Usage:
-    """Token counts given by hand (in :class:`Usage`'s field order) as a Usage; a TypeError
+def checked_tokens(*counts: int) -> Tokens:
+    """Token counts given by hand (in :class:`Usage`'s field order) as Tokens; a TypeError
     or ValueError naming the first that is not an int from 0 to 2**53, or details that
     exceed the total that includes them."""
     for name, count in zip(USAGE_FIELDS, counts, strict=True):
@@ -123,22 +149,22 @@ def checked_usage(*counts: int) -> Usage:
             raise ValueError(f"{name} must not be negative, got {count}")
         if count > MAX_TOKENS:
             raise ValueError(f"{name} must be at most 2**53 (a token count), got {count}")
-    usage = Usage(*counts)
+    input_tokens, output_tokens, cache_read, cache_creation, reasoning = counts
     # The totals include their details; Anthropic's own input_tokens does not (it counts
     # only what follows the cache), so the likely mistake is passing that one.
-    if usage.cache_read + usage.cache_creation > usage.input_tokens:
+    if cache_read + cache_creation > input_tokens:
         raise ValueError(
-            f"cache_read + cache_creation ({usage.cache_read} + {usage.cache_creation}) "
-            f"exceed input_tokens ({usage.input_tokens}): input_tokens includes cached "
+            f"cache_read + cache_creation ({cache_read} + {cache_creation}) "
+            f"exceed input_tokens ({input_tokens}): input_tokens includes cached "
             "input; for Anthropic pass input_tokens + cache_read_input_tokens + "
             "cache_creation_input_tokens"
         )
-    if usage.reasoning > usage.output_tokens:
+    if reasoning > output_tokens:
         raise ValueError(
-            f"reasoning ({usage.reasoning}) exceeds output_tokens ({usage.output_tokens}): "
+            f"reasoning ({reasoning}) exceeds output_tokens ({output_tokens}): "
             "output_tokens includes reasoning; pass their sum"
         )
-    return usage
+    return (input_tokens, output_tokens, cache_read, cache_creation, reasoning)
 
 
 class ExtractorFailed(Exception):
@@ -184,7 +210,7 @@ def _usage(
     cache_read: int | None = None,
     cache_creation: int | None = None,
     reasoning: int | None = None,
-) -> Usage | None:
+) -> Tokens | None:
     if (
         input_tokens is None
         and output_tokens is None
@@ -193,8 +219,12 @@ def _usage(
         and reasoning is None
     ):
         return None
-    return Usage(
-        input_tokens or 0, output_tokens or 0, cache_read or 0, cache_creation or 0, reasoning or 0
+    return (
+        input_tokens or 0,
+        output_tokens or 0,
+        cache_read or 0,
+        cache_creation or 0,
+        reasoning or 0,
     )
 
 
@@ -248,10 +278,10 @@ def _openai_chat(usage: Any, get: Reader) -> Any:
             reasoning = _unusual_count("reasoning_tokens", reasoning)
     if prompt is None and completion is None:  # a chat block whose counts are all malformed
         return _usage(prompt, completion, cached, written, reasoning)
-    return Usage(prompt or 0, completion or 0, cached or 0, written or 0, reasoning or 0)
+    return (prompt or 0, completion or 0, cached or 0, written or 0, reasoning or 0)
 
 
-def _input_output(usage: Any) -> Usage | None:
+def _input_output(usage: Any) -> Tokens | None:
     """OpenAI Responses and Anthropic Messages: both say input_tokens/output_tokens."""
     cache_read = _count(usage, "cache_read_input_tokens")
     cache_creation = _count(usage, "cache_creation_input_tokens")
@@ -277,7 +307,7 @@ def _input_output(usage: Any) -> Usage | None:
     )
 
 
-def _gemini(meta: Any) -> Usage | None:
+def _gemini(meta: Any) -> Tokens | None:
     prompt = _count(meta, "prompt_token_count", "promptTokenCount")
     # Tool-use prompt tokens are billed as input and are part of total_token_count.
     tool_prompt = _count(meta, "tool_use_prompt_token_count", "toolUsePromptTokenCount")
@@ -297,7 +327,7 @@ def _gemini(meta: Any) -> Usage | None:
     )
 
 
-def _cohere(usage: Any) -> Usage | None:
+def _cohere(usage: Any) -> Tokens | None:
     # billed_units are what is billed and priced; tokens also count the prompt template
     # Cohere wraps around the messages, so they are the fallback only.
     billed = read_field(usage, "billed_units")
@@ -316,7 +346,7 @@ def _cohere(usage: Any) -> Usage | None:
 _NOT_CHAT: Any = object()
 
 
-def _read_usage(usage: Any) -> Usage | None:
+def _read_usage(usage: Any) -> Tokens | None:
     """Pick the reader by the usage block's own fields: which fields an instance has is
     its own (a dict's keys, a model's extra fields), never its type's, so this is read
     for every block; the chat shape, the usual one, is tried first by reading it."""
@@ -324,7 +354,7 @@ def _read_usage(usage: Any) -> Usage | None:
     return _other_usage(usage) if found is _NOT_CHAT else found
 
 
-def _other_usage(usage: Any) -> Usage | None:
+def _other_usage(usage: Any) -> Tokens | None:
     """A usage block without chat counts, by its fields."""
     if (
         read_field(usage, "input_tokens") is not None
@@ -356,17 +386,22 @@ def extract_usage(response: Any) -> Usage | None:
     >>> extract_usage({"usage": {"prompt_tokens": 12, "completion_tokens": 5}})
     Usage(input_tokens=12, output_tokens=5, cache_read=0, cache_creation=0, reasoning=0)
     """
+    return as_usage(read_tokens(response))
+
+
+def read_tokens(response: Any) -> Tokens | None:
+    """:func:`extract_usage`'s counts, as the tracker reads them (Tokens)."""
     # Every response and chunk comes through here: its type's reader, learnt once.
     return (USAGE_READERS.get(type(response)) or usage_reader(response))(response)
 
 
-def usage_reader(response: Any) -> Callable[[Any], Usage | None]:
-    """What reads the usage of responses of ``response``'s type (``extract_usage`` for
+def usage_reader(response: Any) -> Callable[[Any], Tokens | None]:
+    """What reads the usage of responses of ``response``'s type (``read_tokens`` for
     them, without its call): learnt once per type."""
     return learn(USAGE_READERS, response, _no_usage, _usage_of_dict, _usage_of_object)
 
 
-def _usage_of_dict(response: dict[Any, Any]) -> Usage | None:
+def _usage_of_dict(response: dict[Any, Any]) -> Tokens | None:
     """A dict response: a dict's get never raises, and its usage block is a dict too."""
     usage = response.get("usage", _ABSENT)
     if type(usage) is dict:
@@ -375,7 +410,7 @@ def _usage_of_dict(response: dict[Any, Any]) -> Usage | None:
     return _usage_in(response, dict.get, usage)
 
 
-def _usage_of_object(response: Any) -> Usage | None:
+def _usage_of_object(response: Any) -> Tokens | None:
     """An SDK object or another mapping: its fields read through the guarded reader."""
     get = READERS.get(type(response)) or reader_of(response)
     return _usage_in(response, get, _usage_field(response, get))
@@ -389,10 +424,10 @@ def _no_usage(response: Any) -> None:
 #: How the usage of each response type is read (``learn``): the reader a type needs is
 #: its type's alone (a dict, another mapping or object, nothing); which fields an instance
 #: has is read in every response.
-USAGE_READERS: dict[type, Callable[[Any], Usage | None]] = {}
+USAGE_READERS: dict[type, Callable[[Any], Tokens | None]] = {}
 
 
-def _usage_in(response: Any, get: Reader, usage: Any) -> Usage | None:
+def _usage_in(response: Any, get: Reader, usage: Any) -> Tokens | None:
     """The usage of ``response`` whose ``usage`` field is ``usage`` (_ABSENT if none)."""
     if usage is None:
         # A shape whose usage is its own field, empty in this one: an OpenAI-style
@@ -453,8 +488,15 @@ def usage_from(value: Any) -> Usage | None:
     """A custom extractor's answer as a Usage: a Usage, a mapping with Usage's field
     names (``input_tokens``, ``output_tokens``, ``cache_read``, ``cache_creation``,
     ``reasoning``), or None. Anything else is logged at debug level and skipped."""
-    if value is None or isinstance(value, Usage):
-        return value
+    return value if isinstance(value, Usage) else as_usage(tokens_from(value))
+
+
+def tokens_from(value: Any) -> Tokens | None:
+    """:func:`usage_from`'s counts, as the tracker reads them (Tokens)."""
+    if value is None:
+        return None
+    if isinstance(value, Usage):
+        return value.tokens()
     if isinstance(value, Mapping):
         unknown = set(value) - set(USAGE_FIELDS)
         if unknown:

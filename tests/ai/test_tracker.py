@@ -1634,7 +1634,7 @@ class TestTransparency:
         def broken(chunk: Any) -> Any:
             raise RuntimeError("extractor bug")
 
-        monkeypatch.setattr(tracker_module, "extract_usage", broken)
+        monkeypatch.setattr(tracker_module, "read_tokens", broken)
         chunks = openai_chat_chunks()
         stream = inst.track_ai_call("openai", "gpt-4o")(lambda: FakeStream(chunks))()
         assert list(stream) == chunks
