@@ -18,6 +18,7 @@ from .._tracing import (
     run_exemplar,
 )
 from ..metrics import check_label_value
+from ._chat_dict import read_chat_dict
 from ._content import response_body
 from ._managers import Manager, RawResponse, stream_of, unread_raw_response
 from ._outcome import Outcome, extract_outcome, headers_of, rate_limits, retry_after
@@ -352,11 +353,17 @@ class AICall(Probe):
             self._headers(response)
         try:
             extract = self._tracker._extract
-            if extract is read_tokens:  # its type's reader straight away: a call less
-                usage = (USAGE_READERS.get(kind) or usage_reader(response))(response)
+            # The usual response, a plain chat completion dict: read in one pass.
+            read = read_chat_dict(response) if kind is dict and extract is read_tokens else None
+            usage: Tokens | None
+            if read is not None:
+                usage, outcome = read
             else:
-                usage = extract(response)
-            outcome = extract_outcome(response)[0]
+                if extract is read_tokens:  # its type's reader straight away: a call less
+                    usage = (USAGE_READERS.get(kind) or usage_reader(response))(response)
+                else:
+                    usage = extract(response)
+                outcome = extract_outcome(response)[0]
             if usage is not None or outcome is not None:
                 # One lock for both (streams of one call may end in other threads);
                 # acquire/release rather than ``with``: half the cost.

@@ -89,14 +89,14 @@ class Outcome:
         return f"Outcome({self.finish_reasons!r}, {self.tool_calls!r})"
 
 
-# Reasons as sent mapped to their label: a few distinct ones, seen on every response.
-_REASONS: dict[str, str] = {}
+#: Reasons as sent mapped to their label: a few distinct ones, seen on every response.
+REASON_LABELS: dict[str, str] = {}
 _MAX_REMEMBERED = 256
 
 
 def _reason(value: Any) -> str | None:
     if type(value) is str:  # the usual case: remembered
-        found = _REASONS.get(value)
+        found = REASON_LABELS.get(value)
         if found is not None:
             return found
     elif isinstance(value, Enum):
@@ -106,8 +106,8 @@ def _reason(value: Any) -> str | None:
     reason = value.lower()
     if len(reason) > _MAX_REASON or not reason.isascii() or not reason.isprintable():
         reason = "other"  # not a provider's reason: keep the label set bounded and encodable
-    if len(_REASONS) < _MAX_REMEMBERED and type(value) is str:
-        _REASONS[value] = reason
+    if len(REASON_LABELS) < _MAX_REMEMBERED and type(value) is str:
+        REASON_LABELS[value] = reason
     return reason
 
 
@@ -127,17 +127,17 @@ def _count(value: Any) -> int:
 
 #: The outcome of one choice's reason and no tool call, by reason: the usual response's,
 #: shared (an Outcome is never changed), so reading one makes no object.
-_SINGLE: dict[str, Outcome] = {}
+SINGLE_OUTCOMES: dict[str, Outcome] = {}
 
 
 def _outcome(reasons: list[str], tools: int) -> Outcome | None:
     if not tools and len(reasons) == 1:
         reason = reasons[0]
-        found = _SINGLE.get(reason)
+        found = SINGLE_OUTCOMES.get(reason)
         if found is None:
             found = Outcome((reason,))
-            if len(_SINGLE) < _MAX_REMEMBERED:
-                _SINGLE[reason] = found
+            if len(SINGLE_OUTCOMES) < _MAX_REMEMBERED:
+                SINGLE_OUTCOMES[reason] = found
         return found
     return Outcome(tuple(reasons), tools) if reasons or tools else None
 
@@ -179,7 +179,7 @@ def _choices(
         get = READERS.get(type(choice)) or reader_of(choice)
         value = get(choice, "finish_reason")
         # A reason seen before, straight from _reason's memory: every response has one.
-        reason = _REASONS.get(value) if type(value) is str else None
+        reason = REASON_LABELS.get(value) if type(value) is str else None
         if reason is None:
             reason = _reason(value)
         if reason is not None:
@@ -211,7 +211,7 @@ def _choices(
             if name and (seen is None or seen.opens(response, (index, None), name)):
                 tools += 1
     if not tools and len(reasons) == 1:  # the usual response: _outcome's shared one
-        found = _SINGLE.get(reasons[0])
+        found = SINGLE_OUTCOMES.get(reasons[0])
         if found is not None:
             return found, whole
     return _outcome(reasons, tools), whole
