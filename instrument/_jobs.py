@@ -20,6 +20,7 @@ __all__ = [
     "aend_job",
     "collector_closing",
     "defer",
+    "deferred_work",
     "end_job",
     "end_outside",
     "post_job_async",
@@ -240,6 +241,8 @@ def _end(probe: Probe, exc: BaseException) -> None:
 #: Frames that recording an end may need: the probe, prometheus_client, the guard's logging.
 _HEADROOM = 60
 _deferred: deque[Callable[[], object]] = deque()
+#: The deferred work waiting: a hot path checks it is empty before calling run_deferred.
+deferred_work = _deferred
 
 #: ``defer(work)``: run ``work`` (no arguments) at the next safe point instead of now. It
 #: is the deque's own append, a C method (thread-safe, as the documentation says of a

@@ -108,14 +108,14 @@ class AICall(Probe):
         self._done = False
         # The type of the first response (or stream, or chunk) recorded, and how reading
         # one failed: for the one warning per provider and model, at the call's end.
-        self._seen: str | None = None
+        self._seen: type | None = None
         self._failure: str | None = None
         # The binding's (None when nothing is pushed); None too while a stream proxy is
         # out, whose end runs it.
         self.after_job = None if binding is None else binding.after_job
         self.span = None
         if binding is not None:
-            binding.active_inc()
+            binding.active_step(1)
             if binding.tracing and TRACE_MODULE in MODULES:
                 try:  # _tracing.QUIET: no provider set since the last look, so no span
                     quiet = (
@@ -226,7 +226,9 @@ class AICall(Probe):
                 self._last = perf_counter()
                 return handed
         try:
-            self._read(result)
+            # The decorated function's own result: nothing else holds this call (no handle
+            # is given out), so only a stream it recorded could write its totals meanwhile.
+            self._read(result, alone=self._streams is None)
         finally:
             # Whatever reading the response did, the call ended: it is counted.
             self._finish("success", None)
@@ -331,7 +333,7 @@ class AICall(Probe):
 
     def _note(self, response: Any) -> None:
         if self._seen is None:
-            self._seen = type(response).__name__
+            self._seen = type(response)
 
     def _failed(self, response: Any, exc: BaseException) -> None:
         """Reading ``response`` raised: noted, to be reported once at the call's end. Only
@@ -342,13 +344,14 @@ class AICall(Probe):
             else:
                 self._failure = f"reading {type(response).__name__} raised {type(exc).__name__}"
 
-    def _read(self, response: Any) -> None:
-        """Read the usage (and the model) of a response; never raises."""
+    def _read(self, response: Any, alone: bool = False) -> None:
+        """Read the usage (and the model) of a response; never raises. ``alone``: no other
+        thread can write the call's totals meanwhile, so they are merged without the lock."""
         if response is None:
             return
         kind = type(response)
         if self._seen is None:  # _note, inlined: this runs for every response and chunk
-            self._seen = kind.__name__
+            self._seen = kind
         if kind is not dict:  # a parsed body has no headers: one check
             self._headers(response)
         try:
@@ -364,18 +367,20 @@ class AICall(Probe):
                 else:
                     usage = extract(response)
                 outcome = extract_outcome(response)[0]
-            if usage is not None or outcome is not None:
-                # One lock for both (streams of one call may end in other threads);
-                # acquire/release rather than ``with``: half the cost.
+            # One lock for both (streams of one call may end in other threads), unless
+            # alone; acquire/release rather than ``with``: half the cost.
+            locked = not alone and (usage is not None or outcome is not None)
+            if locked:
                 usage_lock.acquire()
-                try:
-                    if usage is not None:
-                        had_usage = self._usage
-                        self._usage = usage if had_usage is None else add_tokens(had_usage, usage)
-                    if outcome is not None:
-                        had = self._outcome
-                        self._outcome = outcome if had is None else had + outcome
-                finally:
+            try:
+                if usage is not None:
+                    had_usage = self._usage
+                    self._usage = usage if had_usage is None else add_tokens(had_usage, usage)
+                if outcome is not None:
+                    had = self._outcome
+                    self._outcome = outcome if had is None else had + outcome
+            finally:
+                if locked:
                     usage_lock.release()
             if self._seek_model:  # _see_model, inlined: gen_ai_* calls read it every time
                 model = response_model(response)
@@ -439,7 +444,7 @@ class AICall(Probe):
             if prices is not None:
                 series.price(prices, name, usage, status)
         finally:
-            b.active_dec()
+            b.active_step(-1)
             if self.span is not None:
                 self._end_span(status, exc)
 

@@ -158,7 +158,7 @@ class ModelSeries:
         first_token: float | None,
         usage: Tokens | None,
         exc: BaseException | None,
-        seen: str | None,
+        seen: type | None,
         failure: str | None,
         operation: str,
         outcome: Outcome | None,
@@ -300,13 +300,13 @@ class ModelSeries:
             if count:
                 self._child("ai_token_details", detail).inc(count)
 
-    def _usage_missing(self, seen: str | None, failure: str | None) -> None:
+    def _usage_missing(self, seen: type | None, failure: str | None) -> None:
         """A call that ended successfully without usage (counted by :meth:`record`, so a
         silent 0 shows): warned about once. A call that failed or was cancelled is not
         warned about: the usage, sent last, never came."""
         if "usage" in self._warned:
             return  # the usual repeat: the message (and the metric's name) is not built
-        what = f"its response ({seen})" if seen is not None else "no response was recorded"
+        what = f"its response ({seen.__name__})" if seen is not None else "no response was recorded"
         self.warn_once(
             "usage",
             "a call ended without readable usage in %s%s, so its tokens are not counted "

@@ -6,12 +6,11 @@ from __future__ import annotations
 import inspect
 import logging
 from collections.abc import Callable, Iterable, Mapping
-from functools import partial
 from types import MethodType
 from typing import TYPE_CHECKING, Any, NamedTuple, Unpack, cast
 
 from .._cells import CellSeries
-from .._engine import CANCELLING, bind_arguments, run_deferred, wraps_signature
+from .._engine import CANCELLING, bind_arguments, deferred_work, run_deferred, wraps_signature
 from ..objectives import Coverage, declare
 from ..policy import Binding, Policy
 from ._attribution import AttributedSeries, AttributionGuard, attribution_guard
@@ -30,8 +29,8 @@ logger = logging.getLogger("instrument")
 class AIBinding(Binding):
     """What a tracker records into on one Instrumentation, looked up once."""
 
-    active_inc: Callable[[], None]
-    active_dec: Callable[[], None]
+    #: The active-jobs gauge's step: +1 as a call starts, -1 as it ends.
+    active_step: Callable[[int], None]
     models: ProviderModels
     static: ModelSeries | None = None
     #: ``static`` and the fixed model's name (its price's) when no attribution label
@@ -51,9 +50,9 @@ class AIBinding(Binding):
         active = inst.metrics.active_jobs.labels(options.job_type)
         if self.cells:  # see policy.Binding.cells
             cells = CellSeries(self, counters={}, gauges={0: active}, histograms={}, gauge=0)
-            self.active_inc, self.active_dec = cells.begin, partial(cells.begin, -1)
+            self.active_step = cells.begin
         else:
-            self.active_inc, self.active_dec = active.inc, active.dec
+            self.active_step = active.inc
         self.models = provider_models(inst, options.provider)
         self.static = None if options.label is None else self.models.series(options.label)
         self.attribution = attribution_guard(inst)
@@ -228,7 +227,8 @@ class AICallTracker(Policy[AICall, AIBinding]):
         kwargs: dict[str, Any],
         model: str | None = None,
     ) -> AICall:
-        run_deferred()  # streams abandoned since the last call
+        if deferred_work:  # streams abandoned since the last call
+            run_deferred()
         b = self._binding
         if b is None or b.stale:
             b = self.binding()

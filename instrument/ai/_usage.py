@@ -45,7 +45,7 @@ logger = logging.getLogger("instrument")
 MAX_TOKENS = 2**53
 
 
-@dataclass(frozen=True, slots=True, init=False)
+@dataclass(frozen=True, slots=True)
 class Usage:
     """Token counts of one call. ``input_tokens`` includes ``cache_read`` and
     ``cache_creation``; ``output_tokens`` includes ``reasoning``."""
@@ -55,22 +55,6 @@ class Usage:
     cache_read: int = 0
     cache_creation: int = 0
     reasoning: int = 0
-
-    def __init__(
-        self,
-        input_tokens: int = 0,
-        output_tokens: int = 0,
-        cache_read: int = 0,
-        cache_creation: int = 0,
-        reasoning: int = 0,
-    ) -> None:
-        # The slots' own setters: the generated frozen __init__ goes through
-        # object.__setattr__ for each field, which made this half of reading a response.
-        _set_input(self, input_tokens)
-        _set_output(self, output_tokens)
-        _set_cache_read(self, cache_read)
-        _set_cache_creation(self, cache_creation)
-        _set_reasoning(self, reasoning)
 
     def __add__(self, other: Usage) -> Usage:
         return Usage(*add_tokens(self.tokens(), other.tokens()))
@@ -133,9 +117,6 @@ def latest_tokens(earlier: Tokens, later: Tokens) -> Tokens:
 
 
 USAGE_FIELDS: tuple[str, ...] = tuple(f.name for f in fields(Usage))
-_set_input, _set_output, _set_cache_read, _set_cache_creation, _set_reasoning = (
-    Usage.__dict__[name].__set__ for name in USAGE_FIELDS
-)
 
 
 def checked_tokens(*counts: int) -> Tokens:
