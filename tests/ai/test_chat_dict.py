@@ -84,7 +84,7 @@ choice = st.one_of(
 )
 responses = fields(
     id=st.just("chatcmpl-1"),
-    model=st.sampled_from([ABSENT, "gpt-4o"]),
+    model=st.sampled_from([ABSENT, "gpt-4o", "gpt-4o-mini", "", None, 5]),
     usage=usages,
     choices=st.one_of(
         st.sampled_from([ABSENT, None, "choices"]),
@@ -167,12 +167,12 @@ def test_the_usual_shapes_take_the_one_pass_read(response: dict[str, Any]) -> No
     assert read == (read_tokens(response), extract_outcome(response)[0])
 
 
-def _recorded(responses: list[dict[str, Any]]) -> bytes:
+def _recorded(responses: list[dict[str, Any]], model: str | None) -> bytes:
     registry = CollectorRegistry()
     inst = Instrumentation(registry=registry, push_mode="off", prices={"gpt-4o": {
         "input_cost_per_token": 1e-06, "output_cost_per_token": 2e-06}})  # fmt: skip
     try:
-        tracked = inst.track_ai_call("openai", "gpt-4o")(lambda r: r)
+        tracked = inst.track_ai_call("openai", model)(lambda r: r)
         for response in responses:
             tracked(response)
         text = generate_latest(registry)
@@ -186,15 +186,16 @@ def _recorded(responses: list[dict[str, Any]]) -> bytes:
 
 
 @settings(max_examples=60, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(responses, min_size=1, max_size=8))
+@given(st.lists(responses, min_size=1, max_size=8), st.sampled_from(["gpt-4o", None]))
 def test_a_tracked_call_records_the_same_with_or_without_the_one_pass_read(
-    generated: list[dict[str, Any]],
+    generated: list[dict[str, Any]], model: str | None
 ) -> None:
+    """With the model fixed, and taken from each response (model=None)."""
     usual = [plain(), plain(7, 3, prompt_tokens_details={"cached_tokens": 2})]
-    with_it = _recorded(usual + generated)
+    with_it = _recorded(usual + generated, model)
     with pytest.MonkeyPatch.context() as patch:
         patch.setattr(_call, "read_chat_dict", lambda response: None)
-        without = _recorded(usual + generated)
+        without = _recorded(usual + generated, model)
     assert with_it == without
     assert (
         b'codomyrmex_ai_tokens_used_total{model="gpt-4o",provider="openai",token_type="input"}'
