@@ -339,11 +339,26 @@ class _Attribution:
             p.kind in (inspect.Parameter.POSITIONAL_OR_KEYWORD, inspect.Parameter.KEYWORD_ONLY)
             for p in params
         )
+        #: The usual case in one step: one callable, and a function whose first
+        #: parameter takes the one argument given by position (no defaults to fill in).
+        self.single: tuple[str, str, Callable[[Mapping[str, Any]], Any]] | None = (
+            (self.positional[0], *value_of[0])
+            if self.simple and self.positional and not self.defaults and len(value_of) == 1
+            else None
+        )
 
     def values(
         self, wrapped: Callable[..., Any] | None, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> dict[str, Any]:
         """The attribution values of one call (one step: this runs before every call)."""
+        single = self.single
+        if single is not None and len(args) == 1 and not kwargs and type(wrapped) is not MethodType:
+            name, label, value_of = single
+            try:
+                return {label: value_of({name: args[0]})}
+            except BaseException as exc:
+                self._failed(label, exc)
+                return {}
         bound: dict[str, Any]
         if self.simple and len(args) <= self.most and type(wrapped) is not MethodType:
             if len(args) == 1:  # the usual LLM call's wrapper, ask(prompt): no zip
@@ -370,15 +385,20 @@ class _Attribution:
             try:
                 values[label] = value_of(bound)
             except BaseException as exc:
-                if not isinstance(exc, Exception) and is_signal(exc):
-                    raise
-                self.complain(
-                    f"attribution {label}",
-                    'the attribution callable for %r raised %s; the label is ""',
-                    label,
-                    type(exc).__name__,
-                )
+                self._failed(label, exc)
         return values
+
+    def _failed(self, label: str, exc: BaseException) -> None:
+        """The callable for ``label`` raised ``exc``: a signal propagates, anything else
+        is reported once and gives no value."""
+        if not isinstance(exc, Exception) and is_signal(exc):
+            raise exc
+        self.complain(
+            f"attribution {label}",
+            'the attribution callable for %r raised %s; the label is ""',
+            label,
+            type(exc).__name__,
+        )
 
 
 def _model_parameter(func: Callable[..., Any]) -> _ModelParameter | None:
