@@ -385,10 +385,9 @@ class AICall(Probe):
             if self._seek_model:  # _see_model, inlined: gen_ai_* calls read it every time
                 model = response.get("model") if read is not None else None
                 if type(model) is not str or not model:  # response_model's first field
-                    model = response_model(response)
-                if model is not None:
-                    self._seen_model = model
-                    self._seek_model = False
+                    self._see_model(response)
+                else:
+                    self._seen_model, self._seek_model = model, False
         except Exception as exc:
             self._failed(response, exc)
 

@@ -57,22 +57,24 @@ class Usage:
     reasoning: int = 0
 
     def __add__(self, other: Usage) -> Usage:
-        return Usage(*add_tokens(self.tokens(), other.tokens()))
+        return Usage(*add_tokens(tokens_of(self), tokens_of(other)))
 
     def latest(self, other: Usage) -> Usage:
         """Merge two usage reports of one stream (see :func:`latest_tokens`)."""
-        merged = latest_tokens(self.tokens(), other.tokens())
-        return other if merged == other.tokens() else Usage(*merged)
+        later = tokens_of(other)
+        merged = latest_tokens(tokens_of(self), later)
+        return other if merged is later else Usage(*merged)
 
-    def tokens(self) -> Tokens:
-        """The counts as a tuple, in the fields' order."""
-        return (
-            self.input_tokens,
-            self.output_tokens,
-            self.cache_read,
-            self.cache_creation,
-            self.reasoning,
-        )
+
+def tokens_of(usage: Usage) -> Tokens:
+    """The counts of ``usage`` (or of anything with its fields) as Tokens."""
+    return (
+        usage.input_tokens,
+        usage.output_tokens,
+        usage.cache_read,
+        usage.cache_creation,
+        usage.reasoning,
+    )
 
 
 #: Token counts as the readers give them: Usage's fields in their order (input, output,
@@ -477,7 +479,7 @@ def tokens_from(value: Any) -> Tokens | None:
     if value is None:
         return None
     if isinstance(value, Usage):
-        return value.tokens()
+        return tokens_of(value)
     if isinstance(value, Mapping):
         unknown = set(value) - set(USAGE_FIELDS)
         if unknown:

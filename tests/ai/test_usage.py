@@ -273,3 +273,17 @@ def test_latest_keeps_each_field_at_its_latest() -> None:
     assert start.latest(covering) is covering  # a running total that covers the last one
     assert start.latest(Usage(0, 15)) == Usage(125, 15, cache_read=100)
     assert covering.latest(start) == covering
+
+
+def test_usage_adds_and_merges_with_anything_that_has_its_fields() -> None:
+    """``Usage + other`` and ``Usage.latest(other)`` read other's five fields, whatever
+    its type (as they always did)."""
+    from types import SimpleNamespace
+
+    other = SimpleNamespace(
+        input_tokens=1, output_tokens=2, cache_read=0, cache_creation=0, reasoning=0
+    )
+    assert Usage(1, 1) + other == Usage(2, 3)  # type: ignore[operator]
+    assert Usage(5, 1).latest(other) == Usage(5, 2)  # type: ignore[arg-type]
+    assert Usage(0, 0).latest(other) is other  # type: ignore[arg-type]
+    assert Usage(5, 1).latest(Usage(6, 2)) == Usage(6, 2)
