@@ -1,5 +1,6 @@
 """The usual response, read in one pass: an OpenAI-compatible chat completion as a plain
-dict (what ``httpx``'s ``.json()``, LiteLLM's dicts and REST clients give).
+dict (what ``httpx``'s ``.json()``, LiteLLM's dicts and REST clients give), or a dict that
+holds only its usage.
 
 ``_usage`` and ``_outcome`` read any shape, field by field, through the reader of each
 field's type, and each is a few calls deep. For this one shape both are read here at
@@ -21,12 +22,25 @@ from ._usage import MAX_TOKENS, Tokens
 __all__ = ["read_chat_dict"]
 
 
+#: The fields by which the general outcome reader tells other shapes (an Anthropic
+#: Message, an OpenAI Response, Gemini's candidates, Cohere's reason, stream events and
+#: what carries a response): a dict without choices has none of them, or is not plain.
+_OTHER_SHAPES = ("type", "object", "candidates", "finish_reason", "data", "chunk")
+
+
 def read_chat_dict(response: dict[Any, Any]) -> tuple[Tokens, Outcome | None] | None:
-    """The token counts and the outcome of a plain chat completion dict, or None when
-    it is not one, or not a plain one (the general readers read it then)."""
+    """The token counts and the outcome of a plain chat completion dict (or of a dict
+    with only its usage), or None when it is not one, or not a plain one (the general
+    readers read it then)."""
     usage = response.get("usage")
     choices = response.get("choices")
-    if type(usage) is not dict or type(choices) is not list or len(choices) != 1:
+    if type(usage) is not dict:
+        return None
+    if choices is None:  # usage alone, as a hand-made or trimmed response has it
+        for name in _OTHER_SHAPES:
+            if response.get(name) is not None:
+                return None
+    elif type(choices) is not list or len(choices) != 1:
         return None
     get = usage.get
     prompt = get("prompt_tokens")
@@ -65,6 +79,9 @@ def read_chat_dict(response: dict[Any, Any]) -> tuple[Tokens, Outcome | None] | 
         return None
     if reasoning is not None and not (type(reasoning) is int and 0 <= reasoning <= MAX_TOKENS):
         return None
+    tokens = (prompt, completion, cached or 0, written or 0, reasoning or 0)
+    if choices is None:
+        return tokens, None
     choice = choices[0]
     if type(choice) is not dict:
         return None
@@ -82,5 +99,4 @@ def read_chat_dict(response: dict[Any, Any]) -> tuple[Tokens, Outcome | None] | 
         outcome = None if reason is None else SINGLE_OUTCOMES.get(reason)
         if outcome is None:
             return None
-    tokens = (prompt, completion, cached or 0, written or 0, reasoning or 0)
     return tokens, outcome

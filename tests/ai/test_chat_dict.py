@@ -91,7 +91,12 @@ responses = fields(
         st.lists(choice, max_size=3),
         st.lists(choice, min_size=1, max_size=2).map(tuple),
     ),
-    type=st.sampled_from([ABSENT, "message"]),
+    type=st.sampled_from([ABSENT, "message", "message_delta", None]),
+    object=st.sampled_from([ABSENT, "chat.completion", "response", None]),
+    candidates=st.sampled_from([ABSENT, None, [{"finish_reason": "STOP"}]]),
+    finish_reason=st.sampled_from([ABSENT, None, "COMPLETE"]),
+    data=st.sampled_from([ABSENT, None, {"choices": [{"finish_reason": "stop"}]}]),
+    chunk=st.sampled_from([ABSENT, None, {"choices": [{"finish_reason": "length"}]}]),
 )
 
 
@@ -135,6 +140,10 @@ def with_choice(response: dict[str, Any], **fields: Any) -> dict[str, Any]:
 @example(with_choice(plain(), finish_reason=7))
 @example(with_choice(plain(), finish_reason=None))
 @example({**plain(), "choices": plain()["choices"] * 2})
+@example({"usage": plain()["usage"]})
+@example({"usage": plain()["usage"], "choices": None, "finish_reason": "COMPLETE"})
+@example({"usage": plain()["usage"], "object": "response", "status": "completed"})
+@example({"usage": plain()["usage"], "data": {"choices": [{"finish_reason": "stop"}]}})
 def test_the_one_pass_read_is_the_general_readers_or_none(response: dict[str, Any]) -> None:
     extract_outcome(response)  # a reason the general reader meets is remembered from now on
     read = read_chat_dict(response)
@@ -157,8 +166,9 @@ def test_the_one_pass_read_is_the_general_readers_or_none(response: dict[str, An
             **plain(),
             "choices": [{"index": 0, "message": {"tool_calls": []}, "finish_reason": None}],
         },
+        {"usage": {"prompt_tokens": 12, "completion_tokens": 5}},
     ],
-    ids=["plain", "details", "cache writes", "litellm", "no reason"],
+    ids=["plain", "details", "cache writes", "litellm", "no reason", "usage alone"],
 )
 def test_the_usual_shapes_take_the_one_pass_read(response: dict[str, Any]) -> None:
     extract_outcome(response)
