@@ -159,8 +159,10 @@ def restore_switch_interval() -> None:
 
 
 def _forget_lowering() -> None:
-    """In a forked child: its parent's flushers are gone, and so is their lowering."""
-    global _lowered_by
+    """In a forked child: its parent's flushers are gone, and so is their lowering (the
+    lock is new: a parent thread may have held it at the fork)."""
+    global _lowered_by, _switch_lock
+    _switch_lock = threading.Lock()
     if _lowered_by:
         _lowered_by = 1
         restore_switch_interval()

@@ -607,3 +607,29 @@ def test_a_flusher_that_is_not_starved_leaves_the_switch_interval_alone(
     inst.close()
     assert pushes >= 5
     assert set(seen) == {program_interval}
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_starts_with_the_programs_switch_interval(
+    stand_in: GatewayStandIn,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    program_interval: float,
+) -> None:
+    monkeypatch.setattr(flusher_thread, "STARVED_LATENESS", -1.0)
+    small = tmp_path / "small.txt"
+    small.write_text("x" * 100)
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
+    )
+    try:
+        run_short_io(inst, small, 0.3)
+        assert sys.getswitchinterval() == flusher_thread.STARVED_SWITCH_INTERVAL
+        pid = os.fork()
+        if pid == 0:  # the child: its parent's flusher is not here, nor its lowering
+            os._exit(0 if sys.getswitchinterval() == program_interval else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+    finally:
+        inst.close()
+    assert sys.getswitchinterval() == program_interval
