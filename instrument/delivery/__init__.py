@@ -1,7 +1,8 @@
 """Delivery of the registry's state to where it is stored (see the README's "Delivery").
 
 One module per job: ``_flusher`` (the push modes, the send on either transport),
-``_flusher_thread`` (the coalescing thread), ``_lifecycle`` (exit, fork, multiprocessing
+``_flusher_thread`` (the coalescing thread), ``_gil`` (the switch interval while that
+thread starves of the GIL), ``_lifecycle`` (exit, fork, multiprocessing
 children, SIGTERM), ``_pushgateway`` (the gateway target and its checks), ``_http`` and
 ``_aiohttp`` (the sync and async transports, and what an answer means), ``_textfile`` (the
 textfile target), ``_snapshot`` (the state of one moment, and the hooks run before it is

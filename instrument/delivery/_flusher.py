@@ -206,7 +206,7 @@ class Delivery:
                 # Bound to this process: a forked child inherits the finalizer with the
                 # parent's condition, which a parent thread may have held at the fork.
                 weakref.finalize(self, wake, self._cond, os.getpid())
-            self._cond.notify()
+            self._flush_state.wake()
 
     def _flush_slot(self) -> float | None:
         """Seconds until the flusher may push, or None when there is nothing to push.

@@ -7,11 +7,18 @@ from __future__ import annotations
 import logging
 import os
 import random
-import sys
 import threading
 import time
 import weakref
 from typing import TYPE_CHECKING
+
+from ._gil import (
+    log_lowered,
+    lower_switch_interval,
+    restore_switch_interval,
+    starved,
+    starved_until,
+)
 
 if TYPE_CHECKING:
     from ._flusher import Delivery
@@ -96,88 +103,30 @@ class FlushState:
     the delivery itself while it has something to push (a strong reference, so a dirty
     instrumentation dropped without close() is still pushed)."""
 
-    __slots__ = ("cond", "pending")
+    __slots__ = ("cond", "pending", "woken")
 
     def __init__(self, cond: threading.Condition) -> None:
         self.cond = cond
         self.pending: Delivery | None = None
+        #: When a call last woke the flusher for new state (its condition held).
+        self.woken = 0.0
 
-
-#: The switch interval once the flusher was starved of the GIL, when the program's is longer.
-#: A thread waiting for the GIL asks for it only after a whole interval in which no thread
-#: took it; a main thread that drops and retakes it for short I/O more often than that (a
-#: small read every 2.5 ms, say) restarts the wait every time, and the flusher, which needs
-#: the GIL back after its wait and after every step of its request, gets it only when it
-#: wins a race (on some machines a few pushes in 3 s instead of 60). Shorter than such a
-#: main thread's period, the wait ends and the GIL is handed over. Only threads waiting for
-#: the GIL see the difference.
-STARVED_SWITCH_INTERVAL = 0.0005
-#: How late after its wait a flusher must get the GIL back to count as starved: a busy
-#: thread holds it for at most a switch interval (5 ms by default) once asked.
-STARVED_LATENESS = 0.02
-#: How long the lowered interval stays after the flusher last woke starved; then the
-#: program's own comes back, until the flusher starves again.
-STARVED_FOR = 60.0
-
-_switch_lock = threading.Lock()
-#: The flushers that lowered the interval, and the program's own interval, to restore.
-_lowered_by = 0
-_program_interval = 0.0
-
-
-def lower_switch_interval() -> None:
-    global _lowered_by, _program_interval
-    with _switch_lock:
-        if _lowered_by == 0:
-            _program_interval = sys.getswitchinterval()
-            if _program_interval > STARVED_SWITCH_INTERVAL:
-                sys.setswitchinterval(STARVED_SWITCH_INTERVAL)
-                logger.info(
-                    "instrument: the flusher waited for the GIL past %.0f ms after its "
-                    "wait (a thread dropping it for short I/O more often than the switch "
-                    "interval); the switch interval is %g s instead of %g s while it "
-                    "keeps starving (logged once per episode)",
-                    STARVED_LATENESS * 1000,
-                    STARVED_SWITCH_INTERVAL,
-                    _program_interval,
-                )
-        _lowered_by += 1
-
-
-def restore_switch_interval() -> None:
-    """Undo :func:`lower_switch_interval`; the last flusher restores the program's
-    interval, unless the program set one of its own meanwhile."""
-    global _lowered_by
-    with _switch_lock:
-        _lowered_by -= 1
-        if (
-            _lowered_by == 0
-            and _program_interval > STARVED_SWITCH_INTERVAL
-            and sys.getswitchinterval() == STARVED_SWITCH_INTERVAL
-        ):
-            sys.setswitchinterval(_program_interval)
-
-
-def _forget_lowering() -> None:
-    """In a forked child: its parent's flushers are gone, and so is their lowering (the
-    lock is new: a parent thread may have held it at the fork)."""
-    global _lowered_by, _switch_lock
-    _switch_lock = threading.Lock()
-    if _lowered_by:
-        _lowered_by = 1
-        restore_switch_interval()
-
-
-os.register_at_fork(after_in_child=_forget_lowering)
+    def wake(self) -> None:
+        """Wake the flusher for new state; called holding the condition."""
+        self.woken = time.monotonic()
+        self.cond.notify()
 
 
 def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
     """The flusher thread: push when dirty, at most once per interval, backing off after
-    failures. It holds the delivery strongly only while there is something to push."""
+    failures. It holds the delivery strongly only while there is something to push. When
+    it gets the GIL back too late after a wait, it starves, and keeps the interpreter's
+    switch interval lowered while it does (``_gil``)."""
     cond = state.cond
     lowered_until: float | None = None  # set while this flusher keeps the interval lowered
     try:
         while True:
+            lowered: float | None = None
             with cond:
                 while True:
                     delivery = state.pending or ref()
@@ -189,16 +138,28 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                     if delay is None:
                         state.pending = None  # clean: let it be collected
                     del delivery
-                    due = None if delay is None else time.monotonic() + delay
-                    cond.wait(delay)
+                    started = time.monotonic()
+                    due = None if delay is None else started + delay
+                    timeout = delay
+                    if lowered_until is not None:  # wake to restore it, even when idle
+                        left = max(lowered_until - started, 0.0)
+                        timeout = left if timeout is None else min(timeout, left)
+                    cond.wait(timeout)
                     now = time.monotonic()
-                    if due is not None and now - due > STARVED_LATENESS:
+                    # Due at its deadline, or when a call woke it meanwhile (a close's or
+                    # a spurious wake-up is no moment it was due at).
+                    woken = state.woken
+                    if woken >= started and (due is None or woken < due):
+                        due = woken
+                    if due is not None and starved(now - due):
                         if lowered_until is None:
-                            lower_switch_interval()
-                        lowered_until = now + STARVED_FOR
-                    elif lowered_until is not None and now > lowered_until:
+                            lowered = lower_switch_interval()
+                        lowered_until = starved_until(now)
+                    elif lowered_until is not None and now >= lowered_until:
                         lowered_until = None
                         restore_switch_interval()
+            if lowered is not None:
+                log_lowered(lowered)
             ok = delivery.deliver_now(None)
             delivery._schedule(ok)
             del delivery

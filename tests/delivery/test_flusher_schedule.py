@@ -15,7 +15,6 @@ import shutil
 import ssl
 import string
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -32,7 +31,6 @@ from prometheus_client.registry import Collector
 from instrument import Instrumentation
 from instrument._scrub import Scrubber
 from instrument.delivery import PushFailed
-from instrument.delivery import _flusher_thread as flusher_thread
 from instrument.delivery._flusher_thread import SERIALIZE_SHARE, stretched_gap
 from instrument.delivery._http import request
 
@@ -501,135 +499,3 @@ def test_a_tls_handshake_that_never_comes_ends_at_the_push_timeout(
     assert "no complete answer within 0.4" in caplog.text  # what was left of 0.5 s
     assert inst.registry.get_sample_value("codomyrmex_push_failures_total") == 1
     inst.close()
-
-
-# -- a starved flusher: the switch interval, lowered while it starves, then restored -----------
-
-
-@pytest.fixture
-def program_interval() -> Iterator[float]:
-    before = sys.getswitchinterval()
-    yield before
-    sys.setswitchinterval(before)
-
-
-def run_short_io(inst: Instrumentation, small: Path, seconds: float) -> list[float]:
-    """Decorated short-I/O steps for ``seconds``; the switch interval seen after each."""
-    step = inst.monitored_analysis("m", "t")(short_io_step)
-    seen = []
-    begin = time.monotonic()
-    while time.monotonic() - begin < seconds:
-        assert step(small) == "x" * 100
-        seen.append(sys.getswitchinterval())
-    return seen
-
-
-def test_a_starved_flusher_lowers_the_switch_interval_and_close_restores_it(
-    stand_in: GatewayStandIn,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    caplog: pytest.LogCaptureFixture,
-    program_interval: float,
-) -> None:
-    # Every wake counts as starved: what a machine where the race is lost shows.
-    monkeypatch.setattr(flusher_thread, "STARVED_LATENESS", -1.0)
-    small = tmp_path / "small.txt"
-    small.write_text("x" * 100)
-    caplog.set_level(logging.INFO, logger="instrument")
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    seen = run_short_io(inst, small, 0.5)
-    inst.close()
-    assert flusher_thread.STARVED_SWITCH_INTERVAL in seen
-    assert sys.getswitchinterval() == program_interval
-    said = [r.getMessage() for r in caplog.records if "switch interval" in r.getMessage()]
-    assert len(said) == 1 and f"instead of {program_interval:g} s" in said[0]
-
-
-def test_the_programs_own_switch_interval_set_meanwhile_is_kept(
-    stand_in: GatewayStandIn,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    program_interval: float,
-) -> None:
-    monkeypatch.setattr(flusher_thread, "STARVED_LATENESS", -1.0)
-    small = tmp_path / "small.txt"
-    small.write_text("x" * 100)
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    seen = run_short_io(inst, small, 0.3)
-    sys.setswitchinterval(0.002)  # the program's choice, after the flusher lowered it
-    inst.close()
-    assert flusher_thread.STARVED_SWITCH_INTERVAL in seen
-    assert sys.getswitchinterval() == 0.002
-
-
-def test_the_lowered_interval_ends_once_the_flusher_no_longer_starves(
-    stand_in: GatewayStandIn,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    program_interval: float,
-) -> None:
-    monkeypatch.setattr(flusher_thread, "STARVED_LATENESS", -1.0)
-    monkeypatch.setattr(flusher_thread, "STARVED_FOR", 0.05)
-    small = tmp_path / "small.txt"
-    small.write_text("x" * 100)
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    try:
-        assert flusher_thread.STARVED_SWITCH_INTERVAL in run_short_io(inst, small, 0.3)
-        monkeypatch.setattr(flusher_thread, "STARVED_LATENESS", 3600.0)  # never again
-        seen = run_short_io(inst, small, 0.5)
-        assert seen[-1] == program_interval
-    finally:
-        inst.close()
-
-
-def test_a_flusher_that_is_not_starved_leaves_the_switch_interval_alone(
-    stand_in: GatewayStandIn, program_interval: float
-) -> None:
-    """Callers that hold the GIL and sleep without I/O: the flusher gets it back within a
-    switch interval, so nothing is changed."""
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    work = inst.monitored_analysis("m", "t")(lambda: 7)
-    seen = []
-    begin = time.monotonic()
-    while time.monotonic() - begin < 0.5:
-        assert work() == 7
-        seen.append(sys.getswitchinterval())
-        time.sleep(0.001)
-    pushes = landed_pushes(inst)
-    inst.close()
-    assert pushes >= 5
-    assert set(seen) == {program_interval}
-
-
-@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
-def test_a_forked_child_starts_with_the_programs_switch_interval(
-    stand_in: GatewayStandIn,
-    tmp_path: Path,
-    monkeypatch: pytest.MonkeyPatch,
-    program_interval: float,
-) -> None:
-    monkeypatch.setattr(flusher_thread, "STARVED_LATENESS", -1.0)
-    small = tmp_path / "small.txt"
-    small.write_text("x" * 100)
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    try:
-        run_short_io(inst, small, 0.3)
-        assert sys.getswitchinterval() == flusher_thread.STARVED_SWITCH_INTERVAL
-        pid = os.fork()
-        if pid == 0:  # the child: its parent's flusher is not here, nor its lowering
-            os._exit(0 if sys.getswitchinterval() == program_interval else 1)
-        _, status = os.waitpid(pid, 0)
-        assert os.waitstatus_to_exitcode(status) == 0
-    finally:
-        inst.close()
-    assert sys.getswitchinterval() == program_interval
