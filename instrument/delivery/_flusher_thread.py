@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from ._gil import (
     log_lowered,
     lower_switch_interval,
+    probe,
     restore_switch_interval,
     starved,
     starved_until,
@@ -160,6 +161,8 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                         restore_switch_interval()
             if lowered is not None:
                 log_lowered(lowered)
+            elif lowered_until is None:
+                lowered_until = probe()
             ok = delivery.deliver_now(None)
             delivery._schedule(ok)
             del delivery

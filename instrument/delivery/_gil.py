@@ -21,13 +21,16 @@ import logging
 import os
 import sys
 import threading
+import time
 
 __all__ = [
     "STARVED_FOR",
+    "STARVED_INTERVALS",
     "STARVED_LATENESS",
     "STARVED_SWITCH_INTERVAL",
     "log_lowered",
     "lower_switch_interval",
+    "probe",
     "restore_switch_interval",
     "starved",
     "starved_until",
@@ -37,10 +40,11 @@ logger = logging.getLogger("instrument")
 
 #: The switch interval while a flusher starves, when the program's is longer.
 STARVED_SWITCH_INTERVAL = 0.0005
-#: How late after its wait a flusher must get the GIL back to count as starved, at least:
-#: a busy thread, once asked, holds the GIL for at most a switch interval (5 ms by
-#: default); a program's longer interval raises it to four of those (:func:`starved`).
+#: How late after its wait a flusher must get the GIL back to count as starved: at least
+#: this, and at least ``STARVED_INTERVALS`` of the program's switch intervals (a busy
+#: thread, once asked, holds the GIL for at most one of them, 5 ms by default).
 STARVED_LATENESS = 0.02
+STARVED_INTERVALS = 4
 #: How long the lowered interval stays after the flusher last woke starved.
 STARVED_FOR = 60.0
 
@@ -65,12 +69,29 @@ def _set_us(us: int) -> None:
 def starved(lateness: float) -> bool:
     """Whether a flusher that got the GIL back ``lateness`` seconds after its wait ended
     was starved of it, rather than waiting out a busy thread's switch interval."""
-    return lateness > max(STARVED_LATENESS, 4 * sys.getswitchinterval())
+    return lateness > max(STARVED_LATENESS, STARVED_INTERVALS * sys.getswitchinterval())
 
 
 def starved_until(now: float) -> float:
     """Until when the interval stays lowered after a flusher starved at ``now``."""
     return now + STARVED_FOR
+
+
+def probe() -> float | None:
+    """Hand the GIL over and time how long it takes to come back (``time.sleep(0)``: a
+    few microseconds, or up to a switch interval behind a busy thread); when that is
+    starving, lower the interval at once (logged) and return until when it stays so, else
+    None. Called outside every lock, before a push: a push's first steps would otherwise
+    starve before any wait measured it."""
+    started = time.monotonic()
+    time.sleep(0)
+    now = time.monotonic()
+    if not starved(now - started):
+        return None
+    program = lower_switch_interval()
+    if program is not None:
+        log_lowered(program)
+    return starved_until(now)
 
 
 def lower_switch_interval() -> float | None:

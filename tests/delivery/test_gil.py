@@ -33,6 +33,13 @@ def program_interval() -> Iterator[float]:
     sys.setswitchinterval(before)
 
 
+def force_starved(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Every wake and probe counts as starved: what a machine where the race is lost shows
+    (on another, the flusher would never starve in these tests)."""
+    monkeypatch.setattr(_gil, "STARVED_LATENESS", -1.0)
+    monkeypatch.setattr(_gil, "STARVED_INTERVALS", 0)
+
+
 @pytest.fixture
 def starved(
     program_interval: float,
@@ -40,9 +47,9 @@ def starved(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> Iterator[tuple[Instrumentation, Path]]:
-    """A coalescing Instrumentation whose flusher counts every wake as starved (what a
-    machine where the race is lost shows), and the small file of the short-I/O steps."""
-    monkeypatch.setattr(_gil, "STARVED_LATENESS", -1.0)
+    """A coalescing Instrumentation whose flusher counts every wake as starved, and the
+    small file of the short-I/O steps."""
+    force_starved(monkeypatch)
     small = tmp_path / "small.txt"
     small.write_text("x" * 100)
     inst = Instrumentation(
@@ -245,4 +252,24 @@ def test_a_fork_while_another_thread_holds_the_lowering_lock(program_interval: f
         holder.join()
         _gil.restore_switch_interval()
     assert os.waitstatus_to_exitcode(status) == 0
+    assert sys.getswitchinterval() == program_interval
+
+
+def test_a_probe_before_a_push_lowers_at_once_when_starved(
+    program_interval: float, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """What a push's first steps would otherwise starve through before any wait measured
+    it: the probe hands the GIL over and, starved, lowers the interval there and then."""
+    caplog.set_level(logging.INFO, logger="instrument")
+    monkeypatch.setattr(_gil, "STARVED_LATENESS", 3600.0)
+    assert _gil.probe() is None  # came back at once: nothing changes
+    assert sys.getswitchinterval() == program_interval
+    force_starved(monkeypatch)
+    until = _gil.probe()
+    try:
+        assert until is not None and until > time.monotonic()
+        assert sys.getswitchinterval() == STARVED
+        assert any("switch interval" in r.getMessage() for r in caplog.records)
+    finally:
+        _gil.restore_switch_interval()
     assert sys.getswitchinterval() == program_interval
