@@ -367,7 +367,9 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
             except KeyError:  # unloaded meanwhile: no tracer
                 pass
         b.begin()
-        job._t0 = perf_counter()
+        job._t0 = t0 = perf_counter()
+        if t0 > b.handover.overdue:
+            b.handover.hand_over()
         return job
 
     def project_for(self, arguments: dict[str, Any] | None) -> str | None:

@@ -43,6 +43,9 @@ class Binding:
         self.after_job_async: Callable[[], Any] | None = (
             None if self.after_job is None else inst.delivery.after_call_async
         )
+        #: Checked as a job starts: ``t0 > handover.overdue`` finds the flusher starved of
+        #: the GIL, and ``handover.hand_over()`` lowers the switch interval for it.
+        self.handover = inst.delivery.handover
         #: What a job ended outside a call does instead: mark the state, never push.
         self.note_change = inst.delivery.note_change
         #: Record through per-thread cells (``_cells``), folded before every read. Not in

@@ -88,8 +88,7 @@ class AICall(Probe):
         self._tracker = tracker
         self._model = model
         self._seen_model: str | None = None
-        # The gen_ai_* recorder (genai_semconv=True), else None: the one check on the chunk
-        # path and at the end. It needs the response's model, whatever the label's.
+        # The gen_ai_* recorder (genai_semconv=True) or None; it needs the response's model.
         self._semconv: GenAISemconv | ChunkTimes | None = None if binding is None else binding.genai
         # Whether responses are still read for the model: one check per chunk.
         self._seek_model = binding is not None and (
@@ -110,8 +109,7 @@ class AICall(Probe):
         # one failed: for the one warning per provider and model, at the call's end.
         self._seen: type | None = None
         self._failure: str | None = None
-        # The binding's (None when nothing is pushed); None too while a stream proxy is
-        # out, whose end runs it.
+        # The binding's (None when nothing is pushed, or while a stream proxy runs it).
         self.after_job = None if binding is None else binding.after_job
         self.span = None
         if binding is not None:
@@ -130,7 +128,9 @@ class AICall(Probe):
                     )
                     if self.span is not None:  # the responses' model, for the span
                         self._seek_model = True
-        self._t0 = self._last = perf_counter()
+        self._t0 = self._last = t0 = perf_counter()
+        if binding is not None and t0 > binding.handover.overdue:
+            binding.handover.hand_over()
 
     # -- the handle ------------------------------------------------------------------------
 

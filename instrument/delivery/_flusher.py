@@ -85,6 +85,8 @@ class Delivery:
         self._last_success = 0.0
         self._stretch_logged = False
         self._push_seconds = 0.0  # the last push's Snapshot.seconds: it outlives a fork
+        #: What a call checks as it starts (``FlushState``); bindings hold it: kept at a fork.
+        self.handover = FlushState()
         self.reset_process_state()
         track(self)
         if self._multiprocess and self.mode == "coalesce":
@@ -95,7 +97,8 @@ class Delivery:
         """State that does not survive a fork: threads, locks, sessions, the instance label."""
         self._pid = os.getpid()
         self._dirty = False
-        self._cond = threading.Condition()
+        self.handover.reset()  # a new condition; no flusher holds the delivery yet
+        self._cond = self.handover.cond
         # Sync senders (the flusher, push(), flush(), each mode) go one at a time, so
         # flush() returning True means the latest state is what the gateway holds. Async
         # sends never take it: an event loop must not wait on a thread lock, and a sync
@@ -110,8 +113,6 @@ class Delivery:
         self._loop_locks: weakref.WeakKeyDictionary[Any, asyncio.Lock] = weakref.WeakKeyDictionary()
         self._taken = 0
         self._newest_landed = 0
-        # While dirty, the flusher keeps the delivery alive until it has pushed.
-        self._flush_state = FlushState(self._cond)
         self._thread: threading.Thread | None = None
         self._stopping = False
         self._failures = 0
@@ -151,8 +152,7 @@ class Delivery:
     def after_call(self) -> None:
         mode = self.mode
         if mode == "coalesce":
-            if not self._dirty:
-                self._mark_dirty()
+            self.after_coalesced_call()
         elif mode == "each" and not (self._closed or self._is_worker()):
             self.push()
 
@@ -195,18 +195,18 @@ class Delivery:
             self.reset_process_state()
             self._dirty = True
         with self._cond:
-            self._flush_state.pending = self
+            self.handover.pending = self
             if self._thread is None:
                 # The thread holds the delivery weakly once it is clean: an instrumentation
                 # dropped without close() is pushed, then collected, and its flusher ends.
                 # Set once started: a thread that could not start is tried again next time.
                 self._thread = start_daemon(
-                    flusher, "instrument-flusher", weakref.ref(self), self._flush_state
+                    flusher, "instrument-flusher", weakref.ref(self), self.handover
                 )
                 # Bound to this process: a forked child inherits the finalizer with the
                 # parent's condition, which a parent thread may have held at the fork.
                 weakref.finalize(self, wake, self._cond, os.getpid())
-            self._flush_state.wake()
+            self.handover.wake()
 
     def _flush_slot(self) -> float | None:
         """Seconds until the flusher may push, or None when there is nothing to push.

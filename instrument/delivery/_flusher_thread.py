@@ -5,6 +5,7 @@ there is something to push."""
 from __future__ import annotations
 
 import logging
+import math
 import os
 import random
 import threading
@@ -15,9 +16,9 @@ from typing import TYPE_CHECKING
 from ._gil import (
     log_lowered,
     lower_switch_interval,
-    probe,
     restore_switch_interval,
     starved,
+    starved_after,
     starved_until,
 )
 
@@ -100,29 +101,81 @@ def log_stretch(seconds: float, stretched: float, interval: float) -> None:
 
 
 class FlushState:
-    """What the flusher thread shares with its delivery: the condition it waits on, and
-    the delivery itself while it has something to push (a strong reference, so a dirty
-    instrumentation dropped without close() is still pushed)."""
+    """What the flusher thread shares with its delivery: the condition it waits on, the
+    delivery itself while it has something to push (a strong reference, so a dirty
+    instrumentation dropped without close() is still pushed), and when a call should hand
+    it the GIL.
 
-    __slots__ = ("cond", "pending", "woken")
+    A flusher starved of the GIL cannot say so until it has it; a call, which holds it,
+    can. While the flusher waits with the program's switch interval, ``overdue`` is the
+    ``perf_counter()`` by which it should have the GIL back at the latest: a call starting
+    later finds it starving and lowers the interval (:meth:`hand_over`), and the flusher
+    keeps that lowering as its own once it runs. Otherwise ``overdue`` is infinite, and a
+    call's whole cost is a comparison with the clock reading it takes anyway::
 
-    def __init__(self, cond: threading.Condition) -> None:
-        self.cond = cond
+        if t0 > b.handover.overdue:
+            b.handover.hand_over()
+    """
+
+    __slots__ = ("_handing", "cond", "handed", "overdue", "pending", "waiting", "woken")
+
+    def __init__(self) -> None:
+        self.reset()
+
+    def reset(self) -> None:
+        """Start over (a new process: no flusher, no lock held)."""
+        self.cond = threading.Condition()
+        #: The delivery while dirty: the flusher keeps it alive until it has pushed.
         self.pending: Delivery | None = None
         #: When a call last woke the flusher for new state (its condition held).
         self.woken = 0.0
+        #: Whether the flusher waits with the program's switch interval (condition held).
+        self.waiting = False
+        self.overdue = math.inf
+        #: Set by a call that lowered the interval for the flusher: the program's interval
+        #: it lowered (to be logged), or 0.0 when it was lowered already.
+        self.handed: float | None = None
+        self._handing = threading.Lock()
 
     def wake(self) -> None:
         """Wake the flusher for new state; called holding the condition."""
         self.woken = time.monotonic()
+        if self.waiting:
+            self.arm(0.0)
         self.cond.notify()
+
+    def arm(self, delay: float) -> None:
+        """The flusher waits ``delay`` seconds from now: a call starting once it then
+        starves hands it the GIL."""
+        with self._handing:
+            self.overdue = min(self.overdue, time.perf_counter() + delay + starved_after())
+
+    def hand_over(self) -> None:
+        """Called by a call that found the flusher overdue (so waiting for the GIL this call
+        holds): lower the interval once, for the flusher to keep. Never raises."""
+        with self._handing:
+            if self.overdue == math.inf:
+                return  # another call did, or the flusher runs again
+            self.overdue = math.inf
+            self.handed = lower_switch_interval() or 0.0
+
+    def taken_back(self) -> float | None:
+        """The flusher runs again: nothing more to hand over. Returns what a call handed
+        it (see ``handed``), which it now holds, or None."""
+        with self._handing:
+            self.overdue = math.inf
+            handed, self.handed = self.handed, None
+            return handed
 
 
 def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
     """The flusher thread: push when dirty, at most once per interval, backing off after
-    failures. It holds the delivery strongly only while there is something to push. When
-    it gets the GIL back too late after a wait, it starves, and keeps the interpreter's
-    switch interval lowered while it does (``_gil``)."""
+    failures. It holds the delivery strongly only while there is something to push.
+
+    Starved of the GIL (``_gil``), it keeps the interpreter's switch interval lowered while
+    it starves: from when a call finds it overdue, or when it gets the GIL back too late
+    after a wait; and each push runs with the interval lowered, so that its steps (each
+    needs the GIL back after its I/O) cannot starve."""
     cond = state.cond
     lowered_until: float | None = None  # set while this flusher keeps the interval lowered
     try:
@@ -145,14 +198,26 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                     if lowered_until is not None:  # wake to restore it, even when idle
                         left = max(lowered_until - started, 0.0)
                         timeout = left if timeout is None else min(timeout, left)
+                    else:
+                        state.waiting = True
+                        if delay is not None:
+                            state.arm(delay)
                     cond.wait(timeout)
                     now = time.monotonic()
+                    state.waiting = False
+                    handed = state.taken_back()
                     # Due at its deadline, or when a call woke it meanwhile (a close's or
                     # a spurious wake-up is no moment it was due at).
                     woken = state.woken
                     if woken >= started and (due is None or woken < due):
                         due = woken
-                    if due is not None and starved(now - due):
+                    if handed is not None:  # a call lowered it: this flusher holds it now
+                        if lowered_until is None:
+                            lowered = handed or None
+                        else:
+                            restore_switch_interval()
+                        lowered_until = starved_until(now)
+                    elif due is not None and starved(now - due):
                         if lowered_until is None:
                             lowered = lower_switch_interval()
                         lowered_until = starved_until(now)
@@ -161,14 +226,22 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                         restore_switch_interval()
             if lowered is not None:
                 log_lowered(lowered)
-            elif lowered_until is None:
-                lowered_until = probe()
-            ok = delivery.deliver_now(None)
+            ok = push_lowered(delivery) if lowered_until is None else delivery.deliver_now(None)
             delivery._schedule(ok)
             del delivery
     finally:
         if lowered_until is not None:
             restore_switch_interval()
+
+
+def push_lowered(delivery: Delivery) -> bool:
+    """One push with the switch interval lowered while it runs: each of its steps needs the
+    GIL back after its I/O, and a main thread doing frequent short I/O would starve them."""
+    lower_switch_interval()
+    try:
+        return delivery.deliver_now(None)
+    finally:
+        restore_switch_interval()
 
 
 def wake(cond: threading.Condition, pid: int) -> None:

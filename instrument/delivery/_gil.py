@@ -1,16 +1,17 @@
-"""The switch interval while the flusher is starved of the GIL.
+"""The switch interval while the flusher needs the GIL and would starve for it.
 
 A thread waiting for the GIL asks for it only after a whole switch interval in which no
 thread took it. A main thread that drops and retakes it for short I/O more often than that
 (a small read every 2.5 ms, say) restarts that wait every time, and the flusher, which needs
 the GIL back after its wait and after every step of its request, gets it only when it wins
-a race: on some machines a few pushes in 3 s instead of 60. So the flusher measures how
-late it gets the GIL back after a wait; when it is starved, the interpreter's switch
+a race: on some machines a few pushes in 3 s instead of 60. So the interpreter's switch
 interval is lowered to ``STARVED_SWITCH_INTERVAL`` (shorter than such a main thread's
-period, so the wait ends and the GIL is handed over), and the program's own comes back
-once the flusher has not starved for ``STARVED_FOR`` seconds, when the last flusher that
-lowered it ends, and in a forked child. Only threads waiting for the GIL see the
-difference. An interval the program sets meanwhile is kept (unless it is exactly
+period, so the wait ends and the GIL is handed over) while a push runs, and while the
+flusher starves: found by a call that starts once it is overdue (``FlushState``), or by
+the flusher getting the GIL back too late after a wait. The program's own comes back after
+each push, once the flusher has not starved for ``STARVED_FOR`` seconds, when the last
+flusher that lowered it ends, and in a forked child. Only threads waiting for the GIL see
+the difference. An interval the program sets meanwhile is kept (unless it is exactly
 ``STARVED_SWITCH_INTERVAL``, which cannot be told from this module's own).
 """
 
@@ -21,7 +22,6 @@ import logging
 import os
 import sys
 import threading
-import time
 
 __all__ = [
     "STARVED_FOR",
@@ -30,9 +30,9 @@ __all__ = [
     "STARVED_SWITCH_INTERVAL",
     "log_lowered",
     "lower_switch_interval",
-    "probe",
     "restore_switch_interval",
     "starved",
+    "starved_after",
     "starved_until",
 ]
 
@@ -49,6 +49,7 @@ STARVED_INTERVALS = 4
 STARVED_FOR = 60.0
 
 _US = 1_000_000
+_STARVED_US = round(STARVED_SWITCH_INTERVAL * _US)
 _lock = threading.Lock()
 #: How many flushers keep the interval lowered, and the program's interval (in whole
 #: microseconds, as the interpreter keeps it) while one does, else None.
@@ -66,10 +67,16 @@ def _set_us(us: int) -> None:
     sys.setswitchinterval((us + 0.5) / _US)
 
 
+def starved_after() -> float:
+    """How late after its wait a flusher may get the GIL back before it counts as
+    starved, rather than waiting out a busy thread's switch interval."""
+    return max(STARVED_LATENESS, STARVED_INTERVALS * sys.getswitchinterval())
+
+
 def starved(lateness: float) -> bool:
     """Whether a flusher that got the GIL back ``lateness`` seconds after its wait ended
-    was starved of it, rather than waiting out a busy thread's switch interval."""
-    return lateness > max(STARVED_LATENESS, STARVED_INTERVALS * sys.getswitchinterval())
+    was starved of it."""
+    return lateness > starved_after()
 
 
 def starved_until(now: float) -> float:
@@ -77,47 +84,30 @@ def starved_until(now: float) -> float:
     return now + STARVED_FOR
 
 
-def probe() -> float | None:
-    """Hand the GIL over and time how long it takes to come back (``time.sleep(0)``: a
-    few microseconds, or up to a switch interval behind a busy thread); when that is
-    starving, lower the interval at once (logged) and return until when it stays so, else
-    None. Called outside every lock, before a push: a push's first steps would otherwise
-    starve before any wait measured it."""
-    started = time.monotonic()
-    time.sleep(0)
-    now = time.monotonic()
-    if not starved(now - started):
-        return None
-    program = lower_switch_interval()
-    if program is not None:
-        log_lowered(program)
-    return starved_until(now)
-
-
 def lower_switch_interval() -> float | None:
-    """One more flusher starves: the first lowers the interval. Returns the program's
-    interval when this call lowered it (to be logged, outside any lock), else None."""
+    """One more flusher starves or pushes: the first lowers the interval. Returns the
+    program's interval when this call lowered it (to be logged, outside any lock), else None."""
     global _holders, _saved_us
     with _lock:
         _holders += 1
         if _holders > 1:
             return None
         program = _interval_us()
-        if program <= round(STARVED_SWITCH_INTERVAL * _US):
+        if program <= _STARVED_US:
             return None
         _saved_us = program
-        _set_us(round(STARVED_SWITCH_INTERVAL * _US))
+        _set_us(_STARVED_US)
         return program / _US
 
 
 def restore_switch_interval() -> None:
-    """A flusher no longer starves (or ended): the last one gives the program its own
-    interval back, unless the program set another meanwhile."""
+    """A flusher no longer starves (or pushed, or ended): the last one gives the program
+    its own interval back, unless the program set another meanwhile."""
     global _holders, _saved_us
     with _lock:
         _holders -= 1
         if _holders == 0 and _saved_us is not None:
-            if _interval_us() == round(STARVED_SWITCH_INTERVAL * _US):
+            if _interval_us() == _STARVED_US:
                 _set_us(_saved_us)
             _saved_us = None
 
@@ -144,7 +134,7 @@ def _in_child() -> None:
     global _lock, _holders, _saved_us
     _lock = threading.Lock()
     _holders = 0
-    if _saved_us is not None and _interval_us() == round(STARVED_SWITCH_INTERVAL * _US):
+    if _saved_us is not None and _interval_us() == _STARVED_US:
         _set_us(_saved_us)
     _saved_us = None
 

@@ -1,24 +1,30 @@
 """A flusher starved of the GIL (a main thread dropping it for short I/O more often than
-the switch interval) lowers the interpreter's switch interval while it starves, and the
-program gets its own back: exactly, after the flusher stops starving (busy or idle), when
-it ends, in a forked child, and never instead of one the program set meanwhile. A flusher
-that is not starved, a long interval the program chose included, changes nothing."""
+the switch interval) lowers the interpreter's switch interval while it starves, from when a
+call finds it overdue or when it gets the GIL back too late; each push runs with it lowered.
+The program gets its own back: exactly, after each push, after the flusher stops starving
+(busy or idle), when it ends, in a forked child, and never instead of one the program set
+meanwhile. Between the pushes of a flusher that is not starved, a long interval the program
+chose included, nothing is changed."""
 
 from __future__ import annotations
 
 import logging
+import math
 import os
 import sys
 import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 from prometheus_client import CollectorRegistry
+from prometheus_client.metrics_core import Metric
+from prometheus_client.registry import Collector
 
 from instrument import Instrumentation
-from instrument.delivery import _gil
+from instrument.delivery import _flusher_thread, _gil
 
 from ..servers import GatewayStandIn
 from .test_flusher_schedule import landed_pushes, short_io_step
@@ -59,23 +65,55 @@ def starved(
     inst.close()
 
 
-def run_short_io(inst: Instrumentation, small: Path, seconds: float) -> list[float]:
-    """Decorated short-I/O steps for ``seconds``; the switch interval seen after each."""
+class Pushes:
+    """Counts the flusher's pushes that lower the interval while they run, so that a test
+    can read the interval between them (:meth:`between`)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
+        self.begun = self.ended = 0
+        real = _flusher_thread.push_lowered
+
+        def counting(delivery: Any) -> bool:
+            self.begun += 1  # before it lowers the interval
+            try:
+                return real(delivery)
+            finally:
+                self.ended += 1  # once it gave it back
+
+        monkeypatch.setattr(_flusher_thread, "push_lowered", counting)
+
+    def between(self) -> float | None:
+        """The switch interval now, or None when a push ran while it was read."""
+        ended = self.ended
+        interval = sys.getswitchinterval()
+        return interval if self.begun == ended else None
+
+
+@pytest.fixture
+def pushes(monkeypatch: pytest.MonkeyPatch) -> Pushes:
+    return Pushes(monkeypatch)
+
+
+def run_short_io(inst: Instrumentation, small: Path, seconds: float, pushes: Pushes) -> list[float]:
+    """Decorated short-I/O steps for ``seconds``; the switch interval seen after each that
+    no push overlapped."""
     step = inst.monitored_analysis("m", "t")(short_io_step)
     seen = []
     begin = time.monotonic()
     while time.monotonic() - begin < seconds:
         assert step(small) == "x" * 100
-        seen.append(sys.getswitchinterval())
+        interval = pushes.between()
+        if interval is not None:
+            seen.append(interval)
     return seen
 
 
-def until_lowered(inst: Instrumentation, small: Path) -> None:
-    """Short-I/O steps until the flusher lowered the interval (its thread's start and
-    first push may themselves starve first: up to 5 s)."""
+def until_lowered(inst: Instrumentation, small: Path, pushes: Pushes) -> None:
+    """Short-I/O steps until the flusher keeps the interval lowered between its pushes
+    (its thread's start and first push may themselves starve first: up to 5 s)."""
     step = inst.monitored_analysis("m", "t")(short_io_step)
     begin = time.monotonic()
-    while sys.getswitchinterval() != STARVED:
+    while pushes.between() != STARVED:
         assert time.monotonic() - begin < 5, "the flusher never lowered the interval"
         step(small)
 
@@ -84,11 +122,12 @@ def test_a_starved_flusher_lowers_the_interval_says_so_and_close_restores_it(
     program_interval: float,
     starved: tuple[Instrumentation, Path],
     caplog: pytest.LogCaptureFixture,
+    pushes: Pushes,
 ) -> None:
     inst, small = starved
     caplog.set_level(logging.INFO, logger="instrument")
-    until_lowered(inst, small)
-    run_short_io(inst, small, 0.2)
+    until_lowered(inst, small, pushes)
+    run_short_io(inst, small, 0.2, pushes)
     inst.close()
     assert sys.getswitchinterval() == program_interval
     said = [r.getMessage() for r in caplog.records if "switch interval" in r.getMessage()]
@@ -96,10 +135,10 @@ def test_a_starved_flusher_lowers_the_interval_says_so_and_close_restores_it(
 
 
 def test_the_programs_own_interval_set_meanwhile_is_kept(
-    starved: tuple[Instrumentation, Path],
+    starved: tuple[Instrumentation, Path], pushes: Pushes
 ) -> None:
     inst, small = starved
-    until_lowered(inst, small)
+    until_lowered(inst, small, pushes)
     sys.setswitchinterval(0.002)  # the program's choice, after the flusher lowered it
     inst.close()
     assert sys.getswitchinterval() == 0.002
@@ -110,62 +149,173 @@ def test_the_interval_comes_back_once_the_flusher_no_longer_starves(
     program_interval: float,
     starved: tuple[Instrumentation, Path],
     monkeypatch: pytest.MonkeyPatch,
+    pushes: Pushes,
     then: str,
 ) -> None:
     """Calls going on, or none at all (the flusher then has nothing to push, and still
     wakes to give the interval back)."""
     inst, small = starved
     monkeypatch.setattr(_gil, "STARVED_FOR", 0.05)
-    until_lowered(inst, small)
+    until_lowered(inst, small, pushes)
     monkeypatch.setattr(_gil, "STARVED_LATENESS", 3600.0)  # never starved again
     if then == "busy":
-        assert run_short_io(inst, small, 0.5)[-1] == program_interval
+        assert run_short_io(inst, small, 0.5, pushes)[-5:] == [program_interval] * 5
     else:
         time.sleep(0.5)
         assert sys.getswitchinterval() == program_interval
 
 
-def test_a_flusher_that_is_not_starved_leaves_the_interval_alone(
-    stand_in: GatewayStandIn, program_interval: float
+class IntervalDuringCollect(Collector):
+    """Records the switch interval each time the flusher thread collects the registry: what
+    a push runs with."""
+
+    def __init__(self) -> None:
+        self.seen: list[float] = []
+
+    def collect(self) -> Iterator[Metric]:
+        if threading.current_thread().name == "instrument-flusher":
+            self.seen.append(sys.getswitchinterval())
+        return iter(())
+
+
+def between_pushes(
+    stand_in: GatewayStandIn, pushes: Pushes, work: Any, seconds: float
+) -> tuple[set[float], list[float], float]:
+    """Call ``work`` (sleeping 1 ms after each) for ``seconds`` with a coalescing flusher
+    pushing every 20 ms: the intervals seen between pushes, those the pushes ran with,
+    and how many landed."""
+    registry = CollectorRegistry()
+    during = IntervalDuringCollect()
+    registry.register(during)
+    inst = Instrumentation(registry=registry, pushgateway=stand_in.url, push_interval=0.02)
+    decorated = inst.monitored_analysis("m", "t")(work)
+    seen = set()
+    begin = time.monotonic()
+    while time.monotonic() - begin < seconds:
+        decorated()
+        interval = pushes.between()
+        if interval is not None:
+            seen.add(interval)
+        time.sleep(0.001)
+    landed = landed_pushes(inst)
+    inst.close()
+    return seen, during.seen, landed
+
+
+def test_a_flusher_that_is_not_starved_changes_nothing_between_its_pushes(
+    stand_in: GatewayStandIn,
+    program_interval: float,
+    pushes: Pushes,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     """Callers that hold the GIL and sleep without I/O: the flusher gets it back within a
-    switch interval, so nothing is changed."""
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    work = inst.monitored_analysis("m", "t")(lambda: 7)
-    seen = []
-    begin = time.monotonic()
-    while time.monotonic() - begin < 0.5:
-        assert work() == 7
-        seen.append(sys.getswitchinterval())
-        time.sleep(0.001)
-    pushes = landed_pushes(inst)
-    inst.close()
-    assert pushes >= 5
-    assert set(seen) == {program_interval}
+    switch interval, so nothing is lowered for it; only its pushes run lowered."""
+    caplog.set_level(logging.INFO, logger="instrument")
+    seen, during, landed = between_pushes(stand_in, pushes, lambda: 7, 0.5)
+    assert landed >= 5
+    assert seen == {program_interval}
+    assert during and set(during) == {STARVED}
+    assert sys.getswitchinterval() == program_interval
+    assert not [r for r in caplog.records if "switch interval" in r.getMessage()]
 
 
 def test_a_long_interval_the_program_chose_is_no_starvation(
-    stand_in: GatewayStandIn, program_interval: float
+    stand_in: GatewayStandIn, program_interval: float, pushes: Pushes
 ) -> None:
     """50 ms and a caller that never drops the GIL: the flusher gets it back a whole
-    interval after its wait, as the program asked, and nothing is changed."""
+    interval after its wait, as the program asked, so between pushes the program keeps its
+    interval, and gets it back to the microsecond after each."""
     sys.setswitchinterval(0.05)
     chosen = sys.getswitchinterval()
-    inst = Instrumentation(
-        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.02
-    )
-    work = inst.monitored_analysis("m", "t")(lambda: sum(range(2000)))
-    seen = set()
-    begin = time.monotonic()
-    while time.monotonic() - begin < 1.0:
-        work()
-        seen.add(sys.getswitchinterval())
-    pushes = landed_pushes(inst)
-    inst.close()
-    assert pushes >= 2
+    seen, during, landed = between_pushes(stand_in, pushes, lambda: sum(range(2000)), 1.0)
+    assert landed >= 2
     assert seen == {chosen}
+    assert during and set(during) == {STARVED}
+    assert sys.getswitchinterval() == chosen
+
+
+@pytest.mark.parametrize("decorator", ["monitored_analysis", "track_ai_call"])
+def test_a_call_that_finds_the_flusher_overdue_hands_it_the_gil(
+    decorator: str,
+    stand_in: GatewayStandIn,
+    program_interval: float,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+    pushes: Pushes,
+) -> None:
+    """A flusher starved of the GIL cannot say so until it has it; the call that holds it
+    can. Every wait counts as overdue at once here: the first call lowers the interval
+    before the flusher wakes, once however many calls follow, and the flusher keeps it as
+    its own (said once) until it ends."""
+    monkeypatch.setattr(_flusher_thread, "starved_after", lambda: -3600.0)
+    caplog.set_level(logging.INFO, logger="instrument")
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.5
+    )
+    calls = 0
+
+    def plain() -> int:
+        nonlocal calls
+        calls += 1
+        return 7
+
+    if decorator == "monitored_analysis":
+        work = inst.monitored_analysis("m", "t")(plain)
+        counted, labels = "codomyrmex_analyses_total", {"module": "m", "analysis_type": "t"}
+    else:
+        work = inst.track_ai_call("openai", "gpt-4o")(plain)
+        counted, labels = "codomyrmex_ai_api_calls_total", {"provider": "openai", "model": "gpt-4o"}
+
+    try:
+        assert work() == 7  # starts the flusher: it pushes, then waits 0.5 s
+        deadline = time.monotonic() + 5
+        while pushes.ended < 1:  # landed, and gave the interval back
+            assert time.monotonic() < deadline, "the first push never ended"
+            time.sleep(0.005)
+        waited = time.monotonic()
+        while sys.getswitchinterval() != STARVED:
+            assert time.monotonic() - waited < 0.3, "no call handed the flusher the GIL"
+            assert work() == 7
+            time.sleep(0.005)
+        for _ in range(20):
+            assert work() == 7
+        assert _gil._holders == 1  # one hand-over, not one per call
+        time.sleep(0.7)  # the flusher woke, took it over and pushed
+        assert landed_pushes(inst) >= 2
+        assert sys.getswitchinterval() == STARVED
+        said = [r.getMessage() for r in caplog.records if "switch interval" in r.getMessage()]
+        assert len(said) == 1 and f"instead of {program_interval:g} s" in said[0]
+    finally:
+        inst.close()
+    assert sys.getswitchinterval() == program_interval
+    assert _gil._holders == 0
+    assert inst.registry.get_sample_value(counted, {**labels, "status": "success"}) == calls
+    assert f'status="success"}} {float(calls)}'.encode() in stand_in.bodies[-1]
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
+def test_a_forked_child_never_hands_over_for_its_parents_flusher(
+    stand_in: GatewayStandIn, program_interval: float
+) -> None:
+    """The bindings keep the delivery's hand-over state across a fork; the child's starts
+    over (its parent's flusher, overdue or not, is not there to take the GIL)."""
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=30)
+    work = inst.monitored_analysis("m", "t")(lambda: 7)
+    assert work() == 7
+    state = inst.delivery.handover
+    with state._handing:
+        state.overdue = -math.inf  # as if the parent's flusher had been overdue for ever
+    pid = os.fork()
+    if pid == 0:
+        ok = work() == 7 and work() == 7
+        ok = ok and sys.getswitchinterval() == program_interval and _gil._holders == 0
+        os._exit(0 if ok and state.overdue == math.inf else 1)
+    _, status = os.waitpid(pid, 0)
+    with state._handing:
+        state.overdue = math.inf
+    inst.close()
+    assert os.waitstatus_to_exitcode(status) == 0
+    assert sys.getswitchinterval() == program_interval
 
 
 @pytest.mark.parametrize("chosen", [0.007, 0.000501, 0.005, 0.123456])
@@ -211,10 +361,10 @@ def test_a_failing_log_filter_never_ends_the_flusher(program_interval: float) ->
 
 @pytest.mark.skipif(not hasattr(os, "fork"), reason="needs os.fork")
 def test_a_forked_child_starts_with_the_programs_interval(
-    program_interval: float, starved: tuple[Instrumentation, Path]
+    program_interval: float, starved: tuple[Instrumentation, Path], pushes: Pushes
 ) -> None:
     inst, small = starved
-    until_lowered(inst, small)
+    until_lowered(inst, small, pushes)
     pid = os.fork()
     if pid == 0:  # the child: its parent's flusher is not here, nor its lowering
         os._exit(0 if sys.getswitchinterval() == program_interval else 1)
@@ -252,24 +402,4 @@ def test_a_fork_while_another_thread_holds_the_lowering_lock(program_interval: f
         holder.join()
         _gil.restore_switch_interval()
     assert os.waitstatus_to_exitcode(status) == 0
-    assert sys.getswitchinterval() == program_interval
-
-
-def test_a_probe_before_a_push_lowers_at_once_when_starved(
-    program_interval: float, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
-) -> None:
-    """What a push's first steps would otherwise starve through before any wait measured
-    it: the probe hands the GIL over and, starved, lowers the interval there and then."""
-    caplog.set_level(logging.INFO, logger="instrument")
-    monkeypatch.setattr(_gil, "STARVED_LATENESS", 3600.0)
-    assert _gil.probe() is None  # came back at once: nothing changes
-    assert sys.getswitchinterval() == program_interval
-    force_starved(monkeypatch)
-    until = _gil.probe()
-    try:
-        assert until is not None and until > time.monotonic()
-        assert sys.getswitchinterval() == STARVED
-        assert any("switch interval" in r.getMessage() for r in caplog.records)
-    finally:
-        _gil.restore_switch_interval()
     assert sys.getswitchinterval() == program_interval
