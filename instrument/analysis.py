@@ -366,10 +366,10 @@ class AnalysisMonitor(Policy[AnalysisJob, _AnalysisBinding]):
                     job.span = start_span(b.span_name, False, b.span_attributes)
             except KeyError:  # unloaded meanwhile: no tracer
                 pass
-        b.begin()
         job._t0 = t0 = perf_counter()
-        if t0 > b.handover.overdue:
+        if t0 > b.handover.overdue:  # before the gauge's step: an interrupt here leaves none
             b.handover.hand_over()
+        b.begin()
         return job
 
     def project_for(self, arguments: dict[str, Any] | None) -> str | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from ._gil import (
     log_lowered,
+    lower_from_a_call,
     lower_switch_interval,
     restore_switch_interval,
     starved,
@@ -117,13 +118,13 @@ class FlushState:
             b.handover.hand_over()
     """
 
-    __slots__ = ("_handing", "cond", "handed", "overdue", "pending", "waiting", "woken")
+    __slots__ = ("cond", "handed", "overdue", "pending", "waiting", "woken")
 
     def __init__(self) -> None:
         self.reset()
 
     def reset(self) -> None:
-        """Start over (a new process: no flusher, no lock held)."""
+        """Start over (a new process: no flusher)."""
         self.cond = threading.Condition()
         #: The delivery while dirty: the flusher keeps it alive until it has pushed.
         self.pending: Delivery | None = None
@@ -132,10 +133,8 @@ class FlushState:
         #: Whether the flusher waits with the program's switch interval (condition held).
         self.waiting = False
         self.overdue = math.inf
-        #: Set by a call that lowered the interval for the flusher: the program's interval
-        #: it lowered (to be logged), or 0.0 when it was lowered already.
-        self.handed: float | None = None
-        self._handing = threading.Lock()
+        #: Whether a call lowered the interval for the flusher since it last ran.
+        self.handed = False
 
     def wake(self) -> None:
         """Wake the flusher for new state; called holding the condition."""
@@ -147,25 +146,24 @@ class FlushState:
     def arm(self, delay: float) -> None:
         """The flusher waits ``delay`` seconds from now: a call starting once it then
         starves hands it the GIL."""
-        with self._handing:
-            self.overdue = min(self.overdue, time.perf_counter() + delay + starved_after())
+        self.overdue = min(self.overdue, time.perf_counter() + delay + starved_after())
 
     def hand_over(self) -> None:
-        """Called by a call that found the flusher overdue (so waiting for the GIL this call
-        holds): lower the interval once, for the flusher to keep. Never raises."""
-        with self._handing:
-            if self.overdue == math.inf:
-                return  # another call did, or the flusher runs again
+        """Called by a call that found the flusher overdue (so waiting for the GIL this
+        call holds): lower the interval for the flusher to take over. No lock (a signal
+        handler may run a decorated call in the middle of this); two calls doing it at
+        once lower it once."""
+        if self.overdue != math.inf:
             self.overdue = math.inf
-            self.handed = lower_switch_interval() or 0.0
+            self.handed = True
+            lower_from_a_call()
 
-    def taken_back(self) -> float | None:
-        """The flusher runs again: nothing more to hand over. Returns what a call handed
-        it (see ``handed``), which it now holds, or None."""
-        with self._handing:
-            self.overdue = math.inf
-            handed, self.handed = self.handed, None
-            return handed
+    def taken_back(self) -> bool:
+        """The flusher runs again: nothing more to hand over. True when a call lowered the
+        interval for it meanwhile."""
+        self.overdue = math.inf
+        handed, self.handed = self.handed, False
+        return handed
 
 
 def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
@@ -211,13 +209,9 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                     woken = state.woken
                     if woken >= started and (due is None or woken < due):
                         due = woken
-                    if handed is not None:  # a call lowered it: this flusher holds it now
-                        if lowered_until is None:
-                            lowered = handed or None
-                        else:
-                            restore_switch_interval()
-                        lowered_until = starved_until(now)
-                    elif due is not None and starved(now - due):
+                    # Starved: a call lowered the interval for it (it takes that over), or
+                    # it got the GIL back too late.
+                    if handed or (due is not None and starved(now - due)):
                         if lowered_until is None:
                             lowered = lower_switch_interval()
                         lowered_until = starved_until(now)
@@ -235,8 +229,9 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
 
 
 def push_lowered(delivery: Delivery) -> bool:
-    """One push with the switch interval lowered while it runs: each of its steps needs the
-    GIL back after its I/O, and a main thread doing frequent short I/O would starve them."""
+    """One push with the switch interval lowered while it runs (its wait for the answer
+    too): each of its steps needs the GIL back after its I/O, and a main thread doing
+    frequent short I/O would starve them."""
     lower_switch_interval()
     try:
         return delivery.deliver_now(None)

@@ -29,6 +29,7 @@ __all__ = [
     "STARVED_LATENESS",
     "STARVED_SWITCH_INTERVAL",
     "log_lowered",
+    "lower_from_a_call",
     "lower_switch_interval",
     "restore_switch_interval",
     "starved",
@@ -38,8 +39,10 @@ __all__ = [
 
 logger = logging.getLogger("instrument")
 
-#: The switch interval while a flusher starves, when the program's is longer.
-STARVED_SWITCH_INTERVAL = 0.0005
+#: The switch interval while a flusher pushes or starves, when the program's is longer:
+#: half a millisecond, less one microsecond, so that no interval a program chose is
+#: taken for this module's own.
+STARVED_SWITCH_INTERVAL = 0.000499
 #: How late after its wait a flusher must get the GIL back to count as starved: at least
 #: this, and at least ``STARVED_INTERVALS`` of the program's switch intervals (a busy
 #: thread, once asked, holds the GIL for at most one of them, 5 ms by default).
@@ -55,6 +58,9 @@ _lock = threading.Lock()
 #: microseconds, as the interpreter keeps it) while one does, else None.
 _holders = 0
 _saved_us: int | None = None
+#: The program's interval as last seen before it was lowered (by a flusher, or by a call
+#: for one): what an interval found lowered with no flusher holding it stands for.
+_program_us: int | None = None
 
 
 def _interval_us() -> int:
@@ -67,10 +73,16 @@ def _set_us(us: int) -> None:
     sys.setswitchinterval((us + 0.5) / _US)
 
 
+def _program_interval_us() -> int:
+    us = _interval_us()
+    return _program_us if us == _STARVED_US and _program_us is not None else us
+
+
 def starved_after() -> float:
     """How late after its wait a flusher may get the GIL back before it counts as
-    starved, rather than waiting out a busy thread's switch interval."""
-    return max(STARVED_LATENESS, STARVED_INTERVALS * sys.getswitchinterval())
+    starved, rather than waiting out a busy thread's switch interval: measured in the
+    program's intervals, not in the lowered one another flusher's push may hold."""
+    return max(STARVED_LATENESS, STARVED_INTERVALS * _program_interval_us() / _US)
 
 
 def starved(lateness: float) -> bool:
@@ -84,18 +96,33 @@ def starved_until(now: float) -> float:
     return now + STARVED_FOR
 
 
+def lower_from_a_call() -> None:
+    """Lower the interval for a flusher starved of the GIL, from the call that holds it.
+    No lock, so that a signal handler running a decorated call in the middle of this
+    cannot deadlock it; the program's interval is recorded before the interval is
+    lowered, so that an exception between the two leaves nothing unrecorded. The
+    flusher takes it over (``lower_switch_interval``) once it runs; until then, any
+    flusher's next push gives it back."""
+    global _program_us
+    us = _interval_us()
+    if us > _STARVED_US:
+        _program_us = us
+        _set_us(_STARVED_US)
+
+
 def lower_switch_interval() -> float | None:
-    """One more flusher starves or pushes: the first lowers the interval. Returns the
-    program's interval when this call lowered it (to be logged, outside any lock), else None."""
-    global _holders, _saved_us
+    """One more flusher starves or pushes: the first lowers the interval (or takes over a
+    call's lowering). Returns the program's interval when this call lowered it or took it
+    over (to be logged, outside any lock), else None."""
+    global _holders, _saved_us, _program_us
     with _lock:
         _holders += 1
         if _holders > 1:
             return None
-        program = _interval_us()
+        program = _program_interval_us()
         if program <= _STARVED_US:
             return None
-        _saved_us = program
+        _saved_us = _program_us = program
         _set_us(_STARVED_US)
         return program / _US
 
@@ -105,6 +132,8 @@ def restore_switch_interval() -> None:
     its own interval back, unless the program set another meanwhile."""
     global _holders, _saved_us
     with _lock:
+        if _holders == 0:
+            return  # a flusher forked while it held one: the child counts from none
         _holders -= 1
         if _holders == 0 and _saved_us is not None:
             if _interval_us() == _STARVED_US:
@@ -134,8 +163,9 @@ def _in_child() -> None:
     global _lock, _holders, _saved_us
     _lock = threading.Lock()
     _holders = 0
-    if _saved_us is not None and _interval_us() == _STARVED_US:
-        _set_us(_saved_us)
+    program = _saved_us if _saved_us is not None else _program_us
+    if program is not None and _interval_us() == _STARVED_US:
+        _set_us(program)
     _saved_us = None
 
 

@@ -34,9 +34,16 @@ STARVED = _gil.STARVED_SWITCH_INTERVAL
 
 @pytest.fixture
 def program_interval() -> Iterator[float]:
-    before = sys.getswitchinterval()
+    before, known = sys.getswitchinterval(), _gil._program_us
     yield before
     sys.setswitchinterval(before)
+    _gil._program_us = known
+
+
+def calm(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No wake counts as starved unless it is half a second late: a loaded machine's
+    scheduling hiccups are no starvation these tests are about."""
+    monkeypatch.setattr(_gil, "STARVED_LATENESS", 0.5)
 
 
 def force_starved(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -207,9 +214,11 @@ def test_a_flusher_that_is_not_starved_changes_nothing_between_its_pushes(
     program_interval: float,
     pushes: Pushes,
     caplog: pytest.LogCaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """Callers that hold the GIL and sleep without I/O: the flusher gets it back within a
     switch interval, so nothing is lowered for it; only its pushes run lowered."""
+    calm(monkeypatch)
     caplog.set_level(logging.INFO, logger="instrument")
     seen, during, landed = between_pushes(stand_in, pushes, lambda: 7, 0.5)
     assert landed >= 5
@@ -220,11 +229,15 @@ def test_a_flusher_that_is_not_starved_changes_nothing_between_its_pushes(
 
 
 def test_a_long_interval_the_program_chose_is_no_starvation(
-    stand_in: GatewayStandIn, program_interval: float, pushes: Pushes
+    stand_in: GatewayStandIn,
+    program_interval: float,
+    pushes: Pushes,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     """50 ms and a caller that never drops the GIL: the flusher gets it back a whole
     interval after its wait, as the program asked, so between pushes the program keeps its
     interval, and gets it back to the microsecond after each."""
+    calm(monkeypatch)
     sys.setswitchinterval(0.05)
     chosen = sys.getswitchinterval()
     seen, during, landed = between_pushes(stand_in, pushes, lambda: sum(range(2000)), 1.0)
@@ -248,6 +261,9 @@ def test_a_call_that_finds_the_flusher_overdue_hands_it_the_gil(
     before the flusher wakes, once however many calls follow, and the flusher keeps it as
     its own (said once) until it ends."""
     monkeypatch.setattr(_flusher_thread, "starved_after", lambda: -3600.0)
+    lowerings = []
+    lower = _flusher_thread.lower_from_a_call
+    monkeypatch.setattr(_flusher_thread, "lower_from_a_call", lambda: lowerings.append(lower()))
     caplog.set_level(logging.INFO, logger="instrument")
     inst = Instrumentation(
         registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.5
@@ -279,10 +295,12 @@ def test_a_call_that_finds_the_flusher_overdue_hands_it_the_gil(
             time.sleep(0.005)
         for _ in range(20):
             assert work() == 7
-        assert _gil._holders == 1  # one hand-over, not one per call
+        assert len(lowerings) == 1  # one hand-over, not one per call
+        assert _gil._holders == 0  # no flusher took it over yet
         time.sleep(0.7)  # the flusher woke, took it over and pushed
         assert landed_pushes(inst) >= 2
         assert sys.getswitchinterval() == STARVED
+        assert _gil._holders == 1
         said = [r.getMessage() for r in caplog.records if "switch interval" in r.getMessage()]
         assert len(said) == 1 and f"instead of {program_interval:g} s" in said[0]
     finally:
@@ -303,16 +321,14 @@ def test_a_forked_child_never_hands_over_for_its_parents_flusher(
     work = inst.monitored_analysis("m", "t")(lambda: 7)
     assert work() == 7
     state = inst.delivery.handover
-    with state._handing:
-        state.overdue = -math.inf  # as if the parent's flusher had been overdue for ever
+    state.overdue = -math.inf  # as if the parent's flusher had been overdue for ever
     pid = os.fork()
     if pid == 0:
         ok = work() == 7 and work() == 7
         ok = ok and sys.getswitchinterval() == program_interval and _gil._holders == 0
         os._exit(0 if ok and state.overdue == math.inf else 1)
     _, status = os.waitpid(pid, 0)
-    with state._handing:
-        state.overdue = math.inf
+    state.overdue = math.inf
     inst.close()
     assert os.waitstatus_to_exitcode(status) == 0
     assert sys.getswitchinterval() == program_interval
@@ -402,4 +418,134 @@ def test_a_fork_while_another_thread_holds_the_lowering_lock(program_interval: f
         holder.join()
         _gil.restore_switch_interval()
     assert os.waitstatus_to_exitcode(status) == 0
+    assert sys.getswitchinterval() == program_interval
+
+
+# -- the hand-over under hostile conditions ---------------------------------------------------
+
+
+def test_a_wait_is_overdue_after_the_programs_intervals_not_the_lowered_one(
+    program_interval: float,
+) -> None:
+    """Another flusher's push holding the lowered interval must not shrink this one's
+    threshold: with the program's 50 ms, a wait is overdue four of them after its end."""
+    state = _flusher_thread.FlushState()
+    sys.setswitchinterval(0.05)
+    chosen = sys.getswitchinterval()
+    for held in (False, True):
+        if held:
+            assert _gil.lower_switch_interval() is not None  # as a push does
+        before = time.perf_counter()
+        state.overdue = math.inf
+        state.arm(0.1)
+        assert before + 0.3 <= state.overdue <= time.perf_counter() + 0.3
+    _gil.restore_switch_interval()
+    assert sys.getswitchinterval() == chosen
+
+
+@pytest.mark.parametrize("where", ["_interval_us", "_set_us"])
+def test_an_interrupt_inside_a_hand_over_leaves_nothing_lowered_for_good(
+    stand_in: GatewayStandIn,
+    program_interval: float,
+    monkeypatch: pytest.MonkeyPatch,
+    where: str,
+) -> None:
+    """A signal handler's exception (Ctrl-C, a timeout) raised in the middle of a call's
+    hand-over reaches the call, as it would anywhere in it; the interval is given back by
+    the flusher, which takes it over, and nothing is held once it ends."""
+    real = getattr(_gil, where)
+    armed = [True]
+
+    def interrupted(*args: int) -> int | None:
+        result = real(*args)
+        if armed[0] and threading.current_thread() is threading.main_thread():
+            armed[0] = False
+            raise KeyboardInterrupt
+        return result
+
+    inst = Instrumentation(
+        registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
+    )
+    work = inst.monitored_analysis("m", "t")(lambda: 7)
+    assert work() == 7
+    inst.flush(timeout=5)
+    monkeypatch.setattr(_gil, where, interrupted)
+    inst.delivery.handover.overdue = -math.inf  # the flusher is overdue
+    with pytest.raises(KeyboardInterrupt):
+        work()
+    monkeypatch.setattr(_gil, where, real)
+    assert work() == 7
+    assert inst.flush(timeout=5)
+    inst.close()  # the flusher took the hand-over as its own, and gives it back
+    assert sys.getswitchinterval() == program_interval
+    assert _gil._holders == 0
+
+
+def test_a_hand_over_run_again_from_inside_itself_finishes(
+    stand_in: GatewayStandIn, program_interval: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """What a signal handler that runs a decorated call in the middle of a hand-over does:
+    the inner call hands over too (a second Instrumentation's flusher is overdue), and
+    nothing waits for a lock the outer one holds."""
+    insts = [
+        Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=30)
+        for _ in range(2)
+    ]
+    outer, inner = (inst.monitored_analysis("m", "t")(lambda: 7) for inst in insts)
+    real = _gil._set_us
+    nested: list[int] = []
+    entered = []
+
+    def reentered(us: int) -> None:
+        if not entered:  # the handler runs once, inside the outer hand-over
+            entered.append(True)
+            nested.append(inner())
+        real(us)
+
+    monkeypatch.setattr(_gil, "_set_us", reentered)
+    for inst in insts:
+        inst.delivery.handover.overdue = -math.inf
+    done = threading.Event()
+
+    def run() -> None:
+        assert outer() == 7
+        done.set()
+
+    runner = threading.Thread(target=run, daemon=True)
+    runner.start()
+    assert done.wait(5), "a hand-over waited for itself"
+    assert nested == [7]
+    assert sys.getswitchinterval() == STARVED
+    for inst in insts:
+        inst.delivery.handover.overdue = math.inf
+        inst.flush(timeout=5)
+        inst.close()
+    assert sys.getswitchinterval() == program_interval
+
+
+def test_a_program_that_puts_back_the_lowered_interval_gets_its_own_at_the_next_push(
+    program_interval: float,
+) -> None:
+    """A program that saved the interval during a push and puts it back after: the next
+    push takes that for this module's own (no program chooses 0.499 ms) and gives back the
+    program's."""
+    assert _gil.lower_switch_interval() is not None  # a push
+    saved = sys.getswitchinterval()
+    sys.setswitchinterval(0.002)  # the program's own, for a while
+    _gil.restore_switch_interval()  # the push ends: the program's 2 ms is kept
+    assert sys.getswitchinterval() == 0.002
+    sys.setswitchinterval(saved)  # the program puts back what it saved
+    assert sys.getswitchinterval() == STARVED
+    _gil.lower_switch_interval()  # the next push
+    _gil.restore_switch_interval()
+    assert sys.getswitchinterval() == program_interval
+
+
+def test_a_restore_with_nothing_held_changes_nothing(program_interval: float) -> None:
+    """A flusher forked in the middle of a push gives back a lowering its child never
+    counted: the count stays at none, and the next lowering still restores."""
+    _gil.restore_switch_interval()
+    assert _gil._holders == 0
+    assert _gil.lower_switch_interval() is not None
+    _gil.restore_switch_interval()
     assert sys.getswitchinterval() == program_interval
