@@ -18,6 +18,8 @@ from ._gil import (
     lower_from_a_call,
     lower_switch_interval,
     restore_switch_interval,
+    settle,
+    settle_from_a_call,
     starved,
     starved_after,
     starved_until,
@@ -118,7 +120,7 @@ class FlushState:
             b.handover.hand_over()
     """
 
-    __slots__ = ("cond", "handed", "overdue", "pending", "waiting", "woken")
+    __slots__ = ("cond", "gone", "handed", "overdue", "pending", "tokens", "waiting", "woken")
 
     def __init__(self) -> None:
         self.reset()
@@ -133,8 +135,13 @@ class FlushState:
         #: Whether the flusher waits with the program's switch interval (condition held).
         self.waiting = False
         self.overdue = math.inf
-        #: Whether a call lowered the interval for the flusher since it last ran.
-        self.handed = False
+        # No lock between the calls and the flusher (see hand_over): list operations are
+        # atomic. One token per wait, taken by the one call that hands over; one entry in
+        # ``handed`` per hand-over, taken by the flusher.
+        self.tokens: list[bool] = []
+        self.handed: list[bool] = []
+        #: Set once the flusher ended: a hand-over after that gives the interval back.
+        self.gone = False
 
     def wake(self) -> None:
         """Wake the flusher for new state; called holding the condition."""
@@ -144,26 +151,40 @@ class FlushState:
         self.cond.notify()
 
     def arm(self, delay: float) -> None:
-        """The flusher waits ``delay`` seconds from now: a call starting once it then
-        starves hands it the GIL."""
+        """The flusher waits ``delay`` seconds from now (condition held): a call starting
+        once it then starves hands it the GIL."""
         self.overdue = min(self.overdue, time.perf_counter() + delay + starved_after())
+        if not self.tokens:
+            self.tokens.append(True)
 
     def hand_over(self) -> None:
         """Called by a call that found the flusher overdue (so waiting for the GIL this
-        call holds): lower the interval for the flusher to take over. No lock (a signal
-        handler may run a decorated call in the middle of this); two calls doing it at
-        once lower it once."""
-        if self.overdue != math.inf:
-            self.overdue = math.inf
-            self.handed = True
-            lower_from_a_call()
+        call holds): lower the interval for the flusher to hold. No lock: a signal handler
+        may run a decorated call in the middle of this, and the flusher takes its locks
+        holding its condition, which such a call may want. The token makes it one call's
+        per wait; a flusher that ended meanwhile has the interval given back here."""
+        try:
+            self.tokens.pop()
+        except IndexError:
+            return  # another call took it, or the flusher runs again
+        self.overdue = math.inf
+        self.handed.append(True)
+        lower_from_a_call()
+        if self.gone:  # ended after the token was taken: nobody holds what was lowered
+            settle_from_a_call()
 
     def taken_back(self) -> bool:
-        """The flusher runs again: nothing more to hand over. True when a call lowered the
-        interval for it meanwhile."""
+        """The flusher runs again (condition held): nothing more to hand over. True when a
+        call lowered the interval for it meanwhile."""
         self.overdue = math.inf
-        handed, self.handed = self.handed, False
-        return handed
+        self.tokens.clear()
+        handed = False
+        try:
+            while True:
+                self.handed.pop()
+                handed = True
+        except IndexError:
+            return handed
 
 
 def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
@@ -224,8 +245,11 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
             delivery._schedule(ok)
             del delivery
     finally:
+        state.gone = True  # before giving it back: a hand-over after this sees it
         if lowered_until is not None:
             restore_switch_interval()
+        else:
+            settle()
 
 
 def push_lowered(delivery: Delivery) -> bool:

@@ -32,6 +32,8 @@ __all__ = [
     "lower_from_a_call",
     "lower_switch_interval",
     "restore_switch_interval",
+    "settle",
+    "settle_from_a_call",
     "starved",
     "starved_after",
     "starved_until",
@@ -54,12 +56,11 @@ STARVED_FOR = 60.0
 _US = 1_000_000
 _STARVED_US = round(STARVED_SWITCH_INTERVAL * _US)
 _lock = threading.Lock()
-#: How many flushers keep the interval lowered, and the program's interval (in whole
-#: microseconds, as the interpreter keeps it) while one does, else None.
+#: How many flushers keep the interval lowered (under the lock; calls never take it).
 _holders = 0
-_saved_us: int | None = None
-#: The program's interval as last seen before it was lowered (by a flusher, or by a call
-#: for one): what an interval found lowered with no flusher holding it stands for.
+#: The program's own interval (in whole microseconds, as the interpreter keeps it), as
+#: last seen before it was lowered, by a flusher or by a call for one; None before. An
+#: interval found lowered with no flusher holding it is given this back.
 _program_us: int | None = None
 
 
@@ -98,11 +99,11 @@ def starved_until(now: float) -> float:
 
 def lower_from_a_call() -> None:
     """Lower the interval for a flusher starved of the GIL, from the call that holds it.
-    No lock, so that a signal handler running a decorated call in the middle of this
-    cannot deadlock it; the program's interval is recorded before the interval is
-    lowered, so that an exception between the two leaves nothing unrecorded. The
-    flusher takes it over (``lower_switch_interval``) once it runs; until then, any
-    flusher's next push gives it back."""
+    No lock (a signal handler may run a decorated call in the middle of this, and one
+    waiting for a lock a flusher holds with its condition would deadlock): the program's
+    interval is recorded before the interval is lowered, so an exception between the two
+    leaves nothing unrecorded. The flusher holds it once it runs; until then, the next
+    flusher's push, end or close gives it back (``settle``)."""
     global _program_us
     us = _interval_us()
     if us > _STARVED_US:
@@ -110,35 +111,54 @@ def lower_from_a_call() -> None:
         _set_us(_STARVED_US)
 
 
+def settle_from_a_call() -> None:
+    """Give the program its interval back, from a call, when no flusher holds it lowered:
+    for a hand-over that came after its flusher ended. No lock, as above."""
+    if _holders == 0:
+        _settle()
+
+
 def lower_switch_interval() -> float | None:
-    """One more flusher starves or pushes: the first lowers the interval (or takes over a
-    call's lowering). Returns the program's interval when this call lowered it or took it
-    over (to be logged, outside any lock), else None."""
-    global _holders, _saved_us, _program_us
+    """One more flusher starves or pushes: the first lowers the interval (or holds one a
+    call lowered). Returns the program's interval when it was not held lowered before (to
+    be logged, outside any lock), else None."""
+    global _holders, _program_us
     with _lock:
         _holders += 1
         if _holders > 1:
             return None
-        program = _program_interval_us()
-        if program <= _STARVED_US:
-            return None
-        _saved_us = _program_us = program
+        us = _interval_us()
+        if us == _STARVED_US:  # a call lowered it, or the program put back what it saw
+            return None if _program_us is None else _program_us / _US
+        if us < _STARVED_US:
+            return None  # the program's own, shorter still
+        _program_us = us
         _set_us(_STARVED_US)
-        return program / _US
+        return us / _US
 
 
 def restore_switch_interval() -> None:
     """A flusher no longer starves (or pushed, or ended): the last one gives the program
     its own interval back, unless the program set another meanwhile."""
-    global _holders, _saved_us
+    global _holders
+    with _lock:
+        if _holders:  # none: a flusher forked while it held one, the child counts none
+            _holders -= 1
+        if _holders == 0:
+            _settle()
+
+
+def settle() -> None:
+    """Give the program its interval back if no flusher holds it lowered (a flusher's
+    end, a close)."""
     with _lock:
         if _holders == 0:
-            return  # a flusher forked while it held one: the child counts from none
-        _holders -= 1
-        if _holders == 0 and _saved_us is not None:
-            if _interval_us() == _STARVED_US:
-                _set_us(_saved_us)
-            _saved_us = None
+            _settle()
+
+
+def _settle() -> None:
+    if _program_us is not None and _interval_us() == _STARVED_US:
+        _set_us(_program_us)
 
 
 def log_lowered(program: float) -> None:
@@ -160,13 +180,10 @@ def log_lowered(program: float) -> None:
 def _in_child() -> None:
     """A forked child has none of its parent's flushers: whatever they lowered goes back,
     whichever step of lowering or restoring a parent thread was at (the lock is new)."""
-    global _lock, _holders, _saved_us
+    global _lock, _holders
     _lock = threading.Lock()
     _holders = 0
-    program = _saved_us if _saved_us is not None else _program_us
-    if program is not None and _interval_us() == _STARVED_US:
-        _set_us(program)
-    _saved_us = None
+    _settle()
 
 
 os.register_at_fork(after_in_child=_in_child)

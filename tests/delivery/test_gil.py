@@ -34,10 +34,24 @@ STARVED = _gil.STARVED_SWITCH_INTERVAL
 
 @pytest.fixture
 def program_interval() -> Iterator[float]:
+    """The interval before the test, given back after it with the module's state; a test
+    that left a lowering held fails here, and the next starts clean."""
     before, known = sys.getswitchinterval(), _gil._program_us
     yield before
+    held, _gil._holders = _gil._holders, 0
     sys.setswitchinterval(before)
     _gil._program_us = known
+    assert held == 0, f"the test left {held} lowering(s) held"
+
+
+def make_overdue(inst: Instrumentation) -> _flusher_thread.FlushState:
+    """As if ``inst``'s flusher had been waiting for the GIL for ever: the next call to
+    start hands it over."""
+    state = inst.delivery.handover
+    with state.cond:
+        state.overdue = -math.inf
+        state.tokens[:] = [True]
+    return state
 
 
 def calm(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -320,8 +334,7 @@ def test_a_forked_child_never_hands_over_for_its_parents_flusher(
     inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=30)
     work = inst.monitored_analysis("m", "t")(lambda: 7)
     assert work() == 7
-    state = inst.delivery.handover
-    state.overdue = -math.inf  # as if the parent's flusher had been overdue for ever
+    state = make_overdue(inst)
     pid = os.fork()
     if pid == 0:
         ok = work() == 7 and work() == 7
@@ -329,6 +342,7 @@ def test_a_forked_child_never_hands_over_for_its_parents_flusher(
         os._exit(0 if ok and state.overdue == math.inf else 1)
     _, status = os.waitpid(pid, 0)
     state.overdue = math.inf
+    state.tokens.clear()
     inst.close()
     assert os.waitstatus_to_exitcode(status) == 0
     assert sys.getswitchinterval() == program_interval
@@ -470,7 +484,7 @@ def test_an_interrupt_inside_a_hand_over_leaves_nothing_lowered_for_good(
     assert work() == 7
     inst.flush(timeout=5)
     monkeypatch.setattr(_gil, where, interrupted)
-    inst.delivery.handover.overdue = -math.inf  # the flusher is overdue
+    make_overdue(inst)
     with pytest.raises(KeyboardInterrupt):
         work()
     monkeypatch.setattr(_gil, where, real)
@@ -496,15 +510,18 @@ def test_a_hand_over_run_again_from_inside_itself_finishes(
     nested: list[int] = []
     entered = []
 
+    set_to: list[int] = []
+
     def reentered(us: int) -> None:
         if not entered:  # the handler runs once, inside the outer hand-over
             entered.append(True)
             nested.append(inner())
+        set_to.append(us)
         real(us)
 
     monkeypatch.setattr(_gil, "_set_us", reentered)
     for inst in insts:
-        inst.delivery.handover.overdue = -math.inf
+        make_overdue(inst)
     done = threading.Event()
 
     def run() -> None:
@@ -515,7 +532,7 @@ def test_a_hand_over_run_again_from_inside_itself_finishes(
     runner.start()
     assert done.wait(5), "a hand-over waited for itself"
     assert nested == [7]
-    assert sys.getswitchinterval() == STARVED
+    assert _gil._STARVED_US in set_to  # handed over (the pushes since may give it back)
     for inst in insts:
         inst.delivery.handover.overdue = math.inf
         inst.flush(timeout=5)
@@ -548,4 +565,63 @@ def test_a_restore_with_nothing_held_changes_nothing(program_interval: float) ->
     assert _gil._holders == 0
     assert _gil.lower_switch_interval() is not None
     _gil.restore_switch_interval()
+    assert sys.getswitchinterval() == program_interval
+
+
+def test_a_program_interval_set_while_one_flusher_pushes_survives_anothers_hand_over(
+    program_interval: float,
+) -> None:
+    """One flusher's push holds the lowered interval; the program sets 7 ms; a call hands
+    another flusher the GIL: the push's end gives the program its 7 ms, not the 5 ms
+    from before, and so does the other flusher once it held and gave it back."""
+    assert _gil.lower_switch_interval() is not None  # flusher A's push
+    sys.setswitchinterval(0.007)
+    chosen = sys.getswitchinterval()
+    _gil.lower_from_a_call()  # for flusher B
+    assert sys.getswitchinterval() == STARVED
+    _gil.restore_switch_interval()  # A's push ends
+    assert sys.getswitchinterval() == chosen
+    _gil.lower_switch_interval()  # B runs and holds it
+    _gil.restore_switch_interval()
+    assert sys.getswitchinterval() == chosen
+
+
+def test_a_lowered_interval_put_back_after_the_last_push_is_given_back_at_close(
+    stand_in: GatewayStandIn, program_interval: float, pushes: Pushes
+) -> None:
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=30)
+    work = inst.monitored_analysis("m", "t")(lambda: 7)
+    assert work() == 7
+    deadline = time.monotonic() + 5
+    while pushes.ended < 1:
+        assert time.monotonic() < deadline, "the first push never ended"
+        time.sleep(0.005)
+    sys.setswitchinterval(STARVED)  # what the program saw during the push, put back
+    inst.close()
+    assert sys.getswitchinterval() == program_interval
+
+
+def test_a_hand_over_that_comes_after_its_flusher_ended_gives_the_interval_back(
+    stand_in: GatewayStandIn, program_interval: float, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The call took the token, and before it lowered the interval the flusher ran again,
+    ended and gave everything back (close() in another thread): the call's own lowering
+    must not outlive it."""
+    inst = Instrumentation(registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=30)
+    work = inst.monitored_analysis("m", "t")(lambda: 7)
+    assert work() == 7
+    assert inst.flush(timeout=5)
+    make_overdue(inst)
+    closer = threading.Thread(target=inst.close)
+    real = _gil.lower_from_a_call
+
+    def after_the_close() -> None:
+        closer.start()
+        closer.join(10)
+        real()
+
+    monkeypatch.setattr(_flusher_thread, "lower_from_a_call", after_the_close)
+    assert work() == 7
+    assert not closer.is_alive()
+    assert inst.delivery.handover.gone
     assert sys.getswitchinterval() == program_interval
