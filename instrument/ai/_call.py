@@ -112,25 +112,23 @@ class AICall(Probe):
         # The binding's (None when nothing is pushed, or while a stream proxy runs it).
         self.after_job = None if binding is None else binding.after_job
         self.span = None
-        if binding is not None:
-            binding.active_step(1)
-            if binding.tracing and TRACE_MODULE in MODULES:
-                try:  # _tracing.QUIET: no provider set since the last look, so no span
-                    quiet = (
-                        MODULES[TRACE_MODULE] is QUIET.module and QUIET.globals[PROVIDER] is None
-                    )
-                except KeyError:  # unloaded meanwhile: no tracer
-                    quiet = True
-                if not quiet:
-                    options = tracker.options
-                    self.span = start_call_span(
-                        options.operation, options.provider, model or options.model
-                    )
-                    if self.span is not None:  # the responses' model, for the span
-                        self._seek_model = True
+        if binding is not None and binding.tracing and TRACE_MODULE in MODULES:
+            try:  # _tracing.QUIET: no provider set since the last look, so no span
+                quiet = MODULES[TRACE_MODULE] is QUIET.module and QUIET.globals[PROVIDER] is None
+            except KeyError:  # unloaded meanwhile: no tracer
+                quiet = True
+            if not quiet:
+                options = tracker.options
+                self.span = start_call_span(
+                    options.operation, options.provider, model or options.model
+                )
+                if self.span is not None:  # the responses' model, for the span
+                    self._seek_model = True
         self._t0 = self._last = t0 = perf_counter()
-        if binding is not None and t0 > binding.handover.overdue:
-            binding.handover.hand_over()
+        if binding is not None:
+            if t0 > binding.handover.overdue:  # before the gauge's step, as in analysis
+                binding.handover.hand_over()
+            binding.active_step(1)
 
     # -- the handle ------------------------------------------------------------------------
 

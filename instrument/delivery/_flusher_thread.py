@@ -217,10 +217,9 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                     if lowered_until is not None:  # wake to restore it, even when idle
                         left = max(lowered_until - started, 0.0)
                         timeout = left if timeout is None else min(timeout, left)
-                    else:
-                        state.waiting = True
-                        if delay is not None:
-                            state.arm(delay)
+                    state.waiting = True  # lowered or not: the program may set its own
+                    if delay is not None:
+                        state.arm(delay)
                     cond.wait(timeout)
                     now = time.monotonic()
                     state.waiting = False
@@ -241,7 +240,7 @@ def flusher(ref: weakref.ref[Delivery], state: FlushState) -> None:
                         restore_switch_interval()
             if lowered is not None:
                 log_lowered(lowered)
-            ok = push_lowered(delivery) if lowered_until is None else delivery.deliver_now(None)
+            ok = push_lowered(delivery)
             delivery._schedule(ok)
             del delivery
     finally:

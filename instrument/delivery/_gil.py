@@ -11,8 +11,9 @@ flusher starves: found by a call that starts once it is overdue (``FlushState``)
 the flusher getting the GIL back too late after a wait. The program's own comes back after
 each push, once the flusher has not starved for ``STARVED_FOR`` seconds, when the last
 flusher that lowered it ends, and in a forked child. Only threads waiting for the GIL see
-the difference. An interval the program sets meanwhile is kept (unless it is exactly
-``STARVED_SWITCH_INTERVAL``, which cannot be told from this module's own).
+the difference. An interval the program sets meanwhile is recorded and is the one given
+back (a push lowers it again meanwhile); one that is exactly ``STARVED_SWITCH_INTERVAL``
+is taken for this module's own.
 """
 
 from __future__ import annotations
@@ -119,22 +120,22 @@ def settle_from_a_call() -> None:
 
 
 def lower_switch_interval() -> float | None:
-    """One more flusher starves or pushes: the first lowers the interval (or holds one a
-    call lowered). Returns the program's interval when it was not held lowered before (to
-    be logged, outside any lock), else None."""
+    """One more flusher starves or pushes: the interval is lowered (or one a call lowered
+    is held), also when the program set its own while another flusher held it (the
+    program's is recorded, and given back at the end). Returns the program's interval when
+    no flusher held it lowered before (to be logged, outside any lock), else None."""
     global _holders, _program_us
     with _lock:
         _holders += 1
-        if _holders > 1:
-            return None
+        first = _holders == 1
         us = _interval_us()
-        if us == _STARVED_US:  # a call lowered it, or the program put back what it saw
-            return None if _program_us is None else _program_us / _US
+        if us == _STARVED_US:  # held, lowered by a call, or put back by the program
+            return _program_us / _US if first and _program_us is not None else None
         if us < _STARVED_US:
             return None  # the program's own, shorter still
         _program_us = us
         _set_us(_STARVED_US)
-        return us / _US
+        return us / _US if first else None
 
 
 def restore_switch_interval() -> None:

@@ -134,7 +134,7 @@ def until_lowered(inst: Instrumentation, small: Path, pushes: Pushes) -> None:
     (its thread's start and first push may themselves starve first: up to 5 s)."""
     step = inst.monitored_analysis("m", "t")(short_io_step)
     begin = time.monotonic()
-    while pushes.between() != STARVED:
+    while pushes.between() != STARVED or not _gil._holders:  # a flusher holds it
         assert time.monotonic() - begin < 5, "the flusher never lowered the interval"
         step(small)
 
@@ -457,16 +457,19 @@ def test_a_wait_is_overdue_after_the_programs_intervals_not_the_lowered_one(
     assert sys.getswitchinterval() == chosen
 
 
+@pytest.mark.parametrize("decorator", ["monitored_analysis", "track_ai_call"])
 @pytest.mark.parametrize("where", ["_interval_us", "_set_us"])
 def test_an_interrupt_inside_a_hand_over_leaves_nothing_lowered_for_good(
     stand_in: GatewayStandIn,
     program_interval: float,
     monkeypatch: pytest.MonkeyPatch,
     where: str,
+    decorator: str,
 ) -> None:
     """A signal handler's exception (Ctrl-C, a timeout) raised in the middle of a call's
     hand-over reaches the call, as it would anywhere in it; the interval is given back by
-    the flusher, which takes it over, and nothing is held once it ends."""
+    the flusher, which takes it over, and nothing is held once it ends; no job is left in
+    flight (the hand-over comes before the gauge's step)."""
     real = getattr(_gil, where)
     armed = [True]
 
@@ -480,7 +483,10 @@ def test_an_interrupt_inside_a_hand_over_leaves_nothing_lowered_for_good(
     inst = Instrumentation(
         registry=CollectorRegistry(), pushgateway=stand_in.url, push_interval=0.05
     )
-    work = inst.monitored_analysis("m", "t")(lambda: 7)
+    if decorator == "monitored_analysis":
+        work, job_type = inst.monitored_analysis("m", "t")(lambda: 7), "m"
+    else:
+        work, job_type = inst.track_ai_call("openai", "gpt-4o")(lambda: 7), "ai_call"
     assert work() == 7
     inst.flush(timeout=5)
     monkeypatch.setattr(_gil, where, interrupted)
@@ -493,6 +499,8 @@ def test_an_interrupt_inside_a_hand_over_leaves_nothing_lowered_for_good(
     inst.close()  # the flusher took the hand-over as its own, and gives it back
     assert sys.getswitchinterval() == program_interval
     assert _gil._holders == 0
+    active = inst.registry.get_sample_value("codomyrmex_active_jobs", {"job_type": job_type})
+    assert active == 0
 
 
 def test_a_hand_over_run_again_from_inside_itself_finishes(
@@ -530,13 +538,13 @@ def test_a_hand_over_run_again_from_inside_itself_finishes(
 
     runner = threading.Thread(target=run, daemon=True)
     runner.start()
-    assert done.wait(5), "a hand-over waited for itself"
-    assert nested == [7]
-    assert _gil._STARVED_US in set_to  # handed over (the pushes since may give it back)
-    for inst in insts:
-        inst.delivery.handover.overdue = math.inf
-        inst.flush(timeout=5)
-        inst.close()
+    try:
+        assert done.wait(5), "a hand-over waited for itself"
+        assert nested == [7]
+        assert _gil._STARVED_US in set_to  # handed over (the pushes since may give it back)
+    finally:
+        for inst in insts:
+            inst.close()
     assert sys.getswitchinterval() == program_interval
 
 
@@ -625,3 +633,22 @@ def test_a_hand_over_that_comes_after_its_flusher_ended_gives_the_interval_back(
     assert not closer.is_alive()
     assert inst.delivery.handover.gone
     assert sys.getswitchinterval() == program_interval
+
+
+def test_a_program_interval_set_while_a_flusher_holds_the_lowering_does_not_undo_its_pushes(
+    program_interval: float,
+) -> None:
+    """A starving flusher holds the lowered interval; the program sets its own (5 ms
+    again, say): the next push runs lowered all the same, and the program gets the one it
+    set back once nothing holds."""
+    assert _gil.lower_switch_interval() is not None  # the starving flusher's hold
+    try:
+        sys.setswitchinterval(0.007)
+        chosen = sys.getswitchinterval()
+        assert _gil.lower_switch_interval() is None  # a push, held already: not logged
+        assert sys.getswitchinterval() == STARVED
+        _gil.restore_switch_interval()  # the push ends; the hold stays
+        assert sys.getswitchinterval() == STARVED
+    finally:
+        _gil.restore_switch_interval()
+    assert sys.getswitchinterval() == chosen
