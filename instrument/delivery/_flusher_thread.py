@@ -110,10 +110,10 @@ class FlushState:
     it the GIL.
 
     A flusher starved of the GIL cannot say so until it has it; a call, which holds it,
-    can. While the flusher waits with the program's switch interval, ``overdue`` is the
-    ``perf_counter()`` by which it should have the GIL back at the latest: a call starting
-    later finds it starving and lowers the interval (:meth:`hand_over`), and the flusher
-    keeps that lowering as its own once it runs. Otherwise ``overdue`` is infinite, and a
+    can. While the flusher waits, ``overdue`` is the ``perf_counter()`` by which it should
+    have the GIL back at the latest: a call starting later finds it starving and lowers the
+    interval (:meth:`hand_over`), and the flusher holds that lowering as its own once it
+    runs. Otherwise ``overdue`` is infinite, and a
     call's whole cost is a comparison with the clock reading it takes anyway::
 
         if t0 > b.handover.overdue:
@@ -132,7 +132,7 @@ class FlushState:
         self.pending: Delivery | None = None
         #: When a call last woke the flusher for new state (its condition held).
         self.woken = 0.0
-        #: Whether the flusher waits with the program's switch interval (condition held).
+        #: Whether the flusher waits, so that a call's wake arms it (condition held).
         self.waiting = False
         self.overdue = math.inf
         # No lock between the calls and the flusher (see hand_over): list operations are
